@@ -1,0 +1,34 @@
+# Two commands do all set-up on a fresh machine:
+#   make run    create .venv, install neurostep and run the main job
+#   make test   create .venv, install neurostep and run the whole test suite
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: run test venv lint bench clean
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -c constraints.txt -e ".[triton,peers,experiments,notebooks,dev]"
+	$(BIN)/pip install -q -c constraints.txt --no-deps spikingjelly
+	touch $(STAMP)
+
+run: venv
+	$(BIN)/python -m neurostep run experiments/attention_alternatives.toml
+
+test: venv
+	$(BIN)/ruff check neurostep tests benchmarks experiments
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile
+
+bench: venv
+	$(BIN)/python benchmarks/neurons.py
+
+lint: venv
+	$(BIN)/ruff check neurostep tests benchmarks
+
+clean:
+	rm -rf $(VENV) runs

@@ -1,0 +1,36 @@
+"""The recurrent-step engine: protocol, backend registry, input checks, cost declarations."""
+
+from neurostep.engine.backends import AUTO_ORDER, BACKEND_NAMES, KERNELS, BackendUnavailableError, KernelRegistry
+from neurostep.engine.checks import (
+    FLOAT_DTYPES,
+    check_backend_name,
+    check_finite,
+    check_nonempty,
+    check_same_shape,
+    check_tensor,
+    compute_dtype,
+)
+from neurostep.engine.costs import COSTS, OpCost, register_cost
+from neurostep.engine.protocol import Recurrent, State, scan_by_steps, step_shape
+
+__all__ = [
+    "AUTO_ORDER",
+    "BACKEND_NAMES",
+    "COSTS",
+    "FLOAT_DTYPES",
+    "KERNELS",
+    "BackendUnavailableError",
+    "KernelRegistry",
+    "OpCost",
+    "Recurrent",
+    "State",
+    "check_backend_name",
+    "check_finite",
+    "check_nonempty",
+    "check_same_shape",
+    "check_tensor",
+    "compute_dtype",
+    "register_cost",
+    "scan_by_steps",
+    "step_shape",
+]

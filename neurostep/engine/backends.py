@@ -1,0 +1,153 @@
+"""One registry that maps (op, backend name) to an implementation module.
+
+Every fused op registers its backends here once, at import of its package. The public op
+asks :meth:`KernelRegistry.resolve` for an implementation by the input's device and an
+explicit ``backend=`` argument. Nothing is probed at import: availability is checked when an
+op is first called, and an explicit request that cannot be met raises instead of falling back.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from types import ModuleType
+
+import torch
+
+BACKEND_NAMES = ("reference", "cpu", "triton")
+
+
+class BackendUnavailableError(RuntimeError):
+    """Raised when a requested backend cannot run the call (missing package, wrong device)."""
+
+
+def _numba_missing() -> str | None:
+    try:
+        import numba  # noqa: F401
+    except ImportError as exc:  # pragma: no cover - numba is a core dependency
+        return f"numba is not importable ({exc}); install it with `pip install numba`"
+    return None
+
+
+def _triton_missing_for(device: torch.device) -> str | None:
+    try:
+        import triton  # noqa: F401
+    except ImportError as exc:
+        return f"triton is not importable ({exc}); install it with `pip install neurostep[triton]`"
+    if device.type == "cuda":
+        return None
+    if device.type == "cpu" and os.environ.get("TRITON_INTERPRET") == "1":
+        # Triton's interpreter runs kernels on CPU tensors (slowly): used by the tests.
+        return None
+    return (
+        f"triton kernels need CUDA tensors (got device {device}); on CPU they run only under "
+        "Triton's interpreter (set TRITON_INTERPRET=1 before importing triton)"
+    )
+
+
+@dataclass(frozen=True)
+class BackendSpec:
+    """How to load one backend of one op and on which devices it may run."""
+
+    module: str
+    devices: tuple[str, ...]
+    missing: Callable[[torch.device], str | None] = field(default=lambda device: None)
+
+
+_DEFAULT_SPECS: dict[str, tuple[tuple[str, ...], Callable[[torch.device], str | None]]] = {
+    # reference is plain torch: it runs wherever torch runs.
+    "reference": (("cpu", "cuda", "mps", "xpu", "meta"), lambda device: None),
+    "cpu": (("cpu",), lambda device: _numba_missing()),
+    "triton": (("cuda", "cpu"), _triton_missing_for),
+}
+
+# Preference order of backend="auto" per device type; the first available one is used.
+AUTO_ORDER: dict[str, tuple[str, ...]] = {
+    "cpu": ("cpu", "reference"),
+    "cuda": ("triton", "reference"),
+}
+
+
+class KernelRegistry:
+    """Registry of fused ops and their backends.
+
+    >>> from neurostep.engine import KERNELS
+    >>> impl = KERNELS.resolve("lif", "auto", torch.device("cpu"))   # doctest: +SKIP
+    """
+
+    def __init__(self) -> None:
+        self._ops: dict[str, dict[str, BackendSpec]] = {}
+        self._loaded: dict[tuple[str, str], ModuleType] = {}
+
+    def register(
+        self,
+        op: str,
+        backend: str,
+        module: str,
+        devices: tuple[str, ...] | None = None,
+        missing: Callable[[torch.device], str | None] | None = None,
+    ) -> None:
+        """Register ``module`` (a dotted import path) as backend ``backend`` of ``op``."""
+        if backend in _DEFAULT_SPECS:
+            default_devices, default_missing = _DEFAULT_SPECS[backend]
+        else:
+            default_devices, default_missing = ("cuda",), (lambda device: None)
+        self._ops.setdefault(op, {})[backend] = BackendSpec(
+            module=module,
+            devices=devices if devices is not None else default_devices,
+            missing=missing if missing is not None else default_missing,
+        )
+
+    def ops(self) -> list[str]:
+        return sorted(self._ops)
+
+    def backends(self, op: str) -> list[str]:
+        return list(self._op(op))
+
+    def _op(self, op: str) -> dict[str, BackendSpec]:
+        if op not in self._ops:
+            raise KeyError(f"unknown op {op!r}; registered ops: {self.ops()}")
+        return self._ops[op]
+
+    def why_unavailable(self, op: str, backend: str, device: torch.device) -> str | None:
+        """Return a message saying why ``backend`` cannot run ``op`` on ``device``, or None."""
+        specs = self._op(op)
+        if backend not in specs:
+            return f"op {op!r} has no backend {backend!r} (it has {sorted(specs)})"
+        spec = specs[backend]
+        if device.type not in spec.devices:
+            return f"backend {backend!r} of op {op!r} does not run on device {device.type!r} (runs on {spec.devices})"
+        return spec.missing(device)
+
+    def choose(self, op: str, backend: str, device: torch.device) -> str:
+        """Name of the backend that will run: ``backend`` itself, or the auto choice."""
+        if backend == "auto":
+            order = AUTO_ORDER.get(device.type, ("reference",))
+            reasons = []
+            for name in order:
+                if name not in self._op(op):
+                    continue
+                reason = self.why_unavailable(op, name, device)
+                if reason is None:
+                    return name
+                reasons.append(reason)
+            raise BackendUnavailableError(
+                f"no backend of op {op!r} can run on {device}: " + "; ".join(reasons)
+            )
+        reason = self.why_unavailable(op, backend, device)
+        if reason is not None:
+            raise BackendUnavailableError(reason)
+        return backend
+
+    def resolve(self, op: str, backend: str, device: torch.device) -> ModuleType:
+        """Import and return the implementation module chosen for ``op`` on ``device``."""
+        name = self.choose(op, backend, device)
+        key = (op, name)
+        if key not in self._loaded:
+            self._loaded[key] = importlib.import_module(self._ops[op][name].module)
+        return self._loaded[key]
+
+
+KERNELS = KernelRegistry()

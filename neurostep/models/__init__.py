@@ -1,0 +1,58 @@
+"""Registry of complete models with the papers' configs, and of drop-in mixers.
+
+Importing this package imports every family module so that its entries register.
+Family modules live beside this file (``spikformer.py``, ``mamba.py``, ...).
+"""
+
+from neurostep.models.registry import (
+    REGISTRY,
+    count_params,
+    register_mixer,
+    register_model,
+)
+
+
+def create_model(name: str, **kwargs):  # noqa: ANN201 - returns an nn.Module
+    """Build a registered model by name: ``create_model("spikformer_8_384")``."""
+    _load_families()
+    return REGISTRY.create_model(name, **kwargs)
+
+
+def list_models(pattern: str = "*") -> list[str]:
+    _load_families()
+    return REGISTRY.list_models(pattern)
+
+
+def create_mixer(name: str, dim: int, **kwargs):  # noqa: ANN201 - returns an nn.Module
+    """Build a registered drop-in token mixer ``(B, N, C) -> (B, N, C)`` by name."""
+    _load_families()
+    return REGISTRY.create_mixer(name, dim, **kwargs)
+
+
+def list_mixers(pattern: str = "*") -> list[str]:
+    _load_families()
+    return REGISTRY.list_mixers(pattern)
+
+
+# Modules that register models or mixers; each family adds itself here.
+FAMILY_MODULES: tuple[str, ...] = ()
+
+
+def _load_families() -> None:
+    import importlib
+
+    for module in FAMILY_MODULES:
+        importlib.import_module(module)
+
+
+__all__ = [
+    "FAMILY_MODULES",
+    "REGISTRY",
+    "count_params",
+    "create_mixer",
+    "create_model",
+    "list_mixers",
+    "list_models",
+    "register_mixer",
+    "register_model",
+]

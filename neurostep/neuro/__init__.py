@@ -1,0 +1,1 @@
+"""neurostep.neuro"""
