@@ -44,7 +44,8 @@ def check_tensor(
         raise ValueError(f"{name} must have at least {min_ndim} dims, got shape {tuple(x.shape)}")
     if shape is not None:
         if x.dim() != len(shape) or any(s is not None and s != d for s, d in zip(shape, x.shape)):
-            expected = tuple("*" if s is None else s for s in shape)
+            dims = ", ".join("*" if s is None else str(s) for s in shape)
+            expected = f"({dims},)" if len(shape) == 1 else f"({dims})"
             raise ValueError(f"{name} must have shape {expected}, got {tuple(x.shape)}")
     if device is not None and x.device != device:
         raise ValueError(f"{name} is on {x.device} but the input is on {device}; move them to one device")
