@@ -35,7 +35,14 @@ def list_mixers(pattern: str = "*") -> list[str]:
 
 
 # Modules that register models or mixers; each family adds itself here.
-FAMILY_MODULES: tuple[str, ...] = ()
+FAMILY_MODULES: tuple[str, ...] = (
+    "neurostep.mixers.attention",
+    "neurostep.models.ffnet",
+    "neurostep.models.ninformer",
+    "neurostep.models.efficientmod",
+    "neurostep.models.crate",
+    "neurostep.models.spikformer",
+)
 
 
 def _load_families() -> None:

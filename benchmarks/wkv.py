@@ -1,0 +1,148 @@
+"""WKV (RWKV-4 attention) forward+backward on CPU: neurostep vs a plain torch loop vs transformers.
+
+Default shape: batch 1, 768 channels, length 1024, fp32 (RWKV-169M width at its training context).
+All three are measured in the same run on the same inputs; the table prints medians and the
+ratio of each peer to neurostep's cpu backend, plus two roofline bounds for the fused kernel:
+memory traffic at the copy bandwidth and exponentials at numba's scalar exp rate.
+
+    .venv/bin/python benchmarks/wkv.py            # full run
+    .venv/bin/python benchmarks/wkv.py --quick    # a short run
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from neurostep.kernels.wkv import init_state, reference, wkv  # noqa: E402
+
+COPY_BANDWIDTH = 29e9   # bytes/s, numpy copy on this kind of machine (REFERENCE.md section 8)
+SCALAR_EXP_RATE = 0.3e9  # exps/s on 2 threads with numba's scalar math.exp (REFERENCE.md section 8)
+
+
+def _load() -> str:
+    try:
+        return os.popen("uptime").read().strip()
+    except OSError:  # pragma: no cover - uptime missing
+        return "unknown"
+
+
+def _time(fn, repeats: int, warmup: int) -> list[float]:
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return times
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--batch", type=int, default=1)
+    parser.add_argument("--channels", type=int, default=768)
+    parser.add_argument("--length", type=int, default=1024)
+    parser.add_argument("--quick", action="store_true", help="fewer repeats (and peers timed fewer times)")
+    parser.add_argument("--out", default=str(Path(__file__).resolve().parent / "results" / "wkv.json"))
+    args = parser.parse_args()
+
+    B, C, T = args.batch, args.channels, args.length
+    repeats, peer_repeats = (5, 2) if args.quick else (20, 5)
+    torch.manual_seed(0)
+    td = torch.randn(C) * 0.5 - 1.0
+    tf = torch.randn(C) * 0.5
+    k = torch.randn(B, T, C)
+    v = torch.randn(B, T, C)
+    gy = torch.randn(B, T, C)
+
+    def leaves():
+        return [t.clone().requires_grad_(True) for t in (td, tf, k, v)]
+
+    def run_neurostep():
+        a, b, kk, vv = leaves()
+        y, _ = wkv(a, b, kk, vv, backend="cpu")
+        y.backward(gy)
+        return y, (a.grad, b.grad, kk.grad, vv.grad)
+
+    def run_torch_loop():
+        a, b, kk, vv = leaves()
+        y, *_ = reference.scan(-torch.exp(a), b, kk, vv, *init_state(B, C))
+        y.backward(gy)
+        return y, (a.grad, b.grad, kk.grad, vv.grad)
+
+    cases = {"neurostep cpu (numba)": run_neurostep, "torch time loop": run_torch_loop}
+    try:
+        from transformers.models.rwkv.modeling_rwkv import rwkv_linear_attention_cpu
+
+        def run_transformers():
+            a, b, kk, vv = leaves()
+            y, _ = rwkv_linear_attention_cpu(a, b, kk, vv)
+            y.backward(gy)
+            return y, (a.grad, b.grad, kk.grad, vv.grad)
+
+        cases["transformers rwkv_linear_attention_cpu"] = run_transformers
+    except ImportError:
+        print("transformers is not installed: its RWKV CPU path is not measured")
+
+    # Same answer first: a benchmark of wrong code is worthless.
+    ref_y, ref_g = run_torch_loop()
+    for name, fn in cases.items():
+        y, g = fn()
+        err = max([(y - ref_y).abs().max().item()] + [((a - b).abs().max() / (b.abs().max() + 1e-12)).item()
+                                                      for a, b in zip(g, ref_g)])
+        if err > 1e-3:
+            raise SystemExit(f"{name} disagrees with the torch loop (max error {err:.2e})")
+
+    load_before = _load()
+    results = {}
+    for name, fn in cases.items():
+        ours = name.startswith("neurostep")
+        times = _time(fn, repeats if ours else peer_repeats, warmup=2 if ours else 1)
+        results[name] = {"median_s": statistics.median(times), "times_s": times}
+    load_after = _load()
+
+    ours = results["neurostep cpu (numba)"]["median_s"]
+    n = B * T * C
+    # forward reads k, v, writes y and the 3-float history; backward reads k, v, y, gy, history, writes gk, gv
+    bytes_moved = 4 * n * (2 + 4 + 7 + 2)
+    exps = 4 * n  # 2 forward + 2 backward, one exp per max-shifted pair
+    roof_mem = bytes_moved / COPY_BANDWIDTH
+    roof_exp = exps / SCALAR_EXP_RATE
+    print(f"WKV forward+backward, B={B} C={C} L={T} fp32, torch threads {torch.get_num_threads()}")
+    print(f"load before: {load_before}\nload after:  {load_after}")
+    print(f"{'implementation':42s} {'median ms':>10s} {'x slower than neurostep':>24s}")
+    for name, r in results.items():
+        r["ratio_to_neurostep"] = r["median_s"] / ours
+        print(f"{name:42s} {1e3 * r['median_s']:10.2f} {r['ratio_to_neurostep']:24.1f}")
+    print(f"roofline: memory {1e3 * roof_mem:.2f} ms ({bytes_moved / 1e6:.0f} MB at {COPY_BANDWIDTH / 1e9:.0f} GB/s), "
+          f"exp {1e3 * roof_exp:.2f} ms ({exps / 1e6:.1f} M exps at {SCALAR_EXP_RATE / 1e9:.1f} G/s); "
+          f"neurostep at {ours / max(roof_mem, roof_exp):.2f}x the larger bound")
+
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({
+        "benchmark": "wkv_forward_backward",
+        "shape": {"batch": B, "channels": C, "length": T, "dtype": "float32"},
+        "quick": args.quick,
+        "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+                    "load_before": load_before, "load_after": load_after},
+        "results": results,
+        "roofline": {"memory_s": roof_mem, "exp_s": roof_exp, "bytes": bytes_moved, "exps": exps,
+                     "neurostep_over_bound": ours / max(roof_mem, roof_exp)},
+    }, indent=2))
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()

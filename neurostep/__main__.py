@@ -1,0 +1,7 @@
+"""``python -m neurostep ...`` runs the command-line interface."""
+
+import sys
+
+from neurostep.cli import main
+
+sys.exit(main())

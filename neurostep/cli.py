@@ -1,0 +1,144 @@
+"""The ``neurostep`` command.
+
+    neurostep run experiments/<name>.toml      train/evaluate every listed block (resumes)
+    neurostep list [mixers|models|tasks|experiments]
+    neurostep report runs/<name>               write report.md and plots from stored results
+    neurostep bench [NAME ...] [--quick]       run the scripts in benchmarks/
+    neurostep energy MODEL [...]               operation/energy report of a registered model
+"""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+
+def _repo_root() -> Path:
+    return Path(__file__).resolve().parents[1]
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from neurostep.experiment import load_config, run_experiment
+
+    cfg = load_config(args.experiment)
+    if args.out_dir:
+        cfg.out_dir = args.out_dir
+    if args.seeds:
+        cfg.seeds = args.seeds
+    if args.no_progress:
+        cfg.train["progress"] = False
+    run_experiment(cfg, report=not args.no_report)
+    return 0
+
+
+def _experiment_files() -> list[Path]:
+    seen: dict[str, Path] = {}
+    for root in (Path.cwd() / "experiments", _repo_root() / "experiments"):
+        for f in sorted(root.glob("*.toml")) if root.is_dir() else []:
+            seen.setdefault(f.name, f)
+    return list(seen.values())
+
+
+def _cmd_list(args: argparse.Namespace) -> int:
+    from neurostep.experiment.tasks import TASKS
+    from neurostep.models import list_mixers, list_models
+
+    what = args.what
+    if what in ("all", "mixers"):
+        print("mixers:      " + ", ".join(list_mixers()))
+    if what in ("all", "models"):
+        print("models:      " + ", ".join(list_models()))
+    if what in ("all", "tasks"):
+        print("tasks:       " + ", ".join(sorted(TASKS)))
+    if what in ("all", "experiments"):
+        files = _experiment_files()
+        print("experiments: " + ", ".join(str(f.relative_to(Path.cwd()) if f.is_relative_to(Path.cwd()) else f)
+                                          for f in files))
+    return 0
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from neurostep.experiment import write_report
+
+    path = write_report(args.run_dir)
+    print(f"report: {path}")
+    return 0
+
+
+def _cmd_bench(args: argparse.Namespace) -> int:
+    bench_dir = Path(args.dir) if args.dir else _repo_root() / "benchmarks"
+    scripts = sorted(p for p in bench_dir.glob("*.py") if not p.name.startswith("_"))
+    if not scripts:
+        raise FileNotFoundError(f"no benchmark scripts in {bench_dir}")
+    if args.names:
+        by_name = {p.stem: p for p in scripts}
+        unknown = [n for n in args.names if n not in by_name]
+        if unknown:
+            raise ValueError(f"unknown benchmark(s) {unknown}; available: {sorted(by_name)}")
+        scripts = [by_name[n] for n in args.names]
+    failed = []
+    for script in scripts:
+        cmd = [sys.executable, str(script), *(["--quick"] if args.quick else [])]
+        print(f"== {script.name}: {' '.join(cmd[1:])}", flush=True)
+        if subprocess.call(cmd, cwd=bench_dir.parent) != 0:
+            failed.append(script.name)
+    if failed:
+        print(f"benchmarks failed: {failed}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _cmd_energy(args: argparse.Namespace, rest: list[str]) -> int:
+    # Imported here so that `neurostep run` works without pulling in the counter.
+    from neurostep.energy import cli_main
+
+    result = cli_main([args.model, *rest])
+    return int(result or 0)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="neurostep", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="run an experiment TOML (finished runs are skipped)")
+    run.add_argument("experiment", help="path to experiments/<name>.toml")
+    run.add_argument("--out-dir", help="results root (default: [experiment] out_dir, 'runs')")
+    run.add_argument("--seeds", type=int, nargs="+", help="override the seeds")
+    run.add_argument("--no-progress", action="store_true", help="no progress bars")
+    run.add_argument("--no-report", action="store_true", help="do not write the report at the end")
+    lst = sub.add_parser("list", help="list registered mixers, models, tasks and experiment files")
+    lst.add_argument("what", nargs="?", default="all", choices=("all", "mixers", "models", "tasks", "experiments"))
+    rep = sub.add_parser("report", help="write report.md and plots for runs/<name>")
+    rep.add_argument("run_dir")
+    bench = sub.add_parser("bench", help="run the benchmark scripts in benchmarks/")
+    bench.add_argument("names", nargs="*", help="script names without .py (default: all)")
+    bench.add_argument("--quick", action="store_true", help="pass --quick to each script")
+    bench.add_argument("--dir", help="benchmarks directory (default: the repository's benchmarks/)")
+    energy = sub.add_parser("energy", help="operation/energy report of a registered model (extra options are "
+                                           "passed to neurostep.energy)")
+    energy.add_argument("model")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args, rest = parser.parse_known_args(argv)
+    if rest and args.command != "energy":
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
+    try:
+        if args.command == "energy":
+            return _cmd_energy(args, rest)
+        handler = {"run": _cmd_run, "list": _cmd_list, "report": _cmd_report, "bench": _cmd_bench}[args.command]
+        return handler(args)
+    except (ValueError, TypeError, FileNotFoundError, KeyError) as exc:
+        # Configuration mistakes: one clear line, not a traceback.
+        print(f"neurostep {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,296 @@
+"""Experiment definitions: TOML files parsed into validated, hashable configs.
+
+An experiment file has these tables (every key optional unless marked)::
+
+    [experiment]            name, kind ("mixers" | "concept_shift"), seeds, blocks, tasks, imports, out_dir
+    [backbone]              dim, depth, num_heads, mlp_ratio, norm            (kind = "mixers")
+    [train]                 epochs, batch_size, lr, weight_decay, grad_clip, max_steps, eval_batch_size, progress
+    [measure]               energy, energy_profile, latency_reps, throughput_batch
+    [tasks.<label>]         options of one task; ``task = "<base>"`` picks the builder when the
+                            label is not itself a task name (``[tasks.digits_rate] task = "digits"``)
+    [blocks.<name>]         keyword options passed to ``create_mixer(name, ...)``
+    [concept_shift]         options of the homeostatic-learner experiment (kind = "concept_shift")
+
+Unknown tables or keys raise ``ValueError`` naming the key and the allowed ones, so a typo
+never silently falls back to a default.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - Python 3.10 has no tomllib; tomli is its backport
+    import tomli as tomllib
+
+KINDS = ("mixers", "concept_shift")
+
+EXPERIMENT_DEFAULTS: dict[str, Any] = {
+    "name": None,          # defaults to the file's stem
+    "kind": "mixers",
+    "seeds": [0],
+    "blocks": [],
+    "tasks": [],
+    "learners": ["homeostatic", "random", "constant"],
+    "imports": [],         # modules imported first, e.g. to register custom mixers
+    "out_dir": "runs",
+    "description": "",
+}
+
+BACKBONE_DEFAULTS: dict[str, Any] = {
+    "dim": 32,
+    "depth": 2,
+    "num_heads": 4,
+    "mlp_ratio": 2.0,
+    "norm": "layernorm",
+}
+
+TRAIN_DEFAULTS: dict[str, Any] = {
+    "epochs": 3,
+    "batch_size": 32,
+    "eval_batch_size": 256,
+    "lr": 2e-3,
+    "weight_decay": 0.05,
+    "grad_clip": 1.0,
+    "max_steps": 0,        # 0: no limit; otherwise stop after this many optimizer steps
+    "progress": True,
+}
+
+MEASURE_DEFAULTS: dict[str, Any] = {
+    "energy": True,
+    "energy_profile": "45nm_fp32",
+    "latency_reps": 5,
+    "throughput_batch": 64,
+}
+
+CONCEPT_SHIFT_DEFAULTS: dict[str, Any] = {
+    "hidden": [80, 60],
+    "activation": "elu",
+    "eta0": 0.01,
+    "minibatch": 10,
+    "epochs": 10,
+    "swaps_per_epoch": [0, 1, 4, 16],
+    "interval": 10,
+    "memory": 20,
+    "excitatory_from": 5,   # classes >= this are excitatory (eta up), the rest inhibitory
+    "p_change": 0.5,        # random baseline's change probability
+    "test_fraction": 0.25,
+    "curve_points": 50,     # learning-rate trajectory points kept per run
+}
+
+SECTIONS: dict[str, dict[str, Any]] = {
+    "experiment": EXPERIMENT_DEFAULTS,
+    "backbone": BACKBONE_DEFAULTS,
+    "train": TRAIN_DEFAULTS,
+    "measure": MEASURE_DEFAULTS,
+    "concept_shift": CONCEPT_SHIFT_DEFAULTS,
+}
+TABLE_SECTIONS = ("tasks", "blocks")
+
+
+@dataclass
+class ExperimentConfig:
+    """A validated experiment: sections with defaults filled in, plus per-task and per-block options."""
+
+    name: str
+    kind: str
+    seeds: list[int]
+    blocks: list[str]
+    tasks: list[str]
+    learners: list[str]
+    imports: list[str]
+    out_dir: str
+    description: str = ""
+    backbone: dict[str, Any] = field(default_factory=dict)
+    train: dict[str, Any] = field(default_factory=dict)
+    measure: dict[str, Any] = field(default_factory=dict)
+    concept_shift: dict[str, Any] = field(default_factory=dict)
+    task_options: dict[str, dict[str, Any]] = field(default_factory=dict)
+    block_options: dict[str, dict[str, Any]] = field(default_factory=dict)
+    source: str | None = None
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.out_dir) / self.name
+
+    def run_config(self, block: str, task: str) -> dict[str, Any]:
+        """Everything that determines one (block, task) run's result, except the seed.
+
+        Lists of blocks, tasks and seeds are left out so that adding a block to a file does
+        not invalidate the results already stored for the others.
+        """
+        train = {k: v for k, v in self.train.items() if k != "progress"}
+        if self.kind == "concept_shift":
+            return {"kind": self.kind, "learner": block, "task": task, "concept_shift": self.concept_shift}
+        return {
+            "kind": self.kind,
+            "block": block,
+            "block_options": self.block_options.get(block, {}),
+            "task": task,
+            "task_options": self.task_options.get(task, {}),
+            "backbone": self.backbone,
+            "train": train,
+            "measure": {k: v for k, v in self.measure.items() if k in ("energy", "energy_profile")},
+        }
+
+    def config_hash(self, block: str, task: str) -> str:
+        return config_hash(self.run_config(block, task))
+
+
+def config_hash(obj: Any) -> str:
+    """Stable 12-hex-digit hash of a JSON-serialisable object (key order does not matter)."""
+    text = json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+def _check_keys(where: str, table: dict[str, Any], allowed: dict[str, Any] | tuple[str, ...]) -> None:
+    for key in table:
+        if key not in allowed:
+            raise ValueError(f"unknown key {key!r} in [{where}]; allowed keys: {sorted(allowed)}")
+
+
+def _check_type(where: str, key: str, value: Any, default: Any) -> None:
+    if default is None:
+        if value is not None and not isinstance(value, str):
+            raise TypeError(f"[{where}] {key} must be a string, got {type(value).__name__} {value!r}")
+        return
+    if isinstance(default, bool):
+        ok = isinstance(value, bool)
+    elif isinstance(default, float):
+        ok = isinstance(value, int | float) and not isinstance(value, bool)
+    elif isinstance(default, int):
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    elif isinstance(default, list):
+        ok = isinstance(value, list)
+    else:
+        ok = isinstance(value, type(default))
+    if not ok:
+        raise TypeError(f"[{where}] {key} must be {type(default).__name__}, got {type(value).__name__} {value!r}")
+
+
+def _fill(where: str, table: Any, defaults: dict[str, Any]) -> dict[str, Any]:
+    if not isinstance(table, dict):
+        raise TypeError(f"[{where}] must be a table, got {type(table).__name__}")
+    _check_keys(where, table, defaults)
+    out = copy.deepcopy(defaults)
+    for key, value in table.items():
+        _check_type(where, key, value, defaults[key])
+        out[key] = float(value) if isinstance(defaults[key], float) else value
+    return out
+
+
+def parse_config(data: dict[str, Any], *, name: str | None = None, source: str | None = None) -> ExperimentConfig:
+    """Validate a parsed TOML document and fill in defaults.
+
+    Raises ``ValueError`` for unknown tables/keys (naming the allowed ones), unknown kinds,
+    tasks and empty lists; ``TypeError`` for values of the wrong type.
+    """
+    from neurostep.experiment.tasks import TASKS, task_defaults
+
+    _check_keys("top level", data, (*SECTIONS, *TABLE_SECTIONS))
+    exp = _fill("experiment", data.get("experiment", {}), EXPERIMENT_DEFAULTS)
+    if exp["kind"] not in KINDS:
+        raise ValueError(f"[experiment] kind must be one of {KINDS}, got {exp['kind']!r}")
+    exp_name = exp["name"] or name
+    if not exp_name:
+        raise ValueError("[experiment] name is missing and could not be taken from a file name")
+    seeds = exp["seeds"]
+    if not seeds or not all(isinstance(s, int) and not isinstance(s, bool) for s in seeds):
+        raise ValueError(f"[experiment] seeds must be a non-empty list of ints, got {seeds!r}")
+    for key in ("blocks", "tasks", "learners", "imports"):
+        if not all(isinstance(v, str) for v in exp[key]):
+            raise TypeError(f"[experiment] {key} must be a list of strings, got {exp[key]!r}")
+
+    cfg = ExperimentConfig(
+        name=exp_name, kind=exp["kind"], seeds=list(seeds), blocks=list(exp["blocks"]), tasks=list(exp["tasks"]),
+        learners=list(exp["learners"]), imports=list(exp["imports"]), out_dir=exp["out_dir"],
+        description=exp["description"], source=source,
+    )
+    if cfg.kind == "concept_shift":
+        for section in ("backbone", "train", "measure", "tasks", "blocks"):
+            if section in data:
+                raise ValueError(f"[{section}] is not used by kind = 'concept_shift'; allowed tables: "
+                                 "['concept_shift', 'experiment']")
+        cfg.concept_shift = _fill("concept_shift", data.get("concept_shift", {}), CONCEPT_SHIFT_DEFAULTS)
+        _validate_concept_shift(cfg)
+        return cfg
+
+    if "concept_shift" in data:
+        raise ValueError("[concept_shift] is only used with [experiment] kind = 'concept_shift'")
+    cfg.backbone = _fill("backbone", data.get("backbone", {}), BACKBONE_DEFAULTS)
+    cfg.train = _fill("train", data.get("train", {}), TRAIN_DEFAULTS)
+    cfg.measure = _fill("measure", data.get("measure", {}), MEASURE_DEFAULTS)
+    for key in ("dim", "depth", "num_heads"):
+        if cfg.backbone[key] < 1:
+            raise ValueError(f"[backbone] {key} must be >= 1, got {cfg.backbone[key]}")
+    if cfg.backbone["dim"] % cfg.backbone["num_heads"]:
+        raise ValueError(f"[backbone] dim ({cfg.backbone['dim']}) must be divisible by num_heads "
+                         f"({cfg.backbone['num_heads']})")
+    for key in ("epochs", "batch_size", "eval_batch_size"):
+        if cfg.train[key] < 1:
+            raise ValueError(f"[train] {key} must be >= 1, got {cfg.train[key]}")
+    if not cfg.blocks:
+        raise ValueError("[experiment] blocks is empty: list the mixers to compare (see `neurostep list`)")
+    if not cfg.tasks:
+        raise ValueError(f"[experiment] tasks is empty: list tasks from {sorted(TASKS)}")
+
+    task_tables = data.get("tasks", {})
+    block_tables = data.get("blocks", {})
+    for where, tables in (("tasks", task_tables), ("blocks", block_tables)):
+        if not isinstance(tables, dict) or not all(isinstance(v, dict) for v in tables.values()):
+            raise TypeError(f"[{where}] must hold sub-tables like [{where}.<name>]")
+    for label in task_tables:
+        if label not in cfg.tasks:
+            raise ValueError(f"[tasks.{label}] is not listed in [experiment] tasks {cfg.tasks}")
+    for block in block_tables:
+        if block not in cfg.blocks:
+            raise ValueError(f"[blocks.{block}] is not listed in [experiment] blocks {cfg.blocks}")
+    for label in cfg.tasks:
+        options = dict(task_tables.get(label, {}))
+        base = options.pop("task", label)
+        if base not in TASKS:
+            raise ValueError(f"unknown task {base!r} (from tasks entry {label!r}); available tasks: {sorted(TASKS)}")
+        resolved = _fill(f"tasks.{label}", options, task_defaults(base))
+        resolved["task"] = base
+        cfg.task_options[label] = resolved
+    cfg.block_options = {block: dict(block_tables.get(block, {})) for block in cfg.blocks}
+    return cfg
+
+
+def _validate_concept_shift(cfg: ExperimentConfig) -> None:
+    from neurostep.neuro.homeostasis import RULES
+
+    for learner in cfg.learners:
+        if learner not in RULES:
+            raise ValueError(f"unknown learner {learner!r} in [experiment] learners; available: {list(RULES)}")
+    cs = cfg.concept_shift
+    rates = cs["swaps_per_epoch"]
+    if not rates or not all(isinstance(r, int) and r >= 0 for r in rates):
+        raise ValueError(f"[concept_shift] swaps_per_epoch must be a non-empty list of ints >= 0, got {rates!r}")
+    if not all(isinstance(h, int) and h > 0 for h in cs["hidden"]):
+        raise ValueError(f"[concept_shift] hidden must be a list of positive ints, got {cs['hidden']!r}")
+    for key in ("minibatch", "epochs", "interval", "memory"):
+        if cs[key] < 1:
+            raise ValueError(f"[concept_shift] {key} must be >= 1, got {cs[key]}")
+    if cs["eta0"] <= 0:
+        raise ValueError(f"[concept_shift] eta0 must be > 0, got {cs['eta0']}")
+
+
+def load_config(path: str | Path) -> ExperimentConfig:
+    """Read and validate an experiment TOML file."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"experiment file {str(path)!r} does not exist")
+    try:
+        with path.open("rb") as fh:
+            data = tomllib.load(fh)
+    except tomllib.TOMLDecodeError as exc:
+        raise ValueError(f"{path}: invalid TOML: {exc}") from exc
+    return parse_config(data, name=path.stem, source=str(path))

@@ -1,0 +1,105 @@
+"""Concept-shift experiment for homeostatic learners (REFERENCE.md section 5), scaled to digits.
+
+An MLP 64-h1-h2-10 (ELU) is trained with SGD minibatches of 10 on scikit-learn's digits.
+The labels of two random classes are swapped ``swaps_per_epoch`` times per epoch, evenly
+spaced, in the training stream and in the test labels alike. Learners differ only in how
+they regulate the learning rate (:class:`neurostep.neuro.homeostasis.HomeostaticLR`).
+For a given seed and shift rate every learner sees the same initial weights, sample order
+and swap sequence, so differences between learners are paired.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from neurostep.experiment.config import ExperimentConfig
+from neurostep.experiment.tasks import concept_shift_swap_points, load_digits_arrays, split_indices, swap_two_classes
+from neurostep.layers import resolve_act
+from neurostep.neuro.homeostasis import HomeostaticLR, threshold_signs
+
+
+def concept_shift_runs(cfg: ExperimentConfig) -> list[str]:
+    """Task labels, one per shift rate: ``swaps_<n>``."""
+    return [f"swaps_{r}" for r in cfg.concept_shift["swaps_per_epoch"]]
+
+
+def prepare_concept_shift(cfg: ExperimentConfig) -> dict[str, torch.Tensor]:
+    """Flattened digits ``(N, 64)`` in [0, 1] and labels, split once (data seed 0)."""
+    images, labels = load_digits_arrays()
+    train, test = split_indices(labels, cfg.concept_shift["test_fraction"], 0)
+    x = torch.from_numpy(images.reshape(len(images), -1))
+    y = torch.from_numpy(labels)
+    return {"x_train": x[train], "y_train": y[train], "x_test": x[test], "y_test": y[test]}
+
+
+def make_mlp(sizes: list[int], activation: str = "elu") -> nn.Sequential:
+    """MLP with the given layer sizes (``[64, 80, 60, 10]``) and an activation between layers."""
+    act = resolve_act(activation)
+    layers: list[nn.Module] = []
+    for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
+        layers.append(nn.Linear(a, b))
+        if i < len(sizes) - 2:
+            layers.append(act())
+    return nn.Sequential(*layers)
+
+
+def _subsample(values: list[float], points: int) -> list[float]:
+    if len(values) <= points:
+        return list(values)
+    idx = np.linspace(0, len(values) - 1, points).round().astype(int)
+    return [values[i] for i in idx]
+
+
+def concept_shift_run(cfg: ExperimentConfig, learner: str, task_label: str, seed: int,
+                      data: dict[str, torch.Tensor]) -> dict[str, Any]:
+    """Train one learner under one shift rate; returns the result record with accuracy curves."""
+    cs = cfg.concept_shift
+    rate = int(task_label.split("_", 1)[1])
+    torch.manual_seed(seed)
+    model = make_mlp([data["x_train"].shape[1], *cs["hidden"], 10], cs["activation"])
+    opt = torch.optim.SGD(model.parameters(), lr=cs["eta0"])
+    homeo = HomeostaticLR(
+        opt, model, rule=learner, eta0=cs["eta0"], interval=cs["interval"], memory=cs["memory"],
+        class_signs=threshold_signs(10, cs["excitatory_from"]), p_change=cs["p_change"],
+        generator=torch.Generator().manual_seed(10_000 + seed),
+    )
+    order = torch.Generator().manual_seed(seed)
+    swaps = np.random.default_rng([seed, rate])
+    mapping = np.arange(10)
+    x_tr, y_tr, x_te, y_te = data["x_train"], data["y_train"], data["x_test"], data["y_test"]
+    m = cs["minibatch"]
+    batches = x_tr.shape[0] // m
+    swap_after = concept_shift_swap_points(batches, rate)
+    test_curve, online_curve, etas = [], [], []
+    n_swaps = 0
+    start = time.perf_counter()
+    for _ in range(cs["epochs"]):
+        perm = torch.randperm(x_tr.shape[0], generator=order)
+        correct = 0
+        for j in range(batches):
+            idx = perm[j * m:(j + 1) * m]
+            y = torch.from_numpy(mapping[y_tr[idx].numpy()])
+            out = homeo.step(x_tr[idx], y)
+            correct += out.correct
+            etas.append(out.eta)
+            if j in swap_after:
+                swap_two_classes(mapping, swaps)
+                n_swaps += 1
+        online_curve.append(correct / (batches * m))
+        with torch.no_grad():
+            pred = model(x_te).argmax(-1).numpy()
+        test_curve.append(float((pred == mapping[y_te.numpy()]).mean()))
+    mean_test = float(np.mean(test_curve))
+    return {
+        "experiment": cfg.name, "block": learner, "task": task_label, "seed": seed,
+        "config_hash": cfg.config_hash(learner, task_label), "metric_name": "mean_test_accuracy",
+        "metric": mean_test, "mean_test_accuracy": mean_test, "final_test_accuracy": test_curve[-1],
+        "mean_online_accuracy": float(np.mean(online_curve)), "swaps_per_epoch": rate, "swaps": n_swaps,
+        "test_curve": test_curve, "online_curve": online_curve, "eta_curve": _subsample(etas, cs["curve_points"]),
+        "final_eta": homeo.eta, "train_time_s": time.perf_counter() - start, "finished_at": time.time(),
+    }

@@ -1,0 +1,272 @@
+"""CPU backend of the LIF scan: fused numba forward and backward kernels.
+
+Layout (the choice that matters most on CPU): ``prange`` over a few contiguous blocks of
+lanes, then time, then the lanes of the block in a branch-free inner loop that LLVM
+vectorizes. The state of a block stays in L1/L2 across all T steps, and every time step
+streams one contiguous row segment of x / h / spikes. Looping over time *inside* a lane
+(strided access) is about 30x slower.
+
+Only ``h`` (pre-reset membrane, plus ``theta`` when the threshold adapts) is saved for the
+backward; spikes and the post-reset membrane are recomputed from it with the forward's exact
+arithmetic. Scalars are passed in the data dtype (float32 stays float32: numba would otherwise
+promote to float64 and round differently from the torch reference). Mode flags are loop
+invariant and written as selects, which LLVM if-converts, so the loops stay vectorizable.
+
+Same signature as ``reference.forward`` / ``reference.backward``: contiguous ``(T, N)`` float32
+or float64 tensors.
+"""
+
+from __future__ import annotations
+
+import numba
+import numpy as np
+import torch
+from numba import prange
+
+from neurostep.kernels.lif.common import LIFParams
+from neurostep.kernels.lif.surrogates import sg_block
+
+_MIN_BLOCK = 512
+_MAX_BLOCK = 4096
+
+
+def _block_size(n: int) -> int:
+    """Lanes per block: a few blocks per thread (load balance), each small enough for L1/L2."""
+    threads = numba.get_num_threads()
+    b = -(-n // (4 * threads))
+    b = min(max(b, _MIN_BLOCK), _MAX_BLOCK)
+    return ((b + 15) // 16) * 16
+
+
+@numba.njit(parallel=True, cache=True)
+def _forward_kernel(x, v0, a0, spikes, h_out, theta_out, vseq, v_last, a_last, k, omk, vth, vr, vr_c, rho, beta,
+                    hard, decay, snn, snn_reset, adaptive, write_vseq, block):  # pragma: no cover - compiled
+    T, N = x.shape
+    one = vth - vth + 1  # 1 and 0 in the data dtype (a float literal would promote float32 to float64)
+    zero = vth - vth
+    nb = (N + block - 1) // block
+    for b in prange(nb):
+        lo = b * block
+        n = min(block, N - lo)
+        v = v0[lo:lo + n].copy()
+        th = np.full(n, vth)
+        a = a0[lo:lo + n].copy()
+        for t in range(T):
+            xr = x[t]
+            hr = h_out[t]
+            sr = spikes[t]
+            if snn:
+                for j in range(n):
+                    vj = v[j]
+                    r = one if vj > vth else zero
+                    if snn_reset == 0:
+                        hj = omk * vj + xr[lo + j] - r * vth
+                    elif snn_reset == 1:
+                        hj = omk * ((one - r) * vj) + xr[lo + j]
+                    else:
+                        hj = omk * vj + xr[lo + j]
+                    hr[lo + j] = hj
+                    sr[lo + j] = one if hj - vth > zero else zero
+                    v[j] = hj
+            else:
+                if adaptive:
+                    tr = theta_out[t]
+                    for j in range(n):
+                        ap = rho * a[j]
+                        a[j] = ap
+                        th[j] = vth + ap
+                        tr[lo + j] = vth + ap
+                for j in range(n):
+                    vj = v[j]
+                    if decay:
+                        hj = vj + k * (xr[lo + j] - (vj - vr_c))
+                    else:
+                        hj = vj - k * (vj - vr_c) + xr[lo + j]
+                    thj = th[j]
+                    s = one if hj - thj >= zero else zero
+                    hr[lo + j] = hj
+                    sr[lo + j] = s
+                    v[j] = s * vr + (one - s) * hj if hard else hj - s * thj
+                if adaptive:
+                    sr2 = spikes[t]
+                    for j in range(n):
+                        a[j] = a[j] + beta * sr2[lo + j]
+            if write_vseq:
+                vs = vseq[t]
+                for j in range(n):
+                    vs[lo + j] = v[j]
+        for j in range(n):
+            v_last[lo + j] = v[j]
+            a_last[lo + j] = a[j]
+
+
+@numba.njit(parallel=True, cache=True)
+def _backward_kernel(x, v0, h, theta, g_spikes, g_vseq, g_vlast, g_alast, gx, gv0, ga0, gk_part, gvth_part,
+                     k, omk, vth, vr, vr_c, rho, beta, hard, decay, detach, snn, snn_reset, adaptive,
+                     has_gs, has_gvseq, need_k, sid, alpha, fast, block):  # pragma: no cover - compiled
+    """Reverse-time sweep; g_spikes / g_vseq are (1, N) zero rows when absent (has_* False)."""
+    T, N = h.shape
+    one = vth - vth + 1
+    zero = vth - vth
+    nb = (N + block - 1) // block
+    for b in prange(nb):
+        lo = b * block
+        n = min(block, N - lo)
+        cv = g_vlast[lo:lo + n].copy()
+        ca = g_alast[lo:lo + n].copy()
+        th = np.full(n, vth)
+        z = np.empty(n, dtype=cv.dtype)
+        sg = np.empty(n, dtype=cv.dtype)
+        tmp = np.empty(n, dtype=cv.dtype)
+        gh_s = np.empty(n, dtype=cv.dtype)
+        ibuf = np.empty(n, dtype=np.int32)
+        gk_acc = np.zeros(n, dtype=cv.dtype)
+        gvth_acc = np.zeros(n, dtype=cv.dtype)
+        for t in range(T - 1, -1, -1):
+            hr = h[t]
+            gsr = g_spikes[t if has_gs else 0]
+            gvr = g_vseq[t if has_gvseq else 0]
+            gxr = gx[t]
+            if adaptive:
+                tr = theta[t]
+                for j in range(n):
+                    th[j] = tr[lo + j]
+            for j in range(n):
+                z[j] = hr[lo + j] - th[j]
+            sg_block(sid, alpha, z, sg, tmp, ibuf, n, fast)
+            if snn:
+                vp = h[t - 1] if t > 0 else v0
+                for j in range(n):
+                    vpj = vp[lo + j]
+                    r = one if vpj > vth else zero
+                    gst = gsr[lo + j]
+                    gh = gst * sg[j] + cv[j] + gvr[lo + j]
+                    gth = -gst * sg[j]
+                    if snn_reset == 0:
+                        gth = gth - r * gh
+                    gvth_acc[j] += gth
+                    gxr[lo + j] = gh
+                    if snn_reset == 1:
+                        cv[j] = gh * omk * (one - r)
+                        gk_acc[j] -= gh * ((one - r) * vpj)
+                    else:
+                        cv[j] = gh * omk
+                        gk_acc[j] -= gh * vpj
+                continue
+            for j in range(n):
+                hj = hr[lo + j]
+                thj = th[j]
+                s = one if z[j] >= zero else zero
+                gv = cv[j] + gvr[lo + j]
+                gst = gsr[lo + j]
+                dvds = (vr - hj) if hard else -thj
+                gs_tot = gst if detach else gst + gv * dvds
+                if adaptive:
+                    gs_tot = gs_tot + beta * ca[j]
+                gh = gs_tot * sg[j] + (gv * (one - s) if hard else gv)
+                gth = -gs_tot * sg[j]
+                if not hard:
+                    gth = gth - s * gv
+                if adaptive:
+                    ca[j] = rho * (ca[j] + gth)
+                gvth_acc[j] += gth
+                gxr[lo + j] = gh * k if decay else gh
+                cv[j] = gh * omk
+                gh_s[j] = gh
+            if need_k:
+                if t > 0:
+                    hp = h[t - 1]
+                    tp = theta[t - 1] if adaptive else hp
+                    for j in range(n):
+                        hpj = hp[lo + j]
+                        thp = tp[lo + j] if adaptive else vth
+                        sp = one if hpj - thp >= zero else zero
+                        vpj = sp * vr + (one - sp) * hpj if hard else hpj - sp * thp
+                        if decay:
+                            gk_acc[j] += gh_s[j] * (x[t, lo + j] - vpj + vr_c)
+                        else:
+                            gk_acc[j] += gh_s[j] * (vr_c - vpj)
+                else:
+                    for j in range(n):
+                        vpj = v0[lo + j]
+                        if decay:
+                            gk_acc[j] += gh_s[j] * (x[t, lo + j] - vpj + vr_c)
+                        else:
+                            gk_acc[j] += gh_s[j] * (vr_c - vpj)
+        s_k = 0.0
+        s_th = 0.0
+        for j in range(n):
+            gv0[lo + j] = cv[j]
+            ga0[lo + j] = ca[j]
+            s_k += gk_acc[j]
+            s_th += gvth_acc[j]
+        gk_part[b] = s_k
+        gvth_part[b] = s_th
+
+
+def _np(t: torch.Tensor) -> np.ndarray:
+    return t.detach().numpy()
+
+
+def _scalars(p: LIFParams, dtype: torch.dtype):
+    f = np.float32 if dtype == torch.float32 else np.float64
+    return (f(p.k), f(1.0 - p.k), f(p.vth), f(p.vr), f(p.vr_charge), f(p.rho), f(p.beta))
+
+
+def _check_dtype(x: torch.Tensor) -> None:
+    if x.dtype not in (torch.float32, torch.float64) or x.device.type != "cpu" or not x.is_contiguous():
+        raise TypeError(f"cpu backend expects contiguous float32/float64 CPU tensors, got {x.dtype} on {x.device}")
+
+
+def forward(x: torch.Tensor, v0: torch.Tensor, a0: torch.Tensor | None, p: LIFParams, need_vseq: bool):
+    """Fused forward on contiguous ``x (T, N)``; see ``reference.forward`` for the contract."""
+    _check_dtype(x)
+    T, N = x.shape
+    adaptive = p.adaptive and not p.snn
+    spikes = torch.empty_like(x)
+    h = torch.empty_like(x)
+    theta = torch.empty_like(x) if adaptive else x.new_empty((1, 1))
+    vseq = torch.empty_like(x) if need_vseq else x.new_empty((1, 1))
+    v_last = x.new_empty(N)
+    a_last = x.new_empty(N) if adaptive else x.new_empty(N)
+    a0_arr = a0 if (adaptive and a0 is not None) else x.new_zeros(N)
+    k, omk, vth, vr, vr_c, rho, beta = _scalars(p, x.dtype)
+    _forward_kernel(_np(x), _np(v0), _np(a0_arr), _np(spikes), _np(h), _np(theta), _np(vseq), _np(v_last),
+                    _np(a_last), k, omk, vth, vr, vr_c, rho, beta, p.hard, p.decay_input, p.snn, p.snn_reset,
+                    adaptive, need_vseq, _block_size(N))
+    return spikes, v_last, (a_last if adaptive else None), (vseq if need_vseq else None), h, \
+        (theta if adaptive else None)
+
+
+def backward(x: torch.Tensor | None, v0: torch.Tensor, h: torch.Tensor, theta: torch.Tensor | None,
+             g_spikes: torch.Tensor | None, g_vseq: torch.Tensor | None, g_vlast: torch.Tensor | None,
+             g_alast: torch.Tensor | None, p: LIFParams, need_k_grad: bool):
+    """Fused backward; see ``reference.backward`` for the contract."""
+    _check_dtype(h)
+    T, N = h.shape
+    adaptive = theta is not None
+    zrow = h.new_zeros((1, N))
+    zvec = h.new_zeros(N)
+    block = _block_size(N)
+    nb = -(-N // block)
+    gx = torch.empty_like(h)
+    gv0 = h.new_empty(N)
+    ga0 = h.new_empty(N)
+    gk_part = np.zeros(nb, dtype=np.float64)
+    gvth_part = np.zeros(nb, dtype=np.float64)
+    need_k = bool(need_k_grad) and not p.snn
+    x_arr = x if (need_k and p.decay_input and x is not None) else zrow
+    k, omk, vth, vr, vr_c, rho, beta = _scalars(p, h.dtype)
+    fast = h.dtype == torch.float32
+    alpha = np.float32(p.alpha) if fast else np.float64(p.alpha)
+    _backward_kernel(
+        _np(x_arr), _np(v0), _np(h), _np(theta if adaptive else zrow),
+        _np(g_spikes if g_spikes is not None else zrow), _np(g_vseq if g_vseq is not None else zrow),
+        _np(g_vlast if g_vlast is not None else zvec), _np(g_alast if (adaptive and g_alast is not None) else zvec),
+        _np(gx), _np(gv0), _np(ga0), gk_part, gvth_part, k, omk, vth, vr, vr_c, rho, beta,
+        p.hard, p.decay_input, p.detach_reset, p.snn, p.snn_reset, adaptive,
+        g_spikes is not None, g_vseq is not None, need_k, p.sid, alpha, fast, block,
+    )
+    gk = torch.tensor(gk_part.sum(), dtype=h.dtype)
+    gvth = torch.tensor(gvth_part.sum(), dtype=h.dtype)
+    return gx, gv0, (ga0 if adaptive else None), gk, gvth

@@ -1,0 +1,244 @@
+"""Surrogate gradients of the spike (Heaviside) function, in one place for every backend.
+
+The forward of a spike is a step function; its backward uses the derivative of a smooth
+*primitive* instead. Each surrogate here has an integer id (what the kernels switch on), a
+default ``alpha`` (spikingjelly 2.0's defaults; snntorch's ``fast_sigmoid`` slope 25), the
+torch derivative used by the reference backend, the torch primitive whose derivative it is
+(so tests can check the pair by finite differences), and the same derivative for numba
+(:func:`sg_block`). The triton version lives in ``surrogates_triton.py`` because importing
+triton here would freeze triton's interpreter setting for every importer of this module.
+
+All functions take ``x = H - theta`` (membrane minus threshold) and ``alpha`` and work
+elementwise on any shape.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numba
+import numpy as np
+import torch
+
+_PI = math.pi
+_SQRT_PI = math.sqrt(math.pi)
+
+
+@dataclass(frozen=True)
+class Surrogate:
+    """One surrogate: ``derivative(x, alpha)`` is d/dx ``primitive(x, alpha)``."""
+
+    name: str
+    sid: int
+    default_alpha: float
+    derivative: Callable[[torch.Tensor, float], torch.Tensor]
+    primitive: Callable[[torch.Tensor, float], torch.Tensor]
+
+
+def _sigmoid_d(x: torch.Tensor, a: float) -> torch.Tensor:
+    s = torch.sigmoid(a * x)
+    return a * s * (1.0 - s)
+
+
+def _sigmoid_p(x: torch.Tensor, a: float) -> torch.Tensor:
+    return torch.sigmoid(a * x)
+
+
+def _atan_d(x: torch.Tensor, a: float) -> torch.Tensor:
+    c = (_PI / 2.0 * a) * x
+    return a / (2.0 * (1.0 + c * c))
+
+
+def _atan_p(x: torch.Tensor, a: float) -> torch.Tensor:
+    return torch.atan((_PI / 2.0 * a) * x) / _PI + 0.5
+
+
+def _pq_d(x: torch.Tensor, a: float) -> torch.Tensor:
+    return torch.clamp(a - a * a * x.abs(), min=0.0)
+
+
+def _pq_p(x: torch.Tensor, a: float) -> torch.Tensor:
+    inner = -0.5 * a * a * x * x.abs() + a * x + 0.5
+    return torch.where(x < -1.0 / a, torch.zeros_like(x), torch.where(x > 1.0 / a, torch.ones_like(x), inner))
+
+
+def _pexp_d(x: torch.Tensor, a: float) -> torch.Tensor:
+    return (a / 2.0) * torch.exp(-a * x.abs())
+
+
+def _pexp_p(x: torch.Tensor, a: float) -> torch.Tensor:
+    e = 0.5 * torch.exp(-a * x.abs())
+    return torch.where(x < 0, e, 1.0 - e)
+
+
+def _softsign_d(x: torch.Tensor, a: float) -> torch.Tensor:
+    d = 1.0 + a * x.abs()
+    return a / (2.0 * d * d)
+
+
+def _softsign_p(x: torch.Tensor, a: float) -> torch.Tensor:
+    return 0.5 * (a * x / (1.0 + (a * x).abs()) + 1.0)
+
+
+def _superspike_d(x: torch.Tensor, a: float) -> torch.Tensor:
+    d = 1.0 + x.abs()
+    return a / (d * d)
+
+
+def _superspike_p(x: torch.Tensor, a: float) -> torch.Tensor:
+    return a * x / (1.0 + x.abs())
+
+
+def _erf_d(x: torch.Tensor, a: float) -> torch.Tensor:
+    ax = a * x
+    return (a / _SQRT_PI) * torch.exp(-(ax * ax))
+
+
+def _erf_p(x: torch.Tensor, a: float) -> torch.Tensor:
+    return 0.5 * torch.erfc(-a * x)
+
+
+def _fastsig_d(x: torch.Tensor, a: float) -> torch.Tensor:
+    d = 1.0 + a * x.abs()
+    return 1.0 / (d * d)
+
+
+def _fastsig_p(x: torch.Tensor, a: float) -> torch.Tensor:
+    return x / (1.0 + a * x.abs())
+
+
+SURROGATES: dict[str, Surrogate] = {
+    s.name: s
+    for s in (
+        Surrogate("sigmoid", 0, 4.0, _sigmoid_d, _sigmoid_p),
+        Surrogate("atan", 1, 2.0, _atan_d, _atan_p),
+        Surrogate("piecewise_quadratic", 2, 1.0, _pq_d, _pq_p),
+        Surrogate("piecewise_exp", 3, 1.0, _pexp_d, _pexp_p),
+        Surrogate("soft_sign", 4, 2.0, _softsign_d, _softsign_p),
+        Surrogate("super_spike", 5, 1.0, _superspike_d, _superspike_p),
+        Surrogate("erf", 6, 2.0, _erf_d, _erf_p),
+        Surrogate("fast_sigmoid", 7, 25.0, _fastsig_d, _fastsig_p),
+    )
+}
+
+
+def get_surrogate(name: str) -> Surrogate:
+    """Look a surrogate up by name; ``ValueError`` listing the choices otherwise."""
+    if not isinstance(name, str) or name not in SURROGATES:
+        raise ValueError(f"surrogate must be one of {tuple(SURROGATES)}, got {name!r}")
+    return SURROGATES[name]
+
+
+# ---------------------------------------------------------------------------------------------
+# numba: the derivative over a contiguous block of lanes.
+#
+# The switch on the surrogate id sits outside the lane loops so that each loop is branch-free
+# and LLVM vectorizes it. numba's math.exp is a scalar libm call (no SVML here), so the exp-based
+# surrogates use a polynomial exp that vectorizes (see _vexp_neg_f32).
+
+_LOG2E = np.float32(1.4426950408889634)
+_LN2_HI = np.float32(0.693359375)  # Cody-Waite split of ln 2: hi has few mantissa bits, so n*hi is exact
+_LN2_LO = np.float32(-2.12194440e-4)
+_HALF = np.float32(0.5)
+_ONE = np.float32(1.0)
+_EXP_LO = np.float32(-87.0)  # below this exp underflows float32's normal range
+_C2 = np.float32(1.0 / 2.0)
+_C3 = np.float32(1.0 / 6.0)
+_C4 = np.float32(1.0 / 24.0)
+_C5 = np.float32(1.0 / 120.0)
+_C6 = np.float32(1.0 / 720.0)
+_C7 = np.float32(1.0 / 5040.0)
+
+
+@numba.njit(cache=True)
+def _vexp_neg_f32(z, out, ibuf, n):  # pragma: no cover - compiled
+    """out[:n] = exp(z[:n]) for z <= 0 (float32, ~2 ulp), vectorizable.
+
+    exp(z) = 2^m * exp(r) with m = round(z*log2 e) and |r| <= ln2/2; exp(r) by a degree-7 Taylor
+    polynomial (truncation < 1e-8 relative), 2^m built from its IEEE exponent bits in an int32
+    buffer viewed as float32 (a scalar bit-cast is not expressible in numba).
+    """
+    for j in range(n):
+        zj = np.float32(z[j])
+        zj = zj if zj > _EXP_LO else _EXP_LO
+        m = np.floor(zj * _LOG2E + _HALF)
+        r = (zj - m * _LN2_HI) - m * _LN2_LO
+        p = _C7
+        p = p * r + _C6
+        p = p * r + _C5
+        p = p * r + _C4
+        p = p * r + _C3
+        p = p * r + _C2
+        p = p * r + _ONE
+        p = p * r + _ONE
+        out[j] = p
+        ibuf[j] = (np.int32(m) + np.int32(127)) << np.int32(23)
+    scale = ibuf.view(np.float32)
+    for j in range(n):
+        out[j] = out[j] * scale[j]
+
+
+@numba.njit(cache=True)
+def _exp_block(z, out, ibuf, n, fast):  # pragma: no cover - compiled
+    """out[:n] = exp(z[:n]) for z <= 0: fast polynomial (float32 data) or libm (float64 data)."""
+    if fast:
+        _vexp_neg_f32(z, out, ibuf, n)
+    else:
+        for j in range(n):
+            out[j] = math.exp(z[j])
+
+
+@numba.njit(cache=True)
+def sg_block(sid, a, z, out, tmp, ibuf, n, fast):  # pragma: no cover - compiled
+    """out[:n] = surrogate'(z[:n]) for surrogate id ``sid`` and alpha ``a``.
+
+    z, out, tmp: 1-d float arrays (same dtype) of length >= n; ibuf: int32 scratch (>= n);
+    fast: use the float32 polynomial exp (set for float32 data only).
+    """
+    if sid == 0:  # sigmoid: a*s*(1-s) = a*u/(1+u)^2 with u = exp(-a|z|) <= 1 (no overflow)
+        for j in range(n):
+            tmp[j] = -a * abs(z[j])
+        _exp_block(tmp, tmp, ibuf, n, fast)
+        for j in range(n):
+            u = tmp[j]
+            d = 1.0 + u
+            out[j] = a * u / (d * d)
+    elif sid == 1:  # atan
+        c0 = _PI / 2.0 * a
+        for j in range(n):
+            c = c0 * z[j]
+            out[j] = a / (2.0 * (1.0 + c * c))
+    elif sid == 2:  # piecewise quadratic
+        a2 = a * a
+        for j in range(n):
+            g = a - a2 * abs(z[j])
+            out[j] = g if g > 0.0 else 0.0
+    elif sid == 3:  # piecewise exp
+        for j in range(n):
+            tmp[j] = -a * abs(z[j])
+        _exp_block(tmp, tmp, ibuf, n, fast)
+        h = a / 2.0
+        for j in range(n):
+            out[j] = h * tmp[j]
+    elif sid == 4:  # soft sign
+        for j in range(n):
+            d = 1.0 + a * abs(z[j])
+            out[j] = a / (2.0 * d * d)
+    elif sid == 5:  # super spike
+        for j in range(n):
+            d = 1.0 + abs(z[j])
+            out[j] = a / (d * d)
+    elif sid == 6:  # erf
+        for j in range(n):
+            az = a * z[j]
+            tmp[j] = -(az * az)
+        _exp_block(tmp, tmp, ibuf, n, fast)
+        c = a / _SQRT_PI
+        for j in range(n):
+            out[j] = c * tmp[j]
+    else:  # fast sigmoid
+        for j in range(n):
+            d = 1.0 + a * abs(z[j])
+            out[j] = 1.0 / (d * d)

@@ -1,0 +1,231 @@
+"""RWKV-4 WKV (the attention of RWKV-4 and SpikeGPT) as one fused, differentiable op.
+
+``wkv(time_decay, time_first, k, v, state=None, backend="auto") -> (y, state)``. The first
+argument is RWKV's raw ``time_decay`` parameter; the op applies ``w = -exp(time_decay)`` itself
+(as RWKV-4, SpikeGPT and transformers' RWKV do), so the per-step decay factor is
+``exp(w) = exp(-exp(time_decay)) in (0, 1)``. ``time_first`` is the bonus ``u`` of the current
+token. Equations: ``reference.py``. The state ``(aa, bb, pp)`` is the numerically stable form
+(true numerator ``aa * exp(pp)``, denominator ``bb * exp(pp)``); a fresh state is
+``(0, 0, -1e38)``.
+
+Backends: ``reference`` (torch loop, gradients by autograd), ``cpu`` (numba, fused),
+``triton`` (CUDA, or CPU under ``TRITON_INTERPRET=1``). Registered as the custom ops
+``neurostep::wkv_forward`` / ``neurostep::wkv_backward`` with fake implementations.
+
+Backward in brief (full comments in ``cpu.py``): with ``ga = dL/daa``, ``gb = dL/dbb`` carried in
+the shifted scale, per step (``e1, e2`` the output's shifted exps, ``f1, f2`` the state's,
+``den = e1*bb + e2``, ``q = gy/den``)::
+
+    gk_t = q*e2*(v - y) + (ga*v + gb)*f2 + delta*(1 - r)      gv_t = q*e2 + ga*f2
+    gu  += q*e2*(v - y)                                         gw  += (ga*aa + gb*bb)*f1 + delta*r
+    ga  <- q*e1 + ga*f1        gb <- -q*y*e1 + gb*f1           delta <- delta*r
+
+where ``r`` is 1 if ``w + pp > k`` (0.5 on a tie, as ``torch.maximum``), else 0, and ``delta`` is
+the part of the final ``dL/dpp`` not explained by ``aa`` and ``bb`` (0 unless a loss reads ``pp``).
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+
+from neurostep.engine import KERNELS, OpCost, check_finite, check_nonempty, check_tensor, compute_dtype, register_cost
+from neurostep.engine.checks import check_backend_name
+
+OP = "wkv"
+_BACKENDS = ("reference", "cpu", "triton")
+for _name in _BACKENDS:
+    KERNELS.register(OP, _name, f"neurostep.kernels.wkv.{_name}")
+
+PP_INIT = -1e38
+
+
+class WKVState(NamedTuple):
+    """Stable WKV state, each ``(B, C)`` in the compute dtype (fp32, or fp64 for fp64 inputs)."""
+
+    aa: torch.Tensor
+    bb: torch.Tensor
+    pp: torch.Tensor
+
+
+def init_state(batch: int, channels: int, device: torch.device | str | None = None,
+               dtype: torch.dtype = torch.float32) -> WKVState:
+    """A fresh state ``(aa=0, bb=0, pp=-1e38)`` of shape ``(batch, channels)`` each."""
+    dtype = compute_dtype(dtype)
+    zeros = torch.zeros(batch, channels, device=device, dtype=dtype)
+    return WKVState(zeros, zeros.clone(), torch.full_like(zeros, PP_INIT))
+
+
+# --------------------------------------------------------------------------------------------
+# custom ops
+
+
+def _decay(time_decay: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    return -torch.exp(time_decay.to(dtype))
+
+
+@torch.library.custom_op("neurostep::wkv_forward", mutates_args=())
+def _wkv_forward(time_decay: torch.Tensor, time_first: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                 aa: torch.Tensor, bb: torch.Tensor, pp: torch.Tensor, backend: str, save_history: bool
+                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    impl = KERNELS.resolve(OP, backend, k.device)
+    cd = aa.dtype
+    w = _decay(time_decay, cd).contiguous()
+    u = time_first.to(cd).contiguous()
+    y, aa_T, bb_T, pp_T, hist = impl.forward(w, u, k.to(cd).contiguous(), v.to(cd).contiguous(), aa.contiguous(),
+                                             bb.contiguous(), pp.contiguous(), save_history)
+    return y.to(k.dtype), aa_T, bb_T, pp_T, hist
+
+
+@_wkv_forward.register_fake
+def _(time_decay, time_first, k, v, aa, bb, pp, backend, save_history):
+    B, T, C = k.shape
+    hist_shape = (3, B, T, C) if save_history else (3, 0, 0, 0)
+    return (k.new_empty(k.shape), aa.new_empty(aa.shape), bb.new_empty(bb.shape), pp.new_empty(pp.shape),
+            aa.new_empty(hist_shape))
+
+
+@torch.library.custom_op("neurostep::wkv_backward", mutates_args=())
+def _wkv_backward(time_decay: torch.Tensor, time_first: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                  y: torch.Tensor, hist: torch.Tensor, aa_T: torch.Tensor, bb_T: torch.Tensor, gy: torch.Tensor,
+                  g_aa: torch.Tensor, g_bb: torch.Tensor, g_pp: torch.Tensor, backend: str) -> list[torch.Tensor]:
+    impl = KERNELS.resolve(OP, backend, k.device)
+    cd = hist.dtype
+    w = _decay(time_decay, cd).contiguous()
+    u = time_first.to(cd).contiguous()
+    gw, gu, gk, gv, g_aa0, g_bb0, g_pp0 = impl.backward(
+        w, u, k.to(cd).contiguous(), v.to(cd).contiguous(), y.to(cd).contiguous(), hist, aa_T.contiguous(),
+        bb_T.contiguous(), gy.to(cd).contiguous(), g_aa.to(cd).contiguous(), g_bb.to(cd).contiguous(),
+        g_pp.to(cd).contiguous())
+    # dL/dtime_decay = dL/dw * dw/dtime_decay = dL/dw * w, since w = -exp(time_decay).
+    g_td = (gw.sum(0) * w).to(time_decay.dtype)
+    return [g_td, gu.sum(0).to(time_first.dtype), gk.to(k.dtype), gv.to(v.dtype), g_aa0, g_bb0, g_pp0]
+
+
+@_wkv_backward.register_fake
+def _(time_decay, time_first, k, v, y, hist, aa_T, bb_T, gy, g_aa, g_bb, g_pp, backend):
+    return [time_decay.new_empty(time_decay.shape), time_first.new_empty(time_first.shape), k.new_empty(k.shape),
+            v.new_empty(v.shape), aa_T.new_empty(aa_T.shape), aa_T.new_empty(aa_T.shape), aa_T.new_empty(aa_T.shape)]
+
+
+def _setup_context(ctx, inputs, output):
+    time_decay, time_first, k, v, aa, bb, pp, backend, save_history = inputs
+    y, aa_T, bb_T, pp_T, hist = output
+    if not save_history:
+        ctx.backend = None
+        return
+    ctx.backend = backend
+    ctx.save_for_backward(time_decay, time_first, k, v, y, hist, aa_T, bb_T)
+
+
+def _backward(ctx, gy, g_aa, g_bb, g_pp, g_hist):
+    if ctx.backend is None:
+        raise RuntimeError("wkv was called without saving its history (no input required grad at call time), "
+                           "so it cannot be differentiated")
+    time_decay, time_first, k, v, y, hist, aa_T, bb_T = ctx.saved_tensors
+    zeros = torch.zeros_like(aa_T)
+    grads = _wkv_backward(time_decay, time_first, k, v, y, hist, aa_T, bb_T,
+                          torch.zeros_like(y) if gy is None else gy,
+                          zeros if g_aa is None else g_aa, zeros if g_bb is None else g_bb,
+                          zeros if g_pp is None else g_pp, ctx.backend)
+    return (*grads, None, None)
+
+
+_wkv_forward.register_autograd(_backward, setup_context=_setup_context)
+
+
+@register_cost("neurostep::wkv_forward")
+def _wkv_cost(args, kwargs, out) -> OpCost:
+    """Per (sequence, token, channel) as the fused kernels compute it: 2 exps (one per max-shifted
+    pair, the other factor being exactly 1), 2 compares (the maxima), 6 muls, 7 adds and one
+    division counted as a mul, 3 state writes; plus C exps for ``-exp(time_decay)``."""
+    k = args[2]
+    n = float(k.numel())
+    C = float(k.shape[-1])
+    state_bytes = float(sum(t.numel() * t.element_size() for t in args[4:7]))
+    hist = out[4]
+    return OpCost(
+        exps=2.0 * n + C,
+        compares=2.0 * n,
+        muls=7.0 * n,
+        adds=7.0 * n,
+        state_updates=3.0 * n,
+        bytes_read=2.0 * n * k.element_size() + state_bytes + 2.0 * C * args[0].element_size(),
+        bytes_written=n * k.element_size() + state_bytes + float(hist.numel() * hist.element_size()),
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# public op
+
+
+def _check_state(state: object, batch: int, channels: int, device: torch.device, cd: torch.dtype) -> WKVState:
+    if not isinstance(state, (tuple, list)) or len(state) != 3:
+        raise TypeError(f"state must be a tuple (aa, bb, pp) of three (B, C) tensors, got {type(state).__name__}"
+                        + (f" of length {len(state)}" if isinstance(state, (tuple, list)) else ""))
+    parts = []
+    for name, t in zip(("state.aa", "state.bb", "state.pp"), state):
+        check_tensor(name, t, shape=(batch, channels), device=device)
+        parts.append(t.to(cd))
+    return WKVState(*parts)
+
+
+def wkv(time_decay: torch.Tensor, time_first: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+        state: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None, *,
+        backend: str = "auto") -> tuple[torch.Tensor, WKVState]:
+    """RWKV-4 WKV over a sequence.
+
+    Args:
+        time_decay: ``(C,)`` raw decay parameter; the op uses ``w = -exp(time_decay)``. Finite.
+        time_first: ``(C,)`` bonus ``u`` of the current token. Finite.
+        k, v: ``(B, T, C)``, ``T >= 1``; fp16/bf16/fp32/fp64. NaN in them propagates to ``y``.
+        state: ``(aa, bb, pp)`` each ``(B, C)``, or None for a fresh state. Differentiable.
+        backend: ``"auto"`` (cpu on CPU tensors, triton on CUDA), ``"reference"``, ``"cpu"``, ``"triton"``.
+
+    Returns:
+        ``y`` ``(B, T, C)`` in ``k``'s dtype and the final :class:`WKVState` in the compute dtype
+        (fp32 for fp16/bf16/fp32 inputs, fp64 for fp64).
+    """
+    check_backend_name(backend, _BACKENDS)
+    k = check_tensor("k", k, ndim=3)
+    B, T, C = k.shape
+    device = k.device
+    v = check_tensor("v", v, shape=(B, T, C), device=device)
+    if v.dtype != k.dtype:
+        raise TypeError(f"v must have the dtype of k ({k.dtype}), got {v.dtype}")
+    time_decay = check_tensor("time_decay", time_decay, shape=(C,), device=device)
+    time_first = check_tensor("time_first", time_first, shape=(C,), device=device)
+    check_nonempty("k", k, 1, "tokens")
+    check_finite("time_decay", time_decay)
+    check_finite("time_first", time_first)
+    cd = compute_dtype(k.dtype)
+    state = init_state(B, C, device, cd) if state is None else _check_state(state, B, C, device, cd)
+    name = KERNELS.choose(OP, backend, device)
+    save = torch.is_grad_enabled() and any(
+        t.requires_grad for t in (time_decay, time_first, k, v, *state))
+    y, aa, bb, pp, _ = _wkv_forward(time_decay, time_first, k, v, state.aa, state.bb, state.pp, name, save)
+    return y, WKVState(aa, bb, pp)
+
+
+def wkv_step(time_decay: torch.Tensor, time_first: torch.Tensor, k_t: torch.Tensor, v_t: torch.Tensor,
+             state: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None) -> tuple[torch.Tensor, WKVState]:
+    """One token in plain torch (for decoding): ``k_t, v_t`` ``(B, C)`` -> ``(y_t (B, C), state)``.
+
+    Same semantics as :func:`wkv` with ``T = 1``; differentiable through autograd.
+    """
+    from neurostep.kernels.wkv import reference
+
+    k_t = check_tensor("k_t", k_t, ndim=2)
+    B, C = k_t.shape
+    device = k_t.device
+    check_tensor("v_t", v_t, shape=(B, C), device=device)
+    check_tensor("time_decay", time_decay, shape=(C,), device=device)
+    check_tensor("time_first", time_first, shape=(C,), device=device)
+    cd = compute_dtype(k_t.dtype)
+    state = init_state(B, C, device, cd) if state is None else _check_state(state, B, C, device, cd)
+    y, aa, bb, pp = reference.step(-torch.exp(time_decay.to(cd)), time_first.to(cd), k_t.to(cd), v_t.to(cd), *state)
+    return y.to(k_t.dtype), WKVState(aa, bb, pp)
+
+
+__all__ = ["PP_INIT", "WKVState", "init_state", "wkv", "wkv_step"]

@@ -1,0 +1,504 @@
+"""Mamba (selective state-space) block and a Mamba language model.
+
+``Mamba`` keeps mamba-ssm's and Hugging Face ``MambaMixer``'s parameter names and shapes
+(``in_proj``, ``conv1d``, ``x_proj``, ``dt_proj``, ``A_log``, ``D``, ``out_proj``), so their
+state_dicts load directly. One layer, with ``Di = expand * d_model``::
+
+    x, z  = in_proj(u).chunk(2)                      # (B, L, Di) each
+    x     = silu(causal_depthwise_conv(x))           # conv1d, d_conv taps
+    dt, B, C = split(x_proj(x))                      # (B, L, R), (B, L, N), (B, L, N)
+    dt    = softplus(dt_proj(dt))                    # bias inside the scan
+    h_l   = exp(dt_l A) h_{l-1} + dt_l B_l x_l ;  y_l = <h_l, C_l> + D x_l
+    out   = out_proj(y * silu(z))
+
+``MambaLM`` stacks such layers as mamba-ssm's ``MambaLMHeadModel`` does (pre-norm RMSNorm
+residual blocks with an fp32 residual stream, final RMSNorm, head tied to the embedding) and
+loads a Hugging Face ``MambaForCausalLM`` state_dict.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from neurostep.engine import Recurrent, check_tensor, compute_dtype
+from neurostep.kernels.causal_conv1d import causal_conv1d_fn, causal_conv1d_update
+from neurostep.kernels.selective_scan import selective_scan_fn, selective_state_update
+from neurostep.layers import RMSNorm
+
+
+@dataclass
+class MambaState:
+    """Decode state of one Mamba layer.
+
+    ``conv_state (B, Di, d_conv)``: the last ``d_conv`` inputs of the causal conv (newest last),
+    as mamba-ssm and Hugging Face keep it. ``ssm_state (B, Di, N)``: the SSM state ``h``.
+    """
+
+    conv_state: torch.Tensor
+    ssm_state: torch.Tensor
+
+
+def column_major_(linear: nn.Module, name: str = "weight") -> None:
+    """Store ``linear.<name>`` (out, in) as the transpose of a contiguous (in, out) tensor.
+
+    Values, shape and state_dict keys are unchanged. Why: at batch 1 a decode step is a chain
+    of matrix-vector products bound by memory bandwidth, and torch's CPU GEMV streams an
+    (in, out)-contiguous matrix about twice as fast as the row-major one (measured 25 vs 12
+    GB/s for the 50280 x 768 head); large GEMMs are unaffected.
+    """
+    w = getattr(linear, name)
+    if w.dim() == 2 and not w.t().is_contiguous():
+        setattr(linear, name, nn.Parameter(w.detach().t().contiguous().t(), requires_grad=w.requires_grad))
+
+
+def _resolve_dt_rank(dt_rank: int | str, d_model: int) -> int:
+    if dt_rank == "auto":
+        return math.ceil(d_model / 16)
+    if not isinstance(dt_rank, int) or dt_rank < 1:
+        raise ValueError(f"dt_rank must be 'auto' or a positive int, got {dt_rank!r}")
+    return dt_rank
+
+
+class _SSMParams(nn.Module):
+    """Helpers shared by the Mamba variants: build and initialise one direction's parameters."""
+
+    def _make_direction(self, suffix: str, d_inner: int, d_state: int, d_conv: int, dt_rank: int,
+                        conv_bias: bool, dt_min: float, dt_max: float, dt_init_floor: float,
+                        dt_scale: float = 1.0) -> None:
+        """Create ``conv1d{s}``, ``x_proj{s}``, ``dt_proj{s}``, ``A{s}_log``, ``D{s}`` with mamba-ssm's init."""
+        conv = nn.Conv1d(d_inner, d_inner, d_conv, groups=d_inner, padding=d_conv - 1, bias=conv_bias)
+        x_proj = nn.Linear(d_inner, dt_rank + 2 * d_state, bias=False)
+        dt_proj = nn.Linear(dt_rank, d_inner, bias=True)
+        std = dt_rank ** -0.5 * dt_scale
+        with torch.no_grad():
+            nn.init.uniform_(dt_proj.weight, -std, std)
+            # dt log-uniform in [dt_min, dt_max]; the bias is its inverse softplus so that
+            # softplus(bias) == dt at init.
+            dt = torch.exp(torch.rand(d_inner) * (math.log(dt_max) - math.log(dt_min)) + math.log(dt_min))
+            dt = dt.clamp(min=dt_init_floor)
+            dt_proj.bias.copy_(dt + torch.log(-torch.expm1(-dt)))
+        dt_proj.bias._no_reinit = True
+        A = torch.arange(1, d_state + 1, dtype=torch.float32).repeat(d_inner, 1)
+        A_log = nn.Parameter(torch.log(A))
+        A_log._no_weight_decay = True
+        D = nn.Parameter(torch.ones(d_inner))
+        D._no_weight_decay = True
+        for lin in (x_proj, dt_proj):
+            column_major_(lin)
+        setattr(self, f"conv1d{suffix}", conv)
+        setattr(self, f"x_proj{suffix}", x_proj)
+        setattr(self, f"dt_proj{suffix}", dt_proj)
+        setattr(self, f"A{suffix}_log", A_log)
+        setattr(self, f"D{suffix}", D)
+
+    def _direction(self, suffix: str) -> tuple[nn.Conv1d, nn.Linear, nn.Linear, nn.Parameter, nn.Parameter]:
+        return (getattr(self, f"conv1d{suffix}"), getattr(self, f"x_proj{suffix}"),
+                getattr(self, f"dt_proj{suffix}"), getattr(self, f"A{suffix}_log"), getattr(self, f"D{suffix}"))
+
+    def _ssm_scan(self, x: torch.Tensor, z: torch.Tensor, suffix: str, state: MambaState | None
+                  ) -> tuple[torch.Tensor, MambaState]:
+        """Conv + selective scan of one direction over a chunk.
+
+        x, z: ``(B, Di, L)`` (x before the conv). Returns ``y (B, Di, L)`` (gated by silu(z))
+        and the state after the chunk.
+        """
+        conv, x_proj, dt_proj, A_log, D = self._direction(suffix)
+        batch, d_inner, length = x.shape
+        width = conv.weight.shape[-1]
+        cdtype = compute_dtype(x.dtype)
+        if state is None:
+            history = x.new_zeros(batch, d_inner, width, dtype=cdtype)
+            init_h = None
+        else:
+            history, init_h = state.conv_state, state.ssm_state
+        # The next chunk's conv needs the last d_conv inputs seen so far.
+        new_conv = torch.cat([history.to(cdtype), x.to(cdtype)], dim=-1)[..., -width:]
+        xc = causal_conv1d_fn(x, conv.weight[:, 0, :], conv.bias,
+                              initial_states=None if state is None else history[..., 1:].to(x.dtype),
+                              activation="silu", backend=self.backend)
+        x_dbl = F.linear(xc.transpose(1, 2), x_proj.weight)  # (B, L, R + 2N)
+        rank = dt_proj.weight.shape[1]
+        n = A_log.shape[1]
+        dt, Bm, Cm = torch.split(x_dbl, [rank, n, n], dim=-1)
+        delta = F.linear(dt, dt_proj.weight).transpose(1, 2)  # (B, Di, L); bias added in the scan
+        A = -torch.exp(A_log.float())
+        y, last = selective_scan_fn(xc, delta, A, Bm.transpose(1, 2), Cm.transpose(1, 2), D.float(), z,
+                                    delta_bias=dt_proj.bias.float(), delta_softplus=True, return_last_state=True,
+                                    initial_state=init_h, backend=self.backend)
+        return y, MambaState(new_conv, last)
+
+    def _ssm_step(self, x: torch.Tensor, z: torch.Tensor, suffix: str, state: MambaState
+                  ) -> tuple[torch.Tensor, MambaState]:
+        """One token of one direction: x, z ``(B, Di)`` -> ``y (B, Di)`` and the new state."""
+        conv, x_proj, dt_proj, A_log, D = self._direction(suffix)
+        xc, conv_state = causal_conv1d_update(x, state.conv_state, conv.weight[:, 0, :], conv.bias, activation="silu")
+        x_dbl = F.linear(xc, x_proj.weight)
+        rank = dt_proj.weight.shape[1]
+        n = A_log.shape[1]
+        dt, Bm, Cm = torch.split(x_dbl, [rank, n, n], dim=-1)
+        dt = F.linear(dt, dt_proj.weight)
+        y, ssm_state = selective_state_update(state.ssm_state, xc, dt, -torch.exp(A_log.float()), Bm, Cm, D.float(),
+                                              z=z, dt_bias=dt_proj.bias.float(), dt_softplus=True)
+        return y, MambaState(conv_state, ssm_state)
+
+
+class Mamba(_SSMParams, Recurrent):
+    """Mamba selective-SSM mixer, drop-in ``(B, L, C) -> (B, L, C)`` and a step/scan recurrence.
+
+    Args follow mamba-ssm's ``Mamba``: ``d_state`` N, ``d_conv`` taps, ``expand`` (Di = expand *
+    d_model), ``dt_rank`` (``"auto"`` = ceil(d_model / 16)), dt init range and floor,
+    ``conv_bias``, ``bias`` (in/out projections). ``backend`` selects the kernels of the scan
+    and the conv (``"auto"``, ``"reference"``, ``"cpu"``, ``"triton"``).
+    """
+
+    time_dim = 1
+
+    def __init__(self, d_model: int, d_state: int = 16, d_conv: int = 4, expand: int = 2,
+                 dt_rank: int | str = "auto", dt_min: float = 0.001, dt_max: float = 0.1,
+                 dt_init_floor: float = 1e-4, conv_bias: bool = True, bias: bool = False,
+                 backend: str = "auto") -> None:
+        super().__init__()
+        for name, value in (("d_model", d_model), ("d_state", d_state), ("d_conv", d_conv), ("expand", expand)):
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive int, got {value!r}")
+        if not 0 < dt_min <= dt_max:
+            raise ValueError(f"need 0 < dt_min <= dt_max, got dt_min={dt_min}, dt_max={dt_max}")
+        self.d_model = d_model
+        self.d_state = d_state
+        self.d_conv = d_conv
+        self.expand = expand
+        self.d_inner = expand * d_model
+        self.dt_rank = _resolve_dt_rank(dt_rank, d_model)
+        self.backend = backend
+        self.in_proj = nn.Linear(d_model, 2 * self.d_inner, bias=bias)
+        self._make_direction("", self.d_inner, d_state, d_conv, self.dt_rank, conv_bias, dt_min, dt_max,
+                             dt_init_floor)
+        self.out_proj = nn.Linear(self.d_inner, d_model, bias=bias)
+        column_major_(self.in_proj)
+        column_major_(self.out_proj)
+
+    # -- state ------------------------------------------------------------------------
+    def init_state(self, batch_shape: tuple[int, ...] | int, device: torch.device | None = None,
+                   dtype: torch.dtype | None = None) -> MambaState:
+        """Zero state for a batch: ``batch_shape`` is ``(B,)``, ``(B, C)`` (a step's shape) or ``B``."""
+        batch = _batch_size(batch_shape, self.d_model)
+        device = self.in_proj.weight.device if device is None else device
+        cdtype = compute_dtype(dtype if dtype is not None else self.in_proj.weight.dtype)
+        return MambaState(torch.zeros(batch, self.d_inner, self.d_conv, device=device, dtype=cdtype),
+                          torch.zeros(batch, self.d_inner, self.d_state, device=device, dtype=cdtype))
+
+    def _check_state(self, state: MambaState, batch: int, device: torch.device) -> None:
+        if not isinstance(state, MambaState):
+            raise TypeError(f"state must be a MambaState (from init_state), got {type(state).__name__}")
+        check_tensor("state.conv_state", state.conv_state, shape=(batch, self.d_inner, self.d_conv), device=device)
+        check_tensor("state.ssm_state", state.ssm_state, shape=(batch, self.d_inner, self.d_state), device=device)
+
+    def _check_input(self, x: torch.Tensor, ndim: int) -> torch.Tensor:
+        what = "(B, L, d_model)" if ndim == 3 else "(B, d_model)"
+        x = check_tensor("x", x, ndim=ndim)
+        if x.shape[-1] != self.d_model:
+            raise ValueError(f"x must have shape {what} with d_model={self.d_model}, got {tuple(x.shape)}")
+        if ndim == 3 and x.shape[1] == 0:
+            raise ValueError(f"x has 0 tokens (shape {tuple(x.shape)}); sequences must be non-empty")
+        return x
+
+    # -- recurrence -------------------------------------------------------------------
+    def scan(self, x: torch.Tensor, state: MambaState | None = None) -> tuple[torch.Tensor, MambaState]:
+        """Whole sequence through the fused kernels.
+
+        x: ``(B, L, d_model)``; state: a ``MambaState`` to resume from (None = zeros).
+        Returns ``y (B, L, d_model)`` and the state after the last token, so scanning two
+        halves with the carried state equals scanning the whole.
+        """
+        x = self._check_input(x, 3)
+        if state is not None:
+            self._check_state(state, x.shape[0], x.device)
+        xz = self.in_proj(x).transpose(1, 2)  # (B, 2Di, L)
+        xs, z = xz.chunk(2, dim=1)
+        y, new_state = self._ssm_scan(xs, z, "", state)
+        return self.out_proj(y.transpose(1, 2).to(x.dtype)), new_state
+
+    def step(self, x_t: torch.Tensor, state: MambaState) -> tuple[torch.Tensor, MambaState]:
+        """One token: ``x_t (B, d_model) -> y_t (B, d_model)``; returns a new state (no in-place update)."""
+        x_t = self._check_input(x_t, 2)
+        self._check_state(state, x_t.shape[0], x_t.device)
+        xs, z = self.in_proj(x_t).chunk(2, dim=-1)
+        y, new_state = self._ssm_step(xs, z, "", state)
+        return self.out_proj(y.to(x_t.dtype)), new_state
+
+    def forward(self, x: torch.Tensor, grid_size: tuple[int, int] | None = None) -> torch.Tensor:
+        """Drop-in mixer: ``(B, N, C) -> (B, N, C)``, causal over the N tokens (grid_size unused)."""
+        return self.scan(x)[0]
+
+    def decode_step_(self, x_t: torch.Tensor, state: MambaState, A: torch.Tensor) -> torch.Tensor:
+        """Decode fast path: :meth:`step` without input checks, updating ``state`` in place.
+
+        ``x_t (B, d_model)``; ``A = -exp(A_log)`` precomputed once per generation. Used by
+        :meth:`MambaLM.generate` under ``torch.inference_mode`` on fp32 weights, where the
+        per-token Python and dispatch overhead matters; :meth:`step` (through the kernels'
+        reference decode ops) is its specification and the tests hold them equal.
+        """
+        d_inner = self.d_inner
+        xz = F.linear(x_t, self.in_proj.weight, self.in_proj.bias)
+        x, z = xz[:, :d_inner], xz[:, d_inner:]
+        conv = state.conv_state
+        # Shift the conv window left by one (a copy of the overlap: copy_ on overlapping views is undefined).
+        conv[:, :, :-1] = conv[:, :, 1:].clone()
+        conv[:, :, -1] = x
+        xc = (conv * self.conv1d.weight[:, 0, :]).sum(-1)
+        if self.conv1d.bias is not None:
+            xc += self.conv1d.bias
+        xc = F.silu(xc)
+        x_dbl = F.linear(xc, self.x_proj.weight)
+        rank, n = self.dt_rank, self.d_state
+        dt = F.softplus(F.linear(x_dbl[:, :rank], self.dt_proj.weight, self.dt_proj.bias))
+        Bm = x_dbl[:, rank:rank + n]
+        Cm = x_dbl[:, rank + n:]
+        decay = torch.exp(dt.unsqueeze(-1) * A)  # (B, Di, N)
+        h = state.ssm_state
+        h.mul_(decay).add_((dt * xc).unsqueeze(-1) * Bm.unsqueeze(1))
+        y = torch.bmm(h, Cm.unsqueeze(-1)).squeeze(-1)
+        y = torch.addcmul(y, self.D, xc) * F.silu(z)
+        return F.linear(y, self.out_proj.weight, self.out_proj.bias)
+
+    def extra_repr(self) -> str:
+        return (f"d_model={self.d_model}, d_state={self.d_state}, d_conv={self.d_conv}, expand={self.expand}, "
+                f"dt_rank={self.dt_rank}, backend={self.backend!r}")
+
+
+def _batch_size(batch_shape: tuple[int, ...] | int, d_model: int) -> int:
+    if isinstance(batch_shape, int):
+        return batch_shape
+    shape = tuple(batch_shape)
+    if len(shape) == 2 and shape[1] != d_model:
+        raise ValueError(f"batch_shape must be (B,) or (B, d_model={d_model}), got {shape}")
+    if len(shape) not in (1, 2) or shape[0] < 1:
+        raise ValueError(f"batch_shape must be (B,) or (B, d_model={d_model}), got {shape}")
+    return int(shape[0])
+
+
+# ---------------------------------------------------------------------------------------
+# Language model
+# ---------------------------------------------------------------------------------------
+
+
+class MambaBlock(nn.Module):
+    """Pre-norm residual block: ``r = r + Mamba(RMSNorm(r))`` with the residual ``r`` in fp32."""
+
+    def __init__(self, d_model: int, norm_eps: float = 1e-5, **mixer_kwargs) -> None:
+        super().__init__()
+        self.norm = RMSNorm(d_model, eps=norm_eps)
+        self.mixer = Mamba(d_model, **mixer_kwargs)
+
+    def forward(self, residual: torch.Tensor, state: MambaState | None = None
+                ) -> tuple[torch.Tensor, MambaState]:
+        """``residual (B, L, C)`` fp32 -> new residual and the mixer's final state."""
+        h = self.norm(residual.to(self.norm.weight.dtype))
+        y, state = self.mixer.scan(h, state)
+        return residual + y.float(), state
+
+    def step(self, residual: torch.Tensor, state: MambaState) -> tuple[torch.Tensor, MambaState]:
+        h = self.norm(residual.to(self.norm.weight.dtype))
+        y, state = self.mixer.step(h, state)
+        return residual + y.float(), state
+
+
+class MambaBackbone(nn.Module):
+    """Embedding, ``n_layer`` Mamba blocks and the final RMSNorm (mamba-ssm's ``MixerModel`` names)."""
+
+    def __init__(self, vocab_size: int, d_model: int, n_layer: int, norm_eps: float = 1e-5,
+                 **mixer_kwargs) -> None:
+        super().__init__()
+        self.embedding = nn.Embedding(vocab_size, d_model)
+        self.layers = nn.ModuleList(MambaBlock(d_model, norm_eps, **mixer_kwargs) for _ in range(n_layer))
+        self.norm_f = RMSNorm(d_model, eps=norm_eps)
+
+
+class MambaLM(nn.Module):
+    """Mamba language model with a tied head (mamba-ssm ``MambaLMHeadModel`` layout).
+
+    Args:
+        vocab_size: tokenizer size; padded up to a multiple of ``pad_vocab_size_multiple``.
+        d_model, n_layer: width and depth. Other keywords go to every :class:`Mamba` layer.
+        norm_eps: RMSNorm epsilon (1e-5 as in mamba-ssm and Hugging Face).
+
+    ``forward(input_ids (B, L)) -> logits (B, L, V)``; ``scan``/``step`` carry a list of
+    per-layer :class:`MambaState`; ``generate`` decodes greedily through ``step``.
+    """
+
+    def __init__(self, vocab_size: int, d_model: int, n_layer: int, d_state: int = 16, d_conv: int = 4,
+                 expand: int = 2, dt_rank: int | str = "auto", conv_bias: bool = True, bias: bool = False,
+                 norm_eps: float = 1e-5, pad_vocab_size_multiple: int = 8, tie_embeddings: bool = True,
+                 backend: str = "auto") -> None:
+        super().__init__()
+        for name, value in (("vocab_size", vocab_size), ("d_model", d_model), ("n_layer", n_layer),
+                            ("pad_vocab_size_multiple", pad_vocab_size_multiple)):
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive int, got {value!r}")
+        if vocab_size % pad_vocab_size_multiple:
+            vocab_size += pad_vocab_size_multiple - vocab_size % pad_vocab_size_multiple
+        self.vocab_size = vocab_size
+        self.d_model = d_model
+        self.n_layer = n_layer
+        self.backbone = MambaBackbone(vocab_size, d_model, n_layer, norm_eps, d_state=d_state, d_conv=d_conv,
+                                      expand=expand, dt_rank=dt_rank, conv_bias=conv_bias, bias=bias,
+                                      backend=backend)
+        self.lm_head = nn.Linear(d_model, vocab_size, bias=False)
+        self._init_weights(n_layer)
+        # The (V, d) table is stored (d, V)-contiguous: the head's GEMV, which reads the whole
+        # table every token, streams it twice as fast; the embedding gathers only a few rows.
+        column_major_(self.backbone.embedding)
+        column_major_(self.lm_head)
+        self.tie_embeddings = tie_embeddings
+        if tie_embeddings:
+            self.lm_head.weight = self.backbone.embedding.weight
+
+    @torch.no_grad()
+    def _init_weights(self, n_layer: int) -> None:
+        """mamba-ssm's init: embedding N(0, 0.02), zero Linear biases, out_proj scaled by 1/sqrt(n_layer)."""
+        nn.init.normal_(self.backbone.embedding.weight, std=0.02)
+        for module in self.modules():
+            if isinstance(module, nn.Linear) and module.bias is not None and not getattr(module.bias, "_no_reinit",
+                                                                                         False):
+                nn.init.zeros_(module.bias)
+        for layer in self.backbone.layers:
+            w = layer.mixer.out_proj.weight
+            nn.init.kaiming_uniform_(w, a=math.sqrt(5))
+            w /= math.sqrt(n_layer)
+
+    # -- state ------------------------------------------------------------------------
+    def init_state(self, batch: int, device: torch.device | None = None,
+                   dtype: torch.dtype | None = None) -> list[MambaState]:
+        """One zero :class:`MambaState` per layer."""
+        return [layer.mixer.init_state(batch, device, dtype) for layer in self.backbone.layers]
+
+    def _check_ids(self, input_ids: torch.Tensor, ndim: int) -> None:
+        check_tensor("input_ids", input_ids, ndim=ndim, dtypes=(torch.int64, torch.int32))
+        if ndim == 2 and input_ids.shape[1] == 0:
+            raise ValueError(f"input_ids has 0 tokens (shape {tuple(input_ids.shape)}); need at least one")
+        if input_ids.numel() and (int(input_ids.min()) < 0 or int(input_ids.max()) >= self.vocab_size):
+            raise ValueError(f"input_ids must lie in [0, {self.vocab_size}), got range "
+                             f"[{int(input_ids.min())}, {int(input_ids.max())}]")
+
+    def _check_states(self, states: list[MambaState]) -> None:
+        if not isinstance(states, (list, tuple)) or len(states) != self.n_layer:
+            got = len(states) if isinstance(states, (list, tuple)) else type(states).__name__
+            raise ValueError(f"states must be a list of {self.n_layer} MambaState (one per layer), got {got}")
+
+    # -- sequence ---------------------------------------------------------------------
+    def scan(self, input_ids: torch.Tensor, states: list[MambaState] | None = None, *,
+             last_only: bool = False) -> tuple[torch.Tensor, list[MambaState]]:
+        """Prefill: ``input_ids (B, L)`` -> ``logits (B, L, V)`` (``(B, 1, V)`` if ``last_only``) and states."""
+        self._check_ids(input_ids, 2)
+        if states is not None:
+            self._check_states(states)
+        residual = self.backbone.embedding(input_ids).float()
+        new_states = []
+        for i, layer in enumerate(self.backbone.layers):
+            residual, st = layer(residual, None if states is None else states[i])
+            new_states.append(st)
+        if last_only:
+            residual = residual[:, -1:]
+        h = self.backbone.norm_f(residual.to(self.backbone.norm_f.weight.dtype))
+        return self.lm_head(h.to(self.lm_head.weight.dtype)), new_states
+
+    def forward(self, input_ids: torch.Tensor, states: list[MambaState] | None = None) -> torch.Tensor:
+        """``input_ids (B, L)`` -> ``logits (B, L, V)``."""
+        return self.scan(input_ids, states)[0]
+
+    def step(self, token: torch.Tensor, states: list[MambaState]) -> tuple[torch.Tensor, list[MambaState]]:
+        """One decode token: ``token (B,)`` -> ``logits (B, V)`` and the new per-layer states."""
+        self._check_ids(token, 1)
+        self._check_states(states)
+        residual = self.backbone.embedding(token).float()
+        new_states = []
+        for layer, st in zip(self.backbone.layers, states):
+            residual, st = layer.step(residual, st)
+            new_states.append(st)
+        h = self.backbone.norm_f(residual.to(self.backbone.norm_f.weight.dtype))
+        return self.lm_head(h.to(self.lm_head.weight.dtype)), new_states
+
+    @torch.inference_mode()
+    def generate(self, input_ids: torch.Tensor, max_new_tokens: int) -> torch.Tensor:
+        """Greedy decoding: prefill ``input_ids (B, L)`` with ``scan``, then ``step`` per new token.
+
+        Returns ``(B, L + max_new_tokens)``. No stopping token: it always produces exactly
+        ``max_new_tokens`` (compare with Hugging Face ``generate(min_new_tokens=...)``).
+        """
+        if not isinstance(max_new_tokens, int) or max_new_tokens < 0:
+            raise ValueError(f"max_new_tokens must be an int >= 0, got {max_new_tokens!r}")
+        self._check_ids(input_ids, 2)
+        if max_new_tokens == 0:
+            return input_ids.clone()
+        logits, states = self.scan(input_ids, last_only=True)
+        fast = self._fast_decode_ok(input_ids)
+        if fast:
+            mixers = [layer.mixer for layer in self.backbone.layers]
+            neg_A = [-torch.exp(m.A_log.float()) for m in mixers]
+            states = [MambaState(s.conv_state.contiguous(), s.ssm_state.contiguous()) for s in states]
+        out = torch.empty(input_ids.shape[0], input_ids.shape[1] + max_new_tokens, dtype=input_ids.dtype,
+                          device=input_ids.device)
+        out[:, :input_ids.shape[1]] = input_ids
+        token = logits[:, -1].argmax(-1)
+        pos = input_ids.shape[1]
+        for i in range(max_new_tokens):
+            out[:, pos + i] = token
+            if i + 1 == max_new_tokens:
+                break
+            if fast:
+                logits = self._fast_step(token, states, neg_A)
+            else:
+                logits, states = self.step(token, states)
+            token = logits.argmax(-1)
+        return out
+
+    def _fast_decode_ok(self, input_ids: torch.Tensor) -> bool:
+        """The in-place decode path covers fp32 weights on the input's device; else ``step`` runs."""
+        w = self.lm_head.weight
+        return w.dtype == torch.float32 and w.device == input_ids.device
+
+    def _fast_step(self, token: torch.Tensor, states: list[MambaState], neg_A: list[torch.Tensor]) -> torch.Tensor:
+        """:meth:`step` through :meth:`Mamba.decode_step_`, updating ``states`` in place; returns logits."""
+        residual = F.embedding(token, self.backbone.embedding.weight)
+        for layer, st, A in zip(self.backbone.layers, states, neg_A):
+            residual = residual + layer.mixer.decode_step_(layer.norm(residual), st, A)
+        return F.linear(self.backbone.norm_f(residual), self.lm_head.weight)
+
+    # -- Hugging Face interop -------------------------------------------------------------
+    def load_hf_state_dict(self, state_dict: dict[str, torch.Tensor], strict: bool = True) -> None:
+        """Load a Hugging Face ``MambaForCausalLM`` state_dict (``backbone.embeddings`` -> ``embedding``).
+
+        mamba-ssm checkpoints (``backbone.embedding``) load unchanged. The vocabulary must
+        match this model's padded size.
+        """
+        mapped = {}
+        for key, value in state_dict.items():
+            new_key = key.replace("backbone.embeddings.", "backbone.embedding.")
+            mapped[new_key] = value
+        if self.tie_embeddings:
+            mapped.setdefault("lm_head.weight", mapped.get("backbone.embedding.weight"))
+        emb = mapped.get("backbone.embedding.weight")
+        if emb is not None and tuple(emb.shape) != tuple(self.backbone.embedding.weight.shape):
+            raise ValueError(f"embedding shape {tuple(emb.shape)} in the state_dict does not match this model's "
+                             f"{tuple(self.backbone.embedding.weight.shape)} (vocab padded to {self.vocab_size})")
+        self.load_state_dict(mapped, strict=strict)
+
+    @classmethod
+    def from_hf(cls, model: nn.Module, **kwargs) -> MambaLM:
+        """Build from a Hugging Face ``MambaForCausalLM`` (its config and weights)."""
+        cfg = model.config
+        ours = cls(vocab_size=cfg.vocab_size, d_model=cfg.hidden_size, n_layer=cfg.num_hidden_layers,
+                   d_state=cfg.state_size, d_conv=cfg.conv_kernel, expand=cfg.expand,
+                   dt_rank=int(cfg.time_step_rank), conv_bias=cfg.use_conv_bias, bias=cfg.use_bias,
+                   norm_eps=cfg.layer_norm_epsilon, pad_vocab_size_multiple=1,
+                   tie_embeddings=bool(getattr(cfg, "tie_word_embeddings", True)), **kwargs)
+        ours.load_hf_state_dict(model.state_dict())
+        return ours.to(next(model.parameters()).device)
+
+
+__all__ = ["Mamba", "MambaBackbone", "MambaBlock", "MambaLM", "MambaState", "column_major_"]

@@ -1,0 +1,14 @@
+"""Test-session settings.
+
+Triton kernels run on CPU tensors only under Triton's interpreter, which Triton reads when a
+kernel module is first imported: set it before anything imports triton. Tests run two
+workers on two cores, so each worker keeps torch to one thread.
+"""
+
+import os
+
+os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import torch  # noqa: E402
+
+torch.set_num_threads(1)

@@ -1,0 +1,100 @@
+"""One test over every registered model and mixer (every family's entries, automatically).
+
+Conventions checked here (see docs/readme/mixers.md):
+- model entries give ``small_kwargs`` (a tiny instance) and ``example_input(model, batch)``;
+- ``paper_params`` is compared with the full config, instantiated on the meta device (no
+  memory, no time); models whose paper count is the deploy form set ``paper_params_fused = True``
+  and are ``fuse()``-d before counting;
+- mixers are built with ``create_mixer(name, DIM, num_heads=..., seq_len=..., grid_size=...)``.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from neurostep.models import REGISTRY, count_params, list_mixers, list_models
+
+DIM, HEADS, GRID = 16, 2, (4, 4)
+
+
+def _floats(out) -> list[torch.Tensor]:
+    """Every floating tensor in a model output (tensor, tuple/list, dict or dataclass-like)."""
+    if isinstance(out, torch.Tensor):
+        return [out] if out.is_floating_point() else []
+    if isinstance(out, dict):
+        return [t for v in out.values() for t in _floats(v)]
+    if isinstance(out, (tuple, list)):
+        return [t for v in out for t in _floats(v)]
+    return []
+
+
+def _loss(out) -> torch.Tensor:
+    tensors = _floats(out)
+    assert tensors, f"output of type {type(out).__name__} holds no floating tensor"
+    g = torch.Generator().manual_seed(0)
+    # random weights: a plain sum can have zero gradient (e.g. through a softmax or a norm)
+    return sum((t * torch.randn(t.shape, generator=g)).sum() for t in tensors)
+
+
+def _check_grads(module: nn.Module, what: str) -> None:
+    missing = [n for n, p in module.named_parameters() if p.requires_grad and p.grad is None]
+    assert not missing, f"{what}: parameters without gradient: {missing[:8]}"
+    bad = [n for n, p in module.named_parameters() if p.grad is not None and not torch.isfinite(p.grad).all()]
+    assert not bad, f"{what}: non-finite gradients in {bad[:8]}"
+
+
+@pytest.mark.parametrize("name", list_models())
+def test_model_forward_backward_small(name):
+    entry = REGISTRY.model_entry(name)
+    assert entry.example_input is not None, f"model {name!r} must register example_input=fn(model, batch)"
+    torch.manual_seed(0)
+    model = REGISTRY.create_model(name, **entry.small_kwargs)
+    model.train()
+    inputs = entry.example_input(model, 2)
+    out = model(*inputs) if isinstance(inputs, tuple) else model(inputs)
+    _loss(out).backward()
+    _check_grads(model, name)
+
+
+def _full_size(name: str) -> nn.Module:
+    try:
+        with torch.device("meta"):
+            return REGISTRY.create_model(name)
+    except (RuntimeError, NotImplementedError):  # a constructor that reads values cannot run on meta
+        return REGISTRY.create_model(name)
+
+
+@pytest.mark.parametrize("name", [n for n in list_models() if REGISTRY.model_entry(n).paper_params])
+def test_model_paper_params(name):
+    entry = REGISTRY.model_entry(name)
+    model = _full_size(name)
+    if getattr(model, "paper_params_fused", False):
+        model.eval()
+        model.fuse()
+    n = count_params(model)
+    rel = abs(n - entry.paper_params) / entry.paper_params
+    assert rel <= entry.params_rtol, (f"{name}: {n:,} parameters vs paper {entry.paper_params:,.0f} "
+                                      f"({rel:.2%} > {entry.params_rtol:.0%})")
+
+
+@pytest.mark.parametrize("name", list_mixers())
+def test_mixer_forward_backward(name):
+    torch.manual_seed(0)
+    mixer = REGISTRY.create_mixer(name, DIM, num_heads=HEADS, seq_len=GRID[0] * GRID[1], grid_size=GRID)
+    mixer.train()
+    x = torch.randn(2, GRID[0] * GRID[1], DIM, requires_grad=True)
+    y = mixer(x, grid_size=GRID)
+    assert isinstance(y, torch.Tensor) and y.shape == x.shape, f"{name}: {tuple(x.shape)} -> {tuple(y.shape)}"
+    _loss(y).backward()
+    assert x.grad is not None and torch.isfinite(x.grad).all()
+    _check_grads(mixer, name)
+
+
+def test_registry_lists_this_areas_entries():
+    models, mixers = set(list_models()), set(list_mixers())
+    assert {"ffnet_1", "ffnet_4", "ninformer_cifar", "efficientmod_xxs", "crate_tiny", "crate_large"} <= models
+    assert {"softmax_attention", "ffnified_attention", "ninformer", "efficientmod", "crate_mssa"} <= mixers
+    with pytest.raises(KeyError, match="unknown mixer"):
+        REGISTRY.create_mixer("no_such_mixer", 8)
