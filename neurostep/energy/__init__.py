@@ -10,7 +10,7 @@
 from neurostep.energy.cli import cli_main
 from neurostep.energy.counter import FIELDS, OpCounter, count
 from neurostep.energy.profiles import PROFILES, EnergyProfile, get_profile
-from neurostep.energy.report import MODES, Counts, Report, format_count, format_energy
+from neurostep.energy.report import MODES, Counts, Report, format_count, format_energy, spikformer_energy
 
 __all__ = [
     "FIELDS",
@@ -25,4 +25,5 @@ __all__ = [
     "format_count",
     "format_energy",
     "get_profile",
+    "spikformer_energy",
 ]

@@ -161,8 +161,9 @@ class OpCounter(TorchDispatchMode):
     Args:
         param_storages: data pointers of the model's parameter storages (reads from them are
             parameter reads, and they are never treated as spike operands).
-        first_layer: module path whose dense ops are the "first layer" of the Spikformer
-            convention; ``None`` picks the module of the first dense op executed.
+        first_layer: module path whose dense ops (its own and its submodules') are the "first
+            layer" of the Spikformer convention; ``None`` picks the innermost module of the first
+            dense op executed.
     """
 
     def __init__(self, param_storages: set[int] | None = None, first_layer: str | None = None) -> None:
@@ -370,7 +371,7 @@ class OpCounter(TorchDispatchMode):
         current = self.stack[-1] if self.stack else ""
         if self.first_layer is None:
             self.first_layer = current
-        if current == self.first_layer:
+        if current == self.first_layer or current.startswith(self.first_layer + "."):
             cost[_IDX["first_layer_macs"]] += dense_macs
         else:
             cost[_IDX["sops"]] += rate * dense_macs
@@ -718,6 +719,7 @@ _OTHER: dict[str, Callable[..., list[float]]] = {
     "cumsum": _reduction(1, 0, 0, per_input=True), "cumprod": _reduction(0, 1, 0, per_input=True),
     "logsumexp": _reduction(2, 0, 1, exps=1, per_input=True),
     "count_nonzero": _reduction(1, 0, 1, per_input=True),
+    "all": _reduction(0, 0, 1, per_input=True), "any": _reduction(0, 0, 1, per_input=True),
     "linalg_vector_norm": _reduction(1, 1, 0, per_input=True), "norm": _reduction(1, 1, 0, per_input=True),
     "var": _var, "std": _var, "var_mean": _var, "std_mean": _var,
     "_softmax": _softmax, "softmax": _softmax, "_log_softmax": _softmax, "log_softmax": _softmax,

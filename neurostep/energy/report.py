@@ -249,3 +249,32 @@ class Report:
 
     def __str__(self) -> str:
         return self.table()
+
+
+def spikformer_energy(first_layer_flops: float, layer_flops: list[float] | tuple[float, ...],
+                      firing_rates: list[float] | tuple[float, ...], T: int,
+                      profile: EnergyProfile | None = None) -> dict[str, float]:
+    """The Spikformer paper's energy formula from per-layer numbers (no model needed).
+
+    ``E = mac_pj * first_layer_flops + ac_pj * sum_l firing_rates[l] * T * layer_flops[l]``,
+    with ``layer_flops`` the dense MACs of one timestep of each later layer and
+    ``firing_rates`` the firing rate of each layer's input. ``first_layer_flops`` is taken as
+    given (pass the per-step FLOPs times the number of steps it runs, if it runs every step).
+
+    Returns ``{"sops", "energy_mac_pj", "energy_ac_pj", "energy_total_pj"}``.
+    """
+    from neurostep.energy.profiles import PROFILES
+
+    prof = profile or PROFILES["45nm_fp32"]
+    if len(layer_flops) != len(firing_rates):
+        raise ValueError(f"layer_flops and firing_rates must have one entry per layer, got {len(layer_flops)} "
+                         f"and {len(firing_rates)}")
+    if not isinstance(T, int) or T < 1:
+        raise ValueError(f"T must be a positive int, got {T!r}")
+    for r in firing_rates:
+        if r < 0:
+            raise ValueError(f"firing rates must be >= 0, got {list(firing_rates)}")
+    sops = sum(r * T * f for r, f in zip(firing_rates, layer_flops))
+    mac = first_layer_flops * prof.mac_pj
+    ac = sops * prof.ac_pj
+    return {"sops": sops, "energy_mac_pj": mac, "energy_ac_pj": ac, "energy_total_pj": mac + ac}

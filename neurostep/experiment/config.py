@@ -61,6 +61,7 @@ TRAIN_DEFAULTS: dict[str, Any] = {
     "grad_clip": 1.0,
     "max_steps": 0,        # 0: no limit; otherwise stop after this many optimizer steps
     "progress": True,
+    "threads": 0,          # torch intra-op threads for the run; 0 keeps torch's default
 }
 
 MEASURE_DEFAULTS: dict[str, Any] = {
@@ -126,7 +127,7 @@ class ExperimentConfig:
         Lists of blocks, tasks and seeds are left out so that adding a block to a file does
         not invalidate the results already stored for the others.
         """
-        train = {k: v for k, v in self.train.items() if k != "progress"}
+        train = {k: v for k, v in self.train.items() if k not in ("progress", "threads")}
         if self.kind == "concept_shift":
             return {"kind": self.kind, "learner": block, "task": task, "concept_shift": self.concept_shift}
         return {

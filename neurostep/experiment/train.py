@@ -270,6 +270,17 @@ def train_run(cfg: ExperimentConfig, block: str, task_label: str, seed: int, tas
               ctx: DistContext | None = None, progress: bool | None = None) -> dict[str, Any]:
     """Train and evaluate ``block`` on ``task`` with ``seed``; returns the result record (rank 0)."""
     ctx = ctx or DistContext()
+    threads = torch.get_num_threads()
+    if cfg.train["threads"] > 0:
+        torch.set_num_threads(cfg.train["threads"])
+    try:
+        return _train_run(cfg, block, task_label, seed, task, ctx, progress)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _train_run(cfg: ExperimentConfig, block: str, task_label: str, seed: int, task: TaskData,
+               ctx: DistContext, progress: bool | None) -> dict[str, Any]:
     progress = cfg.train["progress"] if progress is None else progress
     torch.manual_seed(seed)
     model = build_backbone(block, task, cfg.backbone, cfg.block_options.get(block))

@@ -42,6 +42,7 @@ FAMILY_MODULES: tuple[str, ...] = (
     "neurostep.models.efficientmod",
     "neurostep.models.crate",
     "neurostep.models.spikformer",
+    "neurostep.models.mamba",
 )
 
 

@@ -184,7 +184,7 @@ class HomeostaticLR:
         self._remember(x.detach(), y.detach())
         self.seen += x.shape[0]
         self.history.append(self.eta)
-        return HomeostaticStep(float(loss), int((pred == y).sum()), self.eta, decisions, changes)
+        return HomeostaticStep(float(loss.detach()), int((pred == y).sum()), self.eta, decisions, changes)
 
     def _remember(self, x: torch.Tensor, y: torch.Tensor) -> None:
         if self._mem_x is None:

@@ -26,7 +26,7 @@ from torch import nn
 
 from neurostep.engine import Recurrent, check_tensor
 from neurostep.layers import resolve_norm
-from neurostep.neuro import LIF
+from neurostep.neuro.neurons import LIF
 from neurostep.neuro.surrogate import Sigmoid
 
 ATTENTION_ORDERS = ("q(kv)", "(qk)v")

@@ -204,8 +204,8 @@ def _import_spikingjelly_spikformer() -> types.ModuleType:
 
 
 @pytest.mark.peers
-@pytest.mark.parametrize("patch_size", [4, 16])
-def test_matches_spikingjelly_spikformer(patch_size):
+@pytest.mark.parametrize(("patch_size", "backend"), [(4, "cpu"), (16, "reference")])
+def test_matches_spikingjelly_spikformer(patch_size, backend):
     sj_spikformer = _import_spikingjelly_spikformer()
     from spikingjelly.activation_based import functional
     from spikingjelly.activation_based import neuron as sj_neuron
@@ -231,7 +231,7 @@ def test_matches_spikingjelly_spikformer(patch_size):
     functional.reset_net(theirs)
     theirs.eval()
 
-    ours = Spikformer.from_spikingjelly(theirs, backend="reference").eval()
+    ours = Spikformer.from_spikingjelly(theirs, backend=backend).eval()
 
     # record every LIF output of both, in execution order
     their_spikes: list[torch.Tensor] = []

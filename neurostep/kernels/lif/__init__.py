@@ -15,8 +15,8 @@ from typing import NamedTuple
 import torch
 
 from neurostep.engine import (
-    KERNELS,
     BACKEND_NAMES,
+    KERNELS,
     OpCost,
     check_backend_name,
     check_nonempty,

@@ -38,7 +38,8 @@ class _Spike(torch.autograd.Function):
         return grad * _BY_ID[ctx.sid].derivative(z, ctx.alpha), None, None, None
 
 
-def spike(z: torch.Tensor, surrogate: str = "sigmoid", alpha: float | None = None, strict: bool = False) -> torch.Tensor:
+def spike(z: torch.Tensor, surrogate: str = "sigmoid", alpha: float | None = None,
+          strict: bool = False) -> torch.Tensor:
     """Spike function with a surrogate gradient: ``(z >= 0)`` forward (``z > 0`` if ``strict``).
 
     ``z``: any shape (membrane minus threshold). Returns a tensor of 0/1 in ``z``'s dtype.

@@ -38,8 +38,10 @@ class Surrogate:
 
 
 def _sigmoid_d(x: torch.Tensor, a: float) -> torch.Tensor:
-    s = torch.sigmoid(a * x)
-    return a * s * (1.0 - s)
+    # a*s*(1-s) with s = sigmoid(a x), written as a*u/(1+u)^2 with u = exp(-a|x|): 1 - s cancels in the tails
+    u = torch.exp(-a * x.abs())
+    d = 1.0 + u
+    return a * u / (d * d)
 
 
 def _sigmoid_p(x: torch.Tensor, a: float) -> torch.Tensor:

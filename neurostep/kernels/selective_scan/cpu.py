@@ -1,185 +1,274 @@
 """Selective scan on CPU with numba: fused forward and backward.
 
-Lanes ``(b, d)`` are independent: the kernels ``prange`` over lanes (forward) or over blocks of
-``d`` (backward), run the time loop inside and keep the ``N`` states of a lane in a small
-contiguous buffer (N innermost, so the state update vectorizes; ``exp`` is the vectorizable
-:func:`~neurostep.kernels.selective_scan.numba_exp.vexp`).
+Layout (why it is fast): the kernels work on blocks of ``W = 16`` consecutive channels ``d`` of one
+batch row. Inside a block the ``W`` channels are the vector lanes: for every time step and every
+state index ``n`` the update ``x[n, j] = exp(dt[j] A[n, j]) x[n, j] + dt[j] u[j] B[n, j]`` runs over
+``j`` in AVX2 registers with the vectorizable ``vexp``, and the output ``y[j] = sum_n x[n, j] C[n, j]``
+accumulates vertically, so no horizontal reduction sits on the critical path (N may be 1, as in
+LaMamba). To make the lanes contiguous, u, dt and the gradients are handled as ``(batch, L, dim)``
+(a cheap transpose of the ``(batch, dim, L)`` inputs), padded to a multiple of ``W`` channels.
 
 Memory: the forward never stores per-step states. It saves only the state entering every chunk of
-``CHUNK`` steps (``(batch, dim, ceil(L / CHUNK), N)``, 1/CHUNK of the states). The backward walks
-the chunks in reverse, recomputes a chunk's states and decays from its checkpoint into a
-thread-local ``(CHUNK + 1, N)`` buffer that stays in L1, then runs the adjoint recurrence over it.
+``CHUNK`` steps (``(batch, ceil(L / CHUNK), N, dim)``). The backward walks the chunks in reverse,
+recomputes a chunk's states and decays from its checkpoint into a thread-local buffer
+(``CHUNK x N x W``, L2-resident), then runs the adjoint recurrence over it. softplus, its derivative,
+the bias and the SiLU gate are elementwise over ``(batch, dim, L)`` and stay in torch.
 
-B and C are consumed in the layout ``(Bb, G, Lb, N)`` (the canonical ``(Bb, G, N, Lb)`` with N made
-innermost); lane ``(b, d)`` reads ``[b or 0, d // (dim // G), l or 0, :]``. Their gradients are
-reduced over the lanes of a group without races: each parallel block of ``d`` accumulates into its
-own slice of a buffer that is summed afterwards (or straight into the gradient when every lane has
-its own group, e.g. constant B).
+B and C are read from their canonical ``(Bb, G, N, Lb)`` layout transposed to ``(Bb, G, Lb, N)``;
+channel ``d`` reads group ``d // (dim // G)``. Their gradients are reduced over the channels of a
+group into one buffer per thread (``numba.get_thread_id``), summed afterwards: no races.
 """
 
 from __future__ import annotations
 
-import math
-
 import numba
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from neurostep.kernels.selective_scan.numba_exp import vexp
+from neurostep.kernels.selective_scan.reference import SOFTPLUS_THRESHOLD, effective_delta
 
-CHUNK = 64
-_SOFTPLUS_THRESHOLD = 20.0
+CHUNK = 32
+W = 16  # channels per block: two AVX2 float32 registers
 
 
 def saved_shape(batch: int, dim: int, length: int, d_state: int) -> tuple[int, ...]:
-    """Checkpointed states ``(batch, dim, ceil(L / CHUNK), N)``."""
-    return (batch, dim, -(-length // CHUNK), d_state)
+    """Checkpointed states ``(batch, ceil(L / CHUNK), N, dim padded to W)``."""
+    return (batch, -(-length // CHUNK), d_state, -(-dim // W) * W)
 
 
 @numba.njit(inline="always")
-def _softplus(v, softplus):
-    if not softplus:
-        return v
-    if v > _SOFTPLUS_THRESHOLD:
-        return v
-    return math.log1p(math.exp(v))
+def _group(d, group_size, groups):
+    g = d // group_size
+    return g if g < groups else groups - 1  # padded channels read the last group (their inputs are 0)
 
 
 @numba.njit(inline="always")
-def _softplus_grad(v, softplus):
-    """d softplus(v) / dv = sigmoid(v) (1 above the threshold, where softplus is the identity)."""
-    if not softplus or v > _SOFTPLUS_THRESHOLD:
-        return 1.0
-    return 1.0 / (1.0 + math.exp(-v))
+def _fill(buf, M, bi, d0, lt, group_size):
+    """buf[n, j] = M[bi, group(d0 + j), lt, n] for the W channels of a block."""
+    groups = M.shape[1]
+    g0 = _group(d0, group_size, groups)
+    if g0 == _group(d0 + W - 1, group_size, groups):
+        for n in range(M.shape[3]):
+            v = M[bi, g0, lt, n]
+            for j in range(W):
+                buf[n, j] = v
+    else:
+        for j in range(W):
+            g = _group(d0 + j, group_size, groups)
+            for n in range(M.shape[3]):
+                buf[n, j] = M[bi, g, lt, n]
+
+
+@numba.njit(inline="always")
+def _scatter(dst, src, slot, bi, d0, lt, group_size, tmp):
+    """dst[slot, bi, group(d0 + j), lt, n] += src[n, j], summed over the block's channels.
+
+    A block inside one group (the common case) sums its W lanes by a fixed pairwise tree: W-wide
+    vector adds instead of a serial chain, and a deterministic order."""
+    groups = dst.shape[2]
+    g0 = _group(d0, group_size, groups)
+    if g0 == _group(d0 + W - 1, group_size, groups):
+        for n in range(src.shape[0]):
+            for j in range(W // 2):
+                tmp[j] = src[n, j] + src[n, j + W // 2]
+            for j in range(W // 4):
+                tmp[j] = tmp[j] + tmp[j + W // 4]
+            for j in range(W // 8):
+                tmp[j] = tmp[j] + tmp[j + W // 8]
+            dst[slot, bi, g0, lt, n] += tmp[0] + tmp[1]
+    else:
+        for j in range(W):
+            g = _group(d0 + j, group_size, groups)
+            for n in range(src.shape[0]):
+                dst[slot, bi, g, lt, n] += src[n, j]
 
 
 @numba.njit(parallel=True, cache=True, fastmath=False)
-def _forward_kernel(u, delta, A, B, C, D, z, bias, h0, has_z, softplus, chunk, out, last, ckpt):
-    batch, dim, length = u.shape
-    n_state = A.shape[1]
-    b_batch, b_groups, b_time = B.shape[0] > 1, B.shape[1], B.shape[2] > 1
-    c_batch, c_groups, c_time = C.shape[0] > 1, C.shape[1], C.shape[2] > 1
-    for lane in numba.prange(batch * dim):
-        b = lane // dim
-        d = lane - b * dim
-        bi = b if b_batch else 0
-        bg = d // (dim // b_groups)
-        ci = b if c_batch else 0
-        cg = d // (dim // c_groups)
-        x = h0[b, d].copy()
-        a_row = A[d]
+def _forward_kernel(ut, dtt, At, B, C, Dv, gate, has_z, h0t, gs_b, gs_c, chunk, yt, last, ckpt):
+    batch, length, dpad = ut.shape
+    n_state = At.shape[0]
+    n_blocks = dpad // W
+    b_time, c_time = B.shape[2] > 1, C.shape[2] > 1
+    for item in numba.prange(batch * n_blocks):
+        b = item // n_blocks
+        d0 = (item - b * n_blocks) * W
+        bi = b if B.shape[0] > 1 else 0
+        ci = b if C.shape[0] > 1 else 0
+        x = np.empty((n_state, W), dtype=ut.dtype)
+        bb = np.empty((n_state, W), dtype=ut.dtype)
+        cc = np.empty((n_state, W), dtype=ut.dtype)
+        dtu = np.empty(W, dtype=ut.dtype)
+        y = np.empty(W, dtype=ut.dtype)
+        for n in range(n_state):
+            for j in range(W):
+                x[n, j] = h0t[b, n, d0 + j]
+        if not b_time:
+            _fill(bb, B, bi, d0, 0, gs_b)
+        if not c_time:
+            _fill(cc, C, ci, d0, 0, gs_c)
         for l in range(length):
             if l % chunk == 0:
-                ckpt[b, d, l // chunk] = x
-            dt = _softplus(delta[b, d, l] + bias[d], softplus)
-            dtu = dt * u[b, d, l]
-            b_row = B[bi, bg, l if b_time else 0]
-            c_row = C[ci, cg, l if c_time else 0]
-            # vectorized state update, then a separate (serial) reduction: keeping the reduction
-            # out of this loop is what lets LLVM vectorize it under strict FP semantics
+                for n in range(n_state):
+                    for j in range(W):
+                        ckpt[b, l // chunk, n, d0 + j] = x[n, j]
+            if b_time:
+                _fill(bb, B, bi, d0, l, gs_b)
+            if c_time:
+                _fill(cc, C, ci, d0, l, gs_c)
+            for j in range(W):
+                dtu[j] = dtt[b, l, d0 + j] * ut[b, l, d0 + j]
+                y[j] = Dv[d0 + j] * ut[b, l, d0 + j]
             for n in range(n_state):
-                x[n] = vexp(dt * a_row[n]) * x[n] + dtu * b_row[n]
-            y = x[0] * c_row[0]
-            for n in range(1, n_state):
-                y += x[n] * c_row[n]
-            y += D[d] * u[b, d, l]
+                for j in range(W):
+                    xn = vexp(dtt[b, l, d0 + j] * At[n, d0 + j]) * x[n, j] + dtu[j] * bb[n, j]
+                    x[n, j] = xn
+                    y[j] += xn * cc[n, j]
             if has_z:
-                zz = z[b, d, l]
-                y *= zz / (1.0 + math.exp(-zz))
-            out[b, d, l] = y
-        last[b, d] = x
+                for j in range(W):
+                    y[j] *= gate[b, l, d0 + j]
+            for j in range(W):
+                yt[b, l, d0 + j] = y[j]
+        for n in range(n_state):
+            for j in range(W):
+                last[b, n, d0 + j] = x[n, j]
 
 
 @numba.njit(parallel=True, cache=True, fastmath=False)
-def _backward_kernel(gout, glast, u, delta, A, B, C, D, z, bias, ckpt, has_z, softplus, chunk, block, b_direct,
-                     c_direct, du, ddelta, dA, dB, dC, dD, dz, dbias, dh0):
-    batch, dim, length = u.shape
-    n_state = A.shape[1]
-    b_batch, b_groups, b_time = B.shape[0] > 1, B.shape[1], B.shape[2] > 1
-    c_batch, c_groups, c_time = C.shape[0] > 1, C.shape[1], C.shape[2] > 1
-    n_chunks = ckpt.shape[2]
-    n_blocks = (dim + block - 1) // block
-    for blk_ in numba.prange(n_blocks):
-        blk = np.int64(blk_)  # the parfor index may be unsigned; mixing it with int64 would give floats
-        xs = np.empty((chunk + 1, n_state), dtype=u.dtype)
-        decay = np.empty((chunk, n_state), dtype=u.dtype)
-        dts = np.empty(chunk, dtype=u.dtype)
-        dx = np.empty(n_state, dtype=u.dtype)
-        slot_b = 0 if b_direct else blk
-        slot_c = 0 if c_direct else blk
-        for d in range(blk * block, min(dim, (blk + 1) * block)):
-            a_row = A[d]
-            bg = d // (dim // b_groups)
-            cg = d // (dim // c_groups)
-            dA_row = dA[d]
-            d_d = D[d]
-            for b in range(batch):
-                bi = b if b_batch else 0
-                ci = b if c_batch else 0
-                dx[:] = glast[b, d]
-                for c in range(n_chunks - 1, -1, -1):
-                    start = c * chunk
-                    stop = min(length, start + chunk)
-                    # recompute this chunk's states and decays from its checkpoint
-                    xs[0] = ckpt[b, d, c]
-                    for l in range(start, stop):
-                        k = l - start
-                        dt = _softplus(delta[b, d, l] + bias[d], softplus)
-                        dts[k] = dt
-                        dtu = dt * u[b, d, l]
-                        b_row = B[bi, bg, l if b_time else 0]
+def _backward_kernel(gt, glast, ut, dtt, At, B, C, Dv, gate, has_z, ckpt, gs_b, gs_c, chunk,
+                     dut, ddtt, dAt, dBbuf, dCbuf, dDv, dgate, dh0t):
+    batch, length, dpad = ut.shape
+    n_state = At.shape[0]
+    n_blocks = dpad // W
+    n_chunks = ckpt.shape[1]
+    b_time, c_time = B.shape[2] > 1, C.shape[2] > 1
+    for blk in numba.prange(n_blocks):
+        slot = numba.get_thread_id()
+        d0 = blk * W
+        dt_ = ut.dtype
+        xs = np.empty((chunk + 1, n_state, W), dtype=dt_)
+        dec = np.empty((chunk, n_state, W), dtype=dt_)
+        dx = np.empty((n_state, W), dtype=dt_)
+        bb = np.empty((n_state, W), dtype=dt_)
+        cc = np.empty((n_state, W), dtype=dt_)
+        tb = np.empty((n_state, W), dtype=dt_)
+        tc = np.empty((n_state, W), dtype=dt_)
+        acc_b = np.empty((n_state, W), dtype=dt_)
+        acc_c = np.empty((n_state, W), dtype=dt_)
+        dA_acc = np.zeros((n_state, W), dtype=dt_)
+        dD_acc = np.zeros(W, dtype=dt_)
+        g = np.empty(W, dtype=dt_)
+        y = np.empty(W, dtype=dt_)
+        du = np.empty(W, dtype=dt_)
+        ddt = np.empty(W, dtype=dt_)
+        tmp = np.empty(W, dtype=dt_)
+        for b in range(batch):
+            bi = b if B.shape[0] > 1 else 0
+            ci = b if C.shape[0] > 1 else 0
+            for n in range(n_state):
+                for j in range(W):
+                    dx[n, j] = glast[b, n, d0 + j]
+            if not b_time:
+                _fill(bb, B, bi, d0, 0, gs_b)
+                acc_b[:, :] = 0
+            if not c_time:
+                _fill(cc, C, ci, d0, 0, gs_c)
+                acc_c[:, :] = 0
+            for c in range(n_chunks - 1, -1, -1):
+                start = c * chunk
+                stop = min(length, start + chunk)
+                for n in range(n_state):
+                    for j in range(W):
+                        xs[0, n, j] = ckpt[b, c, n, d0 + j]
+                # recompute this chunk's decays and states from its checkpoint
+                for l in range(start, stop):
+                    k = l - start
+                    if b_time:
+                        _fill(bb, B, bi, d0, l, gs_b)
+                    for n in range(n_state):
+                        for j in range(W):
+                            e = vexp(dtt[b, l, d0 + j] * At[n, d0 + j])
+                            dec[k, n, j] = e
+                            xs[k + 1, n, j] = e * xs[k, n, j] + dtt[b, l, d0 + j] * ut[b, l, d0 + j] * bb[n, j]
+                # adjoint recurrence backwards through the chunk; dx holds dLoss/dx_l
+                for l in range(stop - 1, start - 1, -1):
+                    k = l - start
+                    if b_time:
+                        _fill(bb, B, bi, d0, l, gs_b)
+                    if c_time:
+                        _fill(cc, C, ci, d0, l, gs_c)
+                    for j in range(W):
+                        g[j] = gt[b, l, d0 + j]
+                    if has_z:
+                        for j in range(W):
+                            y[j] = Dv[d0 + j] * ut[b, l, d0 + j]
                         for n in range(n_state):
-                            e = vexp(dt * a_row[n])
-                            decay[k, n] = e
-                            xs[k + 1, n] = e * xs[k, n] + dtu * b_row[n]
-                    # adjoint recurrence, backwards through the chunk
-                    for l in range(stop - 1, start - 1, -1):
-                        k = l - start
-                        dt = dts[k]
-                        ul = u[b, d, l]
-                        b_row = B[bi, bg, l if b_time else 0]
-                        c_row = C[ci, cg, l if c_time else 0]
-                        g = gout[b, d, l]
-                        if has_z:
-                            y = xs[k + 1, 0] * c_row[0]
-                            for n in range(1, n_state):
-                                y += xs[k + 1, n] * c_row[n]
-                            y += d_d * ul
-                            zz = z[b, d, l]
-                            sz = 1.0 / (1.0 + math.exp(-zz))
-                            dz[b, d, l] = g * y * (sz * (1.0 + zz * (1.0 - sz)))
-                            g = g * zz * sz
-                        dD[d] += g * ul
-                        dc_row = dC[slot_c, ci, cg, l if c_time else 0]
-                        db_row = dB[slot_b, bi, bg, l if b_time else 0]
-                        dtu = dt * ul
-                        for n in range(n_state):
-                            dc_row[n] += g * xs[k + 1, n]
-                            dx[n] += g * c_row[n]
-                        ddt = 0.0
-                        dxb = 0.0
-                        for n in range(n_state):
-                            t = dx[n] * xs[k, n] * decay[k, n]
-                            ddt += t * a_row[n]
-                            dA_row[n] += t * dt
-                            dxb += dx[n] * b_row[n]
-                            db_row[n] += dx[n] * dtu
-                            dx[n] *= decay[k, n]
-                        ddt += dxb * ul
-                        du[b, d, l] = g * d_d + dt * dxb
-                        dd = ddt * _softplus_grad(delta[b, d, l] + bias[d], softplus)
-                        ddelta[b, d, l] = dd
-                        dbias[d] += dd
-                dh0[b, d] = dx
+                            for j in range(W):
+                                y[j] += xs[k + 1, n, j] * cc[n, j]
+                        for j in range(W):
+                            dgate[b, l, d0 + j] = g[j] * y[j]
+                            g[j] *= gate[b, l, d0 + j]
+                    for j in range(W):
+                        dD_acc[j] += g[j] * ut[b, l, d0 + j]
+                        du[j] = g[j] * Dv[d0 + j]
+                        ddt[j] = 0
+                    for n in range(n_state):
+                        for j in range(W):
+                            dt = dtt[b, l, d0 + j]
+                            u = ut[b, l, d0 + j]
+                            tc[n, j] = g[j] * xs[k + 1, n, j]
+                            dxn = dx[n, j] + g[j] * cc[n, j]
+                            t = dxn * xs[k, n, j] * dec[k, n, j]
+                            dA_acc[n, j] += t * dt
+                            dxb = dxn * bb[n, j]
+                            ddt[j] += t * At[n, d0 + j] + dxb * u
+                            du[j] += dt * dxb
+                            tb[n, j] = dxn * dt * u
+                            dx[n, j] = dxn * dec[k, n, j]
+                    for j in range(W):
+                        dut[b, l, d0 + j] = du[j]
+                        ddtt[b, l, d0 + j] = ddt[j]
+                    if b_time:
+                        _scatter(dBbuf, tb, slot, bi, d0, l, gs_b, tmp)
+                    else:
+                        acc_b += tb
+                    if c_time:
+                        _scatter(dCbuf, tc, slot, ci, d0, l, gs_c, tmp)
+                    else:
+                        acc_c += tc
+            if not b_time:
+                _scatter(dBbuf, acc_b, slot, bi, d0, 0, gs_b, tmp)
+            if not c_time:
+                _scatter(dCbuf, acc_c, slot, ci, d0, 0, gs_c, tmp)
+            for n in range(n_state):
+                for j in range(W):
+                    dh0t[b, n, d0 + j] = dx[n, j]
+        for n in range(n_state):
+            for j in range(W):
+                dAt[n, d0 + j] = dA_acc[n, j]
+        for j in range(W):
+            dDv[d0 + j] = dD_acc[j]
 
 
 def _np(t: torch.Tensor) -> np.ndarray:
     return t.detach().numpy()
 
 
-def _kernel_bc(M: torch.Tensor) -> torch.Tensor:
-    """Canonical ``(Bb, G, N, Lb)`` -> kernel layout ``(Bb, G, Lb, N)``, contiguous."""
-    return M.transpose(-1, -2).contiguous()
+def _lanes_last(t: torch.Tensor, dpad: int) -> torch.Tensor:
+    """``(batch, dim, L) -> (batch, L, dpad)``, contiguous, zero-padded channels."""
+    return F.pad(t.transpose(1, 2), (0, dpad - t.shape[1])).contiguous()
+
+
+def _prepare(u, delta, A, B, C, D, z, delta_bias, delta_softplus):
+    dim = u.shape[1]
+    dpad = -(-dim // W) * W
+    dt = effective_delta(delta, delta_bias, delta_softplus)
+    At = F.pad(A.t(), (0, dpad - dim)).contiguous()
+    Dv = F.pad(D if D is not None else u.new_zeros(dim), (0, dpad - dim)).contiguous()
+    gate = _lanes_last(F.silu(z), dpad) if z is not None else u.new_empty(1, 1, 1)
+    Bk, Ck = B.transpose(-1, -2).contiguous(), C.transpose(-1, -2).contiguous()
+    return dpad, _lanes_last(u, dpad), _lanes_last(dt, dpad), At, Bk, Ck, Dv, gate
 
 
 def forward(u, delta, A, B, C, D, z, delta_bias, h0, delta_softplus):
@@ -187,47 +276,52 @@ def forward(u, delta, A, B, C, D, z, delta_bias, h0, delta_softplus):
     tensor holds the chunk checkpoints."""
     batch, dim, length = u.shape
     n_state = A.shape[1]
-    zeros_d = u.new_zeros(dim)
-    out = torch.empty_like(u)
-    last = u.new_empty(batch, dim, n_state)
+    dpad, ut, dtt, At, Bk, Ck, Dv, gate = _prepare(u, delta, A, B, C, D, z, delta_bias, delta_softplus)
+    h0t = F.pad(h0.transpose(1, 2), (0, dpad - dim)).contiguous() if h0 is not None else u.new_zeros(
+        batch, n_state, dpad)
+    yt = torch.empty_like(ut)
+    last = u.new_empty(batch, n_state, dpad)
     ckpt = u.new_empty(saved_shape(batch, dim, length, n_state))
-    h0 = u.new_zeros(batch, dim, n_state) if h0 is None else h0
-    _forward_kernel(_np(u), _np(delta), _np(A), _np(_kernel_bc(B)), _np(_kernel_bc(C)),
-                    _np(zeros_d if D is None else D), _np(u if z is None else z),
-                    _np(zeros_d if delta_bias is None else delta_bias), _np(h0), z is not None,
-                    bool(delta_softplus), CHUNK, _np(out), _np(last), _np(ckpt))
-    return out, last, ckpt
+    _forward_kernel(_np(ut), _np(dtt), _np(At), _np(Bk), _np(Ck), _np(Dv), _np(gate), z is not None, _np(h0t),
+                    dim // B.shape[1], dim // C.shape[1], CHUNK, _np(yt), _np(last), _np(ckpt))
+    out = yt[..., :dim].transpose(1, 2).contiguous()
+    return out, last[..., :dim].transpose(1, 2).contiguous(), ckpt
 
 
 def backward(grad_out, grad_last, u, delta, A, B, C, D, z, delta_bias, h0, saved, delta_softplus):
     """Same contract as :func:`neurostep.kernels.selective_scan.reference.backward`."""
     batch, dim, length = u.shape
     n_state = A.shape[1]
-    zeros_d = u.new_zeros(dim)
+    dpad, ut, dtt, At, Bk, Ck, Dv, gate = _prepare(u, delta, A, B, C, D, z, delta_bias, delta_softplus)
+    gt = _lanes_last(grad_out, dpad)
+    glast = (F.pad(grad_last.transpose(1, 2), (0, dpad - dim)).contiguous() if grad_last is not None
+             else u.new_zeros(batch, n_state, dpad))
     n_threads = numba.get_num_threads()
-    # a few blocks per thread for load balance; the B/C gradient buffers grow with the block count
-    block = max(1, -(-dim // (4 * n_threads)))
-    n_blocks = -(-dim // block)
-    Bk, Ck = _kernel_bc(B), _kernel_bc(C)
-    # a group of one lane (e.g. constant B) is written by one block only: no buffer needed
-    b_direct = Bk.shape[1] == dim
-    c_direct = Ck.shape[1] == dim
-    dBbuf = u.new_zeros((1 if b_direct else n_blocks, *Bk.shape))
-    dCbuf = u.new_zeros((1 if c_direct else n_blocks, *Ck.shape))
-    du = torch.empty_like(u)
-    ddelta = torch.empty_like(u)
-    dA = torch.zeros_like(A)
-    dD = u.new_zeros(dim)
-    dz = torch.empty_like(u) if z is not None else u.new_empty(1, 1, 1)
-    dbias = u.new_zeros(dim)
-    dh0 = u.new_empty(batch, dim, n_state)
-    glast = u.new_zeros(batch, dim, n_state) if grad_last is None else grad_last
-    _backward_kernel(_np(grad_out), _np(glast), _np(u), _np(delta), _np(A), _np(Bk), _np(Ck),
-                     _np(zeros_d if D is None else D), _np(u if z is None else z),
-                     _np(zeros_d if delta_bias is None else delta_bias), _np(saved), z is not None,
-                     bool(delta_softplus), CHUNK, block, b_direct, c_direct, _np(du), _np(ddelta), _np(dA),
-                     _np(dBbuf), _np(dCbuf), _np(dD), _np(dz), _np(dbias), _np(dh0))
+    dBbuf = u.new_zeros((n_threads, *Bk.shape))
+    dCbuf = u.new_zeros((n_threads, *Ck.shape))
+    dut, ddtt = torch.empty_like(ut), torch.empty_like(ut)
+    dAt = torch.empty_like(At)
+    dDv = torch.empty_like(Dv)
+    dgate = torch.empty_like(ut) if z is not None else u.new_empty(1, 1, 1)
+    dh0t = u.new_empty(batch, n_state, dpad)
+    _backward_kernel(_np(gt), _np(glast), _np(ut), _np(dtt), _np(At), _np(Bk), _np(Ck), _np(Dv), _np(gate),
+                     z is not None, _np(saved), dim // B.shape[1], dim // C.shape[1], CHUNK, _np(dut), _np(ddtt),
+                     _np(dAt), _np(dBbuf), _np(dCbuf), _np(dDv), _np(dgate), _np(dh0t))
+
+    def channels_first(t: torch.Tensor) -> torch.Tensor:
+        return t[..., :dim].transpose(1, 2).contiguous()
+
+    ddt = channels_first(ddtt)
+    if delta_softplus:
+        pre = delta if delta_bias is None else delta + delta_bias[:, None]
+        ddt = ddt * torch.where(pre <= SOFTPLUS_THRESHOLD, torch.sigmoid(pre), torch.ones_like(pre))
+    dz = None
+    if z is not None:
+        sz = torch.sigmoid(z)
+        dz = channels_first(dgate) * (sz * (1 + z * (1 - sz)))
     dB = dBbuf.sum(0).transpose(-1, -2).contiguous()
     dC = dCbuf.sum(0).transpose(-1, -2).contiguous()
-    return (du, ddelta, dA, dB, dC, dD if D is not None else None, dz if z is not None else None,
-            dbias if delta_bias is not None else None, dh0 if h0 is not None else None)
+    return (channels_first(dut), ddt, dAt[:, :dim].t().contiguous(), dB, dC,
+            dDv[:dim].clone() if D is not None else None, dz,
+            ddt.sum((0, 2)) if delta_bias is not None else None,
+            channels_first(dh0t) if h0 is not None else None)

@@ -1,0 +1,110 @@
+"""Spikformer-8-384 (ImageNet, T=4) energy under the paper's convention, beside the paper's totals.
+
+The paper reports 6.82 G OPs and 7.734 mJ for Spikformer-8-384 at T=4 with
+``E = 4.6 pJ * FLOPs(first layer) + 0.9 pJ * sum SOP``. Those two totals fix the split between
+MAC and AC energy once one decides what "OPs" sums: if OPs = first-layer FLOPs + SOPs, then
+``FL1 = (E - 0.9 * OPs) / (4.6 - 0.9)``; if OPs are the SOPs alone, ``FL1 = (E - 0.9 * OPs) / 4.6``.
+This script prints both readings beside the first-layer MAC count that neurostep's counter
+measures on ``create_model("spikformer_8_384")`` (per timestep and over the T=4 timesteps the
+model runs), and the whole-model counts of one forward.
+
+The model here is untrained, so its firing rates (and hence its SOPs) say nothing about the
+paper's trained network; only the first-layer MACs and the dense MACs are comparable.
+
+    .venv/bin/python benchmarks/spikformer_energy.py           # one real forward (batch 1, 224x224)
+    .venv/bin/python benchmarks/spikformer_energy.py --meta    # shapes only: dense counts, no compute
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from neurostep.energy import count, format_count, format_energy  # noqa: E402
+
+PAPER_OPS = 6.82e9        # "OPs (G)" of Spikformer-8-384, ImageNet, T=4
+PAPER_ENERGY_PJ = 7.734e9  # 7.734 mJ
+MAC_PJ, AC_PJ = 4.6, 0.9
+
+
+def implied_split() -> dict[str, dict[str, float]]:
+    """The MAC/AC split the paper's two totals imply, under both readings of "OPs"."""
+    fl1_a = (PAPER_ENERGY_PJ - AC_PJ * PAPER_OPS) / (MAC_PJ - AC_PJ)   # OPs = FL1 + SOPs
+    sops_a = PAPER_OPS - fl1_a
+    sops_b = PAPER_OPS                                                # OPs = SOPs
+    fl1_b = (PAPER_ENERGY_PJ - AC_PJ * sops_b) / MAC_PJ
+    return {
+        "ops_include_first_layer": {"first_layer_macs": fl1_a, "sops": sops_a, "energy_mac_pj": MAC_PJ * fl1_a,
+                                    "energy_ac_pj": AC_PJ * sops_a},
+        "ops_are_sops_only": {"first_layer_macs": fl1_b, "sops": sops_b, "energy_mac_pj": MAC_PJ * fl1_b,
+                              "energy_ac_pj": AC_PJ * sops_b},
+    }
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--meta", action="store_true",
+                        help="count on the meta device: exact dense MACs without running the model")
+    parser.add_argument("--quick", action="store_true", help="alias of --meta (for `neurostep bench --quick`)")
+    args = parser.parse_args()
+    meta = args.meta or args.quick
+
+    from neurostep.models import create_model, list_models
+
+    if "spikformer_8_384" not in list_models():
+        print("spikformer_8_384 is not registered (neurostep.models); only the paper's implied split is shown")
+        model = None
+    else:
+        device = torch.device("meta") if meta else torch.device("cpu")
+        torch.manual_seed(0)
+        with device:
+            model = create_model("spikformer_8_384").eval()
+        x = torch.randn(1, 3, 224, 224, device=device)
+
+    out: dict[str, object] = {"paper": {"ops": PAPER_OPS, "energy_pj": PAPER_ENERGY_PJ}, "implied": implied_split()}
+    lines = ["Spikformer-8-384, ImageNet 224, T=4 (paper: 6.82 G OPs, 7.734 mJ)", ""]
+    for reading, v in out["implied"].items():
+        lines.append(f"paper, implied ({reading.replace('_', ' ')}): first-layer MACs {format_count(v['first_layer_macs'])}"
+                     f" -> {format_energy(v['energy_mac_pj'])} MAC energy; SOPs {format_count(v['sops'])} -> "
+                     f"{format_energy(v['energy_ac_pj'])} AC energy")
+    if model is not None:
+        t0 = time.perf_counter()
+        report = count(model, x, mode="spikformer")
+        elapsed = time.perf_counter() - t0
+        T = model.T
+        first = report.total.first_layer_macs
+        first_path = next((n.split("'")[1] for n in report.notes if "first layer" in n), "?")
+        lines += [
+            "",
+            f"neurostep count ({'meta device, shapes only' if meta else 'one real forward, batch 1'}, {elapsed:.1f} s):",
+            f"  first layer {first_path}: {format_count(first / T)} MACs per timestep, {format_count(first)} over "
+            f"T={T} -> {format_energy(first * MAC_PJ)} at 4.6 pJ",
+            f"  dense MACs of the whole model over T={T}: {format_count(report.total.dense_macs)}",
+        ]
+        if not meta:
+            rate = report.total.spike_rate
+            lines.append(f"  untrained model: spike rate {rate if rate is None else round(rate, 4)}, SOPs "
+                         f"{format_count(report.total.sops)}, energy {format_energy(report.energy_pj)} "
+                         "(not comparable with the paper: its rates come from a trained network)")
+        out["measured"] = {"meta": meta, "T": T, "first_layer": first_path, "first_layer_macs": first,
+                           "first_layer_macs_per_step": first / T, "dense_macs": report.total.dense_macs,
+                           "sops": report.total.sops, "energy_pj": report.energy_pj,
+                           "spike_rate": report.total.spike_rate}
+    print("\n".join(lines))
+    out_dir = Path(__file__).resolve().parent / "results"
+    out_dir.mkdir(exist_ok=True)
+    path = out_dir / "spikformer_energy.json"
+    path.write_text(json.dumps(out, indent=2) + "\n")
+    print(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
