@@ -12,7 +12,8 @@ For each mixer in ``neurostep.models.list_mixers()`` (other families' mixers inc
 - MACs of the forward and of forward + backward from ``torch.utils.flop_counter.FlopCounterMode``
   (FLOPs / 2). It sees matmuls, convolutions and SDPA only: elementwise work and custom kernels
   without a registered flop formula (e.g. scans) are not counted, so for scan-based mixers the
-  number is a lower bound;
+  number is a lower bound. torch's formula for a grouped conv's backward ignores ``groups``
+  (385x too high for a depthwise conv at C=384); a corrected formula replaces it here;
 - ratios of latency, memory and MACs to softmax attention at the same N.
 
 Usage: ``python benchmarks/mixers.py [--quick] [--mixers a,b] [--tokens 196,4096]``.
@@ -34,7 +35,7 @@ from pathlib import Path
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
-from torch.utils.flop_counter import FlopCounterMode
+from torch.utils.flop_counter import FlopCounterMode, conv_flop_count
 
 DIM = 384
 HEADS = 6
@@ -80,11 +81,26 @@ def _median_ms(fn, repeats: int, warmup: int) -> float:
     return statistics.median(times)
 
 
+def _conv_backward_flops(grad_out_shape, x_shape, w_shape, _bias, _stride, _padding, _dilation, transposed,
+                         _output_padding, _groups, output_mask, out_shape=None, **kwargs) -> int:
+    """Corrected formula: each of grad_input and grad_weight costs exactly the forward conv's FLOPs.
+
+    torch's own formula computes grad_weight as a dense conv over the channels and ignores
+    ``groups``, over-counting a depthwise conv's backward by a factor of C (seen: 385x at C=384).
+    """
+    forward = conv_flop_count(list(x_shape), list(w_shape), list(grad_out_shape), transposed)
+    return forward * (int(bool(output_mask[0])) + int(bool(output_mask[1])))
+
+
+def _counter() -> FlopCounterMode:
+    return FlopCounterMode(display=False, custom_mapping={torch.ops.aten.convolution_backward: _conv_backward_flops})
+
+
 def _macs(mixer: torch.nn.Module, x: torch.Tensor, grid: tuple[int, int]) -> tuple[int, int]:
-    with FlopCounterMode(display=False) as fwd_counter:
+    with _counter() as fwd_counter:
         with torch.no_grad():
             mixer(x, grid_size=grid)
-    with FlopCounterMode(display=False) as all_counter:
+    with _counter() as all_counter:
         y = mixer(x, grid_size=grid)
         y.backward(torch.ones_like(y))
     x.grad = None

@@ -71,8 +71,9 @@ def main() -> int:
     out: dict[str, object] = {"paper": {"ops": PAPER_OPS, "energy_pj": PAPER_ENERGY_PJ}, "implied": implied_split()}
     lines = ["Spikformer-8-384, ImageNet 224, T=4 (paper: 6.82 G OPs, 7.734 mJ)", ""]
     for reading, v in out["implied"].items():
-        lines.append(f"paper, implied ({reading.replace('_', ' ')}): first-layer MACs {format_count(v['first_layer_macs'])}"
-                     f" -> {format_energy(v['energy_mac_pj'])} MAC energy; SOPs {format_count(v['sops'])} -> "
+        lines.append(f"paper, implied ({reading.replace('_', ' ')}): first-layer MACs "
+                     f"{format_count(v['first_layer_macs'])} -> {format_energy(v['energy_mac_pj'])} MAC energy; "
+                     f"SOPs {format_count(v['sops'])} -> "
                      f"{format_energy(v['energy_ac_pj'])} AC energy")
     if model is not None:
         t0 = time.perf_counter()
@@ -83,7 +84,8 @@ def main() -> int:
         first_path = next((n.split("'")[1] for n in report.notes if "first layer" in n), "?")
         lines += [
             "",
-            f"neurostep count ({'meta device, shapes only' if meta else 'one real forward, batch 1'}, {elapsed:.1f} s):",
+            f"neurostep count ({'meta device, shapes only' if meta else 'one real forward, batch 1'}, "
+            f"{elapsed:.1f} s):",
             f"  first layer {first_path}: {format_count(first / T)} MACs per timestep, {format_count(first)} over "
             f"T={T} -> {format_energy(first * MAC_PJ)} at 4.6 pJ",
             f"  dense MACs of the whole model over T={T}: {format_count(report.total.dense_macs)}",

@@ -68,7 +68,7 @@ _OPCOST_FIELDS = ("macs", "acs", "adds", "muls", "exps", "compares", "state_upda
 _POINTWISE: dict[str, tuple[float, float, float, float]] = {
     "add": (1, 0, 0, 0), "sub": (1, 0, 0, 0), "rsub": (1, 0, 0, 0),
     "mul": (0, 1, 0, 0), "div": (0, 1, 0, 0), "reciprocal": (0, 1, 0, 0), "square": (0, 1, 0, 0),
-    "pow": (0, 1, 0, 0), "true_divide": (0, 1, 0, 0), "floor_divide": (0, 1, 0, 0), "remainder": (1, 1, 0, 0),
+    "true_divide": (0, 1, 0, 0), "floor_divide": (0, 1, 0, 0), "remainder": (1, 1, 0, 0),
     "addcmul": (1, 2, 0, 0), "addcdiv": (1, 2, 0, 0), "lerp": (2, 1, 0, 0),
     "exp": (0, 0, 1, 0), "exp2": (0, 0, 1, 0), "expm1": (0, 0, 1, 0), "log": (0, 0, 1, 0),
     "log2": (0, 0, 1, 0), "log10": (0, 0, 1, 0), "log1p": (0, 0, 1, 0), "sqrt": (0, 0, 1, 0),
@@ -120,6 +120,8 @@ def _op_key(func: torch._ops.OpOverload) -> str:
 
 def _tensor_bytes(t: torch.Tensor) -> int:
     """Bytes of the distinct elements of ``t`` (an expanded, stride-0 dim holds one element)."""
+    if t.layout != torch.strided:   # sparse/nested: no strides; count the logical elements
+        return t.numel() * t.element_size()
     n = 1
     for size, stride in zip(t.shape, t.stride()):
         if stride != 0:
@@ -294,9 +296,12 @@ class OpCounter(TorchDispatchMode):
 
     # helpers --------------------------------------------------------------------------------
     def is_param(self, t: torch.Tensor) -> bool:
-        if not self.param_storages or t.device.type == "meta":
+        if not self.param_storages or t.device.type == "meta" or t.layout != torch.strided:
             return False
-        return t.untyped_storage().data_ptr() in self.param_storages
+        try:
+            return t.untyped_storage().data_ptr() in self.param_storages
+        except (RuntimeError, NotImplementedError):   # tensor subclasses without a storage
+            return False
 
     def _param_bytes(self, args: tuple, kwargs: dict) -> int:
         total = 0
@@ -333,7 +338,8 @@ class OpCounter(TorchDispatchMode):
         One fused pass pair and one device sync per distinct tensor version: the result is
         cached on the tensor's base (Q, K and V projections read the same spikes).
         """
-        if not isinstance(t, torch.Tensor) or t.device.type == "meta" or t.is_complex() or self.is_param(t):
+        if (not isinstance(t, torch.Tensor) or t.device.type == "meta" or t.layout != torch.strided
+                or t.is_complex() or self.is_param(t)):
             return None
         base = t._base if t._base is not None else t
         key = (id(base), t.storage_offset(), tuple(t.shape), tuple(t.stride()), t.dtype)
@@ -487,7 +493,8 @@ def _conv_binary_acs(x: torch.Tensor, w: torch.Tensor, stride: Sequence[int], pa
     every output position, the nonzero inputs of the receptive field; each of them is added
     into every output channel of its group, hence the factor ``C_out / groups``.
     """
-    mask = (x != 0).to(torch.float32)
+    # a binary fp32 input is its own nonzero mask: no copy needed
+    mask = x if x.dtype == torch.float32 else (x != 0).to(torch.float32)
     with torch.no_grad():
         if transposed:
             ones = torch.ones((w.shape[0], 1, *w.shape[2:]), dtype=torch.float32, device=x.device)
@@ -698,6 +705,27 @@ def _clamp(c: OpCounter, args: tuple, kwargs: dict, out: Any) -> list[float]:
     return cost
 
 
+def _pow(c: OpCounter, args: tuple, kwargs: dict, out: Any) -> list[float]:
+    """x ** e: a square is one multiply, a (reciprocal) square root one exp, a small integer power
+    ``|e| - 1`` multiplies (plus a division if negative), anything else exp(e * log x)."""
+    e = args[1] if len(args) > 1 else kwargs.get("exponent")
+    n = float(out.numel())
+    cost = [0.0] * _N
+    if isinstance(e, (int, float)) and not isinstance(e, bool):
+        if abs(e) in (0.5,):
+            cost[4] = n
+        elif float(e).is_integer() and 1 <= abs(e) <= 8:
+            cost[3] = n * (abs(e) - 1 + (1 if e < 0 else 0))
+        else:
+            cost[3] = n
+            cost[4] = 2 * n
+    else:   # tensor exponent
+        cost[3] = n
+        cost[4] = 2 * n
+    c._add_bytes(cost, args, kwargs, out)
+    return cost
+
+
 def _embedding(c: OpCounter, args: tuple, kwargs: dict, out: Any) -> list[float]:
     # a lookup reads only the selected rows, not the whole table
     weight, indices = args[0], args[1]
@@ -731,7 +759,7 @@ _OTHER: dict[str, Callable[..., list[float]]] = {
     "avg_pool1d": _pool, "avg_pool2d": _pool, "avg_pool3d": _pool,
     "max_pool2d_with_indices": _max_pool, "max_pool1d_with_indices": _max_pool,
     "max_pool3d_with_indices": _max_pool, "max_pool2d": _max_pool, "max_pool1d": _max_pool,
-    "clamp": _clamp, "clip": _clamp,
+    "clamp": _clamp, "clip": _clamp, "pow": _pow, "float_power": _pow,
     "embedding": _embedding,
 }
 

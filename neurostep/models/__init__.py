@@ -43,6 +43,7 @@ FAMILY_MODULES: tuple[str, ...] = (
     "neurostep.models.crate",
     "neurostep.models.spikformer",
     "neurostep.models.mamba",
+    "neurostep.models.spikegpt",
 )
 
 

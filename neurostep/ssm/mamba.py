@@ -125,7 +125,9 @@ class _SSMParams(nn.Module):
         rank = dt_proj.weight.shape[1]
         n = A_log.shape[1]
         dt, Bm, Cm = torch.split(x_dbl, [rank, n, n], dim=-1)
-        delta = F.linear(dt, dt_proj.weight).transpose(1, 2)  # (B, Di, L); bias added in the scan
+        # W @ dt^T yields (B, Di, L) contiguous, the scan's layout, without a transpose copy;
+        # the bias is added inside the scan.
+        delta = torch.matmul(dt_proj.weight, dt.transpose(1, 2))
         A = -torch.exp(A_log.float())
         y, last = selective_scan_fn(xc, delta, A, Bm.transpose(1, 2), Cm.transpose(1, 2), D.float(), z,
                                     delta_bias=dt_proj.bias.float(), delta_softplus=True, return_last_state=True,
@@ -218,10 +220,16 @@ class Mamba(_SSMParams, Recurrent):
         x = self._check_input(x, 3)
         if state is not None:
             self._check_state(state, x.shape[0], x.device)
-        xz = self.in_proj(x).transpose(1, 2)  # (B, 2Di, L)
-        xs, z = xz.chunk(2, dim=1)
+        xs, z = self._in_proj_channels_first(x).chunk(2, dim=1)
         y, new_state = self._ssm_scan(xs, z, "", state)
         return self.out_proj(y.transpose(1, 2).to(x.dtype)), new_state
+
+    def _in_proj_channels_first(self, x: torch.Tensor) -> torch.Tensor:
+        """``in_proj`` of ``x (B, L, C)`` computed as ``W @ x^T``: ``(B, 2Di, L)``, the kernels' layout."""
+        xz = torch.matmul(self.in_proj.weight, x.transpose(1, 2))
+        if self.in_proj.bias is not None:
+            xz = xz + self.in_proj.bias[:, None]
+        return xz
 
     def step(self, x_t: torch.Tensor, state: MambaState) -> tuple[torch.Tensor, MambaState]:
         """One token: ``x_t (B, d_model) -> y_t (B, d_model)``; returns a new state (no in-place update)."""

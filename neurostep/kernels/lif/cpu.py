@@ -24,7 +24,7 @@ import torch
 from numba import prange
 
 from neurostep.kernels.lif.common import LIFParams
-from neurostep.kernels.lif.surrogates import sg_block
+from neurostep.kernels.lif.surrogates import sg_block, sg_constant
 
 _MIN_BLOCK = 512
 _MAX_BLOCK = 4096
@@ -38,83 +38,86 @@ def _block_size(n: int) -> int:
     return ((b + 15) // 16) * 16
 
 
-@numba.njit(parallel=True, cache=True)
-def _forward_kernel(x, v0, a0, spikes, h_out, theta_out, vseq, v_last, a_last, k, omk, vth, vr, vr_c, rho, beta,
+@numba.njit(parallel=True, cache=True, error_model="numpy")
+def _forward_kernel(x, v0, a0, spikes, h_out, theta_out, vseq, v_last, a_last, k, omk, vth, vr, vr_c, rho, beta, one,
                     hard, decay, snn, snn_reset, adaptive, write_vseq, block):  # pragma: no cover - compiled
     T, N = x.shape
-    one = vth - vth + 1  # 1 and 0 in the data dtype (a float literal would promote float32 to float64)
-    zero = vth - vth
+    zero = one - one  # constants in the data dtype: a float literal would promote float32 math to float64
     nb = (N + block - 1) // block
     for b in prange(nb):
         lo = b * block
         n = min(block, N - lo)
         v = v0[lo:lo + n].copy()
-        th = np.full(n, vth)
+        th = np.empty(n, dtype=v.dtype)
+        th[:] = vth
         a = a0[lo:lo + n].copy()
         for t in range(T):
-            xr = x[t]
-            hr = h_out[t]
-            sr = spikes[t]
+            # row segments as slices indexed from 0: an index like lo + j could be negative to numba's
+            # eyes, and the wraparound check that it then emits stops vectorization (15x slower)
+            xr = x[t, lo:lo + n]
+            hr = h_out[t, lo:lo + n]
+            sr = spikes[t, lo:lo + n]
             if snn:
                 for j in range(n):
                     vj = v[j]
                     r = one if vj > vth else zero
                     if snn_reset == 0:
-                        hj = omk * vj + xr[lo + j] - r * vth
+                        hj = omk * vj + xr[j] - r * vth
                     elif snn_reset == 1:
-                        hj = omk * ((one - r) * vj) + xr[lo + j]
+                        hj = omk * ((one - r) * vj) + xr[j]
                     else:
-                        hj = omk * vj + xr[lo + j]
-                    hr[lo + j] = hj
-                    sr[lo + j] = one if hj - vth > zero else zero
+                        hj = omk * vj + xr[j]
+                    hr[j] = hj
+                    sr[j] = one if hj - vth > zero else zero
                     v[j] = hj
             else:
                 if adaptive:
-                    tr = theta_out[t]
+                    tr = theta_out[t, lo:lo + n]
                     for j in range(n):
                         ap = rho * a[j]
                         a[j] = ap
                         th[j] = vth + ap
-                        tr[lo + j] = vth + ap
+                        tr[j] = vth + ap
                 for j in range(n):
                     vj = v[j]
                     if decay:
-                        hj = vj + k * (xr[lo + j] - (vj - vr_c))
+                        hj = vj + k * (xr[j] - (vj - vr_c))
                     else:
-                        hj = vj - k * (vj - vr_c) + xr[lo + j]
+                        hj = vj - k * (vj - vr_c) + xr[j]
                     thj = th[j]
                     s = one if hj - thj >= zero else zero
-                    hr[lo + j] = hj
-                    sr[lo + j] = s
+                    hr[j] = hj
+                    sr[j] = s
                     v[j] = s * vr + (one - s) * hj if hard else hj - s * thj
                 if adaptive:
-                    sr2 = spikes[t]
                     for j in range(n):
-                        a[j] = a[j] + beta * sr2[lo + j]
+                        a[j] = a[j] + beta * sr[j]
             if write_vseq:
-                vs = vseq[t]
+                vs = vseq[t, lo:lo + n]
                 for j in range(n):
-                    vs[lo + j] = v[j]
+                    vs[j] = v[j]
+        vl = v_last[lo:lo + n]
+        al = a_last[lo:lo + n]
         for j in range(n):
-            v_last[lo + j] = v[j]
-            a_last[lo + j] = a[j]
+            vl[j] = v[j]
+            al[j] = a[j]
 
 
-@numba.njit(parallel=True, cache=True)
+@numba.njit(parallel=True, cache=True, error_model="numpy")
 def _backward_kernel(x, v0, h, theta, g_spikes, g_vseq, g_vlast, g_alast, gx, gv0, ga0, gk_part, gvth_part,
-                     k, omk, vth, vr, vr_c, rho, beta, hard, decay, detach, snn, snn_reset, adaptive,
-                     has_gs, has_gvseq, need_k, sid, alpha, fast, block):  # pragma: no cover - compiled
+                     k, omk, vth, vr, vr_c, rho, beta, one, hard, decay, detach, snn, snn_reset, adaptive,
+                     has_gs, has_gvseq, need_k, sid, alpha, sg_c, fast, block):  # pragma: no cover - compiled
     """Reverse-time sweep; g_spikes / g_vseq are (1, N) zero rows when absent (has_* False)."""
     T, N = h.shape
-    one = vth - vth + 1
-    zero = vth - vth
+    zero = one - one  # constants in the data dtype: a float literal would promote float32 math to float64
     nb = (N + block - 1) // block
     for b in prange(nb):
         lo = b * block
         n = min(block, N - lo)
         cv = g_vlast[lo:lo + n].copy()
         ca = g_alast[lo:lo + n].copy()
-        th = np.full(n, vth)
+        th = np.empty(n, dtype=cv.dtype)
+        th[:] = vth
         z = np.empty(n, dtype=cv.dtype)
         sg = np.empty(n, dtype=cv.dtype)
         tmp = np.empty(n, dtype=cv.dtype)
@@ -123,29 +126,29 @@ def _backward_kernel(x, v0, h, theta, g_spikes, g_vseq, g_vlast, g_alast, gx, gv
         gk_acc = np.zeros(n, dtype=cv.dtype)
         gvth_acc = np.zeros(n, dtype=cv.dtype)
         for t in range(T - 1, -1, -1):
-            hr = h[t]
-            gsr = g_spikes[t if has_gs else 0]
-            gvr = g_vseq[t if has_gvseq else 0]
-            gxr = gx[t]
+            hr = h[t, lo:lo + n]
+            gsr = g_spikes[t if has_gs else 0, lo:lo + n]
+            gvr = g_vseq[t if has_gvseq else 0, lo:lo + n]
+            gxr = gx[t, lo:lo + n]
             if adaptive:
-                tr = theta[t]
+                tr = theta[t, lo:lo + n]
                 for j in range(n):
-                    th[j] = tr[lo + j]
+                    th[j] = tr[j]
             for j in range(n):
-                z[j] = hr[lo + j] - th[j]
-            sg_block(sid, alpha, z, sg, tmp, ibuf, n, fast)
+                z[j] = hr[j] - th[j]
+            sg_block(sid, alpha, sg_c, z, sg, tmp, ibuf, n, fast)
             if snn:
-                vp = h[t - 1] if t > 0 else v0
+                vp = h[t - 1, lo:lo + n] if t > 0 else v0[lo:lo + n]
                 for j in range(n):
-                    vpj = vp[lo + j]
+                    vpj = vp[j]
                     r = one if vpj > vth else zero
-                    gst = gsr[lo + j]
-                    gh = gst * sg[j] + cv[j] + gvr[lo + j]
+                    gst = gsr[j]
+                    gh = gst * sg[j] + cv[j] + gvr[j]
                     gth = -gst * sg[j]
                     if snn_reset == 0:
                         gth = gth - r * gh
                     gvth_acc[j] += gth
-                    gxr[lo + j] = gh
+                    gxr[j] = gh
                     if snn_reset == 1:
                         cv[j] = gh * omk * (one - r)
                         gk_acc[j] -= gh * ((one - r) * vpj)
@@ -154,11 +157,11 @@ def _backward_kernel(x, v0, h, theta, g_spikes, g_vseq, g_vlast, g_alast, gx, gv
                         gk_acc[j] -= gh * vpj
                 continue
             for j in range(n):
-                hj = hr[lo + j]
+                hj = hr[j]
                 thj = th[j]
                 s = one if z[j] >= zero else zero
-                gv = cv[j] + gvr[lo + j]
-                gst = gsr[lo + j]
+                gv = cv[j] + gvr[j]
+                gst = gsr[j]
                 dvds = (vr - hj) if hard else -thj
                 gs_tot = gst if detach else gst + gv * dvds
                 if adaptive:
@@ -170,34 +173,38 @@ def _backward_kernel(x, v0, h, theta, g_spikes, g_vseq, g_vlast, g_alast, gx, gv
                 if adaptive:
                     ca[j] = rho * (ca[j] + gth)
                 gvth_acc[j] += gth
-                gxr[lo + j] = gh * k if decay else gh
+                gxr[j] = gh * k if decay else gh
                 cv[j] = gh * omk
                 gh_s[j] = gh
             if need_k:
+                xr = x[t if decay else 0, lo:lo + n]
                 if t > 0:
-                    hp = h[t - 1]
-                    tp = theta[t - 1] if adaptive else hp
+                    hp = h[t - 1, lo:lo + n]
+                    tp = theta[t - 1, lo:lo + n] if adaptive else hp
                     for j in range(n):
-                        hpj = hp[lo + j]
-                        thp = tp[lo + j] if adaptive else vth
+                        hpj = hp[j]
+                        thp = tp[j] if adaptive else vth
                         sp = one if hpj - thp >= zero else zero
                         vpj = sp * vr + (one - sp) * hpj if hard else hpj - sp * thp
                         if decay:
-                            gk_acc[j] += gh_s[j] * (x[t, lo + j] - vpj + vr_c)
+                            gk_acc[j] += gh_s[j] * (xr[j] - vpj + vr_c)
                         else:
                             gk_acc[j] += gh_s[j] * (vr_c - vpj)
                 else:
+                    vp0 = v0[lo:lo + n]
                     for j in range(n):
-                        vpj = v0[lo + j]
+                        vpj = vp0[j]
                         if decay:
-                            gk_acc[j] += gh_s[j] * (x[t, lo + j] - vpj + vr_c)
+                            gk_acc[j] += gh_s[j] * (xr[j] - vpj + vr_c)
                         else:
                             gk_acc[j] += gh_s[j] * (vr_c - vpj)
         s_k = 0.0
         s_th = 0.0
+        gv0b = gv0[lo:lo + n]
+        ga0b = ga0[lo:lo + n]
         for j in range(n):
-            gv0[lo + j] = cv[j]
-            ga0[lo + j] = ca[j]
+            gv0b[j] = cv[j]
+            ga0b[j] = ca[j]
             s_k += gk_acc[j]
             s_th += gvth_acc[j]
         gk_part[b] = s_k
@@ -210,7 +217,7 @@ def _np(t: torch.Tensor) -> np.ndarray:
 
 def _scalars(p: LIFParams, dtype: torch.dtype):
     f = np.float32 if dtype == torch.float32 else np.float64
-    return (f(p.k), f(1.0 - p.k), f(p.vth), f(p.vr), f(p.vr_charge), f(p.rho), f(p.beta))
+    return (f(p.k), f(1.0 - p.k), f(p.vth), f(p.vr), f(p.vr_charge), f(p.rho), f(p.beta), f(1.0))
 
 
 def _check_dtype(x: torch.Tensor) -> None:
@@ -230,9 +237,9 @@ def forward(x: torch.Tensor, v0: torch.Tensor, a0: torch.Tensor | None, p: LIFPa
     v_last = x.new_empty(N)
     a_last = x.new_empty(N) if adaptive else x.new_empty(N)
     a0_arr = a0 if (adaptive and a0 is not None) else x.new_zeros(N)
-    k, omk, vth, vr, vr_c, rho, beta = _scalars(p, x.dtype)
+    k, omk, vth, vr, vr_c, rho, beta, one = _scalars(p, x.dtype)
     _forward_kernel(_np(x), _np(v0), _np(a0_arr), _np(spikes), _np(h), _np(theta), _np(vseq), _np(v_last),
-                    _np(a_last), k, omk, vth, vr, vr_c, rho, beta, p.hard, p.decay_input, p.snn, p.snn_reset,
+                    _np(a_last), k, omk, vth, vr, vr_c, rho, beta, one, p.hard, p.decay_input, p.snn, p.snn_reset,
                     adaptive, need_vseq, _block_size(N))
     return spikes, v_last, (a_last if adaptive else None), (vseq if need_vseq else None), h, \
         (theta if adaptive else None)
@@ -256,16 +263,17 @@ def backward(x: torch.Tensor | None, v0: torch.Tensor, h: torch.Tensor, theta: t
     gvth_part = np.zeros(nb, dtype=np.float64)
     need_k = bool(need_k_grad) and not p.snn
     x_arr = x if (need_k and p.decay_input and x is not None) else zrow
-    k, omk, vth, vr, vr_c, rho, beta = _scalars(p, h.dtype)
+    k, omk, vth, vr, vr_c, rho, beta, one = _scalars(p, h.dtype)
     fast = h.dtype == torch.float32
-    alpha = np.float32(p.alpha) if fast else np.float64(p.alpha)
+    ftype = np.float32 if fast else np.float64
+    alpha, sg_c = ftype(p.alpha), ftype(sg_constant(p.sid, p.alpha))
     _backward_kernel(
         _np(x_arr), _np(v0), _np(h), _np(theta if adaptive else zrow),
         _np(g_spikes if g_spikes is not None else zrow), _np(g_vseq if g_vseq is not None else zrow),
         _np(g_vlast if g_vlast is not None else zvec), _np(g_alast if (adaptive and g_alast is not None) else zvec),
-        _np(gx), _np(gv0), _np(ga0), gk_part, gvth_part, k, omk, vth, vr, vr_c, rho, beta,
+        _np(gx), _np(gv0), _np(ga0), gk_part, gvth_part, k, omk, vth, vr, vr_c, rho, beta, one,
         p.hard, p.decay_input, p.detach_reset, p.snn, p.snn_reset, adaptive,
-        g_spikes is not None, g_vseq is not None, need_k, p.sid, alpha, fast, block,
+        g_spikes is not None, g_vseq is not None, need_k, p.sid, alpha, sg_c, fast, block,
     )
     gk = torch.tensor(gk_part.sum(), dtype=h.dtype)
     gvth = torch.tensor(gvth_part.sum(), dtype=h.dtype)

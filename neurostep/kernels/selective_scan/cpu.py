@@ -5,8 +5,10 @@ batch row. Inside a block the ``W`` channels are the vector lanes: for every tim
 state index ``n`` the update ``x[n, j] = exp(dt[j] A[n, j]) x[n, j] + dt[j] u[j] B[n, j]`` runs over
 ``j`` in AVX2 registers with the vectorizable ``vexp``, and the output ``y[j] = sum_n x[n, j] C[n, j]``
 accumulates vertically, so no horizontal reduction sits on the critical path (N may be 1, as in
-LaMamba). To make the lanes contiguous, u, dt and the gradients are handled as ``(batch, L, dim)``
-(a cheap transpose of the ``(batch, dim, L)`` inputs), padded to a multiple of ``W`` channels.
+LaMamba). Each step's lane values (dt, u, grad) are gathered once from the ``(batch, dim, L)``
+tensors into block-local arrays (16 rows x 64-byte lines stay in L1 across steps), so the N loop
+touches only block-local memory, which LLVM can vectorize without alias checks. Channels are
+padded to a multiple of W only when needed.
 
 Memory: the forward never stores per-step states. It saves only the state entering every chunk of
 ``CHUNK`` steps (``(batch, ceil(L / CHUNK), N, dim)``). The backward walks the chunks in reverse,
@@ -86,8 +88,8 @@ def _scatter(dst, src, slot, bi, d0, lt, group_size, tmp):
 
 
 @numba.njit(parallel=True, cache=True, fastmath=False)
-def _forward_kernel(ut, dtt, At, B, C, Dv, gate, has_z, h0t, gs_b, gs_c, chunk, yt, last, ckpt):
-    batch, length, dpad = ut.shape
+def _forward_kernel(u, dt, At, B, C, Dv, gate, has_z, h0t, gs_b, gs_c, chunk, out, last, ckpt):
+    batch, dpad, length = u.shape
     n_state = At.shape[0]
     n_blocks = dpad // W
     b_time, c_time = B.shape[2] > 1, C.shape[2] > 1
@@ -96,14 +98,17 @@ def _forward_kernel(ut, dtt, At, B, C, Dv, gate, has_z, h0t, gs_b, gs_c, chunk, 
         d0 = (item - b * n_blocks) * W
         bi = b if B.shape[0] > 1 else 0
         ci = b if C.shape[0] > 1 else 0
-        x = np.empty((n_state, W), dtype=ut.dtype)
-        bb = np.empty((n_state, W), dtype=ut.dtype)
-        cc = np.empty((n_state, W), dtype=ut.dtype)
-        dtu = np.empty(W, dtype=ut.dtype)
-        y = np.empty(W, dtype=ut.dtype)
+        x = np.empty((n_state, W), dtype=u.dtype)
+        bb = np.empty((n_state, W), dtype=u.dtype)
+        cc = np.empty((n_state, W), dtype=u.dtype)
+        a = np.empty((n_state, W), dtype=u.dtype)
+        dtv = np.empty(W, dtype=u.dtype)
+        dtu = np.empty(W, dtype=u.dtype)
+        y = np.empty(W, dtype=u.dtype)
         for n in range(n_state):
             for j in range(W):
                 x[n, j] = h0t[b, n, d0 + j]
+                a[n, j] = At[n, d0 + j]
         if not b_time:
             _fill(bb, B, bi, d0, 0, gs_b)
         if not c_time:
@@ -117,28 +122,31 @@ def _forward_kernel(ut, dtt, At, B, C, Dv, gate, has_z, h0t, gs_b, gs_c, chunk, 
                 _fill(bb, B, bi, d0, l, gs_b)
             if c_time:
                 _fill(cc, C, ci, d0, l, gs_c)
+            # gather this step's lane values once (strided reads), so the N loop below touches
+            # only block-local arrays and vectorizes over the W lanes
             for j in range(W):
-                dtu[j] = dtt[b, l, d0 + j] * ut[b, l, d0 + j]
-                y[j] = Dv[d0 + j] * ut[b, l, d0 + j]
+                dtv[j] = dt[b, d0 + j, l]
+                dtu[j] = dtv[j] * u[b, d0 + j, l]
+                y[j] = Dv[d0 + j] * u[b, d0 + j, l]
             for n in range(n_state):
                 for j in range(W):
-                    xn = vexp(dtt[b, l, d0 + j] * At[n, d0 + j]) * x[n, j] + dtu[j] * bb[n, j]
+                    xn = vexp(dtv[j] * a[n, j]) * x[n, j] + dtu[j] * bb[n, j]
                     x[n, j] = xn
                     y[j] += xn * cc[n, j]
             if has_z:
                 for j in range(W):
-                    y[j] *= gate[b, l, d0 + j]
+                    y[j] *= gate[b, d0 + j, l]
             for j in range(W):
-                yt[b, l, d0 + j] = y[j]
+                out[b, d0 + j, l] = y[j]
         for n in range(n_state):
             for j in range(W):
                 last[b, n, d0 + j] = x[n, j]
 
 
 @numba.njit(parallel=True, cache=True, fastmath=False)
-def _backward_kernel(gt, glast, ut, dtt, At, B, C, Dv, gate, has_z, ckpt, gs_b, gs_c, chunk,
-                     dut, ddtt, dAt, dBbuf, dCbuf, dDv, dgate, dh0t):
-    batch, length, dpad = ut.shape
+def _backward_kernel(gout, glast, u, dt, At, B, C, Dv, gate, has_z, ckpt, gs_b, gs_c, chunk,
+                     du_out, ddt_out, dAt, dBbuf, dCbuf, dDv, dgate, dh0t):
+    batch, dpad, length = u.shape
     n_state = At.shape[0]
     n_blocks = dpad // W
     n_chunks = ckpt.shape[1]
@@ -146,23 +154,30 @@ def _backward_kernel(gt, glast, ut, dtt, At, B, C, Dv, gate, has_z, ckpt, gs_b, 
     for blk in numba.prange(n_blocks):
         slot = numba.get_thread_id()
         d0 = blk * W
-        dt_ = ut.dtype
-        xs = np.empty((chunk + 1, n_state, W), dtype=dt_)
-        dec = np.empty((chunk, n_state, W), dtype=dt_)
-        dx = np.empty((n_state, W), dtype=dt_)
-        bb = np.empty((n_state, W), dtype=dt_)
-        cc = np.empty((n_state, W), dtype=dt_)
-        tb = np.empty((n_state, W), dtype=dt_)
-        tc = np.empty((n_state, W), dtype=dt_)
-        acc_b = np.empty((n_state, W), dtype=dt_)
-        acc_c = np.empty((n_state, W), dtype=dt_)
-        dA_acc = np.zeros((n_state, W), dtype=dt_)
-        dD_acc = np.zeros(W, dtype=dt_)
-        g = np.empty(W, dtype=dt_)
-        y = np.empty(W, dtype=dt_)
-        du = np.empty(W, dtype=dt_)
-        ddt = np.empty(W, dtype=dt_)
-        tmp = np.empty(W, dtype=dt_)
+        ty = u.dtype
+        xs = np.empty((chunk + 1, n_state, W), dtype=ty)
+        dec = np.empty((chunk, n_state, W), dtype=ty)
+        dx = np.empty((n_state, W), dtype=ty)
+        a = np.empty((n_state, W), dtype=ty)
+        bb = np.empty((n_state, W), dtype=ty)
+        cc = np.empty((n_state, W), dtype=ty)
+        tb = np.empty((n_state, W), dtype=ty)
+        tc = np.empty((n_state, W), dtype=ty)
+        acc_b = np.empty((n_state, W), dtype=ty)
+        acc_c = np.empty((n_state, W), dtype=ty)
+        dA_acc = np.zeros((n_state, W), dtype=ty)
+        dD_acc = np.zeros(W, dtype=ty)
+        dts = np.empty((chunk, W), dtype=ty)
+        dtus = np.empty((chunk, W), dtype=ty)
+        uv = np.empty(W, dtype=ty)
+        g = np.empty(W, dtype=ty)
+        y = np.empty(W, dtype=ty)
+        du = np.empty(W, dtype=ty)
+        ddt = np.empty(W, dtype=ty)
+        tmp = np.empty(W, dtype=ty)
+        for n in range(n_state):
+            for j in range(W):
+                a[n, j] = At[n, d0 + j]
         for b in range(batch):
             bi = b if B.shape[0] > 1 else 0
             ci = b if C.shape[0] > 1 else 0
@@ -186,11 +201,14 @@ def _backward_kernel(gt, glast, ut, dtt, At, B, C, Dv, gate, has_z, ckpt, gs_b, 
                     k = l - start
                     if b_time:
                         _fill(bb, B, bi, d0, l, gs_b)
+                    for j in range(W):
+                        dts[k, j] = dt[b, d0 + j, l]
+                        dtus[k, j] = dts[k, j] * u[b, d0 + j, l]
                     for n in range(n_state):
                         for j in range(W):
-                            e = vexp(dtt[b, l, d0 + j] * At[n, d0 + j])
+                            e = vexp(dts[k, j] * a[n, j])
                             dec[k, n, j] = e
-                            xs[k + 1, n, j] = e * xs[k, n, j] + dtt[b, l, d0 + j] * ut[b, l, d0 + j] * bb[n, j]
+                            xs[k + 1, n, j] = e * xs[k, n, j] + dtus[k, j] * bb[n, j]
                 # adjoint recurrence backwards through the chunk; dx holds dLoss/dx_l
                 for l in range(stop - 1, start - 1, -1):
                     k = l - start
@@ -199,36 +217,35 @@ def _backward_kernel(gt, glast, ut, dtt, At, B, C, Dv, gate, has_z, ckpt, gs_b, 
                     if c_time:
                         _fill(cc, C, ci, d0, l, gs_c)
                     for j in range(W):
-                        g[j] = gt[b, l, d0 + j]
+                        g[j] = gout[b, d0 + j, l]
+                        uv[j] = u[b, d0 + j, l]
                     if has_z:
                         for j in range(W):
-                            y[j] = Dv[d0 + j] * ut[b, l, d0 + j]
+                            y[j] = Dv[d0 + j] * uv[j]
                         for n in range(n_state):
                             for j in range(W):
                                 y[j] += xs[k + 1, n, j] * cc[n, j]
                         for j in range(W):
-                            dgate[b, l, d0 + j] = g[j] * y[j]
-                            g[j] *= gate[b, l, d0 + j]
+                            dgate[b, d0 + j, l] = g[j] * y[j]
+                            g[j] *= gate[b, d0 + j, l]
                     for j in range(W):
-                        dD_acc[j] += g[j] * ut[b, l, d0 + j]
+                        dD_acc[j] += g[j] * uv[j]
                         du[j] = g[j] * Dv[d0 + j]
                         ddt[j] = 0
                     for n in range(n_state):
                         for j in range(W):
-                            dt = dtt[b, l, d0 + j]
-                            u = ut[b, l, d0 + j]
                             tc[n, j] = g[j] * xs[k + 1, n, j]
                             dxn = dx[n, j] + g[j] * cc[n, j]
                             t = dxn * xs[k, n, j] * dec[k, n, j]
-                            dA_acc[n, j] += t * dt
+                            dA_acc[n, j] += t * dts[k, j]
                             dxb = dxn * bb[n, j]
-                            ddt[j] += t * At[n, d0 + j] + dxb * u
-                            du[j] += dt * dxb
-                            tb[n, j] = dxn * dt * u
+                            ddt[j] += t * a[n, j] + dxb * uv[j]
+                            du[j] += dts[k, j] * dxb
+                            tb[n, j] = dxn * dtus[k, j]
                             dx[n, j] = dxn * dec[k, n, j]
                     for j in range(W):
-                        dut[b, l, d0 + j] = du[j]
-                        ddtt[b, l, d0 + j] = ddt[j]
+                        du_out[b, d0 + j, l] = du[j]
+                        ddt_out[b, d0 + j, l] = ddt[j]
                     if b_time:
                         _scatter(dBbuf, tb, slot, bi, d0, l, gs_b, tmp)
                     else:
@@ -255,8 +272,18 @@ def _np(t: torch.Tensor) -> np.ndarray:
     return t.detach().numpy()
 
 
-def _lanes_last(t: torch.Tensor, dpad: int) -> torch.Tensor:
-    """``(batch, dim, L) -> (batch, L, dpad)``, contiguous, zero-padded channels."""
+def _pad_channels(t: torch.Tensor, dpad: int) -> torch.Tensor:
+    """``(batch, dim, L) -> (batch, dpad, L)`` contiguous; copies only when dim is not a multiple of W."""
+    if t.shape[1] == dpad:
+        return t.contiguous()
+    return F.pad(t, (0, 0, 0, dpad - t.shape[1]))
+
+
+def _state_lanes(t: torch.Tensor | None, shape: tuple[int, int, int], like: torch.Tensor) -> torch.Tensor:
+    """``(batch, dim, N) -> (batch, N, dpad)``: states with the channel lanes innermost."""
+    batch, n_state, dpad = shape
+    if t is None:
+        return like.new_zeros(shape)
     return F.pad(t.transpose(1, 2), (0, dpad - t.shape[1])).contiguous()
 
 
@@ -266,9 +293,9 @@ def _prepare(u, delta, A, B, C, D, z, delta_bias, delta_softplus):
     dt = effective_delta(delta, delta_bias, delta_softplus)
     At = F.pad(A.t(), (0, dpad - dim)).contiguous()
     Dv = F.pad(D if D is not None else u.new_zeros(dim), (0, dpad - dim)).contiguous()
-    gate = _lanes_last(F.silu(z), dpad) if z is not None else u.new_empty(1, 1, 1)
+    gate = _pad_channels(F.silu(z), dpad) if z is not None else u.new_empty(1, 1, 1)
     Bk, Ck = B.transpose(-1, -2).contiguous(), C.transpose(-1, -2).contiguous()
-    return dpad, _lanes_last(u, dpad), _lanes_last(dt, dpad), At, Bk, Ck, Dv, gate
+    return dpad, _pad_channels(u, dpad), _pad_channels(dt, dpad), At, Bk, Ck, Dv, gate
 
 
 def forward(u, delta, A, B, C, D, z, delta_bias, h0, delta_softplus):
@@ -276,15 +303,15 @@ def forward(u, delta, A, B, C, D, z, delta_bias, h0, delta_softplus):
     tensor holds the chunk checkpoints."""
     batch, dim, length = u.shape
     n_state = A.shape[1]
-    dpad, ut, dtt, At, Bk, Ck, Dv, gate = _prepare(u, delta, A, B, C, D, z, delta_bias, delta_softplus)
-    h0t = F.pad(h0.transpose(1, 2), (0, dpad - dim)).contiguous() if h0 is not None else u.new_zeros(
-        batch, n_state, dpad)
-    yt = torch.empty_like(ut)
+    dpad, up, dtp, At, Bk, Ck, Dv, gate = _prepare(u, delta, A, B, C, D, z, delta_bias, delta_softplus)
+    h0t = _state_lanes(h0, (batch, n_state, dpad), u)
+    out = torch.empty_like(up)
     last = u.new_empty(batch, n_state, dpad)
     ckpt = u.new_empty(saved_shape(batch, dim, length, n_state))
-    _forward_kernel(_np(ut), _np(dtt), _np(At), _np(Bk), _np(Ck), _np(Dv), _np(gate), z is not None, _np(h0t),
-                    dim // B.shape[1], dim // C.shape[1], CHUNK, _np(yt), _np(last), _np(ckpt))
-    out = yt[..., :dim].transpose(1, 2).contiguous()
+    _forward_kernel(_np(up), _np(dtp), _np(At), _np(Bk), _np(Ck), _np(Dv), _np(gate), z is not None, _np(h0t),
+                    dim // B.shape[1], dim // C.shape[1], CHUNK, _np(out), _np(last), _np(ckpt))
+    if dpad != dim:
+        out = out[:, :dim].contiguous()
     return out, last[..., :dim].transpose(1, 2).contiguous(), ckpt
 
 
@@ -292,36 +319,33 @@ def backward(grad_out, grad_last, u, delta, A, B, C, D, z, delta_bias, h0, saved
     """Same contract as :func:`neurostep.kernels.selective_scan.reference.backward`."""
     batch, dim, length = u.shape
     n_state = A.shape[1]
-    dpad, ut, dtt, At, Bk, Ck, Dv, gate = _prepare(u, delta, A, B, C, D, z, delta_bias, delta_softplus)
-    gt = _lanes_last(grad_out, dpad)
-    glast = (F.pad(grad_last.transpose(1, 2), (0, dpad - dim)).contiguous() if grad_last is not None
-             else u.new_zeros(batch, n_state, dpad))
-    n_threads = numba.get_num_threads()
-    dBbuf = u.new_zeros((n_threads, *Bk.shape))
-    dCbuf = u.new_zeros((n_threads, *Ck.shape))
-    dut, ddtt = torch.empty_like(ut), torch.empty_like(ut)
+    dpad, up, dtp, At, Bk, Ck, Dv, gate = _prepare(u, delta, A, B, C, D, z, delta_bias, delta_softplus)
+    gp = _pad_channels(grad_out, dpad)
+    glast = _state_lanes(grad_last, (batch, n_state, dpad), u)
+    # one gradient buffer per worker thread (indexed by numba.get_thread_id): no write races
+    n_slots = max(numba.get_num_threads(), 1)
+    dBbuf = u.new_zeros((n_slots, *Bk.shape))
+    dCbuf = u.new_zeros((n_slots, *Ck.shape))
+    du, ddt = torch.empty_like(up), torch.empty_like(up)
     dAt = torch.empty_like(At)
     dDv = torch.empty_like(Dv)
-    dgate = torch.empty_like(ut) if z is not None else u.new_empty(1, 1, 1)
+    dgate = torch.empty_like(up) if z is not None else u.new_empty(1, 1, 1)
     dh0t = u.new_empty(batch, n_state, dpad)
-    _backward_kernel(_np(gt), _np(glast), _np(ut), _np(dtt), _np(At), _np(Bk), _np(Ck), _np(Dv), _np(gate),
-                     z is not None, _np(saved), dim // B.shape[1], dim // C.shape[1], CHUNK, _np(dut), _np(ddtt),
+    _backward_kernel(_np(gp), _np(glast), _np(up), _np(dtp), _np(At), _np(Bk), _np(Ck), _np(Dv), _np(gate),
+                     z is not None, _np(saved), dim // B.shape[1], dim // C.shape[1], CHUNK, _np(du), _np(ddt),
                      _np(dAt), _np(dBbuf), _np(dCbuf), _np(dDv), _np(dgate), _np(dh0t))
-
-    def channels_first(t: torch.Tensor) -> torch.Tensor:
-        return t[..., :dim].transpose(1, 2).contiguous()
-
-    ddt = channels_first(ddtt)
+    if dpad != dim:
+        du, ddt, dgate = du[:, :dim], ddt[:, :dim], (dgate[:, :dim] if z is not None else dgate)
     if delta_softplus:
         pre = delta if delta_bias is None else delta + delta_bias[:, None]
         ddt = ddt * torch.where(pre <= SOFTPLUS_THRESHOLD, torch.sigmoid(pre), torch.ones_like(pre))
     dz = None
     if z is not None:
         sz = torch.sigmoid(z)
-        dz = channels_first(dgate) * (sz * (1 + z * (1 - sz)))
+        dz = dgate * (sz * (1 + z * (1 - sz)))
     dB = dBbuf.sum(0).transpose(-1, -2).contiguous()
     dC = dCbuf.sum(0).transpose(-1, -2).contiguous()
-    return (channels_first(dut), ddt, dAt[:, :dim].t().contiguous(), dB, dC,
+    return (du.contiguous(), ddt.contiguous(), dAt[:, :dim].t().contiguous(), dB, dC,
             dDv[:dim].clone() if D is not None else None, dz,
             ddt.sum((0, 2)) if delta_bias is not None else None,
-            channels_first(dh0t) if h0 is not None else None)
+            dh0t[..., :dim].transpose(1, 2).contiguous() if h0 is not None else None)

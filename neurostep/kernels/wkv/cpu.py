@@ -59,7 +59,7 @@ def _exp_nonpositive(x, out, m, accurate, cst, ibuf, fbuf):  # pragma: no cover 
     for j in range(m):
         xj = x[j]
         e = out[j] * fbuf[j]
-        e = e if xj > lo else xj - xj - xj - xj  # below -87: exp underflows to 0 (x - x - x - x: 0 typed)
+        e = e if xj > lo else e - e  # below -87 exp underflows: 0 (e is finite here, x was clamped)
         out[j] = xj if xj != xj else e
 
 
@@ -105,27 +105,34 @@ def _forward_kernel(w, u, k, v, aa0, bb0, pp0, y, aa_out, bb_out, pp_out, hist, 
             # one exp per max-shifted pair: the larger side's factor is exactly 1
             _exp_nonpositive(x1s, e1s, n, accurate, cst, ibuf, fbuf)
             _exp_nonpositive(x2s, e2s, n, accurate, cst, ibuf, fbuf)
+            if save:
+                for j in range(n):
+                    c = c0 + np.uint64(j)
+                    hist[0, b, t, c] = aa[j]
+                    hist[1, b, t, c] = bb[j]
+                    hist[2, b, t, c] = pp[j]
+            # Every load is done unconditionally before the selects: LLVM cannot if-convert a
+            # conditional load from a numba array, and the loop would stay scalar.
             for j in range(n):
                 c = c0 + np.uint64(j)
                 a = aa[j]
                 bt = bb[j]
                 p = pp[j]
-                if save:
-                    hist[0, b, t, c] = a
-                    hist[1, b, t, c] = bt
-                    hist[2, b, t, c] = p
                 kt = k[b, t, c]
                 vt = v[b, t, c]
+                wc = w[c]
+                x1 = e1s[j]
+                x2 = e2s[j]
                 pos = d1s[j] > 0   # NaN compares false and its exp is NaN, so NaN propagates
-                e1 = one if pos else e1s[j]
-                e2 = e1s[j] if pos else one
+                e1 = one if pos else x1
+                e2 = x1 if pos else one
                 y[b, t, c] = (e1 * a + e2 * vt) / (e1 * bt + e2)
                 pos = d2s[j] > 0
-                e1 = one if pos else e2s[j]
-                e2 = e2s[j] if pos else one
+                e1 = one if pos else x2
+                e2 = x2 if pos else one
                 aa[j] = e1 * a + e2 * vt
                 bb[j] = e1 * bt + e2
-                pp[j] = (w[c] + p) if pos else kt
+                pp[j] = (wc + p) if pos else kt
         for j in range(n):
             c = c0 + np.uint64(j)
             aa_out[b, c] = aa[j]
@@ -183,17 +190,20 @@ def _backward_kernel(w, u, k, v, y, hist, aa_T, bb_T, gy, g_aa, g_bb, g_pp,
                 bt = hist[1, b, t, c]
                 vt = v[b, t, c]
                 yt = y[b, t, c]
-                # output part
+                gyt = gy[b, t, c]
+                x1 = e1s[j]
+                x2 = e2s[j]
+                # output part (loads above, unconditionally: see the forward)
                 pos = d1s[j] > 0
-                e1 = one if pos else e1s[j]
-                e2 = e1s[j] if pos else one
-                q = gy[b, t, c] / (e1 * bt + e2)
+                e1 = one if pos else x1
+                e2 = x1 if pos else one
+                q = gyt / (e1 * bt + e2)
                 gww = q * e2 * (vt - yt)
                 # state part; r is the share of d(max)/d(w + pp) (torch.maximum splits ties evenly)
                 d2 = d2s[j]
                 pos = d2 > 0
-                f1 = one if pos else e2s[j]
-                f2 = e2s[j] if pos else one
+                f1 = one if pos else x2
+                f2 = x2 if pos else one
                 r = one if pos else (half if d2 == 0 else zero)
                 gat = ga[j]
                 gbt = gb[j]

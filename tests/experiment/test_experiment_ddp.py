@@ -1,0 +1,39 @@
+"""`torchrun --nproc_per_node 2` trains with DDP (gloo on CPU) and matches one process."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from neurostep.experiment.results import ResultStore
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_two_process_ddp_matches_one_process(tmp_path, make_toml):
+    toml = make_toml(name="ddp", steps=8)
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
+    for key in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        env.pop(key, None)
+    single = subprocess.run([sys.executable, "-m", "neurostep", "run", str(toml), "--no-progress", "--no-report",
+                             "--out-dir", str(tmp_path / "single")], cwd=ROOT, env=env, capture_output=True,
+                            text=True, timeout=300)
+    assert single.returncode == 0, single.stdout + single.stderr
+    ddp = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                          "-m", "neurostep", "run", str(toml), "--no-progress", "--no-report",
+                          "--out-dir", str(tmp_path / "ddp")], cwd=ROOT, env=env, capture_output=True, text=True,
+                         timeout=300)
+    assert ddp.returncode == 0, ddp.stdout + ddp.stderr
+    (one,) = ResultStore(tmp_path / "single" / "ddp").load()
+    two = ResultStore(tmp_path / "ddp" / "ddp").load()
+    assert len(two) == 1, "only rank 0 writes results"
+    two = two[0]
+    assert one["world_size"] == 1 and two["world_size"] == 2
+    assert two["steps"] == one["steps"] == 8
+    # Each rank takes half of every global batch and DDP averages gradients, so the two runs
+    # take the same optimizer steps up to float summation order.
+    assert two["test_loss"] == pytest.approx(one["test_loss"], rel=1e-3)
+    assert abs(two["accuracy"] - one["accuracy"]) <= 0.02
+    assert two["config_hash"] == one["config_hash"]
