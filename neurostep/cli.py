@@ -91,12 +91,12 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_energy(args: argparse.Namespace, rest: list[str]) -> int:
-    # Imported here so that `neurostep run` works without pulling in the counter.
+def _cmd_energy(argv: list[str]) -> int:
+    # Imported here so that the other commands work without pulling in the counter; all
+    # arguments (--help included) belong to neurostep.energy's own parser.
     from neurostep.energy import cli_main
 
-    result = cli_main([args.model, *rest])
-    return int(result or 0)
+    return int(cli_main(argv) or 0)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -117,21 +117,17 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("names", nargs="*", help="script names without .py (default: all)")
     bench.add_argument("--quick", action="store_true", help="pass --quick to each script")
     bench.add_argument("--dir", help="benchmarks directory (default: the repository's benchmarks/)")
-    energy = sub.add_parser("energy", help="operation/energy report of a registered model (extra options are "
-                                           "passed to neurostep.energy)")
-    energy.add_argument("model")
+    sub.add_parser("energy", add_help=False,
+                   help="operation/energy report of a registered model (`neurostep energy --help` for options)")
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
     argv = list(sys.argv[1:] if argv is None else argv)
-    args, rest = parser.parse_known_args(argv)
-    if rest and args.command != "energy":
-        parser.error(f"unrecognized arguments: {' '.join(rest)}")
+    if argv[:1] == ["energy"]:
+        return _cmd_energy(argv[1:])
+    args = build_parser().parse_args(argv)
     try:
-        if args.command == "energy":
-            return _cmd_energy(args, rest)
         handler = {"run": _cmd_run, "list": _cmd_list, "report": _cmd_report, "bench": _cmd_bench}[args.command]
         return handler(args)
     except (ValueError, TypeError, FileNotFoundError, KeyError) as exc:

@@ -197,3 +197,14 @@ def test_unknown_models_raise_naming_the_module():
         replace_attention(bert, "softmax_attention")
     with pytest.raises(ValueError, match="unknown mixer"):
         replace_attention(_tiny_timm_vit(), "no_such_mixer")
+
+
+def test_lazy_top_level_exports_and_bad_arguments():
+    import neurostep
+
+    assert neurostep.replace_attention is replace_attention
+    assert "softmax_attention" in neurostep.list_mixers()
+    with pytest.raises(TypeError, match="nn.Module"):
+        replace_attention("not a model", "softmax_attention")
+    with pytest.raises(AttributeError, match="no_such_name"):
+        neurostep.no_such_name  # noqa: B018

@@ -88,12 +88,10 @@ _POINTWISE: dict[str, tuple[float, float, float, float]] = {
 
 # Ops that compute nothing worth pricing: they move or create data (bytes are still counted).
 _MOVE_OPS = frozenset({
-    "clone", "copy", "_to_copy", "contiguous", "cat", "stack", "index", "index_select", "gather", "scatter",
+    "clone", "_to_copy", "contiguous", "cat", "stack", "index", "index_select", "gather", "scatter",
     "scatter_add", "index_put", "index_add", "index_copy", "masked_fill", "masked_scatter", "masked_select",
     "where", "repeat", "repeat_interleave", "flip", "roll", "constant_pad_nd", "reflection_pad1d",
-    "reflection_pad2d", "replicate_pad1d", "replicate_pad2d", "pad", "fill", "zero", "zeros", "ones", "full",
-    "zeros_like", "ones_like", "full_like", "new_zeros", "new_ones", "new_full", "arange", "linspace",
-    "rand", "randn", "rand_like", "randn_like", "randint", "bernoulli", "normal", "uniform", "tril", "triu",
+    "reflection_pad2d", "replicate_pad1d", "replicate_pad2d", "pad", "bernoulli", "tril", "triu",
     "neg", "abs", "floor", "ceil", "round", "trunc", "frac", "logical_and", "logical_or", "logical_not",
     "logical_xor", "bitwise_and", "bitwise_or", "bitwise_not", "bitwise_xor", "isnan", "isinf", "isfinite",
     "nan_to_num", "im2col", "col2im", "unfold_copy", "split_with_sizes_copy", "narrow_copy", "slice_scatter",
@@ -101,6 +99,14 @@ _MOVE_OPS = frozenset({
     "nonzero", "unique", "_unique2", "bucketize", "searchsorted", "max_pool2d_with_indices",
     "max_pool1d_with_indices", "max_pool3d_with_indices", "dropout", "native_dropout", "sym_constrain_range",
     "upsample_nearest1d", "upsample_nearest2d", "upsample_nearest3d", "_index_put_impl", "set",
+})
+# Ops that write their output without reading tensor data (their tensor arguments give only
+# shapes, dtypes or the destination), and copies that read only their source.
+_WRITE_ONLY = frozenset({
+    "fill", "zero", "zeros", "ones", "full", "zeros_like", "ones_like", "full_like", "new_zeros", "new_ones",
+    "new_full", "arange", "linspace", "logspace", "eye", "scalar_tensor", "rand", "randn", "rand_like",
+    "randn_like", "randint", "randint_like", "normal", "uniform", "random", "exponential", "geometric",
+    "cauchy", "log_normal",
 })
 # Ops that neither compute nor move data (allocation without writing, metadata, scalar reads).
 _NO_TRAFFIC = frozenset({
@@ -242,6 +248,10 @@ class OpCounter(TorchDispatchMode):
             return lambda f, args, kwargs, out: rule(self, args, kwargs, out)
         if key in _MOVE_OPS:
             return self._bytes_only
+        if key in _WRITE_ONLY:
+            return self._write_only
+        if key == "copy":
+            return self._copy
         return self._unknown(qualified)
 
     # rules ---------------------------------------------------------------------------------
@@ -275,6 +285,22 @@ class OpCounter(TorchDispatchMode):
     def _bytes_only(self, func: Any, args: tuple, kwargs: dict, out: Any) -> list[float]:
         cost = [0.0] * _N
         self._add_bytes(cost, args, kwargs, out)
+        return cost
+
+    def _write_only(self, func: Any, args: tuple, kwargs: dict, out: Any) -> list[float]:
+        cost = [0.0] * _N
+        cost[8] = float(sum(_tensor_bytes(t) for t in _iter_tensors(out if isinstance(out, (tuple, list))
+                                                                     else (out,))))
+        return cost
+
+    def _copy(self, func: Any, args: tuple, kwargs: dict, out: Any) -> list[float]:
+        # copy_(dst, src): the destination is only written
+        cost = [0.0] * _N
+        src = args[1] if len(args) > 1 else kwargs.get("src")
+        if isinstance(src, torch.Tensor):
+            cost[7] = float(_tensor_bytes(src))
+            cost[9] = float(_tensor_bytes(src)) if self.is_param(src) else 0.0
+        cost[8] = float(_tensor_bytes(args[0]))
         return cost
 
     def _pointwise(self, adds: float, muls: float, exps: float, compares: float,
@@ -401,12 +427,13 @@ def _matmul(c: OpCounter, a: torch.Tensor, b: torch.Tensor, out: Any, cost: list
     synaptic: float | None = None
     if a_bin and b_bin:
         # each (i, k, j) with a[i, k] = b[k, j] = 1 is one accumulate
-        am = (a != 0).to(torch.float64)
-        bm = (b != 0).to(torch.float64)
+        # integer arithmetic keeps the count exact at any size
+        am, bm = a != 0, b != 0
         if b.dim() == 1:
-            synaptic = float((am * bm).sum())
+            synaptic = float((am & bm).sum(dtype=torch.int64)) if a.dim() == 1 else \
+                float((am.sum(-2, dtype=torch.int64) * bm).sum())
         else:
-            synaptic = float((am.sum(-2) * bm.sum(-1)).sum())
+            synaptic = float((am.sum(-2, dtype=torch.int64) * bm.sum(-1, dtype=torch.int64)).sum())
     elif a_bin:
         synaptic = float(sa.nnz * n)   # each nonzero a[..., i, k] adds row k of b (n values)
     elif b_bin:
@@ -523,8 +550,8 @@ def _sdpa(c: OpCounter, args: tuple, kwargs: dict, out: Any) -> list[float]:
     pv_dense = float(rows * L * S * Ev)
     qk_syn: float | None = None
     if sq is not None and sq.binary and sk is not None and sk.binary:
-        qm = (q != 0).to(torch.float64).sum(-2)
-        km = (k != 0).to(torch.float64).sum(-2)
+        qm = (q != 0).sum(-2, dtype=torch.int64)
+        km = (k != 0).sum(-2, dtype=torch.int64)
         if rep > 1:
             km = km.repeat_interleave(rep, dim=-2)
         qk_syn = float((qm * km).sum())

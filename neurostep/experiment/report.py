@@ -59,7 +59,7 @@ def _fmt(value: Any, spec: str = ".3g") -> str:
 def _pm(mean: float, half: float, spec: str = ".4f") -> str:
     if not math.isfinite(mean):
         return "-"
-    return f"{mean:{spec}}" + (f" ± {half:{spec}}" if math.isfinite(half) else "")
+    return f"{mean:{spec}}" + (f" ± {half:{spec.lstrip('+')}}" if math.isfinite(half) else "")
 
 
 def _mean(records: list[dict[str, Any]], key: str) -> float | None:

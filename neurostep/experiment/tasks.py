@@ -37,6 +37,8 @@ class TaskData:
     input_kind: str                  # "features" | "tokens"
     in_features: int | None = None   # features per token
     vocab_size: int | None = None    # token vocabulary
+    # Sequence tasks are one-row images (1, L): 2D mixers (depthwise convs, 2D scans) then
+    # run along the sequence; mixers that ignore the grid are unaffected.
     grid_size: tuple[int, int] | None = None
     readout: str = "mean"            # "mean" | "last" | "last_k"
     readout_k: int = 1
@@ -147,7 +149,7 @@ def selective_copy_task(options: dict[str, Any]) -> TaskData:
     x_te, y_te = make(options["num_test"])
     return TaskData(
         name="selective_copy", x_train=x_tr, y_train=y_tr, x_test=x_te, y_test=y_te, num_classes=vocab,
-        input_kind="tokens", vocab_size=vocab + 2, readout="last_k", readout_k=n_data,
+        input_kind="tokens", vocab_size=vocab + 2, grid_size=(1, length + n_data), readout="last_k", readout_k=n_data,
     )
 
 
@@ -179,7 +181,7 @@ def associative_recall_task(options: dict[str, Any]) -> TaskData:
     x_te, y_te = make(options["num_test"])
     return TaskData(
         name="associative_recall", x_train=x_tr, y_train=y_tr, x_test=x_te, y_test=y_te, num_classes=n_values,
-        input_kind="tokens", vocab_size=n_keys + n_values, readout="last",
+        input_kind="tokens", vocab_size=n_keys + n_values, grid_size=(1, 2 * pairs + 1), readout="last",
     )
 
 
@@ -236,7 +238,7 @@ def stdlib_chars_task(options: dict[str, Any]) -> TaskData:
     (x_tr, y_tr), (x_te, y_te) = out
     return TaskData(
         name="stdlib_chars", x_train=x_tr, y_train=y_tr, x_test=x_te, y_test=y_te, num_classes=CHAR_VOCAB,
-        input_kind="tokens", vocab_size=CHAR_VOCAB, readout="last", metric="bpc",
+        input_kind="tokens", vocab_size=CHAR_VOCAB, grid_size=(1, ctx), readout="last", metric="bpc",
     )
 
 

@@ -282,6 +282,7 @@ def train_run(cfg: ExperimentConfig, block: str, task_label: str, seed: int, tas
 def _train_run(cfg: ExperimentConfig, block: str, task_label: str, seed: int, task: TaskData,
                ctx: DistContext, progress: bool | None) -> dict[str, Any]:
     progress = cfg.train["progress"] if progress is None else progress
+    cpu0 = time.process_time()
     torch.manual_seed(seed)
     model = build_backbone(block, task, cfg.backbone, cfg.block_options.get(block))
     desc = f"{block} / {task_label} / seed {seed}"
@@ -297,6 +298,7 @@ def _train_run(cfg: ExperimentConfig, block: str, task_label: str, seed: int, ta
         record.update({
             "seq_len": task.seq_len, "world_size": ctx.world_size, "threads": torch.get_num_threads(),
             "torch": torch.__version__, "machine": platform.machine(), "finished_at": time.time(),
+            "cpu_time_s": time.process_time() - cpu0,
         })
     return record
 

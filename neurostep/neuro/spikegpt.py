@@ -247,7 +247,8 @@ class SpikeGPTBlock(Recurrent):
 
     def init_state(self, batch_shape: tuple[int, ...], device: torch.device | None = None,
                    dtype: torch.dtype | None = None) -> BlockState:
-        return BlockState(self.att.init_state(batch_shape, device, dtype), self.ffn.init_state(batch_shape, device, dtype))
+        return BlockState(self.att.init_state(batch_shape, device, dtype),
+                          self.ffn.init_state(batch_shape, device, dtype))
 
     def scan(self, x: torch.Tensor, state: BlockState | None = None) -> tuple[torch.Tensor, BlockState]:
         if state is None:

@@ -29,6 +29,18 @@ from neurostep.neuro.ssa import SpikingSelfAttention, lif_run, spikformer_lif
 POOL_POSITIONS = ("after_lif", "before_lif")
 STEMS = ("sps", "scs")
 
+__all__ = [
+    "POOL_POSITIONS",
+    "STEMS",
+    "ConvBNLIF",
+    "Spikformer",
+    "SpikformerBlock",
+    "SpikformerState",
+    "SpikingMLP",
+    "SpikingPatchStem",
+    "convert_spikingjelly_state_dict",
+]
+
 
 def _run(module: Recurrent, x: torch.Tensor, state: Any, stepping: bool) -> tuple[torch.Tensor, Any]:
     return module.step(x, state) if stepping else module.scan(x, state)

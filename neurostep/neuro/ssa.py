@@ -31,6 +31,17 @@ from neurostep.neuro.surrogate import Sigmoid
 
 ATTENTION_ORDERS = ("q(kv)", "(qk)v")
 
+__all__ = [
+    "ATTENTION_ORDERS",
+    "SSAState",
+    "SpikingSelfAttention",
+    "SpikingSelfAttentionMixer",
+    "default_num_heads",
+    "lif_run",
+    "spikformer_lif",
+    "spiking_attention",
+]
+
 
 def spikformer_lif(v_threshold: float = 1.0, backend: str = "auto") -> LIF:
     """The LIF every Spikformer layer uses (tau=2, hard reset 0, Sigmoid(4), detach_reset)."""

@@ -458,3 +458,58 @@ def test_pow_costs(exponent, muls, exps):
 
     r = count(M(), torch.rand(2, 5) + 0.5)
     assert (r.total.muls, r.total.exps) == (10 * muls, 10 * exps)
+
+
+def test_matrix_vector_and_dot_with_spikes():
+    m = _spikes(4, 6, seed=5)
+    v = _spikes(6, seed=6)
+    w = _spikes(6, seed=7)
+
+    class MV(nn.Module):
+        def forward(self, m, v):
+            return torch.mv(m, v), torch.dot(v, w)
+
+    r = count(MV(), m, v)
+    # mv: coincidences m[i, k] = v[k] = 1; dot: positions where both are 1
+    assert r.total.acs == float((m @ v).sum()) + float((v * w).sum())
+
+
+def test_sdpa_with_binary_queries_and_keys_counts_coincidences():
+    q, k = _spikes(1, 2, 3, 4, seed=8), _spikes(1, 2, 5, 4, seed=9)
+    v = torch.randn(1, 2, 5, 4)
+
+    class M(nn.Module):
+        def forward(self, q, k, v):
+            return F.scaled_dot_product_attention(q, k, v)
+
+    r = count(M(), q, k, v)
+    assert r.total.acs == float((q @ k.transpose(-1, -2)).sum())
+    assert r.total.macs == 1 * 2 * 3 * 5 * 4          # probabilities @ dense v
+
+
+def test_baddbmm_and_addbmm_with_spikes():
+    bias = torch.randn(2, 3, 4)
+    a = _spikes(2, 3, 5, seed=10)
+    b = torch.randn(2, 5, 4)
+
+    class M(nn.Module):
+        def forward(self, bias, a, b):
+            return torch.baddbmm(bias, a, b), torch.addbmm(bias[0], a, b)
+
+    r = count(M(), bias, a, b)
+    nnz = int(a.count_nonzero())
+    assert r.total.acs == 2 * nnz * 4
+    # baddbmm: one bias add per output; addbmm: the bias add plus summing the 2 products
+    assert r.total.adds == 2 * 3 * 4 + 3 * 4 + 3 * 4 * (2 - 1)
+
+
+def test_factories_and_copies_read_no_destination():
+    class M(nn.Module):
+        def forward(self, x):
+            buf = x.new_zeros(3, 4)          # writes 48 bytes, reads nothing
+            buf.copy_(x)                     # reads x (48), writes buf (48)
+            return buf
+
+    r = count(M(), torch.randn(3, 4))
+    assert r.total.bytes_read == 48
+    assert r.total.bytes_written == 96

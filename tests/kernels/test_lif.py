@@ -11,7 +11,7 @@ import torch
 from neurostep.engine import COSTS, KERNELS, BackendUnavailableError
 from neurostep.kernels.lif import SURROGATES, lif_scan
 from neurostep.kernels.lif.reference import lif_loop, spike
-from neurostep.kernels.lif.surrogates import _vexp_neg_f32, sg_block
+from neurostep.kernels.lif.surrogates import _vexp_neg_f32, sg_block, sg_constant
 
 BACKENDS = ["reference", "cpu"]
 
@@ -261,7 +261,7 @@ def test_numba_surrogate_matches_torch(name, dtype):
     tmp = np.empty_like(z)
     ibuf = np.empty(n, dtype=np.int32)
     alpha = sur.default_alpha
-    sg_block(sur.sid, dtype(alpha), z, out, tmp, ibuf, n, dtype == np.float32)
+    sg_block(sur.sid, dtype(alpha), dtype(sg_constant(sur.sid, alpha)), z, out, tmp, ibuf, n, dtype == np.float32)
     want = sur.derivative(torch.from_numpy(z.astype(np.float64)), alpha).numpy()
     # relative accuracy where the derivative matters; far tails (< 1e-7 of the peak) only need to be tiny
     rtol = 2e-6 if dtype == np.float32 else 1e-13
@@ -270,13 +270,18 @@ def test_numba_surrogate_matches_torch(name, dtype):
 
 
 def test_fast_exp_accuracy():
-    z = np.concatenate([np.linspace(-87.0, 0.0, 200_001), -np.logspace(-8, 0, 1000)]).astype(np.float32)
+    z = np.concatenate([np.linspace(-68.9, 0.0, 200_001), -np.logspace(-8, 0, 1000)]).astype(np.float32)
     out = np.empty_like(z)
     ibuf = np.empty(z.size, dtype=np.int32)
     _vexp_neg_f32(z, out, ibuf, z.size)
     want = np.exp(z.astype(np.float64))
     rel = np.abs(out - want) / want
     assert rel.max() < 3e-7, rel.max()
+    # far tail flushed to exactly 0 (no denormals), NaN stays NaN
+    tail = np.array([-70.0, -100.0, -1e30, -np.inf, np.nan], dtype=np.float32)
+    out = np.empty_like(tail)
+    _vexp_neg_f32(tail, out, np.empty(5, dtype=np.int32), 5)
+    assert (out[:4] == 0).all() and np.isnan(out[4])
 
 
 # --------------------------------------------------------------------------------------------

@@ -15,6 +15,7 @@ from neurostep.engine.checks import check_backend_name
 
 OP = "causal_conv1d"
 KERNELS.register(OP, "reference", "neurostep.kernels.causal_conv1d.reference")
+KERNELS.register(OP, "cpu", "neurostep.kernels.causal_conv1d.cpu")
 
 _BACKENDS = ("reference", "cpu", "triton")
 _ACTIVATIONS = (None, "silu", "swish")

@@ -70,5 +70,5 @@ def backward(
         dxpad[..., k:k + length] += weight[:, k, None] * g
         dweight[:, k] = (g * xpad[..., k:k + length]).sum((0, 2))
     dbias = None if bias is None else g.sum((0, 2))
-    dinit = None if initial_states is None else dxpad[..., :width - 1].contiguous()
-    return dxpad[..., width - 1:].contiguous(), dweight, dbias, dinit
+    dinit = None if initial_states is None else dxpad[..., :width - 1].clone()
+    return dxpad[..., width - 1:].clone(), dweight, dbias, dinit

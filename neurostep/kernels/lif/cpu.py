@@ -26,12 +26,13 @@ from numba import prange
 from neurostep.kernels.lif.common import LIFParams
 from neurostep.kernels.lif.surrogates import sg_block, sg_constant
 
-_MIN_BLOCK = 512
-_MAX_BLOCK = 4096
+_MIN_BLOCK = 256
+_MAX_BLOCK = 1024
 
 
 def _block_size(n: int) -> int:
-    """Lanes per block: a few blocks per thread (load balance), each small enough for L1/L2."""
+    """Lanes per block: several blocks per thread (load balance); the ~12 block-sized scratch and row
+    arrays of the backward then stay in L1/L2 across the passes of a step."""
     threads = numba.get_num_threads()
     b = -(-n // (4 * threads))
     b = min(max(b, _MIN_BLOCK), _MAX_BLOCK)
@@ -137,67 +138,64 @@ def _backward_kernel(x, v0, h, theta, g_spikes, g_vseq, g_vlast, g_alast, gx, gv
             for j in range(n):
                 z[j] = hr[j] - th[j]
             sg_block(sid, alpha, sg_c, z, sg, tmp, ibuf, n, fast)
+            # Loads and stores are unconditional and flags only pick between computed values
+            # (selects): a load or store under an `if` cannot be if-converted, and the branch would
+            # stop LLVM from vectorizing the loop.
             if snn:
                 vp = h[t - 1, lo:lo + n] if t > 0 else v0[lo:lo + n]
                 for j in range(n):
                     vpj = vp[j]
                     r = one if vpj > vth else zero
                     gst = gsr[j]
-                    gh = gst * sg[j] + cv[j] + gvr[j]
-                    gth = -gst * sg[j]
-                    if snn_reset == 0:
-                        gth = gth - r * gh
+                    sgj = sg[j]
+                    gh = gst * sgj + cv[j] + gvr[j]
+                    gth = -gst * sgj
+                    gth = gth - r * gh if snn_reset == 0 else gth
                     gvth_acc[j] += gth
                     gxr[j] = gh
-                    if snn_reset == 1:
-                        cv[j] = gh * omk * (one - r)
-                        gk_acc[j] -= gh * ((one - r) * vpj)
-                    else:
-                        cv[j] = gh * omk
-                        gk_acc[j] -= gh * vpj
+                    keep = (one - r) if snn_reset == 1 else one
+                    cv[j] = gh * omk * keep
+                    gk_acc[j] -= gh * (keep * vpj)
                 continue
             for j in range(n):
                 hj = hr[j]
                 thj = th[j]
+                caj = ca[j]
+                gst = gsr[j]
+                sgj = sg[j]
                 s = one if z[j] >= zero else zero
                 gv = cv[j] + gvr[j]
-                gst = gsr[j]
                 dvds = (vr - hj) if hard else -thj
                 gs_tot = gst if detach else gst + gv * dvds
-                if adaptive:
-                    gs_tot = gs_tot + beta * ca[j]
-                gh = gs_tot * sg[j] + (gv * (one - s) if hard else gv)
-                gth = -gs_tot * sg[j]
-                if not hard:
-                    gth = gth - s * gv
-                if adaptive:
-                    ca[j] = rho * (ca[j] + gth)
+                gs_tot = gs_tot + beta * caj if adaptive else gs_tot
+                gh = gs_tot * sgj + (gv * (one - s) if hard else gv)
+                gth = -gs_tot * sgj
+                gth = gth if hard else gth - s * gv
+                ca[j] = rho * (caj + gth) if adaptive else caj
                 gvth_acc[j] += gth
                 gxr[j] = gh * k if decay else gh
                 cv[j] = gh * omk
                 gh_s[j] = gh
             if need_k:
+                # x_arr is a (1, N) zero row unless decay_input needs X
                 xr = x[t if decay else 0, lo:lo + n]
                 if t > 0:
                     hp = h[t - 1, lo:lo + n]
                     tp = theta[t - 1, lo:lo + n] if adaptive else hp
                     for j in range(n):
                         hpj = hp[j]
-                        thp = tp[j] if adaptive else vth
+                        tpj = tp[j]
+                        xj = xr[j]
+                        thp = tpj if adaptive else vth
                         sp = one if hpj - thp >= zero else zero
                         vpj = sp * vr + (one - sp) * hpj if hard else hpj - sp * thp
-                        if decay:
-                            gk_acc[j] += gh_s[j] * (xr[j] - vpj + vr_c)
-                        else:
-                            gk_acc[j] += gh_s[j] * (vr_c - vpj)
+                        gk_acc[j] += gh_s[j] * ((xj - vpj + vr_c) if decay else (vr_c - vpj))
                 else:
                     vp0 = v0[lo:lo + n]
                     for j in range(n):
                         vpj = vp0[j]
-                        if decay:
-                            gk_acc[j] += gh_s[j] * (xr[j] - vpj + vr_c)
-                        else:
-                            gk_acc[j] += gh_s[j] * (vr_c - vpj)
+                        xj = xr[j]
+                        gk_acc[j] += gh_s[j] * ((xj - vpj + vr_c) if decay else (vr_c - vpj))
         s_k = 0.0
         s_th = 0.0
         gv0b = gv0[lo:lo + n]

@@ -172,7 +172,7 @@ def _vexp_neg_f32(z, out, ibuf, n):  # pragma: no cover - compiled
     """
     for j in range(n):
         zj = np.float32(z[j])
-        zc = zj if zj > _EXP_LO else _EXP_LO
+        zc = _EXP_LO if zj < _EXP_LO else zj  # written so that NaN passes through
         m = (zc * _LOG2E + _ROUND) - _ROUND
         r = (zc - m * _LN2_HI) - m * _LN2_LO
         p = _C7
@@ -183,7 +183,7 @@ def _vexp_neg_f32(z, out, ibuf, n):  # pragma: no cover - compiled
         p = p * r + _C2
         p = p * r + _ONE
         p = p * r + _ONE
-        out[j] = p if zj > _EXP_LO else _ZERO
+        out[j] = _ZERO if zj < _EXP_LO else p
         ibuf[j] = (np.int32(m) + np.int32(127)) << np.int32(23)
     scale = ibuf.view(np.float32)
     for j in range(n):

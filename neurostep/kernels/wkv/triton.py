@@ -25,7 +25,7 @@ def _wkv_forward_kernel(w_ptr, u_ptr, k_ptr, v_ptr, aa0_ptr, bb0_ptr, pp0_ptr, y
     aa = tl.load(aa0_ptr + b * C + cs, mask=mask, other=0.0)
     bb = tl.load(bb0_ptr + b * C + cs, mask=mask, other=1.0)
     pp = tl.load(pp0_ptr + b * C + cs, mask=mask, other=0.0)
-    BTC = tl.num_programs(0) * T * C
+    BTC = tl.num_programs(0).to(tl.int64) * T * C
     for t in range(T):
         off = b * T * C + t * C + cs
         if SAVE:
@@ -68,7 +68,7 @@ def _wkv_backward_kernel(w_ptr, u_ptr, k_ptr, v_ptr, y_ptr, hist_ptr, aaT_ptr, b
                                                         + gb * tl.load(bbT_ptr + sc, mask=mask, other=0.0))
     sw = tl.zeros_like(ga)
     su = tl.zeros_like(ga)
-    BTC = tl.num_programs(0) * T * C
+    BTC = tl.num_programs(0).to(tl.int64) * T * C
     a = sw
     bt = sw
     for i in range(T):

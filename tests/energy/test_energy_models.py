@@ -1,0 +1,44 @@
+"""The counter on registered models: every op they run has a rule, and the first-layer MACs are exact."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from neurostep.energy import count
+from neurostep.models import REGISTRY, create_model, list_models
+
+
+def _small(name: str) -> tuple[torch.nn.Module, tuple]:
+    if name not in list_models():
+        pytest.skip(f"model {name!r} is not registered")
+    entry = REGISTRY.model_entry(name)
+    torch.manual_seed(0)
+    model = create_model(name, **entry.small_kwargs).eval()
+    example = entry.example_input(model, 1)
+    return model, example if isinstance(example, tuple) else (example,)
+
+
+@pytest.mark.parametrize("name", ["spikformer_tiny", "mamba_tiny"])
+def test_every_op_of_a_registered_model_has_a_rule(name):
+    model, inputs = _small(name)
+    r = count(model, *inputs)
+    assert r.unknown_ops == {}, f"ops without a cost rule in {name}: {r.unknown_ops}"
+    assert r.total.macs > 0
+    assert r.total.state_updates > 0       # the fused LIF / selective-scan ops declared their formulas
+    assert sum(c.macs for p, c in r.modules.items() if "." not in p) == r.total.macs
+
+
+def test_spikformer_first_layer_and_spike_driven_stage():
+    model, (x,) = _small("spikformer_tiny")
+    x = x * 20          # strong drive so that the first LIF stage fires
+    r = count(model, x, mode="spikformer")
+    conv = model.patch_embed.stages[0].conv
+    c_out, c_in, kh, kw = conv.weight.shape
+    h, w = x.shape[-2:]
+    assert r.total.first_layer_macs == c_out * c_in * kh * kw * h * w * model.T * x.shape[0]
+    assert any("first layer = 'patch_embed.stages.0.conv'" in n for n in r.notes)
+    stage1 = r.modules["patch_embed.stages.1"]
+    assert stage1.acs > 0 and stage1.macs == 0          # its input is the first stage's spikes
+    # SOPs (rate x dense MACs) and exact ACs differ only by the zero padding at the borders
+    assert stage1.acs <= stage1.sops <= 1.2 * stage1.acs
