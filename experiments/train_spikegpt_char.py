@@ -13,9 +13,16 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import sys
 import time
 from pathlib import Path
+
+# GNU OpenMP threads busy-wait after each parallel region by default; numba's kernels and
+# torch's ops each have such a pool, and on a 2-core machine the spinning pool of one starves
+# the other (measured: a tiny SpikeGPT training step went from 35 ms to 700 ms). Passive waiting
+# must be chosen before either runtime starts, hence before importing torch.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import torch
 

@@ -104,4 +104,5 @@ def lamamba_mixer(dim: int, *, num_heads: int | None = None, seq_len: int | None
     """Mixer factory: a :class:`neurostep.ssm.LaMamba` block without MLP returning only its updates
     (``residual=False``), so the host's residual adds them. Needs ``grid_size`` (or a square N)."""
     heads = num_heads or max(dim // 32, 1)
-    return LaMamba(dim, num_heads=heads, **{**dict(mlp_ratio=0.0, residual=False), **options})
+    grid = None if grid_size is None else (int(grid_size[0]), int(grid_size[1]))
+    return LaMamba(dim, num_heads=heads, **{**dict(mlp_ratio=0.0, residual=False, grid_size=grid), **options})

@@ -32,9 +32,12 @@ from neurostep.ssm.vision_mamba import DropPath
 K_DIRECTIONS = 4
 
 
-def _grid(x: torch.Tensor, grid_size: tuple[int, int] | None) -> tuple[int, int]:
-    """Resolve ``(H, W)`` for tokens ``x (B, N, C)``; a square grid is inferred when None."""
+def _grid(x: torch.Tensor, grid_size: tuple[int, int] | None,
+          default: tuple[int, int] | None = None) -> tuple[int, int]:
+    """Resolve ``(H, W)`` for tokens ``x (B, N, C)``: the call's grid, else ``default`` if it fits, else square."""
     n = x.shape[1]
+    if grid_size is None and default is not None and default[0] * default[1] == n:
+        grid_size = default
     if grid_size is None:
         side = math.isqrt(n)
         if side * side != n:
@@ -235,13 +238,16 @@ class LaMamba(nn.Module):
         cond_dim: size of a conditioning vector for adaLN-Zero modulation (None = unmodulated).
         residual: True (the block) returns ``x + updates``; False returns only the sum of the
             updates, so the block can stand in for an attention layer inside a host residual.
+        grid_size: default ``(H, W)`` used when a call gives none and it fits the token count.
     """
 
     def __init__(self, dim: int, num_heads: int = 4, window_size: int = 8, shift: int = 0, mlp_ratio: float = 4.0,
                  d_state: int = 1, ssm_ratio: float = 2.0, d_conv: int = 3, cond_dim: int | None = None,
-                 drop_path: float = 0.0, residual: bool = True, backend: str = "auto") -> None:
+                 drop_path: float = 0.0, residual: bool = True, grid_size: tuple[int, int] | None = None,
+                 backend: str = "auto") -> None:
         super().__init__()
         self.dim = dim
+        self.grid_size = None if grid_size is None else (int(grid_size[0]), int(grid_size[1]))
         self.cond_dim = cond_dim
         self.residual = residual
         affine = cond_dim is None
@@ -268,7 +274,7 @@ class LaMamba(nn.Module):
                 ) -> torch.Tensor:
         """``x (B, N, C)``, ``grid_size (H, W)`` (square inferred), ``cond (B, cond_dim)`` -> ``(B, N, C)``."""
         x = _check_tokens(x, self.dim)
-        grid = _grid(x, grid_size)
+        grid = _grid(x, grid_size, self.grid_size)
         if self.adaLN_modulation is not None:
             if cond is None:
                 raise ValueError(f"this LaMamba block is conditioned (cond_dim={self.cond_dim}); pass cond (B, "

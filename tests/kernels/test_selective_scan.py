@@ -10,7 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from neurostep.engine import COSTS, BackendUnavailableError, KERNELS
+from neurostep.engine import COSTS, KERNELS, BackendUnavailableError
 from neurostep.kernels.selective_scan import reference, selective_scan_fn, selective_state_update
 
 BACKENDS = ["cpu"]
@@ -54,7 +54,7 @@ def assert_all_close(got, want, rtol, atol):
     assert len(got) == len(want)
     for i, (a, b) in enumerate(zip(got, want)):
         assert a.shape == b.shape, (i, a.shape, b.shape)
-        torch.testing.assert_close(a.double(), b.double(), rtol=rtol, atol=atol, msg=lambda m: f"tensor {i}: {m}")
+        torch.testing.assert_close(a.double(), b.double(), rtol=rtol, atol=atol, msg=lambda m, i=i: f"tensor {i}: {m}")
 
 
 def selective_scan_ref_formula(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,

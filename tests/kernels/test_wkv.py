@@ -191,16 +191,13 @@ def test_no_grad_call_matches_and_saves_nothing():
     torch.testing.assert_close(out[0], y0)
 
 
-def test_custom_op_opcheck_and_compile():
+def test_custom_op_opcheck_and_fake_tensors():
     td, tf, k, v, state = _inputs(2, 3, 5, dtype=torch.float32, seed=10)
     args = [t.clone().requires_grad_(True) for t in (td, tf, k, v, *state)]
     torch.library.opcheck(torch.ops.neurostep.wkv_forward.default, (*args, "cpu", True),
                           test_utils=("test_schema", "test_faketensor", "test_autograd_registration"))
 
-    def f(td, tf, k, v):
-        return wkv(td, tf, k, v, backend="cpu")[0]
-
-    # the fake implementation lets torch.compile trace the op without running the kernel
+    # the fake implementation gives shapes without running a kernel (what torch.compile traces with)
     from torch._subclasses.fake_tensor import FakeTensorMode
 
     with FakeTensorMode() as mode:
@@ -208,7 +205,6 @@ def test_custom_op_opcheck_and_compile():
         out = torch.ops.neurostep.wkv_forward(mode.from_tensor(td), mode.from_tensor(tf), fk, mode.from_tensor(v),
                                               *[mode.from_tensor(s) for s in state], "cpu", True)
         assert out[0].shape == k.shape and out[4].shape == (3, *k.shape)
-    torch.testing.assert_close(f(td, tf, k, v), wkv(td, tf, k, v, backend="reference")[0], rtol=1e-5, atol=1e-5)
 
 
 def test_cost_formula():

@@ -16,6 +16,7 @@ from neurostep.engine.checks import check_backend_name
 OP = "causal_conv1d"
 KERNELS.register(OP, "reference", "neurostep.kernels.causal_conv1d.reference")
 KERNELS.register(OP, "cpu", "neurostep.kernels.causal_conv1d.cpu")
+KERNELS.register(OP, "triton", "neurostep.kernels.causal_conv1d.triton")
 
 _BACKENDS = ("reference", "cpu", "triton")
 _ACTIVATIONS = (None, "silu", "swish")

@@ -17,6 +17,7 @@ from neurostep.engine.checks import check_backend_name
 OP = "linear_scan"
 KERNELS.register(OP, "reference", "neurostep.kernels.linear_scan.reference")
 KERNELS.register(OP, "cpu", "neurostep.kernels.linear_scan.cpu")
+KERNELS.register(OP, "triton", "neurostep.kernels.linear_scan.triton")
 
 _BACKENDS = ("reference", "cpu", "triton")
 

@@ -20,6 +20,7 @@ from neurostep.engine.checks import check_backend_name
 OP = "selective_scan"
 KERNELS.register(OP, "reference", "neurostep.kernels.selective_scan.reference")
 KERNELS.register(OP, "cpu", "neurostep.kernels.selective_scan.cpu")
+KERNELS.register(OP, "triton", "neurostep.kernels.selective_scan.triton")
 
 
 def _mamba_ssm_missing(device: torch.device) -> str | None:
