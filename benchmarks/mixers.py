@@ -13,7 +13,9 @@ For each mixer in ``neurostep.models.list_mixers()`` (other families' mixers inc
   (FLOPs / 2). It sees matmuls, convolutions and SDPA only: elementwise work and custom kernels
   without a registered flop formula (e.g. scans) are not counted, so for scan-based mixers the
   number is a lower bound. torch's formula for a grouped conv's backward ignores ``groups``
-  (385x too high for a depthwise conv at C=384); a corrected formula replaces it here;
+  (385x too high for a depthwise conv at C=384), and it has no formula for the CPU flash
+  attention kernel that SDPA uses on CPU (the N^2 part of attention would count 0); both
+  are supplied here. Causal attention is counted as full (as torch does);
 - ratios of latency, memory and MACs to softmax attention at the same N.
 
 Usage: ``python benchmarks/mixers.py [--quick] [--mixers a,b] [--tokens 196,4096]``.
@@ -35,7 +37,7 @@ from pathlib import Path
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
-from torch.utils.flop_counter import FlopCounterMode, conv_flop_count
+from torch.utils.flop_counter import FlopCounterMode, conv_flop_count, sdpa_backward_flop_count, sdpa_flop_count
 
 DIM = 384
 HEADS = 6
@@ -92,14 +94,30 @@ def _conv_backward_flops(grad_out_shape, x_shape, w_shape, _bias, _stride, _padd
     return forward * (int(bool(output_mask[0])) + int(bool(output_mask[1])))
 
 
+def _cpu_sdpa_flops(query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs) -> int:
+    """CPU flash attention forward: torch registers formulas for the CUDA kernels only."""
+    return sdpa_flop_count(query_shape, key_shape, value_shape)
+
+
+def _cpu_sdpa_backward_flops(grad_out_shape, query_shape, key_shape, value_shape, *args, out_shape=None,
+                             **kwargs) -> int:
+    return sdpa_backward_flop_count(grad_out_shape, query_shape, key_shape, value_shape)
+
+
 def _counter() -> FlopCounterMode:
-    return FlopCounterMode(display=False, custom_mapping={torch.ops.aten.convolution_backward: _conv_backward_flops})
+    aten = torch.ops.aten
+    return FlopCounterMode(display=False, custom_mapping={
+        aten.convolution_backward: _conv_backward_flops,
+        aten._scaled_dot_product_flash_attention_for_cpu: _cpu_sdpa_flops,
+        aten._scaled_dot_product_flash_attention_for_cpu_backward: _cpu_sdpa_backward_flops,
+    })
 
 
 def _macs(mixer: torch.nn.Module, x: torch.Tensor, grid: tuple[int, int]) -> tuple[int, int]:
     with _counter() as fwd_counter:
         with torch.no_grad():
-            mixer(x, grid_size=grid)
+            # detached: the counter's module tracker cannot hook a no-grad view of a leaf needing grad
+            mixer(x.detach(), grid_size=grid)
     with _counter() as all_counter:
         y = mixer(x, grid_size=grid)
         y.backward(torch.ones_like(y))
@@ -116,6 +134,10 @@ class _LiveTensorMemory(TorchDispatchMode):
         super().__init__()
         self.current = self.peak = 0
         self._seen: set[int] = set()
+
+    def ignore(self, tensors: list[torch.Tensor]) -> None:
+        """Storages that existed before the step: outputs aliasing them are not new memory."""
+        self._seen.update(t.untyped_storage().data_ptr() for t in tensors)
 
     def _release(self, key: int, nbytes: int) -> None:
         self._seen.discard(key)
@@ -137,13 +159,19 @@ class _LiveTensorMemory(TorchDispatchMode):
 
 
 def _peak_mib(mixer: torch.nn.Module, x: torch.Tensor, grid: tuple[int, int]) -> float:
-    with _LiveTensorMemory() as mem:
+    mem = _LiveTensorMemory()
+    # views of the input and the weights (x.transpose, weight.t()) alias memory that existed before
+    mem.ignore([x, *mixer.parameters(), *mixer.buffers()])
+    with mem:
         _run(mixer, x, grid, backward=True)
     return mem.peak / 2 ** 20
 
 
-def _measure(name: str, n: int, repeats: int, warmup: int, row: dict) -> None:
+def _measure(name: str, n: int, repeats: int, warmup: int, threads: int, row: dict) -> None:
     grid = _grid(n)
+    if threads:
+        # re-applied per mixer: numba's OpenMP layer resets the shared OpenMP thread count when it starts
+        torch.set_num_threads(threads)
     mixer = _build(name, n)
     x = torch.randn(1, n, DIM, requires_grad=True)
     row["params"] = sum(p.numel() for p in mixer.parameters())
@@ -153,14 +181,15 @@ def _measure(name: str, n: int, repeats: int, warmup: int, row: dict) -> None:
     row["peak_mib"] = _peak_mib(mixer, x, grid)
 
 
-def bench(names: list[str], tokens: list[int], repeats: int, warmup: int) -> list[dict]:
+def bench(names: list[str], tokens: list[int], repeats: int, warmup: int, threads: int = 0) -> list[dict]:
     rows = []
     for n in tokens:
         for name in names:
             torch.manual_seed(0)
             row: dict = {"mixer": name, "tokens": n, "dim": DIM, "batch": 1}
             try:
-                _measure(name, n, repeats, warmup, row)
+                _measure(name, n, repeats, warmup, threads, row)
+                row["threads"] = torch.get_num_threads()
             except Exception as exc:  # one broken mixer must not hide the others' numbers
                 row["error"] = f"{type(exc).__name__}: {exc}"
             rows.append(row)
@@ -205,6 +234,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--quick", action="store_true", help="fewer repeats (3 instead of 10)")
     parser.add_argument("--mixers", default="", help="comma-separated names (default: every registered mixer)")
     parser.add_argument("--tokens", default="196,4096", help="comma-separated token counts")
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's choice)")
     parser.add_argument("--out", default=str(Path(__file__).resolve().parent / "results" / "mixers.json"))
     args = parser.parse_args(argv)
     from neurostep.models import list_mixers
@@ -214,13 +244,14 @@ def main(argv: list[str] | None = None) -> None:
         names = [BASELINE] + [m for m in names if m != BASELINE]
     tokens = [int(t) for t in args.tokens.split(",")]
     repeats, warmup = (3, 1) if args.quick else (10, 2)
-    rows = bench(names, tokens, repeats, warmup)
-    print(f"\nmixers at C={DIM}, batch 1, fp32, {torch.get_num_threads()} threads, torch {torch.__version__}; "
+    rows = bench(names, tokens, repeats, warmup, args.threads)
+    threads = args.threads or torch.get_num_threads()
+    print(f"\nmixers at C={DIM}, batch 1, fp32, {threads} torch threads, torch {torch.__version__}; "
           f"median of {repeats}; 'x attn' = ratio to {BASELINE} at the same N")
     print_table(rows)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    meta = {"torch": torch.__version__, "threads": torch.get_num_threads(), "machine": platform.machine(),
+    meta = {"torch": torch.__version__, "threads": threads, "machine": platform.machine(),
             "processor": platform.processor(), "quick": args.quick, "repeats": repeats}
     out.write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
     print(f"\nwrote {out}")

@@ -122,6 +122,9 @@ def main() -> None:
     parser.add_argument("--decode-prompt", type=int, default=16, help="prompt length for the decoding runs")
     parser.add_argument("--layers", type=int, default=24)
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch and numba threads for both libraries (default: torch's default); on a shared "
+                             "machine 1 thread is far less disturbed by other jobs")
     parser.add_argument("--quick", action="store_true", help="2 repeats, 16 new tokens")
     parser.add_argument("--out", default=str(Path(__file__).resolve().parent / "results" / "ssm_lm.json"))
     args = parser.parse_args()
@@ -129,6 +132,11 @@ def main() -> None:
         args.repeats, args.new_tokens = 2, 16
     if args.new_tokens < 2:
         parser.error("--new-tokens must be >= 2")
+    if args.threads is not None:
+        import numba
+
+        torch.set_num_threads(args.threads)
+        numba.set_num_threads(args.threads)
 
     load_before = _load()
     res = bench_mamba(args)

@@ -95,8 +95,8 @@ class _MixerCore(nn.Module):
 
 def _is_causal_mask(mask: torch.Tensor, n_q: int, n_k: int) -> bool:
     """True when ``mask`` (bool: True = attend, or additive float: 0 = attend; any leading dims)
-    allows exactly the causal pattern; for ``nn.MultiheadAttention`` bool masks mean *blocked*,
-    which the caller passes as ``blocked=True``."""
+    allows exactly the causal pattern. ``nn.MultiheadAttention``'s bool masks mean *blocked*, so
+    its adapter inverts them first."""
     allowed = torch.ones(n_q, n_k, dtype=torch.bool, device=mask.device).tril(n_k - n_q)
     if mask.dtype == torch.bool:
         return bool((mask == allowed).all())

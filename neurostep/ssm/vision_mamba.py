@@ -74,6 +74,10 @@ class BidirectionalMamba(Mamba):
         """Drop-in mixer: ``(B, N, C) -> (B, N, C)`` (grid_size unused)."""
         return self.scan(x)[0]
 
+    def decode_step_(self, x_t: torch.Tensor, state: MambaState, A: torch.Tensor) -> torch.Tensor:
+        # Mamba's causal decode path would silently run only the forward direction.
+        raise NotImplementedError("BidirectionalMamba has no decode step; use step_direction for one direction")
+
     # -- one direction at a time ------------------------------------------------------------
     def scan_direction(self, x: torch.Tensor, state: MambaState | None = None, *, backward: bool = False
                        ) -> tuple[torch.Tensor, MambaState]:

@@ -230,15 +230,10 @@ def test_matches_snntorch_leaky(backend, reset):
 # surrogates
 
 
-def _grid(sur_name):
-    x = torch.linspace(-3.0, 3.0, 601, dtype=torch.float64) + 0.0037  # off the kinks at 0 and +-1/alpha
-    return x
-
-
 @pytest.mark.parametrize("name", list(SURROGATES))
 def test_surrogate_derivative_is_derivative_of_primitive(name):
     sur = SURROGATES[name]
-    x = _grid(name)
+    x = torch.linspace(-3.0, 3.0, 601, dtype=torch.float64) + 0.0037  # off the kinks at 0 and +-1/alpha
     for a in (sur.default_alpha, 0.7 * sur.default_alpha):
         eps = 1e-6
         fd = (sur.primitive(x + eps, a) - sur.primitive(x - eps, a)) / (2 * eps)
@@ -258,10 +253,9 @@ def test_numba_surrogate_matches_torch(name, dtype):
     z = np.concatenate([np.linspace(-40, 40, 997), [-200.0, 0.0, 1e-30, 200.0]]).astype(dtype)
     n = z.size
     out = np.empty_like(z)
-    tmp = np.empty_like(z)
     ibuf = np.empty(n, dtype=np.int32)
     alpha = sur.default_alpha
-    sg_block(sur.sid, dtype(alpha), dtype(sg_constant(sur.sid, alpha)), z, out, tmp, ibuf, n, dtype == np.float32)
+    sg_block(sur.sid, dtype(alpha), dtype(sg_constant(sur.sid, alpha)), z, out, ibuf, n, dtype == np.float32)
     want = sur.derivative(torch.from_numpy(z.astype(np.float64)), alpha).numpy()
     # relative accuracy where the derivative matters; far tails (< 1e-7 of the peak) only need to be tiny
     rtol = 2e-6 if dtype == np.float32 else 1e-13
@@ -404,3 +398,25 @@ def test_torch_compile_fullgraph():
     model.zero_grad()
     eager.sum().backward()
     torch.testing.assert_close(g_compiled, model.w.grad)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("kw", [dict(v_reset=0.0), dict(v_reset=None), dict(decay_input=False),
+                                dict(convention="snntorch", snn_reset="subtract")],
+                         ids=["hard", "soft", "no-decay", "snntorch"])
+def test_gradcheck_through_membrane(backend, kw):
+    """Finite-difference gradcheck (float64) where the function is piecewise smooth: the loss reads the
+    membrane only and the reset is detached, so no surrogate enters and the explicit backward must be exact
+    (an adaptive threshold would bring the surrogate back through ``a += beta*S``)."""
+    x, v0, _ = _inputs(4, (3,), torch.float64, adaptive=False, seed=11)
+    tau = torch.tensor(0.35, dtype=torch.float64)
+    vth = torch.tensor(0.7, dtype=torch.float64)
+    if kw.get("convention") != "snntorch":
+        kw = dict(kw, detach_reset=True)
+
+    def f(x, v0, tau, vth):
+        out = lif_scan(x, v0, tau_inv=tau, v_threshold=vth, return_v_seq=True, backend=backend, **kw)
+        return out.v_seq, out.v_last
+
+    ins = [t.clone().requires_grad_() for t in (x, v0, tau, vth)]
+    assert torch.autograd.gradcheck(f, ins, eps=1e-6, atol=1e-7, rtol=1e-6)

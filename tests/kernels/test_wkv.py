@@ -223,9 +223,9 @@ def test_bad_input_raises_clear_errors():
         wkv(td, tf, k[0], v)
     with pytest.raises(ValueError, match=r"v must have shape \(2, 4, 3\)"):
         wkv(td, tf, k, v[:, :3])
-    with pytest.raises(ValueError, match="time_decay must have shape"):
+    with pytest.raises(ValueError, match=r"w \(time_decay\) must have shape"):
         wkv(td[:2], tf, k, v)
-    with pytest.raises(ValueError, match="time_first must have shape"):
+    with pytest.raises(ValueError, match=r"u \(time_first\) must have shape"):
         wkv(td, tf[None], k, v)
     with pytest.raises(TypeError, match="k must have dtype"):
         wkv(td, tf, k.long(), v.long())
@@ -233,7 +233,7 @@ def test_bad_input_raises_clear_errors():
         wkv(td, tf, k, v.double())
     with pytest.raises(ValueError, match="0 tokens"):
         wkv(td, tf, k[:, :0], v[:, :0])
-    with pytest.raises(ValueError, match="time_decay must be finite"):
+    with pytest.raises(ValueError, match=r"w \(time_decay\) must be finite"):
         wkv(torch.full_like(td, float("nan")), tf, k, v)
     with pytest.raises(ValueError, match="state.bb must have shape"):
         wkv(td, tf, k, v, (state[0], state[1][:1], state[2]))
@@ -241,7 +241,7 @@ def test_bad_input_raises_clear_errors():
         wkv(td, tf, k, v, state[0])
     with pytest.raises(ValueError, match="backend must be"):
         wkv(td, tf, k, v, backend="cuda")
-    with pytest.raises(TypeError, match="time_decay must be a torch.Tensor"):
+    with pytest.raises(TypeError, match=r"w \(time_decay\) must be a torch.Tensor"):
         wkv([0.0] * 3, tf, k, v)
 
 
@@ -281,3 +281,42 @@ def test_matches_transformers_rwkv_attention():
         torch.testing.assert_close(out_ours, out_hf, rtol=1e-5, atol=1e-5)
         for a, b in zip(state_ours, state_hf):
             torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.slow
+def test_torch_compile_fullgraph_forward_and_backward():
+    td, tf, k, v, _ = _inputs(2, 3, 5, dtype=torch.float32, seed=13, with_state=False)
+    leaves = [t.clone().requires_grad_(True) for t in (td, tf, k, v)]
+
+    def f(td, tf, k, v):
+        y, s = wkv(td, tf, k, v, backend="cpu")
+        return (y * 2).sum() + s.aa.sum()
+
+    compiled = torch.compile(f, backend="aot_eager", fullgraph=True)
+    g_compiled = torch.autograd.grad(compiled(*leaves), leaves)
+    g_eager = torch.autograd.grad(f(*leaves), leaves)
+    for a, b in zip(g_compiled, g_eager):
+        torch.testing.assert_close(a, b)
+
+
+def test_auto_backend_is_the_fused_cpu_kernel_on_cpu():
+    from neurostep.engine import KERNELS
+
+    assert KERNELS.choose("wkv", "auto", torch.device("cpu")) == "cpu"
+    td, tf, k, v, state = _inputs(1, 4, 3, seed=14)
+    torch.testing.assert_close(wkv(td, tf, k, v, state)[0], wkv(td, tf, k, v, state, backend="cpu")[0],
+                               rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("backend", ["reference", "cpu"])
+def test_tie_in_the_state_max_splits_the_gradient_like_torch_maximum(backend):
+    # time_decay 0 -> log-decay exactly -1; after token 0, pp = k_0, so k_1 = k_0 - 1 ties w + pp == k_1.
+    td = torch.zeros(2, dtype=torch.float64)
+    tf = torch.tensor([0.3, -0.2], dtype=torch.float64)
+    k = torch.tensor([[[0.5, 2.0], [-0.5, 1.0]]], dtype=torch.float64)
+    v = torch.tensor([[[1.0, -2.0], [0.5, 3.0]]], dtype=torch.float64)
+    state = list(init_state(1, 2, dtype=torch.float64))
+    y0, s0, g0 = _grads(_via_autograd_reference, td, tf, k, v, state)
+    y1, s1, g1 = _grads(_via_op(backend), td, tf, k, v, state)
+    for name, a, b in zip(NAMES, [y1, *s1, *g1], [y0, *s0, *g0]):
+        _assert_close(a, b, rtol=1e-12, atol=1e-12, what=f"{backend} {name}")

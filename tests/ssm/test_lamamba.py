@@ -32,7 +32,7 @@ def test_ss2d_direction_orders_round_trip():
 
 def test_ss2d_is_global():
     torch.manual_seed(1)
-    m = SS2D(8, d_state=2)
+    m = SS2D(8, d_state=2, backend="reference")
     x = torch.randn(1, 20, 8, requires_grad=True)
     y = m(x, (4, 5))
     # Every output position sees every input position through one of the four scans.
@@ -131,6 +131,11 @@ def test_block_composition_unconditioned():
     y = mixer(x, grid_size=(4, 4))
     h = x + mixer.ss2d(mixer.norm1(x), (4, 4))
     torch.testing.assert_close(y, h + mixer.attn(mixer.norm2(h), (4, 4)) - x, rtol=1e-5, atol=1e-6)
+    # a construction-time grid is used when the call gives none (16 tokens as 2 x 8, not 4 x 4)
+    wide = create_mixer("lamamba", 16, num_heads=2, grid_size=(2, 8))
+    wide.load_state_dict(mixer.state_dict())
+    torch.testing.assert_close(wide(x), mixer(x, grid_size=(2, 8)))
+    assert (wide(x) - y).abs().max() > 1e-6
 
 
 def test_bad_grid_and_input():

@@ -69,6 +69,8 @@ def test_step_and_stateful_scan_raise():
     m = BidirectionalMamba(8, d_state=2)
     with pytest.raises(NotImplementedError, match="step_direction"):
         m.step(torch.randn(1, 8), m.init_state(1))
+    with pytest.raises(NotImplementedError, match="step_direction"):
+        m.decode_step_(torch.randn(1, 8), m.init_state(1), -torch.exp(m.A_log))
     with pytest.raises(ValueError, match="cannot resume"):
         m.scan(torch.randn(1, 3, 8), state=m.init_state(1))
 

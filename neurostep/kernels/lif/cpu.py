@@ -4,7 +4,7 @@ Layout (the choice that matters most on CPU): ``prange`` over a few contiguous b
 lanes, then time, then the lanes of the block in a branch-free inner loop that LLVM
 vectorizes. The state of a block stays in L1/L2 across all T steps, and every time step
 streams one contiguous row segment of x / h / spikes. Looping over time *inside* a lane
-(strided access) is about 30x slower.
+(strided access) is about 30x slower (REFERENCE.md section 8).
 
 Only ``h`` (pre-reset membrane, plus ``theta`` when the threshold adapts) is saved for the
 backward; spikes and the post-reset membrane are recomputed from it with the forward's exact
@@ -26,8 +26,8 @@ from numba import prange
 from neurostep.kernels.lif.common import LIFParams
 from neurostep.kernels.lif.surrogates import sg_block, sg_constant
 
-_MIN_BLOCK = 256
-_MAX_BLOCK = 1024
+_MIN_BLOCK = 1024
+_MAX_BLOCK = 4096
 
 
 def _block_size(n: int) -> int:
@@ -54,7 +54,7 @@ def _forward_kernel(x, v0, a0, spikes, h_out, theta_out, vseq, v_last, a_last, k
         a = a0[lo:lo + n].copy()
         for t in range(T):
             # row segments as slices indexed from 0: an index like lo + j could be negative to numba's
-            # eyes, and the wraparound check that it then emits stops vectorization (15x slower)
+            # eyes, and the wraparound check that it then emits stops vectorization (13x slower)
             xr = x[t, lo:lo + n]
             hr = h_out[t, lo:lo + n]
             sr = spikes[t, lo:lo + n]
@@ -121,7 +121,6 @@ def _backward_kernel(x, v0, h, theta, g_spikes, g_vseq, g_vlast, g_alast, gx, gv
         th[:] = vth
         z = np.empty(n, dtype=cv.dtype)
         sg = np.empty(n, dtype=cv.dtype)
-        tmp = np.empty(n, dtype=cv.dtype)
         gh_s = np.empty(n, dtype=cv.dtype)
         ibuf = np.empty(n, dtype=np.int32)
         gk_acc = np.zeros(n, dtype=cv.dtype)
@@ -137,7 +136,7 @@ def _backward_kernel(x, v0, h, theta, g_spikes, g_vseq, g_vlast, g_alast, gx, gv
                     th[j] = tr[j]
             for j in range(n):
                 z[j] = hr[j] - th[j]
-            sg_block(sid, alpha, sg_c, z, sg, tmp, ibuf, n, fast)
+            sg_block(sid, alpha, sg_c, z, sg, ibuf, n, fast)
             # Loads and stores are unconditional and flags only pick between computed values
             # (selects): a load or store under an `if` cannot be if-converted, and the branch would
             # stop LLVM from vectorizing the loop.
@@ -156,6 +155,23 @@ def _backward_kernel(x, v0, h, theta, g_spikes, g_vseq, g_vlast, g_alast, gx, gv
                     keep = (one - r) if snn_reset == 1 else one
                     cv[j] = gh * omk * keep
                     gk_acc[j] -= gh * (keep * vpj)
+                continue
+            if not adaptive and not need_k:
+                # the common case, without the adaptation state and the stash for d/d tau_inv
+                for j in range(n):
+                    hj = hr[j]
+                    gst = gsr[j]
+                    sgj = sg[j]
+                    s = one if z[j] >= zero else zero
+                    gv = cv[j] + gvr[j]
+                    dvds = (vr - hj) if hard else -vth
+                    gs_tot = gst if detach else gst + gv * dvds
+                    gh = gs_tot * sgj + (gv * (one - s) if hard else gv)
+                    gth = -gs_tot * sgj
+                    gth = gth if hard else gth - s * gv
+                    gvth_acc[j] += gth
+                    gxr[j] = gh * k if decay else gh
+                    cv[j] = gh * omk
                 continue
             for j in range(n):
                 hj = hr[j]
@@ -209,6 +225,9 @@ def _backward_kernel(x, v0, h, theta, g_spikes, g_vseq, g_vlast, g_alast, gx, gv
         gvth_part[b] = s_th
 
 
+_NP_DTYPE = {torch.float32: np.float32, torch.float64: np.float64}
+
+
 def _np(t: torch.Tensor) -> np.ndarray:
     return t.detach().numpy()
 
@@ -233,10 +252,12 @@ def forward(x: torch.Tensor, v0: torch.Tensor, a0: torch.Tensor | None, p: LIFPa
     theta = torch.empty_like(x) if adaptive else x.new_empty((1, 1))
     vseq = torch.empty_like(x) if need_vseq else x.new_empty((1, 1))
     v_last = x.new_empty(N)
-    a_last = x.new_empty(N) if adaptive else x.new_empty(N)
-    a0_arr = a0 if (adaptive and a0 is not None) else x.new_zeros(N)
+    a_last = x.new_empty(N)  # written (as zeros) even when not adaptive: the kernel has no branch for it
+    # scratch zeros come from numpy: a torch fill of this size is a parallel region, which waits for
+    # torch's worker thread to be scheduled (milliseconds on a loaded machine)
+    a0_arr = _np(a0) if (adaptive and a0 is not None) else np.zeros(N, dtype=_NP_DTYPE[x.dtype])
     k, omk, vth, vr, vr_c, rho, beta, one = _scalars(p, x.dtype)
-    _forward_kernel(_np(x), _np(v0), _np(a0_arr), _np(spikes), _np(h), _np(theta), _np(vseq), _np(v_last),
+    _forward_kernel(_np(x), _np(v0), a0_arr, _np(spikes), _np(h), _np(theta), _np(vseq), _np(v_last),
                     _np(a_last), k, omk, vth, vr, vr_c, rho, beta, one, p.hard, p.decay_input, p.snn, p.snn_reset,
                     adaptive, need_vseq, _block_size(N))
     return spikes, v_last, (a_last if adaptive else None), (vseq if need_vseq else None), h, \
@@ -250,8 +271,8 @@ def backward(x: torch.Tensor | None, v0: torch.Tensor, h: torch.Tensor, theta: t
     _check_dtype(h)
     T, N = h.shape
     adaptive = theta is not None
-    zrow = h.new_zeros((1, N))
-    zvec = h.new_zeros(N)
+    zrow = np.zeros((1, N), dtype=_NP_DTYPE[h.dtype])  # numpy, not torch: see forward()
+    zvec = np.zeros(N, dtype=_NP_DTYPE[h.dtype])
     block = _block_size(N)
     nb = -(-N // block)
     gx = torch.empty_like(h)
@@ -260,15 +281,15 @@ def backward(x: torch.Tensor | None, v0: torch.Tensor, h: torch.Tensor, theta: t
     gk_part = np.zeros(nb, dtype=np.float64)
     gvth_part = np.zeros(nb, dtype=np.float64)
     need_k = bool(need_k_grad) and not p.snn
-    x_arr = x if (need_k and p.decay_input and x is not None) else zrow
+    x_arr = _np(x) if (need_k and p.decay_input and x is not None) else zrow
     k, omk, vth, vr, vr_c, rho, beta, one = _scalars(p, h.dtype)
     fast = h.dtype == torch.float32
     ftype = np.float32 if fast else np.float64
     alpha, sg_c = ftype(p.alpha), ftype(sg_constant(p.sid, p.alpha))
     _backward_kernel(
-        _np(x_arr), _np(v0), _np(h), _np(theta if adaptive else zrow),
-        _np(g_spikes if g_spikes is not None else zrow), _np(g_vseq if g_vseq is not None else zrow),
-        _np(g_vlast if g_vlast is not None else zvec), _np(g_alast if (adaptive and g_alast is not None) else zvec),
+        x_arr, _np(v0), _np(h), _np(theta) if adaptive else zrow,
+        _np(g_spikes) if g_spikes is not None else zrow, _np(g_vseq) if g_vseq is not None else zrow,
+        _np(g_vlast) if g_vlast is not None else zvec, _np(g_alast) if (adaptive and g_alast is not None) else zvec,
         _np(gx), _np(gv0), _np(ga0), gk_part, gvth_part, k, omk, vth, vr, vr_c, rho, beta, one,
         p.hard, p.decay_input, p.detach_reset, p.snn, p.snn_reset, adaptive,
         g_spikes is not None, g_vseq is not None, need_k, p.sid, alpha, sg_c, fast, block,

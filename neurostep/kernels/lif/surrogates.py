@@ -160,21 +160,28 @@ _C7 = np.float32(1.0 / 5040.0)
 # FMA contraction (only) is allowed here: it halves the polynomial's instruction count and is more
 # accurate, and nothing compares this exp bit-exactly.
 @numba.njit(cache=True, error_model="numpy", fastmath={"contract"})
-def _vexp_neg_f32(z, out, ibuf, n):  # pragma: no cover - compiled
-    """out[:n] = exp(z[:n]) for z <= 0 in float32 (< 3e-7 relative error), vectorizable.
+def _exp_surrogate_f32(z, out, ibuf, n, kind, a, c):  # pragma: no cover - compiled
+    """An exp-based surrogate derivative (or a plain exp) over a block, in float32, vectorizable.
 
-    exp(z) = 2^m * exp(r) with m = round(z*log2 e) and |r| <= ln2/2; exp(r) by a degree-7 Taylor
-    polynomial (truncation < 1e-8 relative); 2^m built from its IEEE exponent bits in an int32
-    buffer viewed as float32 (a scalar bit-cast is not expressible in numba). Rounding uses the
-    1.5*2^23 trick (np.floor is a scalar libm call here). Results below e^-69 (~1e-30) are
-    flushed to 0: they are negligible as gradients and would otherwise breed denormals, whose
-    arithmetic is ~100x slower.
+    kind 0: sigmoid ``a*u/(1+u)^2`` with ``u = exp(-a|z|)``; 1: ``c*exp(-a|z|)`` (piecewise exp);
+    2: ``c*exp(-(a z)^2)`` (erf); 3: ``exp(z)`` for ``z <= 0``. z and out must not overlap (LLVM
+    checks at run time and falls back to scalar code when they do).
+
+    exp(w) = 2^m * exp(r) with m = round(w*log2 e) and |r| <= ln2/2; exp(r) by a degree-7 Taylor
+    polynomial (truncation < 1e-8 relative, < 3e-7 overall); 2^m is built from its IEEE exponent
+    bits in an int32 buffer viewed as float32 (numba has no scalar bit-cast). Rounding uses the
+    1.5*2^23 trick (np.floor is a scalar libm call here). exp(w) below e^-69 (~1e-30) is flushed
+    to 0: negligible as a gradient, and denormals would make the arithmetic ~100x slower. The
+    kind switch is a select between computed values, so the loops have no branches.
     """
     for j in range(n):
-        zj = np.float32(z[j])
-        zc = _EXP_LO if zj < _EXP_LO else zj  # written so that NaN passes through
-        m = (zc * _LOG2E + _ROUND) - _ROUND
-        r = (zc - m * _LN2_HI) - m * _LN2_LO
+        zj = z[j]
+        az = a * zj
+        w = -(az * az) if kind == 2 else (zj if kind == 3 else -a * abs(zj))
+        w = np.float32(w)
+        wc = _EXP_LO if w < _EXP_LO else w  # written so that NaN passes through
+        m = (wc * _LOG2E + _ROUND) - _ROUND
+        r = (wc - m * _LN2_HI) - m * _LN2_LO
         p = _C7
         p = p * r + _C6
         p = p * r + _C5
@@ -183,25 +190,19 @@ def _vexp_neg_f32(z, out, ibuf, n):  # pragma: no cover - compiled
         p = p * r + _C2
         p = p * r + _ONE
         p = p * r + _ONE
-        out[j] = _ZERO if zj < _EXP_LO else p
+        out[j] = _ZERO if w < _EXP_LO else p
         ibuf[j] = (np.int32(m) + np.int32(127)) << np.int32(23)
     scale = ibuf.view(np.float32)
     for j in range(n):
-        out[j] = out[j] * scale[j]
+        u = out[j] * scale[j]
+        d = _ONE + u
+        out[j] = a * u / (d * d) if kind == 0 else (u if kind == 3 else c * u)
 
 
 @numba.njit(cache=True, error_model="numpy")
-def _exp_block(z, out, ibuf, n, fast):  # pragma: no cover - compiled
-    """out[:n] = exp(z[:n]) for z <= 0: fast polynomial (float32 data) or libm (float64 data).
-
-    z and out must be distinct buffers: LLVM checks for overlap at run time and falls back to
-    scalar code when they alias (measured 25x slower).
-    """
-    if fast:
-        _vexp_neg_f32(z, out, ibuf, n)
-    else:
-        for j in range(n):
-            out[j] = math.exp(z[j])
+def _vexp_neg_f32(z, out, ibuf, n):  # pragma: no cover - compiled
+    """out[:n] = exp(z[:n]) for z <= 0 in float32 (see _exp_surrogate_f32); z, out distinct."""
+    _exp_surrogate_f32(z, out, ibuf, n, 3, _ONE, _ONE)
 
 
 def sg_constant(sid: int, alpha: float) -> float:
@@ -216,22 +217,22 @@ def sg_constant(sid: int, alpha: float) -> float:
 
 
 @numba.njit(cache=True, error_model="numpy")
-def sg_block(sid, a, c, z, out, tmp, ibuf, n, fast):  # pragma: no cover - compiled
+def sg_block(sid, a, c, z, out, ibuf, n, fast):  # pragma: no cover - compiled
     """out[:n] = surrogate'(z[:n]) for surrogate id ``sid``, alpha ``a`` and ``c = sg_constant(sid, a)``.
 
-    z, out, tmp: 1-d float arrays (same dtype) of length >= n; ibuf: int32 scratch (>= n);
+    z, out: distinct 1-d float arrays (same dtype) of length >= n; ibuf: int32 scratch (>= n);
     a, c: scalars of the data dtype; fast: use the float32 polynomial exp (float32 data only).
     All constants are exact float32 numbers or come in through ``c``, so float32 data is computed
     in float32 (8 lanes per AVX2 vector) and float64 data in float64.
     """
     if sid == 0:  # sigmoid: a*s*(1-s) = a*u/(1+u)^2 with u = exp(-a|z|) <= 1 (no overflow)
-        for j in range(n):
-            tmp[j] = -a * abs(z[j])
-        _exp_block(tmp, out, ibuf, n, fast)
-        for j in range(n):
-            u = out[j]
-            d = _ONE + u
-            out[j] = a * u / (d * d)
+        if fast:
+            _exp_surrogate_f32(z, out, ibuf, n, 0, a, c)
+        else:
+            for j in range(n):
+                u = math.exp(-a * abs(z[j]))
+                d = _ONE + u
+                out[j] = a * u / (d * d)
     elif sid == 1:  # atan, c = pi/2*a
         for j in range(n):
             w = c * z[j]
@@ -241,11 +242,11 @@ def sg_block(sid, a, c, z, out, tmp, ibuf, n, fast):  # pragma: no cover - compi
             g = a - c * abs(z[j])
             out[j] = g if g > _ZERO else _ZERO
     elif sid == 3:  # piecewise exp, c = a/2
-        for j in range(n):
-            tmp[j] = -a * abs(z[j])
-        _exp_block(tmp, out, ibuf, n, fast)
-        for j in range(n):
-            out[j] = c * out[j]
+        if fast:
+            _exp_surrogate_f32(z, out, ibuf, n, 1, a, c)
+        else:
+            for j in range(n):
+                out[j] = c * math.exp(-a * abs(z[j]))
     elif sid == 4:  # soft sign
         for j in range(n):
             d = _ONE + a * abs(z[j])
@@ -255,12 +256,12 @@ def sg_block(sid, a, c, z, out, tmp, ibuf, n, fast):  # pragma: no cover - compi
             d = _ONE + abs(z[j])
             out[j] = a / (d * d)
     elif sid == 6:  # erf, c = a/sqrt(pi)
-        for j in range(n):
-            az = a * z[j]
-            tmp[j] = -(az * az)
-        _exp_block(tmp, out, ibuf, n, fast)
-        for j in range(n):
-            out[j] = c * out[j]
+        if fast:
+            _exp_surrogate_f32(z, out, ibuf, n, 2, a, c)
+        else:
+            for j in range(n):
+                az = a * z[j]
+                out[j] = c * math.exp(-(az * az))
     else:  # fast sigmoid
         for j in range(n):
             d = _ONE + a * abs(z[j])

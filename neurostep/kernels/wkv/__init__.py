@@ -1,14 +1,15 @@
 """RWKV-4 WKV (the attention of RWKV-4 and SpikeGPT) as one fused, differentiable op.
 
-``wkv(time_decay, time_first, k, v, state=None, backend="auto") -> (y, state)``. The first
-argument is RWKV's raw ``time_decay`` parameter; the op applies ``w = -exp(time_decay)`` itself
-(as RWKV-4, SpikeGPT and transformers' RWKV do), so the per-step decay factor is
-``exp(w) = exp(-exp(time_decay)) in (0, 1)``. ``time_first`` is the bonus ``u`` of the current
-token. Equations: ``reference.py``. The state ``(aa, bb, pp)`` is the numerically stable form
+``wkv(w, u, k, v, state=None, backend="auto") -> (y, state)``. ``w`` is RWKV's raw
+``time_decay`` parameter, not the decay: the op computes the log-decay ``-exp(w)`` itself (as
+RWKV-4, SpikeGPT and transformers' RWKV do), so each step scales the history by
+``exp(-exp(w))`` in (0, 1). ``u`` is ``time_first``, the bonus of the current token, used as is.
+Inside the backends (``reference.py``, ``cpu.py``, ``triton.py``) ``w`` already denotes the
+log-decay ``-exp(time_decay)``. The state ``(aa, bb, pp)`` is the numerically stable form
 (true numerator ``aa * exp(pp)``, denominator ``bb * exp(pp)``); a fresh state is
 ``(0, 0, -1e38)``.
 
-Backends: ``reference`` (torch loop, gradients by autograd), ``cpu`` (numba, fused),
+Backends: ``reference`` (torch loop, gradients by ``torch.func.vjp`` of it), ``cpu`` (numba, fused),
 ``triton`` (CUDA, or CPU under ``TRITON_INTERPRET=1``). Registered as the custom ops
 ``neurostep::wkv_forward`` / ``neurostep::wkv_backward`` with fake implementations.
 
@@ -32,6 +33,7 @@ import torch
 
 from neurostep.engine import KERNELS, OpCost, check_finite, check_nonempty, check_tensor, compute_dtype, register_cost
 from neurostep.engine.checks import check_backend_name
+from neurostep.kernels.wkv import reference
 
 OP = "wkv"
 _BACKENDS = ("reference", "cpu", "triton")
@@ -171,14 +173,15 @@ def _check_state(state: object, batch: int, channels: int, device: torch.device,
     return WKVState(*parts)
 
 
-def wkv(time_decay: torch.Tensor, time_first: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+def wkv(w: torch.Tensor, u: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
         state: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None, *,
         backend: str = "auto") -> tuple[torch.Tensor, WKVState]:
     """RWKV-4 WKV over a sequence.
 
     Args:
-        time_decay: ``(C,)`` raw decay parameter; the op uses ``w = -exp(time_decay)``. Finite.
-        time_first: ``(C,)`` bonus ``u`` of the current token. Finite.
+        w: ``(C,)`` RWKV's raw ``time_decay`` parameter, **not** the decay itself: the op uses
+            ``-exp(w)`` as the log-decay per step (RWKV-4/SpikeGPT/transformers convention). Finite.
+        u: ``(C,)`` ``time_first``, the bonus of the current token (used as is). Finite.
         k, v: ``(B, T, C)``, ``T >= 1``; fp16/bf16/fp32/fp64. NaN in them propagates to ``y``.
         state: ``(aa, bb, pp)`` each ``(B, C)``, or None for a fresh state. Differentiable.
         backend: ``"auto"`` (cpu on CPU tensors, triton on CUDA), ``"reference"``, ``"cpu"``, ``"triton"``.
@@ -194,39 +197,37 @@ def wkv(time_decay: torch.Tensor, time_first: torch.Tensor, k: torch.Tensor, v: 
     v = check_tensor("v", v, shape=(B, T, C), device=device)
     if v.dtype != k.dtype:
         raise TypeError(f"v must have the dtype of k ({k.dtype}), got {v.dtype}")
-    time_decay = check_tensor("time_decay", time_decay, shape=(C,), device=device)
-    time_first = check_tensor("time_first", time_first, shape=(C,), device=device)
+    w = check_tensor("w (time_decay)", w, shape=(C,), device=device)
+    u = check_tensor("u (time_first)", u, shape=(C,), device=device)
     check_nonempty("k", k, 1, "tokens")
     if not torch.compiler.is_compiling():
         # a data-dependent check: it would break a torch.compile graph, so it runs eagerly only
-        check_finite("time_decay", time_decay)
-        check_finite("time_first", time_first)
+        check_finite("w (time_decay)", w)
+        check_finite("u (time_first)", u)
     cd = compute_dtype(k.dtype)
     state = init_state(B, C, device, cd) if state is None else _check_state(state, B, C, device, cd)
     name = KERNELS.choose(OP, backend, device)
-    save = torch.is_grad_enabled() and any(
-        t.requires_grad for t in (time_decay, time_first, k, v, *state))
-    y, aa, bb, pp, _ = _wkv_forward(time_decay, time_first, k, v, state.aa, state.bb, state.pp, name, save)
+    save = torch.is_grad_enabled() and any(t.requires_grad for t in (w, u, k, v, *state))
+    y, aa, bb, pp, _ = _wkv_forward(w, u, k, v, state.aa, state.bb, state.pp, name, save)
     return y, WKVState(aa, bb, pp)
 
 
-def wkv_step(time_decay: torch.Tensor, time_first: torch.Tensor, k_t: torch.Tensor, v_t: torch.Tensor,
+def wkv_step(w: torch.Tensor, u: torch.Tensor, k_t: torch.Tensor, v_t: torch.Tensor,
              state: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None) -> tuple[torch.Tensor, WKVState]:
     """One token in plain torch (for decoding): ``k_t, v_t`` ``(B, C)`` -> ``(y_t (B, C), state)``.
 
-    Same semantics as :func:`wkv` with ``T = 1``; differentiable through autograd.
+    Same arguments and semantics as :func:`wkv` with ``T = 1`` (``w`` is the raw ``time_decay``);
+    differentiable through autograd.
     """
-    from neurostep.kernels.wkv import reference
-
     k_t = check_tensor("k_t", k_t, ndim=2)
     B, C = k_t.shape
     device = k_t.device
     check_tensor("v_t", v_t, shape=(B, C), device=device)
-    check_tensor("time_decay", time_decay, shape=(C,), device=device)
-    check_tensor("time_first", time_first, shape=(C,), device=device)
+    check_tensor("w (time_decay)", w, shape=(C,), device=device)
+    check_tensor("u (time_first)", u, shape=(C,), device=device)
     cd = compute_dtype(k_t.dtype)
     state = init_state(B, C, device, cd) if state is None else _check_state(state, B, C, device, cd)
-    y, aa, bb, pp = reference.step(-torch.exp(time_decay.to(cd)), time_first.to(cd), k_t.to(cd), v_t.to(cd), *state)
+    y, aa, bb, pp = reference.step(-torch.exp(w.to(cd)), u.to(cd), k_t.to(cd), v_t.to(cd), *state)
     return y.to(k_t.dtype), WKVState(aa, bb, pp)
 
 

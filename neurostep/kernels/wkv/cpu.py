@@ -10,7 +10,7 @@ Exponentials dominate the cost, and in the max-shifted form one of each pair ``e
 b))``, ``exp(b - max(a, b))`` is exactly 1: each step evaluates one ``exp(-|a - b|)`` per pair,
 2 exps per step forward and 2 in the backward (instead of 4 + 4).
 
-Backward (derivation in the package docstring): the adjoints of ``aa`` and ``bb`` are carried
+Backward (per-step formulas in the package docstring): the adjoints of ``aa`` and ``bb`` are carried
 in the shifted scale (``dL/daa``, ``dL/dbb``, bounded because every factor is ``<= 1``); the
 gradient of the output with respect to the running max is exactly zero (the shift cancels in
 ``y``), so only the part of ``dL/dpp`` that is not explained by ``aa`` and ``bb`` (``delta``,
