@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import subprocess
 import sys
 from collections.abc import Sequence
@@ -124,6 +125,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    # numba's and torch's OpenMP pools both spin-wait after parallel regions and starve each other
+    # on small machines; it must be set before either starts its pool (a user's setting wins).
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     if argv[:1] == ["energy"]:
         return _cmd_energy(argv[1:])
     args = build_parser().parse_args(argv)
