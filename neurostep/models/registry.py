@@ -62,6 +62,10 @@ class Registry:
 
         return decorate
 
+    def unregister_model(self, name: str) -> None:
+        """Remove a model entry (for tests and notebooks that register throwaway models)."""
+        self._models.pop(name, None)
+
     def create_model(self, name: str, **kwargs: Any) -> nn.Module:
         return self.model_entry(name).factory(**kwargs)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 
+import pytest
 import torch
 from torch import nn
 
@@ -26,12 +27,16 @@ def _example(model: nn.Module, batch: int) -> torch.Tensor:
     return torch.randn(batch, 4)
 
 
-try:
+@pytest.fixture(autouse=True)
+def _throwaway_models():
+    """Register two test-only models for the duration of each test, so that the registry test
+    (which covers every registered model) never sees them."""
     REGISTRY.register_model("energytest_tiny_snn", family="energytest", small_kwargs={"width": 3},
                             example_input=_example)(_TinySNN)
     REGISTRY.register_model("energytest_no_input", family="energytest")(_TinySNN)
-except ValueError:  # already registered by an earlier import of this module
-    pass
+    yield
+    REGISTRY.unregister_model("energytest_tiny_snn")
+    REGISTRY.unregister_model("energytest_no_input")
 
 
 def test_cli_prints_and_writes_reports(tmp_path, capsys):

@@ -24,19 +24,43 @@ def _sj_surrogate(name: str):
             "soft_sign": sj.SoftSign(alpha=2.0), "super_spike": sj.SuperSpike(alpha=1.0)}[name]
 
 
-def _compare(ours, theirs, x, check_v=True):
-    """Run both multi-step, compare spikes, membranes and d/dx of a loss on both outputs."""
-    x1 = x.detach().clone().requires_grad_()
-    x2 = x.detach().clone().requires_grad_()
+def _grad_of(run, x: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    x = x.detach().clone().requires_grad_()
+    spikes, v = run(x)
+    ((spikes * weights.to(x.dtype)).sum() + (v * weights.flip(0).to(x.dtype)).sum()).backward()
+    return x.grad
+
+
+def _compare(ours, theirs, x):
+    """Run both multi-step: spikes equal and membranes within 1e-6 in fp32; input gradients equal
+    (1e-7) when both run in float64, and ours in fp32 within fp32 round-off of that gradient.
+
+    Gradients are compared in float64 because they chain through up to T reset and leak factors
+    and the libraries round in a different order: in fp32 spikingjelly's own gradient is up to
+    ~2e-6 away from the float64 value on these inputs while ours stays within ~5e-7.
+    """
     weights = torch.randn(x.shape, generator=torch.Generator().manual_seed(1))
-    s1, v1, _ = ours.trace(x1)
-    s2 = theirs(x2)
-    v2 = theirs.v_seq
+
+    def run_ours(inp):
+        s, v, _ = ours.trace(inp)
+        return s, v
+
+    def run_theirs(inp):
+        theirs.reset()  # spikingjelly keeps the membrane between calls
+        return theirs(inp), theirs.v_seq
+
+    with torch.no_grad():
+        s1, v1 = run_ours(x.detach())
+        s2, v2 = run_theirs(x.detach())
     assert torch.equal(s1, s2)
     torch.testing.assert_close(v1, v2, rtol=0, atol=1e-6)
-    ((s1 * weights).sum() + (v1 * weights.flip(0)).sum()).backward()
-    ((s2 * weights).sum() + (v2 * weights.flip(0)).sum()).backward()
-    torch.testing.assert_close(x1.grad, x2.grad, rtol=0, atol=1e-6)
+    g_ours64 = _grad_of(run_ours, x.double(), weights)
+    theirs.double()
+    g_theirs64 = _grad_of(run_theirs, x.double(), weights)
+    theirs.float()
+    torch.testing.assert_close(g_ours64, g_theirs64, rtol=0, atol=1e-7)
+    g_ours32 = _grad_of(run_ours, x.float(), weights)
+    torch.testing.assert_close(g_ours32.double(), g_ours64, rtol=1e-5, atol=1e-6)
     return s1
 
 
@@ -85,8 +109,17 @@ def test_parametric_lif_matches_spikingjelly(backend, decay_input):
     theirs = neuron.ParametricLIFNode(init_tau=2.5, decay_input=decay_input,
                                       surrogate_function=_sj_surrogate("sigmoid"), step_mode="m", store_v_seq=True)
     torch.testing.assert_close(ours.w.detach(), theirs.w.detach().reshape(()))
-    _compare(ours, theirs, _drive(seed=5))
-    torch.testing.assert_close(ours.w.grad, theirs.w.grad.reshape(()), rtol=1e-5, atol=1e-6)
+    x = _drive(seed=5)
+    _compare(ours, theirs, x)
+    ours.double()
+    theirs.double()
+    theirs.reset()
+    for module in (ours, theirs):
+        module.zero_grad()
+        spikes = module(x.detach().double())
+        (spikes * torch.linspace(-1, 1, spikes.numel(), dtype=torch.float64).view(spikes.shape)).sum().backward()
+    torch.testing.assert_close(ours.w.grad, theirs.w.grad.reshape(()), rtol=1e-7, atol=1e-7)
+    assert ours.w.grad.abs() > 0
 
 
 @pytest.mark.peers
