@@ -145,7 +145,12 @@ def _forward_kernel(u, dt, At, B, C, Dv, gate, has_z, h0t, gs_b, gs_c, chunk, ou
 
 @numba.njit(parallel=True, cache=True, fastmath=False)
 def _backward_kernel(gout, glast, u, dt, At, B, C, Dv, gate, has_z, ckpt, gs_b, gs_c, chunk,
-                     du_out, ddt_out, dAt, dBbuf, dCbuf, dDv, dgate, dh0t):
+                     du_out, ddt_out, dAt, dBbuf, dCbuf, dDv, dgate, dh0t, w):
+    # ``w`` is W passed at run time: with a compile-time trip count of 16, LLVM fully unrolls the
+    # cheap lane loops and leaves them scalar (the SLP pass cannot prove the block arrays disjoint);
+    # with a run-time count the loop vectorizer handles them (runtime alias checks, 8-wide AVX2).
+    # The chunk is processed in passes: recompute states, gate gradient, the dx recurrence alone,
+    # then the per-(step, n, lane) terms with the reductions over N as separate loops.
     batch, dpad, length = u.shape
     n_state = At.shape[0]
     n_blocks = dpad // W
@@ -157,114 +162,149 @@ def _backward_kernel(gout, glast, u, dt, At, B, C, Dv, gate, has_z, ckpt, gs_b, 
         ty = u.dtype
         xs = np.empty((chunk + 1, n_state, W), dtype=ty)
         dec = np.empty((chunk, n_state, W), dtype=ty)
+        dxs = np.empty((chunk, n_state, W), dtype=ty)
+        bks = np.empty((chunk, n_state, W), dtype=ty)
+        cks = np.empty((chunk, n_state, W), dtype=ty)
         dx = np.empty((n_state, W), dtype=ty)
         a = np.empty((n_state, W), dtype=ty)
-        bb = np.empty((n_state, W), dtype=ty)
-        cc = np.empty((n_state, W), dtype=ty)
-        tb = np.empty((n_state, W), dtype=ty)
-        tc = np.empty((n_state, W), dtype=ty)
+        tbs = np.empty((chunk, n_state, W), dtype=ty)
+        tcs = np.empty((chunk, n_state, W), dtype=ty)
+        sdt = np.empty((n_state, chunk, W), dtype=ty)
+        pt = np.empty((chunk, n_state, W), dtype=ty)
+        sdu = np.empty((n_state, chunk, W), dtype=ty)
         acc_b = np.empty((n_state, W), dtype=ty)
         acc_c = np.empty((n_state, W), dtype=ty)
         dA_acc = np.zeros((n_state, W), dtype=ty)
         dD_acc = np.zeros(W, dtype=ty)
         dts = np.empty((chunk, W), dtype=ty)
         dtus = np.empty((chunk, W), dtype=ty)
-        uv = np.empty(W, dtype=ty)
-        g = np.empty(W, dtype=ty)
-        y = np.empty(W, dtype=ty)
-        du = np.empty(W, dtype=ty)
-        ddt = np.empty(W, dtype=ty)
+        uvs = np.empty((chunk, W), dtype=ty)
+        gs = np.empty((chunk, W), dtype=ty)
+        ys = np.empty((chunk, W), dtype=ty)
+        dus = np.empty((chunk, W), dtype=ty)
+        ddts = np.empty((chunk, W), dtype=ty)
         tmp = np.empty(W, dtype=ty)
         for n in range(n_state):
-            for j in range(W):
+            for j in range(w):
                 a[n, j] = At[n, d0 + j]
         for b in range(batch):
             bi = b if B.shape[0] > 1 else 0
             ci = b if C.shape[0] > 1 else 0
             for n in range(n_state):
-                for j in range(W):
+                for j in range(w):
                     dx[n, j] = glast[b, n, d0 + j]
             if not b_time:
-                _fill(bb, B, bi, d0, 0, gs_b)
+                for k in range(chunk):
+                    _fill(bks[k], B, bi, d0, 0, gs_b)
                 acc_b[:, :] = 0
             if not c_time:
-                _fill(cc, C, ci, d0, 0, gs_c)
+                for k in range(chunk):
+                    _fill(cks[k], C, ci, d0, 0, gs_c)
                 acc_c[:, :] = 0
             for c in range(n_chunks - 1, -1, -1):
                 start = c * chunk
                 stop = min(length, start + chunk)
                 for n in range(n_state):
-                    for j in range(W):
+                    for j in range(w):
                         xs[0, n, j] = ckpt[b, c, n, d0 + j]
                 # recompute this chunk's decays and states from its checkpoint
                 for l in range(start, stop):
                     k = l - start
                     if b_time:
-                        _fill(bb, B, bi, d0, l, gs_b)
-                    for j in range(W):
+                        _fill(bks[k], B, bi, d0, l, gs_b)
+                    if c_time:
+                        _fill(cks[k], C, ci, d0, l, gs_c)
+                    for j in range(w):
                         dts[k, j] = dt[b, d0 + j, l]
-                        dtus[k, j] = dts[k, j] * u[b, d0 + j, l]
+                        uvs[k, j] = u[b, d0 + j, l]
+                        dtus[k, j] = dts[k, j] * uvs[k, j]
                     for n in range(n_state):
-                        for j in range(W):
+                        for j in range(w):
                             e = vexp(dts[k, j] * a[n, j])
                             dec[k, n, j] = e
-                            xs[k + 1, n, j] = e * xs[k, n, j] + dtus[k, j] * bb[n, j]
-                # adjoint recurrence backwards through the chunk; dx holds dLoss/dx_l
-                for l in range(stop - 1, start - 1, -1):
-                    k = l - start
-                    if b_time:
-                        _fill(bb, B, bi, d0, l, gs_b)
-                    if c_time:
-                        _fill(cc, C, ci, d0, l, gs_c)
-                    for j in range(W):
-                        g[j] = gout[b, d0 + j, l]
-                        uv[j] = u[b, d0 + j, l]
-                    if has_z:
-                        for j in range(W):
-                            y[j] = Dv[d0 + j] * uv[j]
-                        for n in range(n_state):
-                            for j in range(W):
-                                y[j] += xs[k + 1, n, j] * cc[n, j]
-                        for j in range(W):
-                            dgate[b, d0 + j, l] = g[j] * y[j]
-                            g[j] *= gate[b, d0 + j, l]
-                    for j in range(W):
-                        dD_acc[j] += g[j] * uv[j]
-                        du[j] = g[j] * Dv[d0 + j]
-                        ddt[j] = 0
+                            xs[k + 1, n, j] = e * xs[k, n, j] + dtus[k, j] * bks[k, n, j]
+                nk = stop - start
+                # output gradient (through the gate) of every step of the chunk; reductions over N
+                # run with n outermost so that no per-lane accumulator is carried across n
+                for k in range(nk):
+                    for j in range(w):
+                        gs[k, j] = gout[b, d0 + j, start + k]
+                if has_z:
+                    for k in range(nk):
+                        for j in range(w):
+                            ys[k, j] = Dv[d0 + j] * uvs[k, j]
                     for n in range(n_state):
-                        for j in range(W):
-                            tc[n, j] = g[j] * xs[k + 1, n, j]
-                            dxn = dx[n, j] + g[j] * cc[n, j]
-                            t = dxn * xs[k, n, j] * dec[k, n, j]
-                            dA_acc[n, j] += t * dts[k, j]
-                            dxb = dxn * bb[n, j]
-                            ddt[j] += t * a[n, j] + dxb * uv[j]
-                            du[j] += dts[k, j] * dxb
-                            tb[n, j] = dxn * dtus[k, j]
+                        for k in range(nk):
+                            for j in range(w):
+                                ys[k, j] += xs[k + 1, n, j] * cks[k, n, j]
+                    for k in range(nk):
+                        for j in range(w):
+                            dgate[b, d0 + j, start + k] = gs[k, j] * ys[k, j]
+                            gs[k, j] *= gate[b, d0 + j, start + k]
+                # adjoint recurrence backwards through the chunk: only dx (a short serial chain);
+                # dxs[k] holds dLoss/dx_k including step k's output term
+                for k in range(nk - 1, -1, -1):
+                    for n in range(n_state):
+                        for j in range(w):
+                            dxn = dx[n, j] + gs[k, j] * cks[k, n, j]
+                            dxs[k, n, j] = dxn
                             dx[n, j] = dxn * dec[k, n, j]
-                    for j in range(W):
-                        du_out[b, d0 + j, l] = du[j]
-                        ddt_out[b, d0 + j, l] = ddt[j]
+                # everything else depends on dxs only: per-(k, n, lane) terms, stored
+                # (one store per loop: few pointers, so LLVM's runtime alias checks stay cheap
+                # and every loop vectorizes over the lanes)
+                for k in range(nk):
+                    for n in range(n_state):
+                        for j in range(w):
+                            pt[k, n, j] = dxs[k, n, j] * xs[k, n, j] * dec[k, n, j]
+                    for n in range(n_state):
+                        for j in range(w):
+                            dA_acc[n, j] += pt[k, n, j] * dts[k, j]
+                    for n in range(n_state):
+                        for j in range(w):
+                            sdt[n, k, j] = pt[k, n, j] * a[n, j] + dxs[k, n, j] * bks[k, n, j] * uvs[k, j]
+                    for n in range(n_state):
+                        for j in range(w):
+                            sdu[n, k, j] = dxs[k, n, j] * bks[k, n, j] * dts[k, j]
+                    for n in range(n_state):
+                        for j in range(w):
+                            tbs[k, n, j] = dxs[k, n, j] * dtus[k, j]
+                    for n in range(n_state):
+                        for j in range(w):
+                            tcs[k, n, j] = gs[k, j] * xs[k + 1, n, j]
+                for k in range(nk):
+                    for j in range(w):
+                        dD_acc[j] += gs[k, j] * uvs[k, j]
+                        dus[k, j] = gs[k, j] * Dv[d0 + j]
+                        ddts[k, j] = 0
+                for n in range(n_state):
+                    for k in range(nk):
+                        for j in range(w):
+                            ddts[k, j] += sdt[n, k, j]
+                            dus[k, j] += sdu[n, k, j]
+                for k in range(nk):
+                    l = start + k
+                    for j in range(w):
+                        du_out[b, d0 + j, l] = dus[k, j]
+                        ddt_out[b, d0 + j, l] = ddts[k, j]
                     if b_time:
-                        _scatter(dBbuf, tb, slot, bi, d0, l, gs_b, tmp)
+                        _scatter(dBbuf, tbs[k], slot, bi, d0, l, gs_b, tmp)
                     else:
-                        acc_b += tb
+                        acc_b += tbs[k]
                     if c_time:
-                        _scatter(dCbuf, tc, slot, ci, d0, l, gs_c, tmp)
+                        _scatter(dCbuf, tcs[k], slot, ci, d0, l, gs_c, tmp)
                     else:
-                        acc_c += tc
+                        acc_c += tcs[k]
             if not b_time:
                 _scatter(dBbuf, acc_b, slot, bi, d0, 0, gs_b, tmp)
             if not c_time:
                 _scatter(dCbuf, acc_c, slot, ci, d0, 0, gs_c, tmp)
             for n in range(n_state):
-                for j in range(W):
+                for j in range(w):
                     dh0t[b, n, d0 + j] = dx[n, j]
         for n in range(n_state):
-            for j in range(W):
+            for j in range(w):
                 dAt[n, d0 + j] = dA_acc[n, j]
-        for j in range(W):
+        for j in range(w):
             dDv[d0 + j] = dD_acc[j]
 
 
@@ -333,7 +373,7 @@ def backward(grad_out, grad_last, u, delta, A, B, C, D, z, delta_bias, h0, saved
     dh0t = u.new_empty(batch, n_state, dpad)
     _backward_kernel(_np(gp), _np(glast), _np(up), _np(dtp), _np(At), _np(Bk), _np(Ck), _np(Dv), _np(gate),
                      z is not None, _np(saved), dim // B.shape[1], dim // C.shape[1], CHUNK, _np(du), _np(ddt),
-                     _np(dAt), _np(dBbuf), _np(dCbuf), _np(dDv), _np(dgate), _np(dh0t))
+                     _np(dAt), _np(dBbuf), _np(dCbuf), _np(dDv), _np(dgate), _np(dh0t), W)
     if dpad != dim:
         du, ddt, dgate = du[:, :dim], ddt[:, :dim], (dgate[:, :dim] if z is not None else dgate)
     if delta_softplus:
