@@ -161,10 +161,11 @@ def test_hf_vit():
     _train_lowers_loss(model, lambda: model(pixel_values=x, labels=y).loss)
 
 
-def test_gpt2_causal():
+@pytest.mark.parametrize("kind", ["softmax_attention", "mamba", "spikegpt_timemix"])
+def test_gpt2_causal(kind):
     torch.manual_seed(0)
     model = _tiny_gpt2()
-    replace_attention(model, "softmax_attention")
+    replace_attention(model, kind)
     assert model.config.use_cache is False
     ids = torch.randint(0, 32, (2, 8))
     _train_lowers_loss(model, lambda: model(input_ids=ids, labels=ids).loss)

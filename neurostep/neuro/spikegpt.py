@@ -66,6 +66,8 @@ class SpikingTimeMix(Recurrent):
     ``"spikegpt_timemix"``: ``forward(x (B, N, C), grid_size=None) -> (B, N, C)`` binary spikes.
     """
 
+    causal = True  # output at token t depends only on tokens <= t: it may replace causal attention
+
     time_dim = 1
 
     def __init__(self, dim: int, layer_id: int = 0, n_layer: int = 1, *, spiking: bool = True,

@@ -158,6 +158,8 @@ class Mamba(_SSMParams, Recurrent):
     and the conv (``"auto"``, ``"reference"``, ``"cpu"``, ``"triton"``).
     """
 
+    causal = True  # output at token t depends only on tokens <= t: it may replace causal attention
+
     time_dim = 1
 
     def __init__(self, d_model: int, d_state: int = 16, d_conv: int = 4, expand: int = 2,
