@@ -7,7 +7,7 @@ from collections.abc import Sequence
 
 import torch
 
-from neurostep.engine.checks import check_tensor
+from neurostep.engine.checks import check_nonempty, check_tensor
 
 
 def check_tokens(x: object, dim: int, name: str = "x") -> torch.Tensor:
@@ -15,8 +15,7 @@ def check_tokens(x: object, dim: int, name: str = "x") -> torch.Tensor:
     x = check_tensor(name, x, ndim=3)
     if x.shape[-1] != dim:
         raise ValueError(f"{name} must have shape (B, N, {dim}) (channels = dim), got {tuple(x.shape)}")
-    if x.shape[1] == 0:
-        raise ValueError(f"{name} has 0 tokens (shape {tuple(x.shape)}); sequences must be non-empty")
+    check_nonempty(name, x, 1, "tokens")
     return x
 
 

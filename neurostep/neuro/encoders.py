@@ -11,7 +11,7 @@ import math
 
 import torch
 
-from neurostep.engine.checks import check_tensor
+from neurostep.engine.checks import check_nonempty, check_tensor
 
 
 def _check_steps(num_steps: int) -> None:
@@ -78,8 +78,7 @@ def delta(x: torch.Tensor, threshold: float = 0.1, *, off_spikes: bool = False,
     itself with ``pad_with_first`` (so the first step never fires).
     """
     check_tensor("x", x, min_ndim=1)
-    if x.shape[0] == 0:
-        raise ValueError(f"x has 0 time steps (shape {tuple(x.shape)})")
+    check_nonempty("x", x, 0)
     if threshold <= 0:
         raise ValueError(f"threshold must be > 0, got {threshold}")
     previous = torch.cat([x[:1] if pad_with_first else torch.zeros_like(x[:1]), x[:-1]])

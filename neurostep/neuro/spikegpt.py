@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from neurostep.engine import Recurrent, check_tensor, compute_dtype
+from neurostep.engine import Recurrent, check_nonempty, check_tensor, compute_dtype
 from neurostep.kernels.wkv import WKVState, wkv, wkv_step
 from neurostep.kernels.wkv import init_state as wkv_init_state
 from neurostep.neuro.neurons import LIF, LIFState
@@ -41,6 +41,11 @@ def _check_tokens_or_channels(name: str, x: object, dim: int, ndim: int) -> torc
     if x.shape[-1] != dim:
         raise ValueError(f"{name} must have {dim} channels in its last dim, got shape {tuple(x.shape)}")
     return x
+
+
+def _shift_mix(x: torch.Tensor, x_prev: torch.Tensor, mu: torch.Tensor) -> torch.Tensor:
+    """RWKV's token-shift interpolation ``x * mu + x_prev * (1 - mu)`` (per channel ``mu``)."""
+    return x * mu + x_prev * (1 - mu)
 
 
 class TimeMixState(NamedTuple):
@@ -121,17 +126,14 @@ class SpikingTimeMix(Recurrent):
         return self.lif.init_state((B, self.dim), device=device, dtype=dtype)
 
     def _mix(self, x: torch.Tensor, xx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        xk = x * self.time_mix_k + xx * (1 - self.time_mix_k)
-        xv = x * self.time_mix_v + xx * (1 - self.time_mix_v)
-        xr = x * self.time_mix_r + xx * (1 - self.time_mix_r)
+        xk, xv, xr = (_shift_mix(x, xx, mu) for mu in (self.time_mix_k, self.time_mix_v, self.time_mix_r))
         return self.key(xk), self.value(xv), torch.sigmoid(self.receptance(xr))
 
     def scan(self, x: torch.Tensor, state: TimeMixState | None = None) -> tuple[torch.Tensor, TimeMixState]:
         """``x (B, L, C)`` -> ``(y (B, L, C), state)``; ``y`` is spikes when ``spiking``."""
         x = _check_tokens_or_channels("x", x, self.dim, 3)
-        B, L, _ = x.shape
-        if L == 0:
-            raise ValueError(f"x has 0 tokens (shape {tuple(x.shape)}); sequences must be non-empty")
+        check_nonempty("x", x, 1, "tokens")
+        B = x.shape[0]
         if state is None:
             state = self.init_state((B, self.dim), x.device, x.dtype)
         xx = torch.cat([state.shift.to(x.dtype).unsqueeze(1), x[:, :-1]], dim=1)
@@ -195,16 +197,14 @@ class SpikingChannelMix(Recurrent):
         return ChannelMixState(shift, self.lif.init_state((B, self.dim), device=device, dtype=dtype))
 
     def _ffn(self, x: torch.Tensor, xx: torch.Tensor) -> torch.Tensor:
-        xk = x * self.time_mix_k + xx * (1 - self.time_mix_k)
-        xr = x * self.time_mix_r + xx * (1 - self.time_mix_r)
+        xk, xr = _shift_mix(x, xx, self.time_mix_k), _shift_mix(x, xx, self.time_mix_r)
         return torch.sigmoid(self.receptance(xr)) * self.value(torch.square(F.relu(self.key(xk))))
 
     def scan(self, x: torch.Tensor, state: ChannelMixState | None = None) -> tuple[torch.Tensor, ChannelMixState]:
         """``x (B, L, C)`` -> ``(y (B, L, C), state)``."""
         x = _check_tokens_or_channels("x", x, self.dim, 3)
-        B, L, _ = x.shape
-        if L == 0:
-            raise ValueError(f"x has 0 tokens (shape {tuple(x.shape)}); sequences must be non-empty")
+        check_nonempty("x", x, 1, "tokens")
+        B = x.shape[0]
         if state is None:
             state = self.init_state((B, self.dim), x.device, x.dtype)
         xx = torch.cat([state.shift.to(x.dtype).unsqueeze(1), x[:, :-1]], dim=1)
@@ -325,8 +325,7 @@ class SpikeGPT(Recurrent):
              ) -> tuple[torch.Tensor, tuple[BlockState, ...]]:
         """``idx (B, L)`` -> ``(logits (B, L, V), state)``."""
         idx = check_tensor("idx", idx, ndim=2, dtypes=None)
-        if idx.shape[1] == 0:
-            raise ValueError(f"idx has 0 tokens (shape {tuple(idx.shape)}); sequences must be non-empty")
+        check_nonempty("idx", idx, 1, "tokens")
         x = self._embed(idx)
         if state is None:
             state = self.init_state((idx.shape[0],), idx.device, x.dtype)

@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from neurostep.engine import check_tensor
+from neurostep.engine import check_nonempty, check_tensor
 from neurostep.kernels.selective_scan import selective_scan_fn, selective_state_update
 from neurostep.ssm.vision_mamba import DropPath
 
@@ -53,8 +53,7 @@ def _check_tokens(x: torch.Tensor, dim: int) -> torch.Tensor:
     x = check_tensor("x", x, ndim=3)
     if x.shape[-1] != dim:
         raise ValueError(f"x must have shape (B, N, C={dim}), got {tuple(x.shape)}")
-    if x.shape[1] == 0:
-        raise ValueError(f"x has 0 tokens (shape {tuple(x.shape)})")
+    check_nonempty("x", x, 1, "tokens")
     return x
 
 

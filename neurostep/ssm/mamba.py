@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from neurostep.engine import Recurrent, check_tensor, compute_dtype
+from neurostep.engine import Recurrent, check_nonempty, check_tensor, compute_dtype
 from neurostep.kernels.causal_conv1d import causal_conv1d_fn, causal_conv1d_update
 from neurostep.kernels.selective_scan import selective_scan_fn, selective_state_update
 from neurostep.layers import RMSNorm
@@ -207,8 +207,8 @@ class Mamba(_SSMParams, Recurrent):
         x = check_tensor("x", x, ndim=ndim)
         if x.shape[-1] != self.d_model:
             raise ValueError(f"x must have shape {what} with d_model={self.d_model}, got {tuple(x.shape)}")
-        if ndim == 3 and x.shape[1] == 0:
-            raise ValueError(f"x has 0 tokens (shape {tuple(x.shape)}); sequences must be non-empty")
+        if ndim == 3:
+            check_nonempty("x", x, 1, "tokens")
         return x
 
     # -- recurrence -------------------------------------------------------------------
