@@ -7,7 +7,7 @@ workers on two cores, so each worker keeps torch to one thread.
 
 import os
 
-os.environ.setdefault("TRITON_INTERPRET", "1")
+os.environ["TRITON_INTERPRET"] = "1"
 # numba's and torch's OpenMP pools both spin after each parallel region; on 2 cores each starves
 # the other (a tiny training step went from 35 ms to 700 ms). Passive waiting fixes it.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")

@@ -1,23 +1,18 @@
 """Triton backend of the LIF scan, run on CPU under Triton's interpreter with tiny shapes.
 
-TRITON_INTERPRET must be set before the triton kernels are decorated (at the first import of
-neurostep.kernels.lif.triton), hence at the top of this module.
+TRITON_INTERPRET=1 is set by tests/conftest.py before anything imports triton.
 """
 
 from __future__ import annotations
 
-import os
-
-os.environ["TRITON_INTERPRET"] = "1"
-
-import pytest  # noqa: E402
-import torch  # noqa: E402
+import pytest
+import torch
 
 pytest.importorskip("triton")
 
-from test_lif import SJ_CASES, SNN_CASES, _assert_match, _inputs, _run_pair  # noqa: E402
+from test_lif import SJ_CASES, SNN_CASES, _assert_match, _inputs, _run_pair
 
-from neurostep.kernels.lif import SURROGATES, lif_scan  # noqa: E402
+from neurostep.kernels.lif import SURROGATES, lif_scan
 
 pytestmark = pytest.mark.filterwarnings("ignore")
 

@@ -1,22 +1,18 @@
 """Triton backend of linear_scan, run on CPU under Triton's interpreter with tiny shapes.
 
-TRITON_INTERPRET must be set before triton is imported, hence at the top of this module.
+TRITON_INTERPRET=1 is set by tests/conftest.py before anything imports triton.
 """
 
 from __future__ import annotations
 
-import os
-
-os.environ["TRITON_INTERPRET"] = "1"
-
-import pytest  # noqa: E402
-import torch  # noqa: E402
+import pytest
+import torch
 
 pytest.importorskip("triton")
 
-from test_linear_scan import make, run  # noqa: E402
+from test_linear_scan import make, run
 
-from neurostep.kernels.linear_scan import linear_scan  # noqa: E402
+from neurostep.kernels.linear_scan import linear_scan
 
 pytestmark = pytest.mark.filterwarnings("ignore")
 

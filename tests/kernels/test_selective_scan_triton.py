@@ -1,22 +1,18 @@
 """Triton backend of the selective scan, run on CPU under Triton's interpreter with tiny shapes.
 
-TRITON_INTERPRET must be set before triton is imported, hence at the top of this module.
+TRITON_INTERPRET=1 is set by tests/conftest.py before anything imports triton.
 """
 
 from __future__ import annotations
 
-import os
-
-os.environ["TRITON_INTERPRET"] = "1"
-
-import pytest  # noqa: E402
-import torch  # noqa: E402
+import pytest
+import torch
 
 pytest.importorskip("triton")
 
-from test_selective_scan import assert_all_close, make_inputs, run  # noqa: E402
+from test_selective_scan import assert_all_close, make_inputs, run
 
-from neurostep.kernels.selective_scan import selective_scan_fn  # noqa: E402
+from neurostep.kernels.selective_scan import selective_scan_fn
 
 pytestmark = pytest.mark.filterwarnings("ignore")
 

@@ -1,23 +1,18 @@
 """Triton backend of WKV, run on CPU under Triton's interpreter with tiny shapes.
 
-TRITON_INTERPRET must be set before the triton kernels are decorated (at the first import of
-neurostep.kernels.wkv.triton), hence at the top of this module.
+TRITON_INTERPRET=1 is set by tests/conftest.py before anything imports triton.
 """
 
 from __future__ import annotations
 
-import os
-
-os.environ["TRITON_INTERPRET"] = "1"
-
-import pytest  # noqa: E402
-import torch  # noqa: E402
+import pytest
+import torch
 
 pytest.importorskip("triton")
 
-from test_wkv import NAMES, _assert_close, _grads, _inputs, _via_autograd_reference, _via_op  # noqa: E402
+from test_wkv import NAMES, _assert_close, _grads, _inputs, _via_autograd_reference, _via_op
 
-from neurostep.kernels.wkv import wkv  # noqa: E402
+from neurostep.kernels.wkv import wkv
 
 pytestmark = pytest.mark.filterwarnings("ignore")
 
