@@ -72,3 +72,12 @@ def default_heads(dim: int, head_dim: int = 64) -> int:
     while dim % h:
         h -= 1
     return h
+
+
+def resolve_head_dim(dim: int, num_heads: int, head_dim: int | None) -> int:
+    """``head_dim`` if given, else ``dim / num_heads`` (which must divide evenly)."""
+    if head_dim is not None:
+        return head_dim
+    if dim % num_heads:
+        raise ValueError(f"dim={dim} must be divisible by num_heads={num_heads} (or pass head_dim)")
+    return dim // num_heads

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from neurostep.mixers._tokens import check_tokens, default_heads
+from neurostep.mixers._tokens import check_tokens, default_heads, resolve_head_dim
 from neurostep.models.registry import register_mixer
 
 
@@ -34,10 +34,7 @@ class SoftmaxAttention(nn.Module):
     def __init__(self, dim: int, num_heads: int = 8, *, head_dim: int | None = None, qkv_bias: bool = True,
                  proj_bias: bool = True, causal: bool = False, attn_drop: float = 0.0) -> None:
         super().__init__()
-        if head_dim is None:
-            if dim % num_heads:
-                raise ValueError(f"dim={dim} must be divisible by num_heads={num_heads} (or pass head_dim)")
-            head_dim = dim // num_heads
+        head_dim = resolve_head_dim(dim, num_heads, head_dim)
         self.dim, self.num_heads, self.head_dim = dim, num_heads, head_dim
         self.causal = causal
         self.attn_drop = attn_drop

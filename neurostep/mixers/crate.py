@@ -28,7 +28,7 @@ from torch import nn
 
 from neurostep.engine.checks import check_tensor
 from neurostep.layers import resolve_norm
-from neurostep.mixers._tokens import check_tokens, default_heads
+from neurostep.mixers._tokens import check_tokens, default_heads, resolve_head_dim
 from neurostep.models.registry import register_mixer
 
 
@@ -43,10 +43,7 @@ class MSSA(nn.Module):
 
     def __init__(self, dim: int, num_heads: int = 8, head_dim: int | None = None, attn_drop: float = 0.0) -> None:
         super().__init__()
-        if head_dim is None:
-            if dim % num_heads:
-                raise ValueError(f"dim={dim} must be divisible by num_heads={num_heads} (or pass head_dim)")
-            head_dim = dim // num_heads
+        head_dim = resolve_head_dim(dim, num_heads, head_dim)
         self.dim, self.num_heads, self.head_dim = dim, num_heads, head_dim
         self.attn_drop = attn_drop
         self.qkv = nn.Linear(dim, num_heads * head_dim, bias=False)  # the subspace bases U_k, stacked
