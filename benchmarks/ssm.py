@@ -138,7 +138,7 @@ def measure_exp_rate() -> dict[str, float]:
     import numba
     import numpy as np
 
-    from neurostep.kernels.selective_scan.numba_exp import vexp
+    from neurostep.kernels.numba_exp import vexp
 
     @numba.njit(parallel=True)
     def vexp_all(x, out):

@@ -13,7 +13,7 @@ import numba
 import numpy as np
 import torch
 
-from neurostep.kernels.selective_scan.numba_exp import vexp
+from neurostep.kernels.numba_exp import vexp
 
 
 @numba.njit(inline="always")

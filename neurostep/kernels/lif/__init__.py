@@ -90,8 +90,9 @@ def lif_forward(
     v_reset: float, hard_reset: bool, decay_input: bool, detach_reset: bool, surrogate: str, alpha: float,
     convention: str, snn_reset: str, adapt_rho: float, adapt_beta: float, return_v_seq: bool, backend: str,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Raw forward op. Returns ``(spikes, v_last, a_last|empty, v_seq|empty, h, theta|empty)``;
-    ``h``/``theta`` ``(T, N)`` in the compute dtype are saved for the backward."""
+    """Raw forward op. Returns ``(spikes, v_last, a_last|empty, v_seq|empty, h|empty, theta|empty)``;
+    ``h``/``theta`` ``(T, N)`` in the compute dtype are saved for the backward. ``h`` is empty when
+    the backend recomputes it from ``x`` in the backward (``impl.recomputes_h``)."""
     adaptive = a0 is not None
     p = _params(tau_inv, v_threshold, v_reset, hard_reset, decay_input, detach_reset, surrogate, alpha,
                 convention, snn_reset, adapt_rho, adapt_beta, adaptive)
@@ -101,6 +102,8 @@ def lif_forward(
     v0c = _to_compute(v0, None, cdtype)
     a0c = _to_compute(a0, None, cdtype) if adaptive else None
     spikes, v_last, a_last, v_seq, h, theta = impl.forward(xc, v0c, a0c, p, return_v_seq)
+    if h is None:  # the backend recomputes h in its backward (from x, which autograd then keeps)
+        h = _empty(x, cdtype)
     out_dtype = x.dtype
     return (
         spikes.to(out_dtype).reshape(x.shape),
@@ -118,12 +121,13 @@ def _lif_forward_fake(x, v0, a0, tau_inv, v_threshold, v_reset, hard_reset, deca
     T, lanes, cdtype = x.shape[0], x.shape[1:], compute_dtype(x.dtype)
     n = math.prod(lanes)
     adaptive = a0 is not None and convention != "snntorch"
+    saves_h = not KERNELS.resolve("lif", backend, x.device).recomputes_h(convention, a0 is not None)
     return (
         x.new_empty(x.shape),
         x.new_empty(lanes),
         x.new_empty(lanes) if a0 is not None else x.new_empty((0,)),
         x.new_empty(x.shape) if return_v_seq else x.new_empty((0,)),
-        x.new_empty((T, n), dtype=cdtype),
+        x.new_empty((T, n) if saves_h else (0,), dtype=cdtype),
         x.new_empty((T, n), dtype=cdtype) if adaptive else x.new_empty((0,), dtype=cdtype),
     )
 
@@ -136,7 +140,8 @@ def lif_backward(
     detach_reset: bool, surrogate: str, alpha: float, convention: str, snn_reset: str, adapt_rho: float,
     adapt_beta: float, adaptive: bool, need_k_grad: bool, backend: str,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Raw backward op. ``x`` is read only when ``need_k_grad`` (else it may be empty); g_* may be None (zero).
+    """Raw backward op. ``x`` is read when ``h`` is empty (the backend recomputes h) or for
+    ``need_k_grad`` (else it may be empty); g_* may be None (zero).
 
     Returns ``(gx (T,*lanes), gv0 (*lanes), ga0 (*lanes)|empty, g_tau_inv (), g_v_threshold ())``.
     """
@@ -145,13 +150,16 @@ def lif_backward(
     impl = KERNELS.resolve("lif", backend, h.device)
     T, cdtype = h.shape[0], h.dtype
     lanes = v0.shape
-    xc = _to_compute(x, T, cdtype) if (need_k_grad and x.numel() > 0) else None
+    recompute = h.numel() == 0
+    if recompute:
+        T = x.shape[0]
+    xc = _to_compute(x, T, cdtype) if x.numel() > 0 else None
 
     def prep(g, with_t):
         return None if g is None else _to_compute(g, T if with_t else None, cdtype)
 
     gx, gv0, ga0, gk, gvth = impl.backward(
-        xc, _to_compute(v0, None, cdtype), h, theta if theta.numel() > 0 else None,
+        xc, _to_compute(v0, None, cdtype), None if recompute else h, theta if theta.numel() > 0 else None,
         prep(g_spikes, True), prep(g_v_seq, True), prep(g_v_last, False), prep(g_a_last, False), p, need_k_grad,
     )
     x_dtype = g_spikes.dtype if g_spikes is not None else v0.dtype
@@ -168,7 +176,7 @@ def lif_backward(
 def _lif_backward_fake(x, v0, h, theta, g_spikes, g_v_seq, g_v_last, g_a_last, tau_inv, v_threshold, v_reset,
                        hard_reset, decay_input, detach_reset, surrogate, alpha, convention, snn_reset, adapt_rho,
                        adapt_beta, adaptive, need_k_grad, backend):
-    T, lanes = h.shape[0], v0.shape
+    T, lanes = (x.shape[0] if h.numel() == 0 else h.shape[0]), v0.shape
     x_dtype = g_spikes.dtype if g_spikes is not None else v0.dtype
     return (
         v0.new_empty((T, *lanes), dtype=x_dtype),
@@ -189,8 +197,9 @@ def _setup_context(ctx, inputs, output):
     _, _, a_last, _, h, theta = output
     needs = ctx.needs_input_grad
     need_k_grad = bool(needs[3])
-    # x is only read by the backward for d/d tau_inv with decay_input (X - V + Vr); otherwise keep no reference.
-    keep_x = need_k_grad and a["decay_input"] and a["convention"] == "spikingjelly"
+    # x is read by the backward to recompute h when the forward saved none, and for d/d tau_inv with
+    # decay_input (X - V + Vr); otherwise keep no reference.
+    keep_x = h.numel() == 0 or (need_k_grad and a["decay_input"] and a["convention"] == "spikingjelly")
     ctx.save_for_backward(x if keep_x else None, a["v0"], h, theta, tau_inv, a["v_threshold"])
     ctx.flags = {name: a[name] for name in _ARG_NAMES[5:] if name != "return_v_seq"}
     ctx.x_dtype = x.dtype

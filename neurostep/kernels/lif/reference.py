@@ -123,6 +123,11 @@ def lif_loop(x: torch.Tensor, v0: torch.Tensor | None = None, a0: torch.Tensor |
 # The reference backend of the public op.
 
 
+def recomputes_h(convention: str, adaptive: bool) -> bool:
+    """Whether :func:`backward` recomputes h from x instead of reading a saved one: never here."""
+    return False
+
+
 def forward(x: torch.Tensor, v0: torch.Tensor, a0: torch.Tensor | None, p: LIFParams, need_vseq: bool):
     """Forward scan on contiguous ``x (T, N)``; ``v0``, ``a0`` ``(N,)`` in x's dtype.
 

@@ -229,6 +229,11 @@ def _check(x: torch.Tensor) -> None:
         raise TypeError(f"triton backend expects contiguous float32/float64 tensors, got {x.dtype}")
 
 
+def recomputes_h(convention: str, adaptive: bool) -> bool:
+    """Whether :func:`backward` recomputes h from x instead of reading a saved one: never here."""
+    return False
+
+
 def forward(x: torch.Tensor, v0: torch.Tensor, a0: torch.Tensor | None, p: LIFParams, need_vseq: bool):
     """Fused forward on contiguous ``x (T, N)``; see ``reference.forward`` for the contract."""
     _check(x)

@@ -28,7 +28,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from neurostep.kernels.selective_scan.numba_exp import vexp
+from neurostep.kernels.numba_exp import vexp
 from neurostep.kernels.selective_scan.reference import SOFTPLUS_THRESHOLD, effective_delta
 
 CHUNK = 32
