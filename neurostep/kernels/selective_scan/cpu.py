@@ -28,8 +28,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from neurostep.kernels.numba_exp import vexp
-from neurostep.kernels.selective_scan.reference import SOFTPLUS_THRESHOLD, effective_delta
+from neurostep.kernels.numba_exp import vexp, vlog1p_unit
+from neurostep.kernels.selective_scan.reference import SOFTPLUS_THRESHOLD
 
 CHUNK = 32
 W = 16  # channels per block: two AVX2 float32 registers
@@ -87,65 +87,145 @@ def _scatter(dst, src, slot, bi, d0, lt, group_size, tmp):
                 dst[slot, bi, g, lt, n] += src[n, j]
 
 
+@numba.njit(inline="always")
+def _gather_rows(dst, src, b, d0, start, nk, w):
+    """dst[k, j] = src[b, d0 + j, start + k] for a chunk of ``nk`` steps and ``w`` lanes.
+
+    Channel by channel, so each channel's ``nk`` contiguous values are read in one go: with
+    L = 1024 the rows of a ``(batch, dim, L)`` fp32 tensor are exactly 4 KB apart, all W of them
+    map to the same L1 sets, and a step-by-step gather across them evicts its own lines (4K
+    aliasing; measured 10 ms of a 70 ms backward)."""
+    for j in range(w):
+        for k in range(nk):
+            dst[k, j] = src[b, d0 + j, start + k]
+
+
+@numba.njit(inline="always")
+def _store_rows(dst, src, b, d0, start, nk, w):
+    """dst[b, d0 + j, start + k] = src[k, j], channel by channel (see :func:`_gather_rows`)."""
+    for j in range(w):
+        for k in range(nk):
+            dst[b, d0 + j, start + k] = src[k, j]
+
+
+@numba.njit(inline="always")
+def _sigmoid(x, one):
+    """sigmoid(x) from u = exp(-|x|) <= 1: no overflow for any finite x."""
+    u = vexp(-abs(x))
+    r = one / (one + u)
+    return r if x >= one - one else u * r
+
+
+@numba.njit(inline="always")
+def _softplus(x, one, threshold):
+    """torch's softplus (beta 1): x above the threshold, else max(x, 0) + log1p(exp(-|x|))."""
+    sp = max(x, one - one) + vlog1p_unit(vexp(-abs(x)))
+    return x if x > threshold else sp
+
+
+@numba.njit(inline="always")
+def _prepare_chunk(dts, spd, gts, gzd, biasv, d0, nk, w, softplus, has_z, need_grads, one, threshold):
+    """In place on a chunk of raw lanes: ``dts`` delta -> dt = softplus(delta + bias) (or
+    delta + bias), ``gts`` z -> silu(z); with ``need_grads`` also d dt / d delta into ``spd`` and
+    d silu / d z into ``gzd``. Elementwise, so these loops vectorize over (k, lane)."""
+    if softplus:
+        for k in range(nk):
+            for j in range(w):
+                pre = dts[k, j] + biasv[d0 + j]
+                dts[k, j] = _softplus(pre, one, threshold)
+                if need_grads:
+                    spd[k, j] = one if pre > threshold else _sigmoid(pre, one)
+    else:
+        for k in range(nk):
+            for j in range(w):
+                dts[k, j] = dts[k, j] + biasv[d0 + j]
+    if has_z:
+        for k in range(nk):
+            for j in range(w):
+                zz = gts[k, j]
+                sz = _sigmoid(zz, one)
+                gts[k, j] = zz * sz
+                if need_grads:
+                    gzd[k, j] = sz * (one + zz * (one - sz))
+
+
 @numba.njit(parallel=True, cache=True, fastmath=False)
-def _forward_kernel(u, dt, At, B, C, Dv, gate, has_z, h0t, gs_b, gs_c, chunk, out, last, ckpt):
+def _forward_kernel(u, delta, biasv, softplus, At, B, C, Dv, z, has_z, h0t, gs_b, gs_c, chunk, one, threshold,
+                    out, last, ckpt, w):
     batch, dpad, length = u.shape
     n_state = At.shape[0]
     n_blocks = dpad // W
+    n_chunks = ckpt.shape[1]
     b_time, c_time = B.shape[2] > 1, C.shape[2] > 1
     for item in numba.prange(batch * n_blocks):
         b = item // n_blocks
         d0 = (item - b * n_blocks) * W
         bi = b if B.shape[0] > 1 else 0
         ci = b if C.shape[0] > 1 else 0
-        x = np.empty((n_state, W), dtype=u.dtype)
-        bb = np.empty((n_state, W), dtype=u.dtype)
-        cc = np.empty((n_state, W), dtype=u.dtype)
-        a = np.empty((n_state, W), dtype=u.dtype)
-        dtv = np.empty(W, dtype=u.dtype)
-        dtu = np.empty(W, dtype=u.dtype)
-        y = np.empty(W, dtype=u.dtype)
+        ty = u.dtype
+        x = np.empty((n_state, W), dtype=ty)
+        bb = np.empty((n_state, W), dtype=ty)
+        cc = np.empty((n_state, W), dtype=ty)
+        a = np.empty((n_state, W), dtype=ty)
+        dtv = np.empty(W, dtype=ty)
+        dtu = np.empty(W, dtype=ty)
+        y = np.empty(W, dtype=ty)
+        dts = np.empty((chunk, W), dtype=ty)
+        uvs = np.empty((chunk, W), dtype=ty)
+        gts = np.empty((chunk, W), dtype=ty)
+        ys = np.empty((chunk, W), dtype=ty)
         for n in range(n_state):
-            for j in range(W):
+            for j in range(w):
                 x[n, j] = h0t[b, n, d0 + j]
                 a[n, j] = At[n, d0 + j]
         if not b_time:
             _fill(bb, B, bi, d0, 0, gs_b)
         if not c_time:
             _fill(cc, C, ci, d0, 0, gs_c)
-        for l in range(length):
-            if l % chunk == 0:
-                for n in range(n_state):
-                    for j in range(W):
-                        ckpt[b, l // chunk, n, d0 + j] = x[n, j]
-            if b_time:
-                _fill(bb, B, bi, d0, l, gs_b)
-            if c_time:
-                _fill(cc, C, ci, d0, l, gs_c)
-            # gather this step's lane values once (strided reads), so the N loop below touches
-            # only block-local arrays and vectorizes over the W lanes
-            for j in range(W):
-                dtv[j] = dt[b, d0 + j, l]
-                dtu[j] = dtv[j] * u[b, d0 + j, l]
-                y[j] = Dv[d0 + j] * u[b, d0 + j, l]
+        for c in range(n_chunks):
+            start = c * chunk
+            nk = min(chunk, length - start)
             for n in range(n_state):
-                for j in range(W):
-                    xn = vexp(dtv[j] * a[n, j]) * x[n, j] + dtu[j] * bb[n, j]
-                    x[n, j] = xn
-                    y[j] += xn * cc[n, j]
+                for j in range(w):
+                    ckpt[b, c, n, d0 + j] = x[n, j]
+            # a chunk's lane values are gathered once, channel by channel, into block-local arrays
+            # (softplus and the SiLU gate computed there), so the N loop below touches only
+            # block-local memory, which LLVM can vectorize without alias checks
+            _gather_rows(dts, delta, b, d0, start, nk, w)
+            _gather_rows(uvs, u, b, d0, start, nk, w)
             if has_z:
-                for j in range(W):
-                    y[j] *= gate[b, d0 + j, l]
-            for j in range(W):
-                out[b, d0 + j, l] = y[j]
+                _gather_rows(gts, z, b, d0, start, nk, w)
+            _prepare_chunk(dts, dts, gts, gts, biasv, d0, nk, W, softplus, has_z, False, one, threshold)
+            for k in range(nk):
+                l = start + k
+                if b_time:
+                    _fill(bb, B, bi, d0, l, gs_b)
+                if c_time:
+                    _fill(cc, C, ci, d0, l, gs_c)
+                for j in range(w):
+                    dtv[j] = dts[k, j]
+                    dtu[j] = dts[k, j] * uvs[k, j]
+                    y[j] = Dv[d0 + j] * uvs[k, j]
+                for n in range(n_state):
+                    for j in range(w):
+                        xn = vexp(dtv[j] * a[n, j]) * x[n, j] + dtu[j] * bb[n, j]
+                        x[n, j] = xn
+                        y[j] += xn * cc[n, j]
+                if has_z:
+                    for j in range(w):
+                        ys[k, j] = y[j] * gts[k, j]
+                else:
+                    for j in range(w):
+                        ys[k, j] = y[j]
+            _store_rows(out, ys, b, d0, start, nk, w)
         for n in range(n_state):
-            for j in range(W):
+            for j in range(w):
                 last[b, n, d0 + j] = x[n, j]
 
 
 @numba.njit(parallel=True, cache=True, fastmath=False)
-def _backward_kernel(gout, glast, u, dt, At, B, C, Dv, gate, has_z, ckpt, gs_b, gs_c, chunk,
-                     du_out, ddt_out, dAt, dBbuf, dCbuf, dDv, dgate, dh0t, w):
+def _backward_kernel(gout, glast, u, delta, biasv, softplus, At, B, C, Dv, z, has_z, ckpt, gs_b, gs_c, chunk,
+                     one, threshold, du_out, ddelta_out, dAt, dBbuf, dCbuf, dDv, dbias, dz_out, dh0t, w):
     # ``w`` is W passed at run time: with a compile-time trip count of 16, LLVM fully unrolls the
     # cheap lane loops and leaves them scalar (the SLP pass cannot prove the block arrays disjoint);
     # with a run-time count the loop vectorizer handles them (runtime alias checks, 8-wide AVX2).
@@ -183,6 +263,11 @@ def _backward_kernel(gout, glast, u, dt, At, B, C, Dv, gate, has_z, ckpt, gs_b, 
         ys = np.empty((chunk, W), dtype=ty)
         dus = np.empty((chunk, W), dtype=ty)
         ddts = np.empty((chunk, W), dtype=ty)
+        gts = np.empty((chunk, W), dtype=ty)  # silu(z)
+        spd = np.empty((chunk, W), dtype=ty)  # d softplus / d delta
+        gzd = np.empty((chunk, W), dtype=ty)  # d silu / d z
+        dzs = np.empty((chunk, W), dtype=ty)
+        dbias_acc = np.zeros(W, dtype=ty)
         tmp = np.empty(W, dtype=ty)
         for n in range(n_state):
             for j in range(w):
@@ -207,6 +292,13 @@ def _backward_kernel(gout, glast, u, dt, At, B, C, Dv, gate, has_z, ckpt, gs_b, 
                 for n in range(n_state):
                     for j in range(w):
                         xs[0, n, j] = ckpt[b, c, n, d0 + j]
+                nk = stop - start
+                _gather_rows(dts, delta, b, d0, start, nk, w)
+                _gather_rows(uvs, u, b, d0, start, nk, w)
+                _gather_rows(gs, gout, b, d0, start, nk, w)
+                if has_z:
+                    _gather_rows(gts, z, b, d0, start, nk, w)
+                _prepare_chunk(dts, spd, gts, gzd, biasv, d0, nk, w, softplus, has_z, True, one, threshold)
                 # recompute this chunk's decays and states from its checkpoint
                 for l in range(start, stop):
                     k = l - start
@@ -215,20 +307,14 @@ def _backward_kernel(gout, glast, u, dt, At, B, C, Dv, gate, has_z, ckpt, gs_b, 
                     if c_time:
                         _fill(cks[k], C, ci, d0, l, gs_c)
                     for j in range(w):
-                        dts[k, j] = dt[b, d0 + j, l]
-                        uvs[k, j] = u[b, d0 + j, l]
                         dtus[k, j] = dts[k, j] * uvs[k, j]
                     for n in range(n_state):
                         for j in range(w):
                             e = vexp(dts[k, j] * a[n, j])
                             dec[k, n, j] = e
                             xs[k + 1, n, j] = e * xs[k, n, j] + dtus[k, j] * bks[k, n, j]
-                nk = stop - start
                 # output gradient (through the gate) of every step of the chunk; reductions over N
                 # run with n outermost so that no per-lane accumulator is carried across n
-                for k in range(nk):
-                    for j in range(w):
-                        gs[k, j] = gout[b, d0 + j, start + k]
                 if has_z:
                     for k in range(nk):
                         for j in range(w):
@@ -239,8 +325,9 @@ def _backward_kernel(gout, glast, u, dt, At, B, C, Dv, gate, has_z, ckpt, gs_b, 
                                 ys[k, j] += xs[k + 1, n, j] * cks[k, n, j]
                     for k in range(nk):
                         for j in range(w):
-                            dgate[b, d0 + j, start + k] = gs[k, j] * ys[k, j]
-                            gs[k, j] *= gate[b, d0 + j, start + k]
+                            dzs[k, j] = gs[k, j] * ys[k, j] * gzd[k, j]
+                            gs[k, j] *= gts[k, j]
+                    _store_rows(dz_out, dzs, b, d0, start, nk, w)
                 # adjoint recurrence backwards through the chunk: only dx (a short serial chain);
                 # dxs[k] holds dLoss/dx_k including step k's output term
                 for k in range(nk - 1, -1, -1):
@@ -281,11 +368,17 @@ def _backward_kernel(gout, glast, u, dt, At, B, C, Dv, gate, has_z, ckpt, gs_b, 
                         for j in range(w):
                             ddts[k, j] += sdt[n, k, j]
                             dus[k, j] += sdu[n, k, j]
+                if softplus:
+                    for k in range(nk):
+                        for j in range(w):
+                            ddts[k, j] *= spd[k, j]
+                for k in range(nk):
+                    for j in range(w):
+                        dbias_acc[j] += ddts[k, j]
+                _store_rows(du_out, dus, b, d0, start, nk, w)
+                _store_rows(ddelta_out, ddts, b, d0, start, nk, w)
                 for k in range(nk):
                     l = start + k
-                    for j in range(w):
-                        du_out[b, d0 + j, l] = dus[k, j]
-                        ddt_out[b, d0 + j, l] = ddts[k, j]
                     if b_time:
                         _scatter(dBbuf, tbs[k], slot, bi, d0, l, gs_b, tmp)
                     else:
@@ -306,6 +399,7 @@ def _backward_kernel(gout, glast, u, dt, At, B, C, Dv, gate, has_z, ckpt, gs_b, 
                 dAt[n, d0 + j] = dA_acc[n, j]
         for j in range(w):
             dDv[d0 + j] = dD_acc[j]
+            dbias[d0 + j] = dbias_acc[j]
 
 
 def _np(t: torch.Tensor) -> np.ndarray:
@@ -327,15 +421,22 @@ def _state_lanes(t: torch.Tensor | None, shape: tuple[int, int, int], like: torc
     return F.pad(t.transpose(1, 2), (0, dpad - t.shape[1])).contiguous()
 
 
-def _prepare(u, delta, A, B, C, D, z, delta_bias, delta_softplus):
+def _prepare(u, delta, A, B, C, D, z, delta_bias):
+    """Kernel inputs: channels padded to a multiple of W (zeros), A and D in lane layout, B and C
+    as ``(Bb, G, Lb, N)``. delta and z stay raw: the kernels apply the bias, softplus and SiLU."""
     dim = u.shape[1]
     dpad = -(-dim // W) * W
-    dt = effective_delta(delta, delta_bias, delta_softplus)
     At = F.pad(A.t(), (0, dpad - dim)).contiguous()
     Dv = F.pad(D if D is not None else u.new_zeros(dim), (0, dpad - dim)).contiguous()
-    gate = _pad_channels(F.silu(z), dpad) if z is not None else u.new_empty(1, 1, 1)
+    biasv = F.pad(delta_bias.to(u.dtype) if delta_bias is not None else u.new_zeros(dim), (0, dpad - dim))
+    zp = _pad_channels(z, dpad) if z is not None else u.new_empty(1, 1, 1)
     Bk, Ck = B.transpose(-1, -2).contiguous(), C.transpose(-1, -2).contiguous()
-    return dpad, _pad_channels(u, dpad), _pad_channels(dt, dpad), At, Bk, Ck, Dv, gate
+    return dpad, _pad_channels(u, dpad), _pad_channels(delta, dpad), biasv.contiguous(), At, Bk, Ck, Dv, zp
+
+
+def _constants(dtype: torch.dtype) -> tuple:
+    f = np.float32 if dtype == torch.float32 else np.float64
+    return f(1.0), f(SOFTPLUS_THRESHOLD)
 
 
 def forward(u, delta, A, B, C, D, z, delta_bias, h0, delta_softplus):
@@ -343,13 +444,15 @@ def forward(u, delta, A, B, C, D, z, delta_bias, h0, delta_softplus):
     tensor holds the chunk checkpoints."""
     batch, dim, length = u.shape
     n_state = A.shape[1]
-    dpad, up, dtp, At, Bk, Ck, Dv, gate = _prepare(u, delta, A, B, C, D, z, delta_bias, delta_softplus)
+    dpad, up, dp, biasv, At, Bk, Ck, Dv, zp = _prepare(u, delta, A, B, C, D, z, delta_bias)
     h0t = _state_lanes(h0, (batch, n_state, dpad), u)
     out = torch.empty_like(up)
     last = u.new_empty(batch, n_state, dpad)
     ckpt = u.new_empty(saved_shape(batch, dim, length, n_state))
-    _forward_kernel(_np(up), _np(dtp), _np(At), _np(Bk), _np(Ck), _np(Dv), _np(gate), z is not None, _np(h0t),
-                    dim // B.shape[1], dim // C.shape[1], CHUNK, _np(out), _np(last), _np(ckpt))
+    one, threshold = _constants(u.dtype)
+    _forward_kernel(_np(up), _np(dp), _np(biasv), bool(delta_softplus), _np(At), _np(Bk), _np(Ck), _np(Dv), _np(zp),
+                    z is not None, _np(h0t), dim // B.shape[1], dim // C.shape[1], CHUNK, one, threshold, _np(out),
+                    _np(last), _np(ckpt), W)
     if dpad != dim:
         out = out[:, :dim].contiguous()
     return out, last[..., :dim].transpose(1, 2).contiguous(), ckpt
@@ -359,33 +462,29 @@ def backward(grad_out, grad_last, u, delta, A, B, C, D, z, delta_bias, h0, saved
     """Same contract as :func:`neurostep.kernels.selective_scan.reference.backward`."""
     batch, dim, length = u.shape
     n_state = A.shape[1]
-    dpad, up, dtp, At, Bk, Ck, Dv, gate = _prepare(u, delta, A, B, C, D, z, delta_bias, delta_softplus)
+    dpad, up, dp, biasv, At, Bk, Ck, Dv, zp = _prepare(u, delta, A, B, C, D, z, delta_bias)
     gp = _pad_channels(grad_out, dpad)
     glast = _state_lanes(grad_last, (batch, n_state, dpad), u)
     # one gradient buffer per worker thread (indexed by numba.get_thread_id): no write races
     n_slots = max(numba.get_num_threads(), 1)
     dBbuf = u.new_zeros((n_slots, *Bk.shape))
     dCbuf = u.new_zeros((n_slots, *Ck.shape))
-    du, ddt = torch.empty_like(up), torch.empty_like(up)
+    du, ddelta = torch.empty_like(up), torch.empty_like(up)
     dAt = torch.empty_like(At)
     dDv = torch.empty_like(Dv)
-    dgate = torch.empty_like(up) if z is not None else u.new_empty(1, 1, 1)
+    dbias = torch.empty_like(Dv)
+    dz = torch.empty_like(up) if z is not None else u.new_empty(1, 1, 1)
     dh0t = u.new_empty(batch, n_state, dpad)
-    _backward_kernel(_np(gp), _np(glast), _np(up), _np(dtp), _np(At), _np(Bk), _np(Ck), _np(Dv), _np(gate),
-                     z is not None, _np(saved), dim // B.shape[1], dim // C.shape[1], CHUNK, _np(du), _np(ddt),
-                     _np(dAt), _np(dBbuf), _np(dCbuf), _np(dDv), _np(dgate), _np(dh0t), W)
+    one, threshold = _constants(u.dtype)
+    _backward_kernel(_np(gp), _np(glast), _np(up), _np(dp), _np(biasv), bool(delta_softplus), _np(At), _np(Bk),
+                     _np(Ck), _np(Dv), _np(zp), z is not None, _np(saved), dim // B.shape[1], dim // C.shape[1],
+                     CHUNK, one, threshold, _np(du), _np(ddelta), _np(dAt), _np(dBbuf), _np(dCbuf), _np(dDv),
+                     _np(dbias), _np(dz), _np(dh0t), W)
     if dpad != dim:
-        du, ddt, dgate = du[:, :dim], ddt[:, :dim], (dgate[:, :dim] if z is not None else dgate)
-    if delta_softplus:
-        pre = delta if delta_bias is None else delta + delta_bias[:, None]
-        ddt = ddt * torch.where(pre <= SOFTPLUS_THRESHOLD, torch.sigmoid(pre), torch.ones_like(pre))
-    dz = None
-    if z is not None:
-        sz = torch.sigmoid(z)
-        dz = dgate * (sz * (1 + z * (1 - sz)))
+        du, ddelta, dz = du[:, :dim], ddelta[:, :dim], (dz[:, :dim] if z is not None else dz)
     dB = dBbuf.sum(0).transpose(-1, -2).contiguous()
     dC = dCbuf.sum(0).transpose(-1, -2).contiguous()
-    return (du.contiguous(), ddt.contiguous(), dAt[:, :dim].t().contiguous(), dB, dC,
-            dDv[:dim].clone() if D is not None else None, dz,
-            ddt.sum((0, 2)) if delta_bias is not None else None,
+    return (du.contiguous(), ddelta.contiguous(), dAt[:, :dim].t().contiguous(), dB, dC,
+            dDv[:dim].clone() if D is not None else None, dz.contiguous() if z is not None else None,
+            dbias[:dim].clone() if delta_bias is not None else None,
             dh0t[..., :dim].transpose(1, 2).contiguous() if h0 is not None else None)
