@@ -8,12 +8,16 @@ u, delta, A, B, C, D, z). Peers:
 - mambapy: ``MambaBlock.selective_scan`` (``mambapy.pscan``; it materializes ``(B, L, D, N)``
   tensors), with softplus/bias before and the SiLU gate after, as its ``Mamba`` runs it on CPU.
 - selective_scan_ref: mamba-ssm's reference formula (one torch op chain per step, autograd for the
-  backward), transcribed here from its equations. It is slow and linear in L, so by default it is
-  timed at ``--ref-length`` (128) and scaled by ``L / ref_length``; ``--full-ref`` times it at full L.
+  backward), transcribed here from its equations. It is timed once at full L (about 70 s). Its
+  time grows faster than L: the backward of every per-step slice ``decay[:, :, i]`` allocates and
+  adds a zero-filled gradient of the whole ``(batch, dim, L, N)`` tensor, so the backward moves
+  O(L^2 N dim) bytes. Timing it at a short ``--ref-length`` and scaling linearly (the earlier
+  default) underestimated it 13-fold (5.3 s against 68 s measured at L = 1024).
 
 The roofline bounds the fused kernel from below by memory traffic (inputs read and gradients written
-once, at the measured copy bandwidth) and by exponentials (one pass of L*D*N exps, at the measured
-vectorized exp rate); the table prints measured / bound.
+once, at the measured copy bandwidth) and by exponentials (two passes of L*D*N exps, at the measured
+vectorized exp rate: the forward's, and the backward's recomputation, since storing the decays would
+move 2 x 100 MB instead); the table prints measured / bound.
 
     .venv/bin/python benchmarks/ssm.py            # full run
     .venv/bin/python benchmarks/ssm.py --quick    # a short run
@@ -161,8 +165,9 @@ def main() -> None:
     parser.add_argument("--length", type=int, default=1024)
     parser.add_argument("--state", type=int, default=16)
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--ref-length", type=int, default=128, help="L at which selective_scan_ref is timed")
-    parser.add_argument("--full-ref", action="store_true", help="time selective_scan_ref at full L (~2 minutes)")
+    parser.add_argument("--ref-length", type=int, default=None,
+                        help="time selective_scan_ref at this L and scale linearly (an underestimate; default: "
+                             "full L, about 70 s)")
     parser.add_argument("--quick", action="store_true", help="fewer repeats")
     parser.add_argument("--out", default=str(Path(__file__).resolve().parent / "results" / "ssm.json"))
     args = parser.parse_args()
@@ -182,9 +187,9 @@ def main() -> None:
     results["neurostep cpu"] = {"median_s": statistics.median(t), "min_s": min(t), "times": t}
     t = _time(run_mambapy(inputs), peer_repeats, 1)
     results["mambapy pscan"] = {"median_s": statistics.median(t), "min_s": min(t), "times": t}
-    ref_length = length if args.full_ref else min(args.ref_length, length)
+    ref_length = length if args.ref_length is None else min(args.ref_length, length)
     ref_inputs = inputs if ref_length == length else _inputs(batch, dim, ref_length, n)
-    t = _time(run_ref(ref_inputs), 1, 0 if (args.quick or args.full_ref) else 1)
+    t = _time(run_ref(ref_inputs), 1, 0)
     scale = length / ref_length
     results["selective_scan_ref"] = {"median_s": statistics.median(t) * scale, "min_s": min(t) * scale, "times": t,
                                      "measured_at_length": ref_length, "scaled_by": scale}
@@ -195,7 +200,7 @@ def main() -> None:
     # forward reads u, delta, z, B, C and writes out; backward reads them and grad_out again and writes
     # du, ddelta, dz, dB, dC (dA, dD are small): 12 passes over (batch, dim, L)-sized fp32 tensors
     bytes_moved = 12 * elems * 4 + 4 * 2 * batch * n * length * 4
-    exps = elems * n
+    exps = 2 * elems * n  # forward, and the backward's recomputation of the decays
     bound_mem = bytes_moved / bandwidth
     bound_exp = exps / exp_rates["numba_vexp_per_s"]
     ns = results["neurostep cpu"]["median_s"]
