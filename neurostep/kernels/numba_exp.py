@@ -66,13 +66,13 @@ def _vexp_overload(x):
     if x == types.float32:
 
         def impl(x):
-            if x < _LO:
-                x = _LO
-            if x > _HI:
-                x = _HI
+            # selects into new names (reassigning the argument confuses numba's SSA pass when this
+            # is inlined into other inlined functions); NaN fails both compares and passes through
+            lo = _LO if x < _LO else x
+            xc = _HI if lo > _HI else lo
             # rint by the magic-number trick: exact under round-to-nearest, no int conversion needed
-            n = (x * _LOG2E + _MAGIC) - _MAGIC
-            r = (x - n * _LN2_HI) - n * _LN2_LO
+            n = (xc * _LOG2E + _MAGIC) - _MAGIC
+            r = (xc - n * _LN2_HI) - n * _LN2_LO
             q = (((_Q4 * r + _Q3) * r + _Q2) * r + _Q1) * r + _Q0
             p = (r * r) * q + r + _ONE
             scale = _int32_bits_as_float32(np.int32((n + _EXP_BIAS) * _BIAS_SHIFT))

@@ -53,6 +53,23 @@ def recomputes_h(convention: str, adaptive: bool) -> bool:
     return convention == "spikingjelly" and not adaptive
 
 
+@numba.njit(inline="always")
+def _plain_step(xr, v, out, n, k, vth, vr, vr_c, one, hard, decay, store_h):  # pragma: no cover - compiled
+    """One step of the non-adaptive spikingjelly neuron over a block's lanes: charge from ``xr``,
+    fire, reset ``v`` in place; ``out`` gets the spikes, or ``h`` when ``store_h``. The forward and
+    the recomputing backward both call it, so they round identically."""
+    zero = one - one
+    for j in range(n):
+        vj = v[j]
+        if decay:
+            hj = vj + k * (xr[j] - (vj - vr_c))
+        else:
+            hj = vj - k * (vj - vr_c) + xr[j]
+        s = one if hj - vth >= zero else zero
+        out[j] = hj if store_h else s
+        v[j] = s * vr + (one - s) * hj if hard else hj - s * vth
+
+
 @numba.njit(parallel=True, cache=True, error_model="numpy")
 def _forward_kernel(x, v0, a0, spikes, h_out, theta_out, vseq, v_last, a_last, k, omk, vth, vr, vr_c, rho, beta, one,
                     hard, decay, snn, snn_reset, adaptive, write_vseq, write_h, block):  # pragma: no cover - compiled
@@ -87,15 +104,7 @@ def _forward_kernel(x, v0, a0, spikes, h_out, theta_out, vseq, v_last, a_last, k
                     v[j] = hj
             elif not adaptive and not write_h:
                 # the common case (IF/LIF/PLIF, h recomputed by the backward): x in, spikes out
-                for j in range(n):
-                    vj = v[j]
-                    if decay:
-                        hj = vj + k * (xr[j] - (vj - vr_c))
-                    else:
-                        hj = vj - k * (vj - vr_c) + xr[j]
-                    s = one if hj - vth >= zero else zero
-                    sr[j] = s
-                    v[j] = s * vr + (one - s) * hj if hard else hj - s * vth
+                _plain_step(xr, v, sr, n, k, vth, vr, vr_c, one, hard, decay, False)
             else:
                 if adaptive:
                     tr = theta_out[t, lo:lo + n]
@@ -272,16 +281,7 @@ def _backward_recompute_kernel(x, v0, g_spikes, g_vseq, g_vlast, gx, gv0, gk_par
         v = v0[lo:lo + n].copy()
         for t in range(T):
             xr = x[t, lo:lo + n]
-            row = gx[t, lo:lo + n]
-            for j in range(n):
-                vj = v[j]
-                if decay:
-                    hj = vj + k * (xr[j] - (vj - vr_c))
-                else:
-                    hj = vj - k * (vj - vr_c) + xr[j]
-                s = one if hj - vth >= zero else zero
-                row[j] = hj
-                v[j] = s * vr + (one - s) * hj if hard else hj - s * vth
+            _plain_step(xr, v, gx[t, lo:lo + n], n, k, vth, vr, vr_c, one, hard, decay, True)
         cv = g_vlast[lo:lo + n].copy()
         z = np.empty(n, dtype=cv.dtype)
         sg = np.empty(n, dtype=cv.dtype)
