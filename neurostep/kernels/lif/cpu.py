@@ -142,7 +142,8 @@ def _forward_kernel(x, v0, a0, spikes, h_out, theta_out, vseq, v_last, a_last, k
 def _backward_kernel(x, v0, h, theta, g_spikes, g_vseq, g_vlast, g_alast, gx, gv0, ga0, gk_part, gvth_part,
                      k, omk, vth, vr, vr_c, rho, beta, one, hard, decay, detach, snn, snn_reset, adaptive,
                      has_gs, has_gvseq, need_k, sid, alpha, sg_c, fast, block):  # pragma: no cover - compiled
-    """Reverse-time sweep; g_spikes / g_vseq are (1, N) zero rows when absent (has_* False)."""
+    """Reverse-time sweep over a saved h (the snntorch convention and the adaptive threshold; see
+    recomputes_h); g_spikes / g_vseq are (1, N) zero rows when absent (has_* False)."""
     T, N = h.shape
     zero = one - one  # constants in the data dtype: a float literal would promote float32 math to float64
     nb = (N + block - 1) // block
@@ -189,23 +190,6 @@ def _backward_kernel(x, v0, h, theta, g_spikes, g_vseq, g_vlast, g_alast, gx, gv
                     keep = (one - r) if snn_reset == 1 else one
                     cv[j] = gh * omk * keep
                     gk_acc[j] -= gh * (keep * vpj)
-                continue
-            if not adaptive and not need_k:
-                # the common case, without the adaptation state and the stash for d/d tau_inv
-                for j in range(n):
-                    hj = hr[j]
-                    gst = gsr[j]
-                    sgj = sg[j]
-                    s = one if z[j] >= zero else zero
-                    gv = cv[j] + gvr[j]
-                    dvds = (vr - hj) if hard else -vth
-                    gs_tot = gst if detach else gst + gv * dvds
-                    gh = gs_tot * sgj + (gv * (one - s) if hard else gv)
-                    gth = -gs_tot * sgj
-                    gth = gth if hard else gth - s * gv
-                    gvth_acc[j] += gth
-                    gxr[j] = gh * k if decay else gh
-                    cv[j] = gh * omk
                 continue
             for j in range(n):
                 hj = hr[j]
