@@ -274,9 +274,9 @@ def _backward_kernel(gout, glast, u, delta, biasv, softplus, At, B, C, Dv, z, ha
         a = np.empty((n_state, W), dtype=ty)
         tbs = np.empty((chunk, n_state, W), dtype=ty)
         tcs = np.empty((chunk, n_state, W), dtype=ty)
-        sdt = np.empty((n_state, chunk, W), dtype=ty)
         pt = np.empty((chunk, n_state, W), dtype=ty)
-        sdu = np.empty((n_state, chunk, W), dtype=ty)
+        pa = np.empty((chunk, W), dtype=ty)  # sum_n pt * A
+        sb = np.empty((chunk, W), dtype=ty)  # sum_n dx * B
         acc_b = np.empty((n_state, W), dtype=ty)
         acc_c = np.empty((n_state, W), dtype=ty)
         dA_acc = np.zeros((n_state, W), dtype=ty)
@@ -401,6 +401,8 @@ def _backward_kernel(gout, glast, u, delta, biasv, softplus, At, B, C, Dv, z, ha
                 # everything else depends on dxs only: per-(k, n, lane) terms, stored
                 # (one store per loop: few pointers, so LLVM's runtime alias checks stay cheap
                 # and every loop vectorizes over the lanes)
+                pa[:, :] = 0
+                sb[:, :] = 0
                 for k in range(nk):
                     for n in range(n_state):
                         for j in range(w):
@@ -408,22 +410,20 @@ def _backward_kernel(gout, glast, u, delta, biasv, softplus, At, B, C, Dv, z, ha
                     for n in range(n_state):
                         for j in range(w):
                             dA_acc[n, j] += pt[k, n, j] * dts[k, j]
+                    # d dt and d u need sum_n pt*A and sum_n dx*B only: accumulate those two per lane
+                    # (P, S) instead of storing every (n, step, lane) term and reducing afterwards
+                    for n in range(n_state):
+                        for j in range(w):
+                            pa[k, j] += pt[k, n, j] * a[n, j]
                     if one_group:
                         for n in range(n_state):
                             bv = b1[k, n]
                             for j in range(w):
-                                sdt[n, k, j] = pt[k, n, j] * a[n, j] + dxs[k, n, j] * bv * uvs[k, j]
-                        for n in range(n_state):
-                            bv = b1[k, n]
-                            for j in range(w):
-                                sdu[n, k, j] = dxs[k, n, j] * bv * dts[k, j]
+                                sb[k, j] += dxs[k, n, j] * bv
                     else:
                         for n in range(n_state):
                             for j in range(w):
-                                sdt[n, k, j] = pt[k, n, j] * a[n, j] + dxs[k, n, j] * bks[k, n, j] * uvs[k, j]
-                        for n in range(n_state):
-                            for j in range(w):
-                                sdu[n, k, j] = dxs[k, n, j] * bks[k, n, j] * dts[k, j]
+                                sb[k, j] += dxs[k, n, j] * bks[k, n, j]
                     for n in range(n_state):
                         for j in range(w):
                             tbs[k, n, j] = dxs[k, n, j] * dtus[k, j]
@@ -433,13 +433,8 @@ def _backward_kernel(gout, glast, u, delta, biasv, softplus, At, B, C, Dv, z, ha
                 for k in range(nk):
                     for j in range(w):
                         dD_acc[j] += gs[k, j] * uvs[k, j]
-                        dus[k, j] = gs[k, j] * dvl[j]
-                        ddts[k, j] = 0
-                for n in range(n_state):
-                    for k in range(nk):
-                        for j in range(w):
-                            ddts[k, j] += sdt[n, k, j]
-                            dus[k, j] += sdu[n, k, j]
+                        dus[k, j] = gs[k, j] * dvl[j] + dts[k, j] * sb[k, j]
+                        ddts[k, j] = pa[k, j] + uvs[k, j] * sb[k, j]
                 if softplus:
                     for k in range(nk):
                         for j in range(w):
