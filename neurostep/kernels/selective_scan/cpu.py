@@ -274,7 +274,6 @@ def _backward_kernel(gout, glast, u, delta, biasv, softplus, At, B, C, Dv, z, ha
         a = np.empty((n_state, W), dtype=ty)
         tbs = np.empty((chunk, n_state, W), dtype=ty)
         tcs = np.empty((chunk, n_state, W), dtype=ty)
-        pt = np.empty((chunk, n_state, W), dtype=ty)
         pa = np.empty((chunk, W), dtype=ty)  # sum_n pt * A
         sb = np.empty((chunk, W), dtype=ty)  # sum_n dx * B
         acc_b = np.empty((n_state, W), dtype=ty)
@@ -347,12 +346,27 @@ def _backward_kernel(gout, glast, u, delta, biasv, softplus, At, B, C, Dv, z, ha
                         if c_time:
                             for n in range(n_state):
                                 c1[k, n] = C[ci, gc, l, n]
-                        for n in range(n_state):
-                            bv = b1[k, n]
+                        if has_z:
+                            # the gate's gradient needs y = D u + sum_n x C: accumulated here, as the
+                            # forward does, instead of in a second pass over the states
                             for j in range(w):
-                                e = vexp(dts[k, j] * a[n, j])
-                                dec[k, n, j] = e
-                                xs[k + 1, n, j] = e * xs[k, n, j] + dtus[k, j] * bv
+                                ys[k, j] = dvl[j] * uvs[k, j]
+                            for n in range(n_state):
+                                bv = b1[k, n]
+                                cv = c1[k, n]
+                                for j in range(w):
+                                    e = vexp(dts[k, j] * a[n, j])
+                                    dec[k, n, j] = e
+                                    xn = e * xs[k, n, j] + dtus[k, j] * bv
+                                    xs[k + 1, n, j] = xn
+                                    ys[k, j] += xn * cv
+                        else:
+                            for n in range(n_state):
+                                bv = b1[k, n]
+                                for j in range(w):
+                                    e = vexp(dts[k, j] * a[n, j])
+                                    dec[k, n, j] = e
+                                    xs[k + 1, n, j] = e * xs[k, n, j] + dtus[k, j] * bv
                     else:
                         if b_time:
                             _fill(bks[k], B, bi, d0, l, gs_b)
@@ -366,16 +380,12 @@ def _backward_kernel(gout, glast, u, delta, biasv, softplus, At, B, C, Dv, z, ha
                 # output gradient (through the gate) of every step of the chunk; reductions over N
                 # run with n outermost so that no per-lane accumulator is carried across n
                 if has_z:
-                    for k in range(nk):
-                        for j in range(w):
-                            ys[k, j] = dvl[j] * uvs[k, j]
-                    for n in range(n_state):
+                    if not one_group:
                         for k in range(nk):
-                            if one_group:
-                                cv = c1[k, n]
-                                for j in range(w):
-                                    ys[k, j] += xs[k + 1, n, j] * cv
-                            else:
+                            for j in range(w):
+                                ys[k, j] = dvl[j] * uvs[k, j]
+                        for n in range(n_state):
+                            for k in range(nk):
                                 for j in range(w):
                                     ys[k, j] += xs[k + 1, n, j] * cks[k, n, j]
                     for k in range(nk):
@@ -404,17 +414,16 @@ def _backward_kernel(gout, glast, u, delta, biasv, softplus, At, B, C, Dv, z, ha
                 pa[:, :] = 0
                 sb[:, :] = 0
                 for k in range(nk):
+                    # pt = dx * x_prev * decay is recomputed in both loops that use it: cheaper than
+                    # a stored pass
                     for n in range(n_state):
                         for j in range(w):
-                            pt[k, n, j] = dxs[k, n, j] * xs[k, n, j] * dec[k, n, j]
-                    for n in range(n_state):
-                        for j in range(w):
-                            dA_acc[n, j] += pt[k, n, j] * dts[k, j]
+                            dA_acc[n, j] += dxs[k, n, j] * xs[k, n, j] * dec[k, n, j] * dts[k, j]
                     # d dt and d u need sum_n pt*A and sum_n dx*B only: accumulate those two per lane
-                    # (P, S) instead of storing every (n, step, lane) term and reducing afterwards
+                    # instead of storing every (n, step, lane) term and reducing afterwards
                     for n in range(n_state):
                         for j in range(w):
-                            pa[k, j] += pt[k, n, j] * a[n, j]
+                            pa[k, j] += dxs[k, n, j] * xs[k, n, j] * dec[k, n, j] * a[n, j]
                     if one_group:
                         for n in range(n_state):
                             bv = b1[k, n]
