@@ -66,10 +66,9 @@ def _vexp_overload(x):
     if x == types.float32:
 
         def impl(x):
-            # selects into new names (reassigning the argument confuses numba's SSA pass when this
-            # is inlined into other inlined functions); NaN fails both compares and passes through
-            lo = _LO if x < _LO else x
-            xc = _HI if lo > _HI else lo
+            # min/max rather than branches or conditional expressions, whose phi nodes numba's SSA
+            # pass mishandles when this is inlined into other inlined functions; NaN passes through
+            xc = min(max(x, _LO), _HI)
             # rint by the magic-number trick: exact under round-to-nearest, no int conversion needed
             n = (xc * _LOG2E + _MAGIC) - _MAGIC
             r = (xc - n * _LN2_HI) - n * _LN2_LO
