@@ -148,11 +148,9 @@ def lif_backward(
     p = _params(tau_inv, v_threshold, v_reset, hard_reset, decay_input, detach_reset, surrogate, alpha,
                 convention, snn_reset, adapt_rho, adapt_beta, adaptive)
     impl = KERNELS.resolve("lif", backend, h.device)
-    T, cdtype = h.shape[0], h.dtype
-    lanes = v0.shape
     recompute = h.numel() == 0
-    if recompute:
-        T = x.shape[0]
+    T, cdtype = (x.shape[0] if recompute else h.shape[0]), h.dtype
+    lanes = v0.shape
     xc = _to_compute(x, T, cdtype) if x.numel() > 0 else None
 
     def prep(g, with_t):

@@ -54,6 +54,12 @@ def recomputes_h(convention: str, adaptive: bool) -> bool:
 
 
 @numba.njit(inline="always")
+def _charge(vj, xj, k, vr_c, decay):  # pragma: no cover - compiled
+    """spikingjelly's charge: ``H = V + k (X - (V - V_r))``, or ``V - k (V - V_r) + X`` without decay_input."""
+    return vj + k * (xj - (vj - vr_c)) if decay else vj - k * (vj - vr_c) + xj
+
+
+@numba.njit(inline="always")
 def _plain_step(xr, v, out, n, k, vth, vr, vr_c, one, hard, decay, store_h):  # pragma: no cover - compiled
     """One step of the non-adaptive spikingjelly neuron over a block's lanes: charge from ``xr``,
     fire, reset ``v`` in place; ``out`` gets the spikes, or ``h`` when ``store_h``. The forward and
@@ -61,10 +67,7 @@ def _plain_step(xr, v, out, n, k, vth, vr, vr_c, one, hard, decay, store_h):  # 
     zero = one - one
     for j in range(n):
         vj = v[j]
-        if decay:
-            hj = vj + k * (xr[j] - (vj - vr_c))
-        else:
-            hj = vj - k * (vj - vr_c) + xr[j]
+        hj = _charge(vj, xr[j], k, vr_c, decay)
         s = one if hj - vth >= zero else zero
         out[j] = hj if store_h else s
         v[j] = s * vr + (one - s) * hj if hard else hj - s * vth
@@ -72,7 +75,7 @@ def _plain_step(xr, v, out, n, k, vth, vr, vr_c, one, hard, decay, store_h):  # 
 
 @numba.njit(parallel=True, cache=True, error_model="numpy")
 def _forward_kernel(x, v0, a0, spikes, h_out, theta_out, vseq, v_last, a_last, k, omk, vth, vr, vr_c, rho, beta, one,
-                    hard, decay, snn, snn_reset, adaptive, write_vseq, write_h, block):  # pragma: no cover - compiled
+                    hard, decay, snn, snn_reset, adaptive, write_vseq, block):  # pragma: no cover - compiled
     T, N = x.shape
     zero = one - one  # constants in the data dtype: a float literal would promote float32 math to float64
     nb = (N + block - 1) // block
@@ -87,9 +90,9 @@ def _forward_kernel(x, v0, a0, spikes, h_out, theta_out, vseq, v_last, a_last, k
             # row segments as slices indexed from 0: an index like lo + j could be negative to numba's
             # eyes, and the wraparound check that it then emits stops vectorization (13x slower)
             xr = x[t, lo:lo + n]
-            hr = h_out[t if write_h else 0, lo:lo + n]  # a (1, N) scratch row when h is not saved
             sr = spikes[t, lo:lo + n]
             if snn:
+                hr = h_out[t, lo:lo + n]
                 for j in range(n):
                     vj = v[j]
                     r = one if vj > vth else zero
@@ -102,31 +105,27 @@ def _forward_kernel(x, v0, a0, spikes, h_out, theta_out, vseq, v_last, a_last, k
                     hr[j] = hj
                     sr[j] = one if hj - vth > zero else zero
                     v[j] = hj
-            elif not adaptive and not write_h:
-                # the common case (IF/LIF/PLIF, h recomputed by the backward): x in, spikes out
+            elif not adaptive:
+                # IF/LIF/PLIF: x in, spikes out (the backward recomputes h, see recomputes_h)
                 _plain_step(xr, v, sr, n, k, vth, vr, vr_c, one, hard, decay, False)
             else:
-                if adaptive:
-                    tr = theta_out[t, lo:lo + n]
-                    for j in range(n):
-                        ap = rho * a[j]
-                        a[j] = ap
-                        th[j] = vth + ap
-                        tr[j] = vth + ap
+                hr = h_out[t, lo:lo + n]
+                tr = theta_out[t, lo:lo + n]
+                for j in range(n):
+                    ap = rho * a[j]
+                    a[j] = ap
+                    th[j] = vth + ap
+                    tr[j] = vth + ap
                 for j in range(n):
                     vj = v[j]
-                    if decay:
-                        hj = vj + k * (xr[j] - (vj - vr_c))
-                    else:
-                        hj = vj - k * (vj - vr_c) + xr[j]
+                    hj = _charge(vj, xr[j], k, vr_c, decay)
                     thj = th[j]
                     s = one if hj - thj >= zero else zero
                     hr[j] = hj
                     sr[j] = s
                     v[j] = s * vr + (one - s) * hj if hard else hj - s * thj
-                if adaptive:
-                    for j in range(n):
-                        a[j] = a[j] + beta * sr[j]
+                for j in range(n):
+                    a[j] = a[j] + beta * sr[j]
             if write_vseq:
                 vs = vseq[t, lo:lo + n]
                 for j in range(n):
@@ -350,7 +349,7 @@ def forward(x: torch.Tensor, v0: torch.Tensor, a0: torch.Tensor | None, p: LIFPa
     adaptive = p.adaptive and not p.snn
     save_h = not recomputes_h("snntorch" if p.snn else "spikingjelly", adaptive)
     spikes = torch.empty_like(x)
-    h = torch.empty_like(x) if save_h else torch.from_numpy(np.empty((1, N), dtype=_NP_DTYPE[x.dtype]))
+    h = torch.empty_like(x) if save_h else x.new_empty((1, 1))
     theta = torch.empty_like(x) if adaptive else x.new_empty((1, 1))
     vseq = torch.empty_like(x) if need_vseq else x.new_empty((1, 1))
     v_last = x.new_empty(N)
@@ -361,7 +360,7 @@ def forward(x: torch.Tensor, v0: torch.Tensor, a0: torch.Tensor | None, p: LIFPa
     k, omk, vth, vr, vr_c, rho, beta, one = _scalars(p, x.dtype)
     _forward_kernel(_np(x), _np(v0), a0_arr, _np(spikes), _np(h), _np(theta), _np(vseq), _np(v_last),
                     _np(a_last), k, omk, vth, vr, vr_c, rho, beta, one, p.hard, p.decay_input, p.snn, p.snn_reset,
-                    adaptive, need_vseq, save_h, _block_size(N))
+                    adaptive, need_vseq, _block_size(N))
     return spikes, v_last, (a_last if adaptive else None), (vseq if need_vseq else None), (h if save_h else None), \
         (theta if adaptive else None)
 

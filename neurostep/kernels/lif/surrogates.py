@@ -266,5 +266,3 @@ def sg_block(sid, a, c, z, out, ibuf, n, fast):  # pragma: no cover - compiled
         for j in range(n):
             d = _ONE + a * abs(z[j])
             out[j] = _ONE / (d * d)
-
-
