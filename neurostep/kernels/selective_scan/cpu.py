@@ -5,16 +5,16 @@ batch row. Inside a block the ``W`` channels are the vector lanes: for every tim
 state index ``n`` the update ``x[n, j] = exp(dt[j] A[n, j]) x[n, j] + dt[j] u[j] B[n, j]`` runs over
 ``j`` in AVX2 registers with the vectorizable ``vexp``, and the output ``y[j] = sum_n x[n, j] C[n, j]``
 accumulates vertically, so no horizontal reduction sits on the critical path (N may be 1, as in
-LaMamba). Each step's lane values (dt, u, grad) are gathered once from the ``(batch, dim, L)``
-tensors into block-local arrays (16 rows x 64-byte lines stay in L1 across steps), so the N loop
-touches only block-local memory, which LLVM can vectorize without alias checks. Channels are
-padded to a multiple of W only when needed.
+LaMamba). The lane values of a chunk of ``CHUNK`` steps (delta, u, z, grad) are gathered once,
+channel by channel, from the ``(batch, dim, L)`` tensors into block-local arrays, so the N loop
+touches only block-local memory. When a block's channels share one B/C group, B[n] and C[n] enter
+the lane loops as scalars. Channels are padded to a multiple of W only when needed.
 
 Memory: the forward never stores per-step states. It saves only the state entering every chunk of
 ``CHUNK`` steps (``(batch, ceil(L / CHUNK), N, dim)``). The backward walks the chunks in reverse,
 recomputes a chunk's states and decays from its checkpoint into a thread-local buffer
-(``CHUNK x N x W``, L2-resident), then runs the adjoint recurrence over it. softplus, its derivative,
-the bias and the SiLU gate are elementwise over ``(batch, dim, L)`` and stay in torch.
+(``CHUNK x N x W``, L2-resident), then runs the adjoint recurrence over it. The bias, softplus, the
+SiLU gate and their derivatives are applied per chunk inside the kernels (:func:`_prepare_chunk`).
 
 B and C are read from their canonical ``(Bb, G, N, Lb)`` layout transposed to ``(Bb, G, Lb, N)``;
 channel ``d`` reads group ``d // (dim // G)``. Their gradients are reduced over the channels of a
@@ -44,6 +44,16 @@ def saved_shape(batch: int, dim: int, length: int, d_state: int) -> tuple[int, .
 def _group(d, group_size, groups):
     g = d // group_size
     return g if g < groups else groups - 1  # padded channels read the last group (their inputs are 0)
+
+
+@numba.njit(inline="always")
+def _block_groups(d0, gs_b, gs_c, groups_b, groups_c):
+    """The B and C groups of the block starting at channel d0, and whether all its W channels
+    read those two groups (then B[n] and C[n] are one value per step for the whole block)."""
+    gb = _group(d0, gs_b, groups_b)
+    gc = _group(d0, gs_c, groups_c)
+    one_group = gb == _group(d0 + W - 1, gs_b, groups_b) and gc == _group(d0 + W - 1, gs_c, groups_c)
+    return gb, gc, one_group
 
 
 @numba.njit(inline="always")
@@ -157,6 +167,7 @@ def _prepare_chunk(dts, spd, gts, gzd, biasv, d0, nk, w, softplus, has_z, need_g
 @numba.njit(parallel=True, cache=True, fastmath=False)
 def _forward_kernel(u, delta, biasv, softplus, At, B, C, Dv, z, has_z, h0t, gs_b, gs_c, chunk, one, threshold,
                     out, last, ckpt, w):
+    # ``w`` is W passed at run time, as in the backward (see there)
     batch, dpad, length = u.shape
     n_state = At.shape[0]
     n_blocks = dpad // W
@@ -184,9 +195,7 @@ def _forward_kernel(u, delta, biasv, softplus, At, B, C, Dv, z, has_z, h0t, gs_b
                 x[n, j] = h0t[b, n, d0 + j]
                 a[n, j] = At[n, d0 + j]
         dvl = Dv[d0:d0 + w]
-        gb = _group(d0, gs_b, B.shape[1])
-        gc = _group(d0, gs_c, C.shape[1])
-        one_group = gb == _group(d0 + W - 1, gs_b, B.shape[1]) and gc == _group(d0 + W - 1, gs_c, C.shape[1])
+        gb, gc, one_group = _block_groups(d0, gs_b, gs_c, B.shape[1], C.shape[1])
         if not b_time:
             _fill(bb, B, bi, d0, 0, gs_b)
         if not c_time:
@@ -205,7 +214,7 @@ def _forward_kernel(u, delta, biasv, softplus, At, B, C, Dv, z, has_z, h0t, gs_b
             _gather_rows(uvs, u, b, d0, start, nk, w)
             if has_z:
                 _gather_rows(gts, z, b, d0, start, nk, w)
-            _prepare_chunk(dts, dts, gts, gts, biasv, d0, nk, W, softplus, has_z, False, one, threshold)
+            _prepare_chunk(dts, dts, gts, gts, biasv, d0, nk, w, softplus, has_z, False, one, threshold)
             for k in range(nk):
                 l = start + k
                 for j in range(w):
@@ -268,7 +277,7 @@ def _backward_kernel(gout, glast, u, delta, biasv, softplus, At, B, C, Dv, z, ha
         dxs = np.empty((chunk, n_state, W), dtype=ty)
         bks = np.empty((chunk, n_state, W), dtype=ty)
         cks = np.empty((chunk, n_state, W), dtype=ty)
-        b1 = np.empty((chunk, n_state), dtype=ty)  # B, C of a block that lies in one group: one value per lane
+        b1 = np.empty((chunk, n_state), dtype=ty)  # B, C of a one-group block: one value per (step, n)
         c1 = np.empty((chunk, n_state), dtype=ty)
         dx = np.empty((n_state, W), dtype=ty)
         a = np.empty((n_state, W), dtype=ty)
@@ -297,9 +306,7 @@ def _backward_kernel(gout, glast, u, delta, biasv, softplus, At, B, C, Dv, z, ha
             for j in range(w):
                 a[n, j] = At[n, d0 + j]
         dvl = Dv[d0:d0 + w]
-        gb = _group(d0, gs_b, B.shape[1])
-        gc = _group(d0, gs_c, C.shape[1])
-        one_group = gb == _group(d0 + W - 1, gs_b, B.shape[1]) and gc == _group(d0 + W - 1, gs_c, C.shape[1])
+        gb, gc, one_group = _block_groups(d0, gs_b, gs_c, B.shape[1], C.shape[1])
         for b in range(batch):
             bi = b if B.shape[0] > 1 else 0
             ci = b if C.shape[0] > 1 else 0
@@ -308,15 +315,19 @@ def _backward_kernel(gout, glast, u, delta, biasv, softplus, At, B, C, Dv, z, ha
                     dx[n, j] = glast[b, n, d0 + j]
             if not b_time:
                 for k in range(chunk):
-                    _fill(bks[k], B, bi, d0, 0, gs_b)
-                    for n in range(n_state):
-                        b1[k, n] = B[bi, gb, 0, n]
+                    if one_group:
+                        for n in range(n_state):
+                            b1[k, n] = B[bi, gb, 0, n]
+                    else:
+                        _fill(bks[k], B, bi, d0, 0, gs_b)
                 acc_b[:, :] = 0
             if not c_time:
                 for k in range(chunk):
-                    _fill(cks[k], C, ci, d0, 0, gs_c)
-                    for n in range(n_state):
-                        c1[k, n] = C[ci, gc, 0, n]
+                    if one_group:
+                        for n in range(n_state):
+                            c1[k, n] = C[ci, gc, 0, n]
+                    else:
+                        _fill(cks[k], C, ci, d0, 0, gs_c)
                 acc_c[:, :] = 0
             for c in range(n_chunks - 1, -1, -1):
                 start = c * chunk
@@ -377,8 +388,7 @@ def _backward_kernel(gout, glast, u, delta, biasv, softplus, At, B, C, Dv, z, ha
                                 e = vexp(dts[k, j] * a[n, j])
                                 dec[k, n, j] = e
                                 xs[k + 1, n, j] = e * xs[k, n, j] + dtus[k, j] * bks[k, n, j]
-                # output gradient (through the gate) of every step of the chunk; reductions over N
-                # run with n outermost so that no per-lane accumulator is carried across n
+                # output gradient through the gate (y of one-group blocks came with the recompute)
                 if has_z:
                     if not one_group:
                         for k in range(nk):
@@ -408,9 +418,8 @@ def _backward_kernel(gout, glast, u, delta, biasv, softplus, At, B, C, Dv, z, ha
                                 dxn = dx[n, j] + gs[k, j] * cks[k, n, j]
                                 dxs[k, n, j] = dxn
                                 dx[n, j] = dxn * dec[k, n, j]
-                # everything else depends on dxs only: per-(k, n, lane) terms, stored
-                # (one store per loop: few pointers, so LLVM's runtime alias checks stay cheap
-                # and every loop vectorizes over the lanes)
+                # everything else depends on dxs only, one store per loop: few pointers, so LLVM's
+                # runtime alias checks stay cheap and every loop vectorizes over the lanes
                 pa[:, :] = 0
                 sb[:, :] = 0
                 for k in range(nk):
