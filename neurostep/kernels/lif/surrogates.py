@@ -22,6 +22,8 @@ import numba
 import numpy as np
 import torch
 
+from neurostep.kernels.numba_exp import vexp
+
 _PI = math.pi
 _SQRT_PI = math.sqrt(math.pi)
 
@@ -134,75 +136,55 @@ def get_surrogate(name: str) -> Surrogate:
 
 
 # ---------------------------------------------------------------------------------------------
-# numba: the derivative over a contiguous block of lanes.
+# numba: the derivative per lane (sg_value) and over a contiguous block of lanes (sg_block).
 #
-# The switch on the surrogate id sits outside the lane loops so that each loop is branch-free
-# and LLVM vectorizes it. numba's math.exp is a scalar libm call (no SVML here), so the exp-based
-# surrogates use a polynomial exp that vectorizes (see _vexp_neg_f32).
+# numba's math.exp is a scalar libm call (no SVML here), so the exp-based surrogates use
+# kernels.numba_exp.vexp, which vectorizes in float32 (and is math.exp in float64).
 
-_LOG2E = np.float32(1.4426950408889634)
-_LN2_HI = np.float32(0.693359375)  # Cody-Waite split of ln 2: hi has few mantissa bits, so n*hi is exact
-_LN2_LO = np.float32(-2.12194440e-4)
-_HALF = np.float32(0.5)
 _ONE = np.float32(1.0)
 _TWO = np.float32(2.0)
 _ZERO = np.float32(0.0)
-_EXP_LO = np.float32(-69.0)  # exp flushes to 0 below this (see _vexp_neg_f32)
-_ROUND = np.float32(12582912.0)  # 1.5 * 2^23: (x + R) - R rounds x to the nearest integer in float32
-_C2 = np.float32(1.0 / 2.0)
-_C3 = np.float32(1.0 / 6.0)
-_C4 = np.float32(1.0 / 24.0)
-_C5 = np.float32(1.0 / 120.0)
-_C6 = np.float32(1.0 / 720.0)
-_C7 = np.float32(1.0 / 5040.0)
+_EXP_LO = np.float32(-69.0)  # see _exp_flushed
 
 
-# FMA contraction (only) is allowed here: it halves the polynomial's instruction count and is more
-# accurate, and nothing compares this exp bit-exactly.
-@numba.njit(cache=True, error_model="numpy", fastmath={"contract"})
-def _exp_surrogate_f32(z, out, ibuf, n, kind, a, c):  # pragma: no cover - compiled
-    """An exp-based surrogate derivative (or a plain exp) over a block, in float32, vectorizable.
+@numba.njit(inline="always")
+def _exp_flushed(w):  # pragma: no cover - compiled
+    """``exp(w)``, flushed to 0 below ``e^-69`` (about 1e-30): negligible as a gradient, while the
+    denormals that the far tails would otherwise give make every later multiply ~100x slower."""
+    return _ZERO if w < _EXP_LO else vexp(w)
 
-    kind 0: sigmoid ``a*u/(1+u)^2`` with ``u = exp(-a|z|)``; 1: ``c*exp(-a|z|)`` (piecewise exp);
-    2: ``c*exp(-(a z)^2)`` (erf); 3: ``exp(z)`` for ``z <= 0``. z and out must not overlap (LLVM
-    checks at run time and falls back to scalar code when they do).
 
-    exp(w) = 2^m * exp(r) with m = round(w*log2 e) and |r| <= ln2/2; exp(r) by a degree-7 Taylor
-    polynomial (truncation < 1e-8 relative, < 3e-7 overall); 2^m is built from its IEEE exponent
-    bits in an int32 buffer viewed as float32 (numba has no scalar bit-cast). Rounding uses the
-    1.5*2^23 trick (np.floor is a scalar libm call here). exp(w) below e^-69 (~1e-30) is flushed
-    to 0: negligible as a gradient, and denormals would make the arithmetic ~100x slower. The
-    kind switch is a select between computed values, so the loops have no branches.
+@numba.njit(inline="always")
+def sg_value(sid, a, c, z):  # pragma: no cover - compiled
+    """``surrogate'(z)`` of one lane for surrogate id ``sid``, alpha ``a`` and ``c = sg_constant(sid, a)``.
+
+    Scalars of one float dtype (constants are exact float32 numbers, so float32 stays float32).
+    Call it with a literal ``sid`` inside a loop (as :func:`sg_block` does): the switch then folds
+    away and the loop vectorizes; a run-time ``sid`` inside a lane loop is not unswitched by LLVM.
     """
-    for j in range(n):
-        zj = z[j]
-        az = a * zj
-        w = -(az * az) if kind == 2 else (zj if kind == 3 else -a * abs(zj))
-        w = np.float32(w)
-        wc = _EXP_LO if w < _EXP_LO else w  # written so that NaN passes through
-        m = (wc * _LOG2E + _ROUND) - _ROUND
-        r = (wc - m * _LN2_HI) - m * _LN2_LO
-        p = _C7
-        p = p * r + _C6
-        p = p * r + _C5
-        p = p * r + _C4
-        p = p * r + _C3
-        p = p * r + _C2
-        p = p * r + _ONE
-        p = p * r + _ONE
-        out[j] = _ZERO if w < _EXP_LO else p
-        ibuf[j] = (np.int32(m) + np.int32(127)) << np.int32(23)
-    scale = ibuf.view(np.float32)
-    for j in range(n):
-        u = out[j] * scale[j]
+    if sid == 0:  # sigmoid: a*s*(1-s) = a*u/(1+u)^2 with u = exp(-a|z|) <= 1 (no overflow)
+        u = _exp_flushed(-a * abs(z))
         d = _ONE + u
-        out[j] = a * u / (d * d) if kind == 0 else (u if kind == 3 else c * u)
-
-
-@numba.njit(cache=True, error_model="numpy")
-def _vexp_neg_f32(z, out, ibuf, n):  # pragma: no cover - compiled
-    """out[:n] = exp(z[:n]) for z <= 0 in float32 (see _exp_surrogate_f32); z, out distinct."""
-    _exp_surrogate_f32(z, out, ibuf, n, 3, _ONE, _ONE)
+        return a * u / (d * d)
+    if sid == 1:  # atan, c = pi/2*a
+        w = c * z
+        return a / (_TWO * (_ONE + w * w))
+    if sid == 2:  # piecewise quadratic, c = a^2
+        g = a - c * abs(z)
+        return g if g > _ZERO else _ZERO
+    if sid == 3:  # piecewise exp, c = a/2
+        return c * _exp_flushed(-a * abs(z))
+    if sid == 4:  # soft sign
+        d = _ONE + a * abs(z)
+        return a / (_TWO * d * d)
+    if sid == 5:  # super spike
+        d = _ONE + abs(z)
+        return a / (d * d)
+    if sid == 6:  # erf, c = a/sqrt(pi)
+        az = a * z
+        return c * _exp_flushed(-(az * az))
+    d = _ONE + a * abs(z)  # fast sigmoid
+    return _ONE / (d * d)
 
 
 def sg_constant(sid: int, alpha: float) -> float:
@@ -216,53 +198,36 @@ def sg_constant(sid: int, alpha: float) -> float:
     return alpha * alpha
 
 
-@numba.njit(cache=True, error_model="numpy")
-def sg_block(sid, a, c, z, out, ibuf, n, fast):  # pragma: no cover - compiled
+# FMA contraction (only) is allowed: it shortens the exp polynomial and is more accurate, and
+# nothing compares a surrogate bit-exactly.
+@numba.njit(cache=True, error_model="numpy", fastmath={"contract"})
+def sg_block(sid, a, c, z, out, n):  # pragma: no cover - compiled
     """out[:n] = surrogate'(z[:n]) for surrogate id ``sid``, alpha ``a`` and ``c = sg_constant(sid, a)``.
 
-    z, out: distinct 1-d float arrays (same dtype) of length >= n; ibuf: int32 scratch (>= n);
-    a, c: scalars of the data dtype; fast: use the float32 polynomial exp (float32 data only).
-    All constants are exact float32 numbers or come in through ``c``, so float32 data is computed
-    in float32 (8 lanes per AVX2 vector) and float64 data in float64.
+    z, out: distinct 1-d float arrays (same dtype) of length >= n; a, c: scalars of the data dtype.
+    One loop per surrogate, each with a literal id (see :func:`sg_value`).
     """
-    if sid == 0:  # sigmoid: a*s*(1-s) = a*u/(1+u)^2 with u = exp(-a|z|) <= 1 (no overflow)
-        if fast:
-            _exp_surrogate_f32(z, out, ibuf, n, 0, a, c)
-        else:
-            for j in range(n):
-                u = math.exp(-a * abs(z[j]))
-                d = _ONE + u
-                out[j] = a * u / (d * d)
-    elif sid == 1:  # atan, c = pi/2*a
+    if sid == 0:
         for j in range(n):
-            w = c * z[j]
-            out[j] = a / (_TWO * (_ONE + w * w))
-    elif sid == 2:  # piecewise quadratic, c = a^2
+            out[j] = sg_value(0, a, c, z[j])
+    elif sid == 1:
         for j in range(n):
-            g = a - c * abs(z[j])
-            out[j] = g if g > _ZERO else _ZERO
-    elif sid == 3:  # piecewise exp, c = a/2
-        if fast:
-            _exp_surrogate_f32(z, out, ibuf, n, 1, a, c)
-        else:
-            for j in range(n):
-                out[j] = c * math.exp(-a * abs(z[j]))
-    elif sid == 4:  # soft sign
+            out[j] = sg_value(1, a, c, z[j])
+    elif sid == 2:
         for j in range(n):
-            d = _ONE + a * abs(z[j])
-            out[j] = a / (_TWO * d * d)
-    elif sid == 5:  # super spike
+            out[j] = sg_value(2, a, c, z[j])
+    elif sid == 3:
         for j in range(n):
-            d = _ONE + abs(z[j])
-            out[j] = a / (d * d)
-    elif sid == 6:  # erf, c = a/sqrt(pi)
-        if fast:
-            _exp_surrogate_f32(z, out, ibuf, n, 2, a, c)
-        else:
-            for j in range(n):
-                az = a * z[j]
-                out[j] = c * math.exp(-(az * az))
-    else:  # fast sigmoid
+            out[j] = sg_value(3, a, c, z[j])
+    elif sid == 4:
         for j in range(n):
-            d = _ONE + a * abs(z[j])
-            out[j] = _ONE / (d * d)
+            out[j] = sg_value(4, a, c, z[j])
+    elif sid == 5:
+        for j in range(n):
+            out[j] = sg_value(5, a, c, z[j])
+    elif sid == 6:
+        for j in range(n):
+            out[j] = sg_value(6, a, c, z[j])
+    else:
+        for j in range(n):
+            out[j] = sg_value(7, a, c, z[j])
