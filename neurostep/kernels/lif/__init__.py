@@ -90,7 +90,8 @@ def lif_forward(
     v_reset: float, hard_reset: bool, decay_input: bool, detach_reset: bool, surrogate: str, alpha: float,
     convention: str, snn_reset: str, adapt_rho: float, adapt_beta: float, return_v_seq: bool, backend: str,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Raw forward op. Returns ``(spikes, v_last, a_last|empty, v_seq|empty, h|empty, theta|empty)``;
+    """Raw forward op, not differentiable by itself (:func:`lif_scan` pairs it with ``lif_backward``
+    in an autograd Function). Returns ``(spikes, v_last, a_last|empty, v_seq|empty, h|empty, theta|empty)``;
     ``h``/``theta`` ``(T, N)`` in the compute dtype are saved for the backward. ``h`` is empty when
     the backend recomputes it from ``x`` in the backward (``impl.recomputes_h``)."""
     adaptive = a0 is not None

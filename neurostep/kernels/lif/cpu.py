@@ -9,9 +9,10 @@ streams one contiguous row segment of x / h / spikes. Looping over time *inside*
 The plain spikingjelly neurons (IF, LIF, PLIF) save nothing: the backward recomputes ``h`` (the
 pre-reset membrane) from x with the forward's exact arithmetic (:func:`recomputes_h`). The
 snntorch convention and the adaptive threshold save ``h`` (plus ``theta``), and the backward
-recomputes spikes and the post-reset membrane from it. Scalars are passed in the data dtype (float32 stays float32: numba would otherwise
-promote to float64 and round differently from the torch reference). Mode flags are loop
-invariant and written as selects, which LLVM if-converts, so the loops stay vectorizable.
+recomputes spikes and the post-reset membrane from it. Scalars are passed in the data dtype
+(float32 stays float32: numba would otherwise promote to float64 and round differently from the
+torch reference). Mode flags are loop invariant and written as selects, which LLVM if-converts,
+so the loops stay vectorizable.
 
 Same signature as ``reference.forward`` / ``reference.backward``: contiguous ``(T, N)`` float32
 or float64 tensors.
