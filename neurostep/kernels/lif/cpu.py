@@ -62,6 +62,30 @@ def _charge(vj, xj, k, vr_c, decay):  # pragma: no cover - compiled
 
 
 @numba.njit(inline="always")
+def _reset(hj, s, thj, vr, one, hard):  # pragma: no cover - compiled
+    """The membrane after spike ``s``: hard ``S V_r + (1 - S) H``, soft ``H - S theta``."""
+    return s * vr + (one - s) * hj if hard else hj - s * thj
+
+
+@numba.njit(inline="always")
+def _dcharge_dk(vj, xj, vr_c, decay):  # pragma: no cover - compiled
+    """``d H / d k`` of :func:`_charge` at the previous membrane ``vj``."""
+    return (xj - vj + vr_c) if decay else (vr_c - vj)
+
+
+@numba.njit(inline="always")
+def _spike_grads(hj, thj, s, gst, sgj, gv, extra, vr, one, hard, detach):  # pragma: no cover - compiled
+    """Gradients of ``H`` and of the threshold through one step's fire and reset, from the spike's
+    gradient ``gst`` (plus ``extra``, the adaptation's), the post-reset membrane's ``gv`` and the
+    surrogate ``sgj``."""
+    dvds = (vr - hj) if hard else -thj
+    gs_tot = (gst if detach else gst + gv * dvds) + extra
+    gh = gs_tot * sgj + (gv * (one - s) if hard else gv)
+    gth = -gs_tot * sgj
+    return gh, (gth if hard else gth - s * gv)
+
+
+@numba.njit(inline="always")
 def _plain_step(xr, v, out, n, k, vth, vr, vr_c, one, hard, decay, store_h):  # pragma: no cover - compiled
     """One step of the non-adaptive spikingjelly neuron over a block's lanes: charge from ``xr``,
     fire, reset ``v`` in place; ``out`` gets the spikes, or ``h`` when ``store_h``. The forward and
@@ -72,7 +96,7 @@ def _plain_step(xr, v, out, n, k, vth, vr, vr_c, one, hard, decay, store_h):  # 
         hj = _charge(vj, xr[j], k, vr_c, decay)
         s = one if hj - vth >= zero else zero
         out[j] = hj if store_h else s
-        v[j] = s * vr + (one - s) * hj if hard else hj - s * vth
+        v[j] = _reset(hj, s, vth, vr, one, hard)
 
 
 @numba.njit(parallel=True, cache=True, error_model="numpy")
@@ -125,7 +149,7 @@ def _forward_kernel(x, v0, a0, spikes, h_out, theta_out, vseq, v_last, a_last, k
                     s = one if hj - thj >= zero else zero
                     hr[j] = hj
                     sr[j] = s
-                    v[j] = s * vr + (one - s) * hj if hard else hj - s * thj
+                    v[j] = _reset(hj, s, thj, vr, one, hard)
                 for j in range(n):
                     a[j] = a[j] + beta * sr[j]
             if write_vseq:
@@ -199,12 +223,8 @@ def _backward_kernel(x, v0, h, theta, g_spikes, g_vseq, g_vlast, g_alast, gx, gv
                 sgj = sg[j]
                 s = one if z[j] >= zero else zero
                 gv = cv[j] + gvr[j]
-                dvds = (vr - hj) if hard else -thj
-                gs_tot = gst if detach else gst + gv * dvds
-                gs_tot = gs_tot + beta * caj if adaptive else gs_tot
-                gh = gs_tot * sgj + (gv * (one - s) if hard else gv)
-                gth = -gs_tot * sgj
-                gth = gth if hard else gth - s * gv
+                gh, gth = _spike_grads(hj, thj, s, gst, sgj, gv, beta * caj if adaptive else zero, vr, one, hard,
+                                       detach)
                 ca[j] = rho * (caj + gth) if adaptive else caj
                 gvth_acc[j] += gth
                 gxr[j] = gh * k if decay else gh
@@ -222,14 +242,11 @@ def _backward_kernel(x, v0, h, theta, g_spikes, g_vseq, g_vlast, g_alast, gx, gv
                         xj = xr[j]
                         thp = tpj if adaptive else vth
                         sp = one if hpj - thp >= zero else zero
-                        vpj = sp * vr + (one - sp) * hpj if hard else hpj - sp * thp
-                        gk_acc[j] += gh_s[j] * ((xj - vpj + vr_c) if decay else (vr_c - vpj))
+                        gk_acc[j] += gh_s[j] * _dcharge_dk(_reset(hpj, sp, thp, vr, one, hard), xj, vr_c, decay)
                 else:
                     vp0 = v0[lo:lo + n]
                     for j in range(n):
-                        vpj = vp0[j]
-                        xj = xr[j]
-                        gk_acc[j] += gh_s[j] * ((xj - vpj + vr_c) if decay else (vr_c - vpj))
+                        gk_acc[j] += gh_s[j] * _dcharge_dk(vp0[j], xr[j], vr_c, decay)
         s_k = 0.0
         s_th = 0.0
         gv0b = gv0[lo:lo + n]
@@ -259,12 +276,7 @@ def _reverse_row(row, gsr, z, sg, cv, gvth_acc, n, k, omk, vth, vr, one, hard, d
         gst = gsr[j]
         sgj = sg[j]
         s = one if z[j] >= zero else zero
-        gv = cv[j]
-        dvds = (vr - hj) if hard else -vth
-        gs_tot = gst if detach else gst + gv * dvds
-        gh = gs_tot * sgj + (gv * (one - s) if hard else gv)
-        gth = -gs_tot * sgj
-        gth = gth if hard else gth - s * gv
+        gh, gth = _spike_grads(hj, vth, s, gst, sgj, cv[j], zero, vr, one, hard, detach)
         gvth_acc[j] += gth
         row[j] = gh * k if decay else gh
         cv[j] = gh * omk
@@ -315,12 +327,11 @@ def _backward_recompute_kernel(x, v0, g_spikes, g_vseq, g_vlast, gx, gv0, gk_par
                     for j in range(n):
                         hpj = hp[j]
                         sp = one if hpj - vth >= zero else zero
-                        vpj = sp * vr + (one - sp) * hpj if hard else hpj - sp * vth
-                        dk[j] = (xr[j] - vpj + vr_c) if decay else (vr_c - vpj)
+                        dk[j] = _dcharge_dk(_reset(hpj, sp, vth, vr, one, hard), xr[j], vr_c, decay)
                 else:
                     vp0 = v0[lo:lo + n]
                     for j in range(n):
-                        dk[j] = (xr[j] - vp0[j] + vr_c) if decay else (vr_c - vp0[j])
+                        dk[j] = _dcharge_dk(vp0[j], xr[j], vr_c, decay)
             for j in range(n):
                 z[j] = row[j] - vth
             sg_block(sid, alpha, sg_c, z, sg, n)
