@@ -362,6 +362,12 @@ def _scalars(p: LIFParams, dtype: torch.dtype):
     return (f(p.k), f(1.0 - p.k), f(p.vth), f(p.vr), f(p.vr_charge), f(p.rho), f(p.beta), f(1.0))
 
 
+def _surrogate_scalars(p: LIFParams, dtype: torch.dtype):
+    """alpha and ``sg_constant`` in the data dtype, as :func:`sg_block` takes them."""
+    f = _NP_DTYPE[dtype]
+    return f(p.alpha), f(sg_constant(p.sid, p.alpha))
+
+
 def _check_dtype(x: torch.Tensor) -> None:
     if x.dtype not in (torch.float32, torch.float64) or x.device.type != "cpu" or not x.is_contiguous():
         raise TypeError(f"cpu backend expects contiguous float32/float64 CPU tensors, got {x.dtype} on {x.device}")
@@ -412,8 +418,7 @@ def backward(x: torch.Tensor | None, v0: torch.Tensor, h: torch.Tensor, theta: t
     need_k = bool(need_k_grad) and not p.snn
     x_arr = _np(x) if (need_k and p.decay_input and x is not None) else zrow
     k, omk, vth, vr, vr_c, rho, beta, one = _scalars(p, h.dtype)
-    ftype = np.float32 if h.dtype == torch.float32 else np.float64
-    alpha, sg_c = ftype(p.alpha), ftype(sg_constant(p.sid, p.alpha))
+    alpha, sg_c = _surrogate_scalars(p, h.dtype)
     _backward_kernel(
         x_arr, _np(v0), _np(h), _np(theta) if adaptive else zrow,
         _np(g_spikes) if g_spikes is not None else zrow, _np(g_vseq) if g_vseq is not None else zrow,
@@ -442,14 +447,13 @@ def _backward_recompute(x: torch.Tensor, v0: torch.Tensor, g_spikes: torch.Tenso
     gk_part = np.zeros(nb, dtype=np.float64)
     gvth_part = np.zeros(nb, dtype=np.float64)
     k, omk, vth, vr, vr_c, _, _, one = _scalars(p, x.dtype)
-    ftype = np.float32 if x.dtype == torch.float32 else np.float64
+    alpha, sg_c = _surrogate_scalars(p, x.dtype)
     _backward_recompute_kernel(
         _np(x), _np(v0), _np(g_spikes) if g_spikes is not None else zrow,
         _np(g_vseq) if g_vseq is not None else zrow,
         _np(g_vlast) if g_vlast is not None else np.zeros(N, dtype=np_dtype),
         _np(gx), _np(gv0), gk_part, gvth_part, k, omk, vth, vr, vr_c, one, p.hard, p.decay_input, p.detach_reset,
-        g_spikes is not None, g_vseq is not None, bool(need_k_grad), p.sid, ftype(p.alpha),
-        ftype(sg_constant(p.sid, p.alpha)), block,
+        g_spikes is not None, g_vseq is not None, bool(need_k_grad), p.sid, alpha, sg_c, block,
     )
     gk = torch.tensor(gk_part.sum(), dtype=x.dtype)
     gvth = torch.tensor(gvth_part.sum(), dtype=x.dtype)
