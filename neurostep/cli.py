@@ -2,7 +2,7 @@
 
     neurostep run experiments/<name>.toml      train/evaluate every listed block (resumes)
     neurostep list [mixers|models|tasks|experiments]
-    neurostep report runs/<name>               write report.md and plots from stored results
+    neurostep report runs/<name> [--out PATH]  write the report and plots from stored results
     neurostep bench [NAME ...] [--quick]       run the scripts in benchmarks/
     neurostep energy MODEL [...]               operation/energy report of a registered model
 """
@@ -28,9 +28,13 @@ def _cmd_run(args: argparse.Namespace) -> int:
     if args.out_dir:
         cfg.out_dir = args.out_dir
     if args.seeds:
+        if len(set(args.seeds)) != len(args.seeds):
+            raise ValueError(f"--seeds must be distinct (a repeated seed is the same run), got {args.seeds}")
         cfg.seeds = args.seeds
     if args.no_progress:
         cfg.train["progress"] = False
+    if args.workers:
+        cfg.workers = args.workers
     run_experiment(cfg, report=not args.no_report)
     return 0
 
@@ -64,7 +68,7 @@ def _cmd_list(args: argparse.Namespace) -> int:
 def _cmd_report(args: argparse.Namespace) -> int:
     from neurostep.experiment import write_report
 
-    path = write_report(args.run_dir)
+    path = write_report(args.run_dir, args.out)
     print(f"report: {path}")
     return 0
 
@@ -108,12 +112,15 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("experiment", help="path to experiments/<name>.toml")
     run.add_argument("--out-dir", help="results root (default: [experiment] out_dir, 'runs')")
     run.add_argument("--seeds", type=int, nargs="+", help="override the seeds")
-    run.add_argument("--no-progress", action="store_true", help="no progress bars")
+    run.add_argument("--workers", type=int, help="runs trained at a time (default: [experiment] workers)")
+    run.add_argument("--no-progress", action="store_true", help="no progress bars (they only show on a terminal)")
     run.add_argument("--no-report", action="store_true", help="do not write the report at the end")
     lst = sub.add_parser("list", help="list registered mixers, models, tasks and experiment files")
-    lst.add_argument("what", nargs="?", default="all", choices=("all", "mixers", "models", "tasks", "experiments"))
-    rep = sub.add_parser("report", help="write report.md and plots for runs/<name>")
-    rep.add_argument("run_dir")
+    lst.add_argument("what", nargs="?", default="all", choices=("all", "mixers", "models", "tasks", "experiments"),
+                     help="what to list (default: all)")
+    rep = sub.add_parser("report", help="write the report and plots of a results directory")
+    rep.add_argument("run_dir", help="results directory of an experiment, e.g. runs/attention_alternatives")
+    rep.add_argument("--out", help="report file to write (default: <run_dir>/report.md); plots go beside it")
     bench = sub.add_parser("bench", help="run the benchmark scripts in benchmarks/")
     bench.add_argument("names", nargs="*", help="script names without .py (default: all)")
     bench.add_argument("--quick", action="store_true", help="pass --quick to each script")
@@ -134,8 +141,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         handler = {"run": _cmd_run, "list": _cmd_list, "report": _cmd_report, "bench": _cmd_bench}[args.command]
         return handler(args)
-    except (ValueError, TypeError, FileNotFoundError, KeyError) as exc:
-        # Configuration mistakes: one clear line, not a traceback.
+    except Exception as exc:
+        from neurostep.experiment.lock import RunDirLocked  # imported on the error path only
+
+        if not isinstance(exc, (ValueError, TypeError, FileNotFoundError, KeyError, RunDirLocked)):
+            raise
+        # Configuration mistakes and a busy results directory: one clear line, not a traceback.
         print(f"neurostep {args.command}: error: {exc}", file=sys.stderr)
         return 2
 

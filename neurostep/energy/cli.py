@@ -46,7 +46,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="model constructor keyword (repeatable), e.g. --set T=4")
     p.add_argument("--device", default="cpu", help="device to run on (default cpu)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0,
+                   help="seed of the random weights and example input (default 0); spike counts depend on it")
     p.add_argument("--max-depth", type=int, default=None, help="deepest module level shown in the table")
     p.add_argument("--csv", default=None, help="also write the per-module table as CSV")
     p.add_argument("--json", default=None, help="also write the full report as JSON")

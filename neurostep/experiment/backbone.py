@@ -13,7 +13,7 @@ from torch import nn
 
 from neurostep.layers import resolve_norm
 
-READOUTS = ("mean", "last", "last_k")
+READOUTS = ("mean", "last", "all")
 
 
 class MLP(nn.Module):
@@ -54,14 +54,17 @@ class Backbone(nn.Module):
     """Classifier over token sequences with a pluggable mixer.
 
     Inputs: float features ``(B, N, in_features)`` or int64 tokens ``(B, N)``.
-    Output: logits ``(B, num_classes)`` (readout ``mean``/``last``) or ``(B, K, num_classes)``
-    (readout ``last_k``, the last K positions).
+    Output: logits ``(B, num_classes)`` (readout ``mean``/``last``) or ``(B, N, num_classes)``
+    (readout ``all``: one prediction per position).
+
+    ``causal=True`` builds the causal form of the mixer (``ValueError`` for a mixer that has
+    none); everything else in the backbone acts per position, so the whole model is then causal.
     """
 
     def __init__(self, mixer: str, *, num_classes: int, seq_len: int, dim: int = 32, depth: int = 2,
                  num_heads: int = 4, mlp_ratio: float = 2.0, norm: str | type[nn.Module] = "layernorm",
                  in_features: int | None = None, vocab_size: int | None = None,
-                 grid_size: tuple[int, int] | None = None, readout: str = "mean", readout_k: int = 1,
+                 grid_size: tuple[int, int] | None = None, readout: str = "mean", causal: bool = False,
                  mixer_options: dict[str, Any] | None = None) -> None:
         super().__init__()
         from neurostep.models import create_mixer, list_mixers
@@ -70,12 +73,10 @@ class Backbone(nn.Module):
             raise ValueError(f"give exactly one of in_features ({in_features}) and vocab_size ({vocab_size})")
         if readout not in READOUTS:
             raise ValueError(f"readout must be one of {READOUTS}, got {readout!r}")
-        if readout == "last_k" and not 1 <= readout_k <= seq_len:
-            raise ValueError(f"readout_k must be in [1, seq_len={seq_len}], got {readout_k}")
         registered = list_mixers()
         if mixer not in registered:
             raise ValueError(f"unknown block {mixer!r}; registered mixers: {registered}")
-        self.seq_len, self.grid_size, self.readout, self.readout_k = seq_len, grid_size, readout, readout_k
+        self.seq_len, self.grid_size, self.readout, self.causal = seq_len, grid_size, readout, causal
         self.in_features, self.vocab_size = in_features, vocab_size
         if in_features is not None:
             self.embed: nn.Module = nn.Linear(in_features, dim)
@@ -85,8 +86,8 @@ class Backbone(nn.Module):
         nn.init.trunc_normal_(self.pos, std=0.02)
         options = dict(mixer_options or {})
         self.blocks = nn.ModuleList(
-            MixerBlock(create_mixer(mixer, dim, num_heads=num_heads, seq_len=seq_len, grid_size=grid_size, **options),
-                       dim, mlp_ratio, norm)
+            MixerBlock(create_mixer(mixer, dim, causal=causal, num_heads=num_heads, seq_len=seq_len,
+                                    grid_size=grid_size, **options), dim, mlp_ratio, norm)
             for _ in range(depth)
         )
         self.norm = resolve_norm(norm)(dim)
@@ -109,17 +110,16 @@ class Backbone(nn.Module):
             h = h.mean(dim=1)
         elif self.readout == "last":
             h = h[:, -1]
-        else:
-            h = h[:, -self.readout_k:]
         return self.head(h)
 
 
 def build_backbone(mixer: str, task: Any, backbone: dict[str, Any],
                    mixer_options: dict[str, Any] | None = None) -> Backbone:
-    """A :class:`Backbone` for ``task`` (a :class:`~neurostep.experiment.tasks.TaskData`)."""
+    """A :class:`Backbone` for ``task`` (a :class:`~neurostep.experiment.tasks.TaskData`), causal
+    when the task is."""
     return Backbone(
         mixer, num_classes=task.num_classes, seq_len=task.seq_len, dim=backbone["dim"], depth=backbone["depth"],
         num_heads=backbone["num_heads"], mlp_ratio=backbone["mlp_ratio"], norm=backbone["norm"],
         in_features=task.in_features, vocab_size=task.vocab_size, grid_size=task.grid_size,
-        readout=task.readout, readout_k=task.readout_k, mixer_options=mixer_options,
+        readout=task.readout, causal=task.causal, mixer_options=mixer_options,
     )

@@ -2,17 +2,22 @@
 
 An experiment file has these tables (every key optional unless marked)::
 
-    [experiment]            name, kind ("mixers" | "concept_shift"), seeds, blocks, tasks, imports, out_dir
+    [experiment]            name, kind ("mixers" | "concept_shift"), seeds, blocks, tasks, imports, out_dir,
+                            workers, description
     [backbone]              dim, depth, num_heads, mlp_ratio, norm            (kind = "mixers")
-    [train]                 epochs, batch_size, lr, weight_decay, grad_clip, max_steps, eval_batch_size, progress
+    [train]                 steps, batch_size, lr, weight_decay, grad_clip, warmup, eval_every,
+                            eval_batch_size, target, patience, min_delta, progress, threads
     [measure]               energy, energy_profile, latency_reps, throughput_batch
     [tasks.<label>]         options of one task; ``task = "<base>"`` picks the builder when the
-                            label is not itself a task name (``[tasks.digits_rate] task = "digits"``)
+                            label is not itself a task name (``[tasks.digits_rate] task = "digits"``);
+                            ``blocks = [...]`` runs other blocks than [experiment] blocks on it, and
+                            ``train = {...}`` / ``backbone = {...}`` override those tables for it
     [blocks.<name>]         keyword options passed to ``create_mixer(name, ...)``
     [concept_shift]         options of the homeostatic-learner experiment (kind = "concept_shift")
 
 Unknown tables or keys raise ``ValueError`` naming the key and the allowed ones, so a typo
-never silently falls back to a default.
+never silently falls back to a default. Every run's fully resolved configuration
+(:meth:`ExperimentConfig.run_config`) is hashed; results are grouped by that hash.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import re
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,6 +47,7 @@ EXPERIMENT_DEFAULTS: dict[str, Any] = {
     "learners": ["homeostatic", "random", "constant"],
     "imports": [],         # modules imported first, e.g. to register custom mixers
     "out_dir": "runs",
+    "workers": 1,          # runs trained at a time (separate processes); 2 uses both cores of a laptop
     "description": "",
 }
 
@@ -53,15 +60,19 @@ BACKBONE_DEFAULTS: dict[str, Any] = {
 }
 
 TRAIN_DEFAULTS: dict[str, Any] = {
-    "epochs": 3,
+    "steps": 1000,         # optimizer steps at most (the budget)
     "batch_size": 32,
-    "eval_batch_size": 256,
     "lr": 2e-3,
     "weight_decay": 0.05,
     "grad_clip": 1.0,
-    "max_steps": 0,        # 0: no limit; otherwise stop after this many optimizer steps
-    "progress": True,
-    "threads": 0,          # torch intra-op threads for the run; 0 keeps torch's default
+    "warmup": 0.05,        # fraction of the steps with a linear learning-rate warm-up, then cosine decay
+    "eval_every": 100,     # steps between evaluations on the validation set (the learning curve)
+    "eval_batch_size": 256,
+    "target": 0.0,         # stop once the validation metric reaches this (accuracy >=, bpc <=); 0: never
+    "patience": 0,         # stop after this many evaluations without improvement; 0: never
+    "min_delta": 0.002,    # smallest change of the metric that counts as an improvement
+    "progress": True,      # progress bars, only when stderr is a terminal
+    "threads": 0,          # torch intra-op threads per run; 0 keeps torch's default
 }
 
 MEASURE_DEFAULTS: dict[str, Any] = {
@@ -94,6 +105,11 @@ SECTIONS: dict[str, dict[str, Any]] = {
     "concept_shift": CONCEPT_SHIFT_DEFAULTS,
 }
 TABLE_SECTIONS = ("tasks", "blocks")
+# Keys of a [tasks.<label>] table that are not options of the task builder.
+TASK_TABLE_KEYS = ("task", "blocks", "train", "backbone")
+# Keys left out of a run's hash: they change how a run is watched, not what it computes.
+UNHASHED_TRAIN_KEYS = ("progress", "threads")
+NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 
 
 @dataclass
@@ -108,12 +124,16 @@ class ExperimentConfig:
     learners: list[str]
     imports: list[str]
     out_dir: str
+    workers: int = 1
     description: str = ""
     backbone: dict[str, Any] = field(default_factory=dict)
     train: dict[str, Any] = field(default_factory=dict)
     measure: dict[str, Any] = field(default_factory=dict)
     concept_shift: dict[str, Any] = field(default_factory=dict)
     task_options: dict[str, dict[str, Any]] = field(default_factory=dict)
+    task_blocks: dict[str, list[str]] = field(default_factory=dict)
+    task_train: dict[str, dict[str, Any]] = field(default_factory=dict)
+    task_backbone: dict[str, dict[str, Any]] = field(default_factory=dict)
     block_options: dict[str, dict[str, Any]] = field(default_factory=dict)
     source: str | None = None
 
@@ -121,24 +141,45 @@ class ExperimentConfig:
     def run_dir(self) -> Path:
         return Path(self.out_dir) / self.name
 
+    def blocks_for(self, task: str) -> list[str]:
+        """Blocks run on ``task``: its own ``blocks`` list, else [experiment] blocks."""
+        return self.task_blocks.get(task, self.blocks)
+
+    def train_for(self, task: str) -> dict[str, Any]:
+        """[train] with the task's ``train`` overrides applied."""
+        return self.task_train.get(task, self.train)
+
+    def backbone_for(self, task: str) -> dict[str, Any]:
+        """[backbone] with the task's ``backbone`` overrides applied."""
+        return self.task_backbone.get(task, self.backbone)
+
+    def all_blocks(self) -> list[str]:
+        """Every block some task runs, in first-use order."""
+        return list(dict.fromkeys(b for t in self.tasks for b in self.blocks_for(t)))
+
     def run_config(self, block: str, task: str) -> dict[str, Any]:
-        """Everything that determines one (block, task) run's result, except the seed.
+        """Everything that determines one (block, task) run's result, except the seed, with
+        every default filled in (the fully resolved configuration that :meth:`config_hash` hashes).
 
         Lists of blocks, tasks and seeds are left out so that adding a block to a file does
         not invalidate the results already stored for the others.
         """
-        train = {k: v for k, v in self.train.items() if k not in ("progress", "threads")}
+        from neurostep import __version__
+
         if self.kind == "concept_shift":
-            return {"kind": self.kind, "learner": block, "task": task, "concept_shift": self.concept_shift}
+            return {"kind": self.kind, "learner": block, "task": task, "concept_shift": self.concept_shift,
+                    "neurostep": __version__}
+        train = {k: v for k, v in self.train_for(task).items() if k not in UNHASHED_TRAIN_KEYS}
         return {
             "kind": self.kind,
             "block": block,
             "block_options": self.block_options.get(block, {}),
             "task": task,
             "task_options": self.task_options.get(task, {}),
-            "backbone": self.backbone,
+            "backbone": self.backbone_for(task),
             "train": train,
             "measure": {k: v for k, v in self.measure.items() if k in ("energy", "energy_profile")},
+            "neurostep": __version__,
         }
 
     def config_hash(self, block: str, task: str) -> str:
@@ -202,9 +243,16 @@ def parse_config(data: dict[str, Any], *, name: str | None = None, source: str |
     exp_name = exp["name"] or name
     if not exp_name:
         raise ValueError("[experiment] name is missing and could not be taken from a file name")
+    if not NAME_PATTERN.fullmatch(exp_name) or ".." in exp_name:
+        raise ValueError(f"[experiment] name {exp_name!r} must be a plain directory name (letters, digits, '_', "
+                         "'-', '.'; no '/' or '..'): results go to <out_dir>/<name>")
+    if exp["workers"] < 1:
+        raise ValueError(f"[experiment] workers must be >= 1, got {exp['workers']}")
     seeds = exp["seeds"]
     if not seeds or not all(isinstance(s, int) and not isinstance(s, bool) for s in seeds):
         raise ValueError(f"[experiment] seeds must be a non-empty list of ints, got {seeds!r}")
+    if len(set(seeds)) != len(seeds):
+        raise ValueError(f"[experiment] seeds must be distinct (a repeated seed is the same run), got {seeds!r}")
     for key in ("blocks", "tasks", "learners", "imports"):
         if not all(isinstance(v, str) for v in exp[key]):
             raise TypeError(f"[experiment] {key} must be a list of strings, got {exp[key]!r}")
@@ -212,7 +260,7 @@ def parse_config(data: dict[str, Any], *, name: str | None = None, source: str |
     cfg = ExperimentConfig(
         name=exp_name, kind=exp["kind"], seeds=list(seeds), blocks=list(exp["blocks"]), tasks=list(exp["tasks"]),
         learners=list(exp["learners"]), imports=list(exp["imports"]), out_dir=exp["out_dir"],
-        description=exp["description"], source=source,
+        workers=exp["workers"], description=exp["description"], source=source,
     )
     if cfg.kind == "concept_shift":
         for section in ("backbone", "train", "measure", "tasks", "blocks"):
@@ -228,16 +276,10 @@ def parse_config(data: dict[str, Any], *, name: str | None = None, source: str |
     cfg.backbone = _fill("backbone", data.get("backbone", {}), BACKBONE_DEFAULTS)
     cfg.train = _fill("train", data.get("train", {}), TRAIN_DEFAULTS)
     cfg.measure = _fill("measure", data.get("measure", {}), MEASURE_DEFAULTS)
-    for key in ("dim", "depth", "num_heads"):
-        if cfg.backbone[key] < 1:
-            raise ValueError(f"[backbone] {key} must be >= 1, got {cfg.backbone[key]}")
-    if cfg.backbone["dim"] % cfg.backbone["num_heads"]:
-        raise ValueError(f"[backbone] dim ({cfg.backbone['dim']}) must be divisible by num_heads "
-                         f"({cfg.backbone['num_heads']})")
-    for key in ("epochs", "batch_size", "eval_batch_size"):
-        if cfg.train[key] < 1:
-            raise ValueError(f"[train] {key} must be >= 1, got {cfg.train[key]}")
-    if not cfg.blocks:
+    _validate_backbone("backbone", cfg.backbone)
+    _validate_train("train", cfg.train)
+    if not cfg.blocks and not all(isinstance(data.get("tasks", {}).get(t), dict) and "blocks" in data["tasks"][t]
+                                  for t in cfg.tasks):
         raise ValueError("[experiment] blocks is empty: list the mixers to compare (see `neurostep list`)")
     if not cfg.tasks:
         raise ValueError(f"[experiment] tasks is empty: list tasks from {sorted(TASKS)}")
@@ -250,19 +292,52 @@ def parse_config(data: dict[str, Any], *, name: str | None = None, source: str |
     for label in task_tables:
         if label not in cfg.tasks:
             raise ValueError(f"[tasks.{label}] is not listed in [experiment] tasks {cfg.tasks}")
-    for block in block_tables:
-        if block not in cfg.blocks:
-            raise ValueError(f"[blocks.{block}] is not listed in [experiment] blocks {cfg.blocks}")
     for label in cfg.tasks:
+        if not NAME_PATTERN.fullmatch(label) or ".." in label:
+            raise ValueError(f"task label {label!r} must be a plain name (letters, digits, '_', '-', '.')")
         options = dict(task_tables.get(label, {}))
         base = options.pop("task", label)
         if base not in TASKS:
             raise ValueError(f"unknown task {base!r} (from tasks entry {label!r}); available tasks: {sorted(TASKS)}")
+        blocks = options.pop("blocks", None)
+        if blocks is not None:
+            if not isinstance(blocks, list) or not blocks or not all(isinstance(b, str) for b in blocks):
+                raise TypeError(f"[tasks.{label}] blocks must be a non-empty list of block names, got {blocks!r}")
+            cfg.task_blocks[label] = list(blocks)
+        for key, section, defaults, validate in (("train", cfg.train, TRAIN_DEFAULTS, _validate_train),
+                                                 ("backbone", cfg.backbone, BACKBONE_DEFAULTS, _validate_backbone)):
+            overrides = options.pop(key, None)
+            if overrides is not None:
+                merged = _fill(f"tasks.{label}.{key}", {**section, **overrides}, defaults)
+                validate(f"tasks.{label}.{key}", merged)
+                getattr(cfg, f"task_{key}")[label] = merged
         resolved = _fill(f"tasks.{label}", options, task_defaults(base))
         resolved["task"] = base
         cfg.task_options[label] = resolved
-    cfg.block_options = {block: dict(block_tables.get(block, {})) for block in cfg.blocks}
+    for block in block_tables:
+        if block not in cfg.all_blocks():
+            raise ValueError(f"[blocks.{block}] is not run by any task (blocks: {cfg.all_blocks()})")
+    cfg.block_options = {block: dict(block_tables.get(block, {})) for block in cfg.all_blocks()}
     return cfg
+
+
+def _validate_backbone(where: str, backbone: dict[str, Any]) -> None:
+    for key in ("dim", "depth", "num_heads"):
+        if backbone[key] < 1:
+            raise ValueError(f"[{where}] {key} must be >= 1, got {backbone[key]}")
+    if backbone["dim"] % backbone["num_heads"]:
+        raise ValueError(f"[{where}] dim ({backbone['dim']}) must be divisible by num_heads ({backbone['num_heads']})")
+
+
+def _validate_train(where: str, train: dict[str, Any]) -> None:
+    for key in ("steps", "batch_size", "eval_batch_size", "eval_every"):
+        if train[key] < 1:
+            raise ValueError(f"[{where}] {key} must be >= 1, got {train[key]}")
+    for key in ("patience", "target", "min_delta", "lr", "weight_decay", "grad_clip"):
+        if train[key] < 0:
+            raise ValueError(f"[{where}] {key} must be >= 0, got {train[key]}")
+    if not 0.0 <= train["warmup"] < 1.0:
+        raise ValueError(f"[{where}] warmup must be a fraction in [0, 1), got {train['warmup']}")
 
 
 def _validate_concept_shift(cfg: ExperimentConfig) -> None:

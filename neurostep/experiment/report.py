@@ -9,6 +9,7 @@ over time and learning-rate trajectories.
 
 from __future__ import annotations
 
+import json
 import math
 from collections import defaultdict
 from pathlib import Path
@@ -76,55 +77,266 @@ def _plt():  # noqa: ANN202 - matplotlib.pyplot
     return plt
 
 
-def write_report(run_dir: str | Path) -> Path:
-    """Write ``report.md`` and its PNG plots into ``run_dir``; returns the report's path."""
+def dedupe(records: list[dict[str, Any]]) -> dict[tuple[str, str, str], list[dict[str, Any]]]:
+    """Records grouped by (task, block, config hash), one per distinct seed (the latest wins).
+
+    A seed run twice (two runners, or a rerun) counts once, and runs of different
+    configurations never share a group, so an interval is never narrowed by duplicates.
+    """
+    groups: dict[tuple[str, str, str], dict[int, dict[str, Any]]] = defaultdict(dict)
+    for r in records:
+        groups[(str(r["task"]), str(r["block"]), str(r.get("config_hash", "")))][int(r["seed"])] = r
+    return {key: [by_seed[s] for s in sorted(by_seed)] for key, by_seed in groups.items()}
+
+
+def write_report(run_dir: str | Path, out: str | Path | None = None) -> Path:
+    """Write the Markdown report and its PNG plots; returns the report's path.
+
+    ``out`` is the report file (default ``<run_dir>/report.md``); plots go beside it.
+    """
     run_dir = Path(run_dir)
     records = ResultStore(run_dir).load()
     if not records:
         raise FileNotFoundError(f"no results in {run_dir / 'results.jsonl'}; run the experiment first")
+    path = Path(out) if out is not None else run_dir / "report.md"
+    path.parent.mkdir(parents=True, exist_ok=True)
     if all(r.get("metric_name") == "mean_test_accuracy" for r in records):
-        lines = _concept_shift_report(run_dir, records)
+        lines = _concept_shift_report(path.parent, records)
     else:
-        lines = _mixer_report(run_dir, records)
-    path = run_dir / "report.md"
+        lines = _mixer_report(run_dir, path.parent, records)
     atomic_write_text(path, "\n".join(lines) + "\n")
     return path
 
 
 # ----------------------------------------------------------------------------- mixers
-def _mixer_report(run_dir: Path, records: list[dict[str, Any]]) -> list[str]:
-    name = records[0].get("experiment", run_dir.name)
-    lines = [f"# {name}", "", f"{len(records)} runs from `{run_dir / 'results.jsonl'}`. Metrics are means over "
-             "seeds with 95% Student-t confidence intervals; energy, MACs and ACs are per sample "
-             "(profile in the records); latency is one sample, throughput a batch, on this machine.", ""]
-    by_task: dict[str, dict[str, list[dict[str, Any]]]] = defaultdict(lambda: defaultdict(list))
+def _row(task: str, block: str, config: str, recs: list[dict[str, Any]], label: str) -> dict[str, Any]:
+    m, h = mean_ci([r.get("metric") for r in recs])
+    trained = [bool(r.get("trained", True)) for r in recs]
+    return {
+        "task": task, "block": block, "config": config, "label": label, "metric_name": recs[0].get("metric_name",
+                                                                                                   "accuracy"),
+        "metric": m, "ci": h, "seeds": len(recs),
+        "trained": sum(trained) * 2 > len(trained), "untrained_seeds": trained.count(False),
+        "params": _mean(recs, "params"), "macs": _mean(recs, "macs"), "acs": _mean(recs, "acs"),
+        "energy": _mean(recs, "energy_uj"), "train_energy": _mean(recs, "train_energy_uj"),
+        "spike": _mean(recs, "spike_rate"), "spike0": _mean(recs, "initial_spike_rate"),
+        "latency": _mean(recs, "latency_ms"), "throughput": _mean(recs, "throughput_sps"),
+        "train": _mean(recs, "train_time_s"), "compile": _max(recs, "compile_time_s"), "steps": _mean(recs, "steps"),
+        "stopped": sorted({str(r.get("stopped", "budget")) for r in recs}),
+        "chance": _mean(recs, "chance"), "chance_loss": _mean(recs, "chance_loss"),
+        "rates": _layer_rates(recs), "curves": [r.get("curve") or [] for r in recs],
+        "train_energy_per_sample": _mean(recs, "train_energy_uj"),
+    }
+
+
+def _max(records: list[dict[str, Any]], key: str) -> float | None:
+    vals = [r[key] for r in records if isinstance(r.get(key), int | float)]
+    return float(max(vals)) if vals else None
+
+
+def mixer_rows(records: list[dict[str, Any]], current: set[str] | None = None) -> dict[str, list[dict[str, Any]]]:
+    """Report rows per task: one per (block, configuration), metric mean and 95% CI over distinct seeds.
+
+    ``current`` holds the config hashes of the experiment file as it is now; rows of other
+    configurations (earlier versions of the file) are kept but labelled with their hash.
+    """
+    groups = dedupe(records)
+    configs_of: dict[tuple[str, str], list[str]] = defaultdict(list)
+    for task, block, config in groups:
+        configs_of[(task, block)].append(config)
+    by_task: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for (task, block, config), recs in groups.items():
+        label = block
+        if len(configs_of[(task, block)]) > 1:
+            tag = "current" if current and config in current else "other"
+            label = f"{block} [config {config[:6]}, {tag}]"
+        row = _row(task, block, config, recs, label)
+        row["current"] = current is None or config in current or len(configs_of[(task, block)]) == 1
+        by_task[task].append(row)
+    return by_task
+
+
+def summary_table(rows: dict[str, list[dict[str, Any]]], task_bases: dict[str, str]) -> dict:
+    """(mean, half-width, seeds) per base task and block, from each base task's own label and the
+    current configuration (what the known-results table judges)."""
+    table: dict[str, dict[str, tuple[float, float, int]]] = defaultdict(dict)
+    for label, task_rows in rows.items():
+        base = task_bases.get(label, label)
+        if label != base:
+            continue  # variants (a sweep's other lengths or sizes) are for the scaling plot
+        for row in task_rows:
+            if row["current"] and math.isfinite(row["metric"]):
+                table[base][row["block"]] = (row["metric"], row["ci"], row["seeds"])
+    return table
+
+
+def _mixer_report(run_dir: Path, out_dir: Path, records: list[dict[str, Any]]) -> list[str]:
+    from neurostep.experiment.findings import FINDINGS, judge
+    from neurostep.experiment.runner import read_plan
+
+    plan = read_plan(run_dir)
+    name = plan.get("experiment") or records[0].get("experiment", run_dir.name)
+    current = set(plan.get("config_hashes", [])) or None
+    task_bases = {label: info.get("task", label) for label, info in plan.get("tasks", {}).items()}
     for r in records:
-        by_task[r["task"]][r["block"]].append(r)
-    for task, blocks in by_task.items():
-        metric = next(iter(blocks.values()))[0].get("metric_name", "accuracy")
-        higher = metric != "bpc"
-        rows = []
-        for block, recs in blocks.items():
-            m, h = mean_ci([r.get("metric") for r in recs])
-            rows.append({
-                "block": block, "metric": m, "ci": h, "seeds": len(recs), "params": _mean(recs, "params"),
-                "macs": _mean(recs, "macs"), "acs": _mean(recs, "acs"), "energy": _mean(recs, "energy_uj"),
-                "spike": _mean(recs, "spike_rate"), "latency": _mean(recs, "latency_ms"),
-                "throughput": _mean(recs, "throughput_sps"), "train": _mean(recs, "train_time_s"),
-                "rates": _layer_rates(recs),
-            })
-        rows.sort(key=lambda row: -row["metric"] if higher else row["metric"])
-        lines += [f"## {task}", "", f"{metric} ({'higher' if higher else 'lower'} is better)", "",
-                  f"| block | {metric} | seeds | params | MACs | ACs | energy (µJ) | spike rate | latency (ms) "
-                  "| throughput (samples/s) | train time (s) |",
-                  "|---|---|---|---|---|---|---|---|---|---|---|"]
-        for row in rows:
-            lines.append(
-                f"| {row['block']} | {_pm(row['metric'], row['ci'])} | {row['seeds']} | {_fmt(row['params'], ',.0f')} "
-                f"| {_fmt(row['macs'])} | {_fmt(row['acs'])} | {_fmt(row['energy'])} | {_fmt(row['spike'], '.3f')} "
-                f"| {_fmt(row['latency'], '.2f')} | {_fmt(row['throughput'], ',.0f')} | {_fmt(row['train'], '.1f')} |")
+        task_bases.setdefault(r["task"], (r.get("config") or {}).get("task_options", {}).get("task", r["task"]))
+    rows = mixer_rows(records, current)
+    seeds = sorted({int(r["seed"]) for r in records})
+    source = plan.get("source")
+    origin = f"Experiment file `{source}`; " if source else ""
+    lines = [f"# {name}", "",
+             f"{origin}{len(records)} records in `{run_dir / 'results.jsonl'}`, seeds {seeds}. Each row is one "
+             "block in one configuration; its metric is the mean over distinct seeds with a 95% Student-t interval "
+             "(a seed run twice counts once). Energy, MACs and ACs are per sample (inference); training energy is "
+             "per training sample (forward plus a dense backward of twice the operations); latency is one sample "
+             "and throughput a batch, on the machine in the records.", ""]
+    verdicts = judge(FINDINGS, summary_table(rows, task_bases))
+    lines += _known_results(verdicts)
+    if plan.get("skipped"):
+        lines += ["## Skipped", ""]
+        lines += [f"- **{s['block']}** on {s['task']}: {s['reason']}." for s in plan["skipped"]]
         lines.append("")
-        lines += _mixer_plots(run_dir, task, metric, higher, rows)
+    lines += _compile_table(rows)
+    for task, task_rows in rows.items():
+        lines += _task_section(out_dir, task, task_rows)
+    lines += _scaling_section(out_dir, rows, task_bases, records)
+    return lines
+
+
+def _known_results(verdicts: list[Any]) -> list[str]:
+    if not verdicts:
+        return ["## Known results", "", "*None of the papers' findings is covered by the tasks and blocks of "
+                "this experiment.*", ""]
+    lines = ["## Known results", "",
+             "What the papers found, and what this run measured (mean over seeds, 95% interval). A finding "
+             "with a reference block is judged on the difference of the two means.", "",
+             "| finding | source | paper | block | condition | ours | seeds | verdict |",
+             "|---|---|---|---|---|---|---|---|"]
+    for v in verdicts:
+        f = v.finding
+        lines.append(f"| {f.claim} | {f.source} | {f.paper} | {v.block} | {f.condition()} | "
+                     f"{_pm(v.mean, v.half, '.3f')} | {v.seeds} | "
+                     f"{'reproduced' if v.reproduced else '**not reproduced**'} |")
+    n_ok = sum(v.reproduced for v in verdicts)
+    lines += ["", f"{n_ok} of {len(verdicts)} reproduced.", ""]
+    return lines
+
+
+def _compile_table(rows: dict[str, list[dict[str, Any]]]) -> list[str]:
+    per_block: dict[str, float] = {}
+    for task_rows in rows.values():
+        for row in task_rows:
+            if row["compile"] is not None:
+                per_block[row["block"]] = max(per_block.get(row["block"], 0.0), row["compile"])
+    if not per_block:
+        return []
+    lines = ["## Kernel compile time", "",
+             "Time of the first forward and backward pass of each run (kernels compile or load from the "
+             "cache), kept out of the training time; the largest over a block's runs.", "",
+             "| block | first pass (s) |", "|---|---|"]
+    lines += [f"| {b} | {t:.1f} |" for b, t in sorted(per_block.items(), key=lambda kv: -kv[1])]
+    return lines + [""]
+
+
+def _task_section(out_dir: Path, task: str, task_rows: list[dict[str, Any]]) -> list[str]:
+    metric = task_rows[0]["metric_name"]
+    higher = metric != "bpc"
+    ranked = sorted((r for r in task_rows if r["trained"]), key=lambda r: -r["metric"] if higher else r["metric"])
+    untrained = [r for r in task_rows if not r["trained"]]
+    chance = task_rows[0]["chance"]
+    chance_loss = task_rows[0]["chance_loss"]
+    lines = [f"## {task}", ""]
+    if chance is not None:
+        lines += [f"Chance: accuracy {chance:.3f}, loss {chance_loss:.3f} nats. A run whose final training loss "
+                  "is within 5% of the chance loss is *not trained* and not ranked.", ""]
+    lines += [f"| rank | block | {metric} | seeds | steps (stop) | params | MACs | ACs | energy (µJ) "
+              "| train energy (µJ/sample) | spike rate (init → trained) | latency (ms) | train time (s) |",
+              "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for i, row in enumerate(ranked + untrained, 1):
+        rank = str(i) if row["trained"] else "not trained"
+        spikes = "-" if row["spike"] is None else f"{_fmt(row['spike0'], '.3f')} → {row['spike']:.3f}"
+        lines.append(
+            f"| {rank} | {row['label']} | {_pm(row['metric'], row['ci'])} | {row['seeds']} "
+            f"| {_fmt(row['steps'], '.0f')} ({'/'.join(row['stopped'])}) | {_fmt(row['params'], ',.0f')} "
+            f"| {_fmt(row['macs'])} | {_fmt(row['acs'])} | {_fmt(row['energy'])} | {_fmt(row['train_energy'])} "
+            f"| {spikes} | {_fmt(row['latency'], '.2f')} | {_fmt(row['train'], '.1f')} |")
+    lines.append("")
+    lines += _curve_plot(out_dir, task, metric, task_rows)
+    lines += _mixer_plots(out_dir, task, metric, higher, ranked)
+    return lines
+
+
+def _curve_plot(out_dir: Path, task: str, metric: str, task_rows: list[dict[str, Any]]) -> list[str]:
+    if not any(any(c) for row in task_rows for c in row["curves"]):
+        return []
+    plt = _plt()
+    fig, axes = plt.subplots(1, 2, figsize=(11.0, 4.0))
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for k, row in enumerate(task_rows):
+        color = colors[k % len(colors)]
+        for j, curve in enumerate(row["curves"]):
+            if not curve:
+                continue
+            steps = [p["step"] for p in curve]
+            values = [p["val_metric"] for p in curve]
+            label = row["label"] if j == 0 else None
+            axes[0].plot(steps, values, color=color, lw=1.0, alpha=0.8, label=label)
+            energy = [p.get("train_energy_uj") for p in curve]
+            if all(e is not None for e in energy):
+                axes[1].plot([e * 1e-3 for e in energy], values, color=color, lw=1.0, alpha=0.8)
+    axes[0].set_xlabel("training step")
+    axes[1].set_xlabel("training energy (mJ, estimated)")
+    axes[1].set_xscale("log")
+    for ax in axes:
+        ax.set_ylabel(f"validation {metric}")
+    axes[0].legend(fontsize=7)
+    fig.suptitle(f"{task}: learning curves (one line per seed)")
+    fig.tight_layout()
+    file = f"{_safe(task)}_learning_curves.png"
+    fig.savefig(out_dir / file, dpi=110)
+    plt.close(fig)
+    return [f"![{task} learning curves]({file})", ""]
+
+
+def _scaling_section(out_dir: Path, rows: dict[str, list[dict[str, Any]]], task_bases: dict[str, str],
+                     records: list[dict[str, Any]]) -> list[str]:
+    """One plot per base task run at several values of one option (a sweep): metric against it."""
+    options_of: dict[str, dict[str, Any]] = {}
+    for r in records:
+        options_of.setdefault(r["task"], (r.get("config") or {}).get("task_options", {}))
+    lines: list[str] = []
+    by_base: dict[str, list[str]] = defaultdict(list)
+    for label in rows:
+        by_base[task_bases.get(label, label)].append(label)
+    for base, labels in by_base.items():
+        if len(labels) < 2:
+            continue
+        varying = [k for k in options_of[labels[0]] if k not in ("data_seed",)
+                   and len({json.dumps(options_of[lab].get(k)) for lab in labels}) > 1]
+        if len(varying) != 1:
+            continue
+        key = varying[0]
+        plt = _plt()
+        fig, ax = plt.subplots(figsize=(6.0, 4.0))
+        blocks = sorted({row["block"] for lab in labels for row in rows[lab] if row["current"]})
+        for block in blocks:
+            pts = sorted((options_of[lab][key], row["metric"], row["ci"]) for lab in labels for row in rows[lab]
+                         if row["block"] == block and row["current"] and math.isfinite(row["metric"]))
+            if len(pts) < 2:
+                continue
+            ax.errorbar([p[0] for p in pts], [p[1] for p in pts],
+                        yerr=[0 if not math.isfinite(p[2]) else p[2] for p in pts], fmt="o-", capsize=3, label=block)
+        ax.set_xlabel(key)
+        ax.set_ylabel("accuracy")
+        ax.set_title(f"{base}: accuracy against {key}")
+        ax.legend(fontsize=7)
+        fig.tight_layout()
+        file = f"{_safe(base)}_scaling_{_safe(key)}.png"
+        fig.savefig(out_dir / file, dpi=110)
+        plt.close(fig)
+        lines += [f"## Scaling: {base} against {key}", "",
+                  f"Tasks {', '.join(sorted(labels))}; where a block's accuracy falls, it breaks.", "",
+                  f"![{base} accuracy against {key}]({file})", ""]
     return lines
 
 

@@ -1,11 +1,13 @@
 """Concept-shift experiment for homeostatic learners (REFERENCE.md section 5), scaled to digits.
 
 An MLP 64-h1-h2-10 (ELU) is trained with SGD minibatches of 10 on scikit-learn's digits.
-The labels of two random classes are swapped ``swaps_per_epoch`` times per epoch, evenly
-spaced, in the training stream and in the test labels alike. Learners differ only in how
-they regulate the learning rate (:class:`neurostep.neuro.homeostasis.HomeostaticLR`).
-For a given seed and shift rate every learner sees the same initial weights, sample order
-and swap sequence, so differences between learners are paired.
+The labels of two random classes are swapped ``swaps_per_epoch`` times per epoch: the swaps
+split each epoch into equal segments, and each segment trains under one label mapping. At the
+end of every segment the held-out digits are scored under the mapping that segment trained
+on, so a learner is never tested on a mapping it has not seen. Learners differ only in how
+they regulate the learning rate (:class:`neurostep.neuro.homeostasis.HomeostaticLR`). For a
+given seed and shift rate every learner sees the same initial weights, sample order and swap
+sequence, so differences between learners are paired.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import torch
 from torch import nn
 
 from neurostep.experiment.config import ExperimentConfig
-from neurostep.experiment.tasks import concept_shift_swap_points, load_digits_arrays, split_indices, swap_two_classes
+from neurostep.experiment.tasks import concept_shift_segments, load_digits_arrays, split_indices, swap_two_classes
 from neurostep.layers import resolve_act
 from neurostep.neuro.homeostasis import HomeostaticLR, threshold_signs
 
@@ -86,32 +88,41 @@ def _concept_shift_run(cfg: ExperimentConfig, learner: str, task_label: str, see
     x_tr, y_tr, x_te, y_te = data["x_train"], data["y_train"], data["x_test"], data["y_test"]
     m = cs["minibatch"]
     batches = x_tr.shape[0] // m
-    swap_after = concept_shift_swap_points(batches, rate)
-    test_curve, online_curve, etas = [], [], []
+    starts = set(concept_shift_segments(batches, rate)) if rate > 0 else set()  # swap before these minibatches
+    segment_acc, test_curve, online_curve, etas = [], [], [], []
     n_swaps = 0
+    y_te_np = y_te.numpy()
+
+    def test_accuracy() -> float:
+        with torch.no_grad():
+            pred = model(x_te).argmax(-1).numpy()
+        return float((pred == mapping[y_te_np]).mean())
+
     start = time.perf_counter()
     for _ in range(cs["epochs"]):
         perm = torch.randperm(x_tr.shape[0], generator=order)
         correct = 0
         for j in range(batches):
+            if j in starts:
+                if j > 0:  # close the segment that trained on the old mapping
+                    segment_acc.append(test_accuracy())
+                swap_two_classes(mapping, swaps)
+                n_swaps += 1
             idx = perm[j * m:(j + 1) * m]
             y = torch.from_numpy(mapping[y_tr[idx].numpy()])
             out = homeo.step(x_tr[idx], y)
             correct += out.correct
             etas.append(out.eta)
-            if j in swap_after:
-                swap_two_classes(mapping, swaps)
-                n_swaps += 1
         online_curve.append(correct / (batches * m))
-        with torch.no_grad():
-            pred = model(x_te).argmax(-1).numpy()
-        test_curve.append(float((pred == mapping[y_te.numpy()]).mean()))
-    mean_test = float(np.mean(test_curve))
+        test_curve.append(test_accuracy())   # the mapping of the epoch's last segment, which it trained on
+        segment_acc.append(test_curve[-1])
+    mean_segment = float(np.mean(segment_acc))
     return {
         "experiment": cfg.name, "block": learner, "task": task_label, "seed": seed,
         "config_hash": cfg.config_hash(learner, task_label), "metric_name": "mean_test_accuracy",
-        "metric": mean_test, "mean_test_accuracy": mean_test, "final_test_accuracy": test_curve[-1],
+        "metric": mean_segment, "mean_test_accuracy": mean_segment, "final_test_accuracy": test_curve[-1],
         "mean_online_accuracy": float(np.mean(online_curve)), "swaps_per_epoch": rate, "swaps": n_swaps,
-        "test_curve": test_curve, "online_curve": online_curve, "eta_curve": _subsample(etas, cs["curve_points"]),
-        "final_eta": homeo.eta, "train_time_s": time.perf_counter() - start, "finished_at": time.time(),
+        "segments": len(segment_acc), "test_curve": test_curve, "online_curve": online_curve,
+        "eta_curve": _subsample(etas, cs["curve_points"]), "final_eta": homeo.eta,
+        "train_time_s": time.perf_counter() - start, "finished_at": time.time(),
     }

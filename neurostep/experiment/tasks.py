@@ -1,10 +1,19 @@
-"""Embedded tasks (no downloads): digits images and spike trains, synthetic sequence tasks,
-character-level language modelling on the Python standard library, and a concept-shift stream.
+"""Embedded tasks (no downloads): the synthetic sequence tasks of the Mamba and Zoology papers,
+scikit-learn's digits, next-character prediction on the Python standard library, and the
+concept-shift stream.
 
-Every builder returns a :class:`TaskData` whose inputs are either float features
-``(N, L, F)`` (``input_kind="features"``) or token ids ``(N, L)`` (``input_kind="tokens"``),
-with integer targets ``(N,)`` or ``(N, K)`` for ``readout="last_k"``. Data are generated
-from a fixed data seed (``data_seed``), so every model and run seed sees the same split.
+Every builder returns a :class:`TaskData`. Inputs are float features ``(N, L, F)``
+(``input_kind="features"``) or token ids ``(N, L)`` (``input_kind="tokens"``). Targets are
+class ids ``(N,)`` for ``readout="mean"`` (one label per sequence) or ``(N, L)`` for
+``readout="all"`` (one label per position, :data:`IGNORE` where nothing is scored).
+
+Sequence tasks draw fresh training samples every step (``num_train = 0``, the Mamba paper's
+setting) from a stream seeded by the run's seed; ``num_train > 0`` fixes a finite training set
+instead. Validation sets (for the learning curve and early stopping) and test sets (for the
+reported metric) are drawn once from ``data_seed``, so every block and seed is scored on the
+same samples, and no decision during training looks at the test set. Each task states its
+chance level: the accuracy and the loss of the best predictor that ignores the input
+(``chance``, ``chance_loss``).
 """
 
 from __future__ import annotations
@@ -19,34 +28,232 @@ from typing import Any
 import numpy as np
 import torch
 
+IGNORE = -100  # target of a position that is not scored (torch's cross_entropy ignore_index)
+
+Sampler = Callable[[int, np.random.Generator], tuple[torch.Tensor, torch.Tensor]]
+
 
 @dataclass
 class TaskData:
-    """One task's tensors and the facts the backbone needs.
+    """One task's tensors and the facts the backbone and the report need.
 
     x_train/x_test: ``(N, L, F)`` float32 features or ``(N, L)`` int64 tokens.
-    y_train/y_test: ``(N,)`` or ``(N, K)`` int64 class ids in ``[0, num_classes)``.
+    y_train/y_test: ``(N,)`` (readout ``mean``) or ``(N, L)`` (readout ``all``) int64 class ids in
+    ``[0, num_classes)``, or :data:`IGNORE`.
+    ``sampler(n, rng) -> (x, y)`` draws fresh training samples; when it is set and
+    ``x_train`` is None, training streams new samples every step.
     """
 
     name: str
-    x_train: torch.Tensor
-    y_train: torch.Tensor
     x_test: torch.Tensor
     y_test: torch.Tensor
+    x_val: torch.Tensor
+    y_val: torch.Tensor
     num_classes: int
-    input_kind: str                  # "features" | "tokens"
-    in_features: int | None = None   # features per token
-    vocab_size: int | None = None    # token vocabulary
+    input_kind: str                    # "features" | "tokens"
+    chance: float                      # accuracy of the best input-independent guess
+    chance_loss: float                 # cross-entropy (nats) of the best input-independent guess
+    causal: bool = False               # the papers run this task with causal models only
+    x_train: torch.Tensor | None = None
+    y_train: torch.Tensor | None = None
+    sampler: Sampler | None = None
+    in_features: int | None = None     # features per token
+    vocab_size: int | None = None      # token vocabulary
     # Sequence tasks are one-row images (1, L): 2D mixers (depthwise convs, 2D scans) then
     # run along the sequence; mixers that ignore the grid are unaffected.
     grid_size: tuple[int, int] | None = None
-    readout: str = "mean"            # "mean" | "last" | "last_k"
-    readout_k: int = 1
-    metric: str = "accuracy"         # "accuracy" | "bpc"
+    readout: str = "mean"              # "mean" | "all"
+    metric: str = "accuracy"           # "accuracy" | "bpc"
 
     @property
     def seq_len(self) -> int:
-        return int(self.x_train.shape[1])
+        return int(self.x_test.shape[1])
+
+    @property
+    def streaming(self) -> bool:
+        """True when training draws fresh samples every step (no fixed training set)."""
+        return self.x_train is None
+
+    def train_size(self) -> int | None:
+        return None if self.x_train is None else int(self.x_train.shape[0])
+
+
+# ----------------------------------------------------------------------------- helpers
+def _rng(*seed: int) -> np.random.Generator:
+    return np.random.default_rng(list(seed))
+
+
+def _sorted_positions(rng: np.random.Generator, n: int, length: int, k: int) -> np.ndarray:
+    """``(n, k)`` distinct positions in ``[0, length)`` per row, ascending."""
+    return np.sort(np.argsort(rng.random((n, length)), axis=1)[:, :k], axis=1)
+
+
+def _distinct(rng: np.random.Generator, n: int, low: int, high: int, k: int) -> np.ndarray:
+    """``(n, k)`` distinct integers from ``[low, high)`` per row, in random order."""
+    return np.argsort(rng.random((n, high - low)), axis=1)[:, :k] + low
+
+
+def _held_out(sampler: Sampler, options: dict[str, Any]) -> dict[str, torch.Tensor]:
+    """Test and validation sets drawn once from ``data_seed`` (streams 0 and 3)."""
+    x_te, y_te = sampler(options["num_test"], _rng(options["data_seed"], 0))
+    x_va, y_va = sampler(options["num_val"], _rng(options["data_seed"], 3))
+    return {"x_test": x_te, "y_test": y_te, "x_val": x_va, "y_val": y_va}
+
+
+def _finite_or_stream(task: TaskData, sampler: Sampler, options: dict[str, Any]) -> TaskData:
+    """Training set fixed (``num_train > 0``, drawn from ``data_seed``) or streamed."""
+    task.sampler = sampler
+    if options["num_train"] > 0:
+        task.x_train, task.y_train = sampler(options["num_train"], _rng(options["data_seed"], 1))
+    return task
+
+
+def _check_positive(task: str, options: dict[str, Any], *keys: str) -> None:
+    for key in keys:
+        if options[key] < 1:
+            raise ValueError(f"[tasks] {task} {key} must be >= 1, got {options[key]}")
+
+
+# ----------------------------------------------------------------------------- selective copying
+def selective_copy_sampler(seq_len: int, num_tokens: int, vocab: int) -> Sampler:
+    """Selective copying (Mamba paper, section 4.1; the S4 repository's ``torch_copying_data``).
+
+    ``num_tokens`` data tokens from ``1..vocab`` sit at random, ordered positions among blanks
+    (0) in the first ``seq_len - num_tokens`` positions; the last ``num_tokens`` positions hold
+    a marker (``vocab + 1``), where the model must output the data tokens in order. Inputs
+    ``(n, seq_len)``, targets ``(n, seq_len)`` with the data tokens (``0..vocab-1``) at the
+    marker positions and :data:`IGNORE` elsewhere.
+    """
+    region = seq_len - num_tokens
+
+    def sample(n: int, rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        data = rng.integers(0, vocab, size=(n, num_tokens))
+        pos = _sorted_positions(rng, n, region, num_tokens)
+        x = np.zeros((n, seq_len), dtype=np.int64)
+        np.put_along_axis(x, pos, data + 1, axis=1)
+        x[:, region:] = vocab + 1
+        y = np.full((n, seq_len), IGNORE, dtype=np.int64)
+        y[:, region:] = data
+        return torch.from_numpy(x), torch.from_numpy(y)
+
+    return sample
+
+
+def selective_copy_task(options: dict[str, Any]) -> TaskData:
+    length, k, vocab = options["seq_len"], options["num_tokens"], options["vocab"]
+    _check_positive("selective_copy", options, "seq_len", "num_tokens", "vocab", "num_test", "num_val")
+    if 2 * k > length:
+        raise ValueError(f"[tasks] selective_copy needs seq_len >= 2 * num_tokens (data region plus markers), "
+                         f"got seq_len={length}, num_tokens={k}")
+    sample = selective_copy_sampler(length, k, vocab)
+    task = TaskData(
+        name="selective_copy", **_held_out(sample, options), num_classes=vocab, input_kind="tokens",
+        chance=1.0 / vocab, chance_loss=math.log(vocab), causal=options["causal"], vocab_size=vocab + 2,
+        grid_size=(1, length), readout="all",
+    )
+    return _finite_or_stream(task, sample, options)
+
+
+# ----------------------------------------------------------------------------- MQAR
+def mqar_gap_probabilities(space: int, power_a: float) -> np.ndarray:
+    """Zoology's power law over query gaps ``0..space-1``: ``p(g) ~ a * (g + 1)^(a - 1)``."""
+    p = power_a * np.arange(1, space + 1, dtype=np.float64) ** (power_a - 1.0)
+    return p / p.sum()
+
+
+def mqar_sampler(seq_len: int, num_pairs: int, vocab: int, power_a: float, random_non_queries: bool) -> Sampler:
+    """Multi-query associative recall (Zoology, Arora et al. 2023, ``multiquery_ar``).
+
+    The first ``2 * num_pairs`` tokens are key-value pairs: distinct keys from ``[1, vocab/2)``,
+    distinct values from ``[vocab/2, vocab)``. Every key is queried once more in the rest of the
+    sequence, at even offsets ``2 * g`` after the pairs, with the gaps ``g`` drawn without
+    replacement by the power law of :func:`mqar_gap_probabilities`. The target at a query
+    position is the key's value; every other position is :data:`IGNORE`. The remaining
+    positions hold random tokens (``random_non_queries``) or 0.
+    """
+    context = 2 * num_pairs
+    space = (seq_len - context) // 2
+    probs = mqar_gap_probabilities(space, power_a)
+    half = vocab // 2
+
+    def sample(n: int, rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        keys = _distinct(rng, n, 1, half, num_pairs)
+        values = _distinct(rng, n, half, vocab, num_pairs)
+        # Gaps without replacement, weighted: the Gumbel top-k trick draws them in one shot.
+        scores = np.log(probs)[None, :] - np.log(-np.log(rng.random((n, space))))
+        gaps = np.argsort(-scores, axis=1)[:, :num_pairs]
+        x = np.zeros((n, seq_len), dtype=np.int64)
+        x[:, 0:context:2] = keys
+        x[:, 1:context:2] = values
+        query_pos = context + 2 * gaps
+        np.put_along_axis(x, query_pos, keys, axis=1)
+        y = np.full((n, seq_len), IGNORE, dtype=np.int64)
+        np.put_along_axis(y, query_pos, values, axis=1)
+        if random_non_queries:
+            filler = rng.integers(0, vocab, size=(n, seq_len))
+            x = np.where(x == 0, filler, x)
+        return torch.from_numpy(x), torch.from_numpy(y)
+
+    return sample
+
+
+def mqar_task(options: dict[str, Any]) -> TaskData:
+    length, pairs, vocab = options["seq_len"], options["num_pairs"], options["vocab"]
+    _check_positive("mqar", options, "seq_len", "num_pairs", "num_test", "num_val")
+    if length % 2:
+        raise ValueError(f"[tasks] mqar seq_len must be even (queries sit at even offsets), got {length}")
+    if 4 * pairs > length:
+        raise ValueError(f"[tasks] mqar needs seq_len >= 4 * num_pairs (pairs plus query slots), "
+                         f"got seq_len={length}, num_pairs={pairs}")
+    if vocab // 2 - 1 < pairs or vocab <= length:
+        raise ValueError(f"[tasks] mqar needs vocab > seq_len and vocab/2 - 1 >= num_pairs distinct keys, "
+                         f"got vocab={vocab}, seq_len={length}, num_pairs={pairs}")
+    if not 0.0 < options["power_a"] <= 1.0:
+        raise ValueError(f"[tasks] mqar power_a must be in (0, 1], got {options['power_a']}")
+    sample = mqar_sampler(length, pairs, vocab, options["power_a"], options["random_non_queries"])
+    n_values = vocab - vocab // 2
+    task = TaskData(
+        name="mqar", **_held_out(sample, options), num_classes=vocab, input_kind="tokens", chance=1.0 / n_values,
+        chance_loss=math.log(n_values), causal=options["causal"], vocab_size=vocab, grid_size=(1, length),
+        readout="all",
+    )
+    return _finite_or_stream(task, sample, options)
+
+
+# ----------------------------------------------------------------------------- induction heads
+def induction_heads_sampler(seq_len: int, vocab: int) -> Sampler:
+    """Induction heads (Mamba paper, section 4.1.2): random tokens from ``0..vocab-1``; a special
+    token (``vocab``) appears once at a random position followed by the token to recall, and
+    again as the last token, where the model must output that token.
+
+    Inputs ``(n, seq_len)``; targets :data:`IGNORE` except the last position.
+    """
+
+    def sample(n: int, rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        x = rng.integers(0, vocab, size=(n, seq_len))
+        pos = rng.integers(0, seq_len - 2, size=n)   # trigger at pos, answer at pos + 1 <= seq_len - 2
+        rows = np.arange(n)
+        x[rows, pos] = vocab
+        x[:, -1] = vocab
+        y = np.full((n, seq_len), IGNORE, dtype=np.int64)
+        y[:, -1] = x[rows, pos + 1]
+        return torch.from_numpy(x.astype(np.int64)), torch.from_numpy(y)
+
+    return sample
+
+
+def induction_heads_task(options: dict[str, Any]) -> TaskData:
+    length, vocab = options["seq_len"], options["vocab"]
+    _check_positive("induction_heads", options, "vocab", "num_test", "num_val")
+    if length < 3:
+        raise ValueError(f"[tasks] induction_heads seq_len must be >= 3 (trigger, answer, trigger), got {length}")
+    sample = induction_heads_sampler(length, vocab)
+    task = TaskData(
+        name="induction_heads", **_held_out(sample, options), num_classes=vocab, input_kind="tokens",
+        chance=1.0 / vocab, chance_loss=math.log(vocab), causal=options["causal"], vocab_size=vocab + 1,
+        grid_size=(1, length), readout="all",
+    )
+    return _finite_or_stream(task, sample, options)
 
 
 # ----------------------------------------------------------------------------- digits
@@ -107,81 +314,36 @@ def encode_digits(images: torch.Tensor, encoding: str, num_steps: int, seed: int
     raise ValueError(f"encoding must be one of ('none', 'rate', 'latency', 'delta'), got {encoding!r}")
 
 
+def _prior(labels: np.ndarray, num_classes: int) -> tuple[float, float]:
+    """Chance accuracy (majority class) and loss (entropy of the class prior) of ``labels``."""
+    freq = np.bincount(labels, minlength=num_classes) / len(labels)
+    nz = freq[freq > 0]
+    return float(freq.max()), float(-(nz * np.log(nz)).sum())
+
+
 def digits_task(options: dict[str, Any]) -> TaskData:
-    """Digits as patch tokens: patch ``p`` gives ``(8/p)^2`` tokens on an ``(8/p, 8/p)`` grid."""
+    """Digits as patch tokens: patch ``p`` gives ``(8/p)^2`` tokens on an ``(8/p, 8/p)`` grid.
+
+    Stratified splits: ``test_fraction`` of the images for the test set, then ``val_fraction``
+    of the rest for validation.
+    """
     patch = options["patch"]
     if patch not in (1, 2, 4, 8):
         raise ValueError(f"[tasks] digits patch must divide 8 (1, 2, 4 or 8), got {patch}")
     images, labels = load_digits_arrays()
-    train_idx, test_idx = split_indices(labels, options["test_fraction"], options["data_seed"])
+    rest_idx, test_idx = split_indices(labels, options["test_fraction"], options["data_seed"])
+    train_pos, val_pos = split_indices(labels[rest_idx], options["val_fraction"], options["data_seed"] + 1)
+    train_idx, val_idx = rest_idx[train_pos], rest_idx[val_pos]
     channels = encode_digits(torch.from_numpy(images), options["encoding"], options["num_steps"], options["data_seed"])
     tokens = _patchify(channels, patch)
     grid = 8 // patch
     y = torch.from_numpy(labels)
+    chance, chance_loss = _prior(labels[train_idx], 10)
     return TaskData(
         name="digits", x_train=tokens[train_idx], y_train=y[train_idx], x_test=tokens[test_idx], y_test=y[test_idx],
-        num_classes=10, input_kind="features", in_features=tokens.shape[-1], grid_size=(grid, grid), readout="mean",
-    )
-
-
-# ----------------------------------------------------------------------------- sequence tasks
-def selective_copy_task(options: dict[str, Any]) -> TaskData:
-    """Selective copying: ``num_tokens`` data tokens scattered among ``seq_len`` noise positions;
-    after them come ``num_tokens`` marker positions where the model must emit the data tokens in order.
-
-    Tokens: 0 = blank, 1..vocab = data, vocab+1 = marker. Inputs ``(N, seq_len + K)``, targets ``(N, K)``.
-    """
-    n_data, vocab, length = options["num_tokens"], options["vocab"], options["seq_len"]
-    if n_data > length:
-        raise ValueError(f"[tasks] selective_copy num_tokens ({n_data}) must be <= seq_len ({length})")
-    rng = np.random.default_rng(options["data_seed"])
-
-    def make(n: int) -> tuple[torch.Tensor, torch.Tensor]:
-        data = rng.integers(0, vocab, size=(n, n_data))
-        x = np.zeros((n, length + n_data), dtype=np.int64)
-        for i in range(n):
-            pos = np.sort(rng.choice(length, size=n_data, replace=False))
-            x[i, pos] = data[i] + 1
-        x[:, length:] = vocab + 1
-        return torch.from_numpy(x), torch.from_numpy(data.astype(np.int64))
-
-    x_tr, y_tr = make(options["num_train"])
-    x_te, y_te = make(options["num_test"])
-    return TaskData(
-        name="selective_copy", x_train=x_tr, y_train=y_tr, x_test=x_te, y_test=y_te, num_classes=vocab,
-        input_kind="tokens", vocab_size=vocab + 2, grid_size=(1, length + n_data), readout="last_k", readout_k=n_data,
-    )
-
-
-def associative_recall_task(options: dict[str, Any]) -> TaskData:
-    """Associative recall: ``num_pairs`` (key, value) pairs, then a query key; predict its value.
-
-    Keys are distinct within a sequence. Tokens: keys 0..K-1, values K..K+V-1.
-    Inputs ``(N, 2*num_pairs + 1)``, targets ``(N,)`` in ``[0, V)``.
-    """
-    pairs, n_keys, n_values = options["num_pairs"], options["num_keys"], options["num_values"]
-    if pairs > n_keys:
-        raise ValueError(f"[tasks] associative_recall num_pairs ({pairs}) must be <= num_keys ({n_keys})")
-    rng = np.random.default_rng(options["data_seed"])
-
-    def make(n: int) -> tuple[torch.Tensor, torch.Tensor]:
-        x = np.zeros((n, 2 * pairs + 1), dtype=np.int64)
-        y = np.zeros(n, dtype=np.int64)
-        for i in range(n):
-            keys = rng.choice(n_keys, size=pairs, replace=False)
-            values = rng.integers(0, n_values, size=pairs)
-            x[i, 0:2 * pairs:2] = keys
-            x[i, 1:2 * pairs:2] = values + n_keys
-            q = rng.integers(pairs)
-            x[i, -1] = keys[q]
-            y[i] = values[q]
-        return torch.from_numpy(x), torch.from_numpy(y)
-
-    x_tr, y_tr = make(options["num_train"])
-    x_te, y_te = make(options["num_test"])
-    return TaskData(
-        name="associative_recall", x_train=x_tr, y_train=y_tr, x_test=x_te, y_test=y_te, num_classes=n_values,
-        input_kind="tokens", vocab_size=n_keys + n_values, grid_size=(1, 2 * pairs + 1), readout="last",
+        x_val=tokens[val_idx], y_val=y[val_idx], num_classes=10, input_kind="features", chance=chance,
+        chance_loss=chance_loss, causal=options["causal"],
+        in_features=tokens.shape[-1], grid_size=(grid, grid), readout="mean",
     )
 
 
@@ -218,28 +380,39 @@ def encode_chars(text: str) -> torch.Tensor:
     return torch.tensor([_CHAR_IDS.get(c, other) for c in text], dtype=torch.int64)
 
 
-def stdlib_chars_task(options: dict[str, Any]) -> TaskData:
-    """Next-character prediction on standard-library source: a window of ``context`` characters,
-    target the character that follows it; the metric is bits per character.
+def stdlib_chars_sampler(ids: torch.Tensor, context: int, causal: bool) -> Sampler:
+    """Windows of ``context`` characters from ``ids``. Causal: the target of every position is
+    the next character; otherwise only the last position is scored (a bidirectional model
+    would see every other target in its input)."""
 
-    Each window has one target (at its end), so any mixer, causal or bidirectional, can be
-    trained without seeing the answer.
-    """
+    def sample(n: int, rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        starts = torch.from_numpy(rng.integers(0, len(ids) - context - 1, size=n))
+        windows = ids[starts.unsqueeze(1) + torch.arange(context + 1)]
+        x, y = windows[:, :context], windows[:, 1:].clone()
+        if not causal:
+            y[:, :-1] = IGNORE
+        return x, y
+
+    return sample
+
+
+def stdlib_chars_task(options: dict[str, Any]) -> TaskData:
+    """Next-character prediction on standard-library source; the metric is bits per character."""
     ctx = options["context"]
-    rng = np.random.default_rng(options["data_seed"])
-    out = []
-    for split, n in (("train", options["num_train"]), ("test", options["num_test"])):
-        ids = encode_chars(stdlib_text(options["max_chars"], split=split))
-        if len(ids) <= ctx + 1:
-            raise ValueError(f"[tasks] stdlib_chars context ({ctx}) is longer than the text ({len(ids)} chars)")
-        starts = torch.from_numpy(rng.integers(0, len(ids) - ctx - 1, size=n))
-        windows = ids[starts.unsqueeze(1) + torch.arange(ctx + 1)]
-        out.append((windows[:, :ctx], windows[:, ctx]))
-    (x_tr, y_tr), (x_te, y_te) = out
-    return TaskData(
-        name="stdlib_chars", x_train=x_tr, y_train=y_tr, x_test=x_te, y_test=y_te, num_classes=CHAR_VOCAB,
-        input_kind="tokens", vocab_size=CHAR_VOCAB, grid_size=(1, ctx), readout="last", metric="bpc",
+    _check_positive("stdlib_chars", options, "context", "num_test", "num_val")
+    train_ids = encode_chars(stdlib_text(options["max_chars"], split="train"))
+    test_ids = encode_chars(stdlib_text(options["max_chars"], split="test"))
+    if min(len(train_ids), len(test_ids)) <= ctx + 1:
+        raise ValueError(f"[tasks] stdlib_chars context ({ctx}) is longer than the text "
+                         f"({min(len(train_ids), len(test_ids))} chars)")
+    held_out = _held_out(stdlib_chars_sampler(test_ids, ctx, options["causal"]), options)
+    chance, chance_loss = _prior(train_ids.numpy(), CHAR_VOCAB)
+    task = TaskData(
+        name="stdlib_chars", **held_out, num_classes=CHAR_VOCAB, input_kind="tokens", chance=chance,
+        chance_loss=chance_loss, causal=options["causal"], vocab_size=CHAR_VOCAB, grid_size=(1, ctx),
+        readout="all", metric="bpc",
     )
+    return _finite_or_stream(task, stdlib_chars_sampler(train_ids, ctx, options["causal"]), options)
 
 
 # ----------------------------------------------------------------------------- concept shift
@@ -250,34 +423,40 @@ def swap_two_classes(mapping: np.ndarray, rng: np.random.Generator) -> tuple[int
     return int(a), int(b)
 
 
-def concept_shift_swap_points(num_minibatches: int, swaps_per_epoch: int) -> set[int]:
-    """Minibatch indices (within one epoch) after which the labels of two classes swap.
+def concept_shift_segments(num_minibatches: int, swaps_per_epoch: int) -> list[int]:
+    """First minibatch of each label-mapping segment of one epoch (ascending, starting at 0).
 
-    Swaps are spread evenly over the epoch; ``0`` swaps gives none.
+    ``swaps_per_epoch`` swaps split the epoch into that many segments of (nearly) equal length;
+    the swap happens *before* a segment's first minibatch, so the last segment of every epoch
+    trains on its mapping before the end-of-epoch test. ``0`` swaps gives one segment and no swap.
     """
-    if swaps_per_epoch <= 0:
-        return set()
+    if swaps_per_epoch < 0:
+        raise ValueError(f"swaps_per_epoch must be >= 0, got {swaps_per_epoch}")
     if swaps_per_epoch > num_minibatches:
         raise ValueError(f"swaps_per_epoch ({swaps_per_epoch}) exceeds the minibatches per epoch ({num_minibatches})")
-    every = num_minibatches / swaps_per_epoch
-    return {int(math.ceil((k + 1) * every)) - 1 for k in range(swaps_per_epoch)}
+    segments = max(1, swaps_per_epoch)
+    return [int(round(k * num_minibatches / segments)) for k in range(segments)]
 
 
 # ----------------------------------------------------------------------------- registry
 _COMMON = {"data_seed": 0}
+_STREAM = {"num_train": 0, "num_val": 256, "num_test": 512, "causal": True}
 
 TASK_DEFAULTS: dict[str, dict[str, Any]] = {
-    "digits": {**_COMMON, "patch": 2, "encoding": "none", "num_steps": 4, "test_fraction": 0.2},
-    "selective_copy": {**_COMMON, "seq_len": 256, "num_tokens": 4, "vocab": 8, "num_train": 2000, "num_test": 500},
-    "associative_recall": {**_COMMON, "num_pairs": 16, "num_keys": 32, "num_values": 16, "num_train": 2000,
-                           "num_test": 500},
-    "stdlib_chars": {**_COMMON, "context": 128, "num_train": 4000, "num_test": 1000, "max_chars": 400_000},
+    "digits": {**_COMMON, "patch": 2, "encoding": "none", "num_steps": 4, "test_fraction": 0.2, "val_fraction": 0.1,
+               "causal": False},
+    "selective_copy": {**_COMMON, **_STREAM, "seq_len": 128, "num_tokens": 8, "vocab": 8},
+    "mqar": {**_COMMON, **_STREAM, "seq_len": 64, "num_pairs": 8, "vocab": 128, "power_a": 0.01,
+             "random_non_queries": True},
+    "induction_heads": {**_COMMON, **_STREAM, "seq_len": 64, "vocab": 16},
+    "stdlib_chars": {**_COMMON, **_STREAM, "context": 64, "num_val": 128, "num_test": 256, "max_chars": 400_000},
 }
 
 TASKS: dict[str, Callable[[dict[str, Any]], TaskData]] = {
     "digits": digits_task,
     "selective_copy": selective_copy_task,
-    "associative_recall": associative_recall_task,
+    "mqar": mqar_task,
+    "induction_heads": induction_heads_task,
     "stdlib_chars": stdlib_chars_task,
 }
 

@@ -1,15 +1,21 @@
-"""Training loop (DistributedDataParallel-ready), evaluation and measurements of one run,
-and the experiment driver that skips finished runs and writes the report.
+"""Training (DistributedDataParallel-ready), evaluation and the measurements of one run.
+
+A run trains one block on one task for at most ``[train] steps`` optimizer steps, evaluates
+every ``eval_every`` steps (the learning curve), and stops early when the evaluation metric
+reaches ``target`` or has not improved for ``patience`` evaluations. Before the clock starts,
+one forward and backward pass on a copy of the model compiles or loads the kernels; its
+time is reported as ``compile_time_s``, never as training time.
 
 Distributed: when started under ``torchrun`` (``WORLD_SIZE > 1``) every rank builds the same
-model from the same seed and draws the same global batch order; each rank takes an equal
-slice of every global batch and DDP averages the gradients, so an optimizer step equals the
+model from the same seed and draws the same global batch; each rank takes an equal slice of
+every global batch and DDP averages the gradients, so an optimizer step equals the
 single-process step on the whole global batch (up to float summation order). Rank 0
 evaluates, measures and writes results; the others wait at a barrier.
 """
 
 from __future__ import annotations
 
+import copy
 import importlib
 import math
 import os
@@ -18,10 +24,10 @@ import statistics
 import sys
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, replace
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 import torch.distributed as dist
 from torch import nn
@@ -29,9 +35,11 @@ from torch.nn import functional as F
 
 from neurostep.experiment.backbone import build_backbone
 from neurostep.experiment.config import ExperimentConfig
-from neurostep.experiment.results import ResultStore, atomic_write_text
-from neurostep.experiment.tasks import TaskData, build_task
+from neurostep.experiment.tasks import IGNORE, TaskData
 from neurostep.models import count_params
+
+# A run whose final training loss is this close to the chance-level loss learned nothing.
+NOT_TRAINED_FRACTION = 0.05
 
 
 # ----------------------------------------------------------------------------- distributed
@@ -128,85 +136,198 @@ class SpikeMonitor:
         return sum(self.spikes.values()) / total if total > 0 else None
 
 
-# ----------------------------------------------------------------------------- training
-def _loss(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1))
+# ----------------------------------------------------------------------------- batches
+def loss_fn(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Mean cross-entropy over the scored targets (positions marked :data:`IGNORE` do not count)."""
+    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1), ignore_index=IGNORE)
 
 
-def train_model(model: nn.Module, task: TaskData, train: dict[str, Any], seed: int, ctx: DistContext,
-                desc: str = "", progress: bool = True) -> dict[str, Any]:
-    """AdamW with warm-up + cosine decay over the task's training set; returns loss statistics.
+def train_batches(task: TaskData, batch: int, seed: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Endless global training batches for run seed ``seed``.
 
-    The global batch ``train["batch_size"]`` must be divisible by the world size.
+    Streaming tasks draw fresh samples from a generator seeded by (seed, data seed); fixed
+    sets are shuffled anew each epoch. Every block run with the same seed sees the same batches.
     """
-    batch, world = train["batch_size"], ctx.world_size
-    if batch % world:
-        raise ValueError(f"[train] batch_size ({batch}) must be divisible by the number of processes ({world})")
+    if task.streaming:
+        if task.sampler is None:
+            raise ValueError(f"task {task.name!r} has neither a training set nor a sampler")
+        rng = np.random.default_rng([seed, 2])
+        while True:
+            yield task.sampler(batch, rng)
+    assert task.x_train is not None and task.y_train is not None
     n = task.x_train.shape[0]
-    steps_per_epoch = max(1, n // batch)
-    total = train["epochs"] * steps_per_epoch
-    if train["max_steps"] > 0:
-        total = min(total, train["max_steps"])
-    warmup = max(1, total // 20)
-    net: nn.Module = model
-    if ctx.enabled:
-        net = nn.parallel.DistributedDataParallel(model)
-    opt = torch.optim.AdamW(model.parameters(), lr=train["lr"], weight_decay=train["weight_decay"])
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (1.0 + math.cos(math.pi * min(1.0, s / total))))
+    if batch > n:
+        raise ValueError(f"[train] batch_size ({batch}) is larger than the training set of {task.name!r} ({n})")
     gen = torch.Generator().manual_seed(seed)
-    bar = None
-    if progress and ctx.is_main:
-        from tqdm import tqdm
-
-        bar = tqdm(total=total, desc=desc, leave=False, dynamic_ncols=True, file=sys.stderr)
-    step, losses = 0, []
-    model.train()
-    start = time.perf_counter()
-    while step < total:
+    while True:
         perm = torch.randperm(n, generator=gen)
-        for s in range(steps_per_epoch):
-            if step >= total:
-                break
-            idx = perm[s * batch:(s + 1) * batch][ctx.rank::world]
-            loss = _loss(net(task.x_train[idx]), task.y_train[idx])
-            if not torch.isfinite(loss):
-                raise FloatingPointError(f"{desc}: training loss became {loss.item()} at step {step}")
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            if train["grad_clip"] > 0:
-                nn.utils.clip_grad_norm_(model.parameters(), train["grad_clip"])
-            opt.step()
-            sched.step()
-            losses.append(float(loss.detach()))
-            step += 1
-            if bar is not None:
-                bar.update(1)
-                bar.set_postfix(loss=f"{losses[-1]:.3f}")
-    if bar is not None:
-        bar.close()
-    tail = losses[-max(1, len(losses) // 10):]
-    return {"steps": step, "train_loss": sum(tail) / len(tail), "train_time_s": time.perf_counter() - start}
+        for s in range(n // batch):
+            idx = perm[s * batch:(s + 1) * batch]
+            yield task.x_train[idx], task.y_train[idx]
 
 
+# ----------------------------------------------------------------------------- evaluation
 @torch.no_grad()
-def evaluate(model: nn.Module, task: TaskData, batch_size: int) -> dict[str, float]:
-    """Test-set loss and metric: accuracy (fraction of targets right) or bits per character."""
+def evaluate(model: nn.Module, task: TaskData, batch_size: int, split: str = "test") -> dict[str, float]:
+    """Loss and metric on the ``"test"`` or ``"val"`` split.
+
+    Accuracy counts scored targets (not :data:`IGNORE`); ``bpc`` is the loss in bits.
+    """
+    if split not in ("test", "val"):
+        raise ValueError(f"split must be 'test' or 'val', got {split!r}")
+    xs, ys = (task.x_test, task.y_test) if split == "test" else (task.x_val, task.y_val)
+    was_training = model.training
     model.eval()
+    n = xs.shape[0]
     loss_sum, correct, count = 0.0, 0, 0
-    for i in range(0, task.x_test.shape[0], batch_size):
-        logits = model(task.x_test[i:i + batch_size])
-        y = task.y_test[i:i + batch_size]
+    for i in range(0, n, batch_size):
+        j = min(i + batch_size, n)
+        logits = model(xs[i:j])
+        y = ys[i:j].reshape(-1)
         flat = logits.reshape(-1, logits.shape[-1])
-        loss_sum += float(F.cross_entropy(flat, y.reshape(-1), reduction="sum"))
-        correct += int((flat.argmax(-1) == y.reshape(-1)).sum())
-        count += y.numel()
+        scored = y != IGNORE
+        loss_sum += float(F.cross_entropy(flat[scored], y[scored], reduction="sum"))
+        correct += int((flat[scored].argmax(-1) == y[scored]).sum())
+        count += int(scored.sum())
+    model.train(was_training)
     loss = loss_sum / count
     out = {"test_loss": loss, "accuracy": correct / count}
     if task.metric == "bpc":
         out["bpc"] = loss / math.log(2.0)
     out["metric"] = out[task.metric]
     return out
+
+
+def _improved(metric: float, best: float, higher: bool, min_delta: float) -> bool:
+    return metric > best + min_delta if higher else metric < best - min_delta
+
+
+def _reached(metric: float, target: float, higher: bool) -> bool:
+    return target > 0 and (metric >= target if higher else metric <= target)
+
+
+# ----------------------------------------------------------------------------- training
+def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    """AdamW groups: weight decay on matrices and kernels only.
+
+    Biases, norm scales and every parameter marked ``_no_weight_decay``
+    (Mamba's ``A_log``, ``D`` and step-size bias, as mamba-ssm marks them) are not decayed:
+    decaying ``A_log`` and the step-size bias towards 0 would shorten a state space model's memory.
+    """
+    decay, no_decay = [], []
+    for p in model.parameters():
+        if not p.requires_grad:
+            continue
+        (no_decay if p.dim() < 2 or getattr(p, "_no_weight_decay", False) else decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def warm_up(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
+    """Seconds for one forward+backward and one inference pass on a copy of ``model``.
+
+    The first call of each kernel compiles it (or loads it from numba's cache); timing it
+    here keeps compilation out of the training time. The copy leaves the model, its
+    BatchNorm statistics and the random streams untouched.
+    """
+    rng_state = torch.get_rng_state()
+    start = time.perf_counter()
+    twin = copy.deepcopy(model)
+    twin.train()
+    loss_fn(twin(x), y).backward()
+    twin.eval()
+    with torch.no_grad():
+        twin(x[:1])
+    torch.set_rng_state(rng_state)
+    return time.perf_counter() - start
+
+
+def train_model(model: nn.Module, task: TaskData, train: dict[str, Any], seed: int,
+                ctx: DistContext | None = None, desc: str = "", progress: bool = False) -> dict[str, Any]:
+    """AdamW with warm-up and cosine decay for up to ``train["steps"]`` steps, evaluating every
+    ``eval_every`` steps; returns the statistics and the learning curve.
+
+    The global batch ``train["batch_size"]`` must be divisible by the world size.
+    """
+    ctx = ctx or DistContext()
+    batch, world, total = train["batch_size"], ctx.world_size, train["steps"]
+    if batch % world:
+        raise ValueError(f"[train] batch_size ({batch}) must be divisible by the number of processes ({world})")
+    higher = task.metric != "bpc"
+    batches = train_batches(task, batch, seed)
+    x0, y0 = next(batches)
+    compile_s = warm_up(model, x0[ctx.rank::world], y0[ctx.rank::world])
+    net: nn.Module = nn.parallel.DistributedDataParallel(model) if ctx.enabled else model
+    opt = torch.optim.AdamW(param_groups(model, train["weight_decay"]), lr=train["lr"])
+    warmup = max(1, int(total * train["warmup"]))
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (1.0 + math.cos(math.pi * min(1.0, s / total))))
+    bar = None
+    if progress and ctx.is_main:
+        from tqdm import tqdm
+
+        bar = tqdm(total=total, desc=desc, leave=False, dynamic_ncols=True, file=sys.stderr)
+    curve: list[dict[str, float]] = []
+    best, since_best, stopped = (-math.inf if higher else math.inf), 0, "budget"
+    interval_losses: list[float] = []
+    eval_time = 0.0
+    model.train()
+    start = time.perf_counter()
+    step = 0
+    x, y = x0, y0
+    while step < total:
+        if step > 0:
+            x, y = next(batches)
+        loss = loss_fn(net(x[ctx.rank::world]), y[ctx.rank::world])
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"{desc}: training loss became {loss.item()} at step {step}")
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if train["grad_clip"] > 0:
+            nn.utils.clip_grad_norm_(model.parameters(), train["grad_clip"])
+        opt.step()
+        sched.step()
+        step += 1
+        interval_losses.append(float(loss.detach()))
+        if bar is not None:
+            bar.update(1)
+            bar.set_postfix(loss=f"{interval_losses[-1]:.3f}")
+        if step % train["eval_every"] and step < total:
+            continue
+        t_eval = time.perf_counter()
+        stop = None
+        if ctx.is_main:
+            ev = evaluate(model, task, train["eval_batch_size"], "val")
+            curve.append({"step": step, "samples": step * batch, "train_loss": float(np.mean(interval_losses)),
+                          "val_metric": ev["metric"], "val_loss": ev["test_loss"]})
+            interval_losses = []
+            if _improved(ev["metric"], best, higher, train["min_delta"]):
+                best, since_best = ev["metric"], 0
+            else:
+                since_best += 1
+            if _reached(ev["metric"], train["target"], higher):
+                stop = "target"
+            elif train["patience"] and since_best >= train["patience"]:
+                stop = "plateau"
+        stop = _agree(stop, ctx)
+        eval_time += time.perf_counter() - t_eval
+        if stop:
+            stopped = stop
+            break
+    if bar is not None:
+        bar.close()
+    train_time = time.perf_counter() - start - eval_time
+    final_loss = curve[-1]["train_loss"] if curve else float("nan")
+    return {"steps": step, "stopped": stopped, "train_loss": final_loss, "train_time_s": train_time,
+            "eval_time_s": eval_time, "compile_time_s": compile_s, "curve": curve}
+
+
+def _agree(stop: str | None, ctx: DistContext) -> str | None:
+    """Rank 0's early-stop decision, broadcast so that every rank leaves the loop together."""
+    if not ctx.enabled:
+        return stop
+    box = [stop]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
 
 
 # ----------------------------------------------------------------------------- measurements
@@ -223,22 +344,24 @@ def _timed(fn: Callable[[], Any], reps: int) -> float:
 def measure_energy(model: nn.Module, x: torch.Tensor, profile: str) -> dict[str, Any]:
     """Operation and energy counts per sample from :func:`neurostep.energy.count` on batch ``x``.
 
-    Energy is the profile's total (compute plus, for memory-inclusive profiles, memory).
+    ``energy_uj`` is one inference (the profile's total: compute plus, for memory-inclusive
+    profiles, memory). ``train_energy_uj`` estimates one training sample as that forward pass
+    plus a backward pass of twice its operations at the MAC price (gradients are dense even
+    where the forward pass saw spikes).
     """
-    try:
-        from neurostep.energy import count
-    except ImportError as exc:
-        raise RuntimeError(
-            "neurostep.energy.count is not available, so energy cannot be measured "
-            f"({exc}); set [measure] energy = false to run without it") from exc
+    from neurostep.energy import count, get_profile
+
     report = count(model, x, profile=profile)
     total = report.as_dict()["total"]
     per = float(x.shape[0])
+    energy_uj = total["energy_total_pj"] / per * 1e-6
+    dense_ops = (total["macs"] + total["acs"]) / per
     return {
         "macs": total["macs"] / per,
         "acs": total["acs"] / per,
-        "energy_uj": total["energy_total_pj"] / per * 1e-6,
+        "energy_uj": energy_uj,
         "energy_compute_uj": total["energy_compute_pj"] / per * 1e-6,
+        "train_energy_uj": energy_uj + 2.0 * dense_ops * get_profile(profile).mac_pj * 1e-6,
         "energy_profile": profile,
         "energy_total": {k: v for k, v in total.items() if isinstance(v, int | float)},
     }
@@ -256,7 +379,7 @@ def measure(model: nn.Module, task: TaskData, measure_cfg: dict[str, Any], eval_
     if measure_cfg["energy"]:
         out.update(measure_energy(model, task.x_test[:16], measure_cfg["energy_profile"]))
     else:
-        out.update({"macs": None, "acs": None, "energy_uj": None})
+        out.update({"macs": None, "acs": None, "energy_uj": None, "train_energy_uj": None})
     reps = measure_cfg["latency_reps"]
     one = task.x_test[:1]
     many = task.x_test[:measure_cfg["throughput_batch"]]
@@ -264,6 +387,15 @@ def measure(model: nn.Module, task: TaskData, measure_cfg: dict[str, Any], eval_
         out["latency_ms"] = 1e3 * _timed(lambda: model(one), reps)
         out["throughput_sps"] = many.shape[0] / _timed(lambda: model(many), reps)
     return out
+
+
+def initial_spike_rate(model: nn.Module, x: torch.Tensor) -> float | None:
+    """Spike rate of ``model`` on ``x`` as the first training step sees it (training mode, on a
+    copy so that BatchNorm statistics stay untouched); None when it has no neurons."""
+    twin = copy.deepcopy(model).train()
+    with SpikeMonitor(twin) as mon, torch.no_grad():
+        twin(x)
+    return mon.overall()
 
 
 def train_run(cfg: ExperimentConfig, block: str, task_label: str, seed: int, task: TaskData,
@@ -285,114 +417,26 @@ def _train_run(cfg: ExperimentConfig, block: str, task_label: str, seed: int, ta
     cpu0 = time.process_time()
     torch.manual_seed(seed)
     model = build_backbone(block, task, cfg.backbone, cfg.block_options.get(block))
+    rate0 = initial_spike_rate(model, task.x_test[:32])
     desc = f"{block} / {task_label} / seed {seed}"
     stats = train_model(model, task, cfg.train, seed, ctx, desc=desc, progress=progress)
     record: dict[str, Any] = {
         "experiment": cfg.name, "block": block, "task": task_label, "seed": seed,
-        "config_hash": cfg.config_hash(block, task_label), "metric_name": task.metric,
+        "config_hash": cfg.config_hash(block, task_label), "config": cfg.run_config(block, task_label),
+        "metric_name": task.metric, "causal": task.causal, "chance": task.chance, "chance_loss": task.chance_loss,
+        "initial_spike_rate": rate0,
     }
     if ctx.is_main:
         record.update(evaluate(model, task, cfg.train["eval_batch_size"]))
         record.update(stats)
+        record["trained"] = bool(stats["train_loss"] < (1.0 - NOT_TRAINED_FRACTION) * task.chance_loss)
         record.update(measure(model, task, cfg.measure, cfg.train["eval_batch_size"]))
+        if record.get("train_energy_uj") is not None:
+            for point in record["curve"]:
+                point["train_energy_uj"] = point["samples"] * record["train_energy_uj"]
         record.update({
             "seq_len": task.seq_len, "world_size": ctx.world_size, "threads": torch.get_num_threads(),
             "torch": torch.__version__, "machine": platform.machine(), "finished_at": time.time(),
             "cpu_time_s": time.process_time() - cpu0,
         })
     return record
-
-
-# ----------------------------------------------------------------------------- driver
-def import_plugins(modules: list[str]) -> None:
-    for name in modules:
-        try:
-            importlib.import_module(name)
-        except ImportError as exc:
-            raise ValueError(f"[experiment] imports: cannot import {name!r}: {exc}") from exc
-
-
-def check_blocks(blocks: list[str]) -> None:
-    from neurostep.models import list_mixers
-
-    registered = list_mixers()
-    unknown = [b for b in blocks if b not in registered]
-    if unknown:
-        raise ValueError(f"unknown block(s) {unknown}; registered mixers: {registered}")
-
-
-def plan_runs(cfg: ExperimentConfig) -> Iterator[tuple[str, str, int]]:
-    """(block, task, seed) in run order: task by task, so each task's data is built once."""
-    items = cfg.blocks if cfg.kind == "mixers" else cfg.learners
-    for task in cfg.tasks:
-        for block in items:
-            for seed in cfg.seeds:
-                yield block, task, seed
-
-
-def run_experiment(cfg: ExperimentConfig, *, progress: bool | None = None, report: bool = True,
-                   log: Callable[[str], None] = print) -> Path:
-    """Run every (block, task, seed) of ``cfg`` that has no stored result yet; returns the run dir.
-
-    Results go to ``<out_dir>/<name>/results.{jsonl,csv}``; with ``report`` the Markdown report
-    and plots are written there at the end.
-    """
-    import_plugins(cfg.imports)
-    ctx = init_distributed()
-    store = ResultStore(cfg.run_dir)
-    if cfg.kind == "concept_shift":
-        from neurostep.experiment.shift import concept_shift_runs, prepare_concept_shift
-
-        cfg = replace(cfg, tasks=concept_shift_runs(cfg))
-        shared = prepare_concept_shift(cfg)
-    else:
-        check_blocks(cfg.blocks)
-        shared = None
-    done = store.done_keys()
-    if ctx.is_main:
-        cfg.run_dir.mkdir(parents=True, exist_ok=True)
-        if cfg.source:
-            atomic_write_text(cfg.run_dir / "experiment.toml", Path(cfg.source).read_text(encoding="utf-8"))
-    # Every rank must agree on the plan before anyone appends a result.
-    ctx.barrier()
-    runs = list(plan_runs(cfg))
-    tasks: dict[str, TaskData] = {}
-    for i, (block, task_label, seed) in enumerate(runs, 1):
-        key = (block, task_label, seed, cfg.config_hash(block, task_label))
-        if key in done:
-            if ctx.is_main:
-                log(f"[{i}/{len(runs)}] {block} / {task_label} / seed {seed}: done before, skipped")
-            continue
-        if cfg.kind == "concept_shift":
-            from neurostep.experiment.shift import concept_shift_run
-
-            record = concept_shift_run(cfg, block, task_label, seed, shared)
-        else:
-            if task_label not in tasks:
-                tasks = {task_label: build_task(cfg.task_options[task_label]["task"], cfg.task_options[task_label])}
-            record = train_run(cfg, block, task_label, seed, tasks[task_label], ctx, progress)
-        if ctx.is_main:
-            store.append(record)
-            log(f"[{i}/{len(runs)}] {block} / {task_label} / seed {seed}: "
-                + _summary(record))
-        ctx.barrier()
-    if report and ctx.is_main:
-        from neurostep.experiment.report import write_report
-
-        path = write_report(cfg.run_dir)
-        log(f"results: {store.jsonl} and {store.csv}")
-        log(f"report:  {path}")
-    ctx.barrier()
-    return cfg.run_dir
-
-
-def _summary(record: dict[str, Any]) -> str:
-    parts = []
-    name = record.get("metric_name", "metric")
-    if record.get("metric") is not None:
-        parts.append(f"{name} {record['metric']:.4f}")
-    for key, fmt in (("params", "{:,.0f} params"), ("energy_uj", "{:.3f} uJ"), ("spike_rate", "spike rate {:.3f}"),
-                     ("latency_ms", "{:.2f} ms"), ("train_time_s", "trained in {:.1f} s")):
-        if record.get(key) is not None:
-            parts.append(fmt.format(record[key]))
-    return ", ".join(parts)

@@ -68,7 +68,8 @@ class SoftmaxAttention(nn.Module):
         return self.proj(y.transpose(1, 2).flatten(2))
 
 
-@register_mixer("softmax_attention", family="attention", note="multi-head softmax attention (SDPA); the baseline")
+@register_mixer("softmax_attention", family="attention", causal="option",
+                note="multi-head softmax attention (SDPA); the baseline; causal=True masks future tokens")
 def softmax_attention(dim: int, *, num_heads: int | None = None, seq_len: int | None = None,
                       grid_size: Sequence[int] | None = None, **options) -> SoftmaxAttention:
     """Mixer factory: ``num_heads`` defaults to about ``dim / 64``; options go to :class:`SoftmaxAttention`."""

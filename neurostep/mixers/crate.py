@@ -39,13 +39,16 @@ class MSSA(nn.Module):
         dim: channels ``d``.
         num_heads: subspaces ``K``.
         head_dim: subspace dimension ``p`` (default ``d / K``).
+        causal: mask future tokens (token ``i`` attends to tokens ``<= i``), as in autoregressive CRATE.
     """
 
-    def __init__(self, dim: int, num_heads: int = 8, head_dim: int | None = None, attn_drop: float = 0.0) -> None:
+    def __init__(self, dim: int, num_heads: int = 8, head_dim: int | None = None, attn_drop: float = 0.0,
+                 causal: bool = False) -> None:
         super().__init__()
         head_dim = resolve_head_dim(dim, num_heads, head_dim)
         self.dim, self.num_heads, self.head_dim = dim, num_heads, head_dim
         self.attn_drop = attn_drop
+        self.causal = causal
         self.qkv = nn.Linear(dim, num_heads * head_dim, bias=False)  # the subspace bases U_k, stacked
         self.out = nn.Linear(num_heads * head_dim, dim)
 
@@ -58,14 +61,19 @@ class MSSA(nn.Module):
         """``x``: ``(B, N, d)`` -> ``(B, N, d)``; ``grid_size`` is unused."""
         check_tokens(x, self.dim)
         w = self.project(x)
-        y = F.scaled_dot_product_attention(w, w, w, dropout_p=self.attn_drop if self.training else 0.0)
+        y = F.scaled_dot_product_attention(w, w, w, dropout_p=self.attn_drop if self.training else 0.0,
+                                           is_causal=self.causal)
         return self.out(y.transpose(1, 2).flatten(2))
 
     def reference_forward(self, x: torch.Tensor) -> torch.Tensor:
         """The same with an explicit softmax (no dropout): the readable ground truth."""
         check_tokens(x, self.dim)
         w = self.project(x)
-        attn = (w @ w.transpose(-1, -2) * self.head_dim ** -0.5).softmax(-1)
+        scores = w @ w.transpose(-1, -2) * self.head_dim ** -0.5
+        if self.causal:
+            n = x.shape[1]
+            scores = scores.masked_fill(torch.ones(n, n, dtype=torch.bool, device=x.device).triu(1), float("-inf"))
+        attn = scores.softmax(-1)
         return self.out((attn @ w).transpose(1, 2).flatten(2))
 
 
@@ -209,7 +217,8 @@ class CRATE(nn.Module):
         return rows
 
 
-@register_mixer("crate_mssa", family="crate", note="CRATE multi-head subspace self-attention (Q = K = V)")
+@register_mixer("crate_mssa", family="crate", causal="option",
+                note="CRATE multi-head subspace self-attention (Q = K = V); causal=True masks future tokens")
 def crate_mssa(dim: int, *, num_heads: int | None = None, seq_len: int | None = None,
                grid_size: Sequence[int] | None = None, **options) -> MSSA:
     """Mixer factory; ``num_heads`` defaults to about ``dim / 64``."""

@@ -23,10 +23,19 @@ def list_models(pattern: str = "*") -> list[str]:
     return REGISTRY.list_models(pattern)
 
 
-def create_mixer(name: str, dim: int, **kwargs):  # noqa: ANN201 - returns an nn.Module
-    """Build a registered drop-in token mixer ``(B, N, C) -> (B, N, C)`` by name."""
+def create_mixer(name: str, dim: int, *, causal: bool = False, **kwargs):  # noqa: ANN201 - returns an nn.Module
+    """Build a registered drop-in token mixer ``(B, N, C) -> (B, N, C)`` by name.
+
+    ``causal=True`` builds its causal form and raises ``ValueError`` for a mixer that has none.
+    """
     _load_families()
-    return REGISTRY.create_mixer(name, dim, **kwargs)
+    return REGISTRY.create_mixer(name, dim, causal=causal, **kwargs)
+
+
+def mixer_causality(name: str) -> str:
+    """``"always"``, ``"option"`` or ``"never"``: whether mixer ``name`` is, can be or cannot be causal."""
+    _load_families()
+    return REGISTRY.mixer_entry(name).causal
 
 
 def list_mixers(pattern: str = "*") -> list[str]:
@@ -61,6 +70,7 @@ __all__ = [
     "create_mixer",
     "create_model",
     "list_mixers",
+    "mixer_causality",
     "list_models",
     "register_mixer",
     "register_model",

@@ -3,7 +3,8 @@
 Models: ``mamba_130m`` (d_model 768, 24 layers, vocab 50280, ~129M), ``mamba_tiny`` (a test
 config), ``vim_tiny`` / ``vim_small`` / ``vim_base`` (paper 7M / 26M / 98M), ``lamamba_tiny``
 (no paper count: LaMamba-Diff publishes only its diffusion configs).
-Mixers: ``mamba`` (causal), ``vim`` (bidirectional), ``lamamba`` (SS2D + window attention).
+Mixers: ``mamba`` (causal), ``mamba_lti`` (its non-selective control), ``vim`` (bidirectional),
+``lamamba`` (SS2D + window attention).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import torch
 
 from neurostep.models.registry import register_mixer, register_model
 from neurostep.ssm.lamamba import LaMamba, LaMambaNet
-from neurostep.ssm.mamba import Mamba, MambaLM
+from neurostep.ssm.mamba import Mamba, MambaLM, MambaLTI
 from neurostep.ssm.vision_mamba import VIM_CONFIGS, BidirectionalMamba, VisionMamba
 
 # -- language models -----------------------------------------------------------------------
@@ -84,11 +85,19 @@ def lamamba_tiny(**kwargs: Any) -> LaMambaNet:
 # -- mixers --------------------------------------------------------------------------------
 
 
-@register_mixer("mamba", family="mamba", note="causal selective SSM (Mamba); scan/step recurrence")
+@register_mixer("mamba", family="mamba", causal="always", note="selective SSM (Mamba); scan/step recurrence")
 def mamba_mixer(dim: int, *, num_heads: int | None = None, seq_len: int | None = None,
                 grid_size: Sequence[int] | None = None, **options: Any) -> Mamba:
     """Mixer factory: options go to :class:`neurostep.ssm.Mamba` (heads, length and grid unused)."""
     return Mamba(dim, **options)
+
+
+@register_mixer("mamba_lti", family="mamba", causal="always",
+                note="Mamba block with selection off (LTI, S4D-like): delta, B, C are parameters")
+def mamba_lti_mixer(dim: int, *, num_heads: int | None = None, seq_len: int | None = None,
+                    grid_size: Sequence[int] | None = None, **options: Any) -> MambaLTI:
+    """Mixer factory: options go to :class:`neurostep.ssm.MambaLTI` (heads, length and grid unused)."""
+    return MambaLTI(dim, **options)
 
 
 @register_mixer("vim", family="mamba", note="Vision Mamba bidirectional selective SSM (v2)")

@@ -27,11 +27,22 @@ class ModelEntry:
     note: str = ""
 
 
+CAUSALITY = ("always", "option", "never")
+
+
 @dataclass(frozen=True)
 class MixerEntry:
+    """A drop-in mixer and the facts callers need before building it.
+
+    ``causal``: ``"always"`` (output at token t depends only on tokens <= t, e.g. a recurrence),
+    ``"option"`` (the factory takes ``causal=True``, e.g. masked attention) or ``"never"``
+    (every output sees the whole sequence, e.g. a 2D scan or a token MLP).
+    """
+
     name: str
     factory: Callable[..., nn.Module]
     family: str
+    causal: str = "never"
     note: str = ""
 
 
@@ -41,7 +52,9 @@ class Registry:
     Mixer contract: ``create_mixer(name, dim, num_heads=..., seq_len=..., grid_size=...)``
     returns a module whose ``forward(x, grid_size=None)`` maps ``(B, N, C) -> (B, N, C)``.
     Every mixer factory accepts the context keywords ``num_heads``, ``seq_len`` and
-    ``grid_size`` (it may ignore them) plus its own options.
+    ``grid_size`` (it may ignore them) plus its own options. Each mixer declares whether it can
+    be causal (:data:`CAUSALITY`); ``create_mixer(..., causal=True)`` builds the causal form or
+    raises for a mixer that has none.
     """
 
     def __init__(self) -> None:
@@ -79,18 +92,28 @@ class Registry:
         return sorted(fnmatch.filter(self._models, pattern))
 
     # mixers ---------------------------------------------------------------------------
-    def register_mixer(self, name: str, *, family: str, note: str = ""
+    def register_mixer(self, name: str, *, family: str, causal: str = "never", note: str = ""
                        ) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
+        if causal not in CAUSALITY:
+            raise ValueError(f"causal must be one of {CAUSALITY}, got {causal!r}")
+
         def decorate(factory: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
             if name in self._mixers:
                 raise ValueError(f"mixer {name!r} is already registered")
-            self._mixers[name] = MixerEntry(name, factory, family, note)
+            self._mixers[name] = MixerEntry(name, factory, family, causal, note)
             return factory
 
         return decorate
 
-    def create_mixer(self, name: str, dim: int, **kwargs: Any) -> nn.Module:
-        return self.mixer_entry(name).factory(dim, **kwargs)
+    def create_mixer(self, name: str, dim: int, *, causal: bool = False, **kwargs: Any) -> nn.Module:
+        """Build mixer ``name``; ``causal=True`` asks for its causal form (``ValueError`` if it has none)."""
+        entry = self.mixer_entry(name)
+        if causal:
+            if entry.causal == "never":
+                raise ValueError(f"mixer {name!r} cannot be causal: every output sees the whole sequence")
+            if entry.causal == "option":
+                kwargs["causal"] = True
+        return entry.factory(dim, **kwargs)
 
     def mixer_entry(self, name: str) -> MixerEntry:
         if name not in self._mixers:

@@ -79,7 +79,8 @@ def spikformer_tiny(**kwargs: Any) -> Spikformer:
     return _build({**_CIFAR, "embed_dim": 64, "depth": 2, "num_heads": 4, "T": 2}, kwargs)
 
 
-@register_mixer("spikformer_ssa", family=FAMILY, note="spiking self-attention, input repeated over T, mean decode")
+@register_mixer("spikformer_ssa", family=FAMILY, causal="option",
+                note="spiking self-attention, input repeated over T, mean decode; causal=True masks Q K^T")
 def spikformer_ssa(dim: int, *, num_heads: int | None = None, seq_len: int | None = None,
                    grid_size: tuple[int, int] | None = None, T: int = 4, **options: Any) -> SpikingSelfAttentionMixer:
     """Drop-in ``(B, N, C) -> (B, N, C)`` SSA mixer; ``seq_len`` and ``grid_size`` are not needed (ignored)."""

@@ -13,11 +13,25 @@ Every recurrent piece follows the step/scan protocol with explicit state: ``scan
 sequence (fused WKV and LIF kernels), ``step`` one token (for decoding), and ``scan == step``
 is tested. The per-layer state is the token-shift input of each mixer, the WKV state
 ``(aa, bb, pp)`` and the two LIF membranes.
+
+Initialisation (``init=``): ``"paper"`` is the published training code's, PyTorch's default
+Linear init (its ``RWKV_Init`` is not called by ``train.py``, and would zero the output
+projections). With it the current into each LIF has a spread of about 0.1-0.2 against a
+threshold of 1, so no neuron fires at step 0 and the layers learn to fire only through the
+surrogate gradient (the initial commit of the code used ``v_threshold = 0.1``).
+``"threshold"`` scales the projection that feeds each LIF so that its current has RMS
+``v_threshold`` on unit-variance inputs (LSUV-style, computed once on a fixed Gaussian probe),
+so neurons fire from the first step; the drop-in mixers use it.
+
+Spikes and matrix multiplies: in the published architecture every projection reads a
+LayerNorm output, never spikes; spikes enter only the residual additions. The energy counter
+therefore counts MACs for every projection of SpikeGPT, and its savings are the additions.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import NamedTuple
 
 import torch
@@ -31,9 +45,29 @@ from neurostep.neuro.neurons import LIF, LIFState
 from neurostep.neuro.surrogate import ATan
 
 
+INITS = ("paper", "threshold")
+
+
 def _spikegpt_lif(backend: str) -> LIF:
     # SpikeGPT's MultiStepLIFNode: tau 2, hard reset to 0, V_th 1, ATan(alpha=2), no detach.
     return LIF(tau=2.0, v_threshold=1.0, v_reset=0.0, surrogate=ATan(alpha=2.0), backend=backend)
+
+
+def _check_init(init: str) -> None:
+    if init not in INITS:
+        raise ValueError(f"init must be one of {INITS}, got {init!r}")
+
+
+@torch.no_grad()
+def match_threshold_(linear: nn.Linear, current: Callable[[torch.Tensor], torch.Tensor], dim: int,
+                     threshold: float) -> None:
+    """Scale ``linear`` (the projection that feeds a LIF) so that ``current(x)`` has RMS
+    ``threshold`` for a fixed unit-variance Gaussian probe ``x (8, 64, dim)``."""
+    probe = torch.randn(8, 64, dim, generator=torch.Generator().manual_seed(0),
+                        dtype=linear.weight.dtype).to(linear.weight.device)
+    rms = float(current(probe).pow(2).mean().sqrt())
+    if rms > 0:
+        linear.weight.mul_(threshold / rms)
 
 
 def _check_tokens_or_channels(name: str, x: object, dim: int, ndim: int) -> torch.Tensor:
@@ -69,6 +103,7 @@ class SpikingTimeMix(Recurrent):
     ``k, v, r`` are projections of the token-shifted mixes ``x * mu + x_prev * (1 - mu)``.
     With ``spiking=False`` the LIF is left out (plain RWKV-4 time-mix). Also the drop-in mixer
     ``"spikegpt_timemix"``: ``forward(x (B, N, C), grid_size=None) -> (B, N, C)`` binary spikes.
+    ``init``: ``"paper"`` or ``"threshold"`` (see the module docstring).
     """
 
     causal = True  # output at token t depends only on tokens <= t: it may replace causal attention
@@ -76,12 +111,13 @@ class SpikingTimeMix(Recurrent):
     time_dim = 1
 
     def __init__(self, dim: int, layer_id: int = 0, n_layer: int = 1, *, spiking: bool = True,
-                 backend: str = "auto", lif_backend: str = "auto") -> None:
+                 backend: str = "auto", lif_backend: str = "auto", init: str = "paper") -> None:
         super().__init__()
         if dim < 1:
             raise ValueError(f"dim must be >= 1, got {dim}")
         if not 0 <= layer_id < n_layer:
             raise ValueError(f"layer_id must be in [0, n_layer={n_layer}), got {layer_id}")
+        _check_init(init)
         self.dim = dim
         self.backend = backend
         self.time_decay = nn.Parameter(torch.empty(dim))
@@ -95,6 +131,8 @@ class SpikingTimeMix(Recurrent):
         self.output = nn.Linear(dim, dim, bias=False)
         self.lif = _spikegpt_lif(lif_backend) if spiking else None
         self.reset_time_parameters(layer_id, n_layer)
+        if init == "threshold" and self.lif is not None:
+            match_threshold_(self.output, lambda x: self.current(x)[0], dim, self.lif.v_threshold)
 
     @torch.no_grad()
     def reset_time_parameters(self, layer_id: int, n_layer: int) -> None:
@@ -129,6 +167,16 @@ class SpikingTimeMix(Recurrent):
         xk, xv, xr = (_shift_mix(x, xx, mu) for mu in (self.time_mix_k, self.time_mix_v, self.time_mix_r))
         return self.key(xk), self.value(xv), torch.sigmoid(self.receptance(xr))
 
+    def current(self, x: torch.Tensor, state: TimeMixState | None = None) -> tuple[torch.Tensor, WKVState]:
+        """The time-mix before the LIF: ``W_o(sigmoid(r) * WKV)`` for ``x (B, L, C)``, and the WKV state."""
+        B = x.shape[0]
+        shift = state.shift.to(x.dtype) if state is not None else x.new_zeros(B, self.dim)
+        wkv_state = state.wkv if state is not None else wkv_init_state(B, self.dim, x.device, x.dtype)
+        xx = torch.cat([shift.unsqueeze(1), x[:, :-1]], dim=1)
+        k, v, r = self._mix(x, xx)
+        att, wkv_state = wkv(self.time_decay, self.time_first, k, v, wkv_state, backend=self.backend)
+        return self.output(r * att), wkv_state
+
     def scan(self, x: torch.Tensor, state: TimeMixState | None = None) -> tuple[torch.Tensor, TimeMixState]:
         """``x (B, L, C)`` -> ``(y (B, L, C), state)``; ``y`` is spikes when ``spiking``."""
         x = _check_tokens_or_channels("x", x, self.dim, 3)
@@ -136,10 +184,7 @@ class SpikingTimeMix(Recurrent):
         B = x.shape[0]
         if state is None:
             state = self.init_state((B, self.dim), x.device, x.dtype)
-        xx = torch.cat([state.shift.to(x.dtype).unsqueeze(1), x[:, :-1]], dim=1)
-        k, v, r = self._mix(x, xx)
-        att, wkv_state = wkv(self.time_decay, self.time_first, k, v, state.wkv, backend=self.backend)
-        out = self.output(r * att)
+        out, wkv_state = self.current(x, state)
         lif_state = state.lif
         if self.lif is not None:
             spikes, lif_state = self.lif.scan(out.transpose(0, 1), state.lif)
@@ -170,10 +215,11 @@ class SpikingChannelMix(Recurrent):
     time_dim = 1
 
     def __init__(self, dim: int, layer_id: int = 0, n_layer: int = 1, *, hidden_ratio: int = 4,
-                 spiking: bool = True, lif_backend: str = "auto") -> None:
+                 spiking: bool = True, lif_backend: str = "auto", init: str = "paper") -> None:
         super().__init__()
         if not 0 <= layer_id < n_layer:
             raise ValueError(f"layer_id must be in [0, n_layer={n_layer}), got {layer_id}")
+        _check_init(init)
         self.dim = dim
         self.time_mix_k = nn.Parameter(torch.empty(dim))
         self.time_mix_r = nn.Parameter(torch.empty(dim))
@@ -186,6 +232,9 @@ class SpikingChannelMix(Recurrent):
             r10 = 1.0 - layer_id / n_layer
             self.time_mix_k.copy_(ramp ** r10)
             self.time_mix_r.copy_(ramp ** r10)
+        if init == "threshold" and self.lif is not None:
+            match_threshold_(self.value, lambda x: self._ffn(x, torch.cat([torch.zeros_like(x[:, :1]), x[:, :-1]], 1)),
+                             dim, self.lif.v_threshold)
 
     def init_state(self, batch_shape: tuple[int, ...], device: torch.device | None = None,
                    dtype: torch.dtype | None = None) -> ChannelMixState:
@@ -238,13 +287,13 @@ class SpikeGPTBlock(Recurrent):
     time_dim = 1
 
     def __init__(self, dim: int, layer_id: int, n_layer: int, *, backend: str = "auto",
-                 lif_backend: str = "auto", dropout: float = 0.0) -> None:
+                 lif_backend: str = "auto", dropout: float = 0.0, init: str = "paper") -> None:
         super().__init__()
         self.ln0 = nn.LayerNorm(dim) if layer_id == 0 else None
         self.ln1 = nn.LayerNorm(dim)
         self.ln2 = nn.LayerNorm(dim)
-        self.att = SpikingTimeMix(dim, layer_id, n_layer, backend=backend, lif_backend=lif_backend)
-        self.ffn = SpikingChannelMix(dim, layer_id, n_layer, lif_backend=lif_backend)
+        self.att = SpikingTimeMix(dim, layer_id, n_layer, backend=backend, lif_backend=lif_backend, init=init)
+        self.ffn = SpikingChannelMix(dim, layer_id, n_layer, lif_backend=lif_backend, init=init)
         self.drop = nn.Dropout(dropout)
 
     def init_state(self, batch_shape: tuple[int, ...], device: torch.device | None = None,
@@ -279,12 +328,14 @@ class SpikeGPT(Recurrent):
     ``scan(idx, state)`` runs a sequence (fused kernels) and returns the per-layer state;
     ``step(idx_t (B,), state)`` decodes one token and gives the same logits as ``scan``.
     ``binary_embedding`` spikes the embedding (``emb >= 0``, ATan(2) surrogate gradient).
+    ``init``: ``"paper"`` (default, the published code's) or ``"threshold"`` (see the module docstring).
     """
 
     time_dim = 1
 
     def __init__(self, vocab_size: int, n_embd: int, n_layer: int, *, backend: str = "auto",
-                 lif_backend: str = "auto", binary_embedding: bool = True, dropout: float = 0.0) -> None:
+                 lif_backend: str = "auto", binary_embedding: bool = True, dropout: float = 0.0,
+                 init: str = "paper") -> None:
         super().__init__()
         for name, value in (("vocab_size", vocab_size), ("n_embd", n_embd), ("n_layer", n_layer)):
             if not isinstance(value, int) or value < 1:
@@ -295,7 +346,7 @@ class SpikeGPT(Recurrent):
         self.emb = nn.Embedding(vocab_size, n_embd)
         self.spike_embedding = ATan(alpha=2.0) if binary_embedding else None
         self.blocks = nn.ModuleList(SpikeGPTBlock(n_embd, i, n_layer, backend=backend, lif_backend=lif_backend,
-                                                  dropout=dropout) for i in range(n_layer))
+                                                  dropout=dropout, init=init) for i in range(n_layer))
         self.ln_out = nn.LayerNorm(n_embd)
         self.head = nn.Linear(n_embd, vocab_size, bias=False)
 

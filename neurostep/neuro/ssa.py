@@ -62,7 +62,7 @@ def lif_run(lif: nn.Module, u: torch.Tensor, state: Any, stepping: bool) -> tupl
 
 
 def spiking_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float = 0.125,
-                      order: str = "q(kv)") -> torch.Tensor:
+                      order: str = "q(kv)", causal: bool = False) -> torch.Tensor:
     """Softmax-free attention ``Q K^T V * scale`` (pure torch; the reference for both orders).
 
     Args:
@@ -70,17 +70,23 @@ def spiking_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: 
         scale: multiplier applied to the product (0.125 in Spikformer).
         order: ``"q(kv)"`` computes ``Q (K^T V)`` (cost ``N d^2``, linear in N);
             ``"(qk)v"`` computes ``(Q K^T) V`` (cost ``N^2 d``, as in the official CIFAR code).
+        causal: token ``i`` attends to tokens ``<= i`` only: ``((Q K^T) * M) V`` with the
+            lower-triangular mask ``M`` (computed in the ``(qk)v`` order whatever ``order`` says).
     Returns:
         ``(..., N, d)``.
     """
     if q.shape != k.shape or q.shape != v.shape:
         raise ValueError(f"q, k and v must have one shape (..., N, d), got {tuple(q.shape)}, "
                          f"{tuple(k.shape)}, {tuple(v.shape)}")
+    if order not in ATTENTION_ORDERS:
+        raise ValueError(f"order must be one of {ATTENTION_ORDERS}, got {order!r}")
+    if causal:
+        n = q.shape[-2]
+        mask = torch.ones(n, n, dtype=torch.bool, device=q.device).tril()
+        return ((q @ k.transpose(-2, -1)).masked_fill(~mask, 0.0) @ v) * scale
     if order == "q(kv)":
         return (q @ (k.transpose(-2, -1) @ v)) * scale
-    if order == "(qk)v":
-        return ((q @ k.transpose(-2, -1)) @ v) * scale
-    raise ValueError(f"order must be one of {ATTENTION_ORDERS}, got {order!r}")
+    return ((q @ k.transpose(-2, -1)) @ v) * scale
 
 
 @dataclass
@@ -104,6 +110,8 @@ class SpikingSelfAttention(Recurrent):
         proj_bias: bias on the output projection (the official ImageNet code has one;
             spikingjelly's port and the default here do not).
         norm_layer: norm after each projection (name or class); ``"batchnorm"`` as in the paper.
+        causal: token ``i`` attends to tokens ``<= i`` only (masked ``Q K^T``); Spikformer itself
+            is bidirectional, the causal form lets SSA replace causal attention.
 
     ``scan(x, state)`` runs a whole ``(T, B, N, C)`` sequence; ``step(x_t, state)`` one timestep
     ``(B, N, C)``. In training mode BatchNorm pools statistics over every position it sees, so
@@ -113,8 +121,8 @@ class SpikingSelfAttention(Recurrent):
     time_dim = 0
 
     def __init__(self, dim: int, num_heads: int = 8, scale: float = 0.125, order: str = "q(kv)",
-                 backend: str = "auto", proj_bias: bool = False, norm_layer: str | type[nn.Module] = "batchnorm"
-                 ) -> None:
+                 backend: str = "auto", proj_bias: bool = False, norm_layer: str | type[nn.Module] = "batchnorm",
+                 causal: bool = False) -> None:
         super().__init__()
         if not isinstance(dim, int) or dim <= 0:
             raise ValueError(f"dim must be a positive int, got {dim!r}")
@@ -126,7 +134,7 @@ class SpikingSelfAttention(Recurrent):
             raise ValueError(f"scale must be finite, got {scale!r}")
         norm = resolve_norm(norm_layer)
         self.dim, self.num_heads, self.head_dim = dim, num_heads, dim // num_heads
-        self.scale, self.order = float(scale), order
+        self.scale, self.order, self.causal = float(scale), order, bool(causal)
         # One fused projection for Q, K and V: per-channel BN and elementwise LIF make it identical
         # to three separate ones (channels [0:C] are Q, [C:2C] K, [2C:3C] V, head-major inside).
         self.qkv = nn.Linear(dim, 3 * dim, bias=False)
@@ -138,7 +146,8 @@ class SpikingSelfAttention(Recurrent):
         self.proj_lif = spikformer_lif(1.0, backend)
 
     def extra_repr(self) -> str:
-        return f"dim={self.dim}, num_heads={self.num_heads}, scale={self.scale}, order={self.order!r}"
+        return (f"dim={self.dim}, num_heads={self.num_heads}, scale={self.scale}, order={self.order!r}, "
+                f"causal={self.causal}")
 
     def init_state(self, batch_shape: tuple[int, ...], device: torch.device | None = None,
                    dtype: torch.dtype | None = None) -> SSAState:
@@ -163,7 +172,7 @@ class SpikingSelfAttention(Recurrent):
         lead, n = qkv.shape[:-2], qkv.shape[-2]
         # (..., N, 3C) -> (3, ..., heads, N, d)
         qkv = qkv.reshape(*lead, n, 3, self.num_heads, self.head_dim).movedim(-3, 0).transpose(-3, -2)
-        attn = spiking_attention(qkv[0], qkv[1], qkv[2], self.scale, self.order)
+        attn = spiking_attention(qkv[0], qkv[1], qkv[2], self.scale, self.order, self.causal)
         attn = attn.transpose(-3, -2).reshape(*lead, n, self.dim)
         attn, s_attn = lif_run(self.attn_lif, attn, state.attn, stepping)
         y, s_proj = lif_run(self.proj_lif, self.proj_norm(self.proj(attn)), state.proj, stepping)
@@ -212,6 +221,10 @@ class SpikingSelfAttentionMixer(nn.Module):
             raise ValueError(f"T must be a positive int, got {T!r}")
         self.T = T
         self.ssa = SpikingSelfAttention(dim, num_heads=num_heads or default_num_heads(dim), **ssa_options)
+
+    @property
+    def causal(self) -> bool:
+        return self.ssa.causal
 
     def forward(self, x: torch.Tensor, grid_size: tuple[int, int] | None = None) -> torch.Tensor:
         """``x`` ``(B, N, C)`` -> ``(B, N, C)``; ``grid_size`` is accepted for the mixer contract and unused."""

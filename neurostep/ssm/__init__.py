@@ -1,7 +1,7 @@
 """State-space blocks: Mamba (and a Mamba language model), Vision Mamba, LaMamba."""
 
 from neurostep.ssm.lamamba import SS2D, LaMamba, LaMambaNet, WindowAttention
-from neurostep.ssm.mamba import Mamba, MambaLM, MambaState
+from neurostep.ssm.mamba import Mamba, MambaLM, MambaLTI, MambaState
 from neurostep.ssm.vision_mamba import VIM_CONFIGS, BidirectionalMamba, VisionMamba
 
 __all__ = [
@@ -12,6 +12,7 @@ __all__ = [
     "LaMambaNet",
     "Mamba",
     "MambaLM",
+    "MambaLTI",
     "MambaState",
     "VisionMamba",
     "WindowAttention",

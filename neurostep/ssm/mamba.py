@@ -107,7 +107,7 @@ class _SSMParams(nn.Module):
         x, z: ``(B, Di, L)`` (x before the conv). Returns ``y (B, Di, L)`` (gated by silu(z))
         and the state after the chunk.
         """
-        conv, x_proj, dt_proj, A_log, D = self._direction(suffix)
+        conv, _, _, A_log, D = self._direction(suffix)
         batch, d_inner, length = x.shape
         width = conv.weight.shape[-1]
         cdtype = compute_dtype(x.dtype)
@@ -121,6 +121,17 @@ class _SSMParams(nn.Module):
         xc = causal_conv1d_fn(x, conv.weight[:, 0, :], conv.bias,
                               initial_states=None if state is None else history[..., 1:].to(x.dtype),
                               activation="silu", backend=self.backend)
+        delta, Bm, Cm, delta_bias = self._scan_coefficients(xc, suffix)
+        A = -torch.exp(A_log.float())
+        y, last = selective_scan_fn(xc, delta, A, Bm, Cm, D.float(), z, delta_bias=delta_bias,
+                                    delta_softplus=True, return_last_state=True, initial_state=init_h,
+                                    backend=self.backend)
+        return y, MambaState(new_conv, last)
+
+    def _scan_coefficients(self, xc: torch.Tensor, suffix: str
+                           ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Selection: ``delta (B, Di, L)``, ``B, C (B, N, L)`` and the delta bias from the conv output ``xc``."""
+        _, x_proj, dt_proj, A_log, _ = self._direction(suffix)
         x_dbl = F.linear(xc.transpose(1, 2), x_proj.weight)  # (B, L, R + 2N)
         rank = dt_proj.weight.shape[1]
         n = A_log.shape[1]
@@ -128,24 +139,26 @@ class _SSMParams(nn.Module):
         # W @ dt^T yields (B, Di, L) contiguous, the scan's layout, without a transpose copy;
         # the bias is added inside the scan.
         delta = torch.matmul(dt_proj.weight, dt.transpose(1, 2))
-        A = -torch.exp(A_log.float())
-        y, last = selective_scan_fn(xc, delta, A, Bm.transpose(1, 2), Cm.transpose(1, 2), D.float(), z,
-                                    delta_bias=dt_proj.bias.float(), delta_softplus=True, return_last_state=True,
-                                    initial_state=init_h, backend=self.backend)
-        return y, MambaState(new_conv, last)
+        return delta, Bm.transpose(1, 2), Cm.transpose(1, 2), dt_proj.bias.float()
 
-    def _ssm_step(self, x: torch.Tensor, z: torch.Tensor, suffix: str, state: MambaState
-                  ) -> tuple[torch.Tensor, MambaState]:
-        """One token of one direction: x, z ``(B, Di)`` -> ``y (B, Di)`` and the new state."""
-        conv, x_proj, dt_proj, A_log, D = self._direction(suffix)
-        xc, conv_state = causal_conv1d_update(x, state.conv_state, conv.weight[:, 0, :], conv.bias, activation="silu")
+    def _step_coefficients(self, xc: torch.Tensor, suffix: str
+                           ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """One token's selection: ``dt (B, Di)``, ``B, C (B, N)`` and the dt bias from ``xc (B, Di)``."""
+        _, x_proj, dt_proj, A_log, _ = self._direction(suffix)
         x_dbl = F.linear(xc, x_proj.weight)
         rank = dt_proj.weight.shape[1]
         n = A_log.shape[1]
         dt, Bm, Cm = torch.split(x_dbl, [rank, n, n], dim=-1)
-        dt = F.linear(dt, dt_proj.weight)
+        return F.linear(dt, dt_proj.weight), Bm, Cm, dt_proj.bias.float()
+
+    def _ssm_step(self, x: torch.Tensor, z: torch.Tensor, suffix: str, state: MambaState
+                  ) -> tuple[torch.Tensor, MambaState]:
+        """One token of one direction: x, z ``(B, Di)`` -> ``y (B, Di)`` and the new state."""
+        conv, _, _, A_log, D = self._direction(suffix)
+        xc, conv_state = causal_conv1d_update(x, state.conv_state, conv.weight[:, 0, :], conv.bias, activation="silu")
+        dt, Bm, Cm, dt_bias = self._step_coefficients(xc, suffix)
         y, ssm_state = selective_state_update(state.ssm_state, xc, dt, -torch.exp(A_log.float()), Bm, Cm, D.float(),
-                                              z=z, dt_bias=dt_proj.bias.float(), dt_softplus=True)
+                                              z=z, dt_bias=dt_bias, dt_softplus=True)
         return y, MambaState(conv_state, ssm_state)
 
 
@@ -279,6 +292,62 @@ class Mamba(_SSMParams, Recurrent):
     def extra_repr(self) -> str:
         return (f"d_model={self.d_model}, d_state={self.d_state}, d_conv={self.d_conv}, expand={self.expand}, "
                 f"dt_rank={self.dt_rank}, backend={self.backend!r}")
+
+
+class MambaLTI(Mamba):
+    """Mamba with selection switched off: an LTI (S4D-like) state-space model inside the Mamba block.
+
+    The control of the Mamba paper's selective-copying table ("Mamba with S4"): the block keeps
+    ``in_proj``, the causal conv, the SiLU gate and ``out_proj``, but ``delta``, ``B`` and ``C``
+    are learned parameters instead of functions of the input::
+
+        delta = softplus(dt_bias)            # (Di,)    one step size per channel, as dt init
+        h_l   = exp(delta A) h_{l-1} + delta B x_l ;  y_l = <h_l, C> + D x_l      B, C: (Di, N)
+
+    so the layer is a fixed (time-invariant) convolution of its input: it cannot decide by
+    content which tokens to keep. ``B`` starts at 1 and ``C`` at N(0, 1) (S4D's real init),
+    ``A`` and ``dt`` as in :class:`Mamba`. Same interface as :class:`Mamba`.
+    """
+
+    def __init__(self, d_model: int, d_state: int = 16, d_conv: int = 4, expand: int = 2, dt_min: float = 0.001,
+                 dt_max: float = 0.1, dt_init_floor: float = 1e-4, conv_bias: bool = True, bias: bool = False,
+                 backend: str = "auto") -> None:
+        super().__init__(d_model, d_state, d_conv, expand, dt_rank=1, dt_min=dt_min, dt_max=dt_max,
+                         dt_init_floor=dt_init_floor, conv_bias=conv_bias, bias=bias, backend=backend)
+        # Selection off: the projections that made delta, B and C depend on x are replaced by parameters.
+        dt_bias = self.dt_proj.bias.detach().clone()
+        del self.x_proj, self.dt_proj
+        self.dt_bias = nn.Parameter(dt_bias)
+        self.dt_bias._no_weight_decay = True
+        self.B = nn.Parameter(torch.ones(self.d_inner, d_state))
+        self.C = nn.Parameter(torch.randn(self.d_inner, d_state))
+
+    def _direction(self, suffix: str) -> tuple[nn.Conv1d, None, None, nn.Parameter, nn.Parameter]:
+        return self.conv1d, None, None, self.A_log, self.D
+
+    def _scan_coefficients(self, xc: torch.Tensor, suffix: str
+                           ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``delta`` is 0 before the bias (``softplus(dt_bias)`` for every token); ``B, C`` are ``(Di, N)``."""
+        return torch.zeros_like(xc), self.B, self.C, self.dt_bias.float()
+
+    def _step_coefficients(self, xc: torch.Tensor, suffix: str
+                           ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        batch = xc.shape[0]
+        # The decode op takes B, C per batch row in groups of lanes: one group per channel.
+        Bm = self.B.unsqueeze(0).expand(batch, -1, -1)
+        Cm = self.C.unsqueeze(0).expand(batch, -1, -1)
+        return torch.zeros_like(xc), Bm, Cm, self.dt_bias.float()
+
+    def decode_step_(self, x_t: torch.Tensor, state: MambaState, A: torch.Tensor) -> torch.Tensor:
+        """:meth:`step` with ``state`` updated in place (the selective fast path reads ``x_proj``)."""
+        y, new = self.step(x_t, state)
+        state.conv_state.copy_(new.conv_state)
+        state.ssm_state.copy_(new.ssm_state)
+        return y
+
+    def extra_repr(self) -> str:
+        return (f"d_model={self.d_model}, d_state={self.d_state}, d_conv={self.d_conv}, expand={self.expand}, "
+                f"selective=False, backend={self.backend!r}")
 
 
 def _batch_size(batch_shape: tuple[int, ...] | int, d_model: int) -> int:
@@ -515,4 +584,4 @@ class MambaLM(nn.Module):
         return ours.to(next(model.parameters()).device)
 
 
-__all__ = ["Mamba", "MambaBackbone", "MambaBlock", "MambaLM", "MambaState", "column_major_"]
+__all__ = ["Mamba", "MambaBackbone", "MambaBlock", "MambaLM", "MambaLTI", "MambaState", "column_major_"]

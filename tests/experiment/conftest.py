@@ -22,9 +22,9 @@ num_heads = 2
 mlp_ratio = 1.0
 
 [train]
-epochs = 1
+steps = {steps}
 batch_size = 32
-max_steps = {steps}
+eval_every = 2
 progress = false
 
 [measure]

@@ -1,8 +1,10 @@
+import json
 import math
 
 import pytest
 
-from neurostep.experiment.report import mean_ci, pareto_front, write_report
+from neurostep.experiment.findings import FINDINGS, Finding, judge
+from neurostep.experiment.report import dedupe, mean_ci, mixer_rows, pareto_front, write_report
 from neurostep.experiment.results import ResultStore
 
 
@@ -22,21 +24,97 @@ def test_pareto_front():
     assert pareto_front(costs, [1.0, 2.0, 3.0, 2.5], higher_is_better=False) == [0]
 
 
-def test_mixer_report_tables_and_plots(tmp_path):
+def _rec(block, seed, metric, config_hash="h", task="digits", **extra):
+    return {"experiment": "x", "block": block, "task": task, "seed": seed, "config_hash": config_hash,
+            "metric_name": "accuracy", "metric": metric, "params": 100, "macs": 1e4, "acs": 10.0, "energy_uj": 2.0,
+            "spike_rate": None, "spike_rates": {}, "latency_ms": 1.0, "throughput_sps": 1000.0,
+            "train_time_s": 1.0, "chance": 0.1, "chance_loss": 2.3, "trained": True, **extra}
+
+
+def test_duplicate_seeds_count_once_and_configs_never_mix():
+    records = [_rec("a", 0, 0.5), _rec("a", 1, 0.7), _rec("a", 0, 0.6),      # seed 0 twice: the latest counts
+               _rec("a", 0, 0.9, config_hash="g"), _rec("b", 0, 0.4)]
+    groups = dedupe(records)
+    assert sorted(groups) == [("digits", "a", "g"), ("digits", "a", "h"), ("digits", "b", "h")]
+    assert [r["metric"] for r in groups[("digits", "a", "h")]] == [0.6, 0.7]
+    rows = {r["label"]: r for r in mixer_rows(records, current={"h"})["digits"]}
+    assert set(rows) == {"a [config h, current]", "a [config g, other]", "b"}
+    a = rows["a [config h, current]"]
+    assert a["seeds"] == 2 and a["metric"] == pytest.approx(0.65)
+    assert rows["a [config g, other]"]["seeds"] == 1 and not rows["a [config g, other]"]["current"]
+
+
+def test_duplicate_records_do_not_narrow_the_interval(tmp_path):
     store = ResultStore(tmp_path)
-    for block, acc, energy, rates in (("attn", 0.9, 2.0, {}), ("ssa", 0.8, 0.5, {"blocks.0.mixer.lif": 0.12}),
-                                      ("slow", 0.7, 3.0, {})):
-        for seed in (0, 1):
-            store.append({"experiment": "x", "block": block, "task": "digits", "seed": seed, "config_hash": "h",
-                          "metric_name": "accuracy", "metric": acc + 0.01 * seed, "params": 100, "macs": 1e4,
-                          "acs": 10.0, "energy_uj": energy, "spike_rate": 0.12 if rates else None,
-                          "spike_rates": rates, "latency_ms": energy, "throughput_sps": 1000.0, "train_time_s": 1.0})
-    path = write_report(tmp_path)
-    text = path.read_text()
-    assert "| attn | 0.9050 ± 0.0635 | 2 |" in text
-    assert "Pareto front (energy): ssa, attn" in text
-    for png in ("digits_accuracy_vs_energy.png", "digits_accuracy_vs_latency.png", "digits_spike_rates.png"):
+    for copy in range(2):                       # two runners wrote the same three seeds
+        for seed, acc in enumerate((0.80, 0.90, 0.85)):
+            store.append(_rec("attn", seed, acc))
+    text = write_report(tmp_path).read_text()
+    half = mean_ci([0.80, 0.90, 0.85])[1]
+    assert f"| attn | {0.85:.4f} ± {half:.4f} | 3 |" in text
+
+
+def test_findings_judged_on_current_rows():
+    table = {"selective_copy": {"mamba": (0.95, 0.02, 3), "mamba_lti": (0.35, 0.05, 3),
+                                "softmax_attention": (0.7, 0.1, 3)},
+             "digits": {"softmax_attention": (0.96, 0.01, 3), "spikformer_ssa": (0.93, 0.01, 3),
+                        "vim": (0.85, 0.02, 3)}}
+    verdicts = {(v.finding.task, v.block, v.finding.reference): v for v in judge(FINDINGS, table)}
+    assert verdicts[("selective_copy", "mamba", None)].reproduced
+    assert verdicts[("selective_copy", "mamba_lti", None)].reproduced
+    assert not verdicts[("selective_copy", "softmax_attention", None)].reproduced
+    assert not verdicts[("digits", "vim", None)].reproduced             # "every block >= 0.9"
+    ssa = verdicts[("digits", "spikformer_ssa", "softmax_attention")]
+    assert ssa.mean == pytest.approx(-0.03) and ssa.reproduced
+    assert ssa.half == pytest.approx(math.hypot(0.01, 0.01))
+    assert ("mqar", "softmax_attention", None) not in verdicts          # not run: not judged
+    assert Finding("c", "s", "p", "t", "b", "<=", 0.4).condition() == "accuracy <= 0.4"
+
+
+def test_mixer_report_tables_plots_and_known_results(tmp_path):
+    store = ResultStore(tmp_path)
+    curve = [{"step": 10, "samples": 320, "train_loss": 1.0, "val_metric": 0.5, "val_loss": 1.0,
+              "train_energy_uj": 100.0},
+             {"step": 20, "samples": 640, "train_loss": 0.5, "val_metric": 0.9, "val_loss": 0.4,
+              "train_energy_uj": 200.0}]
+    for block, acc, energy, rates in (("softmax_attention", 0.95, 2.0, {}),
+                                      ("spikformer_ssa", 0.93, 0.5, {"blocks.0.mixer.lif": 0.12}),
+                                      ("vim", 0.7, 3.0, {})):
+        for seed in (0, 1, 2):
+            store.append(_rec(block, seed, acc + 0.01 * seed, energy_uj=energy, spike_rates=rates,
+                              spike_rate=0.12 if rates else None, initial_spike_rate=0.05 if rates else None,
+                              curve=curve, steps=20, stopped="budget", compile_time_s=1.5,
+                              train_energy_uj=3 * energy))
+    store.append(_rec("mamba_lti", 0, 0.1, trained=False))
+    (tmp_path / "plan.json").write_text(json.dumps({
+        "experiment": "x", "source": "experiments/x.toml", "config_hashes": ["h"],
+        "tasks": {"digits": {"task": "digits", "blocks": []}},
+        "skipped": [{"block": "ninformer", "task": "mqar", "reason": "has no causal form"}]}))
+    text = write_report(tmp_path).read_text()
+    assert "Experiment file `experiments/x.toml`" in text
+    assert "| 1 | softmax_attention | 0.9600 ± 0.0248 | 3 |" in text
+    assert "| not trained | mamba_lti |" in text
+    assert "- **ninformer** on mqar: has no causal form." in text
+    assert "## Known results" in text and "| Every block learns an easy image task |" in text
+    assert "| vim | accuracy >= 0.9 | 0.710 ± 0.025 | 3 | **not reproduced** |" in text
+    assert "0.050 → 0.120" in text                       # spike rate at init and after training
+    assert "## Kernel compile time" in text
+    for png in ("digits_accuracy_vs_energy.png", "digits_accuracy_vs_latency.png", "digits_spike_rates.png",
+                "digits_learning_curves.png"):
         assert (tmp_path / png).stat().st_size > 1000
+    other = write_report(tmp_path, tmp_path / "elsewhere" / "r.md")
+    assert other.exists() and (tmp_path / "elsewhere" / "digits_learning_curves.png").exists()
+
+
+def test_scaling_plot_for_a_sweep(tmp_path):
+    store = ResultStore(tmp_path)
+    for label, pairs in (("mqar_p4", 4), ("mqar_p8", 8)):
+        for seed in (0, 1):
+            store.append(_rec("softmax_attention", seed, 0.9, task=label,
+                              config={"task_options": {"task": "mqar", "num_pairs": pairs, "seq_len": 64}}))
+    text = write_report(tmp_path).read_text()
+    assert "## Scaling: mqar against num_pairs" in text
+    assert (tmp_path / "mqar_scaling_num_pairs.png").stat().st_size > 1000
 
 
 def test_report_without_results(tmp_path):

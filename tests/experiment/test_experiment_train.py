@@ -5,14 +5,17 @@ from torch import nn
 from neurostep.experiment import build_task, load_config, run_experiment
 from neurostep.experiment.backbone import Backbone
 from neurostep.experiment.results import ResultStore
-from neurostep.experiment.train import SpikeMonitor
+from neurostep.experiment.train import SpikeMonitor, evaluate, train_model
+
+TRAIN = {"steps": 40, "batch_size": 32, "lr": 1e-2, "weight_decay": 0.0, "grad_clip": 1.0, "warmup": 0.05,
+         "eval_every": 10, "eval_batch_size": 256, "target": 0.0, "patience": 0, "min_delta": 0.0}
 
 
-@pytest.mark.parametrize("readout,shape", [("mean", (3, 5)), ("last", (3, 5)), ("last_k", (3, 2, 5))])
+@pytest.mark.parametrize("readout,shape", [("mean", (3, 5)), ("last", (3, 5)), ("all", (3, 6, 5))])
 def test_backbone_shapes(readout, shape):
     torch.manual_seed(0)
     model = Backbone("softmax_attention", num_classes=5, seq_len=6, dim=8, depth=1, num_heads=2, vocab_size=9,
-                     readout=readout, readout_k=2)
+                     readout=readout)
     logits = model(torch.randint(0, 9, (3, 6)))
     assert logits.shape == shape
     logits.sum().backward()
@@ -29,6 +32,8 @@ def test_backbone_errors():
         model(torch.zeros(2, 5, 3))
     with pytest.raises(ValueError, match="exactly one of in_features"):
         Backbone("softmax_attention", num_classes=2, seq_len=4)
+    with pytest.raises(ValueError, match="mixer 'vim' cannot be causal"):
+        Backbone("vim", num_classes=2, seq_len=4, dim=8, vocab_size=5, causal=True)
 
 
 def test_spike_monitor_counts_each_call_once():
@@ -60,10 +65,14 @@ def test_run_records_everything_and_skips_done_runs(make_toml, capsys):
     recs = ResultStore(run_dir).load()
     assert len(recs) == 1
     r = recs[0]
-    for key in ("metric", "accuracy", "test_loss", "params", "macs", "acs", "energy_uj", "latency_ms",
-                "throughput_sps", "train_time_s", "spike_rate", "spike_rates", "config_hash"):
+    for key in ("metric", "accuracy", "test_loss", "params", "macs", "acs", "energy_uj", "train_energy_uj",
+                "latency_ms", "throughput_sps", "train_time_s", "compile_time_s", "spike_rate", "spike_rates",
+                "config_hash", "config", "curve", "stopped", "trained", "chance", "chance_loss"):
         assert key in r, key
     assert 0.0 <= r["metric"] <= 1.0 and r["params"] > 0 and r["macs"] > 0 and r["energy_uj"] > 0
+    assert r["train_energy_uj"] > r["energy_uj"] and r["steps"] == 4 and r["stopped"] == "budget"
+    assert [p["step"] for p in r["curve"]] == [2, 4]
+    assert r["curve"][-1]["train_energy_uj"] == pytest.approx(4 * 32 * r["train_energy_uj"])
     assert (run_dir / "report.md").exists() and (run_dir / "experiment.toml").exists()
     out = capsys.readouterr().out
     assert "report:" in out and str(run_dir / "report.md") in out
@@ -78,16 +87,46 @@ def test_unknown_block_lists_registered(make_toml):
         run_experiment(cfg)
 
 
-def test_training_learns_digits():
-    from neurostep.experiment.train import DistContext, evaluate, train_model
-
+def test_training_learns_digits_and_stops_at_target():
     task = build_task("digits", {"patch": 4})
     torch.manual_seed(0)
     model = Backbone("softmax_attention", num_classes=10, seq_len=4, dim=16, depth=1, num_heads=2,
                      in_features=16, grid_size=(2, 2))
     before = evaluate(model, task, 512)["accuracy"]
-    train = {"batch_size": 32, "epochs": 1, "max_steps": 0, "lr": 1e-2, "weight_decay": 0.0, "grad_clip": 1.0}
-    stats = train_model(model, task, train, 0, DistContext(), progress=False)
+    stats = train_model(model, task, {**TRAIN, "steps": 300, "target": 0.8}, seed=0)
     after = evaluate(model, task, 512)
-    assert stats["steps"] == task.x_train.shape[0] // 32
-    assert after["accuracy"] > max(0.5, before + 0.3)
+    assert after["accuracy"] > max(0.6, before + 0.3)
+    assert stats["stopped"] == "target" and stats["steps"] < 300 and stats["steps"] % 10 == 0
+    assert stats["curve"][-1]["val_metric"] >= 0.8 and stats["compile_time_s"] > 0
+
+
+def test_plateau_stop():
+    task = build_task("digits", {"patch": 8})
+    torch.manual_seed(0)
+    model = Backbone("softmax_attention", num_classes=10, seq_len=1, dim=8, depth=1, num_heads=2, in_features=64)
+    # lr 0: nothing changes, so the metric never improves and the run stops after `patience` evaluations.
+    stats = train_model(model, task, {**TRAIN, "lr": 0.0, "steps": 200, "patience": 3}, seed=0)
+    assert stats["stopped"] == "plateau" and stats["steps"] == 40
+
+
+def test_warm_up_leaves_model_and_rng_untouched():
+    from neurostep.experiment.train import warm_up
+
+    torch.manual_seed(0)
+    model = Backbone("spikformer_ssa", num_classes=3, seq_len=4, dim=8, num_heads=2, in_features=2)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    x, y = torch.rand(5, 4, 2), torch.randint(0, 3, (5,))
+    state = torch.get_rng_state()
+    seconds = warm_up(model, x, y)
+    assert seconds > 0 and torch.equal(torch.get_rng_state(), state)
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())   # BN statistics included
+    assert all(p.grad is None for p in model.parameters())
+
+
+def test_sequence_task_loss_ignores_unscored_positions():
+    task = build_task("selective_copy", {"seq_len": 12, "num_tokens": 3, "vocab": 4, "num_test": 16, "num_val": 8})
+    torch.manual_seed(0)
+    model = Backbone("mamba", num_classes=4, seq_len=12, dim=8, depth=1, num_heads=2, vocab_size=6,
+                     readout="all", causal=True)
+    ev = evaluate(model, task, 8)
+    assert 0.0 <= ev["accuracy"] <= 1.0 and ev["test_loss"] > 0

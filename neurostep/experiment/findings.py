@@ -1,0 +1,104 @@
+"""The papers' findings that an experiment can check, and how a set of results is judged against them.
+
+Each :class:`Finding` names a task, the blocks it is about and a condition on their mean
+metric over seeds (an absolute threshold, or a margin against a reference block). The report's
+"known results" table lists every finding whose task and blocks the experiment ran, with the
+paper's number, ours with its 95% interval, and whether it is reproduced.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Finding:
+    """One claim of a paper, as a condition on the mean metric of ``block`` on ``task``.
+
+    ``op`` is ``">="`` or ``"<="``. Without ``reference`` the mean is compared with
+    ``threshold``; with ``reference`` (another block on the same task) the difference
+    ``mean(block) - mean(reference)`` is. ``block = "*"`` means every block run on the task.
+    """
+
+    claim: str
+    source: str
+    paper: str
+    task: str
+    block: str
+    op: str
+    threshold: float
+    reference: str | None = None
+
+    def holds(self, value: float) -> bool:
+        return value >= self.threshold if self.op == ">=" else value <= self.threshold
+
+    def condition(self) -> str:
+        lhs = "accuracy" if self.reference is None else f"accuracy - {self.reference}'s"
+        return f"{lhs} {self.op} {self.threshold:g}"
+
+
+MAMBA = "Mamba (Gu & Dao 2023), Table 1"
+ZOOLOGY = "Zoology (Arora et al. 2023), Fig. 2"
+
+FINDINGS: tuple[Finding, ...] = (
+    Finding("Selection (S6) solves selective copying", MAMBA, "99.8% (Mamba, S6)", "selective_copy", "mamba",
+            ">=", 0.9),
+    Finding("An LTI state space model in the same block cannot select by content", MAMBA,
+            "56.4% (Mamba block with S4); 18.3% (S4 alone)", "selective_copy", "mamba_lti", "<=", 0.4),
+    Finding("Causal softmax attention is content-aware and copies selectively", "Mamba (Gu & Dao 2023), sec. 3.1",
+            "- (argued, not tabled)", "selective_copy", "softmax_attention", ">=", 0.9),
+    Finding("Attention solves multi-query associative recall", ZOOLOGY, "~100% at every width", "mqar",
+            "softmax_attention", ">=", 0.9),
+    Finding("An input-dependent recurrence (Mamba) recalls better than gated convolutions", ZOOLOGY,
+            "Mamba between attention and gated convolutions", "mqar", "mamba", ">=", 0.0, reference="mamba_lti"),
+    Finding("Gated convolutions (H3-like LTI) fall short of attention on MQAR at small width", ZOOLOGY,
+            "H3, Hyena, RWKV well below attention at width 64-128", "mqar", "mamba_lti", "<=", -0.2,
+            reference="softmax_attention"),
+    Finding("RWKV (a gated convolution in Zoology's terms) falls short of attention on MQAR at small width",
+            ZOOLOGY, "well below attention at width 64-128", "mqar", "rwkv_timemix", "<=", -0.2,
+            reference="softmax_attention"),
+    Finding("Selection solves induction heads", "Mamba (Gu & Dao 2023), Table 2", "100% (Mamba at length 256)",
+            "induction_heads", "mamba", ">=", 0.9),
+    Finding("Every block learns an easy image task", "SNN and token-mixer papers (Spikformer, MetaMixer, ...)",
+            ">= 90% on small image sets", "digits", "*", ">=", 0.9),
+    Finding("Spiking self-attention matches its ANN counterpart on an easy task", "Spikformer (Zhou et al. 2023)",
+            "close to the ANN Transformer on CIFAR-10", "digits", "spikformer_ssa", ">=", -0.05,
+            reference="softmax_attention"),
+    Finding("A spiking RWKV matches the non-spiking one on an easy task", "SpikeGPT (Zhu et al. 2023)",
+            "close to RWKV at the same size", "digits", "spikegpt_timemix", ">=", -0.05, reference="rwkv_timemix"),
+)
+
+
+@dataclass
+class Verdict:
+    finding: Finding
+    block: str
+    mean: float
+    half: float
+    seeds: int
+    reproduced: bool
+
+
+# Per task, per block: (mean metric, 95% half-width, distinct seeds).
+SummaryTable = dict[str, dict[str, tuple[float, float, int]]]
+
+
+def judge(findings: tuple[Finding, ...], table: SummaryTable) -> list[Verdict]:
+    """Verdicts for the findings that ``table`` can speak to (task and blocks present).
+
+    For a finding with a reference block the difference of the means is judged; its
+    half-width combines both as ``sqrt(h1^2 + h2^2)`` and its seed count is the smaller one.
+    """
+    out = []
+    for f in findings:
+        rows = table.get(f.task, {})
+        for block in (list(rows) if f.block == "*" else [f.block]):
+            if block not in rows or (f.reference is not None and f.reference not in rows):
+                continue
+            mean, half, seeds = rows[block]
+            if f.reference is not None:
+                ref_mean, ref_half, ref_seeds = rows[f.reference]
+                mean, half, seeds = mean - ref_mean, math.hypot(half, ref_half), min(seeds, ref_seeds)
+            out.append(Verdict(f, block, mean, half, seeds, f.holds(mean)))
+    return out

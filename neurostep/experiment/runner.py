@@ -1,0 +1,259 @@
+"""The experiment driver: plan the (block, task, seed) runs, skip finished ones, train the rest
+(one at a time, under ``torchrun``, or ``workers`` processes side by side), write the report.
+
+``<out_dir>/<name>/`` holds ``results.jsonl`` / ``results.csv`` (one record per finished run),
+``plan.json`` (which file, which runs, which blocks were skipped and why), a copy of the
+experiment file, ``report.md`` and the plots. A second runner on the same directory is refused
+(:class:`~neurostep.experiment.lock.RunLock`).
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import multiprocessing
+import sys
+import time
+from collections.abc import Callable
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from neurostep.experiment.config import ExperimentConfig
+from neurostep.experiment.lock import RunLock
+from neurostep.experiment.results import ResultStore, atomic_write_text
+from neurostep.experiment.tasks import build_task, task_defaults
+from neurostep.experiment.train import DistContext, init_distributed, train_run
+
+
+@dataclass(frozen=True)
+class PlannedRun:
+    block: str
+    task: str
+    seed: int
+    config_hash: str
+
+
+@dataclass(frozen=True)
+class Skipped:
+    block: str
+    task: str
+    reason: str
+
+
+def import_plugins(modules: list[str]) -> None:
+    for name in modules:
+        try:
+            importlib.import_module(name)
+        except ImportError as exc:
+            raise ValueError(f"[experiment] imports: cannot import {name!r}: {exc}") from exc
+
+
+def check_blocks(blocks: list[str]) -> None:
+    from neurostep.models import list_mixers
+
+    registered = list_mixers()
+    unknown = [b for b in blocks if b not in registered]
+    if unknown:
+        raise ValueError(f"unknown block(s) {unknown}; registered mixers: {registered}")
+
+
+def plan_runs(cfg: ExperimentConfig) -> tuple[list[PlannedRun], list[Skipped]]:
+    """Every (block, task, seed) to run, task by task, and the blocks a task cannot run.
+
+    A causal task (the papers train those tasks with causal models) runs the causal form of
+    each block; a block that has none is skipped, never run bidirectionally in silence.
+    """
+    from neurostep.models import mixer_causality
+
+    runs, skipped = [], []
+    for task in cfg.tasks:
+        items = cfg.learners if cfg.kind == "concept_shift" else cfg.blocks_for(task)
+        causal = cfg.kind == "mixers" and cfg.task_options[task]["causal"]
+        for block in items:
+            if causal and mixer_causality(block) == "never":
+                skipped.append(Skipped(block, task, "has no causal form and the task is causal "
+                                                    "(set causal = false in the task's table to run it anyway)"))
+                continue
+            for seed in cfg.seeds:
+                runs.append(PlannedRun(block, task, seed, cfg.config_hash(block, task)))
+    return runs, skipped
+
+
+def _cost(cfg: ExperimentConfig, run: PlannedRun) -> float:
+    """A rough relative cost (steps x batch x tokens) to start long runs first when several workers share them."""
+    train = cfg.train_for(run.task)
+    options = cfg.task_options[run.task]
+    length = options.get("seq_len", options.get("context", 16))
+    return float(train["steps"] * train["batch_size"] * length)
+
+
+def _write_plan(cfg: ExperimentConfig, runs: list[PlannedRun], skipped: list[Skipped]) -> None:
+    plan = {
+        "experiment": cfg.name,
+        "kind": cfg.kind,
+        "source": cfg.source,
+        "description": cfg.description,
+        "seeds": cfg.seeds,
+        "tasks": {t: {"task": cfg.task_options.get(t, {}).get("task", t), "blocks": cfg.blocks_for(t)
+                      if cfg.kind == "mixers" else cfg.learners} for t in cfg.tasks},
+        "config_hashes": sorted({r.config_hash for r in runs}),
+        "skipped": [vars(s) for s in skipped],
+        "workers": cfg.workers,
+        "written_at": time.strftime("%Y-%m-%d %H:%M:%S"),
+    }
+    atomic_write_text(cfg.run_dir / "plan.json", json.dumps(plan, indent=1) + "\n")
+
+
+def read_plan(run_dir: str | Path) -> dict[str, Any]:
+    """The run directory's ``plan.json`` (empty when results were written without one)."""
+    path = Path(run_dir) / "plan.json"
+    return json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
+
+
+# ----------------------------------------------------------------------------- one run
+def run_one(cfg: ExperimentConfig, run: PlannedRun, ctx: DistContext | None = None,
+            progress: bool | None = None, shared: Any = None) -> dict[str, Any]:
+    """Train one planned run and return its record (concept-shift runs use ``shared`` data)."""
+    if cfg.kind == "concept_shift":
+        from neurostep.experiment.shift import concept_shift_run
+
+        return concept_shift_run(cfg, run.block, run.task, run.seed, shared)
+    options = cfg.task_options[run.task]
+    task = build_task(options["task"], options)
+    cfg_task = replace(cfg, train=cfg.train_for(run.task), backbone=cfg.backbone_for(run.task))
+    return train_run(cfg_task, run.block, run.task, run.seed, task, ctx, progress)
+
+
+def _worker_init(threads: int) -> None:
+    """Each worker process computes on ``threads`` cores (torch and numba alike)."""
+    import torch
+
+    torch.set_num_threads(threads)
+    try:
+        import numba
+
+        numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
+    except ImportError:  # pragma: no cover - numba is a dependency
+        pass
+
+
+def _worker_run(cfg: ExperimentConfig, run: PlannedRun, shared: Any) -> dict[str, Any]:
+    import_plugins(cfg.imports)
+    return run_one(cfg, run, progress=False, shared=shared)
+
+
+# ----------------------------------------------------------------------------- the driver
+def run_experiment(cfg: ExperimentConfig, *, progress: bool | None = None, report: bool = True,
+                   log: Callable[[str], None] = print) -> Path:
+    """Run every planned (block, task, seed) of ``cfg`` that has no stored result yet; returns the run dir.
+
+    Results go to ``<out_dir>/<name>/results.{jsonl,csv}``; with ``report`` the Markdown report
+    and plots are written there at the end. Progress bars appear only on a terminal.
+    """
+    import_plugins(cfg.imports)
+    ctx = init_distributed()
+    if cfg.kind == "concept_shift":
+        from neurostep.experiment.shift import concept_shift_runs, prepare_concept_shift
+
+        cfg = replace(cfg, tasks=concept_shift_runs(cfg))
+        shared = prepare_concept_shift(cfg)
+    else:
+        check_blocks(cfg.all_blocks())
+        for label in cfg.tasks:   # fail on bad task options before anything trains
+            task_defaults(cfg.task_options[label]["task"])
+        shared = None
+    runs, skipped = plan_runs(cfg)
+    want_progress = (cfg.train.get("progress", True) if progress is None else progress) and sys.stderr.isatty()
+    lock = RunLock(cfg.run_dir) if ctx.is_main else None
+    if lock is not None:
+        lock.acquire()
+    try:
+        store = ResultStore(cfg.run_dir)
+        done = store.done_keys()
+        if ctx.is_main:
+            if cfg.source:
+                atomic_write_text(cfg.run_dir / "experiment.toml", Path(cfg.source).read_text(encoding="utf-8"))
+            _write_plan(cfg, runs, skipped)
+            for s in skipped:
+                log(f"skipped {s.block} on {s.task}: {s.reason}")
+        # Every rank must agree on the plan before anyone appends a result.
+        ctx.barrier()
+        todo = []
+        for i, run in enumerate(runs, 1):
+            if (run.block, run.task, run.seed, run.config_hash) in done:
+                if ctx.is_main:
+                    log(f"[{i}/{len(runs)}] {run.block} / {run.task} / seed {run.seed}: done before, skipped")
+            else:
+                todo.append((i, run))
+        workers = 1 if ctx.enabled or cfg.kind == "concept_shift" else min(cfg.workers, max(1, len(todo)))
+        if workers > 1:
+            _run_parallel(cfg, todo, len(runs), store, workers, shared, want_progress, log)
+        else:
+            for i, run in todo:
+                record = run_one(cfg, run, ctx, want_progress, shared)
+                if ctx.is_main:
+                    store.append(record)
+                    log(f"[{i}/{len(runs)}] {run.block} / {run.task} / seed {run.seed}: {_summary(record)}")
+                ctx.barrier()
+        if report and ctx.is_main:
+            from neurostep.experiment.report import write_report
+
+            path = write_report(cfg.run_dir)
+            log(f"results: {store.jsonl} and {store.csv}")
+            log(f"report:  {path}")
+        ctx.barrier()
+    finally:
+        if lock is not None:
+            lock.release()
+    return cfg.run_dir
+
+
+def _run_parallel(cfg: ExperimentConfig, todo: list[tuple[int, PlannedRun]], total: int, store: ResultStore,
+                  workers: int, shared: Any, progress: bool, log: Callable[[str], None]) -> None:
+    """``workers`` spawned processes, longest runs first; the parent appends each record as it arrives."""
+    threads = cfg.train["threads"] or 1
+    queue = sorted(todo, key=lambda item: -_cost(cfg, item[1]))
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=len(queue), desc=f"{cfg.name} ({workers} workers)", unit="run", file=sys.stderr)
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(workers, mp_context=context, initializer=_worker_init, initargs=(threads,)) as pool:
+        pending: dict[Future, tuple[int, PlannedRun]] = {}
+        try:
+            for i, run in queue:
+                pending[pool.submit(_worker_run, cfg, run, shared)] = (i, run)
+            while pending:
+                finished, _ = wait(pending, return_when=FIRST_COMPLETED)
+                for fut in finished:
+                    i, run = pending.pop(fut)
+                    record = fut.result()
+                    store.append(record)
+                    log(f"[{i}/{total}] {run.block} / {run.task} / seed {run.seed}: {_summary(record)}")
+                    if bar is not None:
+                        bar.update(1)
+        except BaseException:
+            for fut in pending:
+                fut.cancel()
+            raise
+        finally:
+            if bar is not None:
+                bar.close()
+
+
+def _summary(record: dict[str, Any]) -> str:
+    parts = []
+    name = record.get("metric_name", "metric")
+    if record.get("metric") is not None:
+        parts.append(f"{name} {record['metric']:.4f}")
+    if record.get("trained") is False:
+        parts.append("NOT TRAINED (loss at chance)")
+    for key, fmt in (("steps", "{:d} steps"), ("params", "{:,.0f} params"), ("energy_uj", "{:.3f} uJ"),
+                     ("spike_rate", "spike rate {:.3f}"), ("train_time_s", "trained in {:.1f} s"),
+                     ("compile_time_s", "compile {:.1f} s")):
+        if record.get(key) is not None:
+            parts.append(fmt.format(record[key]))
+    return ", ".join(parts)

@@ -1,0 +1,114 @@
+"""The driver: causal planning, one runner per directory, safe names, parallel workers."""
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from neurostep.experiment import RunDirLocked, RunLock, load_config, parse_config, plan_runs, run_experiment
+from neurostep.experiment.results import ResultStore
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_causal_task_skips_blocks_without_a_causal_form():
+    cfg = parse_config({"experiment": {"blocks": ["softmax_attention", "vim", "mamba"], "tasks": ["mqar", "digits"],
+                                       "seeds": [0, 1]}}, name="t")
+    runs, skipped = plan_runs(cfg)
+    assert [(s.block, s.task) for s in skipped] == [("vim", "mqar")]
+    assert "no causal form" in skipped[0].reason
+    assert {(r.block, r.task) for r in runs} == {("softmax_attention", "mqar"), ("mamba", "mqar"),
+                                                 ("softmax_attention", "digits"), ("vim", "digits"),
+                                                 ("mamba", "digits")}
+    cfg = parse_config({"experiment": {"blocks": ["vim"], "tasks": ["mqar"]},
+                        "tasks": {"mqar": {"causal": False}}}, name="t")
+    assert len(plan_runs(cfg)[0]) == 1 and not plan_runs(cfg)[1]     # asked for explicitly: runs bidirectionally
+
+
+def test_per_task_blocks_and_overrides():
+    cfg = parse_config({"experiment": {"blocks": ["softmax_attention"], "tasks": ["digits", "sc"]},
+                        "train": {"steps": 50},
+                        "tasks": {"sc": {"task": "selective_copy", "blocks": ["mamba"], "train": {"steps": 7},
+                                         "backbone": {"dim": 8}}}}, name="t")
+    assert cfg.blocks_for("sc") == ["mamba"] and cfg.blocks_for("digits") == ["softmax_attention"]
+    assert cfg.train_for("sc")["steps"] == 7 and cfg.train_for("digits")["steps"] == 50
+    assert cfg.backbone_for("sc")["dim"] == 8 and cfg.train_for("sc")["lr"] == cfg.train["lr"]
+    assert cfg.run_config("mamba", "sc")["train"]["steps"] == 7
+    with pytest.raises(ValueError, match=r"unknown key 'stepz' in \[tasks.sc.train\]"):
+        parse_config({"experiment": {"blocks": ["a"], "tasks": ["sc"]},
+                      "tasks": {"sc": {"task": "selective_copy", "train": {"stepz": 1}}}}, name="t")
+
+
+@pytest.mark.parametrize("name", ["../../x", "a/b", "..", ".hidden", "x y"])
+def test_names_cannot_leave_the_output_dir(name):
+    with pytest.raises(ValueError, match="plain"):
+        parse_config({"experiment": {"name": name, "blocks": ["a"], "tasks": ["digits"]}}, name="t")
+    with pytest.raises(ValueError, match="plain"):
+        parse_config({"experiment": {"blocks": ["a"], "tasks": [name]}, "tasks": {name: {"task": "digits"}}},
+                     name="t")
+
+
+def test_repeated_seeds_are_refused():
+    with pytest.raises(ValueError, match="distinct"):
+        parse_config({"experiment": {"blocks": ["a"], "tasks": ["digits"], "seeds": [0, 0]}}, name="t")
+
+
+def test_lock_refuses_a_second_runner_and_dies_with_its_holder(tmp_path):
+    with RunLock(tmp_path):
+        with pytest.raises(RunDirLocked, match=f"another neurostep run is writing to {tmp_path}.*pid"):
+            RunLock(tmp_path).acquire()
+    again = RunLock(tmp_path)      # released on exit
+    again.acquire()
+    again.release()
+    # A holder killed with SIGKILL leaves no stale lock behind.
+    code = f"from neurostep.experiment.lock import RunLock; lock = RunLock({str(tmp_path / 'k')!r}); " \
+           "lock.acquire(); print('locked', flush=True); import time; time.sleep(60)"
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True,
+                            env=dict(os.environ, PYTHONPATH=str(ROOT)))
+    try:
+        assert proc.stdout.readline().strip() == "locked"
+        with pytest.raises(RunDirLocked):
+            RunLock(tmp_path / "k").acquire()
+        proc.kill()
+        proc.wait(10)
+        lock = RunLock(tmp_path / "k")
+        lock.acquire()
+        lock.release()
+    finally:
+        proc.kill()
+
+
+def test_second_runner_on_the_same_dir_gets_a_clear_error(make_toml):
+    toml = make_toml(name="busy")
+    cfg = load_config(toml)
+    with RunLock(cfg.run_dir):
+        out = subprocess.run([sys.executable, "-m", "neurostep", "run", str(toml), "--no-progress"], cwd=ROOT,
+                             env=dict(os.environ, PYTHONPATH=str(ROOT)), capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2 and "another neurostep run is writing to" in out.stderr
+    assert not ResultStore(cfg.run_dir).load()
+
+
+def test_changed_config_reruns_as_a_separate_configuration(make_toml):
+    cfg = load_config(make_toml(name="twice"))
+    run_experiment(cfg, log=lambda s: None)
+    cfg2 = load_config(make_toml(name="twice", steps=6))
+    run_dir = run_experiment(cfg2, log=lambda s: None)
+    records = ResultStore(run_dir).load()
+    assert len(records) == 2 and len({r["config_hash"] for r in records}) == 2
+    text = (run_dir / "report.md").read_text()
+    assert "[config" in text and "current]" in text and "other]" in text
+
+
+def test_two_workers_train_side_by_side(make_toml):
+    cfg = load_config(make_toml(name="par", seeds="[0, 1]", blocks='["softmax_attention", "crate_mssa"]'))
+    cfg.workers = 2
+    start = time.perf_counter()
+    run_dir = run_experiment(cfg, log=lambda s: None)
+    records = ResultStore(run_dir).load()
+    assert len(records) == 4 and time.perf_counter() - start < 240
+    assert {(r["block"], r["seed"]) for r in records} == {(b, s) for b in ("softmax_attention", "crate_mssa")
+                                                          for s in (0, 1)}
+    assert (run_dir / "report.md").exists()
