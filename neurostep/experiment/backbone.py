@@ -1,6 +1,6 @@
 """One small shared backbone that hosts any registered token mixer.
 
-embedding (patch features -> Linear, or tokens -> Embedding) + learned positions
+embedding (patch features -> Linear, or tokens -> Embedding) + learned positions (optional)
 -> ``depth`` x [x += mixer(norm(x)); x += MLP(norm(x))] -> norm -> readout -> Linear head.
 """
 
@@ -59,13 +59,15 @@ class Backbone(nn.Module):
 
     ``causal=True`` builds the causal form of the mixer (``ValueError`` for a mixer that has
     none); everything else in the backbone acts per position, so the whole model is then causal.
+    ``positions=False`` leaves out the learned position embedding (recurrent mixers know the
+    order of their inputs without it).
     """
 
     def __init__(self, mixer: str, *, num_classes: int, seq_len: int, dim: int = 32, depth: int = 2,
                  num_heads: int = 4, mlp_ratio: float = 2.0, norm: str | type[nn.Module] = "layernorm",
                  in_features: int | None = None, vocab_size: int | None = None,
                  grid_size: tuple[int, int] | None = None, readout: str = "mean", causal: bool = False,
-                 mixer_options: dict[str, Any] | None = None) -> None:
+                 positions: bool = True, mixer_options: dict[str, Any] | None = None) -> None:
         super().__init__()
         from neurostep.models import create_mixer, list_mixers
 
@@ -82,8 +84,10 @@ class Backbone(nn.Module):
             self.embed: nn.Module = nn.Linear(in_features, dim)
         else:
             self.embed = nn.Embedding(vocab_size, dim)
-        self.pos = nn.Parameter(torch.zeros(1, seq_len, dim))
-        nn.init.trunc_normal_(self.pos, std=0.02)
+        self.pos: nn.Parameter | None = None
+        if positions:
+            self.pos = nn.Parameter(torch.zeros(1, seq_len, dim))
+            nn.init.trunc_normal_(self.pos, std=0.02)
         options = dict(mixer_options or {})
         self.blocks = nn.ModuleList(
             MixerBlock(create_mixer(mixer, dim, causal=causal, num_heads=num_heads, seq_len=seq_len,
@@ -102,7 +106,9 @@ class Backbone(nn.Module):
                              f"got {x.dtype} {tuple(x.shape)}")
         if x.shape[1] != self.seq_len:
             raise ValueError(f"x has {x.shape[1]} tokens but the backbone was built for seq_len={self.seq_len}")
-        h = self.embed(x) + self.pos
+        h = self.embed(x)
+        if self.pos is not None:
+            h = h + self.pos
         for block in self.blocks:
             h = block(h, grid_size=self.grid_size)
         h = self.norm(h)
@@ -120,6 +126,6 @@ def build_backbone(mixer: str, task: Any, backbone: dict[str, Any],
     return Backbone(
         mixer, num_classes=task.num_classes, seq_len=task.seq_len, dim=backbone["dim"], depth=backbone["depth"],
         num_heads=backbone["num_heads"], mlp_ratio=backbone["mlp_ratio"], norm=backbone["norm"],
-        in_features=task.in_features, vocab_size=task.vocab_size, grid_size=task.grid_size,
-        readout=task.readout, causal=task.causal, mixer_options=mixer_options,
+        positions=backbone.get("positions", True), in_features=task.in_features, vocab_size=task.vocab_size,
+        grid_size=task.grid_size, readout=task.readout, causal=task.causal, mixer_options=mixer_options,
     )

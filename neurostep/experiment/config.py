@@ -4,7 +4,7 @@ An experiment file has these tables (every key optional unless marked)::
 
     [experiment]            name, kind ("mixers" | "concept_shift"), seeds, blocks, tasks, imports, out_dir,
                             workers, description
-    [backbone]              dim, depth, num_heads, mlp_ratio, norm            (kind = "mixers")
+    [backbone]              dim, depth, num_heads, mlp_ratio, norm, positions (kind = "mixers")
     [train]                 steps, batch_size, lr, weight_decay, grad_clip, warmup, eval_every,
                             eval_batch_size, target, patience, min_delta, progress, threads
     [measure]               energy, energy_profile, latency_reps, throughput_batch
@@ -57,6 +57,7 @@ BACKBONE_DEFAULTS: dict[str, Any] = {
     "num_heads": 4,
     "mlp_ratio": 2.0,
     "norm": "layernorm",
+    "positions": True,     # learned position embedding
 }
 
 TRAIN_DEFAULTS: dict[str, Any] = {

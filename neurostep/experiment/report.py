@@ -101,7 +101,7 @@ def write_report(run_dir: str | Path, out: str | Path | None = None) -> Path:
     path = Path(out) if out is not None else run_dir / "report.md"
     path.parent.mkdir(parents=True, exist_ok=True)
     if all(r.get("metric_name") == "mean_test_accuracy" for r in records):
-        lines = _concept_shift_report(path.parent, records)
+        lines = _concept_shift_report(path.parent, _current_records(run_dir, records))
     else:
         lines = _mixer_report(run_dir, path.parent, records)
     atomic_write_text(path, "\n".join(lines) + "\n")
@@ -405,6 +405,13 @@ def _mixer_plots(run_dir: Path, task: str, metric: str, higher: bool, rows: list
 
 
 # ----------------------------------------------------------------------------- concept shift
+def _current_records(run_dir: Path, records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The records of the experiment file's current configurations (all of them when no plan says)."""
+    from neurostep.experiment.runner import read_plan
+
+    current = set(read_plan(run_dir).get("config_hashes", []))
+    kept = [r for r in records if not current or r.get("config_hash") in current]
+    return kept or records
 def _concept_shift_report(run_dir: Path, records: list[dict[str, Any]]) -> list[str]:
     plt = _plt()
     name = records[0].get("experiment", run_dir.name)
@@ -414,9 +421,10 @@ def _concept_shift_report(run_dir: Path, records: list[dict[str, Any]]) -> list[
     for r in records:
         cell[(r["block"], int(r["swaps_per_epoch"]))][int(r["seed"])] = r
     lines = [f"# {name}", "", "Learning-rate homeostasis under concept shift (label swaps of two random classes, "
-             "`swaps_per_epoch` times per epoch). Accuracy is on the held-out digits under the current label "
-             "mapping, averaged over epochs (mean) or at the last epoch (final); 95% Student-t CIs over seeds.", "",
-             "| swaps/epoch | learner | seeds | mean test acc | final test acc | online train acc | final eta |",
+             "`swaps_per_epoch` times per epoch). The swaps split each epoch into segments; at the end of every "
+             "segment the held-out digits are scored under the label mapping that segment trained on. *mean test "
+             "acc* averages those segment scores, *final test acc* is the last one; 95% Student-t CIs over seeds.",
+             "", "| swaps/epoch | learner | seeds | mean test acc | final test acc | online train acc | final eta |",
              "|---|---|---|---|---|---|---|"]
     for rate in rates:
         for learner in learners:

@@ -44,7 +44,6 @@ from neurostep.kernels.wkv import init_state as wkv_init_state
 from neurostep.neuro.neurons import LIF, LIFState
 from neurostep.neuro.surrogate import ATan
 
-
 INITS = ("paper", "threshold")
 
 

@@ -46,7 +46,7 @@ def test_duplicate_seeds_count_once_and_configs_never_mix():
 
 def test_duplicate_records_do_not_narrow_the_interval(tmp_path):
     store = ResultStore(tmp_path)
-    for copy in range(2):                       # two runners wrote the same three seeds
+    for _ in range(2):                          # two runners wrote the same three seeds
         for seed, acc in enumerate((0.80, 0.90, 0.85)):
             store.append(_rec("attn", seed, acc))
     text = write_report(tmp_path).read_text()

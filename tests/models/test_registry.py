@@ -98,3 +98,49 @@ def test_registry_lists_this_areas_entries():
     assert {"softmax_attention", "ffnified_attention", "ninformer", "efficientmod", "crate_mssa"} <= mixers
     with pytest.raises(KeyError, match="unknown mixer"):
         REGISTRY.create_mixer("no_such_mixer", 8)
+
+
+def _causal_names() -> list[str]:
+    from neurostep.models import mixer_causality
+
+    return [n for n in list_mixers() if mixer_causality(n) != "never"]
+
+
+@pytest.mark.parametrize("name", _causal_names())
+def test_causal_mixers_do_not_see_the_future(name):
+    """Output at token t must not change when any token after t changes (eval mode: BatchNorm fixed)."""
+    torch.manual_seed(0)
+    n = GRID[0] * GRID[1]
+    mixer = REGISTRY.create_mixer(name, DIM, causal=True, num_heads=HEADS, seq_len=n, grid_size=GRID)
+    assert getattr(mixer, "causal", True)
+    x = torch.randn(2, n, DIM)
+    with torch.no_grad():
+        for _ in range(30):          # BatchNorm statistics of real inputs, so that spiking mixers fire in eval mode
+            mixer(x, grid_size=GRID)
+        mixer.eval()
+        y = mixer(x, grid_size=GRID)
+        live = False
+        for t in (0, n // 2, n - 2):
+            z = x.clone()
+            z[:, t + 1:] = torch.randn_like(z[:, t + 1:]) * 3
+            y2 = mixer(z, grid_size=GRID)
+            torch.testing.assert_close(y2[:, :t + 1], y[:, :t + 1], rtol=1e-5, atol=1e-5,
+                                       msg=lambda m, t=t: f"{name}: output at <= {t} changed: {m}")
+            live = live or not torch.allclose(y2[:, t + 1:], y[:, t + 1:])
+    assert live, f"{name}: no output changed with its input (the test would pass vacuously)"
+
+
+def test_non_causal_mixers_refuse_the_causal_form_and_see_the_future():
+    from neurostep.models import mixer_causality
+
+    never = [n for n in list_mixers() if mixer_causality(n) == "never"]
+    assert {"vim", "lamamba", "ffnified_attention", "ninformer", "efficientmod"} <= set(never)
+    for name in never:
+        with pytest.raises(ValueError, match="cannot be causal"):
+            REGISTRY.create_mixer(name, DIM, causal=True, num_heads=HEADS, seq_len=16, grid_size=GRID)
+    # The softmax baseline without the option is bidirectional: its first output sees the last token.
+    attn = REGISTRY.create_mixer("softmax_attention", DIM, num_heads=HEADS).eval()
+    x = torch.randn(1, 16, DIM)
+    z = x.clone()
+    z[:, -1] += 1
+    assert not torch.allclose(attn(x)[:, 0], attn(z)[:, 0])

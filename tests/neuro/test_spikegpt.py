@@ -173,3 +173,34 @@ def test_char_training_lowers_the_loss(one_numba_thread):
     first, last = sum(losses[:5]) / 5, sum(losses[-5:]) / 5
     assert last < first - 0.5, f"training loss did not fall: {first:.3f} -> {last:.3f}"
     assert out["val_loss_after"] < out["val_loss_before"]
+
+
+def test_spikegpt_mixer_fires_at_init_and_the_paper_init_is_silent():
+    from neurostep.experiment.train import SpikeMonitor
+    from neurostep.models import create_mixer
+
+    x = torch.nn.functional.layer_norm(torch.randn(4, 64, 32, generator=torch.Generator().manual_seed(1)), (32,))
+    rates = {}
+    for init in ("threshold", "paper"):
+        torch.manual_seed(0)
+        mixer = create_mixer("spikegpt_timemix", 32, init=init)
+        with SpikeMonitor(mixer) as mon, torch.no_grad():
+            mixer(x)
+        rates[init] = mon.overall()
+    assert rates["threshold"] > 0.01          # the drop-in mixer's default fires from step 0
+    assert rates["paper"] == 0.0              # the published init: currents of spread ~0.15 never reach V_th = 1
+    with pytest.raises(ValueError, match="init must be one of"):
+        create_mixer("spikegpt_timemix", 8, init="xavier")
+
+
+def test_spikegpt_backbone_fires_at_step_zero_on_the_default_tasks():
+    from neurostep.experiment import build_task
+    from neurostep.experiment.backbone import build_backbone
+    from neurostep.experiment.train import initial_spike_rate
+
+    for name in ("selective_copy", "digits"):
+        task = build_task(name, {} if name == "digits" else {"num_test": 16, "num_val": 4})
+        torch.manual_seed(0)
+        model = build_backbone("spikegpt_timemix", task, {"dim": 32, "depth": 2, "num_heads": 4, "mlp_ratio": 2.0,
+                                                          "norm": "layernorm"})
+        assert initial_spike_rate(model, task.x_test[:16]) > 0.0, name

@@ -222,3 +222,40 @@ def test_nan_propagates():
     x[0, 1, 0] = float("nan")
     y = m(x)
     assert torch.isnan(y[0, 1:]).any() and not torch.isnan(y[0, 0]).any()
+
+
+def test_lti_mamba_coefficients_do_not_depend_on_the_input():
+    from neurostep.ssm import Mamba, MambaLTI
+
+    torch.manual_seed(0)
+    lti = MambaLTI(16, d_state=4)
+    assert not hasattr(lti, "x_proj") and not hasattr(lti, "dt_proj")
+    xa, xb = torch.randn(2, 32, 7), torch.randn(2, 32, 7) * 5
+    (da, Ba, Ca, bias_a), (db, Bb, Cb, bias_b) = lti._scan_coefficients(xa, ""), lti._scan_coefficients(xb, "")
+    assert torch.equal(da, db) and not da.any()          # delta = softplus(0 + dt_bias), the same for every token
+    assert Ba is lti.B and Bb is lti.B and Ca is lti.C and Cb is lti.C and torch.equal(bias_a, bias_b)
+    sel = Mamba(16, d_state=4)
+    (_, Bs, _, _), (_, Bt, _, _) = sel._scan_coefficients(xa, ""), sel._scan_coefficients(xb, "")
+    assert not torch.allclose(Bs, Bt)                    # the selective block's B is a function of x
+    # The SSM part is a time-invariant convolution: a delayed input gives a delayed output.
+    lti.eval()
+    u = torch.randn(1, 20, 16)
+    shifted = torch.cat([torch.zeros(1, 5, 16), u[:, :15]], 1)
+    torch.testing.assert_close(lti(shifted)[:, 5:], lti(u)[:, :15], rtol=1e-4, atol=1e-5)
+
+
+def test_lti_mamba_scan_equals_step_and_trains():
+    from neurostep.ssm import MambaLTI
+
+    torch.manual_seed(1)
+    lti = MambaLTI(8, d_state=4, backend="reference")
+    x = torch.randn(2, 9, 8)
+    y, _ = lti.scan(x)
+    state = lti.init_state(2)
+    steps = []
+    for t in range(9):
+        yt, state = lti.step(x[:, t], state)
+        steps.append(yt)
+    torch.testing.assert_close(torch.stack(steps, 1), y, rtol=1e-5, atol=1e-5)
+    y.sum().backward()
+    assert lti.B.grad is not None and lti.C.grad is not None and lti.dt_bias.grad is not None
