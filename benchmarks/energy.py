@@ -18,9 +18,6 @@ not apply: this measures bookkeeping overhead, not a kernel.
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import platform
 import statistics
 import sys
 import time
@@ -31,6 +28,9 @@ import torch
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _results import load_average, summary_row, table, write_result  # noqa: E402
 
 from neurostep.energy import count  # noqa: E402
 
@@ -121,7 +121,9 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=None)
     args = parser.parse_args()
     rounds = args.rounds or (5 if args.quick else 15)
+    load_before = load_average()
     results = []
+    rows = []
     header = f"{'model':34s} {'contender':26s} {'median ms':>10s} {'x plain':>8s}"
     lines = [header, "-" * len(header)]
     for name, model, inputs in _models(args.quick):
@@ -139,6 +141,7 @@ def main() -> int:
         for key, ts in times.items():
             med = statistics.median(ts)
             lines.append(f"{name:34s} {key:26s} {med * 1e3:10.2f} {med / base:8.2f}")
+            rows.append([name, key, f"{med * 1e3:.2f}", f"{med / base:.2f}x"])
             results.append({"model": name, "contender": key, "median_s": med, "ratio_to_plain": med / base,
                             "times_s": ts})
         ratio = statistics.median(times["neurostep count"]) / base
@@ -147,19 +150,37 @@ def main() -> int:
                      f"MACs {report.total.macs:.3g}, ACs {report.total.acs:.3g}, "
                      f"energy {report.energy_pj / 1e6:.3f} uJ")
     print("\n".join(lines))
-    out_dir = Path(__file__).resolve().parent / "results"
-    out_dir.mkdir(exist_ok=True)
-    path = out_dir / "energy.json"
-    path.write_text(json.dumps({
-        "benchmark": "energy counter overhead",
-        "quick": args.quick,
-        "rounds": rounds,
-        "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "torch": torch.__version__,
-                    "threads": torch.get_num_threads(), "load": os.getloadavg() if hasattr(os, "getloadavg") else None},
-        "results": results,
-    }, indent=2) + "\n")
+    print(f"load average before: {load_before}\nload average after:  {load_average()}")
+    path = Path(__file__).resolve().parent / "results" / "energy.json"
+    record = {"benchmark": "energy counter overhead", "quick": args.quick, "rounds": rounds,
+              "threads": torch.get_num_threads(), "results": results}
+    title = f"time of one counted forward pass over the plain forward, median of {rounds} interleaved rounds"
+    write_result(path, record, load_before=load_before,
+                 tables=[table(title, ["model", "contender", "median ms", "vs plain forward"], rows)],
+                 summary=_summary(results, args.quick))
     print(f"wrote {path}")
     return 0
+
+
+def _summary(results: list[dict], quick: bool) -> list[dict[str, str]]:
+    """One README row: the range over models of each counter's time relative to the plain forward."""
+    spans: dict[str, list[float]] = {}
+    for r in results:
+        if r["contender"] != "plain forward":
+            spans.setdefault(r["contender"], []).append(r["ratio_to_plain"])
+    if "neurostep count" not in spans:
+        return []
+
+    def span(values: list[float]) -> str:
+        lo, hi = min(values), max(values)
+        return f"{lo:.2f}x" if f"{lo:.2f}" == f"{hi:.2f}" else f"{lo:.2f}-{hi:.2f}x"
+
+    ours = spans.pop("neurostep count")
+    peers = ", ".join(f"{name} {span(v)}" for name, v in spans.items())
+    models = len({r["model"] for r in results})
+    workload = f"{models} models, one forward each" + (" (--quick)" if quick else "")
+    return [summary_row("Energy counter overhead", workload,
+                        span(ours), peers or "no peer installed")]
 
 
 if __name__ == "__main__":

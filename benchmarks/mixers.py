@@ -25,9 +25,7 @@ A JSON of the results goes to ``benchmarks/results/mixers.json``.
 from __future__ import annotations
 
 import argparse
-import json
 import math
-import platform
 import statistics
 import sys
 import time
@@ -38,6 +36,10 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 from torch.utils.flop_counter import FlopCounterMode, conv_flop_count, sdpa_backward_flop_count, sdpa_flop_count
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _results import load_average, table, write_result  # noqa: E402
 
 DIM = 384
 HEADS = 6
@@ -213,6 +215,26 @@ def _fmt(v, spec: str) -> str:
     return "-" if v is None else format(v, spec)
 
 
+TABLE_COLUMNS = ["mixer", "N", "params", "fwd ms", "x attn", "f+b ms", "x attn", "peak MiB", "x attn", "fwd GMAC",
+                 "x attn", "f+b GMAC"]
+
+
+def table_rows(rows: list[dict]) -> list[list[str]]:
+    """The printed table's cells (a measurement that failed shows its error)."""
+    out = []
+    for r in rows:
+        if "error" in r:
+            out.append([r["mixer"], str(r["tokens"]), f"error: {r['error'][:80]}"] + [""] * 9)
+            continue
+        out.append([r["mixer"], str(r["tokens"]), f"{r['params'] / 1e3:.0f}k",
+                    f"{r['fwd_ms']:.2f}", _fmt(r.get("fwd_ms_ratio"), ".2f"),
+                    f"{r['fwd_bwd_ms']:.2f}", _fmt(r.get("fwd_bwd_ms_ratio"), ".2f"),
+                    _fmt(r.get("peak_mib"), ".1f"), _fmt(r.get("peak_mib_ratio"), ".2f"),
+                    f"{r['fwd_macs'] / 1e9:.3f}", _fmt(r.get("fwd_macs_ratio"), ".2f"),
+                    f"{r['fwd_bwd_macs'] / 1e9:.3f}"])
+    return out
+
+
 def print_table(rows: list[dict]) -> None:
     head = (f"{'mixer':>20s} {'N':>5s} {'params':>8s} {'fwd ms':>9s} {'x attn':>7s} {'f+b ms':>9s} {'x attn':>7s} "
             f"{'peak MiB':>9s} {'x attn':>7s} {'fwd GMAC':>9s} {'x attn':>7s} {'f+b GMAC':>9s}")
@@ -244,16 +266,18 @@ def main(argv: list[str] | None = None) -> None:
         names = [BASELINE] + [m for m in names if m != BASELINE]
     tokens = [int(t) for t in args.tokens.split(",")]
     repeats, warmup = (3, 1) if args.quick else (10, 2)
+    load_before = load_average()
     rows = bench(names, tokens, repeats, warmup, args.threads)
     threads = args.threads or torch.get_num_threads()
     print(f"\nmixers at C={DIM}, batch 1, fp32, {threads} torch threads, torch {torch.__version__}; "
           f"median of {repeats}; 'x attn' = ratio to {BASELINE} at the same N")
     print_table(rows)
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    meta = {"torch": torch.__version__, "threads": threads, "machine": platform.machine(),
-            "processor": platform.processor(), "quick": args.quick, "repeats": repeats}
-    out.write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
+    print(f"load average before: {load_before}\nload average after:  {load_average()}")
+    meta = {"threads": threads, "quick": args.quick, "repeats": repeats}
+    title = (f"C={DIM}, batch 1, fp32, {threads} torch threads, median of {repeats}; 'x attn' = ratio to {BASELINE} at "
+             "the same N")
+    out = write_result(args.out, {"meta": meta, "rows": rows}, load_before=load_before,
+                       tables=[table(title, TABLE_COLUMNS, table_rows(rows))], summary=[])
     print(f"\nwrote {out}")
 
 

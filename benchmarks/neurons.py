@@ -23,9 +23,7 @@ round-robin (one call of each in turn) so that a change of machine load hits all
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
 import statistics
 import sys
 import time
@@ -34,6 +32,9 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _results import load_average, ratio, summary_row, table, write_result  # noqa: E402
 
 from neurostep.kernels.lif import lif_scan  # noqa: E402
 
@@ -41,13 +42,6 @@ TAU, V_TH, ALPHA = 2.0, 1.0, 4.0
 ROOF = "roofline (copy of the same bytes)"
 ROOF_FRESH = "roofline, into fresh tensors"
 MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": "33554432", "MALLOC_TRIM_THRESHOLD_": "1073741824"}
-
-
-def _load() -> str:
-    try:
-        return os.popen("uptime").read().strip()
-    except OSError:  # pragma: no cover
-        return "unknown"
 
 
 def _contenders(T: int, N: int, x: torch.Tensor, g: torch.Tensor) -> dict:
@@ -171,9 +165,12 @@ def main() -> None:
     numba.set_num_threads(min(args.threads, numba.config.NUMBA_NUM_THREADS))
     repeats, warmup = (5, 1) if args.quick else (15, 2)
 
-    report = {"machine": platform.processor() or platform.machine(), "threads": args.threads,
+    report = {"threads": args.threads,
               "malloc_tuned": all(os.environ.get(k) == v for k, v in MALLOC_ENV.items()),
-              "neurons": args.neurons, "load_before": _load(), "runs": {}}
+              "neurons": args.neurons, "runs": {}}
+    load_before = load_average()
+    tables, summary = [], []
+    columns = ["contender", "median ms", "vs neurostep", "min ms", "CPU ms", "CPU vs neurostep"]
     for T in args.steps:
         res = run(T, args.neurons, repeats if T <= 64 else max(3, repeats // 3), warmup)
         ours = res["neurostep cpu (numba)"]["median_s"]
@@ -182,21 +179,29 @@ def main() -> None:
         print(f"\nT={T}, {args.neurons} neurons, fp32, forward+backward, {args.threads} threads")
         ours_cpu = res["neurostep cpu (numba)"]["cpu_median_s"]
         print(f"{'':36s} {'median ms':>10s} {'vs neurostep':>13s} {'min ms':>9s} {'CPU ms':>9s} {'vs neurostep':>13s}")
+        rows = []
         for name, r in res.items():
             r["ratio_to_neurostep"] = r["median_s"] / ours
             r["cpu_ratio_to_neurostep"] = r["cpu_median_s"] / ours_cpu
             print(f"{name:36s} {r['median_s'] * 1e3:10.2f} {r['ratio_to_neurostep']:12.1f}x {r['min_s'] * 1e3:9.2f} "
                   f"{r['cpu_median_s'] * 1e3:9.2f} {r['cpu_ratio_to_neurostep']:12.1f}x")
+            rows.append([name, f"{r['median_s'] * 1e3:.2f}", f"{r['ratio_to_neurostep']:.1f}x",
+                         f"{r['min_s'] * 1e3:.2f}", f"{r['cpu_median_s'] * 1e3:.2f}",
+                         f"{r['cpu_ratio_to_neurostep']:.1f}x"])
         print(f"neurostep / roofline: {ours / roof:.2f}x by median wall time (target <= 2x at T=32); "
               f"/ roofline into fresh tensors: {ours / roof_fresh:.2f}x")
+        tables.append(table(f"T={T}, {args.neurons:,} neurons, fp32, forward+backward, {args.threads} threads; "
+                            f"neurostep / roofline {ours / roof:.2f}x ({ours / roof_fresh:.2f}x into fresh tensors)",
+                            columns, rows))
+        peers = [f"{name.split(' (')[0].replace(' LIFNode', '').replace(' Leaky', '')} {ratio(r['ratio_to_neurostep'])}"
+                 for name, r in res.items() if name not in ("neurostep cpu (numba)", ROOF, ROOF_FRESH)]
+        summary.append(summary_row("LIF neuron, forward+backward", f"T={T}, {args.neurons:,} neurons, fp32",
+                                   f"{ours * 1e3:.2f} ms", ", ".join(peers) or "no peer installed"))
         res["neurostep_over_roofline"] = ours / roof
         res["neurostep_over_roofline_fresh"] = ours / roof_fresh
         report["runs"][str(T)] = res
-    report["load_after"] = _load()
-    print(f"\nload before: {report['load_before']}\nload after:  {report['load_after']}")
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=2))
+    print(f"\nload average before: {load_before}\nload average after:  {load_average()}")
+    out = write_result(args.out, report, load_before=load_before, tables=tables, summary=summary[:1])
     print(f"wrote {out}")
 
 

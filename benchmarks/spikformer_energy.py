@@ -18,7 +18,6 @@ paper's trained network; only the first-layer MACs and the dense MACs are compar
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -26,6 +25,9 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _results import load_average, table, write_result  # noqa: E402
 
 from neurostep.energy import count, format_count, format_energy  # noqa: E402
 
@@ -55,6 +57,7 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="alias of --meta (for `neurostep bench --quick`)")
     args = parser.parse_args()
     meta = args.meta or args.quick
+    load_before = load_average()
 
     from neurostep.models import create_model, list_models
 
@@ -100,10 +103,21 @@ def main() -> int:
                            "sops": report.total.sops, "energy_pj": report.energy_pj,
                            "spike_rate": report.total.spike_rate}
     print("\n".join(lines))
-    out_dir = Path(__file__).resolve().parent / "results"
-    out_dir.mkdir(exist_ok=True)
-    path = out_dir / "spikformer_energy.json"
-    path.write_text(json.dumps(out, indent=2) + "\n")
+    rows = [[f"paper, if OPs = {'first-layer FLOPs + SOPs' if key == 'ops_include_first_layer' else 'SOPs only'}",
+             format_count(v["first_layer_macs"]) + " (implied)", format_count(v["sops"]),
+             format_energy(v["energy_mac_pj"]), format_energy(v["energy_ac_pj"]),
+             format_energy(v["energy_mac_pj"] + v["energy_ac_pj"])] for key, v in out["implied"].items()]
+    if "measured" in out:
+        m = out["measured"]
+        how = "shapes only (meta device)" if m["meta"] else "one forward, batch 1, untrained"
+        rows.append([f"neurostep count, {how}", f"{format_count(m['first_layer_macs'])} over T={m['T']} "
+                     f"({m['first_layer']})", "-" if m["meta"] else format_count(m["sops"]),
+                     format_energy(m["first_layer_macs"] * MAC_PJ), "-", "-"])
+    columns = ["", "first-layer MACs", "SOPs", "MAC energy", "AC energy", "total"]
+    path = Path(__file__).resolve().parent / "results" / "spikformer_energy.json"
+    write_result(path, out, load_before=load_before,
+                 tables=[table("Spikformer-8-384, ImageNet 224, T=4, beside the paper's 6.82 G OPs and 7.734 mJ",
+                               columns, rows)], summary=[])
     print(f"wrote {path}")
     return 0
 

@@ -26,9 +26,6 @@ move 2 x 100 MB instead); the table prints measured / bound.
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import platform
 import statistics
 import sys
 import time
@@ -38,15 +35,11 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _results import load_average, ratio, summary_row, table, write_result  # noqa: E402
 
 from neurostep.kernels.selective_scan import selective_scan_fn  # noqa: E402
-
-
-def _load() -> str:
-    try:
-        return os.popen("uptime").read().strip()
-    except OSError:  # pragma: no cover
-        return "unknown"
 
 
 def _time(fn, repeats: int, warmup: int) -> list[float]:
@@ -180,7 +173,7 @@ def main() -> None:
     repeats = 3 if args.quick else 10
     peer_repeats = 1 if args.quick else 3
     inputs = _inputs(batch, dim, length, n)
-    load_before = _load()
+    load_before = load_average()
 
     results: dict[str, dict] = {}
     t = _time(run_neurostep(inputs, "cpu"), repeats, 2)
@@ -204,37 +197,43 @@ def main() -> None:
     bound_mem = bytes_moved / bandwidth
     bound_exp = exps / exp_rates["numba_vexp_per_s"]
     ns = results["neurostep cpu"]["median_s"]
-    load_after = _load()
+    load_after = load_average()
 
     print(f"selective scan fwd+bwd, batch {batch}, dim {dim}, L {length}, N {n}, fp32, {args.threads} threads")
-    print(f"load before: {load_before}\nload after:  {load_after}")
+    print(f"load average before: {load_before}\nload average after:  {load_after}")
     print(f"{'contender':<22}{'median ms':>12}{'x neurostep':>14}")
+    rows = []
     for name, r in results.items():
         note = f"  (timed at L={r['measured_at_length']}, scaled x{r['scaled_by']:.0f})" if r.get("scaled_by", 1) != 1 \
             else ""
         print(f"{name:<22}{1e3 * r['median_s']:>12.1f}{r['median_s'] / ns:>14.1f}{note}")
-    print(f"roofline: copy bandwidth {bandwidth / 1e9:.1f} GB/s -> memory bound {1e3 * bound_mem:.2f} ms; "
-          f"vexp {exp_rates['numba_vexp_per_s'] / 1e9:.2f} G/s (torch.exp {exp_rates['torch_exp_per_s'] / 1e9:.2f}"
-          f" G/s) -> {exps / 1e6:.0f} M exps bound {1e3 * bound_exp:.1f} ms; "
-          f"measured / max(bounds) = {ns / max(bound_mem, bound_exp):.1f}")
+        rows.append([name + note, f"{1e3 * r['median_s']:.1f}", f"{r['median_s'] / ns:.1f}x"])
+    roofline = (f"roofline: copy bandwidth {bandwidth / 1e9:.1f} GB/s -> memory bound {1e3 * bound_mem:.2f} ms; "
+                f"vexp {exp_rates['numba_vexp_per_s'] / 1e9:.2f} G/s "
+                f"(torch.exp {exp_rates['torch_exp_per_s'] / 1e9:.2f} G/s) -> "
+                f"{exps / 1e6:.0f} M exps bound {1e3 * bound_exp:.1f} ms; "
+                f"measured / max(bounds) = {ns / max(bound_mem, bound_exp):.1f}")
+    print(roofline)
 
     record = {
         "benchmark": "selective_scan_fwd_bwd",
         "shape": {"batch": batch, "dim": dim, "length": length, "state": n},
         "threads": args.threads,
         "quick": args.quick,
-        "load_before": load_before,
-        "load_after": load_after,
-        "machine": platform.processor() or platform.machine(),
         "results": results,
         "ratios_vs_neurostep": {k: v["median_s"] / ns for k, v in results.items()},
         "roofline": {"copy_bandwidth_Bps": bandwidth, **exp_rates, "bytes_moved": bytes_moved, "exps": exps,
                      "bound_memory_s": bound_mem, "bound_exp_s": bound_exp,
                      "measured_over_bound": ns / max(bound_mem, bound_exp)},
     }
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(record, indent=2))
+    title = (f"selective scan forward+backward, batch {batch}, dim {dim}, L {length}, N {n}, fp32, "
+             f"{args.threads} threads; {roofline}")
+    peers = ", ".join(f"{name.replace(' pscan', '')} {ratio(r['median_s'] / ns)}" for name, r in results.items()
+                      if name != "neurostep cpu")
+    summary = [summary_row("Selective scan, forward+backward", f"({batch}, {dim}, {length}), N={n}, fp32",
+                           f"{1e3 * ns:.1f} ms", peers)]
+    out = write_result(args.out, record, load_before=load_before,
+                       tables=[table(title, ["contender", "median ms", "vs neurostep"], rows)], summary=summary)
     print(f"wrote {out}")
 
 

@@ -12,7 +12,8 @@ its state_dict through ``MambaLM.from_hf``. Measured in the same run, interleave
   tokens must be identical (asserted).
 
 The roofline of decoding is the weight stream: every token reads all fp32 weights once; the table
-prints the measured rate over that bound at the copy bandwidth of REFERENCE.md section 8.
+prints the measured rate over that bound at the copy bandwidth in docs/reference.md ("Measured
+machine facts").
 
     .venv/bin/python benchmarks/ssm_lm.py            # full run
     .venv/bin/python benchmarks/ssm_lm.py --quick    # a short run
@@ -21,9 +22,6 @@ prints the measured rate over that bound at the copy bandwidth of REFERENCE.md s
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import platform
 import statistics
 import sys
 import time
@@ -33,18 +31,14 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _results import load_average, ratio, summary_row, table, write_result  # noqa: E402
 
 from neurostep.models import count_params  # noqa: E402
 from neurostep.ssm import MambaLM  # noqa: E402
 
-COPY_BANDWIDTH = 29e9  # bytes/s, numpy copy on this kind of machine (REFERENCE.md section 8)
-
-
-def _load() -> str:
-    try:
-        return os.popen("uptime").read().strip()
-    except OSError:  # pragma: no cover - uptime missing
-        return "unknown"
+COPY_BANDWIDTH = 29e9  # bytes/s, numpy copy on a 2-core machine (docs/reference.md, measured machine facts)
 
 
 def _timed(fn) -> tuple[float, object]:
@@ -138,9 +132,9 @@ def main() -> None:
         torch.set_num_threads(args.threads)
         numba.set_num_threads(args.threads)
 
-    load_before = _load()
+    load_before = load_average()
     res = bench_mamba(args)
-    load_after = _load()
+    load_after = load_average()
 
     pre, dec = res["prefill_tokens_per_s"], res["decode_tokens_per_s"]
     print(f"Mamba-130m config ({res['params'] / 1e6:.1f}M params), fp32, {torch.get_num_threads()} threads, "
@@ -153,14 +147,25 @@ def main() -> None:
           f"{res['decode_weight_stream_bound_tokens_per_s']:.1f} tok/s; neurostep at "
           f"{res['decode_fraction_of_bound']:.0%} of it")
     print(f"greedy tokens identical: yes; prefill last-logit max |diff| {res['prefill_last_logit_max_abs_diff']:.2e}")
-    print(f"load before: {load_before}\nload after:  {load_after}")
+    print(f"load average before: {load_before}\nload average after:  {load_after}")
 
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    payload = {"benchmark": "ssm_lm/mamba", "args": vars(args), "load_before": load_before,
-               "load_after": load_after, "machine": platform.platform(), "torch": torch.__version__,
-               "threads": torch.get_num_threads(), **res}
-    out.write_text(json.dumps(payload, indent=2))
+    threads = torch.get_num_threads()
+    payload = {"benchmark": "ssm_lm/mamba", "args": vars(args), "threads": threads, **res}
+    title = (f"Mamba-130m configuration ({res['params'] / 1e6:.1f}M parameters), random weights, fp32, {threads} "
+             f"threads, medians of {args.repeats}; decoding roofline (weights streamed once per token at "
+             f"{COPY_BANDWIDTH / 1e9:.0f} GB/s) {res['decode_weight_stream_bound_tokens_per_s']:.1f} tok/s, "
+             f"neurostep at {res['decode_fraction_of_bound']:.0%} of it; greedy tokens identical")
+    rows = [[f"prefill {args.prompt} tokens (tok/s)", f"{pre['hf']:.1f}", f"{pre['neurostep']:.1f}",
+             f"{res['prefill_speedup']:.2f}x"],
+            ["greedy decoding (tok/s)", f"{dec['hf']:.1f}", f"{dec['neurostep']:.1f}", f"{res['decode_speedup']:.2f}x"]]
+    summary = [
+        summary_row("Mamba-130m prefill", f"{args.prompt}-token prompt, random weights, fp32",
+                    f"{pre['neurostep']:.1f} tok/s", f"transformers {ratio(res['prefill_speedup'])}"),
+        summary_row("Mamba-130m greedy decoding", "batch 1, random weights, fp32",
+                    f"{dec['neurostep']:.1f} tok/s", f"transformers {ratio(res['decode_speedup'])}"),
+    ]
+    out = write_result(args.out, payload, load_before=load_before,
+                       tables=[table(title, ["", "HF transformers", "neurostep", "ratio"], rows)], summary=summary)
     print(f"wrote {out}")
 
 

@@ -12,9 +12,7 @@ memory traffic at the copy bandwidth and exponentials at numba's scalar exp rate
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
 import statistics
 import sys
 import time
@@ -29,18 +27,14 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _results import load_average, ratio, summary_row, table, write_result  # noqa: E402
 
 from neurostep.kernels.wkv import init_state, reference, wkv  # noqa: E402
 
-COPY_BANDWIDTH = 29e9   # bytes/s, numpy copy on this kind of machine (REFERENCE.md section 8)
-SCALAR_EXP_RATE = 0.3e9  # exps/s on 2 threads with numba's scalar math.exp (REFERENCE.md section 8)
-
-
-def _load() -> str:
-    try:
-        return os.popen("uptime").read().strip()
-    except OSError:  # pragma: no cover - uptime missing
-        return "unknown"
+COPY_BANDWIDTH = 29e9   # bytes/s, numpy copy on a 2-core machine (docs/reference.md, measured machine facts)
+SCALAR_EXP_RATE = 0.3e9  # exps/s, numba's scalar math.exp on 2 threads (docs/reference.md, same section)
 
 
 def _time(fn, repeats: int, warmup: int) -> tuple[list[float], list[float]]:
@@ -112,14 +106,14 @@ def main() -> None:
         if err > 1e-3:
             raise SystemExit(f"{name} disagrees with the torch loop (max error {err:.2e})")
 
-    load_before = _load()
+    load_before = load_average()
     results = {}
     for name, fn in cases.items():
         ours = name.startswith("neurostep")
         wall, cpu = _time(fn, repeats if ours else peer_repeats, warmup=2 if ours else 1)
         results[name] = {"median_s": statistics.median(wall), "times_s": wall,
                          "median_cpu_s": statistics.median(cpu), "cpu_times_s": cpu}
-    load_after = _load()
+    load_after = load_average()
 
     ours = results["neurostep cpu (numba)"]["median_s"]
     ours_cpu = results["neurostep cpu (numba)"]["median_cpu_s"]
@@ -130,29 +124,38 @@ def main() -> None:
     roof_mem = bytes_moved / COPY_BANDWIDTH
     roof_exp = exps / SCALAR_EXP_RATE
     print(f"WKV forward+backward, B={B} C={C} L={T} fp32, torch threads {torch.get_num_threads()}")
-    print(f"load before: {load_before}\nload after:  {load_after}")
+    print(f"load average before: {load_before}\nload average after:  {load_after}")
     print(f"{'implementation':42s} {'median ms':>10s} {'x neurostep':>12s} {'CPU ms':>10s} {'x neurostep':>12s}")
+    rows = []
     for name, r in results.items():
         r["ratio_to_neurostep"] = r["median_s"] / ours
         r["cpu_ratio_to_neurostep"] = r["median_cpu_s"] / ours_cpu
         print(f"{name:42s} {1e3 * r['median_s']:10.2f} {r['ratio_to_neurostep']:12.1f} "
               f"{1e3 * r['median_cpu_s']:10.2f} {r['cpu_ratio_to_neurostep']:12.1f}")
-    print(f"roofline: memory {1e3 * roof_mem:.2f} ms ({bytes_moved / 1e6:.0f} MB at {COPY_BANDWIDTH / 1e9:.0f} GB/s): "
-          f"neurostep at {ours / roof_mem:.1f}x it; for scale, {exps / 1e6:.1f} M scalar exps at "
-          f"{SCALAR_EXP_RATE / 1e9:.1f} G/s would take {1e3 * roof_exp:.2f} ms (the kernel's exp is vectorized)")
+        rows.append([name, f"{1e3 * r['median_s']:.2f}", f"{r['ratio_to_neurostep']:.1f}x",
+                     f"{1e3 * r['median_cpu_s']:.2f}", f"{r['cpu_ratio_to_neurostep']:.1f}x"])
+    roofline = (f"roofline: memory {1e3 * roof_mem:.2f} ms ({bytes_moved / 1e6:.0f} MB at {COPY_BANDWIDTH / 1e9:.0f} "
+                f"GB/s): neurostep at {ours / roof_mem:.1f}x it; for scale, {exps / 1e6:.1f} M scalar exps at "
+                f"{SCALAR_EXP_RATE / 1e9:.1f} G/s would take {1e3 * roof_exp:.2f} ms (the kernel's exp is vectorized)")
+    print(roofline)
 
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({
+    record = {
         "benchmark": "wkv_forward_backward",
         "shape": {"batch": B, "channels": C, "length": T, "dtype": "float32"},
         "quick": args.quick,
-        "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-                    "load_before": load_before, "load_after": load_after},
+        "threads": torch.get_num_threads(),
         "results": results,
         "roofline": {"memory_s": roof_mem, "exp_s": roof_exp, "bytes": bytes_moved, "exps": exps,
                      "neurostep_over_memory_roofline": ours / roof_mem},
-    }, indent=2))
+    }
+    title = f"WKV forward+backward, B={B} C={C} L={T} fp32, {torch.get_num_threads()} torch threads; {roofline}"
+    columns = ["implementation", "median ms", "vs neurostep", "CPU ms", "CPU vs neurostep"]
+    peers = ", ".join(f"{name.replace(' rwkv_linear_attention_cpu', '')} {ratio(r['ratio_to_neurostep'])}"
+                      for name, r in results.items() if not name.startswith("neurostep"))
+    summary = [summary_row("WKV (RWKV-4), forward+backward", f"B={B}, C={C}, L={T}, fp32", f"{1e3 * ours:.1f} ms",
+                           peers)]
+    out = write_result(args.out, record, load_before=load_before, tables=[table(title, columns, rows)],
+                       summary=summary)
     print(f"wrote {out}")
 
 
