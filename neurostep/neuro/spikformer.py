@@ -124,7 +124,7 @@ class SpikingPatchStem(Recurrent):
     ``log2(patch_size)`` stages (ImageNet: patch 16, all four: 224 -> 14x14 = 196 tokens; CIFAR:
     patch 4, the last two: 32 -> 8x8 = 64 tokens). ``stem="scs"`` is a Spikformer V2-style
     convolutional stem: the same stages, but the downsampling stages use stride-2 convolutions
-    instead of max-pooling (V2's exact stem is unpublished; see the README's design notes).
+    instead of max-pooling (V2's exact stem is unpublished; see docs/spiking-transformers.md).
     Both add the relative position embedding ``x + LIF(BN(Conv3x3(x)))``.
 
     ``(T, B, C_in, H, W)`` -> tokens ``(T, B, N, D)`` with ``N = ceil(H / p) * ceil(W / p)``.

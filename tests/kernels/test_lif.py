@@ -201,7 +201,7 @@ def test_cpu_backward_recomputes_membrane_across_blocks(T, n, kw):
 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_constant_input_spikes_alternately(backend):
-    # REFERENCE.md: LIF defaults (tau=2, V_th=1, hard reset to 0), constant input 1.5 -> 0,1,0,1,...
+    # docs/reference.md: LIF defaults (tau=2, V_th=1, hard reset to 0), constant input 1.5 -> 0,1,0,1,...
     out = lif_scan(torch.full((8, 1), 1.5), tau_inv=0.5, v_threshold=1.0, backend=backend)
     assert out.spikes.flatten().tolist() == [0, 1, 0, 1, 0, 1, 0, 1]
 

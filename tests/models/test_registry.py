@@ -1,6 +1,6 @@
 """One test over every registered model and mixer (every family's entries, automatically).
 
-Conventions checked here (see docs/readme/mixers.md):
+Conventions checked here (see docs/mixers.md and docs/design.md, "Registry"):
 - model entries give ``small_kwargs`` (a tiny instance) and ``example_input(model, batch)``;
 - ``paper_params`` is compared with the full config, instantiated on the meta device (no
   memory, no time); models whose paper count is the deploy form set ``paper_params_fused = True``

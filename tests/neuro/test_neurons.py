@@ -164,7 +164,7 @@ def test_snntorch_strict_threshold_and_delayed_reset():
 
 
 def test_constant_input_spike_pattern():
-    """spikingjelly defaults with constant input 1.5 give 0,1,0,1,... (REFERENCE.md section 1)."""
+    """spikingjelly defaults with constant input 1.5 give 0,1,0,1,... (docs/reference.md, spikingjelly 2.0)."""
     spikes = LIF()(torch.full((8, 1), 1.5))
     assert spikes[:, 0].tolist() == [0, 1, 0, 1, 0, 1, 0, 1]
 

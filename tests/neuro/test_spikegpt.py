@@ -157,7 +157,7 @@ def test_stdlib_text_is_deterministic_python_source():
 @pytest.fixture
 def one_numba_thread():
     # On 2 shared cores, numba's OpenMP pool spinning between kernels starves torch's small ops
-    # (see docs/readme/spikegpt.md); one thread keeps this training test fast. Restored after.
+    # (see docs/design.md, "Threads"); one thread keeps this training test fast. Restored after.
     import numba
 
     before = numba.get_num_threads()

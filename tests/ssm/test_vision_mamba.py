@@ -94,6 +94,6 @@ def test_vim_param_counts(name, expected):
     with torch.device("meta"):
         model = VisionMamba(**VIM_CONFIGS[name])
     n = count_params(model)
-    assert n == expected  # the recounts of REFERENCE.md: 7.15M / 25.8M / 97.6M
+    assert n == expected  # the recounts in docs/reference.md: 7.15M / 25.8M / 97.6M
     paper = {"vim_tiny": 7e6, "vim_small": 26e6, "vim_base": 98e6}[name]
     assert abs(n - paper) / paper < 0.025
