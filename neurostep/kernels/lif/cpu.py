@@ -4,7 +4,7 @@ Layout (the choice that matters most on CPU): ``prange`` over a few contiguous b
 lanes, then time, then the lanes of the block in a branch-free inner loop that LLVM
 vectorizes. The state of a block stays in L1/L2 across all T steps, and every time step
 streams one contiguous row segment of x / h / spikes. Looping over time *inside* a lane
-(strided access) is about 30x slower (REFERENCE.md section 8).
+(strided access) is about 30x slower (docs/reference.md, "Measured machine facts").
 
 The plain spikingjelly neurons (IF, LIF, PLIF) save nothing: the backward recomputes ``h`` (the
 pre-reset membrane) from x with the forward's exact arithmetic (:func:`recomputes_h`). The
