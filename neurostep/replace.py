@@ -27,8 +27,9 @@ image through the residual stream, as attention's class query does) or zero
 What cannot be honoured raises ``ValueError`` naming the module: cross-attention (``key`` or
 ``value`` not the query, ``encoder_hidden_states``), padding masks and arbitrary attention
 masks, KV-cache continuation, and a causal host (GPT-2, ``is_causal=True``, a causal mask)
-with a mixer that is not causal. A mixer is causal when it has ``causal = True``; for causal
-hosts ``causal=True`` is passed to mixer factories that accept it. A model in which no known
+with a mixer that is not causal. The registry declares whether each mixer is, can be or cannot
+be causal (``neurostep.models.mixer_causality``); a causal host gets the mixer's causal form
+(``create_mixer(..., causal=True)``). A model in which no known
 attention is found, or which holds an attention module this function does not know, raises
 ``TypeError`` naming the module. ``need_weights=True`` returns ``None`` weights (a mixer has no
 attention matrix), as ``MultiheadAttention`` does for ``need_weights=False``.
@@ -413,14 +414,19 @@ def replace_attention(model: nn.Module, kind: str, *, grid_size: int | Sequence[
 
 def _build_mixer(create_mixer: Any, kind: str, site: _Site, context: dict[str, Any], options: dict[str, Any],
                  allow_noncausal: bool) -> nn.Module:
-    if site.causal and "causal" not in options:
-        try:
-            mixer = create_mixer(kind, site.dim, **context, **options, causal=True)
-        except TypeError:  # this factory has no causal option; checked below
-            mixer = create_mixer(kind, site.dim, **context, **options)
-    else:
-        mixer = create_mixer(kind, site.dim, **context, **options)
-    if site.causal and not getattr(mixer, "causal", False) and not allow_noncausal:
-        raise ValueError(f"{site.where} is causal self-attention but mixer {kind!r} is not causal (no causal=True); "
-                         "pass allow_noncausal=True to replace it anyway")
+    """Build the mixer for one site; a causal host gets the mixer's causal form, as the registry declares it."""
+    from neurostep.models import mixer_causality
+
+    wants_causal = site.causal and "causal" not in options
+    if wants_causal and mixer_causality(kind) == "never":
+        if not allow_noncausal:
+            raise ValueError(f"{site.where} is causal self-attention but mixer {kind!r} is not causal (it has no "
+                             "causal form); pass allow_noncausal=True to replace it anyway")
+        wants_causal = False
+    options = dict(options)
+    causal = bool(options.pop("causal")) if "causal" in options else wants_causal
+    mixer = create_mixer(kind, site.dim, causal=causal, **context, **options)
+    if site.causal and not getattr(mixer, "causal", causal) and not allow_noncausal:
+        raise ValueError(f"{site.where} is causal self-attention but mixer {kind!r} was built without its causal "
+                         "form (causal=False); pass allow_noncausal=True to replace it anyway")
     return mixer

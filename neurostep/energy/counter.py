@@ -765,6 +765,29 @@ def _embedding(c: OpCounter, args: tuple, kwargs: dict, out: Any) -> list[float]
     return cost
 
 
+def _fft(signal_arg: int | None, half: bool) -> Callable[..., list[float]]:
+    """FFTs along ``dim``: a radix-2 transform of ``n`` complex points is ``(n/2) log2 n``
+    butterflies, each one complex multiply (4 real multiplies, 2 adds) and two complex adds
+    (4 adds): ``2 n log2 n`` multiplies and ``3 n log2 n`` adds per transform. Real-input
+    (``r2c``) and real-output (``c2r``) transforms cost half. ``signal_arg`` is the positional
+    argument holding the time-domain signal (None: the output does, as for ``c2r``)."""
+
+    def rule(c: OpCounter, args: tuple, kwargs: dict, out: Any) -> list[float]:
+        signal = out if signal_arg is None else args[signal_arg]
+        dims = args[1] if len(args) > 1 else kwargs.get("dim")
+        dims = [dims] if isinstance(dims, int) else list(dims)
+        n = float(math.prod(signal.shape[d] for d in dims))
+        transforms = float(signal.numel()) / max(n, 1.0)
+        work = transforms * n * math.log2(max(n, 2.0)) * (0.5 if half else 1.0)
+        cost = [0.0] * _N
+        cost[_IDX["muls"]] = 2.0 * work
+        cost[_IDX["adds"]] = 3.0 * work
+        c._add_bytes(cost, args, kwargs, out)
+        return cost
+
+    return rule
+
+
 _OTHER: dict[str, Callable[..., list[float]]] = {
     "sum": _reduction(1, 0, 0), "nansum": _reduction(1, 0, 0), "mean": _mean,
     "prod": _reduction(0, 1, 0),
@@ -788,6 +811,7 @@ _OTHER: dict[str, Callable[..., list[float]]] = {
     "max_pool3d_with_indices": _max_pool, "max_pool2d": _max_pool, "max_pool1d": _max_pool,
     "clamp": _clamp, "clip": _clamp, "pow": _pow, "float_power": _pow,
     "embedding": _embedding,
+    "_fft_r2c": _fft(0, half=True), "_fft_c2r": _fft(None, half=True), "_fft_c2c": _fft(0, half=False),
 }
 
 

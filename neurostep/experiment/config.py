@@ -89,7 +89,7 @@ CONCEPT_SHIFT_DEFAULTS: dict[str, Any] = {
     "eta0": 0.01,
     "minibatch": 10,
     "epochs": 10,
-    "swaps_per_epoch": [0, 1, 4, 16],
+    "swaps_per_epoch": [0, 1, 2, 4, 8],
     "interval": 10,
     "memory": 20,
     "excitatory_from": 5,   # classes >= this are excitatory (eta up), the rest inhibitory

@@ -215,10 +215,11 @@ def _known_results(verdicts: list[Any]) -> list[str]:
     for v in verdicts:
         f = v.finding
         lines.append(f"| {f.claim} | {f.source} | {f.paper} | {v.block} | {f.condition()} | "
-                     f"{_pm(v.mean, v.half, '.3f')} | {v.seeds} | "
-                     f"{'reproduced' if v.reproduced else '**not reproduced**'} |")
+                     f"{_pm(v.mean, v.half, '.3f')} | {v.seeds} | {v.label()} |")
     n_ok = sum(v.reproduced for v in verdicts)
-    lines += ["", f"{n_ok} of {len(verdicts)} reproduced.", ""]
+    n_robust = sum(v.robust for v in verdicts)
+    lines += ["", f"{n_ok} of {len(verdicts)} reproduced in the mean; {n_robust} of them with the whole 95% "
+              "interval on the finding's side of the threshold.", ""]
     return lines
 
 

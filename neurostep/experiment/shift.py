@@ -1,4 +1,4 @@
-"""Concept-shift experiment for homeostatic learners (REFERENCE.md section 5), scaled to digits.
+"""Concept-shift experiment for homeostatic learners (docs/reference.md, homeostatic learners), scaled to digits.
 
 An MLP 64-h1-h2-10 (ELU) is trained with SGD minibatches of 10 on scikit-learn's digits.
 The labels of two random classes are swapped ``swaps_per_epoch`` times per epoch: the swaps

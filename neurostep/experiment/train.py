@@ -246,8 +246,12 @@ def train_model(model: nn.Module, task: TaskData, train: dict[str, Any], seed: i
     """AdamW with warm-up and cosine decay for up to ``train["steps"]`` steps, evaluating every
     ``eval_every`` steps; returns the statistics and the learning curve.
 
-    The global batch ``train["batch_size"]`` must be divisible by the world size.
+    ``train`` holds [train] keys; missing ones take their defaults. The global batch
+    ``train["batch_size"]`` must be divisible by the world size.
     """
+    from neurostep.experiment.config import TRAIN_DEFAULTS
+
+    train = {**TRAIN_DEFAULTS, **train}
     ctx = ctx or DistContext()
     batch, world, total = train["batch_size"], ctx.world_size, train["steps"]
     if batch % world:

@@ -1,6 +1,6 @@
 """NiNformer classifier with the paper's CIFAR-10 default: ``ninformer_cifar`` (2.65M parameters).
 
-Choices not fixed by the paper's text (documented in the README): patch embedding by a
+Choices not fixed by the paper's text (documented in docs/mixers.md): patch embedding by a
 strided conv, no positional embedding, final LayerNorm, mean pooling over tokens.
 """
 

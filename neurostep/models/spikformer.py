@@ -2,7 +2,7 @@
 
 Parameter counts (paper, ImageNet 224, T=4): 8-384 16.81M, 8-512 29.68M, 8-768 66.34M;
 CIFAR-10 4-384 (patch 4, 12 heads) 9.32M. The structure here is spikingjelly 2.0's port of the
-official code (bias-free projections, no unused LayerNorms); see docs/readme/spikformer.md for
+official code (bias-free projections, no unused LayerNorms); see docs/spiking-transformers.md for
 how each count arises.
 """
 

@@ -1,6 +1,6 @@
 """SpikeGPT (Zhu et al. 2023): a spiking RWKV-4 language model on the fused WKV kernel.
 
-Block (REFERENCE.md section 2)::
+Block (docs/reference.md, SpikeGPT)::
 
     x = x + LIF(TimeMix(LN1(x)))        TimeMix = W_o(sigmoid(r) * WKV(k, v)) after a token shift
     x = x + LIF(ChannelMix(LN2(x)))     ChannelMix = sigmoid(W_r x) * W_v(ReLU(W_k x)^2), hidden 4d

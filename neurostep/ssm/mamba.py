@@ -121,12 +121,19 @@ class _SSMParams(nn.Module):
         xc = causal_conv1d_fn(x, conv.weight[:, 0, :], conv.bias,
                               initial_states=None if state is None else history[..., 1:].to(x.dtype),
                               activation="silu", backend=self.backend)
-        delta, Bm, Cm, delta_bias = self._scan_coefficients(xc, suffix)
-        A = -torch.exp(A_log.float())
-        y, last = selective_scan_fn(xc, delta, A, Bm, Cm, D.float(), z, delta_bias=delta_bias,
-                                    delta_softplus=True, return_last_state=True, initial_state=init_h,
-                                    backend=self.backend)
+        y, last = self._ssm_core(xc, z, suffix, init_h)
         return y, MambaState(new_conv, last)
+
+    def _ssm_core(self, xc: torch.Tensor, z: torch.Tensor, suffix: str, init_h: torch.Tensor | None
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The state space model on the conv output ``xc (B, Di, L)``: ``y`` gated by silu(z), and the last state."""
+        _, _, _, A_log, D = self._direction(suffix)
+        delta, Bm, Cm, delta_bias = self._scan_coefficients(xc, suffix)
+        # Parameters enter in the compute dtype: fp32 for half-precision models, fp64 for fp64 ones.
+        cdtype = compute_dtype(xc.dtype)
+        A = -torch.exp(A_log.to(cdtype))
+        return selective_scan_fn(xc, delta, A, Bm, Cm, D.to(cdtype), z, delta_bias=delta_bias, delta_softplus=True,
+                                 return_last_state=True, initial_state=init_h, backend=self.backend)
 
     def _scan_coefficients(self, xc: torch.Tensor, suffix: str
                            ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -139,7 +146,7 @@ class _SSMParams(nn.Module):
         # W @ dt^T yields (B, Di, L) contiguous, the scan's layout, without a transpose copy;
         # the bias is added inside the scan.
         delta = torch.matmul(dt_proj.weight, dt.transpose(1, 2))
-        return delta, Bm.transpose(1, 2), Cm.transpose(1, 2), dt_proj.bias.float()
+        return delta, Bm.transpose(1, 2), Cm.transpose(1, 2), dt_proj.bias.to(compute_dtype(xc.dtype))
 
     def _step_coefficients(self, xc: torch.Tensor, suffix: str
                            ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -149,7 +156,7 @@ class _SSMParams(nn.Module):
         rank = dt_proj.weight.shape[1]
         n = A_log.shape[1]
         dt, Bm, Cm = torch.split(x_dbl, [rank, n, n], dim=-1)
-        return F.linear(dt, dt_proj.weight), Bm, Cm, dt_proj.bias.float()
+        return F.linear(dt, dt_proj.weight), Bm, Cm, dt_proj.bias.to(compute_dtype(xc.dtype))
 
     def _ssm_step(self, x: torch.Tensor, z: torch.Tensor, suffix: str, state: MambaState
                   ) -> tuple[torch.Tensor, MambaState]:
@@ -157,8 +164,9 @@ class _SSMParams(nn.Module):
         conv, _, _, A_log, D = self._direction(suffix)
         xc, conv_state = causal_conv1d_update(x, state.conv_state, conv.weight[:, 0, :], conv.bias, activation="silu")
         dt, Bm, Cm, dt_bias = self._step_coefficients(xc, suffix)
-        y, ssm_state = selective_state_update(state.ssm_state, xc, dt, -torch.exp(A_log.float()), Bm, Cm, D.float(),
-                                              z=z, dt_bias=dt_bias, dt_softplus=True)
+        cdtype = compute_dtype(xc.dtype)
+        y, ssm_state = selective_state_update(state.ssm_state, xc, dt, -torch.exp(A_log.to(cdtype)), Bm, Cm,
+                                              D.to(cdtype), z=z, dt_bias=dt_bias, dt_softplus=True)
         return y, MambaState(conv_state, ssm_state)
 
 
@@ -307,13 +315,23 @@ class MambaLTI(Mamba):
     so the layer is a fixed (time-invariant) convolution of its input: it cannot decide by
     content which tokens to keep. ``B`` starts at 1 and ``C`` at N(0, 1) (S4D's real init),
     ``A`` and ``dt`` as in :class:`Mamba`. Same interface as :class:`Mamba`.
+
+    ``mode="conv"`` (default) computes a whole sequence as S4 does, as one long convolution:
+    the kernel ``K[d, t] = sum_n C[d, n] exp(t delta_d A[d, n]) delta_d B[d, n]`` convolved with
+    the input through an FFT (``O(L log L)``, plain torch autograd). ``mode="scan"`` runs the
+    selective-scan kernels with constant coefficients; the two agree to float rounding (tested).
     """
+
+    MODES = ("conv", "scan")
 
     def __init__(self, d_model: int, d_state: int = 16, d_conv: int = 4, expand: int = 2, dt_min: float = 0.001,
                  dt_max: float = 0.1, dt_init_floor: float = 1e-4, conv_bias: bool = True, bias: bool = False,
-                 backend: str = "auto") -> None:
+                 backend: str = "auto", mode: str = "conv") -> None:
+        if mode not in self.MODES:
+            raise ValueError(f"mode must be one of {self.MODES}, got {mode!r}")
         super().__init__(d_model, d_state, d_conv, expand, dt_rank=1, dt_min=dt_min, dt_max=dt_max,
                          dt_init_floor=dt_init_floor, conv_bias=conv_bias, bias=bias, backend=backend)
+        self.mode = mode
         # Selection off: the projections that made delta, B and C depend on x are replaced by parameters.
         dt_bias = self.dt_proj.bias.detach().clone()
         del self.x_proj, self.dt_proj
@@ -328,7 +346,33 @@ class MambaLTI(Mamba):
     def _scan_coefficients(self, xc: torch.Tensor, suffix: str
                            ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """``delta`` is 0 before the bias (``softplus(dt_bias)`` for every token); ``B, C`` are ``(Di, N)``."""
-        return torch.zeros_like(xc), self.B, self.C, self.dt_bias.float()
+        return torch.zeros_like(xc), self.B, self.C, self.dt_bias.to(compute_dtype(xc.dtype))
+
+    def _ssm_core(self, xc: torch.Tensor, z: torch.Tensor, suffix: str, init_h: torch.Tensor | None
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.mode == "scan":
+            return super()._ssm_core(xc, z, suffix, init_h)
+        cdtype = compute_dtype(xc.dtype)
+        u = xc.to(cdtype)
+        length = u.shape[-1]
+        dt = F.softplus(self.dt_bias.to(cdtype))                               # (Di,)
+        dA = dt[:, None] * -torch.exp(self.A_log.to(cdtype))                   # (Di, N), < 0
+        t = torch.arange(length, dtype=cdtype, device=u.device)
+        decay = torch.exp(dA[..., None] * t)                                    # (Di, N, L): exp(t dt A)
+        dtB = dt[:, None] * self.B.to(cdtype)
+        kernel = torch.einsum("dn,dnt->dt", self.C.to(cdtype) * dtB, decay)     # (Di, L)
+        size = 2 * length                                                       # zero padding: linear, not circular
+        y = torch.fft.irfft(torch.fft.rfft(u, n=size) * torch.fft.rfft(kernel, n=size), n=size)[..., :length]
+        y = y + self.D.to(cdtype)[:, None] * u
+        # h_L = sum_s exp((L-1-s) dt A) dt B u_s (+ exp(L dt A) h_0), and h_0 reaches y_l as exp((l+1) dt A) h_0
+        last = torch.einsum("dnt,bdt->bdn", decay.flip(-1) * dtB[..., None], u)
+        if init_h is not None:
+            h0 = init_h.to(cdtype)
+            y = y + torch.einsum("dn,dnt,bdn->bdt", self.C.to(cdtype), decay * torch.exp(dA)[..., None], h0)
+            last = last + torch.exp(dA * length) * h0
+        if z is not None:
+            y = y * F.silu(z.to(cdtype))
+        return y.to(xc.dtype), last
 
     def _step_coefficients(self, xc: torch.Tensor, suffix: str
                            ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -336,7 +380,7 @@ class MambaLTI(Mamba):
         # The decode op takes B, C per batch row in groups of lanes: one group per channel.
         Bm = self.B.unsqueeze(0).expand(batch, -1, -1)
         Cm = self.C.unsqueeze(0).expand(batch, -1, -1)
-        return torch.zeros_like(xc), Bm, Cm, self.dt_bias.float()
+        return torch.zeros_like(xc), Bm, Cm, self.dt_bias.to(compute_dtype(xc.dtype))
 
     def decode_step_(self, x_t: torch.Tensor, state: MambaState, A: torch.Tensor) -> torch.Tensor:
         """:meth:`step` with ``state`` updated in place (the selective fast path reads ``x_proj``)."""
@@ -347,7 +391,7 @@ class MambaLTI(Mamba):
 
     def extra_repr(self) -> str:
         return (f"d_model={self.d_model}, d_state={self.d_state}, d_conv={self.d_conv}, expand={self.expand}, "
-                f"selective=False, backend={self.backend!r}")
+                f"selective=False, mode={self.mode!r}, backend={self.backend!r}")
 
 
 def _batch_size(batch_shape: tuple[int, ...] | int, d_model: int) -> int:

@@ -513,3 +513,22 @@ def test_factories_and_copies_read_no_destination():
     r = count(M(), torch.randn(3, 4))
     assert r.total.bytes_read == 48
     assert r.total.bytes_written == 96
+
+
+def test_fft_costs_n_log2_n_per_transform():
+    class M(nn.Module):
+        def forward(self, x):
+            return torch.fft.irfft(torch.fft.rfft(x, n=16), n=16)
+
+    r = count(M(), torch.randn(3, 16))
+    # Two real transforms (r2c, c2r) of 16 points, 3 each: half of 2 n log2 n multiplies and 3 n log2 n adds.
+    work = 3 * 16 * 4 * 0.5 * 2
+    assert r.total.muls == pytest.approx(2 * work) and not r.unknown_ops
+    assert r.total.adds >= 3 * work
+
+
+def test_lti_mamba_conv_mode_is_fully_counted():
+    from neurostep.ssm import MambaLTI
+
+    r = count(MambaLTI(16, d_state=4), torch.randn(2, 24, 16))
+    assert not r.unknown_ops and r.total.macs > 0 and r.total.muls > 0

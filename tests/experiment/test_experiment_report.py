@@ -61,7 +61,11 @@ def test_findings_judged_on_current_rows():
                         "vim": (0.85, 0.02, 3)}}
     verdicts = {(v.finding.task, v.block, v.finding.reference): v for v in judge(FINDINGS, table)}
     assert verdicts[("selective_copy", "mamba", None)].reproduced
-    assert verdicts[("selective_copy", "mamba_lti", None)].reproduced
+    lti = verdicts[("selective_copy", "mamba_lti", "mamba")]
+    assert lti.reproduced and lti.robust and lti.mean == pytest.approx(-0.6)
+    wide = judge(FINDINGS, {"selective_copy": {"mamba": (0.95, 0.02, 3), "mamba_lti": (0.6, 0.5, 3)}})
+    assert [(v.reproduced, v.robust) for v in wide if v.block == "mamba_lti"] == [(True, False)]
+    assert "interval crosses" in [v for v in wide if v.block == "mamba_lti"][0].label()
     assert not verdicts[("selective_copy", "softmax_attention", None)].reproduced
     assert not verdicts[("digits", "vim", None)].reproduced             # "every block >= 0.9"
     ssa = verdicts[("digits", "spikformer_ssa", "softmax_attention")]
@@ -97,6 +101,7 @@ def test_mixer_report_tables_plots_and_known_results(tmp_path):
     assert "- **ninformer** on mqar: has no causal form." in text
     assert "## Known results" in text and "| Every block learns an easy image task |" in text
     assert "| vim | accuracy >= 0.9 | 0.710 ± 0.025 | 3 | **not reproduced** |" in text
+    assert "| softmax_attention | accuracy >= 0.9 | 0.960 ± 0.025 | 3 | reproduced |" in text
     assert "0.050 → 0.120" in text                       # spike rate at init and after training
     assert "## Kernel compile time" in text
     for png in ("digits_accuracy_vs_energy.png", "digits_accuracy_vs_latency.png", "digits_spike_rates.png",

@@ -24,6 +24,8 @@ swaps_per_epoch = [0, 4]
     assert by[("constant", "swaps_0", 0)]["final_eta"] == pytest.approx(0.01)
     assert by[("homeostatic", "swaps_4", 1)]["swaps"] == 8
     assert all(len(r["test_curve"]) == 2 and 0.0 <= r["metric"] <= 1.0 for r in recs)
+    # One score per label-mapping segment, each taken under the mapping that segment trained on.
+    assert by[("constant", "swaps_4", 0)]["segments"] == 8 and by[("constant", "swaps_0", 0)]["segments"] == 2
     # Paired design: same seed and rate -> same swaps for every learner, and same start.
     assert by[("random", "swaps_4", 0)]["swaps"] == by[("constant", "swaps_4", 0)]["swaps"]
     text = (run_dir / "report.md").read_text()

@@ -237,25 +237,55 @@ def test_lti_mamba_coefficients_do_not_depend_on_the_input():
     sel = Mamba(16, d_state=4)
     (_, Bs, _, _), (_, Bt, _, _) = sel._scan_coefficients(xa, ""), sel._scan_coefficients(xb, "")
     assert not torch.allclose(Bs, Bt)                    # the selective block's B is a function of x
-    # The SSM part is a time-invariant convolution: a delayed input gives a delayed output.
-    lti.eval()
-    u = torch.randn(1, 20, 16)
-    shifted = torch.cat([torch.zeros(1, 5, 16), u[:, :15]], 1)
-    torch.testing.assert_close(lti(shifted)[:, 5:], lti(u)[:, :15], rtol=1e-4, atol=1e-5)
+    # The state space model is a time-invariant convolution: a delayed input gives a delayed output.
+    for mode in ("conv", "scan"):
+        lti.mode = mode
+        u = torch.randn(1, 32, 20)
+        shifted = torch.cat([torch.zeros(1, 32, 5), u[..., :15]], -1)
+        with torch.no_grad():
+            y_shifted, y = lti._ssm_core(shifted, None, "", None)[0], lti._ssm_core(u, None, "", None)[0]
+        torch.testing.assert_close(y_shifted[..., 5:], y[..., :15], rtol=1e-4, atol=1e-5)
 
 
-def test_lti_mamba_scan_equals_step_and_trains():
+@pytest.mark.parametrize("mode", ["conv", "scan"])
+def test_lti_mamba_scan_equals_step_and_trains(mode):
     from neurostep.ssm import MambaLTI
 
     torch.manual_seed(1)
-    lti = MambaLTI(8, d_state=4, backend="reference")
+    lti = MambaLTI(8, d_state=4, backend="reference", mode=mode)
+    with torch.no_grad():
+        lti.dt_bias.fill_(0.5)   # decays well below 1 over the sequence, so the initial state matters
     x = torch.randn(2, 9, 8)
-    y, _ = lti.scan(x)
+    y, final = lti.scan(x)
     state = lti.init_state(2)
     steps = []
     for t in range(9):
         yt, state = lti.step(x[:, t], state)
         steps.append(yt)
-    torch.testing.assert_close(torch.stack(steps, 1), y, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(torch.stack(steps, 1), y, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(final.ssm_state, state.ssm_state, rtol=1e-4, atol=1e-5)
+    # Resuming from the state after 4 tokens gives the rest of the sequence.
+    _, mid = lti.scan(x[:, :4])
+    torch.testing.assert_close(lti.scan(x[:, 4:], mid)[0], y[:, 4:], rtol=1e-4, atol=1e-5)
     y.sum().backward()
     assert lti.B.grad is not None and lti.C.grad is not None and lti.dt_bias.grad is not None
+
+
+def test_lti_mamba_conv_mode_equals_scan_mode_with_gradients():
+    from neurostep.ssm import MambaLTI
+
+    torch.manual_seed(2)
+    conv = MambaLTI(8, d_state=4, mode="conv").double()
+    scan = MambaLTI(8, d_state=4, mode="scan", backend="reference").double()
+    scan.load_state_dict(conv.state_dict())
+    x = torch.randn(3, 40, 8, dtype=torch.float64)
+    outs = []
+    for model in (conv, scan):
+        y = model(x)
+        (y * torch.linspace(-1, 1, 40, dtype=torch.float64)[None, :, None]).sum().backward()
+        outs.append((y, {n: p.grad.clone() for n, p in model.named_parameters()}))
+    torch.testing.assert_close(outs[0][0], outs[1][0], rtol=1e-9, atol=1e-10)
+    for name, grad in outs[0][1].items():
+        torch.testing.assert_close(grad, outs[1][1][name], rtol=1e-8, atol=1e-10, msg=name)
+    with pytest.raises(ValueError, match="mode must be one of"):
+        MambaLTI(8, mode="fft")
