@@ -170,16 +170,34 @@ def summary_table(rows: dict[str, list[dict[str, Any]]], task_bases: dict[str, s
     return table
 
 
-def _mixer_report(run_dir: Path, out_dir: Path, records: list[dict[str, Any]]) -> list[str]:
+def _task_bases(plan: dict[str, Any], records: list[dict[str, Any]]) -> dict[str, str]:
+    """Task label -> base task name, from the plan or the records' resolved configurations."""
+    bases = {label: info.get("task", label) for label, info in plan.get("tasks", {}).items()}
+    for r in records:
+        bases.setdefault(r["task"], (r.get("config") or {}).get("task_options", {}).get("task", r["task"]))
+    return bases
+
+
+def known_results(run_dir: str | Path, records: list[dict[str, Any]] | None = None) -> list[Any]:
+    """The verdicts of the known-results table for the results in ``run_dir`` (what the report shows);
+    ``records`` saves reading ``results.jsonl`` again when the caller has them."""
     from neurostep.experiment.findings import FINDINGS, judge
+    from neurostep.experiment.runner import read_plan
+
+    run_dir = Path(run_dir)
+    records = ResultStore(run_dir).load() if records is None else records
+    plan = read_plan(run_dir)
+    rows = mixer_rows(records, set(plan.get("config_hashes", [])) or None)
+    return judge(FINDINGS, summary_table(rows, _task_bases(plan, records)))
+
+
+def _mixer_report(run_dir: Path, out_dir: Path, records: list[dict[str, Any]]) -> list[str]:
     from neurostep.experiment.runner import read_plan
 
     plan = read_plan(run_dir)
     name = plan.get("experiment") or records[0].get("experiment", run_dir.name)
     current = set(plan.get("config_hashes", [])) or None
-    task_bases = {label: info.get("task", label) for label, info in plan.get("tasks", {}).items()}
-    for r in records:
-        task_bases.setdefault(r["task"], (r.get("config") or {}).get("task_options", {}).get("task", r["task"]))
+    task_bases = _task_bases(plan, records)
     rows = mixer_rows(records, current)
     seeds = sorted({int(r["seed"]) for r in records})
     source = plan.get("source")
@@ -190,8 +208,12 @@ def _mixer_report(run_dir: Path, out_dir: Path, records: list[dict[str, Any]]) -
              "(a seed run twice counts once). Energy, MACs and ACs are per sample (inference); training energy is "
              "per training sample (forward plus a dense backward of twice the operations); latency is one sample "
              "and throughput a batch, on the machine in the records.", ""]
-    verdicts = judge(FINDINGS, summary_table(rows, task_bases))
-    lines += _known_results(verdicts)
+    session = plan.get("session") or {}
+    if session.get("wall_s") is not None:
+        lines += [f"The last `neurostep run` trained {session['trained_runs']} runs with {session['workers']} "
+                  f"worker(s) in {session['wall_s'] / 60:.1f} min ({session['started_at']} to "
+                  f"{session['finished_at']}).", ""]
+    lines += _known_results(known_results(run_dir, records))
     if plan.get("skipped"):
         lines += ["## Skipped", ""]
         lines += [f"- **{s['block']}** on {s['task']}: {s['reason']}." for s in plan["skipped"]]
@@ -203,19 +225,53 @@ def _mixer_report(run_dir: Path, out_dir: Path, records: list[dict[str, Any]]) -
     return lines
 
 
+def known_results_table(verdicts: list[Any], compact: bool = False) -> list[str]:
+    """The known-results table as Markdown lines.
+
+    ``compact`` (for a README): finding, block, ours and verdict only, and a finding about every
+    block collapsed into one row that names its weakest block.
+    """
+    if not compact:
+        lines = ["| finding | source | paper | block | condition | ours | seeds | verdict |",
+                 "|---|---|---|---|---|---|---|---|"]
+        for v in verdicts:
+            f = v.finding
+            lines.append(f"| {f.claim} | {f.source} | {f.paper} | {v.block} | {f.condition()} | "
+                         f"{_pm(v.mean, v.half, '.3f')} | {v.seeds} | {v.label()} |")
+        return lines
+    lines = ["| finding (paper) | block | ours (mean ± 95% CI) | verdict |", "|---|---|---|---|"]
+
+    def short(source: str) -> str:  # "Mamba (Gu & Dao 2023), Table 1" -> "Mamba"
+        return source.split(" (")[0].split(",")[0]
+
+    done: set[int] = set()
+    for v in verdicts:
+        f = v.finding
+        if id(f) in done:
+            continue
+        if f.block != "*":
+            block = v.block if f.reference is None else f"{v.block} minus {f.reference}"
+            lines.append(f"| {f.claim} ({short(f.source)}) | {block} | {_pm(v.mean, v.half, '.3f')} "
+                         f"| {v.label()} |")
+            continue
+        done.add(id(f))
+        group = [w for w in verdicts if w.finding is f]
+        worst = min(group, key=lambda w: w.mean if f.op == ">=" else -w.mean)
+        held, robust = sum(w.reproduced for w in group), sum(w.robust for w in group)
+        lines.append(f"| {f.claim} ({short(f.source)}) | all {len(group)}; lowest: {worst.block} "
+                     f"| {_pm(worst.mean, worst.half, '.3f')} | {held} of {len(group)} reproduced "
+                     f"({robust} with the whole interval) |")
+    return lines
+
+
 def _known_results(verdicts: list[Any]) -> list[str]:
     if not verdicts:
         return ["## Known results", "", "*None of the papers' findings is covered by the tasks and blocks of "
                 "this experiment.*", ""]
     lines = ["## Known results", "",
              "What the papers found, and what this run measured (mean over seeds, 95% interval). A finding "
-             "with a reference block is judged on the difference of the two means.", "",
-             "| finding | source | paper | block | condition | ours | seeds | verdict |",
-             "|---|---|---|---|---|---|---|---|"]
-    for v in verdicts:
-        f = v.finding
-        lines.append(f"| {f.claim} | {f.source} | {f.paper} | {v.block} | {f.condition()} | "
-                     f"{_pm(v.mean, v.half, '.3f')} | {v.seeds} | {v.label()} |")
+             "with a reference block is judged on the difference of the two means.", ""]
+    lines += known_results_table(verdicts)
     n_ok = sum(v.reproduced for v in verdicts)
     n_robust = sum(v.robust for v in verdicts)
     lines += ["", f"{n_ok} of {len(verdicts)} reproduced in the mean; {n_robust} of them with the whole 95% "

@@ -89,7 +89,10 @@ def _cost(cfg: ExperimentConfig, run: PlannedRun) -> float:
     return float(train["steps"] * train["batch_size"] * length)
 
 
-def _write_plan(cfg: ExperimentConfig, runs: list[PlannedRun], skipped: list[Skipped]) -> None:
+def _write_plan(cfg: ExperimentConfig, runs: list[PlannedRun], skipped: list[Skipped],
+                session: dict[str, Any] | None = None) -> None:
+    """``plan.json``: what the file asks for, what is skipped and why, and (``session``) how the
+    last invocation went: its start, end, wall time and how many runs it trained."""
     plan = {
         "experiment": cfg.name,
         "kind": cfg.kind,
@@ -102,6 +105,7 @@ def _write_plan(cfg: ExperimentConfig, runs: list[PlannedRun], skipped: list[Ski
         "skipped": [vars(s) for s in skipped],
         "workers": cfg.workers,
         "written_at": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "session": session or {},
     }
     atomic_write_text(cfg.run_dir / "plan.json", json.dumps(plan, indent=1) + "\n")
 
@@ -169,6 +173,7 @@ def run_experiment(cfg: ExperimentConfig, *, progress: bool | None = None, repor
     lock = RunLock(cfg.run_dir) if ctx.is_main else None
     if lock is not None:
         lock.acquire()
+    started, wall0 = time.strftime("%Y-%m-%d %H:%M:%S"), time.perf_counter()
     try:
         store = ResultStore(cfg.run_dir)
         done = store.done_keys()
@@ -197,6 +202,11 @@ def run_experiment(cfg: ExperimentConfig, *, progress: bool | None = None, repor
                     store.append(record)
                     log(f"[{i}/{len(runs)}] {run.block} / {run.task} / seed {run.seed}: {_summary(record)}")
                 ctx.barrier()
+        if ctx.is_main:
+            # The wall time of the training session, beside the plan (compare it with a time budget).
+            _write_plan(cfg, runs, skipped, {"started_at": started, "finished_at": time.strftime("%Y-%m-%d %H:%M:%S"),
+                                             "wall_s": round(time.perf_counter() - wall0, 1),
+                                             "trained_runs": len(todo), "workers": workers})
         if report and ctx.is_main:
             from neurostep.experiment.report import write_report
 

@@ -10,6 +10,7 @@ import pytest
 
 from neurostep.experiment import RunDirLocked, RunLock, load_config, parse_config, plan_runs, run_experiment
 from neurostep.experiment.results import ResultStore
+from neurostep.experiment.runner import read_plan
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -109,6 +110,9 @@ def test_two_workers_train_side_by_side(make_toml):
     run_dir = run_experiment(cfg, log=lambda s: None)
     records = ResultStore(run_dir).load()
     assert len(records) == 4 and time.perf_counter() - start < 240
+    session = read_plan(run_dir)["session"]
+    assert session["trained_runs"] == 4 and session["workers"] == 2 and session["wall_s"] > 0
+    assert "The last `neurostep run` trained 4 runs with 2 worker(s)" in (run_dir / "report.md").read_text()
     assert {(r["block"], r["seed"]) for r in records} == {(b, s) for b in ("softmax_attention", "crate_mssa")
                                                           for s in (0, 1)}
     assert (run_dir / "report.md").exists()

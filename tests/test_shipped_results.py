@@ -1,0 +1,62 @@
+"""The main job's results shipped in docs/results/ and every number the README and docs quote from them."""
+
+import json
+from pathlib import Path
+
+from neurostep.experiment.config import tomllib
+from neurostep.experiment.report import known_results, known_results_table
+
+ROOT = Path(__file__).resolve().parents[1]
+SHIPPED = ROOT / "docs" / "results" / "attention_alternatives"
+
+
+def _duration(seconds: float) -> str:
+    return f"{int(seconds // 60)} min {int(round(seconds % 60))} s"
+
+
+def test_the_shipped_run_is_complete():
+    plan = json.loads((SHIPPED / "plan.json").read_text())
+    records = [json.loads(line) for line in (SHIPPED / "results.jsonl").read_text().splitlines() if line]
+    runs = sum(len(info["blocks"]) for info in plan["tasks"].values()) * len(plan["seeds"]) - len(plan["skipped"])
+    assert len(records) == runs and plan["source"] == "experiments/attention_alternatives.toml"
+    # The file as it is now asks for what the shipped run ran (comments may differ).
+    now, shipped = ((ROOT / plan["source"]).read_text(), (SHIPPED / "experiment.toml").read_text())
+    assert tomllib.loads(now) == tomllib.loads(shipped)
+    assert (SHIPPED / "report.md").exists()
+
+
+def test_docs_and_readme_quote_the_shipped_known_results():
+    verdicts = known_results(SHIPPED)
+    docs = (ROOT / "docs" / "experiments.md").read_text()
+    readme = (ROOT / "README.md").read_text()
+    for line in known_results_table(verdicts):
+        assert line in docs, f"docs/experiments.md lacks: {line}"
+    for line in known_results_table(verdicts, compact=True):
+        assert line in readme, f"README.md lacks: {line}"
+    timing = json.loads((SHIPPED / "timing.json").read_text())
+    for text in (docs, readme):
+        assert _duration(timing["real_s"]) in text and timing["date"] in text
+
+
+def test_homeostasis_page_quotes_the_shipped_concept_shift_run():
+    from collections import defaultdict
+
+    from neurostep.experiment.report import mean_ci
+
+    records = [json.loads(line) for line in (ROOT / "docs/results/concept_shift/results.jsonl").read_text().splitlines()
+               if line]
+    cell: dict = defaultdict(dict)
+    for r in records:
+        cell[(r["block"], r["swaps_per_epoch"])][r["seed"]] = r["mean_test_accuracy"]
+    page = (ROOT / "docs" / "homeostasis.md").read_text()
+
+    def pm(values: list[float], sign: str = "") -> str:
+        m, h = mean_ci(values)
+        return f"{m:{sign}.3f} ± {h:.3f}"
+
+    for rate in sorted({k[1] for k in cell}):
+        h, rnd, const = (cell[(name, rate)] for name in ("homeostatic", "random", "constant"))
+        seeds = sorted(h)
+        row = (f"| {rate} | {pm(list(h.values()))} | {pm(list(rnd.values()))} | {pm(list(const.values()))} "
+               f"| {pm([h[s] - rnd[s] for s in seeds], '+')} | {pm([h[s] - const[s] for s in seeds], '+')} |")
+        assert row in page, row
