@@ -41,7 +41,7 @@ KINDS = ("mixers", "concept_shift")
 EXPERIMENT_DEFAULTS: dict[str, Any] = {
     "name": None,          # defaults to the file's stem
     "kind": "mixers",
-    "seeds": [0],
+    "seeds": [0, 1, 2],    # three seeds unless a file says otherwise: every metric gets an interval
     "blocks": [],
     "tasks": [],
     "learners": ["homeostatic", "random", "constant"],

@@ -68,6 +68,16 @@ def _mean(records: list[dict[str, Any]], key: str) -> float | None:
     return float(np.mean(vals)) if vals else None
 
 
+def _save(fig: Any, out_dir: Path, file: str) -> str:
+    """Lay out, write ``out_dir/file`` as PNG and close ``fig``; returns ``file`` for the Markdown link."""
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    fig.savefig(out_dir / file, dpi=110)
+    plt.close(fig)
+    return file
+
+
 def _plt():  # noqa: ANN202 - matplotlib.pyplot
     import matplotlib
 
@@ -348,10 +358,7 @@ def _curve_plot(out_dir: Path, task: str, metric: str, task_rows: list[dict[str,
         ax.set_ylabel(f"validation {metric}")
     axes[0].legend(fontsize=7)
     fig.suptitle(f"{task}: learning curves (one line per seed)")
-    fig.tight_layout()
-    file = f"{_safe(task)}_learning_curves.png"
-    fig.savefig(out_dir / file, dpi=110)
-    plt.close(fig)
+    file = _save(fig, out_dir, f"{_safe(task)}_learning_curves.png")
     return [f"![{task} learning curves]({file})", ""]
 
 
@@ -387,10 +394,7 @@ def _scaling_section(out_dir: Path, rows: dict[str, list[dict[str, Any]]], task_
         ax.set_ylabel("accuracy")
         ax.set_title(f"{base}: accuracy against {key}")
         ax.legend(fontsize=7)
-        fig.tight_layout()
-        file = f"{_safe(base)}_scaling_{_safe(key)}.png"
-        fig.savefig(out_dir / file, dpi=110)
-        plt.close(fig)
+        file = _save(fig, out_dir, f"{_safe(base)}_scaling_{_safe(key)}.png")
         lines += [f"## Scaling: {base} against {key}", "",
                   f"Tasks {', '.join(sorted(labels))}; where a block's accuracy falls, it breaks.", "",
                   f"![{base} accuracy against {key}]({file})", ""]
@@ -434,10 +438,7 @@ def _mixer_plots(run_dir: Path, task: str, metric: str, higher: bool, rows: list
         ax.set_ylabel(metric)
         ax.set_title(f"{task}: {metric} vs {cost_key}")
         ax.legend(fontsize=8)
-        fig.tight_layout()
-        file = f"{_safe(task)}_{metric}_vs_{fname}.png"
-        fig.savefig(run_dir / file, dpi=110)
-        plt.close(fig)
+        file = _save(fig, run_dir, f"{_safe(task)}_{metric}_vs_{fname}.png")
         lines += [f"![{task} {metric} vs {cost_key}]({file})", "",
                   f"Pareto front ({cost_key}): " + ", ".join(pts[i]["block"] for i in front), ""]
     spiking = [row for row in rows if row["rates"]]
@@ -451,10 +452,7 @@ def _mixer_plots(run_dir: Path, task: str, metric: str, higher: bool, rows: list
                                fontsize=6, ha="right")
             ax.set_ylabel("rate")
             ax.set_title(f"{row['block']}: spike rate per neuron layer", fontsize=9)
-        fig.tight_layout()
-        file = f"{_safe(task)}_spike_rates.png"
-        fig.savefig(run_dir / file, dpi=110)
-        plt.close(fig)
+        file = _save(fig, run_dir, f"{_safe(task)}_spike_rates.png")
         lines += [f"![{task} spike rates per layer]({file})", ""]
     else:
         lines += [f"*No spiking layers among the blocks of {task}: no spike-rate plot.*", ""]
@@ -537,9 +535,7 @@ def _concept_shift_report(run_dir: Path, records: list[dict[str, Any]]) -> list[
         ax.set_xlabel("epoch")
     axes[0, 0].set_ylabel("test accuracy")
     axes[0, 0].legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(run_dir / "accuracy_over_time.png", dpi=110)
-    plt.close(fig)
+    _save(fig, run_dir, "accuracy_over_time.png")
     fig, axes = plt.subplots(1, len(rates), figsize=(3.2 * len(rates), 3.2), squeeze=False, sharey=True)
     for ax, rate in zip(axes[0], rates):
         for learner in learners:
@@ -550,9 +546,7 @@ def _concept_shift_report(run_dir: Path, records: list[dict[str, Any]]) -> list[
         ax.set_xlabel("fraction of training")
     axes[0, 0].set_ylabel("learning rate (mean over seeds)")
     axes[0, 0].legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(run_dir / "learning_rates.png", dpi=110)
-    plt.close(fig)
+    _save(fig, run_dir, "learning_rates.png")
     lines += ["![test accuracy over epochs](accuracy_over_time.png)", "",
               "![learning-rate trajectories](learning_rates.png)", ""]
     if advantages:
@@ -565,9 +559,7 @@ def _concept_shift_report(run_dir: Path, records: list[dict[str, Any]]) -> list[
         ax.set_xlabel("swaps per epoch")
         ax.set_ylabel("accuracy advantage")
         ax.legend(fontsize=8)
-        fig.tight_layout()
-        fig.savefig(run_dir / "advantage_vs_shift_rate.png", dpi=110)
-        plt.close(fig)
+        _save(fig, run_dir, "advantage_vs_shift_rate.png")
         lines += ["![advantage vs shift rate](advantage_vs_shift_rate.png)", ""]
     return lines
 

@@ -26,7 +26,7 @@ def test_causal_task_skips_blocks_without_a_causal_form():
                                                  ("mamba", "digits")}
     cfg = parse_config({"experiment": {"blocks": ["vim"], "tasks": ["mqar"]},
                         "tasks": {"mqar": {"causal": False}}}, name="t")
-    assert len(plan_runs(cfg)[0]) == 1 and not plan_runs(cfg)[1]     # asked for explicitly: runs bidirectionally
+    assert len(plan_runs(cfg)[0]) == 3 and not plan_runs(cfg)[1]     # asked for explicitly; 3 seeds by default
 
 
 def test_per_task_blocks_and_overrides():
