@@ -73,3 +73,22 @@ def test_python_dash_m_entry_point():
     assert out.returncode == 0 and "run" in out.stdout and "energy" in out.stdout
     with pytest.raises(SystemExit):
         main(["frobnicate"])
+
+
+def test_every_cli_argument_has_help_text():
+    import argparse
+
+    from neurostep.cli import build_parser
+    from neurostep.energy.cli import build_parser as energy_parser
+
+    def parsers(p: argparse.ArgumentParser):
+        yield p
+        for action in p._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for sub in action.choices.values():
+                    yield from parsers(sub)
+
+    missing = [f"{p.prog} {a.dest}" for root in (build_parser(), energy_parser()) for p in parsers(root)
+               for a in p._actions if not isinstance(a, (argparse._HelpAction, argparse._SubParsersAction))
+               and not a.help]
+    assert not missing, missing
