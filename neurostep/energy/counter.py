@@ -37,7 +37,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from neurostep.energy.profiles import EnergyProfile, get_profile
 from neurostep.energy.report import MODES, Counts, Report
-from neurostep.engine import COSTS, OpCost
+from neurostep.engine import COSTS, OpCost, Recurrent
 
 # Order of the per-op cost vector kept by the counter (a plain list is the cheapest accumulator).
 FIELDS: tuple[str, ...] = (
@@ -879,45 +879,38 @@ def count(
         return lambda module, args, output: counter.pop(path)
 
     handles = []
-    patched: list[tuple[nn.Module, str, Any]] = []
     try:
         for path, module in names.items():
             handles.append(module.register_forward_pre_hook(pre_hook(path)))
             handles.append(module.register_forward_hook(post_hook(path), always_call=True))
-            # Recurrent blocks call each other's scan()/step() directly, bypassing __call__
-            # and its hooks: wrap those methods on the instance for the count.
-            for method in ("scan", "step"):
-                if callable(getattr(type(module), method, None)):
-                    previous = module.__dict__.get(method, _MISSING)
-                    object.__setattr__(module, method, _tracked(counter, path, getattr(module, method)))
-                    patched.append((module, method, previous))
+            # Recurrent blocks call each other's scan()/step() directly, bypassing __call__ and
+            # its hooks: their step hooks attribute those calls.
+            if isinstance(module, Recurrent):
+                handles.append(module.register_step_hook(*_step_hooks(counter, path), always_call=True))
         with torch.no_grad() if no_grad else nullcontext(), counter:
             target(*inputs, **kwargs)
     finally:
         for h in handles:
             h.remove()
-        for module, method, previous in reversed(patched):
-            if previous is _MISSING:
-                module.__dict__.pop(method, None)
-            else:
-                object.__setattr__(module, method, previous)
     return _build_report(counter, target, prof, mode, notes)
 
 
-_MISSING = object()
+def _step_hooks(counter: OpCounter, path: str) -> tuple[Callable[..., None], Callable[..., None]]:
+    """Pre and post step hooks that put ``path`` on the counter's module stack for a direct
+    ``scan``/``step`` call, unless the call came through the module's own ``__call__`` (forward
+    -> scan), which already did."""
+    pushed: list[bool] = []
 
+    def pre(module: nn.Module, method: str, args: tuple, kwargs: dict) -> None:
+        pushed.append(not (counter.stack and counter.stack[-1] == path))
+        if pushed[-1]:
+            counter.push(path)
 
-def _tracked(counter: OpCounter, path: str, method: Callable[..., Any]) -> Callable[..., Any]:
-    def call(*args: Any, **kwargs: Any) -> Any:
-        if counter.stack and counter.stack[-1] == path:
-            return method(*args, **kwargs)   # already entered through __call__ (forward -> scan)
-        counter.push(path)
-        try:
-            return method(*args, **kwargs)
-        finally:
+    def post(module: nn.Module, method: str, args: tuple, kwargs: dict, output: Any) -> None:
+        if pushed.pop():
             counter.pop(path)
 
-    return call
+    return pre, post
 
 
 def _build_report(counter: OpCounter, model: nn.Module, profile: EnergyProfile, mode: str,

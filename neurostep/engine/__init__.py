@@ -11,12 +11,22 @@ from neurostep.engine.checks import (
     compute_dtype,
 )
 from neurostep.engine.costs import COSTS, OpCost, register_cost
-from neurostep.engine.protocol import Recurrent, State, scan_by_steps, step_shape
+from neurostep.engine.protocol import (
+    Composite,
+    Recurrent,
+    State,
+    detect_anomalies,
+    iter_tensors,
+    run_child,
+    scan_by_steps,
+    step_shape,
+)
 
 __all__ = [
     "AUTO_ORDER",
     "BACKEND_NAMES",
     "COSTS",
+    "Composite",
     "FLOAT_DTYPES",
     "KERNELS",
     "BackendUnavailableError",
@@ -30,7 +40,10 @@ __all__ = [
     "check_same_shape",
     "check_tensor",
     "compute_dtype",
+    "detect_anomalies",
+    "iter_tensors",
     "register_cost",
+    "run_child",
     "scan_by_steps",
     "step_shape",
 ]

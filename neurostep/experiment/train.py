@@ -86,9 +86,9 @@ def _neuron_classes() -> tuple[type, ...]:
 class SpikeMonitor:
     """Counts spikes per neuron layer while active.
 
-    Neuron modules are called through ``forward``, ``scan`` or ``step``; each instance's
-    methods are wrapped (instance attributes, removed on exit) and only the outermost call
-    counts, so a ``forward`` that calls ``scan`` is not counted twice.
+    Neuron layers are called through ``forward``, ``scan`` or ``step``; a step hook
+    (:meth:`neurostep.engine.Recurrent.register_step_hook`) sees each outermost ``scan``/``step``
+    call once, ``forward`` included (it scans), and the hooks are removed on exit.
     """
 
     def __init__(self, model: nn.Module) -> None:
@@ -96,37 +96,26 @@ class SpikeMonitor:
         self.layers = {name: m for name, m in model.named_modules() if classes and isinstance(m, classes)}
         self.spikes: dict[str, float] = {name: 0.0 for name in self.layers}
         self.elements: dict[str, float] = {name: 0.0 for name in self.layers}
+        self._handles: list[Any] = []
 
-    def _wrap(self, name: str, module: nn.Module, method: str, depth: list[int]) -> Callable[..., Any]:
-        bound = getattr(module, method)
+    def _count(self, name: str) -> Callable[..., None]:
+        def post(module: nn.Module, method: str, args: tuple, kwargs: dict, output: Any) -> None:
+            s = output[0] if isinstance(output, tuple) else output
+            if isinstance(s, torch.Tensor):
+                self.spikes[name] += float(s.detach().float().sum())
+                self.elements[name] += float(s.numel())
 
-        def wrapped(*args: Any, **kwargs: Any) -> Any:
-            depth[0] += 1
-            try:
-                out = bound(*args, **kwargs)
-            finally:
-                depth[0] -= 1
-            if depth[0] == 0:
-                s = out[0] if isinstance(out, tuple) else out
-                if isinstance(s, torch.Tensor):
-                    self.spikes[name] += float(s.detach().float().sum())
-                    self.elements[name] += float(s.numel())
-            return out
-
-        return wrapped
+        return post
 
     def __enter__(self) -> SpikeMonitor:
         for name, module in self.layers.items():
-            depth = [0]
-            for method in ("forward", "scan", "step"):
-                if hasattr(module, method):
-                    setattr(module, method, self._wrap(name, module, method, depth))
+            self._handles.append(module.register_step_hook(post=self._count(name)))
         return self
 
     def __exit__(self, *exc: object) -> None:
-        for module in self.layers.values():
-            for method in ("forward", "scan", "step"):
-                module.__dict__.pop(method, None)
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
 
     def rates(self) -> dict[str, float]:
         return {n: self.spikes[n] / self.elements[n] for n in self.layers if self.elements[n] > 0}

@@ -38,7 +38,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from neurostep.engine import Recurrent, check_nonempty, check_tensor, compute_dtype
+from neurostep.engine import Composite, Recurrent, check_nonempty, check_tensor, compute_dtype, run_child
 from neurostep.kernels.wkv import WKVState, wkv, wkv_step
 from neurostep.kernels.wkv import init_state as wkv_init_state
 from neurostep.neuro.neurons import LIF, LIFState
@@ -280,8 +280,9 @@ class BlockState(NamedTuple):
     ffn: ChannelMixState
 
 
-class SpikeGPTBlock(Recurrent):
-    """``x += LIF(TimeMix(LN1 x)); x += LIF(ChannelMix(LN2 x))`` on ``(B, L, C)`` (plus ``ln0`` in layer 0)."""
+class SpikeGPTBlock(Composite):
+    """``x += LIF(TimeMix(LN1 x)); x += LIF(ChannelMix(LN2 x))`` on ``(B, L, C)`` or one token ``(B, C)``
+    (plus ``ln0`` in layer 0)."""
 
     time_dim = 1
 
@@ -300,28 +301,18 @@ class SpikeGPTBlock(Recurrent):
         return BlockState(self.att.init_state(batch_shape, device, dtype),
                           self.ffn.init_state(batch_shape, device, dtype))
 
-    def scan(self, x: torch.Tensor, state: BlockState | None = None) -> tuple[torch.Tensor, BlockState]:
+    def advance(self, x: torch.Tensor, state: BlockState | None, stepping: bool) -> tuple[torch.Tensor, BlockState]:
         if state is None:
             state = self.init_state((x.shape[0], x.shape[-1]), x.device, x.dtype)
         if self.ln0 is not None:
             x = self.ln0(x)
-        a, att_state = self.att.scan(self.ln1(x), state.att)
+        a, att_state = run_child(self.att, self.ln1(x), state.att, stepping)
         x = x + a
-        f, ffn_state = self.ffn.scan(self.ln2(x), state.ffn)
+        f, ffn_state = run_child(self.ffn, self.ln2(x), state.ffn, stepping)
         return self.drop(x + f), BlockState(att_state, ffn_state)
 
-    def step(self, x_t: torch.Tensor, state: BlockState | None) -> tuple[torch.Tensor, BlockState]:
-        if state is None:
-            state = self.init_state(tuple(x_t.shape), x_t.device, x_t.dtype)
-        if self.ln0 is not None:
-            x_t = self.ln0(x_t)
-        a, att_state = self.att.step(self.ln1(x_t), state.att)
-        x_t = x_t + a
-        f, ffn_state = self.ffn.step(self.ln2(x_t), state.ffn)
-        return self.drop(x_t + f), BlockState(att_state, ffn_state)
 
-
-class SpikeGPT(Recurrent):
+class SpikeGPT(Composite):
     """SpikeGPT language model: tokens ``(B, L)`` -> logits ``(B, L, vocab_size)``.
 
     ``scan(idx, state)`` runs a sequence (fused kernels) and returns the per-layer state;
@@ -371,31 +362,23 @@ class SpikeGPT(Recurrent):
             raise TypeError(f"state must be a tuple of {self.n_layer} BlockState (from init_state or scan), "
                             f"got {type(state).__name__}")
 
-    def scan(self, idx: torch.Tensor, state: tuple[BlockState, ...] | None = None
-             ) -> tuple[torch.Tensor, tuple[BlockState, ...]]:
-        """``idx (B, L)`` -> ``(logits (B, L, V), state)``."""
-        idx = check_tensor("idx", idx, ndim=2, dtypes=None)
-        check_nonempty("idx", idx, 1, "tokens")
+    def check_input(self, idx: torch.Tensor, stepping: bool) -> None:
+        if stepping:
+            check_tensor("idx_t", idx, ndim=1, dtypes=None)
+        else:
+            check_tensor("idx", idx, ndim=2, dtypes=None)
+            check_nonempty("idx", idx, 1, "tokens")
+
+    def advance(self, idx: torch.Tensor, state: tuple[BlockState, ...] | None, stepping: bool
+                ) -> tuple[torch.Tensor, tuple[BlockState, ...]]:
+        """``idx (B, L)`` -> ``(logits (B, L, V), state)``; one token ``idx_t (B,)`` -> ``(logits (B, V), state)``."""
         x = self._embed(idx)
         if state is None:
             state = self.init_state((idx.shape[0],), idx.device, x.dtype)
         self._check_state(state)
         new_state = []
         for block, s in zip(self.blocks, state):
-            x, s = block.scan(x, s)
-            new_state.append(s)
-        return self.head(self.ln_out(x)), tuple(new_state)
-
-    def step(self, idx_t: torch.Tensor, state: tuple[BlockState, ...] | None) -> tuple[torch.Tensor, tuple]:
-        """``idx_t (B,)`` -> ``(logits (B, V), state)``."""
-        idx_t = check_tensor("idx_t", idx_t, ndim=1, dtypes=None)
-        x = self._embed(idx_t)
-        if state is None:
-            state = self.init_state((idx_t.shape[0],), idx_t.device, x.dtype)
-        self._check_state(state)
-        new_state = []
-        for block, s in zip(self.blocks, state):
-            x, s = block.step(x, s)
+            x, s = run_child(block, x, s, stepping)
             new_state.append(s)
         return self.head(self.ln_out(x)), tuple(new_state)
 

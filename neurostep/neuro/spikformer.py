@@ -22,9 +22,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from neurostep.engine import Recurrent, check_tensor
+from neurostep.engine import Composite, check_tensor, run_child
 from neurostep.layers import resolve_norm
-from neurostep.neuro.ssa import SpikingSelfAttention, lif_run, spikformer_lif
+from neurostep.neuro.ssa import SpikingSelfAttention, check_tokens_in_time, spikformer_lif
 
 POOL_POSITIONS = ("after_lif", "before_lif")
 STEMS = ("sps", "scs")
@@ -42,15 +42,19 @@ __all__ = [
 ]
 
 
-def _run(module: Recurrent, x: torch.Tensor, state: Any, stepping: bool) -> tuple[torch.Tensor, Any]:
-    return module.step(x, state) if stepping else module.scan(x, state)
-
-
 def _pair(size: int | tuple[int, int], name: str) -> tuple[int, int]:
     pair = (size, size) if isinstance(size, int) else tuple(size)
     if len(pair) != 2 or any(not isinstance(s, int) or s <= 0 for s in pair):
         raise ValueError(f"{name} must be a positive int or a pair of them, got {size!r}")
     return pair  # type: ignore[return-value]
+
+
+def _check_images(name: str, x: torch.Tensor, channels: int, stepping: bool) -> None:
+    """Images ``(B, C, H, W)`` (one step) or ``(T, B, C, H, W)`` (a sequence) with ``C = channels``."""
+    layout = "(B, C, H, W)" if stepping else "(T, B, C, H, W)"
+    check_tensor(name, x, ndim=4 if stepping else 5)
+    if x.shape[-3] != channels or x.numel() == 0:
+        raise ValueError(f"{name} must have shape {layout} with C={channels} and no empty dim, got {tuple(x.shape)}")
 
 
 def _num_downsamplings(patch_size: int) -> int:
@@ -60,8 +64,11 @@ def _num_downsamplings(patch_size: int) -> int:
     return patch_size.bit_length() - 1
 
 
-class ConvBNLIF(Recurrent):
-    """Conv2d (no bias) + BatchNorm2d + LIF, with an optional 3x3/2 max-pool, on ``(T, B, C, H, W)``.
+class ConvBNLIF(Composite):
+    """Conv2d (no bias) + BatchNorm2d + LIF, with an optional 3x3/2 max-pool.
+
+    ``scan``: ``(T, B, C, H, W)`` -> spikes ``(T, B, C', H', W')``; ``step``: ``(B, C, H, W)`` ->
+    ``(B, C', H', W')``.
 
     Args:
         in_channels, out_channels: channels.
@@ -91,13 +98,13 @@ class ConvBNLIF(Recurrent):
         y = self.pool(x.reshape(-1, *x.shape[-3:]))
         return y.reshape(*lead, *y.shape[-3:])
 
-    def _run(self, x: torch.Tensor, state: Any, stepping: bool) -> tuple[torch.Tensor, Any]:
+    def advance(self, x: torch.Tensor, state: Any, stepping: bool) -> tuple[torch.Tensor, Any]:
         lead = x.shape[:-3]
         u = self.bn(self.conv(x.reshape(-1, *x.shape[-3:])))
         u = u.reshape(*lead, *u.shape[-3:])
         if self.pool is not None and self.pool_position == "before_lif":
             u = self._pool(u)
-        s, state = lif_run(self.lif, u, state, stepping)
+        s, state = run_child(self.lif, u, state, stepping)
         if self.pool is not None and self.pool_position == "after_lif":
             s = self._pool(s)
         return s, state
@@ -106,18 +113,11 @@ class ConvBNLIF(Recurrent):
                    dtype: torch.dtype | None = None) -> None:
         return None  # created at the first step with the post-conv lane shape
 
-    def step(self, x_t: torch.Tensor, state: Any) -> tuple[torch.Tensor, Any]:
-        """``x_t`` ``(B, C, H, W)`` -> spikes ``(B, C', H', W')``."""
-        check_tensor("x_t", x_t, ndim=4)
-        return self._run(x_t, state, stepping=True)
-
-    def scan(self, x: torch.Tensor, state: Any = None) -> tuple[torch.Tensor, Any]:
-        """``x`` ``(T, B, C, H, W)`` -> spikes ``(T, B, C', H', W')``."""
-        check_tensor("x", x, ndim=5)
-        return self._run(x, state, stepping=False)
+    def check_input(self, x: torch.Tensor, stepping: bool) -> None:
+        check_tensor("x_t" if stepping else "x", x, ndim=4 if stepping else 5)
 
 
-class SpikingPatchStem(Recurrent):
+class SpikingPatchStem(Composite):
     """Spikformer's stem: four Conv3x3+BN+LIF stages (D/8, D/4, D/2, D) and a conv position embedding.
 
     ``stem="sps"`` (Spiking Patch Splitting, the paper's) downsamples with max-pooling in the last
@@ -159,11 +159,11 @@ class SpikingPatchStem(Recurrent):
             height, width = (height + 1) // 2, (width + 1) // 2
         return height, width
 
-    def _run(self, x: torch.Tensor, state: list | None, stepping: bool) -> tuple[torch.Tensor, list]:
+    def advance(self, x: torch.Tensor, state: list | None, stepping: bool) -> tuple[torch.Tensor, list]:
         state = list(state) if state is not None else [None] * (len(self.stages) + 1)
         for i, stage in enumerate(self.stages):
-            x, state[i] = stage._run(x, state[i], stepping)
-        pos, state[-1] = self.rpe._run(x, state[-1], stepping)
+            x, state[i] = run_child(stage, x, state[i], stepping)
+        pos, state[-1] = run_child(self.rpe, x, state[-1], stepping)
         x = x + pos
         return x.flatten(-2).transpose(-1, -2), state
 
@@ -171,25 +171,13 @@ class SpikingPatchStem(Recurrent):
                    dtype: torch.dtype | None = None) -> list:
         return [None] * (len(self.stages) + 1)
 
-    def _check(self, name: str, x: torch.Tensor, ndim: int, layout: str) -> None:
-        check_tensor(name, x, ndim=ndim)
-        if x.shape[-3] != self.in_channels or x.numel() == 0:
-            raise ValueError(f"{name} must have shape {layout} with C={self.in_channels} and no empty dim, "
-                             f"got {tuple(x.shape)}")
-
-    def step(self, x_t: torch.Tensor, state: list | None) -> tuple[torch.Tensor, list]:
-        """``x_t`` ``(B, C, H, W)`` -> tokens ``(B, N, D)``."""
-        self._check("x_t", x_t, 4, "(B, C, H, W)")
-        return self._run(x_t, state, stepping=True)
-
-    def scan(self, x: torch.Tensor, state: list | None = None) -> tuple[torch.Tensor, list]:
-        """``x`` ``(T, B, C, H, W)`` -> tokens ``(T, B, N, D)``."""
-        self._check("x", x, 5, "(T, B, C, H, W)")
-        return self._run(x, state, stepping=False)
+    def check_input(self, x: torch.Tensor, stepping: bool) -> None:
+        _check_images("x_t" if stepping else "x", x, self.in_channels, stepping)
 
 
-class SpikingMLP(Recurrent):
-    """Spikformer's MLP on ``(T, B, N, C)``: ``LIF(BN(W2 LIF(BN(W1 x))))`` (Conv1x1 == Linear on tokens)."""
+class SpikingMLP(Composite):
+    """Spikformer's MLP on ``(T, B, N, C)`` (or one step ``(B, N, C)``): ``LIF(BN(W2 LIF(BN(W1 x))))``
+    (Conv1x1 == Linear on tokens)."""
 
     time_dim = 0
 
@@ -205,34 +193,23 @@ class SpikingMLP(Recurrent):
         self.norm2 = norm(dim)
         self.lif2 = spikformer_lif(1.0, backend)
 
-    def _run(self, x: torch.Tensor, state: list | None, stepping: bool) -> tuple[torch.Tensor, list]:
+    def advance(self, x: torch.Tensor, state: list | None, stepping: bool) -> tuple[torch.Tensor, list]:
         s1, s2 = state if state is not None else (None, None)
-        h, s1 = lif_run(self.lif1, self.norm1(self.fc1(x)), s1, stepping)
-        y, s2 = lif_run(self.lif2, self.norm2(self.fc2(h)), s2, stepping)
+        h, s1 = run_child(self.lif1, self.norm1(self.fc1(x)), s1, stepping)
+        y, s2 = run_child(self.lif2, self.norm2(self.fc2(h)), s2, stepping)
         return y, [s1, s2]
 
     def init_state(self, batch_shape: tuple[int, ...], device: torch.device | None = None,
                    dtype: torch.dtype | None = None) -> list:
         return [None, None]
 
-    def _check(self, name: str, x: torch.Tensor, ndim: int, layout: str) -> None:
-        check_tensor(name, x, ndim=ndim)
-        if x.shape[-1] != self.dim or x.numel() == 0:
-            raise ValueError(f"{name} must have shape {layout} with C={self.dim}, got {tuple(x.shape)}")
-
-    def step(self, x_t: torch.Tensor, state: list | None) -> tuple[torch.Tensor, list]:
-        """``x_t`` ``(B, N, C)`` -> spikes ``(B, N, C)``."""
-        self._check("x_t", x_t, 3, "(B, N, C)")
-        return self._run(x_t, state, stepping=True)
-
-    def scan(self, x: torch.Tensor, state: list | None = None) -> tuple[torch.Tensor, list]:
-        """``x`` ``(T, B, N, C)`` -> spikes ``(T, B, N, C)``."""
-        self._check("x", x, 4, "(T, B, N, C)")
-        return self._run(x, state, stepping=False)
+    def check_input(self, x: torch.Tensor, stepping: bool) -> None:
+        check_tokens_in_time("x_t" if stepping else "x", x, self.dim, stepping)
 
 
-class SpikformerBlock(Recurrent):
-    """``x = x + SSA(x); x = x + MLP(x)`` on ``(T, B, N, C)`` (no LayerNorm)."""
+class SpikformerBlock(Composite):
+    """``x = x + SSA(x); x = x + MLP(x)`` on ``(T, B, N, C)`` or one step ``(B, N, C)`` (no LayerNorm);
+    the output holds spike counts."""
 
     time_dim = 0
 
@@ -244,24 +221,16 @@ class SpikformerBlock(Recurrent):
                                          proj_bias=bias, norm_layer=norm_layer)
         self.mlp = SpikingMLP(dim, int(dim * mlp_ratio), bias=bias, backend=backend, norm_layer=norm_layer)
 
-    def _run(self, x: torch.Tensor, state: list | None, stepping: bool) -> tuple[torch.Tensor, list]:
+    def advance(self, x: torch.Tensor, state: list | None, stepping: bool) -> tuple[torch.Tensor, list]:
         s_attn, s_mlp = state if state is not None else (None, None)
-        a, s_attn = _run(self.attn, x, s_attn, stepping)
+        a, s_attn = run_child(self.attn, x, s_attn, stepping)
         x = x + a
-        m, s_mlp = _run(self.mlp, x, s_mlp, stepping)
+        m, s_mlp = run_child(self.mlp, x, s_mlp, stepping)
         return x + m, [s_attn, s_mlp]
 
     def init_state(self, batch_shape: tuple[int, ...], device: torch.device | None = None,
                    dtype: torch.dtype | None = None) -> list:
         return [self.attn.init_state(batch_shape, device, dtype), None]
-
-    def step(self, x_t: torch.Tensor, state: list | None) -> tuple[torch.Tensor, list]:
-        """``x_t`` ``(B, N, C)`` -> ``(B, N, C)`` (spike counts)."""
-        return self._run(x_t, state, stepping=True)
-
-    def scan(self, x: torch.Tensor, state: list | None = None) -> tuple[torch.Tensor, list]:
-        """``x`` ``(T, B, N, C)`` -> ``(T, B, N, C)`` (spike counts)."""
-        return self._run(x, state, stepping=False)
 
 
 @dataclass
@@ -272,7 +241,7 @@ class SpikformerState:
     blocks: list = field(default_factory=list)
 
 
-class Spikformer(Recurrent):
+class Spikformer(Composite):
     """Spikformer image classifier.
 
     Args:
@@ -329,37 +298,30 @@ class Spikformer(Recurrent):
         state = state if state is not None else self.init_state(())
         stem_state = state.stem or None
         block_states = list(state.blocks) if state.blocks else [None] * len(self.blocks)
-        x, stem_state = self.patch_embed._run(x, stem_state, stepping)
+        x, stem_state = run_child(self.patch_embed, x, stem_state, stepping)
         for i, block in enumerate(self.blocks):
-            x, block_states[i] = block._run(x, block_states[i], stepping)
+            x, block_states[i] = run_child(block, x, block_states[i], stepping)
         return x.mean(-2), SpikformerState(stem_state, block_states)
-
-    def _check_images(self, name: str, x: torch.Tensor, ndims: tuple[int, ...], layout: str) -> None:
-        check_tensor(name, x, ndim=ndims)
-        if x.shape[-3] != self.in_channels or x.numel() == 0:
-            raise ValueError(f"{name} must have shape {layout} with C={self.in_channels} and no empty dim, "
-                             f"got {tuple(x.shape)}")
 
     def init_state(self, batch_shape: tuple[int, ...], device: torch.device | None = None,
                    dtype: torch.dtype | None = None) -> SpikformerState:
         """Fresh state (every neuron layer's membrane is created at its first step)."""
         return SpikformerState(self.patch_embed.init_state(batch_shape), [None] * len(self.blocks))
 
-    def step(self, x_t: torch.Tensor, state: SpikformerState | None) -> tuple[torch.Tensor, SpikformerState]:
-        """One timestep: image ``(B, C, H, W)`` -> logits ``(B, K)``."""
-        self._check_images("x_t", x_t, (4,), "(B, C, H, W)")
-        feats, state = self._features(x_t, state, stepping=True)
-        return self.head(feats), state
+    def check_input(self, x: torch.Tensor, stepping: bool) -> None:
+        _check_images("x_t" if stepping else "x", x, self.in_channels, stepping)
 
-    def scan(self, x: torch.Tensor, state: SpikformerState | None = None) -> tuple[torch.Tensor, SpikformerState]:
-        """All timesteps: ``(T, B, C, H, W)`` -> per-timestep logits ``(T, B, K)``."""
-        self._check_images("x", x, (5,), "(T, B, C, H, W)")
-        feats, state = self._features(x, state, stepping=False)
+    def advance(self, x: torch.Tensor, state: SpikformerState | None, stepping: bool
+                ) -> tuple[torch.Tensor, SpikformerState]:
+        """One timestep: image ``(B, C, H, W)`` -> logits ``(B, K)``; all timesteps:
+        ``(T, B, C, H, W)`` -> per-timestep logits ``(T, B, K)``."""
+        feats, state = self._features(x, state, stepping)
         return self.head(feats), state
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """``(B, C, H, W)`` or ``(T, B, C, H, W)`` -> features ``(B, D)`` (mean over tokens and T)."""
-        self._check_images("x", x, (4, 5), "(B, C, H, W) or (T, B, C, H, W)")
+        check_tensor("x", x, ndim=(4, 5))
+        _check_images("x", x, self.in_channels, x.dim() == 4)
         if x.dim() == 4:
             x = x.unsqueeze(0).expand(self.T, *x.shape)
         return self._features(x, None, stepping=False)[0].mean(0)

@@ -24,7 +24,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from neurostep.engine import Recurrent, check_tensor
+from neurostep.engine import Composite, check_tensor, run_child
 from neurostep.layers import resolve_norm
 from neurostep.neuro.neurons import LIF
 from neurostep.neuro.surrogate import Sigmoid
@@ -37,7 +37,7 @@ __all__ = [
     "SpikingSelfAttention",
     "SpikingSelfAttentionMixer",
     "default_num_heads",
-    "lif_run",
+    "check_tokens_in_time",
     "spikformer_lif",
     "spiking_attention",
 ]
@@ -49,16 +49,14 @@ def spikformer_lif(v_threshold: float = 1.0, backend: str = "auto") -> LIF:
                detach_reset=True, backend=backend)
 
 
-def lif_run(lif: nn.Module, u: torch.Tensor, state: Any, stepping: bool) -> tuple[torch.Tensor, Any]:
-    """Run ``lif`` on ``u`` as one step (``stepping``) or as a scan over dim 0; returns ``(spikes, state)``.
-
-    A ``None`` state means "fresh", so composite blocks can keep one code path for step and scan.
-    """
-    if stepping:
-        if state is None:
-            state = lif.init_state(tuple(u.shape), device=u.device, dtype=u.dtype)
-        return lif.step(u, state)
-    return lif.scan(u, state)
+def check_tokens_in_time(name: str, x: torch.Tensor, dim: int, stepping: bool) -> None:
+    """Tokens ``(B, N, C)`` (one step) or ``(T, B, N, C)`` (a sequence) with ``C = dim``, non-empty."""
+    layout = "(B, N, C)" if stepping else "(T, B, N, C)"
+    check_tensor(name, x, ndim=3 if stepping else 4)
+    if x.shape[-1] != dim:
+        raise ValueError(f"{name} must have shape {layout} with C={dim}, got {tuple(x.shape)}")
+    if x.numel() == 0:
+        raise ValueError(f"{name} must be non-empty, got shape {tuple(x.shape)}")
 
 
 def spiking_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float = 0.125,
@@ -98,7 +96,7 @@ class SSAState:
     proj: Any = None  # (B, N, C)
 
 
-class SpikingSelfAttention(Recurrent):
+class SpikingSelfAttention(Composite):
     """Spikformer's spiking self-attention on ``(T, B, N, C)``.
 
     Args:
@@ -159,34 +157,21 @@ class SpikingSelfAttention(Recurrent):
             proj=self.proj_lif.init_state((*lead, c), device=device, dtype=dtype),
         )
 
-    def _check(self, name: str, x: torch.Tensor, ndim: int, layout: str) -> None:
-        check_tensor(name, x, ndim=ndim)
-        if x.shape[-1] != self.dim:
-            raise ValueError(f"{name} must have shape {layout} with C={self.dim}, got {tuple(x.shape)}")
-        if x.numel() == 0:
-            raise ValueError(f"{name} must be non-empty, got shape {tuple(x.shape)}")
+    def check_input(self, x: torch.Tensor, stepping: bool) -> None:
+        check_tokens_in_time("x_t" if stepping else "x", x, self.dim, stepping)
 
-    def _run(self, x: torch.Tensor, state: SSAState | None, stepping: bool) -> tuple[torch.Tensor, SSAState]:
+    def advance(self, x: torch.Tensor, state: SSAState | None, stepping: bool) -> tuple[torch.Tensor, SSAState]:
+        """One timestep ``(B, N, C)`` or a whole ``(T, B, N, C)`` sequence -> spikes of the same shape."""
         state = state if state is not None else SSAState()
-        qkv, s_qkv = lif_run(self.qkv_lif, self.qkv_norm(self.qkv(x)), state.qkv, stepping)
+        qkv, s_qkv = run_child(self.qkv_lif, self.qkv_norm(self.qkv(x)), state.qkv, stepping)
         lead, n = qkv.shape[:-2], qkv.shape[-2]
         # (..., N, 3C) -> (3, ..., heads, N, d)
         qkv = qkv.reshape(*lead, n, 3, self.num_heads, self.head_dim).movedim(-3, 0).transpose(-3, -2)
         attn = spiking_attention(qkv[0], qkv[1], qkv[2], self.scale, self.order, self.causal)
         attn = attn.transpose(-3, -2).reshape(*lead, n, self.dim)
-        attn, s_attn = lif_run(self.attn_lif, attn, state.attn, stepping)
-        y, s_proj = lif_run(self.proj_lif, self.proj_norm(self.proj(attn)), state.proj, stepping)
+        attn, s_attn = run_child(self.attn_lif, attn, state.attn, stepping)
+        y, s_proj = run_child(self.proj_lif, self.proj_norm(self.proj(attn)), state.proj, stepping)
         return y, SSAState(s_qkv, s_attn, s_proj)
-
-    def step(self, x_t: torch.Tensor, state: SSAState | None) -> tuple[torch.Tensor, SSAState]:
-        """One timestep: ``x_t`` ``(B, N, C)`` -> spikes ``(B, N, C)``."""
-        self._check("x_t", x_t, 3, "(B, N, C)")
-        return self._run(x_t, state, stepping=True)
-
-    def scan(self, x: torch.Tensor, state: SSAState | None = None) -> tuple[torch.Tensor, SSAState]:
-        """A whole sequence: ``x`` ``(T, B, N, C)`` -> spikes ``(T, B, N, C)`` and the final state."""
-        self._check("x", x, 4, "(T, B, N, C)")
-        return self._run(x, state, stepping=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``(T, B, N, C) -> (T, B, N, C)`` spikes, from a fresh state."""
