@@ -144,7 +144,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as exc:
         from neurostep.experiment.lock import RunDirLocked  # imported on the error path only
 
-        if not isinstance(exc, (ValueError, TypeError, FileNotFoundError, KeyError, RunDirLocked)):
+        if not isinstance(exc, (ValueError, TypeError, OSError, KeyError, RunDirLocked)):
             raise
         # Configuration mistakes and a busy results directory: one clear line, not a traceback.
         print(f"neurostep {args.command}: error: {exc}", file=sys.stderr)

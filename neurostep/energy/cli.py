@@ -55,33 +55,47 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def cli_main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of ``neurostep energy``; returns the process exit code."""
+    """Entry point of ``neurostep energy``; returns the process exit code.
+
+    A usage mistake (unknown model or profile, a bad ``--set``, a device this machine lacks, an
+    unwritable output path) is one line on stderr and exit code 2, never a traceback.
+    """
+    args = build_parser().parse_args(list(sys.argv[1:] if argv is None else argv))
+    try:
+        return _run(args)
+    except (KeyError, ValueError, TypeError, OSError) as exc:
+        message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
+        print(f"neurostep energy: error: {message}", file=sys.stderr)
+        return 2
+
+
+def _run(args: argparse.Namespace) -> int:
     from neurostep.energy.counter import count
+    from neurostep.energy.profiles import get_profile
     from neurostep.models import REGISTRY, create_model, list_models
 
-    args = build_parser().parse_args(list(sys.argv[1:] if argv is None else argv))
     if args.batch < 1:
-        print(f"error: --batch must be >= 1, got {args.batch}", file=sys.stderr)
-        return 2
-    try:
-        list_models()  # imports the model families so the registry is filled
-        entry = REGISTRY.model_entry(args.model)
-        kwargs = dict(entry.small_kwargs) if args.small else {}
-        kwargs.update(_parse_kv(args.overrides))
-    except (KeyError, ValueError) as exc:
-        print(f"error: {exc.args[0] if exc.args else exc}", file=sys.stderr)
-        return 2
+        raise ValueError(f"--batch must be >= 1, got {args.batch}")
+    list_models()  # imports the model families so the registry is filled
+    entry = REGISTRY.model_entry(args.model)
+    kwargs = dict(entry.small_kwargs) if args.small else {}
+    kwargs.update(_parse_kv(args.overrides))
+    profile = get_profile(args.profile)
     if entry.example_input is None:
-        print(f"error: model {args.model!r} registers no example input; count it from Python with "
-              "neurostep.energy.count(model, x)", file=sys.stderr)
-        return 2
-    torch.manual_seed(args.seed)
+        raise ValueError(f"model {args.model!r} registers no example input; count it from Python with "
+                         "neurostep.energy.count(model, x)")
     device = torch.device(args.device)
-    model = create_model(args.model, **kwargs).to(device).eval()
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device {args.device}: CUDA is not available on this machine (use cpu or meta)")
+    torch.manual_seed(args.seed)
+    try:
+        model = create_model(args.model, **kwargs).to(device).eval()
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"cannot build {args.model!r} with {kwargs}: {exc}") from exc
     example = entry.example_input(model, args.batch)
     inputs = example if isinstance(example, tuple) else (example,)
     inputs = tuple(t.to(device) if isinstance(t, torch.Tensor) else t for t in inputs)
-    report = count(model, *inputs, profile=args.profile, mode=args.mode, first_layer=args.first_layer)
+    report = count(model, *inputs, profile=profile, mode=args.mode, first_layer=args.first_layer)
     print(report.table(max_depth=args.max_depth))
     if args.csv:
         print(f"wrote {report.to_csv(args.csv)}")

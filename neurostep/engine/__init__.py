@@ -8,7 +8,9 @@ from neurostep.engine.checks import (
     check_nonempty,
     check_same_shape,
     check_tensor,
+    check_token_range,
     compute_dtype,
+    has_values,
 )
 from neurostep.engine.costs import COSTS, OpCost, register_cost
 from neurostep.engine.protocol import (
@@ -39,8 +41,10 @@ __all__ = [
     "check_nonempty",
     "check_same_shape",
     "check_tensor",
+    "check_token_range",
     "compute_dtype",
     "detect_anomalies",
+    "has_values",
     "iter_tensors",
     "register_cost",
     "run_child",

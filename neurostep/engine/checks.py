@@ -58,10 +58,25 @@ def check_same_shape(name: str, x: torch.Tensor, expected: Sequence[int], what: 
         raise ValueError(f"{name} must have shape {tuple(expected)} to match {what}, got {tuple(x.shape)}")
 
 
+def has_values(x: torch.Tensor) -> bool:
+    """Whether ``x``'s values may be read for a check: not on the meta device (shapes only, as the
+    operation counter and shape tracing use it) and not inside a ``torch.compile`` trace (a
+    data-dependent check would break the graph). Value checks skip such tensors; shape checks never do."""
+    return x.device.type != "meta" and not torch.compiler.is_compiling()
+
+
 def check_finite(name: str, x: torch.Tensor) -> None:
     """Raise ``ValueError`` if a parameter tensor holds NaN or inf (inputs may hold NaN: it propagates)."""
-    if not bool(torch.isfinite(x).all()):
+    if has_values(x) and not bool(torch.isfinite(x).all()):
         raise ValueError(f"{name} must be finite, got {x.detach().flatten()[:8].tolist()}")
+
+
+def check_token_range(name: str, ids: torch.Tensor, vocab_size: int) -> None:
+    """Raise ``ValueError`` unless every token id lies in ``[0, vocab_size)``."""
+    if ids.numel() and has_values(ids):
+        low, high = int(ids.min()), int(ids.max())
+        if low < 0 or high >= vocab_size:
+            raise ValueError(f"{name} must lie in [0, {vocab_size}), got range [{low}, {high}]")
 
 
 def check_nonempty(name: str, x: torch.Tensor, dim: int, what: str = "time steps") -> None:

@@ -38,7 +38,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from neurostep.engine import Composite, Recurrent, check_nonempty, check_tensor, compute_dtype, run_child
+from neurostep.engine import (
+    Composite,
+    Recurrent,
+    check_nonempty,
+    check_tensor,
+    check_token_range,
+    compute_dtype,
+    run_child,
+)
 from neurostep.kernels.wkv import WKVState, wkv, wkv_step
 from neurostep.kernels.wkv import init_state as wkv_init_state
 from neurostep.neuro.neurons import LIF, LIFState
@@ -343,9 +351,7 @@ class SpikeGPT(Composite):
     def _embed(self, idx: torch.Tensor) -> torch.Tensor:
         if idx.dtype not in (torch.int64, torch.int32):
             raise TypeError(f"idx must hold integer token ids (int64/int32), got {idx.dtype}")
-        if idx.numel() and (int(idx.min()) < 0 or int(idx.max()) >= self.vocab_size):
-            raise ValueError(f"idx must be in [0, vocab_size={self.vocab_size}), got range "
-                             f"[{int(idx.min())}, {int(idx.max())}]")
+        check_token_range("idx", idx, self.vocab_size)
         x = self.emb(idx)
         return self.spike_embedding(x) if self.spike_embedding is not None else x
 

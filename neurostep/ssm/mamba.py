@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from neurostep.engine import Recurrent, check_nonempty, check_tensor, compute_dtype
+from neurostep.engine import Recurrent, check_nonempty, check_tensor, check_token_range, compute_dtype
 from neurostep.kernels.causal_conv1d import causal_conv1d_fn, causal_conv1d_update
 from neurostep.kernels.selective_scan import selective_scan_fn, selective_state_update
 from neurostep.layers import RMSNorm
@@ -504,9 +504,7 @@ class MambaLM(nn.Module):
         check_tensor("input_ids", input_ids, ndim=ndim, dtypes=(torch.int64, torch.int32))
         if ndim == 2 and input_ids.shape[1] == 0:
             raise ValueError(f"input_ids has 0 tokens (shape {tuple(input_ids.shape)}); need at least one")
-        if input_ids.numel() and (int(input_ids.min()) < 0 or int(input_ids.max()) >= self.vocab_size):
-            raise ValueError(f"input_ids must lie in [0, {self.vocab_size}), got range "
-                             f"[{int(input_ids.min())}, {int(input_ids.max())}]")
+        check_token_range("input_ids", input_ids, self.vocab_size)
 
     def _check_states(self, states: list[MambaState]) -> None:
         if not isinstance(states, (list, tuple)) or len(states) != self.n_layer:

@@ -67,3 +67,30 @@ def test_cli_errors(capsys):
     assert "--batch must be >= 1" in capsys.readouterr().err
     assert cli_main(["energytest_tiny_snn", "--set", "width"]) == 2
     assert "KEY=VALUE" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["--profile", "45nm_fp99"], "profile"),
+    (["--set", "width='wide'"], "width"),
+    (["--csv", "/no/such/dir/out.csv"], "No such file"),
+    (["--device", "cuda:0"], "CUDA is not available"),
+])
+def test_cli_usage_errors_are_one_line(argv, message, capsys):
+    if "cuda" in argv[-1] and torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    assert cli_main(["energytest_tiny_snn", *argv]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("neurostep energy: error:") and message in err and "\n" not in err
+
+
+def _registered_models() -> list[str]:
+    from neurostep.models import list_models
+
+    return [m for m in list_models() if not m.startswith("energytest")]
+
+
+@pytest.mark.parametrize("name", _registered_models())
+def test_every_registered_model_counts_on_the_meta_device(name, capsys):
+    """No value is read on the way (token-range and finiteness checks skip meta tensors)."""
+    assert cli_main([name, "--small", "--device", "meta"]) == 0, capsys.readouterr().err
+    assert "total" in capsys.readouterr().out

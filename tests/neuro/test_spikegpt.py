@@ -132,7 +132,7 @@ def test_bad_input():
     model = SpikeGPT(vocab_size=7, n_embd=8, n_layer=1)
     with pytest.raises(TypeError, match="integer token ids"):
         model(torch.zeros(1, 3))
-    with pytest.raises(ValueError, match=r"idx must be in \[0, vocab_size=7\)"):
+    with pytest.raises(ValueError, match=r"idx must lie in \[0, 7\)"):
         model(torch.tensor([[1, 7]]))
     with pytest.raises(ValueError, match="idx must have 2 dims"):
         model(torch.tensor([1, 2]))

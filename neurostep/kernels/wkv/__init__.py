@@ -200,10 +200,8 @@ def wkv(w: torch.Tensor, u: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
     w = check_tensor("w (time_decay)", w, shape=(C,), device=device)
     u = check_tensor("u (time_first)", u, shape=(C,), device=device)
     check_nonempty("k", k, 1, "tokens")
-    if not torch.compiler.is_compiling():
-        # a data-dependent check: it would break a torch.compile graph, so it runs eagerly only
-        check_finite("w (time_decay)", w)
-        check_finite("u (time_first)", u)
+    check_finite("w (time_decay)", w)
+    check_finite("u (time_first)", u)
     cd = compute_dtype(k.dtype)
     state = init_state(B, C, device, cd) if state is None else _check_state(state, B, C, device, cd)
     name = KERNELS.choose(OP, backend, device)
