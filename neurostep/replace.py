@@ -45,7 +45,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from neurostep.mixers._tokens import as_grid
+from neurostep.layers import as_grid, to_2tuple
 
 __all__ = ["replace_attention"]
 
@@ -259,10 +259,6 @@ def _hf_classes() -> dict[str, type]:
     return out
 
 
-def _grid_tuple(value: Any) -> tuple[int, int]:
-    return (int(value), int(value)) if isinstance(value, int) else (int(value[0]), int(value[1]))
-
-
 def _vit_context(model: nn.Module, path: str) -> tuple[int, tuple[int, int] | None]:
     """Prefix-token count and patch grid of the timm ``VisionTransformer`` enclosing ``path``."""
     classes = _timm_classes()
@@ -273,14 +269,14 @@ def _vit_context(model: nn.Module, path: str) -> tuple[int, tuple[int, int] | No
     if best is None:
         return 0, None
     grid = getattr(best.patch_embed, "grid_size", None)
-    return int(getattr(best, "num_prefix_tokens", 1)), (_grid_tuple(grid) if grid is not None else None)
+    return int(getattr(best, "num_prefix_tokens", 1)), as_grid(grid)
 
 
 def _hf_vit_context(model: nn.Module) -> tuple[int, tuple[int, int] | None]:
     config = getattr(model, "config", None)
     if config is None or not hasattr(config, "image_size"):
         return 1, None
-    img, patch = _grid_tuple(config.image_size), _grid_tuple(config.patch_size)
+    img, patch = to_2tuple(config.image_size, "image_size"), to_2tuple(config.patch_size, "patch_size")
     return 1, (img[0] // patch[0], img[1] // patch[1])
 
 

@@ -11,23 +11,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from neurostep.layers import resolve_norm
+from neurostep.layers import MLP, resolve_norm
 
 READOUTS = ("mean", "last", "all")
-
-
-class MLP(nn.Module):
-    """Channel MLP ``(..., C) -> (..., C)`` with hidden width ``ratio * C`` and GELU."""
-
-    def __init__(self, dim: int, ratio: float) -> None:
-        super().__init__()
-        hidden = max(1, int(round(dim * ratio)))
-        self.fc1 = nn.Linear(dim, hidden)
-        self.act = nn.GELU()
-        self.fc2 = nn.Linear(hidden, dim)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc2(self.act(self.fc1(x)))
 
 
 class MixerBlock(nn.Module):
@@ -39,7 +25,7 @@ class MixerBlock(nn.Module):
         self.norm1 = norm(dim)
         self.mixer = mixer
         self.norm2 = norm(dim)
-        self.mlp = MLP(dim, mlp_ratio)
+        self.mlp = MLP(dim, mlp_ratio=mlp_ratio)
 
     def forward(self, x: torch.Tensor, grid_size: tuple[int, int] | None = None) -> torch.Tensor:
         y = self.mixer(self.norm1(x), grid_size=grid_size)

@@ -1,6 +1,6 @@
 """Multi-head softmax self-attention: the baseline every other mixer is compared with.
 
-Registered as the mixer ``"softmax_attention"``. It computes
+Registered as the mixer ``"softmax_attention"`` (in :mod:`neurostep.models.mixers`). It computes
 ``softmax(Q K^T / sqrt(d_h)) V`` per head through ``torch.nn.functional.scaled_dot_product_attention``
 (the fast path) and keeps ``reference_forward`` (explicit softmax) next to it as the readable
 ground truth that the tests compare against.
@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from neurostep.mixers._tokens import check_tokens, default_heads, resolve_head_dim
+from neurostep.layers import check_tokens, default_heads, resolve_head_dim
 from neurostep.models.registry import register_mixer
 
 

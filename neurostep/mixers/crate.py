@@ -26,9 +26,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from neurostep.engine.checks import check_tensor
-from neurostep.layers import resolve_norm
-from neurostep.mixers._tokens import check_tokens, default_heads, resolve_head_dim
+from neurostep.layers import (
+    check_images,
+    check_size,
+    check_tokens,
+    default_heads,
+    resolve_head_dim,
+    resolve_norm,
+)
 from neurostep.models.registry import register_mixer
 
 
@@ -88,8 +93,8 @@ class ISTA(nn.Module):
     def __init__(self, dim: int, *, overcomplete: int = 1, steps: int = 1, eta: float = 0.1,
                  lambd: float = 0.1) -> None:
         super().__init__()
-        if overcomplete < 1 or steps < 1:
-            raise ValueError(f"overcomplete and steps must be >= 1, got {overcomplete}, {steps}")
+        dim, steps = check_size("dim", dim), check_size("steps", steps)
+        overcomplete = check_size("overcomplete", overcomplete)
         self.dim, self.code_dim, self.steps = dim, dim * overcomplete, steps
         self.overcomplete = overcomplete
         self.eta, self.lambd = eta, lambd
@@ -171,9 +176,10 @@ class CRATE(nn.Module):
                  dim: int = 384, depth: int = 12, num_heads: int = 6, head_dim: int | None = None,
                  overcomplete: int = 1, ista_steps: int | None = None, eta: float = 0.1, lambd: float = 0.1) -> None:
         super().__init__()
+        img_size, patch_size = check_size("img_size", img_size), check_size("patch_size", patch_size)
         if img_size % patch_size:
             raise ValueError(f"img_size={img_size} must be divisible by patch_size={patch_size}")
-        self.img_size, self.patch_size, self.in_chans = img_size, patch_size, in_chans
+        self.img_size, self.patch_size, self.in_chans = img_size, patch_size, check_size("in_chans", in_chans)
         num_patches = (img_size // patch_size) ** 2
         self.patch_embed = nn.Linear(in_chans * patch_size ** 2, dim)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, dim))
@@ -184,10 +190,7 @@ class CRATE(nn.Module):
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
         """Images ``(B, C, H, W)`` -> tokens ``(B, 1 + N, d)`` with the class token first."""
-        check_tensor("x", x, ndim=4)
-        expected = (self.in_chans, self.img_size, self.img_size)
-        if tuple(x.shape[1:]) != expected:
-            raise ValueError(f"x must have shape (B, {', '.join(map(str, expected))}), got {tuple(x.shape)}")
+        check_images(x, self.in_chans, self.img_size)
         p = self.patch_size
         b = x.shape[0]
         patches = F.unfold(x, p, stride=p).transpose(1, 2)  # (B, N, C*p*p)

@@ -7,7 +7,8 @@ modulation, so a block is one sub-layer ``X + gamma * Y(LN X)`` (gamma initialis
 The hybrid models append plain attention blocks (8 heads, head_dim ``max(C/8, 32)``) to
 stages 3-4.
 
-The mixer registered as ``"efficientmod"`` is ``Y(x)`` (the caller owns norm and residual).
+The mixer registered as ``"efficientmod"`` (in :mod:`neurostep.models.mixers`) is ``Y(x)`` (the caller
+owns norm and residual).
 """
 
 from __future__ import annotations
@@ -17,11 +18,19 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from neurostep.engine.checks import check_tensor
-from neurostep.layers import resolve_act, resolve_norm
-from neurostep.mixers._tokens import as_grid, check_tokens, map_to_tokens, resolve_grid, tokens_to_map
+from neurostep.layers import (
+    MLP,
+    as_grid,
+    check_images,
+    check_size,
+    check_tokens,
+    map_to_tokens,
+    resolve_act,
+    resolve_grid,
+    resolve_norm,
+    tokens_to_map,
+)
 from neurostep.mixers.attention import SoftmaxAttention
-from neurostep.mixers.ninformer import MLP
 from neurostep.models.registry import register_mixer
 
 
@@ -38,8 +47,11 @@ class EfficientModulation(nn.Module):
     def __init__(self, dim: int, mlp_ratio: int = 1, kernel_size: int = 7, act_layer: str | type[nn.Module] = "gelu",
                  grid_size: int | Sequence[int] | None = None) -> None:
         super().__init__()
+        dim, kernel_size = check_size("dim", dim), check_size("kernel_size", kernel_size)
         if int(mlp_ratio) != mlp_ratio or mlp_ratio < 1:
             raise ValueError(f"mlp_ratio must be a positive integer (ctx is tiled r times), got {mlp_ratio}")
+        if kernel_size % 2 == 0:
+            raise ValueError(f"kernel_size must be odd (a centred depthwise conv keeps the grid), got {kernel_size}")
         self.dim, self.ratio = dim, int(mlp_ratio)
         self.grid_size = as_grid(grid_size)
         act = resolve_act(act_layer)
@@ -142,9 +154,7 @@ class EfficientMod(nn.Module):
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """``(B, 3, H, W) -> (B, N_last, C_last)`` tokens after the final norm."""
-        check_tensor("x", x, ndim=4)
-        if x.shape[1] != self.in_chans:
-            raise ValueError(f"x must have shape (B, {self.in_chans}, H, W), got {tuple(x.shape)}")
+        check_images(x, self.in_chans)
         tokens, hw = self.stem(x)
         for i, stage in enumerate(self.stages):
             for block in stage:

@@ -9,7 +9,8 @@ Module map (all work on ``(B, C, H, W)`` maps; ``FFNifiedAttention.forward`` als
 
 - :class:`ConvBN`       conv (no bias) + BatchNorm2d, foldable into one conv.
 - :class:`RepDWConv`    7x7 + 3x3 depthwise pair, foldable into one 7x7 conv.
-- :class:`FFNifiedAttention`  the token mixer (registered as the mixer ``"ffnified_attention"``).
+- :class:`FFNifiedAttention`  the token mixer (registered as ``"ffnified_attention"`` in
+  :mod:`neurostep.models.mixers`).
 - :class:`ChannelMixer` ``Conv1x1_{3C->C}(GELU(Conv1x1_{C->3C}(BN(DWConv_k(X)))))``.
 - :class:`FFBlock`, :class:`Downsample`, :class:`FFNet` the classifier (``neurostep.models.ffnet``).
 """
@@ -22,9 +23,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from neurostep.engine.checks import check_tensor
-from neurostep.layers import resolve_act
-from neurostep.mixers._tokens import as_grid, check_tokens, map_to_tokens, resolve_grid, tokens_to_map
+from neurostep.layers import (
+    as_grid,
+    check_images,
+    check_size,
+    check_tokens,
+    map_to_tokens,
+    resolve_act,
+    resolve_grid,
+    tokens_to_map,
+)
 from neurostep.models.registry import register_mixer
 
 
@@ -150,7 +158,8 @@ class FFNifiedAttention(nn.Module):
     def __init__(self, dim: int, kernel_size: int = 7, act_layer: str | type[nn.Module] = "gelu",
                  grid_size: int | Sequence[int] | None = None) -> None:
         super().__init__()
-        if kernel_size % 2 == 0 or kernel_size < 1:
+        dim, kernel_size = check_size("dim", dim), check_size("kernel_size", kernel_size)
+        if kernel_size % 2 == 0:
             raise ValueError(f"kernel_size must be a positive odd int, got {kernel_size}")
         self.dim, self.kernel_size = dim, kernel_size
         self.grid_size = as_grid(grid_size)
@@ -272,9 +281,7 @@ class FFNet(nn.Module):
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """``(B, 3, H, W) -> (B, C_last, H/32, W/32)``."""
-        check_tensor("x", x, ndim=4)
-        if x.shape[1] != self.in_chans:
-            raise ValueError(f"x must have shape (B, {self.in_chans}, H, W), got {tuple(x.shape)}")
+        check_images(x, self.in_chans)
         return self.norm(self.stages(self.stem(x)))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -3,11 +3,13 @@
 The gating sub-layer is ``X + Linear_{d->d}(Xh) * MixerBlock(Xh)`` with ``Xh = LN(X)``: an entire
 MLP-Mixer block (token MLP and channel MLP, each with its own LayerNorm and residual)
 produces the values that a plain linear projection of the same input gates, without a
-sigmoid. The second sub-layer is a pre-norm FFN. The token MLP fixes the sequence length at
-construction.
+sigmoid. The second sub-layer is a pre-norm FFN. The token MLP fixes the sequence length: at
+construction (``seq_len``), or on the first batch when ``seq_len`` is ``None`` (its weights are
+then lazy, as in ``torch.nn.LazyLinear``), so the mixer drops into hosts that do not know the
+token count in advance.
 
-The mixer registered as ``"ninformer"`` is the gating term ``Linear(x) * MixerBlock(x)`` (the
-caller owns the pre-norm and the residual, as around attention).
+The mixer registered as ``"ninformer"`` (in :mod:`neurostep.models.mixers`) is the gating term
+``Linear(x) * MixerBlock(x)`` (the caller owns the pre-norm and the residual, as around attention).
 """
 
 from __future__ import annotations
@@ -16,24 +18,10 @@ from collections.abc import Sequence
 
 import torch
 from torch import nn
+from torch.nn.parameter import is_lazy
 
-from neurostep.engine.checks import check_tensor
-from neurostep.layers import resolve_act, resolve_norm
-from neurostep.mixers._tokens import check_tokens
+from neurostep.layers import MLP, LazyMLP, check_images, check_size, check_tokens, resolve_norm
 from neurostep.models.registry import register_mixer
-
-
-class MLP(nn.Module):
-    """``Linear_{d->h} -> act -> Linear_{h->d}`` over the last dim, ``(..., d) -> (..., d)``."""
-
-    def __init__(self, dim: int, hidden: int, act_layer: str | type[nn.Module] = "gelu") -> None:
-        super().__init__()
-        self.fc1 = nn.Linear(dim, hidden)
-        self.act = resolve_act(act_layer)()
-        self.fc2 = nn.Linear(hidden, dim)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc2(self.act(self.fc1(x)))
 
 
 class MixerBlock(nn.Module):
@@ -41,20 +29,27 @@ class MixerBlock(nn.Module):
 
     Args:
         dim: channels ``C``.
-        seq_len: tokens ``N`` (the token MLP's width; fixed).
+        seq_len: tokens ``N`` (the token MLP's width); ``None`` sizes it on the first input.
         token_hidden: token-MLP hidden size.
         channel_hidden: channel-MLP hidden size.
     """
 
-    def __init__(self, dim: int, seq_len: int, token_hidden: int, channel_hidden: int,
+    def __init__(self, dim: int, seq_len: int | None, token_hidden: int, channel_hidden: int,
                  act_layer: str | type[nn.Module] = "gelu", norm_layer: str | type[nn.Module] = "layernorm") -> None:
         super().__init__()
         norm = resolve_norm(norm_layer)
-        self.seq_len = seq_len
+        dim = check_size("dim", dim)
         self.norm_tokens = norm(dim)
-        self.token_mlp = MLP(seq_len, token_hidden, act_layer)
+        self.token_mlp: nn.Module = (LazyMLP(token_hidden, act_layer) if seq_len is None
+                                     else MLP(check_size("seq_len", seq_len), token_hidden, act_layer))
         self.norm_channels = norm(dim)
         self.channel_mlp = MLP(dim, channel_hidden, act_layer)
+
+    @property
+    def seq_len(self) -> int | None:
+        """Tokens ``N`` the token MLP is sized for; ``None`` until a lazy one has seen its first batch."""
+        weight = self.token_mlp.fc1.weight
+        return None if is_lazy(weight) else int(weight.shape[1])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x + self.token_mlp(self.norm_tokens(x).transpose(1, 2)).transpose(1, 2)
@@ -66,25 +61,31 @@ class NiNGating(nn.Module):
 
     Args:
         dim: channels ``C``.
-        seq_len: number of tokens (fixed by the token MLP).
-        d_ffn: hidden size of the inner token and channel MLPs.
+        seq_len: number of tokens (fixed by the token MLP); ``None`` takes the token count of
+            the first batch (the token MLP's weights stay ``UninitializedParameter`` until then).
+        d_ffn: hidden size of the inner token and channel MLPs (default ``2 * dim``).
     """
 
-    def __init__(self, dim: int, seq_len: int, d_ffn: int | None = None,
+    def __init__(self, dim: int, seq_len: int | None = None, d_ffn: int | None = None,
                  act_layer: str | type[nn.Module] = "gelu", norm_layer: str | type[nn.Module] = "layernorm") -> None:
         super().__init__()
-        if seq_len is None or int(seq_len) <= 0:
-            raise ValueError(f"NiNGating needs a positive seq_len (its token MLP has fixed width), got {seq_len!r}")
-        d_ffn = d_ffn or 2 * dim
-        self.dim, self.seq_len = dim, int(seq_len)
-        self.gate = nn.Linear(dim, dim)
-        self.mixer = MixerBlock(dim, self.seq_len, d_ffn, d_ffn, act_layer, norm_layer)
+        self.dim = check_size("dim", dim)
+        d_ffn = 2 * self.dim if d_ffn is None else check_size("d_ffn", d_ffn)
+        self.gate = nn.Linear(self.dim, self.dim)
+        self.mixer = MixerBlock(self.dim, seq_len, d_ffn, d_ffn, act_layer, norm_layer)
+
+    @property
+    def seq_len(self) -> int | None:
+        """Tokens ``N`` this mixer takes; ``None`` until a lazily sized one has seen its first batch."""
+        return self.mixer.seq_len
 
     def forward(self, x: torch.Tensor, grid_size: Sequence[int] | None = None) -> torch.Tensor:
         """``x``: ``(B, seq_len, C)`` -> ``(B, seq_len, C)``; ``grid_size`` is unused."""
         check_tokens(x, self.dim)
-        if x.shape[1] != self.seq_len:
-            raise ValueError(f"NiNGating was built for seq_len={self.seq_len} tokens, got x of shape {tuple(x.shape)}")
+        n = self.seq_len
+        if n is not None and x.shape[1] != n:
+            raise ValueError(f"NiNGating was built for seq_len={n} tokens (its token MLP has that width), "
+                             f"got x of shape {tuple(x.shape)}")
         return self.gate(x) * self.mixer(x)
 
 
@@ -118,9 +119,10 @@ class NiNformer(nn.Module):
                  dim: int = 256, d_ffn: int = 512, depth: int = 4, act_layer: str | type[nn.Module] = "gelu",
                  norm_layer: str | type[nn.Module] = "layernorm") -> None:
         super().__init__()
+        img_size, patch_size = check_size("img_size", img_size), check_size("patch_size", patch_size)
         if img_size % patch_size:
             raise ValueError(f"img_size={img_size} must be divisible by patch_size={patch_size}")
-        self.img_size, self.in_chans = img_size, in_chans
+        self.img_size, self.in_chans = img_size, check_size("in_chans", in_chans)
         self.grid = img_size // patch_size
         self.patch_embed = nn.Conv2d(in_chans, dim, patch_size, patch_size)
         self.blocks = nn.Sequential(*[NiNBlock(dim, self.grid ** 2, d_ffn, act_layer, norm_layer)
@@ -129,22 +131,18 @@ class NiNformer(nn.Module):
         self.head = nn.Linear(dim, num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        check_tensor("x", x, ndim=4)
-        expected = (self.in_chans, self.img_size, self.img_size)
-        if tuple(x.shape[1:]) != expected:
-            raise ValueError(f"x must have shape (B, {', '.join(map(str, expected))}), got {tuple(x.shape)}")
+        check_images(x, self.in_chans, self.img_size)
         tokens = self.patch_embed(x).flatten(2).transpose(1, 2)
         return self.head(self.norm(self.blocks(tokens)).mean(1))
 
 
 @register_mixer("ninformer", family="ninformer",
-                note="NiNformer gating Linear(x) * MixerBlock(x); needs seq_len (fixed token count)")
+                note="NiNformer gating Linear(x) * MixerBlock(x); a fixed token count (seq_len, or the first batch's)")
 def ninformer_mixer(dim: int, *, num_heads: int | None = None, seq_len: int | None = None,
                     grid_size: Sequence[int] | None = None, **options) -> NiNGating:
-    """Mixer factory; ``seq_len`` (or ``grid_size``, whose product is used) is required."""
+    """Mixer factory for ``seq_len`` tokens (else ``H * W`` of ``grid_size``); with neither, the token
+    MLP is sized on the first batch."""
     if seq_len is None and grid_size is not None:
         g = (grid_size, grid_size) if isinstance(grid_size, int) else tuple(grid_size)
         seq_len = g[0] * g[1]
-    if seq_len is None:
-        raise ValueError("mixer 'ninformer' needs seq_len= (its token MLP has a fixed number of tokens)")
     return NiNGating(dim, seq_len, **options)

@@ -25,36 +25,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from neurostep.engine import check_nonempty, check_tensor
+from neurostep.engine import check_tensor
 from neurostep.kernels.selective_scan import selective_scan_fn, selective_state_update
-from neurostep.ssm.vision_mamba import DropPath
+from neurostep.layers import DropPath, as_grid, check_tokens, resolve_grid
 
 K_DIRECTIONS = 4
-
-
-def _grid(x: torch.Tensor, grid_size: tuple[int, int] | None,
-          default: tuple[int, int] | None = None) -> tuple[int, int]:
-    """Resolve ``(H, W)`` for tokens ``x (B, N, C)``: the call's grid, else ``default`` if it fits, else square."""
-    n = x.shape[1]
-    if grid_size is None and default is not None and default[0] * default[1] == n:
-        grid_size = default
-    if grid_size is None:
-        side = math.isqrt(n)
-        if side * side != n:
-            raise ValueError(f"grid_size=(H, W) is needed: x has N={n} tokens, not a square number "
-                             f"(x shape {tuple(x.shape)})")
-        return side, side
-    if len(grid_size) != 2 or int(grid_size[0]) * int(grid_size[1]) != n:
-        raise ValueError(f"grid_size {tuple(grid_size)} does not match N={n} tokens of x {tuple(x.shape)}")
-    return int(grid_size[0]), int(grid_size[1])
-
-
-def _check_tokens(x: torch.Tensor, dim: int) -> torch.Tensor:
-    x = check_tensor("x", x, ndim=3)
-    if x.shape[-1] != dim:
-        raise ValueError(f"x must have shape (B, N, C={dim}), got {tuple(x.shape)}")
-    check_nonempty("x", x, 1, "tokens")
-    return x
 
 
 class SS2D(nn.Module):
@@ -115,8 +90,8 @@ class SS2D(nn.Module):
         (``selective_state_update``) instead of the fused scan: the reference that the
         ``scan == step`` test compares with.
         """
-        x = _check_tokens(x, self.dim)
-        H, W = _grid(x, grid_size)
+        x = check_tokens(x, self.dim)
+        H, W = resolve_grid(x.shape[1], grid_size, who="SS2D")
         b, L = x.shape[0], H * W
         di, r, n = self.d_inner, self.dt_rank, self.d_state
         xs, z = self.in_proj(x).chunk(2, dim=-1)  # (B, L, Di)
@@ -192,8 +167,8 @@ class WindowAttention(nn.Module):
         self.proj = nn.Linear(dim, dim)
 
     def forward(self, x: torch.Tensor, grid_size: tuple[int, int] | None = None) -> torch.Tensor:
-        x = _check_tokens(x, self.dim)
-        H, W = _grid(x, grid_size)
+        x = check_tokens(x, self.dim)
+        H, W = resolve_grid(x.shape[1], grid_size, who="WindowAttention")
         b, _, c = x.shape
         if H <= self.window_size and W <= self.window_size:
             wh, ww, shift = H, W, 0
@@ -246,7 +221,7 @@ class LaMamba(nn.Module):
                  backend: str = "auto") -> None:
         super().__init__()
         self.dim = dim
-        self.grid_size = None if grid_size is None else (int(grid_size[0]), int(grid_size[1]))
+        self.grid_size = as_grid(grid_size)
         self.cond_dim = cond_dim
         self.residual = residual
         affine = cond_dim is None
@@ -272,8 +247,8 @@ class LaMamba(nn.Module):
     def forward(self, x: torch.Tensor, grid_size: tuple[int, int] | None = None, cond: torch.Tensor | None = None
                 ) -> torch.Tensor:
         """``x (B, N, C)``, ``grid_size (H, W)`` (square inferred), ``cond (B, cond_dim)`` -> ``(B, N, C)``."""
-        x = _check_tokens(x, self.dim)
-        grid = _grid(x, grid_size, self.grid_size)
+        x = check_tokens(x, self.dim)
+        grid = resolve_grid(x.shape[1], grid_size, self.grid_size, "LaMamba")
         if self.adaLN_modulation is not None:
             if cond is None:
                 raise ValueError(f"this LaMamba block is conditioned (cond_dim={self.cond_dim}); pass cond (B, "

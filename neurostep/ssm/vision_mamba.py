@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from neurostep.engine import check_tensor
-from neurostep.layers import RMSNorm
+from neurostep.layers import DropPath, RMSNorm
 from neurostep.ssm.mamba import Mamba, MambaState
 
 
@@ -108,22 +108,6 @@ class BidirectionalMamba(Mamba):
         return self.out_proj(y.to(x_t.dtype)), st
 
 
-class DropPath(nn.Module):
-    """Stochastic depth per sample (identity at eval or with ``p = 0``)."""
-
-    def __init__(self, p: float = 0.0) -> None:
-        super().__init__()
-        if not 0.0 <= p < 1.0:
-            raise ValueError(f"drop path probability must be in [0, 1), got {p}")
-        self.p = p
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.p == 0.0 or not self.training:
-            return x
-        keep = x.new_empty((x.shape[0],) + (1,) * (x.dim() - 1)).bernoulli_(1 - self.p)
-        return x * keep / (1 - self.p)
-
-
 class VimBlock(nn.Module):
     """``x + DropPath(BidirectionalMamba(RMSNorm(x)))`` on ``(B, N, C)``, residual in fp32."""
 
@@ -205,4 +189,4 @@ VIM_CONFIGS: dict[str, dict[str, int]] = {
     "vim_base": dict(embed_dim=768, depth=24, d_state=16),
 }
 
-__all__ = ["VIM_CONFIGS", "BidirectionalMamba", "DropPath", "VimBlock", "VisionMamba"]
+__all__ = ["VIM_CONFIGS", "BidirectionalMamba", "VimBlock", "VisionMamba"]

@@ -1,4 +1,8 @@
-"""Shared helpers for token mixers: input checks and the token <-> 2D-map reshapes."""
+"""Input checks for token tensors ``(B, N, C)`` and image batches, and the 2D grid ``(H, W)`` of tokens.
+
+Mixers that work on a map (depthwise convolutions, 2D scans, windows) take the grid from the
+call, from construction, or a square ``N``, in that order: :func:`resolve_grid`.
+"""
 
 from __future__ import annotations
 
@@ -8,30 +12,32 @@ from collections.abc import Sequence
 import torch
 
 from neurostep.engine.checks import check_nonempty, check_tensor
+from neurostep.layers.helpers import to_2tuple
 
 
 def check_tokens(x: object, dim: int, name: str = "x") -> torch.Tensor:
-    """Check a token tensor ``(B, N, C)`` with ``C == dim`` and at least one token."""
+    """Check a token tensor ``(B, N, C)`` with ``C == dim`` and at least one token; returns ``x``."""
     x = check_tensor(name, x, ndim=3)
     if x.shape[-1] != dim:
-        raise ValueError(f"{name} must have shape (B, N, {dim}) (channels = dim), got {tuple(x.shape)}")
+        raise ValueError(f"{name} must have shape (B, N, {dim}) (C={dim}, the module's dim), got {tuple(x.shape)}")
     check_nonempty(name, x, 1, "tokens")
+    return x
+
+
+def check_images(x: object, channels: int, size: int | None = None, name: str = "x") -> torch.Tensor:
+    """Check an image batch ``(B, channels, H, W)``, square ``size x size`` when ``size`` is given."""
+    x = check_tensor(name, x, ndim=4)
+    if size is None:
+        if x.shape[1] != channels:
+            raise ValueError(f"{name} must have shape (B, {channels}, H, W), got {tuple(x.shape)}")
+    elif tuple(x.shape[1:]) != (channels, size, size):
+        raise ValueError(f"{name} must have shape (B, {channels}, {size}, {size}), got {tuple(x.shape)}")
     return x
 
 
 def as_grid(grid_size: int | Sequence[int] | None, name: str = "grid_size") -> tuple[int, int] | None:
     """Normalize ``grid_size`` to ``(H, W)`` (an int means a square grid) or ``None``."""
-    if grid_size is None:
-        return None
-    if isinstance(grid_size, int):
-        grid_size = (grid_size, grid_size)
-    try:
-        h, w = (int(g) for g in grid_size)
-    except (TypeError, ValueError):
-        raise TypeError(f"{name} must be an int or a pair (H, W), got {grid_size!r}") from None
-    if h <= 0 or w <= 0:
-        raise ValueError(f"{name} must be positive, got {(h, w)}")
-    return h, w
+    return None if grid_size is None else to_2tuple(grid_size, name)
 
 
 def resolve_grid(num_tokens: int, grid_size: int | Sequence[int] | None,
@@ -51,7 +57,8 @@ def resolve_grid(num_tokens: int, grid_size: int | Sequence[int] | None,
             raise ValueError(f"{who} needs a 2D grid: {num_tokens} tokens are not a square; pass grid_size=(H, W)")
         hw = (side, side)
     if hw[0] * hw[1] != num_tokens:
-        raise ValueError(f"{who}: grid_size {hw} has {hw[0] * hw[1]} cells but the input has {num_tokens} tokens")
+        raise ValueError(f"{who}: grid_size {hw} has {hw[0] * hw[1]} cells, which does not match the "
+                         f"{num_tokens} tokens of the input")
     return hw
 
 
@@ -64,20 +71,3 @@ def tokens_to_map(x: torch.Tensor, hw: tuple[int, int]) -> torch.Tensor:
 def map_to_tokens(x: torch.Tensor) -> torch.Tensor:
     """``(B, C, H, W) -> (B, H*W, C)``."""
     return x.flatten(2).transpose(1, 2)
-
-
-def default_heads(dim: int, head_dim: int = 64) -> int:
-    """A head count for ``dim`` channels: about ``dim / head_dim`` heads that divide ``dim``."""
-    h = max(1, dim // head_dim)
-    while dim % h:
-        h -= 1
-    return h
-
-
-def resolve_head_dim(dim: int, num_heads: int, head_dim: int | None) -> int:
-    """``head_dim`` if given, else ``dim / num_heads`` (which must divide evenly)."""
-    if head_dim is not None:
-        return head_dim
-    if dim % num_heads:
-        raise ValueError(f"dim={dim} must be divisible by num_heads={num_heads} (or pass head_dim)")
-    return dim // num_heads
