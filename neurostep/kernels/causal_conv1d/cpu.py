@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from neurostep.kernels.numba_exp import vexp
+from neurostep.kernels.numba_launch import serialized
 
 
 @numba.njit(inline="always")
@@ -101,6 +102,7 @@ def _np(t: torch.Tensor) -> np.ndarray:
     return t.detach().numpy()
 
 
+@serialized
 def forward(x, weight, bias, initial_states, silu):
     """Same contract as :func:`neurostep.kernels.causal_conv1d.reference.forward`."""
     dim = x.shape[1]
@@ -111,6 +113,7 @@ def forward(x, weight, bias, initial_states, silu):
     return out, x.new_empty(0)
 
 
+@serialized
 def backward(grad_out, x, weight, bias, initial_states, saved, silu):
     """Same contract as :func:`neurostep.kernels.causal_conv1d.reference.backward`."""
     batch, dim, length = x.shape

@@ -27,6 +27,7 @@ from numba import prange
 
 from neurostep.kernels.lif.common import LIFParams
 from neurostep.kernels.lif.surrogates import sg_block, sg_constant
+from neurostep.kernels.numba_launch import serialized
 
 # Lanes per block: each block-local array (membrane, surrogate, carries) is then 4 KB in fp32 and
 # a step's working set stays in L1. Measured at T=32, 65,536 lanes, 2 threads: forward 0.57 ms
@@ -373,6 +374,7 @@ def _check_dtype(x: torch.Tensor) -> None:
         raise TypeError(f"cpu backend expects contiguous float32/float64 CPU tensors, got {x.dtype} on {x.device}")
 
 
+@serialized
 def forward(x: torch.Tensor, v0: torch.Tensor, a0: torch.Tensor | None, p: LIFParams, need_vseq: bool):
     """Fused forward on contiguous ``x (T, N)``; see ``reference.forward`` for the contract."""
     _check_dtype(x)
@@ -396,6 +398,7 @@ def forward(x: torch.Tensor, v0: torch.Tensor, a0: torch.Tensor | None, p: LIFPa
         (theta if adaptive else None)
 
 
+@serialized
 def backward(x: torch.Tensor | None, v0: torch.Tensor, h: torch.Tensor, theta: torch.Tensor | None,
              g_spikes: torch.Tensor | None, g_vseq: torch.Tensor | None, g_vlast: torch.Tensor | None,
              g_alast: torch.Tensor | None, p: LIFParams, need_k_grad: bool):

@@ -12,6 +12,8 @@ import numba
 import numpy as np
 import torch
 
+from neurostep.kernels.numba_launch import serialized
+
 BLOCK = 256
 
 
@@ -51,6 +53,7 @@ def _backward_kernel(gh, a, h, h0, da, db, dh0):
             dh0[bi, m] = carry[m - m0]
 
 
+@serialized
 def forward(a: torch.Tensor, b: torch.Tensor, h0: torch.Tensor | None) -> torch.Tensor:
     """Same contract as :func:`neurostep.kernels.linear_scan.reference.forward`."""
     h = torch.empty_like(b)
@@ -59,6 +62,7 @@ def forward(a: torch.Tensor, b: torch.Tensor, h0: torch.Tensor | None) -> torch.
     return h
 
 
+@serialized
 def backward(grad_h: torch.Tensor, a: torch.Tensor, h: torch.Tensor, h0: torch.Tensor | None):
     """Same contract as :func:`neurostep.kernels.linear_scan.reference.backward`."""
     da, db = torch.empty_like(a), torch.empty_like(a)

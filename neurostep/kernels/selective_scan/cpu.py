@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 
 from neurostep.kernels.numba_exp import vexp, vlog1p_unit
+from neurostep.kernels.numba_launch import serialized
 from neurostep.kernels.selective_scan.reference import SOFTPLUS_THRESHOLD
 
 CHUNK = 32
@@ -524,6 +525,7 @@ def _constants(dtype: torch.dtype) -> tuple:
     return f(1.0), f(SOFTPLUS_THRESHOLD)
 
 
+@serialized
 def forward(u, delta, A, B, C, D, z, delta_bias, h0, delta_softplus):
     """Same contract as :func:`neurostep.kernels.selective_scan.reference.forward`; the saved
     tensor holds the chunk checkpoints."""
@@ -543,6 +545,7 @@ def forward(u, delta, A, B, C, D, z, delta_bias, h0, delta_softplus):
     return out, last[..., :dim].transpose(1, 2).contiguous(), ckpt
 
 
+@serialized
 def backward(grad_out, grad_last, u, delta, A, B, C, D, z, delta_bias, h0, saved, delta_softplus):
     """Same contract as :func:`neurostep.kernels.selective_scan.reference.backward`."""
     batch, dim, length = u.shape

@@ -23,6 +23,8 @@ import numba
 import numpy as np
 import torch
 
+from neurostep.kernels.numba_launch import serialized
+
 _BLOCK = 64  # channels per parallel work item
 
 # exp(x) for x <= 0 in fp32: Cody-Waite reduction x = n ln2 + r, |r| <= ln2/2, a degree-7 Taylor
@@ -228,6 +230,7 @@ def _np(x: torch.Tensor) -> np.ndarray:
     return x.detach().numpy()
 
 
+@serialized
 def forward(w: torch.Tensor, u: torch.Tensor, k: torch.Tensor, v: torch.Tensor, aa: torch.Tensor, bb: torch.Tensor,
             pp: torch.Tensor, save_history: bool) -> tuple[torch.Tensor, ...]:
     """Backend forward (contiguous CPU tensors of one float dtype): ``(y, aa_T, bb_T, pp_T, hist)``."""
@@ -240,6 +243,7 @@ def forward(w: torch.Tensor, u: torch.Tensor, k: torch.Tensor, v: torch.Tensor, 
     return y, aa_T, bb_T, pp_T, hist
 
 
+@serialized
 def backward(w: torch.Tensor, u: torch.Tensor, k: torch.Tensor, v: torch.Tensor, y: torch.Tensor,
              hist: torch.Tensor, aa_T: torch.Tensor, bb_T: torch.Tensor, gy: torch.Tensor, g_aa: torch.Tensor,
              g_bb: torch.Tensor, g_pp: torch.Tensor) -> tuple[torch.Tensor, ...]:
