@@ -28,8 +28,10 @@ What cannot be honoured raises ``ValueError`` naming the module: cross-attention
 ``value`` not the query, ``encoder_hidden_states``), padding masks and arbitrary attention
 masks, KV-cache continuation, and a causal host (GPT-2, ``is_causal=True``, a causal mask)
 with a mixer that is not causal. The registry declares whether each mixer is, can be or cannot
-be causal (``neurostep.models.mixer_causality``); a causal host gets the mixer's causal form
-(``create_mixer(..., causal=True)``). A model in which no known
+be causal (``neurostep.models.mixer_causality``) and whether it needs a 2D token grid
+(``neurostep.models.mixer_entry(kind).needs_grid``); a causal host gets the mixer's causal form
+(``create_mixer(..., causal=True)``), and a 2D mixer that meets a token count with no grid (not
+the inferred or given one, and not a square) raises naming the module. A model in which no known
 attention is found, or which holds an attention module this function does not know, raises
 ``TypeError`` naming the module. ``need_weights=True`` returns ``None`` weights (a mixer has no
 attention matrix), as ``MultiheadAttention`` does for ``need_weights=False``.
@@ -45,7 +47,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from neurostep.layers import as_grid, to_2tuple
+from neurostep.layers import as_grid, resolve_grid, to_2tuple
 
 __all__ = ["replace_attention"]
 
@@ -57,27 +59,38 @@ _PREFIX_MODES = ("mean", "zero")
 
 
 class _MixerCore(nn.Module):
-    """A mixer plus the prefix-token and grid handling shared by every adapter. ``(B, T, C) -> (B, T, C)``."""
+    """A mixer plus the prefix-token and grid handling shared by every adapter. ``(B, T, C) -> (B, T, C)``.
+
+    ``causal`` and ``needs_grid`` are the registry's declarations for the built mixer, not
+    guesses from its attributes.
+    """
 
     def __init__(self, mixer: nn.Module, where: str, kind: str, num_prefix_tokens: int,
-                 grid_size: tuple[int, int] | None, prefix_mode: str) -> None:
+                 grid_size: tuple[int, int] | None, prefix_mode: str, *, causal: bool, needs_grid: bool) -> None:
         super().__init__()
         self.mixer = mixer
         self.where, self.kind = where, kind
         self.num_prefix_tokens = num_prefix_tokens
         self.grid_size = grid_size
         self.prefix_mode = prefix_mode
+        self.causal, self.needs_grid = causal, needs_grid
 
-    @property
-    def causal(self) -> bool:
-        return bool(getattr(self.mixer, "causal", False))
+    def _grid_for(self, n: int) -> tuple[int, int] | None:
+        """The grid handed to the mixer for ``n`` patch tokens: the known grid when it fits; for a 2D
+        mixer otherwise a square, else an error naming this module."""
+        fits = self.grid_size is not None and self.grid_size[0] * self.grid_size[1] == n
+        if not self.needs_grid:
+            return self.grid_size if fits else None
+        try:
+            return resolve_grid(n, None, self.grid_size)
+        except ValueError:
+            raise self.fail(f"{n} tokens without a 2D grid (not {self.grid_size or 'inferred'} and not a square): "
+                            "pass grid_size=(H, W) to replace_attention") from None
 
     def mix(self, x: torch.Tensor) -> torch.Tensor:
         p = self.num_prefix_tokens
         tokens = x[:, p:] if p else x
-        n = tokens.shape[1]
-        grid = self.grid_size if self.grid_size is not None and self.grid_size[0] * self.grid_size[1] == n else None
-        y = self.mixer(tokens, grid_size=grid)
+        y = self.mixer(tokens, grid_size=self._grid_for(tokens.shape[1]))
         if not p:
             return y
         if self.prefix_mode == "mean":
@@ -357,7 +370,7 @@ def replace_attention(model: nn.Module, kind: str, *, grid_size: int | Sequence[
         TypeError: no known self-attention in ``model``, or an attention module it cannot handle.
         ValueError: bad arguments, or a causal host with a non-causal mixer.
     """
-    from neurostep.models import create_mixer, list_mixers
+    from neurostep.models import create_mixer, list_mixers, mixer_entry
 
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
@@ -381,11 +394,12 @@ def replace_attention(model: nn.Module, kind: str, *, grid_size: int | Sequence[
         prefix = site.num_prefix_tokens if num_prefix_tokens is None else int(num_prefix_tokens)
         n_tokens = seq_len if seq_len is not None else (grid[0] * grid[1] if grid else site.seq_len)
         context = dict(num_heads=site.num_heads, seq_len=n_tokens, grid_size=grid)
-        mixer = _build_mixer(create_mixer, kind, site, context, mixer_options, allow_noncausal)
+        mixer, causal = _build_mixer(create_mixer, kind, site, context, mixer_options, allow_noncausal)
         param = next(old.parameters(), None)
         if param is not None:
             mixer = mixer.to(device=param.device, dtype=param.dtype)
-        core = _MixerCore(mixer, site.where, kind, prefix, grid, prefix_mode)
+        core = _MixerCore(mixer, site.where, kind, prefix, grid, prefix_mode, causal=causal,
+                          needs_grid=mixer_entry(kind).needs_grid)
         if site.host == "timm":
             adapter: nn.Module = _TimmAttentionAdapter(core)
         elif site.host == "mha":
@@ -409,12 +423,14 @@ def replace_attention(model: nn.Module, kind: str, *, grid_size: int | Sequence[
 
 
 def _build_mixer(create_mixer: Any, kind: str, site: _Site, context: dict[str, Any], options: dict[str, Any],
-                 allow_noncausal: bool) -> nn.Module:
-    """Build the mixer for one site; a causal host gets the mixer's causal form, as the registry declares it."""
+                 allow_noncausal: bool) -> tuple[nn.Module, bool]:
+    """Build the mixer for one site and say whether it is causal, as the registry declares it; a causal
+    host gets the mixer's causal form."""
     from neurostep.models import mixer_causality
 
+    declared = mixer_causality(kind)
     wants_causal = site.causal and "causal" not in options
-    if wants_causal and mixer_causality(kind) == "never":
+    if wants_causal and declared == "never":
         if not allow_noncausal:
             raise ValueError(f"{site.where} is causal self-attention but mixer {kind!r} is not causal (it has no "
                              "causal form); pass allow_noncausal=True to replace it anyway")
@@ -422,7 +438,8 @@ def _build_mixer(create_mixer: Any, kind: str, site: _Site, context: dict[str, A
     options = dict(options)
     causal = bool(options.pop("causal")) if "causal" in options else wants_causal
     mixer = create_mixer(kind, site.dim, causal=causal, **context, **options)
-    if site.causal and not getattr(mixer, "causal", causal) and not allow_noncausal:
+    is_causal = declared == "always" or (declared == "option" and causal)
+    if site.causal and not is_causal and not allow_noncausal:
         raise ValueError(f"{site.where} is causal self-attention but mixer {kind!r} was built without its causal "
                          "form (causal=False); pass allow_noncausal=True to replace it anyway")
-    return mixer
+    return mixer, is_causal

@@ -111,6 +111,41 @@ def test_transformer_encoder_layer_keeps_signature():
         model(x, mask=nn.Transformer.generate_square_subsequent_mask(6), is_causal=True)
 
 
+def test_ninformer_in_transformer_encoder_without_seq_len():
+    """The host does not know N; the NiNformer mixer sizes its token MLP on the first batch."""
+    torch.manual_seed(0)
+    model = _EncoderClassifier()
+    replace_attention(model, "ninformer")
+    x, y = torch.randn(4, 6, 16), torch.tensor([0, 1, 2, 1])
+    _train_lowers_loss(model, lambda: nn.functional.cross_entropy(model(x), y))
+    assert all(layer.self_attn.core.mixer.seq_len == 6 for layer in model.encoder.layers)
+    with pytest.raises(ValueError, match="seq_len=6"):
+        model(torch.randn(4, 7, 16))
+
+
+def test_2d_mixer_without_a_grid_names_the_module():
+    model = _EncoderClassifier()
+    replace_attention(model, "efficientmod")       # nn.MultiheadAttention: no grid to infer
+    assert model(torch.randn(2, 9, 16)).shape == (2, 3)        # 9 tokens: a 3 x 3 square
+    with pytest.raises(ValueError, match=r"encoder\.layers\.0\.self_attn.*grid_size=\(H, W\)"):
+        model(torch.randn(2, 6, 16))
+
+
+def test_causal_host_reads_the_declared_causality():
+    """A bidirectional mixer that inherits a ``causal`` attribute (vim from Mamba) is still refused by a
+    causal mask: the adapter reads the registry, not the module."""
+    model = _EncoderClassifier()
+    replace_attention(model, "vim", d_state=4)
+    assert not model.encoder.layers[0].self_attn.core.causal
+    with pytest.raises(ValueError, match="not causal"):
+        model(torch.randn(2, 6, 16), mask=nn.Transformer.generate_square_subsequent_mask(6), is_causal=True)
+    model = _EncoderClassifier()
+    replace_attention(model, "mamba", d_state=4)
+    assert model.encoder.layers[0].self_attn.core.causal
+    assert model(torch.randn(2, 6, 16), mask=nn.Transformer.generate_square_subsequent_mask(6),
+                 is_causal=True).shape == (2, 3)
+
+
 def test_transformer_encoder_causal_mask_with_causal_mixer():
     torch.manual_seed(0)
     model = _EncoderClassifier()

@@ -14,8 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from neurostep.layers import check_tokens, default_heads, resolve_head_dim
-from neurostep.models.registry import register_mixer
+from neurostep.layers import check_tokens, resolve_head_dim
 
 
 class SoftmaxAttention(nn.Module):
@@ -66,11 +65,3 @@ class SoftmaxAttention(nn.Module):
             scores = scores.masked_fill(future, float("-inf"))
         y = scores.softmax(-1) @ v
         return self.proj(y.transpose(1, 2).flatten(2))
-
-
-@register_mixer("softmax_attention", family="attention", causal="option",
-                note="multi-head softmax attention (SDPA); the baseline; causal=True masks future tokens")
-def softmax_attention(dim: int, *, num_heads: int | None = None, seq_len: int | None = None,
-                      grid_size: Sequence[int] | None = None, **options) -> SoftmaxAttention:
-    """Mixer factory: ``num_heads`` defaults to about ``dim / 64``; options go to :class:`SoftmaxAttention`."""
-    return SoftmaxAttention(dim, num_heads or default_heads(dim), **options)

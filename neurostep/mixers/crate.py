@@ -26,15 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from neurostep.layers import (
-    check_images,
-    check_size,
-    check_tokens,
-    default_heads,
-    resolve_head_dim,
-    resolve_norm,
-)
-from neurostep.models.registry import register_mixer
+from neurostep.layers import check_images, check_size, check_tokens, resolve_head_dim, resolve_norm
 
 
 class MSSA(nn.Module):
@@ -218,11 +210,3 @@ class CRATE(nn.Module):
                          "sparsity": float(layer.sparsity(z_next))})
             z = z_next
         return rows
-
-
-@register_mixer("crate_mssa", family="crate", causal="option",
-                note="CRATE multi-head subspace self-attention (Q = K = V); causal=True masks future tokens")
-def crate_mssa(dim: int, *, num_heads: int | None = None, seq_len: int | None = None,
-               grid_size: Sequence[int] | None = None, **options) -> MSSA:
-    """Mixer factory; ``num_heads`` defaults to about ``dim / 64``."""
-    return MSSA(dim, num_heads or default_heads(dim), **options)

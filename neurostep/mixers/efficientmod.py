@@ -31,7 +31,6 @@ from neurostep.layers import (
     tokens_to_map,
 )
 from neurostep.mixers.attention import SoftmaxAttention
-from neurostep.models.registry import register_mixer
 
 
 class EfficientModulation(nn.Module):
@@ -165,11 +164,3 @@ class EfficientMod(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.forward_features(x).mean(1))
-
-
-@register_mixer("efficientmod", family="efficientmod",
-                note="EfficientMod modulation (7x7 depthwise context * value); needs a 2D grid")
-def efficientmod_mixer(dim: int, *, num_heads: int | None = None, seq_len: int | None = None,
-                       grid_size: int | Sequence[int] | None = None, **options) -> EfficientModulation:
-    """Mixer factory; ``mlp_ratio`` (default 1) and ``kernel_size`` are its own options."""
-    return EfficientModulation(dim, grid_size=grid_size, **options)

@@ -33,7 +33,6 @@ from neurostep.layers import (
     resolve_grid,
     tokens_to_map,
 )
-from neurostep.models.registry import register_mixer
 
 
 def _bn_scale_shift(bn: nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Tensor]:
@@ -298,11 +297,3 @@ class FFNet(nn.Module):
             self.head.weight.mul_(scale[None, :])
             self.norm = nn.Identity()
         return self
-
-
-@register_mixer("ffnified_attention", family="ffnet",
-                note="MetaMixer FFNified attention (depthwise convs on the token grid); needs a 2D grid")
-def ffnified_attention(dim: int, *, num_heads: int | None = None, seq_len: int | None = None,
-                       grid_size: int | Sequence[int] | None = None, **options) -> FFNifiedAttention:
-    """Mixer factory; ``num_heads``/``seq_len`` are unused (convolutions have neither)."""
-    return FFNifiedAttention(dim, grid_size=grid_size, **options)

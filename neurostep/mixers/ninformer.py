@@ -21,7 +21,6 @@ from torch import nn
 from torch.nn.parameter import is_lazy
 
 from neurostep.layers import MLP, LazyMLP, check_images, check_size, check_tokens, resolve_norm
-from neurostep.models.registry import register_mixer
 
 
 class MixerBlock(nn.Module):
@@ -134,15 +133,3 @@ class NiNformer(nn.Module):
         check_images(x, self.in_chans, self.img_size)
         tokens = self.patch_embed(x).flatten(2).transpose(1, 2)
         return self.head(self.norm(self.blocks(tokens)).mean(1))
-
-
-@register_mixer("ninformer", family="ninformer",
-                note="NiNformer gating Linear(x) * MixerBlock(x); a fixed token count (seq_len, or the first batch's)")
-def ninformer_mixer(dim: int, *, num_heads: int | None = None, seq_len: int | None = None,
-                    grid_size: Sequence[int] | None = None, **options) -> NiNGating:
-    """Mixer factory for ``seq_len`` tokens (else ``H * W`` of ``grid_size``); with neither, the token
-    MLP is sized on the first batch."""
-    if seq_len is None and grid_size is not None:
-        g = (grid_size, grid_size) if isinstance(grid_size, int) else tuple(grid_size)
-        seq_len = g[0] * g[1]
-    return NiNGating(dim, seq_len, **options)

@@ -1,11 +1,15 @@
-"""Registry of complete models with the papers' configs, and of drop-in mixers.
+"""Registry of complete models with the papers' configs, and of drop-in mixers: the public API.
 
-Importing this package imports every family module so that its entries register.
-Family modules live beside this file (``spikformer.py``, ``mamba.py``, ...).
+The registry itself is :mod:`neurostep.registry` (below the blocks). Every registration lives in
+this package: each mixer in ``neurostep/models/mixers.py``, each model in its family module
+(``spikformer.py``, ``mamba.py``, ...). Those modules are imported on first use, so
+``import neurostep.models`` stays light until a name is looked up.
 """
 
-from neurostep.models.registry import (
+from neurostep.registry import (
     REGISTRY,
+    MixerEntry,
+    ModelEntry,
     count_params,
     register_mixer,
     register_model,
@@ -13,20 +17,29 @@ from neurostep.models.registry import (
 
 
 def create_model(name: str, **kwargs):  # noqa: ANN201 - returns an nn.Module
-    """Build a registered model by name: ``create_model("spikformer_8_384")``."""
+    """Build a registered model by name: ``create_model("spikformer_8_384")``; kwargs override its config."""
     _load_families()
     return REGISTRY.create_model(name, **kwargs)
 
 
 def list_models(pattern: str = "*") -> list[str]:
+    """Registered model names matching the glob ``pattern``, sorted."""
     _load_families()
     return REGISTRY.list_models(pattern)
+
+
+def model_entry(name: str) -> ModelEntry:
+    """The declared facts of model ``name`` (family, ``paper_params``, ``paper_params_fused``, ...)."""
+    _load_families()
+    return REGISTRY.model_entry(name)
 
 
 def create_mixer(name: str, dim: int, *, causal: bool = False, **kwargs):  # noqa: ANN201 - returns an nn.Module
     """Build a registered drop-in token mixer ``(B, N, C) -> (B, N, C)`` by name.
 
     ``causal=True`` builds its causal form and raises ``ValueError`` for a mixer that has none.
+    A non-positive or non-integer ``dim``, ``num_heads``, ``seq_len`` or ``grid_size`` raises
+    ``ValueError`` naming the argument.
     """
     _load_families()
     return REGISTRY.create_mixer(name, dim, causal=causal, **kwargs)
@@ -38,14 +51,21 @@ def mixer_causality(name: str) -> str:
     return REGISTRY.mixer_entry(name).causal
 
 
+def mixer_entry(name: str) -> MixerEntry:
+    """The declared facts of mixer ``name``: ``causal``, ``needs_grid`` (a 2D token grid), family, note."""
+    _load_families()
+    return REGISTRY.mixer_entry(name)
+
+
 def list_mixers(pattern: str = "*") -> list[str]:
+    """Registered mixer names matching the glob ``pattern``, sorted."""
     _load_families()
     return REGISTRY.list_mixers(pattern)
 
 
-# Modules that register models or mixers; each family adds itself here.
+# Modules that register mixers or models: every mixer is in ``mixers``; each model family adds its module.
 FAMILY_MODULES: tuple[str, ...] = (
-    "neurostep.mixers.attention",
+    "neurostep.models.mixers",
     "neurostep.models.ffnet",
     "neurostep.models.ninformer",
     "neurostep.models.efficientmod",
@@ -66,12 +86,16 @@ def _load_families() -> None:
 __all__ = [
     "FAMILY_MODULES",
     "REGISTRY",
+    "MixerEntry",
+    "ModelEntry",
     "count_params",
     "create_mixer",
     "create_model",
     "list_mixers",
-    "mixer_causality",
     "list_models",
+    "mixer_causality",
+    "mixer_entry",
+    "model_entry",
     "register_mixer",
     "register_model",
 ]

@@ -9,7 +9,7 @@ from typing import Any
 import torch
 
 from neurostep.mixers.crate import CRATE
-from neurostep.models.registry import register_model
+from neurostep.registry import register_model
 
 _CONFIGS: dict[str, dict[str, Any]] = {
     "tiny": dict(dim=384, depth=12, num_heads=6),

@@ -12,7 +12,7 @@ from typing import Any
 import torch
 
 from neurostep.mixers.efficientmod import EfficientMod
-from neurostep.models.registry import register_model
+from neurostep.registry import register_model
 
 _CONFIGS: dict[str, dict[str, Any]] = {
     "efficientmod_xxs": dict(depths=(2, 2, 6, 2), attention_depths=(0, 0, 1, 2), widths=(32, 64, 128, 256),

@@ -5,8 +5,8 @@ Structure (stem, downsampling, head) follows the authors' release: a stride-4 st
 pair with channel multiplier 2 followed by ``x + Conv1x1(BN(x))``, and BN + average pool +
 Linear as head. Token-mixer kernels are 3, 3, 7, 7 per stage; the channel mixer uses 3x3
 (FFNet-1) or 7x7 pairs (FFNet-2..4); layer scale 1e-6 on FFNet-3/4. ``paper_params`` are
-the fused (deploy) counts, which the registry test obtains by calling ``fuse()`` first
-(``paper_params_fused = True``); train-time counts are 0.1-0.7M higher, as the paper says.
+the fused (deploy) counts, declared with ``paper_params_fused=True`` so that the registry test
+calls ``fuse()`` before counting; train-time counts are 0.1-0.7M higher, as the paper says.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from typing import Any
 import torch
 
 from neurostep.mixers.ffnet import FFNet
-from neurostep.models.registry import register_model
+from neurostep.registry import register_model
 
 _CONFIGS: dict[str, dict[str, Any]] = {
     "ffnet_1": dict(depths=(2, 2, 8, 2), widths=(80, 160, 320, 640), channel_kernels=(3, 3, 3, 3)),
@@ -33,13 +33,11 @@ def _image_input(model: FFNet, batch: int) -> torch.Tensor:
 
 
 def _make(name: str) -> None:
-    @register_model(name, family="ffnet", paper_params=_PAPER_PARAMS[name], small_kwargs=_SMALL,
-                    example_input=_image_input, note="paper_params are fused (deploy) counts at 256px")
+    @register_model(name, family="ffnet", paper_params=_PAPER_PARAMS[name], paper_params_fused=True,
+                    small_kwargs=_SMALL, example_input=_image_input,
+                    note="paper_params are fused (deploy) counts at 256px")
     def factory(**kwargs: Any) -> FFNet:
-        cfg = {**_CONFIGS[name], **kwargs}
-        model = FFNet(**cfg)
-        model.paper_params_fused = True
-        return model
+        return FFNet(**{**_CONFIGS[name], **kwargs})
 
     factory.__name__ = name
     factory.__doc__ = f"{name}: FFNet classifier ``(B, 3, H, W) -> (B, num_classes)``; kwargs override the config."

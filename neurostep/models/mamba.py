@@ -3,21 +3,20 @@
 Models: ``mamba_130m`` (d_model 768, 24 layers, vocab 50280, ~129M), ``mamba_tiny`` (a test
 config), ``vim_tiny`` / ``vim_small`` / ``vim_base`` (paper 7M / 26M / 98M), ``lamamba_tiny``
 (no paper count: LaMamba-Diff publishes only its diffusion configs).
-Mixers: ``mamba`` (causal), ``mamba_lti`` (its non-selective control), ``vim`` (bidirectional),
-``lamamba`` (SS2D + window attention).
+Their mixers (``mamba``, ``mamba_lti``, ``vim``, ``lamamba``) are registered in
+:mod:`neurostep.models.mixers`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import Any
 
 import torch
 
-from neurostep.models.registry import register_mixer, register_model
-from neurostep.ssm.lamamba import LaMamba, LaMambaNet
-from neurostep.ssm.mamba import Mamba, MambaLM, MambaLTI
-from neurostep.ssm.vision_mamba import VIM_CONFIGS, BidirectionalMamba, VisionMamba
+from neurostep.registry import register_model
+from neurostep.ssm.lamamba import LaMambaNet
+from neurostep.ssm.mamba import MambaLM
+from neurostep.ssm.vision_mamba import VIM_CONFIGS, VisionMamba
 
 # -- language models -----------------------------------------------------------------------
 
@@ -80,38 +79,3 @@ _SMALL_LAMAMBA = dict(dims=(16, 32), depths=(2, 1), head_dim=8, num_classes=5)
 def lamamba_tiny(**kwargs: Any) -> LaMambaNet:
     """LaMamba classifier, dims (64, 128, 256, 512), depths (2, 2, 2, 2), d_state 1, ssm ratio 2."""
     return LaMambaNet(**kwargs)
-
-
-# -- mixers --------------------------------------------------------------------------------
-
-
-@register_mixer("mamba", family="mamba", causal="always", note="selective SSM (Mamba); scan/step recurrence")
-def mamba_mixer(dim: int, *, num_heads: int | None = None, seq_len: int | None = None,
-                grid_size: Sequence[int] | None = None, **options: Any) -> Mamba:
-    """Mixer factory: options go to :class:`neurostep.ssm.Mamba` (heads, length and grid unused)."""
-    return Mamba(dim, **options)
-
-
-@register_mixer("mamba_lti", family="mamba", causal="always",
-                note="Mamba block with selection off (LTI, S4D-like): delta, B, C are parameters")
-def mamba_lti_mixer(dim: int, *, num_heads: int | None = None, seq_len: int | None = None,
-                    grid_size: Sequence[int] | None = None, **options: Any) -> MambaLTI:
-    """Mixer factory: options go to :class:`neurostep.ssm.MambaLTI` (heads, length and grid unused)."""
-    return MambaLTI(dim, **options)
-
-
-@register_mixer("vim", family="mamba", note="Vision Mamba bidirectional selective SSM (v2)")
-def vim_mixer(dim: int, *, num_heads: int | None = None, seq_len: int | None = None,
-              grid_size: Sequence[int] | None = None, **options: Any) -> BidirectionalMamba:
-    """Mixer factory: options go to :class:`neurostep.ssm.BidirectionalMamba`."""
-    return BidirectionalMamba(dim, **options)
-
-
-@register_mixer("lamamba", family="mamba", note="LaMamba token mixing: SS2D then window attention, no MLP")
-def lamamba_mixer(dim: int, *, num_heads: int | None = None, seq_len: int | None = None,
-                  grid_size: Sequence[int] | None = None, **options: Any) -> LaMamba:
-    """Mixer factory: a :class:`neurostep.ssm.LaMamba` block without MLP returning only its updates
-    (``residual=False``), so the host's residual adds them. Needs ``grid_size`` (or a square N)."""
-    heads = num_heads or max(dim // 32, 1)
-    grid = None if grid_size is None else (int(grid_size[0]), int(grid_size[1]))
-    return LaMamba(dim, num_heads=heads, **{**dict(mlp_ratio=0.0, residual=False, grid_size=grid), **options})

@@ -11,7 +11,7 @@ from typing import Any
 import torch
 
 from neurostep.mixers.ninformer import NiNformer
-from neurostep.models.registry import register_model
+from neurostep.registry import register_model
 
 
 def _image_input(model: NiNformer, batch: int) -> torch.Tensor:

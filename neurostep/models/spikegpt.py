@@ -1,10 +1,10 @@
-"""SpikeGPT models and the spiking RWKV time-mix as a drop-in mixer.
+"""SpikeGPT models.
 
 Models: ``spikegpt_46m`` (12 layers x 512, character vocabulary 5455: see the note) and
 ``spikegpt_216m`` (18 layers x 768, GPT-NeoX vocabulary 50277). The architecture holds
 ``n_layer * (13 d^2 + 11 d) + 4 d + 2 V d`` parameters (untied embedding and head).
-Mixers: ``spikegpt_timemix`` ``(B, N, C) -> (B, N, C)`` binary spikes, and ``rwkv_timemix``, the same
-time-mix without the LIF (RWKV-4's, the non-spiking control).
+Its mixers, ``spikegpt_timemix`` (binary spikes) and ``rwkv_timemix`` (the same time-mix without the
+LIF, RWKV-4's), are registered in :mod:`neurostep.models.mixers`.
 """
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ from typing import Any
 
 import torch
 
-from neurostep.models.registry import register_mixer, register_model
-from neurostep.neuro.spikegpt import SpikeGPT, SpikingTimeMix
+from neurostep.neuro.spikegpt import SpikeGPT
+from neurostep.registry import register_model
 
 FAMILY = "spikegpt"
 _SMALL = dict(vocab_size=40, n_embd=16, n_layer=2)
@@ -42,28 +42,3 @@ def spikegpt_46m(**kwargs: Any) -> SpikeGPT:
 def spikegpt_216m(**kwargs: Any) -> SpikeGPT:
     """SpikeGPT-216M: ``(B, L)`` token ids -> ``(B, L, 50277)`` logits."""
     return SpikeGPT(**{**dict(vocab_size=50277, n_embd=768, n_layer=18), **kwargs})
-
-
-@register_mixer("spikegpt_timemix", family=FAMILY, causal="always",
-                note="spiking RWKV-4 time-mix (fused WKV + LIF over tokens)")
-def spikegpt_timemix(dim: int, *, num_heads: int | None = None, seq_len: int | None = None,
-                     grid_size: tuple[int, int] | None = None, layer_id: int = 0, n_layer: int = 1,
-                     spiking: bool = True, backend: str = "auto", lif_backend: str = "auto",
-                     init: str = "threshold") -> SpikingTimeMix:
-    """Spiking time-mix over the token axis; ``num_heads``/``seq_len``/``grid_size`` are not used
-    (WKV is per channel and causal over any length).
-
-    ``init="threshold"`` (the default here) scales the output projection so the LIF fires from
-    the first step; ``init="paper"`` keeps the published code's init, under which no neuron
-    fires at step 0 (see :mod:`neurostep.neuro.spikegpt`)."""
-    return SpikingTimeMix(dim, layer_id, n_layer, spiking=spiking, backend=backend, lif_backend=lif_backend,
-                          init=init)
-
-
-@register_mixer("rwkv_timemix", family=FAMILY, causal="always",
-                note="RWKV-4 time-mix: SpikeGPT's time-mix without the LIF (fused WKV)")
-def rwkv_timemix(dim: int, *, num_heads: int | None = None, seq_len: int | None = None,
-                 grid_size: tuple[int, int] | None = None, layer_id: int = 0, n_layer: int = 1,
-                 backend: str = "auto") -> SpikingTimeMix:
-    """RWKV-4 time-mix ``(B, N, C) -> (B, N, C)``; ``num_heads``/``seq_len``/``grid_size`` are not used."""
-    return SpikingTimeMix(dim, layer_id, n_layer, spiking=False, backend=backend)

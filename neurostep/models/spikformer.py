@@ -1,4 +1,5 @@
-"""Spikformer family: the paper's ImageNet and CIFAR configs and the ``spikformer_ssa`` mixer.
+"""Spikformer family: the paper's ImageNet and CIFAR configs (the ``spikformer_ssa`` mixer is in
+:mod:`neurostep.models.mixers`).
 
 Parameter counts (paper, ImageNet 224, T=4): 8-384 16.81M, 8-512 29.68M, 8-768 66.34M;
 CIFAR-10 4-384 (patch 4, 12 heads) 9.32M. The structure here is spikingjelly 2.0's port of the
@@ -12,9 +13,8 @@ from typing import Any
 
 import torch
 
-from neurostep.models.registry import register_mixer, register_model
 from neurostep.neuro.spikformer import Spikformer
-from neurostep.neuro.ssa import SpikingSelfAttentionMixer
+from neurostep.registry import register_model
 
 FAMILY = "spikformer"
 
@@ -77,11 +77,3 @@ def spikformer_scs_8_384(**kwargs: Any) -> Spikformer:
 def spikformer_tiny(**kwargs: Any) -> Spikformer:
     """A tiny Spikformer for tests and quick experiments (32x32 input, patch 4, D=64, 2 blocks)."""
     return _build({**_CIFAR, "embed_dim": 64, "depth": 2, "num_heads": 4, "T": 2}, kwargs)
-
-
-@register_mixer("spikformer_ssa", family=FAMILY, causal="option",
-                note="spiking self-attention, input repeated over T, mean decode; causal=True masks Q K^T")
-def spikformer_ssa(dim: int, *, num_heads: int | None = None, seq_len: int | None = None,
-                   grid_size: tuple[int, int] | None = None, T: int = 4, **options: Any) -> SpikingSelfAttentionMixer:
-    """Drop-in ``(B, N, C) -> (B, N, C)`` SSA mixer; ``seq_len`` and ``grid_size`` are not needed (ignored)."""
-    return SpikingSelfAttentionMixer(dim, num_heads=num_heads, T=T, **options)

@@ -3,9 +3,11 @@
 Conventions checked here (see docs/mixers.md and docs/design.md, "Registry"):
 - model entries give ``small_kwargs`` (a tiny instance) and ``example_input(model, batch)``;
 - ``paper_params`` is compared with the full config, instantiated on the meta device (no
-  memory, no time); models whose paper count is the deploy form set ``paper_params_fused = True``
+  memory, no time); entries whose paper count is the deploy form declare ``paper_params_fused=True``
   and are ``fuse()``-d before counting;
-- mixers are built with ``create_mixer(name, DIM, num_heads=..., seq_len=..., grid_size=...)``.
+- mixers are built with ``create_mixer(name, DIM, num_heads=..., seq_len=..., grid_size=...)``;
+  every mixer rejects bad sizes with a ``ValueError`` naming the argument, and declares
+  ``needs_grid`` truthfully.
 """
 
 from __future__ import annotations
@@ -70,7 +72,7 @@ def _full_size(name: str) -> nn.Module:
 def test_model_paper_params(name):
     entry = REGISTRY.model_entry(name)
     model = _full_size(name)
-    if getattr(model, "paper_params_fused", False):
+    if entry.paper_params_fused:
         model.eval()
         model.fuse()
     n = count_params(model)
@@ -144,3 +146,63 @@ def test_non_causal_mixers_refuse_the_causal_form_and_see_the_future():
     z = x.clone()
     z[:, -1] += 1
     assert not torch.allclose(attn(x)[:, 0], attn(z)[:, 0])
+
+
+def test_fused_counts_are_declared_on_the_entry_not_the_instance():
+    fused = {n for n in list_models() if REGISTRY.model_entry(n).paper_params_fused}
+    assert fused == {"ffnet_1", "ffnet_2", "ffnet_3", "ffnet_4"}
+    assert not hasattr(REGISTRY.create_model("ffnet_1", **REGISTRY.model_entry("ffnet_1").small_kwargs),
+                       "paper_params_fused")
+
+
+_BAD_SIZES = [
+    ("dim", dict(dim=-4)), ("dim", dict(dim=0)), ("dim", dict(dim=4.5)), ("dim", dict(dim=True)),
+    ("dim", dict(dim="16")), ("num_heads", dict(num_heads=0)), ("num_heads", dict(num_heads=2.0)),
+    ("seq_len", dict(seq_len=-1)), ("seq_len", dict(seq_len=16.0)), ("grid_size", dict(grid_size=(0, 4))),
+    ("grid_size", dict(grid_size=(4, 2.5))), ("grid_size", dict(grid_size=(4, 4, 1))),
+    ("grid_size", dict(grid_size=-3)),
+]
+
+
+@pytest.mark.parametrize("name", list_mixers())
+def test_mixer_factories_reject_bad_sizes_naming_the_argument(name):
+    good = dict(dim=DIM, num_heads=HEADS, seq_len=GRID[0] * GRID[1], grid_size=GRID)
+    for arg, bad in _BAD_SIZES:
+        kwargs = {**good, **bad}
+        with pytest.raises(ValueError, match=f"{arg} must be a positive integer"):
+            REGISTRY.create_mixer(name, kwargs.pop("dim"), **kwargs)
+
+
+def test_mixer_constructors_reject_bad_sizes():
+    """The classes behind the mixers check their own sizes too (no raw torch error from nn.Linear)."""
+    from neurostep.mixers import MSSA, EfficientModulation, FFNifiedAttention, NiNGating, SoftmaxAttention
+
+    cases = [
+        (SoftmaxAttention, dict(dim=-4), "dim"), (SoftmaxAttention, dict(dim=8, num_heads=0), "num_heads"),
+        (SoftmaxAttention, dict(dim=8, head_dim=-2), "head_dim"), (MSSA, dict(dim=8.0), "dim"),
+        (FFNifiedAttention, dict(dim=0), "dim"), (FFNifiedAttention, dict(dim=8, kernel_size=0), "kernel_size"),
+        (EfficientModulation, dict(dim=-1), "dim"), (EfficientModulation, dict(dim=8, kernel_size=2.0), "kernel_size"),
+        (NiNGating, dict(dim=8, seq_len=0), "seq_len"), (NiNGating, dict(dim=8, seq_len=4, d_ffn=-1), "d_ffn"),
+        (NiNGating, dict(dim=None, seq_len=4), "dim"),
+    ]
+    for cls, kwargs, arg in cases:
+        with pytest.raises(ValueError, match=f"{arg} must be a positive integer"):
+            cls(**kwargs)
+    with pytest.raises(ValueError, match="kernel_size must be odd"):
+        EfficientModulation(8, kernel_size=4)
+
+
+def test_needs_grid_is_declared_for_the_2d_mixers_and_true_to_their_behaviour():
+    from neurostep.models import mixer_entry
+
+    needs = {n for n in list_mixers() if mixer_entry(n).needs_grid}
+    assert needs == {"ffnified_attention", "efficientmod", "lamamba"}
+    x = torch.randn(1, 6, DIM)   # 6 tokens: no square grid
+    for name in list_mixers():
+        mixer = REGISTRY.create_mixer(name, DIM, num_heads=HEADS).eval()
+        if name in needs:
+            with pytest.raises(ValueError, match="grid"):
+                mixer(x)
+            assert mixer(x, grid_size=(2, 3)).shape == x.shape
+        else:
+            assert mixer(x).shape == x.shape, name   # a 1D mixer runs on any length (ninformer: sized on it)
