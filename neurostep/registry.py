@@ -122,6 +122,22 @@ class Registry:
 
         return decorate
 
+    def register_config(self, name: str, build: Callable[..., nn.Module], config: dict[str, Any], *, doc: str,
+                        **facts: Any) -> Callable[..., nn.Module]:
+        """Register model ``name`` as ``build(**config)``, whose keyword arguments override the config.
+
+        For families that register one class under several named configurations (the papers' sizes);
+        ``facts`` are :meth:`register_model`'s keywords. Returns the factory.
+        """
+        config = dict(config)
+
+        def factory(**overrides: Any) -> nn.Module:
+            return build(**{**config, **overrides})
+
+        factory.__name__ = factory.__qualname__ = name
+        factory.__doc__ = doc
+        return self.register_model(name, **facts)(factory)
+
     def unregister_model(self, name: str) -> None:
         """Remove a model entry (for tests and notebooks that register throwaway models)."""
         self._models.pop(name, None)
@@ -183,6 +199,7 @@ class Registry:
 
 REGISTRY = Registry()
 register_model = REGISTRY.register_model
+register_config = REGISTRY.register_config
 register_mixer = REGISTRY.register_mixer
 
 

@@ -6,10 +6,9 @@ from __future__ import annotations
 
 from typing import Any
 
-import torch
-
 from neurostep.mixers.crate import CRATE
-from neurostep.registry import register_model
+from neurostep.models._inputs import image_input
+from neurostep.registry import register_config
 
 _CONFIGS: dict[str, dict[str, Any]] = {
     "tiny": dict(dim=384, depth=12, num_heads=6),
@@ -21,24 +20,12 @@ _PAPER_PARAMS = {"tiny": 6.09e6, "small": 13.12e6, "base": 22.80e6, "large": 77.
 _SMALL = dict(img_size=16, patch_size=4, dim=24, depth=2, num_heads=3, num_classes=5)
 
 
-def _image_input(model: CRATE, batch: int) -> torch.Tensor:
-    return torch.randn(batch, model.in_chans, model.img_size, model.img_size)
+_ALPHA: dict[str, Any] = dict(overcomplete=4, ista_steps=2)
 
-
-def _make(size: str, alpha: bool) -> None:
-    name = f"crate_alpha_{size}" if alpha else f"crate_{size}"
-    extra: dict[str, Any] = dict(overcomplete=4, ista_steps=2) if alpha else {}
-
-    @register_model(name, family="crate", paper_params=None if alpha else _PAPER_PARAMS[size],
-                    small_kwargs=_SMALL, example_input=_image_input,
-                    note="CRATE-alpha: overcomplete 4x dictionary, 2 ISTA steps, residual" if alpha else "")
-    def factory(**kwargs: Any) -> CRATE:
-        return CRATE(**{**_CONFIGS[size], **extra, **kwargs})
-
-    factory.__name__ = name
-    factory.__doc__ = f"{name}: CRATE ``(B, 3, 224, 224) -> (B, num_classes)``; kwargs override the config."
-
-
-for _size in _CONFIGS:
-    _make(_size, alpha=False)
-    _make(_size, alpha=True)
+for _size, _config in _CONFIGS.items():
+    for _name, _extra in ((f"crate_{_size}", {}), (f"crate_alpha_{_size}", _ALPHA)):
+        register_config(_name, CRATE, {**_config, **_extra}, family="crate",
+                        paper_params=None if _extra else _PAPER_PARAMS[_size], small_kwargs=_SMALL,
+                        example_input=image_input(),
+                        note="CRATE-alpha: overcomplete 4x dictionary, 2 ISTA steps, residual" if _extra else "",
+                        doc=f"{_name}: CRATE ``(B, 3, 224, 224) -> (B, num_classes)``; kwargs override the config.")

@@ -9,10 +9,9 @@ from __future__ import annotations
 
 from typing import Any
 
-import torch
-
 from neurostep.mixers.efficientmod import EfficientMod
-from neurostep.registry import register_model
+from neurostep.models._inputs import image_input
+from neurostep.registry import register_config
 
 _CONFIGS: dict[str, dict[str, Any]] = {
     "efficientmod_xxs": dict(depths=(2, 2, 6, 2), attention_depths=(0, 0, 1, 2), widths=(32, 64, 128, 256),
@@ -26,19 +25,8 @@ _PAPER_PARAMS = {"efficientmod_xxs": 4.7e6, "efficientmod_xs": 6.6e6, "efficient
 _SMALL = dict(depths=(2, 1, 1, 1), attention_depths=(0, 0, 1, 1), widths=(8, 8, 16, 16), num_classes=5)
 
 
-def _image_input(model: EfficientMod, batch: int) -> torch.Tensor:
-    return torch.randn(batch, model.in_chans, 64, 64)
-
-
-def _make(name: str) -> None:
-    @register_model(name, family="efficientmod", paper_params=_PAPER_PARAMS[name], small_kwargs=_SMALL,
-                    example_input=_image_input, note="ImageNet 224px hybrid (attention in stages 3-4)")
-    def factory(**kwargs: Any) -> EfficientMod:
-        return EfficientMod(**{**_CONFIGS[name], **kwargs})
-
-    factory.__name__ = name
-    factory.__doc__ = f"{name}: EfficientMod ``(B, 3, H, W) -> (B, num_classes)``; kwargs override the config."
-
-
-for _name in _CONFIGS:
-    _make(_name)
+for _name, _config in _CONFIGS.items():
+    register_config(_name, EfficientMod, _config, family="efficientmod", paper_params=_PAPER_PARAMS[_name],
+                    small_kwargs=_SMALL, example_input=image_input(64),
+                    note="ImageNet 224px hybrid (attention in stages 3-4)",
+                    doc=f"{_name}: EfficientMod ``(B, 3, H, W) -> (B, num_classes)``; kwargs override the config.")

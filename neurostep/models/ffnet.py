@@ -13,10 +13,9 @@ from __future__ import annotations
 
 from typing import Any
 
-import torch
-
 from neurostep.mixers.ffnet import FFNet
-from neurostep.registry import register_model
+from neurostep.models._inputs import image_input
+from neurostep.registry import register_config
 
 _CONFIGS: dict[str, dict[str, Any]] = {
     "ffnet_1": dict(depths=(2, 2, 8, 2), widths=(80, 160, 320, 640), channel_kernels=(3, 3, 3, 3)),
@@ -28,20 +27,8 @@ _PAPER_PARAMS = {"ffnet_1": 13.7e6, "ffnet_2": 26.9e6, "ffnet_3": 48.3e6, "ffnet
 _SMALL = dict(depths=(1, 1, 1, 1), widths=(8, 16, 16, 32), stem_dim=8, num_classes=5)
 
 
-def _image_input(model: FFNet, batch: int) -> torch.Tensor:
-    return torch.randn(batch, model.in_chans, 32, 32)
-
-
-def _make(name: str) -> None:
-    @register_model(name, family="ffnet", paper_params=_PAPER_PARAMS[name], paper_params_fused=True,
-                    small_kwargs=_SMALL, example_input=_image_input,
-                    note="paper_params are fused (deploy) counts at 256px")
-    def factory(**kwargs: Any) -> FFNet:
-        return FFNet(**{**_CONFIGS[name], **kwargs})
-
-    factory.__name__ = name
-    factory.__doc__ = f"{name}: FFNet classifier ``(B, 3, H, W) -> (B, num_classes)``; kwargs override the config."
-
-
-for _name in _CONFIGS:
-    _make(_name)
+for _name, _config in _CONFIGS.items():
+    register_config(_name, FFNet, _config, family="ffnet", paper_params=_PAPER_PARAMS[_name], paper_params_fused=True,
+                    small_kwargs=_SMALL, example_input=image_input(32),
+                    note="paper_params are fused (deploy) counts at 256px",
+                    doc=f"{_name}: FFNet classifier ``(B, 3, H, W) -> (B, num_classes)``; kwargs override the config.")

@@ -13,7 +13,8 @@ from typing import Any
 
 import torch
 
-from neurostep.registry import register_model
+from neurostep.models._inputs import image_input
+from neurostep.registry import register_config, register_model
 from neurostep.ssm.lamamba import LaMambaNet
 from neurostep.ssm.mamba import MambaLM
 from neurostep.ssm.vision_mamba import VIM_CONFIGS, VisionMamba
@@ -47,26 +48,13 @@ _VIM_PAPER = {"vim_tiny": 7e6, "vim_small": 26e6, "vim_base": 98e6}
 _SMALL_VIM = dict(img_size=32, patch_size=8, embed_dim=16, depth=2, d_state=4, num_classes=5)
 
 
-def _image_input(model: torch.nn.Module, batch: int) -> torch.Tensor:
-    size = getattr(model, "img_size", 32)
-    return torch.randn(batch, model.in_chans, size, size)
-
-
-def _make_vim(name: str) -> None:
-    # The paper rounds to whole millions: Vim-Ti's exact count (7.148M, the official model's)
-    # is 2.1% above "7M", so the tolerance is 2.5% rather than the registry's default 1%.
-    @register_model(name, family="mamba", paper_params=_VIM_PAPER[name], params_rtol=0.025,
-                    small_kwargs=_SMALL_VIM, example_input=_image_input,
-                    note="Vim bidirectional v2, middle class token, 224px, patch 16")
-    def factory(**kwargs: Any) -> VisionMamba:
-        return VisionMamba(**{**VIM_CONFIGS[name], **kwargs})
-
-    factory.__name__ = name
-    factory.__doc__ = f"{name}: Vision Mamba ``(B, 3, 224, 224) -> (B, 1000)``; kwargs override the config."
-
-
-for _name in VIM_CONFIGS:
-    _make_vim(_name)
+# The paper rounds to whole millions: Vim-Ti's exact count (7.148M, the official model's)
+# is 2.1% above "7M", so the tolerance is 2.5% rather than the registry's default 1%.
+for _name, _config in VIM_CONFIGS.items():
+    register_config(_name, VisionMamba, _config, family="mamba", paper_params=_VIM_PAPER[_name], params_rtol=0.025,
+                    small_kwargs=_SMALL_VIM, example_input=image_input(),
+                    note="Vim bidirectional v2, middle class token, 224px, patch 16",
+                    doc=f"{_name}: Vision Mamba ``(B, 3, 224, 224) -> (B, 1000)``; kwargs override the config.")
 
 
 # -- LaMamba -------------------------------------------------------------------------------
@@ -74,7 +62,7 @@ for _name in VIM_CONFIGS:
 _SMALL_LAMAMBA = dict(dims=(16, 32), depths=(2, 1), head_dim=8, num_classes=5)
 
 
-@register_model("lamamba_tiny", family="mamba", small_kwargs=_SMALL_LAMAMBA, example_input=_image_input,
+@register_model("lamamba_tiny", family="mamba", small_kwargs=_SMALL_LAMAMBA, example_input=image_input(32),
                 note="image backbone of LaMamba blocks; our config (the paper gives diffusion configs only)")
 def lamamba_tiny(**kwargs: Any) -> LaMambaNet:
     """LaMamba classifier, dims (64, 128, 256, 512), depths (2, 2, 2, 2), d_state 1, ssm ratio 2."""

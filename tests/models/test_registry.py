@@ -206,3 +206,15 @@ def test_needs_grid_is_declared_for_the_2d_mixers_and_true_to_their_behaviour():
             assert mixer(x, grid_size=(2, 3)).shape == x.shape
         else:
             assert mixer(x).shape == x.shape, name   # a 1D mixer runs on any length (ninformer: sized on it)
+
+
+def test_register_config_builds_the_config_with_overrides():
+    from neurostep.registry import Registry
+
+    registry = Registry()
+    factory = registry.register_config("lin_4", nn.Linear, dict(in_features=4, out_features=2), family="toy",
+                                       paper_params=10, doc="lin_4: a 4 -> 2 linear layer.")
+    assert factory.__name__ == "lin_4" and factory.__doc__.startswith("lin_4:")
+    assert registry.model_entry("lin_4").paper_params == 10
+    assert registry.create_model("lin_4").in_features == 4
+    assert registry.create_model("lin_4", in_features=3).weight.shape == (2, 3)
