@@ -13,6 +13,7 @@ from neurostep.engine.checks import (
     has_values,
 )
 from neurostep.engine.costs import COSTS, OpCost, register_cost
+from neurostep.engine.ops import BackwardCall, FusedOp, define_op
 from neurostep.engine.protocol import (
     Composite,
     Recurrent,
@@ -27,9 +28,11 @@ from neurostep.engine.protocol import (
 __all__ = [
     "AUTO_ORDER",
     "BACKEND_NAMES",
+    "BackwardCall",
     "COSTS",
     "Composite",
     "FLOAT_DTYPES",
+    "FusedOp",
     "KERNELS",
     "BackendUnavailableError",
     "KernelRegistry",
@@ -43,6 +46,7 @@ __all__ = [
     "check_tensor",
     "check_token_range",
     "compute_dtype",
+    "define_op",
     "detect_anomalies",
     "has_values",
     "iter_tensors",

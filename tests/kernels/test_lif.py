@@ -333,6 +333,10 @@ def test_bad_input_raises_clear_errors():
             lif_scan(x, tau_inv=bad_tau, v_threshold=1.0)
     with pytest.raises(ValueError, match="tau_inv"):
         lif_scan(x, tau_inv=torch.tensor(float("inf")), v_threshold=1.0)
+    with pytest.raises(ValueError, match=r"tau_inv \(=1/tau\) must be in \[0.0, 1.0\)"):
+        lif_scan(x, tau_inv=torch.tensor(1.5), v_threshold=1.0)  # a tensor is checked like a float
+    with pytest.raises(ValueError, match="v_threshold must be finite"):
+        lif_scan(x, tau_inv=torch.tensor(0.5), v_threshold=torch.tensor(float("nan")))
     with pytest.raises(ValueError, match="tau_inv"):
         lif_scan(x, tau_inv=torch.tensor([0.5]), v_threshold=1.0)
     with pytest.raises(TypeError, match="tau_inv"):

@@ -186,7 +186,7 @@ def test_no_grad_call_matches_and_saves_nothing():
     td, tf, k, v, state = _inputs(2, 5, 7, seed=9)
     with torch.no_grad():
         y0, _ = wkv(td, tf, k, v, state, backend="cpu")
-        out = torch.ops.neurostep.wkv_forward(td, tf, k, v, *state, "cpu", False)
+        out = torch.ops.neurostep.wkv_forward(td, tf, k, v, *state, False, "cpu")
     assert out[4].numel() == 0
     torch.testing.assert_close(out[0], y0)
 
@@ -194,7 +194,7 @@ def test_no_grad_call_matches_and_saves_nothing():
 def test_custom_op_opcheck_and_fake_tensors():
     td, tf, k, v, state = _inputs(2, 3, 5, dtype=torch.float32, seed=10)
     args = [t.clone().requires_grad_(True) for t in (td, tf, k, v, *state)]
-    torch.library.opcheck(torch.ops.neurostep.wkv_forward.default, (*args, "cpu", True),
+    torch.library.opcheck(torch.ops.neurostep.wkv_forward.default, (*args, True, "cpu"),
                           test_utils=("test_schema", "test_faketensor", "test_autograd_registration"))
 
     # the fake implementation gives shapes without running a kernel (what torch.compile traces with)
@@ -203,13 +203,13 @@ def test_custom_op_opcheck_and_fake_tensors():
     with FakeTensorMode() as mode:
         fk = mode.from_tensor(k)
         out = torch.ops.neurostep.wkv_forward(mode.from_tensor(td), mode.from_tensor(tf), fk, mode.from_tensor(v),
-                                              *[mode.from_tensor(s) for s in state], "cpu", True)
+                                              *[mode.from_tensor(s) for s in state], True, "cpu")
         assert out[0].shape == k.shape and out[4].shape == (3, *k.shape)
 
 
 def test_cost_formula():
     td, tf, k, v, state = _inputs(2, 5, 7, dtype=torch.float32, seed=11)
-    args = (td, tf, k, v, *state, "cpu", False)
+    args = (td, tf, k, v, *state, False, "cpu")
     out = torch.ops.neurostep.wkv_forward(*args)
     cost = COSTS.get("neurostep::wkv_forward")(args, {}, out)
     n = 2 * 5 * 7

@@ -10,82 +10,37 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from neurostep.engine import KERNELS, OpCost, check_finite, check_nonempty, check_tensor, register_cost
-from neurostep.engine.checks import check_backend_name
+from neurostep.engine import BackwardCall, OpCost, check_finite, check_nonempty, check_tensor, define_op
 
-OP = "causal_conv1d"
-KERNELS.register(OP, "reference", "neurostep.kernels.causal_conv1d.reference")
-KERNELS.register(OP, "cpu", "neurostep.kernels.causal_conv1d.cpu")
-KERNELS.register(OP, "triton", "neurostep.kernels.causal_conv1d.triton")
-
-_BACKENDS = ("reference", "cpu", "triton")
 _ACTIVATIONS = (None, "silu", "swish")
 
 
-def _none_as_empty(t: torch.Tensor | None, like: torch.Tensor) -> torch.Tensor:
-    """Custom ops cannot return None: an empty tensor stands for 'no such input'."""
-    return like.new_empty(0) if t is None else t
-
-
-@torch.library.custom_op("neurostep::causal_conv1d_forward", mutates_args=())
-def _cc_forward(
-    x: torch.Tensor,
-    weight: torch.Tensor,
-    bias: torch.Tensor | None,
-    initial_states: torch.Tensor | None,
-    silu: bool,
-    backend: str,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    impl = KERNELS.resolve(OP, backend, x.device)
+def _forward(impl, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+             initial_states: torch.Tensor | None, silu: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """Returns ``(out, saved)``: ``saved`` is what the backend's backward reads (empty if nothing)."""
     return impl.forward(x, weight, bias, initial_states, silu)
 
 
-@_cc_forward.register_fake
-def _(x, weight, bias, initial_states, silu, backend):
+def _forward_fake(x, weight, bias, initial_states, silu, *, backend):
     return x.new_empty(x.shape), x.new_empty(0)
 
 
-@torch.library.custom_op("neurostep::causal_conv1d_backward", mutates_args=())
-def _cc_backward(
-    grad_out: torch.Tensor,
-    x: torch.Tensor,
-    weight: torch.Tensor,
-    bias: torch.Tensor | None,
-    initial_states: torch.Tensor | None,
-    saved: torch.Tensor,
-    silu: bool,
-    backend: str,
-) -> list[torch.Tensor]:
-    impl = KERNELS.resolve(OP, backend, x.device)
-    grads = impl.backward(grad_out.contiguous(), x, weight, bias, initial_states, saved, silu)
-    return [_none_as_empty(g, x) for g in grads]
+def _save(args, outputs):
+    return args["x"], args["weight"], args["bias"], args["initial_states"], outputs[1]
 
 
-@_cc_backward.register_fake
-def _(grad_out, x, weight, bias, initial_states, saved, silu, backend):
-    return [x.new_empty(0) if t is None else t.new_empty(t.shape) for t in (x, weight, bias, initial_states)]
+def _backward(impl, call: BackwardCall):
+    (grad_out,) = call.grads
+    x, weight, bias, initial_states, saved = call.saved
+    grad_out = torch.zeros_like(x) if grad_out is None else grad_out.contiguous()
+    return impl.backward(grad_out, x, weight, bias, initial_states, saved, call.attrs["silu"])
 
 
-def _setup_context(ctx, inputs, output):
-    x, weight, bias, initial_states, silu, backend = inputs
-    ctx.silu, ctx.backend = silu, backend
-    ctx.present = (bias is not None, initial_states is not None)
-    ctx.save_for_backward(x, weight, _none_as_empty(bias, x), _none_as_empty(initial_states, x), output[1])
+def _backward_fake(call: BackwardCall):
+    return [None if t is None else t.new_empty(t.shape) for t in call.saved[:4]]
 
 
-def _backward(ctx, grad_out, grad_saved):
-    x, weight, bias, initial_states, saved = ctx.saved_tensors
-    bias = bias if ctx.present[0] else None
-    initial_states = initial_states if ctx.present[1] else None
-    dx, dw, db, dinit = _cc_backward(grad_out, x, weight, bias, initial_states, saved, ctx.silu, ctx.backend)
-    return dx, dw, (db if ctx.present[0] else None), (dinit if ctx.present[1] else None), None, None
-
-
-_cc_forward.register_autograd(_backward, setup_context=_setup_context)
-
-
-@register_cost("neurostep::causal_conv1d_forward")
-def _causal_conv1d_cost(args, kwargs, out) -> OpCost:
+def _cost(args, kwargs, out) -> OpCost:
     """W MACs per output element, plus bias add and SiLU (1 exp, 1 mul, 1 add, 1 div as mul)."""
     x, weight, bias, silu = args[0], args[1], args[2], args[4]
     elems = float(x.numel())
@@ -98,6 +53,14 @@ def _causal_conv1d_cost(args, kwargs, out) -> OpCost:
         bytes_read=float(x.numel() + weight.numel()) * itemsize,
         bytes_written=elems * itemsize,
     )
+
+
+CAUSAL_CONV1D = define_op(
+    "causal_conv1d",
+    backends={name: f"neurostep.kernels.causal_conv1d.{name}" for name in ("reference", "cpu", "triton")},
+    forward=_forward, forward_fake=_forward_fake, backward=_backward, backward_fake=_backward_fake,
+    save=_save, internal_outputs=(1,), cost=_cost,
+)
 
 
 def _check_activation(activation: str | None) -> bool:
@@ -127,7 +90,6 @@ def causal_conv1d_fn(
     Returns:
         ``out (B, D, L)`` in ``x``'s dtype (and the final states in ``x``'s dtype when asked).
     """
-    check_backend_name(backend, _BACKENDS)
     x = check_tensor("x", x, ndim=3)
     batch, dim, length = x.shape
     check_nonempty("x", x, 2)
@@ -142,14 +104,14 @@ def causal_conv1d_fn(
     if initial_states is not None:
         check_tensor("initial_states", initial_states, shape=(batch, dim, width - 1), device=x.device)
     silu = _check_activation(activation)
-    name = KERNELS.choose(OP, backend, x.device)
+    CAUSAL_CONV1D.choose_backend(backend, x.device)
 
     cdtype = torch.float64 if x.dtype == torch.float64 else torch.float32
 
     def prep(t: torch.Tensor | None) -> torch.Tensor | None:
         return None if t is None else t.to(cdtype).contiguous()
 
-    out, _ = _cc_forward(prep(x), prep(weight), prep(bias), prep(initial_states), silu, name)
+    out, _ = CAUSAL_CONV1D(prep(x), prep(weight), prep(bias), prep(initial_states), silu, backend=backend)
     out = out.to(x.dtype)
     if not return_final_states:
         return out

@@ -4,23 +4,27 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import torch
+
 CONVENTIONS = ("spikingjelly", "snntorch")
 SNN_RESETS = ("subtract", "zero", "none")
 
 
 @dataclass(frozen=True)
 class LIFParams:
-    """Everything a backend needs besides tensors (values already validated by the public op).
+    """Everything a backend needs besides the data (values already validated by the public op).
 
-    k: tau_inv (1/tau, or 1 - beta for the snntorch convention); vth: threshold; vr: reset
+    k: tau_inv (1/tau, or 1 - beta for the snntorch convention) and vth: threshold, both 0-d tensors
+    in the compute dtype on the data's device, so that no backend has to read them back from a GPU
+    (the CPU backend reads them: on the CPU that is a memory read, not a transfer); vr: reset
     potential (used by hard reset); vr_charge: the V_r of the charge equation (0 for soft reset);
     hard: hard (True) or soft/subtract (False) reset; snn: snntorch convention; snn_reset:
     index into SNN_RESETS; sid/alpha: surrogate; rho/beta: threshold adaptation
     (``a_p = rho*a``, ``theta = vth + a_p``, ``a = a_p + beta*S``) when ``adaptive``.
     """
 
-    k: float
-    vth: float
+    k: torch.Tensor
+    vth: torch.Tensor
     vr: float
     hard: bool
     decay_input: bool
@@ -32,6 +36,11 @@ class LIFParams:
     adaptive: bool
     rho: float
     beta: float
+
+    @property
+    def one_minus_k(self) -> torch.Tensor:
+        """``1 - k`` rounded once from float64 (as every backend computes it), in k's dtype."""
+        return (1.0 - self.k.to(torch.float64)).to(self.k.dtype)
 
     @property
     def vr_charge(self) -> float:

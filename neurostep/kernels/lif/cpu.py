@@ -360,7 +360,8 @@ def _np(t: torch.Tensor) -> np.ndarray:
 
 def _scalars(p: LIFParams, dtype: torch.dtype):
     f = np.float32 if dtype == torch.float32 else np.float64
-    return (f(p.k), f(1.0 - p.k), f(p.vth), f(p.vr), f(p.vr_charge), f(p.rho), f(p.beta), f(1.0))
+    k, vth = float(p.k), float(p.vth)  # CPU tensors: a memory read, no device transfer
+    return (f(k), f(1.0 - k), f(vth), f(p.vr), f(p.vr_charge), f(p.rho), f(p.beta), f(1.0))
 
 
 def _surrogate_scalars(p: LIFParams, dtype: torch.dtype):

@@ -203,10 +203,10 @@ def backward(x: torch.Tensor | None, v0: torch.Tensor, h: torch.Tensor, theta: t
             gvth += gth
             gx[t] = gh
             if p.snn_reset == 1:
-                cv = gh * (1.0 - p.k) * (1.0 - r)
+                cv = gh * p.one_minus_k * (1.0 - r)
                 gk -= gh * ((1.0 - r) * vprev)
             else:
-                cv = gh * (1.0 - p.k)
+                cv = gh * p.one_minus_k
                 gk -= gh * vprev
             continue
         th = theta[t] if adaptive else p.vth
@@ -241,5 +241,5 @@ def backward(x: torch.Tensor | None, v0: torch.Tensor, h: torch.Tensor, theta: t
                 gk += gh * (x[t] - vprev + p.vr_charge)
             else:
                 gk += gh * (p.vr_charge - vprev)
-        cv = gh * (1.0 - p.k)
+        cv = gh * p.one_minus_k
     return gx, cv, ca, gk.sum(), gvth.sum()

@@ -215,8 +215,11 @@ def _lif_bwd_kernel(x_ptr, v0_ptr, h_ptr, th_ptr, gs_ptr, gvs_ptr, gvl_ptr, gal_
 
 
 def _params_tensor(p: LIFParams, like: torch.Tensor) -> torch.Tensor:
-    vals = [p.k, 1.0 - p.k, p.vth, p.vr, p.vr_charge, p.rho, p.beta, p.alpha]
-    return torch.tensor(vals, dtype=like.dtype).to(like.device)
+    """The kernels' scalar table, built on the device: k and vth are device tensors and are never read
+    back to the host. ``1 - k`` is rounded from float64, as the CPU backend rounds it."""
+    device_part = torch.stack([p.k.to(like.dtype), p.one_minus_k.to(like.dtype), p.vth.to(like.dtype)])
+    host_part = torch.tensor([p.vr, p.vr_charge, p.rho, p.beta, p.alpha], dtype=like.dtype).to(like.device)
+    return torch.cat([device_part, host_part])
 
 
 def _launch_opts() -> dict:

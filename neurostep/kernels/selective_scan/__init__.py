@@ -14,13 +14,9 @@ import importlib.util
 import torch
 import torch.nn.functional as F
 
-from neurostep.engine import KERNELS, OpCost, check_finite, check_nonempty, check_tensor, register_cost
-from neurostep.engine.checks import check_backend_name
+from neurostep.engine import KERNELS, BackwardCall, OpCost, check_finite, check_nonempty, check_tensor, define_op
 
-OP = "selective_scan"
-KERNELS.register(OP, "reference", "neurostep.kernels.selective_scan.reference")
-KERNELS.register(OP, "cpu", "neurostep.kernels.selective_scan.cpu")
-KERNELS.register(OP, "triton", "neurostep.kernels.selective_scan.triton")
+_INPUTS = ("u", "delta", "A", "B", "C", "D", "z", "delta_bias", "initial_state")
 
 
 def _mamba_ssm_missing(device: torch.device) -> str | None:
@@ -29,99 +25,39 @@ def _mamba_ssm_missing(device: torch.device) -> str | None:
     return None
 
 
-KERNELS.register(OP, "mamba_ssm", "neurostep.kernels.selective_scan.mamba_ssm_backend", devices=("cuda",),
-                 missing=_mamba_ssm_missing)
-
-_BACKENDS = ("reference", "cpu", "triton", "mamba_ssm")
-
-
-def _none_as_empty(t: torch.Tensor | None, like: torch.Tensor) -> torch.Tensor:
-    """Custom ops cannot return None: an empty tensor stands for 'no such input'."""
-    return like.new_empty(0) if t is None else t
-
-
-@torch.library.custom_op("neurostep::selective_scan_forward", mutates_args=())
-def _ss_forward(
-    u: torch.Tensor,
-    delta: torch.Tensor,
-    A: torch.Tensor,
-    B: torch.Tensor,
-    C: torch.Tensor,
-    D: torch.Tensor | None,
-    z: torch.Tensor | None,
-    delta_bias: torch.Tensor | None,
-    initial_state: torch.Tensor | None,
-    delta_softplus: bool,
-    backend: str,
+def _forward(
+    impl, u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor,
+    D: torch.Tensor | None, z: torch.Tensor | None, delta_bias: torch.Tensor | None,
+    initial_state: torch.Tensor | None, delta_softplus: bool,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    impl = KERNELS.resolve(OP, backend, u.device)
-    out, last, saved = impl.forward(u, delta, A, B, C, D, z, delta_bias, initial_state, delta_softplus)
-    return out, last, saved
+    """Returns ``(out, last_state, saved)``; ``saved`` is what the backend's backward reads."""
+    return impl.forward(u, delta, A, B, C, D, z, delta_bias, initial_state, delta_softplus)
 
 
-@_ss_forward.register_fake
-def _(u, delta, A, B, C, D, z, delta_bias, initial_state, delta_softplus, backend):
-    impl = KERNELS.resolve(OP, backend, u.device)
+def _forward_fake(u, delta, A, B, C, D, z, delta_bias, initial_state, delta_softplus, *, backend):
+    impl = KERNELS.resolve("selective_scan", backend, u.device)
     batch, dim, length = u.shape
     n = A.shape[1]
     return u.new_empty(u.shape), u.new_empty(batch, dim, n), u.new_empty(impl.saved_shape(batch, dim, length, n))
 
 
-@torch.library.custom_op("neurostep::selective_scan_backward", mutates_args=())
-def _ss_backward(
-    grad_out: torch.Tensor,
-    grad_last: torch.Tensor | None,
-    u: torch.Tensor,
-    delta: torch.Tensor,
-    A: torch.Tensor,
-    B: torch.Tensor,
-    C: torch.Tensor,
-    D: torch.Tensor | None,
-    z: torch.Tensor | None,
-    delta_bias: torch.Tensor | None,
-    initial_state: torch.Tensor | None,
-    saved: torch.Tensor,
-    delta_softplus: bool,
-    backend: str,
-) -> list[torch.Tensor]:
-    impl = KERNELS.resolve(OP, backend, u.device)
-    grads = impl.backward(grad_out.contiguous(), None if grad_last is None else grad_last.contiguous(),
-                          u, delta, A, B, C, D, z, delta_bias, initial_state, saved, delta_softplus)
-    return [_none_as_empty(g, u) for g in grads]
+def _save(args, outputs):
+    return (*(args[name] for name in _INPUTS), outputs[2])
 
 
-@_ss_backward.register_fake
-def _(grad_out, grad_last, u, delta, A, B, C, D, z, delta_bias, initial_state, saved, delta_softplus, backend):
-    like = [u, delta, A, B, C, D, z, delta_bias, initial_state]
-    return [u.new_empty(0) if t is None else t.new_empty(t.shape) for t in like]
+def _backward(impl, call: BackwardCall):
+    grad_out, grad_last = call.grads
+    *inputs, saved = call.saved
+    grad_out = torch.zeros_like(inputs[0]) if grad_out is None else grad_out.contiguous()
+    grad_last = None if grad_last is None else grad_last.contiguous()
+    return impl.backward(grad_out, grad_last, *inputs, saved, call.attrs["delta_softplus"])
 
 
-def _setup_context(ctx, inputs, output):
-    u, delta, A, B, C, D, z, delta_bias, initial_state, delta_softplus, backend = inputs
-    ctx.delta_softplus = delta_softplus
-    ctx.backend = backend
-    ctx.present = [t is not None for t in (D, z, delta_bias, initial_state)]
-    ctx.save_for_backward(u, delta, A, B, C, _none_as_empty(D, u), _none_as_empty(z, u),
-                          _none_as_empty(delta_bias, u), _none_as_empty(initial_state, u), output[2])
+def _backward_fake(call: BackwardCall):
+    return [None if t is None else t.new_empty(t.shape) for t in call.saved[:-1]]
 
 
-def _backward(ctx, grad_out, grad_last, grad_saved):
-    u, delta, A, B, C, D, z, delta_bias, h0, saved = ctx.saved_tensors
-    D, z, delta_bias, h0 = (t if p else None for t, p in zip((D, z, delta_bias, h0), ctx.present))
-    if grad_out is None:
-        grad_out = torch.zeros_like(u)
-    grads = _ss_backward(grad_out, grad_last, u, delta, A, B, C, D, z, delta_bias, h0, saved,
-                         ctx.delta_softplus, ctx.backend)
-    du, ddelta, dA, dB, dC, dD, dz, dbias, dh0 = grads
-    opt = [g if p else None for g, p in zip((dD, dz, dbias, dh0), ctx.present)]
-    return du, ddelta, dA, dB, dC, opt[0], opt[1], opt[2], opt[3], None, None
-
-
-_ss_forward.register_autograd(_backward, setup_context=_setup_context)
-
-
-@register_cost("neurostep::selective_scan_forward")
-def _selective_scan_cost(args, kwargs, out) -> OpCost:
+def _cost(args, kwargs, out) -> OpCost:
     """Per element and state: 1 exp, 4 muls (dt*A, decay*x, dtBu*B, x*C), 2 adds; per element the rest."""
     u, A = args[0], args[2]
     D, z, delta_bias, delta_softplus = args[5], args[6], args[7], args[9]
@@ -139,6 +75,18 @@ def _selective_scan_cost(args, kwargs, out) -> OpCost:
         bytes_read=float(sum(t.numel() for t in args[:9] if isinstance(t, torch.Tensor))) * itemsize,
         bytes_written=float(out[0].numel() + out[1].numel()) * itemsize,
     )
+
+
+SELECTIVE_SCAN = define_op(
+    "selective_scan",
+    backends={
+        **{name: f"neurostep.kernels.selective_scan.{name}" for name in ("reference", "cpu", "triton")},
+        "mamba_ssm": "neurostep.kernels.selective_scan.mamba_ssm_backend",
+    },
+    backend_options={"mamba_ssm": {"devices": ("cuda",), "missing": _mamba_ssm_missing}},
+    forward=_forward, forward_fake=_forward_fake, backward=_backward, backward_fake=_backward_fake,
+    save=_save, internal_outputs=(2,), cost=_cost,
+)
 
 
 def _canonical_bc(name: str, M: object, batch: int, dim: int, length: int, n: int,
@@ -189,7 +137,6 @@ def selective_scan_fn(
         ``out (batch, dim, L)`` in ``u``'s dtype, or ``(out, last_state)`` with ``last_state
         (batch, dim, N)`` in the compute dtype (float32, or float64 for float64 inputs).
     """
-    check_backend_name(backend, _BACKENDS)
     u = check_tensor("u", u, ndim=3)
     device = u.device
     batch, dim, length = u.shape
@@ -217,11 +164,11 @@ def selective_scan_fn(
     if not isinstance(delta_softplus, bool):
         raise TypeError(f"delta_softplus must be a bool, got {type(delta_softplus).__name__}")
 
-    name = KERNELS.choose(OP, backend, device)
+    name = SELECTIVE_SCAN.choose_backend(backend, device)
     if name == "mamba_ssm":
         if initial_state is not None:
             raise ValueError("backend 'mamba_ssm' does not take an initial_state; use another backend")
-        impl = KERNELS.resolve(OP, name, device)
+        impl = KERNELS.resolve(SELECTIVE_SCAN.name, name, device)
         return impl.selective_scan(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state)
 
     cdtype = torch.float64 if u.dtype == torch.float64 else torch.float32
@@ -229,8 +176,8 @@ def selective_scan_fn(
     def prep(t: torch.Tensor | None) -> torch.Tensor | None:
         return None if t is None else t.to(cdtype).contiguous()
 
-    out, last, _ = _ss_forward(prep(u), prep(delta), prep(A), prep(Bc), prep(Cc), prep(D), prep(z),
-                               prep(delta_bias), prep(initial_state), delta_softplus, name)
+    out, last, _ = SELECTIVE_SCAN(prep(u), prep(delta), prep(A), prep(Bc), prep(Cc), prep(D), prep(z),
+                                  prep(delta_bias), prep(initial_state), delta_softplus, backend=name)
     out = out.to(u.dtype)
     return (out, last) if return_last_state else out
 

@@ -31,14 +31,16 @@ from typing import NamedTuple
 
 import torch
 
-from neurostep.engine import KERNELS, OpCost, check_finite, check_nonempty, check_tensor, compute_dtype, register_cost
-from neurostep.engine.checks import check_backend_name
+from neurostep.engine import (
+    BackwardCall,
+    OpCost,
+    check_finite,
+    check_nonempty,
+    check_tensor,
+    compute_dtype,
+    define_op,
+)
 from neurostep.kernels.wkv import reference
-
-OP = "wkv"
-_BACKENDS = ("reference", "cpu", "triton")
-for _name in _BACKENDS:
-    KERNELS.register(OP, _name, f"neurostep.kernels.wkv.{_name}")
 
 PP_INIT = -1e38
 
@@ -67,11 +69,11 @@ def _decay(time_decay: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     return -torch.exp(time_decay.to(dtype))
 
 
-@torch.library.custom_op("neurostep::wkv_forward", mutates_args=())
-def _wkv_forward(time_decay: torch.Tensor, time_first: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
-                 aa: torch.Tensor, bb: torch.Tensor, pp: torch.Tensor, backend: str, save_history: bool
-                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    impl = KERNELS.resolve(OP, backend, k.device)
+def _forward(impl, time_decay: torch.Tensor, time_first: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+             aa: torch.Tensor, bb: torch.Tensor, pp: torch.Tensor, save_history: bool
+             ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Returns ``(y, aa_T, bb_T, pp_T, hist)``; ``hist`` (3, B, T, C) is saved for the backward when
+    ``save_history`` (else empty)."""
     cd = aa.dtype
     w = _decay(time_decay, cd).contiguous()
     u = time_first.to(cd).contiguous()
@@ -80,19 +82,27 @@ def _wkv_forward(time_decay: torch.Tensor, time_first: torch.Tensor, k: torch.Te
     return y.to(k.dtype), aa_T, bb_T, pp_T, hist
 
 
-@_wkv_forward.register_fake
-def _(time_decay, time_first, k, v, aa, bb, pp, backend, save_history):
+def _forward_fake(time_decay, time_first, k, v, aa, bb, pp, save_history, *, backend):
     B, T, C = k.shape
     hist_shape = (3, B, T, C) if save_history else (3, 0, 0, 0)
     return (k.new_empty(k.shape), aa.new_empty(aa.shape), bb.new_empty(bb.shape), pp.new_empty(pp.shape),
             aa.new_empty(hist_shape))
 
 
-@torch.library.custom_op("neurostep::wkv_backward", mutates_args=())
-def _wkv_backward(time_decay: torch.Tensor, time_first: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
-                  y: torch.Tensor, hist: torch.Tensor, aa_T: torch.Tensor, bb_T: torch.Tensor, gy: torch.Tensor,
-                  g_aa: torch.Tensor, g_bb: torch.Tensor, g_pp: torch.Tensor, backend: str) -> list[torch.Tensor]:
-    impl = KERNELS.resolve(OP, backend, k.device)
+def _save(args, outputs):
+    if not args["save_history"]:
+        return ()
+    y, aa_T, bb_T, _, hist = outputs
+    return args["time_decay"], args["time_first"], args["k"], args["v"], y, hist, aa_T, bb_T
+
+
+def _backward(impl, call: BackwardCall):
+    if not call.saved:
+        raise RuntimeError("wkv was called without saving its history (no input required grad at call time), "
+                           "so it cannot be differentiated")
+    time_decay, time_first, k, v, y, hist, aa_T, bb_T = call.saved
+    gy, g_aa, g_bb, g_pp = (torch.zeros_like(like) if g is None else g
+                            for g, like in zip(call.grads, (y, aa_T, aa_T, aa_T)))
     cd = hist.dtype
     w = _decay(time_decay, cd).contiguous()
     u = time_first.to(cd).contiguous()
@@ -105,40 +115,12 @@ def _wkv_backward(time_decay: torch.Tensor, time_first: torch.Tensor, k: torch.T
     return [g_td, gu.sum(0).to(time_first.dtype), gk.to(k.dtype), gv.to(v.dtype), g_aa0, g_bb0, g_pp0]
 
 
-@_wkv_backward.register_fake
-def _(time_decay, time_first, k, v, y, hist, aa_T, bb_T, gy, g_aa, g_bb, g_pp, backend):
-    return [time_decay.new_empty(time_decay.shape), time_first.new_empty(time_first.shape), k.new_empty(k.shape),
-            v.new_empty(v.shape), aa_T.new_empty(aa_T.shape), aa_T.new_empty(aa_T.shape), aa_T.new_empty(aa_T.shape)]
+def _backward_fake(call: BackwardCall):
+    time_decay, time_first, k, v, _, _, aa_T, _ = call.saved
+    return [t.new_empty(t.shape) for t in (time_decay, time_first, k, v, aa_T, aa_T, aa_T)]
 
 
-def _setup_context(ctx, inputs, output):
-    time_decay, time_first, k, v, aa, bb, pp, backend, save_history = inputs
-    y, aa_T, bb_T, pp_T, hist = output
-    if not save_history:
-        ctx.backend = None
-        return
-    ctx.backend = backend
-    ctx.save_for_backward(time_decay, time_first, k, v, y, hist, aa_T, bb_T)
-
-
-def _backward(ctx, gy, g_aa, g_bb, g_pp, g_hist):
-    if ctx.backend is None:
-        raise RuntimeError("wkv was called without saving its history (no input required grad at call time), "
-                           "so it cannot be differentiated")
-    time_decay, time_first, k, v, y, hist, aa_T, bb_T = ctx.saved_tensors
-    zeros = torch.zeros_like(aa_T)
-    grads = _wkv_backward(time_decay, time_first, k, v, y, hist, aa_T, bb_T,
-                          torch.zeros_like(y) if gy is None else gy,
-                          zeros if g_aa is None else g_aa, zeros if g_bb is None else g_bb,
-                          zeros if g_pp is None else g_pp, ctx.backend)
-    return (*grads, None, None)
-
-
-_wkv_forward.register_autograd(_backward, setup_context=_setup_context)
-
-
-@register_cost("neurostep::wkv_forward")
-def _wkv_cost(args, kwargs, out) -> OpCost:
+def _cost(args, kwargs, out) -> OpCost:
     """Per (sequence, token, channel) as the fused kernels compute it: 2 exps (one per max-shifted
     pair, the other factor being exactly 1), 2 compares (the maxima), 6 muls, 7 adds and one
     division counted as a mul, 3 state writes; plus C exps for ``-exp(time_decay)``."""
@@ -156,6 +138,14 @@ def _wkv_cost(args, kwargs, out) -> OpCost:
         bytes_read=2.0 * n * k.element_size() + state_bytes + 2.0 * C * args[0].element_size(),
         bytes_written=n * k.element_size() + state_bytes + float(hist.numel() * hist.element_size()),
     )
+
+
+WKV = define_op(
+    "wkv",
+    backends={name: f"neurostep.kernels.wkv.{name}" for name in ("reference", "cpu", "triton")},
+    forward=_forward, forward_fake=_forward_fake, backward=_backward, backward_fake=_backward_fake,
+    save=_save, internal_outputs=(4,), cost=_cost,
+)
 
 
 # --------------------------------------------------------------------------------------------
@@ -190,7 +180,6 @@ def wkv(w: torch.Tensor, u: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
         ``y`` ``(B, T, C)`` in ``k``'s dtype and the final :class:`WKVState` in the compute dtype
         (fp32 for fp16/bf16/fp32 inputs, fp64 for fp64).
     """
-    check_backend_name(backend, _BACKENDS)
     k = check_tensor("k", k, ndim=3)
     B, T, C = k.shape
     device = k.device
@@ -204,9 +193,9 @@ def wkv(w: torch.Tensor, u: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
     check_finite("u (time_first)", u)
     cd = compute_dtype(k.dtype)
     state = init_state(B, C, device, cd) if state is None else _check_state(state, B, C, device, cd)
-    name = KERNELS.choose(OP, backend, device)
+    name = WKV.choose_backend(backend, device)
     save = torch.is_grad_enabled() and any(t.requires_grad for t in (w, u, k, v, *state))
-    y, aa, bb, pp, _ = _wkv_forward(w, u, k, v, state.aa, state.bb, state.pp, name, save)
+    y, aa, bb, pp, _ = WKV(w, u, k, v, state.aa, state.bb, state.pp, save, backend=name)
     return y, WKVState(aa, bb, pp)
 
 
