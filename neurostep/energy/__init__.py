@@ -8,7 +8,7 @@
 """
 
 from neurostep.energy.cli import cli_main
-from neurostep.energy.counter import FIELDS, OpCounter, count
+from neurostep.energy.counter import FIELDS, CostRecord, OpCounter, count
 from neurostep.energy.profiles import PROFILES, EnergyProfile, get_profile
 from neurostep.energy.report import MODES, Counts, Report, format_count, format_energy, spikformer_energy
 
@@ -16,6 +16,7 @@ __all__ = [
     "FIELDS",
     "MODES",
     "PROFILES",
+    "CostRecord",
     "Counts",
     "EnergyProfile",
     "OpCounter",
