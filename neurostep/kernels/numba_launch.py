@@ -1,7 +1,7 @@
 """Launching numba's parallel kernels from several Python threads without aborting the process.
 
 numba runs ``prange`` loops on one of three threading layers, picked at the first parallel
-launch: OpenMP, then TBB, then its own ``workqueue`` when neither is installed (or when the
+launch: TBB, then OpenMP, then its own ``workqueue`` when neither is installed (or when the
 user asks for it with ``NUMBA_THREADING_LAYER``). OpenMP and TBB accept launches from several
 Python threads at once; ``workqueue`` does not and terminates the process. :data:`serialized`
 decorates every CPU kernel entry point: under ``workqueue`` it lets one launch run at a time,
