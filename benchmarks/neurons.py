@@ -49,8 +49,8 @@ def _contenders(T: int, N: int, x: torch.Tensor, g: torch.Tensor) -> dict:
 
     def neurostep():
         xs = x.detach().requires_grad_(True)
-        s = lif_scan(xs, tau_inv=1.0 / TAU, v_threshold=V_TH, v_reset=0.0, surrogate="sigmoid", alpha=ALPHA,
-                     backend="cpu").spikes
+        s, _ = lif_scan(xs, tau_inv=1.0 / TAU, v_threshold=V_TH, v_reset=0.0, surrogate="sigmoid", alpha=ALPHA,
+                        backend="cpu")
         s.backward(g)
         return s, xs.grad
 

@@ -14,21 +14,13 @@ the returned membrane is the pre-reset one): see :meth:`LIF.from_snntorch`.
 from __future__ import annotations
 
 import math
-from typing import NamedTuple
 
 import torch
 from torch import nn
 
 from neurostep.engine import Recurrent, check_tensor, compute_dtype
-from neurostep.kernels.lif import CONVENTIONS, SNN_RESETS, lif_scan
+from neurostep.kernels.lif import CONVENTIONS, SNN_RESETS, LIFState, lif_scan
 from neurostep.neuro.surrogate import ATan, Sigmoid, SurrogateFunction, resolve_surrogate
-
-
-class LIFState(NamedTuple):
-    """Neuron state: membrane ``v (*lanes)`` and threshold adaptation ``a (*lanes)`` (adaptive only)."""
-
-    v: torch.Tensor
-    a: torch.Tensor | None = None
 
 
 class SpikingNeuron(Recurrent):
@@ -96,19 +88,19 @@ class SpikingNeuron(Recurrent):
         check_tensor("x", x, min_ndim=1)
         if state is not None and not isinstance(state, LIFState):
             raise TypeError(f"state must be a LIFState (init_state or a previous scan), got {type(state).__name__}")
-        v0 = state.v if state is not None else None
-        a0 = state.a if state is not None and self.adaptive else None
+        if state is not None and not self.adaptive and state.a is not None:
+            state = LIFState(state.v)  # a non-adaptive neuron ignores an adaptation it was handed
         return lif_scan(
-            x, v0, a0, tau_inv=self.tau_inv(), v_threshold=self.v_threshold, v_reset=self.v_reset,
+            x, state, tau_inv=self.tau_inv(), v_threshold=self.v_threshold, v_reset=self.v_reset,
             decay_input=self.decay_input, detach_reset=self.detach_reset, surrogate=self.surrogate.name,
             alpha=self.surrogate.alpha, convention=self.convention, snn_reset=self.snn_reset,
-            adapt_rho=self.adapt_rho, adapt_beta=self.adapt_beta, return_v_seq=return_v_seq, backend=self.backend,
+            adapt_rho=self.adapt_rho, adapt_beta=self.adapt_beta, return_v_seq=return_v_seq,
+            output_final_state=True, backend=self.backend,
         )
 
     def scan(self, x: torch.Tensor, state: LIFState | None = None) -> tuple[torch.Tensor, LIFState]:
         """Spikes ``(T, *lanes)`` and the final state for input current ``x (T, *lanes)``."""
-        out = self._run(x, state, return_v_seq=False)
-        return out.spikes, LIFState(out.v_last, out.a_last)
+        return self._run(x, state, return_v_seq=False)
 
     def step(self, x_t: torch.Tensor, state: LIFState | None) -> tuple[torch.Tensor, LIFState]:
         """One timestep: ``x_t (*lanes)`` -> spikes ``(*lanes)`` and the new state."""
@@ -120,8 +112,8 @@ class SpikingNeuron(Recurrent):
               ) -> tuple[torch.Tensor, torch.Tensor, LIFState]:
         """Like :meth:`scan` but also returns the membrane at every step ``(T, *lanes)``
         (after reset for spikingjelly, before reset for snntorch) for dynamics analysis."""
-        out = self._run(x, state, return_v_seq=True)
-        return out.spikes, out.v_seq, LIFState(out.v_last, out.a_last)
+        (spikes, v_seq), final = self._run(x, state, return_v_seq=True)
+        return spikes, v_seq, final
 
     def extra_repr(self) -> str:
         k = self.tau_inv()

@@ -181,7 +181,8 @@ class SpikingTimeMix(Recurrent):
         wkv_state = state.wkv if state is not None else wkv_init_state(B, self.dim, x.device, x.dtype)
         xx = torch.cat([shift.unsqueeze(1), x[:, :-1]], dim=1)
         k, v, r = self._mix(x, xx)
-        att, wkv_state = wkv(self.time_decay, self.time_first, k, v, wkv_state, backend=self.backend)
+        att, wkv_state = wkv(self.time_decay, self.time_first, k, v, wkv_state, output_final_state=True,
+                             backend=self.backend)
         return self.output(r * att), wkv_state
 
     def scan(self, x: torch.Tensor, state: TimeMixState | None = None) -> tuple[torch.Tensor, TimeMixState]:

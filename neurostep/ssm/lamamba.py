@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from neurostep.engine import check_tensor
-from neurostep.kernels.selective_scan import selective_scan_fn, selective_state_update
+from neurostep.kernels.selective_scan import selective_scan, selective_state_update
 from neurostep.layers import DropPath, as_grid, check_tokens, resolve_grid
 
 K_DIRECTIONS = 4
@@ -109,7 +109,7 @@ class SS2D(nn.Module):
             y = self._scan_by_steps(u, delta, A, Bs, Cs, bias)
         else:
             # B and C are grouped (B, K, N, L): direction k's lanes read group k.
-            y = selective_scan_fn(u, delta, A, Bs.contiguous(), Cs.contiguous(), self.Ds.float(), None,
+            y, _ = selective_scan(u, delta, A, Bs.contiguous(), Cs.contiguous(), self.Ds.float(), None,
                                   delta_bias=bias, delta_softplus=True, backend=self.backend)
         y = self._merge(y.reshape(b, K_DIRECTIONS, di, L), H, W).transpose(1, 2)  # (B, L, Di)
         y = self.out_norm(y.to(x.dtype)) * F.silu(z)

@@ -26,8 +26,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from neurostep.engine import Recurrent, check_nonempty, check_tensor, check_token_range, compute_dtype
-from neurostep.kernels.causal_conv1d import causal_conv1d_fn, causal_conv1d_update
-from neurostep.kernels.selective_scan import selective_scan_fn, selective_state_update
+from neurostep.kernels.causal_conv1d import causal_conv1d, causal_conv1d_update
+from neurostep.kernels.selective_scan import selective_scan, selective_state_update
 from neurostep.layers import RMSNorm
 
 
@@ -118,9 +118,9 @@ class _SSMParams(nn.Module):
             history, init_h = state.conv_state, state.ssm_state
         # The next chunk's conv needs the last d_conv inputs seen so far.
         new_conv = torch.cat([history.to(cdtype), x[..., -width:].to(cdtype)], dim=-1)[..., -width:]
-        xc = causal_conv1d_fn(x, conv.weight[:, 0, :], conv.bias,
-                              initial_states=None if state is None else history[..., 1:].to(x.dtype),
-                              activation="silu", backend=self.backend)
+        xc, _ = causal_conv1d(x, conv.weight[:, 0, :], conv.bias, "silu",
+                              initial_state=None if state is None else history[..., 1:].to(x.dtype),
+                              backend=self.backend)
         y, last = self._ssm_core(xc, z, suffix, init_h)
         return y, MambaState(new_conv, last)
 
@@ -132,8 +132,8 @@ class _SSMParams(nn.Module):
         # Parameters enter in the compute dtype: fp32 for half-precision models, fp64 for fp64 ones.
         cdtype = compute_dtype(xc.dtype)
         A = -torch.exp(A_log.to(cdtype))
-        return selective_scan_fn(xc, delta, A, Bm, Cm, D.to(cdtype), z, delta_bias=delta_bias, delta_softplus=True,
-                                 return_last_state=True, initial_state=init_h, backend=self.backend)
+        return selective_scan(xc, delta, A, Bm, Cm, D.to(cdtype), z, delta_bias=delta_bias, delta_softplus=True,
+                              initial_state=init_h, output_final_state=True, backend=self.backend)
 
     def _scan_coefficients(self, xc: torch.Tensor, suffix: str
                            ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from neurostep.engine import COSTS
-from neurostep.kernels.causal_conv1d import causal_conv1d_fn, causal_conv1d_update
+from neurostep.kernels.causal_conv1d import causal_conv1d, causal_conv1d_fn, causal_conv1d_update
 
 BACKENDS = ["cpu"]
 
@@ -132,7 +132,7 @@ def test_bad_input():
         causal_conv1d_fn(x, w[:3])
     with pytest.raises(ValueError, match="weight"):
         causal_conv1d_fn(x, w[:, :0])
-    with pytest.raises(ValueError, match="initial_states"):
+    with pytest.raises(ValueError, match="initial_state"):
         causal_conv1d_fn(x, w, bias, init[..., :1])
     with pytest.raises(ValueError, match="activation"):
         causal_conv1d_fn(x, w, activation="relu")
@@ -144,3 +144,17 @@ def test_bad_input():
         causal_conv1d_fn(x, torch.full_like(w, float("inf")))
     with pytest.raises(ValueError, match="conv_state"):
         causal_conv1d_update(x[..., 0], torch.zeros(2, 5, 3, dtype=torch.float64), w)
+
+
+def test_state_convention_chunks():
+    """initial_state in, (out, final_state) out: chunks with the state carried equal one run, and
+    causal_conv1d_fn (causal-conv1d's spelling) returns the same values."""
+    x, w, bias, init = make(L=12, w=4, dtype=torch.float32, seed=5)
+    out, final = causal_conv1d(x, w, bias, "silu", initial_state=init, output_final_state=True)
+    assert causal_conv1d(x, w, bias, "silu")[1] is None
+    out1, mid = causal_conv1d(x[..., :5], w, bias, "silu", initial_state=init, output_final_state=True)
+    out2, end = causal_conv1d(x[..., 5:], w, bias, "silu", initial_state=mid, output_final_state=True)
+    torch.testing.assert_close(torch.cat([out1, out2], dim=-1), out)
+    assert torch.equal(end, final) and torch.equal(final, x[..., -3:])
+    out_fn, final_fn = causal_conv1d_fn(x, w, bias, init, "silu", return_final_states=True)
+    assert torch.equal(out_fn, out) and torch.equal(final_fn, final)

@@ -3,17 +3,33 @@
 from __future__ import annotations
 
 import itertools
+from typing import NamedTuple
 
 import numpy as np
 import pytest
 import torch
 
 from neurostep.engine import COSTS, KERNELS, BackendUnavailableError
-from neurostep.kernels.lif import SURROGATES, lif_scan
+from neurostep.kernels.lif import SURROGATES, LIFState, lif_scan
 from neurostep.kernels.lif.reference import lif_loop, spike
 from neurostep.kernels.lif.surrogates import sg_block, sg_constant
 
 BACKENDS = ["reference", "cpu"]
+
+
+class _Out(NamedTuple):
+    spikes: torch.Tensor
+    v_last: torch.Tensor
+    a_last: torch.Tensor | None
+    v_seq: torch.Tensor | None
+
+
+def _scan(x, v0=None, a0=None, *, return_v_seq=False, **kw) -> _Out:
+    """lif_scan with every output at hand: (spikes, v_last, a_last, v_seq)."""
+    state = None if v0 is None and a0 is None else LIFState(v0 if v0 is not None else torch.zeros_like(a0), a0)
+    out, final = lif_scan(x, state, return_v_seq=return_v_seq, output_final_state=True, **kw)
+    spikes, v_seq = out if return_v_seq else (out, None)
+    return _Out(spikes, final.v, final.a, v_seq)
 
 # (convention, v_reset, decay_input, detach_reset, adaptive, surrogate)
 SJ_CASES = [
@@ -40,7 +56,7 @@ def _run_pair(backend, x, v0, a0, dtype_ref, **kw):
     xs = x.clone().requires_grad_()
     v0s = v0.clone().requires_grad_()
     a0s = a0.clone().requires_grad_() if a0 is not None else None
-    out = lif_scan(xs, v0s, a0s, tau_inv=tau, v_threshold=vth, return_v_seq=True, backend=backend, **kw)
+    out = _scan(xs, v0s, a0s, tau_inv=tau, v_threshold=vth, return_v_seq=True, backend=backend, **kw)
     xr = x.to(dtype_ref).clone().requires_grad_()
     v0r = v0.to(dtype_ref).clone().requires_grad_()
     a0r = a0.to(dtype_ref).clone().requires_grad_() if a0 is not None else None
@@ -146,11 +162,11 @@ def test_grad_from_state_only_and_chunked_carry(backend):
     x, v0, a0 = _inputs(8, (11,), torch.float32, adaptive=True, seed=6)
     kw = dict(tau_inv=0.3, v_threshold=0.8, adapt_rho=0.7, adapt_beta=0.2, backend=backend)
     xa = x.clone().requires_grad_()
-    full = lif_scan(xa, v0, a0, **kw)
+    full = _scan(xa, v0, a0, **kw)
     (g_full,) = torch.autograd.grad(full.v_last.sum() + full.a_last.sum(), [xa])
     xb = x.clone().requires_grad_()
-    first = lif_scan(xb[:3], v0, a0, **kw)
-    second = lif_scan(xb[3:], first.v_last, first.a_last, **kw)
+    first = _scan(xb[:3], v0, a0, **kw)
+    second = _scan(xb[3:], first.v_last, first.a_last, **kw)
     assert torch.equal(torch.cat([first.spikes, second.spikes]), full.spikes)
     torch.testing.assert_close(second.v_last, full.v_last)
     (g_chunk,) = torch.autograd.grad(second.v_last.sum() + second.a_last.sum(), [xb])
@@ -160,8 +176,8 @@ def test_grad_from_state_only_and_chunked_carry(backend):
 
 def test_backends_agree_exactly_on_spikes_large():
     x, v0, _ = _inputs(16, (4099,), torch.float32, adaptive=False, seed=8)
-    a = lif_scan(x, v0, tau_inv=0.5, v_threshold=1.0, backend="reference", return_v_seq=True)
-    b = lif_scan(x, v0, tau_inv=0.5, v_threshold=1.0, backend="cpu", return_v_seq=True)
+    a = _scan(x, v0, tau_inv=0.5, v_threshold=1.0, backend="reference", return_v_seq=True)
+    b = _scan(x, v0, tau_inv=0.5, v_threshold=1.0, backend="cpu", return_v_seq=True)
     assert torch.equal(a.spikes, b.spikes)
     torch.testing.assert_close(a.v_seq, b.v_seq, rtol=1e-6, atol=1e-6)
 
@@ -184,7 +200,7 @@ def test_cpu_backward_recomputes_membrane_across_blocks(T, n, kw):
         xs = x.clone().requires_grad_()
         tau = torch.tensor(0.3, requires_grad=True)
         with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-            out = lif_scan(xs, v0, tau_inv=tau, v_threshold=1.0, backend=backend, **kw)
+            out = _scan(xs, v0, tau_inv=tau, v_threshold=1.0, backend=backend, **kw)
         if backend == "cpu":
             assert sum(saved) <= x.numel() + 4 * n + 16, saved
         saved.clear()
@@ -202,7 +218,7 @@ def test_cpu_backward_recomputes_membrane_across_blocks(T, n, kw):
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_constant_input_spikes_alternately(backend):
     # docs/reference.md: LIF defaults (tau=2, V_th=1, hard reset to 0), constant input 1.5 -> 0,1,0,1,...
-    out = lif_scan(torch.full((8, 1), 1.5), tau_inv=0.5, v_threshold=1.0, backend=backend)
+    out = _scan(torch.full((8, 1), 1.5), tau_inv=0.5, v_threshold=1.0, backend=backend)
     assert out.spikes.flatten().tolist() == [0, 1, 0, 1, 0, 1, 0, 1]
 
 
@@ -220,7 +236,7 @@ def test_matches_spikingjelly_lifnode(backend, v_reset, detach):
     w = torch.randn_like(s_ref)
     (g_ref,) = torch.autograd.grad((s_ref * w).sum() + node.v_seq.sum(), [xa])
     xb = x.clone().requires_grad_()
-    out = lif_scan(xb, tau_inv=0.5, v_threshold=1.0, v_reset=v_reset, detach_reset=detach, return_v_seq=True,
+    out = _scan(xb, tau_inv=0.5, v_threshold=1.0, v_reset=v_reset, detach_reset=detach, return_v_seq=True,
                    backend=backend)
     (g,) = torch.autograd.grad((out.spikes * w).sum() + out.v_seq.sum(), [xb])
     assert torch.equal(out.spikes, s_ref)
@@ -247,7 +263,7 @@ def test_matches_snntorch_leaky(backend, reset):
     w = torch.randn_like(s_ref)
     (g_ref,) = torch.autograd.grad((s_ref * w).sum() + m_ref.sum(), [xa])
     xb = x.clone().requires_grad_()
-    out = lif_scan(xb, tau_inv=1.0 - beta, v_threshold=1.0, convention="snntorch", snn_reset=reset,
+    out = _scan(xb, tau_inv=1.0 - beta, v_threshold=1.0, convention="snntorch", snn_reset=reset,
                    surrogate="fast_sigmoid", return_v_seq=True, backend=backend)
     (g,) = torch.autograd.grad((out.spikes * w).sum() + out.v_seq.sum(), [xb])
     assert torch.equal(out.spikes, s_ref)
@@ -311,6 +327,20 @@ def test_numba_exp_surrogates_flush_far_tails(name):
 # bad input
 
 
+def test_state_convention():
+    """initial_state in; (out, final_state) out, the final state None unless asked for."""
+    x = torch.randn(6, 3)
+    spikes, final = lif_scan(x, tau_inv=0.5, v_threshold=1.0)
+    assert final is None and spikes.shape == x.shape
+    (spikes2, v_seq), final = lif_scan(x, tau_inv=0.5, v_threshold=1.0, return_v_seq=True, output_final_state=True)
+    assert torch.equal(spikes, spikes2) and torch.equal(final.v, v_seq[-1]) and final.a is None
+    s1, mid = lif_scan(x[:4], tau_inv=0.5, v_threshold=1.0, output_final_state=True)
+    s2, end = lif_scan(x[4:], mid, tau_inv=0.5, v_threshold=1.0, output_final_state=True)
+    assert torch.equal(torch.cat([s1, s2]), spikes) and torch.equal(end.v, final.v)
+    _, adaptive = lif_scan(x, tau_inv=0.5, v_threshold=1.0, adapt_rho=0.9, adapt_beta=0.2, output_final_state=True)
+    assert adaptive.a is not None and adaptive.a.shape == (3,)
+
+
 def test_bad_input_raises_clear_errors():
     x = torch.randn(4, 3)
     ok = dict(tau_inv=0.5, v_threshold=1.0)
@@ -322,12 +352,14 @@ def test_bad_input_raises_clear_errors():
         lif_scan(torch.ones(4, 3, dtype=torch.int64), **ok)
     with pytest.raises(TypeError, match="torch.Tensor"):
         lif_scan(np.ones((4, 3)), **ok)
-    with pytest.raises(ValueError, match=r"v0 must have shape \(3,\).*\(4, 3\).*got \(2,\)"):
-        lif_scan(x, torch.zeros(2), **ok)
-    with pytest.raises(ValueError, match=r"a0 must have shape \(3,\)"):
-        lif_scan(x, None, torch.zeros(3, 1), **ok)
+    with pytest.raises(ValueError, match=r"initial_state.v must have shape \(3,\).*\(4, 3\).*got \(2,\)"):
+        lif_scan(x, LIFState(torch.zeros(2)), **ok)
+    with pytest.raises(ValueError, match=r"initial_state.a must have shape \(3,\)"):
+        lif_scan(x, LIFState(torch.zeros(3), torch.zeros(3, 1)), **ok)
     with pytest.raises(ValueError, match="meta"):
-        lif_scan(x, torch.zeros(3, device="meta"), **ok)
+        lif_scan(x, LIFState(torch.zeros(3, device="meta")), **ok)
+    with pytest.raises(TypeError, match="initial_state must be a LIFState"):
+        lif_scan(x, torch.zeros(3), **ok)
     for bad_tau in (float("nan"), 1.0, 1.5, -0.1):
         with pytest.raises(ValueError, match="tau_inv"):
             lif_scan(x, tau_inv=bad_tau, v_threshold=1.0)
@@ -366,9 +398,9 @@ def test_bad_input_raises_clear_errors():
 def test_nan_propagates_without_crash(backend):
     x = torch.randn(6, 5)
     x[2, 1] = float("nan")
-    out = lif_scan(x, tau_inv=0.5, v_threshold=1.0, return_v_seq=True, backend=backend)
+    out = _scan(x, tau_inv=0.5, v_threshold=1.0, return_v_seq=True, backend=backend)
     assert torch.isnan(out.v_seq[2:, 1]).all() and torch.isnan(out.v_last[1])
-    clean = lif_scan(x[:, [0, 2, 3, 4]], tau_inv=0.5, v_threshold=1.0, return_v_seq=True, backend=backend)
+    clean = _scan(x[:, [0, 2, 3, 4]], tau_inv=0.5, v_threshold=1.0, return_v_seq=True, backend=backend)
     assert torch.equal(out.v_seq[:, [0, 2, 3, 4]], clean.v_seq)
 
 
@@ -416,7 +448,7 @@ def test_torch_compile_fullgraph():
             self.w = torch.nn.Parameter(torch.tensor(0.0))  # PLIF-style learnable tau: 1/tau = sigmoid(w)
 
         def forward(self, x):
-            out = lif_scan(self.fc(x), tau_inv=torch.sigmoid(self.w), v_threshold=1.0, backend="cpu")
+            out = _scan(self.fc(x), tau_inv=torch.sigmoid(self.w), v_threshold=1.0, backend="cpu")
             return out.spikes.mean(0)
 
     model = Tiny()
@@ -448,7 +480,7 @@ def test_gradcheck_through_membrane(backend, kw):
         kw = dict(kw, detach_reset=True)
 
     def f(x, v0, tau, vth):
-        out = lif_scan(x, v0, tau_inv=tau, v_threshold=vth, return_v_seq=True, backend=backend, **kw)
+        out = _scan(x, v0, tau_inv=tau, v_threshold=vth, return_v_seq=True, backend=backend, **kw)
         return out.v_seq, out.v_last
 
     ins = [t.clone().requires_grad_() for t in (x, v0, tau, vth)]

@@ -59,15 +59,15 @@ def test_triton_awkward_shapes(T, lanes):
 def test_triton_noncontiguous_and_half():
     base = torch.randn(6, 3, generator=torch.Generator().manual_seed(5)) * 1.5
     x = base.t().to(torch.float16)  # (T=3, 6), non-contiguous, fp16
-    ref = lif_scan(x, tau_inv=0.5, v_threshold=1.0, return_v_seq=True, backend="reference")
-    out = lif_scan(x, tau_inv=0.5, v_threshold=1.0, return_v_seq=True, backend="triton")
-    assert out.spikes.dtype == torch.float16
-    assert torch.equal(out.spikes, ref.spikes) and torch.equal(out.v_seq, ref.v_seq)
+    (ref_s, ref_v), _ = lif_scan(x, tau_inv=0.5, v_threshold=1.0, return_v_seq=True, backend="reference")
+    (spikes, v_seq), _ = lif_scan(x, tau_inv=0.5, v_threshold=1.0, return_v_seq=True, backend="triton")
+    assert spikes.dtype == torch.float16
+    assert torch.equal(spikes, ref_s) and torch.equal(v_seq, ref_v)
 
 
 def test_triton_nan_propagates():
     x = torch.randn(4, 5)
     x[1, 2] = float("nan")
-    out = lif_scan(x, tau_inv=0.5, v_threshold=1.0, return_v_seq=True, backend="triton")
-    assert torch.isnan(out.v_seq[1:, 2]).all()
-    assert not torch.isnan(out.v_seq[:, [0, 1, 3, 4]]).any()
+    (_, v_seq), _ = lif_scan(x, tau_inv=0.5, v_threshold=1.0, return_v_seq=True, backend="triton")
+    assert torch.isnan(v_seq[1:, 2]).all()
+    assert not torch.isnan(v_seq[:, [0, 1, 3, 4]]).any()

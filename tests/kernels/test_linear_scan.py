@@ -21,7 +21,7 @@ def make(shape=(2, 9, 3, 5), dtype=torch.float64, seed=0):
 
 def run(a, b, h0, backend):
     leaves = [t.detach().clone().requires_grad_() if t is not None else None for t in (a, b, h0)]
-    h, last = linear_scan(*leaves, backend=backend)
+    h, last = linear_scan(*leaves, output_final_state=True, backend=backend)
     g = torch.Generator().manual_seed(5)
     gh = torch.randn(h.shape, generator=g, dtype=torch.float64).to(h.dtype)
     gl = torch.randn(last.shape, generator=g, dtype=torch.float64).to(last.dtype)
@@ -30,7 +30,7 @@ def run(a, b, h0, backend):
 
 def test_reference_matches_closed_form():
     a, b, h0 = make()
-    h, last = linear_scan(a, b, h0, backend="reference")
+    h, last = linear_scan(a, b, h0, output_final_state=True, backend="reference")
     # h_t = prod_{s<=t} a_s h0 + sum_{s<=t} prod_{s<r<=t} a_r b_s
     L = a.shape[1]
     for t in range(L):
@@ -44,7 +44,7 @@ def test_reference_matches_closed_form():
 @pytest.mark.parametrize("backend", ["reference", *BACKENDS])
 def test_gradcheck(backend):
     a, b, h0 = make(shape=(1, 4, 3))
-    fn = lambda *t: linear_scan(*t, backend=backend)  # noqa: E731
+    fn = lambda *t: linear_scan(*t, output_final_state=True, backend=backend)  # noqa: E731
     assert torch.autograd.gradcheck(fn, [t.requires_grad_() for t in (a, b, h0)])
     assert torch.autograd.gradcheck(fn, [t.requires_grad_() for t in (a, b)])
 
@@ -74,9 +74,9 @@ def test_noncontiguous(backend):
 @pytest.mark.parametrize("backend", ["reference", *BACKENDS])
 def test_half_inputs(backend):
     a, b, h0 = make(dtype=torch.bfloat16)
-    h, last = linear_scan(a, b, h0, backend=backend)
+    h, last = linear_scan(a, b, h0, output_final_state=True, backend=backend)
     assert h.dtype == torch.bfloat16 and last.dtype == torch.float32
-    want, want_last = linear_scan(a.float(), b.float(), h0.float(), backend="reference")
+    want, want_last = linear_scan(a.float(), b.float(), h0.float(), output_final_state=True, backend="reference")
     torch.testing.assert_close(last, want_last)
 
 
@@ -102,7 +102,7 @@ def test_bad_input():
     a, b, h0 = make()
     with pytest.raises(ValueError, match="a must have the shape"):
         linear_scan(a[:, :3], b)
-    with pytest.raises(ValueError, match="h0"):
+    with pytest.raises(ValueError, match="initial_state"):
         linear_scan(a, b, h0[:1])
     with pytest.raises(ValueError, match="0 time steps"):
         linear_scan(a[:, :0], b[:, :0])

@@ -28,5 +28,5 @@ def test_triton_matches_reference(shape, with_h0):
 
 def test_triton_gradcheck_float64():
     a, b, h0 = make(shape=(1, 4, 3))
-    fn = lambda *t: linear_scan(*t, backend="triton")  # noqa: E731
+    fn = lambda *t: linear_scan(*t, output_final_state=True, backend="triton")  # noqa: E731
     assert torch.autograd.gradcheck(fn, [t.requires_grad_() for t in (a, b, h0)])

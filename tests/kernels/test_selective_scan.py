@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from neurostep.engine import COSTS, KERNELS, BackendUnavailableError
-from neurostep.kernels.selective_scan import reference, selective_scan_fn, selective_state_update
+from neurostep.kernels.selective_scan import reference, selective_scan, selective_scan_fn, selective_state_update
 
 BACKENDS = ["cpu"]
 
@@ -334,3 +334,28 @@ def test_bad_input_errors():
         selective_scan_fn(u, delta, A, B, C, D=torch.ones(5))
     with pytest.raises(ValueError, match="z"):
         selective_scan_fn(u, delta, A, B, C, z=u[..., :2])
+
+
+@pytest.mark.parametrize("backend", ["reference", "cpu"])
+def test_state_convention_chunks(backend):
+    """initial_state in, (out, final_state) out: two chunks with the state carried equal one run,
+    and selective_scan_fn (mamba-ssm's spelling) returns the same values."""
+    kw = make_inputs(L=10, dtype=torch.float32, seed=21)
+    h0 = kw.pop("initial_state")
+    out, final = selective_scan(**kw, delta_softplus=True, initial_state=h0, output_final_state=True, backend=backend)
+    assert selective_scan(**kw, delta_softplus=True, backend=backend)[1] is None
+
+    def part(t, sl):
+        return t[..., sl] if (t is not None and t.dim() == 3 and t.shape[-1] == 10) else t
+
+    first = {k: part(v, slice(0, 4)) for k, v in kw.items()}
+    second = {k: part(v, slice(4, None)) for k, v in kw.items()}
+    out1, mid = selective_scan(**first, delta_softplus=True, initial_state=h0, output_final_state=True,
+                               backend=backend)
+    out2, end = selective_scan(**second, delta_softplus=True, initial_state=mid, output_final_state=True,
+                               backend=backend)
+    torch.testing.assert_close(torch.cat([out1, out2], dim=-1), out, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(end, final, rtol=1e-5, atol=1e-5)
+    out_fn, last_fn = selective_scan_fn(**kw, delta_softplus=True, return_last_state=True, initial_state=h0,
+                                        backend=backend)
+    assert torch.equal(out_fn, out) and torch.equal(last_fn, final)

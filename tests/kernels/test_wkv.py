@@ -43,7 +43,7 @@ def _grads(fn, td, tf, k, v, state):
 
 def _via_op(backend):
     def fn(td, tf, k, v, aa, bb, pp):
-        return wkv(td, tf, k, v, (aa, bb, pp), backend=backend)
+        return wkv(td, tf, k, v, (aa, bb, pp), output_final_state=True, backend=backend)
     return fn
 
 
@@ -74,10 +74,10 @@ def test_backend_matches_autograd_of_reference(backend, B, T, C, dtype):
 
 def test_fresh_state_gradients_and_defaults():
     td, tf, k, v, _ = _inputs(2, 5, 8, with_state=False)
-    y_none, s_none = wkv(td, tf, k, v, backend="cpu")
+    y_none, s_none = wkv(td, tf, k, v, output_final_state=True, backend="cpu")
     fresh = init_state(2, 8, dtype=torch.float64)
     assert torch.equal(fresh.pp, torch.full((2, 8), PP_INIT, dtype=torch.float64))
-    y_fresh, _ = wkv(td, tf, k, v, fresh, backend="cpu")
+    y_fresh, _ = wkv(td, tf, k, v, fresh, output_final_state=True, backend="cpu")
     torch.testing.assert_close(y_none, y_fresh)
     assert isinstance(s_none, WKVState)
     # from a fresh state the first output is v_0 exactly (one token: weight e^{u+k}/e^{u+k})
@@ -95,7 +95,7 @@ def test_gradcheck_float64(backend):
     leaves = [t.clone().requires_grad_(True) for t in (td, tf, k, v, *state)]
 
     def fn(td, tf, k, v, aa, bb, pp):
-        y, s = wkv(td, tf, k, v, (aa, bb, pp), backend=backend)
+        y, s = wkv(td, tf, k, v, (aa, bb, pp), output_final_state=True, backend=backend)
         return y, *s
 
     assert torch.autograd.gradcheck(fn, leaves, eps=1e-6, atol=1e-6, rtol=1e-5)
@@ -106,8 +106,8 @@ def test_odd_and_noncontiguous_inputs():
     k_nc = k.transpose(0, 1).contiguous().transpose(0, 1)   # same values, non-contiguous strides
     v_nc = v[:, :, torch.arange(9)].clone().transpose(1, 2).contiguous().transpose(1, 2)
     assert not k_nc.is_contiguous() and not v_nc.is_contiguous()
-    y0, s0 = wkv(td, tf, k, v, state, backend="reference")
-    y1, s1 = wkv(td, tf, k_nc, v_nc, state, backend="cpu")
+    y0, s0 = wkv(td, tf, k, v, state, output_final_state=True, backend="reference")
+    y1, s1 = wkv(td, tf, k_nc, v_nc, state, output_final_state=True, backend="cpu")
     torch.testing.assert_close(y1, y0, rtol=2e-5, atol=2e-5)
     for a, b in zip(s1, s0):
         torch.testing.assert_close(a, b, rtol=2e-5, atol=2e-5)
@@ -115,9 +115,9 @@ def test_odd_and_noncontiguous_inputs():
 
 def test_chunked_scan_and_steps_equal_one_scan():
     td, tf, k, v, state = _inputs(2, 13, 6, seed=4)
-    y, s = wkv(td, tf, k, v, state, backend="cpu")
-    ya, sa = wkv(td, tf, k[:, :5], v[:, :5], state, backend="cpu")
-    yb, sb = wkv(td, tf, k[:, 5:], v[:, 5:], sa, backend="cpu")
+    y, s = wkv(td, tf, k, v, state, output_final_state=True, backend="cpu")
+    ya, sa = wkv(td, tf, k[:, :5], v[:, :5], state, output_final_state=True, backend="cpu")
+    yb, sb = wkv(td, tf, k[:, 5:], v[:, 5:], sa, output_final_state=True, backend="cpu")
     torch.testing.assert_close(torch.cat([ya, yb], 1), y)
     s_step, ys = WKVState(*state), []
     for t in range(13):
@@ -140,7 +140,7 @@ def test_long_sequence_large_keys_is_stable():
     v = torch.randn(B, T, C, generator=g).requires_grad_(True)
     td.requires_grad_(True)
     tf.requires_grad_(True)
-    y, s = wkv(td, tf, k, v, backend="cpu")
+    y, s = wkv(td, tf, k, v, output_final_state=True, backend="cpu")
     assert torch.isfinite(y).all() and all(torch.isfinite(t).all() for t in s)
     running_max = torch.cummax(v.detach(), dim=1).values
     running_min = -torch.cummax(-v.detach(), dim=1).values
@@ -149,7 +149,8 @@ def test_long_sequence_large_keys_is_stable():
     for t in (td, tf, k, v):
         assert torch.isfinite(t.grad).all()
     # the fused kernel agrees with the reference on the last stretch, started from the same state
-    _, s_mid = wkv(td.detach(), tf.detach(), k.detach()[:, :-64], v.detach()[:, :-64], backend="cpu")
+    _, s_mid = wkv(td.detach(), tf.detach(), k.detach()[:, :-64], v.detach()[:, :-64], output_final_state=True,
+                   backend="cpu")
     y_ref, *_ = reference.scan(-torch.exp(td.detach()), tf.detach(), k.detach()[:, -64:], v.detach()[:, -64:], *s_mid)
     torch.testing.assert_close(y.detach()[:, -64:], y_ref, rtol=1e-4, atol=1e-4)
 
@@ -158,7 +159,7 @@ def test_long_sequence_large_keys_is_stable():
 def test_half_inputs_use_fp32_state(dtype):
     td, tf, k, v, state = _inputs(2, 9, 16, dtype=torch.float32, seed=6)
     kh, vh = k.to(dtype).requires_grad_(True), v.to(dtype).requires_grad_(True)
-    y, s = wkv(td, tf, kh, vh, state, backend="cpu")
+    y, s = wkv(td, tf, kh, vh, state, output_final_state=True, backend="cpu")
     assert y.dtype == dtype and all(t.dtype == torch.float32 for t in s)
     y_ref, *_ = reference.scan(-torch.exp(td), tf, kh.detach().float(), vh.detach().float(), *state)
     tol = 1e-2 if dtype == torch.float16 else 2e-2
@@ -172,20 +173,20 @@ def test_nan_in_values_propagates_forward_only_from_its_token():
     v = v.clone()
     v[0, 3, 1] = float("nan")
     for backend in ("reference", "cpu"):
-        y, s = wkv(td, tf, k, v, backend=backend)
+        y, s = wkv(td, tf, k, v, output_final_state=True, backend=backend)
         assert torch.isfinite(y[0, :3]).all(), backend
         assert torch.isnan(y[0, 3:, 1]).all(), backend
         assert torch.isfinite(y[0, :, [0, 2, 3]]).all(), backend
     k = k.clone()
     k[0, 2, 0] = float("nan")
-    y, _ = wkv(td, tf, k, v, backend="cpu")
+    y, _ = wkv(td, tf, k, v, output_final_state=True, backend="cpu")
     assert torch.isnan(y[0, 2:, 0]).all() and torch.isfinite(y[0, :2, 0]).all()
 
 
 def test_no_grad_call_matches_and_saves_nothing():
     td, tf, k, v, state = _inputs(2, 5, 7, seed=9)
     with torch.no_grad():
-        y0, _ = wkv(td, tf, k, v, state, backend="cpu")
+        y0, _ = wkv(td, tf, k, v, state, output_final_state=True, backend="cpu")
         out = torch.ops.neurostep.wkv_forward(td, tf, k, v, *state, False, "cpu")
     assert out[4].numel() == 0
     torch.testing.assert_close(out[0], y0)
@@ -237,10 +238,10 @@ def test_bad_input_raises_clear_errors():
         wkv(torch.full_like(td, float("nan")), tf, k, v)
     with pytest.raises(ValueError, match="state.bb must have shape"):
         wkv(td, tf, k, v, (state[0], state[1][:1], state[2]))
-    with pytest.raises(TypeError, match="state must be a tuple"):
+    with pytest.raises(TypeError, match="initial_state must be a WKVState or a tuple"):
         wkv(td, tf, k, v, state[0])
     with pytest.raises(ValueError, match="backend must be"):
-        wkv(td, tf, k, v, backend="cuda")
+        wkv(td, tf, k, v, output_final_state=True, backend="cuda")
     with pytest.raises(TypeError, match=r"w \(time_decay\) must be a torch.Tensor"):
         wkv([0.0] * 3, tf, k, v)
 
@@ -249,7 +250,7 @@ def test_triton_on_cpu_needs_the_interpreter(monkeypatch):
     monkeypatch.setenv("TRITON_INTERPRET", "0")
     td, tf, k, v, _ = _inputs(1, 2, 3, dtype=torch.float32)
     with pytest.raises(BackendUnavailableError, match="TRITON_INTERPRET"):
-        wkv(td, tf, k, v, backend="triton")
+        wkv(td, tf, k, v, output_final_state=True, backend="triton")
 
 
 @pytest.mark.peers
@@ -271,13 +272,13 @@ def test_matches_transformers_rwkv_attention():
     with torch.no_grad():
         expected, _ = att(hidden)
         receptance, key, value, _ = att.extract_key_value(hidden)
-        y, _ = wkv(att.time_decay, att.time_first, key, value, backend="cpu")
+        y, _ = wkv(att.time_decay, att.time_first, key, value, output_final_state=True, backend="cpu")
         ours = att.output(receptance * y)
         torch.testing.assert_close(ours, expected, rtol=1e-5, atol=1e-5)
         # the state convention too: transformers' (numerator, denominator, max) is our (aa, bb, pp)
         out_hf, state_hf = modeling_rwkv.rwkv_linear_attention_cpu(att.time_decay, att.time_first, key, value,
                                                                   return_state=True)
-        out_ours, state_ours = wkv(att.time_decay, att.time_first, key, value, backend="cpu")
+        out_ours, state_ours = wkv(att.time_decay, att.time_first, key, value, output_final_state=True, backend="cpu")
         torch.testing.assert_close(out_ours, out_hf, rtol=1e-5, atol=1e-5)
         for a, b in zip(state_ours, state_hf):
             torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
@@ -289,7 +290,7 @@ def test_torch_compile_fullgraph_forward_and_backward():
     leaves = [t.clone().requires_grad_(True) for t in (td, tf, k, v)]
 
     def f(td, tf, k, v):
-        y, s = wkv(td, tf, k, v, backend="cpu")
+        y, s = wkv(td, tf, k, v, output_final_state=True, backend="cpu")
         return (y * 2).sum() + s.aa.sum()
 
     compiled = torch.compile(f, backend="aot_eager", fullgraph=True)

@@ -31,20 +31,20 @@ def test_triton_matches_autograd_of_reference(B, T, C, dtype):
 
 def test_triton_fresh_state_large_keys_and_nan():
     td, tf, k, v, state = _inputs(1, 6, 4, dtype=torch.float32, seed=3, with_state=False, k_scale=40.0)
-    y, s = wkv(td, tf, k, v, backend="triton")
-    y_ref, s_ref = wkv(td, tf, k, v, backend="cpu")
+    y, s = wkv(td, tf, k, v, output_final_state=True, backend="triton")
+    y_ref, s_ref = wkv(td, tf, k, v, output_final_state=True, backend="cpu")
     torch.testing.assert_close(y, y_ref, rtol=1e-5, atol=1e-5)
     for a, b in zip(s, s_ref):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
     v = v.clone()
     v[0, 2, 1] = float("nan")
-    y, _ = wkv(td, tf, k, v, backend="triton")
+    y, _ = wkv(td, tf, k, v, output_final_state=True, backend="triton")
     assert torch.isnan(y[0, 2:, 1]).all() and torch.isfinite(y[0, :2]).all()
 
 
 def test_triton_bf16_inputs():
     td, tf, k, v, state = _inputs(1, 3, 8, dtype=torch.float32, seed=4)
-    y, s = wkv(td, tf, k.bfloat16(), v.bfloat16(), state, backend="triton")
-    y_ref, _ = wkv(td, tf, k.bfloat16(), v.bfloat16(), state, backend="cpu")
+    y, s = wkv(td, tf, k.bfloat16(), v.bfloat16(), state, output_final_state=True, backend="triton")
+    y_ref, _ = wkv(td, tf, k.bfloat16(), v.bfloat16(), state, output_final_state=True, backend="cpu")
     assert y.dtype == torch.bfloat16 and s.aa.dtype == torch.float32
     torch.testing.assert_close(y.float(), y_ref.float(), rtol=1e-2, atol=1e-2)

@@ -69,26 +69,27 @@ def _check_activation(activation: str | None) -> bool:
     return activation is not None
 
 
-def causal_conv1d_fn(
+def causal_conv1d(
     x: torch.Tensor,
     weight: torch.Tensor,
     bias: torch.Tensor | None = None,
-    initial_states: torch.Tensor | None = None,
     activation: str | None = None,
     *,
-    return_final_states: bool = False,
+    initial_state: torch.Tensor | None = None,
+    output_final_state: bool = False,
     backend: str = "auto",
-) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
-    """Depthwise causal convolution ``(B, D, L) -> (B, D, L)``.
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Depthwise causal convolution ``(B, D, L) -> (B, D, L)`` with neurostep's state convention.
 
     Args:
-        x: ``(B, D, L)``. weight: ``(D, W)``, ``W >= 1``. bias: ``(D,)`` or None.
-        initial_states: ``(B, D, W-1)``, the last ``W-1`` inputs of the previous chunk, or None (zeros).
+        x: ``(B, D, L)`` (time last, torch's conv1d layout). weight: ``(D, W)``, ``W >= 1``. bias: ``(D,)`` or None.
         activation: None or ``"silu"``.
-        return_final_states: also return the last ``W-1`` inputs ``(B, D, W-1)`` (to carry into the next chunk).
+        initial_state: ``(B, D, W-1)``, the last ``W-1`` inputs of the previous chunk, or None (zeros).
+        output_final_state: also return the last ``W-1`` inputs ``(B, D, W-1)`` (to carry into the next
+            chunk; else None).
         backend: ``"auto"``, ``"reference"``, ``"cpu"`` or ``"triton"``.
     Returns:
-        ``out (B, D, L)`` in ``x``'s dtype (and the final states in ``x``'s dtype when asked).
+        ``(out, final_state)``: ``out (B, D, L)`` in ``x``'s dtype; the final state in ``x``'s dtype, or None.
     """
     x = check_tensor("x", x, ndim=3)
     batch, dim, length = x.shape
@@ -101,24 +102,45 @@ def causal_conv1d_fn(
     if bias is not None:
         check_tensor("bias", bias, shape=(dim,), device=x.device)
         check_finite("bias", bias)
-    if initial_states is not None:
-        check_tensor("initial_states", initial_states, shape=(batch, dim, width - 1), device=x.device)
+    if initial_state is not None:
+        check_tensor("initial_state", initial_state, shape=(batch, dim, width - 1), device=x.device)
     silu = _check_activation(activation)
-    CAUSAL_CONV1D.choose_backend(backend, x.device)
+    name = CAUSAL_CONV1D.choose_backend(backend, x.device)
 
     cdtype = torch.float64 if x.dtype == torch.float64 else torch.float32
 
     def prep(t: torch.Tensor | None) -> torch.Tensor | None:
         return None if t is None else t.to(cdtype).contiguous()
 
-    out, _ = CAUSAL_CONV1D(prep(x), prep(weight), prep(bias), prep(initial_states), silu, backend=backend)
+    out, _ = CAUSAL_CONV1D(prep(x), prep(weight), prep(bias), prep(initial_state), silu, backend=name)
     out = out.to(x.dtype)
-    if not return_final_states:
-        return out
-    history = x if initial_states is None else torch.cat([initial_states.to(x.dtype), x], dim=-1)
+    if not output_final_state:
+        return out, None
+    history = x if initial_state is None else torch.cat([initial_state.to(x.dtype), x], dim=-1)
     if history.shape[-1] < width - 1:
         history = F.pad(history, (width - 1 - history.shape[-1], 0))
     return out, history[..., history.shape[-1] - (width - 1):]
+
+
+def causal_conv1d_fn(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None = None,
+    initial_states: torch.Tensor | None = None,
+    activation: str | None = None,
+    *,
+    return_final_states: bool = False,
+    backend: str = "auto",
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    """causal-conv1d's ``causal_conv1d_fn`` argument names and return convention over :func:`causal_conv1d`.
+
+    ``initial_states`` / ``return_final_states`` are causal-conv1d's spellings of ``initial_state`` /
+    ``output_final_state``; returns ``out``, or ``(out, final_states)``. Code written for causal-conv1d
+    calls this; neurostep's own code calls :func:`causal_conv1d`.
+    """
+    out, final = causal_conv1d(x, weight, bias, activation, initial_state=initial_states,
+                               output_final_state=return_final_states, backend=backend)
+    return (out, final) if return_final_states else out
 
 
 def causal_conv1d_update(
@@ -155,4 +177,4 @@ def causal_conv1d_update(
     return out.to(x.dtype), new_state
 
 
-__all__ = ["causal_conv1d_fn", "causal_conv1d_update"]
+__all__ = ["causal_conv1d", "causal_conv1d_fn", "causal_conv1d_update"]

@@ -10,7 +10,7 @@ see it. See :func:`lif_scan` for the model.
 from __future__ import annotations
 
 import math
-from typing import NamedTuple
+from dataclasses import dataclass
 
 import torch
 
@@ -28,16 +28,17 @@ from neurostep.engine import (
 from neurostep.kernels.lif.common import CONVENTIONS, SNN_RESETS, LIFParams
 from neurostep.kernels.lif.surrogates import SURROGATES, Surrogate, get_surrogate
 
-__all__ = ["CONVENTIONS", "SNN_RESETS", "SURROGATES", "LIFOutput", "Surrogate", "get_surrogate", "lif_scan"]
+__all__ = ["CONVENTIONS", "SNN_RESETS", "SURROGATES", "LIFState", "Surrogate", "get_surrogate", "lif_scan"]
 
 
-class LIFOutput(NamedTuple):
-    """Result of :func:`lif_scan`. spikes ``(T,*lanes)``; v_last, a_last ``(*lanes)``; v_seq ``(T,*lanes)``."""
+@dataclass
+class LIFState:
+    """State of a spiking neuron: membrane ``v (*lanes)`` and, for an adaptive threshold, its
+    adaptation ``a (*lanes)`` (None otherwise). The state :func:`lif_scan` takes and returns, and the
+    state of the neuron modules."""
 
-    spikes: torch.Tensor
-    v_last: torch.Tensor
-    a_last: torch.Tensor | None
-    v_seq: torch.Tensor | None
+    v: torch.Tensor
+    a: torch.Tensor | None = None
 
 
 def _empty(like: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
@@ -243,8 +244,7 @@ def _scalar_param(label: str, name: str, value: float | torch.Tensor, x: torch.T
 
 def lif_scan(
     x: torch.Tensor,
-    v0: torch.Tensor | None = None,
-    a0: torch.Tensor | None = None,
+    initial_state: LIFState | None = None,
     *,
     tau_inv: float | torch.Tensor,
     v_threshold: float | torch.Tensor,
@@ -258,18 +258,18 @@ def lif_scan(
     adapt_rho: float = 0.0,
     adapt_beta: float = 0.0,
     return_v_seq: bool = False,
+    output_final_state: bool = False,
     backend: str = "auto",
-) -> LIFOutput:
+) -> tuple[torch.Tensor | tuple[torch.Tensor, torch.Tensor], LIFState | None]:
     """Run a spiking neuron over a whole sequence in one fused call.
 
     Args:
         x: input current ``(T, *lanes)``, float (fp16/bf16 are computed in fp32 and returned in
-            their dtype). Lanes are independent neurons.
-        v0: initial membrane ``(*lanes)``; None means ``v_reset`` (hard reset) or 0 (soft reset,
-            snntorch).
-        a0: initial threshold adaptation ``(*lanes)`` or None (zeros). The neuron adapts iff
-            ``adapt_beta != 0`` or ``a0`` is given: ``a_p = adapt_rho*a``, ``theta = v_threshold + a_p``,
-            ``a = a_p + adapt_beta*S`` (spikingjelly convention only).
+            their dtype). Time is dim 0; lanes are independent neurons.
+        initial_state: :class:`LIFState` before step 0, or None: membrane ``v_reset`` (hard reset) or 0
+            (soft reset, snntorch), adaptation 0. The neuron adapts iff ``adapt_beta != 0`` or the state
+            has an ``a``: ``a_p = adapt_rho*a``, ``theta = v_threshold + a_p``, ``a = a_p + adapt_beta*S``
+            (spikingjelly convention only).
         tau_inv: ``k = 1/tau`` (0 gives an IF neuron; snntorch convention: ``k = 1 - beta``), a float
             or a 0-d tensor that may require grad (PLIF).
         v_threshold: firing threshold, float or 0-d tensor (may require grad).
@@ -280,12 +280,15 @@ def lif_scan(
             ``reset_delay=True``: reset from the previous step's membrane, fire with ``>``, membrane
             returned before reset). ``v_reset``/``decay_input``/``detach_reset`` do not apply to snntorch,
             whose reset is chosen by ``snn_reset`` (``"subtract"``, ``"zero"``, ``"none"``).
-        return_v_seq: also return the membrane at every step (after reset; snntorch: before).
+        return_v_seq: the output is the pair ``(spikes, v_seq)``, ``v_seq (T, *lanes)`` the membrane at
+            every step (after reset; snntorch: before).
+        output_final_state: also return the final :class:`LIFState` (else None).
         backend: ``"auto"``, ``"reference"``, ``"cpu"`` or ``"triton"``.
 
     Returns:
-        :class:`LIFOutput` ``(spikes (T,*lanes), v_last (*lanes), a_last (*lanes) | None,
-        v_seq (T,*lanes) | None)``; gradients flow to x, v0, a0, tau_inv and v_threshold from all outputs.
+        ``(out, final_state)``: ``out`` is ``spikes (T, *lanes)`` (or ``(spikes, v_seq)``), ``final_state``
+        a :class:`LIFState` in ``x``'s dtype or None. Gradients flow to x, the initial state, tau_inv and
+        v_threshold from every output.
     """
     if convention not in CONVENTIONS:
         raise ValueError(f"convention must be one of {CONVENTIONS}, got {convention!r}")
@@ -298,6 +301,10 @@ def lif_scan(
     check_tensor("x", x, min_ndim=1)
     check_nonempty("x", x, 0)
     LIF.choose_backend(backend, x.device)
+    if initial_state is not None and not isinstance(initial_state, LIFState):
+        raise TypeError(f"initial_state must be a LIFState (or None), got {type(initial_state).__name__}")
+    v0 = initial_state.v if initial_state is not None else None
+    a0 = initial_state.a if initial_state is not None else None
     lanes = tuple(x.shape[1:])
     hard = v_reset is not None
     if hard and (not isinstance(v_reset, (int, float)) or not math.isfinite(v_reset)):
@@ -309,18 +316,19 @@ def lif_scan(
         raise ValueError(f"adapt_rho must be in [0, 1], got {adapt_rho}")
     adaptive = adapt_beta != 0.0 or a0 is not None
     if convention == "snntorch" and adaptive:
-        raise ValueError("threshold adaptation (adapt_beta / a0) is only defined for convention='spikingjelly'")
+        raise ValueError("threshold adaptation (adapt_beta / initial_state.a) is only defined for "
+                         "convention='spikingjelly'")
     if v0 is None:
         v0 = x.new_full(lanes, float(v_reset) if (hard and convention == "spikingjelly") else 0.0)
     else:
-        check_tensor("v0", v0, device=x.device)
-        check_same_shape("v0", v0, lanes, f"x.shape[1:] of x with shape {tuple(x.shape)}")
+        check_tensor("initial_state.v", v0, device=x.device)
+        check_same_shape("initial_state.v", v0, lanes, f"x.shape[1:] of x with shape {tuple(x.shape)}")
     if adaptive:
         if a0 is None:
             a0 = x.new_zeros(lanes)
         else:
-            check_tensor("a0", a0, device=x.device)
-            check_same_shape("a0", a0, lanes, f"x.shape[1:] of x with shape {tuple(x.shape)}")
+            check_tensor("initial_state.a", a0, device=x.device)
+            check_same_shape("initial_state.a", a0, lanes, f"x.shape[1:] of x with shape {tuple(x.shape)}")
     if convention == "spikingjelly" and decay_input:
         k_range = (0.0, 1.0, False, " for a LIF with decay_input=True (spikingjelly requires tau > 1; 0 means an IF "
                    "neuron)")
@@ -336,4 +344,5 @@ def lif_scan(
         bool(detach_reset), surrogate, float(alpha), convention, snn_reset, float(adapt_rho), float(adapt_beta),
         bool(return_v_seq), backend=backend,
     )
-    return LIFOutput(spikes, v_last, a_last if adaptive else None, v_seq if return_v_seq else None)
+    final = LIFState(v_last, a_last if adaptive else None) if output_final_state else None
+    return ((spikes, v_seq) if return_v_seq else spikes), final

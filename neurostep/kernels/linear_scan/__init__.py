@@ -55,18 +55,25 @@ LINEAR_SCAN = define_op(
 
 
 def linear_scan(
-    a: torch.Tensor, b: torch.Tensor, h0: torch.Tensor | None = None, *, backend: str = "auto"
-) -> tuple[torch.Tensor, torch.Tensor]:
+    a: torch.Tensor,
+    b: torch.Tensor,
+    initial_state: torch.Tensor | None = None,
+    *,
+    output_final_state: bool = False,
+    backend: str = "auto",
+) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Run ``h_t = a_t * h_{t-1} + b_t`` over time dim 1.
 
     Args:
         a, b: ``(batch, L, *lanes)``, same shape; ``a`` must be finite (NaN in ``b`` propagates).
-        h0: ``(batch, *lanes)`` state before step 0, or None (zeros).
+        initial_state: ``(batch, *lanes)`` state before step 0, or None (zeros).
+        output_final_state: also return the final state (else None).
         backend: ``"auto"``, ``"reference"``, ``"cpu"`` or ``"triton"``.
     Returns:
-        ``h (batch, L, *lanes)`` (every state, in ``b``'s dtype) and ``h_last (batch, *lanes)`` (the
-        final state in the compute dtype: float32 for half inputs).
+        ``(h, final_state)``: ``h (batch, L, *lanes)`` every state, in ``b``'s dtype; ``final_state
+        (batch, *lanes)`` in the compute dtype (float32 for half inputs), or None.
     """
+    h0 = initial_state
     b = check_tensor("b", b, min_ndim=2)
     check_nonempty("b", b, 1)
     a = check_tensor("a", a, min_ndim=2, device=b.device)
@@ -74,7 +81,7 @@ def linear_scan(
         raise ValueError(f"a must have the shape of b {tuple(b.shape)}, got {tuple(a.shape)}")
     batch, length, lanes = b.shape[0], b.shape[1], tuple(b.shape[2:])
     if h0 is not None:
-        check_tensor("h0", h0, shape=(batch, *lanes), device=b.device)
+        check_tensor("initial_state", h0, shape=(batch, *lanes), device=b.device)
     LINEAR_SCAN.choose_backend(backend, b.device)
     cdtype = torch.float64 if torch.float64 in (a.dtype, b.dtype) else torch.float32
     m = math.prod(lanes)
@@ -84,7 +91,7 @@ def linear_scan(
 
     h = LINEAR_SCAN(prep(a, (batch, length, m)), prep(b, (batch, length, m)), prep(h0, (batch, m)), backend=backend)
     h = h.reshape(b.shape)
-    return h.to(b.dtype), h[:, -1]
+    return h.to(b.dtype), (h[:, -1] if output_final_state else None)
 
 
 __all__ = ["linear_scan"]

@@ -105,7 +105,7 @@ def _canonical_bc(name: str, M: object, batch: int, dim: int, length: int, n: in
     return M
 
 
-def selective_scan_fn(
+def selective_scan(
     u: torch.Tensor,
     delta: torch.Tensor,
     A: torch.Tensor,
@@ -115,27 +115,27 @@ def selective_scan_fn(
     z: torch.Tensor | None = None,
     delta_bias: torch.Tensor | None = None,
     delta_softplus: bool = False,
-    return_last_state: bool = False,
     *,
     initial_state: torch.Tensor | None = None,
+    output_final_state: bool = False,
     backend: str = "auto",
-) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
-    """Selective scan with mamba-ssm's semantics.
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Selective scan (Mamba's S6) with mamba-ssm's semantics and neurostep's state convention.
 
     Args:
-        u, delta: ``(batch, dim, L)``.
+        u, delta: ``(batch, dim, L)`` (time last: the layout of the causal convolution that feeds it).
         A: ``(dim, N)`` real, finite.
         B, C: ``(dim, N)`` constant, ``(batch, N, L)`` per step, or ``(batch, G, N, L)`` grouped
             (``dim % G == 0``; lane ``d`` uses group ``d // (dim // G)``).
         D, delta_bias: ``(dim,)`` or None. z: ``(batch, dim, L)`` or None.
         delta_softplus: apply ``softplus(delta + delta_bias)``.
-        return_last_state: also return the final state.
         initial_state: ``(batch, dim, N)`` state before step 0, or None (zeros); differentiable.
+        output_final_state: also return the final state (else None).
         backend: ``"auto"``, ``"reference"``, ``"cpu"``, ``"triton"`` or ``"mamba_ssm"``.
 
     Returns:
-        ``out (batch, dim, L)`` in ``u``'s dtype, or ``(out, last_state)`` with ``last_state
-        (batch, dim, N)`` in the compute dtype (float32, or float64 for float64 inputs).
+        ``(out, final_state)``: ``out (batch, dim, L)`` in ``u``'s dtype; ``final_state (batch, dim, N)``
+        in the compute dtype (float32, or float64 for float64 inputs), or None.
     """
     u = check_tensor("u", u, ndim=3)
     device = u.device
@@ -169,7 +169,8 @@ def selective_scan_fn(
         if initial_state is not None:
             raise ValueError("backend 'mamba_ssm' does not take an initial_state; use another backend")
         impl = KERNELS.resolve(SELECTIVE_SCAN.name, name, device)
-        return impl.selective_scan(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state)
+        result = impl.selective_scan(u, delta, A, B, C, D, z, delta_bias, delta_softplus, output_final_state)
+        return result if output_final_state else (result, None)
 
     cdtype = torch.float64 if u.dtype == torch.float64 else torch.float32
 
@@ -178,7 +179,32 @@ def selective_scan_fn(
 
     out, last, _ = SELECTIVE_SCAN(prep(u), prep(delta), prep(A), prep(Bc), prep(Cc), prep(D), prep(z),
                                   prep(delta_bias), prep(initial_state), delta_softplus, backend=name)
-    out = out.to(u.dtype)
+    return out.to(u.dtype), (last if output_final_state else None)
+
+
+def selective_scan_fn(
+    u: torch.Tensor,
+    delta: torch.Tensor,
+    A: torch.Tensor,
+    B: torch.Tensor,
+    C: torch.Tensor,
+    D: torch.Tensor | None = None,
+    z: torch.Tensor | None = None,
+    delta_bias: torch.Tensor | None = None,
+    delta_softplus: bool = False,
+    return_last_state: bool = False,
+    *,
+    initial_state: torch.Tensor | None = None,
+    backend: str = "auto",
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    """mamba-ssm's ``selective_scan_fn`` signature and return convention over :func:`selective_scan`.
+
+    Returns ``out``, or ``(out, last_state)`` with ``return_last_state`` (mamba-ssm's spelling of
+    ``output_final_state``); ``initial_state`` and ``backend`` are neurostep's additions. Code written
+    for mamba-ssm calls this; neurostep's own code calls :func:`selective_scan`.
+    """
+    out, last = selective_scan(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state=initial_state,
+                               output_final_state=return_last_state, backend=backend)
     return (out, last) if return_last_state else out
 
 
@@ -248,4 +274,4 @@ def selective_state_update(
     return out.to(x.dtype), new_state
 
 
-__all__ = ["selective_scan_fn", "selective_state_update"]
+__all__ = ["selective_scan", "selective_scan_fn", "selective_state_update"]

@@ -1,7 +1,7 @@
 """RWKV-4 WKV (the attention of RWKV-4 and SpikeGPT) as one fused, differentiable op.
 
-``wkv(w, u, k, v, state=None, backend="auto") -> (y, state)``. ``w`` is RWKV's raw
-``time_decay`` parameter, not the decay: the op computes the log-decay ``-exp(w)`` itself (as
+``wkv(w, u, k, v, initial_state=None, output_final_state=False, backend="auto") -> (y, final_state)``.
+``w`` is RWKV's raw ``time_decay`` parameter, not the decay: the op computes the log-decay ``-exp(w)`` itself (as
 RWKV-4, SpikeGPT and transformers' RWKV do), so each step scales the history by
 ``exp(-exp(w))`` in (0, 1). ``u`` is ``time_first``, the bonus of the current token, used as is.
 Inside the backends (``reference.py``, ``cpu.py``, ``triton.py``) ``w`` already denotes the
@@ -27,7 +27,8 @@ the part of the final ``dL/dpp`` not explained by ``aa`` and ``bb`` (0 unless a 
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from collections.abc import Iterator
+from dataclasses import dataclass
 
 import torch
 
@@ -45,12 +46,18 @@ from neurostep.kernels.wkv import reference
 PP_INIT = -1e38
 
 
-class WKVState(NamedTuple):
-    """Stable WKV state, each ``(B, C)`` in the compute dtype (fp32, or fp64 for fp64 inputs)."""
+@dataclass
+class WKVState:
+    """Stable WKV state, each ``(B, C)`` in the compute dtype (fp32, or fp64 for fp64 inputs).
+
+    Iterating gives ``aa, bb, pp`` (so ``aa, bb, pp = state`` unpacks it)."""
 
     aa: torch.Tensor
     bb: torch.Tensor
     pp: torch.Tensor
+
+    def __iter__(self) -> Iterator[torch.Tensor]:
+        return iter((self.aa, self.bb, self.pp))
 
 
 def init_state(batch: int, channels: int, device: torch.device | str | None = None,
@@ -152,20 +159,24 @@ WKV = define_op(
 # public op
 
 
-def _check_state(state: object, batch: int, channels: int, device: torch.device, cd: torch.dtype) -> WKVState:
+def _check_state(state: object, batch: int, channels: int, device: torch.device, cd: torch.dtype,
+                 name: str = "initial_state") -> WKVState:
+    if isinstance(state, WKVState):
+        state = tuple(state)
     if not isinstance(state, (tuple, list)) or len(state) != 3:
-        raise TypeError(f"state must be a tuple (aa, bb, pp) of three (B, C) tensors, got {type(state).__name__}"
-                        + (f" of length {len(state)}" if isinstance(state, (tuple, list)) else ""))
+        length = f" of length {len(state)}" if isinstance(state, (tuple, list)) else ""
+        raise TypeError(f"{name} must be a WKVState or a tuple (aa, bb, pp) of three (B, C) tensors, got "
+                        f"{type(state).__name__}{length}")
     parts = []
-    for name, t in zip(("state.aa", "state.bb", "state.pp"), state):
-        check_tensor(name, t, shape=(batch, channels), device=device)
+    for part, t in zip((f"{name}.aa", f"{name}.bb", f"{name}.pp"), state):
+        check_tensor(part, t, shape=(batch, channels), device=device)
         parts.append(t.to(cd))
     return WKVState(*parts)
 
 
 def wkv(w: torch.Tensor, u: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
-        state: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None, *,
-        backend: str = "auto") -> tuple[torch.Tensor, WKVState]:
+        initial_state: WKVState | tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None, *,
+        output_final_state: bool = False, backend: str = "auto") -> tuple[torch.Tensor, WKVState | None]:
     """RWKV-4 WKV over a sequence.
 
     Args:
@@ -173,12 +184,14 @@ def wkv(w: torch.Tensor, u: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
             ``-exp(w)`` as the log-decay per step (RWKV-4/SpikeGPT/transformers convention). Finite.
         u: ``(C,)`` ``time_first``, the bonus of the current token (used as is). Finite.
         k, v: ``(B, T, C)``, ``T >= 1``; fp16/bf16/fp32/fp64. NaN in them propagates to ``y``.
-        state: ``(aa, bb, pp)`` each ``(B, C)``, or None for a fresh state. Differentiable.
+        initial_state: a :class:`WKVState` (or a tuple ``(aa, bb, pp)``), each ``(B, C)``, or None for a
+            fresh state. Differentiable.
+        output_final_state: also return the final state (else None).
         backend: ``"auto"`` (cpu on CPU tensors, triton on CUDA), ``"reference"``, ``"cpu"``, ``"triton"``.
 
     Returns:
-        ``y`` ``(B, T, C)`` in ``k``'s dtype and the final :class:`WKVState` in the compute dtype
-        (fp32 for fp16/bf16/fp32 inputs, fp64 for fp64).
+        ``(y, final_state)``: ``y (B, T, C)`` in ``k``'s dtype; the final :class:`WKVState` in the compute
+        dtype (fp32 for fp16/bf16/fp32 inputs, fp64 for fp64), or None.
     """
     k = check_tensor("k", k, ndim=3)
     B, T, C = k.shape
@@ -192,11 +205,11 @@ def wkv(w: torch.Tensor, u: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
     check_finite("w (time_decay)", w)
     check_finite("u (time_first)", u)
     cd = compute_dtype(k.dtype)
-    state = init_state(B, C, device, cd) if state is None else _check_state(state, B, C, device, cd)
+    state = init_state(B, C, device, cd) if initial_state is None else _check_state(initial_state, B, C, device, cd)
     name = WKV.choose_backend(backend, device)
     save = torch.is_grad_enabled() and any(t.requires_grad for t in (w, u, k, v, *state))
     y, aa, bb, pp, _ = WKV(w, u, k, v, state.aa, state.bb, state.pp, save, backend=name)
-    return y, WKVState(aa, bb, pp)
+    return y, (WKVState(aa, bb, pp) if output_final_state else None)
 
 
 def wkv_step(w: torch.Tensor, u: torch.Tensor, k_t: torch.Tensor, v_t: torch.Tensor,
@@ -213,7 +226,7 @@ def wkv_step(w: torch.Tensor, u: torch.Tensor, k_t: torch.Tensor, v_t: torch.Ten
     check_tensor("w (time_decay)", w, shape=(C,), device=device)
     check_tensor("u (time_first)", u, shape=(C,), device=device)
     cd = compute_dtype(k_t.dtype)
-    state = init_state(B, C, device, cd) if state is None else _check_state(state, B, C, device, cd)
+    state = init_state(B, C, device, cd) if state is None else _check_state(state, B, C, device, cd, "state")
     y, aa, bb, pp = reference.step(-torch.exp(w.to(cd)), u.to(cd), k_t.to(cd), v_t.to(cd), *state)
     return y.to(k_t.dtype), WKVState(aa, bb, pp)
 
