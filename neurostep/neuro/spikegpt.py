@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from typing import NamedTuple
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -89,16 +89,18 @@ def _shift_mix(x: torch.Tensor, x_prev: torch.Tensor, mu: torch.Tensor) -> torch
     return x * mu + x_prev * (1 - mu)
 
 
-class TimeMixState(NamedTuple):
-    """State of a spiking time-mix: previous input ``shift (B, C)``, WKV state, LIF membrane ``(B, C)``."""
+@dataclass
+class TimeMixState:
+    """Time-mix state: last input ``shift (B, C)``, ``wkv`` (WKVState, each ``(B, C)``), ``lif`` (``v (B, C)``)."""
 
     shift: torch.Tensor
     wkv: WKVState
     lif: LIFState
 
 
-class ChannelMixState(NamedTuple):
-    """State of a spiking channel-mix: previous input ``shift (B, C)`` and LIF membrane ``(B, C)``."""
+@dataclass
+class ChannelMixState:
+    """Channel-mix state: last input ``shift (B, C)`` and ``lif`` (LIFState, ``v (B, C)``)."""
 
     shift: torch.Tensor
     lif: LIFState
@@ -284,9 +286,19 @@ class SpikingChannelMix(Recurrent):
         return out, ChannelMixState(x_t, lif_state)
 
 
-class BlockState(NamedTuple):
+@dataclass
+class BlockState:
+    """State of a SpikeGPT block: its time-mix ``att`` and channel-mix ``ffn`` states (tensors ``(B, C)``)."""
+
     att: TimeMixState
     ffn: ChannelMixState
+
+
+@dataclass
+class SpikeGPTState:
+    """State of a SpikeGPT model: one :class:`BlockState` per layer in ``blocks`` (tensors ``(B, n_embd)``)."""
+
+    blocks: list[BlockState]
 
 
 class SpikeGPTBlock(Composite):
@@ -324,7 +336,8 @@ class SpikeGPTBlock(Composite):
 class SpikeGPT(Composite):
     """SpikeGPT language model: tokens ``(B, L)`` -> logits ``(B, L, vocab_size)``.
 
-    ``scan(idx, state)`` runs a sequence (fused kernels) and returns the per-layer state;
+    ``scan(idx, state)`` runs a sequence (fused kernels) and returns the per-layer state
+    (a :class:`SpikeGPTState`);
     ``step(idx_t (B,), state)`` decodes one token and gives the same logits as ``scan``.
     ``binary_embedding`` spikes the embedding (``emb >= 0``, ATan(2) surrogate gradient).
     ``init``: ``"paper"`` (default, the published code's) or ``"threshold"`` (see the module docstring).
@@ -357,17 +370,18 @@ class SpikeGPT(Composite):
         return self.spike_embedding(x) if self.spike_embedding is not None else x
 
     def init_state(self, batch_shape: tuple[int, ...], device: torch.device | None = None,
-                   dtype: torch.dtype | None = None) -> tuple[BlockState, ...]:
+                   dtype: torch.dtype | None = None) -> SpikeGPTState:
         """Fresh per-layer state for token batches of shape ``batch_shape = (B,)``."""
         dtype = dtype if dtype is not None and dtype.is_floating_point else self.emb.weight.dtype
         device = device if device is not None else self.emb.weight.device
         per_token = (batch_shape[0], self.n_embd)
-        return tuple(block.init_state(per_token, device, dtype) for block in self.blocks)
+        return SpikeGPTState([block.init_state(per_token, device, dtype) for block in self.blocks])
 
     def _check_state(self, state: object) -> None:
-        if not isinstance(state, tuple) or len(state) != self.n_layer:
-            raise TypeError(f"state must be a tuple of {self.n_layer} BlockState (from init_state or scan), "
-                            f"got {type(state).__name__}")
+        if not isinstance(state, SpikeGPTState):
+            raise TypeError(f"state must be a SpikeGPTState (from init_state or scan), got {type(state).__name__}")
+        if len(state.blocks) != self.n_layer:
+            raise ValueError(f"state must hold {self.n_layer} BlockState (one per layer), got {len(state.blocks)}")
 
     def check_input(self, idx: torch.Tensor, stepping: bool) -> None:
         if stepping:
@@ -376,18 +390,18 @@ class SpikeGPT(Composite):
             check_tensor("idx", idx, ndim=2, dtypes=None)
             check_nonempty("idx", idx, 1, "tokens")
 
-    def advance(self, idx: torch.Tensor, state: tuple[BlockState, ...] | None, stepping: bool
-                ) -> tuple[torch.Tensor, tuple[BlockState, ...]]:
+    def advance(self, idx: torch.Tensor, state: SpikeGPTState | None, stepping: bool
+                ) -> tuple[torch.Tensor, SpikeGPTState]:
         """``idx (B, L)`` -> ``(logits (B, L, V), state)``; one token ``idx_t (B,)`` -> ``(logits (B, V), state)``."""
         x = self._embed(idx)
         if state is None:
             state = self.init_state((idx.shape[0],), idx.device, x.dtype)
         self._check_state(state)
         new_state = []
-        for block, s in zip(self.blocks, state):
+        for block, s in zip(self.blocks, state.blocks):
             x, s = run_child(block, x, s, stepping)
             new_state.append(s)
-        return self.head(self.ln_out(x)), tuple(new_state)
+        return self.head(self.ln_out(x)), SpikeGPTState(new_state)
 
     def forward(self, idx: torch.Tensor) -> torch.Tensor:
         """Logits ``(B, L, V)`` for tokens ``idx (B, L)`` from a fresh state."""

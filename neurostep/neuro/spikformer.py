@@ -24,7 +24,8 @@ from torch import nn
 
 from neurostep.engine import Composite, check_tensor, run_child
 from neurostep.layers import resolve_norm
-from neurostep.neuro.ssa import SpikingSelfAttention, check_tokens_in_time, spikformer_lif
+from neurostep.neuro.neurons import LIFState
+from neurostep.neuro.ssa import SpikingSelfAttention, SSAState, check_tokens_in_time, spikformer_lif
 
 POOL_POSITIONS = ("after_lif", "before_lif")
 STEMS = ("sps", "scs")
@@ -35,9 +36,12 @@ __all__ = [
     "ConvBNLIF",
     "Spikformer",
     "SpikformerBlock",
+    "SpikformerBlockState",
     "SpikformerState",
     "SpikingMLP",
+    "SpikingMLPState",
     "SpikingPatchStem",
+    "SpikingPatchStemState",
     "convert_spikingjelly_state_dict",
 ]
 
@@ -117,6 +121,14 @@ class ConvBNLIF(Composite):
         check_tensor("x_t" if stepping else "x", x, ndim=4 if stepping else 5)
 
 
+@dataclass
+class SpikingPatchStemState:
+    """Stem state: a LIFState per stage in ``stages`` (``v (B, C_i, H_i, W_i)``), ``rpe`` (``v (B, D, H', W')``)."""
+
+    stages: list[LIFState | None] = field(default_factory=list)
+    rpe: LIFState | None = None
+
+
 class SpikingPatchStem(Composite):
     """Spikformer's stem: four Conv3x3+BN+LIF stages (D/8, D/4, D/2, D) and a conv position embedding.
 
@@ -159,20 +171,29 @@ class SpikingPatchStem(Composite):
             height, width = (height + 1) // 2, (width + 1) // 2
         return height, width
 
-    def advance(self, x: torch.Tensor, state: list | None, stepping: bool) -> tuple[torch.Tensor, list]:
-        state = list(state) if state is not None else [None] * (len(self.stages) + 1)
+    def advance(self, x: torch.Tensor, state: SpikingPatchStemState | None, stepping: bool
+                ) -> tuple[torch.Tensor, SpikingPatchStemState]:
+        stages = list(state.stages) if state is not None and state.stages else [None] * len(self.stages)
         for i, stage in enumerate(self.stages):
-            x, state[i] = run_child(stage, x, state[i], stepping)
-        pos, state[-1] = run_child(self.rpe, x, state[-1], stepping)
+            x, stages[i] = run_child(stage, x, stages[i], stepping)
+        pos, rpe = run_child(self.rpe, x, state.rpe if state is not None else None, stepping)
         x = x + pos
-        return x.flatten(-2).transpose(-1, -2), state
+        return x.flatten(-2).transpose(-1, -2), SpikingPatchStemState(stages, rpe)
 
     def init_state(self, batch_shape: tuple[int, ...], device: torch.device | None = None,
-                   dtype: torch.dtype | None = None) -> list:
-        return [None] * (len(self.stages) + 1)
+                   dtype: torch.dtype | None = None) -> SpikingPatchStemState:
+        return SpikingPatchStemState([None] * len(self.stages), None)
 
     def check_input(self, x: torch.Tensor, stepping: bool) -> None:
         _check_images("x_t" if stepping else "x", x, self.in_channels, stepping)
+
+
+@dataclass
+class SpikingMLPState:
+    """SpikingMLP state: LIFStates ``lif1`` (``v (B, N, hidden)``) and ``lif2`` (``v (B, N, C)``); None = fresh."""
+
+    lif1: LIFState | None = None
+    lif2: LIFState | None = None
 
 
 class SpikingMLP(Composite):
@@ -193,18 +214,27 @@ class SpikingMLP(Composite):
         self.norm2 = norm(dim)
         self.lif2 = spikformer_lif(1.0, backend)
 
-    def advance(self, x: torch.Tensor, state: list | None, stepping: bool) -> tuple[torch.Tensor, list]:
-        s1, s2 = state if state is not None else (None, None)
-        h, s1 = run_child(self.lif1, self.norm1(self.fc1(x)), s1, stepping)
-        y, s2 = run_child(self.lif2, self.norm2(self.fc2(h)), s2, stepping)
-        return y, [s1, s2]
+    def advance(self, x: torch.Tensor, state: SpikingMLPState | None, stepping: bool
+                ) -> tuple[torch.Tensor, SpikingMLPState]:
+        state = state if state is not None else SpikingMLPState()
+        h, s1 = run_child(self.lif1, self.norm1(self.fc1(x)), state.lif1, stepping)
+        y, s2 = run_child(self.lif2, self.norm2(self.fc2(h)), state.lif2, stepping)
+        return y, SpikingMLPState(s1, s2)
 
     def init_state(self, batch_shape: tuple[int, ...], device: torch.device | None = None,
-                   dtype: torch.dtype | None = None) -> list:
-        return [None, None]
+                   dtype: torch.dtype | None = None) -> SpikingMLPState:
+        return SpikingMLPState()
 
     def check_input(self, x: torch.Tensor, stepping: bool) -> None:
         check_tokens_in_time("x_t" if stepping else "x", x, self.dim, stepping)
+
+
+@dataclass
+class SpikformerBlockState:
+    """Block state: ``attn`` (SSAState, ``v (B, N, 3C)``, ``(B, N, C)``), ``mlp`` (SpikingMLPState); None = fresh."""
+
+    attn: SSAState | None = None
+    mlp: SpikingMLPState | None = None
 
 
 class SpikformerBlock(Composite):
@@ -221,24 +251,25 @@ class SpikformerBlock(Composite):
                                          proj_bias=bias, norm_layer=norm_layer)
         self.mlp = SpikingMLP(dim, int(dim * mlp_ratio), bias=bias, backend=backend, norm_layer=norm_layer)
 
-    def advance(self, x: torch.Tensor, state: list | None, stepping: bool) -> tuple[torch.Tensor, list]:
-        s_attn, s_mlp = state if state is not None else (None, None)
-        a, s_attn = run_child(self.attn, x, s_attn, stepping)
+    def advance(self, x: torch.Tensor, state: SpikformerBlockState | None, stepping: bool
+                ) -> tuple[torch.Tensor, SpikformerBlockState]:
+        state = state if state is not None else SpikformerBlockState()
+        a, s_attn = run_child(self.attn, x, state.attn, stepping)
         x = x + a
-        m, s_mlp = run_child(self.mlp, x, s_mlp, stepping)
-        return x + m, [s_attn, s_mlp]
+        m, s_mlp = run_child(self.mlp, x, state.mlp, stepping)
+        return x + m, SpikformerBlockState(s_attn, s_mlp)
 
     def init_state(self, batch_shape: tuple[int, ...], device: torch.device | None = None,
-                   dtype: torch.dtype | None = None) -> list:
-        return [self.attn.init_state(batch_shape, device, dtype), None]
+                   dtype: torch.dtype | None = None) -> SpikformerBlockState:
+        return SpikformerBlockState(self.attn.init_state(batch_shape, device, dtype), None)
 
 
 @dataclass
 class SpikformerState:
-    """States of the stem stages and of each block (``None`` entries are fresh)."""
+    """Spikformer state: ``stem`` (SpikingPatchStemState) and a SpikformerBlockState per block in ``blocks``."""
 
-    stem: list = field(default_factory=list)
-    blocks: list = field(default_factory=list)
+    stem: SpikingPatchStemState | None = None
+    blocks: list[SpikformerBlockState | None] = field(default_factory=list)
 
 
 class Spikformer(Composite):
@@ -296,7 +327,7 @@ class Spikformer(Composite):
                   ) -> tuple[torch.Tensor, SpikformerState]:
         """Token-mean features: ``(T, B, D)`` (scan) or ``(B, D)`` (step)."""
         state = state if state is not None else self.init_state(())
-        stem_state = state.stem or None
+        stem_state = state.stem
         block_states = list(state.blocks) if state.blocks else [None] * len(self.blocks)
         x, stem_state = run_child(self.patch_embed, x, stem_state, stepping)
         for i, block in enumerate(self.blocks):

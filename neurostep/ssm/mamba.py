@@ -43,6 +43,13 @@ class MambaState:
     ssm_state: torch.Tensor
 
 
+@dataclass
+class MambaLMState:
+    """MambaLM decode state: one MambaState per layer in ``layers`` (``(B, Di, d_conv)`` and ``(B, Di, N)``)."""
+
+    layers: list[MambaState]
+
+
 def column_major_(linear: nn.Module, name: str = "weight") -> None:
     """Store ``linear.<name>`` (out, in) as the transpose of a contiguous (in, out) tensor.
 
@@ -450,8 +457,8 @@ class MambaLM(nn.Module):
         d_model, n_layer: width and depth. Other keywords go to every :class:`Mamba` layer.
         norm_eps: RMSNorm epsilon (1e-5 as in mamba-ssm and Hugging Face).
 
-    ``forward(input_ids (B, L)) -> logits (B, L, V)``; ``scan``/``step`` carry a list of
-    per-layer :class:`MambaState`; ``generate`` decodes greedily through ``step``.
+    ``forward(input_ids (B, L)) -> logits (B, L, V)``; ``scan``/``step`` carry a :class:`MambaLMState`
+    (one :class:`MambaState` per layer); ``generate`` decodes greedily through ``step``.
     """
 
     def __init__(self, vocab_size: int, d_model: int, n_layer: int, d_state: int = 16, d_conv: int = 4,
@@ -496,9 +503,9 @@ class MambaLM(nn.Module):
 
     # -- state ------------------------------------------------------------------------
     def init_state(self, batch: int, device: torch.device | None = None,
-                   dtype: torch.dtype | None = None) -> list[MambaState]:
+                   dtype: torch.dtype | None = None) -> MambaLMState:
         """One zero :class:`MambaState` per layer."""
-        return [layer.mixer.init_state(batch, device, dtype) for layer in self.backbone.layers]
+        return MambaLMState([layer.mixer.init_state(batch, device, dtype) for layer in self.backbone.layers])
 
     def _check_ids(self, input_ids: torch.Tensor, ndim: int) -> None:
         check_tensor("input_ids", input_ids, ndim=ndim, dtypes=(torch.int64, torch.int32))
@@ -506,14 +513,15 @@ class MambaLM(nn.Module):
             raise ValueError(f"input_ids has 0 tokens (shape {tuple(input_ids.shape)}); need at least one")
         check_token_range("input_ids", input_ids, self.vocab_size)
 
-    def _check_states(self, states: list[MambaState]) -> None:
-        if not isinstance(states, (list, tuple)) or len(states) != self.n_layer:
-            got = len(states) if isinstance(states, (list, tuple)) else type(states).__name__
-            raise ValueError(f"states must be a list of {self.n_layer} MambaState (one per layer), got {got}")
+    def _check_states(self, states: MambaLMState) -> None:
+        if not isinstance(states, MambaLMState):
+            raise TypeError(f"states must be a MambaLMState (from init_state or scan), got {type(states).__name__}")
+        if len(states.layers) != self.n_layer:
+            raise ValueError(f"states must hold {self.n_layer} MambaState (one per layer), got {len(states.layers)}")
 
     # -- sequence ---------------------------------------------------------------------
-    def scan(self, input_ids: torch.Tensor, states: list[MambaState] | None = None, *,
-             last_only: bool = False) -> tuple[torch.Tensor, list[MambaState]]:
+    def scan(self, input_ids: torch.Tensor, states: MambaLMState | None = None, *,
+             last_only: bool = False) -> tuple[torch.Tensor, MambaLMState]:
         """Prefill: ``input_ids (B, L)`` -> ``logits (B, L, V)`` (``(B, 1, V)`` if ``last_only``) and states."""
         self._check_ids(input_ids, 2)
         if states is not None:
@@ -521,28 +529,28 @@ class MambaLM(nn.Module):
         residual = self.backbone.embedding(input_ids).float()
         new_states = []
         for i, layer in enumerate(self.backbone.layers):
-            residual, st = layer(residual, None if states is None else states[i])
+            residual, st = layer(residual, None if states is None else states.layers[i])
             new_states.append(st)
         if last_only:
             residual = residual[:, -1:]
         h = self.backbone.norm_f(residual.to(self.backbone.norm_f.weight.dtype))
-        return self.lm_head(h.to(self.lm_head.weight.dtype)), new_states
+        return self.lm_head(h.to(self.lm_head.weight.dtype)), MambaLMState(new_states)
 
-    def forward(self, input_ids: torch.Tensor, states: list[MambaState] | None = None) -> torch.Tensor:
+    def forward(self, input_ids: torch.Tensor, states: MambaLMState | None = None) -> torch.Tensor:
         """``input_ids (B, L)`` -> ``logits (B, L, V)``."""
         return self.scan(input_ids, states)[0]
 
-    def step(self, token: torch.Tensor, states: list[MambaState]) -> tuple[torch.Tensor, list[MambaState]]:
+    def step(self, token: torch.Tensor, states: MambaLMState) -> tuple[torch.Tensor, MambaLMState]:
         """One decode token: ``token (B,)`` -> ``logits (B, V)`` and the new per-layer states."""
         self._check_ids(token, 1)
         self._check_states(states)
         residual = self.backbone.embedding(token).float()
         new_states = []
-        for layer, st in zip(self.backbone.layers, states):
+        for layer, st in zip(self.backbone.layers, states.layers):
             residual, st = layer.step(residual, st)
             new_states.append(st)
         h = self.backbone.norm_f(residual.to(self.backbone.norm_f.weight.dtype))
-        return self.lm_head(h.to(self.lm_head.weight.dtype)), new_states
+        return self.lm_head(h.to(self.lm_head.weight.dtype)), MambaLMState(new_states)
 
     @torch.inference_mode()
     def generate(self, input_ids: torch.Tensor, max_new_tokens: int) -> torch.Tensor:
@@ -561,7 +569,8 @@ class MambaLM(nn.Module):
         if fast:
             mixers = [layer.mixer for layer in self.backbone.layers]
             neg_A = [-torch.exp(m.A_log.float()) for m in mixers]
-            states = [MambaState(s.conv_state.contiguous(), s.ssm_state.contiguous()) for s in states]
+            states = MambaLMState([MambaState(s.conv_state.contiguous(), s.ssm_state.contiguous())
+                                   for s in states.layers])
         out = torch.empty(input_ids.shape[0], input_ids.shape[1] + max_new_tokens, dtype=input_ids.dtype,
                           device=input_ids.device)
         out[:, :input_ids.shape[1]] = input_ids
@@ -583,11 +592,11 @@ class MambaLM(nn.Module):
         w = self.lm_head.weight
         return w.dtype == torch.float32 and w.device == input_ids.device
 
-    def _fast_step(self, token: torch.Tensor, states: list[MambaState], neg_A: list[torch.Tensor]) -> torch.Tensor:
+    def _fast_step(self, token: torch.Tensor, states: MambaLMState, neg_A: list[torch.Tensor]) -> torch.Tensor:
         """:meth:`step` through :meth:`Mamba.decode_step_`, updating ``states`` in place; returns logits."""
         residual = F.embedding(token, self.backbone.embedding.weight)
         d = (self.d_model,)
-        for layer, st, A in zip(self.backbone.layers, states, neg_A):
+        for layer, st, A in zip(self.backbone.layers, states.layers, neg_A):
             # F.rms_norm is RMSNorm's math in one fused op (fewer dispatches per token)
             h = F.rms_norm(residual, d, layer.norm.weight, layer.norm.eps)
             residual = residual + layer.mixer.decode_step_(h, st, A)
@@ -626,4 +635,4 @@ class MambaLM(nn.Module):
         return ours.to(next(model.parameters()).device)
 
 
-__all__ = ["Mamba", "MambaBackbone", "MambaBlock", "MambaLM", "MambaLTI", "MambaState", "column_major_"]
+__all__ = ["Mamba", "MambaBackbone", "MambaBlock", "MambaLM", "MambaLMState", "MambaLTI", "MambaState", "column_major_"]

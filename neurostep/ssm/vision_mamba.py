@@ -17,6 +17,7 @@ residual blocks, final RMSNorm, and the head on the class token.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -24,6 +25,14 @@ from torch import nn
 from neurostep.engine import check_tensor
 from neurostep.layers import DropPath, RMSNorm
 from neurostep.ssm.mamba import Mamba, MambaState
+
+
+@dataclass
+class BidirectionalMambaState:
+    """Final states of a :class:`BidirectionalMamba` scan: MambaStates ``forward`` and ``backward`` (``(B, Di, *)``)."""
+
+    forward: MambaState
+    backward: MambaState
 
 
 class BidirectionalMamba(Mamba):
@@ -45,9 +54,9 @@ class BidirectionalMamba(Mamba):
         self._make_direction("_b", self.d_inner, d_state, d_conv, self.dt_rank, conv_bias, dt_min, dt_max,
                              dt_init_floor)
 
-    def scan(self, x: torch.Tensor, state: tuple[MambaState, MambaState] | None = None
-             ) -> tuple[torch.Tensor, tuple[MambaState, MambaState]]:
-        """``x (B, L, C) -> y (B, L, C)`` and the final states of (forward, backward) directions.
+    def scan(self, x: torch.Tensor, state: BidirectionalMambaState | None = None
+             ) -> tuple[torch.Tensor, BidirectionalMambaState]:
+        """``x (B, L, C) -> y (B, L, C)`` and the final states of the forward and backward directions.
 
         The backward direction's final state is its state after reading token 0. A bidirectional
         scan cannot resume from a state (the backward direction reads the sequence from its
@@ -61,7 +70,7 @@ class BidirectionalMamba(Mamba):
         y_f, st_f = self._ssm_scan(xs, z, "", None)
         y_b, st_b = self._ssm_scan(xs.flip(-1), z.flip(-1), "_b", None)
         y = (y_f + y_b.flip(-1)) / 2
-        return self.out_proj(y.transpose(1, 2).to(x.dtype)), (st_f, st_b)
+        return self.out_proj(y.transpose(1, 2).to(x.dtype)), BidirectionalMambaState(st_f, st_b)
 
     def step(self, x_t: torch.Tensor, state: MambaState) -> tuple[torch.Tensor, MambaState]:
         raise NotImplementedError(
@@ -189,4 +198,4 @@ VIM_CONFIGS: dict[str, dict[str, int]] = {
     "vim_base": dict(embed_dim=768, depth=24, d_state=16),
 }
 
-__all__ = ["VIM_CONFIGS", "BidirectionalMamba", "VimBlock", "VisionMamba"]
+__all__ = ["VIM_CONFIGS", "BidirectionalMamba", "BidirectionalMambaState", "VimBlock", "VisionMamba"]

@@ -8,10 +8,14 @@ import torch
 
 from neurostep.models import count_params, create_mixer, create_model
 from neurostep.neuro.spikegpt import (
+    BlockState,
+    ChannelMixState,
     SpikeGPT,
     SpikeGPTBlock,
+    SpikeGPTState,
     SpikingChannelMix,
     SpikingTimeMix,
+    TimeMixState,
     stdlib_text,
     train_char_lm,
 )
@@ -37,6 +41,8 @@ def test_blocks_scan_equals_step_and_continues(cls):
     _strong_weights(m)
     x = torch.randn(2, 9, 12) * 2
     y, s = m.scan(x)
+    assert isinstance(s, {SpikingTimeMix: TimeMixState, SpikingChannelMix: ChannelMixState,
+                          SpikeGPTBlock: BlockState}[cls])
     state, ys = None, []
     for t in range(9):
         y_t, state = m.step(x[:, t], state)
@@ -57,6 +63,10 @@ def test_model_step_decoding_equals_scan():
     idx = _tokens(2, 10, 23, seed=1)
     logits, state = model.scan(idx)
     assert logits.shape == (2, 10, 23)
+    assert isinstance(state, SpikeGPTState) and len(state.blocks) == 2
+    assert all(isinstance(b, BlockState) for b in state.blocks)
+    att = state.blocks[1].att
+    assert att.shift.shape == att.wkv.aa.shape == att.lif.v.shape == state.blocks[1].ffn.shift.shape == (2, 16)
     st, outs = None, []
     for t in range(10):
         lt, st = model.step(idx[:, t], st)
@@ -138,8 +148,10 @@ def test_bad_input():
         model(torch.tensor([1, 2]))
     with pytest.raises(ValueError, match="0 tokens"):
         model(torch.zeros(1, 0, dtype=torch.long))
-    with pytest.raises(TypeError, match="state must be a tuple of 1"):
+    with pytest.raises(TypeError, match="state must be a SpikeGPTState"):
         model.scan(torch.zeros(1, 2, dtype=torch.long), state=())
+    with pytest.raises(ValueError, match="1 BlockState"):
+        model.scan(torch.zeros(1, 2, dtype=torch.long), state=SpikeGPTState([]))
     tm = SpikingTimeMix(8)
     with pytest.raises(ValueError, match="8 channels"):
         tm(torch.randn(1, 3, 5))

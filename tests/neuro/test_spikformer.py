@@ -10,13 +10,17 @@ import torch
 from torch import nn
 
 from neurostep.models import REGISTRY, count_params, list_models
-from neurostep.neuro import LIF
+from neurostep.neuro import LIF, LIFState, SSAState
 from neurostep.neuro.spikformer import (
     ConvBNLIF,
     Spikformer,
     SpikformerBlock,
+    SpikformerBlockState,
+    SpikformerState,
     SpikingMLP,
+    SpikingMLPState,
     SpikingPatchStem,
+    SpikingPatchStemState,
     convert_spikingjelly_state_dict,
 )
 
@@ -100,6 +104,12 @@ def test_stem_stage_outputs_are_spikes():
     assert h.shape == (2, 2, 16, 4, 4) and 0 < h.mean() < 1
     tokens = stem(x)  # spikes + position-embedding spikes: counts in {0, 1, 2}
     assert set(tokens.unique().tolist()) <= {0.0, 1.0, 2.0}
+    _, state = stem.scan(x)
+    assert isinstance(state, SpikingPatchStemState) and len(state.stages) == 4
+    assert all(isinstance(s, LIFState) for s in state.stages) and state.rpe.v.shape == (2, 16, 4, 4)
+    # chunks with the carried state equal the whole sequence
+    first, carried = stem.scan(x[:1])
+    assert torch.equal(torch.cat([first, stem.scan(x[1:], carried)[0]]), stem.scan(x)[0])
 
 
 @pytest.mark.parametrize("kwargs", [{}, {"stem": "scs"}, {"pool_position": "before_lif"}, {"attn_order": "(qk)v"}])
@@ -113,6 +123,8 @@ def test_model_scan_equals_step(kwargs):
     for t in range(3):
         y_t, state = model.step(x[t], state)
         steps.append(y_t)
+    assert isinstance(state, SpikformerState) and isinstance(state.stem, SpikingPatchStemState)
+    assert all(isinstance(b, SpikformerBlockState) for b in state.blocks)
     torch.testing.assert_close(torch.stack(steps), logits_scan, rtol=1e-5, atol=1e-5)
     # forward = head on the mean over T and tokens = mean of per-step logits
     torch.testing.assert_close(model(x), logits_scan.mean(0), rtol=1e-5, atol=1e-5)
@@ -131,11 +143,14 @@ def test_block_and_mlp_scan_equal_step():
     for t in range(3):
         y_t, state = block.step(x[t], state)
         ys.append(y_t)
+    assert isinstance(state, SpikformerBlockState) and isinstance(state.attn, SSAState)
+    assert isinstance(state.mlp, SpikingMLPState) and state.mlp.lif1.v.shape == (2, 5, 64)
     assert torch.equal(torch.stack(ys), y)
     assert (y >= x).all()  # residual stream of spike counts only grows
     mlp = SpikingMLP(16, 32, backend="reference").eval()
     calibrate(mlp)
     y2, s2 = mlp.scan(x)
+    assert isinstance(s2, SpikingMLPState) and s2.lif2.v.shape == (2, 5, 16)
     assert torch.equal(torch.cat([mlp.scan(x[:1])[0], mlp.scan(x[1:], mlp.scan(x[:1])[1])[0]]), y2)
 
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from neurostep.engine import KERNELS, scan_by_steps
-from neurostep.ssm import Mamba, MambaLM, MambaState
+from neurostep.ssm import Mamba, MambaLM, MambaLMState, MambaState
 
 transformers = pytest.importorskip("transformers")
 
@@ -157,7 +157,8 @@ def test_fast_decode_equals_step():
     ids = torch.randint(0, 50, (2, 5))
     with torch.inference_mode():
         _, states = lm.scan(ids)
-        fast = [MambaState(s.conv_state.clone(), s.ssm_state.clone()) for s in states]
+        assert isinstance(states, MambaLMState) and len(states.layers) == 2
+        fast = MambaLMState([MambaState(s.conv_state.clone(), s.ssm_state.clone()) for s in states.layers])
         neg_A = [-torch.exp(layer.mixer.A_log.float()) for layer in lm.backbone.layers]
         token = ids[:, -1]
         for _ in range(4):
@@ -209,7 +210,9 @@ def test_bad_input_raises():
     with pytest.raises(TypeError, match="input_ids"):
         lm(torch.zeros(1, 3))
     with pytest.raises(ValueError, match="one per layer"):
-        lm.step(torch.tensor([1]), [])
+        lm.step(torch.tensor([1]), MambaLMState([]))
+    with pytest.raises(TypeError, match="MambaLMState"):
+        lm.step(torch.tensor([1]), lm.init_state(1).layers)
     sd = lm.state_dict()
     sd["backbone.embedding.weight"] = torch.zeros(24, 8)
     with pytest.raises(ValueError, match="embedding shape"):

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from neurostep.models import count_params
-from neurostep.ssm import VIM_CONFIGS, BidirectionalMamba, VisionMamba
+from neurostep.ssm import VIM_CONFIGS, BidirectionalMamba, BidirectionalMambaState, VisionMamba
 
 BACKWARD_NAMES = {"A_b_log", "D_b", "conv1d_b.weight", "conv1d_b.bias", "x_proj_b.weight", "dt_proj_b.weight",
                   "dt_proj_b.bias"}
@@ -25,9 +25,13 @@ def test_output_is_mean_of_both_directions():
     m = BidirectionalMamba(12, d_state=4)
     x = torch.randn(2, 9, 12)
     y = m(x)
-    y_f, _ = m.scan_direction(x)
-    y_b, _ = m.scan_direction(x, backward=True)
+    y_f, st_f = m.scan_direction(x)
+    y_b, st_b = m.scan_direction(x, backward=True)
     torch.testing.assert_close(y, (y_f + y_b) / 2, rtol=1e-5, atol=1e-6)
+    _, state = m.scan(x)
+    assert isinstance(state, BidirectionalMambaState)
+    torch.testing.assert_close(state.forward.ssm_state, st_f.ssm_state)
+    torch.testing.assert_close(state.backward.ssm_state, st_b.ssm_state)
     # Non-causal: the first output depends on the last token (the backward direction ran).
     x2 = x.clone()
     x2[:, -1] += 1.0
