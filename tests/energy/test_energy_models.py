@@ -6,11 +6,11 @@ import pytest
 import torch
 
 from neurostep.energy import count
-from neurostep.models import REGISTRY, create_model
+from neurostep.models import create_model, model_entry
 
 
 def _small(name: str) -> tuple[torch.nn.Module, tuple]:
-    entry = REGISTRY.model_entry(name)
+    entry = model_entry(name)
     torch.manual_seed(0)
     model = create_model(name, **entry.small_kwargs).eval()
     example = entry.example_input(model, 1)

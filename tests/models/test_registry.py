@@ -16,7 +16,7 @@ import pytest
 import torch
 from torch import nn
 
-from neurostep.models import REGISTRY, count_params, list_mixers, list_models
+from neurostep.models import REGISTRY, count_params, list_mixers, list_models, model_entry
 
 DIM, HEADS, GRID = 16, 2, (4, 4)
 
@@ -49,7 +49,7 @@ def _check_grads(module: nn.Module, what: str) -> None:
 
 @pytest.mark.parametrize("name", list_models())
 def test_model_forward_backward_small(name):
-    entry = REGISTRY.model_entry(name)
+    entry = model_entry(name)
     assert entry.example_input is not None, f"model {name!r} must register example_input=fn(model, batch)"
     torch.manual_seed(0)
     model = REGISTRY.create_model(name, **entry.small_kwargs)
@@ -68,9 +68,9 @@ def _full_size(name: str) -> nn.Module:
         return REGISTRY.create_model(name)
 
 
-@pytest.mark.parametrize("name", [n for n in list_models() if REGISTRY.model_entry(n).paper_params])
+@pytest.mark.parametrize("name", [n for n in list_models() if model_entry(n).paper_params])
 def test_model_paper_params(name):
-    entry = REGISTRY.model_entry(name)
+    entry = model_entry(name)
     model = _full_size(name)
     if entry.paper_params_fused:
         model.eval()
@@ -149,9 +149,9 @@ def test_non_causal_mixers_refuse_the_causal_form_and_see_the_future():
 
 
 def test_fused_counts_are_declared_on_the_entry_not_the_instance():
-    fused = {n for n in list_models() if REGISTRY.model_entry(n).paper_params_fused}
+    fused = {n for n in list_models() if model_entry(n).paper_params_fused}
     assert fused == {"ffnet_1", "ffnet_2", "ffnet_3", "ffnet_4"}
-    assert not hasattr(REGISTRY.create_model("ffnet_1", **REGISTRY.model_entry("ffnet_1").small_kwargs),
+    assert not hasattr(REGISTRY.create_model("ffnet_1", **model_entry("ffnet_1").small_kwargs),
                        "paper_params_fused")
 
 

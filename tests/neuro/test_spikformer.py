@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-from neurostep.models import REGISTRY, count_params, list_models
+from neurostep.models import count_params, list_models, model_entry
 from neurostep.neuro import LIF, LIFState, SSAState
 from neurostep.neuro.spikformer import (
     ConvBNLIF,
@@ -56,7 +56,7 @@ def test_all_models_registered():
 
 @pytest.mark.parametrize("name", sorted(PAPER))
 def test_parameter_count_matches_paper(name):
-    entry = REGISTRY.model_entry(name)
+    entry = model_entry(name)
     assert entry.paper_params == PAPER[name]
     with torch.device("meta"):  # no memory, no init cost
         model = entry.factory()
@@ -66,7 +66,7 @@ def test_parameter_count_matches_paper(name):
 
 @pytest.mark.parametrize("name", SPIKFORMER_MODELS)
 def test_registered_model_forward_backward(name):
-    entry = REGISTRY.model_entry(name)
+    entry = model_entry(name)
     torch.manual_seed(0)
     model = entry.factory(**entry.small_kwargs)
     x = entry.example_input(model, 2)
@@ -88,8 +88,8 @@ def test_full_size_token_counts():
     assert scs(torch.zeros(1, 1, 3, 224, 224)).shape == (1, 1, 196, 8)
     assert imagenet.grid_size(224, 224) == (14, 14) and cifar.grid_size(33, 30) == (9, 8)
     with torch.device("meta"):
-        assert REGISTRY.model_entry("spikformer_8_384").factory().num_patches == 196
-        assert REGISTRY.model_entry("spikformer_4_384_cifar").factory().num_patches == 64
+        assert model_entry("spikformer_8_384").factory().num_patches == 196
+        assert model_entry("spikformer_4_384_cifar").factory().num_patches == 64
 
 
 def test_stem_stage_outputs_are_spikes():
