@@ -63,6 +63,23 @@ def column_major_(linear: nn.Module, name: str = "weight") -> None:
         setattr(linear, name, nn.Parameter(w.detach().t().contiguous().t(), requires_grad=w.requires_grad))
 
 
+def inner_width(d_model: int, expand: float, d_inner: int | None = None) -> int:
+    """The inner width ``Di``: ``d_inner`` when given, else ``int(expand * d_model)`` as mamba-ssm and HF compute it.
+
+    ``expand`` may be a float (1.5); a non-positive ``expand`` or a resulting width below 1 raises.
+    """
+    if d_inner is not None:
+        if isinstance(d_inner, bool) or not isinstance(d_inner, int) or d_inner < 1:
+            raise ValueError(f"d_inner must be a positive int, got {d_inner!r}")
+        return d_inner
+    if isinstance(expand, bool) or not isinstance(expand, (int, float)) or not expand > 0:
+        raise ValueError(f"expand must be a positive number, got {expand!r}")
+    width = int(expand * d_model)
+    if width < 1:
+        raise ValueError(f"expand * d_model must be at least 1, got {expand!r} * {d_model}")
+    return width
+
+
 def _resolve_dt_rank(dt_rank: int | str, d_model: int) -> int:
     if dt_rank == "auto":
         return math.ceil(d_model / 16)
@@ -76,14 +93,17 @@ class _SSMParams(nn.Module):
 
     def _make_direction(self, suffix: str, d_inner: int, d_state: int, d_conv: int, dt_rank: int,
                         conv_bias: bool, dt_min: float, dt_max: float, dt_init_floor: float,
-                        dt_scale: float = 1.0) -> None:
+                        dt_scale: float = 1.0, dt_init: str = "random") -> None:
         """Create ``conv1d{s}``, ``x_proj{s}``, ``dt_proj{s}``, ``A{s}_log``, ``D{s}`` with mamba-ssm's init."""
         conv = nn.Conv1d(d_inner, d_inner, d_conv, groups=d_inner, padding=d_conv - 1, bias=conv_bias)
         x_proj = nn.Linear(d_inner, dt_rank + 2 * d_state, bias=False)
         dt_proj = nn.Linear(dt_rank, d_inner, bias=True)
         std = dt_rank ** -0.5 * dt_scale
         with torch.no_grad():
-            nn.init.uniform_(dt_proj.weight, -std, std)
+            if dt_init == "constant":
+                nn.init.constant_(dt_proj.weight, std)
+            else:
+                nn.init.uniform_(dt_proj.weight, -std, std)
             # dt log-uniform in [dt_min, dt_max]; the bias is its inverse softplus so that
             # softplus(bias) == dt at init.
             dt = torch.exp(torch.rand(d_inner) * (math.log(dt_max) - math.log(dt_min)) + math.log(dt_min))
@@ -180,36 +200,41 @@ class _SSMParams(nn.Module):
 class Mamba(_SSMParams, Recurrent):
     """Mamba selective-SSM mixer, drop-in ``(B, L, C) -> (B, L, C)`` and a step/scan recurrence.
 
-    Args follow mamba-ssm's ``Mamba``: ``d_state`` N, ``d_conv`` taps, ``expand`` (Di = expand *
-    d_model), ``dt_rank`` (``"auto"`` = ceil(d_model / 16)), dt init range and floor,
-    ``conv_bias``, ``bias`` (in/out projections). ``backend`` selects the kernels of the scan
-    and the conv (``"auto"``, ``"reference"``, ``"cpu"``, ``"triton"``).
+    Args follow mamba-ssm's ``Mamba``: ``d_state`` N, ``d_conv`` taps, ``expand`` (Di =
+    int(expand * d_model), an int or a float such as 1.5), ``dt_rank`` (``"auto"`` = ceil(d_model
+    / 16)), dt init range, floor, scale and scheme (``dt_init``: ``"random"`` or ``"constant"``),
+    ``conv_bias``, ``bias`` (in/out projections). ``d_inner`` sets the inner width directly
+    (Hugging Face's ``intermediate_size``) and then overrides ``expand``. ``backend`` selects the
+    kernels of the scan and the conv (``"auto"``, ``"reference"``, ``"cpu"``, ``"triton"``).
     """
 
     causal = True  # output at token t depends only on tokens <= t: it may replace causal attention
 
     time_dim = 1
 
-    def __init__(self, d_model: int, d_state: int = 16, d_conv: int = 4, expand: int = 2,
+    def __init__(self, d_model: int, d_state: int = 16, d_conv: int = 4, expand: float = 2,
                  dt_rank: int | str = "auto", dt_min: float = 0.001, dt_max: float = 0.1,
                  dt_init_floor: float = 1e-4, conv_bias: bool = True, bias: bool = False,
-                 backend: str = "auto") -> None:
+                 backend: str = "auto", *, d_inner: int | None = None, dt_scale: float = 1.0,
+                 dt_init: str = "random") -> None:
         super().__init__()
-        for name, value in (("d_model", d_model), ("d_state", d_state), ("d_conv", d_conv), ("expand", expand)):
+        for name, value in (("d_model", d_model), ("d_state", d_state), ("d_conv", d_conv)):
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive int, got {value!r}")
         if not 0 < dt_min <= dt_max:
             raise ValueError(f"need 0 < dt_min <= dt_max, got dt_min={dt_min}, dt_max={dt_max}")
+        if dt_init not in ("random", "constant"):
+            raise ValueError(f"dt_init must be 'random' or 'constant', got {dt_init!r}")
         self.d_model = d_model
         self.d_state = d_state
         self.d_conv = d_conv
-        self.expand = expand
-        self.d_inner = expand * d_model
+        self.d_inner = inner_width(d_model, expand, d_inner)
+        self.expand = expand if d_inner is None else self.d_inner / d_model
         self.dt_rank = _resolve_dt_rank(dt_rank, d_model)
         self.backend = backend
         self.in_proj = nn.Linear(d_model, 2 * self.d_inner, bias=bias)
         self._make_direction("", self.d_inner, d_state, d_conv, self.dt_rank, conv_bias, dt_min, dt_max,
-                             dt_init_floor)
+                             dt_init_floor, dt_scale, dt_init)
         self.out_proj = nn.Linear(self.d_inner, d_model, bias=bias)
         column_major_(self.in_proj)
         column_major_(self.out_proj)
@@ -418,7 +443,11 @@ def _batch_size(batch_shape: tuple[int, ...] | int, d_model: int) -> int:
 
 
 class MambaBlock(nn.Module):
-    """Pre-norm residual block: ``r = r + Mamba(RMSNorm(r))`` with the residual ``r`` in fp32."""
+    """Pre-norm residual block: ``r = r + Mamba(RMSNorm(r))``.
+
+    The residual ``r`` keeps the dtype it arrives in: fp32 in :class:`MambaLM` by default
+    (``residual_in_fp32``), the model's dtype otherwise.
+    """
 
     def __init__(self, d_model: int, norm_eps: float = 1e-5, **mixer_kwargs) -> None:
         super().__init__()
@@ -427,15 +456,15 @@ class MambaBlock(nn.Module):
 
     def forward(self, residual: torch.Tensor, state: MambaState | None = None
                 ) -> tuple[torch.Tensor, MambaState]:
-        """``residual (B, L, C)`` fp32 -> new residual and the mixer's final state."""
+        """``residual (B, L, C)`` -> new residual (same dtype) and the mixer's final state."""
         h = self.norm(residual.to(self.norm.weight.dtype))
         y, state = self.mixer.scan(h, state)
-        return residual + y.float(), state
+        return residual + y.to(residual.dtype), state
 
     def step(self, residual: torch.Tensor, state: MambaState) -> tuple[torch.Tensor, MambaState]:
         h = self.norm(residual.to(self.norm.weight.dtype))
         y, state = self.mixer.step(h, state)
-        return residual + y.float(), state
+        return residual + y.to(residual.dtype), state
 
 
 class MambaBackbone(nn.Module):
@@ -454,17 +483,24 @@ class MambaLM(nn.Module):
 
     Args:
         vocab_size: tokenizer size; padded up to a multiple of ``pad_vocab_size_multiple``.
-        d_model, n_layer: width and depth. Other keywords go to every :class:`Mamba` layer.
+        d_model, n_layer: width and depth. ``d_state``, ``d_conv``, ``expand``, ``d_inner``,
+            ``dt_rank``, ``conv_bias``, ``bias``, the dt init arguments and ``backend`` go to every
+            :class:`Mamba` layer.
         norm_eps: RMSNorm epsilon (1e-5 as in mamba-ssm and Hugging Face).
+        residual_in_fp32: keep the residual stream in fp32 (mamba-ssm's and HF's default); False
+            keeps it in the weights' dtype, as HF's ``residual_in_fp32=False`` does.
+        rescale_prenorm_residual: scale ``out_proj`` by ``1/sqrt(n_layer)`` at init (mamba-ssm's init).
 
     ``forward(input_ids (B, L)) -> logits (B, L, V)``; ``scan``/``step`` carry a :class:`MambaLMState`
     (one :class:`MambaState` per layer); ``generate`` decodes greedily through ``step``.
     """
 
     def __init__(self, vocab_size: int, d_model: int, n_layer: int, d_state: int = 16, d_conv: int = 4,
-                 expand: int = 2, dt_rank: int | str = "auto", conv_bias: bool = True, bias: bool = False,
+                 expand: float = 2, dt_rank: int | str = "auto", conv_bias: bool = True, bias: bool = False,
                  norm_eps: float = 1e-5, pad_vocab_size_multiple: int = 8, tie_embeddings: bool = True,
-                 backend: str = "auto") -> None:
+                 backend: str = "auto", *, d_inner: int | None = None, dt_min: float = 0.001,
+                 dt_max: float = 0.1, dt_init_floor: float = 1e-4, dt_scale: float = 1.0, dt_init: str = "random",
+                 residual_in_fp32: bool = True, rescale_prenorm_residual: bool = True) -> None:
         super().__init__()
         for name, value in (("vocab_size", vocab_size), ("d_model", d_model), ("n_layer", n_layer),
                             ("pad_vocab_size_multiple", pad_vocab_size_multiple)):
@@ -475,11 +511,13 @@ class MambaLM(nn.Module):
         self.vocab_size = vocab_size
         self.d_model = d_model
         self.n_layer = n_layer
+        self.residual_in_fp32 = bool(residual_in_fp32)
         self.backbone = MambaBackbone(vocab_size, d_model, n_layer, norm_eps, d_state=d_state, d_conv=d_conv,
                                       expand=expand, dt_rank=dt_rank, conv_bias=conv_bias, bias=bias,
-                                      backend=backend)
+                                      backend=backend, d_inner=d_inner, dt_min=dt_min, dt_max=dt_max,
+                                      dt_init_floor=dt_init_floor, dt_scale=dt_scale, dt_init=dt_init)
         self.lm_head = nn.Linear(d_model, vocab_size, bias=False)
-        self._init_weights(n_layer)
+        self._init_weights(n_layer, rescale_prenorm_residual)
         # The (V, d) table is stored (d, V)-contiguous: the head's GEMV, which reads the whole
         # table every token, streams it twice as fast; the embedding gathers only a few rows.
         column_major_(self.backbone.embedding)
@@ -489,7 +527,7 @@ class MambaLM(nn.Module):
             self.lm_head.weight = self.backbone.embedding.weight
 
     @torch.no_grad()
-    def _init_weights(self, n_layer: int) -> None:
+    def _init_weights(self, n_layer: int, rescale: bool = True) -> None:
         """mamba-ssm's init: embedding N(0, 0.02), zero Linear biases, out_proj scaled by 1/sqrt(n_layer)."""
         nn.init.normal_(self.backbone.embedding.weight, std=0.02)
         for module in self.modules():
@@ -499,7 +537,8 @@ class MambaLM(nn.Module):
         for layer in self.backbone.layers:
             w = layer.mixer.out_proj.weight
             nn.init.kaiming_uniform_(w, a=math.sqrt(5))
-            w /= math.sqrt(n_layer)
+            if rescale:
+                w /= math.sqrt(n_layer)
 
     # -- state ------------------------------------------------------------------------
     def init_state(self, batch: int, device: torch.device | None = None,
@@ -519,6 +558,10 @@ class MambaLM(nn.Module):
         if len(states.layers) != self.n_layer:
             raise ValueError(f"states must hold {self.n_layer} MambaState (one per layer), got {len(states.layers)}")
 
+    def _residual(self, embedded: torch.Tensor) -> torch.Tensor:
+        """The residual stream from the embedding: fp32 with ``residual_in_fp32``, else as embedded."""
+        return embedded.float() if self.residual_in_fp32 else embedded
+
     # -- sequence ---------------------------------------------------------------------
     def scan(self, input_ids: torch.Tensor, states: MambaLMState | None = None, *,
              last_only: bool = False) -> tuple[torch.Tensor, MambaLMState]:
@@ -526,7 +569,7 @@ class MambaLM(nn.Module):
         self._check_ids(input_ids, 2)
         if states is not None:
             self._check_states(states)
-        residual = self.backbone.embedding(input_ids).float()
+        residual = self._residual(self.backbone.embedding(input_ids))
         new_states = []
         for i, layer in enumerate(self.backbone.layers):
             residual, st = layer(residual, None if states is None else states.layers[i])
@@ -544,7 +587,7 @@ class MambaLM(nn.Module):
         """One decode token: ``token (B,)`` -> ``logits (B, V)`` and the new per-layer states."""
         self._check_ids(token, 1)
         self._check_states(states)
-        residual = self.backbone.embedding(token).float()
+        residual = self._residual(self.backbone.embedding(token))
         new_states = []
         for layer, st in zip(self.backbone.layers, states.layers):
             residual, st = layer.step(residual, st)
@@ -624,15 +667,79 @@ class MambaLM(nn.Module):
 
     @classmethod
     def from_hf(cls, model: nn.Module, **kwargs) -> MambaLM:
-        """Build from a Hugging Face ``MambaForCausalLM`` (its config and weights)."""
-        cfg = model.config
-        ours = cls(vocab_size=cfg.vocab_size, d_model=cfg.hidden_size, n_layer=cfg.num_hidden_layers,
-                   d_state=cfg.state_size, d_conv=cfg.conv_kernel, expand=cfg.expand,
-                   dt_rank=int(cfg.time_step_rank), conv_bias=cfg.use_conv_bias, bias=cfg.use_bias,
-                   norm_eps=cfg.layer_norm_epsilon, pad_vocab_size_multiple=1,
-                   tie_embeddings=bool(getattr(cfg, "tie_word_embeddings", True)), **kwargs)
+        """Build from a Hugging Face ``MambaForCausalLM``: its config, weights, dtype and device.
+
+        Every field of ``MambaConfig`` is mapped (:data:`HF_MAMBA_CONFIG_FIELDS` says how); a
+        value this class cannot honour raises ``ValueError`` naming the field. ``kwargs`` (e.g.
+        ``backend``) go to the constructor.
+        """
+        ours = cls(**{**hf_mamba_config_kwargs(model.config), **kwargs})
         ours.load_hf_state_dict(model.state_dict())
-        return ours.to(next(model.parameters()).device)
+        ref = next(model.parameters())
+        return ours.to(device=ref.device, dtype=ref.dtype)
 
 
-__all__ = ["Mamba", "MambaBackbone", "MambaBlock", "MambaLM", "MambaLMState", "MambaLTI", "MambaState", "column_major_"]
+# How MambaLM.from_hf maps each field of transformers' MambaConfig (tests check the list is complete).
+HF_MAMBA_CONFIG_FIELDS: dict[str, str] = {
+    "vocab_size": "vocab_size (pad_vocab_size_multiple=1: the table keeps HF's size)",
+    "hidden_size": "d_model",
+    "state_size": "d_state",
+    "num_hidden_layers": "n_layer",
+    "layer_norm_epsilon": "norm_eps (every RMSNorm)",
+    "intermediate_size": "d_inner (the inner width; HF sets it from expand unless given)",
+    "expand": "kept as information: d_inner (intermediate_size) sizes the layer; any positive expand",
+    "conv_kernel": "d_conv",
+    "use_bias": "bias (in_proj and out_proj)",
+    "use_conv_bias": "conv_bias",
+    "hidden_act": "the conv activation: only 'silu' (refused otherwise)",
+    "time_step_rank": "dt_rank ('auto' is resolved by HF to ceil(hidden_size / 16))",
+    "residual_in_fp32": "residual_in_fp32",
+    "tie_word_embeddings": "tie_embeddings",
+    "time_step_min": "dt_min (init only; the loaded weights replace it)",
+    "time_step_max": "dt_max (init only)",
+    "time_step_floor": "dt_init_floor (init only)",
+    "time_step_scale": "dt_scale (init only)",
+    "time_step_init_scheme": "dt_init ('random' or 'constant'; init only)",
+    "rescale_prenorm_residual": "rescale_prenorm_residual (init only)",
+    "initializer_range": "ignored: init only, the loaded weights replace it",
+    "pad_token_id": "ignored: a tokenizer id, no effect on the logits (generate has no stop token)",
+    "bos_token_id": "ignored: a tokenizer id",
+    "eos_token_id": "ignored: a tokenizer id (generate always produces max_new_tokens)",
+    "use_cache": "ignored: decoding always carries the explicit MambaLMState",
+    "use_mambapy": "ignored: HF's choice of scan implementation (same math)",
+    "use_associative_scan": "ignored: HF's choice of scan implementation (same math)",
+}
+
+
+def hf_mamba_config_kwargs(cfg: object) -> dict[str, object]:
+    """:class:`MambaLM` keyword arguments for a transformers ``MambaConfig``.
+
+    Raises ``ValueError`` naming the field for a value neurostep cannot honour.
+    """
+    act = getattr(cfg, "hidden_act", "silu")
+    if act != "silu":
+        raise ValueError(f"MambaConfig.hidden_act={act!r} is not supported: neurostep's Mamba applies SiLU after the "
+                         "causal conv (the fused conv kernels implement only 'silu')")
+    rank = cfg.time_step_rank
+    if rank == "auto":
+        rank = math.ceil(cfg.hidden_size / 16)
+    if isinstance(rank, bool) or not isinstance(rank, int) or rank < 1:
+        raise ValueError(f"MambaConfig.time_step_rank must be 'auto' or a positive int, got {cfg.time_step_rank!r}")
+    d_inner = getattr(cfg, "intermediate_size", None)
+    if d_inner is None:
+        d_inner = inner_width(cfg.hidden_size, cfg.expand)
+    if isinstance(d_inner, bool) or not isinstance(d_inner, int) or d_inner < 1:
+        raise ValueError(f"MambaConfig.intermediate_size must be a positive int, got {d_inner!r}")
+    return dict(vocab_size=cfg.vocab_size, d_model=cfg.hidden_size, n_layer=cfg.num_hidden_layers,
+                d_state=cfg.state_size, d_conv=cfg.conv_kernel, d_inner=d_inner, dt_rank=rank,
+                conv_bias=bool(cfg.use_conv_bias), bias=bool(cfg.use_bias), norm_eps=float(cfg.layer_norm_epsilon),
+                pad_vocab_size_multiple=1, tie_embeddings=bool(getattr(cfg, "tie_word_embeddings", True)),
+                residual_in_fp32=bool(getattr(cfg, "residual_in_fp32", True)),
+                dt_min=float(getattr(cfg, "time_step_min", 0.001)), dt_max=float(getattr(cfg, "time_step_max", 0.1)),
+                dt_init_floor=float(getattr(cfg, "time_step_floor", 1e-4)),
+                dt_scale=float(getattr(cfg, "time_step_scale", 1.0)),
+                dt_init="constant" if getattr(cfg, "time_step_init_scheme", "random") == "constant" else "random",
+                rescale_prenorm_residual=bool(getattr(cfg, "rescale_prenorm_residual", False)))
+
+__all__ = ["HF_MAMBA_CONFIG_FIELDS", "Mamba", "MambaBackbone", "MambaBlock", "MambaLM", "MambaLMState", "MambaLTI",
+           "MambaState", "column_major_", "hf_mamba_config_kwargs", "inner_width"]
