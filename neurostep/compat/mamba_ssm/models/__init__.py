@@ -1,0 +1,1 @@
+"""``mamba_ssm.models``: ``MambaConfig`` and the ``MambaLMHeadModel`` language model."""

@@ -1,0 +1,1 @@
+"""``mamba_ssm.modules``: Mamba, Mamba-2, the residual block and the gated MLP."""

@@ -1,0 +1,1 @@
+"""``mamba_ssm.utils``: generation (``InferenceParams``, ``GenerationMixin``, ``decode``) and hub loading."""
