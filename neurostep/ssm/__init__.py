@@ -1,7 +1,8 @@
-"""State-space blocks: Mamba (and a Mamba language model), Vision Mamba, LaMamba."""
+"""State-space blocks: Mamba and Mamba-2 (and their language models), Vision Mamba, LaMamba."""
 
 from neurostep.ssm.lamamba import SS2D, LaMamba, LaMambaNet, WindowAttention
 from neurostep.ssm.mamba import Mamba, MambaLM, MambaLMState, MambaLTI, MambaState
+from neurostep.ssm.mamba2 import Mamba2, Mamba2LM, Mamba2LMState, Mamba2State
 from neurostep.ssm.vision_mamba import VIM_CONFIGS, BidirectionalMamba, BidirectionalMambaState, VisionMamba
 
 __all__ = [
@@ -12,6 +13,10 @@ __all__ = [
     "LaMamba",
     "LaMambaNet",
     "Mamba",
+    "Mamba2",
+    "Mamba2LM",
+    "Mamba2LMState",
+    "Mamba2State",
     "MambaLM",
     "MambaLMState",
     "MambaLTI",

@@ -478,51 +478,28 @@ class MambaBackbone(nn.Module):
         self.norm_f = RMSNorm(d_model, eps=norm_eps)
 
 
-class MambaLM(nn.Module):
-    """Mamba language model with a tied head (mamba-ssm ``MambaLMHeadModel`` layout).
+class SSMLanguageModel(nn.Module):
+    """What :class:`MambaLM` and :class:`~neurostep.ssm.mamba2.Mamba2LM` share: prefill, step, greedy decoding.
 
-    Args:
-        vocab_size: tokenizer size; padded up to a multiple of ``pad_vocab_size_multiple``.
-        d_model, n_layer: width and depth. ``d_state``, ``d_conv``, ``expand``, ``d_inner``,
-            ``dt_rank``, ``conv_bias``, ``bias``, the dt init arguments and ``backend`` go to every
-            :class:`Mamba` layer.
-        norm_eps: RMSNorm epsilon (1e-5 as in mamba-ssm and Hugging Face).
-        residual_in_fp32: keep the residual stream in fp32 (mamba-ssm's and HF's default); False
-            keeps it in the weights' dtype, as HF's ``residual_in_fp32=False`` does.
-        rescale_prenorm_residual: scale ``out_proj`` by ``1/sqrt(n_layer)`` at init (mamba-ssm's init).
-
-    ``forward(input_ids (B, L)) -> logits (B, L, V)``; ``scan``/``step`` carry a :class:`MambaLMState`
-    (one :class:`MambaState` per layer); ``generate`` decodes greedily through ``step``.
+    A subclass builds ``backbone`` (``embedding``, ``layers`` of pre-norm blocks whose ``mixer`` has
+    ``init_state``/``scan``/``step``/``decode_step_``, ``norm_f``) and ``lm_head``, sets
+    ``vocab_size``, ``d_model``, ``n_layer``, ``tie_embeddings`` and ``residual_in_fp32``, and names
+    its per-model state dataclass (a ``layers`` list) in ``state_class``.
     """
 
-    def __init__(self, vocab_size: int, d_model: int, n_layer: int, d_state: int = 16, d_conv: int = 4,
-                 expand: float = 2, dt_rank: int | str = "auto", conv_bias: bool = True, bias: bool = False,
-                 norm_eps: float = 1e-5, pad_vocab_size_multiple: int = 8, tie_embeddings: bool = True,
-                 backend: str = "auto", *, d_inner: int | None = None, dt_min: float = 0.001,
-                 dt_max: float = 0.1, dt_init_floor: float = 1e-4, dt_scale: float = 1.0, dt_init: str = "random",
-                 residual_in_fp32: bool = True, rescale_prenorm_residual: bool = True) -> None:
-        super().__init__()
-        for name, value in (("vocab_size", vocab_size), ("d_model", d_model), ("n_layer", n_layer),
-                            ("pad_vocab_size_multiple", pad_vocab_size_multiple)):
-            if not isinstance(value, int) or value < 1:
+    state_class: type = MambaLMState
+
+    def _check_sizes(self, **sizes: int) -> None:
+        for name, value in sizes.items():
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive int, got {value!r}")
-        if vocab_size % pad_vocab_size_multiple:
-            vocab_size += pad_vocab_size_multiple - vocab_size % pad_vocab_size_multiple
-        self.vocab_size = vocab_size
-        self.d_model = d_model
-        self.n_layer = n_layer
-        self.residual_in_fp32 = bool(residual_in_fp32)
-        self.backbone = MambaBackbone(vocab_size, d_model, n_layer, norm_eps, d_state=d_state, d_conv=d_conv,
-                                      expand=expand, dt_rank=dt_rank, conv_bias=conv_bias, bias=bias,
-                                      backend=backend, d_inner=d_inner, dt_min=dt_min, dt_max=dt_max,
-                                      dt_init_floor=dt_init_floor, dt_scale=dt_scale, dt_init=dt_init)
-        self.lm_head = nn.Linear(d_model, vocab_size, bias=False)
-        self._init_weights(n_layer, rescale_prenorm_residual)
+
+    def _tie_and_lay_out(self, tie_embeddings: bool) -> None:
         # The (V, d) table is stored (d, V)-contiguous: the head's GEMV, which reads the whole
         # table every token, streams it twice as fast; the embedding gathers only a few rows.
         column_major_(self.backbone.embedding)
         column_major_(self.lm_head)
-        self.tie_embeddings = tie_embeddings
+        self.tie_embeddings = bool(tie_embeddings)
         if tie_embeddings:
             self.lm_head.weight = self.backbone.embedding.weight
 
@@ -541,10 +518,9 @@ class MambaLM(nn.Module):
                 w /= math.sqrt(n_layer)
 
     # -- state ------------------------------------------------------------------------
-    def init_state(self, batch: int, device: torch.device | None = None,
-                   dtype: torch.dtype | None = None) -> MambaLMState:
-        """One zero :class:`MambaState` per layer."""
-        return MambaLMState([layer.mixer.init_state(batch, device, dtype) for layer in self.backbone.layers])
+    def init_state(self, batch: int, device: torch.device | None = None, dtype: torch.dtype | None = None):
+        """One zero layer state per layer, in this model's ``state_class``."""
+        return self.state_class([layer.mixer.init_state(batch, device, dtype) for layer in self.backbone.layers])
 
     def _check_ids(self, input_ids: torch.Tensor, ndim: int) -> None:
         check_tensor("input_ids", input_ids, ndim=ndim, dtypes=(torch.int64, torch.int32))
@@ -552,19 +528,19 @@ class MambaLM(nn.Module):
             raise ValueError(f"input_ids has 0 tokens (shape {tuple(input_ids.shape)}); need at least one")
         check_token_range("input_ids", input_ids, self.vocab_size)
 
-    def _check_states(self, states: MambaLMState) -> None:
-        if not isinstance(states, MambaLMState):
-            raise TypeError(f"states must be a MambaLMState (from init_state or scan), got {type(states).__name__}")
+    def _check_states(self, states) -> None:
+        name = self.state_class.__name__
+        if not isinstance(states, self.state_class):
+            raise TypeError(f"states must be a {name} (from init_state or scan), got {type(states).__name__}")
         if len(states.layers) != self.n_layer:
-            raise ValueError(f"states must hold {self.n_layer} MambaState (one per layer), got {len(states.layers)}")
+            raise ValueError(f"states must hold {self.n_layer} layer states (one per layer), got {len(states.layers)}")
 
     def _residual(self, embedded: torch.Tensor) -> torch.Tensor:
         """The residual stream from the embedding: fp32 with ``residual_in_fp32``, else as embedded."""
         return embedded.float() if self.residual_in_fp32 else embedded
 
     # -- sequence ---------------------------------------------------------------------
-    def scan(self, input_ids: torch.Tensor, states: MambaLMState | None = None, *,
-             last_only: bool = False) -> tuple[torch.Tensor, MambaLMState]:
+    def scan(self, input_ids: torch.Tensor, states=None, *, last_only: bool = False):
         """Prefill: ``input_ids (B, L)`` -> ``logits (B, L, V)`` (``(B, 1, V)`` if ``last_only``) and states."""
         self._check_ids(input_ids, 2)
         if states is not None:
@@ -577,13 +553,13 @@ class MambaLM(nn.Module):
         if last_only:
             residual = residual[:, -1:]
         h = self.backbone.norm_f(residual.to(self.backbone.norm_f.weight.dtype))
-        return self.lm_head(h.to(self.lm_head.weight.dtype)), MambaLMState(new_states)
+        return self.lm_head(h.to(self.lm_head.weight.dtype)), self.state_class(new_states)
 
-    def forward(self, input_ids: torch.Tensor, states: MambaLMState | None = None) -> torch.Tensor:
+    def forward(self, input_ids: torch.Tensor, states=None) -> torch.Tensor:
         """``input_ids (B, L)`` -> ``logits (B, L, V)``."""
         return self.scan(input_ids, states)[0]
 
-    def step(self, token: torch.Tensor, states: MambaLMState) -> tuple[torch.Tensor, MambaLMState]:
+    def step(self, token: torch.Tensor, states):
         """One decode token: ``token (B,)`` -> ``logits (B, V)`` and the new per-layer states."""
         self._check_ids(token, 1)
         self._check_states(states)
@@ -593,7 +569,7 @@ class MambaLM(nn.Module):
             residual, st = layer.step(residual, st)
             new_states.append(st)
         h = self.backbone.norm_f(residual.to(self.backbone.norm_f.weight.dtype))
-        return self.lm_head(h.to(self.lm_head.weight.dtype)), MambaLMState(new_states)
+        return self.lm_head(h.to(self.lm_head.weight.dtype)), self.state_class(new_states)
 
     @torch.inference_mode()
     def generate(self, input_ids: torch.Tensor, max_new_tokens: int) -> torch.Tensor:
@@ -612,8 +588,8 @@ class MambaLM(nn.Module):
         if fast:
             mixers = [layer.mixer for layer in self.backbone.layers]
             neg_A = [-torch.exp(m.A_log.float()) for m in mixers]
-            states = MambaLMState([MambaState(s.conv_state.contiguous(), s.ssm_state.contiguous())
-                                   for s in states.layers])
+            states = self.state_class([type(s)(s.conv_state.contiguous(), s.ssm_state.contiguous())
+                                       for s in states.layers])
         out = torch.empty(input_ids.shape[0], input_ids.shape[1] + max_new_tokens, dtype=input_ids.dtype,
                           device=input_ids.device)
         out[:, :input_ids.shape[1]] = input_ids
@@ -635,8 +611,8 @@ class MambaLM(nn.Module):
         w = self.lm_head.weight
         return w.dtype == torch.float32 and w.device == input_ids.device
 
-    def _fast_step(self, token: torch.Tensor, states: MambaLMState, neg_A: list[torch.Tensor]) -> torch.Tensor:
-        """:meth:`step` through :meth:`Mamba.decode_step_`, updating ``states`` in place; returns logits."""
+    def _fast_step(self, token: torch.Tensor, states, neg_A: list[torch.Tensor]) -> torch.Tensor:
+        """:meth:`step` through each mixer's ``decode_step_``, updating ``states`` in place; returns logits."""
         residual = F.embedding(token, self.backbone.embedding.weight)
         d = (self.d_model,)
         for layer, st, A in zip(self.backbone.layers, states.layers, neg_A):
@@ -648,7 +624,7 @@ class MambaLM(nn.Module):
 
     # -- Hugging Face interop -------------------------------------------------------------
     def load_hf_state_dict(self, state_dict: dict[str, torch.Tensor], strict: bool = True) -> None:
-        """Load a Hugging Face ``MambaForCausalLM`` state_dict (``backbone.embeddings`` -> ``embedding``).
+        """Load a Hugging Face ``*ForCausalLM`` state_dict (``backbone.embeddings`` -> ``embedding``).
 
         mamba-ssm checkpoints (``backbone.embedding``) load unchanged. The vocabulary must
         match this model's padded size.
@@ -664,6 +640,49 @@ class MambaLM(nn.Module):
             raise ValueError(f"embedding shape {tuple(emb.shape)} in the state_dict does not match this model's "
                              f"{tuple(self.backbone.embedding.weight.shape)} (vocab padded to {self.vocab_size})")
         self.load_state_dict(mapped, strict=strict)
+
+
+class MambaLM(SSMLanguageModel):
+    """Mamba language model with a tied head (mamba-ssm ``MambaLMHeadModel`` layout).
+
+    Args:
+        vocab_size: tokenizer size; padded up to a multiple of ``pad_vocab_size_multiple``.
+        d_model, n_layer: width and depth. ``d_state``, ``d_conv``, ``expand``, ``d_inner``,
+            ``dt_rank``, ``conv_bias``, ``bias``, the dt init arguments and ``backend`` go to every
+            :class:`Mamba` layer.
+        norm_eps: RMSNorm epsilon (1e-5 as in mamba-ssm and Hugging Face).
+        residual_in_fp32: keep the residual stream in fp32 (mamba-ssm's and HF's default); False
+            keeps it in the weights' dtype, as HF's ``residual_in_fp32=False`` does.
+        rescale_prenorm_residual: scale ``out_proj`` by ``1/sqrt(n_layer)`` at init (mamba-ssm's init).
+
+    ``forward(input_ids (B, L)) -> logits (B, L, V)``; ``scan``/``step`` carry a :class:`MambaLMState`
+    (one :class:`MambaState` per layer); ``generate`` decodes greedily through ``step``.
+    """
+
+    state_class = MambaLMState
+
+    def __init__(self, vocab_size: int, d_model: int, n_layer: int, d_state: int = 16, d_conv: int = 4,
+                 expand: float = 2, dt_rank: int | str = "auto", conv_bias: bool = True, bias: bool = False,
+                 norm_eps: float = 1e-5, pad_vocab_size_multiple: int = 8, tie_embeddings: bool = True,
+                 backend: str = "auto", *, d_inner: int | None = None, dt_min: float = 0.001,
+                 dt_max: float = 0.1, dt_init_floor: float = 1e-4, dt_scale: float = 1.0, dt_init: str = "random",
+                 residual_in_fp32: bool = True, rescale_prenorm_residual: bool = True) -> None:
+        super().__init__()
+        self._check_sizes(vocab_size=vocab_size, d_model=d_model, n_layer=n_layer,
+                          pad_vocab_size_multiple=pad_vocab_size_multiple)
+        if vocab_size % pad_vocab_size_multiple:
+            vocab_size += pad_vocab_size_multiple - vocab_size % pad_vocab_size_multiple
+        self.vocab_size = vocab_size
+        self.d_model = d_model
+        self.n_layer = n_layer
+        self.residual_in_fp32 = bool(residual_in_fp32)
+        self.backbone = MambaBackbone(vocab_size, d_model, n_layer, norm_eps, d_state=d_state, d_conv=d_conv,
+                                      expand=expand, dt_rank=dt_rank, conv_bias=conv_bias, bias=bias,
+                                      backend=backend, d_inner=d_inner, dt_min=dt_min, dt_max=dt_max,
+                                      dt_init_floor=dt_init_floor, dt_scale=dt_scale, dt_init=dt_init)
+        self.lm_head = nn.Linear(d_model, vocab_size, bias=False)
+        self._init_weights(n_layer, rescale_prenorm_residual)
+        self._tie_and_lay_out(tie_embeddings)
 
     @classmethod
     def from_hf(cls, model: nn.Module, **kwargs) -> MambaLM:
@@ -742,4 +761,4 @@ def hf_mamba_config_kwargs(cfg: object) -> dict[str, object]:
                 rescale_prenorm_residual=bool(getattr(cfg, "rescale_prenorm_residual", False)))
 
 __all__ = ["HF_MAMBA_CONFIG_FIELDS", "Mamba", "MambaBackbone", "MambaBlock", "MambaLM", "MambaLMState", "MambaLTI",
-           "MambaState", "column_major_", "hf_mamba_config_kwargs", "inner_width"]
+           "MambaState", "SSMLanguageModel", "column_major_", "hf_mamba_config_kwargs", "inner_width"]
