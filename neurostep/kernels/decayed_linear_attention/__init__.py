@@ -1,0 +1,211 @@
+"""Chunked decayed linear attention: one scalar decay per step and head, as one fused op.
+
+``decayed_linear_attention(q, k, v, log_decay, *, scale=None, initial_state=None, output_final_state=False,
+chunk_size=None, backend="auto") -> (o, final_state)`` computes, per batch row and head::
+
+    S_t = exp(g_t) S_{t-1} + k_t^T v_t,      o_t = scale * q_t S_t          (S: (K, V))
+
+- Mamba-2's SSD (Dao and Gu 2024) with ``g = dt * A``, ``k = B``, ``v = dt * x``, ``q = C`` and
+  ``scale=1.0``; ``log_decay`` is then ``(B, L, H)``, one value per step and head.
+- Lightning Attention-2 / TransNormerLLM and RetNet: one constant decay per head, ``log_decay`` of
+  shape ``(H,)`` (``log(lambda_h)``).
+- flash-linear-attention's ``chunk_simple_gla`` computes the same (``g`` its per-step log-decay);
+  ``scale=None`` is its default ``K ** -0.5``.
+
+Backends: ``reference`` (the recurrence token by token, gradients by ``torch.func.vjp``), ``cpu``
+(the chunked form on torch's batched matrix products, forward and backward written by hand) and
+``triton`` (the chunked form as Triton kernels; CUDA, or CPU under ``TRITON_INTERPRET=1``). Registered
+as ``neurostep::decayed_linear_attention_forward`` / ``_backward``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from neurostep.engine import (
+    KERNELS,
+    BackwardCall,
+    OpCost,
+    check_nonempty,
+    check_tensor,
+    compute_dtype,
+    define_op,
+    has_values,
+)
+
+_NAME = "decayed_linear_attention"
+
+
+def _forward(impl, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: torch.Tensor, h0: torch.Tensor | None,
+             scale: float, chunk_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    return impl.forward(q, k, v, g, h0, scale, chunk_size)
+
+
+def _forward_fake(q, k, v, g, h0, scale, chunk_size, *, backend):
+    B, _, H, K = q.shape
+    return v.new_empty(v.shape), q.new_empty(B, H, K, v.shape[-1])
+
+
+def _save(args, outputs):
+    return args["q"], args["k"], args["v"], args["g"], args["h0"], outputs[1]
+
+
+def _backward(impl, call: BackwardCall):
+    grad_o, grad_final = call.grads
+    q, k, v, g, h0, final = call.saved
+    grad_o = torch.zeros_like(v) if grad_o is None else grad_o.contiguous()
+    grad_final = None if grad_final is None else grad_final.contiguous()
+    return impl.backward(grad_o, grad_final, q, k, v, g, h0, final, call.attrs["scale"], call.attrs["chunk_size"])
+
+
+def _backward_fake(call: BackwardCall):
+    q, k, v, g, h0, _ = call.saved
+    return [t.new_empty(t.shape) if t is not None else None for t in (q, k, v, g, h0)]
+
+
+def _cost(args, kwargs, out) -> OpCost:
+    """The chunked form's operations, per batch row, head and chunk of ``C`` tokens (``n`` chunks, the last
+    one zero-padded): ``C^2 (K + V)`` multiply-adds for ``((Q K^T) * M) V`` and ``2 C K V`` for the
+    inter-chunk output ``(Q exp(b)) S`` and the chunk's state ``(K exp(b_C - b))^T V``; ``C^2 + 2C + 1``
+    exps (the decay mask, ``exp(b)``, ``exp(b_C - b)``, ``exp(b_C)``); multiplies: the mask ``C^2``, the
+    decayed ``q`` and ``k`` ``2 C K``, the scale ``C V`` and the state's decay ``K V``; adds: the cumulative
+    sum ``C``, the two output terms ``C V`` and the state ``K V``; ``K V`` state elements written per
+    chunk. Bytes: q, k, v, g and the initial state read, o and the final state written."""
+    q, k, v, g, h0, _, chunk_size = args[:7]
+    B, L, H, K = q.shape
+    V = v.shape[-1]
+    C = max(1, min(int(chunk_size), L))
+    n = -(-L // C)
+    per_chunk = B * H * n
+    size = q.element_size()
+    state_bytes = float(B * H * K * V * size)
+    return OpCost(
+        macs=float(per_chunk * (C * C * (K + V) + 2 * C * K * V)),
+        exps=float(per_chunk * (C * C + 2 * C + 1)),
+        muls=float(per_chunk * (C * C + 2 * C * K + C * V + K * V)),
+        adds=float(per_chunk * (C + C * V + K * V)),
+        state_updates=float(per_chunk * K * V),
+        bytes_read=float((q.numel() + k.numel() + v.numel() + g.numel()) * size) + (state_bytes if h0 is not None
+                                                                                    else 0.0),
+        bytes_written=float(v.numel() * size) + state_bytes,
+    )
+
+
+DECAYED_LINEAR_ATTENTION = define_op(
+    _NAME,
+    backends={name: f"neurostep.kernels.decayed_linear_attention.{name}" for name in ("reference", "cpu")},
+    forward=_forward, forward_fake=_forward_fake, backward=_backward, backward_fake=_backward_fake,
+    save=_save, cost=_cost,
+)
+
+
+def _check_log_decay(log_decay: torch.Tensor) -> None:
+    """``log_decay`` must be finite and ``<= 0``: read on the CPU, queued on an accelerator (no wait),
+    skipped on the meta device and in ``torch.compile`` traces."""
+    if not has_values(log_decay) or log_decay.numel() == 0:
+        return
+    d = log_decay.detach()
+    ok = (torch.isfinite(d) & (d <= 0)).all()
+    if d.device.type != "cpu":
+        torch._assert_async(ok, "log_decay must be finite and <= 0")
+    elif not bool(ok):
+        bad = d[~(torch.isfinite(d) & (d <= 0))]
+        raise ValueError(f"log_decay must be finite and <= 0 (a decay exp(log_decay) in (0, 1]), got values such "
+                         f"as {bad.flatten()[:4].tolist()}")
+
+
+def decayed_linear_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    log_decay: torch.Tensor,
+    *,
+    scale: float | None = None,
+    initial_state: torch.Tensor | None = None,
+    output_final_state: bool = False,
+    chunk_size: int | None = None,
+    backend: str = "auto",
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Linear attention with a scalar decay per step and head, in chunks.
+
+    Per batch row and head: ``S_t = exp(g_t) S_{t-1} + k_t^T v_t`` and ``o_t = scale * q_t S_t``, with the
+    state ``S`` a ``(K, V)`` matrix.
+
+    Args:
+        q, k: ``(B, L, H, K)``, ``L >= 1``; fp16, bf16, fp32 or fp64 (one dtype for q, k and v).
+        v: ``(B, L, H, V)``.
+        log_decay: ``g``, finite and ``<= 0``: ``(B, L, H)`` one value per step and head (Mamba-2's
+            ``dt * A``), or ``(H,)`` one constant per head (Lightning Attention-2, RetNet). Any float dtype.
+        scale: the output's factor; None means ``K ** -0.5`` (flash-linear-attention's ``simple_gla``);
+            Mamba-2 uses 1.0.
+        initial_state: ``(B, H, K, V)`` state before the first token, or None (zeros). Differentiable.
+        output_final_state: also return the state after the last token (else None).
+        chunk_size: tokens per chunk of the chunked backends; None picks the backend's (``cpu``: 64,
+            ``triton``: 64). The ``triton`` backend needs a power of two >= 16. The result does not depend
+            on it beyond rounding.
+        backend: ``"auto"`` (``cpu`` on CPU tensors, ``triton`` on CUDA), ``"reference"``, ``"cpu"`` or
+            ``"triton"``.
+
+    Returns:
+        ``(o, final_state)``: ``o (B, L, H, V)`` in ``q``'s dtype; ``final_state (B, H, K, V)`` in the compute
+        dtype (float32, or float64 for float64 inputs), or None. Gradients flow to q, k, v, log_decay
+        and the initial state, from ``o`` and from the final state.
+    """
+    q = check_tensor("q", q, ndim=4)
+    B, L, H, K = q.shape
+    device = q.device
+    k = check_tensor("k", k, device=device)
+    if k.shape != q.shape:
+        raise ValueError(f"k must have the shape of q (B, L, H, K) = {tuple(q.shape)}, got {tuple(k.shape)}")
+    v = check_tensor("v", v, ndim=4, device=device)
+    if v.shape[:3] != q.shape[:3]:
+        raise ValueError(f"v must have shape (B, L, H, V) = ({B}, {L}, {H}, V) to match q {tuple(q.shape)}, got "
+                         f"{tuple(v.shape)}")
+    for name, t in (("k", k), ("v", v)):
+        if t.dtype != q.dtype:
+            raise TypeError(f"{name} must have the dtype of q ({q.dtype}), got {t.dtype}")
+    log_decay = check_tensor("log_decay", log_decay, ndim=(1, 3), device=device)
+    if log_decay.dim() == 3 and log_decay.shape != (B, L, H):
+        raise ValueError(f"log_decay must have shape (B, L, H) = ({B}, {L}, {H}) or (H,) = ({H},), got "
+                         f"{tuple(log_decay.shape)}")
+    if log_decay.dim() == 1 and log_decay.shape != (H,):
+        raise ValueError(f"log_decay must have shape (B, L, H) = ({B}, {L}, {H}) or (H,) = ({H},), got "
+                         f"{tuple(log_decay.shape)}")
+    check_nonempty("q", q, 1, "tokens")
+    V = v.shape[-1]
+    if K == 0 or V == 0 or H == 0:
+        raise ValueError(f"q and v need K, V and H >= 1, got q {tuple(q.shape)} and v {tuple(v.shape)}")
+    if initial_state is not None:
+        check_tensor("initial_state", initial_state, shape=(B, H, K, V), device=device)
+    if not isinstance(output_final_state, bool):
+        raise TypeError(f"output_final_state must be a bool, got {type(output_final_state).__name__}")
+    if scale is None:
+        scale = K ** -0.5
+    elif isinstance(scale, bool) or not isinstance(scale, (int, float)):
+        raise TypeError(f"scale must be a float or None, got {type(scale).__name__}")
+    elif not math.isfinite(scale):
+        raise ValueError(f"scale must be finite, got {scale}")
+    name = DECAYED_LINEAR_ATTENTION.choose_backend(backend, device)
+    if chunk_size is None:
+        chunk_size = KERNELS.resolve(_NAME, name, device).CHUNK_SIZE
+    elif isinstance(chunk_size, bool) or not isinstance(chunk_size, int):
+        raise TypeError(f"chunk_size must be an int or None, got {type(chunk_size).__name__}")
+    elif chunk_size < 1:
+        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+    if name == "triton" and (chunk_size < 16 or chunk_size & (chunk_size - 1)):
+        raise ValueError(f"the triton backend needs chunk_size a power of two >= 16, got {chunk_size}")
+    _check_log_decay(log_decay)
+
+    cd = compute_dtype(q.dtype)
+    g = log_decay.to(cd)
+    g = g.expand(B, L, H) if g.dim() == 1 else g
+    o, final = DECAYED_LINEAR_ATTENTION(
+        q.to(cd).contiguous(), k.to(cd).contiguous(), v.to(cd).contiguous(), g.contiguous(),
+        None if initial_state is None else initial_state.to(cd).contiguous(), float(scale), int(chunk_size),
+        backend=name)
+    return o.to(q.dtype), (final if output_final_state else None)
+
+
+__all__ = ["decayed_linear_attention"]

@@ -1,0 +1,184 @@
+"""Decayed linear attention on CPU: the chunked form on torch's batched matrix products.
+
+The sequence is cut into chunks of ``C`` tokens. Inside a chunk, with ``b_i`` the cumulative sum of the
+log-decays from the chunk's start (``b_i = g_0 + ... + g_i``), ``S`` the state entering the chunk and
+``b_C`` the last ``b`` of the chunk::
+
+    o_i     = scale * (exp(b_i) q_i S + sum_{j <= i} exp(b_i - b_j) (q_i . k_j) v_j)
+    S_next  = exp(b_C) S + sum_j k_j^T exp(b_C - b_j) v_j
+
+so the output is one intra-chunk product ``((Q K^T) * M) V`` with the decay mask
+``M_ij = exp(b_i - b_j)`` for ``i >= j`` (0 above the diagonal), plus the inter-chunk term
+``exp(b) * (Q S)``; the states entering the chunks follow from a short recurrence over the chunks
+(Dao and Gu 2024, section 6; Qin et al. 2024, Lightning Attention-2, algorithm 1). Every exponent is
+``<= 0``: ``b_i - b_j`` is formed before the exp, never as ``exp(b_i) / exp(b_j)``, so large decays
+(Mamba-2's ``dt * A``) underflow to 0 instead of overflowing.
+
+The backward recomputes the chunk states (one more state pass) and saves nothing per step or per
+chunk. With ``dO`` the output gradient, ``dS`` the gradient of the state leaving a chunk and the scale
+folded into ``M`` and ``exp(b)``::
+
+    P  = (Q K^T) * M,   dP = (dO V^T) * M
+    dQ = dP K + (dO * exp(b)) S^T
+    dK = dP^T Q + (V * exp(b_C - b)) dS^T
+    dV = P^T dO + exp(b_C - b) * (K dS)
+    dS_prev = exp(b_C) dS + Q^T (dO * exp(b))          (carried backwards over the chunks)
+
+The log-decays need no products of their own: ``o`` and the final state depend on the cumulative sums
+``B_t`` of the whole sequence only through factors ``exp(B_t - B_s)`` met by ``q_t . k_s`` (and
+``exp(B_t)`` met by ``q_t`` for the initial state), so ``dL/dB_t = q_t . dq_t - k_t . dk_t``, plus
+``<S_final, dS_final>`` at the last token, and ``dg`` is the reverse cumulative sum of that.
+
+Layout: q, k, v (and the output gradient) are copied once into a chunk-major ``(n, B, H, C, D)`` block
+layout (zero-padded to ``n`` full chunks), so that every product is one ``bmm`` over all chunks of all
+heads, and the chunk states live in one ``(n + 1, B * H, K, V)`` buffer: slot ``j`` is the state entering
+chunk ``j``, slot ``n`` the final state. Each chunk's contribution is written into slot ``j + 1`` by one
+``bmm`` and the recurrence over the chunks is one in-place ``addcmul_`` per chunk; the backward's state
+gradients use the same buffer scheme in reverse.
+
+Exponents are clamped at ``-60`` before the exp (``exp(-60) = 9e-27``, far below the resolution of any
+output, whose diagonal term has weight exactly 1): torch's vectorised exp and the products that follow
+run 25-35 times slower on ``-inf`` and on results in the denormal range.
+"""
+
+from __future__ import annotations
+
+import torch
+
+CHUNK_SIZE = 64
+FLOOR = -60.0
+"""Exponents are clamped here before the exp (see the module docstring)."""
+
+
+def _chunk_count(length: int, chunk_size: int) -> tuple[int, int]:
+    chunk = max(1, min(chunk_size, length))
+    return chunk, -(-length // chunk)
+
+
+def _chunks(x: torch.Tensor, n: int, chunk: int) -> torch.Tensor:
+    """``(B, L, *H, D)`` -> chunk-major blocks ``(n * B * H, chunk, D)``, zero-padded to ``n * chunk`` tokens
+    (``x`` may also be the log-decays ``(B, L, H)``, giving ``(n * B * H, chunk)``)."""
+    squeeze = x.dim() == 3
+    if squeeze:
+        x = x.unsqueeze(-1)
+    B, L, H, D = x.shape
+    out = x.new_empty(n, B, H, chunk, D)
+    full = L // chunk
+    if full:
+        out[:full].copy_(x[:, :full * chunk].view(B, full, chunk, H, D).permute(1, 0, 3, 2, 4))
+    if full < n:
+        rest = L - full * chunk
+        out[full, :, :, :rest].copy_(x[:, full * chunk:].permute(0, 2, 1, 3))
+        out[full, :, :, rest:].zero_()
+    out = out.view(n * B * H, chunk, D)
+    return out.squeeze(-1) if squeeze else out
+
+
+def _unchunk(x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+    """The inverse of :func:`_chunks`: blocks ``(n * B * H, chunk, D)`` copied into ``out (B, L, H, D)``."""
+    B, L, H, D = out.shape
+    chunk = x.shape[1]
+    xv = x.view(-1, B, H, chunk, D)
+    full = L // chunk
+    if full:
+        out[:, :full * chunk].view(B, full, chunk, H, D).copy_(xv[:full].permute(1, 0, 3, 2, 4))
+    if full < xv.shape[0]:
+        rest = L - full * chunk
+        out[:, full * chunk:].copy_(xv[full, :, :, :rest].permute(0, 2, 1, 3))
+    return out
+
+
+def _exp(x: torch.Tensor) -> torch.Tensor:
+    """``exp`` of an exponent ``<= 0``, clamped at :data:`FLOOR` (in place on ``x``)."""
+    return x.clamp_(min=FLOOR).exp_()
+
+
+def _decays(g: torch.Tensor, n: int, chunk: int, scale: float):
+    """Per chunk, from the cumulative log-decays ``b``: ``scale * exp(b)`` and ``exp(b_C - b)``, each
+    ``(rows, chunk, 1)``; ``exp(b_C)`` as ``(n, B * H, 1, 1)``; and ``scale * M`` ``(rows, chunk, chunk)``,
+    the decay mask ``exp(b_i - b_j)`` below and on the diagonal, 0 above. Padding tokens have ``g = 0``
+    (no decay), so the state passes through them unchanged."""
+    b = _chunks(g, n, chunk).cumsum_(-1)
+    b_last = b[:, -1:]
+    eb = _exp(b.clone())
+    if scale != 1.0:
+        eb.mul_(scale)
+    ebl = _exp(b_last - b)
+    lower = torch.ones(chunk, chunk, dtype=b.dtype, device=b.device).tril_().mul_(scale)
+    # above the diagonal b_i - b_j >= 0: clamped to 0 (no overflow), then zeroed by the mask
+    mask = (b.unsqueeze(-1) - b.unsqueeze(-2)).clamp_(FLOOR, 0.0).exp_().mul_(lower)
+    decay = _exp(b_last.clone()).view(n, -1, 1, 1)
+    return eb.unsqueeze(-1), ebl.unsqueeze(-1), decay, mask
+
+
+def _states(kc: torch.Tensor, vd: torch.Tensor, decay: torch.Tensor, h0: torch.Tensor | None) -> torch.Tensor:
+    """``(n + 1, B * H, K, V)``: slot ``j`` the state entering chunk ``j``, slot ``n`` the final state.
+    ``vd = V * exp(b_C - b)``: chunk ``j`` adds ``K^T vd`` to its decayed entering state."""
+    n, BH = decay.shape[:2]
+    K, V = kc.shape[-1], vd.shape[-1]
+    buf = kc.new_empty(n + 1, BH, K, V)
+    if h0 is None:
+        buf[0].zero_()
+    else:
+        buf[0].copy_(h0.reshape(BH, K, V))
+    torch.bmm(kc.transpose(1, 2), vd, out=buf[1:].view(n * BH, K, V))   # each chunk's own contribution
+    for j in range(n):
+        buf[j + 1].addcmul_(decay[j], buf[j])
+    return buf
+
+
+def forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: torch.Tensor, h0: torch.Tensor | None,
+            scale: float, chunk_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Same contract as :func:`neurostep.kernels.decayed_linear_attention.reference.forward`."""
+    B, L, H, K = q.shape
+    V = v.shape[-1]
+    chunk, n = _chunk_count(L, chunk_size)
+    qc, kc, vc = _chunks(q, n, chunk), _chunks(k, n, chunk), _chunks(v, n, chunk)
+    eb, ebl, decay, mask = _decays(g, n, chunk, scale)
+    buf = _states(kc, vc * ebl, decay, h0)
+    o = torch.bmm(qc, buf[:n].view(n * B * H, K, V)).mul_(eb)          # scale * exp(b) * (Q S)
+    o.baddbmm_(torch.bmm(qc, kc.transpose(1, 2)).mul_(mask), vc)        # + ((Q K^T) * scale M) V
+    return _unchunk(o, v.new_empty(B, L, H, V)), buf[n].view(B, H, K, V).clone()
+
+
+def backward(grad_o: torch.Tensor, grad_final: torch.Tensor | None, q: torch.Tensor, k: torch.Tensor,
+             v: torch.Tensor, g: torch.Tensor, h0: torch.Tensor | None, final_state: torch.Tensor, scale: float,
+             chunk_size: int) -> tuple[torch.Tensor | None, ...]:
+    """Same contract as :func:`neurostep.kernels.decayed_linear_attention.reference.backward`."""
+    B, L, H, K = q.shape
+    V = v.shape[-1]
+    BH = B * H
+    chunk, n = _chunk_count(L, chunk_size)
+    qc, kc, vc, do = (_chunks(x, n, chunk) for x in (q, k, v, grad_o))
+    eb, ebl, decay, mask = _decays(g, n, chunk, scale)
+    vd = vc * ebl
+    states = _states(kc, vd, decay, h0)[:n].view(n * BH, K, V)           # entering each chunk (recomputed)
+    dod = do * eb
+    # gradients of the states: slot j + 1 that of the state leaving chunk j, slot 0 that of h0
+    dbuf = q.new_empty(n + 1, BH, K, V)
+    if grad_final is None:
+        dbuf[n].zero_()
+    else:
+        dbuf[n].copy_(grad_final.reshape(BH, K, V))
+    torch.bmm(qc.transpose(1, 2), dod, out=dbuf[:n].view(n * BH, K, V))
+    for j in range(n - 1, -1, -1):
+        dbuf[j].addcmul_(decay[j], dbuf[j + 1])
+    dstates = dbuf[1:].view(n * BH, K, V)
+
+    p = torch.bmm(qc, kc.transpose(1, 2)).mul_(mask)
+    dv = torch.bmm(kc, dstates).mul_(ebl).baddbmm_(p.transpose(1, 2), do)
+    del p
+    dp = torch.bmm(do, vc.transpose(1, 2)).mul_(mask)
+    dq = torch.bmm(dod, states.transpose(1, 2)).baddbmm_(dp, kc)
+    dk = torch.bmm(vd, dstates.transpose(1, 2)).baddbmm_(dp.transpose(1, 2), qc)
+    del dp, dod, vd, states
+
+    # dL/dB_t = q_t . dq_t - k_t . dk_t (+ <S_final, dS_final> at the last token); dg = its reverse cumsum
+    db = torch.einsum("mck,mck->mc", qc, dq).sub_(torch.einsum("mck,mck->mc", kc, dk))
+    db = db.view(n, BH, chunk).permute(1, 0, 2).reshape(BH, n * chunk)
+    if grad_final is not None:
+        db[:, L - 1] += (final_state * grad_final).reshape(BH, -1).sum(-1)
+    dg = db.flip(-1).cumsum(-1).flip(-1)[:, :L].view(B, H, L).permute(0, 2, 1).contiguous()
+    dh0 = dbuf[0].view(B, H, K, V).clone() if h0 is not None else None
+    return (_unchunk(dq, torch.empty_like(q)), _unchunk(dk, torch.empty_like(k)), _unchunk(dv, torch.empty_like(v)),
+            dg, dh0)

@@ -1,0 +1,69 @@
+"""Decayed linear attention, pure torch, one token at a time: the ground truth of every backend.
+
+Per batch row and head, with the state ``S`` a ``(K, V)`` matrix::
+
+    S_t = exp(g_t) S_{t-1} + k_t^T v_t,      o_t = scale * q_t S_t,      S_{-1} = h0 (zeros if None)
+
+This is the recurrence of Mamba-2's SSD with a scalar decay per head (``g = dt * A``, ``k = B``,
+``v = dt * x``, ``q = C``; Dao and Gu 2024, eq. 2 with ``A_t = exp(dt_t A)``), of RetNet and
+Lightning Attention-2 with one constant decay per head, and of flash-linear-attention's
+``simple_gla``.
+
+The contract every backend module (``reference``, ``cpu``, ``triton``) implements, on contiguous
+tensors of one dtype (float32, or float64 for float64 inputs)::
+
+    forward(q, k, v, g, h0, scale, chunk_size) -> (o, final_state)
+    backward(grad_o, grad_final, q, k, v, g, h0, final_state, scale, chunk_size)
+        -> (dq, dk, dv, dg, dh0 or None)
+
+with ``q, k (B, L, H, K)``, ``v (B, L, H, V)``, ``g (B, L, H)`` (the log-decays, ``<= 0``), ``h0``
+and ``final_state (B, H, K, V)`` (``h0`` may be None), ``o (B, L, H, V)``; ``grad_final`` may be
+None (no gradient reaches the final state). ``chunk_size`` is the length of the chunks a chunked
+backend works on; this backend steps token by token and ignores it.
+"""
+
+from __future__ import annotations
+
+import torch
+
+CHUNK_SIZE = 64
+"""Not used by this backend (it steps token by token); the chunk size the cost formula counts when
+the reference runs (as on the meta device)."""
+
+
+def scan(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: torch.Tensor, h0: torch.Tensor,
+         scale: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """The recurrence as a plain time loop (differentiable with autograd). Returns ``(o, S_last)``."""
+    state = h0
+    outs = []
+    for t in range(q.shape[1]):
+        # S_t = exp(g_t) S_{t-1} + k_t^T v_t  (an outer product per batch row and head)
+        state = torch.exp(g[:, t])[:, :, None, None] * state + k[:, t, :, :, None] * v[:, t, :, None, :]
+        # o_t = scale * q_t S_t
+        outs.append(scale * torch.einsum("bhk,bhkv->bhv", q[:, t], state))
+    return torch.stack(outs, dim=1), state
+
+
+def _initial(q: torch.Tensor, v: torch.Tensor, h0: torch.Tensor | None) -> torch.Tensor:
+    B, _, H, K = q.shape
+    return q.new_zeros(B, H, K, v.shape[-1]) if h0 is None else h0
+
+
+def forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: torch.Tensor, h0: torch.Tensor | None,
+            scale: float, chunk_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Backend forward: see the module docstring for the contract."""
+    o, state = scan(q, k, v, g, _initial(q, v, h0), scale)
+    return o, state.clone()
+
+
+def backward(grad_o: torch.Tensor, grad_final: torch.Tensor | None, q: torch.Tensor, k: torch.Tensor,
+             v: torch.Tensor, g: torch.Tensor, h0: torch.Tensor | None, final_state: torch.Tensor, scale: float,
+             chunk_size: int) -> tuple[torch.Tensor | None, ...]:
+    """Backend backward by reverse-mode differentiation of :func:`scan` (it keeps every state: a
+    reference, not a kernel). ``final_state`` is accepted for the shared signature."""
+    # torch.func.vjp, not torch.autograd: custom-op implementations run below the autograd
+    # dispatch key, where a plain autograd graph is not recorded.
+    _, vjp_fn = torch.func.vjp(lambda *t: scan(*t, scale), q, k, v, g, _initial(q, v, h0))
+    grad_final = torch.zeros_like(final_state) if grad_final is None else grad_final
+    dq, dk, dv, dg, dh0 = vjp_fn((grad_o, grad_final))
+    return dq, dk, dv, dg, (dh0 if h0 is not None else None)
