@@ -95,7 +95,7 @@ def _cost(args, kwargs, out) -> OpCost:
 
 DECAYED_LINEAR_ATTENTION = define_op(
     _NAME,
-    backends={name: f"neurostep.kernels.decayed_linear_attention.{name}" for name in ("reference", "cpu")},
+    backends={name: f"neurostep.kernels.decayed_linear_attention.{name}" for name in ("reference", "cpu", "triton")},
     forward=_forward, forward_fake=_forward_fake, backward=_backward, backward_fake=_backward_fake,
     save=_save, cost=_cost,
 )
