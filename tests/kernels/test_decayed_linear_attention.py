@@ -282,3 +282,16 @@ def test_torch_compile_fullgraph_forward_and_backward():
     compiled = torch.compile(f, backend="aot_eager", fullgraph=True)
     for a, b in zip(torch.autograd.grad(compiled(*leaves), leaves), torch.autograd.grad(f(*leaves), leaves)):
         torch.testing.assert_close(a, b)
+
+
+def test_cpu_backend_saves_its_chunked_copies_instead_of_the_inputs():
+    from neurostep.kernels.decayed_linear_attention import cpu
+
+    q, k, v, ld, _ = make(B=1, L=10, H=2, K=3, V=2, dtype=torch.float32)
+    leaves = [t.clone().requires_grad_() for t in (q, k, v, ld)]
+    packed = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: packed.append(t) or t, lambda t: t):
+        dla(*leaves, chunk_size=4, backend="cpu")
+    ptrs = {t.data_ptr() for t in packed}
+    assert not ptrs & {t.data_ptr() for t in leaves[:3]}
+    assert cpu.saved_numel(q.shape, v.shape, 4) in {t.numel() for t in packed}

@@ -20,6 +20,7 @@ as ``neurostep::decayed_linear_attention_forward`` / ``_backward``.
 
 from __future__ import annotations
 
+import importlib
 import math
 
 import torch
@@ -39,30 +40,41 @@ _NAME = "decayed_linear_attention"
 
 
 def _forward(impl, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: torch.Tensor, h0: torch.Tensor | None,
-             scale: float, chunk_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+             scale: float, chunk_size: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Returns ``(o, final_state, saved)``; ``saved`` (flat, possibly empty) is what the backend's forward
+    keeps for its own backward."""
     return impl.forward(q, k, v, g, h0, scale, chunk_size)
 
 
 def _forward_fake(q, k, v, g, h0, scale, chunk_size, *, backend):
     B, _, H, K = q.shape
-    return v.new_empty(v.shape), q.new_empty(B, H, K, v.shape[-1])
+    # the backend module is imported by name: the fake runs on meta tensors, where no backend is "available"
+    module = importlib.import_module(f"{__name__}.{backend}")
+    return (v.new_empty(v.shape), q.new_empty(B, H, K, v.shape[-1]),
+            q.new_empty(module.saved_numel(tuple(q.shape), tuple(v.shape), chunk_size)))
 
 
 def _save(args, outputs):
-    return args["q"], args["k"], args["v"], args["g"], args["h0"], outputs[1]
+    saved = outputs[2]
+    if saved.numel():   # the backend keeps its own copies of q, k and v: autograd holds them once
+        return None, None, None, args["g"], args["h0"], outputs[1], saved
+    return args["q"], args["k"], args["v"], args["g"], args["h0"], outputs[1], saved
 
 
 def _backward(impl, call: BackwardCall):
     grad_o, grad_final = call.grads
-    q, k, v, g, h0, final = call.saved
-    grad_o = torch.zeros_like(v) if grad_o is None else grad_o.contiguous()
+    q, k, v, g, h0, final, saved = call.saved
+    grad_o = g.new_zeros(*g.shape, final.shape[-1]) if grad_o is None else grad_o.contiguous()
     grad_final = None if grad_final is None else grad_final.contiguous()
-    return impl.backward(grad_o, grad_final, q, k, v, g, h0, final, call.attrs["scale"], call.attrs["chunk_size"])
+    return impl.backward(grad_o, grad_final, q, k, v, g, h0, final, saved, call.attrs["scale"],
+                         call.attrs["chunk_size"])
 
 
 def _backward_fake(call: BackwardCall):
-    q, k, v, g, h0, _ = call.saved
-    return [t.new_empty(t.shape) if t is not None else None for t in (q, k, v, g, h0)]
+    _, _, _, g, h0, final, _ = call.saved
+    K, V = final.shape[-2:]
+    return [g.new_empty(*g.shape, K), g.new_empty(*g.shape, K), g.new_empty(*g.shape, V), g.new_empty(g.shape),
+            None if h0 is None else h0.new_empty(h0.shape)]
 
 
 def _cost(args, kwargs, out) -> OpCost:
@@ -97,7 +109,7 @@ DECAYED_LINEAR_ATTENTION = define_op(
     _NAME,
     backends={name: f"neurostep.kernels.decayed_linear_attention.{name}" for name in ("reference", "cpu", "triton")},
     forward=_forward, forward_fake=_forward_fake, backward=_backward, backward_fake=_backward_fake,
-    save=_save, cost=_cost,
+    save=_save, internal_outputs=(2,), cost=_cost,
 )
 
 
@@ -201,7 +213,7 @@ def decayed_linear_attention(
     cd = compute_dtype(q.dtype)
     g = log_decay.to(cd)
     g = g.expand(B, L, H) if g.dim() == 1 else g
-    o, final = DECAYED_LINEAR_ATTENTION(
+    o, final, _ = DECAYED_LINEAR_ATTENTION(
         q.to(cd).contiguous(), k.to(cd).contiguous(), v.to(cd).contiguous(), g.contiguous(),
         None if initial_state is None else initial_state.to(cd).contiguous(), float(scale), int(chunk_size),
         backend=name)

@@ -15,8 +15,9 @@ so the output is one intra-chunk product ``((Q K^T) * M) V`` with the decay mask
 (Mamba-2's ``dt * A``) underflow to 0 instead of overflowing.
 
 The backward recomputes the chunk states (one more state pass) and saves nothing per step or per
-chunk. With ``dO`` the output gradient, ``dS`` the gradient of the state leaving a chunk and the scale
-folded into ``M`` and ``exp(b)``::
+chunk; it reads the forward's chunked copies of q, k and v (the ``saved`` tensor), which autograd then
+holds instead of q, k and v. With ``dO`` the output gradient, ``dS`` the gradient of the state leaving a
+chunk and the scale folded into ``M`` and ``exp(b)``::
 
     P  = (Q K^T) * M,   dP = (dO V^T) * M
     dQ = dP K + (dO * exp(b)) S^T
@@ -55,14 +56,30 @@ def _chunk_count(length: int, chunk_size: int) -> tuple[int, int]:
     return chunk, -(-length // chunk)
 
 
-def _chunks(x: torch.Tensor, n: int, chunk: int) -> torch.Tensor:
+def saved_numel(q_shape: tuple[int, ...], v_shape: tuple[int, ...], chunk_size: int) -> int:
+    """Elements of the forward's ``saved`` tensor: the chunked copies of q, k and v."""
+    B, L, H, K = q_shape
+    chunk, n = _chunk_count(L, chunk_size)
+    return n * B * H * chunk * (2 * K + v_shape[-1])
+
+
+def _saved_blocks(saved: torch.Tensor, B: int, L: int, H: int, K: int, V: int, chunk_size: int):
+    """The chunked q, k, v blocks laid out in ``saved`` (views)."""
+    chunk, n = _chunk_count(L, chunk_size)
+    rows = n * B * H
+    qk = rows * chunk * K
+    return (saved[:qk].view(rows, chunk, K), saved[qk:2 * qk].view(rows, chunk, K),
+            saved[2 * qk:].view(rows, chunk, V))
+
+
+def _chunks(x: torch.Tensor, n: int, chunk: int, out: torch.Tensor | None = None) -> torch.Tensor:
     """``(B, L, *H, D)`` -> chunk-major blocks ``(n * B * H, chunk, D)``, zero-padded to ``n * chunk`` tokens
-    (``x`` may also be the log-decays ``(B, L, H)``, giving ``(n * B * H, chunk)``)."""
+    (``x`` may also be the log-decays ``(B, L, H)``, giving ``(n * B * H, chunk)``), into ``out`` if given."""
     squeeze = x.dim() == 3
     if squeeze:
         x = x.unsqueeze(-1)
     B, L, H, D = x.shape
-    out = x.new_empty(n, B, H, chunk, D)
+    out = x.new_empty(n, B, H, chunk, D) if out is None else out.view(n, B, H, chunk, D)
     full = L // chunk
     if full:
         out[:full].copy_(x[:, :full * chunk].view(B, full, chunk, H, D).permute(1, 0, 3, 2, 4))
@@ -128,34 +145,43 @@ def _states(kc: torch.Tensor, vd: torch.Tensor, decay: torch.Tensor, h0: torch.T
 
 
 def forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: torch.Tensor, h0: torch.Tensor | None,
-            scale: float, chunk_size: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Same contract as :func:`neurostep.kernels.decayed_linear_attention.reference.forward`."""
+            scale: float, chunk_size: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Same contract as :func:`neurostep.kernels.decayed_linear_attention.reference.forward`; ``saved`` holds
+    the chunked copies of q, k and v."""
     B, L, H, K = q.shape
     V = v.shape[-1]
     chunk, n = _chunk_count(L, chunk_size)
-    qc, kc, vc = _chunks(q, n, chunk), _chunks(k, n, chunk), _chunks(v, n, chunk)
+    saved = q.new_empty(saved_numel(q.shape, v.shape, chunk_size))
+    qc, kc, vc = (_chunks(x, n, chunk, out) for x, out in zip((q, k, v), _saved_blocks(saved, B, L, H, K, V,
+                                                                                        chunk_size)))
     eb, ebl, decay, mask = _decays(g, n, chunk, scale)
     buf = _states(kc, vc * ebl, decay, h0)
     o = torch.bmm(qc, buf[:n].view(n * B * H, K, V)).mul_(eb)          # scale * exp(b) * (Q S)
     o.baddbmm_(torch.bmm(qc, kc.transpose(1, 2)).mul_(mask), vc)        # + ((Q K^T) * scale M) V
-    return _unchunk(o, v.new_empty(B, L, H, V)), buf[n].view(B, H, K, V).clone()
+    return _unchunk(o, v.new_empty(B, L, H, V)), buf[n].view(B, H, K, V).clone(), saved
 
 
-def backward(grad_o: torch.Tensor, grad_final: torch.Tensor | None, q: torch.Tensor, k: torch.Tensor,
-             v: torch.Tensor, g: torch.Tensor, h0: torch.Tensor | None, final_state: torch.Tensor, scale: float,
+def backward(grad_o: torch.Tensor, grad_final: torch.Tensor | None, q: torch.Tensor | None,
+             k: torch.Tensor | None, v: torch.Tensor | None, g: torch.Tensor, h0: torch.Tensor | None,
+             final_state: torch.Tensor, saved: torch.Tensor, scale: float,
              chunk_size: int) -> tuple[torch.Tensor | None, ...]:
-    """Same contract as :func:`neurostep.kernels.decayed_linear_attention.reference.backward`."""
-    B, L, H, K = q.shape
-    V = v.shape[-1]
+    """Same contract as :func:`neurostep.kernels.decayed_linear_attention.reference.backward`; q, k and v
+    may be None (their chunked copies are in ``saved``)."""
+    B, L, H = g.shape
+    K, V = final_state.shape[-2:]
     BH = B * H
     chunk, n = _chunk_count(L, chunk_size)
-    qc, kc, vc, do = (_chunks(x, n, chunk) for x in (q, k, v, grad_o))
+    if saved.numel():
+        qc, kc, vc = _saved_blocks(saved, B, L, H, K, V, chunk_size)
+    else:
+        qc, kc, vc = (_chunks(x, n, chunk) for x in (q, k, v))
+    do = _chunks(grad_o, n, chunk)
     eb, ebl, decay, mask = _decays(g, n, chunk, scale)
     vd = vc * ebl
     states = _states(kc, vd, decay, h0)[:n].view(n * BH, K, V)           # entering each chunk (recomputed)
     dod = do * eb
     # gradients of the states: slot j + 1 that of the state leaving chunk j, slot 0 that of h0
-    dbuf = q.new_empty(n + 1, BH, K, V)
+    dbuf = g.new_empty(n + 1, BH, K, V)
     if grad_final is None:
         dbuf[n].zero_()
     else:
@@ -180,5 +206,5 @@ def backward(grad_o: torch.Tensor, grad_final: torch.Tensor | None, q: torch.Ten
         db[:, L - 1] += (final_state * grad_final).reshape(BH, -1).sum(-1)
     dg = db.flip(-1).cumsum(-1).flip(-1)[:, :L].view(B, H, L).permute(0, 2, 1).contiguous()
     dh0 = dbuf[0].view(B, H, K, V).clone() if h0 is not None else None
-    return (_unchunk(dq, torch.empty_like(q)), _unchunk(dk, torch.empty_like(k)), _unchunk(dv, torch.empty_like(v)),
-            dg, dh0)
+    return (_unchunk(dq, g.new_empty(B, L, H, K)), _unchunk(dk, g.new_empty(B, L, H, K)),
+            _unchunk(dv, g.new_empty(B, L, H, V)), dg, dh0)

@@ -12,14 +12,18 @@ Lightning Attention-2 with one constant decay per head, and of flash-linear-atte
 The contract every backend module (``reference``, ``cpu``, ``triton``) implements, on contiguous
 tensors of one dtype (float32, or float64 for float64 inputs)::
 
-    forward(q, k, v, g, h0, scale, chunk_size) -> (o, final_state)
-    backward(grad_o, grad_final, q, k, v, g, h0, final_state, scale, chunk_size)
+    forward(q, k, v, g, h0, scale, chunk_size) -> (o, final_state, saved)
+    backward(grad_o, grad_final, q, k, v, g, h0, final_state, saved, scale, chunk_size)
         -> (dq, dk, dv, dg, dh0 or None)
+    saved_numel(q_shape, v_shape, chunk_size) -> int
 
 with ``q, k (B, L, H, K)``, ``v (B, L, H, V)``, ``g (B, L, H)`` (the log-decays, ``<= 0``), ``h0``
 and ``final_state (B, H, K, V)`` (``h0`` may be None), ``o (B, L, H, V)``; ``grad_final`` may be
-None (no gradient reaches the final state). ``chunk_size`` is the length of the chunks a chunked
-backend works on; this backend steps token by token and ignores it.
+None (no gradient reaches the final state). ``saved`` is a flat tensor of ``saved_numel`` elements that
+the backend's forward hands to its own backward (empty here); a backend that keeps q, k and v in it
+(the cpu backend keeps its chunked copies) gets ``q = k = v = None`` in its backward, so that autograd
+holds them once. ``chunk_size`` is the length of the chunks a chunked backend works on; this backend
+steps token by token and ignores it.
 """
 
 from __future__ import annotations
@@ -49,18 +53,23 @@ def _initial(q: torch.Tensor, v: torch.Tensor, h0: torch.Tensor | None) -> torch
     return q.new_zeros(B, H, K, v.shape[-1]) if h0 is None else h0
 
 
+def saved_numel(q_shape: tuple[int, ...], v_shape: tuple[int, ...], chunk_size: int) -> int:
+    """This backend saves nothing of its own (its backward reads q, k and v)."""
+    return 0
+
+
 def forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: torch.Tensor, h0: torch.Tensor | None,
-            scale: float, chunk_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+            scale: float, chunk_size: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Backend forward: see the module docstring for the contract."""
     o, state = scan(q, k, v, g, _initial(q, v, h0), scale)
-    return o, state.clone()
+    return o, state.clone(), q.new_empty(0)
 
 
 def backward(grad_o: torch.Tensor, grad_final: torch.Tensor | None, q: torch.Tensor, k: torch.Tensor,
-             v: torch.Tensor, g: torch.Tensor, h0: torch.Tensor | None, final_state: torch.Tensor, scale: float,
-             chunk_size: int) -> tuple[torch.Tensor | None, ...]:
+             v: torch.Tensor, g: torch.Tensor, h0: torch.Tensor | None, final_state: torch.Tensor,
+             saved: torch.Tensor, scale: float, chunk_size: int) -> tuple[torch.Tensor | None, ...]:
     """Backend backward by reverse-mode differentiation of :func:`scan` (it keeps every state: a
-    reference, not a kernel). ``final_state`` is accepted for the shared signature."""
+    reference, not a kernel). ``final_state`` and ``saved`` are accepted for the shared signature."""
     # torch.func.vjp, not torch.autograd: custom-op implementations run below the autograd
     # dispatch key, where a plain autograd graph is not recorded.
     _, vjp_fn = torch.func.vjp(lambda *t: scan(*t, scale), q, k, v, g, _initial(q, v, h0))
