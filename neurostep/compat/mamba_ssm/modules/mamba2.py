@@ -5,7 +5,8 @@ Transcribed from mamba-ssm (``mamba_ssm/modules/mamba2.py`` at e9594ce; Apache-2
 scan runs through :mod:`neurostep.compat.mamba_ssm.ops.triton.ssd_combined`, the conv and decode
 step through the compat ``causal_conv1d`` and ``selective_state_update``. ``seq_idx`` (packed
 sequences) and ``cu_seqlens`` (their decode states) work as upstream. Tensor parallelism
-(``process_group``) is not offered.
+(``process_group``) is not offered. One deliberate difference: the decode step applies ``dt_limit``
+(upstream's ``step`` ignores it, so its decoding drifts from its own forward when a limit is set).
 """
 
 from __future__ import annotations
@@ -293,9 +294,14 @@ class Mamba2(nn.Module, PyTorchModelHubMixin):
         x_reshaped = x.unflatten(-1, (-1, p))
         if not self.rmsnorm:
             z = z.unflatten(-1, (-1, p))
+        dt_softplus = True
+        if self.dt_limit != (0.0, float("inf")):
+            # Upstream's step ignores dt_limit, so its decode drifts from its forward; apply it here.
+            dt = F.softplus(dt.float() + dt_bias.float()).clamp(min=self.dt_limit[0], max=self.dt_limit[1])
+            dt_bias, dt_softplus = None, False
         y = selective_state_update(
             ssm_state, x_reshaped, dt, A, B, C, D, z=z if not self.rmsnorm else None,
-            dt_bias=dt_bias, dt_softplus=True
+            dt_bias=dt_bias, dt_softplus=dt_softplus
         )
         y = y.flatten(-2)
         if self.rmsnorm:

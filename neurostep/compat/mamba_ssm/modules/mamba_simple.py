@@ -7,6 +7,8 @@ its own ``A_b_log``, ``conv1d_b``, ``x_proj_b``, ``dt_proj_b``, ``D_b``), ``if_d
 ``init_layer_scale``. Parameter names, shapes, initialisation and the order of random draws are
 upstream's, so a seeded model has upstream's weights and upstream checkpoints load unchanged.
 ``Block`` is mamba-ssm 1.x's residual block (without an MLP), as the fork and 1.x code import it.
+One deliberate difference: with ``init_layer_scale`` the decode step also scales by ``gamma`` (the
+fork's ``step`` forgets it, so its decoding would drift from its forward).
 """
 
 from __future__ import annotations
