@@ -4,11 +4,13 @@
 packages module by module (same import paths below the package name, same signatures, same
 in-place state updates), so code written against them (the Vision Mamba model code, for
 example) runs on a CPU, and on a GPU through neurostep's Triton kernels. Nothing changes until
-:func:`install` is called::
+:func:`install` is called:
 
-    import neurostep.compat
-    neurostep.compat.install()          # `import mamba_ssm` now gives neurostep.compat.mamba_ssm
-    from mamba_ssm import Mamba
+```python
+import neurostep.compat
+neurostep.compat.install()          # `import mamba_ssm` now gives neurostep.compat.mamba_ssm
+from mamba_ssm import Mamba
+```
 
 :func:`install` puts an import finder first on ``sys.meta_path`` that maps ``mamba_ssm`` and
 ``causal_conv1d`` (and every submodule) onto the modules here: ``sys.modules["mamba_ssm"] is
@@ -28,11 +30,11 @@ from types import ModuleType
 
 __all__ = ["PACKAGES", "install", "installed", "uninstall"]
 
-#: Upstream package name -> the neurostep module that stands in for it.
 PACKAGES: dict[str, str] = {
     "mamba_ssm": "neurostep.compat.mamba_ssm",
     "causal_conv1d": "neurostep.compat.causal_conv1d",
 }
+"""Upstream package name -> the neurostep module that stands in for it."""
 
 
 def _target(fullname: str, aliases: Iterable[str]) -> str | None:
