@@ -166,3 +166,21 @@ def test_what_is_not_offered_refuses_clearly():
         MambaLMHeadModel(MambaConfig(d_model=16, n_layer=1, vocab_size=40, ssm_cfg=dict(layer="Mamba3")))
     with pytest.raises(ValueError, match="bimamba_type"):
         Mamba(16, bimamba_type="v3")
+
+
+@pytest.mark.parametrize("layer", ["Mamba1", "Mamba2"])
+def test_half_precision_models_run_and_decode(layer):
+    """fp16/bf16 models (upstream's usual dtypes) run on CPU; the kernels accumulate in fp32."""
+    ssm_cfg = dict(layer="Mamba2", d_state=16, headdim=16) if layer == "Mamba2" else {}
+    torch.manual_seed(0)
+    model = MambaLMHeadModel(MambaConfig(d_model=64, n_layer=2, vocab_size=100, ssm_cfg=ssm_cfg),
+                             dtype=torch.bfloat16)
+    x = torch.randint(0, 100, (2, 12))
+    ref = model(x).logits
+    out = model.generate(x[:, :4], max_length=12, output_scores=True, return_dict_in_generate=True,
+                         teacher_outputs=x)
+    scores = torch.stack(out.scores, dim=1)
+    assert ref.dtype == scores.dtype == torch.bfloat16
+    torch.testing.assert_close(scores.float(), ref[:, 3:-1].float(), rtol=2e-2, atol=2e-2)
+    ref.float().square().mean().backward()
+    assert model.backbone.layers[0].mixer.in_proj.weight.grad.dtype == torch.bfloat16
