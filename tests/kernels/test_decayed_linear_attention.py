@@ -295,3 +295,15 @@ def test_cpu_backend_saves_its_chunked_copies_instead_of_the_inputs():
     ptrs = {t.data_ptr() for t in packed}
     assert not ptrs & {t.data_ptr() for t in leaves[:3]}
     assert cpu.saved_numel(q.shape, v.shape, 4) in {t.numel() for t in packed}
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_log_decay_gradient_keeps_float32_precision_on_long_sequences(backend):
+    # the gradient of one decay per head sums over every token; a sum of q . dq - k . dk over the whole
+    # sequence (equal in exact arithmetic) loses it to cancellation, the backends sum straddling pairs
+    q, k, v, _, h0 = make(B=1, L=1024, H=2, K=16, V=8, seed=11)
+    ld = torch.tensor([-0.01, -0.2], dtype=torch.float64)
+    want = run(q, k, v, ld, h0, "reference")
+    got = run(*(t.float() for t in (q, k, v, ld, h0)), backend)
+    for x, y in zip(got, want):
+        assert float((x.detach().double() - y).abs().max() / y.abs().max()) < 2e-5

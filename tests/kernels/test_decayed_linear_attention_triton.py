@@ -50,6 +50,15 @@ def test_triton_state_chaining_and_strong_decays():
     torch.testing.assert_close(s2, whole[1])
 
 
+def test_triton_log_decay_gradient_precision():
+    q, k, v, _, h0 = make(B=1, L=96, H=1, K=4, V=3, seed=11)
+    ld = torch.tensor([-0.01], dtype=torch.float64)
+    want = run(q, k, v, ld, h0, "reference")
+    got = run(*(t.float() for t in (q, k, v, ld, h0)), "triton", chunk_size=16)
+    for x, y in zip(got, want):
+        assert float((x.detach().double() - y).abs().max() / y.abs().max()) < 2e-5
+
+
 def test_triton_gradcheck_float64():
     q, k, v, ld, h0 = make(B=1, L=18, H=1, K=2, V=2, seed=3)
 

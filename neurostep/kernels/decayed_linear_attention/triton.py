@@ -13,10 +13,12 @@ Backward (the states are recomputed by kernel 1; nothing per step is saved):
 
 3. ``_dla_bwd_dstates``: walks the chunks last first, stores the gradient of the state leaving each
    chunk, ``dS = exp(b_C) dS + Q^T (dO * scale * exp(b))``; the last is the initial state's gradient.
-4. ``_dla_bwd_dv``: ``dV = exp(b_C - b) * (K dS) + ((K Q^T) * M^T) dO``.
+4. ``_dla_bwd_dv``: ``dV = exp(b_C - b) * (K dS) + ((K Q^T) * M^T) dO``, and per block of V the
+   log-decay gradient from the pairs inside the chunk, ``sum_{i >= t} sum_{j < t} P_ij (dO_i . v_j)``.
 5. ``_dla_bwd_dqk``: ``dP = (dO V^T) * M``, ``dQ = dP K + scale * exp(b) * (dO S^T)``,
-   ``dK = dP^T Q + exp(b_C - b) * (V dS^T)``, and per block of K the partial sums of
-   ``q . dq - k . dk``, whose total and reverse cumulative sum (in torch) give the log-decays' gradient.
+   ``dK = dP^T Q + exp(b_C - b) * (V dS^T)``, and per block of K the log-decay gradient from the pairs
+   with one end outside the chunk (see :mod:`~neurostep.kernels.decayed_linear_attention.cpu`); torch adds
+   the blocks' shares and ``exp(b_C) <S, dS>`` of the pairs that pass through the chunk.
 
 ``b`` (the cumulative log-decays inside each chunk) is computed in torch, zero-padded to whole chunks.
 Products run at IEEE precision (no TF32), so float32 results agree with the reference; float64 stays
@@ -143,7 +145,7 @@ def _dla_bwd_dstates(q_ptr, do_ptr, b_ptr, gfinal_ptr, dstates_ptr, dh0_ptr, sca
 
 
 @triton.jit
-def _dla_bwd_dv(q_ptr, k_ptr, do_ptr, b_ptr, dstates_ptr, dv_ptr, scale_ptr, L, Lp, H, K, V,
+def _dla_bwd_dv(q_ptr, k_ptr, v_ptr, do_ptr, b_ptr, dstates_ptr, dv_ptr, dgv_ptr, scale_ptr, L, Lp, H, K, V, BH,
                 C: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, PRECISION: tl.constexpr):
     i_v, c, i_bh = tl.program_id(0), tl.program_id(1), tl.program_id(2).to(tl.int64)
     i_b, i_h = i_bh // H, i_bh % H
@@ -171,6 +173,13 @@ def _dla_bwd_dv(q_ptr, k_ptr, do_ptr, b_ptr, dstates_ptr, dv_ptr, scale_ptr, L, 
     pt = (acc_pt * _mask(bb, C, True) * scale).to(dtype)
     dv = acc_dv * tl.exp(b_last - bb)[:, None] + tl.dot(pt, dob, input_precision=PRECISION, out_dtype=dtype)
     tl.store(dv_ptr + rows[:, None] * V + vs[None, :], dv, mask=t_ok[:, None] & (vs[None, :] < V))
+    # this block of V's share of the pairs inside the chunk that straddle t: sum_{i >= t} sum_{j < t} W_ij,
+    # with W^T_ji = P_ij (dO_i . v_j) (rows j, columns i)
+    vb = tl.load(v_ptr + rows[:, None] * V + vs[None, :], mask=t_ok[:, None] & (vs[None, :] < V), other=0.0)
+    wt = pt * tl.dot(vb, tl.trans(dob), input_precision=PRECISION, out_dtype=dtype)
+    below = tl.arange(0, C)[:, None] < tl.arange(0, C)[None, :]
+    straddle = tl.sum(tl.where(below, tl.cumsum(wt, axis=1, reverse=True), 0.0), axis=0)
+    tl.store(dgv_ptr + (i_v * BH + i_bh) * Lp + ts, straddle)
 
 
 @triton.jit
@@ -207,13 +216,17 @@ def _dla_bwd_dqk(q_ptr, k_ptr, v_ptr, do_ptr, b_ptr, states_ptr, dstates_ptr, dq
     qb = tl.load(q_ptr + rows[:, None] * K + ks[None, :], mask=qk_mask, other=0.0)
     kb = tl.load(k_ptr + rows[:, None] * K + ks[None, :], mask=qk_mask, other=0.0)
     dp = (acc_dp * _mask(bb, C, False) * scale).to(dtype)
-    dq = acc_dq * (tl.exp(bb) * scale)[:, None] + tl.dot(dp, kb, input_precision=PRECISION, out_dtype=dtype)
-    dk = acc_dk * tl.exp(b_last - bb)[:, None] + tl.dot(tl.trans(dp), qb, input_precision=PRECISION,
-                                                        out_dtype=dtype)
+    dq_inter = acc_dq * (tl.exp(bb) * scale)[:, None]
+    dk_state = acc_dk * tl.exp(b_last - bb)[:, None]
+    dq = dq_inter + tl.dot(dp, kb, input_precision=PRECISION, out_dtype=dtype)
+    dk = dk_state + tl.dot(tl.trans(dp), qb, input_precision=PRECISION, out_dtype=dtype)
     tl.store(dq_ptr + rows[:, None] * K + ks[None, :], dq, mask=qk_mask)
     tl.store(dk_ptr + rows[:, None] * K + ks[None, :], dk, mask=qk_mask)
-    # this block of K's share of dL/dB_t = q_t . dq_t - k_t . dk_t
-    tl.store(db_ptr + (i_k * BH + i_bh) * Lp + ts, tl.sum(qb * dq - kb * dk, axis=1))
+    # this block of K's share of the pairs with one end outside the chunk that straddle t:
+    # sum_{i >= t} q_i . dq_inter_i (j before the chunk) + sum_{j < t} k_j . dk_state_j (i after it)
+    r_q = tl.sum(qb * dq_inter, axis=1)
+    r_k = tl.sum(kb * dk_state, axis=1)
+    tl.store(db_ptr + (i_k * BH + i_bh) * Lp + ts, tl.cumsum(r_q, axis=0, reverse=True) + tl.cumsum(r_k, axis=0) - r_k)
 
 
 def _prepare(g: torch.Tensor, chunk: int) -> tuple[torch.Tensor, int, int]:
@@ -285,15 +298,17 @@ def backward(grad_o: torch.Tensor, grad_final: torch.Tensor | None, q: torch.Ten
         q, grad_o, b, grad_final if grad_final is not None else dh0, dstates, dh0, scale_t, L, Lp, H, K, V,
         C=chunk, BK=BK, BV=BV, HAS_GFINAL=grad_final is not None, PRECISION=precision)
     dv = torch.empty_like(v)
-    _dla_bwd_dv[(triton.cdiv(V, BV), n, BH)](q, k, grad_o, b, dstates, dv, scale_t, L, Lp, H, K, V, C=chunk, BK=BK,
-                                             BV=BV, PRECISION=precision)
+    n_v = triton.cdiv(V, BV)
+    dg_v = q.new_empty(n_v, BH, Lp)
+    _dla_bwd_dv[(n_v, n, BH)](q, k, v, grad_o, b, dstates, dv, dg_v, scale_t, L, Lp, H, K, V, BH, C=chunk, BK=BK,
+                              BV=BV, PRECISION=precision)
     dq, dk = torch.empty_like(q), torch.empty_like(k)
     n_k = triton.cdiv(K, BK)
-    db = q.new_empty(n_k, BH, Lp)
-    _dla_bwd_dqk[(n_k, n, BH)](q, k, v, grad_o, b, states, dstates, dq, dk, db, scale_t, L, Lp, H, K, V, BH,
+    dg_k = q.new_empty(n_k, BH, Lp)
+    _dla_bwd_dqk[(n_k, n, BH)](q, k, v, grad_o, b, states, dstates, dq, dk, dg_k, scale_t, L, Lp, H, K, V, BH,
                                C=chunk, BK=BK, BV=BV, PRECISION=precision)
-    db = db.sum(0)
-    if grad_final is not None:
-        db[:, L - 1] += (final_state * grad_final).reshape(BH, -1).sum(-1)
-    dg = db[:, :L].flip(-1).cumsum(-1).flip(-1).view(B, H, L).permute(0, 2, 1).contiguous()
+    # pairs with j before the chunk and i after it: exp(b_C) <S_entering, dS_leaving> for every t of the chunk
+    through = torch.einsum("mnkv,mnkv->mn", states, dstates) * torch.exp(b.view(BH, n, chunk)[..., -1])
+    dg = (dg_v.sum(0) + dg_k.sum(0)).view(BH, n, chunk).add_(through[..., None]).view(BH, Lp)[:, :L]
+    dg = dg.reshape(B, H, L).permute(0, 2, 1).contiguous()
     return dq, dk, dv, dg, (dh0 if h0 is not None else None)
