@@ -96,6 +96,12 @@ class RMSNormGated(nn.Module):
                 f"norm_before_gate={self.norm_before_gate}")
 
 
+# The one-token decay exp(dt * A) takes its exponent clamped here, as the SSD op's chunked CPU form
+# does: exp(-60) = 9e-27 is far below any output's resolution, while exponents below about -87 give
+# denormal decays (fp32), on which the state's products run about 25 times slower.
+LOG_DECAY_FLOOR = -60.0
+
+
 def _ssd():
     # Imported on first use: the block's module imports without the op's backends loaded.
     from neurostep.kernels.decayed_linear_attention import decayed_linear_attention
@@ -285,7 +291,7 @@ class Mamba2(Recurrent):
         Bm = self._heads(xc[:, di:di + g * n].reshape(batch, g, n))
         Cm = self._heads(xc[:, di + g * n:].reshape(batch, g, n))
         dt = self._dt(dt, cdtype)                                                   # (B, H)
-        decay = torch.exp(dt * -torch.exp(self.A_log.to(cdtype)))
+        decay = torch.exp((dt * -torch.exp(self.A_log.to(cdtype))).clamp(min=LOG_DECAY_FLOOR))
         S = state.ssm_state.to(cdtype) * decay[..., None, None] + Bm[..., :, None] * (xs * dt[..., None])[..., None, :]
         y = torch.einsum("bhn,bhnp->bhp", Cm, S) + xs * self.D.to(cdtype)[:, None]
         return self._gate_out(y.reshape(batch, di), z, x_t.dtype), Mamba2State(conv_state, S)
@@ -318,7 +324,8 @@ class Mamba2(Recurrent):
         Cm = self._heads(xc[:, di + g * n:].reshape(batch, g, n))
         dt = self._dt(dt, xc.dtype)
         S = state.ssm_state
-        S.mul_(torch.exp(dt * A)[..., None, None]).add_(Bm.unsqueeze(-1) * (xs * dt[..., None]).unsqueeze(-2))
+        decay = torch.exp((dt * A).clamp_(min=LOG_DECAY_FLOOR))
+        S.mul_(decay[..., None, None]).add_(Bm.unsqueeze(-1) * (xs * dt[..., None]).unsqueeze(-2))
         y = torch.matmul(Cm.unsqueeze(-2), S).squeeze(-2)                           # (B, H, P)
         y = torch.addcmul(y, self.D[:, None], xs).reshape(batch, di)
         return self._gate_out(y, z, x_t.dtype)

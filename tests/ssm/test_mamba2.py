@@ -197,6 +197,30 @@ def test_chunked_scan_carries_the_state(backend, split):
     torch.testing.assert_close(s13.ssm_state, st.ssm_state, rtol=1e-5, atol=1e-6)
 
 
+def test_extreme_decays_step_equals_scan():
+    """dt * A far below the fp32 denormal range: the step clamps the exponent as the op does."""
+    torch.manual_seed(9)
+    m = Mamba2(8, d_state=3, headdim=4)
+    with torch.no_grad():
+        m.A_log.copy_(torch.tensor([6.0, 0.0, 6.0, 1.0]))   # A = -403 in two heads
+        m.dt_bias.fill_(2.0)
+    x = torch.randn(2, 11, 8)
+    y, st = m.scan(x)
+    y_ref, st_ref = scan_by_steps(m, x)
+    assert torch.isfinite(y).all()
+    torch.testing.assert_close(y, y_ref, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(st.ssm_state, st_ref.ssm_state, rtol=1e-5, atol=1e-6)
+    lm = Mamba2LM(vocab_size=16, d_model=8, n_layer=1, d_state=3, headdim=4).eval()
+    lm.backbone.layers[0].mixer.load_state_dict(m.state_dict())
+    ids = torch.randint(0, 16, (2, 5))
+    with torch.inference_mode():
+        _, states = lm.scan(ids)
+        fast = Mamba2LMState([Mamba2State(s.conv_state.clone(), s.ssm_state.clone()) for s in states.layers])
+        neg_A = [-torch.exp(lm.backbone.layers[0].mixer.A_log.float())]
+        ref, _ = lm.step(ids[:, -1], states)
+        torch.testing.assert_close(lm._fast_step(ids[:, -1], fast, neg_A), ref, rtol=1e-5, atol=1e-5)
+
+
 def test_chunk_size_changes_rounding_only():
     torch.manual_seed(4)
     m = Mamba2(8, d_state=4, headdim=4).double()
