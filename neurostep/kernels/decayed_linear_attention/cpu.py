@@ -222,7 +222,9 @@ def backward(grad_o: torch.Tensor, grad_final: torch.Tensor | None, q: torch.Ten
     #   i in the chunk, j before it:     sum_{i >= t} q_i . dq_inter_i
     #   j in the chunk, i after it:      sum_{j < t} k_j . dk_state_j
     #   j before the chunk, i after it:  exp(b_C) <S_entering, dS_leaving>
-    term = w.flip(1).cumsum_(1).flip(1).tril_(-1).sum(-1)               # rows: sum_{i >= t}; then j < t
+    # pairs inside: the prefix sum over j up to column t - 1, kept on rows i >= t, summed over the rows
+    term = torch.zeros_like(r_q)
+    term[:, 1:] = w.cumsum_(-1).tril_(-1).sum(1)[:, :-1]
     del w
     term += r_q.flip(-1).cumsum_(-1).flip(-1)
     term += r_k.cumsum(-1).sub_(r_k)
