@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from neurostep.engine import Recurrent, check_nonempty, check_tensor, compute_dtype
-from neurostep.kernels.causal_conv1d import causal_conv1d, causal_conv1d_update
+from neurostep.kernels.causal_conv1d import causal_conv1d_update
 from neurostep.layers import RMSNorm
 from neurostep.ssm.mamba import SSMLanguageModel, _batch_size, column_major_, inner_width
 
@@ -85,8 +85,7 @@ class RMSNormGated(nn.Module):
             y = y * gate
         shape = y.shape
         grouped = y.reshape(*shape[:-1], shape[-1] // self.group_size, self.group_size)
-        y = (grouped * torch.rsqrt(grouped.pow(2).mean(-1, keepdim=True) + self.eps)).reshape(shape)
-        y = y * self.weight.to(cdtype)
+        y = F.rms_norm(grouped, (self.group_size,), eps=self.eps).reshape(shape) * self.weight.to(cdtype)
         if gate is not None and self.norm_before_gate:
             y = y * gate
         return y
@@ -237,6 +236,27 @@ class Mamba2(Recurrent):
             y = y * F.silu(z.to(y.dtype))
         return self.out_proj(y.to(dtype))
 
+    def _conv_tokens(self, xbc: torch.Tensor, history: torch.Tensor) -> torch.Tensor:
+        """``silu(causal depthwise conv)`` of ``xbc (B, L, C)`` in the token-major layout, after the
+        ``W - 1`` earlier inputs ``history (B, C, W - 1)``.
+
+        ``W`` shifted multiply-adds over rows of ``C`` channels: the in_proj output is token-major
+        and so is the SSD op's input, and the conv's few taps cost less than transposing the
+        ``(B, L, C)`` block to the channels-first layout of the ``causal_conv1d`` op and back (which
+        ``step`` uses, through ``causal_conv1d_update``).
+        """
+        length, width = xbc.shape[1], self.d_conv
+        weight = self.conv1d.weight[:, 0, :].to(xbc.dtype)                          # (C, W)
+        xp = torch.cat([history.transpose(1, 2).to(xbc.dtype), xbc], dim=1) if width > 1 else xbc
+        last, bias = xp[:, width - 1:], self.conv1d.bias
+        if bias is None:
+            out = last * weight[:, width - 1]
+        else:
+            out = torch.addcmul(bias.to(xbc.dtype), last, weight[:, width - 1])
+        for j in range(width - 1):
+            out = out.addcmul_(xp[:, j:j + length], weight[:, j])
+        return F.silu(out)
+
     # -- recurrence -------------------------------------------------------------------
     def scan(self, x: torch.Tensor, state: Mamba2State | None = None) -> tuple[torch.Tensor, Mamba2State]:
         """Whole sequence: the conv and the SSD op.
@@ -252,19 +272,13 @@ class Mamba2(Recurrent):
         cdtype = compute_dtype(x.dtype)
         di, cd, h, p, g, n = self.d_inner, self.conv_dim, self.nheads, self.headdim, self.ngroups, self.d_state
         # one GEMM for z, xBC and dt (three GEMMs on row slices of the weight cost more: the dt slice
-        # has only H rows); the conv reads xBC channels-first, a (B, Di + 2GN, L) view
+        # has only H rows)
         z, xbc, dt = self.in_proj(x).split([di, cd, h], dim=-1)
-        xbc = xbc.transpose(1, 2)
         width = self.d_conv
-        if state is None:
-            history = xbc.new_zeros(batch, cd, width, dtype=cdtype)
-        else:
-            history = state.conv_state
-        new_conv = torch.cat([history.to(cdtype), xbc[..., -width:].to(cdtype)], dim=-1)[..., -width:]
-        xbc, _ = causal_conv1d(xbc, self.conv1d.weight[:, 0, :], self.conv1d.bias, "silu",
-                               initial_state=None if state is None else history[..., 1:].to(xbc.dtype),
-                               backend=self.backend)
-        xbc = xbc.transpose(1, 2).to(cdtype)                                        # (B, L, conv_dim)
+        history = (xbc.new_zeros(batch, cd, width, dtype=cdtype) if state is None
+                   else state.conv_state.to(cdtype))
+        new_conv = torch.cat([history, xbc[:, -width:].transpose(1, 2).to(cdtype)], dim=-1)[..., -width:]
+        xbc = self._conv_tokens(xbc.to(cdtype), history[..., 1:])                   # (B, L, conv_dim)
         xs = xbc[..., :di].reshape(batch, length, h, p)
         Bm = self._heads(xbc[..., di:di + g * n].reshape(batch, length, g, n))
         Cm = self._heads(xbc[..., di + g * n:].reshape(batch, length, g, n))
@@ -273,7 +287,7 @@ class Mamba2(Recurrent):
         o, last = _ssd()(Cm, Bm, xs * dt[..., None], dt * A, scale=1.0,
                          initial_state=None if state is None else state.ssm_state, output_final_state=True,
                          chunk_size=self.chunk_size, backend=self.backend)
-        y = (o + xs * self.D.to(cdtype)[:, None]).reshape(batch, length, di)
+        y = torch.addcmul(o, xs, self.D.to(cdtype)[:, None]).reshape(batch, length, di)
         return self._gate_out(y, z, x.dtype), Mamba2State(new_conv, last)
 
     def step(self, x_t: torch.Tensor, state: Mamba2State) -> tuple[torch.Tensor, Mamba2State]:
