@@ -204,7 +204,7 @@ def backward(grad_o: torch.Tensor, grad_final: torch.Tensor | None, q: torch.Ten
     p = torch.bmm(qc, kc.transpose(1, 2)).mul_(mask)                     # P = (Q K^T) * scale M
     dv = torch.bmm(kc, dstates).mul_(ebl).baddbmm_(p.transpose(1, 2), do)
     dp = torch.bmm(do, vc.transpose(1, 2))
-    w = dp * p                         # W_ij = M_ij dL/dM_ij: what the pair (i, j) puts on every g between them
+    w = p.mul_(dp)                     # W_ij = M_ij dL/dM_ij: what the pair (i, j) puts on every g between them
     del p
     dp.mul_(mask)                                                        # dP = (dO V^T) * scale M
     dq = torch.bmm(dod, states.transpose(1, 2))                          # the inter-chunk part first
@@ -228,7 +228,7 @@ def backward(grad_o: torch.Tensor, grad_final: torch.Tensor | None, q: torch.Ten
     del w
     term += r_q.flip(-1).cumsum_(-1).flip(-1)
     term += r_k.cumsum(-1).sub_(r_k)
-    through = torch.einsum("mk,mk->m", states.view(n * BH, -1), dstates.view(n * BH, -1))
+    through = torch.linalg.vecdot(states.view(n * BH, -1), dstates.view(n * BH, -1))
     term += (through * decay.reshape(-1))[:, None]
     dg = term.view(n, BH, chunk).permute(1, 0, 2).reshape(BH, n * chunk)[:, :L]
     dg = dg.view(B, H, L).permute(0, 2, 1).contiguous()
