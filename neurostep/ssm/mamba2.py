@@ -246,15 +246,16 @@ class Mamba2(Recurrent):
         ``step`` uses, through ``causal_conv1d_update``).
         """
         length, width = xbc.shape[1], self.d_conv
-        weight = self.conv1d.weight[:, 0, :].to(xbc.dtype)                          # (C, W)
+        # (W, C): each tap a contiguous row (a strided column broadcast over the rows runs ~4x slower)
+        weight = self.conv1d.weight[:, 0, :].t().to(xbc.dtype).contiguous()
         xp = torch.cat([history.transpose(1, 2).to(xbc.dtype), xbc], dim=1) if width > 1 else xbc
         last, bias = xp[:, width - 1:], self.conv1d.bias
         if bias is None:
-            out = last * weight[:, width - 1]
+            out = last * weight[width - 1]
         else:
-            out = torch.addcmul(bias.to(xbc.dtype), last, weight[:, width - 1])
+            out = torch.addcmul(bias.to(xbc.dtype), last, weight[width - 1])
         for j in range(width - 1):
-            out = out.addcmul_(xp[:, j:j + length], weight[:, j])
+            out = out.addcmul_(xp[:, j:j + length], weight[j])
         return F.silu(out)
 
     # -- recurrence -------------------------------------------------------------------
