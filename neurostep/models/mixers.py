@@ -18,6 +18,7 @@ from neurostep.mixers.attention import SoftmaxAttention
 from neurostep.mixers.crate import MSSA
 from neurostep.mixers.efficientmod import EfficientModulation
 from neurostep.mixers.ffnet import FFNifiedAttention
+from neurostep.mixers.lightning import LightningAttention
 from neurostep.mixers.ninformer import NiNGating
 from neurostep.neuro.spikegpt import SpikingTimeMix
 from neurostep.neuro.ssa import SpikingSelfAttentionMixer
@@ -102,6 +103,15 @@ def mamba_lti(dim: int, *, num_heads: int | None = None, seq_len: int | None = N
               grid_size: Grid = None, **options: Any) -> MambaLTI:
     """:class:`~neurostep.ssm.MambaLTI` (heads, length and grid unused)."""
     return MambaLTI(dim, **options)
+
+
+@register_mixer("lightning_attention", family="lightning", causal="always",
+                note="TransNormerLLM's gated linear attention, a constant decay per head (Lightning Attention-2)")
+def lightning_attention(dim: int, *, num_heads: int | None = None, seq_len: int | None = None,
+                        grid_size: Grid = None, **options: Any) -> LightningAttention:
+    """:class:`~neurostep.mixers.lightning.LightningAttention` on the chunked decayed linear-attention op;
+    ``num_heads`` defaults to about ``dim / 64`` (length and grid unused)."""
+    return LightningAttention(dim, num_heads or default_heads(dim), **options)
 
 
 @register_mixer("vim", family="mamba", note="Vision Mamba bidirectional selective SSM (v2)")
