@@ -338,10 +338,11 @@ class Mamba2(Recurrent):
         Bm = self._heads(xc[:, di:di + g * n].reshape(batch, g, n))
         Cm = self._heads(xc[:, di + g * n:].reshape(batch, g, n))
         dt = self._dt(dt, xc.dtype)
-        S = state.ssm_state
+        S = state.ssm_state.view(batch * h, n, p)
         decay = torch.exp((dt * A).clamp_(min=LOG_DECAY_FLOOR))
-        S.mul_(decay[..., None, None]).add_(Bm.unsqueeze(-1) * (xs * dt[..., None]).unsqueeze(-2))
-        y = torch.matmul(Cm.unsqueeze(-2), S).squeeze(-2)                           # (B, H, P)
+        # S = decay S + B^T (dt x): the outer product accumulated by baddbmm, no (B, H, N, P) temporary
+        S.mul_(decay.reshape(-1, 1, 1)).baddbmm_(Bm.reshape(-1, n, 1), (xs * dt[..., None]).reshape(-1, 1, p))
+        y = torch.bmm(Cm.reshape(-1, 1, n), S).view(batch, h, p)                  # (B, H, P)
         y = torch.addcmul(y, self.D[:, None], xs).reshape(batch, di)
         return self._gate_out(y, z, x_t.dtype)
 
