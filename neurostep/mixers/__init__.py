@@ -1,7 +1,7 @@
 """Drop-in token mixers ``(B, N, C) -> (B, N, C)`` and the models built from them.
 
-MetaMixer (FFNified attention), NiNformer, EfficientMod, CRATE and the softmax-attention
-baseline. Each mixer's ``forward(x, grid_size=None)`` takes tokens; those that need a 2D map
+MetaMixer (FFNified attention), NiNformer, EfficientMod, CRATE, Lightning Attention-2 and the
+softmax-attention baseline. Each mixer's ``forward(x, grid_size=None)`` takes tokens; those that need a 2D map
 use ``grid_size=(H, W)`` (or a square). Build them by name with
 ``neurostep.models.create_mixer("efficientmod", dim, grid_size=(14, 14))``.
 """
@@ -10,6 +10,7 @@ from neurostep.mixers.attention import SoftmaxAttention
 from neurostep.mixers.crate import CRATE, ISTA, MSSA, CRATELayer
 from neurostep.mixers.efficientmod import EfficientMod, EfficientModBlock, EfficientModulation
 from neurostep.mixers.ffnet import FFBlock, FFNet, FFNifiedAttention, RepDWConv, reparameterize
+from neurostep.mixers.lightning import LightningAttention, LightningState
 from neurostep.mixers.ninformer import MixerBlock, NiNBlock, NiNformer, NiNGating
 
 __all__ = [
@@ -22,6 +23,8 @@ __all__ = [
     "FFNet",
     "FFNifiedAttention",
     "ISTA",
+    "LightningAttention",
+    "LightningState",
     "MSSA",
     "MixerBlock",
     "NiNBlock",
