@@ -18,9 +18,7 @@ Each round runs both libraries, alternating which goes first. Rates are medians 
 ratios are also given in this process's CPU time (all threads), which a shared machine's other jobs
 disturb less than wall time (they take cores away, which wall time counts and CPU time does not).
 
-The result file has no README summary rows (``summary`` is empty): the README's table is kept by the
-docs owners with ``python docs/hooks/benchmarks.py --update-readme``; the tables are on the benchmarks
-page.
+The result's summary rows go into the README with ``python docs/hooks/benchmarks.py --update-readme``.
 
     .venv/bin/python benchmarks/mamba2.py            # full run
     .venv/bin/python benchmarks/mamba2.py --quick    # a short run
@@ -40,7 +38,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _results import load_average, table, write_result  # noqa: E402
+from _results import load_average, ratio, summary_row, table, write_result  # noqa: E402
 
 from neurostep.models import count_params  # noqa: E402
 from neurostep.ssm import Mamba2LM  # noqa: E402
@@ -187,7 +185,14 @@ def main() -> None:
             ["greedy decoding (tok/s)", f"{dec['hf']:.1f}", f"{dec['neurostep']:.1f}", f"{res['decode_speedup']:.2f}x",
              f"{res['decode_speedup_cpu_time']:.2f}x"]]
     columns = ["", "HF transformers", "neurostep", "ratio (wall)", "ratio (CPU time)"]
-    out = write_result(args.out, payload, load_before=load_before, tables=[table(title, columns, rows)], summary=[])
+    summary = [
+        summary_row("Mamba-2-130m prefill", f"{args.batch}x{args.prompt}-token prompt, random weights, fp32",
+                    f"{pre['neurostep']:.1f} tok/s", f"transformers {ratio(res['prefill_speedup'])}"),
+        summary_row("Mamba-2-130m greedy decoding", "batch 1, random weights, fp32",
+                    f"{dec['neurostep']:.1f} tok/s", f"transformers {ratio(res['decode_speedup'])}"),
+    ]
+    out = write_result(args.out, payload, load_before=load_before, tables=[table(title, columns, rows)],
+                       summary=summary)
     print(f"wrote {out}")
 
 
