@@ -184,3 +184,18 @@ def test_half_precision_models_run_and_decode(layer):
     torch.testing.assert_close(scores.float(), ref[:, 3:-1].float(), rtol=2e-2, atol=2e-2)
     ref.float().square().mean().backward()
     assert model.backbone.layers[0].mixer.in_proj.weight.grad.dtype == torch.bfloat16
+
+
+@pytest.mark.parametrize("cls", [Mamba, Mamba2])
+def test_cached_states_follow_the_batch_size(cls):
+    """A decode cache made for one batch size is not reused for another: states are reallocated."""
+    from neurostep.compat.mamba_ssm.utils.generation import InferenceParams
+
+    kwargs = {"headdim": 16} if cls is Mamba2 else {}
+    layer = cls(32, layer_idx=0, **kwargs)
+    params = InferenceParams(max_seqlen=8, max_batch_size=3)
+    conv2, ssm2 = layer._get_states_from_cache(params, 2)
+    assert conv2.shape[0] == 2 and ssm2.shape[0] == 2
+    assert layer._get_states_from_cache(params, 2)[0] is conv2  # same batch: the cache is reused
+    conv3, ssm3 = layer._get_states_from_cache(params, 3)
+    assert conv3.shape[0] == 3 and ssm3.shape[0] == 3

@@ -325,7 +325,9 @@ class Mamba2(nn.Module, PyTorchModelHubMixin):
 
     def _get_states_from_cache(self, inference_params, batch_size, initialize_states=False):
         assert self.layer_idx is not None
-        if self.layer_idx not in inference_params.key_value_memory_dict:
+        cached = inference_params.key_value_memory_dict.get(self.layer_idx)
+        # a cache made for another batch size cannot be reused: allocate states for this batch
+        if cached is None or cached[0].shape[0] != batch_size:
             conv_state = torch.zeros(
                 batch_size,
                 self.d_conv,
@@ -343,8 +345,7 @@ class Mamba2(nn.Module, PyTorchModelHubMixin):
             )
             inference_params.key_value_memory_dict[self.layer_idx] = (conv_state, ssm_state)
         else:
-            conv_state, ssm_state = inference_params.key_value_memory_dict[self.layer_idx]
-            # TODO: What if batch size changes between generation, and we reuse the same states?
+            conv_state, ssm_state = cached
             if initialize_states:
                 conv_state.zero_()
                 ssm_state.zero_()

@@ -102,7 +102,7 @@ class Mamba(nn.Module):
         elif dt_init == "random":
             nn.init.uniform_(self.dt_proj.weight, -dt_init_std, dt_init_std)
         else:
-            raise NotImplementedError
+            raise NotImplementedError(f"dt_init must be 'constant' or 'random', got {dt_init!r}")
 
         # Initialize dt bias so that F.softplus(dt_bias) is between dt_min and dt_max
         dt = torch.exp(
@@ -320,7 +320,6 @@ class Mamba(nn.Module):
             batch_size, self.d_model * self.expand, self.d_conv, device=device, dtype=conv_dtype
         )
         ssm_dtype = self.dt_proj.weight.dtype if dtype is None else dtype
-        # ssm_dtype = torch.float32
         ssm_state = torch.zeros(
             batch_size, self.d_model * self.expand, self.d_state, device=device, dtype=ssm_dtype
         )
@@ -328,7 +327,9 @@ class Mamba(nn.Module):
 
     def _get_states_from_cache(self, inference_params, batch_size, initialize_states=False):
         assert self.layer_idx is not None
-        if self.layer_idx not in inference_params.key_value_memory_dict:
+        cached = inference_params.key_value_memory_dict.get(self.layer_idx)
+        # a cache made for another batch size cannot be reused: allocate states for this batch
+        if cached is None or cached[0].shape[0] != batch_size:
             conv_state = torch.zeros(
                 batch_size,
                 self.d_model * self.expand,
@@ -342,12 +343,10 @@ class Mamba(nn.Module):
                 self.d_state,
                 device=self.dt_proj.weight.device,
                 dtype=self.dt_proj.weight.dtype,
-                # dtype=torch.float32,
             )
             inference_params.key_value_memory_dict[self.layer_idx] = (conv_state, ssm_state)
         else:
-            conv_state, ssm_state = inference_params.key_value_memory_dict[self.layer_idx]
-            # TODO: What if batch size changes between generation, and we reuse the same states?
+            conv_state, ssm_state = cached
             if initialize_states:
                 conv_state.zero_()
                 ssm_state.zero_()

@@ -253,7 +253,7 @@ def decode(
 
 class GenerationMixin:
     def allocate_inference_cache(self, batch_size, max_seqlen, dtype=None, **kwargs):
-        raise NotImplementedError
+        raise NotImplementedError(f"{type(self).__name__} must define allocate_inference_cache to use generate")
 
     def generate(
         self,
