@@ -699,6 +699,23 @@ class MambaLM(SSMLanguageModel):
 
 
 # How MambaLM.from_hf maps each field of transformers' MambaConfig (tests check the list is complete).
+HF_SHARED_IGNORED_FIELDS: dict[str, str] = {
+    "initializer_range": "ignored: init only, the loaded weights replace it",
+    "pad_token_id": "ignored: a tokenizer id, no effect on the logits (generate has no stop token)",
+    "bos_token_id": "ignored: a tokenizer id",
+    "eos_token_id": "ignored: a tokenizer id (generate always produces max_new_tokens)",
+}
+"""Fields of transformers' Mamba and Mamba-2 configs that neither language model reads."""
+
+
+def require_silu(cfg: object, config_name: str, block_name: str) -> None:
+    """Refuse a transformers config whose ``hidden_act`` is not SiLU (the fused conv implements only SiLU)."""
+    act = getattr(cfg, "hidden_act", "silu")
+    if act != "silu":
+        raise ValueError(f"{config_name}.hidden_act={act!r} is not supported: neurostep's {block_name} applies SiLU "
+                         "after the causal conv (the fused conv kernels implement only 'silu')")
+
+
 HF_MAMBA_CONFIG_FIELDS: dict[str, str] = {
     "vocab_size": "vocab_size (pad_vocab_size_multiple=1: the table keeps HF's size)",
     "hidden_size": "d_model",
@@ -720,10 +737,7 @@ HF_MAMBA_CONFIG_FIELDS: dict[str, str] = {
     "time_step_scale": "dt_scale (init only)",
     "time_step_init_scheme": "dt_init ('random' or 'constant'; init only)",
     "rescale_prenorm_residual": "rescale_prenorm_residual (init only)",
-    "initializer_range": "ignored: init only, the loaded weights replace it",
-    "pad_token_id": "ignored: a tokenizer id, no effect on the logits (generate has no stop token)",
-    "bos_token_id": "ignored: a tokenizer id",
-    "eos_token_id": "ignored: a tokenizer id (generate always produces max_new_tokens)",
+    **HF_SHARED_IGNORED_FIELDS,
     "use_cache": "ignored: decoding always carries the explicit MambaLMState",
     "use_mambapy": "ignored: HF's choice of scan implementation (same math)",
     "use_associative_scan": "ignored: HF's choice of scan implementation (same math)",
@@ -735,10 +749,7 @@ def hf_mamba_config_kwargs(cfg: object) -> dict[str, object]:
 
     Raises ``ValueError`` naming the field for a value neurostep cannot honour.
     """
-    act = getattr(cfg, "hidden_act", "silu")
-    if act != "silu":
-        raise ValueError(f"MambaConfig.hidden_act={act!r} is not supported: neurostep's Mamba applies SiLU after the "
-                         "causal conv (the fused conv kernels implement only 'silu')")
+    require_silu(cfg, "MambaConfig", "Mamba")
     rank = cfg.time_step_rank
     if rank == "auto":
         rank = math.ceil(cfg.hidden_size / 16)

@@ -33,7 +33,14 @@ from torch import nn
 from neurostep.engine import Recurrent, check_nonempty, check_tensor, compute_dtype
 from neurostep.kernels.causal_conv1d import causal_conv1d_update
 from neurostep.layers import RMSNorm
-from neurostep.ssm.mamba import SSMLanguageModel, _batch_size, column_major_, inner_width
+from neurostep.ssm.mamba import (
+    HF_SHARED_IGNORED_FIELDS,
+    SSMLanguageModel,
+    _batch_size,
+    column_major_,
+    inner_width,
+    require_silu,
+)
 
 
 @dataclass
@@ -475,10 +482,7 @@ HF_MAMBA2_CONFIG_FIELDS: dict[str, str] = {
     "time_step_floor": "dt_init_floor (init only)",
     "rescale_prenorm_residual": "rescale_prenorm_residual (init only)",
     "time_step_rank": "ignored: Mamba-2 has no dt projection (HF's mixer stores it unused)",
-    "initializer_range": "ignored: init only, the loaded weights replace it",
-    "pad_token_id": "ignored: a tokenizer id, no effect on the logits (generate has no stop token)",
-    "bos_token_id": "ignored: a tokenizer id",
-    "eos_token_id": "ignored: a tokenizer id (generate always produces max_new_tokens)",
+    **HF_SHARED_IGNORED_FIELDS,
     "use_cache": "ignored: decoding always carries the explicit Mamba2LMState",
     # legacy fields, present in configs saved by older transformers (HF's mixer never read them)
     "rms_norm": "rmsnorm: HF always applies the gated RMSNorm, so False is refused",
@@ -491,10 +495,7 @@ def hf_mamba2_config_kwargs(cfg: object) -> dict[str, object]:
 
     Raises ``ValueError`` naming the field for a value neurostep cannot honour.
     """
-    act = getattr(cfg, "hidden_act", "silu")
-    if act != "silu":
-        raise ValueError(f"Mamba2Config.hidden_act={act!r} is not supported: neurostep's Mamba2 applies SiLU after "
-                         "the causal conv (the fused conv kernels implement only 'silu')")
+    require_silu(cfg, "Mamba2Config", "Mamba2")
     heads, head_dim, hidden = cfg.num_heads, cfg.head_dim, cfg.hidden_size
     if cfg.expand * hidden != heads * head_dim:
         raise ValueError(f"Mamba2Config: hidden_size * expand ({hidden} * {cfg.expand}) must equal num_heads * "
