@@ -1,14 +1,21 @@
-"""``mamba_ssm.modules.mamba_simple``: the Mamba (S6) block, on neurostep's kernels.
+"""``mamba_ssm.modules.mamba_simple``: the selective-SSM mixer ``Mamba`` and the 1.x ``Block``.
 
-Transcribed from mamba-ssm (``mamba_ssm/modules/mamba_simple.py`` at e9594ce; Apache-2.0, Copyright
-(c) 2023 Tri Dao, Albert Gu) with the keyword arguments of Vision Mamba's fork (hustvl/Vim,
-``mamba-1p1p1``): ``bimamba_type`` ("none", "v1", "v2": a second scan over the flipped sequence with
-its own ``A_b_log``, ``conv1d_b``, ``x_proj_b``, ``dt_proj_b``, ``D_b``), ``if_divide_out`` and
-``init_layer_scale``. Parameter names, shapes, initialisation and the order of random draws are
-upstream's, so a seeded model has upstream's weights and upstream checkpoints load unchanged.
-``Block`` is mamba-ssm 1.x's residual block (without an MLP), as the fork and 1.x code import it.
-One deliberate difference: with ``init_layer_scale`` the decode step also scales by ``gamma`` (the
-fork's ``step`` forgets it, so its decoding would drift from its forward).
+The constructor takes mamba-ssm's arguments plus the three that Vision Mamba's fork added
+(``bimamba_type``, ``if_divide_out``, ``init_layer_scale``). Parameter names and shapes, and the
+order in which they are created and drawn from the RNG, are the ones mamba-ssm checkpoints and
+seeded upstream runs expect. With ``Di = int(expand * d_model)``, ``R = dt_rank`` and
+``N = d_state``::
+
+    in_proj.weight  (2 Di, d_model)     conv1d.weight (Di, 1, d_conv)   conv1d.bias (Di,)
+    x_proj.weight   (R + 2 N, Di)       dt_proj.weight (Di, R)          dt_proj.bias (Di,)
+    A_log (Di, N)   D (Di,)             out_proj.weight (d_model, Di)   gamma (d_model,) optional
+
+``bimamba_type="v1"`` adds only ``A_b_log``: the reversed scan shares every other weight.
+``"v2"`` gives the reversed scan its own ``A_b_log``, ``conv1d_b``, ``x_proj_b``, ``dt_proj_b`` and
+``D_b``; the two directions are summed (halved when ``if_divide_out``) before ``out_proj``.
+
+Unlike the fork, the single-token decode step also multiplies by ``gamma`` when
+``init_layer_scale`` is set, so that decoding token by token gives the parallel forward's output.
 """
 
 from __future__ import annotations
@@ -32,8 +39,67 @@ from neurostep.compat.mamba_ssm.ops.triton.selective_state_update import selecti
 
 __all__ = ["Block", "Mamba"]
 
+_BIMAMBA_TYPES = ("none", "v1", "v2")
+
+
+def _depthwise_conv(channels: int, width: int, bias: bool, factory: dict) -> nn.Conv1d:
+    """A per-channel conv of ``width`` taps, left-padded by ``width - 1`` (its output is trimmed to be causal)."""
+    return nn.Conv1d(channels, channels, width, padding=width - 1, groups=channels, bias=bias, **factory)
+
+
+def _log_s4d_real(rows: int, d_state: int, device: torch.device | None) -> Tensor:
+    """``log(1..N)`` on every one of ``rows`` rows, fp32 ``(rows, N)``: the S4D-real diagonal, as ``A_log``."""
+    n = torch.arange(1, d_state + 1, dtype=torch.float32, device=device)
+    return n.log().expand(rows, d_state).contiguous()
+
+
+def _inverse_softplus(y: Tensor) -> Tensor:
+    """``x`` with ``softplus(x) == y`` for ``y > 0``, written without overflow for small ``y``."""
+    return y + torch.log(-torch.expm1(-y))
+
+
+def _no_weight_decay(values: Tensor) -> nn.Parameter:
+    param = nn.Parameter(values)
+    param._no_weight_decay = True  # optimiser-grouping flag read by mamba-ssm's training code
+    return param
+
+
+def _init_dt_proj_(dt_proj: nn.Linear, scheme: str, scale: float, dt_min: float, dt_max: float,
+                   floor: float, factory: dict) -> None:
+    """Initialise the step-size projection in place.
+
+    Weight: ``scale / sqrt(R)``, either everywhere (``"constant"``) or as the bound of a uniform
+    draw (``"random"``). Bias: the inverse softplus of step sizes drawn log-uniformly in
+    ``[dt_min, dt_max]`` (then floored at ``floor``), so ``softplus(bias)`` starts in that range.
+    The weight is drawn before the bias: seeded runs depend on that order.
+    """
+    bound = dt_proj.in_features ** -0.5 * scale
+    if scheme == "random":
+        nn.init.uniform_(dt_proj.weight, -bound, bound)
+    elif scheme == "constant":
+        nn.init.constant_(dt_proj.weight, bound)
+    else:
+        raise NotImplementedError(f"dt_init is 'random' or 'constant', not {scheme!r}")
+    lo, hi = math.log(dt_min), math.log(dt_max)
+    u = torch.rand(dt_proj.out_features, **factory)
+    step = torch.exp(lo + u * (hi - lo)).clamp(min=floor)
+    with torch.no_grad():
+        dt_proj.bias.copy_(_inverse_softplus(step))
+    dt_proj.bias._no_reinit = True  # an LM's _init_weights zeroes Linear biases unless told not to
+
 
 class Mamba(nn.Module):
+    """Selective state-space mixer ``(B, L, d_model) -> (B, L, d_model)``.
+
+    Args (mamba-ssm's): ``d_state`` N, ``d_conv`` conv taps, ``expand`` (``Di = int(expand * d_model)``),
+    ``dt_rank`` (``"auto"``: ``ceil(d_model / 16)``), the step-size init ``dt_min``, ``dt_max``,
+    ``dt_init`` (``"random"`` / ``"constant"``), ``dt_scale``, ``dt_init_floor``, ``conv_bias``,
+    ``bias`` (of ``in_proj`` and ``out_proj``), ``use_fast_path`` (one fused call when no cache is
+    given), ``layer_idx`` (the key of this layer's decode states in an ``InferenceParams``),
+    ``device``, ``dtype``. Vision Mamba's: ``bimamba_type`` (``"none"``, ``"v1"``, ``"v2"``),
+    ``if_divide_out``, ``init_layer_scale`` (a per-channel output scale ``gamma`` starting there).
+    """
+
     def __init__(
         self,
         d_model,
@@ -48,365 +114,230 @@ class Mamba(nn.Module):
         dt_init_floor=1e-4,
         conv_bias=True,
         bias=False,
-        use_fast_path=True,  # Fused kernel options
+        use_fast_path=True,
         layer_idx=None,
         device=None,
         dtype=None,
         bimamba_type="none",
         if_divide_out=False,
         init_layer_scale=None,
-    ):
-        factory_kwargs = {"device": device, "dtype": dtype}
+    ) -> None:
         super().__init__()
-        if bimamba_type not in ("none", "v1", "v2"):
-            raise ValueError(f"bimamba_type must be 'none', 'v1' or 'v2', got {bimamba_type!r}")
+        if bimamba_type not in _BIMAMBA_TYPES:
+            raise ValueError(f"bimamba_type is one of {_BIMAMBA_TYPES}, got {bimamba_type!r}")
+        factory = {"device": device, "dtype": dtype}
         self.d_model = d_model
         self.d_state = d_state
         self.d_conv = d_conv
         self.expand = expand
-        self.d_inner = int(self.expand * self.d_model)
-        self.dt_rank = math.ceil(self.d_model / 16) if dt_rank == "auto" else dt_rank
+        self.d_inner = int(expand * d_model)
+        self.dt_rank = math.ceil(d_model / 16) if dt_rank == "auto" else dt_rank
         self.use_fast_path = use_fast_path
         self.layer_idx = layer_idx
         self.bimamba_type = bimamba_type
         self.if_divide_out = if_divide_out
-
         self.init_layer_scale = init_layer_scale
         if init_layer_scale is not None:
-            self.gamma = nn.Parameter(init_layer_scale * torch.ones(d_model), requires_grad=True)
+            self.gamma = nn.Parameter(torch.full((d_model,), float(init_layer_scale)))
+        di, proj_width = self.d_inner, self.dt_rank + 2 * d_state
 
-        self.in_proj = nn.Linear(self.d_model, self.d_inner * 2, bias=bias, **factory_kwargs)
-
-        self.conv1d = nn.Conv1d(
-            in_channels=self.d_inner,
-            out_channels=self.d_inner,
-            bias=conv_bias,
-            kernel_size=d_conv,
-            groups=self.d_inner,
-            padding=d_conv - 1,
-            **factory_kwargs,
-        )
-
+        # Creation order below fixes the RNG draws: in_proj, conv1d, x_proj, dt_proj (default
+        # init, then its own re-draw), [conv1d_b, x_proj_b, dt_proj_b for v2], out_proj.
+        self.in_proj = nn.Linear(d_model, 2 * di, bias=bias, **factory)
+        self.conv1d = _depthwise_conv(di, d_conv, conv_bias, factory)
         self.activation = "silu"
         self.act = nn.SiLU()
-
-        self.x_proj = nn.Linear(
-            self.d_inner, self.dt_rank + self.d_state * 2, bias=False, **factory_kwargs
-        )
-        self.dt_proj = nn.Linear(self.dt_rank, self.d_inner, bias=True, **factory_kwargs)
-
-        # Initialize special dt projection to preserve variance at initialization
-        dt_init_std = self.dt_rank**-0.5 * dt_scale
-        if dt_init == "constant":
-            nn.init.constant_(self.dt_proj.weight, dt_init_std)
-        elif dt_init == "random":
-            nn.init.uniform_(self.dt_proj.weight, -dt_init_std, dt_init_std)
-        else:
-            raise NotImplementedError(f"dt_init must be 'constant' or 'random', got {dt_init!r}")
-
-        # Initialize dt bias so that F.softplus(dt_bias) is between dt_min and dt_max
-        dt = torch.exp(
-            torch.rand(self.d_inner, **factory_kwargs) * (math.log(dt_max) - math.log(dt_min))
-            + math.log(dt_min)
-        ).clamp(min=dt_init_floor)
-        # Inverse of softplus: https://github.com/pytorch/pytorch/issues/72759
-        inv_dt = dt + torch.log(-torch.expm1(-dt))
-        with torch.no_grad():
-            self.dt_proj.bias.copy_(inv_dt)
-        # Our initialization would set all Linear.bias to zero, need to mark this one as _no_reinit
-        self.dt_proj.bias._no_reinit = True
-
-        # S4D real initialization
-        A_log = torch.log(self._s4d_real(device))  # Keep A_log in fp32
-        self.A_log = nn.Parameter(A_log)
-        self.A_log._no_weight_decay = True
-
-        # D "skip" parameter
-        self.D = nn.Parameter(torch.ones(self.d_inner, device=device))  # Keep in fp32
-        self.D._no_weight_decay = True
-
-        # bidirectional (Vision Mamba)
-        if bimamba_type in ("v1", "v2"):
-            self.A_b_log = nn.Parameter(torch.log(self._s4d_real(device)))  # Keep A_b_log in fp32
-            self.A_b_log._no_weight_decay = True
+        self.x_proj = nn.Linear(di, proj_width, bias=False, **factory)
+        self.dt_proj = nn.Linear(self.dt_rank, di, bias=True, **factory)
+        _init_dt_proj_(self.dt_proj, dt_init, dt_scale, dt_min, dt_max, dt_init_floor, factory)
+        # A_log and D stay fp32 whatever ``dtype`` is.
+        self.A_log = _no_weight_decay(_log_s4d_real(di, d_state, device))
+        self.D = _no_weight_decay(torch.ones(di, device=device))
+        if bimamba_type != "none":
+            self.A_b_log = _no_weight_decay(_log_s4d_real(di, d_state, device))
         if bimamba_type == "v2":
-            self.conv1d_b = nn.Conv1d(
-                in_channels=self.d_inner,
-                out_channels=self.d_inner,
-                bias=conv_bias,
-                kernel_size=d_conv,
-                groups=self.d_inner,
-                padding=d_conv - 1,
-                **factory_kwargs,
-            )
-            self.x_proj_b = nn.Linear(
-                self.d_inner, self.dt_rank + self.d_state * 2, bias=False, **factory_kwargs
-            )
-            self.dt_proj_b = nn.Linear(self.dt_rank, self.d_inner, bias=True, **factory_kwargs)
-            self.D_b = nn.Parameter(torch.ones(self.d_inner, device=device))  # Keep in fp32
-            self.D_b._no_weight_decay = True
+            # the fork keeps PyTorch's default init for the reversed direction's projections
+            self.conv1d_b = _depthwise_conv(di, d_conv, conv_bias, factory)
+            self.x_proj_b = nn.Linear(di, proj_width, bias=False, **factory)
+            self.dt_proj_b = nn.Linear(self.dt_rank, di, bias=True, **factory)
+            self.D_b = _no_weight_decay(torch.ones(di, device=device))
+        self.out_proj = nn.Linear(di, d_model, bias=bias, **factory)
 
-        self.out_proj = nn.Linear(self.d_inner, self.d_model, bias=bias, **factory_kwargs)
+    # -- parallel pass ----------------------------------------------------------------------
+    def forward(self, hidden_states: Tensor, inference_params=None) -> Tensor:  # noqa: ANN001
+        """Mix ``hidden_states (B, L, d_model)``; returns ``(B, L, d_model)``.
 
-    def _s4d_real(self, device):
-        return torch.arange(1, self.d_state + 1, dtype=torch.float32, device=device).repeat(self.d_inner, 1)
-
-    def forward(self, hidden_states, inference_params=None):
+        With ``inference_params`` this layer's ``(conv_state, ssm_state)`` are read from (or
+        created in) its cache under ``layer_idx``: at ``seqlen_offset == 0`` the prompt fills
+        them, afterwards ``hidden_states`` must be one token and the states advance in place.
         """
-        hidden_states: (B, L, D)
-        Returns: same shape as hidden_states
-        """
-        batch, seqlen, dim = hidden_states.shape
-
-        conv_state, ssm_state = None, None
-        if inference_params is not None:
+        batch = hidden_states.shape[0]
+        if inference_params is None:
+            conv_state = ssm_state = None
+        else:
             conv_state, ssm_state = self._get_states_from_cache(inference_params, batch)
             if inference_params.seqlen_offset > 0:
-                # The states are updated inplace
-                out, _, _ = self.step(hidden_states, conv_state, ssm_state)
-                return out
+                return self.step(hidden_states, conv_state, ssm_state)[0]
+        xz = self._project_in(hidden_states)
+        A = -torch.exp(self.A_log.float())
+        if self.use_fast_path and inference_params is None:
+            out = self._fused(xz, A)
+        else:
+            out = self._unfused(xz, A, conv_state, ssm_state)
+        return self._scaled(out)
 
-        # We do matmul and transpose BLH -> HBL at the same time
-        xz = torch.matmul(self.in_proj.weight, hidden_states.transpose(1, 2))  # (b, 2 * d_inner, l)
+    def _project_in(self, hidden_states: Tensor) -> Tensor:
+        """``in_proj`` of ``(B, L, d_model)`` laid out channel-first: ``(B, 2 Di, L)``."""
+        xz = self.in_proj.weight @ hidden_states.mT
         if self.in_proj.bias is not None:
-            xz = xz + self.in_proj.bias.to(dtype=xz.dtype)[:, None]
+            xz = xz + self.in_proj.bias.to(xz.dtype).unsqueeze(-1)
+        return xz
 
-        A = -torch.exp(self.A_log.float())  # (d_inner, d_state)
-        if self.use_fast_path and inference_params is None:  # Doesn't support outputting the states
-            if self.bimamba_type == "v1":
-                A_b = -torch.exp(self.A_b_log.float())
-                out = bimamba_inner_fn(
-                    xz,
-                    self.conv1d.weight,
-                    self.conv1d.bias,
-                    self.x_proj.weight,
-                    self.dt_proj.weight,
-                    self.out_proj.weight,
-                    self.out_proj.bias,
-                    A,
-                    A_b,
-                    None,  # input-dependent B
-                    None,  # input-dependent C
-                    self.D.float(),
-                    delta_bias=self.dt_proj.bias.float(),
-                    delta_softplus=True,
-                )
-            elif self.bimamba_type == "v2":
-                A_b = -torch.exp(self.A_b_log.float())
-                out = mamba_inner_fn_no_out_proj(
-                    xz,
-                    self.conv1d.weight,
-                    self.conv1d.bias,
-                    self.x_proj.weight,
-                    self.dt_proj.weight,
-                    A,
-                    None,  # input-dependent B
-                    None,  # input-dependent C
-                    self.D.float(),
-                    delta_bias=self.dt_proj.bias.float(),
-                    delta_softplus=True,
-                )
-                out_b = mamba_inner_fn_no_out_proj(
-                    xz.flip([-1]),
-                    self.conv1d_b.weight,
-                    self.conv1d_b.bias,
-                    self.x_proj_b.weight,
-                    self.dt_proj_b.weight,
-                    A_b,
-                    None,
-                    None,
-                    self.D_b.float(),
-                    delta_bias=self.dt_proj_b.bias.float(),
-                    delta_softplus=True,
-                )
-                y = (out + out_b.flip([-1])).transpose(1, 2)
-                if self.if_divide_out:
-                    y = y / 2
-                out = F.linear(y, self.out_proj.weight, self.out_proj.bias)
-            else:
-                out = mamba_inner_fn(
-                    xz,
-                    self.conv1d.weight,
-                    self.conv1d.bias,
-                    self.x_proj.weight,
-                    self.dt_proj.weight,
-                    self.out_proj.weight,
-                    self.out_proj.bias,
-                    A,
-                    None,  # input-dependent B
-                    None,  # input-dependent C
-                    self.D.float(),
-                    delta_bias=self.dt_proj.bias.float(),
-                    delta_softplus=True,
-                )
+    def _scaled(self, out: Tensor) -> Tensor:
+        return out if self.init_layer_scale is None else out * self.gamma
+
+    def _direction(self, suffix: str) -> tuple[nn.Conv1d, nn.Linear, nn.Linear, Tensor]:
+        """The conv, the two projections and ``D`` (fp32) of the forward (``""``) or reversed (``"_b"``) scan."""
+        return (getattr(self, "conv1d" + suffix), getattr(self, "x_proj" + suffix),
+                getattr(self, "dt_proj" + suffix), getattr(self, "D" + suffix).float())
+
+    def _fused(self, xz: Tensor, A: Tensor) -> Tensor:
+        """The whole layer in one fused call per direction, no states kept. ``xz (B, 2 Di, L)``."""
+        conv, x_proj, dt_proj, D = self._direction("")
+        shared = (conv.weight, conv.bias, x_proj.weight, dt_proj.weight)
+        scan_kw = {"delta_bias": dt_proj.bias.float(), "delta_softplus": True}
+        if self.bimamba_type == "none":
+            return mamba_inner_fn(xz, *shared, self.out_proj.weight, self.out_proj.bias, A, None, None, D,
+                                  **scan_kw)
+        A_b = -torch.exp(self.A_b_log.float())
+        if self.bimamba_type == "v1":
+            return bimamba_inner_fn(xz, *shared, self.out_proj.weight, self.out_proj.bias, A, A_b, None, None, D,
+                                    **scan_kw)
+        fwd = mamba_inner_fn_no_out_proj(xz, *shared, A, None, None, D, **scan_kw)
+        conv_b, x_proj_b, dt_proj_b, D_b = self._direction("_b")
+        bwd = mamba_inner_fn_no_out_proj(xz.flip([-1]), conv_b.weight, conv_b.bias, x_proj_b.weight,
+                                         dt_proj_b.weight, A_b, None, None, D_b,
+                                         delta_bias=dt_proj_b.bias.float(), delta_softplus=True)
+        both = (fwd + bwd.flip([-1])).mT
+        if self.if_divide_out:
+            both = both / 2
+        return F.linear(both, self.out_proj.weight, self.out_proj.bias)
+
+    def _unfused(self, xz: Tensor, A: Tensor, conv_state: Tensor | None, ssm_state: Tensor | None) -> Tensor:
+        """Conv, then scan, as separate calls; fills ``conv_state`` / ``ssm_state`` in place when given.
+
+        Only the forward direction runs here, as in the fork. ``xz (B, 2 Di, L)``.
+        """
+        x, z = xz.chunk(2, dim=1)
+        if conv_state is not None:
+            # keep the last d_conv inputs, zero-filled on the left when the prompt is shorter
+            conv_state.copy_(F.pad(x, (self.d_conv - x.shape[-1], 0)))
+        x = causal_conv1d_fn(x=x, weight=self.conv1d.weight.squeeze(1), bias=self.conv1d.bias,
+                             activation=self.activation)
+        coeffs = self.x_proj(x.mT)  # (B, L, R + 2N)
+        dt_low, B, C = coeffs.split([self.dt_rank, self.d_state, self.d_state], dim=-1)
+        delta = self.dt_proj.weight @ dt_low.mT  # (B, Di, L); the bias is added inside the scan
+        result = selective_scan_fn(x, delta, A, B.mT.contiguous(), C.mT.contiguous(), self.D.float(), z=z,
+                                   delta_bias=self.dt_proj.bias.float(), delta_softplus=True,
+                                   return_last_state=ssm_state is not None)
+        if ssm_state is not None:
+            y, final = result
+            ssm_state.copy_(final)
         else:
-            x, z = xz.chunk(2, dim=1)
-            # Compute short convolution
-            if conv_state is not None:
-                # If we just take x[:, :, -self.d_conv :], it will error if seqlen < self.d_conv
-                # Instead F.pad will pad with zeros if seqlen < self.d_conv, and truncate otherwise.
-                conv_state.copy_(F.pad(x, (self.d_conv - x.shape[-1], 0)))  # Update state (B D W)
-            assert self.activation in ["silu", "swish"]
-            x = causal_conv1d_fn(
-                x=x,
-                weight=self.conv1d.weight[:, 0, :],
-                bias=self.conv1d.bias,
-                activation=self.activation,
-            )
+            y = result
+        return self.out_proj(y.mT)
 
-            # We're careful here about the layout, to avoid extra transposes.
-            # We want dt to have d as the slowest moving dimension
-            # and L as the fastest moving dimension, since those are what the ssm_scan kernel expects.
-            x_dbl = self.x_proj(x.transpose(1, 2))  # (b, l, dt_rank + 2 * d_state)
-            dt, B, C = torch.split(x_dbl, [self.dt_rank, self.d_state, self.d_state], dim=-1)
-            dt = torch.matmul(self.dt_proj.weight, dt.transpose(1, 2))  # (b, d, l)
-            B = B.transpose(1, 2).contiguous()
-            C = C.transpose(1, 2).contiguous()
-            assert self.activation in ["silu", "swish"]
-            y = selective_scan_fn(
-                x,
-                dt,
-                A,
-                B,
-                C,
-                self.D.float(),
-                z=z,
-                delta_bias=self.dt_proj.bias.float(),
-                delta_softplus=True,
-                return_last_state=ssm_state is not None,
-            )
-            if ssm_state is not None:
-                y, last_state = y
-                ssm_state.copy_(last_state)
-            out = self.out_proj(y.transpose(1, 2))
-        if self.init_layer_scale is not None:
-            out = out * self.gamma
-        return out
+    # -- decoding ---------------------------------------------------------------------------
+    def step(self, hidden_states: Tensor, conv_state: Tensor, ssm_state: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Advance one token: ``hidden_states (B, 1, d_model)``.
 
-    def step(self, hidden_states, conv_state, ssm_state):
-        assert hidden_states.shape[1] == 1, "Only support decoding with 1 token at a time for now"
-        xz = self.in_proj(hidden_states.squeeze(1))  # (B 2D)
-        x, z = xz.chunk(2, dim=-1)  # (B D)
+        ``conv_state (B, Di, d_conv)`` and ``ssm_state (B, Di, N)`` are updated in place and
+        returned after the output ``(B, 1, d_model)``.
+        """
+        if hidden_states.shape[1] != 1:
+            raise ValueError(f"step decodes one token at a time, got {hidden_states.shape[1]} tokens")
+        x, z = self.in_proj(hidden_states[:, 0]).chunk(2, dim=-1)  # (B, Di) each
+        x = causal_conv1d_update(x, conv_state, self.conv1d.weight.squeeze(1), self.conv1d.bias, self.activation)
+        dt_low, B, C = self.x_proj(x).split([self.dt_rank, self.d_state, self.d_state], dim=-1)
+        dt = F.linear(dt_low, self.dt_proj.weight)  # bias and softplus applied by the update
+        A = -torch.exp(self.A_log.float())
+        y = selective_state_update(ssm_state, x, dt, A, B, C, self.D, z=z, dt_bias=self.dt_proj.bias,
+                                   dt_softplus=True)
+        return self._scaled(self.out_proj(y)).unsqueeze(1), conv_state, ssm_state
 
-        # Conv step
-        x = causal_conv1d_update(
-            x,
-            conv_state,
-            self.conv1d.weight[:, 0, :],
-            self.conv1d.bias,
-            self.activation,
-        )
+    def _zero_states(self, batch_size: int, device: torch.device, conv_dtype: torch.dtype,
+                     ssm_dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+        return (torch.zeros(batch_size, self.d_inner, self.d_conv, device=device, dtype=conv_dtype),
+                torch.zeros(batch_size, self.d_inner, self.d_state, device=device, dtype=ssm_dtype))
 
-        x_db = self.x_proj(x)  # (B dt_rank+2*d_state)
-        dt, B, C = torch.split(x_db, [self.dt_rank, self.d_state, self.d_state], dim=-1)
-        # Don't add dt_bias here
-        dt = F.linear(dt, self.dt_proj.weight)  # (B d_inner)
-        A = -torch.exp(self.A_log.float())  # (d_inner, d_state)
+    def allocate_inference_cache(self, batch_size: int, max_seqlen: int, dtype: torch.dtype | None = None,
+                                 **kwargs) -> tuple[Tensor, Tensor]:
+        """Zero decode states ``(B, Di, d_conv)`` and ``(B, Di, N)`` (``max_seqlen`` is not needed).
 
-        # SSM step
-        y = selective_state_update(
-            ssm_state, x, dt, A, B, C, self.D, z=z, dt_bias=self.dt_proj.bias, dt_softplus=True
-        )
-
-        out = self.out_proj(y)
-        if self.init_layer_scale is not None:
-            out = out * self.gamma
-        return out.unsqueeze(1), conv_state, ssm_state
-
-    def allocate_inference_cache(self, batch_size, max_seqlen, dtype=None, **kwargs):
-        device = self.out_proj.weight.device
+        ``dtype`` overrides both; by default they take ``conv1d``'s and ``dt_proj``'s dtypes.
+        """
         conv_dtype = self.conv1d.weight.dtype if dtype is None else dtype
-        conv_state = torch.zeros(
-            batch_size, self.d_model * self.expand, self.d_conv, device=device, dtype=conv_dtype
-        )
         ssm_dtype = self.dt_proj.weight.dtype if dtype is None else dtype
-        ssm_state = torch.zeros(
-            batch_size, self.d_model * self.expand, self.d_state, device=device, dtype=ssm_dtype
-        )
-        return conv_state, ssm_state
+        return self._zero_states(batch_size, self.out_proj.weight.device, conv_dtype, ssm_dtype)
 
-    def _get_states_from_cache(self, inference_params, batch_size, initialize_states=False):
-        assert self.layer_idx is not None
-        cached = inference_params.key_value_memory_dict.get(self.layer_idx)
-        # a cache made for another batch size cannot be reused: allocate states for this batch
-        if cached is None or cached[0].shape[0] != batch_size:
-            conv_state = torch.zeros(
-                batch_size,
-                self.d_model * self.expand,
-                self.d_conv,
-                device=self.conv1d.weight.device,
-                dtype=self.conv1d.weight.dtype,
-            )
-            ssm_state = torch.zeros(
-                batch_size,
-                self.d_model * self.expand,
-                self.d_state,
-                device=self.dt_proj.weight.device,
-                dtype=self.dt_proj.weight.dtype,
-            )
-            inference_params.key_value_memory_dict[self.layer_idx] = (conv_state, ssm_state)
-        else:
-            conv_state, ssm_state = cached
+    def _get_states_from_cache(self, inference_params, batch_size: int,  # noqa: ANN001
+                               initialize_states: bool = False) -> tuple[Tensor, Tensor]:
+        """This layer's states in ``inference_params.key_value_memory_dict[layer_idx]``.
+
+        Created when missing, and recreated when the cached ones were made for another batch
+        size; ``initialize_states`` zeroes reused ones.
+        """
+        if self.layer_idx is None:
+            raise ValueError("a Mamba layer needs a layer_idx to keep decode states in inference_params")
+        cache = inference_params.key_value_memory_dict
+        states = cache.get(self.layer_idx)
+        if states is not None and states[0].shape[0] == batch_size:
             if initialize_states:
-                conv_state.zero_()
-                ssm_state.zero_()
+                for s in states:
+                    s.zero_()
+            return states
+        conv_state, ssm_state = self._zero_states(batch_size, self.conv1d.weight.device,
+                                                  self.conv1d.weight.dtype, self.dt_proj.weight.dtype)
+        cache[self.layer_idx] = (conv_state, ssm_state)
         return conv_state, ssm_state
 
 
 class Block(nn.Module):
-    def __init__(
-        self, dim, mixer_cls, norm_cls=nn.LayerNorm, fused_add_norm=False, residual_in_fp32=False
-    ):
-        """
-        Simple block wrapping a mixer class with LayerNorm/RMSNorm and residual connection"
+    """mamba-ssm 1.x's residual unit (no MLP): ``residual += x``, then ``mixer(norm(residual))``.
 
-        This Block has a slightly different structure compared to a regular
-        prenorm Transformer block.
-        The standard block is: LN -> MHA/MLP -> Add.
-        [Ref: https://arxiv.org/abs/2002.04745]
-        Here we have: Add -> LN -> Mixer, returning both
-        the hidden_states (output of the mixer) and the residual.
-        This is purely for performance reasons, as we can fuse add and LayerNorm.
-        The residual needs to be provided (except for the very first block).
-        """
+    The add comes before the norm so that both can run as one fused ``layer_norm_fn`` /
+    ``rms_norm_fn`` call; ``forward`` therefore takes and returns the running residual alongside
+    the mixer output. The mixer is built before the norm (RNG order of seeded models).
+    """
+
+    def __init__(self, dim, mixer_cls, norm_cls=nn.LayerNorm, fused_add_norm=False,  # noqa: ANN001
+                 residual_in_fp32=False) -> None:
         super().__init__()
         self.residual_in_fp32 = residual_in_fp32
         self.fused_add_norm = fused_add_norm
         self.mixer = mixer_cls(dim)
         self.norm = norm_cls(dim)
-        if self.fused_add_norm:
-            assert RMSNorm is not None, "RMSNorm import fails"
-            assert isinstance(
-                self.norm, (nn.LayerNorm, RMSNorm)
-            ), "Only LayerNorm and RMSNorm are supported for fused_add_norm"
+        if fused_add_norm and not isinstance(self.norm, (nn.LayerNorm, RMSNorm)):
+            raise TypeError(f"fused_add_norm works with nn.LayerNorm or RMSNorm, not {type(self.norm).__name__}")
 
-    def forward(
-        self, hidden_states: Tensor, residual: Tensor | None = None, inference_params=None
-    ):
-        r"""Pass the input through the encoder layer.
+    def forward(self, hidden_states: Tensor, residual: Tensor | None = None,
+                inference_params=None) -> tuple[Tensor, Tensor]:  # noqa: ANN001
+        """``hidden_states``, ``residual``: ``(B, L, dim)`` (``residual`` None in the first block).
 
-        Args:
-            hidden_states: the sequence to the encoder layer (required).
-            residual: hidden_states = Mixer(LN(residual))
+        Returns the mixer output and the updated residual (fp32 when ``residual_in_fp32``).
         """
-        if not self.fused_add_norm:
-            residual = (hidden_states + residual) if residual is not None else hidden_states
-            hidden_states = self.norm(residual.to(dtype=self.norm.weight.dtype))
-            if self.residual_in_fp32:
-                residual = residual.to(torch.float32)
+        if self.fused_add_norm:
+            norm_fn = rms_norm_fn if isinstance(self.norm, RMSNorm) else layer_norm_fn
+            normed, residual = norm_fn(hidden_states, self.norm.weight, self.norm.bias, residual=residual,
+                                       prenorm=True, residual_in_fp32=self.residual_in_fp32, eps=self.norm.eps)
         else:
-            fused_add_norm_fn = rms_norm_fn if isinstance(self.norm, RMSNorm) else layer_norm_fn
-            hidden_states, residual = fused_add_norm_fn(
-                hidden_states,
-                self.norm.weight,
-                self.norm.bias,
-                residual=residual,
-                prenorm=True,
-                residual_in_fp32=self.residual_in_fp32,
-                eps=self.norm.eps,
-            )
-        hidden_states = self.mixer(hidden_states, inference_params=inference_params)
-        return hidden_states, residual
+            residual = hidden_states if residual is None else hidden_states + residual
+            normed = self.norm(residual.to(self.norm.weight.dtype))
+            if self.residual_in_fp32:
+                residual = residual.float()
+        return self.mixer(normed, inference_params=inference_params), residual
 
-    def allocate_inference_cache(self, batch_size, max_seqlen, dtype=None, **kwargs):
+    def allocate_inference_cache(self, batch_size: int, max_seqlen: int, dtype: torch.dtype | None = None,
+                                 **kwargs) -> tuple[Tensor, Tensor]:
+        """The mixer's decode states (see its ``allocate_inference_cache``)."""
         return self.mixer.allocate_inference_cache(batch_size, max_seqlen, dtype=dtype, **kwargs)
