@@ -1,24 +1,36 @@
-"""``mamba_ssm.modules.mamba2``: the Mamba-2 (SSD) block, on neurostep's kernels.
+"""``mamba_ssm.modules.mamba2``: the Mamba-2 (SSD) mixer.
 
-Transcribed from mamba-ssm (``mamba_ssm/modules/mamba2.py`` at e9594ce; Apache-2.0, Copyright (c)
-2024 Tri Dao, Albert Gu): same arguments, parameter names, initialisation and random draws; the
-scan runs through :mod:`neurostep.compat.mamba_ssm.ops.triton.ssd_combined`, the conv and decode
-step through the compat ``causal_conv1d`` and ``selective_state_update``. ``seq_idx`` (packed
-sequences) and ``cu_seqlens`` (their decode states) work as upstream. Tensor parallelism
-(``process_group``) is not offered. One deliberate difference: the decode step applies ``dt_limit``
-(upstream's ``step`` ignores it, so its decoding drifts from its own forward when a limit is set).
+One ``in_proj`` produces, along its last axis, ``[z0 | x0 | z | xBC | dt]``: an optional gated-MLP
+pair of width ``d_mlp`` each (present when ``d_ssm < d_inner``), the gate ``z`` and the conv input
+``xBC`` (``x`` of width ``d_ssm`` followed by ``B`` and ``C``, ``ngroups * d_state`` each), and one
+step size per head. With ``H = nheads = d_ssm / headdim``, ``G = ngroups``, ``N = d_state``::
+
+    in_proj.weight  (2 d_inner + 2 G N + H, d_model)   conv1d.weight (d_ssm + 2 G N, 1, d_conv)
+    dt_bias (H,)    A_log (H,)    D (H,) or (d_ssm,) with D_has_hdim
+    norm.weight (d_ssm,) when rmsnorm                  out_proj.weight (d_model, d_inner)
+
+Names, shapes and the order of random draws are mamba-ssm's. The scan is
+:func:`~neurostep.compat.mamba_ssm.ops.triton.ssd_combined.mamba_chunk_scan_combined` (or its
+conv-fused sibling), the conv and decode step the compat ``causal_conv1d`` and
+``selective_state_update``. Tensor parallelism (``process_group``) is refused. The decode step
+clamps ``dt`` to ``dt_limit`` as the parallel pass does, so decoding reproduces it for any limit.
 """
 
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch import Tensor
 
 from neurostep.compat.causal_conv1d.causal_conv1d_interface import causal_conv1d_fn, causal_conv1d_update
 from neurostep.compat.causal_conv1d.causal_conv1d_varlen import causal_conv1d_varlen_states
+from neurostep.compat.mamba_ssm.modules._params import (
+    depthwise_conv,
+    inverse_softplus,
+    log_uniform_steps,
+    no_weight_decay,
+)
 from neurostep.compat.mamba_ssm.ops.triton.layernorm_gated import RMSNorm as RMSNormGated
 from neurostep.compat.mamba_ssm.ops.triton.selective_state_update import selective_state_update
 from neurostep.compat.mamba_ssm.ops.triton.ssd_combined import (
@@ -26,16 +38,32 @@ from neurostep.compat.mamba_ssm.ops.triton.ssd_combined import (
     mamba_split_conv1d_scan_combined,
 )
 
-try:  # upstream's Mamba2 is a Hugging Face hub mixin (save_pretrained / from_pretrained / push_to_hub)
+try:  # gives save_pretrained / from_pretrained / push_to_hub, as upstream's class has
     from huggingface_hub import PyTorchModelHubMixin
-except ImportError:  # pragma: no cover - huggingface_hub is optional here
+except ImportError:  # pragma: no cover - huggingface_hub is optional
     class PyTorchModelHubMixin:  # noqa: D101
         pass
 
 __all__ = ["Mamba2"]
 
+_NO_LIMIT = (0.0, float("inf"))
+
 
 class Mamba2(nn.Module, PyTorchModelHubMixin):
+    """Mamba-2 mixer ``(B, L, d_model) -> (B, L, d_model)`` (or ``(B * L, d_model)`` with ``seqlen``).
+
+    Args (mamba-ssm's): ``d_state`` N, ``d_conv`` taps, ``conv_init`` (uniform bound of the conv
+    weight, else PyTorch's default), ``expand`` (``d_inner = expand * d_model``), ``headdim``,
+    ``d_ssm`` (channels that go through the SSM, default all; the rest form a gated MLP),
+    ``ngroups`` (heads sharing one ``B``/``C``), ``A_init_range`` (``A`` uniform in it),
+    ``D_has_hdim`` (one skip weight per channel instead of per head), ``rmsnorm`` and
+    ``norm_before_gate`` (the gated RMSNorm on the output), ``dt_min``, ``dt_max``,
+    ``dt_init_floor``, ``dt_limit`` (clamp of softplus(dt)), ``bias``, ``conv_bias``, ``chunk_size``
+    (accepted; the scan is not chunked), ``use_mem_eff_path`` (one fused call without a cache),
+    ``layer_idx`` (cache key), ``process_group`` (must be None), ``sequence_parallel``, ``device``,
+    ``dtype``.
+    """
+
     def __init__(
         self,
         d_model,
@@ -44,7 +72,7 @@ class Mamba2(nn.Module, PyTorchModelHubMixin):
         conv_init=None,
         expand=2,
         headdim=64,
-        d_ssm=None,  # If not None, we only apply SSM on this many dimensions, the rest uses gated MLP
+        d_ssm=None,
         ngroups=1,
         A_init_range=(1, 16),
         D_has_hdim=False,
@@ -56,20 +84,22 @@ class Mamba2(nn.Module, PyTorchModelHubMixin):
         dt_limit=(0.0, float("inf")),
         bias=False,
         conv_bias=True,
-        # Fused kernel and sharding options
         chunk_size=256,
         use_mem_eff_path=True,
-        layer_idx=None,  # Absorb kwarg for general module
+        layer_idx=None,
         process_group=None,
         sequence_parallel=True,
         device=None,
         dtype=None,
-    ):
-        factory_kwargs = {"device": device, "dtype": dtype}
+    ) -> None:
         super().__init__()
         if process_group is not None:
-            raise NotImplementedError("neurostep.compat's Mamba2 has no tensor parallelism "
-                                      "(process_group must be None)")
+            raise NotImplementedError("Mamba2 here runs on one device: pass process_group=None "
+                                      "(neurostep.compat has no tensor parallelism)")
+        lo_A, hi_A = A_init_range
+        if not 0 < lo_A <= hi_A:
+            raise ValueError(f"A_init_range must satisfy 0 < low <= high, got {A_init_range!r}")
+        factory = {"device": device, "dtype": dtype}
         self.d_model = d_model
         self.d_state = d_state
         self.d_conv = d_conv
@@ -79,12 +109,13 @@ class Mamba2(nn.Module, PyTorchModelHubMixin):
         self.sequence_parallel = sequence_parallel
         self.world_size = 1
         self.local_rank = 0
-        self.d_inner = self.expand * self.d_model
+        self.d_inner = expand * d_model
         self.headdim = headdim
         self.d_ssm = self.d_inner if d_ssm is None else d_ssm
         self.ngroups = ngroups
-        assert self.d_ssm % self.headdim == 0
-        self.nheads = self.d_ssm // self.headdim
+        if self.d_ssm % headdim:
+            raise ValueError(f"d_ssm={self.d_ssm} is not a multiple of headdim={headdim}")
+        self.nheads = self.d_ssm // headdim
         self.D_has_hdim = D_has_hdim
         self.rmsnorm = rmsnorm
         self.norm_before_gate = norm_before_gate
@@ -94,259 +125,192 @@ class Mamba2(nn.Module, PyTorchModelHubMixin):
         self.use_mem_eff_path = use_mem_eff_path
         self.layer_idx = layer_idx
 
-        # Order: [z, x, B, C, dt]
-        d_in_proj = 2 * self.d_inner + 2 * self.ngroups * self.d_state + self.nheads
-        self.in_proj = nn.Linear(self.d_model, d_in_proj, bias=bias, **factory_kwargs)
-
-        conv_dim = self.d_ssm + 2 * self.ngroups * self.d_state
-        self.conv1d = nn.Conv1d(
-            in_channels=conv_dim,
-            out_channels=conv_dim,
-            bias=conv_bias,
-            kernel_size=d_conv,
-            groups=conv_dim,
-            padding=d_conv - 1,
-            **factory_kwargs,
-        )
-        if self.conv_init is not None:
-            nn.init.uniform_(self.conv1d.weight, -self.conv_init, self.conv_init)
-
+        # Random draws, in order: in_proj, conv1d (plus conv_init's re-draw), dt, A, [norm], out_proj.
+        bc_width = 2 * ngroups * d_state
+        self.in_proj = nn.Linear(d_model, 2 * self.d_inner + bc_width + self.nheads, bias=bias, **factory)
+        self.conv1d = depthwise_conv(self.d_ssm + bc_width, d_conv, conv_bias, factory)
+        if conv_init is not None:
+            nn.init.uniform_(self.conv1d.weight, -conv_init, conv_init)
         self.act = nn.SiLU()
+        # softplus(dt_bias) starts log-uniform in [dt_min, dt_max]
+        steps = log_uniform_steps(self.nheads, dt_min, dt_max, dt_init_floor, factory)
+        self.dt_bias = no_weight_decay(inverse_softplus(steps))
+        decay_rates = torch.empty(self.nheads, dtype=torch.float32, device=device).uniform_(lo_A, hi_A)
+        self.A_log = no_weight_decay(decay_rates.log().to(dtype=dtype))
+        self.D = no_weight_decay(torch.ones(self.d_ssm if D_has_hdim else self.nheads, device=device))
+        if rmsnorm:
+            self.norm = RMSNormGated(self.d_ssm, eps=1e-5, norm_before_gate=norm_before_gate,
+                                     group_size=self.d_ssm // ngroups, **factory)
+        self.out_proj = nn.Linear(self.d_inner, d_model, bias=bias, **factory)
 
-        # Initialize log dt bias
-        dt = torch.exp(
-            torch.rand(self.nheads, **factory_kwargs) * (math.log(dt_max) - math.log(dt_min))
-            + math.log(dt_min)
-        )
-        dt = torch.clamp(dt, min=dt_init_floor)
-        # Inverse of softplus: https://github.com/pytorch/pytorch/issues/72759
-        inv_dt = dt + torch.log(-torch.expm1(-dt))
-        self.dt_bias = nn.Parameter(inv_dt)
-        # Just to be explicit. Without this we already don't put wd on dt_bias because of the check
-        # name.endswith("bias") in param_grouping.py
-        self.dt_bias._no_weight_decay = True
+    # -- shared pieces ----------------------------------------------------------------------
+    def _D_heads(self) -> Tensor:
+        """``D`` as the scans take it: ``(H,)``, or ``(H, headdim)`` with ``D_has_hdim``."""
+        return self.D.view(self.nheads, self.headdim) if self.D_has_hdim else self.D
 
-        assert A_init_range[0] > 0 and A_init_range[1] >= A_init_range[0]
-        A = torch.empty(self.nheads, dtype=torch.float32, device=device).uniform_(*A_init_range)
-        A_log = torch.log(A).to(dtype=dtype)
-        self.A_log = nn.Parameter(A_log)
-        self.A_log._no_weight_decay = True
+    def _split_projection(self, zxbcdt: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+        """``in_proj``'s output ``(..., width)`` -> ``z0, x0, z, xBC, dt`` along the last axis."""
+        bc = 2 * self.ngroups * self.d_state
+        d_mlp = (zxbcdt.shape[-1] - 2 * self.d_ssm - bc - self.nheads) // 2
+        return zxbcdt.split([d_mlp, d_mlp, self.d_ssm, self.d_ssm + bc, self.nheads], dim=-1)
 
-        # D "skip" parameter
-        self.D = nn.Parameter(torch.ones(self.d_ssm if self.D_has_hdim else self.nheads, device=device))
-        self.D._no_weight_decay = True
+    def _split_xbc(self, xbc: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """The conv output ``(..., d_ssm + 2 G N)`` -> ``x (..., H, P)``, ``B``, ``C`` ``(..., G, N)``."""
+        gn = self.ngroups * self.d_state
+        x, B, C = xbc.split([self.d_ssm, gn, gn], dim=-1)
+        return (x.unflatten(-1, (self.nheads, self.headdim)), B.unflatten(-1, (self.ngroups, self.d_state)),
+                C.unflatten(-1, (self.ngroups, self.d_state)))
 
-        if self.rmsnorm:
-            assert RMSNormGated is not None
-            self.norm = RMSNormGated(self.d_ssm, eps=1e-5, norm_before_gate=self.norm_before_gate,
-                                     group_size=self.d_ssm // ngroups, **factory_kwargs)
+    def _limit_kwargs(self) -> dict:
+        return {} if tuple(self.dt_limit) == _NO_LIMIT else {"dt_limit": self.dt_limit}
 
-        self.out_proj = nn.Linear(self.d_inner, self.d_model, bias=bias, **factory_kwargs)
-
-    def _D_heads(self):
-        return self.D.reshape(self.nheads, self.headdim) if self.D_has_hdim else self.D
-
-    def forward(self, u, seqlen=None, seq_idx=None, cu_seqlens=None, inference_params=None):
-        """
-        u: (batch, seqlen, hidden_dim) if seqlen=None.
-            If seqlen is not None, u is (batch * seqlen, hidden_dim). This is so that when we
-            split u during sequence parallel, we split the batch * seqlen dimension
-            (in case batch is small).
-        Returns: same shape as u
-        """
-        seqlen_og = seqlen
-        if seqlen is None:
-            batch, seqlen, dim = u.shape
-        else:
-            batch_seqlen, dim = u.shape
-            batch = batch_seqlen // seqlen
-
-        conv_state, ssm_state = None, None
-        if inference_params is not None:
-            inference_batch = cu_seqlens.shape[0] - 1 if cu_seqlens is not None else batch
-            conv_state, ssm_state = self._get_states_from_cache(inference_params, inference_batch)
-            if inference_params.seqlen_offset > 0:
-                # The states are updated inplace
-                out, _, _ = self.step(u, conv_state, ssm_state)
-                return out
-
-        zxbcdt = self.in_proj(u)  # (B, L, d_in_proj) or (B * L, d_in_proj)
-        if seqlen_og is not None:
-            zxbcdt = zxbcdt.reshape(batch, seqlen, -1)
-        # If the model is loaded in fp16, without the .float() here, A might be -inf
-        A = -torch.exp(self.A_log.float())  # (nheads) or (d_inner, d_state)
-        dt_limit_kwargs = {} if self.dt_limit == (0.0, float("inf")) else dict(dt_limit=self.dt_limit)
-        if self.use_mem_eff_path and inference_params is None:
-            out = mamba_split_conv1d_scan_combined(
-                zxbcdt,
-                self.conv1d.weight[:, 0, :],
-                self.conv1d.bias,
-                self.dt_bias,
-                A,
-                D=self._D_heads(),
-                chunk_size=self.chunk_size,
-                seq_idx=seq_idx,
-                activation=self.activation,
-                rmsnorm_weight=self.norm.weight if self.rmsnorm else None,
-                rmsnorm_eps=self.norm.eps if self.rmsnorm else 1e-6,
-                outproj_weight=self.out_proj.weight,
-                outproj_bias=self.out_proj.bias,
-                headdim=None if self.D_has_hdim else self.headdim,
-                ngroups=self.ngroups,
-                norm_before_gate=self.norm_before_gate,
-                **dt_limit_kwargs,
-            )
-            if seqlen_og is not None:
-                out = out.reshape(batch * seqlen, -1)
-        else:
-            d_mlp = (zxbcdt.shape[-1] - 2 * self.d_ssm - 2 * self.ngroups * self.d_state - self.nheads) // 2
-            z0, x0, z, xBC, dt = torch.split(
-                zxbcdt,
-                [d_mlp, d_mlp, self.d_ssm, self.d_ssm + 2 * self.ngroups * self.d_state, self.nheads],
-                dim=-1
-            )
-            if conv_state is not None:
-                if cu_seqlens is None:
-                    # If we just take xBC[:, :, -self.d_conv :], it will error if seqlen < self.d_conv
-                    # Instead F.pad will pad with zeros if seqlen < self.d_conv, and truncate otherwise.
-                    xBC_t = xBC.transpose(1, 2)
-                    conv_state.copy_(F.pad(xBC_t, (self.d_conv - xBC_t.shape[-1], 0)))  # Update state (B D W)
-                else:
-                    assert batch == 1, "varlen inference only supports batch dimension 1"
-                    conv_varlen_states = causal_conv1d_varlen_states(
-                        xBC.squeeze(0), cu_seqlens, state_len=conv_state.shape[-1]
-                    )
-                    conv_state.copy_(conv_varlen_states)
-            assert self.activation in ["silu", "swish"]
-            xBC = causal_conv1d_fn(
-                xBC.transpose(1, 2),
-                self.conv1d.weight[:, 0, :],
-                bias=self.conv1d.bias,
-                activation=self.activation,
-                seq_idx=seq_idx,
-            ).transpose(1, 2)
-            x, B, C = torch.split(xBC, [self.d_ssm, self.ngroups * self.d_state, self.ngroups * self.d_state], dim=-1)
-            y = mamba_chunk_scan_combined(
-                x.unflatten(-1, (-1, self.headdim)),
-                dt,
-                A,
-                B.unflatten(-1, (self.ngroups, -1)),
-                C.unflatten(-1, (self.ngroups, -1)),
-                chunk_size=self.chunk_size,
-                D=self._D_heads(),
-                z=z.unflatten(-1, (-1, self.headdim)) if not self.rmsnorm else None,
-                dt_bias=self.dt_bias,
-                dt_softplus=True,
-                seq_idx=seq_idx,
-                cu_seqlens=cu_seqlens,
-                **dt_limit_kwargs,
-                return_final_states=ssm_state is not None,
-                return_varlen_states=cu_seqlens is not None and inference_params is not None,
-            )
-            if ssm_state is not None:
-                y, last_state, *rest = y
-                if cu_seqlens is None:
-                    ssm_state.copy_(last_state)
-                else:
-                    varlen_states = rest[0]
-                    ssm_state.copy_(varlen_states)
-            y = y.flatten(-2)
-            if self.rmsnorm:
-                y = self.norm(y, z)
-            if d_mlp > 0:
-                y = torch.cat([F.silu(z0) * x0, y], dim=-1)
-            if seqlen_og is not None:
-                y = y.reshape(batch * seqlen, -1)
-            out = self.out_proj(y)
-        return out
-
-    def step(self, hidden_states, conv_state, ssm_state):
-        assert hidden_states.shape[1] == 1, "Only support decoding with 1 token at a time for now"
-        zxbcdt = self.in_proj(hidden_states.squeeze(1))  # (B 2D)
-        d_mlp = (zxbcdt.shape[-1] - 2 * self.d_ssm - 2 * self.ngroups * self.d_state - self.nheads) // 2
-        z0, x0, z, xBC, dt = torch.split(
-            zxbcdt,
-            [d_mlp, d_mlp, self.d_ssm, self.d_ssm + 2 * self.ngroups * self.d_state, self.nheads],
-            dim=-1
-        )
-
-        # Conv step
-        xBC = causal_conv1d_update(
-            xBC,
-            conv_state,
-            self.conv1d.weight[:, 0, :],
-            self.conv1d.bias,
-            self.activation,
-        )
-
-        x, B, C = torch.split(xBC, [self.d_ssm, self.ngroups * self.d_state, self.ngroups * self.d_state], dim=-1)
-        A = -torch.exp(self.A_log.float())  # (nheads,)
-
-        # SSM step
-        p, n = self.headdim, self.d_state
-        A = A[:, None, None].expand(self.nheads, p, n).to(dtype=torch.float32)
-        dt = dt[..., None].expand(*dt.shape, p)
-        dt_bias = self.dt_bias[:, None].expand(self.nheads, p)
-        D = self._D_heads()
-        D = D.reshape(self.nheads, p) if D.dim() == 2 else D[:, None].expand(self.nheads, p)
-        B = B.unflatten(-1, (self.ngroups, n))
-        C = C.unflatten(-1, (self.ngroups, n))
-        x_reshaped = x.unflatten(-1, (-1, p))
-        if not self.rmsnorm:
-            z = z.unflatten(-1, (-1, p))
-        dt_softplus = True
-        if self.dt_limit != (0.0, float("inf")):
-            # Upstream's step ignores dt_limit, so its decode drifts from its forward; apply it here.
-            dt = F.softplus(dt.float() + dt_bias.float()).clamp(min=self.dt_limit[0], max=self.dt_limit[1])
-            dt_bias, dt_softplus = None, False
-        y = selective_state_update(
-            ssm_state, x_reshaped, dt, A, B, C, D, z=z if not self.rmsnorm else None,
-            dt_bias=dt_bias, dt_softplus=dt_softplus
-        )
-        y = y.flatten(-2)
+    def _output(self, y: Tensor, z: Tensor, z0: Tensor, x0: Tensor) -> Tensor:
+        """Gate (through the norm when ``rmsnorm``), prepend the MLP part, project: ``y (..., d_ssm)``."""
         if self.rmsnorm:
             y = self.norm(y, z)
-        if d_mlp > 0:
-            y = torch.cat([F.silu(z0) * x0, y], dim=-1)
-        out = self.out_proj(y)
-        return out.unsqueeze(1), conv_state, ssm_state
+        if z0.shape[-1]:
+            y = torch.cat([x0 * F.silu(z0), y], dim=-1)
+        return self.out_proj(y)
 
-    def allocate_inference_cache(self, batch_size, max_seqlen, dtype=None, **kwargs):
-        device = self.out_proj.weight.device
-        conv_dtype = self.conv1d.weight.dtype if dtype is None else dtype
-        conv_state = torch.zeros(
-            batch_size, self.d_conv, self.conv1d.weight.shape[0], device=device, dtype=conv_dtype
-        ).transpose(1, 2)
-        ssm_dtype = self.in_proj.weight.dtype if dtype is None else dtype
-        ssm_state = torch.zeros(
-            batch_size, self.nheads, self.headdim, self.d_state, device=device, dtype=ssm_dtype
-        )
-        return conv_state, ssm_state
+    # -- parallel pass ----------------------------------------------------------------------
+    def forward(self, u: Tensor, seqlen: int | None = None, seq_idx: Tensor | None = None,
+                cu_seqlens: Tensor | None = None, inference_params=None) -> Tensor:  # noqa: ANN001
+        """Mix ``u``: ``(B, L, d_model)``, or ``(B * L, d_model)`` when ``seqlen`` is given; same shape out.
 
-    def _get_states_from_cache(self, inference_params, batch_size, initialize_states=False):
-        assert self.layer_idx is not None
-        cached = inference_params.key_value_memory_dict.get(self.layer_idx)
-        # a cache made for another batch size cannot be reused: allocate states for this batch
-        if cached is None or cached[0].shape[0] != batch_size:
-            conv_state = torch.zeros(
-                batch_size,
-                self.d_conv,
-                self.conv1d.weight.shape[0],
-                device=self.conv1d.weight.device,
-                dtype=self.conv1d.weight.dtype,
-            ).transpose(1, 2)
-            ssm_state = torch.zeros(
-                batch_size,
-                self.nheads,
-                self.headdim,
-                self.d_state,
-                device=self.in_proj.weight.device,
-                dtype=self.in_proj.weight.dtype,
-            )
-            inference_params.key_value_memory_dict[self.layer_idx] = (conv_state, ssm_state)
+        ``seq_idx (B, L)`` marks packed sequences (no state crosses a change of index).
+        ``cu_seqlens (S + 1,)`` gives their boundaries when a packed prompt (``B == 1``) fills an
+        ``inference_params`` cache for ``S`` sequences. With a cache and ``seqlen_offset > 0``
+        the input is one token per row and the states advance in place.
+        """
+        flat = seqlen is not None
+        if flat:
+            batch = u.shape[0] // seqlen
         else:
-            conv_state, ssm_state = cached
-            if initialize_states:
-                conv_state.zero_()
-                ssm_state.zero_()
+            batch, seqlen = u.shape[:2]
+        conv_state = ssm_state = None
+        if inference_params is not None:
+            rows = batch if cu_seqlens is None else cu_seqlens.shape[0] - 1
+            conv_state, ssm_state = self._get_states_from_cache(inference_params, rows)
+            if inference_params.seqlen_offset > 0:
+                return self.step(u, conv_state, ssm_state)[0]
+        zxbcdt = self.in_proj(u)
+        if flat:
+            zxbcdt = zxbcdt.view(batch, seqlen, -1)
+        A = -torch.exp(self.A_log.float())  # fp32 even for half weights, where exp could overflow
+        if self.use_mem_eff_path and inference_params is None:
+            out = self._fused(zxbcdt, A, seq_idx)
+        else:
+            out = self._unfused(zxbcdt, A, seq_idx, cu_seqlens, conv_state, ssm_state,
+                                want_varlen=cu_seqlens is not None and inference_params is not None)
+        return out.reshape(batch * seqlen, -1) if flat else out
+
+    def _fused(self, zxbcdt: Tensor, A: Tensor, seq_idx: Tensor | None) -> Tensor:
+        """Conv, scan, gated norm and ``out_proj`` in one call, without states."""
+        norm_weight = self.norm.weight if self.rmsnorm else None
+        norm_eps = self.norm.eps if self.rmsnorm else 1e-6
+        return mamba_split_conv1d_scan_combined(
+            zxbcdt, self.conv1d.weight.squeeze(1), self.conv1d.bias, self.dt_bias, A, D=self._D_heads(),
+            chunk_size=self.chunk_size, seq_idx=seq_idx, activation=self.activation,
+            rmsnorm_weight=norm_weight, rmsnorm_eps=norm_eps, outproj_weight=self.out_proj.weight,
+            outproj_bias=self.out_proj.bias, headdim=None if self.D_has_hdim else self.headdim,
+            ngroups=self.ngroups, norm_before_gate=self.norm_before_gate, **self._limit_kwargs())
+
+    def _fill_conv_state(self, conv_state: Tensor, xbc: Tensor, cu_seqlens: Tensor | None) -> None:
+        """Write the last ``d_conv`` conv inputs of each sequence into ``conv_state (S, C, d_conv)``."""
+        if cu_seqlens is not None:
+            if xbc.shape[0] != 1:
+                raise ValueError(f"a prompt packed with cu_seqlens must have batch 1, got {xbc.shape[0]}")
+            conv_state.copy_(causal_conv1d_varlen_states(xbc[0], cu_seqlens, state_len=conv_state.shape[-1]))
+        else:
+            channels_first = xbc.mT
+            # zero-filled on the left when the prompt is shorter than the window
+            conv_state.copy_(F.pad(channels_first, (self.d_conv - channels_first.shape[-1], 0)))
+
+    def _unfused(self, zxbcdt: Tensor, A: Tensor, seq_idx: Tensor | None, cu_seqlens: Tensor | None,
+                 conv_state: Tensor | None, ssm_state: Tensor | None, want_varlen: bool) -> Tensor:
+        """Conv and scan as separate calls; fills the decode states in place when given. ``zxbcdt (B, L, width)``."""
+        z0, x0, z, xbc, dt = self._split_projection(zxbcdt)
+        if conv_state is not None:
+            self._fill_conv_state(conv_state, xbc, cu_seqlens)
+        xbc = causal_conv1d_fn(xbc.mT, self.conv1d.weight.squeeze(1), bias=self.conv1d.bias,
+                               activation=self.activation, seq_idx=seq_idx).mT
+        x, B, C = self._split_xbc(xbc)
+        gate = None if self.rmsnorm else z.unflatten(-1, (self.nheads, self.headdim))
+        result = mamba_chunk_scan_combined(
+            x, dt, A, B, C, chunk_size=self.chunk_size, D=self._D_heads(), z=gate, dt_bias=self.dt_bias,
+            dt_softplus=True, seq_idx=seq_idx, cu_seqlens=cu_seqlens, **self._limit_kwargs(),
+            return_final_states=ssm_state is not None, return_varlen_states=want_varlen)
+        if ssm_state is None:
+            y = result
+        else:
+            y, final, *per_sequence = result
+            ssm_state.copy_(final if cu_seqlens is None else per_sequence[0])
+        return self._output(y.flatten(-2), z, z0, x0)
+
+    # -- decoding ---------------------------------------------------------------------------
+    def step(self, hidden_states: Tensor, conv_state: Tensor, ssm_state: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Advance one token: ``hidden_states (B, 1, d_model)``.
+
+        ``conv_state (B, d_ssm + 2 G N, d_conv)`` and ``ssm_state (B, H, headdim, N)`` are updated
+        in place and returned after the output ``(B, 1, d_model)``.
+        """
+        if hidden_states.shape[1] != 1:
+            raise ValueError(f"step decodes one token at a time, got {hidden_states.shape[1]} tokens")
+        z0, x0, z, xbc, dt = self._split_projection(self.in_proj(hidden_states[:, 0]))
+        xbc = causal_conv1d_update(xbc, conv_state, self.conv1d.weight.squeeze(1), self.conv1d.bias,
+                                   self.activation)
+        x, B, C = self._split_xbc(xbc)
+        H, P, N = self.nheads, self.headdim, self.d_state
+        # selective_state_update's head layout: every quantity repeated over the head dimension P
+        A = (-torch.exp(self.A_log.float())).view(H, 1, 1).expand(H, P, N)
+        dt = dt.unsqueeze(-1).expand(*dt.shape, P)
+        dt_bias = self.dt_bias.unsqueeze(-1).expand(H, P)
+        D = self._D_heads()
+        D = D if D.dim() == 2 else D.unsqueeze(-1).expand(H, P)
+        softplus = True
+        if tuple(self.dt_limit) != _NO_LIMIT:
+            # clamp the step as the parallel pass does, then hand it over final
+            dt = F.softplus(dt.float() + dt_bias.float()).clamp(*self.dt_limit)
+            dt_bias, softplus = None, False
+        gate = None if self.rmsnorm else z.unflatten(-1, (H, P))
+        y = selective_state_update(ssm_state, x, dt, A, B, C, D, z=gate, dt_bias=dt_bias, dt_softplus=softplus)
+        return self._output(y.flatten(-2), z, z0, x0).unsqueeze(1), conv_state, ssm_state
+
+    def _zero_states(self, batch_size: int, device: torch.device, conv_dtype: torch.dtype,
+                     ssm_dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+        # the conv state is (B, C, d_conv) with the channels contiguous, the layout the conv update expects
+        channels = self.conv1d.weight.shape[0]
+        conv_state = torch.zeros(batch_size, self.d_conv, channels, device=device, dtype=conv_dtype).mT
+        ssm_state = torch.zeros(batch_size, self.nheads, self.headdim, self.d_state, device=device, dtype=ssm_dtype)
         return conv_state, ssm_state
+
+    def allocate_inference_cache(self, batch_size: int, max_seqlen: int, dtype: torch.dtype | None = None,
+                                 **kwargs) -> tuple[Tensor, Tensor]:
+        """Zero decode states ``(B, d_ssm + 2 G N, d_conv)`` and ``(B, H, headdim, N)``.
+
+        ``dtype`` overrides both; by default they take ``conv1d``'s and ``in_proj``'s dtypes.
+        """
+        conv_dtype = self.conv1d.weight.dtype if dtype is None else dtype
+        ssm_dtype = self.in_proj.weight.dtype if dtype is None else dtype
+        return self._zero_states(batch_size, self.out_proj.weight.device, conv_dtype, ssm_dtype)
+
+    def _get_states_from_cache(self, inference_params, batch_size: int,  # noqa: ANN001
+                               initialize_states: bool = False) -> tuple[Tensor, Tensor]:
+        """This layer's states in ``inference_params.key_value_memory_dict[layer_idx]``.
+
+        Created when missing, and recreated when the cached ones were made for another batch
+        size; ``initialize_states`` zeroes reused ones.
+        """
+        if self.layer_idx is None:
+            raise ValueError("a Mamba2 layer needs a layer_idx to keep decode states in inference_params")
+        cache = inference_params.key_value_memory_dict
+        states = cache.get(self.layer_idx)
+        if states is not None and states[0].shape[0] == batch_size:
+            if initialize_states:
+                for s in states:
+                    s.zero_()
+            return states
+        states = self._zero_states(batch_size, self.conv1d.weight.device, self.conv1d.weight.dtype,
+                                   self.in_proj.weight.dtype)
+        cache[self.layer_idx] = states
+        return states

@@ -28,6 +28,12 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from neurostep.compat.causal_conv1d.causal_conv1d_interface import causal_conv1d_fn, causal_conv1d_update
+from neurostep.compat.mamba_ssm.modules._params import (
+    depthwise_conv,
+    inverse_softplus,
+    log_uniform_steps,
+    no_weight_decay,
+)
 from neurostep.compat.mamba_ssm.ops.selective_scan_interface import (
     bimamba_inner_fn,
     mamba_inner_fn,
@@ -42,26 +48,10 @@ __all__ = ["Block", "Mamba"]
 _BIMAMBA_TYPES = ("none", "v1", "v2")
 
 
-def _depthwise_conv(channels: int, width: int, bias: bool, factory: dict) -> nn.Conv1d:
-    """A per-channel conv of ``width`` taps, left-padded by ``width - 1`` (its output is trimmed to be causal)."""
-    return nn.Conv1d(channels, channels, width, padding=width - 1, groups=channels, bias=bias, **factory)
-
-
 def _log_s4d_real(rows: int, d_state: int, device: torch.device | None) -> Tensor:
     """``log(1..N)`` on every one of ``rows`` rows, fp32 ``(rows, N)``: the S4D-real diagonal, as ``A_log``."""
     n = torch.arange(1, d_state + 1, dtype=torch.float32, device=device)
     return n.log().expand(rows, d_state).contiguous()
-
-
-def _inverse_softplus(y: Tensor) -> Tensor:
-    """``x`` with ``softplus(x) == y`` for ``y > 0``, written without overflow for small ``y``."""
-    return y + torch.log(-torch.expm1(-y))
-
-
-def _no_weight_decay(values: Tensor) -> nn.Parameter:
-    param = nn.Parameter(values)
-    param._no_weight_decay = True  # optimiser-grouping flag read by mamba-ssm's training code
-    return param
 
 
 def _init_dt_proj_(dt_proj: nn.Linear, scheme: str, scale: float, dt_min: float, dt_max: float,
@@ -80,11 +70,9 @@ def _init_dt_proj_(dt_proj: nn.Linear, scheme: str, scale: float, dt_min: float,
         nn.init.constant_(dt_proj.weight, bound)
     else:
         raise NotImplementedError(f"dt_init is 'random' or 'constant', not {scheme!r}")
-    lo, hi = math.log(dt_min), math.log(dt_max)
-    u = torch.rand(dt_proj.out_features, **factory)
-    step = torch.exp(lo + u * (hi - lo)).clamp(min=floor)
+    step = log_uniform_steps(dt_proj.out_features, dt_min, dt_max, floor, factory)
     with torch.no_grad():
-        dt_proj.bias.copy_(_inverse_softplus(step))
+        dt_proj.bias.copy_(inverse_softplus(step))
     dt_proj.bias._no_reinit = True  # an LM's _init_weights zeroes Linear biases unless told not to
 
 
@@ -144,23 +132,23 @@ class Mamba(nn.Module):
         # Creation order below fixes the RNG draws: in_proj, conv1d, x_proj, dt_proj (default
         # init, then its own re-draw), [conv1d_b, x_proj_b, dt_proj_b for v2], out_proj.
         self.in_proj = nn.Linear(d_model, 2 * di, bias=bias, **factory)
-        self.conv1d = _depthwise_conv(di, d_conv, conv_bias, factory)
+        self.conv1d = depthwise_conv(di, d_conv, conv_bias, factory)
         self.activation = "silu"
         self.act = nn.SiLU()
         self.x_proj = nn.Linear(di, proj_width, bias=False, **factory)
         self.dt_proj = nn.Linear(self.dt_rank, di, bias=True, **factory)
         _init_dt_proj_(self.dt_proj, dt_init, dt_scale, dt_min, dt_max, dt_init_floor, factory)
         # A_log and D stay fp32 whatever ``dtype`` is.
-        self.A_log = _no_weight_decay(_log_s4d_real(di, d_state, device))
-        self.D = _no_weight_decay(torch.ones(di, device=device))
+        self.A_log = no_weight_decay(_log_s4d_real(di, d_state, device))
+        self.D = no_weight_decay(torch.ones(di, device=device))
         if bimamba_type != "none":
-            self.A_b_log = _no_weight_decay(_log_s4d_real(di, d_state, device))
+            self.A_b_log = no_weight_decay(_log_s4d_real(di, d_state, device))
         if bimamba_type == "v2":
             # the fork keeps PyTorch's default init for the reversed direction's projections
-            self.conv1d_b = _depthwise_conv(di, d_conv, conv_bias, factory)
+            self.conv1d_b = depthwise_conv(di, d_conv, conv_bias, factory)
             self.x_proj_b = nn.Linear(di, proj_width, bias=False, **factory)
             self.dt_proj_b = nn.Linear(self.dt_rank, di, bias=True, **factory)
-            self.D_b = _no_weight_decay(torch.ones(di, device=device))
+            self.D_b = no_weight_decay(torch.ones(di, device=device))
         self.out_proj = nn.Linear(di, d_model, bias=bias, **factory)
 
     # -- parallel pass ----------------------------------------------------------------------
