@@ -1,92 +1,63 @@
-"""``mamba_ssm.modules.block`` (mamba-ssm at e9594ce; Apache-2.0, Copyright (c) 2024 Tri Dao, Albert Gu)."""
+"""``mamba_ssm.modules.block``: the residual unit of ``MixerModel`` (a mixer, optionally followed by an MLP)."""
 
 from __future__ import annotations
 
-import torch
 from torch import Tensor, nn
 
 from neurostep.compat.mamba_ssm.ops.triton.layer_norm import RMSNorm, layer_norm_fn
 
+__all__ = ["Block"]
+
 
 class Block(nn.Module):
-    def __init__(
-        self, dim, mixer_cls, mlp_cls, norm_cls=nn.LayerNorm, fused_add_norm=False, residual_in_fp32=False
-    ):
-        """
-        Simple block wrapping a mixer class with LayerNorm/RMSNorm and residual connection"
+    """``residual += x; x = mixer(norm(residual))``, then the same with ``norm2`` / ``mlp`` when an MLP is given.
 
-        This Block has a slightly different structure compared to a regular
-        prenorm Transformer block.
-        The standard block is: LN -> MHA/MLP -> Add.
-        [Ref: https://arxiv.org/abs/2002.04745]
-        Here we have: Add -> LN -> Mixer, returning both
-        the hidden_states (output of the mixer) and the residual.
-        This is purely for performance reasons, as we can fuse add and LayerNorm.
-        The residual needs to be provided (except for the very first block).
-        """
+    The add precedes each norm so that the pair can run as one fused :func:`layer_norm_fn` call
+    (``fused_add_norm``); this is why :meth:`forward` carries the residual stream separately
+    from the sublayer output. ``mlp_cls=nn.Identity`` means no MLP (``self.mlp`` is None).
+    Modules are built in the order ``norm``, ``mixer``, ``norm2``, ``mlp`` (the RNG order of
+    seeded mamba-ssm models).
+    """
+
+    def __init__(self, dim, mixer_cls, mlp_cls, norm_cls=nn.LayerNorm, fused_add_norm=False,  # noqa: ANN001
+                 residual_in_fp32=False) -> None:  # noqa: ANN001
         super().__init__()
         self.residual_in_fp32 = residual_in_fp32
         self.fused_add_norm = fused_add_norm
         self.norm = norm_cls(dim)
         self.mixer = mixer_cls(dim)
-        if mlp_cls is not nn.Identity:
+        if mlp_cls is nn.Identity:
+            self.mlp = None
+        else:
             self.norm2 = norm_cls(dim)
             self.mlp = mlp_cls(dim)
-        else:
-            self.mlp = None
+        if fused_add_norm and not isinstance(self.norm, (nn.LayerNorm, RMSNorm)):
+            raise TypeError(f"fused_add_norm works with nn.LayerNorm or RMSNorm, not {type(self.norm).__name__}")
+
+    def _add_norm(self, x: Tensor, residual: Tensor | None, norm: nn.Module) -> tuple[Tensor, Tensor]:
+        """``residual + x`` (just ``x`` when ``residual`` is None) and its normalisation by ``norm``."""
         if self.fused_add_norm:
-            assert RMSNorm is not None, "RMSNorm import fails"
-            assert isinstance(
-                self.norm, (nn.LayerNorm, RMSNorm)
-            ), "Only LayerNorm and RMSNorm are supported for fused_add_norm"
+            return layer_norm_fn(x, norm.weight, norm.bias, residual=residual, prenorm=True,
+                                 residual_in_fp32=self.residual_in_fp32, eps=norm.eps,
+                                 is_rms_norm=isinstance(norm, RMSNorm))
+        total = x if residual is None else x + residual
+        normed = norm(total.to(norm.weight.dtype))
+        return normed, total.float() if self.residual_in_fp32 else total
 
-    def forward(
-            self, hidden_states: Tensor, residual: Tensor | None = None, inference_params=None, **mixer_kwargs
-    ):
-        r"""Pass the input through the encoder layer.
+    def forward(self, hidden_states: Tensor, residual: Tensor | None = None, inference_params=None,  # noqa: ANN001
+                **mixer_kwargs) -> tuple[Tensor, Tensor]:
+        """``hidden_states``, ``residual``: ``(B, L, dim)`` (``residual`` None in the first block).
 
-        Args:
-            hidden_states: the sequence to the encoder layer (required).
-            residual: hidden_states = Mixer(LN(residual))
+        Extra keyword arguments go to the mixer. Returns the last sublayer's output and the
+        residual stream (fp32 when ``residual_in_fp32``).
         """
-        if not self.fused_add_norm:
-            residual = (hidden_states + residual) if residual is not None else hidden_states
-            hidden_states = self.norm(residual.to(dtype=self.norm.weight.dtype))
-            if self.residual_in_fp32:
-                residual = residual.to(torch.float32)
-        else:
-            hidden_states, residual = layer_norm_fn(
-                hidden_states,
-                self.norm.weight,
-                self.norm.bias,
-                residual=residual,
-                prenorm=True,
-                residual_in_fp32=self.residual_in_fp32,
-                eps=self.norm.eps,
-                is_rms_norm=isinstance(self.norm, RMSNorm)
-            )
-        hidden_states = self.mixer(hidden_states, inference_params=inference_params, **mixer_kwargs)
-
+        normed, residual = self._add_norm(hidden_states, residual, self.norm)
+        out = self.mixer(normed, inference_params=inference_params, **mixer_kwargs)
         if self.mlp is not None:
-            if not self.fused_add_norm:
-                residual = hidden_states + residual
-                hidden_states = self.norm2(residual.to(dtype=self.norm2.weight.dtype))
-                if self.residual_in_fp32:
-                    residual = residual.to(torch.float32)
-            else:
-                hidden_states, residual = layer_norm_fn(
-                    hidden_states,
-                    self.norm2.weight,
-                    self.norm2.bias,
-                    residual=residual,
-                    prenorm=True,
-                    residual_in_fp32=self.residual_in_fp32,
-                    eps=self.norm2.eps,
-                    is_rms_norm=isinstance(self.norm2, RMSNorm)
-                )
-            hidden_states = self.mlp(hidden_states)
+            normed, residual = self._add_norm(out, residual, self.norm2)
+            out = self.mlp(normed)
+        return out, residual
 
-        return hidden_states, residual
-
-    def allocate_inference_cache(self, batch_size, max_seqlen, dtype=None, **kwargs):
+    def allocate_inference_cache(self, batch_size: int, max_seqlen: int, dtype=None, **kwargs):  # noqa: ANN001, ANN201
+        """The mixer's decode states (see its ``allocate_inference_cache``)."""
         return self.mixer.allocate_inference_cache(batch_size, max_seqlen, dtype=dtype, **kwargs)

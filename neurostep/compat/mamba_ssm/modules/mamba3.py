@@ -1,6 +1,5 @@
-"""``mamba_ssm.modules.mamba3``: not offered (importable so that ``import mamba_ssm`` works; refuses on use)."""
+"""``mamba_ssm.modules.mamba3``: ``Mamba3`` can be imported (``import mamba_ssm`` needs it) but not built."""
 
 from neurostep.compat.mamba_ssm.modules._unsupported import unsupported
 
-Mamba3 = unsupported("Mamba3", "Mamba-3's kernels (Triton/TileLang/CuTe, complex rotary states) have no "
-                               "neurostep counterpart")
+Mamba3 = unsupported("Mamba3", "neurostep has no kernel for Mamba-3's complex-valued rotary state updates")

@@ -1,5 +1,6 @@
-"""``mamba_ssm.modules.mha``: not offered (upstream's MHA needs flash-attn); importable, refuses on use."""
+"""``mamba_ssm.modules.mha``: ``MHA`` can be imported but not built here (it runs on flash-attn's kernels)."""
 
 from neurostep.compat.mamba_ssm.modules._unsupported import unsupported
 
-MHA = unsupported("MHA", "the hybrid attention layer (attn_layer_idx) needs flash-attn's kv-cache kernels")
+MHA = unsupported("MHA", "its attention and kv cache are flash-attn CUDA kernels, which neurostep does not "
+                         "provide, so hybrid models with attn_layer_idx cannot be built")

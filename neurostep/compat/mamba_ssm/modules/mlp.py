@@ -1,35 +1,37 @@
-"""``mamba_ssm.modules.mlp`` (mamba-ssm at e9594ce; Apache-2.0, Copyright (c) 2024 Tri Dao, Albert Gu)."""
+"""``mamba_ssm.modules.mlp``: the gated feed-forward layer that optionally follows a mixer in a ``Block``."""
 
-from torch import nn
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from torch import Tensor, nn
 from torch.nn import functional as F
 
 
-class GatedMLP(nn.Module):
-    def __init__(
-        self,
-        in_features,
-        hidden_features=None,
-        out_features=None,
-        activation=F.silu,
-        bias=False,
-        multiple_of=128,
-        device=None,
-        dtype=None,
-    ):
-        factory_kwargs = {"device": device, "dtype": dtype}
-        super().__init__()
-        out_features = out_features if out_features is not None else in_features
-        hidden_features = (
-            hidden_features if hidden_features is not None else int(8 * in_features / 3)
-        )
-        hidden_features = (hidden_features + multiple_of - 1) // multiple_of * multiple_of
-        self.fc1 = nn.Linear(in_features, 2 * hidden_features, bias=bias, **factory_kwargs)
-        self.activation = activation
-        self.fc2 = nn.Linear(hidden_features, out_features, bias=bias, **factory_kwargs)
+def _round_up(n: int, multiple: int) -> int:
+    return -(-n // multiple) * multiple
 
-    def forward(self, x):
-        y = self.fc1(x)
-        y, gate = y.chunk(2, dim=-1)
-        y = y * self.activation(gate)
-        y = self.fc2(y)
-        return y
+
+class GatedMLP(nn.Module):
+    """``fc2(value * activation(gate))`` with ``value, gate`` the two halves of ``fc1(x)``.
+
+    Args: ``in_features``; ``hidden_features`` (default ``int(8 * in_features / 3)``), rounded up
+    to a multiple of ``multiple_of``; ``out_features`` (default ``in_features``); ``activation``
+    applied to the gate; ``bias`` of both linears; ``device``, ``dtype``.
+    Shapes: ``fc1.weight (2 hidden, in)``, ``fc2.weight (out, hidden)``; ``x (..., in) -> (..., out)``.
+    """
+
+    def __init__(self, in_features, hidden_features=None, out_features=None,  # noqa: ANN001
+                 activation: Callable[[Tensor], Tensor] = F.silu, bias=False, multiple_of=128,  # noqa: ANN001
+                 device=None, dtype=None) -> None:  # noqa: ANN001
+        super().__init__()
+        hidden = int(8 * in_features / 3) if hidden_features is None else hidden_features
+        hidden = _round_up(hidden, multiple_of)
+        out = in_features if out_features is None else out_features
+        self.fc1 = nn.Linear(in_features, 2 * hidden, bias=bias, device=device, dtype=dtype)
+        self.activation = activation
+        self.fc2 = nn.Linear(hidden, out, bias=bias, device=device, dtype=dtype)
+
+    def forward(self, x: Tensor) -> Tensor:
+        value, gate = self.fc1(x).chunk(2, dim=-1)
+        return self.fc2(value * self.activation(gate))
