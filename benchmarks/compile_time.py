@@ -1,0 +1,166 @@
+"""First-call time of every CPU kernel: cold (empty numba cache) and warm (cache filled by the cold run).
+
+Each case runs in its own Python process with ``NUMBA_CACHE_DIR`` pointed at a fresh directory, so
+"cold" is what a user sees on a fresh clone and "warm" is every later process. The forward and the
+backward are timed separately (they are separate kernels, compiled on first use). Import time of
+neurostep and torch is excluded; the time is that of the first call only, minus the time of a
+second identical call (what is left is compiling or loading the kernel).
+
+    .venv/bin/python benchmarks/compile_time.py                 # every case
+    .venv/bin/python benchmarks/compile_time.py --only lif      # cases whose name starts with "lif"
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import textwrap
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _results import load_average, table, write_result  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# Each case builds inputs and a ``run()`` that returns a tensor to differentiate (its sum is the loss).
+CASES: dict[str, str] = {
+    "lif float32": """
+        from neurostep.kernels.lif import lif_scan
+        x = torch.randn(8, 4096, requires_grad=True)
+        def run():
+            return lif_scan(x, tau_inv=0.5, v_threshold=1.0, backend="cpu")[0]
+    """,
+    "lif float64": """
+        from neurostep.kernels.lif import lif_scan
+        x = torch.randn(8, 4096, dtype=torch.float64, requires_grad=True)
+        def run():
+            return lif_scan(x, tau_inv=0.5, v_threshold=1.0, backend="cpu")[0]
+    """,
+    "linear_scan float32": """
+        from neurostep.kernels.linear_scan import linear_scan
+        a = torch.rand(2, 64, 256, requires_grad=True)
+        b = torch.randn(2, 64, 256, requires_grad=True)
+        def run():
+            return linear_scan(a, b, backend="cpu")[0]
+    """,
+    "causal_conv1d float32": """
+        from neurostep.kernels.causal_conv1d import causal_conv1d
+        x = torch.randn(2, 64, 256, requires_grad=True)
+        w = torch.randn(64, 4, requires_grad=True)
+        bias = torch.randn(64, requires_grad=True)
+        def run():
+            return causal_conv1d(x, w, bias, activation="silu", backend="cpu")[0]
+    """,
+    "selective_scan float32": """
+        from neurostep.kernels.selective_scan import selective_scan
+        B_, D, L, N = 2, 64, 256, 16
+        u = torch.randn(B_, D, L, requires_grad=True)
+        delta = torch.randn(B_, D, L, requires_grad=True)
+        A = (-torch.rand(D, N)).requires_grad_()
+        Bm = torch.randn(B_, N, L, requires_grad=True)
+        Cm = torch.randn(B_, N, L, requires_grad=True)
+        Dv = torch.randn(D, requires_grad=True)
+        z = torch.randn(B_, D, L, requires_grad=True)
+        db = torch.randn(D, requires_grad=True)
+        def run():
+            return selective_scan(u, delta, A, Bm, Cm, Dv, z=z, delta_bias=db, delta_softplus=True,
+                                  backend="cpu")[0]
+    """,
+    "selective_scan float64": """
+        from neurostep.kernels.selective_scan import selective_scan
+        B_, D, L, N = 2, 64, 256, 16
+        f = dict(dtype=torch.float64, requires_grad=True)
+        u = torch.randn(B_, D, L, **f)
+        delta = torch.randn(B_, D, L, **f)
+        A = (-torch.rand(D, N, dtype=torch.float64)).requires_grad_()
+        Bm = torch.randn(B_, N, L, **f)
+        Cm = torch.randn(B_, N, L, **f)
+        Dv = torch.randn(D, **f)
+        def run():
+            return selective_scan(u, delta, A, Bm, Cm, Dv, delta_softplus=True, backend="cpu")[0]
+    """,
+    "wkv float32": """
+        from neurostep.kernels.wkv import wkv
+        C, L = 256, 128
+        w = torch.rand(C, requires_grad=True)
+        uu = torch.randn(C, requires_grad=True)
+        k = torch.randn(2, L, C, requires_grad=True)
+        v = torch.randn(2, L, C, requires_grad=True)
+        def run():
+            return wkv(w, uu, k, v, backend="cpu")[0]
+    """,
+    "decayed_linear_attention float32": """
+        from neurostep.kernels.decayed_linear_attention import decayed_linear_attention
+        q = torch.randn(2, 256, 4, 32, requires_grad=True)
+        k = torch.randn(2, 256, 4, 32, requires_grad=True)
+        v = torch.randn(2, 256, 4, 32, requires_grad=True)
+        g = (-torch.rand(2, 256, 4)).requires_grad_()
+        def run():
+            return decayed_linear_attention(q, k, v, g, backend="cpu")[0]
+    """,
+}
+
+# The child process prints one JSON line: forward and backward first-call seconds, less a repeat call.
+CHILD = """
+import json, time, torch
+torch.manual_seed(0)
+{setup}
+def timed(fn):
+    t0 = time.perf_counter(); fn(); return time.perf_counter() - t0
+out = {{}}
+first_fwd = timed(run)
+again_fwd = timed(run)
+y = run()
+first_bwd = timed(lambda: y.sum().backward())
+y = run()
+again_bwd = timed(lambda: y.sum().backward())
+out["forward"] = first_fwd - again_fwd
+out["backward"] = first_bwd - again_bwd
+print(json.dumps(out))
+"""
+
+
+def run_case(setup: str, cache_dir: str) -> dict[str, float]:
+    """First-call forward and backward seconds of one case in a fresh process using ``cache_dir``."""
+    code = CHILD.format(setup=textwrap.dedent(setup))
+    env = {**os.environ, "NUMBA_CACHE_DIR": cache_dir, "OMP_WAIT_POLICY": "PASSIVE"}
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True,
+                          check=False)
+    if proc.returncode != 0:
+        raise RuntimeError(f"case failed:\n{proc.stderr[-3000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--only", default="", help="run the cases whose name starts with this")
+    parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "compile_time.json"))
+    args = parser.parse_args()
+    load_before = load_average()
+    rows, cases = [], {}
+    for name, setup in CASES.items():
+        if not name.startswith(args.only):
+            continue
+        with tempfile.TemporaryDirectory(prefix="numba-cache-") as cache_dir:
+            cold = run_case(setup, cache_dir)
+            warm = run_case(setup, cache_dir)
+        cases[name] = {"cold": cold, "warm": warm}
+        row = [name, f"{cold['forward']:.1f}", f"{cold['backward']:.1f}", f"{warm['forward']:.2f}",
+               f"{warm['backward']:.2f}"]
+        rows.append(row)
+        print("  ".join(row), flush=True)
+    columns = ["kernel", "cold forward s", "cold backward s", "warm forward s", "warm backward s"]
+    tables = [table("First call of each CPU kernel, cold and warm numba cache", columns, rows)]
+    if args.only:
+        return  # a partial run is for looking, not for the stored result
+    write_result(args.out, {"cases": cases}, load_before=load_before, tables=tables, summary=[])
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
