@@ -1,9 +1,12 @@
-"""``mamba_ssm.utils.generation``: ``InferenceParams``, sampling, ``decode`` and ``GenerationMixin``.
+"""``mamba_ssm.utils.generation``: the decode cache, logit filters, ``sample``, ``decode`` and ``GenerationMixin``.
 
-Transcribed from mamba-ssm (``mamba_ssm/utils/generation.py`` at e9594ce; Apache-2.0, Copyright (c)
-2023 Albert Gu, Tri Dao). ``cg=True`` (CUDA-graph decoding) is accepted and runs the same steps
-eagerly; ``enable_timing`` uses a wall clock on CPU. The result is transformers'
-``GenerateDecoderOnlyOutput`` when transformers is installed, else a dataclass with the same fields.
+A model that generates through this module takes ``(input_ids, position_ids=..., inference_params=...,
+num_last_tokens=...)`` and returns an object with ``.logits (B, L, V)``; its layers keep their
+recurrent states in ``inference_params.key_value_memory_dict`` and update them in place.
+``decode`` runs the prompt once, then one token per call, until ``max_length`` tokens or every
+row emitted ``eos_token_id``. ``cg=True`` (CUDA graphs upstream) is accepted and decodes eagerly.
+The result is transformers' ``GenerateDecoderOnlyOutput`` when transformers is installed, else a
+dataclass with the same two fields.
 """
 
 from __future__ import annotations
@@ -25,11 +28,17 @@ __all__ = [
     "sample",
 ]
 
+_NEG_INF = float("-inf")
+
 
 @dataclass
 class InferenceParams:
-    """Inference parameters that are passed to the main model in order
-    to efficienly calculate and store the context during inference."""
+    """Decode-time cache passed down to every layer.
+
+    ``seqlen_offset``: tokens already consumed (0 while the prompt runs, after which layers take
+    their single-token step). ``key_value_memory_dict``: ``layer_idx -> states``, owned and
+    updated in place by the layers. ``lengths_per_sample (B,)``: optional per-row lengths.
+    """
 
     max_seqlen: int
     max_batch_size: int
@@ -38,23 +47,23 @@ class InferenceParams:
     key_value_memory_dict: dict = field(default_factory=dict)
     lengths_per_sample: Tensor | None = None
 
-    def reset(self, max_seqlen, max_batch_size):
-        self.max_seqlen = max_seqlen
-        self.max_batch_size = max_batch_size
-        self.seqlen_offset = 0
-        if self.lengths_per_sample is not None:
-            self.lengths_per_sample.zero_()
+    def reset(self, max_seqlen: int, max_batch_size: int) -> None:
+        """Start a new generation with these limits; the cached state tensors are kept for reuse."""
+        self.max_seqlen, self.max_batch_size, self.seqlen_offset = max_seqlen, max_batch_size, 0
+        lengths = self.lengths_per_sample
+        if lengths is not None:
+            lengths.zero_()
 
 
 @dataclass
 class _DecoderOnlyOutput:
-    """Stand-in for transformers' ``GenerateDecoderOnlyOutput`` when transformers is absent."""
+    """Used in place of transformers' ``GenerateDecoderOnlyOutput`` when transformers is not installed."""
 
     sequences: Tensor
     scores: tuple | None = None
 
 
-def _output_class():
+def _output_class() -> type:
     try:
         from transformers.generation import GenerateDecoderOnlyOutput
     except ImportError:  # pragma: no cover - transformers is optional
@@ -62,89 +71,103 @@ def _output_class():
     return GenerateDecoderOnlyOutput
 
 
-def modify_logits_for_min_p_filtering(logits, min_p):
-    """Set the logits for none min_p values to -inf. Done in-place."""
-    if min_p <= 0.0 or min_p >= 1.0:
+# -- logit filters (all in place on ``logits (B, V)``) ---------------------------------------------
+
+def modify_logits_for_min_p_filtering(logits: Tensor, min_p: float) -> None:
+    """Mask (to -inf, in place) every logit below the value ``min_p``; a no-op unless ``0 < min_p < 1``."""
+    if 0.0 < min_p < 1.0:
+        logits.masked_fill_(logits < min_p, _NEG_INF)
+
+
+def modify_logits_for_top_k_filtering(logits: Tensor, top_k: int) -> None:
+    """Keep (in place) the ``top_k`` largest logits of each row, ties with the k-th included; mask the rest."""
+    kth = logits.topk(top_k, dim=-1).values[..., -1:]
+    logits.masked_fill_(logits < kth, _NEG_INF)
+
+
+def modify_logits_for_top_p_filtering(logits: Tensor, top_p: float) -> None:
+    """Nucleus filter, in place: keep the most likely tokens whose probabilities sum to ``top_p``.
+
+    A token is dropped when the probability mass of the tokens no more likely than itself
+    (itself included) is at most ``1 - top_p``; the most likely token always stays. No-op
+    unless ``0 < top_p < 1``. ``logits``: ``(B, V)``.
+    """
+    if not 0.0 < top_p < 1.0:
         return
-    indices_to_remove = logits < min_p
-    logits.masked_fill_(indices_to_remove, float("-Inf"))
+    ascending, order = logits.sort(dim=-1)
+    mass_up_to = ascending.softmax(dim=-1).cumsum(dim=-1)
+    drop_sorted = mass_up_to <= 1 - top_p
+    drop = drop_sorted.scatter(1, order, drop_sorted)
+    logits.masked_fill_(drop, _NEG_INF)
 
 
-# https://github.com/NVIDIA/Megatron-LM/blob/0bb597b42c53355a567aba2a1357cc34b9d99ddd/megatron/text_generation/sampling.py
-# https://github.com/huggingface/transformers/blob/a44985b41cfa2de48a5e1de7f1f93b7483da25d1/src/transformers/generation/logits_process.py#L231
-def modify_logits_for_top_k_filtering(logits, top_k):
-    """Set the logits for none top-k values to -inf. Done in-place."""
-    indices_to_remove = logits < torch.topk(logits, top_k)[0][..., -1, None]
-    logits.masked_fill_(indices_to_remove, float("-Inf"))
+def modify_logit_for_repetition_penalty(logits: Tensor, prev_output_tokens: Tensor,
+                                        repetition_penalty: float = 1.0) -> Tensor:
+    """Make tokens already in ``prev_output_tokens (B, T)`` less likely (CTRL's penalty), in place.
 
-
-# https://github.com/NVIDIA/Megatron-LM/blob/0bb597b42c53355a567aba2a1357cc34b9d99ddd/megatron/text_generation/sampling.py
-# https://github.com/huggingface/transformers/blob/a44985b41cfa2de48a5e1de7f1f93b7483da25d1/src/transformers/generation/logits_process.py#L170
-def modify_logits_for_top_p_filtering(logits, top_p):
-    """Set the logits for none top-p values to -inf. Done in-place."""
-    if top_p <= 0.0 or top_p >= 1.0:
-        return
-    # First sort and calculate cumulative sum of probabilities.
-    sorted_logits, sorted_indices = torch.sort(logits, descending=False)
-    cumulative_probs = sorted_logits.softmax(dim=-1).cumsum(dim=-1)
-    # Remove tokens with cumulative top_p above the threshold (token with 0 are kept)
-    sorted_indices_to_remove = cumulative_probs <= (1 - top_p)
-    # scatter sorted tensors to original indexing
-    indices_to_remove = sorted_indices_to_remove.scatter(
-        1, sorted_indices, sorted_indices_to_remove
-    )
-    logits.masked_fill_(indices_to_remove, float("-inf"))
-
-
-def modify_logit_for_repetition_penalty(logits, prev_output_tokens, repetition_penalty=1.0):
-    """Apply repetition penalty. See https://arxiv.org/abs/1909.05858
-    logits: (batch_size, vocab_size)
-    prev_output_tokens: (batch_size, seq_len)
+    A seen token's logit is divided by ``repetition_penalty`` when positive and multiplied by it
+    when negative. ``logits``: ``(B, V)``; returned as well.
     """
     if repetition_penalty == 1.0:
         return logits
-    score = torch.gather(logits, 1, prev_output_tokens)
-    # if score < 0 then repetition penalty has to be multiplied to reduce the previous token probability
-    score = torch.where(score < 0, score * repetition_penalty, score / repetition_penalty)
-    logits.scatter_(1, prev_output_tokens, score)
-    return logits
+    seen = logits.gather(1, prev_output_tokens)
+    seen = torch.where(seen >= 0, seen / repetition_penalty, seen * repetition_penalty)
+    return logits.scatter_(1, prev_output_tokens, seen)
 
 
-def sample(logits, top_k=1, top_p=0.0, min_p=0.0, temperature=1.0):
-    """Sample from top-k logits.
-    Arguments:
-        logits: Tensor of shape (batch_size, vocab_size)
+def _draw(logits: Tensor) -> Tensor:
+    """One index per row of ``logits (B, V)``, drawn from its softmax: ``(B,)``."""
+    return torch.multinomial(logits.softmax(dim=-1), num_samples=1)[:, 0]
+
+
+def sample(logits: Tensor, top_k: int = 1, top_p: float = 0.0, min_p: float = 0.0,
+           temperature: float = 1.0) -> Tensor:
+    """Next token of each row of ``logits (B, V)``: ``(B,)`` int64.
+
+    ``top_k == 1`` is greedy. ``top_k > 1`` samples among the ``top_k`` largest logits (then
+    nucleus-filtered by ``top_p``); ``top_k == 0`` samples from the whole vocabulary, filtered by
+    ``min_p`` when it is set (relative to the first row's first logit) and by ``top_p`` otherwise.
+    Logits are divided by ``temperature``. ``logits`` itself is left unchanged.
     """
-    if top_k == 1:  # Short-circuit for greedy decoding
+    if top_k == 1:
         return logits.argmax(dim=-1)
-    else:
-        if top_p > 0.0:
-            assert top_p <= 1.0, "top-p should be in (0, 1]."
-        if top_k > 0:
-            top_k = min(top_k, logits.size(-1))  # Safety check
-            logits_top, indices = torch.topk(logits, top_k, dim=-1)
-            if temperature != 1.0:
-                logits_top /= temperature
-            modify_logits_for_top_p_filtering(logits_top, top_p)
-            return indices[
-                torch.arange(indices.shape[0], device=indices.device),
-                torch.multinomial(torch.softmax(logits_top, dim=-1), num_samples=1).squeeze(dim=-1),
-            ]
-        else:
-            if min_p > 0.0:
-                logits_top = logits.clone()
-                max_prob = logits_top[..., 0].item()
-                min_prob = max_prob * min_p
-                modify_logits_for_min_p_filtering(logits_top, min_prob)
-                if temperature != 1.0:
-                    logits_top /= temperature
-                return torch.multinomial(torch.softmax(logits_top, dim=-1), num_samples=1).squeeze(dim=-1)
-            # Clone so that when we modify for top_p we don't change the original logits
-            logits_top = logits / temperature if temperature != 1.0 else logits.clone()
-            modify_logits_for_top_p_filtering(logits_top, top_p)
-            return torch.multinomial(torch.softmax(logits_top, dim=-1), num_samples=1).squeeze(
-                dim=-1
-            )
+    if top_p > 1.0:
+        raise ValueError(f"top_p must lie in (0, 1], got {top_p}")
+    if top_k > 0:
+        values, indices = logits.topk(min(top_k, logits.shape[-1]), dim=-1)
+        if temperature != 1.0:
+            values /= temperature
+        modify_logits_for_top_p_filtering(values, top_p)
+        return indices.gather(-1, _draw(values)[:, None])[:, 0]
+    if min_p > 0.0:
+        scaled = logits.clone()
+        modify_logits_for_min_p_filtering(scaled, scaled[..., 0].item() * min_p)
+        if temperature != 1.0:
+            scaled /= temperature
+        return _draw(scaled)
+    scaled = logits / temperature if temperature != 1.0 else logits.clone()
+    modify_logits_for_top_p_filtering(scaled, top_p)
+    return _draw(scaled)
+
+
+# -- the decoding loop ----------------------------------------------------------------------------
+
+def _next_logits(model, tokens: Tensor, params: InferenceParams, vocab_size: int | None) -> Tensor:  # noqa: ANN001
+    """The model's logits for the position after ``tokens (B, T)``: ``(B, V)``, cut to ``vocab_size``."""
+    position_ids = None
+    if params.seqlen_offset > 0:
+        position_ids = torch.full((tokens.shape[0], 1), params.seqlen_offset, dtype=torch.long,
+                                  device=tokens.device)
+    logits = model(tokens, position_ids=position_ids, inference_params=params, num_last_tokens=1).logits[:, -1]
+    return logits if vocab_size is None else logits[..., :vocab_size]
+
+
+def _finished(last: Tensor, params: InferenceParams, max_length: int, eos_token_id: int | None) -> bool:
+    if params.seqlen_offset == 0:
+        return False  # the prompt has not been read yet
+    if params.seqlen_offset >= max_length - 1:
+        return True
+    return eos_token_id is not None and bool((last == eos_token_id).all())
 
 
 @torch.inference_mode()
@@ -164,96 +187,58 @@ def decode(
     enable_timing=False,
     output_scores=False,
     streamer=None,
-):
-    """Decoding, either greedy or with top-k or top-p sampling.
-    If top-k = 0, don't limit the number of candidates (pure sampling).
-    Top-k and top-p can be used together. If top_k > 0 and top_p > 0, then top-k is applied first,
-    then top-p.
-    We assume that all sequences in the same batch have the same length.
+):  # noqa: ANN001, ANN201
+    """Generate from the prompt ``input_ids (B, T)`` (every row the same length) up to ``max_length`` tokens.
 
-    Arguments:
-        input_ids: (batch, seq_len)
-        max_length: int
-        teacher_outputs (optional): (batch, seq_len). If provided, instead of sampling from the
-            logits, the next token is taken from the teacher_outputs. Useful for testing.
-        cg: accepted for compatibility; decoding runs eagerly (no CUDA graphs).
-    Returns: GenerateDecoderOnlyOutput, with the following fields:
-        sequences: (batch, max_length)
-        scores: tuples of (batch, vocab_size)
+    Sampling follows :func:`sample` (``top_k``, ``top_p``, ``min_p``, ``temperature``), after
+    ``repetition_penalty`` over the tokens so far. ``teacher_outputs (B, T')``: while it reaches,
+    its token at each position is taken instead of a sampled one (for tests). ``vocab_size`` cuts
+    padded logits. ``streamer`` receives the prompt, each new token and ``end()``, as transformers'
+    streamers expect. ``cg`` is accepted and decoding runs eagerly; ``enable_timing`` prints the
+    wall time.
+
+    Returns ``GenerateDecoderOnlyOutput(sequences (B, L), scores)`` with ``L <= max_length`` and
+    ``scores`` one ``(B, V)`` tensor per generated token (empty unless ``output_scores``).
     """
     if streamer is not None:
         streamer.put(input_ids.cpu())
-
-    batch_size, seqlen_og = input_ids.shape
-    teacher_output_len = teacher_outputs.shape[1] if teacher_outputs is not None else 0
-    inference_params = InferenceParams(max_seqlen=max_length, max_batch_size=batch_size)
-
-    def get_logits(input_ids, inference_params):
-        decoding = inference_params.seqlen_offset > 0
-        if decoding:
-            position_ids = torch.full(
-                (batch_size, 1),
-                inference_params.seqlen_offset,
-                dtype=torch.long,
-                device=input_ids.device,
-            )
-        else:
-            position_ids = None
-        logits = model(
-            input_ids,
-            position_ids=position_ids,
-            inference_params=inference_params,
-            num_last_tokens=1,
-        ).logits.squeeze(dim=1)
-        return logits[..., :vocab_size] if vocab_size is not None else logits
-
-    def sample_tokens(logits, inference_params):
-        if teacher_outputs is None or teacher_output_len <= inference_params.seqlen_offset:
-            token = sample(logits, top_k=top_k, top_p=top_p, min_p=min_p, temperature=temperature)
-        else:
-            token = teacher_outputs[:, inference_params.seqlen_offset]
-        return token.unsqueeze(1)
-
-    def should_stop(current_token, inference_params):
-        if inference_params.seqlen_offset == 0:
-            return False
-        if eos_token_id is not None and (current_token == eos_token_id).all():
-            return True
-        if inference_params.seqlen_offset >= max_length - 1:
-            return True
-        return False
-
-    start = time.perf_counter()
-    scores, sequences = [], [input_ids]
-    sequences_cat = input_ids
-    while not should_stop(sequences[-1], inference_params):
-        logits = get_logits(sequences[-1], inference_params)
+    params = InferenceParams(max_seqlen=max_length, max_batch_size=input_ids.shape[0])
+    forced = 0 if teacher_outputs is None else teacher_outputs.shape[1]
+    pieces, scores = [input_ids], []
+    so_far = input_ids  # kept up to date only when the repetition penalty needs it
+    started = time.perf_counter()
+    while not _finished(pieces[-1], params, max_length, eos_token_id):
+        logits = _next_logits(model, pieces[-1], params, vocab_size)
         if output_scores:
             scores.append(logits.clone())
-        inference_params.seqlen_offset += sequences[-1].shape[1]
-        if repetition_penalty == 1.0:
-            sampled_tokens = sample_tokens(logits, inference_params)
+        params.seqlen_offset += pieces[-1].shape[1]
+        if repetition_penalty != 1.0:
+            logits = modify_logit_for_repetition_penalty(logits, so_far, repetition_penalty)
+        if params.seqlen_offset < forced:
+            token = teacher_outputs[:, params.seqlen_offset]
         else:
-            logits = modify_logit_for_repetition_penalty(
-                logits, sequences_cat, repetition_penalty
-            )
-            sampled_tokens = sample_tokens(logits, inference_params)
-            sequences_cat = torch.cat([sequences_cat, sampled_tokens], dim=1)
-        sequences.append(sampled_tokens)
+            token = sample(logits, top_k=top_k, top_p=top_p, min_p=min_p, temperature=temperature)
+        token = token[:, None]
+        if repetition_penalty != 1.0:
+            so_far = torch.cat([so_far, token], dim=1)
+        pieces.append(token)
         if streamer is not None:
-            streamer.put(sampled_tokens.cpu())
+            streamer.put(token.cpu())
     if streamer is not None:
         streamer.end()
     if enable_timing:
-        if input_ids.is_cuda:
-            torch.cuda.synchronize()
-        print(f"Prompt processing + decoding time: {(time.perf_counter() - start) * 1000:.0f}ms")
-    return _output_class()(sequences=torch.cat(sequences, dim=1), scores=tuple(scores))
+        if input_ids.device.type == "cuda":
+            torch.cuda.synchronize(input_ids.device)
+        print(f"generation took {(time.perf_counter() - started) * 1e3:.0f} ms (prompt and decoding)")
+    return _output_class()(sequences=torch.cat(pieces, dim=1), scores=tuple(scores))
 
 
 class GenerationMixin:
-    def allocate_inference_cache(self, batch_size, max_seqlen, dtype=None, **kwargs):
-        raise NotImplementedError(f"{type(self).__name__} must define allocate_inference_cache to use generate")
+    """Adds :meth:`generate` to a model that follows the calling convention of this module."""
+
+    def allocate_inference_cache(self, batch_size: int, max_seqlen: int, dtype=None, **kwargs):  # noqa: ANN001, ANN201
+        """Per-layer decode states; a model that generates must provide it."""
+        raise NotImplementedError(f"{type(self).__name__} cannot generate without allocate_inference_cache")
 
     def generate(
         self,
@@ -266,11 +251,13 @@ class GenerationMixin:
         return_dict_in_generate=False,
         output_scores=False,
         **kwargs,
-    ):
-        output = decode(
-            input_ids, self, max_length, top_k=top_k, top_p=top_p, min_p=min_p, temperature=temperature,
-            output_scores=output_scores, **kwargs
-        )
+    ):  # noqa: ANN001, ANN201
+        """:func:`decode` on this model: the token ids ``(B, L)``, or the whole output with ``return_dict_in_generate``.
+
+        Further keyword arguments go to :func:`decode`; ``scores`` is None unless ``output_scores``.
+        """
+        result = decode(input_ids, self, max_length, top_k=top_k, top_p=top_p, min_p=min_p,
+                        temperature=temperature, output_scores=output_scores, **kwargs)
         if not output_scores:
-            output.scores = None
-        return output if return_dict_in_generate else output.sequences
+            result.scores = None
+        return result if return_dict_in_generate else result.sequences
