@@ -14,7 +14,7 @@ venv: $(STAMP)
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -c constraints.txt -e ".[triton,peers,experiments,notebooks,dev,docs]"
+	$(BIN)/pip install -q -c constraints.txt -e ".[triton,peers,experiments,notebooks,dev,docs,nir]"
 	$(BIN)/pip install -q -c constraints.txt --no-deps spikingjelly
 	touch $(STAMP)
 

@@ -1,6 +1,7 @@
 """Neurons, surrogates, encoders, spiking attention, SpikeGPT blocks and homeostasis."""
 
 from neurostep.neuro import encoders, surrogate
+from neurostep.neuro.cuba import CubaLIF, CubaLIFState
 from neurostep.neuro.homeostasis import HomeostaticLR
 from neurostep.neuro.neurons import IF, LIF, AdaptiveLIF, LIFState, ParametricLIF, SpikingNeuron
 from neurostep.neuro.spikegpt import (
@@ -31,6 +32,8 @@ __all__ = [
     "AdaptiveLIF",
     "BlockState",
     "ChannelMixState",
+    "CubaLIF",
+    "CubaLIFState",
     "HomeostaticLR",
     "LIFState",
     "ParametricLIF",
