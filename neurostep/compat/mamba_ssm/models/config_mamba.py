@@ -1,10 +1,21 @@
-"""``mamba_ssm.models.config_mamba`` (mamba-ssm at e9594ce; Apache-2.0)."""
+"""``mamba_ssm.models.config_mamba``: the hyper-parameters of ``MambaLMHeadModel`` (defaults: mamba-2.8b's)."""
+
+from __future__ import annotations
 
 from dataclasses import dataclass, field
+
+__all__ = ["MambaConfig"]
 
 
 @dataclass
 class MambaConfig:
+    """Sizes and switches of a Mamba language model; ``config.json`` of a saved model holds these fields.
+
+    ``d_intermediate``: hidden width of the MLP after each mixer (0 = none). ``ssm_cfg``: keyword
+    arguments of every mixer (``layer`` picks ``"Mamba1"`` or ``"Mamba2"``). ``attn_layer_idx`` /
+    ``attn_cfg``: attention layers (not offered here). ``vocab_size`` is padded up to a multiple of
+    ``pad_vocab_size_multiple``; ``tie_embeddings`` shares the embedding with the output head.
+    """
 
     d_model: int = 2560
     d_intermediate: int = 0

@@ -1,11 +1,11 @@
-"""``mamba_ssm.models.mixer_seq_simple``: ``MixerModel`` and ``MambaLMHeadModel``.
+"""``mamba_ssm.models.mixer_seq_simple``: ``create_block``, ``MixerModel`` and ``MambaLMHeadModel``.
 
-Transcribed from mamba-ssm (``mamba_ssm/models/mixer_seq_simple.py`` at e9594ce; Apache-2.0,
-Copyright (c) 2023 Albert Gu, Tri Dao): same config, module tree, state_dict keys, initialisation
-and ``generate`` (greedy / top-k / top-p / min-p sampling, ``teacher_outputs``, ``output_scores``;
-``cg=True`` is accepted and runs eagerly, there are no CUDA graphs on CPU). ``ssm_cfg["layer"]``
-selects ``"Mamba1"`` or ``"Mamba2"``; ``"Mamba3"`` and attention layers (``attn_layer_idx``) are
-not offered.
+The language model is ``embedding -> n_layer x Block -> norm_f -> lm_head``, each ``Block`` a
+Mamba-1 or Mamba-2 mixer (``ssm_cfg["layer"]``) with an optional ``GatedMLP``. Module tree,
+state_dict keys and the initialisation (including its RNG order: every module built with
+PyTorch's defaults, then two re-initialisation passes, one by ``MixerModel`` and one by
+``MambaLMHeadModel``) are the ones mamba-ssm checkpoints and seeded runs expect. Attention layers
+(``attn_layer_idx``) and ``"Mamba3"`` are importable but refuse to be built.
 """
 
 from __future__ import annotations
@@ -27,11 +27,18 @@ from neurostep.compat.mamba_ssm.modules.mamba3 import Mamba3
 from neurostep.compat.mamba_ssm.modules.mamba_simple import Mamba
 from neurostep.compat.mamba_ssm.modules.mha import MHA
 from neurostep.compat.mamba_ssm.modules.mlp import GatedMLP
-from neurostep.compat.mamba_ssm.ops.triton.layer_norm import RMSNorm, layer_norm_fn, rms_norm_fn
+from neurostep.compat.mamba_ssm.ops.triton.layer_norm import RMSNorm, layer_norm_fn
 from neurostep.compat.mamba_ssm.utils.generation import GenerationMixin
 from neurostep.compat.mamba_ssm.utils.hf import load_config_hf, load_state_dict_hf
 
 __all__ = ["MambaLMHeadModel", "MixerModel", "create_block"]
+
+_MIXERS = {"Mamba1": Mamba, "Mamba2": Mamba2, "Mamba3": Mamba3}
+
+# the parameters that feed the residual stream, whose init is scaled down with depth
+_RESIDUAL_OUTPUTS = ("out_proj.weight", "fc2.weight")
+
+CausalLMOutput = namedtuple("CausalLMOutput", ["logits"])
 
 
 def create_block(
@@ -47,86 +54,72 @@ def create_block(
     layer_idx=None,
     device=None,
     dtype=None,
-):
-    if ssm_cfg is None:
-        ssm_cfg = {}
-    if attn_layer_idx is None:
-        attn_layer_idx = []
-    if attn_cfg is None:
-        attn_cfg = {}
-    factory_kwargs = {"device": device, "dtype": dtype}
-    if layer_idx not in attn_layer_idx:
-        # Create a copy of the config to modify
-        ssm_cfg = copy.deepcopy(ssm_cfg) if ssm_cfg is not None else {}
-        ssm_layer = ssm_cfg.pop("layer", "Mamba1")
-        ssm_layer_map = {
-            "Mamba1": Mamba,
-            "Mamba2": Mamba2,
-            "Mamba3": Mamba3,
-        }
-        if ssm_layer not in ssm_layer_map:
-            raise ValueError(f"Invalid ssm_layer: {ssm_layer}, only support Mamba1, Mamba2, and Mamba3")
-        mixer_cls = partial(
-            ssm_layer_map[ssm_layer],
-            layer_idx=layer_idx,
-            **ssm_cfg,
-            **factory_kwargs
-        )
+) -> Block:  # noqa: ANN001
+    """One residual block of a ``MixerModel``: its mixer, norm(s) and optional MLP, tagged with ``layer_idx``.
+
+    ``ssm_cfg`` (copied, never modified) holds the mixer's keyword arguments; its ``"layer"``
+    entry, default ``"Mamba1"``, picks the class. A ``layer_idx`` listed in ``attn_layer_idx``
+    gets an ``MHA`` mixer built from ``attn_cfg``. ``d_intermediate > 0`` adds a ``GatedMLP``.
+    """
+    factory = {"device": device, "dtype": dtype}
+    if layer_idx in (attn_layer_idx or ()):
+        mixer_cls = partial(MHA, layer_idx=layer_idx, **(attn_cfg or {}), **factory)
     else:
-        mixer_cls = partial(MHA, layer_idx=layer_idx, **attn_cfg, **factory_kwargs)
-    norm_cls = partial(
-        nn.LayerNorm if not rms_norm else RMSNorm, eps=norm_epsilon, **factory_kwargs
-    )
+        options = copy.deepcopy(ssm_cfg) if ssm_cfg else {}
+        kind = options.pop("layer", "Mamba1")
+        if kind not in _MIXERS:
+            raise ValueError(f"ssm_cfg['layer'] must be one of {sorted(_MIXERS)}, got {kind!r}")
+        mixer_cls = partial(_MIXERS[kind], layer_idx=layer_idx, **options, **factory)
+    norm_cls = partial(RMSNorm if rms_norm else nn.LayerNorm, eps=norm_epsilon, **factory)
     if d_intermediate == 0:
         mlp_cls = nn.Identity
     else:
-        mlp_cls = partial(
-            GatedMLP, hidden_features=d_intermediate, out_features=d_model, **factory_kwargs
-        )
-    block = Block(
-        d_model,
-        mixer_cls,
-        mlp_cls,
-        norm_cls=norm_cls,
-        fused_add_norm=fused_add_norm,
-        residual_in_fp32=residual_in_fp32,
-    )
+        mlp_cls = partial(GatedMLP, hidden_features=d_intermediate, out_features=d_model, **factory)
+    block = Block(d_model, mixer_cls, mlp_cls, norm_cls=norm_cls, fused_add_norm=fused_add_norm,
+                  residual_in_fp32=residual_in_fp32)
     block.layer_idx = layer_idx
     return block
 
 
-# https://github.com/huggingface/transformers/blob/c28d04e9e252a1a099944e325685f14d242ecdcd/src/transformers/models/gpt2/modeling_gpt2.py#L454
 def _init_weights(
     module,
     n_layer,
-    initializer_range=0.02,  # Now only used for embedding layer.
+    initializer_range=0.02,
     rescale_prenorm_residual=True,
-    n_residuals_per_layer=1,  # Change to 2 if we have MLP
-):
+    n_residuals_per_layer=1,
+) -> None:  # noqa: ANN001
+    """Re-initialise one module (called on every module through ``nn.Module.apply``).
+
+    Linear biases are zeroed unless flagged ``_no_reinit``; embeddings are drawn from
+    ``N(0, initializer_range^2)``. With ``rescale_prenorm_residual`` a module's own
+    ``out_proj.weight`` / ``fc2.weight`` is redrawn with PyTorch's default Linear init and divided
+    by ``sqrt(n_residuals_per_layer * n_layer)``, so that the residual stream's variance does not
+    grow with depth (the scheme of GPT-2). Redrawing rather than scaling keeps repeated calls
+    from compounding.
+    """
     if isinstance(module, nn.Linear):
-        if module.bias is not None:
-            if not getattr(module.bias, "_no_reinit", False):
-                nn.init.zeros_(module.bias)
+        bias = module.bias
+        if bias is not None and not getattr(bias, "_no_reinit", False):
+            nn.init.zeros_(bias)
     elif isinstance(module, nn.Embedding):
         nn.init.normal_(module.weight, std=initializer_range)
-
-    if rescale_prenorm_residual:
-        # Reinitialize selected weights subject to the OpenAI GPT-2 Paper Scheme:
-        #   > A modified initialization which accounts for the accumulation on the residual path with model depth.
-        #   > Scale the weights of residual layers at initialization by a factor of 1/√N where N is the # of
-        #   > residual layers.  -- GPT-2 :: https://openai.com/blog/better-language-models/
-        for name, p in module.named_parameters():
-            if name in ["out_proj.weight", "fc2.weight"]:
-                # Special Scaled Initialization --> There are 2 Layer Norms per Transformer Block
-                # Following Pytorch init, except scale by 1/sqrt(2 * n_layer)
-                # We need to reinit p since this code could be called multiple times
-                # Having just p *= scale would repeatedly scale it down
-                nn.init.kaiming_uniform_(p, a=math.sqrt(5))
-                with torch.no_grad():
-                    p /= math.sqrt(n_residuals_per_layer * n_layer)
+    if not rescale_prenorm_residual:
+        return
+    divisor = math.sqrt(n_residuals_per_layer * n_layer)
+    for name, param in module.named_parameters():
+        if name in _RESIDUAL_OUTPUTS:
+            nn.init.kaiming_uniform_(param, a=math.sqrt(5))
+            with torch.no_grad():
+                param.div_(divisor)
 
 
 class MixerModel(nn.Module):
+    """Token ids ``(B, L)`` -> final hidden states ``(B, L, d_model)``: embedding, blocks, final norm.
+
+    The blocks pass a separate residual stream (see ``Block``); the final norm adds the last
+    block's output to it. Extra keyword arguments of :meth:`forward` go to every mixer.
+    """
+
     def __init__(
         self,
         d_model: int,
@@ -143,87 +136,46 @@ class MixerModel(nn.Module):
         residual_in_fp32=False,
         device=None,
         dtype=None,
-    ) -> None:
-        factory_kwargs = {"device": device, "dtype": dtype}
+    ) -> None:  # noqa: ANN001
         super().__init__()
+        factory = {"device": device, "dtype": dtype}
         self.residual_in_fp32 = residual_in_fp32
-
-        self.embedding = nn.Embedding(vocab_size, d_model, **factory_kwargs)
-
-        # We change the order of residual and layer norm:
-        # Instead of LN -> Attn / MLP -> Add, we do:
-        # Add -> LN -> Attn / MLP / Mixer, returning both the residual branch (output of Add) and
-        # the main branch (output of MLP / Mixer). The model definition is unchanged.
-        # This is for performance reason: we can fuse add + layer_norm.
+        self.embedding = nn.Embedding(vocab_size, d_model, **factory)
         self.fused_add_norm = fused_add_norm
+        block_kwargs = dict(d_intermediate=d_intermediate, ssm_cfg=ssm_cfg, attn_layer_idx=attn_layer_idx,
+                            attn_cfg=attn_cfg, norm_epsilon=norm_epsilon, rms_norm=rms_norm,
+                            residual_in_fp32=residual_in_fp32, fused_add_norm=fused_add_norm, **factory)
+        self.layers = nn.ModuleList(create_block(d_model, layer_idx=i, **block_kwargs) for i in range(n_layer))
+        self.norm_f = (RMSNorm if rms_norm else nn.LayerNorm)(d_model, eps=norm_epsilon, **factory)
+        # with an MLP each block adds two branches to the residual stream
+        residual_branches = 1 if d_intermediate == 0 else 2
+        self.apply(partial(_init_weights, n_layer=n_layer, **(initializer_cfg or {}),
+                           n_residuals_per_layer=residual_branches))
+
+    def allocate_inference_cache(self, batch_size: int, max_seqlen: int, dtype=None, **kwargs) -> dict:  # noqa: ANN001
+        """``{layer index: that layer's decode states}``."""
+        return {i: block.allocate_inference_cache(batch_size, max_seqlen, dtype=dtype, **kwargs)
+                for i, block in enumerate(self.layers)}
+
+    def forward(self, input_ids: torch.Tensor, inference_params=None, **mixer_kwargs) -> torch.Tensor:  # noqa: ANN001
+        hidden, residual = self.embedding(input_ids), None
+        for block in self.layers:
+            hidden, residual = block(hidden, residual, inference_params=inference_params, **mixer_kwargs)
+        norm = self.norm_f
         if self.fused_add_norm:
-            if layer_norm_fn is None or rms_norm_fn is None:
-                raise ImportError("Failed to import Triton LayerNorm / RMSNorm kernels")
-
-        self.layers = nn.ModuleList(
-            [
-                create_block(
-                    d_model,
-                    d_intermediate=d_intermediate,
-                    ssm_cfg=ssm_cfg,
-                    attn_layer_idx=attn_layer_idx,
-                    attn_cfg=attn_cfg,
-                    norm_epsilon=norm_epsilon,
-                    rms_norm=rms_norm,
-                    residual_in_fp32=residual_in_fp32,
-                    fused_add_norm=fused_add_norm,
-                    layer_idx=i,
-                    **factory_kwargs,
-                )
-                for i in range(n_layer)
-            ]
-        )
-
-        self.norm_f = (nn.LayerNorm if not rms_norm else RMSNorm)(
-            d_model, eps=norm_epsilon, **factory_kwargs
-        )
-
-        self.apply(
-            partial(
-                _init_weights,
-                n_layer=n_layer,
-                **(initializer_cfg if initializer_cfg is not None else {}),
-                n_residuals_per_layer=1 if d_intermediate == 0 else 2,  # 2 if we have MLP
-            )
-        )
-
-    def allocate_inference_cache(self, batch_size, max_seqlen, dtype=None, **kwargs):
-        return {
-            i: layer.allocate_inference_cache(batch_size, max_seqlen, dtype=dtype, **kwargs)
-            for i, layer in enumerate(self.layers)
-        }
-
-    def forward(self, input_ids, inference_params=None, **mixer_kwargs):
-        hidden_states = self.embedding(input_ids)
-        residual = None
-        for layer in self.layers:
-            hidden_states, residual = layer(
-                hidden_states, residual, inference_params=inference_params, **mixer_kwargs
-            )
-        if not self.fused_add_norm:
-            residual = (hidden_states + residual) if residual is not None else hidden_states
-            hidden_states = self.norm_f(residual.to(dtype=self.norm_f.weight.dtype))
-        else:
-            # Set prenorm=False here since we don't need the residual
-            hidden_states = layer_norm_fn(
-                hidden_states,
-                self.norm_f.weight,
-                self.norm_f.bias,
-                eps=self.norm_f.eps,
-                residual=residual,
-                prenorm=False,
-                residual_in_fp32=self.residual_in_fp32,
-                is_rms_norm=isinstance(self.norm_f, RMSNorm)
-            )
-        return hidden_states
+            # prenorm=False: only the normalised sum is needed after the last block
+            return layer_norm_fn(hidden, norm.weight, norm.bias, eps=norm.eps, residual=residual, prenorm=False,
+                                 residual_in_fp32=self.residual_in_fp32, is_rms_norm=isinstance(norm, RMSNorm))
+        total = hidden if residual is None else hidden + residual
+        return norm(total.to(norm.weight.dtype))
 
 
 class MambaLMHeadModel(nn.Module, GenerationMixin):
+    """``MixerModel`` plus a bias-free ``lm_head`` (tied to the embedding by default): ids ``(B, L)`` -> logits.
+
+    The vocabulary is padded up to a multiple of ``config.pad_vocab_size_multiple``.
+    ``initializer_cfg`` overrides the keyword arguments of the weight re-initialisation.
+    """
 
     def __init__(
         self,
@@ -231,90 +183,56 @@ class MambaLMHeadModel(nn.Module, GenerationMixin):
         initializer_cfg=None,
         device=None,
         dtype=None,
-    ) -> None:
-        self.config = config
-        d_model = config.d_model
-        n_layer = config.n_layer
-        d_intermediate = config.d_intermediate
-        vocab_size = config.vocab_size
-        ssm_cfg = config.ssm_cfg
-        attn_layer_idx = config.attn_layer_idx
-        attn_cfg = config.attn_cfg
-        rms_norm = config.rms_norm
-        residual_in_fp32 = config.residual_in_fp32
-        fused_add_norm = config.fused_add_norm
-        pad_vocab_size_multiple = config.pad_vocab_size_multiple
-        factory_kwargs = {"device": device, "dtype": dtype}
-
+    ) -> None:  # noqa: ANN001
         super().__init__()
-        if vocab_size % pad_vocab_size_multiple != 0:
-            vocab_size += pad_vocab_size_multiple - (vocab_size % pad_vocab_size_multiple)
+        self.config = config
+        factory = {"device": device, "dtype": dtype}
+        multiple = config.pad_vocab_size_multiple
+        vocab = -(-config.vocab_size // multiple) * multiple
         self.backbone = MixerModel(
-            d_model=d_model,
-            n_layer=n_layer,
-            d_intermediate=d_intermediate,
-            vocab_size=vocab_size,
-            ssm_cfg=ssm_cfg,
-            attn_layer_idx=attn_layer_idx,
-            attn_cfg=attn_cfg,
-            rms_norm=rms_norm,
-            initializer_cfg=initializer_cfg,
-            fused_add_norm=fused_add_norm,
-            residual_in_fp32=residual_in_fp32,
-            **factory_kwargs,
-        )
-        self.lm_head = nn.Linear(d_model, vocab_size, bias=False, **factory_kwargs)
-
-        # Initialize weights and apply final processing
-        self.apply(
-            partial(
-                _init_weights,
-                n_layer=n_layer,
-                **(initializer_cfg if initializer_cfg is not None else {}),
-            )
-        )
+            d_model=config.d_model, n_layer=config.n_layer, d_intermediate=config.d_intermediate,
+            vocab_size=vocab, ssm_cfg=config.ssm_cfg, attn_layer_idx=config.attn_layer_idx,
+            attn_cfg=config.attn_cfg, rms_norm=config.rms_norm, initializer_cfg=initializer_cfg,
+            fused_add_norm=config.fused_add_norm, residual_in_fp32=config.residual_in_fp32, **factory)
+        self.lm_head = nn.Linear(config.d_model, vocab, bias=False, **factory)
+        # a second pass over the whole model (default residual count), as mamba-ssm does
+        self.apply(partial(_init_weights, n_layer=config.n_layer, **(initializer_cfg or {})))
         self.tie_weights()
 
-    def tie_weights(self):
+    def tie_weights(self) -> None:
+        """Share the embedding matrix with ``lm_head`` when ``config.tie_embeddings``."""
         if self.config.tie_embeddings:
             self.lm_head.weight = self.backbone.embedding.weight
 
-    def allocate_inference_cache(self, batch_size, max_seqlen, dtype=None, **kwargs):
+    def allocate_inference_cache(self, batch_size: int, max_seqlen: int, dtype=None, **kwargs) -> dict:  # noqa: ANN001
+        """``{layer index: that layer's decode states}`` (see ``MixerModel``)."""
         return self.backbone.allocate_inference_cache(batch_size, max_seqlen, dtype=dtype, **kwargs)
 
-    def forward(self, input_ids, position_ids=None, inference_params=None, num_last_tokens=0, **mixer_kwargs):
+    def forward(self, input_ids: torch.Tensor, position_ids=None, inference_params=None, num_last_tokens=0,
+                **mixer_kwargs) -> CausalLMOutput:  # noqa: ANN001
+        """Logits ``(B, L, V)`` in a ``CausalLMOutput`` namedtuple (only the last ``num_last_tokens`` when > 0).
+
+        ``position_ids`` is accepted for transformers-style callers and ignored: the mixers are
+        recurrent and need no positions.
         """
-        "position_ids" is just to be compatible with Transformer generation. We don't use it.
-        num_last_tokens: if > 0, only return the logits for the last n tokens
-        """
-        hidden_states = self.backbone(input_ids, inference_params=inference_params, **mixer_kwargs)
+        hidden = self.backbone(input_ids, inference_params=inference_params, **mixer_kwargs)
         if num_last_tokens > 0:
-            hidden_states = hidden_states[:, -num_last_tokens:]
-        lm_logits = self.lm_head(hidden_states)
-        CausalLMOutput = namedtuple("CausalLMOutput", ["logits"])
-        return CausalLMOutput(logits=lm_logits)
+            hidden = hidden[:, -num_last_tokens:]
+        return CausalLMOutput(logits=self.lm_head(hidden))
 
     @classmethod
-    def from_pretrained(cls, pretrained_model_name, device=None, dtype=None, **kwargs):
-        config_data = load_config_hf(pretrained_model_name)
-        config = MambaConfig(**config_data)
-        model = cls(config, device=device, dtype=dtype, **kwargs)
+    def from_pretrained(cls, pretrained_model_name, device=None, dtype=None, **kwargs) -> MambaLMHeadModel:  # noqa: ANN001
+        """Build from the hub repository (or directory) ``pretrained_model_name``: its config, then its weights."""
+        model = cls(MambaConfig(**load_config_hf(pretrained_model_name)), device=device, dtype=dtype, **kwargs)
         model.load_state_dict(load_state_dict_hf(pretrained_model_name, device=device, dtype=dtype))
         return model
 
-    def save_pretrained(self, save_directory):
+    def save_pretrained(self, save_directory) -> None:  # noqa: ANN001
+        """Write ``pytorch_model.bin`` (the state_dict) and ``config.json`` into ``save_directory`` (created if needed).
+
+        :meth:`from_pretrained` reads the directory back.
         """
-        Minimal implementation of save_pretrained for MambaLMHeadModel.
-        Save the model and its configuration file to a directory.
-        """
-        # Ensure save_directory exists
         os.makedirs(save_directory, exist_ok=True)
-
-        # Save the model's state_dict
-        model_path = os.path.join(save_directory, 'pytorch_model.bin')
-        torch.save(self.state_dict(), model_path)
-
-        # Save the configuration of the model
-        config_path = os.path.join(save_directory, 'config.json')
-        with open(config_path, 'w') as f:
-            json.dump(self.config.__dict__, f, indent=4)
+        torch.save(self.state_dict(), os.path.join(save_directory, "pytorch_model.bin"))
+        with open(os.path.join(save_directory, "config.json"), "w") as handle:
+            json.dump(vars(self.config), handle, indent=4)

@@ -1,7 +1,7 @@
-"""``mamba_ssm.utils.hf``: load a config / state_dict from the Hugging Face hub (or its local cache).
+"""``mamba_ssm.utils.hf``: read a model's ``config.json`` and ``pytorch_model.bin`` from the Hugging Face hub.
 
-Mirrors mamba-ssm (``mamba_ssm/utils/hf.py`` at e9594ce; Apache-2.0). Needs ``transformers``; imported
-when called, so ``import mamba_ssm`` stays light.
+Files are resolved through transformers' hub cache, so a repository id or a local directory both
+work. transformers is imported on first use only, keeping ``import mamba_ssm`` light.
 """
 
 from __future__ import annotations
@@ -13,29 +13,32 @@ import torch
 __all__ = ["load_config_hf", "load_state_dict_hf"]
 
 
-def _cached_file(model_name, filename):
+def _resolve(model_name: str, filename: str) -> str:
+    """Local path of ``filename`` in the hub repository (or directory) ``model_name``."""
     try:
         from transformers.utils.hub import cached_file
     except ImportError as exc:  # pragma: no cover - transformers is optional
-        raise ImportError(f"loading {model_name!r} from the hub needs transformers ({exc})") from exc
+        raise ImportError(f"reading {filename} of {model_name!r} needs transformers: {exc}") from exc
     return cached_file(model_name, filename, _raise_exceptions_for_missing_entries=False)
 
 
-def load_config_hf(model_name):
-    resolved_archive_file = _cached_file(model_name, "config.json")
-    with open(resolved_archive_file) as f:
-        return json.load(f)
+def load_config_hf(model_name: str) -> dict:
+    """The parsed ``config.json`` of ``model_name``."""
+    with open(_resolve(model_name, "config.json")) as handle:
+        return json.load(handle)
 
 
-def load_state_dict_hf(model_name, device=None, dtype=None):
-    # If not fp32, then we don't want to load directly to the GPU
-    mapped_device = "cpu" if dtype not in [torch.float32, None] else device
-    resolved_archive_file = _cached_file(model_name, "pytorch_model.bin")
-    state_dict = torch.load(resolved_archive_file, map_location=mapped_device, weights_only=True)
-    # Convert dtype before moving to GPU to save memory (upstream returns before doing it; same result
-    # once load_state_dict copies into the model's parameters)
+def load_state_dict_hf(model_name: str, device: torch.device | str | None = None,
+                       dtype: torch.dtype | None = None) -> dict[str, torch.Tensor]:
+    """The tensors of ``pytorch_model.bin``, cast to ``dtype`` and then moved to ``device`` when given.
+
+    A checkpoint that will be cast is read onto the CPU first, so the full-precision copy never
+    occupies accelerator memory.
+    """
+    load_to = device if dtype in (None, torch.float32) else "cpu"
+    tensors = torch.load(_resolve(model_name, "pytorch_model.bin"), map_location=load_to, weights_only=True)
     if dtype is not None:
-        state_dict = {k: v.to(dtype=dtype) for k, v in state_dict.items()}
+        tensors = {name: t.to(dtype=dtype) for name, t in tensors.items()}
     if device is not None:
-        state_dict = {k: v.to(device=device) for k, v in state_dict.items()}
-    return state_dict
+        tensors = {name: t.to(device=device) for name, t in tensors.items()}
+    return tensors
