@@ -228,8 +228,9 @@ class RecurrentSpiking(Recurrent):
     """A spiking layer whose spikes feed back through an affine map: ``S[t] = neuron(x[t] + W S[t-1] + b)``.
 
     ``neuron`` is any neurostep neuron over ``(T, B, N)``; ``recurrent`` an ``nn.Linear(N, N)``.
-    ``S[-1] = 0``. The feedback needs each step's spikes before the next step, so ``scan`` runs
-    step by step. It exports as a NIR subgraph (input -> neuron -> output, neuron -> W -> neuron),
+    The first step has no feedback term at all (not even the bias), as a feedback edge of
+    :class:`NIRNetwork`. The feedback needs each step's spikes before the next step, so ``scan``
+    runs step by step. It exports as a NIR subgraph (input -> neuron -> output, neuron -> W -> neuron),
     the layout snntorch's ``RLeaky`` uses.
     """
 
