@@ -1,23 +1,27 @@
-"""``mamba_ssm.ops.selective_scan_interface`` on neurostep's selective-scan kernel.
+"""``mamba_ssm.ops.selective_scan_interface``: the selective scan and the fused Mamba-block functions.
 
-Mirrors mamba-ssm (state-spaces/mamba, ``mamba_ssm/ops/selective_scan_interface.py`` at e9594ce;
-Apache-2.0, Copyright (c) 2023 Tri Dao, Albert Gu) and the extra functions of Vision Mamba's
-fork (hustvl/Vim, ``mamba-1p1p1``: ``mamba_inner_fn_no_out_proj``, ``bimamba_inner_fn``,
-``bimamba_inner_ref``). ``selective_scan_fn`` runs :func:`neurostep.kernels.selective_scan.selective_scan`
-(numba on CPU, Triton on CUDA) with gradients in every input; the fused ``mamba_inner_fn`` paths
-chain neurostep's causal convolution, the projections and the scan, so autograd differentiates
-them without a hand-written backward. ``selective_scan_ref`` and ``mamba_inner_ref`` are
-upstream's PyTorch references, transcribed.
+Per lane ``(b, d)`` and state index ``n``, with ``dt = softplus(delta + delta_bias)`` when
+``delta_softplus``::
 
-Complex ``A`` (upstream's S4D-complex option) runs through ``selective_scan_ref`` in PyTorch:
-correct and differentiable, but slower and with memory O(batch x dim x L x N); real ``A`` never
-takes that branch. Unlike upstream, the gradient of a returned last state is propagated.
+    h_l = exp(dt_l A[d, n]) h_{l-1} + dt_l B_l[n] u_l ;   out_l = (<h_l, C_l> + D[d] u_l) * silu(z_l)
+
+:func:`selective_scan_fn` runs :func:`neurostep.kernels.selective_scan.selective_scan` (numba on
+CPU, Triton on CUDA), differentiable in every input including a returned last state. A complex
+``A`` (S4D-complex, where the readout is ``2 Re<h, C>``) instead goes through :func:`_scan_loop`,
+a PyTorch loop that autograd differentiates: correct, slower, memory ``O(batch dim L N)``.
+
+``mamba_inner_fn`` and its Vision Mamba variants (``mamba_inner_fn_no_out_proj``,
+``bimamba_inner_fn``) chain the causal conv, ``x_proj``, the step-size projection and the scan;
+autograd provides the backward. The ``*_ref`` functions are plain-PyTorch oracles built
+independently of those fused paths (the loop scan, the public ``causal_conv1d_fn``).
+The ``*Fn`` classes only carry ``apply``, for callers written against upstream's autograd Functions.
 """
 
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from torch import Tensor
 
 from neurostep.compat.causal_conv1d.causal_conv1d_interface import causal_conv1d_fn
 from neurostep.kernels.causal_conv1d import causal_conv1d as _causal_conv1d
@@ -39,194 +43,173 @@ __all__ = [
 ]
 
 
-def selective_scan_fn(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
-                      return_last_state=False):
-    """if return_last_state is True, returns (out, last_state)
-    last_state has shape (batch, dim, dstate).
+# -- the scan ---------------------------------------------------------------------------------------
 
-    u, delta, z: (batch, dim, L); A: (dim, N); B, C: (dim, N), (batch, N, L) or (batch, G, N, L);
-    D, delta_bias: (dim,). ``out`` has ``u``'s dtype.
+def selective_scan_fn(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
+                      return_last_state=False):  # noqa: ANN001, ANN201
+    """Selective scan over ``L`` steps.
+
+    Args:
+        u, delta: ``(batch, dim, L)``; z: ``(batch, dim, L)`` or None (no gate).
+        A: ``(dim, N)``, real or complex.
+        B, C: ``(dim, N)`` (constant), ``(batch, N, L)`` or grouped ``(batch, G, N, L)``; for a
+            complex ``A`` the variable forms hold real/imaginary pairs along the last axis (``2L``).
+        D, delta_bias: ``(dim,)`` or None.
+        delta_softplus: apply softplus to ``delta + delta_bias``.
+        return_last_state: also return ``h_{L-1}``.
+
+    Returns:
+        ``out (batch, dim, L)`` in ``u``'s dtype, or ``(out, last_state (batch, dim, N))``.
     """
-    if isinstance(A, torch.Tensor) and A.is_complex():
-        return _selective_scan_complex(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state)
+    if isinstance(A, Tensor) and A.is_complex():
+        return _scan_loop(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state)
     out, last = _selective_scan(u, delta, A, B, C, D, z, delta_bias, bool(delta_softplus),
                                 output_final_state=bool(return_last_state))
     return (out, last) if return_last_state else out
 
 
 def selective_scan_ref(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
-                       return_last_state=False):
-    """
-    u: r(B D L)
-    delta: r(B D L)
-    A: c(D N) or r(D N)
-    B: c(D N) or r(B N L) or r(B N 2L) or r(B G N L) or (B G N L)
-    C: c(D N) or r(B N L) or r(B N 2L) or r(B G N L) or (B G N L)
-    D: r(D)
-    z: r(B D L)
-    delta_bias: r(D), fp32
+                       return_last_state=False):  # noqa: ANN001, ANN201
+    """:func:`selective_scan_fn` computed by :func:`_scan_loop`: the PyTorch oracle the kernels are tested against.
 
-    out: r(B D L)
-    last_state (optional): r(B D dstate) or c(B D dstate)
+    Same arguments and return convention; fp32 arithmetic (fp64 for fp64 ``u``).
     """
-    dtype_in = u.dtype
-    u = u.float()
-    delta = delta.float()
+    return _scan_loop(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state)
+
+
+def _lanes_bc(M: Tensor, dim: int, complex_A: bool, cdtype: torch.dtype) -> Tensor:
+    """B or C in a layout that broadcasts against ``(batch, dim, L, N)``.
+
+    Constant ``(dim, N)`` -> ``(1, dim, 1, N)``; ``(batch, N, L)`` -> ``(batch, 1, L, N)``;
+    grouped ``(batch, G, N, L)`` -> ``(batch, dim, L, N)`` (lane ``d`` takes group ``d // (dim / G)``).
+    For a complex ``A`` the variable forms' interleaved ``2L`` axis becomes ``L`` complex values.
+    """
+    if M.dim() == 2:
+        return (M if M.is_complex() else M.to(cdtype))[None, :, None, :]
+    M = M.to(cdtype)
+    if complex_A:
+        M = torch.view_as_complex(M.unflatten(-1, (-1, 2)).contiguous())
+    M = M.unsqueeze(1) if M.dim() == 3 else M.repeat_interleave(dim // M.shape[1], dim=1)
+    return M.transpose(-1, -2)
+
+
+def _scan_loop(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state):  # noqa: ANN001, ANN202
+    """The scan as a Python loop over time that autograd differentiates; real or complex ``A``.
+
+    The per-step work is two elementwise ops on ``(batch, dim, N)``; the readout against ``C``
+    runs once on the stacked states. With a complex ``A`` the output is ``2 Re<h, C>``.
+    """
+    cdtype = torch.float64 if u.dtype == torch.float64 else torch.float32
+    dim, complex_A = A.shape[0], A.is_complex()
+    uc = u.to(cdtype)
+    dt = delta.to(cdtype)
     if delta_bias is not None:
-        delta = delta + delta_bias[..., None].float()
-    if delta_softplus:
-        delta = F.softplus(delta)
-    batch, dim, dstate = u.shape[0], A.shape[0], A.shape[1]
-    is_variable_B = B.dim() >= 3
-    is_variable_C = C.dim() >= 3
-    if A.is_complex():
-        if is_variable_B:
-            B = torch.view_as_complex(B.float().unflatten(-1, (-1, 2)).contiguous())
-        if is_variable_C:
-            C = torch.view_as_complex(C.float().unflatten(-1, (-1, 2)).contiguous())
-    else:
-        B = B.float()
-        C = C.float()
-    x = A.new_zeros((batch, dim, dstate))
-    ys = []
-    deltaA = torch.exp(torch.einsum('bdl,dn->bdln', delta, A))
-    if not is_variable_B:
-        deltaB_u = torch.einsum('bdl,dn,bdl->bdln', delta, B, u)
-    else:
-        if B.dim() == 3:
-            deltaB_u = torch.einsum('bdl,bnl,bdl->bdln', delta, B, u)
-        else:
-            B = B.repeat_interleave(dim // B.shape[1], dim=1)
-            deltaB_u = torch.einsum('bdl,bdnl,bdl->bdln', delta, B, u)
-    if is_variable_C and C.dim() == 4:
-        C = C.repeat_interleave(dim // C.shape[1], dim=1)
-    last_state = None
-    for i in range(u.shape[2]):
-        x = deltaA[:, :, i] * x + deltaB_u[:, :, i]
-        if not is_variable_C:
-            y = torch.einsum('bdn,dn->bd', x, C)
-        else:
-            if C.dim() == 3:
-                y = torch.einsum('bdn,bn->bd', x, C[:, :, i])
-            else:
-                y = torch.einsum('bdn,bdn->bd', x, C[:, :, :, i])
-        if i == u.shape[2] - 1:
-            last_state = x
-        if y.is_complex():
-            y = y.real * 2
-        ys.append(y)
-    y = torch.stack(ys, dim=2)  # (batch dim L)
-    out = y if D is None else y + u * D[:, None]
-    if z is not None:
-        out = out * F.silu(z)
-    out = out.to(dtype=dtype_in)
-    return out if not return_last_state else (out, last_state)
-
-
-def _complex_bc(M, dim):
-    """Complex B/C as ``(dim, N)``, or ``(batch, dim, N, L)`` from upstream's interleaved real layout."""
-    if M.dim() < 3:
-        return M
-    M = torch.view_as_complex(M.float().unflatten(-1, (-1, 2)).contiguous())  # (b, N, L) or (b, G, N, L)
-    if M.dim() == 3:
-        return M[:, None]
-    return M.repeat_interleave(dim // M.shape[1], dim=1)
-
-
-def _selective_scan_complex(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state):
-    """Complex ``A``: upstream's semantics (``y = 2 Re<h, C>``) as a PyTorch loop that autograd differentiates.
-
-    The same recurrence as ``selective_scan_ref`` with two elementwise ops per step and the
-    readout vectorised after the loop (the reference runs an einsum per step).
-    """
-    dtype_in = u.dtype
-    uf, dt = u.float(), delta.float()
-    if delta_bias is not None:
-        dt = dt + delta_bias[..., None].float()
+        dt = dt + delta_bias.to(cdtype).unsqueeze(-1)
     if delta_softplus:
         dt = F.softplus(dt)
-    dim = A.shape[0]
-    Bc, Cc = _complex_bc(B, dim), _complex_bc(C, dim)
-    dA = torch.exp(dt[..., None] * A[:, None, :])  # (b, d, l, n)
-    if Bc.dim() == 2:
-        dBu = (dt * uf)[..., None] * Bc[:, None, :]
-    else:
-        dBu = (dt * uf)[..., None] * Bc.transpose(-1, -2)
-    x = dA.new_zeros(dA.shape[0], dim, A.shape[1])
-    states = []
-    # unbind, not dA[:, :, i]: the backward of each index would materialise a full-size zero gradient
-    for dA_i, dBu_i in zip(dA.unbind(2), dBu.unbind(2)):
-        x = dA_i * x + dBu_i
-        states.append(x)
-    hs = torch.stack(states, dim=2)  # (b, d, l, n)
-    y = (hs * (Cc[:, None, :] if Cc.dim() == 2 else Cc.transpose(-1, -2))).sum(-1).real * 2
-    out = y if D is None else y + uf * D[:, None]
+    rates = A if complex_A else A.to(cdtype)
+    decay = torch.exp(dt.unsqueeze(-1) * rates[:, None, :])  # (batch, dim, L, N)
+    drive = (dt * uc).unsqueeze(-1) * _lanes_bc(B, dim, complex_A, cdtype)
+    h = decay.new_zeros(decay.shape[0], dim, A.shape[1])
+    history = []
+    # unbind rather than index: indexing's backward would allocate a full-size zero gradient per step
+    for a_t, b_t in zip(decay.unbind(2), drive.unbind(2)):
+        h = a_t * h + b_t
+        history.append(h)
+    y = (torch.stack(history, dim=2) * _lanes_bc(C, dim, complex_A, cdtype)).sum(-1)
+    if y.is_complex():
+        y = 2 * y.real
+    if D is not None:
+        y = y + D.to(cdtype).unsqueeze(-1) * uc
     if z is not None:
-        out = out * F.silu(z)
-    out = out.to(dtype=dtype_in)
-    return out if not return_last_state else (out, x)
+        y = y * F.silu(z.to(cdtype))
+    out = y.to(u.dtype)
+    return (out, h) if return_last_state else out
 
 
-def rms_norm_forward(x, weight, bias, eps=1e-6, is_rms_norm=True):
-    """Row-wise RMSNorm (LayerNorm if not ``is_rms_norm``) of ``x (rows, d)`` in fp32, back in ``x``'s dtype."""
-    xf = x.float() if x.dtype != torch.float64 else x
-    w = weight.to(xf.dtype)
-    b = None if bias is None else bias.to(xf.dtype)
+# -- pieces of the fused block ------------------------------------------------------------------------
+
+def rms_norm_forward(x, weight, bias, eps=1e-6, is_rms_norm=True):  # noqa: ANN001, ANN201
+    """Normalise each row of ``x (..., d)`` (RMSNorm, or LayerNorm when not ``is_rms_norm``), weight and bias applied.
+
+    Computed in fp32 (fp64 stays fp64) and returned in ``x``'s dtype.
+    """
+    work = x if x.dtype == torch.float64 else x.float()
+    w = weight.to(work.dtype)
+    b = None if bias is None else bias.to(work.dtype)
+    width = (x.shape[-1],)
     if is_rms_norm:
-        y = F.rms_norm(xf, (x.shape[-1],), w, eps)
-        y = y if b is None else y + b
+        y = F.rms_norm(work, width, w, eps)
+        if b is not None:
+            y = y + b
     else:
-        y = F.layer_norm(xf, (x.shape[-1],), w, b, eps)
+        y = F.layer_norm(work, width, w, b, eps)
     return y.to(x.dtype)
 
 
-def _conv_weight_2d(conv1d_weight: torch.Tensor) -> torch.Tensor:
-    """``(d, 1, w)`` -> ``(d, w)``."""
-    return conv1d_weight.reshape(conv1d_weight.shape[0], conv1d_weight.shape[-1])
+def _norm_over_channels(M: Tensor, weight: Tensor | None, eps: float) -> Tensor:
+    """RMSNorm of ``M (batch, channels, L)`` over its channel axis (identity when ``weight`` is None)."""
+    return M if weight is None else rms_norm_forward(M.mT, weight, None, eps=eps).mT
 
 
-def _split_bc(M, bias, is_complex):
-    """``(b, l, N)`` rows of ``x_dbl`` -> ``(b, N, L)`` real, or ``(b, N/2, 2L)`` interleaved for complex A."""
+def _bc_from_rows(rows: Tensor, bias: Tensor | None, complex_A: bool) -> Tensor:
+    """A B or C block of ``x_proj``'s output, ``(batch, L, N')`` -> the scan's ``(batch, N', L)``.
+
+    For a complex ``A``, ``N' = 2N`` real/imaginary pairs are moved next to each other along
+    time: ``(batch, N, 2L)``.
+    """
     if bias is not None:
-        M = M + bias.to(dtype=M.dtype)
-    if not is_complex:
-        return M.transpose(1, 2)
-    batch, length, two_n = M.shape
-    return M.reshape(batch, length, two_n // 2, 2).permute(0, 2, 1, 3).reshape(batch, two_n // 2, 2 * length)
+        rows = rows + bias.to(rows.dtype)
+    if not complex_A:
+        return rows.mT
+    batch, length, width = rows.shape
+    pairs = rows.view(batch, length, width // 2, 2).permute(0, 2, 1, 3)
+    return pairs.reshape(batch, width // 2, 2 * length)
 
 
-def _inner_scan_inputs(xz, conv1d_weight, conv1d_bias, x_proj_weight, delta_proj_weight, A, B, C,
-                       B_proj_bias, C_proj_bias, b_rms_weight=None, c_rms_weight=None, dt_rms_weight=None,
-                       b_c_dt_rms_eps=1e-6):
-    """Conv + SiLU, x_proj, dt projection and B/C of the fused Mamba path: ``(x, z, delta, B, C)``."""
-    if xz.dim() != 3 or xz.shape[1] % 2:
-        raise ValueError(f"xz must have shape (batch, 2 * dim, seqlen), got {tuple(xz.shape)}")
-    length = xz.shape[-1]
-    delta_rank = delta_proj_weight.shape[1]
-    is_complex = A.is_complex()
-    d_state = A.shape[-1] * (2 if is_complex else 1)
-    x, z = xz.chunk(2, dim=1)
-    xc, _ = _causal_conv1d(x, _conv_weight_2d(conv1d_weight), conv1d_bias, "silu")
-    x_dbl = F.linear(xc.transpose(1, 2), x_proj_weight)  # (b, l, delta_rank + ...)
-    # (dim, rank) @ (b, rank, l): delta comes out (b, dim, l), the scan's layout, with no transpose copy.
-    delta = torch.matmul(delta_proj_weight, x_dbl[..., :delta_rank].transpose(1, 2))
+def _selection(x_dbl: Tensor, delta_proj_weight: Tensor, A: Tensor, B: Tensor | None, C: Tensor | None,
+               B_proj_bias: Tensor | None, C_proj_bias: Tensor | None) -> tuple[Tensor, Tensor, Tensor]:
+    """``delta (batch, dim, L)`` and ``B``, ``C`` from ``x_dbl (batch, L, R + 2N')`` (given B/C are kept)."""
+    rank = delta_proj_weight.shape[1]
+    width = A.shape[-1] * (2 if A.is_complex() else 1)
+    # (dim, R) @ (batch, R, L) lands directly in the scan's (batch, dim, L) layout
+    delta = delta_proj_weight @ x_dbl[..., :rank].mT
     if B is None:
-        B = _split_bc(x_dbl[..., delta_rank:delta_rank + d_state], B_proj_bias, is_complex)
-        if b_rms_weight is not None:
-            B = rms_norm_forward(B.transpose(1, 2), b_rms_weight, None, eps=b_c_dt_rms_eps).transpose(1, 2)
+        B = _bc_from_rows(x_dbl[..., rank:rank + width], B_proj_bias, A.is_complex())
     if C is None:
-        C = _split_bc(x_dbl[..., x_dbl.shape[-1] - d_state:], C_proj_bias, is_complex)
-        if c_rms_weight is not None:
-            C = rms_norm_forward(C.transpose(1, 2), c_rms_weight, None, eps=b_c_dt_rms_eps).transpose(1, 2)
-    if dt_rms_weight is not None:
-        delta = rms_norm_forward(delta.transpose(1, 2), dt_rms_weight, None, eps=b_c_dt_rms_eps).transpose(1, 2)
-    assert delta.shape[-1] == length
-    return xc, z, delta, B, C
+        C = _bc_from_rows(x_dbl[..., x_dbl.shape[-1] - width:], C_proj_bias, A.is_complex())
+    return delta, B, C
 
 
-def _out_proj(y, out_proj_weight, out_proj_bias):
-    return F.linear(y.transpose(1, 2), out_proj_weight, out_proj_bias)
+def _conv_and_select(xz, conv1d_weight, conv1d_bias, x_proj_weight, delta_proj_weight, A, B, C,
+                     B_proj_bias, C_proj_bias, b_rms_weight=None, c_rms_weight=None, dt_rms_weight=None,
+                     eps=1e-6):  # noqa: ANN001, ANN202
+    """Everything before the scan in the fused block: ``(x, z, delta, B, C)`` from ``xz (batch, 2 dim, L)``."""
+    if xz.dim() != 3 or xz.shape[1] % 2:
+        raise ValueError(f"xz is (batch, 2 * dim, seqlen); got shape {tuple(xz.shape)}")
+    x, z = xz.chunk(2, dim=1)
+    x, _ = _causal_conv1d(x, conv1d_weight.reshape(conv1d_weight.shape[0], -1), conv1d_bias, "silu")
+    x_dbl = F.linear(x.mT, x_proj_weight)  # (batch, L, R + 2N')
+    given_B, given_C = B, C
+    delta, B, C = _selection(x_dbl, delta_proj_weight, A, B, C, B_proj_bias, C_proj_bias)
+    if given_B is None:
+        B = _norm_over_channels(B, b_rms_weight, eps)
+    if given_C is None:
+        C = _norm_over_channels(C, c_rms_weight, eps)
+    return x, z, _norm_over_channels(delta, dt_rms_weight, eps), B, C
 
+
+def _reverse_time(M: Tensor) -> Tensor:
+    """Flip the last (time) axis of a per-step tensor; a constant ``(dim, N)`` B/C is returned as is."""
+    return M.flip(-1) if M.dim() >= 3 else M
+
+
+def _project_out(y: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+    """``(batch, dim, L)`` -> ``(batch, L, out)``."""
+    return F.linear(y.mT, weight, bias)
+
+
+# -- fused block functions -----------------------------------------------------------------------------
 
 def mamba_inner_fn(
     xz, conv1d_weight, conv1d_bias, x_proj_weight, delta_proj_weight,
@@ -234,26 +217,30 @@ def mamba_inner_fn(
     A, B=None, C=None, D=None, delta_bias=None, B_proj_bias=None,
     C_proj_bias=None, delta_softplus=True, checkpoint_lvl=1, b_rms_weight=None, c_rms_weight=None,
     dt_rms_weight=None, b_c_dt_rms_eps=1e-6
-):
-    """The fused Mamba block after ``in_proj``: ``xz (batch, 2 * dim, L)`` -> ``(batch, L, out_dim)``.
+):  # noqa: ANN001, ANN201
+    """A Mamba layer after ``in_proj``: ``xz (batch, 2 dim, L)`` -> ``(batch, L, out)``.
 
-    ``checkpoint_lvl`` is accepted for compatibility; neurostep's scan never stores per-step states.
+    ``xz`` holds the conv input and the gate ``z``. ``conv1d_weight (dim, 1, W)``,
+    ``x_proj_weight (R + 2N, dim)``, ``delta_proj_weight (dim, R)``, ``out_proj_weight (out, dim)``.
+    ``B`` / ``C`` given explicitly replace the projected ones; ``B_proj_bias`` / ``C_proj_bias`` and
+    the ``*_rms_weight`` norms (over channels, ``eps = b_c_dt_rms_eps``) shape the projected ones.
+    ``checkpoint_lvl`` is accepted and has no effect: the scan stores no per-step states.
     """
-    x, z, delta, B, C = _inner_scan_inputs(xz, conv1d_weight, conv1d_bias, x_proj_weight, delta_proj_weight, A,
-                                           B, C, B_proj_bias, C_proj_bias, b_rms_weight, c_rms_weight,
-                                           dt_rms_weight, b_c_dt_rms_eps)
+    x, z, delta, B, C = _conv_and_select(xz, conv1d_weight, conv1d_bias, x_proj_weight, delta_proj_weight, A, B,
+                                         C, B_proj_bias, C_proj_bias, b_rms_weight, c_rms_weight, dt_rms_weight,
+                                         b_c_dt_rms_eps)
     y = selective_scan_fn(x, delta, A, B, C, D, z=z, delta_bias=delta_bias, delta_softplus=delta_softplus)
-    return _out_proj(y, out_proj_weight, out_proj_bias)
+    return _project_out(y, out_proj_weight, out_proj_bias)
 
 
 def mamba_inner_fn_no_out_proj(
     xz, conv1d_weight, conv1d_bias, x_proj_weight, delta_proj_weight,
     A, B=None, C=None, D=None, delta_bias=None, B_proj_bias=None,
     C_proj_bias=None, delta_softplus=True, checkpoint_lvl=1
-):
-    """Vision Mamba's variant: the gated scan output ``(batch, dim, L)``, before ``out_proj``."""
-    x, z, delta, B, C = _inner_scan_inputs(xz, conv1d_weight, conv1d_bias, x_proj_weight, delta_proj_weight, A,
-                                           B, C, B_proj_bias, C_proj_bias)
+):  # noqa: ANN001, ANN201
+    """:func:`mamba_inner_fn` stopped before ``out_proj``: the gated scan output ``(batch, dim, L)`` (Vision Mamba)."""
+    x, z, delta, B, C = _conv_and_select(xz, conv1d_weight, conv1d_bias, x_proj_weight, delta_proj_weight, A, B,
+                                         C, B_proj_bias, C_proj_bias)
     return selective_scan_fn(x, delta, A, B, C, D, z=z, delta_bias=delta_bias, delta_softplus=delta_softplus)
 
 
@@ -262,39 +249,31 @@ def bimamba_inner_fn(
     out_proj_weight, out_proj_bias,
     A, A_b, B=None, C=None, D=None, delta_bias=None, B_proj_bias=None,
     C_proj_bias=None, delta_softplus=True, checkpoint_lvl=1
-):
-    """Vision Mamba's "v1" bidirectional block: one conv and projection, a forward scan with ``A`` and
-    a scan of the flipped sequence with ``A_b``, summed before ``out_proj``."""
+):  # noqa: ANN001, ANN201
+    """Vision Mamba's ``"v1"`` bidirectional layer: ``xz (batch, 2 dim, L)`` -> ``(batch, L, out)``.
+
+    One conv and one set of projections feed two scans, forward in time with ``A`` and backward
+    with ``A_b`` (real); their outputs are added before ``out_proj``.
+    """
     if A_b.is_complex():
-        raise ValueError("A_b should not be complex (Vision Mamba's bimamba_inner_fn asserts it too)")
-    x, z, delta, B, C = _inner_scan_inputs(xz, conv1d_weight, conv1d_bias, x_proj_weight, delta_proj_weight, A,
-                                           B, C, B_proj_bias, C_proj_bias)
-    y_f = selective_scan_fn(x, delta, A, B, C, D, z=z, delta_bias=delta_bias, delta_softplus=delta_softplus)
-    flip = [-1]
-    y_b = selective_scan_fn(x.flip(flip), delta.flip(flip), A_b, B.flip(flip) if B.dim() >= 3 else B,
-                            C.flip(flip) if C.dim() >= 3 else C, D, z=z.flip(flip), delta_bias=delta_bias,
-                            delta_softplus=delta_softplus)
-    return _out_proj(y_f + y_b.flip(flip), out_proj_weight, out_proj_bias)
+        raise ValueError("A_b should not be complex: the reversed scan of bimamba_inner_fn is real")
+    x, z, delta, B, C = _conv_and_select(xz, conv1d_weight, conv1d_bias, x_proj_weight, delta_proj_weight, A, B,
+                                         C, B_proj_bias, C_proj_bias)
+    forward = selective_scan_fn(x, delta, A, B, C, D, z=z, delta_bias=delta_bias, delta_softplus=delta_softplus)
+    backward = selective_scan_fn(x.flip(-1), delta.flip(-1), A_b, _reverse_time(B), _reverse_time(C), D,
+                                 z=z.flip(-1), delta_bias=delta_bias, delta_softplus=delta_softplus)
+    return _project_out(forward + backward.flip(-1), out_proj_weight, out_proj_bias)
 
 
-def _ref_scan_inputs(xz, conv1d_weight, conv1d_bias, x_proj_weight, delta_proj_weight, A, B, C,
-                     B_proj_bias, C_proj_bias):
-    """Upstream's reference preparation (through ``causal_conv1d_fn``), shared by the two ``_ref`` functions."""
-    L = xz.shape[-1]
-    delta_rank = delta_proj_weight.shape[1]
-    d_state = A.shape[-1] * (1 if not A.is_complex() else 2)
+# -- references -----------------------------------------------------------------------------------------
+
+def _reference_inputs(xz, conv1d_weight, conv1d_bias, x_proj_weight, delta_proj_weight, A, B, C,
+                      B_proj_bias, C_proj_bias):  # noqa: ANN001, ANN202
+    """``(x, z, delta, B, C)`` through the public ``causal_conv1d_fn`` (independent of the fused path's kernel call)."""
     x, z = xz.chunk(2, dim=1)
-    x = causal_conv1d_fn(x, _conv_weight_2d(conv1d_weight), conv1d_bias, activation="silu")
-    x_dbl = F.linear(x.transpose(1, 2).reshape(-1, x.shape[1]), x_proj_weight)  # (bl d)
-    delta = delta_proj_weight @ x_dbl[:, :delta_rank].t()
-    delta = delta.reshape(delta.shape[0], -1, L).transpose(0, 1)  # "d (b l) -> b d l"
-    batch = xz.shape[0]
-    if B is None:  # variable B
-        B = _split_bc(x_dbl[:, delta_rank:delta_rank + d_state].reshape(batch, L, d_state), B_proj_bias,
-                      A.is_complex()).contiguous()
-    if C is None:  # variable C
-        C = _split_bc(x_dbl[:, -d_state:].reshape(batch, L, d_state), C_proj_bias, A.is_complex()).contiguous()
-    return x, z, delta, B, C
+    x = causal_conv1d_fn(x, conv1d_weight.reshape(conv1d_weight.shape[0], -1), conv1d_bias, activation="silu")
+    delta, B, C = _selection(F.linear(x.mT, x_proj_weight), delta_proj_weight, A, B, C, B_proj_bias, C_proj_bias)
+    return x, z, delta, B.contiguous(), C.contiguous()
 
 
 def mamba_inner_ref(
@@ -302,11 +281,12 @@ def mamba_inner_ref(
     out_proj_weight, out_proj_bias,
     A, B=None, C=None, D=None, delta_bias=None, B_proj_bias=None,
     C_proj_bias=None, delta_softplus=True
-):
-    x, z, delta, B, C = _ref_scan_inputs(xz, conv1d_weight, conv1d_bias, x_proj_weight, delta_proj_weight, A, B, C,
-                                         B_proj_bias, C_proj_bias)
+):  # noqa: ANN001, ANN201
+    """Reference for :func:`mamba_inner_fn`, built from the unfused public ops (softplus always applied)."""
+    x, z, delta, B, C = _reference_inputs(xz, conv1d_weight, conv1d_bias, x_proj_weight, delta_proj_weight, A, B,
+                                          C, B_proj_bias, C_proj_bias)
     y = selective_scan_fn(x, delta, A, B, C, D, z=z, delta_bias=delta_bias, delta_softplus=True)
-    return F.linear(y.transpose(1, 2), out_proj_weight, out_proj_bias)
+    return _project_out(y, out_proj_weight, out_proj_bias)
 
 
 def bimamba_inner_ref(
@@ -314,37 +294,40 @@ def bimamba_inner_ref(
     out_proj_weight, out_proj_bias,
     A, A_b, B=None, C=None, D=None, delta_bias=None, B_proj_bias=None,
     C_proj_bias=None, delta_softplus=True
-):
-    x, z, delta, B, C = _ref_scan_inputs(xz, conv1d_weight, conv1d_bias, x_proj_weight, delta_proj_weight, A, B, C,
-                                         B_proj_bias, C_proj_bias)
-    y = selective_scan_fn(x, delta, A, B, C, D, z=z, delta_bias=delta_bias, delta_softplus=True)
-    y_b = selective_scan_fn(x.flip([-1]), delta.flip([-1]), A_b, B.flip([-1]), C.flip([-1]), D, z.flip([-1]),
-                            delta_bias, delta_softplus=True)
-    y = y + y_b.flip([-1])
-    return F.linear(y.transpose(1, 2), out_proj_weight, out_proj_bias)
+):  # noqa: ANN001, ANN201
+    """Reference for :func:`bimamba_inner_fn`, built from the unfused public ops (softplus always applied)."""
+    x, z, delta, B, C = _reference_inputs(xz, conv1d_weight, conv1d_bias, x_proj_weight, delta_proj_weight, A, B,
+                                          C, B_proj_bias, C_proj_bias)
+    ahead = selective_scan_fn(x, delta, A, B, C, D, z=z, delta_bias=delta_bias, delta_softplus=True)
+    behind = selective_scan_fn(x.flip(-1), delta.flip(-1), A_b, B.flip(-1), C.flip(-1), D, z.flip(-1), delta_bias,
+                               delta_softplus=True)
+    return _project_out(ahead + behind.flip(-1), out_proj_weight, out_proj_bias)
 
+
+# -- upstream's autograd.Function names -------------------------------------------------------------
 
 class SelectiveScanFn:
-    """Upstream's autograd Function name, for code that calls ``SelectiveScanFn.apply(...)``."""
+    """``SelectiveScanFn.apply(...)`` is :func:`selective_scan_fn` (positional arguments in the same order)."""
 
     @staticmethod
-    def apply(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False, return_last_state=False):
+    def apply(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
+              return_last_state=False):  # noqa: ANN001, ANN205
         return selective_scan_fn(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state)
 
 
 class MambaInnerFn:
-    """Upstream's autograd Function name, for code that calls ``MambaInnerFn.apply(...)``."""
+    """``MambaInnerFn.apply(...)`` is :func:`mamba_inner_fn`."""
 
     apply = staticmethod(mamba_inner_fn)
 
 
 class MambaInnerFnNoOutProj:
-    """Vision Mamba's autograd Function name for :func:`mamba_inner_fn_no_out_proj`."""
+    """``MambaInnerFnNoOutProj.apply(...)`` is :func:`mamba_inner_fn_no_out_proj`."""
 
     apply = staticmethod(mamba_inner_fn_no_out_proj)
 
 
 class BiMambaInnerFn:
-    """Vision Mamba's autograd Function name for :func:`bimamba_inner_fn`."""
+    """``BiMambaInnerFn.apply(...)`` is :func:`bimamba_inner_fn`."""
 
     apply = staticmethod(bimamba_inner_fn)
