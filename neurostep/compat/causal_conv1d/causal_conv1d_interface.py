@@ -1,15 +1,17 @@
-"""``causal_conv1d.causal_conv1d_interface`` on neurostep's causal-convolution kernel.
+"""``causal_conv1d.causal_conv1d_interface``: the depthwise causal convolution and its decode update.
 
-Mirrors causal-conv1d 1.6 (Dao-AILab/causal-conv1d, ``causal_conv1d/causal_conv1d_interface.py``
-at 0d2252d; BSD-3-Clause, Copyright (c) 2024 Tri Dao). ``causal_conv1d_fn`` runs
-:func:`neurostep.kernels.causal_conv1d.causal_conv1d` (numba on CPU, Triton on CUDA) and is
-differentiable in ``x``, ``weight``, ``bias`` and ``initial_states``; ``causal_conv1d_update``
-updates ``conv_state`` in place as the CUDA kernel does. The ``_ref`` functions are upstream's
-PyTorch references, transcribed.
+With ``W`` taps, per channel ``d``::
 
-Beyond upstream (never less): any width ``W >= 1`` (upstream: 2 to 4), both memory layouts for
-``initial_states`` / ``final_states_out`` (upstream: channel-last only), float64, and
-causal-conv1d 1.0's positional order ``causal_conv1d_fn(x, weight, bias, "silu")``.
+    out[b, d, t] = act(bias[d] + sum_k weight[d, k] * xpad[b, d, t + k])
+
+where ``xpad`` is the input preceded by ``W - 1`` steps of history (zeros, or ``initial_states``)
+and ``act`` is SiLU or the identity. :func:`causal_conv1d_fn` runs
+:func:`neurostep.kernels.causal_conv1d.causal_conv1d` (numba on CPU, Triton on CUDA), differentiable
+in ``x``, ``weight``, ``bias`` and ``initial_states``; :func:`causal_conv1d_update` advances a decode
+cache in place. The ``_ref`` functions are plain-PyTorch oracles for the tests.
+
+Accepted beyond causal-conv1d itself: any ``W >= 1``, ``initial_states`` / ``final_states_out`` in
+either memory layout, float64, and the 1.0-era positional call ``causal_conv1d_fn(x, weight, bias, "silu")``.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from neurostep.kernels.causal_conv1d import causal_conv1d as _causal_conv1d
+from neurostep.kernels.causal_conv1d.reference import padded_input
 
 __all__ = [
     "CausalConv1dFn",
@@ -30,7 +33,7 @@ __all__ = [
 
 def _check_activation(activation: str | None) -> bool:
     if activation not in (None, "silu", "swish"):
-        raise NotImplementedError("activation must be None, silu, or swish")
+        raise NotImplementedError(f"activation is None, 'silu' or 'swish', got {activation!r}")
     return activation is not None
 
 
@@ -90,16 +93,20 @@ def causal_conv1d_fn(
     final_states_out=None,
     activation=None,
 ):
-    """
-    x: (batch, dim, seqlen)
-    weight: (dim, width)
-    bias: (dim,)
-    seq_idx: (batch, seqlen)
-    initial_states: (batch, dim, width - 1)
-    final_states_out: (batch, dim, width - 1), to be written to
-    activation: either None or "silu" or "swish"
+    """Causal depthwise convolution of ``x (batch, dim, L)`` with ``weight (dim, W)``.
 
-    out: (batch, dim, seqlen)
+    Args:
+        bias: ``(dim,)`` or None.
+        seq_idx: ``(batch, L)`` integer sequence ids of packed sequences: a tap only reaches back
+            within its own sequence; positions with a negative id output 0. Excludes
+            ``initial_states`` and final states.
+        initial_states: ``(batch, dim, W - 1)``, the history before ``x[..., 0]`` (default zeros).
+        return_final_states: also return the last ``W - 1`` inputs (history included), ``(batch, dim, W - 1)``.
+        final_states_out: a tensor of that shape to write them into (and return).
+        activation: None, ``"silu"`` or ``"swish"`` (the same as ``"silu"``).
+
+    Returns:
+        ``out (batch, dim, L)`` in ``x``'s dtype, or ``(out, final_states)``.
     """
     if isinstance(seq_idx, str) and activation is None:
         # causal-conv1d 1.0's order was (x, weight, bias, activation); code written for it still runs.
@@ -108,9 +115,10 @@ def causal_conv1d_fn(
     _check_conv_args(x, weight)
     if seq_idx is not None:
         if initial_states is not None:
-            raise ValueError("initial_states must be None if seq_idx is not None")
+            raise ValueError("initial_states must be None when seq_idx is given (packed sequences start from zeros)")
         if return_final_states:
-            raise ValueError("If seq_idx is not None, we don't return final_states_out")
+            raise ValueError("with seq_idx there are no final states: leave return_final_states off "
+                             "and final_states_out unset")
         return _causal_conv1d_seq_idx(x, weight, bias, seq_idx, silu)
     if not return_final_states:
         out, _ = _causal_conv1d(x, weight, bias, activation if silu else None, initial_state=initial_states)
@@ -136,6 +144,16 @@ class CausalConv1dFn:
                                 final_states_out, activation)
 
 
+def _depthwise(history: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """Valid (unpadded) depthwise conv of ``history (batch, dim, W - 1 + L)``: ``(batch, dim, L)``."""
+    return F.conv1d(history, weight.unsqueeze(1), bias, groups=weight.shape[0])
+
+
+def _last_steps(t: torch.Tensor, count: int) -> torch.Tensor:
+    """The last ``count`` steps of ``t (..., T)`` (empty for ``count == 0``)."""
+    return t[..., t.shape[-1] - count:]
+
+
 def causal_conv1d_ref(
     x,
     weight,
@@ -144,62 +162,45 @@ def causal_conv1d_ref(
     return_final_states=False,
     final_states_out=None,
     activation=None,
-):
-    """
-    x: (batch, dim, seqlen)
-    weight: (dim, width)
-    bias: (dim,)
-    initial_states: (batch, dim, width - 1)
-    final_states_out: (batch, dim, width - 1)
+):  # noqa: ANN001, ANN201
+    """Reference for :func:`causal_conv1d_fn` (without ``seq_idx``) from ``F.conv1d``.
 
-    out: (batch, dim, seqlen)
+    Computed in ``weight``'s dtype; ``out (batch, dim, L)`` and the final states
+    ``(batch, dim, W - 1)`` come back in ``x``'s dtype, the latter copied into
+    ``final_states_out`` when given.
     """
-    if activation not in [None, "silu", "swish"]:
-        raise NotImplementedError("activation must be None, silu, or swish")
-    dtype_in = x.dtype
-    x = x.to(weight.dtype)
-    seqlen = x.shape[-1]
-    dim, width = weight.shape
-    if initial_states is None:
-        out = F.conv1d(x, weight.unsqueeze(1), bias, padding=width - 1, groups=dim)
-    else:
-        # .to(x.dtype): upstream relies on type promotion (fp16/bf16 states with fp32 x), which fails for fp64
-        x = torch.cat([initial_states.to(x.dtype), x], dim=-1)
-        out = F.conv1d(x, weight.unsqueeze(1), bias, padding=0, groups=dim)
-    out = out[..., :seqlen]
-    if return_final_states:
-        final_states = F.pad(x, (width - 1 - x.shape[-1], 0)).to(
-            dtype_in
-        )  # (batch, dim, width - 1)
-        if final_states_out is not None:
-            final_states_out.copy_(final_states)
-        else:
-            final_states_out = final_states
-    out = (out if activation is None else F.silu(out)).to(dtype=dtype_in)
-    return out if not return_final_states else (out, final_states_out)
+    silu = _check_activation(activation)
+    width = weight.shape[1]
+    xw = x.to(weight.dtype)
+    history = padded_input(xw, width, None if initial_states is None else initial_states.to(xw.dtype))
+    out = _depthwise(history, weight, bias)
+    out = (F.silu(out) if silu else out).to(x.dtype)
+    if not return_final_states:
+        return out
+    final = _last_steps(history, width - 1).to(x.dtype)
+    if final_states_out is None:
+        return out, final
+    final_states_out.copy_(final)
+    return out, final_states_out
 
 
 def causal_conv1d_update(x, conv_state, weight, bias=None, activation=None, cache_seqlens=None,
                          conv_state_indices=None):
-    """
-    x: (batch, dim) or (batch, dim, seqlen)
-    conv_state: (batch, dim, state_len), where state_len >= width - 1
-    weight: (dim, width)
-    bias: (dim,)
-    cache_seqlens: (batch,), dtype int32.
-        If not None, the conv_state is treated as a circular buffer.
-        The conv_state will be updated by copying x to the conv_state starting at the index
-        @cache_seqlens % state_len.
-    conv_state_indices: (batch,), dtype int32
-        If not None, the conv_state is a larger tensor along the batch dim,
-        and we are selecting the batch coords specified by conv_state_indices.
-        Useful for a continuous batching scenario. A negative index marks a padding row: its
-        output is 0 and no state is touched.
+    """Decode step(s) against a conv cache: ``x (batch, dim)`` or ``(batch, dim, L)`` new inputs.
 
-    out: (batch, dim) or (batch, dim, seqlen)
+    Args:
+        conv_state: ``(rows, dim, S)`` recent inputs, ``S >= W - 1``; updated in place.
+        weight: ``(dim, W)``. bias: ``(dim,)`` or None. activation: None, ``"silu"`` or ``"swish"``.
+        cache_seqlens: ``(batch,)`` int; when given the state is a ring buffer and row ``b``'s new
+            inputs are written from position ``cache_seqlens[b] % S`` on (otherwise the state
+            shifts left by ``L``).
+        conv_state_indices: ``(batch,)`` int; row ``b`` of ``x`` uses row ``conv_state_indices[b]``
+            of a larger cache (``rows`` may exceed ``batch``); a negative index is a padding row,
+            which outputs 0 and leaves the cache alone.
 
-    ``conv_state`` is updated in place (upstream's contract); the output is differentiable in
-    ``x``, ``weight`` and ``bias``, the state write is not.
+    Returns:
+        ``out`` with ``x``'s shape and dtype, differentiable in ``x``, ``weight`` and ``bias``
+        (the write into ``conv_state`` is not recorded by autograd).
     """
     silu = _check_activation(activation)
     unsqueeze = x.dim() == 2
@@ -293,44 +294,35 @@ def causal_conv1d_update(x, conv_state, weight, bias=None, activation=None, cach
     return out
 
 
-def causal_conv1d_update_ref(x, conv_state, weight, bias=None, activation=None, cache_seqlens=None):
-    """
-    x: (batch, dim) or (batch, dim, seqlen)
-    conv_state: (batch, dim, state_len), where state_len >= width - 1
-    weight: (dim, width)
-    bias: (dim,)
-    cache_seqlens: (batch,), dtype int32.
-        If not None, the conv_state is treated as a circular buffer.
-        The conv_state will be updated by copying x to the conv_state starting at the index
-        @cache_seqlens % state_len before performing the convolution.
+def causal_conv1d_update_ref(x, conv_state, weight, bias=None, activation=None, cache_seqlens=None):  # noqa: ANN001, ANN201
+    """Reference for :func:`causal_conv1d_update` (without ``conv_state_indices``) from ``F.conv1d``.
 
-    out: (batch, dim) or (batch, dim, seqlen)
+    ``x (batch, dim)`` or ``(batch, dim, L)``; ``conv_state (batch, dim, S)`` with ``S >= W - 1``,
+    updated in place: shifted left by ``L`` with ``x`` appended, or, with ``cache_seqlens
+    (batch,)``, used as a ring buffer written from position ``cache_seqlens % S``. The
+    convolution reads the ``W - 1`` entries before the new ones; output in ``x``'s dtype.
     """
-    if activation not in [None, "silu", "swish"]:
-        raise NotImplementedError("activation must be None, silu, or swish")
-    dtype_in = x.dtype
-    unsqueeze = x.dim() == 2
-    if unsqueeze:
-        x = x.unsqueeze(-1)
-    batch, dim, seqlen = x.shape
+    silu = _check_activation(activation)
+    single = x.dim() == 2
+    xs = x.unsqueeze(-1) if single else x
+    batch, dim, length = xs.shape
     width = weight.shape[1]
-    state_len = conv_state.shape[-1]
-    assert conv_state.shape == (batch, dim, state_len)
-    assert weight.shape == (dim, width)
+    size = conv_state.shape[-1]
+    if conv_state.shape != (batch, dim, size) or weight.shape != (dim, width):
+        raise ValueError(f"shapes do not fit: x {tuple(x.shape)}, conv_state {tuple(conv_state.shape)}, "
+                         f"weight {tuple(weight.shape)}")
     if cache_seqlens is None:
-        # The state keeps its own dtype; upstream casts to weight.dtype first, which would round fp64 states.
-        x_new = torch.cat([conv_state, x], dim=-1)  # (batch, dim, state_len + seqlen)
-        conv_state.copy_(x_new[:, :, -state_len:])
-        x_new = x_new.to(weight.dtype)
+        # the state keeps its own dtype (a cast to weight's dtype first would round an fp64 state)
+        stream = torch.cat([conv_state, xs], dim=-1)
+        history = torch.cat([_last_steps(conv_state, width - 1), xs], dim=-1)
+        conv_state.copy_(_last_steps(stream, size))
     else:
-        width_idx = torch.arange(-(width - 1), 0, dtype=torch.long, device=x.device).unsqueeze(0) \
-            + cache_seqlens.unsqueeze(1)
-        width_idx = torch.remainder(width_idx, state_len).unsqueeze(1).expand(-1, dim, -1)
-        x_new = torch.cat([conv_state.gather(2, width_idx), x], dim=-1).to(weight.dtype)
-        copy_idx = torch.arange(seqlen, dtype=torch.long, device=x.device).unsqueeze(0) + cache_seqlens.unsqueeze(1)
-        copy_idx = torch.remainder(copy_idx, state_len).unsqueeze(1).expand(-1, dim, -1)
-        conv_state.scatter_(2, copy_idx, x)
-    out = F.conv1d(x_new, weight.unsqueeze(1), bias, padding=0, groups=dim)[:, :, -seqlen:]
-    if unsqueeze:
-        out = out.squeeze(-1)
-    return (out if activation is None else F.silu(out)).to(dtype=dtype_in)
+        start = cache_seqlens.to(torch.long).unsqueeze(1)
+        behind = torch.remainder(start + torch.arange(1 - width, 0, device=x.device), size)
+        window = conv_state.gather(2, behind.unsqueeze(1).expand(batch, dim, width - 1))
+        history = torch.cat([window, xs], dim=-1)
+        ahead = torch.remainder(start + torch.arange(length, device=x.device), size)
+        conv_state.scatter_(2, ahead.unsqueeze(1).expand(batch, dim, length), xs.to(conv_state.dtype))
+    out = _depthwise(history.to(weight.dtype), weight, bias)
+    out = (F.silu(out) if silu else out).to(x.dtype)
+    return out.squeeze(-1) if single else out
