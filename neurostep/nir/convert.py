@@ -125,12 +125,16 @@ class _Exporter:
         raise AssertionError("unreachable")
 
     def handlers(self) -> list[tuple[type | tuple[type, ...], Callable]]:
-        from neurostep.neuro.spikformer import ConvBNLIF, SpikingMLP, SpikingPatchStem
+        from neurostep.neuro.spikegpt import SpikeGPT
+        from neurostep.neuro.spikformer import ConvBNLIF, Spikformer, SpikformerBlock, SpikingMLP, SpikingPatchStem
 
         return [
             (NIRNetwork, self.network),
             (RecurrentSpiking, self.recurrent),
-            (nn.Sequential, self.sequence),
+            ((nn.Sequential, nn.ModuleList), self.sequence),
+            (Spikformer, self.children_in_order("patch_embed", "blocks", "head")),
+            (SpikformerBlock, self.children_in_order("attn", "mlp")),
+            (SpikeGPT, self.children_in_order("emb", "blocks", "head")),
             (SpikingMLP, self.children_in_order("fc1", "norm1", "lif1", "fc2", "norm2", "lif2")),
             (ConvBNLIF, self.conv_bn_lif),
             (SpikingPatchStem, self.patch_stem),
@@ -223,6 +227,8 @@ class _Exporter:
         return self.add(path, sub, srcs), (n,)
 
     def linear(self, module: nn.Linear, path: str, srcs: list[str], typ):
+        if srcs == ["input"] and typ is not None and len(typ) > 1:
+            typ = typ[-1:]   # a first Linear maps the last dim: the dims before it (tokens) travel as batch
         if typ is not None and len(typ) != 1:
             self.refuse(path, module, f"it acts on the last of the per-sample dims {typ}, and NIR's Affine maps "
                                       "vectors; flatten the sample first")
@@ -241,10 +247,10 @@ class _Exporter:
                 src == prev for src, _ in self.edges):
             self.refuse(path, module, "NIR has no normalisation node; it is folded into the Linear/Conv right "
                                       "before it, and there is none here")
-        mean = bn.running_mean.double()
-        var = bn.running_var.double()
-        gamma = bn.weight.double() if bn.weight is not None else torch.ones_like(mean)
-        beta = bn.bias.double() if bn.bias is not None else torch.zeros_like(mean)
+        mean = bn.running_mean.detach().double()
+        var = bn.running_var.detach().double()
+        gamma = bn.weight.detach().double() if bn.weight is not None else torch.ones_like(mean)
+        beta = bn.bias.detach().double() if bn.bias is not None else torch.zeros_like(mean)
         scale = gamma / torch.sqrt(var + bn.eps)
         weight = torch.as_tensor(node.weight, dtype=torch.float64)
         bias = torch.as_tensor(getattr(node, "bias", np.zeros(weight.shape[0])), dtype=torch.float64)
@@ -553,8 +559,8 @@ def export(model: nn.Module, sample: torch.Tensor, *, dt: float = DEFAULT_DT, ap
     nir = _nir()
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
-    if not isinstance(sample, torch.Tensor) or sample.ndim < 3:
-        raise ValueError("sample must be a tensor (T, B, *sample) with at least one per-sample dim, got "
+    if not isinstance(sample, torch.Tensor) or sample.ndim < 2:
+        raise ValueError("sample must be a tensor (T, B, *sample) the model accepts, got "
                          f"{tuple(sample.shape) if isinstance(sample, torch.Tensor) else type(sample).__name__}")
     dt = _check_dt(dt)
     if not isinstance(approximate, bool):

@@ -187,3 +187,23 @@ def test_snntorch_import_of_neurostep_export():
             y, state = peer(x[t], state)
             outs.append(y)
     assert torch.equal(torch.stack(outs), expected)
+
+
+def test_snntorch_import_of_neurostep_recurrent_export():
+    """The recurrent subgraph (neuron -> W -> neuron) becomes snntorch's ``RLeaky``-style loop."""
+    from snntorch.import_nir import import_from_nir
+
+    torch.manual_seed(5)
+    net = nn.Sequential(_scaled(nn.Linear(8, 10), 2.0),
+                        RecurrentSpiking(LIF(tau=2.0, decay_input=False), _scaled(nn.Linear(10, 10), 2.0)),
+                        _scaled(nn.Linear(10, 4), 3.0), LIF(tau=2.0, decay_input=False))
+    x = torch.randn(T, B, 8) * 2
+    expected = net(x)
+    _active(expected)
+    peer = import_from_nir(export(net, x))
+    state, outs = None, []
+    with torch.no_grad():
+        for t in range(T):
+            y, state = peer(x[t], state)
+            outs.append(y)
+    assert torch.equal(torch.stack(outs), expected)
