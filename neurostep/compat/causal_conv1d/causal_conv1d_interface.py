@@ -203,9 +203,8 @@ def causal_conv1d_update(x, conv_state, weight, bias=None, activation=None, cach
         (the write into ``conv_state`` is not recorded by autograd).
     """
     silu = _check_activation(activation)
-    unsqueeze = x.dim() == 2
-    if unsqueeze:
-        x = x.unsqueeze(-1)
+    one_step = x.dim() == 2
+    x = x.unsqueeze(-1) if one_step else x
     _check_conv_args(x, weight)
     batch, dim, seqlen = x.shape
     width = weight.shape[1]
@@ -289,9 +288,7 @@ def causal_conv1d_update(x, conv_state, weight, bias=None, activation=None, cach
         full = out.new_zeros(batch, dim, seqlen)
         full[valid] = out
         out = full
-    if unsqueeze:
-        out = out.squeeze(-1)
-    return out
+    return out.squeeze(-1) if one_step else out
 
 
 def causal_conv1d_update_ref(x, conv_state, weight, bias=None, activation=None, cache_seqlens=None):  # noqa: ANN001, ANN201

@@ -1,8 +1,8 @@
-"""``causal_conv1d.causal_conv1d_varlen``: the conv states at the end of packed sequences.
+"""``causal_conv1d.causal_conv1d_varlen``: decode caches for the sequences of a packed prompt.
 
-Mirrors causal-conv1d 1.6 (``causal_conv1d/causal_conv1d_varlen.py`` at 0d2252d; BSD-3-Clause,
-Copyright (c) 2024 Tri Dao). Upstream's Triton kernel is a gather; here it is one vectorised
-gather in PyTorch (any device), which also handles empty sequences (zero states).
+After a prefill over several sequences concatenated along time, each sequence's conv cache is its
+last ``state_len`` inputs. Here that is one vectorised gather in PyTorch on any device; empty and
+short sequences get zeros where they have no input.
 """
 
 from __future__ import annotations
@@ -14,15 +14,11 @@ __all__ = ["causal_conv1d_varlen_states", "causal_conv1d_varlen_states_ref"]
 
 
 def causal_conv1d_varlen_states(x: Tensor, cu_seqlens: Tensor, state_len: int) -> Tensor:
-    """
-    Forward pass only, does not support backward pass.
-    Parameters:
-        x: (total_tokens, dim)
-        cu_seqlens: (batch + 1), must already be sorted. The cumulative sum of the sequence lengths, starting from 0.
-        state_len: int. For each cu_seqlens, how many elements from x should be copied to the state.
-            If some of those elements belong to a different sequence, the value of the states will be zero.
-    Return:
-        states: (batch, dim, state_len)
+    """Per-sequence conv caches ``(batch, dim, state_len)`` from packed inputs ``x (total_tokens, dim)``.
+
+    ``cu_seqlens (batch + 1,)``: sorted offsets, ``0`` first and ``total_tokens`` last; sequence
+    ``i`` is ``x[cu_seqlens[i]:cu_seqlens[i + 1]]``. Row ``i`` holds its last ``state_len`` tokens,
+    right-aligned, zeros in front when it is shorter. Not differentiable.
     """
     if x.dim() != 2:
         raise ValueError(f"x must have shape (total_tokens, dim), got {tuple(x.shape)}")
@@ -44,22 +40,11 @@ def causal_conv1d_varlen_states(x: Tensor, cu_seqlens: Tensor, state_len: int) -
 
 
 def causal_conv1d_varlen_states_ref(x: Tensor, cu_seqlens: Tensor, state_len: int) -> Tensor:
-    """
-    Forward pass only, does not support backward pass.
-    Parameters:
-        x: (total_tokens, dim)
-        cu_seqlens: (batch + 1), must already be sorted. The cumulative sum of the sequence lengths, starting from 0.
-        state_len: int. For each cu_seqlens, how many elements from x should be copied to the state.
-            If some of those elements belong to a different sequence, the value of the states will be zero.
-    Return:
-        states: (batch, dim, state_len)
-    """
-    _, dim = x.shape
-    batch = cu_seqlens.shape[0] - 1
-    cu_seqlens = cu_seqlens.contiguous()
-    states = torch.zeros(batch, state_len, dim, dtype=x.dtype, device=x.device).transpose(1, 2)
-    for i in range(batch):
-        end_idx = cu_seqlens[i + 1]
-        start_idx = torch.maximum(cu_seqlens[i], end_idx - state_len)
-        states[i, :, -(end_idx - start_idx):] = x[start_idx:end_idx].T
-    return states
+    """Reference for :func:`causal_conv1d_varlen_states`: one slice copy per sequence."""
+    bounds = [int(v) for v in cu_seqlens]
+    out = x.new_zeros(len(bounds) - 1, x.shape[1], state_len)
+    for row, (begin, end) in enumerate(zip(bounds[:-1], bounds[1:])):
+        kept = min(end - begin, state_len)
+        if kept > 0:
+            out[row, :, state_len - kept:] = x[end - kept:end].T
+    return out

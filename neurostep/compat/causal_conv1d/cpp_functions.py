@@ -1,9 +1,9 @@
-"""``causal_conv1d.cpp_functions``: the extension's entry points, on neurostep's kernel.
+"""``causal_conv1d.cpp_functions``: the compiled extension's three entry points, as Python functions.
 
-Mirrors causal-conv1d 1.6 (``causal_conv1d/cpp_functions.py`` at 0d2252d; BSD-3-Clause). Code that
-calls the C++ functions directly (mamba-ssm's fused Mamba path does) gets the same results: the
-forward through :func:`~neurostep.compat.causal_conv1d.causal_conv1d_interface.causal_conv1d_fn`,
-the backward by differentiating that forward.
+Some callers (mamba-ssm's fused Mamba path among them) bypass ``causal_conv1d_fn`` and call these
+directly. The forward and the decode update delegate to
+:mod:`~neurostep.compat.causal_conv1d.causal_conv1d_interface`; the backward differentiates that
+forward with autograd instead of running a hand-written kernel.
 """
 
 from __future__ import annotations
