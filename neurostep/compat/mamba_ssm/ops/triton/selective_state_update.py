@@ -1,12 +1,13 @@
-"""``mamba_ssm.ops.triton.selective_state_update``: one decode step of the selective scan, in place.
+"""``mamba_ssm.ops.triton.selective_state_update``: one decode step of the selective scan, updating the state in place.
 
-Mirrors mamba-ssm (``mamba_ssm/ops/triton/selective_state_update.py`` at e9594ce; Apache-2.0,
-Copyright (c) 2024 Tri Dao, Albert Gu): Mamba-1 layout ``state (batch, dim, dstate)`` and the
-Mamba-2 layout with heads ``state (batch, nheads, headdim, dstate)``, grouped ``B``/``C``,
-``state_batch_indices`` (a negative index marks a padding row: output 0, no state touched) and
-upstream's contract that ``state`` is updated in place. The step runs
-:func:`neurostep.kernels.selective_scan.selective_state_update` on the heads flattened into lanes.
-``selective_state_update_ref`` is upstream's PyTorch reference, transcribed.
+Two layouts are accepted. Mamba-1: ``state (batch, dim, N)``, ``x``/``dt``/``z`` ``(batch, dim)``,
+``A (dim, N)``. Mamba-2 (heads): ``state (batch, H, P, N)``, ``x``/``dt``/``z`` ``(batch, H, P)``,
+``A (H, P, N)``, ``B``/``C`` ``(batch, G, N)`` shared by ``H / G`` consecutive heads. Per lane::
+
+    dt' = softplus(dt + dt_bias) (or dt + dt_bias) ;  h = exp(dt' A) h + dt' x B ;  y = (<h, C> + D x) * silu(z)
+
+The step itself is :func:`neurostep.kernels.selective_scan.selective_state_update` on the
+``H * P`` lanes; this module adds the layouts, ``state_batch_indices`` and the in-place write.
 """
 
 from __future__ import annotations
@@ -19,27 +20,18 @@ from neurostep.kernels.selective_scan import selective_state_update as _state_up
 __all__ = ["selective_state_update", "selective_state_update_ref"]
 
 
-def _with_heads(state, x, dt, A, B, C, D, z, dt_bias):
-    """Upstream's normalisation of the Mamba-1 layout to the layout with one head."""
-    if state.dim() == 3:
-        state = state.unsqueeze(1)
-    if x.dim() == 2:
-        x = x.unsqueeze(1)
-    if dt.dim() == 2:
-        dt = dt.unsqueeze(1)
-    if A.dim() == 2:
-        A = A.unsqueeze(0)
-    if B.dim() == 2:
-        B = B.unsqueeze(1)
-    if C.dim() == 2:
-        C = C.unsqueeze(1)
-    if D is not None and D.dim() == 1:
-        D = D.unsqueeze(0)
-    if z is not None and z.dim() == 2:
-        z = z.unsqueeze(1)
-    if dt_bias is not None and dt_bias.dim() == 1:
-        dt_bias = dt_bias.unsqueeze(0)
-    return state, x, dt, A, B, C, D, z, dt_bias
+def _head_axis(t: torch.Tensor | None, flat_ndim: int, axis: int) -> torch.Tensor | None:
+    """Insert a length-1 head axis at ``axis`` when ``t`` is in the Mamba-1 layout (``flat_ndim`` dims)."""
+    return t.unsqueeze(axis) if t is not None and t.dim() == flat_ndim else t
+
+
+def _with_heads(state, x, dt, A, B, C, D, z, dt_bias):  # noqa: ANN001, ANN202
+    """Every argument in the head layout; each one is converted on its own (views, no copies)."""
+    per_row = [_head_axis(t, 2, 1) for t in (x, dt, B, C, z)]
+    per_lane = [_head_axis(t, ndim, 0) for t, ndim in ((A, 2), (D, 1), (dt_bias, 1))]
+    x, dt, B, C, z = per_row
+    A, D, dt_bias = per_lane
+    return _head_axis(state, 3, 1), x, dt, A, B, C, D, z, dt_bias
 
 
 def _check_shape(name, t, shape):
@@ -49,22 +41,19 @@ def _check_shape(name, t, shape):
 
 def selective_state_update(state, x, dt, A, B, C, D=None, z=None, dt_bias=None, dt_softplus=False,
                            state_batch_indices=None):
-    """
-    Argument:
-        state: (batch, dim, dstate) or (batch, nheads, dim, dstate)
-        x: (batch, dim) or (batch, nheads, dim)
-        dt: (batch, dim) or (batch, nheads, dim)
-        A: (dim, dstate) or (nheads, dim, dstate)
-        B: (batch, dstate) or (batch, ngroups, dstate)
-        C: (batch, dstate) or (batch, ngroups, dstate)
-        D: (dim,) or (nheads, dim)
-        z: (batch, dim) or (batch, nheads, dim)
-        dt_bias: (dim,) or (nheads, dim)
-        state_batch_indices: (batch,) or None: the rows of ``state`` to update (state may hold more).
-    Return:
-        out: (batch, dim) or (batch, nheads, dim)
+    """Advance ``state`` by one token and return the output.
 
-    ``state`` is updated in place.
+    Args:
+        state: ``(rows, dim, N)`` or ``(rows, H, P, N)``, updated in place.
+        x, dt, z: ``(batch, dim)`` or ``(batch, H, P)`` (``z`` optional).
+        A: ``(dim, N)`` or ``(H, P, N)``. B, C: ``(batch, N)`` or ``(batch, G, N)``.
+        D, dt_bias: ``(dim,)`` or ``(H, P)``, optional. dt_softplus: apply softplus to ``dt + dt_bias``.
+        state_batch_indices: ``(batch,)`` int, the ``state`` row of each batch row (``rows`` may
+            exceed ``batch``); a negative index is a padding row, which outputs 0 and touches nothing.
+            Without it ``rows == batch``.
+
+    Returns:
+        ``out`` shaped like ``x``, in ``x``'s dtype.
     """
     has_heads = state.dim() > 3
     state_og = state
@@ -129,48 +118,32 @@ def selective_state_update(state, x, dt, A, B, C, D=None, z=None, dt_bias=None, 
     return out
 
 
-def selective_state_update_ref(state, x, dt, A, B, C, D=None, z=None, dt_bias=None, dt_softplus=False):
+def selective_state_update_ref(state, x, dt, A, B, C, D=None, z=None, dt_bias=None, dt_softplus=False):  # noqa: ANN001, ANN201
+    """Reference for :func:`selective_state_update` (without ``state_batch_indices``) in plain PyTorch.
+
+    Same layouts; ``state`` is updated in place and the output returned in ``x``'s dtype.
     """
-    Argument:
-        state: (batch, dim, dstate) or (batch, nheads, dim, dstate)
-        x: (batch, dim) or (batch, nheads, dim)
-        dt: (batch, dim) or (batch, nheads, dim)
-        A: (dim, dstate) or (nheads, dim, dstate)
-        B: (batch, dstate) or (batch, ngroups, dstate)
-        C: (batch, dstate) or (batch, ngroups, dstate)
-        D: (dim,) or (nheads, dim)
-        z: (batch, dim) or (batch, nheads, dim)
-        dt_bias: (dim,) or (nheads, dim)
-    Return:
-        out: (batch, dim) or (batch, nheads, dim)
-    """
-    has_heads = state.dim() > 3
+    headless = state.dim() == 3
     state, x, dt, A, B, C, D, z, dt_bias = _with_heads(state, x, dt, A, B, C, D, z, dt_bias)
-    batch, nheads, dim, dstate = state.shape
-    assert x.shape == (batch, nheads, dim)
-    assert dt.shape == x.shape
-    assert A.shape == (nheads, dim, dstate)
-    ngroups = B.shape[1]
-    assert nheads % ngroups == 0, "nheads must be divisible by ngroups"
-    assert B.shape == (batch, ngroups, dstate)
-    assert C.shape == B.shape
+    batch, nheads, width, n = state.shape
+    groups = B.shape[1]
+    if nheads % groups:
+        raise ValueError(f"{nheads} heads cannot share {groups} groups of B and C")
+    for name, t, shape in (("x", x, (batch, nheads, width)), ("dt", dt, (batch, nheads, width)),
+                           ("A", A, (nheads, width, n)), ("B", B, (batch, groups, n)), ("C", C, (batch, groups, n)),
+                           ("D", D, (nheads, width)), ("z", z, (batch, nheads, width)),
+                           ("dt_bias", dt_bias, (nheads, width))):
+        _check_shape(name, t, shape)
+    step = dt if dt_bias is None else dt + dt_bias
+    if dt_softplus:
+        step = F.softplus(step)
+    B_heads = B.repeat_interleave(nheads // groups, dim=1).unsqueeze(2)  # (batch, H, 1, N)
+    C_heads = C.repeat_interleave(nheads // groups, dim=1).unsqueeze(2)
+    state.copy_(torch.exp(step.unsqueeze(-1) * A) * state + (step * x).unsqueeze(-1) * B_heads)
+    y = (state.to(C_heads.dtype) * C_heads).sum(-1)
     if D is not None:
-        assert D.shape == (nheads, dim)
+        y = y + (D * x).to(y.dtype)
     if z is not None:
-        assert z.shape == x.shape
-    if dt_bias is not None:
-        assert dt_bias.shape == (nheads, dim)
-        dt = dt + dt_bias
-    dt = F.softplus(dt) if dt_softplus else dt
-    dA = torch.exp(dt[..., None] * A)  # (batch, nheads, dim, dstate)
-    B = B.repeat_interleave(nheads // ngroups, dim=1)  # (batch, nheads, dstate)
-    C = C.repeat_interleave(nheads // ngroups, dim=1)  # (batch, nheads, dstate)
-    dB = dt[..., None] * B[:, :, None, :]  # (batch, nheads, dim, dstate)
-    state.copy_(state * dA + dB * x[..., None])  # (batch, dim, dstate
-    out = torch.einsum("bhdn,bhn->bhd", state.to(C.dtype), C)
-    if D is not None:
-        out += (x * D).to(out.dtype)
-    out = (out if z is None else out * F.silu(z)).to(x.dtype)
-    if not has_heads:
-        out = out.squeeze(1)
-    return out
+        y = y * F.silu(z)
+    y = y.to(x.dtype)
+    return y.squeeze(1) if headless else y
