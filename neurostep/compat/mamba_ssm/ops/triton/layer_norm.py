@@ -1,12 +1,14 @@
-"""``mamba_ssm.ops.triton.layer_norm``: dropout + residual + LayerNorm / RMSNorm, fused API in PyTorch.
+"""``mamba_ssm.ops.triton.layer_norm``: residual add, dropout and LayerNorm / RMSNorm in one call.
 
-Mirrors mamba-ssm (``mamba_ssm/ops/triton/layer_norm.py`` at e9594ce; Apache-2.0, Copyright (c)
-2024 Tri Dao): ``layer_norm_fn`` / ``rms_norm_fn`` with ``residual``, ``prenorm``,
-``residual_in_fp32``, ``dropout_p``, ``rowscale``, the parallel ``x1``/``weight1``/``bias1`` branch and
-``return_dropout_mask``; the ``RMSNorm`` module; ``layer_norm_linear_fn``. Upstream's Triton kernel
-computes in fp32 whatever the input dtype; so does this (fp64 inputs stay fp64), with
-``torch.nn.functional.rms_norm`` / ``layer_norm`` doing the normalisation and autograd the backward.
-``layer_norm_ref`` / ``rms_norm_ref`` are upstream's references, transcribed.
+:func:`layer_norm_fn` computes, row by row over the last axis::
+
+    h = dropout(x * rowscale) + dropout(x1) + residual      (each term optional)
+    y = norm(h) * weight + bias ;  y1 = norm(h) * weight1 + bias1   (second output optional)
+
+and returns ``y`` (and ``y1``), plus ``h`` as the new residual with ``prenorm``. The arithmetic is
+fp32 (fp64 for fp64 inputs), as a fused kernel would accumulate; ``F.rms_norm`` / ``F.layer_norm``
+normalise and autograd differentiates. ``layer_norm_ref`` / ``rms_norm_ref`` are independent
+plain-PyTorch oracles for the tests.
 """
 
 from __future__ import annotations
@@ -25,57 +27,62 @@ __all__ = [
 ]
 
 
+def _maybe_float(t: torch.Tensor | None, upcast: bool) -> torch.Tensor | None:
+    return t.float() if upcast and t is not None else t
+
+
+def _apply_dropout(t: torch.Tensor, p: float, keep: torch.Tensor | None) -> torch.Tensor:
+    """Inverted dropout; with ``keep`` (a bool mask) the given mask is used instead of a fresh draw."""
+    if p <= 0.0:
+        return t
+    if keep is None:
+        return F.dropout(t, p=p)
+    return t.masked_fill(~keep, 0.0) / (1.0 - p)
+
+
+def _reference_norm(h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, eps: float,
+                    is_rms_norm: bool, out_dtype: torch.dtype) -> torch.Tensor:
+    if is_rms_norm:
+        y = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + eps) * weight
+        if bias is not None:
+            y = y + bias
+    else:
+        y = F.layer_norm(h.to(weight.dtype), h.shape[-1:], weight=weight, bias=bias, eps=eps)
+    return y.to(out_dtype)
+
+
 def _ref(x, weight, bias, residual, x1, weight1, bias1, eps, dropout_p, rowscale, prenorm, dropout_mask,
-         dropout_mask1, upcast, is_rms_norm):
-    dtype = x.dtype
-    if upcast:
-        x = x.float()
-        weight = weight.float()
-        bias = bias.float() if bias is not None else None
-        residual = residual.float() if residual is not None else residual
-        x1 = x1.float() if x1 is not None else None
-        weight1 = weight1.float() if weight1 is not None else None
-        bias1 = bias1.float() if bias1 is not None else None
-    if x1 is not None:
-        assert rowscale is None, "rowscale is not supported with parallel LayerNorm"
+         dropout_mask1, upcast, is_rms_norm):  # noqa: ANN001, ANN202
+    """The reference for both norms; ``upcast`` computes everything in fp32."""
+    if x1 is not None and rowscale is not None:
+        raise ValueError("rowscale cannot be combined with the second input x1")
+    weight, bias, weight1, bias1 = (_maybe_float(t, upcast) for t in (weight, bias, weight1, bias1))
+    h = _maybe_float(x, upcast)
     if rowscale is not None:
-        x = x * rowscale[..., None]
-    if dropout_p > 0.0:
-        if dropout_mask is not None:
-            x = x.masked_fill(~dropout_mask, 0.0) / (1.0 - dropout_p)
-        else:
-            x = F.dropout(x, p=dropout_p)
-        if x1 is not None:
-            if dropout_mask1 is not None:
-                x1 = x1.masked_fill(~dropout_mask1, 0.0) / (1.0 - dropout_p)
-            else:
-                x1 = F.dropout(x1, p=dropout_p)
+        h = h * rowscale.unsqueeze(-1)
+    h = _apply_dropout(h, dropout_p, dropout_mask)
     if x1 is not None:
-        x = x + x1
+        h = h + _apply_dropout(_maybe_float(x1, upcast), dropout_p, dropout_mask1)
     if residual is not None:
-        x = (x + residual).to(x.dtype)
-    if is_rms_norm:
-        rstd = 1 / torch.sqrt((x.square()).mean(dim=-1, keepdim=True) + eps)
-        out = ((x * rstd * weight) + bias if bias is not None else (x * rstd * weight)).to(dtype)
-    else:
-        out = F.layer_norm(x.to(weight.dtype), x.shape[-1:], weight=weight, bias=bias, eps=eps).to(dtype)
-    if weight1 is None:
-        return out if not prenorm else (out, x)
-    if is_rms_norm:
-        out1 = ((x * rstd * weight1) + bias1 if bias1 is not None else (x * rstd * weight1)).to(dtype)
-    else:
-        out1 = F.layer_norm(x.to(weight1.dtype), x.shape[-1:], weight=weight1, bias=bias1, eps=eps).to(dtype)
-    return (out, out1) if not prenorm else (out, out1, x)
+        h = (h + _maybe_float(residual, upcast)).to(h.dtype)
+    outs = [_reference_norm(h, weight, bias, eps, is_rms_norm, x.dtype)]
+    if weight1 is not None:
+        outs.append(_reference_norm(h, weight1, bias1, eps, is_rms_norm, x.dtype))
+    if prenorm:
+        outs.append(h)
+    return outs[0] if len(outs) == 1 else tuple(outs)
 
 
 def layer_norm_ref(x, weight, bias, residual=None, x1=None, weight1=None, bias1=None, eps=1e-6, dropout_p=0.0,
-                   rowscale=None, prenorm=False, dropout_mask=None, dropout_mask1=None, upcast=False):
+                   rowscale=None, prenorm=False, dropout_mask=None, dropout_mask1=None, upcast=False):  # noqa: ANN001, ANN201
+    """Reference for :func:`layer_norm_fn` (``dropout_mask`` / ``dropout_mask1`` replay given masks)."""
     return _ref(x, weight, bias, residual, x1, weight1, bias1, eps, dropout_p, rowscale, prenorm, dropout_mask,
                 dropout_mask1, upcast, is_rms_norm=False)
 
 
 def rms_norm_ref(x, weight, bias, residual=None, x1=None, weight1=None, bias1=None, eps=1e-6, dropout_p=0.0,
-                 rowscale=None, prenorm=False, dropout_mask=None, dropout_mask1=None, upcast=False):
+                 rowscale=None, prenorm=False, dropout_mask=None, dropout_mask1=None, upcast=False):  # noqa: ANN001, ANN201
+    """Reference for :func:`rms_norm_fn` (``dropout_mask`` / ``dropout_mask1`` replay given masks)."""
     return _ref(x, weight, bias, residual, x1, weight1, bias1, eps, dropout_p, rowscale, prenorm, dropout_mask,
                 dropout_mask1, upcast, is_rms_norm=True)
 
@@ -119,7 +126,7 @@ def layer_norm_fn(
         if x1.shape != x.shape:
             raise ValueError(f"x1 must have x's shape {tuple(x.shape)}, got {tuple(x1.shape)}")
         if rowscale is not None:
-            raise ValueError("rowscale is not supported with parallel LayerNorm")
+            raise ValueError("rowscale cannot be combined with the second input x1")
     if weight.shape != x.shape[-1:]:
         raise ValueError(f"weight must have shape ({x.shape[-1]},), got {tuple(weight.shape)}")
     residual_dtype = residual.dtype if residual is not None else (torch.float32 if residual_in_fp32 else None)
@@ -174,39 +181,33 @@ def rms_norm_fn(
 
 
 class LayerNormFn:
-    """Upstream's autograd Function name, for code that calls ``LayerNormFn.apply(...)``."""
+    """``LayerNormFn.apply(...)`` is :func:`layer_norm_fn`."""
 
     apply = staticmethod(layer_norm_fn)
 
 
 class RMSNorm(torch.nn.Module):
+    """RMSNorm over the last axis with ``weight (hidden_size,)`` (ones) and no bias, through :func:`rms_norm_fn`.
 
-    def __init__(self, hidden_size, eps=1e-5, dropout_p=0.0, device=None, dtype=None):
-        factory_kwargs = {"device": device, "dtype": dtype}
+    ``dropout_p > 0`` adds a ``drop`` module whose rate applies to the input in training mode.
+    """
+
+    def __init__(self, hidden_size, eps=1e-5, dropout_p=0.0, device=None, dtype=None) -> None:  # noqa: ANN001
         super().__init__()
         self.eps = eps
-        if dropout_p > 0.0:
-            self.drop = torch.nn.Dropout(dropout_p)
-        else:
-            self.drop = None
-        self.weight = torch.nn.Parameter(torch.empty(hidden_size, **factory_kwargs))
+        self.drop = torch.nn.Dropout(dropout_p) if dropout_p > 0.0 else None
+        self.weight = torch.nn.Parameter(torch.empty(hidden_size, device=device, dtype=dtype))
         self.register_parameter("bias", None)
         self.reset_parameters()
 
-    def reset_parameters(self):
+    def reset_parameters(self) -> None:
         torch.nn.init.ones_(self.weight)
 
-    def forward(self, x, residual=None, prenorm=False, residual_in_fp32=False):
-        return rms_norm_fn(
-            x,
-            self.weight,
-            self.bias,
-            residual=residual,
-            eps=self.eps,
-            dropout_p=self.drop.p if self.drop is not None and self.training else 0.0,
-            prenorm=prenorm,
-            residual_in_fp32=residual_in_fp32,
-        )
+    def forward(self, x, residual=None, prenorm=False, residual_in_fp32=False):  # noqa: ANN001, ANN201
+        """``x (..., hidden_size)``; ``residual``, ``prenorm`` and ``residual_in_fp32`` as in :func:`layer_norm_fn`."""
+        p = self.drop.p if self.drop is not None and self.training else 0.0
+        return rms_norm_fn(x, self.weight, self.bias, residual=residual, eps=self.eps, dropout_p=p, prenorm=prenorm,
+                           residual_in_fp32=residual_in_fp32)
 
 
 def layer_norm_linear_fn(
@@ -222,8 +223,7 @@ def layer_norm_linear_fn(
     is_rms_norm=False,
 ):
     """Norm then ``F.linear`` (the norm output cast to the linear weight's dtype, as upstream)."""
-    res = layer_norm_fn(x, norm_weight, norm_bias, residual=residual, eps=eps, prenorm=True,
-                        residual_in_fp32=residual_in_fp32, is_rms_norm=is_rms_norm)
-    y, residual_out = res
-    out = F.linear(y.to(linear_weight.dtype), linear_weight, linear_bias)
-    return out if not prenorm else (out, residual_out)
+    normed, new_residual = layer_norm_fn(x, norm_weight, norm_bias, residual=residual, eps=eps, prenorm=True,
+                                         residual_in_fp32=residual_in_fp32, is_rms_norm=is_rms_norm)
+    out = F.linear(normed.to(linear_weight.dtype), linear_weight, linear_bias)
+    return (out, new_residual) if prenorm else out
