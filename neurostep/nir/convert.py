@@ -14,7 +14,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -24,6 +24,7 @@ from neurostep.engine import Recurrent
 from neurostep.layers.norm import BatchNormTokens
 from neurostep.neuro.cuba import CubaLIF
 from neurostep.neuro.neurons import IF, LIF, AdaptiveLIF, ParametricLIF, SpikingNeuron
+from neurostep.neuro.surrogate import SurrogateFunction
 from neurostep.nir.modules import (
     NIRLIF,
     Flatten,
@@ -36,13 +37,16 @@ from neurostep.nir.modules import (
     Threshold,
 )
 
+if TYPE_CHECKING:
+    import nir
+
 __all__ = ["DEFAULT_DT", "NIRUnsupportedError", "export", "load"]
 
 DEFAULT_DT = 1e-4
 """The step, in seconds, that spikingjelly's and snntorch's NIR exchange assume."""
 
 
-def _nir():
+def _nir() -> Any:
     try:
         import nir
     except ImportError as exc:  # pragma: no cover - the extra is part of the tested environment
@@ -532,7 +536,7 @@ def _record_shapes(model: nn.Module, sample: torch.Tensor) -> dict[nn.Module, tu
 
 
 def export(model: nn.Module, sample: torch.Tensor, *, dt: float = DEFAULT_DT, approximate: bool = False,
-           path: str | Path | None = None) -> Any:
+           path: str | Path | None = None) -> nir.NIRGraph:
     """Convert a neurostep network to a ``nir.NIRGraph`` (and write it to ``path`` as HDF5 if given).
 
     Args:
@@ -567,7 +571,7 @@ def export(model: nn.Module, sample: torch.Tensor, *, dt: float = DEFAULT_DT, ap
         raise TypeError(f"approximate must be a bool, got {type(approximate).__name__}")
     shapes = _record_shapes(model, sample)
     ex = _Exporter(dt, approximate, shapes)
-    outs, _ = ex.convert(model, "", ["input"], tuple(int(d) for d in sample.shape[2:]))
+    outs, out_type = ex.convert(model, "", ["input"], tuple(int(d) for d in sample.shape[2:]))
     first = [dst for src, dst in ex.edges if src == "input"]
     in_type = tuple(int(d) for d in sample.shape[2:])
     if first:
@@ -576,13 +580,18 @@ def export(model: nn.Module, sample: torch.Tensor, *, dt: float = DEFAULT_DT, ap
         if declared is not None and np.asarray(declared).size:
             in_type = tuple(int(d) for d in np.asarray(declared).reshape(-1))
     nodes = {"input": nir.Input(input_type={"input": np.array(in_type)}), **ex.nodes}
-    out_type = _node_output_type(ex.nodes[outs[0]]) if outs and outs[0] in ex.nodes else in_type
-    nodes["output"] = nir.Output(output_type={"output": np.array(out_type if out_type is not None else in_type)})
+    if out_type is None:
+        out_type = in_type
+    nodes["output"] = nir.Output(output_type={"output": np.array(out_type)})
     edges = ex.edges + [(o, "output") for o in outs]
     metadata: dict[str, Any] = {"dt": dt, "source": "neurostep"}
     if ex.notes:
         metadata["approximations"] = "; ".join(ex.notes)
-    graph = nir.NIRGraph(nodes=nodes, edges=edges, metadata=metadata, type_check=False)
+    try:
+        graph = nir.NIRGraph(nodes=nodes, edges=edges, metadata=metadata, type_check=True)
+    except ValueError as exc:
+        raise ValueError(f"the exported graph fails NIR's type check ({exc}); every node's input shape should "
+                         "match the output shape before it") from exc
     if path is not None:
         nir.write(path, graph)
     return graph
@@ -746,7 +755,8 @@ class _Loader:
         return NIRCubaLIF(neuron, gain)
 
 
-def load(graph_or_path: Any, *, dt: float | None = None, surrogate: Any = None, backend: str = "auto") -> NIRNetwork:
+def load(graph_or_path: nir.NIRGraph | str | Path, *, dt: float | None = None,
+         surrogate: str | SurrogateFunction | None = None, backend: str = "auto") -> NIRNetwork:
     """Build a neurostep network from a ``nir.NIRGraph`` or a NIR HDF5 file (read with ``nir.read``).
 
     Args:

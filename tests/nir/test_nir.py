@@ -152,7 +152,8 @@ def test_convolutional_roundtrip_is_exact():
     _active(expected)
     assert {"Conv2d", "AvgPool2d", "SumPool2d", "Flatten", "Affine"} <= {type(n).__name__ for n in graph.nodes.values()}
     assert torch.equal(loaded(x), expected)
-    conv1 = nn.Sequential(SampleWise(nn.Conv1d(3, 4, 3, padding=1), 2), LIF(tau=2.0))
+    assert torch.equal(load(export(loaded, x))(x), expected)
+    conv1 = nn.Sequential(SampleWise(_scaled(nn.Conv1d(3, 4, 3, padding=1), 4.0), 2), LIF(tau=2.0))
     x1 = torch.rand(T, B, 3, 9) * 3
     expected, loaded, _ = _roundtrip(conv1, x1)
     _active(expected)
@@ -173,6 +174,9 @@ def test_recurrent_roundtrip_is_exact():
     sub = graph.nodes["1"]
     assert isinstance(sub, nir.NIRGraph) and ("w_rec", "neuron") in sub.edges
     assert torch.equal(loaded(x), expected)
+    again = export(loaded, x)          # a loaded recurrent network exports as the same subgraphs
+    assert isinstance(again.nodes["1"], nir.NIRGraph)
+    assert torch.equal(load(again)(x), expected)
     # the feedback is what makes it recurrent: without it the spikes change
     with torch.no_grad():
         net[1].recurrent.weight.zero_()
@@ -317,6 +321,41 @@ def test_per_neuron_r_and_v_leak_load_exactly_against_euler():
     expected = torch.from_numpy(np.stack(expected)).double()
     _active(expected)
     assert torch.equal(net(x), expected)
+
+
+def test_cubalif_with_per_neuron_input_weights_loads_exactly_against_euler():
+    """NIR's CubaLIF with per-neuron w_in and r: current first, then the membrane with the new current."""
+    dt, n = 1e-3, 4
+    rng = np.random.default_rng(1)
+    tau_syn, tau_mem = np.full(n, 3e-3), np.full(n, 2e-3)
+    w_in, r = rng.uniform(0.5, 2.0, n), rng.uniform(0.5, 2.0, n)
+    node = nir.CubaLIF(tau_syn=tau_syn, tau_mem=tau_mem, r=r, v_leak=np.full(n, 0.05), v_threshold=np.full(n, 0.4),
+                       v_reset=np.zeros(n), w_in=w_in)
+    net = load(nir.NIRGraph.from_list(node), dt=dt)
+    x = torch.from_numpy(rng.uniform(-0.5, 1.5, (40, 2, n)))
+    i, v, expected = np.zeros((2, n)), np.zeros((2, n)), []
+    for t in range(40):
+        i = i + dt / tau_syn * (w_in * x[t].numpy() - i)
+        v = v + dt / tau_mem * (0.05 - v + r * i)
+        s = v > 0.4
+        v = np.where(s, 0.0, v)
+        expected.append(s)
+    expected = torch.from_numpy(np.stack(expected)).double()
+    _active(expected)
+    assert torch.equal(net(x), expected)
+
+
+def test_scale_and_threshold_nodes():
+    scale, thr = np.array([2.0, -1.0, 0.5], dtype=np.float32), np.array([0.5, 0.5, 1.0], dtype=np.float32)
+    graph = nir.NIRGraph.from_list(nir.Scale(scale=scale), nir.Threshold(threshold=thr))
+    net = load(graph)
+    x = torch.tensor([[[0.25, -0.6, 2.0]], [[0.3, 0.0, 4.0]]])
+    expected = (x * torch.from_numpy(scale) > torch.from_numpy(thr)).float()
+    assert expected.flatten().tolist() == [0.0, 1.0, 0.0, 1.0, 0.0, 1.0]
+    assert torch.equal(net(x), expected)
+    again = export(net, x)
+    assert [type(n).__name__ for n in again.nodes.values()] == ["Input", "Scale", "Threshold", "Output"]
+    assert torch.equal(load(again)(x), expected)
 
 
 # ----------------------------------------------------------------------------- files and energy
