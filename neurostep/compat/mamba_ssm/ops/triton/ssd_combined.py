@@ -1,15 +1,16 @@
-"""``mamba_ssm.ops.triton.ssd_combined``: Mamba-2's scan (SSD) on neurostep's selective-scan kernel.
+"""``mamba_ssm.ops.triton.ssd_combined``: Mamba-2's state-space scan (SSD) and its conv-fused wrapper.
 
-Mirrors the public functions of mamba-ssm (``mamba_ssm/ops/triton/ssd_combined.py`` at e9594ce;
-Apache-2.0, Copyright (c) 2024 Tri Dao, Albert Gu): ``mamba_chunk_scan_combined``,
-``mamba_split_conv1d_scan_combined`` and the references ``ssd_selective_scan``,
-``mamba_split_conv1d_scan_ref``. Mamba-2's recurrence is the selective scan with one scalar decay
-per head: the heads are flattened into ``nheads * headdim`` lanes (``dt``, ``A``, ``D`` repeated
-over ``headdim``, ``B``/``C`` as groups) and run through
-:func:`neurostep.kernels.selective_scan.selective_scan`, which is exact, not chunked, so
-``chunk_size`` only keeps the signature. Packed sequences (``seq_idx``) are scanned segment by
-segment from a zero state (the first segment of a row from ``initial_states``); ``cu_seqlens``
-with ``return_varlen_states`` gives each sequence's final state (an empty sequence: zeros).
+Mamba-2's recurrence is a selective scan whose decay is one scalar per head. With ``H`` heads of
+``P`` channels, ``G`` groups of ``B``/``C`` and state size ``N``, per head ``h`` and channel ``p``::
+
+    dt' = softplus(dt + dt_bias), clamped to dt_limit ;  S_t = exp(dt' A_h) S_{t-1} + dt' x_t B_t^T
+    y_t = S_t C_t + D x_t  (then times silu(z_t) when a gate is given)
+
+Here the heads are laid out as ``H * P`` lanes of :func:`neurostep.kernels.selective_scan.selective_scan`
+(``dt``, ``A``, ``D`` repeated over ``P``, ``B``/``C`` as groups). That scan is exact rather than
+chunked, so ``chunk_size`` is accepted and unused. Packed sequences (``seq_idx``) are scanned one
+segment at a time, each from a zero state except a row's first, which starts from
+``initial_states``; ``cu_seqlens`` with ``return_varlen_states`` yields every sequence's last state.
 """
 
 from __future__ import annotations
@@ -115,9 +116,9 @@ def _scan_lanes(args, initial_states, seq_idx, cu_seqlens, want_varlen):
     varlen = None
     if want_varlen:
         if cu_seqlens is None:
-            raise ValueError("cu_seqlens must be provided if return_varlen_states is True")
+            raise ValueError("return_varlen_states needs cu_seqlens (the sequence boundaries)")
         if batch != 1:
-            raise ValueError("passing cu_seqlens to get the varlen states is only supported if batch dimension is 1")
+            raise ValueError(f"per-sequence states come from a packed batch of one row, got batch={batch}")
         bounds = cu_seqlens.tolist()
         states = []
         for s, e in zip(bounds[:-1], bounds[1:]):
@@ -135,25 +136,23 @@ def _scan_lanes(args, initial_states, seq_idx, cu_seqlens, want_varlen):
 def mamba_chunk_scan_combined(x, dt, A, B, C, chunk_size, D=None, z=None, dt_bias=None, initial_states=None,
                               seq_idx=None, cu_seqlens=None, dt_softplus=False, dt_limit=_NO_LIMIT,
                               return_final_states=False, return_varlen_states=False, state_dtype=None):
-    """
-    Argument:
-        x: (batch, seqlen, nheads, headdim)
-        dt: (batch, seqlen, nheads)
-        A: (nheads)
-        B: (batch, seqlen, ngroups, dstate)
-        C: (batch, seqlen, ngroups, dstate)
-        chunk_size: int (kept for the signature; the scan is exact)
-        D: (nheads, headdim) or (nheads,)
-        z: (batch, seqlen, nheads, headdim)
-        dt_bias: (nheads,)
-        initial_states: (batch, nheads, headdim, dstate)
-        seq_idx: (batch, seqlen)
-        cu_seqlens: (num_sequences + 1) or None, only used if return_varlen_states is True
-        dt_softplus: Whether to apply softplus to dt
-        state_dtype: dtype of the returned states (default: C's dtype, as upstream).
-    Return:
-        out: (batch, seqlen, nheads, headdim), then final_states (batch, nheads, headdim, dstate) with
-        return_final_states, then varlen_states (num_sequences, nheads, headdim, dstate) with return_varlen_states.
+    """Mamba-2's scan over ``L`` steps of ``H`` heads.
+
+    Args:
+        x: ``(batch, L, H, P)``. dt: ``(batch, L, H)``. A: ``(H,)`` (negative decay rates).
+        B, C: ``(batch, L, G, N)``, ``H`` a multiple of ``G``.
+        chunk_size: unused (the scan is exact).
+        D: ``(H, P)`` or ``(H,)``. z: ``(batch, L, H, P)`` gate. dt_bias: ``(H,)``.
+        initial_states: ``(batch, H, P, N)`` state before step 0 (a row's first segment with ``seq_idx``).
+        seq_idx: ``(batch, L)`` int ids of packed sequences; no state crosses a change of id.
+        cu_seqlens: ``(S + 1,)`` boundaries of the packed sequences, read for ``return_varlen_states``.
+        dt_softplus: apply softplus to ``dt + dt_bias``. dt_limit: ``(low, high)`` clamp of the step.
+        return_final_states, return_varlen_states: what to return besides ``out``.
+        state_dtype: dtype of returned states (default ``C``'s).
+
+    Returns:
+        ``out (batch, L, H, P)`` in ``x``'s dtype; then ``final_states (batch, H, P, N)`` if asked,
+        then ``varlen_states (S, H, P, N)`` if asked.
     """
     batch, seqlen, nheads, headdim = x.shape
     if tuple(dt.shape) != (batch, seqlen, nheads):
@@ -179,24 +178,16 @@ def mamba_chunk_scan(x, dt, A, B, C, chunk_size, D=None, z=None, dt_bias=None, d
 
 
 def ssd_chunk_scan_combined_ref(x, dt, A, B, C, chunk_size, D=None, z=None, dt_bias=None, dt_softplus=False):
-    """Reference: the same recurrence through upstream's ``selective_scan_ref`` (PyTorch loop)."""
+    """Reference for :func:`mamba_chunk_scan`: the SSD recurrence through the loop-based ``selective_scan_ref``."""
     return ssd_selective_scan(x, dt, A, B, C, D=D, z=z, dt_bias=dt_bias, dt_softplus=dt_softplus, _ref=True)
 
 
 def ssd_selective_scan(x, dt, A, B, C, D=None, z=None, dt_bias=None, dt_softplus=False, dt_limit=_NO_LIMIT,
                        _ref=False):
-    """
-    Argument:
-        x: (batch, seqlen, nheads, headdim)
-        dt: (batch, seqlen, nheads) or (batch, seqlen, nheads, headdim)
-        A: (nheads) or (dim, dstate)
-        B: (batch, seqlen, ngroups, dstate)
-        C: (batch, seqlen, ngroups, dstate)
-        D: (nheads, headdim) or (nheads,)
-        z: (batch, seqlen, nheads, headdim)
-        dt_bias: (nheads,) or (nheads, headdim)
-    Return:
-        out: (batch, seqlen, nheads, headdim)
+    """The SSD recurrence through :func:`selective_scan_fn`, without states; ``out (batch, L, H, P)``.
+
+    Shapes as :func:`mamba_chunk_scan_combined`, and more general: ``dt`` may be per channel
+    ``(batch, L, H, P)``, ``A`` a full ``(H * P, N)`` matrix, ``dt_bias`` ``(H, P)``.
     """
     from neurostep.compat.mamba_ssm.ops.selective_scan_interface import selective_scan_fn, selective_scan_ref
 
@@ -208,49 +199,53 @@ def ssd_selective_scan(x, dt, A, B, C, D=None, z=None, dt_bias=None, dt_softplus
     return out.transpose(1, 2).reshape(batch, seqlen, nheads, headdim)
 
 
+def _head_sizes(zxbcdt: torch.Tensor, conv_channels: int, D: torch.Tensor, headdim: int | None,
+                ngroups: int) -> tuple[int, int, int, int]:
+    """``(H, P, N, M)`` read off the shapes: heads, head width, state size and MLP width."""
+    if D.dim() == 2:
+        nheads, headdim = D.shape
+    elif headdim is None:
+        raise ValueError("with a per-head D of shape (H,) the head width must be given as headdim")
+    else:
+        nheads = D.shape[0]
+    width = nheads * headdim
+    d_state = (conv_channels - width) // (2 * ngroups)
+    ssm_part = 2 * width + 2 * ngroups * d_state + nheads
+    d_mlp, odd = divmod(zxbcdt.shape[-1] - ssm_part, 2)
+    if d_mlp < 0 or odd:
+        raise ValueError(f"a last axis of {zxbcdt.shape[-1]} does not hold z, x, B, C and dt for H={nheads}, "
+                         f"P={headdim}, G={ngroups}, N={d_state} (plus an MLP pair)")
+    return nheads, headdim, d_state, d_mlp
+
+
 def _split_conv1d_scan(zxbcdt, conv1d_weight, conv1d_bias, dt_bias, A, D, initial_states, seq_idx, dt_limit,
                        activation, rmsnorm_weight, rmsnorm_eps, outproj_weight, outproj_bias, headdim, ngroups,
-                       norm_before_gate, state_dtype, return_final_states):
+                       norm_before_gate, state_dtype, return_final_states):  # noqa: ANN001, ANN202
     if activation not in (None, "silu", "swish"):
-        raise NotImplementedError("activation must be None, silu, or swish")
-    if D.dim() == 1:
-        if headdim is None:
-            raise ValueError("headdim must be passed when D is 1-D")
-        nheads, = D.shape
-    else:
-        nheads, headdim = D.shape
-    batch, seqlen, _ = zxbcdt.shape
-    dim = nheads * headdim
-    dstate = (conv1d_weight.shape[0] - dim) // ngroups // 2
-    d_nonssm = (zxbcdt.shape[-1] - 2 * dim - 2 * ngroups * dstate - nheads) // 2
-    if d_nonssm < 0 or zxbcdt.shape[-1] != 2 * d_nonssm + 2 * dim + 2 * ngroups * dstate + nheads:
-        raise ValueError(f"zxbcdt's last dim {zxbcdt.shape[-1]} does not split into z, x, B, C, dt for "
-                         f"nheads={nheads}, headdim={headdim}, ngroups={ngroups}, dstate={dstate}")
-    zx0, z, xBC, dt = torch.split(zxbcdt, [2 * d_nonssm, dim, dim + ngroups * dstate * 2, nheads], dim=-1)
-    xBC = causal_conv1d_fn(xBC.transpose(1, 2), conv1d_weight.reshape(conv1d_weight.shape[0], -1), conv1d_bias,
-                           seq_idx=seq_idx, activation=activation).transpose(1, 2)
-    x, B, C = torch.split(xBC, [dim, ngroups * dstate, ngroups * dstate], dim=-1)
-    x = x.unflatten(-1, (nheads, headdim))
-    B = B.unflatten(-1, (ngroups, dstate))
-    C = C.unflatten(-1, (ngroups, dstate))
-    z = z.unflatten(-1, (nheads, headdim))
-    res = mamba_chunk_scan_combined(x, dt, A, B, C, 256, D=D, z=z if rmsnorm_weight is None else None,
-                                    dt_bias=dt_bias, initial_states=initial_states, seq_idx=seq_idx,
-                                    dt_softplus=True, dt_limit=dt_limit, return_final_states=True,
-                                    state_dtype=state_dtype)
-    out, final = res
-    out = out.flatten(-2)
+        raise NotImplementedError(f"activation is None, 'silu' or 'swish', got {activation!r}")
+    if outproj_weight is None and outproj_bias is not None:
+        raise ValueError("an outproj_bias without outproj_weight has nothing to be added to")
+    channels = conv1d_weight.shape[0]
+    H, P, N, M = _head_sizes(zxbcdt, channels, D, headdim, ngroups)
+    mlp, gate, xbc, dt = zxbcdt.split([2 * M, H * P, channels, H], dim=-1)
+    xbc = causal_conv1d_fn(xbc.mT, conv1d_weight.reshape(channels, -1), conv1d_bias, seq_idx=seq_idx,
+                           activation=activation).mT
+    x, B, C = xbc.split([H * P, ngroups * N, ngroups * N], dim=-1)
+    gate_heads = gate.unflatten(-1, (H, P))
+    y, final = mamba_chunk_scan_combined(
+        x.unflatten(-1, (H, P)), dt, A, B.unflatten(-1, (ngroups, N)), C.unflatten(-1, (ngroups, N)), 256, D=D,
+        z=gate_heads if rmsnorm_weight is None else None, dt_bias=dt_bias, initial_states=initial_states,
+        seq_idx=seq_idx, dt_softplus=True, dt_limit=dt_limit, return_final_states=True, state_dtype=state_dtype)
+    y = y.flatten(-2)
     if rmsnorm_weight is not None:
-        out = rmsnorm_fn(out, rmsnorm_weight, None, z=z.flatten(-2), eps=rmsnorm_eps, group_size=dim // ngroups,
-                         norm_before_gate=norm_before_gate)
-    if d_nonssm > 0:
-        z0, x0 = zx0.chunk(2, dim=-1)
-        out = torch.cat([F.silu(z0) * x0, out.to(zx0.dtype)], dim=-1)
+        y = rmsnorm_fn(y, rmsnorm_weight, None, z=gate, eps=rmsnorm_eps, group_size=H * P // ngroups,
+                       norm_before_gate=norm_before_gate)
+    if M:
+        z0, x0 = mlp.chunk(2, dim=-1)
+        y = torch.cat([x0 * F.silu(z0), y.to(mlp.dtype)], dim=-1)
     if outproj_weight is not None:
-        out = F.linear(out.to(outproj_weight.dtype), outproj_weight, outproj_bias)
-    elif outproj_bias is not None:
-        raise ValueError("outproj_bias needs outproj_weight")
-    return out if not return_final_states else (out, final)
+        y = F.linear(y.to(outproj_weight.dtype), outproj_weight, outproj_bias)
+    return (y, final) if return_final_states else y
 
 
 def mamba_split_conv1d_scan_combined(zxbcdt, conv1d_weight, conv1d_bias, dt_bias, A, D, chunk_size,
@@ -258,25 +253,23 @@ def mamba_split_conv1d_scan_combined(zxbcdt, conv1d_weight, conv1d_bias, dt_bias
                                      activation="silu", rmsnorm_weight=None, rmsnorm_eps=1e-6, outproj_weight=None,
                                      outproj_bias=None, headdim=None, ngroups=1, norm_before_gate=True,
                                      state_dtype=None):
-    """
-    Argument:
-        zxbcdt: (batch, seqlen, 2 * dim + 2 * ngroups * dstate + nheads) where dim == nheads * headdim
-            (plus 2 * d_mlp leading channels for Mamba-2's gated-MLP part, if any)
-        conv1d_weight: (dim + 2 * ngroups * dstate, width)
-        conv1d_bias: (dim + 2 * ngroups * dstate,)
-        dt_bias: (nheads,)
-        A: (nheads)
-        D: (nheads, headdim) or (nheads,)
-        initial_states: (batch, nheads, headdim, dstate)
-        seq_idx: (batch, seqlen), int32
-        rmsnorm_weight: (dim,)
-        outproj_weight: (out_dim, dim)
-        outproj_bias: (out_dim,)
-        headdim: if D is 1D, headdim must be passed in
-        norm_before_gate: if True, we do RMSNorm(x) * F.silu(z). If False, we do RMSNorm(x * F.silu(z))
-        state_dtype: dtype of the returned final state.
-    Return:
-        out: (batch, seqlen, dim)
+    """Conv, scan, optional gated RMSNorm and optional output projection of a Mamba-2 layer, after ``in_proj``.
+
+    ``zxbcdt (batch, L, 2 M + 2 H P + 2 G N + H)`` is split along its last axis into an MLP pair
+    ``z0, x0`` of width ``M`` each (``M`` may be 0), the gate ``z``, the conv input ``xBC`` and ``dt``.
+
+    Args:
+        conv1d_weight: ``(H P + 2 G N, W)`` (or with a singleton middle axis); conv1d_bias: ``(H P + 2 G N,)``.
+        dt_bias, A: ``(H,)``. D: ``(H, P)``, or ``(H,)`` together with ``headdim``.
+        initial_states: ``(batch, H, P, N)``. seq_idx: ``(batch, L)`` packed-sequence ids.
+        rmsnorm_weight: ``(H P,)``: gate through a grouped RMSNorm (``norm_before_gate`` picks
+            ``norm(y) * silu(z)`` or ``norm(y * silu(z))``); without it ``z`` gates the scan directly.
+        outproj_weight: ``(out, M + H P)``, outproj_bias: ``(out,)``.
+        state_dtype: dtype of the final state.
+
+    Returns:
+        ``out (batch, L, out)`` (``M + H P`` channels without a projection), and the final state
+        ``(batch, H, P, N)`` with ``return_final_states``.
     """
     return _split_conv1d_scan(zxbcdt, conv1d_weight, conv1d_bias, dt_bias, A, D, initial_states, seq_idx, dt_limit,
                               activation, rmsnorm_weight, rmsnorm_eps, outproj_weight, outproj_bias, headdim, ngroups,
@@ -286,7 +279,7 @@ def mamba_split_conv1d_scan_combined(zxbcdt, conv1d_weight, conv1d_bias, dt_bias
 def mamba_split_conv1d_scan_ref(zxbcdt, conv1d_weight, conv1d_bias, dt_bias, A, D, chunk_size, dt_limit=_NO_LIMIT,
                                 activation="silu", rmsnorm_weight=None, rmsnorm_eps=1e-6, outproj_weight=None,
                                 outproj_bias=None, headdim=None, ngroups=1, norm_before_gate=True):
-    """Upstream's reference signature; same computation as :func:`mamba_split_conv1d_scan_combined`."""
+    """Reference for :func:`mamba_split_conv1d_scan_combined` (no initial state, no ``seq_idx``, no states returned)."""
     return _split_conv1d_scan(zxbcdt, conv1d_weight, conv1d_bias, dt_bias, A, D, None, None, dt_limit, activation,
                               rmsnorm_weight, rmsnorm_eps, outproj_weight, outproj_bias, headdim, ngroups,
                               norm_before_gate, None, False)
