@@ -179,28 +179,45 @@ class _Exporter:
         p = f"{path}." if path else ""
         for i, stage in enumerate(module.stages):
             srcs, typ = self.convert(stage, f"{p}stages.{i}", srcs, typ)
-        pos, _ = self.convert(module.rpe, p + "rpe", srcs, typ)
+        self.convert(module.rpe, p + "rpe", srcs, typ)
         self.refuse(path, module, "its output is the feature map turned into tokens (N, D) by a transpose, and NIR "
                                   "has no transpose node; the stages and the position embedding above it convert")
 
     def network(self, module: NIRNetwork, path: str, srcs: list[str], typ):
-        """Inline a loaded graph: its nodes under ``path``, its input's edges fed by ``srcs``."""
+        """Inline a loaded graph: its nodes under ``path``, its input's edges fed by ``srcs``.
+
+        Nodes are re-created from the modules (so fine-tuned weights export), in evaluation order so
+        that each neuron takes the per-sample shape of what feeds it.
+        """
         p = f"{path}." if path else ""
-        renamed = {}
-        for name in module.names:
-            if name in (module.input_name, module.output_name):
+        renamed: dict[str, str] = {}
+        types: dict[str, tuple[int, ...] | None] = {module.input_name: typ}
+        for name in module.order:
+            if name == module.input_name:
+                continue
+            in_t = next((types[q] for q in module.preds[name] if types.get(q) is not None), None)
+            if name == module.output_name:
+                types[name] = in_t
                 continue
             sub = module.module(name)
             if isinstance(sub, NIRNetwork):
-                node = _subgraph(self, sub, p + name)
+                node = _subgraph(self, sub, p + name, in_t)
             elif isinstance(sub, (NIRLIF, NIRCubaLIF)):
                 original = module.nir_nodes.get(name)
-                shape = np.shape(original.v_threshold) if original is not None else _gain_shape(sub)
+                shape = in_t or (np.shape(original.v_threshold) if original is not None else None) or _gain_shape(sub)
+                if shape is None:
+                    self.refuse(p + name, sub, "its neuron count is unknown")
                 node = _NodeOf(self, sub, p + name).neuron(shape)
+            elif isinstance(sub, (Flatten, nn.Flatten)) and in_t is not None:
+                (renamed[name],), types[name] = self.flatten(sub, p + name, [], in_t)
+                continue
             else:
-                # re-created from the module, so the node carries the module's current weights
                 node = _NodeOf(self, sub, p + name).node()
             renamed[name] = self.add(p + name, node, [])[0]
+            out_t = _node_output_type(node)
+            if out_t is None and sub in self.shapes and isinstance(sub, SampleWise):
+                out_t = self.shapes[sub][1][-sub.sample_ndim:]
+            types[name] = out_t if out_t is not None else in_t
         outs: list[str] = []
         for src, dst in module.edges:
             if src == module.input_name:
@@ -212,8 +229,7 @@ class _Exporter:
                 outs.append(renamed[src])
             else:
                 self.edges.append((renamed[src], renamed[dst]))
-        out_type = _node_output_type(self.nodes[outs[0]]) if outs and outs[0] in self.nodes else typ
-        return outs, out_type
+        return outs, types.get(module.output_name, typ)
 
     def recurrent(self, module: RecurrentSpiking, path: str, srcs: list[str], typ):
         n = module.recurrent.in_features
@@ -325,15 +341,14 @@ def _node_output_type(node: Any) -> tuple[int, ...] | None:
     return None if value is None else tuple(int(d) for d in np.asarray(value).reshape(-1))
 
 
-def _subgraph(ex: _Exporter, net: NIRNetwork, path: str) -> Any:
-    """A loaded nested graph exported back as a NIR subgraph node."""
+def _subgraph(ex: _Exporter, net: NIRNetwork, path: str, typ: tuple[int, ...] | None) -> Any:
+    """A loaded nested graph exported back as a NIR subgraph node (per-sample input shape ``typ``)."""
     inner = _Exporter(ex.dt, ex.approximate, ex.shapes)
     nir = ex.nir
-    in_node = net.nir_nodes.get(net.input_name)
-    out_node = net.nir_nodes.get(net.output_name)
-    outs, _ = inner.network(net, "", ["input"], None)
-    inner.nodes = {"input": in_node or nir.Input(input_type={"input": None}), **inner.nodes}
-    inner.nodes["output"] = out_node or nir.Output(output_type={"output": None})
+    outs, out_t = inner.network(net, "", ["input"], typ)
+    in_t = typ if typ is not None else _node_output_type(net.nir_nodes.get(net.input_name))
+    inner.nodes = {"input": nir.Input(input_type={"input": None if in_t is None else np.array(in_t)}), **inner.nodes}
+    inner.nodes["output"] = nir.Output(output_type={"output": None if out_t is None else np.array(out_t)})
     inner.edges.extend((o, "output") for o in outs)
     ex.notes.extend(f"{path}.{n}" for n in inner.notes)
     return nir.NIRGraph(nodes=inner.nodes, edges=inner.edges, type_check=False)

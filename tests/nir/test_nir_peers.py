@@ -90,6 +90,10 @@ def test_snntorch_network_loads_with_identical_spikes():
         edges=[("input", "fc1"), *zip(names[:-1], names[1:]), ("rlif3", "output")], type_check=False)
     net = load(graph)
     assert torch.equal(net(x), expected)
+    # exported again, the 0-d snntorch parameters become per-neuron arrays of the layer's shape
+    again = export(net, x)
+    assert again.nodes["lif1"].tau.shape == (16,)
+    assert torch.equal(load(again)(x), expected)
     # the same network stepped one step at a time
     state, steps = None, []
     for t in range(T):
@@ -125,7 +129,9 @@ def test_spikingjelly_export_loads_with_identical_spikes():
     graph = to_nir.export_to_nir(net, x)
     kinds = {type(n).__name__ for n in graph.nodes.values()}
     assert {"Conv2d", "AvgPool2d", "Flatten", "LIF", "IF", "CubaLIF"} <= kinds
-    assert torch.equal(load(graph)(x), expected)
+    loaded = load(graph)
+    assert torch.equal(loaded(x), expected)
+    assert torch.equal(load(export(loaded, x))(x), expected)     # and back out through neurostep's exporter
 
 
 # ----------------------------------------------------------------------------- neurostep -> peers
