@@ -54,6 +54,11 @@ def _log_s4d_real(rows: int, d_state: int, device: torch.device | None) -> Tenso
     return n.log().expand(rows, d_state).contiguous()
 
 
+def _last_window(x: Tensor, width: int) -> Tensor:
+    """The last ``width`` steps of ``x (B, C, L)``, zero-filled on the left when ``L < width``."""
+    return F.pad(x, (width - x.shape[-1], 0))
+
+
 def _init_dt_proj_(dt_proj: nn.Linear, scheme: str, scale: float, dt_min: float, dt_max: float,
                    floor: float, factory: dict) -> None:
     """Initialise the step-size projection in place.
@@ -218,8 +223,7 @@ class Mamba(nn.Module):
         """
         x, z = xz.chunk(2, dim=1)
         if conv_state is not None:
-            # keep the last d_conv inputs, zero-filled on the left when the prompt is shorter
-            conv_state.copy_(F.pad(x, (self.d_conv - x.shape[-1], 0)))
+            conv_state.copy_(_last_window(x, self.d_conv))
         x = causal_conv1d_fn(x=x, weight=self.conv1d.weight.squeeze(1), bias=self.conv1d.bias,
                              activation=self.activation)
         coeffs = self.x_proj(x.mT)  # (B, L, R + 2N)

@@ -221,15 +221,15 @@ def decode(
         token = token[:, None]
         if repetition_penalty != 1.0:
             so_far = torch.cat([so_far, token], dim=1)
-        pieces.append(token)
         if streamer is not None:
             streamer.put(token.cpu())
-    if streamer is not None:
-        streamer.end()
+        pieces.append(token)
     if enable_timing:
         if input_ids.device.type == "cuda":
             torch.cuda.synchronize(input_ids.device)
         print(f"generation took {(time.perf_counter() - started) * 1e3:.0f} ms (prompt and decoding)")
+    if streamer is not None:
+        streamer.end()
     return _output_class()(sequences=torch.cat(pieces, dim=1), scores=tuple(scores))
 
 

@@ -113,9 +113,7 @@ def selective_state_update(state, x, dt, A, B, C, D=None, z=None, dt_bias=None, 
         full = out.new_zeros(batch, nheads, dim)
         full[valid] = out
         out = full
-    if not has_heads:
-        out = out.squeeze(1)
-    return out
+    return out if has_heads else out.squeeze(1)
 
 
 def selective_state_update_ref(state, x, dt, A, B, C, D=None, z=None, dt_bias=None, dt_softplus=False):  # noqa: ANN001, ANN201
