@@ -8,6 +8,7 @@ protocol (``init_state`` / ``step`` / ``scan``) with explicit state.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -143,6 +144,9 @@ class NIRLIF(Recurrent):
         super().__init__()
         if not 0.0 <= tau_inv <= 1.0 or (decay_input and tau_inv == 1.0):
             raise ValueError(f"tau_inv must be in [0, 1] ([0, 1) with decay_input), got {tau_inv}")
+        for name, value in (("v_threshold", v_threshold), ("v_reset", v_reset)):
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                raise ValueError(f"{name} must be a finite float, got {value!r}")
         self.tau_inv, self.v_threshold, self.v_reset = float(tau_inv), float(v_threshold), float(v_reset)
         self.decay_input = bool(decay_input)
         _optional_buffer(self, "gain", gain)

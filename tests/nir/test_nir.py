@@ -217,12 +217,13 @@ def test_inexact_neurons_are_refused_by_name(neuron, match):
     assert str(info.value).startswith(f"1 ({type(neuron).__name__})")
 
 
-def test_approximate_exports_detach_reset_and_records_it():
+def test_approximate_exports_detach_reset_and_records_it(tmp_path):
     torch.manual_seed(3)
     net = nn.Sequential(_scaled(nn.Linear(4, 6), 2.0), LIF(tau=2.0, detach_reset=True))
     x = torch.randn(T, B, 4) * 2
-    graph = export(net, x, approximate=True)
+    graph = export(net, x, approximate=True, path=tmp_path / "approx.nir")
     assert "1 (LIF): detach_reset=True" in graph.metadata["approximations"]
+    assert nir.read(tmp_path / "approx.nir").metadata["approximations"] == graph.metadata["approximations"]
     assert torch.equal(load(graph)(x), net(x))     # forward spikes are unchanged, only the gradient rule is dropped
 
 
