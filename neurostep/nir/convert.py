@@ -541,12 +541,18 @@ def _record_shapes(model: nn.Module, sample: torch.Tensor) -> dict[nn.Module, tu
             handles.append(module.register_step_hook(
                 post=lambda m, method, args, kwargs, out: record(m, args, out)))
         handles.append(module.register_forward_hook(record))
+    # eval mode for the shape run, so that it leaves no trace on the model (batch norms in training mode
+    # would update their running statistics); each module's own flag is restored afterwards
+    modes = {m: m.training for m in model.modules()}
+    model.eval()
     try:
         with torch.no_grad():
             model(sample)
     finally:
         for h in handles:
             h.remove()
+        for m, mode in modes.items():
+            m.training = mode
     return shapes
 
 

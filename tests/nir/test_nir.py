@@ -242,8 +242,10 @@ def test_batchnorm_folds_in_eval_and_is_refused_in_training():
     torch.manual_seed(4)
     net = nn.Sequential(SampleWise(nn.Conv2d(2, 4, 3, padding=1), 3), SampleWise(nn.BatchNorm2d(4), 3), LIF(tau=2.0))
     x = torch.rand(T, B, 2, 6, 6) * 3
+    before = net[1].module.running_mean.clone()
     with pytest.raises(NIRUnsupportedError, match="training mode"):
         export(net, x)
+    assert net[1].module.training and torch.equal(net[1].module.running_mean, before)   # export left no trace
     net.eval()
     with torch.no_grad():
         net[1].module.running_mean.uniform_(-0.5, 0.5)
