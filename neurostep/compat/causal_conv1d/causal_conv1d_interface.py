@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from torch import Tensor
 
 from neurostep.kernels.causal_conv1d import causal_conv1d as _causal_conv1d
 from neurostep.kernels.causal_conv1d.reference import padded_input
@@ -84,15 +85,10 @@ def _causal_conv1d_seq_idx(x: torch.Tensor, weight: torch.Tensor, bias: torch.Te
 
 
 def causal_conv1d_fn(
-    x,
-    weight,
-    bias=None,
-    seq_idx=None,
-    initial_states=None,
-    return_final_states=False,
-    final_states_out=None,
-    activation=None,
-):
+    x: Tensor, weight: Tensor, bias: Tensor | None = None, seq_idx: Tensor | None = None,
+    initial_states: Tensor | None = None, return_final_states: bool = False, final_states_out: Tensor | None = None,
+    activation: str | None = None,
+) -> Tensor | tuple[Tensor, Tensor]:
     """Causal depthwise convolution of ``x (batch, dim, L)`` with ``weight (dim, W)``.
 
     Args:
@@ -138,8 +134,11 @@ class CausalConv1dFn:
     """Upstream's autograd Function, for code that calls ``CausalConv1dFn.apply(...)`` directly."""
 
     @staticmethod
-    def apply(x, weight, bias=None, seq_idx=None, initial_states=None, return_final_states=False,
-              final_states_out=None, activation=None):
+    def apply(
+        x: Tensor, weight: Tensor, bias: Tensor | None = None, seq_idx: Tensor | None = None,
+        initial_states: Tensor | None = None, return_final_states: bool = False,
+        final_states_out: Tensor | None = None, activation: str | None = None,
+    ) -> Tensor | tuple[Tensor, Tensor]:
         return causal_conv1d_fn(x, weight, bias, seq_idx, initial_states, return_final_states,
                                 final_states_out, activation)
 
@@ -155,14 +154,9 @@ def _last_steps(t: torch.Tensor, count: int) -> torch.Tensor:
 
 
 def causal_conv1d_ref(
-    x,
-    weight,
-    bias=None,
-    initial_states=None,
-    return_final_states=False,
-    final_states_out=None,
-    activation=None,
-):  # noqa: ANN001, ANN201
+    x: Tensor, weight: Tensor, bias: Tensor | None = None, initial_states: Tensor | None = None,
+    return_final_states: bool = False, final_states_out: Tensor | None = None, activation: str | None = None,
+) -> Tensor | tuple[Tensor, Tensor]:
     """Reference for :func:`causal_conv1d_fn` (without ``seq_idx``) from ``F.conv1d``.
 
     Computed in ``weight``'s dtype; ``out (batch, dim, L)`` and the final states
@@ -184,8 +178,10 @@ def causal_conv1d_ref(
     return out, final_states_out
 
 
-def causal_conv1d_update(x, conv_state, weight, bias=None, activation=None, cache_seqlens=None,
-                         conv_state_indices=None):
+def causal_conv1d_update(
+    x: Tensor, conv_state: Tensor, weight: Tensor, bias: Tensor | None = None, activation: str | None = None,
+    cache_seqlens: Tensor | None = None, conv_state_indices: Tensor | None = None,
+) -> Tensor:
     """Decode step(s) against a conv cache: ``x (batch, dim)`` or ``(batch, dim, L)`` new inputs.
 
     Args:
@@ -291,7 +287,10 @@ def causal_conv1d_update(x, conv_state, weight, bias=None, activation=None, cach
     return out.squeeze(-1) if one_step else out
 
 
-def causal_conv1d_update_ref(x, conv_state, weight, bias=None, activation=None, cache_seqlens=None):  # noqa: ANN001, ANN201
+def causal_conv1d_update_ref(
+    x: Tensor, conv_state: Tensor, weight: Tensor, bias: Tensor | None = None, activation: str | None = None,
+    cache_seqlens: Tensor | None = None,
+) -> Tensor:
     """Reference for :func:`causal_conv1d_update` (without ``conv_state_indices``) from ``F.conv1d``.
 
     ``x (batch, dim)`` or ``(batch, dim, L)``; ``conv_state (batch, dim, S)`` with ``S >= W - 1``,

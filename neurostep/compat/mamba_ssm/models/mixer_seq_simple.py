@@ -19,6 +19,7 @@ from functools import partial
 
 import torch
 import torch.nn as nn
+from torch import Tensor
 
 from neurostep.compat.mamba_ssm.models.config_mamba import MambaConfig
 from neurostep.compat.mamba_ssm.modules.block import Block
@@ -28,7 +29,7 @@ from neurostep.compat.mamba_ssm.modules.mamba_simple import Mamba
 from neurostep.compat.mamba_ssm.modules.mha import MHA
 from neurostep.compat.mamba_ssm.modules.mlp import GatedMLP
 from neurostep.compat.mamba_ssm.ops.triton.layer_norm import RMSNorm, layer_norm_fn
-from neurostep.compat.mamba_ssm.utils.generation import GenerationMixin
+from neurostep.compat.mamba_ssm.utils.generation import GenerationMixin, InferenceParams
 from neurostep.compat.mamba_ssm.utils.hf import load_config_hf, load_state_dict_hf
 
 __all__ = ["MambaLMHeadModel", "MixerModel", "create_block"]
@@ -42,19 +43,11 @@ CausalLMOutput = namedtuple("CausalLMOutput", ["logits"])
 
 
 def create_block(
-    d_model,
-    d_intermediate,
-    ssm_cfg=None,
-    attn_layer_idx=None,
-    attn_cfg=None,
-    norm_epsilon=1e-5,
-    rms_norm=False,
-    residual_in_fp32=False,
-    fused_add_norm=False,
-    layer_idx=None,
-    device=None,
-    dtype=None,
-) -> Block:  # noqa: ANN001
+    d_model: int, d_intermediate: int, ssm_cfg: dict | None = None, attn_layer_idx: list[int] | None = None,
+    attn_cfg: dict | None = None, norm_epsilon: float = 1e-5, rms_norm: bool = False, residual_in_fp32: bool = False,
+    fused_add_norm: bool = False, layer_idx: int | None = None, device: torch.device | str | None = None,
+    dtype: torch.dtype | None = None,
+) -> Block:
     """One residual block of a ``MixerModel``: its mixer, norm(s) and optional MLP, tagged with ``layer_idx``.
 
     ``ssm_cfg`` (copied, never modified) holds the mixer's keyword arguments; its ``"layer"``
@@ -82,12 +75,9 @@ def create_block(
 
 
 def _init_weights(
-    module,
-    n_layer,
-    initializer_range=0.02,
-    rescale_prenorm_residual=True,
-    n_residuals_per_layer=1,
-) -> None:  # noqa: ANN001
+    module: nn.Module, n_layer: int, initializer_range: float = 0.02, rescale_prenorm_residual: bool = True,
+    n_residuals_per_layer: int = 1,
+) -> None:
     """Re-initialise one module (called on every module through ``nn.Module.apply``).
 
     Linear biases are zeroed unless flagged ``_no_reinit``; embeddings are drawn from
@@ -121,22 +111,11 @@ class MixerModel(nn.Module):
     """
 
     def __init__(
-        self,
-        d_model: int,
-        n_layer: int,
-        d_intermediate: int,
-        vocab_size: int,
-        ssm_cfg=None,
-        attn_layer_idx=None,
-        attn_cfg=None,
-        norm_epsilon: float = 1e-5,
-        rms_norm: bool = False,
-        initializer_cfg=None,
-        fused_add_norm=False,
-        residual_in_fp32=False,
-        device=None,
-        dtype=None,
-    ) -> None:  # noqa: ANN001
+        self, d_model: int, n_layer: int, d_intermediate: int, vocab_size: int, ssm_cfg: dict | None = None,
+        attn_layer_idx: list[int] | None = None, attn_cfg: dict | None = None, norm_epsilon: float = 1e-5,
+        rms_norm: bool = False, initializer_cfg: dict | None = None, fused_add_norm: bool = False,
+        residual_in_fp32: bool = False, device: torch.device | str | None = None, dtype: torch.dtype | None = None,
+    ) -> None:
         super().__init__()
         factory = {"device": device, "dtype": dtype}
         self.residual_in_fp32 = residual_in_fp32
@@ -152,12 +131,16 @@ class MixerModel(nn.Module):
         self.apply(partial(_init_weights, n_layer=n_layer, **(initializer_cfg or {}),
                            n_residuals_per_layer=residual_branches))
 
-    def allocate_inference_cache(self, batch_size: int, max_seqlen: int, dtype=None, **kwargs) -> dict:  # noqa: ANN001
+    def allocate_inference_cache(
+        self, batch_size: int, max_seqlen: int, dtype: torch.dtype | None = None, **kwargs: object,
+    ) -> dict:
         """``{layer index: that layer's decode states}``."""
         return {i: block.allocate_inference_cache(batch_size, max_seqlen, dtype=dtype, **kwargs)
                 for i, block in enumerate(self.layers)}
 
-    def forward(self, input_ids: torch.Tensor, inference_params=None, **mixer_kwargs) -> torch.Tensor:  # noqa: ANN001
+    def forward(
+        self, input_ids: torch.Tensor, inference_params: InferenceParams | None = None, **mixer_kwargs: object,
+    ) -> torch.Tensor:
         hidden, residual = self.embedding(input_ids), None
         for block in self.layers:
             hidden, residual = block(hidden, residual, inference_params=inference_params, **mixer_kwargs)
@@ -178,12 +161,9 @@ class MambaLMHeadModel(nn.Module, GenerationMixin):
     """
 
     def __init__(
-        self,
-        config: MambaConfig,
-        initializer_cfg=None,
-        device=None,
-        dtype=None,
-    ) -> None:  # noqa: ANN001
+        self, config: MambaConfig, initializer_cfg: dict | None = None, device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
         super().__init__()
         self.config = config
         factory = {"device": device, "dtype": dtype}
@@ -204,12 +184,16 @@ class MambaLMHeadModel(nn.Module, GenerationMixin):
         if self.config.tie_embeddings:
             self.lm_head.weight = self.backbone.embedding.weight
 
-    def allocate_inference_cache(self, batch_size: int, max_seqlen: int, dtype=None, **kwargs) -> dict:  # noqa: ANN001
+    def allocate_inference_cache(
+        self, batch_size: int, max_seqlen: int, dtype: torch.dtype | None = None, **kwargs: object,
+    ) -> dict:
         """``{layer index: that layer's decode states}`` (see ``MixerModel``)."""
         return self.backbone.allocate_inference_cache(batch_size, max_seqlen, dtype=dtype, **kwargs)
 
-    def forward(self, input_ids: torch.Tensor, position_ids=None, inference_params=None, num_last_tokens=0,
-                **mixer_kwargs) -> CausalLMOutput:  # noqa: ANN001
+    def forward(
+        self, input_ids: torch.Tensor, position_ids: Tensor | None = None,
+        inference_params: InferenceParams | None = None, num_last_tokens: int = 0, **mixer_kwargs: object,
+    ) -> CausalLMOutput:
         """Logits ``(B, L, V)`` in a ``CausalLMOutput`` namedtuple (only the last ``num_last_tokens`` when > 0).
 
         ``position_ids`` is accepted for transformers-style callers and ignored: the mixers are
@@ -221,13 +205,16 @@ class MambaLMHeadModel(nn.Module, GenerationMixin):
         return CausalLMOutput(logits=self.lm_head(hidden))
 
     @classmethod
-    def from_pretrained(cls, pretrained_model_name, device=None, dtype=None, **kwargs) -> MambaLMHeadModel:  # noqa: ANN001
+    def from_pretrained(
+        cls, pretrained_model_name: str, device: torch.device | str | None = None, dtype: torch.dtype | None = None,
+        **kwargs: object,
+    ) -> MambaLMHeadModel:
         """Build from the hub repository (or directory) ``pretrained_model_name``: its config, then its weights."""
         model = cls(MambaConfig(**load_config_hf(pretrained_model_name)), device=device, dtype=dtype, **kwargs)
         model.load_state_dict(load_state_dict_hf(pretrained_model_name, device=device, dtype=dtype))
         return model
 
-    def save_pretrained(self, save_directory) -> None:  # noqa: ANN001
+    def save_pretrained(self, save_directory: str | os.PathLike) -> None:
         """Write ``pytorch_model.bin`` (the state_dict) and ``config.json`` into ``save_directory`` (created if needed).
 
         :meth:`from_pretrained` reads the directory back.

@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+import torch
 from torch import Tensor, nn
 
 from neurostep.compat.mamba_ssm.ops.triton.layer_norm import RMSNorm, layer_norm_fn
 
 __all__ = ["Block"]
+
+if TYPE_CHECKING:
+    from neurostep.compat.mamba_ssm.utils.generation import InferenceParams
 
 
 class Block(nn.Module):
@@ -19,8 +26,11 @@ class Block(nn.Module):
     seeded mamba-ssm models).
     """
 
-    def __init__(self, dim, mixer_cls, mlp_cls, norm_cls=nn.LayerNorm, fused_add_norm=False,  # noqa: ANN001
-                 residual_in_fp32=False) -> None:  # noqa: ANN001
+    def __init__(
+        self, dim: int, mixer_cls: Callable[[int], nn.Module], mlp_cls: Callable[[int], nn.Module],
+        norm_cls: Callable[[int], nn.Module] = nn.LayerNorm, fused_add_norm: bool = False,
+        residual_in_fp32: bool = False,
+    ) -> None:
         super().__init__()
         self.residual_in_fp32 = residual_in_fp32
         self.fused_add_norm = fused_add_norm
@@ -44,8 +54,10 @@ class Block(nn.Module):
         normed = norm(total.to(norm.weight.dtype))
         return normed, total.float() if self.residual_in_fp32 else total
 
-    def forward(self, hidden_states: Tensor, residual: Tensor | None = None, inference_params=None,  # noqa: ANN001
-                **mixer_kwargs) -> tuple[Tensor, Tensor]:
+    def forward(
+        self, hidden_states: Tensor, residual: Tensor | None = None, inference_params: InferenceParams | None = None,
+        **mixer_kwargs: object,
+    ) -> tuple[Tensor, Tensor]:
         """``hidden_states``, ``residual``: ``(B, L, dim)`` (``residual`` None in the first block).
 
         Extra keyword arguments go to the mixer. Returns the last sublayer's output and the
@@ -58,6 +70,8 @@ class Block(nn.Module):
             out = self.mlp(normed)
         return out, residual
 
-    def allocate_inference_cache(self, batch_size: int, max_seqlen: int, dtype=None, **kwargs):  # noqa: ANN001, ANN201
+    def allocate_inference_cache(
+        self, batch_size: int, max_seqlen: int, dtype: torch.dtype | None = None, **kwargs: object,
+    ) -> tuple[Tensor, Tensor]:
         """The mixer's decode states (see its ``allocate_inference_cache``)."""
         return self.mixer.allocate_inference_cache(batch_size, max_seqlen, dtype=dtype, **kwargs)

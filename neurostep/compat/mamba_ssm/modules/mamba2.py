@@ -18,6 +18,8 @@ clamps ``dt`` to ``dt_limit`` as the parallel pass does, so decoding reproduces 
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -46,6 +48,9 @@ except ImportError:  # pragma: no cover - huggingface_hub is optional
 
 __all__ = ["Mamba2"]
 
+if TYPE_CHECKING:
+    from neurostep.compat.mamba_ssm.utils.generation import InferenceParams
+
 _NO_LIMIT = (0.0, float("inf"))
 
 
@@ -65,32 +70,13 @@ class Mamba2(nn.Module, PyTorchModelHubMixin):
     """
 
     def __init__(
-        self,
-        d_model,
-        d_state=128,
-        d_conv=4,
-        conv_init=None,
-        expand=2,
-        headdim=64,
-        d_ssm=None,
-        ngroups=1,
-        A_init_range=(1, 16),
-        D_has_hdim=False,
-        rmsnorm=True,
-        norm_before_gate=False,
-        dt_min=0.001,
-        dt_max=0.1,
-        dt_init_floor=1e-4,
-        dt_limit=(0.0, float("inf")),
-        bias=False,
-        conv_bias=True,
-        chunk_size=256,
-        use_mem_eff_path=True,
-        layer_idx=None,
-        process_group=None,
-        sequence_parallel=True,
-        device=None,
-        dtype=None,
+        self, d_model: int, d_state: int = 128, d_conv: int = 4, conv_init: float | None = None, expand: float = 2,
+        headdim: int = 64, d_ssm: int | None = None, ngroups: int = 1, A_init_range: tuple[float, float] = (1, 16),
+        D_has_hdim: bool = False, rmsnorm: bool = True, norm_before_gate: bool = False, dt_min: float = 0.001,
+        dt_max: float = 0.1, dt_init_floor: float = 1e-4, dt_limit: tuple[float, float] = (0.0, float("inf")),
+        bias: bool = False, conv_bias: bool = True, chunk_size: int = 256, use_mem_eff_path: bool = True,
+        layer_idx: int | None = None, process_group: object | None = None, sequence_parallel: bool = True,
+        device: torch.device | str | None = None, dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__()
         if process_group is not None:
@@ -164,7 +150,7 @@ class Mamba2(nn.Module, PyTorchModelHubMixin):
     def _limit_kwargs(self) -> dict:
         return {} if tuple(self.dt_limit) == _NO_LIMIT else {"dt_limit": self.dt_limit}
 
-    def _output(self, y: Tensor, z: Tensor, z0: Tensor, x0: Tensor) -> Tensor:
+    def _output(self, y: Tensor, z: Tensor | None, z0: Tensor, x0: Tensor) -> Tensor:
         """Gate (through the norm when ``rmsnorm``), prepend the MLP part, project: ``y (..., d_ssm)``."""
         if self.rmsnorm:
             y = self.norm(y, z)
@@ -173,8 +159,10 @@ class Mamba2(nn.Module, PyTorchModelHubMixin):
         return self.out_proj(y)
 
     # -- parallel pass ----------------------------------------------------------------------
-    def forward(self, u: Tensor, seqlen: int | None = None, seq_idx: Tensor | None = None,
-                cu_seqlens: Tensor | None = None, inference_params=None) -> Tensor:  # noqa: ANN001
+    def forward(
+        self, u: Tensor, seqlen: int | None = None, seq_idx: Tensor | None = None, cu_seqlens: Tensor | None = None,
+        inference_params: InferenceParams | None = None,
+    ) -> Tensor:
         """Mix ``u``: ``(B, L, d_model)``, or ``(B * L, d_model)`` when ``seqlen`` is given; same shape out.
 
         ``seq_idx (B, L)`` marks packed sequences (no state crosses a change of index).
@@ -294,8 +282,9 @@ class Mamba2(nn.Module, PyTorchModelHubMixin):
         ssm_dtype = self.in_proj.weight.dtype if dtype is None else dtype
         return self._zero_states(batch_size, self.out_proj.weight.device, conv_dtype, ssm_dtype)
 
-    def _get_states_from_cache(self, inference_params, batch_size: int,  # noqa: ANN001
-                               initialize_states: bool = False) -> tuple[Tensor, Tensor]:
+    def _get_states_from_cache(
+        self, inference_params: InferenceParams, batch_size: int, initialize_states: bool = False,
+    ) -> tuple[Tensor, Tensor]:
         """This layer's states in ``inference_params.key_value_memory_dict[layer_idx]``.
 
         Created when missing, and recreated when the cached ones were made for another batch

@@ -21,6 +21,8 @@ Unlike the fork, the single-token decode step also multiplies by ``gamma`` when
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn as nn
@@ -44,6 +46,9 @@ from neurostep.compat.mamba_ssm.ops.triton.layer_norm import RMSNorm, layer_norm
 from neurostep.compat.mamba_ssm.ops.triton.selective_state_update import selective_state_update
 
 __all__ = ["Block", "Mamba"]
+
+if TYPE_CHECKING:
+    from neurostep.compat.mamba_ssm.utils.generation import InferenceParams
 
 _BIMAMBA_TYPES = ("none", "v1", "v2")
 
@@ -94,26 +99,11 @@ class Mamba(nn.Module):
     """
 
     def __init__(
-        self,
-        d_model,
-        d_state=16,
-        d_conv=4,
-        expand=2,
-        dt_rank="auto",
-        dt_min=0.001,
-        dt_max=0.1,
-        dt_init="random",
-        dt_scale=1.0,
-        dt_init_floor=1e-4,
-        conv_bias=True,
-        bias=False,
-        use_fast_path=True,
-        layer_idx=None,
-        device=None,
-        dtype=None,
-        bimamba_type="none",
-        if_divide_out=False,
-        init_layer_scale=None,
+        self, d_model: int, d_state: int = 16, d_conv: int = 4, expand: float = 2, dt_rank: int | str = "auto",
+        dt_min: float = 0.001, dt_max: float = 0.1, dt_init: str = "random", dt_scale: float = 1.0,
+        dt_init_floor: float = 1e-4, conv_bias: bool = True, bias: bool = False, use_fast_path: bool = True,
+        layer_idx: int | None = None, device: torch.device | str | None = None, dtype: torch.dtype | None = None,
+        bimamba_type: str = "none", if_divide_out: bool = False, init_layer_scale: float | None = None,
     ) -> None:
         super().__init__()
         if bimamba_type not in _BIMAMBA_TYPES:
@@ -157,7 +147,7 @@ class Mamba(nn.Module):
         self.out_proj = nn.Linear(di, d_model, bias=bias, **factory)
 
     # -- parallel pass ----------------------------------------------------------------------
-    def forward(self, hidden_states: Tensor, inference_params=None) -> Tensor:  # noqa: ANN001
+    def forward(self, hidden_states: Tensor, inference_params: InferenceParams | None = None) -> Tensor:
         """Mix ``hidden_states (B, L, d_model)``; returns ``(B, L, d_model)``.
 
         With ``inference_params`` this layer's ``(conv_state, ssm_state)`` are read from (or
@@ -272,8 +262,9 @@ class Mamba(nn.Module):
         ssm_dtype = self.dt_proj.weight.dtype if dtype is None else dtype
         return self._zero_states(batch_size, self.out_proj.weight.device, conv_dtype, ssm_dtype)
 
-    def _get_states_from_cache(self, inference_params, batch_size: int,  # noqa: ANN001
-                               initialize_states: bool = False) -> tuple[Tensor, Tensor]:
+    def _get_states_from_cache(
+        self, inference_params: InferenceParams, batch_size: int, initialize_states: bool = False,
+    ) -> tuple[Tensor, Tensor]:
         """This layer's states in ``inference_params.key_value_memory_dict[layer_idx]``.
 
         Created when missing, and recreated when the cached ones were made for another batch
@@ -302,8 +293,10 @@ class Block(nn.Module):
     the mixer output. The mixer is built before the norm (RNG order of seeded models).
     """
 
-    def __init__(self, dim, mixer_cls, norm_cls=nn.LayerNorm, fused_add_norm=False,  # noqa: ANN001
-                 residual_in_fp32=False) -> None:
+    def __init__(
+        self, dim: int, mixer_cls: Callable[[int], nn.Module], norm_cls: Callable[[int], nn.Module] = nn.LayerNorm,
+        fused_add_norm: bool = False, residual_in_fp32: bool = False,
+    ) -> None:
         super().__init__()
         self.residual_in_fp32 = residual_in_fp32
         self.fused_add_norm = fused_add_norm
@@ -312,8 +305,9 @@ class Block(nn.Module):
         if fused_add_norm and not isinstance(self.norm, (nn.LayerNorm, RMSNorm)):
             raise TypeError(f"fused_add_norm works with nn.LayerNorm or RMSNorm, not {type(self.norm).__name__}")
 
-    def forward(self, hidden_states: Tensor, residual: Tensor | None = None,
-                inference_params=None) -> tuple[Tensor, Tensor]:  # noqa: ANN001
+    def forward(
+        self, hidden_states: Tensor, residual: Tensor | None = None, inference_params: InferenceParams | None = None,
+    ) -> tuple[Tensor, Tensor]:
         """``hidden_states``, ``residual``: ``(B, L, dim)`` (``residual`` None in the first block).
 
         Returns the mixer output and the updated residual (fp32 when ``residual_in_fp32``).

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
@@ -21,9 +22,11 @@ class GatedMLP(nn.Module):
     Shapes: ``fc1.weight (2 hidden, in)``, ``fc2.weight (out, hidden)``; ``x (..., in) -> (..., out)``.
     """
 
-    def __init__(self, in_features, hidden_features=None, out_features=None,  # noqa: ANN001
-                 activation: Callable[[Tensor], Tensor] = F.silu, bias=False, multiple_of=128,  # noqa: ANN001
-                 device=None, dtype=None) -> None:  # noqa: ANN001
+    def __init__(
+        self, in_features: int, hidden_features: int | None = None, out_features: int | None = None,
+        activation: Callable[[Tensor], Tensor] = F.silu, bias: bool = False, multiple_of: int = 128,
+        device: torch.device | str | None = None, dtype: torch.dtype | None = None,
+    ) -> None:
         super().__init__()
         hidden = int(8 * in_features / 3) if hidden_features is None else hidden_features
         hidden = _round_up(hidden, multiple_of)

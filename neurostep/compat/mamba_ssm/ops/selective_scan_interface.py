@@ -45,8 +45,10 @@ __all__ = [
 
 # -- the scan ---------------------------------------------------------------------------------------
 
-def selective_scan_fn(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
-                      return_last_state=False):  # noqa: ANN001, ANN201
+def selective_scan_fn(
+    u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor | None = None, z: Tensor | None = None,
+    delta_bias: Tensor | None = None, delta_softplus: bool = False, return_last_state: bool = False,
+) -> Tensor | tuple[Tensor, Tensor]:
     """Selective scan over ``L`` steps.
 
     Args:
@@ -68,8 +70,10 @@ def selective_scan_fn(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_
     return (out, last) if return_last_state else out
 
 
-def selective_scan_ref(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
-                       return_last_state=False):  # noqa: ANN001, ANN201
+def selective_scan_ref(
+    u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor | None = None, z: Tensor | None = None,
+    delta_bias: Tensor | None = None, delta_softplus: bool = False, return_last_state: bool = False,
+) -> Tensor | tuple[Tensor, Tensor]:
     """:func:`selective_scan_fn` computed by :func:`_scan_loop`: the PyTorch oracle the kernels are tested against.
 
     Same arguments and return convention; fp32 arithmetic (fp64 for fp64 ``u``).
@@ -93,7 +97,11 @@ def _lanes_bc(M: Tensor, dim: int, complex_A: bool, cdtype: torch.dtype) -> Tens
     return M.transpose(-1, -2)
 
 
-def _scan_loop(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state):  # noqa: ANN001, ANN202
+def _scan_loop(
+    u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor | None, z: Tensor | None,
+    delta_bias: Tensor | None,
+    delta_softplus: bool, return_last_state: bool,
+) -> Tensor | tuple[Tensor, Tensor]:
     """The scan as a Python loop over time that autograd differentiates; real or complex ``A``.
 
     The per-step work is two elementwise ops on ``(batch, dim, N)``; the readout against ``C``
@@ -129,7 +137,8 @@ def _scan_loop(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_
 
 # -- pieces of the fused block ------------------------------------------------------------------------
 
-def rms_norm_forward(x, weight, bias, eps=1e-6, is_rms_norm=True):  # noqa: ANN001, ANN201
+def rms_norm_forward(x: Tensor, weight: Tensor, bias: Tensor | None, eps: float = 1e-6,
+is_rms_norm: bool = True) -> Tensor:
     """Normalise each row of ``x (..., d)`` (RMSNorm, or LayerNorm when not ``is_rms_norm``), weight and bias applied.
 
     Computed in fp32 (fp64 stays fp64) and returned in ``x``'s dtype.
@@ -181,9 +190,12 @@ def _selection(x_dbl: Tensor, delta_proj_weight: Tensor, A: Tensor, B: Tensor | 
     return delta, B, C
 
 
-def _conv_and_select(xz, conv1d_weight, conv1d_bias, x_proj_weight, delta_proj_weight, A, B, C,
-                     B_proj_bias, C_proj_bias, b_rms_weight=None, c_rms_weight=None, dt_rms_weight=None,
-                     eps=1e-6):  # noqa: ANN001, ANN202
+def _conv_and_select(
+    xz: Tensor, conv1d_weight: Tensor, conv1d_bias: Tensor | None, x_proj_weight: Tensor, delta_proj_weight: Tensor,
+    A: Tensor, B: Tensor | None, C: Tensor | None, B_proj_bias: Tensor | None, C_proj_bias: Tensor | None,
+    b_rms_weight: Tensor | None = None,
+    c_rms_weight: Tensor | None = None, dt_rms_weight: Tensor | None = None, eps: float = 1e-6,
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     """Everything before the scan in the fused block: ``(x, z, delta, B, C)`` from ``xz (batch, 2 dim, L)``."""
     if xz.dim() != 3 or xz.shape[1] % 2:
         raise ValueError(f"xz is (batch, 2 * dim, seqlen); got shape {tuple(xz.shape)}")
@@ -212,12 +224,13 @@ def _project_out(y: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
 # -- fused block functions -----------------------------------------------------------------------------
 
 def mamba_inner_fn(
-    xz, conv1d_weight, conv1d_bias, x_proj_weight, delta_proj_weight,
-    out_proj_weight, out_proj_bias,
-    A, B=None, C=None, D=None, delta_bias=None, B_proj_bias=None,
-    C_proj_bias=None, delta_softplus=True, checkpoint_lvl=1, b_rms_weight=None, c_rms_weight=None,
-    dt_rms_weight=None, b_c_dt_rms_eps=1e-6
-):  # noqa: ANN001, ANN201
+    xz: Tensor, conv1d_weight: Tensor, conv1d_bias: Tensor | None, x_proj_weight: Tensor, delta_proj_weight: Tensor,
+    out_proj_weight: Tensor, out_proj_bias: Tensor | None, A: Tensor, B: Tensor | None = None, C: Tensor | None = None,
+    D: Tensor | None = None, delta_bias: Tensor | None = None, B_proj_bias: Tensor | None = None,
+    C_proj_bias: Tensor | None = None, delta_softplus: bool = True, checkpoint_lvl: int = 1,
+    b_rms_weight: Tensor | None = None, c_rms_weight: Tensor | None = None, dt_rms_weight: Tensor | None = None,
+    b_c_dt_rms_eps: float = 1e-6,
+) -> Tensor:
     """A Mamba layer after ``in_proj``: ``xz (batch, 2 dim, L)`` -> ``(batch, L, out)``.
 
     ``xz`` holds the conv input and the gate ``z``. ``conv1d_weight (dim, 1, W)``,
@@ -234,10 +247,11 @@ def mamba_inner_fn(
 
 
 def mamba_inner_fn_no_out_proj(
-    xz, conv1d_weight, conv1d_bias, x_proj_weight, delta_proj_weight,
-    A, B=None, C=None, D=None, delta_bias=None, B_proj_bias=None,
-    C_proj_bias=None, delta_softplus=True, checkpoint_lvl=1
-):  # noqa: ANN001, ANN201
+    xz: Tensor, conv1d_weight: Tensor, conv1d_bias: Tensor | None, x_proj_weight: Tensor, delta_proj_weight: Tensor,
+    A: Tensor, B: Tensor | None = None, C: Tensor | None = None, D: Tensor | None = None,
+    delta_bias: Tensor | None = None, B_proj_bias: Tensor | None = None, C_proj_bias: Tensor | None = None,
+    delta_softplus: bool = True, checkpoint_lvl: int = 1,
+) -> Tensor:
     """:func:`mamba_inner_fn` stopped before ``out_proj``: the gated scan output ``(batch, dim, L)`` (Vision Mamba)."""
     x, z, delta, B, C = _conv_and_select(xz, conv1d_weight, conv1d_bias, x_proj_weight, delta_proj_weight, A, B,
                                          C, B_proj_bias, C_proj_bias)
@@ -245,11 +259,12 @@ def mamba_inner_fn_no_out_proj(
 
 
 def bimamba_inner_fn(
-    xz, conv1d_weight, conv1d_bias, x_proj_weight, delta_proj_weight,
-    out_proj_weight, out_proj_bias,
-    A, A_b, B=None, C=None, D=None, delta_bias=None, B_proj_bias=None,
-    C_proj_bias=None, delta_softplus=True, checkpoint_lvl=1
-):  # noqa: ANN001, ANN201
+    xz: Tensor, conv1d_weight: Tensor, conv1d_bias: Tensor | None, x_proj_weight: Tensor, delta_proj_weight: Tensor,
+    out_proj_weight: Tensor, out_proj_bias: Tensor | None, A: Tensor, A_b: Tensor, B: Tensor | None = None,
+    C: Tensor | None = None, D: Tensor | None = None, delta_bias: Tensor | None = None,
+    B_proj_bias: Tensor | None = None, C_proj_bias: Tensor | None = None, delta_softplus: bool = True,
+    checkpoint_lvl: int = 1,
+) -> Tensor:
     """Vision Mamba's ``"v1"`` bidirectional layer: ``xz (batch, 2 dim, L)`` -> ``(batch, L, out)``.
 
     One conv and one set of projections feed two scans, forward in time with ``A`` and backward
@@ -267,8 +282,10 @@ def bimamba_inner_fn(
 
 # -- references -----------------------------------------------------------------------------------------
 
-def _reference_inputs(xz, conv1d_weight, conv1d_bias, x_proj_weight, delta_proj_weight, A, B, C,
-                      B_proj_bias, C_proj_bias):  # noqa: ANN001, ANN202
+def _reference_inputs(
+    xz: Tensor, conv1d_weight: Tensor, conv1d_bias: Tensor | None, x_proj_weight: Tensor, delta_proj_weight: Tensor,
+    A: Tensor, B: Tensor | None, C: Tensor | None, B_proj_bias: Tensor | None, C_proj_bias: Tensor | None,
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     """``(x, z, delta, B, C)`` through the public ``causal_conv1d_fn`` (independent of the fused path's kernel call)."""
     x, z = xz.chunk(2, dim=1)
     x = causal_conv1d_fn(x, conv1d_weight.reshape(conv1d_weight.shape[0], -1), conv1d_bias, activation="silu")
@@ -277,11 +294,11 @@ def _reference_inputs(xz, conv1d_weight, conv1d_bias, x_proj_weight, delta_proj_
 
 
 def mamba_inner_ref(
-    xz, conv1d_weight, conv1d_bias, x_proj_weight, delta_proj_weight,
-    out_proj_weight, out_proj_bias,
-    A, B=None, C=None, D=None, delta_bias=None, B_proj_bias=None,
-    C_proj_bias=None, delta_softplus=True
-):  # noqa: ANN001, ANN201
+    xz: Tensor, conv1d_weight: Tensor, conv1d_bias: Tensor | None, x_proj_weight: Tensor, delta_proj_weight: Tensor,
+    out_proj_weight: Tensor, out_proj_bias: Tensor | None, A: Tensor, B: Tensor | None = None, C: Tensor | None = None,
+    D: Tensor | None = None, delta_bias: Tensor | None = None, B_proj_bias: Tensor | None = None,
+    C_proj_bias: Tensor | None = None, delta_softplus: bool = True,
+) -> Tensor:
     """Reference for :func:`mamba_inner_fn`, built from the unfused public ops (softplus always applied)."""
     x, z, delta, B, C = _reference_inputs(xz, conv1d_weight, conv1d_bias, x_proj_weight, delta_proj_weight, A, B,
                                           C, B_proj_bias, C_proj_bias)
@@ -290,11 +307,11 @@ def mamba_inner_ref(
 
 
 def bimamba_inner_ref(
-    xz, conv1d_weight, conv1d_bias, x_proj_weight, delta_proj_weight,
-    out_proj_weight, out_proj_bias,
-    A, A_b, B=None, C=None, D=None, delta_bias=None, B_proj_bias=None,
-    C_proj_bias=None, delta_softplus=True
-):  # noqa: ANN001, ANN201
+    xz: Tensor, conv1d_weight: Tensor, conv1d_bias: Tensor | None, x_proj_weight: Tensor, delta_proj_weight: Tensor,
+    out_proj_weight: Tensor, out_proj_bias: Tensor | None, A: Tensor, A_b: Tensor, B: Tensor | None = None,
+    C: Tensor | None = None, D: Tensor | None = None, delta_bias: Tensor | None = None,
+    B_proj_bias: Tensor | None = None, C_proj_bias: Tensor | None = None, delta_softplus: bool = True,
+) -> Tensor:
     """Reference for :func:`bimamba_inner_fn`, built from the unfused public ops (softplus always applied)."""
     x, z, delta, B, C = _reference_inputs(xz, conv1d_weight, conv1d_bias, x_proj_weight, delta_proj_weight, A, B,
                                           C, B_proj_bias, C_proj_bias)
@@ -310,8 +327,10 @@ class SelectiveScanFn:
     """``SelectiveScanFn.apply(...)`` is :func:`selective_scan_fn` (positional arguments in the same order)."""
 
     @staticmethod
-    def apply(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
-              return_last_state=False):  # noqa: ANN001, ANN205
+    def apply(
+        u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor | None = None, z: Tensor | None = None,
+        delta_bias: Tensor | None = None, delta_softplus: bool = False, return_last_state: bool = False,
+    ) -> Tensor | tuple[Tensor, Tensor]:
         return selective_scan_fn(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state)
 
 

@@ -15,7 +15,7 @@ import time
 from dataclasses import dataclass, field
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 __all__ = [
     "GenerationMixin",
@@ -152,7 +152,7 @@ def sample(logits: Tensor, top_k: int = 1, top_p: float = 0.0, min_p: float = 0.
 
 # -- the decoding loop ----------------------------------------------------------------------------
 
-def _next_logits(model, tokens: Tensor, params: InferenceParams, vocab_size: int | None) -> Tensor:  # noqa: ANN001
+def _next_logits(model: nn.Module, tokens: Tensor, params: InferenceParams, vocab_size: int | None) -> Tensor:
     """The model's logits for the position after ``tokens (B, T)``: ``(B, V)``, cut to ``vocab_size``."""
     position_ids = None
     if params.seqlen_offset > 0:
@@ -172,22 +172,11 @@ def _finished(last: Tensor, params: InferenceParams, max_length: int, eos_token_
 
 @torch.inference_mode()
 def decode(
-    input_ids,
-    model,
-    max_length,
-    top_k=1,
-    top_p=0.0,
-    min_p=0.0,
-    temperature=1.0,
-    repetition_penalty=1.0,
-    eos_token_id=None,
-    teacher_outputs=None,
-    vocab_size=None,
-    cg=False,
-    enable_timing=False,
-    output_scores=False,
-    streamer=None,
-):  # noqa: ANN001, ANN201
+    input_ids: Tensor, model: nn.Module, max_length: int, top_k: int = 1, top_p: float = 0.0, min_p: float = 0.0,
+    temperature: float = 1.0, repetition_penalty: float = 1.0, eos_token_id: int | None = None,
+    teacher_outputs: Tensor | None = None, vocab_size: int | None = None, cg: bool = False,
+    enable_timing: bool = False, output_scores: bool = False, streamer: object | None = None,
+) -> object:
     """Generate from the prompt ``input_ids (B, T)`` (every row the same length) up to ``max_length`` tokens.
 
     Sampling follows :func:`sample` (``top_k``, ``top_p``, ``min_p``, ``temperature``), after
@@ -236,22 +225,16 @@ def decode(
 class GenerationMixin:
     """Adds :meth:`generate` to a model that follows the calling convention of this module."""
 
-    def allocate_inference_cache(self, batch_size: int, max_seqlen: int, dtype=None, **kwargs):  # noqa: ANN001, ANN201
+    def allocate_inference_cache(
+        self, batch_size: int, max_seqlen: int, dtype: torch.dtype | None = None, **kwargs: object,
+    ) -> dict:
         """Per-layer decode states; a model that generates must provide it."""
         raise NotImplementedError(f"{type(self).__name__} cannot generate without allocate_inference_cache")
 
     def generate(
-        self,
-        input_ids,
-        max_length,
-        top_k=1,
-        top_p=0.0,
-        min_p=0.0,
-        temperature=1.0,
-        return_dict_in_generate=False,
-        output_scores=False,
-        **kwargs,
-    ):  # noqa: ANN001, ANN201
+        self, input_ids: Tensor, max_length: int, top_k: int = 1, top_p: float = 0.0, min_p: float = 0.0,
+        temperature: float = 1.0, return_dict_in_generate: bool = False, output_scores: bool = False, **kwargs: object,
+    ) -> Tensor | object:
         """:func:`decode` on this model: the token ids ``(B, L)``, or the whole output with ``return_dict_in_generate``.
 
         Further keyword arguments go to :func:`decode`; ``scores`` is None unless ``output_scores``.

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from torch import Tensor
 
 __all__ = [
     "LayerNormFn",
@@ -51,8 +52,13 @@ def _reference_norm(h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | 
     return y.to(out_dtype)
 
 
-def _ref(x, weight, bias, residual, x1, weight1, bias1, eps, dropout_p, rowscale, prenorm, dropout_mask,
-         dropout_mask1, upcast, is_rms_norm):  # noqa: ANN001, ANN202
+def _ref(
+    x: Tensor, weight: Tensor, bias: Tensor | None, residual: Tensor | None, x1: Tensor | None,
+    weight1: Tensor | None, bias1: Tensor | None, eps: float,
+    dropout_p: float, rowscale: Tensor | None, prenorm: bool, dropout_mask: Tensor | None,
+    dropout_mask1: Tensor | None, upcast: bool,
+    is_rms_norm: bool,
+) -> Tensor | tuple[Tensor, ...]:
     """The reference for both norms; ``upcast`` computes everything in fp32."""
     if x1 is not None and rowscale is not None:
         raise ValueError("rowscale cannot be combined with the second input x1")
@@ -73,15 +79,23 @@ def _ref(x, weight, bias, residual, x1, weight1, bias1, eps, dropout_p, rowscale
     return outs[0] if len(outs) == 1 else tuple(outs)
 
 
-def layer_norm_ref(x, weight, bias, residual=None, x1=None, weight1=None, bias1=None, eps=1e-6, dropout_p=0.0,
-                   rowscale=None, prenorm=False, dropout_mask=None, dropout_mask1=None, upcast=False):  # noqa: ANN001, ANN201
+def layer_norm_ref(
+    x: Tensor, weight: Tensor, bias: Tensor | None, residual: Tensor | None = None, x1: Tensor | None = None,
+    weight1: Tensor | None = None, bias1: Tensor | None = None, eps: float = 1e-6, dropout_p: float = 0.0,
+    rowscale: Tensor | None = None, prenorm: bool = False, dropout_mask: Tensor | None = None,
+    dropout_mask1: Tensor | None = None, upcast: bool = False,
+) -> Tensor | tuple[Tensor, ...]:
     """Reference for :func:`layer_norm_fn` (``dropout_mask`` / ``dropout_mask1`` replay given masks)."""
     return _ref(x, weight, bias, residual, x1, weight1, bias1, eps, dropout_p, rowscale, prenorm, dropout_mask,
                 dropout_mask1, upcast, is_rms_norm=False)
 
 
-def rms_norm_ref(x, weight, bias, residual=None, x1=None, weight1=None, bias1=None, eps=1e-6, dropout_p=0.0,
-                 rowscale=None, prenorm=False, dropout_mask=None, dropout_mask1=None, upcast=False):  # noqa: ANN001, ANN201
+def rms_norm_ref(
+    x: Tensor, weight: Tensor, bias: Tensor | None, residual: Tensor | None = None, x1: Tensor | None = None,
+    weight1: Tensor | None = None, bias1: Tensor | None = None, eps: float = 1e-6, dropout_p: float = 0.0,
+    rowscale: Tensor | None = None, prenorm: bool = False, dropout_mask: Tensor | None = None,
+    dropout_mask1: Tensor | None = None, upcast: bool = False,
+) -> Tensor | tuple[Tensor, ...]:
     """Reference for :func:`rms_norm_fn` (``dropout_mask`` / ``dropout_mask1`` replay given masks)."""
     return _ref(x, weight, bias, residual, x1, weight1, bias1, eps, dropout_p, rowscale, prenorm, dropout_mask,
                 dropout_mask1, upcast, is_rms_norm=True)
@@ -98,21 +112,11 @@ def _normalize(h, weight, bias, eps, is_rms_norm):
 
 
 def layer_norm_fn(
-    x,
-    weight,
-    bias,
-    residual=None,
-    x1=None,
-    weight1=None,
-    bias1=None,
-    eps=1e-6,
-    dropout_p=0.0,
-    rowscale=None,
-    prenorm=False,
-    residual_in_fp32=False,
-    is_rms_norm=False,
-    return_dropout_mask=False,
-):
+    x: Tensor, weight: Tensor, bias: Tensor | None, residual: Tensor | None = None, x1: Tensor | None = None,
+    weight1: Tensor | None = None, bias1: Tensor | None = None, eps: float = 1e-6, dropout_p: float = 0.0,
+    rowscale: Tensor | None = None, prenorm: bool = False, residual_in_fp32: bool = False, is_rms_norm: bool = False,
+    return_dropout_mask: bool = False,
+) -> Tensor | tuple[Tensor | None, ...]:
     """``norm(dropout(x * rowscale) + dropout(x1) + residual)``; with ``prenorm`` also the pre-norm sum.
 
     The sum (``residual_out``) is kept in ``residual``'s dtype, else fp32 with ``residual_in_fp32``,
@@ -161,20 +165,11 @@ def layer_norm_fn(
 
 
 def rms_norm_fn(
-    x,
-    weight,
-    bias,
-    residual=None,
-    x1=None,
-    weight1=None,
-    bias1=None,
-    eps=1e-6,
-    dropout_p=0.0,
-    rowscale=None,
-    prenorm=False,
-    residual_in_fp32=False,
-    return_dropout_mask=False,
-):
+    x: Tensor, weight: Tensor, bias: Tensor | None, residual: Tensor | None = None, x1: Tensor | None = None,
+    weight1: Tensor | None = None, bias1: Tensor | None = None, eps: float = 1e-6, dropout_p: float = 0.0,
+    rowscale: Tensor | None = None, prenorm: bool = False, residual_in_fp32: bool = False,
+    return_dropout_mask: bool = False,
+) -> Tensor | tuple[Tensor | None, ...]:
     """:func:`layer_norm_fn` with ``is_rms_norm=True``."""
     return layer_norm_fn(x, weight, bias, residual, x1, weight1, bias1, eps, dropout_p, rowscale, prenorm,
                          residual_in_fp32, True, return_dropout_mask)
@@ -192,7 +187,10 @@ class RMSNorm(torch.nn.Module):
     ``dropout_p > 0`` adds a ``drop`` module whose rate applies to the input in training mode.
     """
 
-    def __init__(self, hidden_size, eps=1e-5, dropout_p=0.0, device=None, dtype=None) -> None:  # noqa: ANN001
+    def __init__(
+        self, hidden_size: int, eps: float = 1e-5, dropout_p: float = 0.0, device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
         super().__init__()
         self.eps = eps
         self.drop = torch.nn.Dropout(dropout_p) if dropout_p > 0.0 else None
@@ -203,7 +201,9 @@ class RMSNorm(torch.nn.Module):
     def reset_parameters(self) -> None:
         torch.nn.init.ones_(self.weight)
 
-    def forward(self, x, residual=None, prenorm=False, residual_in_fp32=False):  # noqa: ANN001, ANN201
+    def forward(
+        self, x: Tensor, residual: Tensor | None = None, prenorm: bool = False, residual_in_fp32: bool = False,
+    ) -> Tensor | tuple[Tensor, Tensor]:
         """``x (..., hidden_size)``; ``residual``, ``prenorm`` and ``residual_in_fp32`` as in :func:`layer_norm_fn`."""
         p = self.drop.p if self.drop is not None and self.training else 0.0
         return rms_norm_fn(x, self.weight, self.bias, residual=residual, eps=self.eps, dropout_p=p, prenorm=prenorm,
@@ -211,17 +211,10 @@ class RMSNorm(torch.nn.Module):
 
 
 def layer_norm_linear_fn(
-    x,
-    norm_weight,
-    norm_bias,
-    linear_weight,
-    linear_bias,
-    residual=None,
-    eps=1e-6,
-    prenorm=False,
-    residual_in_fp32=False,
-    is_rms_norm=False,
-):
+    x: Tensor, norm_weight: Tensor, norm_bias: Tensor | None, linear_weight: Tensor, linear_bias: Tensor | None,
+    residual: Tensor | None = None, eps: float = 1e-6, prenorm: bool = False, residual_in_fp32: bool = False,
+    is_rms_norm: bool = False,
+) -> Tensor | tuple[Tensor, Tensor]:
     """Norm then ``F.linear`` (the norm output cast to the linear weight's dtype, as upstream)."""
     normed, new_residual = layer_norm_fn(x, norm_weight, norm_bias, residual=residual, eps=eps, prenorm=True,
                                          residual_in_fp32=residual_in_fp32, is_rms_norm=is_rms_norm)

@@ -19,8 +19,11 @@ from torch import Tensor, nn
 __all__ = ["LayerNorm", "RMSNorm", "layernorm_fn", "rms_norm_ref", "rmsnorm_fn"]
 
 
-def rms_norm_ref(x, weight, bias, z=None, eps=1e-6, group_size=None, norm_before_gate=True,
-                 upcast=True):  # noqa: ANN001, ANN201
+def rms_norm_ref(
+    x: Tensor, weight: Tensor, bias: Tensor | None, z: Tensor | None = None, eps: float = 1e-6,
+    group_size: int | None = None,
+    norm_before_gate: bool = True, upcast: bool = True,
+) -> Tensor:
     """Reference for :func:`rmsnorm_fn`, written out with ``mean`` and ``rsqrt``.
 
     With ``upcast`` (default) ``x`` and ``z`` are taken to fp32 first; weight and bias always are.
@@ -40,8 +43,11 @@ def rms_norm_ref(x, weight, bias, z=None, eps=1e-6, group_size=None, norm_before
     return y.to(x.dtype)
 
 
-def layernorm_fn(x, weight, bias, z=None, eps=1e-6, group_size=None, norm_before_gate=True,
-                 is_rms_norm=False):  # noqa: ANN001, ANN201
+def layernorm_fn(
+    x: Tensor, weight: Tensor, bias: Tensor | None, z: Tensor | None = None, eps: float = 1e-6,
+    group_size: int | None = None,
+    norm_before_gate: bool = True, is_rms_norm: bool = False,
+) -> Tensor:
     """Gated, grouped LayerNorm (RMSNorm when ``is_rms_norm``) of ``x (..., d)``; see the module docstring.
 
     ``weight``, ``bias``: ``(d,)`` (``bias`` may be None); ``d`` must be a multiple of ``group_size``.
@@ -68,7 +74,11 @@ def layernorm_fn(x, weight, bias, z=None, eps=1e-6, group_size=None, norm_before
     return y.to(x.dtype)
 
 
-def rmsnorm_fn(x, weight, bias, z=None, eps=1e-6, group_size=None, norm_before_gate=True):  # noqa: ANN001, ANN201
+def rmsnorm_fn(
+    x: Tensor, weight: Tensor, bias: Tensor | None, z: Tensor | None = None, eps: float = 1e-6,
+    group_size: int | None = None,
+    norm_before_gate: bool = True,
+) -> Tensor:
     """:func:`layernorm_fn` with the RMS normalisation."""
     return layernorm_fn(x, weight, bias, z, eps, group_size, norm_before_gate, True)
 
@@ -78,8 +88,10 @@ class _GatedNorm(nn.Module):
 
     _rms = False
 
-    def __init__(self, hidden_size: int, eps: float, group_size: int | None, norm_before_gate: bool,
-                 with_bias: bool, device=None, dtype=None) -> None:  # noqa: ANN001
+    def __init__(
+        self, hidden_size: int, eps: float, group_size: int | None, norm_before_gate: bool, with_bias: bool,
+        device: torch.device | str | None = None, dtype: torch.dtype | None = None,
+    ) -> None:
         super().__init__()
         self.eps = eps
         self.weight = nn.Parameter(torch.empty(hidden_size, device=device, dtype=dtype))
@@ -105,8 +117,10 @@ class _GatedNorm(nn.Module):
 class LayerNorm(_GatedNorm):
     """Gated LayerNorm with ``weight`` and ``bias``; ``group_size`` channels per normalisation group."""
 
-    def __init__(self, hidden_size, eps=1e-5, group_size=None, norm_before_gate=True, device=None,
-                 dtype=None) -> None:  # noqa: ANN001
+    def __init__(
+        self, hidden_size: int, eps: float = 1e-5, group_size: int | None = None, norm_before_gate: bool = True,
+        device: torch.device | str | None = None, dtype: torch.dtype | None = None,
+    ) -> None:
         super().__init__(hidden_size, eps, group_size, norm_before_gate, True, device, dtype)
 
 
@@ -115,6 +129,8 @@ class RMSNorm(_GatedNorm):
 
     _rms = True
 
-    def __init__(self, hidden_size, eps=1e-5, group_size=None, norm_before_gate=True, device=None,
-                 dtype=None) -> None:  # noqa: ANN001
+    def __init__(
+        self, hidden_size: int, eps: float = 1e-5, group_size: int | None = None, norm_before_gate: bool = True,
+        device: torch.device | str | None = None, dtype: torch.dtype | None = None,
+    ) -> None:
         super().__init__(hidden_size, eps, group_size, norm_before_gate, False, device, dtype)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from torch import Tensor
 
 from neurostep.kernels.selective_scan import selective_state_update as _state_update
 
@@ -25,7 +26,10 @@ def _head_axis(t: torch.Tensor | None, flat_ndim: int, axis: int) -> torch.Tenso
     return t.unsqueeze(axis) if t is not None and t.dim() == flat_ndim else t
 
 
-def _with_heads(state, x, dt, A, B, C, D, z, dt_bias):  # noqa: ANN001, ANN202
+def _with_heads(
+    state: Tensor, x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor | None, z: Tensor | None,
+    dt_bias: Tensor | None,
+) -> tuple[Tensor | None, ...]:
     """Every argument in the head layout; each one is converted on its own (views, no copies)."""
     per_row = [_head_axis(t, 2, 1) for t in (x, dt, B, C, z)]
     per_lane = [_head_axis(t, ndim, 0) for t, ndim in ((A, 2), (D, 1), (dt_bias, 1))]
@@ -39,8 +43,11 @@ def _check_shape(name, t, shape):
         raise ValueError(f"{name} must have shape {tuple(shape)}, got {tuple(t.shape)}")
 
 
-def selective_state_update(state, x, dt, A, B, C, D=None, z=None, dt_bias=None, dt_softplus=False,
-                           state_batch_indices=None):
+def selective_state_update(
+    state: Tensor, x: Tensor, dt: Tensor, A: Tensor, B: Tensor | None, C: Tensor | None, D: Tensor | None = None,
+    z: Tensor | None = None, dt_bias: Tensor | None = None, dt_softplus: bool = False,
+    state_batch_indices: Tensor | None = None,
+) -> Tensor:
     """Advance ``state`` by one token and return the output.
 
     Args:
@@ -116,7 +123,10 @@ def selective_state_update(state, x, dt, A, B, C, D=None, z=None, dt_bias=None, 
     return out if has_heads else out.squeeze(1)
 
 
-def selective_state_update_ref(state, x, dt, A, B, C, D=None, z=None, dt_bias=None, dt_softplus=False):  # noqa: ANN001, ANN201
+def selective_state_update_ref(
+    state: Tensor, x: Tensor, dt: Tensor, A: Tensor, B: Tensor | None, C: Tensor | None, D: Tensor | None = None,
+    z: Tensor | None = None, dt_bias: Tensor | None = None, dt_softplus: bool = False,
+) -> Tensor:
     """Reference for :func:`selective_state_update` (without ``state_batch_indices``) in plain PyTorch.
 
     Same layouts; ``state`` is updated in place and the output returned in ``x``'s dtype.

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from torch import Tensor
 
 from neurostep.compat.causal_conv1d.causal_conv1d_interface import causal_conv1d_fn
 from neurostep.compat.mamba_ssm.ops.triton.layernorm_gated import rmsnorm_fn
@@ -133,9 +134,13 @@ def _scan_lanes(args, initial_states, seq_idx, cu_seqlens, want_varlen):
     return out, final, varlen
 
 
-def mamba_chunk_scan_combined(x, dt, A, B, C, chunk_size, D=None, z=None, dt_bias=None, initial_states=None,
-                              seq_idx=None, cu_seqlens=None, dt_softplus=False, dt_limit=_NO_LIMIT,
-                              return_final_states=False, return_varlen_states=False, state_dtype=None):
+def mamba_chunk_scan_combined(
+    x: Tensor, dt: Tensor, A: Tensor, B: Tensor | None, C: Tensor | None, chunk_size: int, D: Tensor | None = None,
+    z: Tensor | None = None, dt_bias: Tensor | None = None, initial_states: Tensor | None = None,
+    seq_idx: Tensor | None = None, cu_seqlens: Tensor | None = None, dt_softplus: bool = False,
+    dt_limit: tuple[float, float] = _NO_LIMIT, return_final_states: bool = False, return_varlen_states: bool = False,
+    state_dtype: torch.dtype | None = None,
+) -> Tensor | tuple[Tensor, ...]:
     """Mamba-2's scan over ``L`` steps of ``H`` heads.
 
     Args:
@@ -172,18 +177,28 @@ def mamba_chunk_scan_combined(x, dt, A, B, C, chunk_size, D=None, z=None, dt_bia
     return (out, varlen) if not return_final_states else (out, final, varlen)
 
 
-def mamba_chunk_scan(x, dt, A, B, C, chunk_size, D=None, z=None, dt_bias=None, dt_softplus=False):
+def mamba_chunk_scan(
+    x: Tensor, dt: Tensor, A: Tensor, B: Tensor | None, C: Tensor | None, chunk_size: int, D: Tensor | None = None,
+    z: Tensor | None = None, dt_bias: Tensor | None = None, dt_softplus: bool = False,
+) -> Tensor:
     """:func:`mamba_chunk_scan_combined` without states (upstream's unfused variant)."""
     return mamba_chunk_scan_combined(x, dt, A, B, C, chunk_size, D=D, z=z, dt_bias=dt_bias, dt_softplus=dt_softplus)
 
 
-def ssd_chunk_scan_combined_ref(x, dt, A, B, C, chunk_size, D=None, z=None, dt_bias=None, dt_softplus=False):
+def ssd_chunk_scan_combined_ref(
+    x: Tensor, dt: Tensor, A: Tensor, B: Tensor | None, C: Tensor | None, chunk_size: int, D: Tensor | None = None,
+    z: Tensor | None = None, dt_bias: Tensor | None = None, dt_softplus: bool = False,
+) -> Tensor:
     """Reference for :func:`mamba_chunk_scan`: the SSD recurrence through the loop-based ``selective_scan_ref``."""
     return ssd_selective_scan(x, dt, A, B, C, D=D, z=z, dt_bias=dt_bias, dt_softplus=dt_softplus, _ref=True)
 
 
-def ssd_selective_scan(x, dt, A, B, C, D=None, z=None, dt_bias=None, dt_softplus=False, dt_limit=_NO_LIMIT,
-                       _ref=False):
+def ssd_selective_scan(
+    x: Tensor, dt: Tensor, A: Tensor, B: Tensor | None, C: Tensor | None, D: Tensor | None = None,
+    z: Tensor | None = None,
+    dt_bias: Tensor | None = None, dt_softplus: bool = False, dt_limit: tuple[float, float] = _NO_LIMIT,
+    _ref: bool = False,
+) -> Tensor:
     """The SSD recurrence through :func:`selective_scan_fn`, without states; ``out (batch, L, H, P)``.
 
     Shapes as :func:`mamba_chunk_scan_combined`, and more general: ``dt`` may be per channel
@@ -218,9 +233,13 @@ def _head_sizes(zxbcdt: torch.Tensor, conv_channels: int, D: torch.Tensor, headd
     return nheads, headdim, d_state, d_mlp
 
 
-def _split_conv1d_scan(zxbcdt, conv1d_weight, conv1d_bias, dt_bias, A, D, initial_states, seq_idx, dt_limit,
-                       activation, rmsnorm_weight, rmsnorm_eps, outproj_weight, outproj_bias, headdim, ngroups,
-                       norm_before_gate, state_dtype, return_final_states):  # noqa: ANN001, ANN202
+def _split_conv1d_scan(
+    zxbcdt: Tensor, conv1d_weight: Tensor, conv1d_bias: Tensor | None, dt_bias: Tensor, A: Tensor, D: Tensor,
+    initial_states: Tensor | None, seq_idx: Tensor | None, dt_limit: tuple[float, float], activation: str | None,
+    rmsnorm_weight: Tensor | None, rmsnorm_eps: float, outproj_weight: Tensor | None, outproj_bias: Tensor | None,
+    headdim: int,
+    ngroups: int, norm_before_gate: bool, state_dtype: torch.dtype | None, return_final_states: bool,
+) -> Tensor | tuple[Tensor, Tensor]:
     if activation not in (None, "silu", "swish"):
         raise NotImplementedError(f"activation is None, 'silu' or 'swish', got {activation!r}")
     if outproj_weight is None and outproj_bias is not None:
@@ -248,11 +267,15 @@ def _split_conv1d_scan(zxbcdt, conv1d_weight, conv1d_bias, dt_bias, A, D, initia
     return (y, final) if return_final_states else y
 
 
-def mamba_split_conv1d_scan_combined(zxbcdt, conv1d_weight, conv1d_bias, dt_bias, A, D, chunk_size,
-                                     initial_states=None, seq_idx=None, dt_limit=_NO_LIMIT, return_final_states=False,
-                                     activation="silu", rmsnorm_weight=None, rmsnorm_eps=1e-6, outproj_weight=None,
-                                     outproj_bias=None, headdim=None, ngroups=1, norm_before_gate=True,
-                                     state_dtype=None):
+def mamba_split_conv1d_scan_combined(
+    zxbcdt: Tensor, conv1d_weight: Tensor, conv1d_bias: Tensor | None, dt_bias: Tensor, A: Tensor, D: Tensor,
+    chunk_size: int,
+    initial_states: Tensor | None = None, seq_idx: Tensor | None = None, dt_limit: tuple[float, float] = _NO_LIMIT,
+    return_final_states: bool = False, activation: str | None = "silu", rmsnorm_weight: Tensor | None = None,
+    rmsnorm_eps: float = 1e-6, outproj_weight: Tensor | None = None, outproj_bias: Tensor | None = None,
+    headdim: int | None = None, ngroups: int = 1, norm_before_gate: bool = True,
+    state_dtype: torch.dtype | None = None,
+) -> Tensor | tuple[Tensor, Tensor]:
     """Conv, scan, optional gated RMSNorm and optional output projection of a Mamba-2 layer, after ``in_proj``.
 
     ``zxbcdt (batch, L, 2 M + 2 H P + 2 G N + H)`` is split along its last axis into an MLP pair
@@ -276,9 +299,13 @@ def mamba_split_conv1d_scan_combined(zxbcdt, conv1d_weight, conv1d_bias, dt_bias
                               norm_before_gate, state_dtype, return_final_states)
 
 
-def mamba_split_conv1d_scan_ref(zxbcdt, conv1d_weight, conv1d_bias, dt_bias, A, D, chunk_size, dt_limit=_NO_LIMIT,
-                                activation="silu", rmsnorm_weight=None, rmsnorm_eps=1e-6, outproj_weight=None,
-                                outproj_bias=None, headdim=None, ngroups=1, norm_before_gate=True):
+def mamba_split_conv1d_scan_ref(
+    zxbcdt: Tensor, conv1d_weight: Tensor, conv1d_bias: Tensor | None, dt_bias: Tensor, A: Tensor, D: Tensor,
+    chunk_size: int,
+    dt_limit: tuple[float, float] = _NO_LIMIT, activation: str | None = "silu", rmsnorm_weight: Tensor | None = None,
+    rmsnorm_eps: float = 1e-6, outproj_weight: Tensor | None = None, outproj_bias: Tensor | None = None,
+    headdim: int | None = None, ngroups: int = 1, norm_before_gate: bool = True,
+) -> Tensor:
     """Reference for :func:`mamba_split_conv1d_scan_combined` (no initial state, no ``seq_idx``, no states returned)."""
     return _split_conv1d_scan(zxbcdt, conv1d_weight, conv1d_bias, dt_bias, A, D, None, None, dt_limit, activation,
                               rmsnorm_weight, rmsnorm_eps, outproj_weight, outproj_bias, headdim, ngroups,
