@@ -103,7 +103,7 @@ def test_snntorch_network_loads_with_identical_spikes():
 
 
 # ----------------------------------------------------------------------------- spikingjelly -> neurostep
-def test_spikingjelly_export_loads_with_identical_spikes():
+def test_spikingjelly_export_loads_with_identical_spikes(tmp_path):
     """A convolutional spikingjelly network with LIF (both decay_input forms), IF and CUBALIF neurons,
     exported by spikingjelly's own ``nir_exchange.to_nir.export_to_nir``."""
     from spikingjelly.activation_based import functional, neuron
@@ -126,12 +126,14 @@ def test_spikingjelly_export_loads_with_identical_spikes():
         expected = net(x)
     functional.reset_net(net)
     _active(expected)
-    graph = to_nir.export_to_nir(net, x)
+    path = tmp_path / "spikingjelly.nir"
+    graph = to_nir.export_to_nir(net, x, save_path=path)
     kinds = {type(n).__name__ for n in graph.nodes.values()}
     assert {"Conv2d", "AvgPool2d", "Flatten", "LIF", "IF", "CubaLIF"} <= kinds
     loaded = load(graph)
     assert torch.equal(loaded(x), expected)
     assert torch.equal(load(export(loaded, x))(x), expected)     # and back out through neurostep's exporter
+    assert torch.equal(load(path)(x), expected)                  # the HDF5 file spikingjelly wrote
 
 
 # ----------------------------------------------------------------------------- neurostep -> peers
