@@ -25,15 +25,15 @@ import importlib.abc
 import importlib.machinery
 import importlib.util
 import sys
-from collections.abc import Iterable
-from types import ModuleType
+from collections.abc import Iterable, Mapping, Sequence
+from types import MappingProxyType, ModuleType
 
 __all__ = ["PACKAGES", "install", "installed", "uninstall"]
 
-PACKAGES: dict[str, str] = {
+PACKAGES: Mapping[str, str] = MappingProxyType({
     "mamba_ssm": "neurostep.compat.mamba_ssm",
     "causal_conv1d": "neurostep.compat.causal_conv1d",
-}
+})
 """Upstream package name -> the neurostep module that stands in for it."""
 
 
@@ -50,7 +50,7 @@ class _AliasLoader(importlib.abc.Loader):
     def __init__(self, target: str) -> None:
         self.target = target
 
-    def create_module(self, spec):  # noqa: ANN001, ANN201 - importlib protocol
+    def create_module(self, spec: importlib.machinery.ModuleSpec) -> None:
         return None  # a throwaway module; exec_module swaps in the real one
 
     def exec_module(self, module: ModuleType) -> None:
@@ -64,7 +64,8 @@ class _AliasFinder(importlib.abc.MetaPathFinder):
     def __init__(self, aliases: tuple[str, ...]) -> None:
         self.aliases = aliases
 
-    def find_spec(self, fullname, path=None, target=None):  # noqa: ANN001, ANN201 - importlib protocol
+    def find_spec(self, fullname: str, path: Sequence[str] | None = None,
+                  target: ModuleType | None = None) -> importlib.machinery.ModuleSpec | None:
         name = _target(fullname, self.aliases)
         if name is None:
             return None
@@ -75,7 +76,9 @@ class _AliasFinder(importlib.abc.MetaPathFinder):
             fullname, _AliasLoader(name), is_package=real_spec.submodule_search_locations is not None)
 
 
-_finder: _AliasFinder | None = None
+def _installed_finder() -> _AliasFinder | None:
+    """The finder :func:`install` put on ``sys.meta_path`` (the import system holds the only reference)."""
+    return next((f for f in sys.meta_path if isinstance(f, _AliasFinder)), None)
 
 
 def _foreign_modules(alias: str) -> list[str]:
@@ -102,7 +105,6 @@ def install(packages: Iterable[str] = ("mamba_ssm", "causal_conv1d")) -> None:
     Calling it again is a no-op (packages are added to the ones already installed). The real
     packages, if installed in the environment, are shadowed until :func:`uninstall`.
     """
-    global _finder
     wanted = tuple(dict.fromkeys(packages))
     for name in wanted:
         if name not in PACKAGES:
@@ -115,14 +117,13 @@ def install(packages: Iterable[str] = ("mamba_ssm", "causal_conv1d")) -> None:
                 f"the real {name!r} is already imported ({foreign[0]} from {origin}); "
                 f"neurostep.compat.install() must run before anything imports {name}. Call it at the top "
                 "of your entry point, or use the real package (it needs CUDA) and skip install().")
-    current = () if _finder is None else _finder.aliases
-    aliases = tuple(dict.fromkeys(current + wanted))
-    if _finder is not None:
-        sys.meta_path[:] = [f for f in sys.meta_path if f is not _finder]
-    _finder = _AliasFinder(aliases)
+    previous = _installed_finder()
+    aliases = tuple(dict.fromkeys(installed() + wanted))
+    if previous is not None:
+        sys.meta_path[:] = [f for f in sys.meta_path if f is not previous]
     # First on the path: the stand-ins win over a real installation, and a submodule is never
     # loaded a second time from the stand-in package's directory under the upstream name.
-    sys.meta_path.insert(0, _finder)
+    sys.meta_path.insert(0, _AliasFinder(aliases))
 
 
 def uninstall() -> None:
@@ -131,18 +132,18 @@ def uninstall() -> None:
     Modules already imported through the aliases keep working (they are neurostep modules); a
     later ``import mamba_ssm`` finds the real package again, if there is one.
     """
-    global _finder
-    if _finder is None:
+    finder = _installed_finder()
+    if finder is None:
         return
-    sys.meta_path[:] = [f for f in sys.meta_path if f is not _finder]
-    for alias in _finder.aliases:
+    sys.meta_path[:] = [f for f in sys.meta_path if f is not finder]
+    for alias in finder.aliases:
         for name, module in list(sys.modules.items()):
             if (name == alias or name.startswith(alias + ".")) and \
                     getattr(module, "__name__", "").startswith("neurostep.compat."):
                 del sys.modules[name]
-    _finder = None
 
 
 def installed() -> tuple[str, ...]:
     """The upstream package names currently stood in for (empty before :func:`install`)."""
-    return () if _finder is None else _finder.aliases
+    finder = _installed_finder()
+    return () if finder is None else finder.aliases

@@ -16,6 +16,7 @@ import math
 import os
 from collections import namedtuple
 from functools import partial
+from types import MappingProxyType
 
 import torch
 import torch.nn as nn
@@ -34,7 +35,7 @@ from neurostep.compat.mamba_ssm.utils.hf import load_config_hf, load_state_dict_
 
 __all__ = ["MambaLMHeadModel", "MixerModel", "create_block"]
 
-_MIXERS = {"Mamba1": Mamba, "Mamba2": Mamba2, "Mamba3": Mamba3}
+_MIXERS = MappingProxyType({"Mamba1": Mamba, "Mamba2": Mamba2, "Mamba3": Mamba3})
 
 # the parameters that feed the residual stream, whose init is scaled down with depth
 _RESIDUAL_OUTPUTS = ("out_proj.weight", "fc2.weight")

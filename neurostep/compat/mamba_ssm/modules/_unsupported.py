@@ -6,7 +6,7 @@ from __future__ import annotations
 def unsupported(name: str, why: str) -> type:
     """A class named ``name`` whose construction raises ``NotImplementedError(why)``."""
 
-    def __init__(self, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003
+    def __init__(self: object, *args: object, **kwargs: object) -> None:
         raise NotImplementedError(f"neurostep.compat does not offer mamba_ssm's {name}: {why} "
                                   "(see docs/compat.md for what is covered)")
 
