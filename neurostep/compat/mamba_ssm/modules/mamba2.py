@@ -86,30 +86,24 @@ class Mamba2(nn.Module, PyTorchModelHubMixin):
         if not 0 < lo_A <= hi_A:
             raise ValueError(f"A_init_range must satisfy 0 < low <= high, got {A_init_range!r}")
         factory = {"device": device, "dtype": dtype}
-        self.d_model = d_model
-        self.d_state = d_state
-        self.d_conv = d_conv
-        self.conv_init = conv_init
-        self.expand = expand
-        self.process_group = process_group
-        self.sequence_parallel = sequence_parallel
-        self.world_size = 1
-        self.local_rank = 0
+        # sizes
+        self.d_model, self.d_state, self.d_conv, self.expand = d_model, d_state, d_conv, expand
         self.d_inner = expand * d_model
-        self.headdim = headdim
         self.d_ssm = self.d_inner if d_ssm is None else d_ssm
-        self.ngroups = ngroups
         if self.d_ssm % headdim:
             raise ValueError(f"d_ssm={self.d_ssm} is not a multiple of headdim={headdim}")
-        self.nheads = self.d_ssm // headdim
-        self.D_has_hdim = D_has_hdim
-        self.rmsnorm = rmsnorm
-        self.norm_before_gate = norm_before_gate
-        self.dt_limit = dt_limit
+        self.headdim, self.nheads, self.ngroups = headdim, self.d_ssm // headdim, ngroups
+        # behaviour
         self.activation = "silu"
-        self.chunk_size = chunk_size
-        self.use_mem_eff_path = use_mem_eff_path
+        self.conv_init = conv_init
+        self.D_has_hdim = D_has_hdim
+        self.rmsnorm, self.norm_before_gate = rmsnorm, norm_before_gate
+        self.dt_limit = dt_limit
+        self.chunk_size, self.use_mem_eff_path = chunk_size, use_mem_eff_path
         self.layer_idx = layer_idx
+        # parallelism (one device only)
+        self.process_group, self.sequence_parallel = process_group, sequence_parallel
+        self.world_size, self.local_rank = 1, 0
 
         # Random draws, in order: in_proj, conv1d (plus conv_init's re-draw), dt, A, [norm], out_proj.
         bc_width = 2 * ngroups * d_state

@@ -109,17 +109,12 @@ class Mamba(nn.Module):
         if bimamba_type not in _BIMAMBA_TYPES:
             raise ValueError(f"bimamba_type is one of {_BIMAMBA_TYPES}, got {bimamba_type!r}")
         factory = {"device": device, "dtype": dtype}
-        self.d_model = d_model
-        self.d_state = d_state
-        self.d_conv = d_conv
-        self.expand = expand
+        self.d_model, self.d_state, self.d_conv, self.expand = d_model, d_state, d_conv, expand
         self.d_inner = int(expand * d_model)
         self.dt_rank = math.ceil(d_model / 16) if dt_rank == "auto" else dt_rank
-        self.use_fast_path = use_fast_path
-        self.layer_idx = layer_idx
-        self.bimamba_type = bimamba_type
-        self.if_divide_out = if_divide_out
-        self.init_layer_scale = init_layer_scale
+        self.layer_idx, self.use_fast_path = layer_idx, use_fast_path
+        # Vision Mamba's options
+        self.bimamba_type, self.if_divide_out, self.init_layer_scale = bimamba_type, if_divide_out, init_layer_scale
         if init_layer_scale is not None:
             self.gamma = nn.Parameter(torch.full((d_model,), float(init_layer_scale)))
         di, proj_width = self.d_inner, self.dt_rank + 2 * d_state
