@@ -45,6 +45,9 @@ __all__ = ["DEFAULT_DT", "NIRUnsupportedError", "export", "load"]
 DEFAULT_DT = 1e-4
 """The step, in seconds, that spikingjelly's and snntorch's NIR exchange assume."""
 
+THRESHOLD_RULE = "neurostep_threshold_rule"
+ORIGINAL_THRESHOLD = "neurostep_v_threshold"
+
 
 def _nir() -> Any:
     try:
@@ -72,6 +75,14 @@ def _check_dt(dt: float) -> float:
 def _below(value: float) -> float:
     """The float32 just below ``value``: ``H >= value`` and ``H > below`` agree for every float32 ``H``."""
     return float(np.nextafter(np.float32(value), np.float32(-np.inf)))
+
+
+def _threshold(v_threshold: float, strict: bool) -> tuple[float, dict[str, Any]]:
+    """NIR's ``v_threshold`` for a neuron firing on ``H > v_threshold`` (``strict``) or ``H >= v_threshold``,
+    and the node metadata that lets :func:`load` restore a ``>=`` rule in every dtype, not only float32."""
+    if strict:
+        return v_threshold, {}
+    return _below(v_threshold), {THRESHOLD_RULE: ">=", ORIGINAL_THRESHOLD: v_threshold}
 
 
 def _full(shape: tuple[int, ...], value: float) -> np.ndarray:
@@ -430,15 +441,16 @@ class _NodeOf:
                            v_threshold=_full(shape, vth), v_reset=_full(shape, 0.0))
         # spikingjelly convention: fire H >= thr, which NIR (H > thr) states with the float32 just below thr
         vr = float(m.v_reset)
-        thr = _below(vth)
+        thr, meta = _threshold(vth, False)
         if k == 0.0:
             if m.decay_input and not isinstance(m, IF):
                 self.ex.refuse(path, m, "tau=inf with decay_input=True never charges (k*X = 0); NIR has no such "
                                         "neuron")
-            return nir.IF(r=_full(shape, 1.0 / dt), v_threshold=_full(shape, thr), v_reset=_full(shape, vr))
+            return nir.IF(r=_full(shape, 1.0 / dt), v_threshold=_full(shape, thr), v_reset=_full(shape, vr),
+                          metadata=meta)
         r = 1.0 if m.decay_input else 1.0 / k
         return nir.LIF(tau=_full(shape, dt / k), r=_full(shape, r), v_leak=_full(shape, vr),
-                       v_threshold=_full(shape, thr), v_reset=_full(shape, vr))
+                       v_threshold=_full(shape, thr), v_reset=_full(shape, vr), metadata=meta)
 
     def _check_reset(self, m: SpikingNeuron) -> None:
         if m.convention == "snntorch":
@@ -466,35 +478,37 @@ class _NodeOf:
             self.ex.inexact(self.path, m, "detach_reset=True cuts the gradient through the reset, which NIR does not "
                                           "record")
         dt = self.dt
-        thr = m.v_threshold if m.strict_threshold else _below(m.v_threshold)
+        thr, meta = _threshold(m.v_threshold, m.strict_threshold)
         # I = (1 - 1/tau_syn) I + X is Euler with tau = tau_syn dt and w_in = tau_syn; the membrane likewise
         return self.nir.CubaLIF(tau_syn=_full(shape, m.tau_syn * dt), tau_mem=_full(shape, m.tau_mem * dt),
                                 r=_full(shape, m.tau_mem), v_leak=_full(shape, m.v_leak),
                                 v_threshold=_full(shape, thr), v_reset=_full(shape, m.v_reset),
-                                w_in=_full(shape, m.tau_syn))
+                                w_in=_full(shape, m.tau_syn), metadata=meta)
 
     def _nir_lif(self, m: NIRLIF, shape: tuple[int, ...]) -> Any:
         dt, k = self.dt, m.tau_inv
+        thr, meta = _threshold(m.v_threshold, m.strict)
         gain = np.broadcast_to(_array(m.gain).astype(np.float64), shape) if m.gain is not None else _full(shape, 1.0)
         bias = np.broadcast_to(_array(m.bias).astype(np.float64), shape) if m.bias is not None else _full(shape, 0.0)
         if k == 0.0:
             if m.bias is not None:
                 self.ex.refuse(self.path, m, "an IF neuron with a constant input has no NIR node")
-            return self.nir.IF(r=np.array(gain / dt), v_threshold=_full(shape, m.v_threshold),
-                               v_reset=_full(shape, m.v_reset))
+            return self.nir.IF(r=np.array(gain / dt), v_threshold=_full(shape, thr),
+                               v_reset=_full(shape, m.v_reset), metadata=meta)
         r = gain if m.decay_input else gain / k
         v_leak = m.v_reset + (bias if m.decay_input else bias / k)
         return self.nir.LIF(tau=_full(shape, dt / k), r=np.array(r), v_leak=np.array(v_leak),
-                            v_threshold=_full(shape, m.v_threshold), v_reset=_full(shape, m.v_reset))
+                            v_threshold=_full(shape, thr), v_reset=_full(shape, m.v_reset), metadata=meta)
 
     def _nir_cuba(self, m: NIRCubaLIF, shape: tuple[int, ...]) -> Any:
         n = m.neuron
         gain = np.broadcast_to(_array(m.gain).astype(np.float64), shape) if m.gain is not None else _full(shape, 1.0)
         dt = self.dt
+        thr, meta = _threshold(n.v_threshold, n.strict_threshold)
         return self.nir.CubaLIF(tau_syn=_full(shape, n.tau_syn * dt), tau_mem=_full(shape, n.tau_mem * dt),
                                 r=_full(shape, n.tau_mem), v_leak=_full(shape, n.v_leak),
-                                v_threshold=_full(shape, n.v_threshold), v_reset=_full(shape, n.v_reset),
-                                w_in=np.array(gain * n.tau_syn))
+                                v_threshold=_full(shape, thr), v_reset=_full(shape, n.v_reset),
+                                w_in=np.array(gain * n.tau_syn), metadata=meta)
 
 
 def _gain_shape(m: nn.Module) -> tuple[int, ...] | None:
@@ -640,6 +654,19 @@ def _uniform(name: str, node: Any, field: str) -> float:
     return float(arr.reshape(-1)[0])
 
 
+def _threshold_of(name: str, node: Any) -> tuple[float, bool]:
+    """``(v_threshold, strict)`` of a neuron node: NIR's ``v > v_threshold``, or the ``>=`` rule and the original
+    threshold a neurostep export recorded in the node's metadata (used only while it still agrees with
+    ``v_threshold``, so a graph edited elsewhere keeps NIR's meaning)."""
+    thr = _uniform(name, node, "v_threshold")
+    meta = node.metadata if isinstance(getattr(node, "metadata", None), dict) else {}
+    if str(meta.get(THRESHOLD_RULE, "")) == ">=" and ORIGINAL_THRESHOLD in meta:
+        original = float(np.asarray(meta[ORIGINAL_THRESHOLD]))
+        if _below(original) == thr:
+            return original, False
+    return thr, True
+
+
 def _per_neuron(arr: np.ndarray, neutral: float) -> torch.Tensor | None:
     """A per-neuron factor or offset as a float32 tensor, or None when it is ``neutral`` everywhere in float32
     (skipping it then changes nothing)."""
@@ -711,8 +738,9 @@ class _Loader:
         if isinstance(node, nir.Threshold):
             return Threshold(torch.from_numpy(np.asarray(node.threshold, dtype=np.float32)))
         if isinstance(node, nir.IF):
-            return NIRLIF(tau_inv=0.0, v_threshold=_uniform(name, node, "v_threshold"),
-                          v_reset=_uniform(name, node, "v_reset"), decay_input=False,
+            thr, strict = _threshold_of(name, node)
+            return NIRLIF(tau_inv=0.0, v_threshold=thr, strict=strict, v_reset=_uniform(name, node, "v_reset"),
+                          decay_input=False,
                           gain=_per_neuron(_values(name, node, "r") * dt, 1.0), surrogate=self.surrogate,
                           backend=self.backend)
         if isinstance(node, nir.LIF):
@@ -762,17 +790,19 @@ class _Loader:
             gain, bias, decay_input = None, _per_neuron(shift, 0.0), True
         else:
             gain, bias, decay_input = _per_neuron(k * r, 1.0), _per_neuron(k * shift, 0.0), False
-        return NIRLIF(tau_inv=k, v_threshold=_uniform(name, node, "v_threshold"), v_reset=v_reset,
-                      decay_input=decay_input, gain=gain, bias=bias, surrogate=self.surrogate, backend=self.backend)
+        thr, strict = _threshold_of(name, node)
+        return NIRLIF(tau_inv=k, v_threshold=thr, strict=strict, v_reset=v_reset, decay_input=decay_input,
+                      gain=gain, bias=bias, surrogate=self.surrogate, backend=self.backend)
 
     def cuba(self, name: str, node: Any) -> NIRCubaLIF:
         k_syn = self._tau_inv(name, node, "tau_syn")
         k_mem = self._tau_inv(name, node, "tau_mem")
         # the membrane's input gain k_mem * r scales the current linearly, so it moves to the current's input
         gain = _per_neuron(k_syn * _values(name, node, "w_in") * k_mem * _values(name, node, "r"), 1.0)
-        neuron = CubaLIF(tau_syn=1.0 / k_syn, tau_mem=1.0 / k_mem, v_threshold=_uniform(name, node, "v_threshold"),
+        thr, strict = _threshold_of(name, node)
+        neuron = CubaLIF(tau_syn=1.0 / k_syn, tau_mem=1.0 / k_mem, v_threshold=thr,
                          v_reset=_uniform(name, node, "v_reset"), v_leak=_uniform(name, node, "v_leak"),
-                         strict_threshold=True, surrogate=self.surrogate, backend=self.backend)
+                         strict_threshold=strict, surrogate=self.surrogate, backend=self.backend)
         return NIRCubaLIF(neuron, gain)
 
 

@@ -126,7 +126,8 @@ def _optional_buffer(module: nn.Module, name: str, value: torch.Tensor | None) -
 
 
 class NIRLIF(Recurrent):
-    """NIR's LIF and IF neurons on the fused ``lif_scan`` kernel: fire on ``H > v_threshold``.
+    """NIR's LIF and IF neurons on the fused ``lif_scan`` kernel: fire on ``H > v_threshold`` (NIR's rule), or on
+    ``H >= v_threshold`` with ``strict=False`` (a neurostep neuron that went through NIR).
 
     Per step, with ``X = gain * x + bias`` (per-neuron ``gain`` and ``bias`` of the sample's shape,
     None meaning 1 and 0): ``H = V + k (X - (V - v_reset))`` with ``decay_input``, else
@@ -139,7 +140,7 @@ class NIRLIF(Recurrent):
     time_dim = 0
 
     def __init__(self, *, tau_inv: float, v_threshold: float, v_reset: float, decay_input: bool,
-                 gain: torch.Tensor | None = None, bias: torch.Tensor | None = None,
+                 strict: bool = True, gain: torch.Tensor | None = None, bias: torch.Tensor | None = None,
                  surrogate: str | SurrogateFunction | None = None, backend: str = "auto") -> None:
         super().__init__()
         if not 0.0 <= tau_inv <= 1.0 or (decay_input and tau_inv == 1.0):
@@ -149,6 +150,7 @@ class NIRLIF(Recurrent):
                 raise ValueError(f"{name} must be a finite float, got {value!r}")
         self.tau_inv, self.v_threshold, self.v_reset = float(tau_inv), float(v_threshold), float(v_reset)
         self.decay_input = bool(decay_input)
+        self.strict = bool(strict)
         _optional_buffer(self, "gain", gain)
         _optional_buffer(self, "bias", bias)
         self.surrogate = resolve_surrogate(Sigmoid() if surrogate is None else surrogate)
@@ -169,7 +171,7 @@ class NIRLIF(Recurrent):
             x = x * self.gain.to(x.dtype)
         if self.bias is not None:
             x = x + self.bias.to(x.dtype)
-        thr = firing_threshold(self.v_threshold, True, x.dtype, x.device)
+        thr = firing_threshold(self.v_threshold, self.strict, x.dtype, x.device)
         return lif_scan(x, state, tau_inv=self.tau_inv, v_threshold=thr, v_reset=self.v_reset,
                         decay_input=self.decay_input, surrogate=self.surrogate.name, alpha=self.surrogate.alpha,
                         output_final_state=True, backend=self.backend)
@@ -181,22 +183,23 @@ class NIRLIF(Recurrent):
         return spikes[0], state
 
     def extra_repr(self) -> str:
-        return (f"tau_inv={self.tau_inv:.6g}, v_threshold={self.v_threshold:.8g}, v_reset={self.v_reset:.6g}, "
+        rule = ">" if self.strict else ">="
+        return (f"tau_inv={self.tau_inv:.6g}, fire on H {rule} {self.v_threshold:.8g}, v_reset={self.v_reset:.6g}, "
                 f"decay_input={self.decay_input}, gain={'yes' if self.gain is not None else 'no'}, "
                 f"bias={'yes' if self.bias is not None else 'no'}")
 
 
 class NIRCubaLIF(Recurrent):
-    """NIR's CubaLIF: a per-neuron input ``gain`` (None: 1), then :class:`~neurostep.neuro.CubaLIF`
-    with ``strict_threshold=True``. Input/output ``(T, *lanes)``; state
+    """NIR's CubaLIF: a per-neuron input ``gain`` (None: 1), then :class:`~neurostep.neuro.CubaLIF` (with
+    ``strict_threshold=True`` for NIR's ``v > v_threshold``). Input/output ``(T, *lanes)``; state
     :class:`~neurostep.neuro.CubaLIFState`."""
 
     time_dim = 0
 
     def __init__(self, neuron: CubaLIF, gain: torch.Tensor | None = None) -> None:
         super().__init__()
-        if not isinstance(neuron, CubaLIF) or not neuron.strict_threshold:
-            raise TypeError("neuron must be a CubaLIF with strict_threshold=True (NIR fires on v > v_threshold)")
+        if not isinstance(neuron, CubaLIF):
+            raise TypeError(f"neuron must be a CubaLIF, got {type(neuron).__name__}")
         self.neuron = neuron
         _optional_buffer(self, "gain", gain)
 

@@ -132,7 +132,14 @@ def test_threshold_equality_is_kept_exactly():
     assert expected.flatten().tolist() == [0.0, 1.0] * 3
     assert torch.equal(loaded(x), expected)
     assert torch.equal(loaded(x.double()), expected.double())
-    assert graph.nodes["0"].v_threshold.reshape(-1)[0] < 2.0     # the float32 just below 2
+    node = graph.nodes["0"]
+    assert node.v_threshold.reshape(-1)[0] == np.nextafter(np.float32(2.0), np.float32(0.0))  # float32 just below 2
+    assert node.metadata == {"neurostep_threshold_rule": ">=", "neurostep_v_threshold": 2.0}
+    # in float64 a membrane can fall between that float32 and 2.0: the recorded rule keeps it silent
+    near = torch.full((1, 1, 1), 2.0 - 3e-8, dtype=torch.float64)
+    assert net(near).item() == 0.0 and loaded(near).item() == 0.0
+    node.metadata = {}                       # without the record, NIR's own rule (v > 1.99999988) fires
+    assert load(graph)(near).item() == 1.0
     exact = nir.NIRGraph.from_list(nir.IF(r=np.array([1e4]), v_threshold=np.array([2.0]), v_reset=np.array([0.0])))
     # v reaches 2.0 exactly at the second step, and NIR's IF needs v > 2: it fires at the third
     assert load(exact)(x).flatten().tolist() == [0.0, 0.0, 1.0] * 2
