@@ -283,6 +283,16 @@ def test_spiking_transformers_export_up_to_attention():
     with pytest.raises(NIRUnsupportedError, match="max pooling") as info:
         export(ConvBNLIF(2, 4, pool=True).eval(), torch.rand(2, 1, 2, 8, 8), approximate=True)
     assert info.value.node == "pool"
+    stage = ConvBNLIF(2, 4).eval()            # a stem stage without pooling: conv, folded BN, LIF
+    with torch.no_grad():
+        stage.conv.weight.mul_(3.0)
+        stage.bn.running_mean.uniform_(-0.3, 0.3)
+    images = torch.rand(T, B, 2, 8, 8)
+    graph = export(stage, images, approximate=True)
+    assert [type(n).__name__ for n in graph.nodes.values()] == ["Input", "Conv2d", "LIF", "Output"]
+    expected = stage(images)
+    _active(expected)
+    assert (load(graph)(images) != expected).float().mean() < 0.01
     model = Spikformer(img_size=16, patch_size=4, in_channels=2, embed_dim=16, num_heads=2, depth=1, num_classes=3,
                        T=2, stem="scs").eval()
     with pytest.raises(NIRUnsupportedError) as info:
