@@ -14,6 +14,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from pathlib import Path
+from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -519,7 +520,8 @@ def _gain_shape(m: nn.Module) -> tuple[int, ...] | None:
     return None
 
 
-_INEXPRESSIBLE = {
+# why a module type has no NIR form, for the error that names it (read-only)
+_INEXPRESSIBLE = MappingProxyType({
     "SpikingSelfAttention": "attention multiplies spike tensors (Q K^T V), and NIR has no node for a product of "
                             "two signals; the stem and the spiking MLPs around it convert",
     "SpikingSelfAttentionMixer": "attention multiplies spike tensors (Q K^T V), and NIR has no node for a product "
@@ -536,7 +538,7 @@ _INEXPRESSIBLE = {
     "MaxPool1d": "NIR has sum and average pooling only, no max pooling",
     "LayerNorm": "normalising by each sample's own statistics is not a fixed affine map, and NIR has no norm node",
     "AdaptiveLIF": "its threshold adapts with every spike, and NIR has no adaptive-threshold neuron",
-}
+})
 
 
 def _record_shapes(model: nn.Module, sample: torch.Tensor) -> dict[nn.Module, tuple[tuple, tuple]]:
