@@ -165,9 +165,11 @@ class SpikingSelfAttention(Composite):
         state = state if state is not None else SSAState()
         qkv, s_qkv = run_child(self.qkv_lif, self.qkv_norm(self.qkv(x)), state.qkv, stepping)
         lead, n = qkv.shape[:-2], qkv.shape[-2]
-        # (..., N, 3C) -> (3, ..., heads, N, d)
-        qkv = qkv.reshape(*lead, n, 3, self.num_heads, self.head_dim).movedim(-3, 0).transpose(-3, -2)
-        attn = spiking_attention(qkv[0], qkv[1], qkv[2], self.scale, self.order, self.causal)
+        # (..., N, 3C) -> three (..., heads, N, d) views. unbind, not indexing: the backward of
+        # each index would zero-fill a gradient of the whole (3, ...) tensor (three fills and
+        # three copies of it per call), where unbind's backward stacks the three once.
+        q, k, v = (t.transpose(-3, -2) for t in qkv.reshape(*lead, n, 3, self.num_heads, self.head_dim).unbind(-3))
+        attn = spiking_attention(q, k, v, self.scale, self.order, self.causal)
         attn = attn.transpose(-3, -2).reshape(*lead, n, self.dim)
         attn, s_attn = run_child(self.attn_lif, attn, state.attn, stepping)
         y, s_proj = run_child(self.proj_lif, self.proj_norm(self.proj(attn)), state.proj, stepping)
