@@ -298,16 +298,23 @@ class Mamba(_SSMParams, Recurrent):
         """Drop-in mixer: ``(B, N, C) -> (B, N, C)``, causal over the N tokens (grid_size unused)."""
         return self.scan(x)[0]
 
-    def decode_step_(self, x_t: torch.Tensor, state: MambaState, A: torch.Tensor) -> torch.Tensor:
+    def decode_step_(self, x_t: torch.Tensor, state: MambaState, A: torch.Tensor,
+                     weights: MambaLayerDecodeWeights | None = None) -> torch.Tensor:
         """Decode fast path: :meth:`step` without input checks, updating ``state`` in place.
 
-        ``x_t (B, d_model)``; ``A = -exp(A_log)`` precomputed once per generation. Used by
-        :meth:`MambaLM.generate` under ``torch.inference_mode`` on fp32 weights, where the
-        per-token Python and dispatch overhead matters; :meth:`step` (through the kernels'
-        reference decode ops) is its specification and the tests hold them equal.
+        ``x_t (B, d_model)`` fp32 -> ``(B, d_model)`` fp32; ``A = -exp(A_log)`` precomputed once
+        per generation. Used by :meth:`MambaLM.generate` under ``torch.inference_mode`` on fp32
+        weights, where the per-token Python and dispatch overhead matters; :meth:`step` (through
+        the kernels' reference decode ops) is its specification and the tests hold them equal.
+        ``weights`` (from :meth:`MambaLM.prepare_decode`) replaces ``in_proj`` and ``out_proj``
+        by bf16 or int8 copies; the conv, the scan, the state and the small ``x_proj`` and
+        ``dt_proj`` stay fp32.
         """
         d_inner = self.d_inner
-        xz = F.linear(x_t, self.in_proj.weight, self.in_proj.bias)
+        if weights is None:
+            xz = F.linear(x_t, self.in_proj.weight, self.in_proj.bias)
+        else:
+            xz = weights.in_proj(x_t)
         x, z = xz[:, :d_inner], xz[:, d_inner:]
         conv = state.conv_state
         # Shift the conv window left by one (a copy of the overlap: copy_ on overlapping views is undefined).
@@ -327,7 +334,9 @@ class Mamba(_SSMParams, Recurrent):
         h.mul_(decay).add_((dt * xc).unsqueeze(-1) * Bm.unsqueeze(1))
         y = torch.bmm(h, Cm.unsqueeze(-1)).squeeze(-1)
         y = torch.addcmul(y, self.D, xc) * F.silu(z)
-        return F.linear(y, self.out_proj.weight, self.out_proj.bias)
+        if weights is None:
+            return F.linear(y, self.out_proj.weight, self.out_proj.bias)
+        return weights.out_proj(y)
 
     def extra_repr(self) -> str:
         return (f"d_model={self.d_model}, d_state={self.d_state}, d_conv={self.d_conv}, expand={self.expand}, "
@@ -435,6 +444,121 @@ def _batch_size(batch_shape: tuple[int, ...] | int, d_model: int) -> int:
     if len(shape) not in (1, 2) or shape[0] < 1:
         raise ValueError(f"batch_shape must be (B,) or (B, d_model={d_model}), got {shape}")
     return int(shape[0])
+
+
+# ---------------------------------------------------------------------------------------
+# Reduced-precision decode weights
+# ---------------------------------------------------------------------------------------
+
+DECODE_WEIGHT_DTYPES: tuple[str, ...] = ("fp32", "bf16", "int8")
+"""The weight dtypes :meth:`MambaLM.prepare_decode` and ``generate(decode_weights=...)`` accept."""
+
+
+def _mkldnn_bf16(device: torch.device) -> bool:
+    """Whether oneDNN's prepacked bf16 linear serves ``device`` (CPU builds with oneDNN on a bf16-capable CPU)."""
+    return (device.type == "cpu" and torch.backends.mkldnn.is_available()
+            and bool(torch.ops.mkldnn._is_mkldnn_bf16_supported()))
+
+
+class DecodeLinear:
+    """One Linear's weight as the batch-1 decode step reads it: fp32, bf16 or int8.
+
+    Called on ``x (B, in)`` fp32, it returns ``x W^T + b`` as ``(B, out)`` fp32; the bias stays
+    fp32. ``"fp32"`` refers to the module's own weight (no copy). ``"bf16"`` keeps a bf16 copy; on
+    CPU it is prepacked for oneDNN, whose bf16 matrix-vector product streamed it at about the fp32
+    GEMV's bytes per second, i.e. about twice the weights per second (plain bf16 ``F.linear`` ran
+    at half that). ``"int8"`` keeps symmetric per-output-channel int8 weights, ``W ~= q * s[:, None]``
+    with ``s = max|W_row| / 127``, for ``torch._weight_int8pack_mm``. Both reduced paths round the
+    activation to bf16 on the way in (the kernels take no fp32 activation at speed: the int8 one
+    with fp32 input ran about ten times slower) and return bf16, widened to fp32 here; the products
+    accumulate in fp32 inside the kernels.
+    """
+
+    def __init__(self, linear: nn.Linear, weight_dtype: str) -> None:
+        if weight_dtype not in DECODE_WEIGHT_DTYPES:
+            raise ValueError(f"weight_dtype must be one of {DECODE_WEIGHT_DTYPES}, got {weight_dtype!r}")
+        w = linear.weight.detach()
+        self.weight_dtype = weight_dtype
+        self.bias = None if linear.bias is None else linear.bias.detach()
+        self.out_features, self.in_features = w.shape
+        self.weight: torch.Tensor | None = None   # fp32 and plain bf16: (out, in)
+        self.packed: torch.Tensor | None = None   # oneDNN-prepacked bf16 (opaque layout)
+        self.qweight: torch.Tensor | None = None  # int8 (out, in), row-major as the kernel reads it
+        self.scale: torch.Tensor | None = None    # (out,) bf16, the kernel's scale dtype
+        if weight_dtype == "fp32":
+            self.weight = w
+        elif weight_dtype == "bf16":
+            wb = w.to(torch.bfloat16).contiguous()
+            if _mkldnn_bf16(w.device):
+                # the batch-size hint (1) only guides oneDNN's choice of layout; any batch runs
+                self.packed = torch.ops.mkldnn._reorder_linear_weight(wb, 1)
+            else:
+                self.weight = wb
+        else:
+            # Round the scale to bf16 first and quantise with the rounded value, so that q * s is
+            # exactly the weight the kernel multiplies by (zero rows get scale 1 and q = 0).
+            amax = w.float().abs().amax(dim=1)
+            scale = torch.where(amax > 0, amax / 127.0, torch.ones_like(amax)).to(torch.bfloat16)
+            self.qweight = torch.round(w.float() / scale.float()[:, None]).clamp_(-127, 127).to(torch.int8).contiguous()
+            self.scale = scale
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of weight, scale and bias one call reads."""
+        bias = 0 if self.bias is None else self.bias.numel() * self.bias.element_size()
+        if self.weight_dtype == "fp32":
+            return self.weight.numel() * 4 + bias
+        if self.weight_dtype == "bf16":
+            return self.out_features * self.in_features * 2 + bias
+        return self.qweight.numel() + self.scale.numel() * 2 + bias
+
+    def dequantized(self) -> torch.Tensor:
+        """The ``(out, in)`` fp32 weight this copy multiplies by (for tests and error analysis)."""
+        if self.weight_dtype == "int8":
+            return self.qweight.float() * self.scale.float()[:, None]
+        if self.packed is not None:
+            return self.packed.to_dense().float()
+        return self.weight.float()
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        """``x (B, in)`` fp32 -> ``(B, out)`` fp32."""
+        if self.weight_dtype == "fp32":
+            return F.linear(x, self.weight, self.bias)
+        xb = x.to(torch.bfloat16)
+        if self.weight_dtype == "int8":
+            y = torch._weight_int8pack_mm(xb, self.qweight, self.scale)
+        elif self.packed is not None:
+            y = torch.ops.mkldnn._linear_pointwise(xb, self.packed, None, "none", [], "")
+        else:
+            y = F.linear(xb, self.weight)
+        y = y.float()
+        return y if self.bias is None else y + self.bias
+
+
+@dataclass
+class MambaLayerDecodeWeights:
+    """One layer's projections for :meth:`Mamba.decode_step_`: ``in_proj``, ``out_proj`` in the decode dtype."""
+
+    in_proj: DecodeLinear
+    out_proj: DecodeLinear
+
+
+@dataclass
+class MambaDecodeWeights:
+    """A snapshot of a :class:`MambaLM`'s decode weights in one dtype, from :meth:`MambaLM.prepare_decode`.
+
+    ``layers`` holds each layer's ``in_proj``/``out_proj`` and ``lm_head`` the head, converted;
+    everything else a decode step reads stays the model's fp32 parameters. ``nbytes`` is the
+    weight bytes one decode token streams, the numerator of the decoding roofline. The snapshot
+    does not follow later changes of the model's weights (prepare again), and its oneDNN-packed
+    bf16 tensors cannot be pickled or deep-copied.
+    """
+
+    weight_dtype: str
+    layers: list[MambaLayerDecodeWeights]
+    lm_head: DecodeLinear
+    nbytes: int
+    model_id: int
 
 
 # ---------------------------------------------------------------------------------------
@@ -571,20 +695,34 @@ class SSMLanguageModel(nn.Module):
         h = self.backbone.norm_f(residual.to(self.backbone.norm_f.weight.dtype))
         return self.lm_head(h.to(self.lm_head.weight.dtype)), self.state_class(new_states)
 
+    decode_weight_dtypes: tuple[str, ...] = ("fp32",)
+    """The ``decode_weights`` names this model's ``generate`` accepts (MambaLM adds bf16 and int8)."""
+
     @torch.inference_mode()
-    def generate(self, input_ids: torch.Tensor, max_new_tokens: int) -> torch.Tensor:
+    def generate(self, input_ids: torch.Tensor, max_new_tokens: int, *,
+                 decode_weights: str | MambaDecodeWeights = "fp32") -> torch.Tensor:
         """Greedy decoding: prefill ``input_ids (B, L)`` with ``scan``, then ``step`` per new token.
 
         Returns ``(B, L + max_new_tokens)``. No stopping token: it always produces exactly
         ``max_new_tokens`` (compare with Hugging Face ``generate(min_new_tokens=...)``).
+
+        ``decode_weights`` picks the weights the per-token steps stream: ``"fp32"`` (the model's
+        own), a name in :attr:`decode_weight_dtypes` (converted for this call), or a
+        :class:`MambaDecodeWeights` from :meth:`MambaLM.prepare_decode` (converted once, reused).
+        The prefill always runs on the fp32 weights, and the state stays fp32.
         """
         if not isinstance(max_new_tokens, int) or max_new_tokens < 0:
             raise ValueError(f"max_new_tokens must be an int >= 0, got {max_new_tokens!r}")
         self._check_ids(input_ids, 2)
+        self._check_decode_weights(decode_weights, input_ids)
         if max_new_tokens == 0:
             return input_ids.clone()
+        if isinstance(decode_weights, MambaDecodeWeights):
+            weights = decode_weights
+        else:
+            weights = None if decode_weights == "fp32" else self.prepare_decode(decode_weights)
         logits, states = self.scan(input_ids, last_only=True)
-        fast = self._fast_decode_ok(input_ids)
+        fast = weights is not None or self._fast_decode_ok(input_ids)
         if fast:
             mixers = [layer.mixer for layer in self.backbone.layers]
             neg_A = [-torch.exp(m.A_log.float()) for m in mixers]
@@ -600,27 +738,59 @@ class SSMLanguageModel(nn.Module):
             if i + 1 == max_new_tokens:
                 break
             if fast:
-                logits = self._fast_step(token, states, neg_A)
+                logits = self._fast_step(token, states, neg_A, weights)
             else:
                 logits, states = self.step(token, states)
             token = logits.argmax(-1)
         return out
+
+    def _check_decode_weights(self, spec: str | MambaDecodeWeights, input_ids: torch.Tensor) -> None:
+        """Refuse a ``decode_weights`` that ``generate`` cannot honour for this model and input."""
+        if isinstance(spec, MambaDecodeWeights):
+            if spec.model_id != id(self) or len(spec.layers) != self.n_layer:
+                raise ValueError("decode_weights was prepared from another model; call this model's prepare_decode")
+        elif isinstance(spec, str):
+            if spec not in DECODE_WEIGHT_DTYPES:
+                raise ValueError(f"decode_weights must be one of {DECODE_WEIGHT_DTYPES} or a MambaDecodeWeights, "
+                                 f"got {spec!r}")
+            if spec not in self.decode_weight_dtypes:
+                raise ValueError(f"{type(self).__name__} decodes with {self.decode_weight_dtypes} weights only, "
+                                 f"got {spec!r}")
+            if spec == "fp32":
+                return
+        else:
+            raise TypeError(f"decode_weights must be a str or a MambaDecodeWeights, got {type(spec).__name__}")
+        if not self._fast_decode_ok(input_ids):
+            w = self.lm_head.weight
+            raise ValueError(f"reduced-precision decode weights are made from fp32 weights on the input's device; "
+                             f"this model holds {w.dtype} weights on {w.device}, input_ids is on {input_ids.device}")
 
     def _fast_decode_ok(self, input_ids: torch.Tensor) -> bool:
         """The in-place decode path covers fp32 weights on the input's device; else ``step`` runs."""
         w = self.lm_head.weight
         return w.dtype == torch.float32 and w.device == input_ids.device
 
-    def _fast_step(self, token: torch.Tensor, states, neg_A: list[torch.Tensor]) -> torch.Tensor:
-        """:meth:`step` through each mixer's ``decode_step_``, updating ``states`` in place; returns logits."""
+    def _fast_step(self, token: torch.Tensor, states, neg_A: list[torch.Tensor],
+                   weights: MambaDecodeWeights | None = None) -> torch.Tensor:
+        """:meth:`step` through each mixer's ``decode_step_``, updating ``states`` in place.
+
+        ``token (B,)`` -> logits ``(B, V)`` fp32; ``weights`` replaces the big projections and the
+        head by a reduced-precision snapshot (None: the model's fp32 weights).
+        """
         residual = F.embedding(token, self.backbone.embedding.weight)
         d = (self.d_model,)
-        for layer, st, A in zip(self.backbone.layers, states.layers, neg_A):
+        layer_weights = [None] * self.n_layer if weights is None else weights.layers
+        for layer, st, A, lw in zip(self.backbone.layers, states.layers, neg_A, layer_weights):
             # F.rms_norm is RMSNorm's math in one fused op (fewer dispatches per token)
             h = F.rms_norm(residual, d, layer.norm.weight, layer.norm.eps)
-            residual = residual + layer.mixer.decode_step_(h, st, A)
+            if lw is None:
+                residual = residual + layer.mixer.decode_step_(h, st, A)
+            else:
+                residual = residual + layer.mixer.decode_step_(h, st, A, lw)
         h = F.rms_norm(residual, d, self.backbone.norm_f.weight, self.backbone.norm_f.eps)
-        return F.linear(h, self.lm_head.weight)
+        if weights is None:
+            return F.linear(h, self.lm_head.weight)
+        return weights.lm_head(h)
 
     # -- Hugging Face interop -------------------------------------------------------------
     def load_hf_state_dict(self, state_dict: dict[str, torch.Tensor], strict: bool = True) -> None:
@@ -660,6 +830,7 @@ class MambaLM(SSMLanguageModel):
     """
 
     state_class = MambaLMState
+    decode_weight_dtypes = DECODE_WEIGHT_DTYPES
 
     def __init__(self, vocab_size: int, d_model: int, n_layer: int, d_state: int = 16, d_conv: int = 4,
                  expand: float = 2, dt_rank: int | str = "auto", conv_bias: bool = True, bias: bool = False,
@@ -696,6 +867,37 @@ class MambaLM(SSMLanguageModel):
         ours.load_hf_state_dict(model.state_dict())
         ref = next(model.parameters())
         return ours.to(device=ref.device, dtype=ref.dtype)
+
+    @torch.no_grad()
+    def prepare_decode(self, weight_dtype: str) -> MambaDecodeWeights:
+        """Convert the weights that batch-1 decoding streams, once, for ``generate(decode_weights=...)``.
+
+        ``weight_dtype``: ``"fp32"`` (the model's own weights, no copy), ``"bf16"`` or ``"int8"``
+        (symmetric per-output-channel scales; see :class:`DecodeLinear`). Converted: every layer's
+        ``in_proj`` and ``out_proj`` and the head, about 97% of the Mamba-130m weight stream.
+        ``x_proj`` and ``dt_proj`` stay fp32: at their sizes (80 x 1536 and 1536 x 48 there) the
+        reduced-precision kernels' fixed cost per call exceeded the bytes saved, and ``dt`` feeds
+        ``exp``. The conv, ``A``, ``D``, the norms, the biases, the embedding lookup and the state
+        stay fp32. The model must hold fp32 weights. The copy costs memory (bf16 about half the
+        fp32 weights, int8 about a quarter) and is a snapshot of the weights as they are now.
+        """
+        if weight_dtype not in DECODE_WEIGHT_DTYPES:
+            raise ValueError(f"weight_dtype must be one of {DECODE_WEIGHT_DTYPES}, got {weight_dtype!r}")
+        if self.lm_head.weight.dtype != torch.float32:
+            raise ValueError(f"prepare_decode converts fp32 weights; this model holds {self.lm_head.weight.dtype}")
+        layers = []
+        nbytes = 0
+        for layer in self.backbone.layers:
+            m = layer.mixer
+            lw = MambaLayerDecodeWeights(DecodeLinear(m.in_proj, weight_dtype), DecodeLinear(m.out_proj, weight_dtype))
+            layers.append(lw)
+            # everything else one decode step reads stays fp32 (x_proj and dt_proj with their bias included)
+            small = [layer.norm.weight, m.conv1d.weight, m.conv1d.bias, m.x_proj.weight, m.dt_proj.weight,
+                     m.dt_proj.bias, m.A_log, m.D]
+            nbytes += lw.in_proj.nbytes + lw.out_proj.nbytes + sum(t.numel() * 4 for t in small if t is not None)
+        head = DecodeLinear(self.lm_head, weight_dtype)
+        nbytes += head.nbytes + self.backbone.norm_f.weight.numel() * 4
+        return MambaDecodeWeights(weight_dtype, layers, head, nbytes, id(self))
 
 
 # How MambaLM.from_hf maps each field of transformers' MambaConfig (tests check the list is complete).
@@ -771,5 +973,6 @@ def hf_mamba_config_kwargs(cfg: object) -> dict[str, object]:
                 dt_init="constant" if getattr(cfg, "time_step_init_scheme", "random") == "constant" else "random",
                 rescale_prenorm_residual=bool(getattr(cfg, "rescale_prenorm_residual", False)))
 
-__all__ = ["HF_MAMBA_CONFIG_FIELDS", "Mamba", "MambaBackbone", "MambaBlock", "MambaLM", "MambaLMState", "MambaLTI",
-           "MambaState", "SSMLanguageModel", "column_major_", "hf_mamba_config_kwargs", "inner_width"]
+__all__ = ["DECODE_WEIGHT_DTYPES", "HF_MAMBA_CONFIG_FIELDS", "DecodeLinear", "Mamba", "MambaBackbone", "MambaBlock",
+           "MambaDecodeWeights", "MambaLM", "MambaLMState", "MambaLTI", "MambaLayerDecodeWeights", "MambaState",
+           "SSMLanguageModel", "column_major_", "hf_mamba_config_kwargs", "inner_width"]
