@@ -43,9 +43,10 @@ class CommStats:
     messages: dict[str, int] = field(default_factory=lambda: {"forward": 0, "backward": 0})
     seconds: dict[str, float] = field(default_factory=lambda: {"forward": 0.0, "backward": 0.0})
 
-    def add(self, phase: str, nbytes: int, seconds: float) -> None:
+    def add(self, phase: str, nbytes: int, seconds: float, messages: int = 1) -> None:
+        """Count ``messages`` calls that sent ``nbytes`` in all and took ``seconds``."""
         self.bytes_sent[phase] += int(nbytes)
-        self.messages[phase] += 1
+        self.messages[phase] += messages
         self.seconds[phase] += seconds
 
     def reset(self) -> None:
@@ -86,8 +87,7 @@ def recv(sp: SequenceParallel, like: torch.Tensor, frm: int, tag: int, phase: st
     out = torch.empty_like(like, memory_format=torch.contiguous_format)
     start = time.perf_counter()
     dist.recv(out, src=sp.global_rank(frm), group=sp.group, tag=tag)
-    sp.stats.add(phase, 0, time.perf_counter() - start)
-    sp.stats.messages[phase] -= 1  # a receive is not a message this rank sent
+    sp.stats.add(phase, 0, time.perf_counter() - start, messages=0)  # a receive sends nothing
     return out
 
 

@@ -124,6 +124,7 @@ class SequenceParallel:
         self._depth = 0
         self._mode: _Routing | None = None
         self._history: torch.Tensor | None = None
+        self._keep_history = False
         self._handlers: dict[Any, Callable[..., Any]] = {
             SELECTIVE_SCAN.forward_op: self._selective_scan_op,
             LINEAR_SCAN.forward_op: self._linear_scan_op,
@@ -248,11 +249,14 @@ class SequenceParallel:
         ``W - 1`` inputs before the chunk gathered from earlier ranks (over several ranks when a chunk is
         shorter than ``W - 1``). Same arguments and returns; the final state ``(B, D, W - 1)`` is the last
         ``W - 1`` inputs up to the end of this rank's chunk."""
-        self._history = None
-        with self:
-            out, final = causal_conv1d(x, weight, bias, activation, initial_state=initial_state,
-                                       output_final_state=output_final_state, backend=backend)
-        history, self._history = self._history, None
+        self._history, self._keep_history = None, output_final_state
+        try:
+            with self:
+                out, final = causal_conv1d(x, weight, bias, activation, initial_state=initial_state,
+                                           output_final_state=output_final_state, backend=backend)
+            history = self._history
+        finally:
+            self._history, self._keep_history = None, False
         if output_final_state and history is not None:
             # The op's own final state reads only this chunk (and zeros before it) on ranks > 0.
             final = torch.cat([history.to(x.dtype), x], dim=-1)[..., -(weight.shape[-1] - 1):]
@@ -428,7 +432,8 @@ class SequenceParallel:
             out[0] = comm.prefix_carry(self, combine, 1, (tail,), out[0])
             return tuple(out)
         (history,) = comm.prefix_carry(self, combine, 1, (tail,), None)
-        self._history = history  # read by causal_conv1d() for the final state
+        if self._keep_history:  # causal_conv1d() builds the final state from it
+            self._history = history
         return CAUSAL_CONV1D(x, weight, bias, history, silu, backend=backend)
 
 

@@ -307,6 +307,25 @@ def ddp_check(results: dict[str, float]) -> None:
                                           for n, p in model.named_parameters())
 
 
+def traffic_checks(sp: SequenceParallel, results: dict[str, float]) -> None:
+    """A two-pass op sends its state-sized summary whatever the chunk length; ring attention sends its keys and
+    values to each other rank. Recorded as 0.0 when the forward bytes are exactly those."""
+    g = torch.Generator().manual_seed(3)
+    ok_scan, ok_ring = True, True
+    for n in (4, 32):
+        u, d = torch.randn(1, 3, n, generator=g), torch.randn(1, 3, n, generator=g)
+        A, B, C = -torch.rand(3, 5, generator=g), torch.randn(1, 5, n, generator=g), torch.randn(1, 5, n, generator=g)
+        sp.stats.reset()
+        sp.selective_scan(u, d, A, B, C)
+        ok_scan &= sp.stats.bytes_sent["forward"] == (sp.size - 1) * 2 * (1 * 3 * 5) * 4  # final state and decay
+        q, k, v = (torch.randn(1, 2, n, 4, generator=g) for _ in range(3))
+        sp.stats.reset()
+        sp.ring_attention(q, k, v)
+        ok_ring &= sp.stats.bytes_sent["forward"] == (sp.size - 1) * (k.numel() + v.numel()) * 4
+    results["traffic_two_pass_state_sized"] = 0.0 if ok_scan else 1.0
+    results["traffic_ring_activation_sized"] = 0.0 if ok_ring else 1.0
+
+
 def error_checks(sp: SequenceParallel, results: dict[str, float]) -> None:
     """Bad input raises before any exchange, so ranks that raise never leave the others waiting."""
     def raises(fn: Callable, kind: type[Exception], text: str) -> float:
@@ -343,6 +362,7 @@ def main() -> None:
             model_checks(c)
             results.update(c.results)
             log.extend(c.log)
+        traffic_checks(sp, results)
         error_checks(sp, results)
         log.append(f"{time.time() - float(os.environ.get('SP_WORKER_T0', '0')):7.2f}s errors")
         if dist.get_world_size() == 4:

@@ -1,13 +1,15 @@
-"""Sequence parallelism over 2 and 4 gloo processes (torchrun) equals one process.
+"""Sequence parallelism over 2 and 4 gloo processes equals one process.
 
 Each world size is launched once (``sp_worker.py`` runs every check and writes its results), so the
-module costs two process-group start-ups; the tests below read the results.
+module costs two process-group start-ups; the tests below read the results. The 2 processes start under
+torchrun, the 4 with the environment torchrun would give them.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -30,25 +32,47 @@ MODELS = ("mamba_lm", "spikegpt", "lif_network")
 ERRORS = ("error_split_length", "error_state_after_rank0", "error_wkv_state_after_rank0", "error_not_in_group")
 
 
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory) -> dict[int, list[dict]]:
-    """Per world size, every rank's results (one torchrun launch per world size)."""
+    """Per world size, every rank's results. Both worlds run at the same time: 2 processes under torchrun
+    (its launch path) and 4 started directly with the variables torchrun would set (no launcher agent, whose
+    start-up and shutdown would double the module's time on two cores)."""
     env = dict(os.environ, OMP_NUM_THREADS="1", NUMBA_NUM_THREADS="1", OMP_WAIT_POLICY="PASSIVE",
                PYTHONPATH=str(ROOT))
     for key in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT", "TORCHELASTIC_RUN_ID"):
         env.pop(key, None)
+    folders = {world: tmp_path_factory.mktemp(f"world{world}") for world in WORLDS}
+    procs = {2: [subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node",
+                                   "2", str(WORKER), str(folders[2])], cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                                  stderr=subprocess.STDOUT, text=True)]}
+    port = _free_port()
+    procs[4] = [subprocess.Popen([sys.executable, str(WORKER), str(folders[4])], cwd=ROOT, stdout=subprocess.PIPE,
+                                 stderr=subprocess.STDOUT, text=True,
+                                 env=dict(env, RANK=str(r), LOCAL_RANK=str(r), WORLD_SIZE="4",
+                                          MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port)))
+                for r in range(4)]
     out = {}
     for world in WORLDS:
-        folder = tmp_path_factory.mktemp(f"world{world}")
-        proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node",
-                               str(world), str(WORKER), str(folder)], cwd=ROOT, env=env, capture_output=True,
-                              text=True, timeout=400)
+        logs = []
+        for p in procs[world]:
+            try:
+                logs.append(p.communicate(timeout=400)[0])
+            except subprocess.TimeoutExpired:
+                p.kill()
+                logs.append(p.communicate()[0] + "\n(timed out)")
         ranks = []
         for r in range(world):
-            path = folder / f"rank{r}.json"
+            path = folders[world] / f"rank{r}.json"
             ranks.append(json.loads(path.read_text()) if path.exists() else {"results": {}})
-        exc = [d["results"].get("exception") for d in ranks if "exception" in d["results"]]
-        assert proc.returncode == 0 and not exc, (exc[0] if exc else "") + proc.stdout[-3000:] + proc.stderr[-3000:]
+        exc = [d["results"]["exception"] for d in ranks if "exception" in d["results"]]
+        failed = [p.returncode for p in procs[world] if p.returncode != 0]
+        assert not failed and not exc, (exc[0] if exc else "") + "\n".join(log[-3000:] for log in logs)
         out[world] = ranks
     return out
 
@@ -68,6 +92,13 @@ def test_bad_input_raises_before_any_exchange(runs, world):
         # rank 0 may pass an initial state and belongs to the one-rank group, so it checks only the split
         for name in ERRORS if rank > 0 else ERRORS[:1]:
             assert data["results"].get(name) == 0.0, f"{name} on rank {rank}: no error or the wrong message"
+
+
+@pytest.mark.parametrize("world", WORLDS)
+def test_two_pass_sends_states_and_ring_attention_sends_activations(runs, world):
+    for data in runs[world]:
+        assert data["results"]["traffic_two_pass_state_sized"] == 0.0
+        assert data["results"]["traffic_ring_activation_sized"] == 0.0
 
 
 def test_ddp_over_data_parallel_group_with_sequence_parallel_group(runs):
