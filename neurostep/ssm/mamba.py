@@ -483,8 +483,9 @@ class DecodeLinear:
         self.out_features, self.in_features = w.shape
         self.weight: torch.Tensor | None = None   # fp32 and plain bf16: (out, in)
         self.packed: torch.Tensor | None = None   # oneDNN-prepacked bf16 (opaque layout)
-        self.qweight: torch.Tensor | None = None  # int8 (out, in), row-major as the kernel reads it
+        self.qweight: torch.Tensor | None = None  # int8 (out, in + pad), row-major as the kernel reads it
         self.scale: torch.Tensor | None = None    # (out,) bf16, the kernel's scale dtype
+        self.pad = 0                              # int8: zero columns appended to qweight
         if weight_dtype == "fp32":
             self.weight = w
         elif weight_dtype == "bf16":
@@ -499,7 +500,11 @@ class DecodeLinear:
             # exactly the weight the kernel multiplies by (zero rows get scale 1 and q = 0).
             amax = w.float().abs().amax(dim=1)
             scale = torch.where(amax > 0, amax / 127.0, torch.ones_like(amax)).to(torch.bfloat16)
-            self.qweight = torch.round(w.float() / scale.float()[:, None]).clamp_(-127, 127).to(torch.int8).contiguous()
+            q = torch.round(w.float() / scale.float()[:, None]).clamp_(-127, 127).to(torch.int8)
+            # the int8 kernel reads the reduction dimension in blocks of 16 (and crashed on other
+            # widths): zero columns pad it, and the call pads x to match
+            self.pad = -self.in_features % 16
+            self.qweight = F.pad(q, (0, self.pad)).contiguous()
             self.scale = scale
 
     @property
@@ -510,12 +515,12 @@ class DecodeLinear:
             return self.weight.numel() * 4 + bias
         if self.weight_dtype == "bf16":
             return self.out_features * self.in_features * 2 + bias
-        return self.qweight.numel() + self.scale.numel() * 2 + bias
+        return self.out_features * self.in_features + self.scale.numel() * 2 + bias
 
     def dequantized(self) -> torch.Tensor:
         """The ``(out, in)`` fp32 weight this copy multiplies by (for tests and error analysis)."""
         if self.weight_dtype == "int8":
-            return self.qweight.float() * self.scale.float()[:, None]
+            return self.qweight[:, :self.in_features].float() * self.scale.float()[:, None]
         if self.packed is not None:
             return self.packed.to_dense().float()
         return self.weight.float()
@@ -526,7 +531,7 @@ class DecodeLinear:
             return F.linear(x, self.weight, self.bias)
         xb = x.to(torch.bfloat16)
         if self.weight_dtype == "int8":
-            y = torch._weight_int8pack_mm(xb, self.qweight, self.scale)
+            y = torch._weight_int8pack_mm(F.pad(xb, (0, self.pad)) if self.pad else xb, self.qweight, self.scale)
         elif self.packed is not None:
             y = torch.ops.mkldnn._linear_pointwise(xb, self.packed, None, "none", [], "")
         else:
