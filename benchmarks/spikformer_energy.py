@@ -5,8 +5,10 @@ The paper reports 6.82 G OPs and 7.734 mJ for Spikformer-8-384 at T=4 with
 MAC and AC energy once one decides what "OPs" sums: if OPs = first-layer FLOPs + SOPs, then
 ``FL1 = (E - 0.9 * OPs) / (4.6 - 0.9)``; if OPs are the SOPs alone, ``FL1 = (E - 0.9 * OPs) / 4.6``.
 This script prints both readings beside the first-layer MAC count that neurostep's counter
-measures on ``create_model("spikformer_8_384")`` (per timestep and over the T=4 timesteps the
-model runs), and the whole-model counts of one forward.
+measures on ``create_model("spikformer_8_384")``, and the whole-model counts of one forward. The
+model convolves the static image once, not at each of the T=4 timesteps it is repeated over (the
+frames are identical), so the count is one image's; the script also gives T times it, what a
+stem that convolves every timestep would run.
 
 The model here is untrained, so its firing rates (and hence its SOPs) say nothing about the
 paper's trained network; only the first-layer MACs and the dense MACs are comparable.
@@ -89,8 +91,9 @@ def main() -> int:
             "",
             f"neurostep count ({'meta device, shapes only' if meta else 'one real forward, batch 1'}, "
             f"{elapsed:.1f} s):",
-            f"  first layer {first_path}: {format_count(first / T)} MACs per timestep, {format_count(first)} over "
-            f"T={T} -> {format_energy(first * MAC_PJ)} at 4.6 pJ",
+            f"  first layer {first_path}: {format_count(first)} MACs (the repeated image convolved once; "
+            f"{format_count(first * T)} if convolved at each of T={T} steps) -> {format_energy(first * MAC_PJ)} "
+            "at 4.6 pJ",
             f"  dense MACs of the whole model over T={T}: {format_count(report.total.dense_macs)}",
         ]
         if not meta:
@@ -99,7 +102,7 @@ def main() -> int:
                          f"{format_count(report.total.sops)}, energy {format_energy(report.energy_pj)} "
                          "(not comparable with the paper: its rates come from a trained network)")
         out["measured"] = {"meta": meta, "T": T, "first_layer": first_path, "first_layer_macs": first,
-                           "first_layer_macs_per_step": first / T, "dense_macs": report.total.dense_macs,
+                           "first_layer_macs_every_step": first * T, "dense_macs": report.total.dense_macs,
                            "sops": report.total.sops, "energy_pj": report.energy_pj,
                            "spike_rate": report.total.spike_rate}
     print("\n".join(lines))
@@ -110,7 +113,7 @@ def main() -> int:
     if "measured" in out:
         m = out["measured"]
         how = "shapes only (meta device)" if m["meta"] else "one forward, batch 1, untrained"
-        rows.append([f"neurostep count, {how}", f"{format_count(m['first_layer_macs'])} over T={m['T']} "
+        rows.append([f"neurostep count, {how}", f"{format_count(m['first_layer_macs'])}, image convolved once "
                      f"({m['first_layer']})", "-" if m["meta"] else format_count(m["sops"]),
                      format_energy(m["first_layer_macs"] * MAC_PJ), "-", "-"])
     columns = ["", "first-layer MACs", "SOPs", "MAC energy", "AC energy", "total"]

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from neurostep.engine import Composite, check_tensor, run_child
@@ -68,6 +69,27 @@ def _num_downsamplings(patch_size: int) -> int:
     return patch_size.bit_length() - 1
 
 
+def _batch_norm_of_repeats(bn: nn.BatchNorm2d, u: torch.Tensor, repeats: int) -> torch.Tensor:
+    """``bn`` applied to ``repeats`` stacked copies of ``u (B, C, H, W)``, computed on one copy.
+
+    The batch mean and (biased) variance of identical copies are those of one copy, so the
+    output is the same. Only the running variance would differ: it is updated with the unbiased
+    estimate, whose correction ``n / (n - 1)`` counts every copy, so it is updated here with the
+    count of all of them.
+    """
+    if not (bn.training and bn.track_running_stats):
+        return bn(u)
+    y = F.batch_norm(u, None, None, bn.weight, bn.bias, True, 0.0, bn.eps)
+    n_all = repeats * (u.numel() // u.shape[1])
+    bn.num_batches_tracked.add_(1)
+    factor = 1.0 / float(bn.num_batches_tracked) if bn.momentum is None else bn.momentum
+    with torch.no_grad():
+        var, mean = torch.var_mean(u, dim=(0, 2, 3), correction=0)
+        bn.running_mean.lerp_(mean, factor)
+        bn.running_var.lerp_(var * (n_all / (n_all - 1)), factor)
+    return y
+
+
 class ConvBNLIF(Composite):
     """Conv2d (no bias) + BatchNorm2d + LIF, with an optional 3x3/2 max-pool.
 
@@ -103,11 +125,19 @@ class ConvBNLIF(Composite):
         return y.reshape(*lead, *y.shape[-3:])
 
     def advance(self, x: torch.Tensor, state: Any, stepping: bool) -> tuple[torch.Tensor, Any]:
-        lead = x.shape[:-3]
-        u = self.bn(self.conv(x.reshape(-1, *x.shape[-3:])))
-        u = u.reshape(*lead, *u.shape[-3:])
-        if self.pool is not None and self.pool_position == "before_lif":
-            u = self._pool(u)
+        if not stepping and x.shape[0] > 1 and x.stride(0) == 0:
+            # Every timestep is the same frame (direct encoding hands over an expanded view):
+            # convolve and normalise it once, then repeat it for the LIF.
+            u = _batch_norm_of_repeats(self.bn, self.conv(x[0]), x.shape[0])
+            if self.pool is not None and self.pool_position == "before_lif":
+                u = self.pool(u)
+            u = u.unsqueeze(0).expand(x.shape[0], *u.shape)
+        else:
+            lead = x.shape[:-3]
+            u = self.bn(self.conv(x.reshape(-1, *x.shape[-3:])))
+            u = u.reshape(*lead, *u.shape[-3:])
+            if self.pool is not None and self.pool_position == "before_lif":
+                u = self._pool(u)
         s, state = run_child(self.lif, u, state, stepping)
         if self.pool is not None and self.pool_position == "after_lif":
             s = self._pool(s)

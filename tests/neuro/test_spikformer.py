@@ -276,3 +276,32 @@ def test_matches_spikingjelly_spikformer(patch_size, backend):
         assert torch.equal(a, b), (i, (a != b).float().mean().item())
         assert 0 < a.mean() < 1, (i, a.mean().item())  # every layer fires, none saturates
     torch.testing.assert_close(y_ours, y_theirs.mean(0), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("pool_position", ["after_lif", "before_lif"])
+@pytest.mark.parametrize("momentum", [0.1, None])
+def test_repeated_frames_are_convolved_once(pool_position, momentum):
+    """Direct encoding: T identical frames go through the first conv and BN once, with the same
+    spikes, gradients and BN running statistics as T materialised copies."""
+    import copy
+
+    torch.manual_seed(0)
+    once = ConvBNLIF(3, 8, pool=True, pool_position=pool_position, backend="reference")
+    once.bn.momentum = momentum
+    copies = copy.deepcopy(once)
+    seen: list[int] = []
+    once.conv.register_forward_hook(lambda mod, inp, out: seen.append(inp[0].shape[0]))
+    x = torch.randn(2, 3, 8, 8)
+    repeated = x.unsqueeze(0).expand(4, *x.shape)
+    for _ in range(2):  # two training steps: the running statistics accumulate
+        a, _ = once.scan(repeated)
+        b, _ = copies.scan(repeated.contiguous())
+    assert seen == [2, 2]  # the batch, not 4 x the batch
+    assert torch.equal(a, b) and a.sum() > 0
+    a.sum().backward()
+    b.sum().backward()
+    for p, q in zip(once.parameters(), copies.parameters(), strict=True):
+        torch.testing.assert_close(p.grad, q.grad, rtol=1e-5, atol=1e-4)
+    torch.testing.assert_close(once.bn.running_mean, copies.bn.running_mean, rtol=1e-6, atol=1e-7)
+    torch.testing.assert_close(once.bn.running_var, copies.bn.running_var, rtol=1e-6, atol=1e-7)
+    assert once.bn.num_batches_tracked == copies.bn.num_batches_tracked == 2
