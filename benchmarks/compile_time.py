@@ -6,6 +6,12 @@ backward are timed separately (they are separate kernels, compiled on first use)
 neurostep and torch is excluded; the time is that of the first call only, minus the time of a
 second identical call (what is left is compiling or loading the kernel).
 
+Both wall time and CPU time are recorded. The machine this runs on is often shared, and compiling
+is mostly single-threaded, so the CPU time of the process (``time.process_time`` in the child, all
+its threads) is the measure that does not depend on how loaded the machine is; the wall time is
+what the user waits. The whole child's CPU time (``RUSAGE_CHILDREN`` delta in the parent, so
+including the import of torch and neurostep) is recorded as ``process_cpu``.
+
     .venv/bin/python benchmarks/compile_time.py                 # every case
     .venv/bin/python benchmarks/compile_time.py --only lif      # cases whose name starts with "lif"
 """
@@ -15,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import subprocess
 import sys
 import tempfile
@@ -105,13 +112,15 @@ CASES: dict[str, str] = {
     """,
 }
 
-# The child process prints one JSON line: forward and backward first-call seconds, less a repeat call.
+# The child process prints one JSON line: forward and backward first-call seconds (wall and CPU),
+# less a repeat call.
 CHILD = """
 import json, time, torch
 torch.manual_seed(0)
 {setup}
 def timed(fn):
-    t0 = time.perf_counter(); fn(); return time.perf_counter() - t0
+    t0, c0 = time.perf_counter(), time.process_time(); fn()
+    return time.perf_counter() - t0, time.process_time() - c0
 out = {{}}
 first_fwd = timed(run)
 again_fwd = timed(run)
@@ -119,21 +128,28 @@ y = run()
 first_bwd = timed(lambda: y.sum().backward())
 y = run()
 again_bwd = timed(lambda: y.sum().backward())
-out["forward"] = first_fwd - again_fwd
-out["backward"] = first_bwd - again_bwd
+out["forward"] = first_fwd[0] - again_fwd[0]
+out["backward"] = first_bwd[0] - again_bwd[0]
+out["forward_cpu"] = first_fwd[1] - again_fwd[1]
+out["backward_cpu"] = first_bwd[1] - again_bwd[1]
 print(json.dumps(out))
 """
 
 
 def run_case(setup: str, cache_dir: str) -> dict[str, float]:
-    """First-call forward and backward seconds of one case in a fresh process using ``cache_dir``."""
+    """First-call forward and backward seconds (wall and CPU) of one case in a fresh process using
+    ``cache_dir``, plus the CPU seconds of the whole process (``process_cpu``)."""
     code = CHILD.format(setup=textwrap.dedent(setup))
     env = {**os.environ, "NUMBA_CACHE_DIR": cache_dir, "OMP_WAIT_POLICY": "PASSIVE"}
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True,
                           check=False)
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
     if proc.returncode != 0:
         raise RuntimeError(f"case failed:\n{proc.stderr[-3000:]}")
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    out["process_cpu"] = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    return out
 
 
 def main() -> None:
@@ -150,12 +166,16 @@ def main() -> None:
             cold = run_case(setup, cache_dir)
             warm = run_case(setup, cache_dir)
         cases[name] = {"cold": cold, "warm": warm}
-        row = [name, f"{cold['forward']:.1f}", f"{cold['backward']:.1f}", f"{warm['forward']:.2f}",
-               f"{warm['backward']:.2f}"]
+        row = [name, f"{cold['forward']:.1f} / {cold['forward_cpu']:.1f}",
+               f"{cold['backward']:.1f} / {cold['backward_cpu']:.1f}", f"{cold['process_cpu']:.1f}",
+               f"{warm['forward']:.2f} / {warm['forward_cpu']:.2f}",
+               f"{warm['backward']:.2f} / {warm['backward_cpu']:.2f}", f"{warm['process_cpu']:.1f}"]
         rows.append(row)
         print("  ".join(row), flush=True)
-    columns = ["kernel", "cold forward s", "cold backward s", "warm forward s", "warm backward s"]
-    tables = [table("First call of each CPU kernel, cold and warm numba cache", columns, rows)]
+    columns = ["kernel", "cold forward s (wall / CPU)", "cold backward s (wall / CPU)", "cold process CPU s",
+               "warm forward s (wall / CPU)", "warm backward s (wall / CPU)", "warm process CPU s"]
+    tables = [table("First call of each CPU kernel, cold and warm numba cache (seconds, wall / CPU)",
+                    columns, rows)]
     if args.only:
         return  # a partial run is for looking, not for the stored result
     write_result(args.out, {"cases": cases}, load_before=load_before, tables=tables, summary=[])

@@ -1,0 +1,49 @@
+"""Each CPU kernel compiles once per dtype, whatever the layout of the caller's tensors.
+
+Every distinct argument type signature (array layout, dtype, a bool where an int was passed, an
+optional None) is a separate numba compile of several seconds on first use (see
+``benchmarks/compile_time.py``). The CPU adapters hand the kernels contiguous arrays of one dtype
+and fixed scalar types, so calls with transposed, sliced or otherwise laid-out inputs, with and
+without optional arguments, must reuse one compiled variant per dtype.
+"""
+
+from collections import Counter
+
+import torch
+
+from neurostep.kernels.lif import cpu as lif_cpu
+from neurostep.kernels.lif import lif_scan
+from neurostep.kernels.linear_scan import cpu as linear_scan_cpu
+from neurostep.kernels.linear_scan import linear_scan
+
+
+def _variants_per_dtype(dispatcher) -> Counter:
+    return Counter(sig[0].dtype for sig in dispatcher.signatures)
+
+
+def test_lif_one_variant_per_dtype_across_layouts():
+    base = torch.randn(64, 8)
+    layouts = [base.t().contiguous(), base.t(), torch.randn(8, 128)[:, ::2]]
+    for x in layouts:
+        for dtype in (torch.float32, torch.float64):
+            xs = x.to(dtype).requires_grad_(True)
+            s, _ = lif_scan(xs, tau_inv=0.5, v_threshold=1.0, backend="cpu")
+            s.sum().backward()
+    for kernel in (lif_cpu._forward_kernel, lif_cpu._backward_recompute_kernel):
+        counts = _variants_per_dtype(kernel)
+        assert set(counts.values()) == {1}, (kernel.__name__, kernel.signatures)
+
+
+def test_linear_scan_one_variant_per_dtype_across_layouts_and_h0():
+    a, b = torch.rand(2, 16, 32), torch.randn(2, 16, 32)
+    cases = [(a, b, None), (a.transpose(1, 2).contiguous().transpose(1, 2), b, None),
+             (a[:, :, :16], b[:, :, :16], torch.zeros(2, 16))]
+    for aa, bb, h0 in cases:
+        for dtype in (torch.float32, torch.float64):
+            # clone keeps a view's strides: these reach the adapter non-contiguous
+            aa_, bb_ = aa.clone().to(dtype).requires_grad_(True), bb.clone().to(dtype).requires_grad_(True)
+            h0_ = None if h0 is None else h0.to(dtype)
+            linear_scan(aa_, bb_, initial_state=h0_, backend="cpu")[0].sum().backward()
+    for kernel in (linear_scan_cpu._forward_kernel, linear_scan_cpu._backward_kernel):
+        counts = _variants_per_dtype(kernel)
+        assert set(counts.values()) == {1}, (kernel.__name__, kernel.signatures)
