@@ -52,8 +52,9 @@ def leaves(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 
 class Checker:
-    def __init__(self, sp: SequenceParallel, dtype: torch.dtype) -> None:
+    def __init__(self, sp: SequenceParallel, dtype: torch.dtype, only: tuple[str, ...] = (), prefix: str = "") -> None:
         self.sp, self.dtype, self.tol = sp, dtype, TOL[dtype]
+        self.only, self.prefix = only, prefix  # run only these checks (all when empty); name results with prefix
         self.results: dict[str, float] = {}
         self.log: list[str] = []
 
@@ -128,7 +129,7 @@ class Checker:
         self.done(name, worst)
 
     def done(self, name: str, worst: float) -> None:
-        key = f"{name}/{str(self.dtype)[6:]}"
+        key = f"{self.prefix}{name}/{str(self.dtype)[6:]}"
         self.results[key] = worst
         self.log.append(f"{time.time() - float(os.environ.get('SP_WORKER_T0', '0')):7.2f}s {key} {worst:.3g}")
 
@@ -303,6 +304,11 @@ def ddp_check(results: dict[str, float]) -> None:
         logits = ddp(sp.split(idx[rows], 1))
     (logits * sp.split(w[rows], 1)).sum().backward()
     sp.all_reduce_gradients(model)
+    # point-to-point exchanges inside a subgroup address their peers by global rank
+    sub = Checker(sp, torch.float64, only=("lif_scan", "ring_attention_causal1", "causal_conv1d_w7"),
+                  prefix="subgroup_")
+    op_checks(sub)
+    results.update(sub.results)
     results["ddp_mamba_lm/float64"] = max(excess(p.grad, ref[n], 1e-5 if "norm" in n else 1e-10)
                                           for n, p in model.named_parameters())
 

@@ -105,6 +105,8 @@ def test_ddp_over_data_parallel_group_with_sequence_parallel_group(runs):
     """4 processes: 2 replicas (DDP) x 2 chunks of each sequence; gradients equal one process."""
     for data in runs[4]:
         assert data["results"]["ddp_mamba_lm/float64"] <= TOL["float64"]
+        for name in ("lif_scan", "ring_attention_causal1", "causal_conv1d_w7"):  # inside the 2-rank groups
+            assert data["results"][f"subgroup_{name}/float64"] <= TOL["float64"]
 
 
 def test_sequence_parallel_needs_torch_distributed():
