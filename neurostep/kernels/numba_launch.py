@@ -1,6 +1,6 @@
 """Running a numba kernel's blocks on several threads without numba's ``parallel=True``.
 
-Every CPU kernel is a serial ``@numba.njit(nogil=True)`` function over a range of independent work
+Most CPU kernels are a serial ``@numba.njit(nogil=True)`` function over a range of independent work
 items (blocks of lanes, batch rows, channels): ``kernel(*args, lo, hi)`` does items ``lo`` to
 ``hi - 1``. :func:`launch` splits the items into one contiguous range per thread, as numba's
 ``prange`` schedules them (``numba.get_num_threads()`` threads, so ``numba.set_num_threads`` keeps
@@ -9,16 +9,17 @@ threads; the kernel releases the GIL, so the ranges run concurrently.
 
 Why not ``prange``: compiling a ``parallel=True`` function is mostly numba's parfor machinery
 (parfor analysis, then outlining and retyping the loop body as a gufunc and building its
-launcher), which doubled or tripled each kernel's first-call compile time (for example the LIF
-forward, 5.5 s CPU against 2.2 s serial). A pool launch costs a few tens of microseconds, about
-what numba's own launch does. It also runs under any numba threading layer from any number of
-Python threads at once: numba's ``workqueue`` layer aborts the process when two threads launch
-parallel kernels concurrently.
+launcher), which doubled or tripled each kernel's first-call compile time (LIF backward 14.6 s
+CPU against 6.9 s, WKV forward 12.9 s against 4.4 s; ``benchmarks/compile_time.py``, loaded
+machine). A pool launch costs a few tens of microseconds, about what numba's own launch does. It
+also runs under any numba threading layer from any number of Python threads at once: numba's
+``workqueue`` layer aborts the process when two threads launch parallel kernels concurrently.
 
-One kernel family keeps ``prange``: the causal convolution, whose serial form measured 2.2x slower
-(LLVM vectorizes its loops differently there) and whose parallel compile is short anyway. Its
-entry points go through :data:`serialized`, which under ``workqueue`` lets one launch run at a
-time and under the other threading layers adds one attribute read per call.
+Two kernel families keep ``prange`` because their serial form ran slower: the causal convolution
+(2.2x on one thread) and the selective scan (1.25x at the median, 2 threads; its serial form with
+non-inlined gather/scatter helpers compiled several times faster). Their entry points go through
+:data:`serialized`, which under ``workqueue`` lets one launch run at a time and under the other
+threading layers adds one attribute read per call.
 """
 
 from __future__ import annotations
