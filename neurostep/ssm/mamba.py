@@ -465,13 +465,14 @@ class DecodeLinear:
 
     Called on ``x (B, in)`` fp32, it returns ``x W^T + b`` as ``(B, out)`` fp32; the bias stays
     fp32. ``"fp32"`` refers to the module's own weight (no copy). ``"bf16"`` keeps a bf16 copy; on
-    CPU it is prepacked for oneDNN, whose bf16 matrix-vector product streamed it at about the fp32
-    GEMV's bytes per second, i.e. about twice the weights per second (plain bf16 ``F.linear`` ran
-    at half that). ``"int8"`` keeps symmetric per-output-channel int8 weights, ``W ~= q * s[:, None]``
-    with ``s = max|W_row| / 127``, for ``torch._weight_int8pack_mm``. Both reduced paths round the
-    activation to bf16 on the way in (the kernels take no fp32 activation at speed: the int8 one
-    with fp32 input ran about ten times slower) and return bf16, widened to fp32 here; the products
-    accumulate in fp32 inside the kernels.
+    CPU it is prepacked for oneDNN (at batch 1 no faster than fp32 on the development machine: torch
+    2.14's bf16 matrix-vector products, packed or not, were compute-bound at 4-9 GB/s of bf16 weights
+    where the fp32 one streamed 16-21 GB/s; the packed one was the fastest bf16 variant under load).
+    ``"int8"`` keeps symmetric per-output-channel int8 weights, ``W ~= q * s[:, None]`` with
+    ``s = max|W_row| / 127``, for ``torch._weight_int8pack_mm`` (about 8 GB/s of int8 weights there,
+    so fewer seconds per matrix than fp32). Both reduced paths round the activation to bf16 on the
+    way in (the int8 kernel with an fp32 input ran about ten times slower) and return bf16, widened
+    to fp32 here; the products accumulate in fp32 inside the kernels.
     """
 
     def __init__(self, linear: nn.Linear, weight_dtype: str) -> None:
