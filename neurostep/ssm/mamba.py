@@ -454,20 +454,15 @@ DECODE_WEIGHT_DTYPES: tuple[str, ...] = ("fp32", "bf16", "int8")
 """The weight dtypes :meth:`MambaLM.prepare_decode` and ``generate(decode_weights=...)`` accept."""
 
 
-def _mkldnn_bf16(device: torch.device) -> bool:
-    """Whether oneDNN's prepacked bf16 linear serves ``device`` (CPU builds with oneDNN on a bf16-capable CPU)."""
-    return (device.type == "cpu" and torch.backends.mkldnn.is_available()
-            and bool(torch.ops.mkldnn._is_mkldnn_bf16_supported()))
-
-
 class DecodeLinear:
     """One Linear's weight as the batch-1 decode step reads it: fp32, bf16 or int8.
 
     Called on ``x (B, in)`` fp32, it returns ``x W^T + b`` as ``(B, out)`` fp32; the bias stays
-    fp32. ``"fp32"`` refers to the module's own weight (no copy). ``"bf16"`` keeps a bf16 copy; on
-    CPU it is prepacked for oneDNN (at batch 1 no faster than fp32 on the development machine: torch
-    2.14's bf16 matrix-vector products, packed or not, were compute-bound at 4-9 GB/s of bf16 weights
-    where the fp32 one streamed 16-21 GB/s; the packed one was the fastest bf16 variant under load).
+    fp32. ``"fp32"`` refers to the module's own weight (no copy). ``"bf16"`` keeps a row-major bf16
+    copy, multiplied by ``torch.mv`` at batch 1 (at batch 1 no faster than fp32 on the development
+    machine: torch 2.14's bf16 matrix-vector products were compute-bound at 4-9 GB/s of bf16 weights
+    where the fp32 one streamed 16-21 GB/s; ``mv`` was the fastest of ``mv``, ``F.linear`` and
+    oneDNN's prepacked linear on the Mamba-130m projections, and matched the packed one on the head).
     ``"int8"`` keeps symmetric per-output-channel int8 weights, ``W ~= q * s[:, None]`` with
     ``s = max|W_row| / 127``, for ``torch._weight_int8pack_mm`` (about 8 GB/s of int8 weights there,
     so fewer seconds per matrix than fp32). Both reduced paths round the activation to bf16 on the
@@ -482,20 +477,15 @@ class DecodeLinear:
         self.weight_dtype = weight_dtype
         self.bias = None if linear.bias is None else linear.bias.detach()
         self.out_features, self.in_features = w.shape
-        self.weight: torch.Tensor | None = None   # fp32 and plain bf16: (out, in)
-        self.packed: torch.Tensor | None = None   # oneDNN-prepacked bf16 (opaque layout)
+        self.weight: torch.Tensor | None = None   # fp32 (the module's) or bf16 (row-major): (out, in)
         self.qweight: torch.Tensor | None = None  # int8 (out, in + pad), row-major as the kernel reads it
         self.scale: torch.Tensor | None = None    # (out,) bf16, the kernel's scale dtype
         self.pad = 0                              # int8: zero columns appended to qweight
         if weight_dtype == "fp32":
             self.weight = w
         elif weight_dtype == "bf16":
-            wb = w.to(torch.bfloat16).contiguous()
-            if _mkldnn_bf16(w.device):
-                # the batch-size hint (1) only guides oneDNN's choice of layout; any batch runs
-                self.packed = torch.ops.mkldnn._reorder_linear_weight(wb, 1)
-            else:
-                self.weight = wb
+            # row-major: torch's bf16 matrix-vector product reads rows as dot products
+            self.weight = w.to(torch.bfloat16).contiguous()
         else:
             # Round the scale to bf16 first and quantise with the rounded value, so that q * s is
             # exactly the weight the kernel multiplies by (zero rows get scale 1 and q = 0).
@@ -522,8 +512,6 @@ class DecodeLinear:
         """The ``(out, in)`` fp32 weight this copy multiplies by (for tests and error analysis)."""
         if self.weight_dtype == "int8":
             return self.qweight[:, :self.in_features].float() * self.scale.float()[:, None]
-        if self.packed is not None:
-            return self.packed.to_dense().float()
         return self.weight.float()
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
@@ -533,8 +521,8 @@ class DecodeLinear:
         xb = x.to(torch.bfloat16)
         if self.weight_dtype == "int8":
             y = torch._weight_int8pack_mm(F.pad(xb, (0, self.pad)) if self.pad else xb, self.qweight, self.scale)
-        elif self.packed is not None:
-            y = torch.ops.mkldnn._linear_pointwise(xb, self.packed, None, "none", [], "")
+        elif xb.shape[0] == 1:
+            y = torch.mv(self.weight, xb[0]).unsqueeze(0)
         else:
             y = F.linear(xb, self.weight)
         y = y.float()
@@ -556,8 +544,7 @@ class MambaDecodeWeights:
     ``layers`` holds each layer's ``in_proj``/``out_proj`` and ``lm_head`` the head, converted;
     everything else a decode step reads stays the model's fp32 parameters. ``nbytes`` is the
     weight bytes one decode token streams, the numerator of the decoding roofline. The snapshot
-    does not follow later changes of the model's weights (prepare again), and its oneDNN-packed
-    bf16 tensors cannot be pickled or deep-copied.
+    does not follow later changes of the model's weights (prepare again).
     """
 
     weight_dtype: str

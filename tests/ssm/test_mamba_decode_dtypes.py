@@ -119,6 +119,7 @@ def test_decode_linear_is_the_dequantized_product(dtype):
     # what the kernel computes: bf16 input, the copy's weight, fp32 accumulation, bf16 output, fp32 bias
     ref = F.linear(x.to(torch.bfloat16).float(), w)
     torch.testing.assert_close(y - lin.bias, ref, rtol=2 ** -7, atol=1e-5)
+    torch.testing.assert_close(dec(x[:1]), y[:1], rtol=2 ** -7, atol=1e-5)  # batch 1 has its own kernel
     assert not torch.allclose(y, lin(x), rtol=1e-6, atol=1e-7)  # reduced precision is really in use
 
 
