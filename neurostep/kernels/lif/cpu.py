@@ -1,8 +1,8 @@
 """CPU backend of the LIF scan: fused numba forward and backward kernels.
 
-Layout (the choice that matters most on CPU): threads over a few contiguous blocks of lanes
-(:func:`~neurostep.kernels.numba_launch.launch`), then time, then the lanes of the block in a
-branch-free inner loop that LLVM vectorizes. The state of a block stays in L1/L2 across all T steps, and every time step
+Layout (the choice that matters most on CPU): ``prange`` over a few contiguous blocks of
+lanes, then time, then the lanes of the block in a branch-free inner loop that LLVM
+vectorizes. The state of a block stays in L1/L2 across all T steps, and every time step
 streams one contiguous row segment of x / h / spikes. Looping over time *inside* a lane
 (strided access) is about 30x slower (docs/reference.md, "Measured machine facts").
 
@@ -23,10 +23,11 @@ from __future__ import annotations
 import numba
 import numpy as np
 import torch
+from numba import prange
 
 from neurostep.kernels.lif.common import LIFParams
 from neurostep.kernels.lif.surrogates import sg_block, sg_constant
-from neurostep.kernels.numba_launch import launch
+from neurostep.kernels.numba_launch import serialized
 
 # Lanes per block: each block-local array (membrane, surrogate, carries) is then 4 KB in fp32 and
 # a step's working set stays in L1. Measured at T=32, 65,536 lanes, 2 threads: forward 0.57 ms
@@ -99,14 +100,13 @@ def _plain_step(xr, v, out, n, k, vth, vr, vr_c, one, hard, decay, store_h):  # 
         v[j] = _reset(hj, s, vth, vr, one, hard)
 
 
-@numba.njit(nogil=True, cache=True, error_model="numpy")
+@numba.njit(parallel=True, cache=True, error_model="numpy")
 def _forward_kernel(x, v0, a0, spikes, h_out, theta_out, vseq, v_last, a_last, k, omk, vth, vr, vr_c, rho, beta, one,
-                    hard, decay, snn, snn_reset, adaptive, write_vseq, block, b_lo,
-                    b_hi):  # pragma: no cover - compiled
-    """Blocks ``b_lo`` to ``b_hi - 1`` of ``block`` lanes (run by :func:`launch`)."""
+                    hard, decay, snn, snn_reset, adaptive, write_vseq, block):  # pragma: no cover - compiled
     T, N = x.shape
     zero = one - one  # constants in the data dtype: a float literal would promote float32 math to float64
-    for b in range(b_lo, b_hi):
+    nb = (N + block - 1) // block
+    for b in prange(nb):
         lo = b * block
         n = min(block, N - lo)
         v = v0[lo:lo + n].copy()
@@ -164,16 +164,16 @@ def _forward_kernel(x, v0, a0, spikes, h_out, theta_out, vseq, v_last, a_last, k
             al[j] = a[j]
 
 
-@numba.njit(nogil=True, cache=True, error_model="numpy")
+@numba.njit(parallel=True, cache=True, error_model="numpy")
 def _backward_kernel(x, v0, h, theta, g_spikes, g_vseq, g_vlast, g_alast, gx, gv0, ga0, gk_part, gvth_part,
                      k, omk, vth, vr, vr_c, rho, beta, one, hard, decay, detach, snn, snn_reset, adaptive,
-                     has_gs, has_gvseq, need_k, sid, alpha, sg_c, block, b_lo, b_hi):  # pragma: no cover - compiled
+                     has_gs, has_gvseq, need_k, sid, alpha, sg_c, block):  # pragma: no cover - compiled
     """Reverse-time sweep over a saved h (the snntorch convention and the adaptive threshold; see
-    recomputes_h); g_spikes / g_vseq are (1, N) zero rows when absent (has_* False). Blocks
-    ``b_lo`` to ``b_hi - 1`` (run by :func:`launch`)."""
+    recomputes_h); g_spikes / g_vseq are (1, N) zero rows when absent (has_* False)."""
     T, N = h.shape
     zero = one - one  # constants in the data dtype: a float literal would promote float32 math to float64
-    for b in range(b_lo, b_hi):
+    nb = (N + block - 1) // block
+    for b in prange(nb):
         lo = b * block
         n = min(block, N - lo)
         cv = g_vlast[lo:lo + n].copy()
@@ -284,10 +284,10 @@ def _reverse_row(row, gsr, z, sg, cv, gvth_acc, n, k, omk, vth, vr, one, hard, d
         sg[j] = gh  # kept for the tau_inv gradient
 
 
-@numba.njit(nogil=True, cache=True, error_model="numpy")
+@numba.njit(parallel=True, cache=True, error_model="numpy")
 def _backward_recompute_kernel(x, v0, g_spikes, g_vseq, g_vlast, gx, gv0, gk_part, gvth_part, k, omk, vth, vr,
                                vr_c, one, hard, decay, detach, has_gs, has_gvseq, need_k, sid, alpha, sg_c,
-                               block, b_lo, b_hi):  # pragma: no cover - compiled
+                               block):  # pragma: no cover - compiled
     """Backward of the non-adaptive spikingjelly neuron without a saved ``h``.
 
     Per block of lanes, a forward sweep recomputes ``h`` with the forward kernel's exact arithmetic
@@ -296,11 +296,11 @@ def _backward_recompute_kernel(x, v0, g_spikes, g_vseq, g_vlast, gx, gv0, gk_par
     the op moves x, the spike gradient and gx once each, and the forward allocates no saved state.
     Every row is read and written through one slice object, so LLVM sees in-place updates rather
     than two pointers it would have to check for overlap (which would keep the loops scalar).
-    Blocks ``b_lo`` to ``b_hi - 1`` (run by :func:`launch`).
     """
     T, N = x.shape
     zero = one - one
-    for b in range(b_lo, b_hi):
+    nb = (N + block - 1) // block
+    for b in prange(nb):
         lo = b * block
         n = min(block, N - lo)
         v = v0[lo:lo + n].copy()
@@ -375,6 +375,7 @@ def _check_dtype(x: torch.Tensor) -> None:
         raise TypeError(f"cpu backend expects contiguous float32/float64 CPU tensors, got {x.dtype} on {x.device}")
 
 
+@serialized
 def forward(x: torch.Tensor, v0: torch.Tensor, a0: torch.Tensor | None, p: LIFParams, need_vseq: bool):
     """Fused forward on contiguous ``x (T, N)``; see ``reference.forward`` for the contract."""
     _check_dtype(x)
@@ -391,14 +392,14 @@ def forward(x: torch.Tensor, v0: torch.Tensor, a0: torch.Tensor | None, p: LIFPa
     # torch's worker thread to be scheduled (milliseconds on a loaded machine)
     a0_arr = _np(a0) if (adaptive and a0 is not None) else np.zeros(N, dtype=_NP_DTYPE[x.dtype])
     k, omk, vth, vr, vr_c, rho, beta, one = _scalars(p, x.dtype)
-    block = _block_size(N)
-    launch(_forward_kernel, -(-N // block), _np(x), _np(v0), a0_arr, _np(spikes), _np(h), _np(theta), _np(vseq),
-           _np(v_last), _np(a_last), k, omk, vth, vr, vr_c, rho, beta, one, p.hard, p.decay_input, p.snn, p.snn_reset,
-           adaptive, need_vseq, block)
+    _forward_kernel(_np(x), _np(v0), a0_arr, _np(spikes), _np(h), _np(theta), _np(vseq), _np(v_last),
+                    _np(a_last), k, omk, vth, vr, vr_c, rho, beta, one, p.hard, p.decay_input, p.snn, p.snn_reset,
+                    adaptive, need_vseq, _block_size(N))
     return spikes, v_last, (a_last if adaptive else None), (vseq if need_vseq else None), (h if save_h else None), \
         (theta if adaptive else None)
 
 
+@serialized
 def backward(x: torch.Tensor | None, v0: torch.Tensor, h: torch.Tensor, theta: torch.Tensor | None,
              g_spikes: torch.Tensor | None, g_vseq: torch.Tensor | None, g_vlast: torch.Tensor | None,
              g_alast: torch.Tensor | None, p: LIFParams, need_k_grad: bool):
@@ -422,8 +423,8 @@ def backward(x: torch.Tensor | None, v0: torch.Tensor, h: torch.Tensor, theta: t
     x_arr = _np(x) if (need_k and p.decay_input and x is not None) else zrow
     k, omk, vth, vr, vr_c, rho, beta, one = _scalars(p, h.dtype)
     alpha, sg_c = _surrogate_scalars(p, h.dtype)
-    launch(
-        _backward_kernel, nb, x_arr, _np(v0), _np(h), _np(theta) if adaptive else zrow,
+    _backward_kernel(
+        x_arr, _np(v0), _np(h), _np(theta) if adaptive else zrow,
         _np(g_spikes) if g_spikes is not None else zrow, _np(g_vseq) if g_vseq is not None else zrow,
         _np(g_vlast) if g_vlast is not None else zvec, _np(g_alast) if (adaptive and g_alast is not None) else zvec,
         _np(gx), _np(gv0), _np(ga0), gk_part, gvth_part, k, omk, vth, vr, vr_c, rho, beta, one,
@@ -451,8 +452,8 @@ def _backward_recompute(x: torch.Tensor, v0: torch.Tensor, g_spikes: torch.Tenso
     gvth_part = np.zeros(nb, dtype=np.float64)
     k, omk, vth, vr, vr_c, _, _, one = _scalars(p, x.dtype)
     alpha, sg_c = _surrogate_scalars(p, x.dtype)
-    launch(
-        _backward_recompute_kernel, nb, _np(x), _np(v0), _np(g_spikes) if g_spikes is not None else zrow,
+    _backward_recompute_kernel(
+        _np(x), _np(v0), _np(g_spikes) if g_spikes is not None else zrow,
         _np(g_vseq) if g_vseq is not None else zrow,
         _np(g_vlast) if g_vlast is not None else np.zeros(N, dtype=np_dtype),
         _np(gx), _np(gv0), gk_part, gvth_part, k, omk, vth, vr, vr_c, one, p.hard, p.decay_input, p.detach_reset,

@@ -1,7 +1,7 @@
 """RWKV-4 WKV on CPU: numba forward and backward, fused over time.
 
 Same contract as :mod:`neurostep.kernels.wkv.reference` (read its docstring). Layout: the
-``(B, T, C)`` tensors are C-contiguous, so the threads run over blocks of contiguous
+``(B, T, C)`` tensors are C-contiguous, so the parallel loop runs over blocks of contiguous
 channels of one sequence, the time loop sits inside it and the innermost loop walks the
 channels of the block. Each block keeps its state in registers/local arrays; per step it
 touches one contiguous row of ``k``, ``v`` and ``y``.
@@ -23,9 +23,9 @@ import numba
 import numpy as np
 import torch
 
-from neurostep.kernels.numba_launch import launch
+from neurostep.kernels.numba_launch import serialized
 
-_BLOCK = 64  # channels per work item
+_BLOCK = 64  # channels per parallel work item
 
 # exp(x) for x <= 0 in fp32: Cody-Waite reduction x = n ln2 + r, |r| <= ln2/2, a degree-7 Taylor
 # polynomial (truncation error 0.35^8/8! < 6e-9, below fp32 eps) and 2^n built in the exponent
@@ -65,14 +65,14 @@ def _exp_nonpositive(x, out, m, accurate, cst, ibuf, fbuf):  # pragma: no cover 
         out[j] = xj if xj != xj else e
 
 
-@numba.njit(nogil=True, cache=True, fastmath=False)
+@numba.njit(parallel=True, cache=True, fastmath=False)
 def _forward_kernel(w, u, k, v, aa0, bb0, pp0, y, aa_out, bb_out, pp_out, hist, save, accurate,
-                    cst, lo, hi):  # pragma: no cover - numba
+                    cst):  # pragma: no cover - numba
     B, T, C = k.shape
     nblk = (C + _BLOCK - 1) // _BLOCK
     # Typed constants: a float64 literal would silently promote fp32 lanes to fp64.
     one = np.ones(1, dtype=k.dtype)[0]
-    for item in range(lo, hi):
+    for item in numba.prange(B * nblk):
         # Unsigned indices: numba then skips its negative-index wraparound branch, which
         # otherwise blocks vectorization of the channel loops (measured 5-9x slower).
         b = np.uint64(item // nblk)
@@ -142,15 +142,15 @@ def _forward_kernel(w, u, k, v, aa0, bb0, pp0, y, aa_out, bb_out, pp_out, hist, 
             pp_out[b, c] = pp[j]
 
 
-@numba.njit(nogil=True, cache=True, fastmath=False)
+@numba.njit(parallel=True, cache=True, fastmath=False)
 def _backward_kernel(w, u, k, v, y, hist, aa_T, bb_T, gy, g_aa, g_bb, g_pp,
-                     gw, gu, gk, gv, g_aa0, g_bb0, g_pp0, accurate, cst, lo, hi):  # pragma: no cover - numba
+                     gw, gu, gk, gv, g_aa0, g_bb0, g_pp0, accurate, cst):  # pragma: no cover - numba
     B, T, C = k.shape
     nblk = (C + _BLOCK - 1) // _BLOCK
     one = np.ones(1, dtype=k.dtype)[0]
     half = one / (one + one)
     zero = one - one
-    for item in range(lo, hi):
+    for item in numba.prange(B * nblk):
         b = np.uint64(item // nblk)
         c0 = np.uint64((item % nblk) * _BLOCK)
         n = min(_BLOCK, C - (item % nblk) * _BLOCK)
@@ -230,11 +230,7 @@ def _np(x: torch.Tensor) -> np.ndarray:
     return x.detach().numpy()
 
 
-def _n_items(k: torch.Tensor) -> int:
-    """Work items of a ``(B, T, C)`` scan: batch rows times blocks of ``_BLOCK`` channels."""
-    return k.shape[0] * -(-k.shape[2] // _BLOCK)
-
-
+@serialized
 def forward(w: torch.Tensor, u: torch.Tensor, k: torch.Tensor, v: torch.Tensor, aa: torch.Tensor, bb: torch.Tensor,
             pp: torch.Tensor, save_history: bool) -> tuple[torch.Tensor, ...]:
     """Backend forward (contiguous CPU tensors of one float dtype): ``(y, aa_T, bb_T, pp_T, hist)``."""
@@ -242,11 +238,12 @@ def forward(w: torch.Tensor, u: torch.Tensor, k: torch.Tensor, v: torch.Tensor, 
     y = torch.empty_like(k)
     aa_T, bb_T, pp_T = torch.empty_like(aa), torch.empty_like(bb), torch.empty_like(pp)
     hist = k.new_empty((3, B, T, C) if save_history else (3, 0, 0, 0))
-    launch(_forward_kernel, _n_items(k), _np(w), _np(u), _np(k), _np(v), _np(aa), _np(bb), _np(pp), _np(y),
-           _np(aa_T), _np(bb_T), _np(pp_T), _np(hist), bool(save_history), k.dtype != torch.float32, _EXP_CONSTS)
+    _forward_kernel(_np(w), _np(u), _np(k), _np(v), _np(aa), _np(bb), _np(pp), _np(y), _np(aa_T), _np(bb_T),
+                    _np(pp_T), _np(hist), bool(save_history), k.dtype != torch.float32, _EXP_CONSTS)
     return y, aa_T, bb_T, pp_T, hist
 
 
+@serialized
 def backward(w: torch.Tensor, u: torch.Tensor, k: torch.Tensor, v: torch.Tensor, y: torch.Tensor,
              hist: torch.Tensor, aa_T: torch.Tensor, bb_T: torch.Tensor, gy: torch.Tensor, g_aa: torch.Tensor,
              g_bb: torch.Tensor, g_pp: torch.Tensor) -> tuple[torch.Tensor, ...]:
@@ -257,7 +254,7 @@ def backward(w: torch.Tensor, u: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
     gk = torch.empty_like(k)
     gv = torch.empty_like(v)
     g_aa0, g_bb0, g_pp0 = k.new_empty((B, C)), k.new_empty((B, C)), k.new_empty((B, C))
-    launch(_backward_kernel, _n_items(k), _np(w), _np(u), _np(k), _np(v), _np(y), _np(hist), _np(aa_T), _np(bb_T),
-           _np(gy), _np(g_aa), _np(g_bb), _np(g_pp), _np(gw), _np(gu), _np(gk), _np(gv), _np(g_aa0), _np(g_bb0),
-           _np(g_pp0), k.dtype != torch.float32, _EXP_CONSTS)
+    _backward_kernel(_np(w), _np(u), _np(k), _np(v), _np(y), _np(hist), _np(aa_T), _np(bb_T), _np(gy), _np(g_aa),
+                     _np(g_bb), _np(g_pp), _np(gw), _np(gu), _np(gk), _np(gv), _np(g_aa0), _np(g_bb0), _np(g_pp0),
+                     k.dtype != torch.float32, _EXP_CONSTS)
     return gw, gu, gk, gv, g_aa0, g_bb0, g_pp0
