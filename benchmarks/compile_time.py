@@ -13,6 +13,7 @@ what the user waits. The whole child's CPU time (``RUSAGE_CHILDREN`` delta in th
 including the import of torch and neurostep) is recorded as ``process_cpu``.
 
     .venv/bin/python benchmarks/compile_time.py                 # every case
+    .venv/bin/python benchmarks/compile_time.py --quick         # LIF, linear scan, causal conv1d (float32)
     .venv/bin/python benchmarks/compile_time.py --only lif      # cases whose name starts with "lif"
 """
 
@@ -112,6 +113,9 @@ CASES: dict[str, str] = {
     """,
 }
 
+QUICK = ("lif", "linear_scan", "causal_conv1d")
+"""Kernels ``--quick`` measures: each compiles in seconds, where the selective scan takes minutes cold."""
+
 # The child process prints one JSON line: forward and backward first-call seconds (wall and CPU),
 # less a repeat call.
 CHILD = """
@@ -155,12 +159,16 @@ def run_case(setup: str, cache_dir: str) -> dict[str, float]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--only", default="", help="run the cases whose name starts with this")
+    parser.add_argument("--quick", action="store_true",
+                        help="the float32 cases of the quicker kernels only (LIF, linear scan, causal conv1d)")
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "compile_time.json"))
     args = parser.parse_args()
     load_before = load_average()
     rows, cases = [], {}
     for name, setup in CASES.items():
         if not name.startswith(args.only):
+            continue
+        if args.quick and (not name.endswith("float32") or name.split()[0] not in QUICK):
             continue
         with tempfile.TemporaryDirectory(prefix="numba-cache-") as cache_dir:
             cold = run_case(setup, cache_dir)
@@ -176,7 +184,7 @@ def main() -> None:
                "warm forward s (wall / CPU)", "warm backward s (wall / CPU)", "warm process CPU s"]
     tables = [table("First call of each CPU kernel, cold and warm numba cache (seconds, wall / CPU)",
                     columns, rows)]
-    if args.only:
+    if args.only or args.quick:
         return  # a partial run is for looking, not for the stored result
     write_result(args.out, {"cases": cases}, load_before=load_before, tables=tables, summary=[])
     print(f"wrote {args.out}")
