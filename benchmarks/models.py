@@ -79,7 +79,12 @@ class Row:
 # -- identity stand-ins for the floor --------------------------------------------------------------
 
 class PassThrough(Recurrent):
-    """A neuron replaced by identity: ``scan(x, state) -> (x, state)``, ``step`` the same."""
+    """A neuron replaced by identity: ``scan(x, state) -> (x, state)``, ``step`` the same.
+
+    The output is materialised (``contiguous``): a neuron's output is a new tensor, and an
+    expanded input (a static image repeated over T) passed on as a view would let the next
+    convolution see repeated frames and run once instead of T times, which no spiking layer allows.
+    """
 
     def __init__(self, time_dim: int) -> None:
         super().__init__()
@@ -90,10 +95,10 @@ class PassThrough(Recurrent):
         return None
 
     def step(self, x_t: torch.Tensor, state: Any) -> tuple[torch.Tensor, Any]:
-        return x_t, state
+        return x_t.contiguous(), state
 
     def scan(self, x: torch.Tensor, state: Any = None) -> tuple[torch.Tensor, Any]:
-        return x, state
+        return x.contiguous(), state
 
 
 def neurons_to_identity(model: nn.Module) -> int:

@@ -30,7 +30,9 @@ def test_neurons_to_identity_leaves_no_neuron_and_passes_values_through():
     assert model.patch_embed.stages[0].conv.weight.grad.abs().sum() > 0
     lif = bench.PassThrough(0)
     u = torch.randn(3, 2, 4)
-    assert lif.scan(u, None)[0] is u
+    assert torch.equal(lif.scan(u, None)[0], u)
+    repeated = u[0].expand(3, 2, 4)   # a repeated frame leaves as T real copies, as spikes would
+    assert lif.scan(repeated, None)[0].stride(0) == 8
 
 
 def test_scan_free_and_mambapy_mamba_variants():
