@@ -48,6 +48,14 @@ def runs(tmp_path_factory) -> dict[int, list[dict]]:
     for key in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT", "TORCHELASTIC_RUN_ID"):
         env.pop(key, None)
     folders = {world: tmp_path_factory.mktemp(f"world{world}") for world in WORLDS}
+    # One process first runs every check on its own (world size 1): it compiles each kernel variant
+    # the workers call into numba's cache. From a cold cache (a fresh clone) six workers would all
+    # compile the same kernels at once, which on two cores takes longer than their timeout.
+    warm = tmp_path_factory.mktemp("warm_cache")
+    subprocess.run([sys.executable, str(WORKER), str(warm)], cwd=ROOT, stdout=subprocess.DEVNULL,
+                   stderr=subprocess.DEVNULL, timeout=1200, check=False,
+                   env=dict(env, RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1",
+                            MASTER_PORT=str(_free_port())))
     procs = {2: [subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node",
                                    "2", str(WORKER), str(folders[2])], cwd=ROOT, env=env, stdout=subprocess.PIPE,
                                   stderr=subprocess.STDOUT, text=True)]}
