@@ -30,3 +30,24 @@ def no_weight_decay(values: Tensor) -> nn.Parameter:
     param = nn.Parameter(values)
     param._no_weight_decay = True
     return param
+
+
+def cached_decode_states(layer: nn.Module, cache: dict, batch_size: int, initialize_states: bool,
+                         ssm_dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+    """``layer``'s decode states in ``cache`` (an ``InferenceParams.key_value_memory_dict``).
+
+    Created by ``layer._zero_states`` when missing, and recreated when the cached ones were made for
+    another batch size; ``initialize_states`` zeroes reused ones.
+    """
+    if layer.layer_idx is None:
+        raise ValueError(f"a {type(layer).__name__} layer needs a layer_idx to keep decode states in "
+                         "inference_params")
+    states = cache.get(layer.layer_idx)
+    if states is not None and states[0].shape[0] == batch_size:
+        if initialize_states:
+            for s in states:
+                s.zero_()
+        return states
+    states = layer._zero_states(batch_size, layer.conv1d.weight.device, layer.conv1d.weight.dtype, ssm_dtype)
+    cache[layer.layer_idx] = states
+    return states

@@ -28,6 +28,7 @@ from torch import Tensor
 from neurostep.compat.causal_conv1d.causal_conv1d_interface import causal_conv1d_fn, causal_conv1d_update
 from neurostep.compat.causal_conv1d.causal_conv1d_varlen import causal_conv1d_varlen_states
 from neurostep.compat.mamba_ssm.modules._params import (
+    cached_decode_states,
     depthwise_conv,
     inverse_softplus,
     log_uniform_steps,
@@ -284,16 +285,5 @@ class Mamba2(nn.Module, PyTorchModelHubMixin):
         Created when missing, and recreated when the cached ones were made for another batch
         size; ``initialize_states`` zeroes reused ones.
         """
-        if self.layer_idx is None:
-            raise ValueError("a Mamba2 layer needs a layer_idx to keep decode states in inference_params")
-        cache = inference_params.key_value_memory_dict
-        states = cache.get(self.layer_idx)
-        if states is not None and states[0].shape[0] == batch_size:
-            if initialize_states:
-                for s in states:
-                    s.zero_()
-            return states
-        states = self._zero_states(batch_size, self.conv1d.weight.device, self.conv1d.weight.dtype,
-                                   self.in_proj.weight.dtype)
-        cache[self.layer_idx] = states
-        return states
+        return cached_decode_states(self, inference_params.key_value_memory_dict, batch_size, initialize_states,
+                                    self.in_proj.weight.dtype)

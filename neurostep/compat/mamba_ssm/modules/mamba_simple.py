@@ -31,6 +31,7 @@ from torch import Tensor
 
 from neurostep.compat.causal_conv1d.causal_conv1d_interface import causal_conv1d_fn, causal_conv1d_update
 from neurostep.compat.mamba_ssm.modules._params import (
+    cached_decode_states,
     depthwise_conv,
     inverse_softplus,
     log_uniform_steps,
@@ -265,19 +266,8 @@ class Mamba(nn.Module):
         Created when missing, and recreated when the cached ones were made for another batch
         size; ``initialize_states`` zeroes reused ones.
         """
-        if self.layer_idx is None:
-            raise ValueError("a Mamba layer needs a layer_idx to keep decode states in inference_params")
-        cache = inference_params.key_value_memory_dict
-        states = cache.get(self.layer_idx)
-        if states is not None and states[0].shape[0] == batch_size:
-            if initialize_states:
-                for s in states:
-                    s.zero_()
-            return states
-        conv_state, ssm_state = self._zero_states(batch_size, self.conv1d.weight.device,
-                                                  self.conv1d.weight.dtype, self.dt_proj.weight.dtype)
-        cache[self.layer_idx] = (conv_state, ssm_state)
-        return conv_state, ssm_state
+        return cached_decode_states(self, inference_params.key_value_memory_dict, batch_size, initialize_states,
+                                    self.dt_proj.weight.dtype)
 
 
 class Block(nn.Module):
