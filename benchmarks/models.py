@@ -215,7 +215,6 @@ def _hf_rwkv(dim: int, layers: int, vocab: int) -> nn.Module:
 
 def load_rwkv_into_spikegpt(ours: nn.Module, hf: nn.Module) -> None:
     """Copy a transformers ``RwkvForCausalLM``'s weights into a SpikeGPT of the same shape."""
-    names = {"key": "key", "value": "value", "receptance": "receptance"}
     with torch.no_grad():
         ours.emb.weight.copy_(hf.rwkv.embeddings.weight)
         for blk, hb in zip(ours.blocks, hf.rwkv.blocks, strict=True):
@@ -234,8 +233,8 @@ def load_rwkv_into_spikegpt(ours: nn.Module, hf: nn.Module) -> None:
             ffn, hf_ffn = blk.ffn, hb.feed_forward
             ffn.time_mix_k.copy_(hf_ffn.time_mix_key.reshape(-1))
             ffn.time_mix_r.copy_(hf_ffn.time_mix_receptance.reshape(-1))
-            for ours_name, hf_name in names.items():
-                getattr(ffn, ours_name).weight.copy_(getattr(hf_ffn, hf_name).weight)
+            for name in ("key", "value", "receptance"):
+                getattr(ffn, name).weight.copy_(getattr(hf_ffn, name).weight)
         ours.ln_out.load_state_dict(hf.rwkv.ln_out.state_dict())
         ours.head.weight.copy_(hf.head.weight)
 
