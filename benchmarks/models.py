@@ -72,7 +72,6 @@ class Row:
     ours: Step
     peer: Step
     floor: Step
-    profile_target: Step
     notes: list[str] = field(default_factory=list)
 
 
@@ -201,7 +200,7 @@ def spikformer_row(batch: int) -> Row:
 
     ours_step = train_step(ours, our_loss)
     return Row("spikformer", f"CIFAR config T=4 384d depth 4, batch {batch}, one training step",
-               "spikingjelly", ours_step, train_step(theirs, their_loss), train_step(floor, our_loss), ours_step,
+               "spikingjelly", ours_step, train_step(theirs, their_loss), train_step(floor, our_loss),
                notes=[f"floor: {replaced} LIF layers replaced by identity"])
 
 
@@ -292,7 +291,7 @@ def spikegpt_rows(batch: int, length: int) -> list[Row]:
         label = "spikes on" if spiking else "spikes off"
         rows.append(Row(f"spikegpt ({label})", f"SpikeGPT-46M shape, {batch}x{length} tokens, {label}",
                         "transformers RWKV-4", ours_step, train_step(hf, hf_loss), train_step(floor, our_loss),
-                        ours_step, notes=["floor: no LIF, WKV replaced by identity"]))
+                        notes=["floor: no LIF, WKV replaced by identity"]))
     return rows
 
 
@@ -322,7 +321,7 @@ def mamba_row(batch: int, length: int) -> Row:
 
     ours_step = train_step(ours, our_loss)
     return Row("mamba", f"Mamba-130M, {batch}x{length} tokens, one training step", "transformers Mamba",
-               ours_step, train_step(hf, hf_loss), train_step(floor, our_loss), ours_step,
+               ours_step, train_step(hf, hf_loss), train_step(floor, our_loss),
                notes=["floor: selective scan replaced by identity (y = x * silu(z))"])
 
 
@@ -346,7 +345,7 @@ def vim_row(batch: int, img: int) -> Row:
 
     ours_step = train_step(ours, loss)
     return Row("vim", f"Vim-Ti, {img}x{img} images, batch {batch}, one training step", "same model, mambapy scan",
-               ours_step, train_step(peer, loss), train_step(floor, loss), ours_step,
+               ours_step, train_step(peer, loss), train_step(floor, loss),
                notes=["floor: selective scans replaced by identity (y = x * silu(z))"])
 
 
@@ -425,7 +424,7 @@ def main() -> None:
         for row in build():
             times = interleaved({"neurostep": row.ours, "peer": row.peer, "floor": row.floor}, rounds, warmup=2)
             med = {k: statistics.median(v) for k, v in times.items()}
-            parts = breakdown(row.profile_target)
+            parts = breakdown(row.ours)
             total = sum(parts.values())
             results[row.name] = {"workload": row.workload, "peer": row.peer_name, "seconds": times,
                                  "median": med, "parts_seconds": parts, "notes": row.notes}
