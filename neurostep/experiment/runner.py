@@ -91,6 +91,17 @@ def _cost(cfg: ExperimentConfig, run: PlannedRun) -> float:
     return float(train["steps"] * train["batch_size"] * length)
 
 
+def parallel_order(cfg: ExperimentConfig, todo: list[tuple[int, PlannedRun]]) -> list[tuple[int, PlannedRun]]:
+    """The order in which parallel workers take the runs: longest first, and among runs of equal cost
+    the blocks take turns, seed by seed.
+
+    Why the turns: on a cold kernel cache two workers that start the same block would both compile its
+    kernels (minutes for the selective scan), where different blocks compile different kernels and
+    later runs of a block load them from the cache.
+    """
+    return sorted(todo, key=lambda item: (-_cost(cfg, item[1]), cfg.seeds.index(item[1].seed)))
+
+
 def _write_plan(cfg: ExperimentConfig, runs: list[PlannedRun], skipped: list[Skipped],
                 session: dict[str, Any] | None = None) -> None:
     """``plan.json``: what the file asks for, what is skipped and why, and (``session``) how the
@@ -252,9 +263,9 @@ def run_experiment(cfg: ExperimentConfig, *, progress: bool | None = None, repor
 
 def _run_parallel(cfg: ExperimentConfig, todo: list[tuple[int, PlannedRun]], total: int, store: ResultStore,
                   workers: int, shared: Any, progress: bool, log: Callable[[str], None]) -> None:
-    """``workers`` spawned processes, longest runs first; the parent appends each record as it arrives."""
+    """``workers`` spawned processes in :func:`parallel_order`; the parent appends each record as it arrives."""
     threads = cfg.train["threads"] or 1
-    queue = sorted(todo, key=lambda item: -_cost(cfg, item[1]))
+    queue = parallel_order(cfg, todo)
     bar = None
     if progress:
         from tqdm import tqdm

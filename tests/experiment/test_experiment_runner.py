@@ -10,7 +10,7 @@ import pytest
 
 from neurostep.experiment import RunDirLocked, RunLock, load_config, parse_config, plan_runs, run_experiment
 from neurostep.experiment.results import ResultStore
-from neurostep.experiment.runner import read_plan
+from neurostep.experiment.runner import parallel_order, read_plan
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -41,6 +41,17 @@ def test_per_task_blocks_and_overrides():
     with pytest.raises(ValueError, match=r"unknown key 'stepz' in \[tasks.sc.train\]"):
         parse_config({"experiment": {"blocks": ["a"], "tasks": ["sc"]},
                       "tasks": {"sc": {"task": "selective_copy", "train": {"stepz": 1}}}}, name="t")
+
+
+def test_parallel_workers_start_different_blocks_and_long_runs_first():
+    cfg = parse_config({"experiment": {"blocks": ["mamba", "mamba_lti", "softmax_attention"],
+                                       "tasks": ["digits", "sc"], "seeds": [3, 1, 2]},
+                        "tasks": {"sc": {"task": "selective_copy", "train": {"steps": 2000}}}}, name="t")
+    runs, _ = plan_runs(cfg)
+    order = [run for _, run in parallel_order(cfg, list(enumerate(runs)))]
+    assert [(r.task, r.block, r.seed) for r in order[:4]] == [
+        ("sc", "mamba", 3), ("sc", "mamba_lti", 3), ("sc", "softmax_attention", 3), ("sc", "mamba", 1)]
+    assert {r.task for r in order[:9]} == {"sc"} and sorted(order, key=id) == sorted(runs, key=id)
 
 
 @pytest.mark.parametrize("name", ["../../x", "a/b", "..", ".hidden", "x y"])
