@@ -100,6 +100,25 @@ def test_training_learns_digits_and_stops_at_target():
     assert stats["curve"][-1]["val_metric"] >= 0.8 and stats["compile_time_s"] > 0
 
 
+def test_training_uses_fused_adamw_where_it_applies(monkeypatch):
+    from neurostep.experiment import train as train_module
+
+    built = []
+
+    class Recording(torch.optim.AdamW):
+        def __init__(self, params, **kwargs):
+            built.append(kwargs)
+            super().__init__(params, **kwargs)
+
+    monkeypatch.setattr(train_module.torch.optim, "AdamW", Recording)
+    task = build_task("digits", {"patch": 8})
+    model = Backbone("softmax_attention", num_classes=10, seq_len=1, dim=8, depth=1, num_heads=2, in_features=64)
+    train_model(model, task, {**TRAIN, "steps": 2}, seed=0)
+    assert built == [{"lr": TRAIN["lr"], "fused": True}]
+    assert not train_module.fused_adamw_ok(nn.Linear(2, 2, device="meta"))
+    assert not train_module.fused_adamw_ok(nn.Identity())
+
+
 def test_plateau_stop():
     task = build_task("digits", {"patch": 8})
     torch.manual_seed(0)
