@@ -20,8 +20,8 @@ which slows its CPU arithmetic; the chunked op's exponents are clamped before an
 
 Contenders are called round-robin, so a change of load hits all of them alike; medians of wall-clock
 and of process CPU time are reported with the load average. The roofline is the chunked form's
-multiply-adds (forward, and backward with the chunk states recomputed) at the rate torch's batched
-matrix product reaches on the same blocks.
+multiply-adds (forward, and backward from the forward's saved chunk states and scores) at the rate
+torch's batched matrix product reaches on the same blocks.
 
     .venv/bin/python benchmarks/decayed_linear_attention.py            # full run
     .venv/bin/python benchmarks/decayed_linear_attention.py --quick    # a short run
@@ -101,11 +101,12 @@ def run_transformers(inputs, chunk_size):
 
 def chunked_macs(batch: int, length: int, heads: int, k: int, v: int, chunk: int) -> dict[str, float]:
     """Multiply-adds of the cpu backend's products: forward ``C^2 (K + V) + 2 C K V`` per chunk and head;
-    backward ``C^2 (3K + 2V) + 5 C K V`` (the chunk states recomputed, the scores, their gradient, and
-    dq, dk, dv each from a chunk product and a state product)."""
+    backward ``C^2 (2K + 2V) + 4 C K V`` (the chunk states and the masked scores come from the forward:
+    the state gradients, the scores' gradient, and dq, dk, dv each from a chunk product and a state
+    product)."""
     chunks = batch * heads * -(-length // chunk)
     fwd = chunks * (chunk * chunk * (k + v) + 2 * chunk * k * v)
-    bwd = chunks * (chunk * chunk * (3 * k + 2 * v) + 5 * chunk * k * v)
+    bwd = chunks * (chunk * chunk * (2 * k + 2 * v) + 4 * chunk * k * v)
     return {"forward": float(fwd), "backward": float(bwd)}
 
 

@@ -13,7 +13,8 @@ chunk_size=None, backend="auto") -> (o, final_state)`` computes, per batch row a
   ``scale=None`` is its default ``K ** -0.5``.
 
 Backends: ``reference`` (the recurrence token by token, gradients by ``torch.func.vjp``), ``cpu``
-(the chunked form on torch's batched matrix products, forward and backward written by hand) and
+(the chunked form on torch's batched matrix products and numba kernels, forward and backward written
+by hand) and
 ``triton`` (the chunked form as Triton kernels; CUDA, or CPU under ``TRITON_INTERPRET=1``). Registered
 as ``neurostep::decayed_linear_attention_forward`` / ``_backward``.
 """

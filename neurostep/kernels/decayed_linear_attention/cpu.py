@@ -1,4 +1,4 @@
-"""Decayed linear attention on CPU: the chunked form on torch's batched matrix products.
+"""Decayed linear attention on CPU: the chunked form on torch's batched matrix products, numba for the rest.
 
 The sequence is cut into chunks of ``C`` tokens. Inside a chunk, with ``b_i`` the cumulative sum of the
 log-decays from the chunk's start (``b_i = g_0 + ... + g_i``), ``S`` the state entering the chunk and
@@ -10,16 +10,20 @@ log-decays from the chunk's start (``b_i = g_0 + ... + g_i``), ``S`` the state e
 so the output is one intra-chunk product ``((Q K^T) * M) V`` with the decay mask
 ``M_ij = exp(b_i - b_j)`` for ``i >= j`` (0 above the diagonal), plus the inter-chunk term
 ``exp(b) * (Q S)``; the states entering the chunks follow from a short recurrence over the chunks
-(Dao and Gu 2024, section 6; Qin et al. 2024, Lightning Attention-2, algorithm 1). Every exponent is
-``<= 0``: ``b_i - b_j`` is formed before the exp, never as ``exp(b_i) / exp(b_j)``, so large decays
-(Mamba-2's ``dt * A``) underflow to 0 instead of overflowing.
+(Dao and Gu 2024, section 6; Qin et al. 2024, Lightning Attention-2, algorithm 1). Large decays
+(Mamba-2's ``dt * A``) must underflow to 0, never overflow: in a chunk whose whole decay is strong
+(``b_C < -60``) every mask entry is one exp of ``b_i - b_j <= 0``, formed before the exp. Otherwise the
+mask is the product ``exp(b_i) * exp(-b_j)`` (``C`` exps per factor instead of ``C^2 / 2``), whose factors
+lie in ``[exp(-60), exp(60)]``: no overflow, no denormals, a few ulp from the single exp.
 
-The backward recomputes the chunk states (one more state pass) and saves nothing per step or per
-chunk; it reads the forward's chunked copies of q, k and v (the ``saved`` tensor), which autograd then
-holds instead of q, k and v. With ``dO`` the output gradient, ``dS`` the gradient of the state leaving a
-chunk and the scale folded into ``M`` and ``exp(b)``::
+The forward's ``saved`` tensor holds the chunked copies of q, k and v (autograd then holds them instead
+of q, k and v), the masked scores ``P = (Q K^T) * scale M`` of every chunk and the state entering every
+chunk, so the backward recomputes neither the states nor the scores (2 of the 10 products of the earlier
+version, which recomputed them), for ``C^2 + K V`` more saved elements per chunk and head (at
+the benchmark size 100 MB saved instead of 63 MB). With ``dO`` the output gradient, ``dS`` the gradient
+of the state leaving a chunk and the scale folded into ``M`` and ``exp(b)``::
 
-    P  = (Q K^T) * M,   dP = (dO V^T) * M
+    dP = (dO V^T) * M
     dQ = dP K + (dO * exp(b)) S^T
     dK = dP^T Q + (V * exp(b_C - b)) dS^T
     dV = P^T dO + exp(b_C - b) * (K dS)
@@ -35,12 +39,19 @@ chunk: those inside it (``sum_{i >= t} sum_{j < t} W_ij`` with ``W = P * (dO V^T
 it (``sum_{i >= t} q_i . dq_inter_i`` and ``sum_{j < t} k_j . dk_state_j``) and those through it
 (``exp(b_C) <S, dS>``): 9e-7 on the same inputs.
 
-Layout: q, k, v (and the output gradient) are copied once into a chunk-major ``(n, B, H, C, D)`` block
-layout (zero-padded to ``n`` full chunks), so that every product is one ``bmm`` over all chunks of all
-heads, and the chunk states live in one ``(n + 1, B * H, K, V)`` buffer: slot ``j`` is the state entering
-chunk ``j``, slot ``n`` the final state. Each chunk's contribution is written into slot ``j + 1`` by one
-``bmm`` and the recurrence over the chunks is one in-place ``addcmul_`` per chunk; the backward's state
-gradients use the same buffer scheme in reverse.
+Layout: numba kernels copy q, k, v (and in the backward dO) once into head-major ``(B * H * n, C, D)``
+blocks, zero-padded to ``n`` full chunks (padding tokens have ``g = 0``, so the state passes through
+them unchanged), writing the scaled copies the products need (``V * exp(b_C - b)``, ``dO * scale
+exp(b)``) in the same pass; every product is then one ``bmm`` over all chunks of all heads. (Strided
+per-head views instead of copies were measured: ``bmm`` runs 1.5 to 3 times slower on them, and the 24
+times more calls each wake the thread pool.) The outputs go back with one kernel each that also adds
+the two products forming them (``o = scale exp(b) (Q S) + P V``, ``dV = exp(b_C - b) (K dS) + P^T dO``),
+so no separate elementwise pass runs over them. Chunk states live in one ``(B * H * n, K, V)`` buffer,
+slot ``j`` of each head the state entering chunk ``j``: one ``bmm`` writes every chunk's own
+contribution there and one numba pass turns them into the entering states in place; the backward's
+state gradients use the same scheme in reverse, with the same pass forming ``exp(b_C) <S, dS>``. The
+decay mask is never materialised: numba kernels apply it to the raw scores (forward) and to
+``dO V^T`` (backward, together with the ``W`` sums of the log-decay gradient).
 
 Exponents are clamped at ``-60`` before the exp (``exp(-60) = 9e-27``, far below the resolution of any
 output, whose diagonal term has weight exactly 1): torch's vectorised exp and the products that follow
@@ -49,7 +60,12 @@ run 25-35 times slower on ``-inf`` and on results in the denormal range.
 
 from __future__ import annotations
 
+import numba
+import numpy as np
 import torch
+
+from neurostep.kernels.numba_exp import vexp
+from neurostep.kernels.numba_launch import serialized
 
 CHUNK_SIZE = 64
 """Tokens per chunk. ``benchmarks/decayed_linear_attention.py`` on the development machine (2-core Xeon,
@@ -61,114 +77,322 @@ FLOOR = -60.0
 """Exponents are clamped here before the exp (see the module docstring)."""
 
 
+# -- numba kernels ------------------------------------------------------------------------------------
+# Scalars arrive in the data dtype (float32 stays float32: numba would otherwise promote to float64).
+
+
+@numba.njit(inline="always")
+def _mask_row(row, i, bm, e, f, split, scale, floor):
+    """Row ``i`` of a chunk's scores times ``scale * M_i.``: ``M_ij = exp(b_i - b_j)`` for ``j <= i``, 0 above.
+    With ``split`` (the chunk's whole decay ``b_C >= FLOOR``) ``M_ij = e_i f_j``, ``e = exp(b)``,
+    ``f = exp(-b) <= exp(60)``: no exp per element, and neither factor nor product leaves float32's normal
+    range; else one clamped exp per element (a strong decay inside the chunk)."""
+    zero = row.dtype.type(0)
+    if split:
+        ei = scale * e[i]
+        for j in range(i + 1):
+            row[j] *= ei * f[j]
+    else:
+        bi = bm[i]
+        for j in range(i + 1):
+            row[j] *= scale * vexp(min(max(bi - bm[j], floor), zero))
+    for j in range(i + 1, row.shape[0]):
+        row[j] = zero
+
+
+@numba.njit(inline="always")
+def _mask_factors(bm, e, f, floor):
+    """``e = exp(b)`` and ``f = exp(-b)`` of a chunk; True if its whole decay allows the split mask."""
+    split = bm[bm.shape[0] - 1] >= floor
+    if split:
+        for j in range(bm.shape[0]):
+            e[j] = vexp(bm[j])
+            f[j] = vexp(-bm[j])
+    return split
+
+
+@numba.njit(parallel=True, cache=True)
+def _mask_scores(p, b, scale, floor):
+    """``p (M, C, C)`` in place: ``p_ij * scale * exp(b_i - b_j)`` for ``j <= i``, 0 above the diagonal."""
+    M, C, _ = p.shape
+    for m in numba.prange(M):
+        e = np.empty(C, dtype=p.dtype)
+        f = np.empty(C, dtype=p.dtype)
+        bm = b[m]
+        split = _mask_factors(bm, e, f, floor)
+        for i in range(C):
+            _mask_row(p[m, i], i, bm, e, f, split, scale, floor)
+
+
+@numba.njit(parallel=True, cache=True, fastmath={"reassoc"})
+def _state_pass(buf, decay, h0, has_h0, final):
+    """Forward state recurrence over the chunks, in place. ``buf (R, n, E)`` (``E = K V``, ``R = H B``) holds
+    each chunk's own contribution and leaves with the state entering each chunk; ``decay (R, n)`` is
+    ``exp(b_C)``; ``final (R, E)`` receives the state after the last chunk."""
+    R, n, E = buf.shape
+    for r in numba.prange(R):
+        s = np.zeros(E, dtype=buf.dtype)
+        if has_h0:
+            s[:] = h0[r]
+        for j in range(n):
+            row = buf[r, j]
+            d = decay[r, j]
+            for e in range(E):
+                c = row[e]
+                row[e] = s[e]
+                s[e] = d * s[e] + c
+        final[r] = s
+
+
+@numba.njit(parallel=True, cache=True, fastmath={"reassoc"})
+def _dstate_pass(dbuf, decay, gfinal, has_gfinal, states, through, dh0):
+    """Backward state recurrence, in place. ``dbuf (R, n, E)`` holds ``Q_j^T (dO_j * exp(b))`` of each
+    chunk and leaves with the gradient of the state leaving each chunk; ``through (R, n)`` receives
+    ``exp(b_C) <S_entering, dS_leaving>`` per chunk (the log-decay gradient of the pairs that pass through
+    the chunk; reassociating this sum only lets it vectorise) and ``dh0 (R, E)`` the initial state's
+    gradient."""
+    R, n, E = dbuf.shape
+    for r in numba.prange(R):
+        s = np.zeros(E, dtype=dbuf.dtype)
+        if has_gfinal:
+            s[:] = gfinal[r]
+        for j in range(n - 1, -1, -1):
+            row = dbuf[r, j]
+            st = states[r, j]
+            d = decay[r, j]
+            acc = dbuf.dtype.type(0)
+            for e in range(E):
+                acc += st[e] * s[e]
+            through[r, j] = d * acc
+            for e in range(E):
+                c = row[e]
+                row[e] = s[e]
+                s[e] = d * s[e] + c
+        dh0[r] = s
+
+
+@numba.njit(fastmath={"reassoc"})
+def _sum_head(x, count):
+    """``x[:count].sum()``, reassociated so that it vectorises (its own function: the flag then reaches only
+    these adds, not the rounding trick inside ``vexp``)."""
+    acc = x.dtype.type(0)
+    for j in range(count):
+        acc += x[j]
+    return acc
+
+
+@numba.njit(parallel=True, cache=True)
+def _dg_scores(p, dp, b, scale, floor, r_q, r_k, through, term):
+    """Per chunk ``m``: ``dp (M, C, C)`` in place from ``dO V^T`` to ``dP = (dO V^T) * scale M``, and the
+    log-decay gradient of the chunk's tokens into ``term (M, C)``: the straddling pairs inside the chunk
+    (``sum_{i >= t} sum_{j < t} W_ij``, ``W = P * (dO V^T)``), ``sum_{i >= t} r_q[i]`` (``q_i . dq_inter_i``),
+    ``sum_{j < t} r_k[j]`` (``k_j . dk_state_j``) and ``through[m]``."""
+    M, C, _ = p.shape
+    zero = p.dtype.type(0)
+    for m in numba.prange(M):
+        acc = np.empty(C, dtype=p.dtype)
+        col = np.zeros(C, dtype=p.dtype)      # col[j]: sum of W_ij over the rows i seen so far (i > j)
+        e = np.empty(C, dtype=p.dtype)
+        f = np.empty(C, dtype=p.dtype)
+        bm = b[m]
+        split = _mask_factors(bm, e, f, floor)
+        # rows from the last: after row i, col holds the rows >= i, and the pairs straddling t = i are
+        # those of col's first i columns
+        for i in range(C - 1, -1, -1):
+            prow = p[m, i]
+            drow = dp[m, i]
+            for j in range(i):
+                col[j] += prow[j] * drow[j]
+            acc[i] = _sum_head(col, i)
+            _mask_row(drow, i, bm, e, f, split, scale, floor)
+        rq, rk = r_q[m], r_k[m]
+        run = zero
+        for t in range(C - 1, -1, -1):
+            run += rq[t]
+            acc[t] += run
+        run = zero
+        for t in range(C):
+            acc[t] += run + through[m]
+            run += rk[t]
+        term[m] = acc
+
+
+@numba.njit(parallel=True, cache=True, fastmath={"reassoc"})
+def _row_dots(qc, dq, kc, dk, ebl, r_q, r_k):
+    """Per token of every chunk: ``r_q = q . dq_inter``; ``dk`` (``V dS^T``) scaled in place by
+    ``exp(b_C - b)`` to ``dk_state``, then ``r_k = k . dk_state`` (reassociated sums: they vectorise)."""
+    M, C, K = qc.shape
+    for m in numba.prange(M):
+        for t in range(C):
+            qrow, dqrow, krow, dkrow = qc[m, t], dq[m, t], kc[m, t], dk[m, t]
+            f = ebl[m, t]
+            aq = qc.dtype.type(0)
+            ak = qc.dtype.type(0)
+            for i in range(K):
+                aq += qrow[i] * dqrow[i]
+                d = dkrow[i] * f
+                dkrow[i] = d
+                ak += krow[i] * d
+            r_q[m, t] = aq
+            r_k[m, t] = ak
+
+
+@numba.njit(parallel=True, cache=True)
+def _gather(x, out, scaled, factor, has_scaled):
+    """``x (B, L, H, D)`` -> head-major blocks ``out (B * H * n, C, D)`` (block ``(b, h, j)`` holds tokens
+    ``j C .. j C + C - 1`` of head ``h``), zero-padded to ``n C`` tokens; with ``has_scaled`` also
+    ``scaled = out * factor`` (``factor (B * H * n, C)``, one value per token)."""
+    B, L, H, D = x.shape
+    M, C, _ = out.shape
+    n = M // (B * H)
+    zero = out.dtype.type(0)
+    for m in numba.prange(M):
+        j = m % n
+        h = (m // n) % H
+        bi = m // (n * H)
+        for c in range(C):
+            t = j * C + c
+            orow = out[m, c]
+            srow = scaled[m, c] if has_scaled else orow
+            if t < L:
+                xrow = x[bi, t, h]
+                for d in range(D):
+                    orow[d] = xrow[d]
+                if has_scaled:
+                    f = factor[m, c]
+                    for d in range(D):
+                        srow[d] = xrow[d] * f
+            else:
+                for d in range(D):
+                    orow[d] = zero
+                    srow[d] = zero
+
+
+@numba.njit(parallel=True, cache=True)
+def _scatter(a, factor, has_factor, c, has_c, out):
+    """The inverse of :func:`_gather`, combining: ``out[b, t, h] = a * factor + c`` of block ``(b, h, j)``
+    (``factor`` one value per token; each term only if its flag is set), padding dropped."""
+    B, L, H, D = out.shape
+    M, C, _ = a.shape
+    n = M // (B * H)
+    one = a.dtype.type(1)
+    for m in numba.prange(M):
+        j = m % n
+        h = (m // n) % H
+        bi = m // (n * H)
+        for t in range(min(C, L - j * C)):
+            arow = a[m, t]
+            crow = c[m, t]
+            orow = out[bi, j * C + t, h]
+            f = factor[m, t] if has_factor else one
+            if has_c:
+                for d in range(D):
+                    orow[d] = arow[d] * f + crow[d]
+            else:
+                for d in range(D):
+                    orow[d] = arow[d] * f
+
+
+# -- layout helpers -----------------------------------------------------------------------------------
+
+
 def _chunk_count(length: int, chunk_size: int) -> tuple[int, int]:
     chunk = max(1, min(chunk_size, length))
     return chunk, -(-length // chunk)
 
 
 def saved_numel(q_shape: tuple[int, ...], v_shape: tuple[int, ...], chunk_size: int) -> int:
-    """Elements of the forward's ``saved`` tensor: the chunked copies of q, k and v."""
+    """Elements of the forward's ``saved`` tensor: the chunked copies of q, k and v, and the masked scores
+    and the entering state of every chunk."""
     B, L, H, K = q_shape
+    V = v_shape[-1]
     chunk, n = _chunk_count(L, chunk_size)
-    return n * B * H * chunk * (2 * K + v_shape[-1])
+    return B * H * n * (chunk * (2 * K + V) + chunk * chunk + K * V)
 
 
-def _saved_blocks(saved: torch.Tensor, B: int, L: int, H: int, K: int, V: int, chunk_size: int):
-    """The chunked q, k, v blocks laid out in ``saved`` (views)."""
-    chunk, n = _chunk_count(L, chunk_size)
-    rows = n * B * H
-    qk = rows * chunk * K
-    return (saved[:qk].view(rows, chunk, K), saved[qk:2 * qk].view(rows, chunk, K),
-            saved[2 * qk:].view(rows, chunk, V))
-
-
-def _chunks(x: torch.Tensor, n: int, chunk: int, out: torch.Tensor | None = None) -> torch.Tensor:
-    """``(B, L, *H, D)`` -> chunk-major blocks ``(n * B * H, chunk, D)``, zero-padded to ``n * chunk`` tokens
-    (``x`` may also be the log-decays ``(B, L, H)``, giving ``(n * B * H, chunk)``), into ``out`` if given."""
-    squeeze = x.dim() == 3
-    if squeeze:
-        x = x.unsqueeze(-1)
-    B, L, H, D = x.shape
-    out = x.new_empty(n, B, H, chunk, D) if out is None else out.view(n, B, H, chunk, D)
-    full = L // chunk
-    if full:
-        out[:full].copy_(x[:, :full * chunk].view(B, full, chunk, H, D).permute(1, 0, 3, 2, 4))
-    if full < n:
-        rest = L - full * chunk
-        out[full, :, :, :rest].copy_(x[:, full * chunk:].permute(0, 2, 1, 3))
-        out[full, :, :, rest:].zero_()
-    out = out.view(n * B * H, chunk, D)
-    return out.squeeze(-1) if squeeze else out
-
-
-def _unchunk(x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
-    """The inverse of :func:`_chunks`: blocks ``(n * B * H, chunk, D)`` copied into ``out (B, L, H, D)``."""
-    B, L, H, D = out.shape
-    chunk = x.shape[1]
-    xv = x.view(-1, B, H, chunk, D)
-    full = L // chunk
-    if full:
-        out[:, :full * chunk].view(B, full, chunk, H, D).copy_(xv[:full].permute(1, 0, 3, 2, 4))
-    if full < xv.shape[0]:
-        rest = L - full * chunk
-        out[:, full * chunk:].copy_(xv[full, :, :, :rest].permute(0, 2, 1, 3))
-    return out
-
-
-def _exp(x: torch.Tensor) -> torch.Tensor:
-    """``exp`` of an exponent ``<= 0``, clamped at :data:`FLOOR` (in place on ``x``)."""
-    return x.clamp_(min=FLOOR).exp_()
+def _saved_parts(saved: torch.Tensor, B: int, H: int, n: int, chunk: int, K: int, V: int):
+    """Views into ``saved``: the blocks of q, k (``(M, C, K)``, ``M = B H n``) and v (``(M, C, V)``), the
+    masked scores ``P (M, C, C)`` and the entering states ``(M, K, V)``."""
+    M = B * H * n
+    sizes = (M * chunk * K, M * chunk * K, M * chunk * V, M * chunk * chunk, M * K * V)
+    qc, kc, vc, p, states = saved.split(sizes)
+    return (qc.view(M, chunk, K), kc.view(M, chunk, K), vc.view(M, chunk, V), p.view(M, chunk, chunk),
+            states.view(M, K, V))
 
 
 def _decays(g: torch.Tensor, n: int, chunk: int, scale: float):
-    """Per chunk, from the cumulative log-decays ``b``: ``scale * exp(b)`` and ``exp(b_C - b)``, each
-    ``(rows, chunk, 1)``; ``exp(b_C)`` as ``(n, B * H, 1, 1)``; and ``scale * M`` ``(rows, chunk, chunk)``,
-    the decay mask ``exp(b_i - b_j)`` below and on the diagonal, 0 above. Padding tokens have ``g = 0``
-    (no decay), so the state passes through them unchanged."""
-    b = _chunks(g, n, chunk).cumsum_(-1)
+    """From the log-decays ``g (B, L, H)``, per block (``M = B H n``, head-major): the cumulative sums
+    ``b (M, C)``, ``scale * exp(b)`` and ``exp(b_C - b)`` (each ``(M, C)``) and ``exp(b_C)`` ``(B H, n)``.
+    Padding tokens have ``g = 0`` (no decay), so the state passes through them unchanged."""
+    B, L, H = g.shape
+    b = g.new_zeros(B, H, n * chunk)
+    b[:, :, :L] = g.transpose(1, 2)
+    b = b.view(B * H * n, chunk).cumsum_(-1)
     b_last = b[:, -1:]
-    eb = _exp(b.clone())
+    eb = b.clamp(min=FLOOR).exp_()
     if scale != 1.0:
         eb.mul_(scale)
-    ebl = _exp(b_last - b)
-    lower = torch.ones(chunk, chunk, dtype=b.dtype, device=b.device).tril_().mul_(scale)
-    # above the diagonal b_i - b_j >= 0: clamped to 0 (no overflow), then zeroed by the mask
-    mask = (b.unsqueeze(-1) - b.unsqueeze(-2)).clamp_(FLOOR, 0.0).exp_().mul_(lower)
-    decay = _exp(b_last.clone()).view(n, -1, 1, 1)
-    return eb.unsqueeze(-1), ebl.unsqueeze(-1), decay, mask
+    ebl = (b_last - b).clamp_(min=FLOOR).exp_()
+    decay = b_last.clamp(min=FLOOR).exp_().view(B * H, n)
+    return b, eb, ebl, decay
 
 
-def _states(kc: torch.Tensor, vd: torch.Tensor, decay: torch.Tensor, h0: torch.Tensor | None) -> torch.Tensor:
-    """``(n + 1, B * H, K, V)``: slot ``j`` the state entering chunk ``j``, slot ``n`` the final state.
-    ``vd = V * exp(b_C - b)``: chunk ``j`` adds ``K^T vd`` to its decayed entering state."""
-    n, BH = decay.shape[:2]
-    K, V = kc.shape[-1], vd.shape[-1]
-    buf = kc.new_empty(n + 1, BH, K, V)
-    if h0 is None:
-        buf[0].zero_()
-    else:
-        buf[0].copy_(h0.reshape(BH, K, V))
-    torch.bmm(kc.transpose(1, 2), vd, out=buf[1:].view(n * BH, K, V))   # each chunk's own contribution
-    for j in range(n):
-        buf[j + 1].addcmul_(decay[j], buf[j])
-    return buf
+def _np(t: torch.Tensor) -> np.ndarray:
+    return t.detach().numpy()
+
+
+def _scalar(value: float, like: torch.Tensor):
+    return np.float64(value) if like.dtype == torch.float64 else np.float32(value)
+
+
+@serialized
+def _launch(kernel, *args) -> None:
+    kernel(*args)
+
+
+def _to_blocks(x: torch.Tensor, out: torch.Tensor, scaled: torch.Tensor | None = None,
+               factor: torch.Tensor | None = None) -> torch.Tensor:
+    """:func:`_gather` of ``x`` into ``out`` (and ``scaled = out * factor`` if given); returns ``out``."""
+    has = scaled is not None
+    _launch(_gather, _np(x), _np(out), _np(scaled if has else out), _np(factor if has else out[:, :, 0]), has)
+    return out
+
+
+def _from_blocks(a: torch.Tensor, out: torch.Tensor, factor: torch.Tensor | None = None,
+                 c: torch.Tensor | None = None) -> torch.Tensor:
+    """:func:`_scatter`: ``out = a * factor + c`` (each term if given) in ``out``'s layout; returns ``out``."""
+    _launch(_scatter, _np(a), _np(factor if factor is not None else a[:, :, 0]), factor is not None,
+            _np(c if c is not None else a), c is not None, _np(out))
+    return out
+
+
+# -- forward and backward -----------------------------------------------------------------------------
 
 
 def forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: torch.Tensor, h0: torch.Tensor | None,
             scale: float, chunk_size: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Same contract as :func:`neurostep.kernels.decayed_linear_attention.reference.forward`; ``saved`` holds
-    the chunked copies of q, k and v."""
+    the chunked copies of q, k and v, the masked scores and the entering state of every chunk."""
     B, L, H, K = q.shape
     V = v.shape[-1]
     chunk, n = _chunk_count(L, chunk_size)
     saved = q.new_empty(saved_numel(q.shape, v.shape, chunk_size))
-    qc, kc, vc = (_chunks(x, n, chunk, out) for x, out in zip((q, k, v), _saved_blocks(saved, B, L, H, K, V,
-                                                                                        chunk_size)))
-    eb, ebl, decay, mask = _decays(g, n, chunk, scale)
-    buf = _states(kc, vc * ebl, decay, h0)
-    o = torch.bmm(qc, buf[:n].view(n * B * H, K, V)).mul_(eb)          # scale * exp(b) * (Q S)
-    o.baddbmm_(torch.bmm(qc, kc.transpose(1, 2)).mul_(mask), vc)        # + ((Q K^T) * scale M) V
-    return _unchunk(o, v.new_empty(B, L, H, V)), buf[n].view(B, H, K, V).clone(), saved
+    qc, kc, vc, p, states = _saved_parts(saved, B, H, n, chunk, K, V)
+    b, eb, ebl, decay = _decays(g, n, chunk, scale)
+    vd = torch.empty_like(vc)                                            # V * exp(b_C - b)
+    _to_blocks(q, qc)
+    _to_blocks(k, kc)
+    _to_blocks(v, vc, vd, ebl)
+    torch.bmm(qc, kc.transpose(1, 2), out=p)
+    _launch(_mask_scores, _np(p), _np(b), _scalar(scale, q), _scalar(FLOOR, q))   # P = (Q K^T) * scale M
+    torch.bmm(kc.transpose(1, 2), vd, out=states)                        # each chunk's own contribution
+    final = q.new_empty(B, H, K, V)
+    _launch(_state_pass, _np(states.view(B * H, n, K * V)), _np(decay),
+            _np(h0.view(B * H, K * V) if h0 is not None else final.view(B * H, K * V)), h0 is not None,
+            _np(final.view(B * H, K * V)))
+    # o = scale exp(b) (Q S) + P V, combined while written into o's layout (vd's buffer reused)
+    o = _from_blocks(torch.bmm(qc, states, out=vd), v.new_empty(B, L, H, V), eb, torch.bmm(p, vc))
+    return o, final, saved
 
 
 def backward(grad_o: torch.Tensor, grad_final: torch.Tensor | None, q: torch.Tensor | None,
@@ -176,62 +400,38 @@ def backward(grad_o: torch.Tensor, grad_final: torch.Tensor | None, q: torch.Ten
              final_state: torch.Tensor, saved: torch.Tensor, scale: float,
              chunk_size: int) -> tuple[torch.Tensor | None, ...]:
     """Same contract as :func:`neurostep.kernels.decayed_linear_attention.reference.backward`; q, k and v
-    may be None (their chunked copies are in ``saved``)."""
+    may be None (their chunked copies are in ``saved``, with the masked scores and the entering states)."""
     B, L, H = g.shape
     K, V = final_state.shape[-2:]
     BH = B * H
     chunk, n = _chunk_count(L, chunk_size)
-    if saved.numel():
-        qc, kc, vc = _saved_blocks(saved, B, L, H, K, V, chunk_size)
-    else:
-        qc, kc, vc = (_chunks(x, n, chunk) for x in (q, k, v))
-    do = _chunks(grad_o, n, chunk)
-    eb, ebl, decay, mask = _decays(g, n, chunk, scale)
-    vd = vc * ebl
-    states = _states(kc, vd, decay, h0)[:n].view(n * BH, K, V)           # entering each chunk (recomputed)
-    dod = do * eb
-    # gradients of the states: slot j + 1 that of the state leaving chunk j, slot 0 that of h0
-    dbuf = g.new_empty(n + 1, BH, K, V)
-    if grad_final is None:
-        dbuf[n].zero_()
-    else:
-        dbuf[n].copy_(grad_final.reshape(BH, K, V))
-    torch.bmm(qc.transpose(1, 2), dod, out=dbuf[:n].view(n * BH, K, V))
-    for j in range(n - 1, -1, -1):
-        dbuf[j].addcmul_(decay[j], dbuf[j + 1])
-    dstates = dbuf[1:].view(n * BH, K, V)
-
-    p = torch.bmm(qc, kc.transpose(1, 2)).mul_(mask)                     # P = (Q K^T) * scale M
-    dv = torch.bmm(kc, dstates).mul_(ebl).baddbmm_(p.transpose(1, 2), do)
-    dp = torch.bmm(do, vc.transpose(1, 2))
-    w = p.mul_(dp)                     # W_ij = M_ij dL/dM_ij: what the pair (i, j) puts on every g between them
-    del p
-    dp.mul_(mask)                                                        # dP = (dO V^T) * scale M
-    dq = torch.bmm(dod, states.transpose(1, 2))                          # the inter-chunk part first
-    r_q = torch.einsum("mck,mck->mc", qc, dq)
-    dq.baddbmm_(dp, kc)
-    dk = torch.bmm(vd, dstates.transpose(1, 2))                          # the chunk-state part first
-    r_k = torch.einsum("mck,mck->mc", kc, dk)
-    dk.baddbmm_(dp.transpose(1, 2), qc)
-    del dp, dod, vd
-
-    # dg_t: every product exp(B_i - B_j) with j < t <= i contributes its gradient to g_t. Summing only such
-    # straddling pairs (and never a difference of large sums such as q . dq - k . dk over the sequence)
-    # keeps float32 rounding at the level of the other gradients. Per chunk, for t in it:
-    #   pairs inside the chunk:          sum_{i >= t} sum_{j < t} W_ij
-    #   i in the chunk, j before it:     sum_{i >= t} q_i . dq_inter_i
-    #   j in the chunk, i after it:      sum_{j < t} k_j . dk_state_j
-    #   j before the chunk, i after it:  exp(b_C) <S_entering, dS_leaving>
-    # pairs inside: the prefix sum over j up to column t - 1, kept on rows i >= t, summed over the rows
-    term = torch.zeros_like(r_q)
-    term[:, 1:] = w.cumsum_(-1).tril_(-1).sum(1)[:, :-1]
-    del w
-    term += r_q.flip(-1).cumsum_(-1).flip(-1)
-    term += r_k.cumsum(-1).sub_(r_k)
-    through = torch.linalg.vecdot(states.view(n * BH, -1), dstates.view(n * BH, -1))
-    term += (through * decay.reshape(-1))[:, None]
-    dg = term.view(n, BH, chunk).permute(1, 0, 2).reshape(BH, n * chunk)[:, :L]
-    dg = dg.view(B, H, L).permute(0, 2, 1).contiguous()
-    dh0 = dbuf[0].view(B, H, K, V).clone() if h0 is not None else None
-    return (_unchunk(dq, g.new_empty(B, L, H, K)), _unchunk(dk, g.new_empty(B, L, H, K)),
-            _unchunk(dv, g.new_empty(B, L, H, V)), dg, dh0)
+    qc, kc, vc, p, states = _saved_parts(saved, B, H, n, chunk, K, V)
+    b, eb, ebl, decay = _decays(g, n, chunk, scale)
+    doc, dod = torch.empty_like(vc), torch.empty_like(vc)                 # dO and dO * scale exp(b)
+    _to_blocks(grad_o, doc, dod, eb)
+    # gradients of the states leaving each chunk: each chunk's own contribution, then the recurrence
+    dstates = torch.bmm(qc.transpose(1, 2), dod)
+    through = g.new_empty(BH, n)
+    dh0 = g.new_empty(B, H, K, V)
+    _launch(_dstate_pass, _np(dstates.view(BH, n, K * V)), _np(decay),
+            _np(grad_final.view(BH, K * V) if grad_final is not None else dh0.view(BH, K * V)),
+            grad_final is not None, _np(states.view(BH, n, K * V)), _np(through), _np(dh0.view(BH, K * V)))
+    dqc = torch.bmm(dod, states.transpose(1, 2))                         # the inter-chunk part first
+    # dV = exp(b_C - b) (K dS) + P^T dO, combined while written into dv's layout (dod's buffer reused)
+    dv = _from_blocks(torch.bmm(kc, dstates, out=dod), g.new_empty(B, L, H, V), ebl,
+                      torch.bmm(p.transpose(1, 2), doc))
+    del dod
+    dp = torch.bmm(doc, vc.transpose(1, 2))
+    del doc
+    dkc = torch.bmm(vc, dstates.transpose(1, 2))                         # the chunk-state part first
+    del dstates
+    r_q, r_k = g.new_empty(BH * n, chunk), g.new_empty(BH * n, chunk)
+    _launch(_row_dots, _np(qc), _np(dqc), _np(kc), _np(dkc), _np(ebl), _np(r_q), _np(r_k))
+    # dp becomes dP = (dO V^T) * scale M; term the log-decay gradient of every token (module docstring)
+    term = g.new_empty(BH * n, chunk)
+    _launch(_dg_scores, _np(p), _np(dp), _np(b), _scalar(scale, g), _scalar(FLOOR, g), _np(r_q), _np(r_k),
+            _np(through.view(-1)), _np(term))
+    dq = _from_blocks(dqc.baddbmm_(dp, kc), g.new_empty(B, L, H, K))
+    dk = _from_blocks(dkc.baddbmm_(dp.transpose(1, 2), qc), g.new_empty(B, L, H, K))
+    dg = term.view(B, H, n * chunk)[:, :, :L].transpose(1, 2).contiguous()
+    return dq, dk, dv, dg, (dh0 if h0 is not None else None)
