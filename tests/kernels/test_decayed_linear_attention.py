@@ -134,6 +134,25 @@ def test_strong_decays_stay_finite_and_exact(backend):
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
+def test_chunks_on_both_sides_of_the_split_mask_threshold(backend):
+    # the cpu backend forms a chunk's decay mask as exp(b_i) * exp(-b_j) when the chunk's whole decay is
+    # >= -60 (factors up to exp(60)) and with one exp per entry below: chunks of 8 with decays summing to
+    # -59.5 (largest factors) and -60.5 (the exact path), next to mild ones
+    q, k, v, _, h0 = make(B=1, L=32, H=2, seed=12)
+    ld = torch.full((1, 32, 2), -0.1, dtype=torch.float64)
+    ld[0, :8, 0] = -59.5 / 8
+    ld[0, 8:16, 0] = -60.5 / 8
+    ld[0, 16:24, 1] = -0.01
+    ld[0, 16, 1] = -59.4                        # nearly all of a split chunk's decay on its first token
+    want = run(q, k, v, ld, h0, "reference")
+    for dtype, tol in ((torch.float64, 1e-10), (torch.float32, 2e-4)):
+        got = run(*(t.to(dtype) for t in (q, k, v, ld, h0)), backend, chunk_size=8)
+        for x, y in zip(got, want):
+            assert torch.isfinite(x).all()
+            torch.testing.assert_close(x.double(), y, rtol=tol, atol=tol)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_noncontiguous_and_half_inputs(backend):
     q, k, v, ld, h0 = make(B=2, L=9, H=3, K=4, V=4, dtype=torch.float32, seed=6)
     qt = q.transpose(0, 1).contiguous().transpose(0, 1)
