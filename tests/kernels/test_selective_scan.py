@@ -359,3 +359,27 @@ def test_state_convention_chunks(backend):
     out_fn, last_fn = selective_scan_fn(**kw, delta_softplus=True, return_last_state=True, initial_state=h0,
                                         backend=backend)
     assert torch.equal(out_fn, out) and torch.equal(last_fn, final)
+
+
+def test_blocks_in_one_group_compile_only_the_scalar_path():
+    """Layouts whose W-channel blocks each read one B and one C group (one group, or groups of a
+    multiple of W channels) reach the kernels with ``mixed=None``, a compilation of its own without
+    the per-lane path; the other layouts take the per-lane path. Both agree with the reference."""
+    from numba.core import types
+
+    from neurostep.kernels.selective_scan import cpu
+
+    w = cpu.W
+    assert cpu.every_block_in_one_group(4 * w, 1, 1) and cpu.every_block_in_one_group(4 * w, 4, 2)
+    assert cpu.every_block_in_one_group(w + 3, 1, 1)           # padded channels read the last group
+    assert not cpu.every_block_in_one_group(4 * w, 8, 1)       # groups of W / 2 channels
+    assert not cpu.every_block_in_one_group(6, 1, 3)
+    for groups in (1, 8):
+        inputs = make_inputs(b=1, d=4 * w, L=5, n=2, bmode="group", cmode="group", groups=groups, dtype=torch.float32)
+        for got, want in zip(run(inputs, "cpu"), run(inputs, "reference")):
+            if want is not None:
+                torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+    for kernel in (cpu._forward_kernel, cpu._backward_kernel):
+        mixed = {sig[13 if kernel is cpu._forward_kernel else 15] for sig in kernel.signatures
+                 if sig[0] == types.float32[:, :, ::1]}
+        assert types.none in mixed and any(isinstance(t, types.Array) for t in mixed), (kernel, mixed)

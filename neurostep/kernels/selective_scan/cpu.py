@@ -7,8 +7,10 @@ state index ``n`` the update ``x[n, j] = exp(dt[j] A[n, j]) x[n, j] + dt[j] u[j]
 accumulates vertically, so no horizontal reduction sits on the critical path (N may be 1, as in
 LaMamba). The lane values of a chunk of ``CHUNK`` steps (delta, u, z, grad) are gathered once,
 channel by channel, from the ``(batch, dim, L)`` tensors into block-local arrays, so the N loop
-touches only block-local memory. When a block's channels share one B/C group, B[n] and C[n] enter
-the lane loops as scalars. Channels are padded to a multiple of W only when needed.
+touches only block-local memory. When every block's channels share one B/C group (one group, or
+groups of a multiple of W channels), B[n] and C[n] enter the lane loops as scalars; the other layouts
+read them per lane. The two are separate compilations, chosen by the type of the ``mixed`` argument.
+Channels are padded to a multiple of W only when needed.
 
 Memory: the forward never stores per-step states. It saves only the state entering every chunk of
 ``CHUNK`` steps (``(batch, ceil(L / CHUNK), N, dim)``). The backward walks the chunks in reverse,
@@ -47,14 +49,19 @@ def _group(d, group_size, groups):
     return g if g < groups else groups - 1  # padded channels read the last group (their inputs are 0)
 
 
-@numba.njit(inline="always")
-def _block_groups(d0, gs_b, gs_c, groups_b, groups_c):
-    """The B and C groups of the block starting at channel d0, and whether all its W channels
-    read those two groups (then B[n] and C[n] are one value per step for the whole block)."""
-    gb = _group(d0, gs_b, groups_b)
-    gc = _group(d0, gs_c, groups_c)
-    one_group = gb == _group(d0 + W - 1, gs_b, groups_b) and gc == _group(d0 + W - 1, gs_c, groups_c)
-    return gb, gc, one_group
+def every_block_in_one_group(dim: int, groups_b: int, groups_c: int) -> bool:
+    """Whether each block of ``W`` channels (padded ones included) reads a single B group and a single
+    C group: then B[n] and C[n] are one value per step for the whole block, and the kernels compile
+    only that path (the ``mixed`` argument is None). True for one group, and for groups of a multiple
+    of W channels."""
+    dpad = -(-dim // W) * W
+    gs_b, gs_c = dim // groups_b, dim // groups_c
+
+    def group(d: int, size: int, groups: int) -> int:
+        return min(d // size, groups - 1)
+
+    return all(group(d0, gs_b, groups_b) == group(d0 + W - 1, gs_b, groups_b)
+               and group(d0, gs_c, groups_c) == group(d0 + W - 1, gs_c, groups_c) for d0 in range(0, dpad, W))
 
 
 @numba.njit(inline="always")
@@ -166,9 +173,12 @@ def _prepare_chunk(dts, spd, gts, gzd, biasv, d0, nk, w, softplus, has_z, need_g
 
 
 @numba.njit(parallel=True, cache=True, fastmath=False)
-def _forward_kernel(u, delta, biasv, softplus, At, B, C, Dv, z, has_z, h0t, gs_b, gs_c, chunk, one, threshold,
-                    out, last, ckpt, w):
-    # ``w`` is W passed at run time, as in the backward (see there)
+def _forward_kernel(u, delta, biasv, softplus, At, B, C, Dv, z, has_z, h0t, gs_b, gs_c, mixed, chunk, one,
+                    threshold, out, last, ckpt, w):
+    # ``w`` is W passed at run time, as in the backward (see there). ``mixed`` is None when every block
+    # reads one B group and one C group (:func:`every_block_in_one_group`), else an empty array: numba
+    # prunes the branches on ``mixed is None`` while typing, so each call compiles only its path
+    # (measured: the forward alone compiled in 50 s instead of 87 s under load).
     batch, dpad, length = u.shape
     n_state = At.shape[0]
     n_blocks = dpad // W
@@ -196,7 +206,8 @@ def _forward_kernel(u, delta, biasv, softplus, At, B, C, Dv, z, has_z, h0t, gs_b
                 x[n, j] = h0t[b, n, d0 + j]
                 a[n, j] = At[n, d0 + j]
         dvl = Dv[d0:d0 + w]
-        gb, gc, one_group = _block_groups(d0, gs_b, gs_c, B.shape[1], C.shape[1])
+        gb = _group(d0, gs_b, B.shape[1])
+        gc = _group(d0, gs_c, C.shape[1])
         if not b_time:
             _fill(bb, B, bi, d0, 0, gs_b)
         if not c_time:
@@ -222,7 +233,7 @@ def _forward_kernel(u, delta, biasv, softplus, At, B, C, Dv, z, has_z, h0t, gs_b
                     dtv[j] = dts[k, j]
                     dtu[j] = dts[k, j] * uvs[k, j]
                     y[j] = dvl[j] * uvs[k, j]
-                if one_group:
+                if mixed is None:
                     # B[n] and C[n] are the same for all lanes: scalars in the lane loop, which then
                     # reads only x and a from memory (measured 2x faster than broadcast arrays)
                     lb = l if b_time else 0
@@ -257,8 +268,8 @@ def _forward_kernel(u, delta, biasv, softplus, At, B, C, Dv, z, has_z, h0t, gs_b
 
 
 @numba.njit(parallel=True, cache=True, fastmath=False)
-def _backward_kernel(gout, glast, u, delta, biasv, softplus, At, B, C, Dv, z, has_z, ckpt, gs_b, gs_c, chunk,
-                     one, threshold, du_out, ddelta_out, dAt, dBbuf, dCbuf, dDv, dbias, dz_out, dh0t, w):
+def _backward_kernel(gout, glast, u, delta, biasv, softplus, At, B, C, Dv, z, has_z, ckpt, gs_b, gs_c, mixed,
+                     chunk, one, threshold, du_out, ddelta_out, dAt, dBbuf, dCbuf, dDv, dbias, dz_out, dh0t, w):
     # ``w`` is W passed at run time: with a compile-time trip count of 16, LLVM fully unrolls the
     # cheap lane loops and leaves them scalar (the SLP pass cannot prove the block arrays disjoint);
     # with a run-time count the loop vectorizer handles them (runtime alias checks, 8-wide AVX2).
@@ -307,7 +318,8 @@ def _backward_kernel(gout, glast, u, delta, biasv, softplus, At, B, C, Dv, z, ha
             for j in range(w):
                 a[n, j] = At[n, d0 + j]
         dvl = Dv[d0:d0 + w]
-        gb, gc, one_group = _block_groups(d0, gs_b, gs_c, B.shape[1], C.shape[1])
+        gb = _group(d0, gs_b, B.shape[1])
+        gc = _group(d0, gs_c, C.shape[1])
         for b in range(batch):
             bi = b if B.shape[0] > 1 else 0
             ci = b if C.shape[0] > 1 else 0
@@ -316,7 +328,7 @@ def _backward_kernel(gout, glast, u, delta, biasv, softplus, At, B, C, Dv, z, ha
                     dx[n, j] = glast[b, n, d0 + j]
             if not b_time:
                 for k in range(chunk):
-                    if one_group:
+                    if mixed is None:
                         for n in range(n_state):
                             b1[k, n] = B[bi, gb, 0, n]
                     else:
@@ -324,7 +336,7 @@ def _backward_kernel(gout, glast, u, delta, biasv, softplus, At, B, C, Dv, z, ha
                 acc_b[:, :] = 0
             if not c_time:
                 for k in range(chunk):
-                    if one_group:
+                    if mixed is None:
                         for n in range(n_state):
                             c1[k, n] = C[ci, gc, 0, n]
                     else:
@@ -349,7 +361,7 @@ def _backward_kernel(gout, glast, u, delta, biasv, softplus, At, B, C, Dv, z, ha
                     k = l - start
                     for j in range(w):
                         dtus[k, j] = dts[k, j] * uvs[k, j]
-                    if one_group:
+                    if mixed is None:
                         # scalars in the lane loops instead of broadcast arrays (fewer loads and
                         # alias checks; 2x on the forward's state loop)
                         if b_time:
@@ -391,7 +403,7 @@ def _backward_kernel(gout, glast, u, delta, biasv, softplus, At, B, C, Dv, z, ha
                                 xs[k + 1, n, j] = e * xs[k, n, j] + dtus[k, j] * bks[k, n, j]
                 # output gradient through the gate (y of one-group blocks came with the recompute)
                 if has_z:
-                    if not one_group:
+                    if mixed is not None:
                         for k in range(nk):
                             for j in range(w):
                                 ys[k, j] = dvl[j] * uvs[k, j]
@@ -408,7 +420,7 @@ def _backward_kernel(gout, glast, u, delta, biasv, softplus, At, B, C, Dv, z, ha
                 # dxs[k] holds dLoss/dx_k including step k's output term
                 for k in range(nk - 1, -1, -1):
                     for n in range(n_state):
-                        if one_group:
+                        if mixed is None:
                             cv = c1[k, n]
                             for j in range(w):
                                 dxn = dx[n, j] + gs[k, j] * cv
@@ -434,7 +446,7 @@ def _backward_kernel(gout, glast, u, delta, biasv, softplus, At, B, C, Dv, z, ha
                     for n in range(n_state):
                         for j in range(w):
                             pa[k, j] += dxs[k, n, j] * xs[k, n, j] * dec[k, n, j] * a[n, j]
-                    if one_group:
+                    if mixed is None:
                         for n in range(n_state):
                             bv = b1[k, n]
                             for j in range(w):
@@ -520,6 +532,11 @@ def _prepare(u, delta, A, B, C, D, z, delta_bias):
     return dpad, _pad_channels(u, dpad), _pad_channels(delta, dpad), biasv.contiguous(), At, Bk, Ck, Dv, zp
 
 
+def _mixed(dim: int, B: torch.Tensor, C: torch.Tensor) -> np.ndarray | None:
+    """The kernels' ``mixed`` argument: None when every block reads one B and one C group."""
+    return None if every_block_in_one_group(dim, B.shape[1], C.shape[1]) else np.empty(0, dtype=np.int8)
+
+
 def _constants(dtype: torch.dtype) -> tuple:
     f = np.float32 if dtype == torch.float32 else np.float64
     return f(1.0), f(SOFTPLUS_THRESHOLD)
@@ -538,8 +555,8 @@ def forward(u, delta, A, B, C, D, z, delta_bias, h0, delta_softplus):
     ckpt = u.new_empty(saved_shape(batch, dim, length, n_state))
     one, threshold = _constants(u.dtype)
     _forward_kernel(_np(up), _np(dp), _np(biasv), bool(delta_softplus), _np(At), _np(Bk), _np(Ck), _np(Dv), _np(zp),
-                    z is not None, _np(h0t), dim // B.shape[1], dim // C.shape[1], CHUNK, one, threshold, _np(out),
-                    _np(last), _np(ckpt), W)
+                    z is not None, _np(h0t), dim // B.shape[1], dim // C.shape[1], _mixed(dim, B, C), CHUNK, one,
+                    threshold, _np(out), _np(last), _np(ckpt), W)
     if dpad != dim:
         out = out[:, :dim].contiguous()
     return out, last[..., :dim].transpose(1, 2).contiguous(), ckpt
@@ -566,8 +583,8 @@ def backward(grad_out, grad_last, u, delta, A, B, C, D, z, delta_bias, h0, saved
     one, threshold = _constants(u.dtype)
     _backward_kernel(_np(gp), _np(glast), _np(up), _np(dp), _np(biasv), bool(delta_softplus), _np(At), _np(Bk),
                      _np(Ck), _np(Dv), _np(zp), z is not None, _np(saved), dim // B.shape[1], dim // C.shape[1],
-                     CHUNK, one, threshold, _np(du), _np(ddelta), _np(dAt), _np(dBbuf), _np(dCbuf), _np(dDv),
-                     _np(dbias), _np(dz), _np(dh0t), W)
+                     _mixed(dim, B, C), CHUNK, one, threshold, _np(du), _np(ddelta), _np(dAt), _np(dBbuf),
+                     _np(dCbuf), _np(dDv), _np(dbias), _np(dz), _np(dh0t), W)
     if dpad != dim:
         du, ddelta, dz = du[:, :dim], ddelta[:, :dim], (dz[:, :dim] if z is not None else dz)
     dB = dBbuf.sum(0).transpose(-1, -2).contiguous()
