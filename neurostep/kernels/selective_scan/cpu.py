@@ -178,7 +178,8 @@ def _forward_kernel(u, delta, biasv, softplus, At, B, C, Dv, z, has_z, h0t, gs_b
     # ``w`` is W passed at run time, as in the backward (see there). ``mixed`` is None when every block
     # reads one B group and one C group (:func:`every_block_in_one_group`), else an empty array: numba
     # prunes the branches on ``mixed is None`` while typing, so each call compiles only its path
-    # (measured: the forward alone compiled in 50 s instead of 87 s under load).
+    # (first call from a cold cache, fp32, 2026-12-02: 19 s for the forward and 61 s for the backward,
+    # against 33 s and 114 s for both paths in one compilation).
     batch, dpad, length = u.shape
     n_state = At.shape[0]
     n_blocks = dpad // W
