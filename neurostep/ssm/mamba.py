@@ -127,42 +127,40 @@ class _SSMParams(nn.Module):
         return (getattr(self, f"conv1d{suffix}"), getattr(self, f"x_proj{suffix}"),
                 getattr(self, f"dt_proj{suffix}"), getattr(self, f"A{suffix}_log"), getattr(self, f"D{suffix}"))
 
-    def _ssm_scan(self, x: torch.Tensor, z: torch.Tensor, suffix: str, state: MambaState | None,
-                  want_state: bool = True) -> tuple[torch.Tensor, MambaState | None]:
+    def _ssm_scan(self, x: torch.Tensor, z: torch.Tensor, suffix: str, state: MambaState | None
+                  ) -> tuple[torch.Tensor, MambaState]:
         """Conv + selective scan of one direction over a chunk.
 
         x, z: ``(B, Di, L)`` (x before the conv). Returns ``y (B, Di, L)`` (gated by silu(z))
-        and the state after the chunk (None without ``want_state``: a plain forward pass skips
-        assembling it).
+        and the state after the chunk.
         """
         conv, _, _, A_log, D = self._direction(suffix)
+        batch, d_inner, length = x.shape
         width = conv.weight.shape[-1]
         cdtype = compute_dtype(x.dtype)
-        history = None if state is None else state.conv_state
-        init_h = None if state is None else state.ssm_state
-        xc, _ = causal_conv1d(x, conv.weight[:, 0, :], conv.bias, "silu",
-                              initial_state=None if history is None else history[..., 1:].to(x.dtype),
-                              backend=self.backend)
-        y, last = self._ssm_core(xc, z, suffix, init_h, want_state)
-        if not want_state:
-            return y, None
-        if history is None:
-            history = x.new_zeros(x.shape[0], x.shape[1], width, dtype=cdtype)
+        if state is None:
+            history = x.new_zeros(batch, d_inner, width, dtype=cdtype)
+            init_h = None
+        else:
+            history, init_h = state.conv_state, state.ssm_state
         # The next chunk's conv needs the last d_conv inputs seen so far.
         new_conv = torch.cat([history.to(cdtype), x[..., -width:].to(cdtype)], dim=-1)[..., -width:]
+        xc, _ = causal_conv1d(x, conv.weight[:, 0, :], conv.bias, "silu",
+                              initial_state=None if state is None else history[..., 1:].to(x.dtype),
+                              backend=self.backend)
+        y, last = self._ssm_core(xc, z, suffix, init_h)
         return y, MambaState(new_conv, last)
 
-    def _ssm_core(self, xc: torch.Tensor, z: torch.Tensor, suffix: str, init_h: torch.Tensor | None,
-                  want_state: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """The state space model on the conv output ``xc (B, Di, L)``: ``y`` gated by silu(z), and the last
-        state (None without ``want_state``)."""
+    def _ssm_core(self, xc: torch.Tensor, z: torch.Tensor, suffix: str, init_h: torch.Tensor | None
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The state space model on the conv output ``xc (B, Di, L)``: ``y`` gated by silu(z), and the last state."""
         _, _, _, A_log, D = self._direction(suffix)
         delta, Bm, Cm, delta_bias = self._scan_coefficients(xc, suffix)
         # Parameters enter in the compute dtype: fp32 for half-precision models, fp64 for fp64 ones.
         cdtype = compute_dtype(xc.dtype)
         A = -torch.exp(A_log.to(cdtype))
         return selective_scan(xc, delta, A, Bm, Cm, D.to(cdtype), z, delta_bias=delta_bias, delta_softplus=True,
-                              initial_state=init_h, output_final_state=want_state, backend=self.backend)
+                              initial_state=init_h, output_final_state=True, backend=self.backend)
 
     def _scan_coefficients(self, xc: torch.Tensor, suffix: str
                            ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -277,12 +275,8 @@ class Mamba(_SSMParams, Recurrent):
         x = self._check_input(x, 3)
         if state is not None:
             self._check_state(state, x.shape[0], x.device)
-        return self._scan(x, state, want_state=True)
-
-    def _scan(self, x: torch.Tensor, state: MambaState | None, want_state: bool
-              ) -> tuple[torch.Tensor, MambaState | None]:
         xs, z = self._in_proj_channels_first(x)
-        y, new_state = self._ssm_scan(xs, z, "", state, want_state)
+        y, new_state = self._ssm_scan(xs, z, "", state)
         return self.out_proj(y.transpose(1, 2).to(x.dtype)), new_state
 
     def _in_proj_channels_first(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -310,7 +304,7 @@ class Mamba(_SSMParams, Recurrent):
 
     def forward(self, x: torch.Tensor, grid_size: tuple[int, int] | None = None) -> torch.Tensor:
         """Drop-in mixer: ``(B, N, C) -> (B, N, C)``, causal over the N tokens (grid_size unused)."""
-        return self._scan(self._check_input(x, 3), None, want_state=False)[0]
+        return self.scan(x)[0]
 
     def decode_step_(self, x_t: torch.Tensor, state: MambaState, A: torch.Tensor,
                      weights: MambaLayerDecodeWeights | None = None) -> torch.Tensor:
@@ -403,10 +397,10 @@ class MambaLTI(Mamba):
         """``delta`` is 0 before the bias (``softplus(dt_bias)`` for every token); ``B, C`` are ``(Di, N)``."""
         return torch.zeros_like(xc), self.B, self.C, self.dt_bias.to(compute_dtype(xc.dtype))
 
-    def _ssm_core(self, xc: torch.Tensor, z: torch.Tensor, suffix: str, init_h: torch.Tensor | None,
-                  want_state: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def _ssm_core(self, xc: torch.Tensor, z: torch.Tensor, suffix: str, init_h: torch.Tensor | None
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
         if self.mode == "scan":
-            return super()._ssm_core(xc, z, suffix, init_h, want_state)
+            return super()._ssm_core(xc, z, suffix, init_h)
         cdtype = compute_dtype(xc.dtype)
         u = xc.to(cdtype)
         length = u.shape[-1]
@@ -420,12 +414,11 @@ class MambaLTI(Mamba):
         y = torch.fft.irfft(torch.fft.rfft(u, n=size) * torch.fft.rfft(kernel, n=size), n=size)[..., :length]
         y = y + self.D.to(cdtype)[:, None] * u
         # h_L = sum_s exp((L-1-s) dt A) dt B u_s (+ exp(L dt A) h_0), and h_0 reaches y_l as exp((l+1) dt A) h_0
-        last = torch.einsum("dnt,bdt->bdn", decay.flip(-1) * dtB[..., None], u) if want_state else None
+        last = torch.einsum("dnt,bdt->bdn", decay.flip(-1) * dtB[..., None], u)
         if init_h is not None:
             h0 = init_h.to(cdtype)
             y = y + torch.einsum("dn,dnt,bdn->bdt", self.C.to(cdtype), decay * torch.exp(dA)[..., None], h0)
-            if last is not None:
-                last = last + torch.exp(dA * length) * h0
+            last = last + torch.exp(dA * length) * h0
         if z is not None:
             y = y * F.silu(z.to(cdtype))
         return y.to(xc.dtype), last

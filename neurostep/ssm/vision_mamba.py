@@ -65,16 +65,12 @@ class BidirectionalMamba(Mamba):
         if state is not None:
             raise ValueError("BidirectionalMamba.scan cannot resume from a state: its backward direction reads the "
                              "whole sequence from the end; pass state=None, or use scan_direction per direction")
-        return self._scan(self._check_input(x, 3), None, want_state=True)
-
-    def _scan(self, x: torch.Tensor, state: None, want_state: bool
-              ) -> tuple[torch.Tensor, BidirectionalMambaState | None]:
+        x = self._check_input(x, 3)
         xs, z = self._in_proj_channels_first(x)
-        y_f, st_f = self._ssm_scan(xs, z, "", None, want_state)
-        y_b, st_b = self._ssm_scan(xs.flip(-1), z.flip(-1), "_b", None, want_state)
+        y_f, st_f = self._ssm_scan(xs, z, "", None)
+        y_b, st_b = self._ssm_scan(xs.flip(-1), z.flip(-1), "_b", None)
         y = (y_f + y_b.flip(-1)) / 2
-        return self.out_proj(y.transpose(1, 2).to(x.dtype)), (BidirectionalMambaState(st_f, st_b) if want_state
-                                                               else None)
+        return self.out_proj(y.transpose(1, 2).to(x.dtype)), BidirectionalMambaState(st_f, st_b)
 
     def step(self, x_t: torch.Tensor, state: MambaState) -> tuple[torch.Tensor, MambaState]:
         raise NotImplementedError(
@@ -85,7 +81,7 @@ class BidirectionalMamba(Mamba):
 
     def forward(self, x: torch.Tensor, grid_size: tuple[int, int] | None = None) -> torch.Tensor:
         """Drop-in mixer: ``(B, N, C) -> (B, N, C)`` (grid_size unused)."""
-        return self._scan(self._check_input(x, 3), None, want_state=False)[0]
+        return self.scan(x)[0]
 
     def decode_step_(self, x_t: torch.Tensor, state: MambaState, A: torch.Tensor) -> torch.Tensor:
         # Mamba's causal decode path would silently run only the forward direction.
