@@ -240,6 +240,12 @@ def _row_dots(qc, dq, kc, dk, ebl, r_q, r_k):
             r_k[m, t] = ak
 
 
+@numba.njit(inline="always")
+def _block_coords(m, n, H):
+    """Batch row, head and chunk of block ``m`` of the head-major ``(B * H * n, C, D)`` layout."""
+    return m // (n * H), (m // n) % H, m % n
+
+
 @numba.njit(parallel=True, cache=True)
 def _gather(x, out, scaled, factor, has_scaled):
     """``x (B, L, H, D)`` -> head-major blocks ``out (B * H * n, C, D)`` (block ``(b, h, j)`` holds tokens
@@ -250,9 +256,7 @@ def _gather(x, out, scaled, factor, has_scaled):
     n = M // (B * H)
     zero = out.dtype.type(0)
     for m in numba.prange(M):
-        j = m % n
-        h = (m // n) % H
-        bi = m // (n * H)
+        bi, h, j = _block_coords(m, n, H)
         for c in range(C):
             t = j * C + c
             orow = out[m, c]
@@ -280,9 +284,7 @@ def _scatter(a, factor, has_factor, c, has_c, out):
     n = M // (B * H)
     one = a.dtype.type(1)
     for m in numba.prange(M):
-        j = m % n
-        h = (m // n) % H
-        bi = m // (n * H)
+        bi, h, j = _block_coords(m, n, H)
         for t in range(min(C, L - j * C)):
             arow = a[m, t]
             crow = c[m, t]
