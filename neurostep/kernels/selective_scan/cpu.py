@@ -25,6 +25,8 @@ group into one buffer per thread (``numba.get_thread_id``), summed afterwards: n
 
 from __future__ import annotations
 
+import functools
+
 import numba
 import numpy as np
 import torch
@@ -49,11 +51,12 @@ def _group(d, group_size, groups):
     return g if g < groups else groups - 1  # padded channels read the last group (their inputs are 0)
 
 
+@functools.lru_cache(maxsize=64)
 def every_block_in_one_group(dim: int, groups_b: int, groups_c: int) -> bool:
     """Whether each block of ``W`` channels (padded ones included) reads a single B group and a single
     C group: then B[n] and C[n] are one value per step for the whole block, and the kernels compile
     only that path (the ``mixed`` argument is None). True for one group, and for groups of a multiple
-    of W channels."""
+    of W channels. Cached: every kernel call asks, with the few layouts a model has."""
     dpad = -(-dim // W) * W
     gs_b, gs_c = dim // groups_b, dim // groups_c
 
