@@ -196,7 +196,7 @@ def test_benchmark_page_and_readme_rows_from_a_result(tmp_path: Path) -> None:
     readme = (ROOT / "README.md").read_text(encoding="utf-8")
     updated = hook.updated_readme(readme, tmp_path)
     row = ("| LIF neuron, forward+backward ([`neurons.py`](benchmarks/neurons.py)) | T=32 | 1.00 ms | "
-           "spikingjelly 2.0 5.00x | 2026-12-01, Intel Xeon, 2 cores |")
+           "spikingjelly 2.0 5.00x | 2026-12-01, Intel Xeon, 2 cores, load 0.50 |")
     assert row in updated
     assert updated.count("(benchmarks/neurons.py)") == 1          # the stored result replaced the old row
     assert updated.count("(benchmarks/ssm.py)") == readme.count("(benchmarks/ssm.py)")   # others kept

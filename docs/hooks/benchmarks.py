@@ -102,6 +102,14 @@ def describe_run(data: dict[str, Any]) -> str:
     return "; ".join(parts) + "."
 
 
+def load_short(data: dict[str, Any]) -> str:
+    """``"load 0.50"``: the 1-minute load average before the run (a loaded machine slows some contenders
+    more than others, so a ratio is read with it)."""
+    load = data.get("load") if isinstance(data.get("load"), dict) else {}
+    before = load.get("before")
+    return f"load {float(before[0]):.2f}" if isinstance(before, list) and before else "load not recorded"
+
+
 def _cell(value: Any) -> str:
     return str(value).replace("|", "\\|").replace("\n", " ")
 
@@ -146,7 +154,7 @@ def summary_rows(results_dir: Path = RESULTS_DIR) -> dict[str, list[str]]:
     for f in result_files(results_dir):
         data = load(f)
         rows = data.get("summary") or []
-        run = f"{run_date(data)}, {machine_short(data)}"
+        run = f"{run_date(data)}, {machine_short(data)}, {load_short(data)}"
         link = f"[`{f.stem}.py`](benchmarks/{f.stem}.py)"
         out[f.stem] = [
             "| " + " | ".join([f"{_cell(r['benchmark'])} ({link})", _cell(r["workload"]), _cell(r["neurostep"]),

@@ -69,10 +69,10 @@ from neurostep.kernels.numba_launch import serialized
 
 CHUNK_SIZE = 64
 """Tokens per chunk. ``benchmarks/decayed_linear_attention.py`` on the development machine (2-core Xeon,
-AVX-512, 2 torch threads, 2026-12-02 07:58 UTC, load average 2.4 to 3.6: another job shared the machine)
-measured forward+backward at B=1, H=24, K=128, V=64, L=2048, fp32 in 141 ms (258 ms of CPU time) with
-chunks of 64, 192 ms (296) with 32 and 183 ms (288) with 128, medians of 7 (transformers' chunk scan at
-its default chunk of 256: 689 ms, 1172 ms of CPU time, in the same run). The version before this one,
+AVX-512, 2 torch threads, 2026-12-02 10:10 UTC, load average 1.4 to 1.6) measured forward+backward at
+B=1, H=24, K=128, V=64, L=2048, fp32 in 150 ms (279 ms of CPU time) with chunks of 64, 187 ms (332) with
+32 and 171 ms (323) with 128, medians of 7 (transformers' chunk scan at its default chunk of 256: 666 ms,
+1211 ms of CPU time, in the same run). The version before this one,
 which recomputed the chunk states and scores in the backward and copied with torch, took 202 ms (372)
 at load 0.7 to 1.5. Smaller chunks do fewer multiply-adds in the masked products (``C (K + V)`` per
 token) but run them as smaller matrix products at a lower rate, and write more chunk states."""
