@@ -1,11 +1,18 @@
 """CPU kernels called from several Python threads at once, under every numba threading layer."""
 
+import io
+import logging
 import os
 import subprocess
 import sys
 from pathlib import Path
 
+import numba
+import numpy as np
 import pytest
+from numba.core import event as numba_event
+
+from neurostep.kernels.numba_launch import CompileNotice, LaunchGuard
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -47,3 +54,68 @@ def test_kernels_from_several_threads_do_not_abort(layer):
     assert done.returncode == 0, done.stdout + done.stderr
     if layer != "default":
         assert f"layer {layer}" in done.stdout
+
+
+class _Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def _fresh_kernels():
+    """Two new numba functions (compiled on their first call in this test): ``outer`` calls ``inner``."""
+    @numba.njit
+    def inner(x):
+        return x * 2.0
+
+    @numba.njit
+    def outer(x):
+        return inner(x).sum()
+
+    return inner, outer
+
+
+def test_compile_notice_reports_the_outermost_compile_on_a_terminal():
+    inner, outer = _fresh_kernels()
+    out = _Terminal()
+    with numba_event.install_listener("numba:compile", CompileNotice(prefix=outer.py_func.__module__, stream=out)):
+        outer(np.ones(4, dtype=np.float32))
+        outer(np.ones(4, dtype=np.float32))          # cached in the process: no compile, no line
+    lines = out.getvalue().splitlines()
+    assert len(lines) == 2, lines                     # inner compiled inside outer's compile: not reported
+    assert "compiling" in lines[0] and "outer" in lines[0] and "(float32)" in lines[0]
+    assert "compiled" in lines[1] and "outer" in lines[1] and lines[1].endswith(" s")
+
+
+def test_compile_notice_logs_instead_when_not_on_a_terminal(caplog):
+    _, outer = _fresh_kernels()
+    out = io.StringIO()
+    with caplog.at_level(logging.INFO, logger="neurostep.kernels"):
+        with numba_event.install_listener("numba:compile",
+                                          CompileNotice(prefix=outer.py_func.__module__, stream=out)):
+            outer(np.ones(3))
+    assert out.getvalue() == ""
+    messages = [r.getMessage() for r in caplog.records if r.name == "neurostep.kernels"]
+    assert len(messages) == 2 and "compiling" in messages[0] and "(float64)" in messages[0]
+
+
+def test_compile_notice_ignores_other_modules():
+    _, outer = _fresh_kernels()
+    out = _Terminal()
+    with numba_event.install_listener("numba:compile", CompileNotice(prefix="neurostep.", stream=out)):
+        outer(np.ones(3))
+    assert out.getvalue() == ""
+
+
+def test_the_first_launch_registers_the_compile_notice():
+    guard = LaunchGuard()
+    launch = guard(lambda: 1)
+    assert guard._notice is None                      # nothing registered at construction (import)
+    try:
+        assert launch() == 1
+        assert isinstance(guard._notice, CompileNotice)
+        notice = guard._notice
+        launch()
+        assert guard._notice is notice                # registered once
+    finally:
+        if guard._notice is not None:
+            numba_event.unregister("numba:compile", guard._notice)
