@@ -198,7 +198,20 @@ def known_results(run_dir: str | Path, records: list[dict[str, Any]] | None = No
     records = ResultStore(run_dir).load() if records is None else records
     plan = read_plan(run_dir)
     rows = mixer_rows(records, set(plan.get("config_hashes", [])) or None)
-    return judge(FINDINGS, summary_table(rows, _task_bases(plan, records)))
+    return judge(FINDINGS, _in_plan_order(summary_table(rows, _task_bases(plan, records)), plan))
+
+
+def _in_plan_order(table: dict, plan: dict[str, Any]) -> dict:
+    """Each task's blocks in the order the experiment lists them (blocks it does not list after them,
+    by name): the records come in the order parallel runs happened to finish, which differs from run
+    to run, and a table that reorders its rows between two identical runs reads as a change."""
+    listed = {info.get("task", label): list(info.get("blocks", []))
+              for label, info in plan.get("tasks", {}).items() if info.get("task", label) == label}
+    out = {}
+    for task, blocks in table.items():
+        rank = {b: i for i, b in enumerate(listed.get(task, []))}
+        out[task] = dict(sorted(blocks.items(), key=lambda kv: (rank.get(kv[0], len(rank)), kv[0])))
+    return out
 
 
 def _mixer_report(run_dir: Path, out_dir: Path, records: list[dict[str, Any]]) -> list[str]:

@@ -4,7 +4,7 @@ import math
 import pytest
 
 from neurostep.experiment.findings import FINDINGS, Finding, judge
-from neurostep.experiment.report import dedupe, mean_ci, mixer_rows, pareto_front, write_report
+from neurostep.experiment.report import dedupe, known_results, mean_ci, mixer_rows, pareto_front, write_report
 from neurostep.experiment.results import ResultStore
 
 
@@ -125,3 +125,20 @@ def test_scaling_plot_for_a_sweep(tmp_path):
 def test_report_without_results(tmp_path):
     with pytest.raises(FileNotFoundError, match="no results"):
         write_report(tmp_path)
+
+
+def test_known_results_follow_the_experiments_block_order(tmp_path):
+    """Two runs that finished their runs in different orders give the same known-results table."""
+    blocks = ["softmax_attention", "vim", "mamba", "spikformer_ssa"]
+    plan = {"experiment": "x", "config_hashes": ["h"], "tasks": {"digits": {"task": "digits", "blocks": blocks}}}
+    orders = []
+    for finish in (blocks, blocks[::-1] + ["crate_mssa"]):
+        run_dir = tmp_path / f"run{len(orders)}"
+        store = ResultStore(run_dir)
+        for block in finish:
+            for seed in (0, 1, 2):
+                store.append(_rec(block, seed, 0.95))
+        (run_dir / "plan.json").write_text(json.dumps(plan))
+        orders.append([v.block for v in known_results(run_dir) if v.finding.reference is None])
+    assert orders[0] == blocks
+    assert orders[1] == blocks + ["crate_mssa"]           # a block the plan does not list comes last
