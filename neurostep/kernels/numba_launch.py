@@ -86,12 +86,15 @@ class LaunchGuard:
         self._lock = threading.Lock()
         self._layer: str | None = None
         self._notice: CompileNotice | None = None
+        self._notice_lock = threading.Lock()
 
     def watch_compiles(self) -> None:
-        """Register the compile notice with numba (once; at the first launch, not at import)."""
-        if self._notice is None:
-            self._notice = CompileNotice()
-            numba_event.register("numba:compile", self._notice)
+        """Register the compile notice with numba (once, even when several threads launch first; at the
+        first launch, not at import)."""
+        with self._notice_lock:
+            if self._notice is None:
+                self._notice = CompileNotice()
+                numba_event.register("numba:compile", self._notice)
 
     def needs_lock(self) -> bool:
         if self._layer is None:

@@ -5,6 +5,8 @@ import logging
 import os
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 import numba
@@ -12,6 +14,7 @@ import numpy as np
 import pytest
 from numba.core import event as numba_event
 
+from neurostep.kernels import numba_launch
 from neurostep.kernels.numba_launch import CompileNotice, LaunchGuard
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -119,3 +122,28 @@ def test_the_first_launch_registers_the_compile_notice():
     finally:
         if guard._notice is not None:
             numba_event.unregister("numba:compile", guard._notice)
+
+
+def test_threads_launching_first_register_one_notice(monkeypatch):
+    registered = []
+
+    class SlowNotice(CompileNotice):     # a wide window between the check and the registration
+        def __init__(self) -> None:
+            time.sleep(0.05)
+            super().__init__()
+
+    monkeypatch.setattr(numba_launch, "CompileNotice", SlowNotice)
+    monkeypatch.setattr(numba_event, "register", lambda kind, listener: registered.append((kind, listener)))
+    guard = LaunchGuard()
+    start = threading.Barrier(4)
+
+    def first_launch():
+        start.wait()
+        guard(lambda: None)()
+
+    threads = [threading.Thread(target=first_launch) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert registered == [("numba:compile", guard._notice)]
