@@ -45,10 +45,14 @@ def saved_shape(batch: int, dim: int, length: int, d_state: int) -> tuple[int, .
     return (batch, -(-length // CHUNK), d_state, -(-dim // W) * W)
 
 
-@numba.njit(inline="always")
-def _group(d, group_size, groups):
+def group_of(d: int, group_size: int, groups: int) -> int:
+    """The B/C group that channel ``d`` reads; padded channels read the last group (their inputs are 0).
+    Plain Python, so that :func:`every_block_in_one_group` asks the same rule the kernels use."""
     g = d // group_size
-    return g if g < groups else groups - 1  # padded channels read the last group (their inputs are 0)
+    return g if g < groups else groups - 1
+
+
+_group = numba.njit(inline="always")(group_of)
 
 
 @functools.lru_cache(maxsize=64)
@@ -59,12 +63,8 @@ def every_block_in_one_group(dim: int, groups_b: int, groups_c: int) -> bool:
     of W channels. Cached: every kernel call asks, with the few layouts a model has."""
     dpad = -(-dim // W) * W
     gs_b, gs_c = dim // groups_b, dim // groups_c
-
-    def group(d: int, size: int, groups: int) -> int:
-        return min(d // size, groups - 1)
-
-    return all(group(d0, gs_b, groups_b) == group(d0 + W - 1, gs_b, groups_b)
-               and group(d0, gs_c, groups_c) == group(d0 + W - 1, gs_c, groups_c) for d0 in range(0, dpad, W))
+    return all(group_of(d0, gs_b, groups_b) == group_of(d0 + W - 1, gs_b, groups_b)
+               and group_of(d0, gs_c, groups_c) == group_of(d0 + W - 1, gs_c, groups_c) for d0 in range(0, dpad, W))
 
 
 @numba.njit(inline="always")
