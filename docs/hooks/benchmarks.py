@@ -86,13 +86,18 @@ def _loads(values: Any) -> str:
     return " / ".join(f"{float(v):.2f}" for v in values)
 
 
+def _load_record(data: dict[str, Any]) -> dict[str, Any]:
+    """The result's ``load`` record (``before`` and ``after`` load averages), or {} if it has none."""
+    return data.get("load") if isinstance(data.get("load"), dict) else {}
+
+
 def describe_run(data: dict[str, Any]) -> str:
     """One line: when, on what, with which versions, under what load."""
     date = str(data.get("date") or "")
     when = f"{date[:10]} {date[11:16]} UTC" if re.match(r"\d{4}-\d\d-\d\dT\d\d:\d\d", date) else "date not recorded"
     machine = data.get("machine") if isinstance(data.get("machine"), dict) else {}
     versions = ", ".join(f"{k} {machine[k]}" for k in ("python", "torch", "numba") if machine.get(k))
-    load = data.get("load") if isinstance(data.get("load"), dict) else {}
+    load = _load_record(data)
     parts = [f"**{when}**", machine_short(data)]
     if machine.get("platform"):
         parts.append(f"`{machine['platform']}`")
@@ -105,8 +110,7 @@ def describe_run(data: dict[str, Any]) -> str:
 def load_short(data: dict[str, Any]) -> str:
     """``"load 0.50"``: the 1-minute load average before the run (a loaded machine slows some contenders
     more than others, so a ratio is read with it)."""
-    load = data.get("load") if isinstance(data.get("load"), dict) else {}
-    before = load.get("before")
+    before = _load_record(data).get("before")
     return f"load {float(before[0]):.2f}" if isinstance(before, list) and before else "load not recorded"
 
 
