@@ -18,8 +18,8 @@ lie in ``[exp(-60), exp(60)]``: no overflow, no denormals, a few ulp from the si
 
 The forward's ``saved`` tensor holds the chunked copies of q, k and v (autograd then holds them instead
 of q, k and v), the masked scores ``P = (Q K^T) * scale M`` of every chunk and the state entering every
-chunk, so the backward recomputes neither the states nor the scores (2 of the 10 products of the earlier
-version, which recomputed them), for ``C^2 + K V`` more saved elements per chunk and head (at
+chunk, so the backward recomputes neither the states nor the scores (2 of the 10 products a recomputing
+backward runs), for ``C^2 + K V`` more saved elements per chunk and head (at
 the benchmark size 100 MB saved instead of 63 MB). With ``dO`` the output gradient, ``dS`` the gradient
 of the state leaving a chunk and the scale folded into ``M`` and ``exp(b)``::
 
@@ -72,10 +72,10 @@ CHUNK_SIZE = 64
 AVX-512, 2 torch threads, 2026-12-02 10:10 UTC, load average 1.4 to 1.6) measured forward+backward at
 B=1, H=24, K=128, V=64, L=2048, fp32 in 150 ms (279 ms of CPU time) with chunks of 64, 187 ms (332) with
 32 and 171 ms (323) with 128, medians of 7 (transformers' chunk scan at its default chunk of 256: 666 ms,
-1211 ms of CPU time, in the same run). The version before this one,
-which recomputed the chunk states and scores in the backward and copied with torch, took 202 ms (372)
-at load 0.7 to 1.5. Smaller chunks do fewer multiply-adds in the masked products (``C (K + V)`` per
-token) but run them as smaller matrix products at a lower rate, and write more chunk states."""
+1211 ms of CPU time, in the same run). A backward that recomputes the chunk states and scores, with
+the layout copies done by torch, measured 202 ms (372) at load 0.7 to 1.5 on the same machine. Smaller
+chunks do fewer multiply-adds in the masked products (``C (K + V)`` per token) but run them as smaller
+matrix products at a lower rate, and write more chunk states."""
 FLOOR = -60.0
 """Exponents are clamped here before the exp (see the module docstring)."""
 
