@@ -12,9 +12,9 @@ channels), ``G`` groups of ``B`` and ``C`` and state size ``N``::
     out        = out_proj(RMSNormGated(y, z))           # or y * silu(z) without the norm
 
 Head ``h`` reads group ``h // (H / G)`` of ``B`` and ``C``. The scan is the shared op
-:func:`~neurostep.kernels.decayed_linear_attention.decayed_linear_attention` with ``q = C``,
-``k = B``, ``v = dt * x``, ``log_decay = dt * A`` and ``scale = 1``; the one-token step is the same
-recurrence written out.
+:func:`~neurostep.kernels.decayed_linear_attention.decayed_linear_attention` with ``q = C``, ``k = B``
+(left in their ``G`` groups, which the op shares between heads), ``v = dt * x``, ``log_decay = dt * A``
+and ``scale = 1``; the one-token step is the same recurrence written out.
 
 ``Mamba2LM`` stacks such layers as mamba-ssm's ``MambaLMHeadModel`` does (pre-norm RMSNorm
 residual blocks, fp32 residual stream, final RMSNorm) and builds itself from a Hugging Face
@@ -288,8 +288,9 @@ class Mamba2(Recurrent):
         new_conv = torch.cat([history, xbc[:, -width:].transpose(1, 2).to(cdtype)], dim=-1)[..., -width:]
         xbc = self._conv_tokens(xbc.to(cdtype), history[..., 1:])                   # (B, L, conv_dim)
         xs = xbc[..., :di].reshape(batch, length, h, p)
-        Bm = self._heads(xbc[..., di:di + g * n].reshape(batch, length, g, n))
-        Cm = self._heads(xbc[..., di + g * n:].reshape(batch, length, g, n))
+        # B and C stay in their G groups: the op forms C B^T once per group, not once per head
+        Bm = xbc[..., di:di + g * n].reshape(batch, length, g, n)
+        Cm = xbc[..., di + g * n:].reshape(batch, length, g, n)
         dt = self._dt(dt, cdtype)                                                   # (B, L, H)
         A = -torch.exp(self.A_log.to(cdtype))
         o, last = _ssd()(Cm, Bm, xs * dt[..., None], dt * A, scale=1.0,

@@ -92,6 +92,29 @@ def test_gradcheck(backend, const):
                                     [t.detach().requires_grad_() for t in (q, k, v, ld)])
 
 
+def grouped(q, k, groups):
+    """The first ``groups`` heads of q and k, as the groups the heads share."""
+    return q[:, :, :groups].contiguous(), k[:, :, :groups].contiguous()
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("H,G,L,chunk_size", [(6, 2, 11, 4), (4, 1, 37, 16), (4, 1, 5, 1), (2, 1, 9, None)])
+def test_groups_of_q_and_k_match_their_copies_per_head(backend, H, G, L, chunk_size):
+    # Mamba-2's ngroups: head h reads group h // (H / G); the gradient of a group sums its heads'
+    q, k, v, ld, h0 = make(B=2, L=L, H=H, seed=L + G)
+    qg, kg = grouped(q, k, G)
+    rep = H // G
+    want = run(qg.repeat_interleave(rep, 2), kg.repeat_interleave(rep, 2), v, ld, h0, "reference")
+    got = run(qg, kg, v, ld, h0, backend, chunk_size=chunk_size)
+    want[2:4] = [x.view(2, L, G, rep, -1).sum(3) for x in want[2:4]]
+    for x, y in zip(got, want):
+        assert x.shape == y.shape
+        torch.testing.assert_close(x, y, rtol=1e-10, atol=1e-10)
+    assert torch.autograd.gradcheck(
+        lambda *t: dla(*t[:4], initial_state=t[4], output_final_state=True, chunk_size=3, backend=backend),
+        [t.detach()[:1, :6].clone().requires_grad_() for t in (qg, kg, v, ld)] + [h0[:1].clone().requires_grad_()])
+
+
 @pytest.mark.parametrize("backend", ["reference", *BACKENDS])
 @pytest.mark.parametrize("const", [False, True])
 def test_two_calls_with_the_state_carried_equal_one_run(backend, const):
@@ -208,6 +231,14 @@ def test_cost_formula_and_opcheck():
                               (*leaves, 0.5, 4, backend))
         torch.library.opcheck(torch.ops.neurostep.decayed_linear_attention_forward.default,
                               (*leaves[:4], None, 1.0, 3, backend))
+    # one group of q and k for the 3 heads: Q K^T counted once per chunk, not per head
+    qg, kg = grouped(q, k, 1)
+    cost = COSTS.get("neurostep::decayed_linear_attention_forward")((qg, kg, v, ld, h0, 0.5, 4, "cpu"), {}, None)
+    assert cost.macs == B * n * 4 * 4 * K + B * H * n * (4 * 4 * V + 2 * 4 * K * V)
+    for backend in ("reference", *BACKENDS):
+        leaves = [t.clone().requires_grad_() for t in (qg, kg, v, ld, h0)]
+        torch.library.opcheck(torch.ops.neurostep.decayed_linear_attention_forward.default,
+                              (*leaves, 0.5, 4, backend))
 
 
 def test_counted_on_the_meta_device():
@@ -239,7 +270,10 @@ def test_bad_input_raises_clear_errors():
     cases = [
         (ValueError, r"q must have 4 dims", dict(q=q[0])),
         (ValueError, r"k must have the shape of q \(B, L, H, K\) = \(2, 5, 3, 4\)", dict(k=k[:, :4])),
-        (ValueError, r"v must have shape \(B, L, H, V\) = \(2, 5, 3, V\)", dict(v=v[:, :, :2])),
+        (ValueError, r"v must have shape \(B, L, H, V\) = \(2, 5, H, V\) with H a multiple of q's 3 heads",
+         dict(v=v[:, :, :2])),
+        (ValueError, r"with H a multiple of q's 2 heads \(groups\)", dict(q=q[:, :, :2], k=k[:, :, :2])),
+        (ValueError, r"v must have shape", dict(v=v[:, :4])),
         (ValueError, r"v must have 4 dims", dict(v=v[0])),
         (TypeError, r"k must have the dtype of q", dict(k=k.double())),
         (TypeError, r"v must have dtype in", dict(v=v.int())),

@@ -37,6 +37,16 @@ def test_triton_matches_reference(const, dtype, shape, chunk_size, with_h0):
         torch.testing.assert_close(x.double(), y, rtol=tol, atol=tol)
 
 
+def test_triton_groups_of_q_and_k():
+    q, k, v, ld, h0 = make(B=2, L=21, H=4, K=5, V=3, seed=5)
+    qg, kg = q[:, :, :2].contiguous(), k[:, :, :2].contiguous()
+    want = run(qg, kg, v, ld, h0, "reference")
+    got = run(qg, kg, v, ld, h0, "triton", chunk_size=16)
+    for x, y in zip(got, want):
+        assert x.shape == y.shape
+        torch.testing.assert_close(x, y, rtol=1e-10, atol=1e-10)
+
+
 def test_triton_state_chaining_and_strong_decays():
     q, k, v, _, h0 = make(B=1, L=24, H=2, K=4, V=3, seed=2)
     ld = torch.full((1, 24, 2), -40.0, dtype=torch.float64)

@@ -48,17 +48,23 @@ def _forward(impl, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: torch.T
 
 
 def _forward_fake(q, k, v, g, h0, scale, chunk_size, *, backend):
-    B, _, H, K = q.shape
+    B, K, H = q.shape[0], q.shape[-1], v.shape[2]
     # the backend module is imported by name: the fake runs on meta tensors, where no backend is "available"
     module = importlib.import_module(f"{__name__}.{backend}")
     return (v.new_empty(v.shape), q.new_empty(B, H, K, v.shape[-1]),
             q.new_empty(module.saved_numel(tuple(q.shape), tuple(v.shape), chunk_size)))
 
 
+def _shape_only(t: torch.Tensor) -> torch.Tensor:
+    """A tensor with no elements that keeps ``t``'s leading dims: ``(..., 0)``."""
+    return t.new_empty(*t.shape[:-1], 0)
+
+
 def _save(args, outputs):
     saved = outputs[2]
     if saved.numel():   # the backend keeps its own copies of q, k and v: autograd holds them once
-        return None, None, None, args["g"], args["h0"], outputs[1], saved
+        return (_shape_only(args["q"]), _shape_only(args["k"]), _shape_only(args["v"]), args["g"], args["h0"],
+                outputs[1], saved)
     return args["q"], args["k"], args["v"], args["g"], args["h0"], outputs[1], saved
 
 
@@ -72,9 +78,10 @@ def _backward(impl, call: BackwardCall):
 
 
 def _backward_fake(call: BackwardCall):
-    _, _, _, g, h0, final, _ = call.saved
+    q, _, _, g, h0, final, _ = call.saved
     K, V = final.shape[-2:]
-    return [g.new_empty(*g.shape, K), g.new_empty(*g.shape, K), g.new_empty(*g.shape, V), g.new_empty(g.shape),
+    return [g.new_empty(*q.shape[:-1], K), g.new_empty(*q.shape[:-1], K), g.new_empty(*g.shape, V),
+            g.new_empty(g.shape),
             None if h0 is None else h0.new_empty(h0.shape)]
 
 
@@ -85,17 +92,18 @@ def _cost(args, kwargs, out) -> OpCost:
     exps (the decay mask, ``exp(b)``, ``exp(b_C - b)``, ``exp(b_C)``); multiplies: the mask ``C^2``, the
     decayed ``q`` and ``k`` ``2 C K``, the scale ``C V`` and the state's decay ``K V``; adds: the cumulative
     sum ``C``, the two output terms ``C V`` and the state ``K V``; ``K V`` state elements written per
-    chunk. Bytes: q, k, v, g and the initial state read, o and the final state written."""
+    chunk. With ``G < H`` groups of q and k, ``Q K^T`` (``C^2 K``) is counted once per group and chunk.
+    Bytes: q, k, v, g and the initial state read, o and the final state written."""
     q, k, v, g, h0, _, chunk_size = args[:7]
-    B, L, H, K = q.shape
-    V = v.shape[-1]
+    B, L, G, K = q.shape
+    H, V = v.shape[-2:]
     C = max(1, min(int(chunk_size), L))
     n = -(-L // C)
     per_chunk = B * H * n
     size = q.element_size()
     state_bytes = float(B * H * K * V * size)
     return OpCost(
-        macs=float(per_chunk * (C * C * (K + V) + 2 * C * K * V)),
+        macs=float(B * G * n * C * C * K + per_chunk * (C * C * V + 2 * C * K * V)),
         exps=float(per_chunk * (C * C + 2 * C + 1)),
         muls=float(per_chunk * (C * C + 2 * C * K + C * V + K * V)),
         adds=float(per_chunk * (C + C * V + K * V)),
@@ -147,7 +155,9 @@ def decayed_linear_attention(
     state ``S`` a ``(K, V)`` matrix.
 
     Args:
-        q, k: ``(B, L, H, K)``, ``L >= 1``; fp16, bf16, fp32 or fp64 (one dtype for q, k and v).
+        q, k: ``(B, L, H, K)``, ``L >= 1``; fp16, bf16, fp32 or fp64 (one dtype for q, k and v). Or
+            ``(B, L, G, K)`` with ``G`` dividing ``H``: head ``h`` reads group ``h // (H / G)`` (Mamba-2's
+            ``ngroups`` of B and C); the cpu backend then forms ``Q K^T`` once per group.
         v: ``(B, L, H, V)``.
         log_decay: ``g``, finite and ``<= 0``: ``(B, L, H)`` one value per step and head (Mamba-2's
             ``dt * A``), or ``(H,)`` one constant per head (Lightning Attention-2, RetNet). Any float dtype.
@@ -167,15 +177,16 @@ def decayed_linear_attention(
         and the initial state, from ``o`` and from the final state.
     """
     q = check_tensor("q", q, ndim=4)
-    B, L, H, K = q.shape
+    B, L, G, K = q.shape
     device = q.device
     k = check_tensor("k", k, device=device)
     if k.shape != q.shape:
         raise ValueError(f"k must have the shape of q (B, L, H, K) = {tuple(q.shape)}, got {tuple(k.shape)}")
     v = check_tensor("v", v, ndim=4, device=device)
-    if v.shape[:3] != q.shape[:3]:
-        raise ValueError(f"v must have shape (B, L, H, V) = ({B}, {L}, {H}, V) to match q {tuple(q.shape)}, got "
-                         f"{tuple(v.shape)}")
+    if v.shape[:2] != q.shape[:2] or v.shape[2] == 0 or G == 0 or v.shape[2] % G:
+        raise ValueError(f"v must have shape (B, L, H, V) = ({B}, {L}, H, V) with H a multiple of q's {G} heads "
+                         f"(groups), got {tuple(v.shape)} for q {tuple(q.shape)}")
+    H = v.shape[2]
     for name, t in (("k", k), ("v", v)):
         if t.dtype != q.dtype:
             raise TypeError(f"{name} must have the dtype of q ({q.dtype}), got {t.dtype}")
@@ -188,7 +199,7 @@ def decayed_linear_attention(
                          f"{tuple(log_decay.shape)}")
     check_nonempty("q", q, 1, "tokens")
     V = v.shape[-1]
-    if K == 0 or V == 0 or H == 0:
+    if K == 0 or V == 0:
         raise ValueError(f"q and v need K, V and H >= 1, got q {tuple(q.shape)} and v {tuple(v.shape)}")
     if initial_state is not None:
         check_tensor("initial_state", initial_state, shape=(B, H, K, V), device=device)

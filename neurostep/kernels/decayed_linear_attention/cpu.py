@@ -44,14 +44,19 @@ blocks, zero-padded to ``n`` full chunks (padding tokens have ``g = 0``, so the 
 them unchanged), writing the scaled copies the products need (``V * exp(b_C - b)``, ``dO * scale
 exp(b)``) in the same pass; every product is then one ``bmm`` over all chunks of all heads. (Strided
 per-head views instead of copies were measured: ``bmm`` runs 1.5 to 3 times slower on them, and the 24
-times more calls each wake the thread pool.) The outputs go back with one kernel each that also adds
-the two products forming them (``o = scale exp(b) (Q S) + P V``, ``dV = exp(b_C - b) (K dS) + P^T dO``),
-so no separate elementwise pass runs over them. Chunk states live in one ``(B * H * n, K, V)`` buffer,
-slot ``j`` of each head the state entering chunk ``j``: one ``bmm`` writes every chunk's own
-contribution there and one numba pass turns them into the entering states in place; the backward's
-state gradients use the same scheme in reverse, with the same pass forming ``exp(b_C) <S, dS>``. The
-decay mask is never materialised: numba kernels apply it to the raw scores (forward) and to
-``dO V^T`` (backward, together with the ``W`` sums of the log-decay gradient).
+times more calls each wake the thread pool.) The outputs go back with one kernel each that also adds the
+two products forming them (``o = scale exp(b) (Q S) + P V``, ``dV = exp(b_C - b) (K dS) + P^T dO``), so
+no separate elementwise pass runs over them. When q and k come in ``G < H`` groups (Mamba-2's
+``ngroups``), every head still gets its block copy (the per-head products need them), but ``Q K^T`` runs
+once per group, and in the backward ``dP`` is summed over a group's heads before its two products with
+``K`` and ``Q`` (``dQ = sum_h dP_h K + ...``). At Mamba-2's sizes (chunks of 64, ``K = N = 128``,
+``V = P = 64``) these products are 29% of the multiply-adds of each pass; with one group for all heads
+they all but vanish. Chunk states live in one ``(B * H * n, K, V)`` buffer, slot ``j`` of each head the state
+entering chunk ``j``: one ``bmm`` writes every chunk's own contribution there and one numba pass turns
+them into the entering states in place; the backward's state gradients use the same scheme in reverse,
+with the same pass forming ``exp(b_C) <S, dS>``. The decay mask is never materialised: numba kernels
+apply it to the raw scores (forward) and to ``dO V^T`` (backward, together with the ``W`` sums of the
+log-decay gradient).
 
 Exponents are clamped at ``-60`` before the exp (``exp(-60) = 9e-27``, far below the resolution of any
 output, whose diagonal term has weight exactly 1): torch's vectorised exp and the products that follow
@@ -115,14 +120,21 @@ def _mask_factors(bm, e, f, floor):
 
 
 @numba.njit(parallel=True, cache=True)
-def _mask_scores(p, b, scale, floor):
-    """``p (M, C, C)`` in place: ``p_ij * scale * exp(b_i - b_j)`` for ``j <= i``, 0 above the diagonal."""
+def _mask_scores(raw, p, b, n, heads, groups, scale, floor):
+    """Head block ``m`` of ``p (M, C, C)`` (``M = B H n``, head-major, ``n`` chunks per head) becomes
+    ``raw_ij * scale * exp(b_i - b_j)`` for ``j <= i``, 0 above the diagonal, ``raw`` holding the scores of
+    each group's blocks (``(B G n, C, C)``; head ``h`` reads group ``h // (H / G)``). With one head per group
+    ``raw`` is ``p`` itself and the mask is applied in place."""
     M, C, _ = p.shape
+    rep = heads // groups
     for m in numba.prange(M):
         e = np.empty(C, dtype=p.dtype)
         f = np.empty(C, dtype=p.dtype)
         bm = b[m]
         split = _mask_factors(bm, e, f, floor)
+        if rep > 1:
+            bi, h, j = _block_coords(m, n, heads)
+            p[m] = raw[(bi * groups + h // rep) * n + j]
         for i in range(C):
             _mask_row(p[m, i], i, bm, e, f, split, scale, floor)
 
@@ -247,22 +259,24 @@ def _block_coords(m, n, H):
 
 
 @numba.njit(parallel=True, cache=True)
-def _gather(x, out, scaled, factor, has_scaled):
-    """``x (B, L, H, D)`` -> head-major blocks ``out (B * H * n, C, D)`` (block ``(b, h, j)`` holds tokens
-    ``j C .. j C + C - 1`` of head ``h``), zero-padded to ``n C`` tokens; with ``has_scaled`` also
-    ``scaled = out * factor`` (``factor (B * H * n, C)``, one value per token)."""
-    B, L, H, D = x.shape
+def _gather(x, out, heads, scaled, factor, has_scaled):
+    """``x (B, L, G, D)`` -> head-major blocks ``out (B * H * n, C, D)`` for ``H = heads`` (block ``(b, h, j)``
+    holds tokens ``j C .. j C + C - 1`` of group ``h // (H / G)``: with ``H = G`` each head its own),
+    zero-padded to ``n C`` tokens; with ``has_scaled`` also ``scaled = out * factor`` (``factor
+    (B * H * n, C)``, one value per token)."""
+    B, L, G, D = x.shape
     M, C, _ = out.shape
-    n = M // (B * H)
+    n = M // (B * heads)
+    rep = heads // G
     zero = out.dtype.type(0)
     for m in numba.prange(M):
-        bi, h, j = _block_coords(m, n, H)
+        bi, h, j = _block_coords(m, n, heads)
         for c in range(C):
             t = j * C + c
             orow = out[m, c]
             srow = scaled[m, c] if has_scaled else orow
             if t < L:
-                xrow = x[bi, t, h]
+                xrow = x[bi, t, h // rep]
                 for d in range(D):
                     orow[d] = xrow[d]
                 if has_scaled:
@@ -276,26 +290,34 @@ def _gather(x, out, scaled, factor, has_scaled):
 
 
 @numba.njit(parallel=True, cache=True)
-def _scatter(a, factor, has_factor, c, has_c, out):
-    """The inverse of :func:`_gather`, combining: ``out[b, t, h] = a * factor + c`` of block ``(b, h, j)``
-    (``factor`` one value per token; each term only if its flag is set), padding dropped."""
-    B, L, H, D = out.shape
+def _scatter(a, heads, factor, has_factor, c, has_c, out):
+    """The inverse of :func:`_gather`, summing over the heads of a group: ``out[b, t, g]`` is the sum over
+    the heads ``h`` of group ``g`` of ``a * factor`` of block ``(b, h, j)`` (``a (B H n, C, D)``, ``factor``
+    one value per token), plus ``c`` of the group's block ``(b, g, j)`` (``c (B G n, C, D)``); each term only
+    if its flag is set; padding dropped."""
+    B, L, G, D = out.shape
     M, C, _ = a.shape
-    n = M // (B * H)
+    n = M // (B * heads)
+    rep = heads // G
     one = a.dtype.type(1)
-    for m in numba.prange(M):
-        bi, h, j = _block_coords(m, n, H)
+    for mg in numba.prange(B * G * n):
+        bi, gi, j = _block_coords(mg, n, G)
         for t in range(min(C, L - j * C)):
-            arow = a[m, t]
-            crow = c[m, t]
-            orow = out[bi, j * C + t, h]
-            f = factor[m, t] if has_factor else one
-            if has_c:
-                for d in range(D):
-                    orow[d] = arow[d] * f + crow[d]
-            else:
-                for d in range(D):
-                    orow[d] = arow[d] * f
+            orow = out[bi, j * C + t, gi]
+            crow = c[mg, t]
+            for r in range(rep):   # the first head writes the row (with c), the others add to it
+                m = (bi * heads + gi * rep + r) * n + j
+                arow = a[m, t]
+                f = factor[m, t] if has_factor else one
+                if r > 0:
+                    for d in range(D):
+                        orow[d] += arow[d] * f
+                elif has_c:
+                    for d in range(D):
+                        orow[d] = arow[d] * f + crow[d]
+                else:
+                    for d in range(D):
+                        orow[d] = arow[d] * f
 
 
 # -- layout helpers -----------------------------------------------------------------------------------
@@ -307,10 +329,10 @@ def _chunk_count(length: int, chunk_size: int) -> tuple[int, int]:
 
 
 def saved_numel(q_shape: tuple[int, ...], v_shape: tuple[int, ...], chunk_size: int) -> int:
-    """Elements of the forward's ``saved`` tensor: the chunked copies of q, k and v, and the masked scores
-    and the entering state of every chunk."""
-    B, L, H, K = q_shape
-    V = v_shape[-1]
+    """Elements of the forward's ``saved`` tensor: the chunked copies of q, k and v (q and k copied per
+    head), and the masked scores and the entering state of every chunk."""
+    B, L, _, K = q_shape
+    H, V = v_shape[-2:]
     chunk, n = _chunk_count(L, chunk_size)
     return B * H * n * (chunk * (2 * K + V) + chunk * chunk + K * V)
 
@@ -355,20 +377,40 @@ def _launch(kernel, *args) -> None:
     kernel(*args)
 
 
-def _to_blocks(x: torch.Tensor, out: torch.Tensor, scaled: torch.Tensor | None = None,
+def _to_blocks(x: torch.Tensor, out: torch.Tensor, heads: int, scaled: torch.Tensor | None = None,
                factor: torch.Tensor | None = None) -> torch.Tensor:
-    """:func:`_gather` of ``x`` into ``out`` (and ``scaled = out * factor`` if given); returns ``out``."""
+    """:func:`_gather` of ``x`` into ``out`` for ``heads`` heads (and ``scaled = out * factor`` if given);
+    returns ``out``."""
     has = scaled is not None
-    _launch(_gather, _np(x), _np(out), _np(scaled if has else out), _np(factor if has else out[:, :, 0]), has)
+    _launch(_gather, _np(x), _np(out), heads, _np(scaled if has else out), _np(factor if has else out[:, :, 0]),
+            has)
     return out
 
 
-def _from_blocks(a: torch.Tensor, out: torch.Tensor, factor: torch.Tensor | None = None,
+def _from_blocks(a: torch.Tensor, out: torch.Tensor, heads: int, factor: torch.Tensor | None = None,
                  c: torch.Tensor | None = None) -> torch.Tensor:
-    """:func:`_scatter`: ``out = a * factor + c`` (each term if given) in ``out``'s layout; returns ``out``."""
-    _launch(_scatter, _np(a), _np(factor if factor is not None else a[:, :, 0]), factor is not None,
+    """:func:`_scatter`: ``out`` = the sum over each group's heads of ``a * factor``, plus ``c`` (each term if
+    given), in ``out``'s layout; returns ``out``."""
+    _launch(_scatter, _np(a), heads, _np(factor if factor is not None else a[:, :, 0]), factor is not None,
             _np(c if c is not None else a), c is not None, _np(out))
     return out
+
+
+def _group_blocks(xc: torch.Tensor, B: int, H: int, G: int) -> torch.Tensor:
+    """The blocks of the first head of every group, ``(B G n, C, D)`` from head blocks ``xc (B H n, C, D)``
+    (the heads of a group hold the same copy of its q or k); a view when ``B G = 1``, else a copy."""
+    M, C, D = xc.shape
+    return xc.view(B * G, H // G, M // (B * H), C, D)[:, 0].reshape(-1, C, D)
+
+
+def _masked_scores(qc: torch.Tensor, kc: torch.Tensor, p: torch.Tensor, b: torch.Tensor, B: int, H: int, G: int,
+                   n: int, scale: float) -> None:
+    """``P = (Q K^T) * scale M`` into ``p``; ``Q K^T`` once per group, masked with each head's decays."""
+    if G == H:
+        raw = torch.bmm(qc, kc.transpose(1, 2), out=p)
+    else:
+        raw = torch.bmm(_group_blocks(qc, B, H, G), _group_blocks(kc, B, H, G).transpose(1, 2))
+    _launch(_mask_scores, _np(raw), _np(p), _np(b), n, H, G, _scalar(scale, p), _scalar(FLOOR, p))
 
 
 # -- forward and backward -----------------------------------------------------------------------------
@@ -378,25 +420,24 @@ def forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: torch.Tensor, 
             scale: float, chunk_size: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Same contract as :func:`neurostep.kernels.decayed_linear_attention.reference.forward`; ``saved`` holds
     the chunked copies of q, k and v, the masked scores and the entering state of every chunk."""
-    B, L, H, K = q.shape
-    V = v.shape[-1]
+    B, L, G, K = q.shape
+    H, V = v.shape[-2:]
     chunk, n = _chunk_count(L, chunk_size)
     saved = q.new_empty(saved_numel(q.shape, v.shape, chunk_size))
     qc, kc, vc, p, states = _saved_parts(saved, B, H, n, chunk, K, V)
     b, eb, ebl, decay = _decays(g, n, chunk, scale)
     vd = torch.empty_like(vc)                                            # V * exp(b_C - b)
-    _to_blocks(q, qc)
-    _to_blocks(k, kc)
-    _to_blocks(v, vc, vd, ebl)
-    torch.bmm(qc, kc.transpose(1, 2), out=p)
-    _launch(_mask_scores, _np(p), _np(b), _scalar(scale, q), _scalar(FLOOR, q))   # P = (Q K^T) * scale M
+    _to_blocks(q, qc, H)
+    _to_blocks(k, kc, H)
+    _to_blocks(v, vc, H, vd, ebl)
+    _masked_scores(qc, kc, p, b, B, H, G, n, scale)                      # P = (Q K^T) * scale M
     torch.bmm(kc.transpose(1, 2), vd, out=states)                        # each chunk's own contribution
     final = q.new_empty(B, H, K, V)
     _launch(_state_pass, _np(states.view(B * H, n, K * V)), _np(decay),
             _np(h0.view(B * H, K * V) if h0 is not None else final.view(B * H, K * V)), h0 is not None,
             _np(final.view(B * H, K * V)))
     # o = scale exp(b) (Q S) + P V, combined while written into o's layout (vd's buffer reused)
-    o = _from_blocks(torch.bmm(qc, states, out=vd), v.new_empty(B, L, H, V), eb, torch.bmm(p, vc))
+    o = _from_blocks(torch.bmm(qc, states, out=vd), v.new_empty(B, L, H, V), H, eb, torch.bmm(p, vc))
     return o, final, saved
 
 
@@ -407,13 +448,14 @@ def backward(grad_o: torch.Tensor, grad_final: torch.Tensor | None, q: torch.Ten
     """Same contract as :func:`neurostep.kernels.decayed_linear_attention.reference.backward`; q, k and v
     may be None (their chunked copies are in ``saved``, with the masked scores and the entering states)."""
     B, L, H = g.shape
+    G = q.shape[2]
     K, V = final_state.shape[-2:]
     BH = B * H
     chunk, n = _chunk_count(L, chunk_size)
     qc, kc, vc, p, states = _saved_parts(saved, B, H, n, chunk, K, V)
     b, eb, ebl, decay = _decays(g, n, chunk, scale)
     doc, dod = torch.empty_like(vc), torch.empty_like(vc)                 # dO and dO * scale exp(b)
-    _to_blocks(grad_o, doc, dod, eb)
+    _to_blocks(grad_o, doc, H, dod, eb)
     # gradients of the states leaving each chunk: each chunk's own contribution, then the recurrence
     dstates = torch.bmm(qc.transpose(1, 2), dod)
     through = g.new_empty(BH, n)
@@ -423,7 +465,7 @@ def backward(grad_o: torch.Tensor, grad_final: torch.Tensor | None, q: torch.Ten
             grad_final is not None, _np(states.view(BH, n, K * V)), _np(through), _np(dh0.view(BH, K * V)))
     dqc = torch.bmm(dod, states.transpose(1, 2))                         # the inter-chunk part first
     # dV = exp(b_C - b) (K dS) + P^T dO, combined while written into dv's layout (dod's buffer reused)
-    dv = _from_blocks(torch.bmm(kc, dstates, out=dod), g.new_empty(B, L, H, V), ebl,
+    dv = _from_blocks(torch.bmm(kc, dstates, out=dod), g.new_empty(B, L, H, V), H, ebl,
                       torch.bmm(p.transpose(1, 2), doc))
     del dod
     dp = torch.bmm(doc, vc.transpose(1, 2))
@@ -436,7 +478,13 @@ def backward(grad_o: torch.Tensor, grad_final: torch.Tensor | None, q: torch.Ten
     term = g.new_empty(BH * n, chunk)
     _launch(_dg_scores, _np(p), _np(dp), _np(b), _scalar(scale, g), _scalar(FLOOR, g), _np(r_q), _np(r_k),
             _np(through.view(-1)), _np(term))
-    dq = _from_blocks(dqc.baddbmm_(dp, kc), g.new_empty(B, L, H, K))
-    dk = _from_blocks(dkc.baddbmm_(dp.transpose(1, 2), qc), g.new_empty(B, L, H, K))
+    if G == H:
+        dq = _from_blocks(dqc.baddbmm_(dp, kc), g.new_empty(B, L, G, K), H)
+        dk = _from_blocks(dkc.baddbmm_(dp.transpose(1, 2), qc), g.new_empty(B, L, G, K), H)
+    else:   # q and k are shared by the heads of a group: dP summed over them, then one product per group
+        dpg = dp.view(B * G, H // G, n, chunk, chunk).sum(1).view(-1, chunk, chunk)
+        dq = _from_blocks(dqc, g.new_empty(B, L, G, K), H, c=torch.bmm(dpg, _group_blocks(kc, B, H, G)))
+        dk = _from_blocks(dkc, g.new_empty(B, L, G, K), H,
+                          c=torch.bmm(dpg.transpose(1, 2), _group_blocks(qc, B, H, G)))
     dg = term.view(B, H, n * chunk)[:, :, :L].transpose(1, 2).contiguous()
     return dq, dk, dv, dg, (dh0 if h0 is not None else None)

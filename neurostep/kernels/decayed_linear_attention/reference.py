@@ -17,13 +17,15 @@ tensors of one dtype (float32, or float64 for float64 inputs)::
         -> (dq, dk, dv, dg, dh0 or None)
     saved_numel(q_shape, v_shape, chunk_size) -> int
 
-with ``q, k (B, L, H, K)``, ``v (B, L, H, V)``, ``g (B, L, H)`` (the log-decays, ``<= 0``), ``h0``
-and ``final_state (B, H, K, V)`` (``h0`` may be None), ``o (B, L, H, V)``; ``grad_final`` may be
-None (no gradient reaches the final state). ``saved`` is a flat tensor of ``saved_numel`` elements that
-the backend's forward hands to its own backward (empty here); a backend that keeps q, k and v in it
-(the cpu backend keeps its chunked copies) gets ``q = k = v = None`` in its backward, so that autograd
-holds them once. ``chunk_size`` is the length of the chunks a chunked backend works on; this backend
-steps token by token and ignores it.
+with ``q, k (B, L, G, K)`` (``G`` groups, dividing ``H``: head ``h`` reads group ``h // (H / G)``;
+``G = H`` gives each head its own), ``v (B, L, H, V)``, ``g (B, L, H)`` (the log-decays, ``<= 0``),
+``h0`` and ``final_state (B, H, K, V)`` (``h0`` may be None), ``o (B, L, H, V)``; ``dq`` and ``dk``
+have q's shape (summed over the heads of a group); ``grad_final`` may be None (no gradient reaches the
+final state). ``saved`` is a flat tensor of ``saved_numel`` elements that the backend's forward hands
+to its own backward (empty here); a backend that keeps q, k and v in it (the cpu backend keeps its
+chunked copies) gets, in its backward, q, k and v as tensors with no elements, of shapes
+``(B, L, G, 0)`` and ``(B, L, H, 0)``, so that autograd holds them once. ``chunk_size`` is the length
+of the chunks a chunked backend works on; this backend steps token by token and ignores it.
 """
 
 from __future__ import annotations
@@ -48,9 +50,20 @@ def scan(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: torch.Tensor, h0:
     return torch.stack(outs, dim=1), state
 
 
+def per_head(x: torch.Tensor, heads: int) -> torch.Tensor:
+    """``(B, L, G, D) -> (B, L, H, D)``: group ``h // (H / G)`` for head ``h`` (``x`` itself when ``G = H``)."""
+    groups = x.shape[2]
+    return x if groups == heads else x.repeat_interleave(heads // groups, dim=2)
+
+
 def _initial(q: torch.Tensor, v: torch.Tensor, h0: torch.Tensor | None) -> torch.Tensor:
-    B, _, H, K = q.shape
-    return q.new_zeros(B, H, K, v.shape[-1]) if h0 is None else h0
+    B, _, H, V = v.shape
+    return q.new_zeros(B, H, q.shape[-1], V) if h0 is None else h0
+
+
+def _scan_groups(q, k, v, g, h0, scale):
+    H = v.shape[2]
+    return scan(per_head(q, H), per_head(k, H), v, g, h0, scale)
 
 
 def saved_numel(q_shape: tuple[int, ...], v_shape: tuple[int, ...], chunk_size: int) -> int:
@@ -61,7 +74,7 @@ def saved_numel(q_shape: tuple[int, ...], v_shape: tuple[int, ...], chunk_size: 
 def forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: torch.Tensor, h0: torch.Tensor | None,
             scale: float, chunk_size: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Backend forward: see the module docstring for the contract."""
-    o, state = scan(q, k, v, g, _initial(q, v, h0), scale)
+    o, state = _scan_groups(q, k, v, g, _initial(q, v, h0), scale)
     return o, state.clone(), q.new_empty(0)
 
 
@@ -71,8 +84,9 @@ def backward(grad_o: torch.Tensor, grad_final: torch.Tensor | None, q: torch.Ten
     """Backend backward by reverse-mode differentiation of :func:`scan` (it keeps every state: a
     reference, not a kernel). ``final_state`` and ``saved`` are accepted for the shared signature."""
     # torch.func.vjp, not torch.autograd: custom-op implementations run below the autograd
-    # dispatch key, where a plain autograd graph is not recorded.
-    _, vjp_fn = torch.func.vjp(lambda *t: scan(*t, scale), q, k, v, g, _initial(q, v, h0))
+    # dispatch key, where a plain autograd graph is not recorded. The expansion of the groups to heads
+    # is inside the differentiated function, so dq and dk come back summed over each group's heads.
+    _, vjp_fn = torch.func.vjp(lambda *t: _scan_groups(*t, scale), q, k, v, g, _initial(q, v, h0))
     grad_final = torch.zeros_like(final_state) if grad_final is None else grad_final
     dq, dk, dv, dg, dh0 = vjp_fn((grad_o, grad_final))
     return dq, dk, dv, dg, (dh0 if h0 is not None else None)

@@ -31,6 +31,8 @@ import torch
 import triton
 import triton.language as tl
 
+from neurostep.kernels.decayed_linear_attention.reference import per_head
+
 CHUNK_SIZE = 64
 
 
@@ -268,8 +270,9 @@ def forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: torch.Tensor, 
             scale: float, chunk_size: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Same contract as :func:`neurostep.kernels.decayed_linear_attention.reference.forward`
     (``chunk_size`` a power of two >= 16)."""
-    B, L, H, K = q.shape
-    V = v.shape[-1]
+    B, L, H, V = v.shape
+    K = q.shape[-1]
+    q, k = per_head(q, H).contiguous(), per_head(k, H).contiguous()   # the kernels read one q and k per head
     b, n, Lp = _prepare(g, chunk_size)
     states, final = _fwd_states(k, v, b, h0, chunk_size, n, Lp)
     o = torch.empty_like(v)
@@ -283,8 +286,9 @@ def backward(grad_o: torch.Tensor, grad_final: torch.Tensor | None, q: torch.Ten
              v: torch.Tensor, g: torch.Tensor, h0: torch.Tensor | None, final_state: torch.Tensor,
              saved: torch.Tensor, scale: float, chunk_size: int) -> tuple[torch.Tensor | None, ...]:
     """Same contract as :func:`neurostep.kernels.decayed_linear_attention.reference.backward`."""
-    B, L, H, K = q.shape
-    V = v.shape[-1]
+    B, L, H, V = v.shape
+    G, K = q.shape[2:]
+    q, k = per_head(q, H).contiguous(), per_head(k, H).contiguous()
     BH = B * H
     chunk = chunk_size
     precision = _precision(q.dtype)
@@ -311,4 +315,6 @@ def backward(grad_o: torch.Tensor, grad_final: torch.Tensor | None, q: torch.Ten
     through = torch.einsum("mnkv,mnkv->mn", states, dstates) * torch.exp(b.view(BH, n, chunk)[..., -1])
     dg = (dg_v.sum(0) + dg_k.sum(0)).view(BH, n, chunk).add_(through[..., None]).view(BH, Lp)[:, :L]
     dg = dg.reshape(B, H, L).permute(0, 2, 1).contiguous()
+    if G != H:   # each group's gradient is the sum over its heads
+        dq, dk = (x.view(B, L, G, H // G, K).sum(3) for x in (dq, dk))
     return dq, dk, dv, dg, (dh0 if h0 is not None else None)
