@@ -3,8 +3,10 @@
 Default shape: batch 1, 24 heads, K = 128 (Mamba-2's state size N), V = 64 (its head dim P), L = 2048,
 fp32: the SSD of one Mamba-2 layer at d_model 768 (1536 inner channels in 24 heads of 64). Every
 contender computes the same function of the same leaves ``x (B, L, H, P)``, ``dt (B, L, H)``,
-``A (H,)``, ``B, C (B, L, H, N)`` (one B and C per head: transformers' ``n_groups = H``) and is timed
-forward+backward with gradients of all five:
+``A (H,)``, ``B, C (B, L, G, N)`` and is timed forward+backward with gradients of all five. ``G = H``
+(one B and C per head: transformers' ``n_groups = H``) unless the scenario says one group (``G = 1``,
+the released Mamba-2 models' ``ngroups``; transformers repeats B and C per head, neurostep forms
+``C B^T`` once per group):
 
 - neurostep: ``decayed_linear_attention(q=C, k=B, v=x * dt, log_decay=dt * A, scale=1.0)``, the cpu
   backend (chunks of 64, its default; also timed with chunks of 32 and 128);
@@ -13,7 +15,7 @@ forward+backward with gradients of all five:
   at ``Mamba2Config``'s default chunk size 256 and, for comparison, at 64;
 - the step-by-step reference (``backend="reference"``, autograd through the token loop), timed once.
 
-Two input distributions are timed: Mamba-2's initialisation (dt log-uniform in [0.001, 0.1], A in
+Two input distributions are timed with ``G = H``: Mamba-2's initialisation (dt log-uniform in [0.001, 0.1], A in
 [-16, -1]) and larger steps (dt uniform in the same range). transformers' path builds ``exp`` of
 segment sums over whole chunks, whose far entries fall into fp32's denormal range as the decays grow,
 which slows its CPU arithmetic; the chunked op's exponents are clamped before any exp.
@@ -53,13 +55,16 @@ from neurostep.kernels.decayed_linear_attention import decayed_linear_attention 
 SCENARIOS = {
     "init": "Mamba-2's initialisation: dt log-uniform in [0.001, 0.1] (mean 0.021), A uniform in [-16, -1]",
     "larger steps": "larger steps: dt uniform in [0.001, 0.1] (mean 0.05), A uniform in [-16, -1]",
+    "one group": "one B and C shared by all heads (n_groups = 1, as in the released Mamba-2 models), "
+                 "Mamba-2's initialisation",
 }
 
 
 def _inputs(batch: int, length: int, heads: int, n: int, p: int, scenario: str = "init",
             seed: int = 0) -> dict[str, torch.Tensor]:
     g = torch.Generator().manual_seed(seed)
-    if scenario == "init":   # Mamba-2's dt_min, dt_max and A_log = log U(1, 16)
+    groups = 1 if scenario == "one group" else heads
+    if scenario != "larger steps":   # Mamba-2's dt_min, dt_max and A_log = log U(1, 16)
         dt = torch.exp(torch.empty(batch, length, heads).uniform_(math.log(0.001), math.log(0.1), generator=g))
     else:
         dt = torch.empty(batch, length, heads).uniform_(0.001, 0.1, generator=g)
@@ -67,8 +72,8 @@ def _inputs(batch: int, length: int, heads: int, n: int, p: int, scenario: str =
         "x": torch.randn(batch, length, heads, p, generator=g),
         "dt": dt,
         "A": -torch.empty(heads).uniform_(1, 16, generator=g),
-        "B": torch.randn(batch, length, heads, n, generator=g),
-        "C": torch.randn(batch, length, heads, n, generator=g),
+        "B": torch.randn(batch, length, groups, n, generator=g),
+        "C": torch.randn(batch, length, groups, n, generator=g),
         "grad": torch.randn(batch, length, heads, p, generator=g),
     }
 
@@ -213,12 +218,13 @@ def main() -> None:
         title = (f"decayed linear attention (Mamba-2 SSD) forward+backward, B={batch}, H={heads}, K={n}, V={p}, "
                  f"L={length}, fp32, {args.threads} threads; {description}")
         tables.append(table(title, ["contender", "median ms", "vs neurostep", "CPU ms", "CPU vs neurostep"], rows))
-        if scenario == "init":
+        if scenario in ("init", "one group"):
             peers = ", ".join(f"{name.replace('mamba2_chunk_scan, ', '')} {ratio(r['ratio_to_neurostep'])}"
                               for name, r in results.items() if name.startswith("transformers"))
-            summary = [summary_row("Decayed linear attention (Mamba-2 SSD), forward+backward",
-                                   f"B={batch}, H={heads}, K={n}, V={p}, L={length}, fp32", f"{1e3 * ours:.0f} ms",
-                                   peers)]
+            groups = "one B and C per head" if scenario == "init" else "one B and C for all heads"
+            summary.append(summary_row("Decayed linear attention (Mamba-2 SSD), forward+backward",
+                                       f"B={batch}, H={heads}, K={n}, V={p}, L={length}, {groups}, fp32",
+                                       f"{1e3 * ours:.0f} ms", peers))
     load_after = load_average()
 
     rate = max(rate, measure_bmm_rate(batch * heads * -(-length // 64), 64, n, p))
