@@ -197,6 +197,10 @@ def op_checks(c: Checker) -> None:
     dlah = {**dla, "g": -torch.rand(H, generator=g).to(dt)}
     c.op("decayed_linear_attention_per_head", dla_run(decayed_linear_attention, 2),
          dla_run(sp.decayed_linear_attention, 2), dlah, dict(q=1, k=1, v=1, __out__=1), ("h0",))
+    # one group of q and k shared by both heads (Mamba-2's ngroups = 1)
+    dlag = {**dla, "q": rnd(Bsz, L, 1, K), "k": rnd(Bsz, L, 1, K)}
+    c.op("decayed_linear_attention_grouped", dla_run(decayed_linear_attention), dla_run(sp.decayed_linear_attention),
+         dlag, dict(q=1, k=1, v=1, g=1, __out__=1), ("h0",))
 
     # WKV with an initial state from an earlier stretch of text
     C = 5
