@@ -297,6 +297,44 @@ def test_chunk_scan_matches_the_reference_and_chains_states():
     torch.testing.assert_close(lim, ssd_chunk_scan_combined_ref(x, dtl, A, B, C, 16, D=D), rtol=1e-4, atol=1e-4)
 
 
+def _ops_called(fn) -> set[str]:
+    with torch.profiler.profile() as prof:
+        fn()
+    return {e.name for e in prof.events() if e.name.startswith("neurostep::")}
+
+
+@pytest.mark.parametrize("gate", [False, True])
+def test_chunk_scan_runs_on_the_chunked_op_and_agrees_with_the_exact_lanes(gate):
+    # a whole batch goes to the chunked decayed-linear-attention op; one packed sequence (seq_idx all
+    # zeros: the same computation) to the exact selective scan over H * P lanes
+    x, dt, A, B, C, D, z, dt_bias = _ssd_inputs()
+    init = torch.randn(2, 4, 3, 5, dtype=x.dtype)
+    leaves = [t.clone().requires_grad_() for t in (x, dt, A, B, C, D, z, dt_bias, init)]
+
+    def call(seq_idx):
+        x, dt, A, B, C, D, z, dt_bias, init = leaves
+        return mamba_chunk_scan_combined(x, dt, A, B, C, 16, D=D, z=z if gate else None, dt_bias=dt_bias,
+                                         initial_states=init, seq_idx=seq_idx, dt_softplus=True,
+                                         dt_limit=(0.05, 2.0), return_final_states=True)
+
+    whole = torch.zeros(2, 40, dtype=torch.int32)
+    assert "neurostep::decayed_linear_attention_forward" in _ops_called(lambda: call(None))
+    assert "neurostep::decayed_linear_attention_forward" not in _ops_called(lambda: call(whole))
+    chunked, lanes = call(None), call(whole)
+    for a, b in zip(chunked, lanes):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-9)
+    g = torch.Generator().manual_seed(1)
+    cot = [torch.randn(t.shape, generator=g, dtype=t.dtype) for t in chunked]
+    used = leaves if gate else leaves[:6] + leaves[7:]
+    float32_sums = {id(leaves[2]), id(leaves[7])}   # the lanes accumulate dA and d(dt_bias) in float32
+    for leaf, a, b in zip(used, torch.autograd.grad(chunked, used, cot), torch.autograd.grad(lanes, used, cot)):
+        tol = 1e-5 if id(leaf) in float32_sums else 1e-8
+        torch.testing.assert_close(a, b, rtol=tol, atol=tol)
+    # a raw negative dt (no softplus) makes a decay above 1, which the chunked op refuses: the lanes run it
+    assert "neurostep::decayed_linear_attention_forward" not in _ops_called(
+        lambda: mamba_chunk_scan_combined(x, dt, A, B, C, 16))
+
+
 def test_chunk_scan_seq_idx_and_varlen_states():
     x, dt, A, B, C, D, z, dt_bias = _ssd_inputs(batch=1)
     bounds = [0, 9, 25, 40]
