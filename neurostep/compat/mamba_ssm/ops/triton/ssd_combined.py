@@ -42,15 +42,34 @@ __all__ = [
 _NO_LIMIT = (0.0, float("inf"))
 
 
-def _to_lanes(x, dt, A, B, C, D, z, dt_bias, dt_softplus, dt_limit):
-    """Heads -> lanes: the arguments of the selective scan, ``(u, delta, A, B, C, D, z, delta_bias, softplus)``."""
-    batch, seqlen, nheads, headdim = x.shape
+def _check_groups(x: Tensor, B: Tensor, C: Tensor) -> None:
+    """``B`` and ``C`` are ``(batch, seqlen, ngroups, dstate)`` with ``nheads`` a multiple of ``ngroups``."""
+    batch, seqlen, nheads, _ = x.shape
     _, _, ngroups, dstate = B.shape
     if nheads % ngroups:
         raise ValueError(f"nheads={nheads} must be a multiple of ngroups={ngroups}")
     if B.shape != (batch, seqlen, ngroups, dstate) or C.shape != B.shape:
         raise ValueError(f"B and C must have shape (batch, seqlen, ngroups, dstate) = {tuple(B.shape)}, "
                          f"got {tuple(B.shape)} and {tuple(C.shape)}")
+
+
+def _discretize(dt: Tensor, dt_bias: Tensor | None, dt_softplus: bool, dt_limit: tuple[float, float]) -> Tensor:
+    """The step upstream's kernels use: ``clamp(softplus(dt + dt_bias), *dt_limit)`` (softplus if asked);
+    ``dt_bias`` broadcasts against ``dt``."""
+    if dt_bias is not None:
+        dt = dt + dt_bias
+    if dt_softplus:
+        dt = F.softplus(dt)
+    if tuple(dt_limit) != _NO_LIMIT:
+        dt = dt.clamp(min=dt_limit[0], max=dt_limit[1])
+    return dt
+
+
+def _to_lanes(x, dt, A, B, C, D, z, dt_bias, dt_softplus, dt_limit):
+    """Heads -> lanes: the arguments of the selective scan, ``(u, delta, A, B, C, D, z, delta_bias, softplus)``."""
+    _check_groups(x, B, C)
+    batch, seqlen, nheads, headdim = x.shape
+    dstate = B.shape[-1]
     lanes = nheads * headdim
     u = x.reshape(batch, seqlen, lanes).transpose(1, 2)
     if dt.dim() == 3:
@@ -64,13 +83,9 @@ def _to_lanes(x, dt, A, B, C, D, z, dt_bias, dt_softplus, dt_limit):
         z = z.reshape(batch, seqlen, lanes).transpose(1, 2)
     if dt_bias is not None:
         dt_bias = (dt_bias.reshape(lanes) if dt_bias.dim() == 2 else dt_bias.repeat_interleave(headdim)).float()
-    if tuple(dt_limit) != _NO_LIMIT:
-        delta = delta.float() if delta.dtype != torch.float64 else delta
-        if dt_bias is not None:
-            delta = delta + dt_bias[:, None]
-        if dt_softplus:
-            delta = F.softplus(delta)
-        delta = delta.clamp(min=dt_limit[0], max=dt_limit[1])
+    if tuple(dt_limit) != _NO_LIMIT:   # the clamp has no place in the scan's kernel: the step is formed here
+        delta = _discretize(delta.float() if delta.dtype != torch.float64 else delta,
+                            None if dt_bias is None else dt_bias[:, None], dt_softplus, dt_limit)
         dt_bias, dt_softplus = None, False
     return u, delta, A, B.permute(0, 2, 3, 1), C.permute(0, 2, 3, 1), D, z, dt_bias, bool(dt_softplus)
 
@@ -79,14 +94,8 @@ def _scan_chunked(x, dt, A, B, C, D, z, dt_bias, initial_states, dt_softplus, dt
     """The whole-batch scan on the chunked op: ``(out (batch, L, H, P), final (batch, H, P, N))``, or None
     where a decay ``exp(dt' A)`` exceeds 1 (a raw negative ``dt`` or a positive ``A``), which the op refuses."""
     cd = compute_dtype(x.dtype)
-    dt = dt.to(cd)
     # dt_bias and A in float32, as upstream keeps them (and as the lanes path reads them)
-    if dt_bias is not None:
-        dt = dt + dt_bias.float().to(cd)
-    if dt_softplus:
-        dt = F.softplus(dt)
-    if tuple(dt_limit) != _NO_LIMIT:
-        dt = dt.clamp(min=dt_limit[0], max=dt_limit[1])
+    dt = _discretize(dt.to(cd), None if dt_bias is None else dt_bias.float().to(cd), dt_softplus, dt_limit)
     log_decay = dt * A.float().to(cd)
     if not bool((log_decay.detach() <= 0).all()):
         return None
@@ -198,7 +207,7 @@ def mamba_chunk_scan_combined(
                          f"got {tuple(dt.shape)}")
     if tuple(A.shape) != (nheads,):
         raise ValueError(f"A must have shape (nheads={nheads},), got {tuple(A.shape)}")
-    args = _to_lanes(x, dt, A, B, C, D, z, dt_bias, dt_softplus, dt_limit)   # also checks B's and C's shapes
+    _check_groups(x, B, C)
     dstate = B.shape[-1]
     sdtype = state_dtype if state_dtype is not None else C.dtype
     chunked = None if seq_idx is not None or return_varlen_states else _scan_chunked(
@@ -206,6 +215,7 @@ def mamba_chunk_scan_combined(
     if chunked is not None:
         out, final = chunked[0].to(x.dtype), chunked[1].to(sdtype)
         return (out, final) if return_final_states else out
+    args = _to_lanes(x, dt, A, B, C, D, z, dt_bias, dt_softplus, dt_limit)
     out, final, varlen = _scan_lanes(args, initial_states, seq_idx, cu_seqlens, return_varlen_states)
     out = out.transpose(1, 2).reshape(batch, seqlen, nheads, headdim).to(x.dtype)
     final = final.reshape(batch, nheads, headdim, dstate).to(sdtype)
