@@ -441,12 +441,13 @@ def forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: torch.Tensor, 
     return o, final, saved
 
 
-def backward(grad_o: torch.Tensor, grad_final: torch.Tensor | None, q: torch.Tensor | None,
-             k: torch.Tensor | None, v: torch.Tensor | None, g: torch.Tensor, h0: torch.Tensor | None,
+def backward(grad_o: torch.Tensor, grad_final: torch.Tensor | None, q: torch.Tensor,
+             k: torch.Tensor, v: torch.Tensor, g: torch.Tensor, h0: torch.Tensor | None,
              final_state: torch.Tensor, saved: torch.Tensor, scale: float,
              chunk_size: int) -> tuple[torch.Tensor | None, ...]:
     """Same contract as :func:`neurostep.kernels.decayed_linear_attention.reference.backward`; q, k and v
-    may be None (their chunked copies are in ``saved``, with the masked scores and the entering states)."""
+    come without elements, for their shapes only (their chunked copies are in ``saved``, with the masked
+    scores and the entering states)."""
     B, L, H = g.shape
     G = q.shape[2]
     K, V = final_state.shape[-2:]
