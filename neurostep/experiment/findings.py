@@ -53,6 +53,8 @@ FINDINGS: tuple[Finding, ...] = (
     Finding("The same block with an LTI state space model cannot select by content: it stays far below S6",
             MAMBA, "56.4% (Mamba block with S4) vs 99.8% (S6)", "selective_copy", "mamba_lti", "<=", -0.2,
             reference="mamba"),
+    Finding("An LTI state space layer on its own (no gate) cannot select by content", MAMBA,
+            "18.3% (S4, no gate) vs 97.0% (S6, no gate)", "selective_copy", "s4d", "<=", 0.4),
     Finding("Causal softmax attention is content-aware and copies selectively", "Mamba (Gu & Dao 2023), sec. 3.1",
             "- (argued, not tabled)", "selective_copy", "softmax_attention", ">=", 0.9),
     Finding("Attention solves multi-query associative recall", ZOOLOGY, "~100% at every width", "mqar",

@@ -25,6 +25,7 @@ from neurostep.neuro.ssa import SpikingSelfAttentionMixer
 from neurostep.registry import register_mixer
 from neurostep.ssm.lamamba import LaMamba
 from neurostep.ssm.mamba import Mamba, MambaLTI
+from neurostep.ssm.s4d import S4D
 from neurostep.ssm.vision_mamba import BidirectionalMamba
 
 Grid = int | Sequence[int] | None
@@ -103,6 +104,14 @@ def mamba_lti(dim: int, *, num_heads: int | None = None, seq_len: int | None = N
               grid_size: Grid = None, **options: Any) -> MambaLTI:
     """:class:`~neurostep.ssm.MambaLTI` (heads, length and grid unused)."""
     return MambaLTI(dim, **options)
+
+
+@register_mixer("s4d", family="mamba", causal="always",
+                note="bare LTI diagonal SSM (S4D-Real), no gate: SSM -> GELU -> Linear")
+def s4d(dim: int, *, num_heads: int | None = None, seq_len: int | None = None,
+        grid_size: Grid = None, **options: Any) -> S4D:
+    """:class:`~neurostep.ssm.S4D` (heads, length and grid unused)."""
+    return S4D(dim, **options)
 
 
 @register_mixer("lightning_attention", family="lightning", causal="always",

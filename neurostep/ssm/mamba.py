@@ -29,6 +29,7 @@ from neurostep.engine import Recurrent, check_nonempty, check_tensor, check_toke
 from neurostep.kernels.causal_conv1d import causal_conv1d, causal_conv1d_update
 from neurostep.kernels.selective_scan import selective_scan, selective_state_update
 from neurostep.layers import RMSNorm
+from neurostep.ssm.s4d import log_uniform_dt_bias, lti_convolution
 
 
 @dataclass
@@ -106,9 +107,7 @@ class _SSMParams(nn.Module):
                 nn.init.uniform_(dt_proj.weight, -std, std)
             # dt log-uniform in [dt_min, dt_max]; the bias is its inverse softplus so that
             # softplus(bias) == dt at init.
-            dt = torch.exp(torch.rand(d_inner) * (math.log(dt_max) - math.log(dt_min)) + math.log(dt_min))
-            dt = dt.clamp(min=dt_init_floor)
-            dt_proj.bias.copy_(dt + torch.log(-torch.expm1(-dt)))
+            dt_proj.bias.copy_(log_uniform_dt_bias(d_inner, dt_min, dt_max, dt_init_floor))
         dt_proj.bias._no_reinit = True
         A = torch.arange(1, d_state + 1, dtype=torch.float32).repeat(d_inner, 1)
         A_log = nn.Parameter(torch.log(A))
@@ -365,9 +364,8 @@ class MambaLTI(Mamba):
     content which tokens to keep. ``B`` starts at 1 and ``C`` at N(0, 1) (S4D's real init),
     ``A`` and ``dt`` as in :class:`Mamba`. Same interface as :class:`Mamba`.
 
-    ``mode="conv"`` (default) computes a whole sequence as S4 does, as one long convolution:
-    the kernel ``K[d, t] = sum_n C[d, n] exp(t delta_d A[d, n]) delta_d B[d, n]`` convolved with
-    the input through an FFT (``O(L log L)``, plain torch autograd). ``mode="scan"`` runs the
+    ``mode="conv"`` (default) computes a whole sequence as S4 does, as one long convolution
+    through an FFT (:func:`~neurostep.ssm.s4d.lti_convolution`). ``mode="scan"`` runs the
     selective-scan kernels with constant coefficients; the two agree to float rounding (tested).
     """
 
@@ -402,23 +400,9 @@ class MambaLTI(Mamba):
         if self.mode == "scan":
             return super()._ssm_core(xc, z, suffix, init_h)
         cdtype = compute_dtype(xc.dtype)
-        u = xc.to(cdtype)
-        length = u.shape[-1]
-        dt = F.softplus(self.dt_bias.to(cdtype))                               # (Di,)
-        dA = dt[:, None] * -torch.exp(self.A_log.to(cdtype))                   # (Di, N), < 0
-        t = torch.arange(length, dtype=cdtype, device=u.device)
-        decay = torch.exp(dA[..., None] * t)                                    # (Di, N, L): exp(t dt A)
-        dtB = dt[:, None] * self.B.to(cdtype)
-        kernel = torch.einsum("dn,dnt->dt", self.C.to(cdtype) * dtB, decay)     # (Di, L)
-        size = 2 * length                                                       # zero padding: linear, not circular
-        y = torch.fft.irfft(torch.fft.rfft(u, n=size) * torch.fft.rfft(kernel, n=size), n=size)[..., :length]
-        y = y + self.D.to(cdtype)[:, None] * u
-        # h_L = sum_s exp((L-1-s) dt A) dt B u_s (+ exp(L dt A) h_0), and h_0 reaches y_l as exp((l+1) dt A) h_0
-        last = torch.einsum("dnt,bdt->bdn", decay.flip(-1) * dtB[..., None], u)
-        if init_h is not None:
-            h0 = init_h.to(cdtype)
-            y = y + torch.einsum("dn,dnt,bdn->bdt", self.C.to(cdtype), decay * torch.exp(dA)[..., None], h0)
-            last = last + torch.exp(dA * length) * h0
+        y, last = lti_convolution(xc.to(cdtype), F.softplus(self.dt_bias.to(cdtype)),
+                                  -torch.exp(self.A_log.to(cdtype)), self.B.to(cdtype), self.C.to(cdtype),
+                                  self.D.to(cdtype), None if init_h is None else init_h.to(cdtype))
         if z is not None:
             y = y * F.silu(z.to(cdtype))
         return y.to(xc.dtype), last

@@ -67,6 +67,9 @@ def test_findings_judged_on_current_rows():
     assert [(v.reproduced, v.robust) for v in wide if v.block == "mamba_lti"] == [(True, False)]
     assert "interval crosses" in [v for v in wide if v.block == "mamba_lti"][0].label()
     assert not verdicts[("selective_copy", "softmax_attention", None)].reproduced
+    bare = judge(FINDINGS, {"selective_copy": {"s4d": (0.25, 0.03, 3)}})
+    assert [(v.block, v.reproduced, v.robust) for v in bare] == [("s4d", True, True)]
+    assert not judge(FINDINGS, {"selective_copy": {"s4d": (0.45, 0.03, 3)}})[0].reproduced
     assert not verdicts[("digits", "vim", None)].reproduced             # "every block >= 0.9"
     ssa = verdicts[("digits", "spikformer_ssa", "softmax_attention")]
     assert ssa.mean == pytest.approx(-0.03) and ssa.reproduced

@@ -1,0 +1,125 @@
+"""Linear time-invariant (LTI) diagonal state-space models computed as one long convolution.
+
+:func:`lti_convolution` is the S4 way of running a diagonal SSM whose ``delta``, ``B`` and ``C``
+do not depend on the input: the recurrence is then a fixed causal convolution, computed through
+an FFT. :class:`~neurostep.ssm.MambaLTI` (the Mamba block with S4 inside) and :class:`S4D`
+(the bare layer, the "no gate" row of the Mamba paper's selective-copying table) share it.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from neurostep.engine import check_nonempty, check_tensor, compute_dtype
+
+
+def lti_convolution(u: torch.Tensor, dt: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor,
+                    D: torch.Tensor, init_h: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Run ``h_l = exp(dt A) h_{l-1} + dt B u_l``, ``y_l = <h_l, C> + D u_l`` over a whole sequence.
+
+    u: ``(batch, Di, L)``; dt: ``(Di,)`` positive step sizes; A: ``(Di, N)`` (negative for a
+    stable model); B, C: ``(Di, N)``; D: ``(Di,)``; init_h: ``(batch, Di, N)`` or None (zeros).
+    Returns ``y (batch, Di, L)`` and the state after the last token ``(batch, Di, N)``.
+
+    The kernel ``K[d, t] = sum_n C[d, n] exp(t dt_d A[d, n]) dt_d B[d, n]`` is convolved with
+    ``u`` through an FFT of twice the length (zero padding makes it linear, not circular):
+    ``O(L log L)`` per channel, plain torch autograd.
+    """
+    length = u.shape[-1]
+    dA = dt[:, None] * A                                                    # (Di, N)
+    t = torch.arange(length, dtype=u.dtype, device=u.device)
+    decay = torch.exp(dA[..., None] * t)                                    # (Di, N, L): exp(t dt A)
+    dtB = dt[:, None] * B
+    kernel = torch.einsum("dn,dnt->dt", C * dtB, decay)                     # (Di, L)
+    size = 2 * length
+    y = torch.fft.irfft(torch.fft.rfft(u, n=size) * torch.fft.rfft(kernel, n=size), n=size)[..., :length]
+    y = y + D[:, None] * u
+    # h_L = sum_s exp((L-1-s) dt A) dt B u_s (+ exp(L dt A) h_0), and h_0 reaches y_l as exp((l+1) dt A) h_0
+    last = torch.einsum("dnt,bdt->bdn", decay.flip(-1) * dtB[..., None], u)
+    if init_h is not None:
+        y = y + torch.einsum("dn,dnt,bdn->bdt", C, decay * torch.exp(dA)[..., None], init_h)
+        last = last + torch.exp(dA * length) * init_h
+    return y, last
+
+
+def log_uniform_dt_bias(channels: int, dt_min: float, dt_max: float, dt_init_floor: float) -> torch.Tensor:
+    """``softplus^-1`` of step sizes drawn log-uniformly in ``[dt_min, dt_max]`` (mamba-ssm's and S4D's init)."""
+    if not 0 < dt_min <= dt_max:
+        raise ValueError(f"need 0 < dt_min <= dt_max, got dt_min={dt_min}, dt_max={dt_max}")
+    dt = torch.exp(torch.rand(channels) * (math.log(dt_max) - math.log(dt_min)) + math.log(dt_min))
+    dt = dt.clamp(min=dt_init_floor)
+    return dt + torch.log(-torch.expm1(-dt))
+
+
+class S4D(nn.Module):
+    """The bare LTI diagonal SSM layer (S4D-Real) with no gate: ``SSM -> GELU -> Linear``.
+
+    The Mamba paper's selective-copying table starts with this architecture ("No gate", with S4
+    inside, against S6 inside): what an LTI state-space layer does on its own, without the
+    multiplicative branch that lets the Mamba block with S4 count its way to a partial solution.
+    Per channel ``d`` of the input (no input projection, as in S4)::
+
+        delta_d = softplus(dt_bias_d)                       dt log-uniform in [dt_min, dt_max]
+        h_l = exp(delta A) h_{l-1} + delta B x_l ;  y_l = <h_l, C> + D x_l
+        out = out_proj(gelu(y))
+
+    ``A = -(1..N)`` per channel (S4D-Real), ``B = 1``, ``C ~ N(0, 1)``, ``D = 1``, as
+    :class:`~neurostep.ssm.MambaLTI`. The whole sequence is one FFT convolution
+    (:func:`lti_convolution`), causal: output ``l`` reads tokens ``<= l`` only.
+    """
+
+    causal = True
+
+    def __init__(self, d_model: int, d_state: int = 16, dt_min: float = 0.001, dt_max: float = 0.1,
+                 dt_init_floor: float = 1e-4, bias: bool = True) -> None:
+        super().__init__()
+        for name, value in (("d_model", d_model), ("d_state", d_state)):
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        self.d_model = d_model
+        self.d_state = d_state
+        self.A_log = nn.Parameter(torch.log(torch.arange(1, d_state + 1, dtype=torch.float32).repeat(d_model, 1)))
+        self.dt_bias = nn.Parameter(log_uniform_dt_bias(d_model, dt_min, dt_max, dt_init_floor))
+        self.B = nn.Parameter(torch.ones(d_model, d_state))
+        self.C = nn.Parameter(torch.randn(d_model, d_state))
+        self.D = nn.Parameter(torch.ones(d_model))
+        for p in (self.A_log, self.dt_bias, self.D):
+            p._no_weight_decay = True
+        self.out_proj = nn.Linear(d_model, d_model, bias=bias)
+
+    def init_state(self, batch: int, device: torch.device | None = None,
+                   dtype: torch.dtype | None = None) -> torch.Tensor:
+        """Zero state ``(batch, d_model, d_state)``."""
+        device = self.A_log.device if device is None else device
+        return torch.zeros(batch, self.d_model, self.d_state, device=device,
+                           dtype=compute_dtype(dtype or self.A_log.dtype))
+
+    def scan(self, x: torch.Tensor, state: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """x: ``(B, L, d_model)``; state: ``(B, d_model, d_state)`` to resume from (None = zeros).
+
+        Returns ``y (B, L, d_model)`` and the state after the last token, so scanning two halves
+        with the carried state equals scanning the whole.
+        """
+        x = check_tensor("x", x, ndim=3)
+        if x.shape[-1] != self.d_model:
+            raise ValueError(f"x must have shape (B, L, d_model) with d_model={self.d_model}, got {tuple(x.shape)}")
+        check_nonempty("x", x, 1, "tokens")
+        if state is not None:
+            check_tensor("state", state, shape=(x.shape[0], self.d_model, self.d_state), device=x.device)
+        cdtype = compute_dtype(x.dtype)
+        u = x.transpose(1, 2).to(cdtype)
+        y, last = lti_convolution(u, F.softplus(self.dt_bias.to(cdtype)), -torch.exp(self.A_log.to(cdtype)),
+                                  self.B.to(cdtype), self.C.to(cdtype), self.D.to(cdtype),
+                                  None if state is None else state.to(cdtype))
+        return self.out_proj(F.gelu(y).transpose(1, 2).to(x.dtype)), last
+
+    def forward(self, x: torch.Tensor, grid_size: tuple[int, int] | None = None) -> torch.Tensor:
+        """Drop-in mixer: ``(B, N, C) -> (B, N, C)``, causal over the N tokens (grid_size unused)."""
+        return self.scan(x)[0]
+
+    def extra_repr(self) -> str:
+        return f"d_model={self.d_model}, d_state={self.d_state}, gate=False"
