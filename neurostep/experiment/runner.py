@@ -14,7 +14,9 @@ import ctypes.util
 import importlib
 import json
 import multiprocessing
+import os
 import sys
+import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
@@ -166,11 +168,29 @@ def retain_freed_memory() -> bool:
     return bool(mallopt(_M_MMAP_THRESHOLD, _MMAP_THRESHOLD_MAX)) and bool(mallopt(_M_TRIM_THRESHOLD, 1 << 30))
 
 
-def _worker_init(threads: int) -> None:
-    """Each worker process computes on ``threads`` cores (torch and numba alike) and keeps freed
-    memory for reuse (:func:`retain_freed_memory`)."""
+def _exit_when_orphaned(parent_pid: int, poll_s: float = 1.0) -> None:
+    """Watch the parent from a daemon thread and end this process once the parent is gone.
+
+    Why: a runner killed by a signal it cannot clean up after (SIGTERM, SIGKILL, a closed
+    terminal's SIGHUP) leaves its pool workers behind, and each would go on training the runs
+    already queued to it for minutes, on cores the user thinks are free, for results nobody
+    records. Orphans are re-parented, so a changed parent pid means the runner died.
+    """
+    def watch() -> None:
+        while os.getppid() == parent_pid:
+            time.sleep(poll_s)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="neurostep-parent-watch", daemon=True).start()
+
+
+def _worker_init(threads: int, parent_pid: int | None = None) -> None:
+    """Each worker process computes on ``threads`` cores (torch and numba alike), keeps freed
+    memory for reuse (:func:`retain_freed_memory`) and exits if the runner dies."""
     import torch
 
+    if parent_pid is not None:
+        _exit_when_orphaned(parent_pid)
     retain_freed_memory()
 
     torch.set_num_threads(threads)
@@ -272,7 +292,8 @@ def _run_parallel(cfg: ExperimentConfig, todo: list[tuple[int, PlannedRun]], tot
 
         bar = tqdm(total=len(queue), desc=f"{cfg.name} ({workers} workers)", unit="run", file=sys.stderr)
     context = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(workers, mp_context=context, initializer=_worker_init, initargs=(threads,)) as pool:
+    with ProcessPoolExecutor(workers, mp_context=context, initializer=_worker_init,
+                             initargs=(threads, os.getpid())) as pool:
         pending: dict[Future, tuple[int, PlannedRun]] = {}
         try:
             for i, run in queue:

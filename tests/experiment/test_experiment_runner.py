@@ -1,6 +1,7 @@
 """The driver: causal planning, one runner per directory, safe names, parallel workers."""
 
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -163,3 +164,43 @@ def test_workers_reuse_freed_memory_instead_of_faulting_fresh_pages():
     # 16 MB is 4,096 pages
     assert float(default) > 2000
     assert float(retained) < 10
+
+
+def _exited(pid: int) -> bool:
+    """The process is gone or a zombie (it has exited; an init that does not reap leaves zombies)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return True
+    return state in ("Z", "X")
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads process states from /proc (Linux)")
+def test_a_pool_worker_exits_when_the_runner_is_killed():
+    """A runner killed by SIGKILL cannot stop its workers; each must notice and exit on its own."""
+    child = ("import os, sys, time\n"
+             "from neurostep.experiment.runner import _worker_init\n"
+             "_worker_init(1, os.getppid())\n"
+             "print('ready', os.getpid(), flush=True)\n"
+             "time.sleep(120)\n")
+    # The stand-in runner waits on its worker: if the worker fails, the runner exits and the
+    # test's readline sees the end of the stream instead of hanging.
+    runner = ("import subprocess, sys\n"
+              f"sys.exit(subprocess.Popen([sys.executable, '-c', {child!r}]).wait())\n")
+    proc = subprocess.Popen([sys.executable, "-c", runner], stdout=subprocess.PIPE, text=True)
+    worker = None
+    try:
+        line = proc.stdout.readline().split()
+        assert line[:1] == ["ready"], line
+        worker = int(line[1])
+        assert not _exited(worker)
+        proc.kill()
+        proc.wait()
+        deadline = time.monotonic() + 20
+        while not _exited(worker) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert _exited(worker), "the worker outlived its runner"
+    finally:
+        proc.kill()
+        if worker is not None and not _exited(worker):
+            os.kill(worker, signal.SIGKILL)
