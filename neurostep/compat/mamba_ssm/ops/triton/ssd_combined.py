@@ -66,8 +66,8 @@ def _discretize(dt: Tensor, dt_bias: Tensor | None, dt_softplus: bool, dt_limit:
 
 
 def _to_lanes(x, dt, A, B, C, D, z, dt_bias, dt_softplus, dt_limit):
-    """Heads -> lanes: the arguments of the selective scan, ``(u, delta, A, B, C, D, z, delta_bias, softplus)``."""
-    _check_groups(x, B, C)
+    """Heads -> lanes: the arguments of the selective scan, ``(u, delta, A, B, C, D, z, delta_bias, softplus)``;
+    ``B`` and ``C`` already checked by :func:`_check_groups`."""
     batch, seqlen, nheads, headdim = x.shape
     dstate = B.shape[-1]
     lanes = nheads * headdim
@@ -255,6 +255,7 @@ def ssd_selective_scan(
     from neurostep.compat.mamba_ssm.ops.selective_scan_interface import selective_scan_fn, selective_scan_ref
 
     batch, seqlen, nheads, headdim = x.shape
+    _check_groups(x, B, C)
     u, delta, A, B, C, D, z, delta_bias, softplus = _to_lanes(x, dt, A, B, C, D, z, dt_bias, dt_softplus, dt_limit)
     scan = selective_scan_ref if _ref else selective_scan_fn
     out = scan(u, delta.to(x.dtype) if tuple(dt_limit) != _NO_LIMIT else delta, A.float(), B, C, D=D, z=z,
