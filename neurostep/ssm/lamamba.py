@@ -27,7 +27,15 @@ from torch import nn
 
 from neurostep.engine import check_tensor
 from neurostep.kernels.selective_scan import selective_scan, selective_state_update
-from neurostep.layers import DropPath, as_grid, check_tokens, resolve_grid
+from neurostep.layers import (
+    DropPath,
+    as_grid,
+    check_tokens,
+    inverse_softplus,
+    log_uniform_steps,
+    resolve_grid,
+    s4d_real_log_A,
+)
 
 K_DIRECTIONS = 4
 
@@ -58,11 +66,10 @@ class SS2D(nn.Module):
         self.x_proj_weight = nn.Parameter(torch.empty(K_DIRECTIONS, r + 2 * n, di).uniform_(-bound, bound))
         std = r ** -0.5
         self.dt_projs_weight = nn.Parameter(torch.empty(K_DIRECTIONS, di, r).uniform_(-std, std))
-        dt = torch.exp(torch.rand(K_DIRECTIONS, di) * (math.log(dt_max) - math.log(dt_min)) + math.log(dt_min))
-        dt = dt.clamp(min=dt_init_floor)
         # inverse softplus, so that softplus(bias) is the sampled dt
-        self.dt_projs_bias = nn.Parameter(dt + torch.log(-torch.expm1(-dt)))
-        self.A_logs = nn.Parameter(torch.log(torch.arange(1, n + 1, dtype=torch.float32)).repeat(K_DIRECTIONS * di, 1))
+        self.dt_projs_bias = nn.Parameter(inverse_softplus(log_uniform_steps((K_DIRECTIONS, di), dt_min, dt_max,
+                                                                             dt_init_floor)))
+        self.A_logs = nn.Parameter(s4d_real_log_A(K_DIRECTIONS * di, n))
         self.Ds = nn.Parameter(torch.ones(K_DIRECTIONS * di))
         self.out_norm = nn.LayerNorm(di)
         self.out_proj = nn.Linear(di, dim, bias=False)

@@ -28,8 +28,8 @@ from torch import nn
 from neurostep.engine import Recurrent, check_nonempty, check_tensor, check_token_range, compute_dtype
 from neurostep.kernels.causal_conv1d import causal_conv1d, causal_conv1d_update
 from neurostep.kernels.selective_scan import selective_scan, selective_state_update
-from neurostep.layers import RMSNorm
-from neurostep.ssm.s4d import log_uniform_dt_bias, lti_convolution
+from neurostep.layers import RMSNorm, inverse_softplus, log_uniform_steps, s4d_real_log_A
+from neurostep.ssm.s4d import lti_convolution
 
 
 @dataclass
@@ -107,10 +107,9 @@ class _SSMParams(nn.Module):
                 nn.init.uniform_(dt_proj.weight, -std, std)
             # dt log-uniform in [dt_min, dt_max]; the bias is its inverse softplus so that
             # softplus(bias) == dt at init.
-            dt_proj.bias.copy_(log_uniform_dt_bias(d_inner, dt_min, dt_max, dt_init_floor))
+            dt_proj.bias.copy_(inverse_softplus(log_uniform_steps(d_inner, dt_min, dt_max, dt_init_floor)))
         dt_proj.bias._no_reinit = True
-        A = torch.arange(1, d_state + 1, dtype=torch.float32).repeat(d_inner, 1)
-        A_log = nn.Parameter(torch.log(A))
+        A_log = nn.Parameter(s4d_real_log_A(d_inner, d_state))
         A_log._no_weight_decay = True
         D = nn.Parameter(torch.ones(d_inner))
         D._no_weight_decay = True

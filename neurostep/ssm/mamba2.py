@@ -23,7 +23,6 @@ residual blocks, fp32 residual stream, final RMSNorm) and builds itself from a H
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
@@ -32,7 +31,7 @@ from torch import nn
 
 from neurostep.engine import Recurrent, check_nonempty, check_tensor, compute_dtype
 from neurostep.kernels.causal_conv1d import causal_conv1d_update
-from neurostep.layers import RMSNorm
+from neurostep.layers import RMSNorm, inverse_softplus, log_uniform_steps
 from neurostep.ssm.mamba import (
     HF_SHARED_IGNORED_FIELDS,
     SSMLanguageModel,
@@ -177,9 +176,7 @@ class Mamba2(Recurrent):
                                 bias=conv_bias)
         with torch.no_grad():
             # dt log-uniform in [dt_min, dt_max]; dt_bias is its inverse softplus
-            dt = torch.exp(torch.rand(nheads) * (math.log(dt_max) - math.log(dt_min)) + math.log(dt_min))
-            dt = dt.clamp(min=dt_init_floor)
-            self.dt_bias = nn.Parameter(dt + torch.log(-torch.expm1(-dt)))
+            self.dt_bias = nn.Parameter(inverse_softplus(log_uniform_steps(nheads, dt_min, dt_max, dt_init_floor)))
             A = torch.empty(nheads).uniform_(*A_init_range)
             self.A_log = nn.Parameter(torch.log(A))
         self.D = nn.Parameter(torch.ones(nheads))

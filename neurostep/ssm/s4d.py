@@ -8,13 +8,12 @@ an FFT. :class:`~neurostep.ssm.MambaLTI` (the Mamba block with S4 inside) and :c
 
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from neurostep.engine import check_nonempty, check_tensor, compute_dtype
+from neurostep.layers import inverse_softplus, log_uniform_steps, s4d_real_log_A
 
 
 def lti_convolution(u: torch.Tensor, dt: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor,
@@ -46,15 +45,6 @@ def lti_convolution(u: torch.Tensor, dt: torch.Tensor, A: torch.Tensor, B: torch
     return y, last
 
 
-def log_uniform_dt_bias(channels: int, dt_min: float, dt_max: float, dt_init_floor: float) -> torch.Tensor:
-    """``softplus^-1`` of step sizes drawn log-uniformly in ``[dt_min, dt_max]`` (mamba-ssm's and S4D's init)."""
-    if not 0 < dt_min <= dt_max:
-        raise ValueError(f"need 0 < dt_min <= dt_max, got dt_min={dt_min}, dt_max={dt_max}")
-    dt = torch.exp(torch.rand(channels) * (math.log(dt_max) - math.log(dt_min)) + math.log(dt_min))
-    dt = dt.clamp(min=dt_init_floor)
-    return dt + torch.log(-torch.expm1(-dt))
-
-
 class S4D(nn.Module):
     """The bare LTI diagonal SSM layer (S4D-Real) with no gate: ``SSM -> GELU -> Linear``.
 
@@ -82,8 +72,10 @@ class S4D(nn.Module):
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
         self.d_model = d_model
         self.d_state = d_state
-        self.A_log = nn.Parameter(torch.log(torch.arange(1, d_state + 1, dtype=torch.float32).repeat(d_model, 1)))
-        self.dt_bias = nn.Parameter(log_uniform_dt_bias(d_model, dt_min, dt_max, dt_init_floor))
+        if not 0 < dt_min <= dt_max:
+            raise ValueError(f"need 0 < dt_min <= dt_max, got dt_min={dt_min}, dt_max={dt_max}")
+        self.A_log = nn.Parameter(s4d_real_log_A(d_model, d_state))
+        self.dt_bias = nn.Parameter(inverse_softplus(log_uniform_steps(d_model, dt_min, dt_max, dt_init_floor)))
         self.B = nn.Parameter(torch.ones(d_model, d_state))
         self.C = nn.Parameter(torch.randn(d_model, d_state))
         self.D = nn.Parameter(torch.ones(d_model))

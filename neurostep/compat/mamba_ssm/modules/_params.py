@@ -2,27 +2,17 @@
 
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import Tensor, nn
+
+from neurostep.layers.ssm_init import inverse_softplus, log_uniform_steps
+
+__all__ = ["cached_decode_states", "depthwise_conv", "inverse_softplus", "log_uniform_steps", "no_weight_decay"]
 
 
 def depthwise_conv(channels: int, width: int, bias: bool, factory: dict) -> nn.Conv1d:
     """A per-channel conv of ``width`` taps, left-padded by ``width - 1`` (its output is trimmed to be causal)."""
     return nn.Conv1d(channels, channels, width, padding=width - 1, groups=channels, bias=bias, **factory)
-
-
-def inverse_softplus(y: Tensor) -> Tensor:
-    """``x`` with ``softplus(x) == y`` for ``y > 0``, written without overflow for small ``y``."""
-    return y + torch.log(-torch.expm1(-y))
-
-
-def log_uniform_steps(count: int, dt_min: float, dt_max: float, floor: float, factory: dict) -> Tensor:
-    """``count`` step sizes drawn log-uniformly in ``[dt_min, dt_max]`` (one ``torch.rand``), floored at ``floor``."""
-    lo, hi = math.log(dt_min), math.log(dt_max)
-    u = torch.rand(count, **factory)
-    return torch.exp(lo + u * (hi - lo)).clamp(min=floor)
 
 
 def no_weight_decay(values: Tensor) -> nn.Parameter:
