@@ -36,23 +36,29 @@ from neurostep.engine import (
     define_op,
     has_values,
 )
+from neurostep.kernels.decayed_linear_attention.reference import SAVED_TENSORS
 
 _NAME = "decayed_linear_attention"
 
 
+_SAVED = slice(2, 2 + SAVED_TENSORS)   # the outputs after o and the final state
+
+
 def _forward(impl, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: torch.Tensor, h0: torch.Tensor | None,
-             scale: float, chunk_size: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Returns ``(o, final_state, saved)``; ``saved`` (flat, possibly empty) is what the backend's forward
-    keeps for its own backward."""
-    return impl.forward(q, k, v, g, h0, scale, chunk_size)
+             scale: float, chunk_size: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor,
+                                                     torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Returns ``(o, final_state, *saved)``; ``saved`` (:data:`SAVED_TENSORS` tensors, possibly empty) is what
+    the backend's forward keeps for its own backward."""
+    o, final, saved = impl.forward(q, k, v, g, h0, scale, chunk_size)
+    return (o, final, *saved)
 
 
 def _forward_fake(q, k, v, g, h0, scale, chunk_size, *, backend):
     B, K, H = q.shape[0], q.shape[-1], v.shape[2]
     # the backend module is imported by name: the fake runs on meta tensors, where no backend is "available"
     module = importlib.import_module(f"{__name__}.{backend}")
-    return (v.new_empty(v.shape), q.new_empty(B, H, K, v.shape[-1]),
-            q.new_empty(module.saved_numel(tuple(q.shape), tuple(v.shape), chunk_size)))
+    saved = module.saved_shapes(tuple(q.shape), tuple(v.shape), chunk_size)
+    return (v.new_empty(v.shape), q.new_empty(B, H, K, v.shape[-1]), *(q.new_empty(shape) for shape in saved))
 
 
 def _shape_only(t: torch.Tensor) -> torch.Tensor:
@@ -61,24 +67,24 @@ def _shape_only(t: torch.Tensor) -> torch.Tensor:
 
 
 def _save(args, outputs):
-    saved = outputs[2]
-    if saved.numel():   # the backend keeps its own copies of q, k and v: autograd holds them once
+    saved = outputs[_SAVED]
+    if saved[0].numel():   # the backend keeps its own copies of q, k and v: autograd holds them once
         return (_shape_only(args["q"]), _shape_only(args["k"]), _shape_only(args["v"]), args["g"], args["h0"],
-                outputs[1], saved)
-    return args["q"], args["k"], args["v"], args["g"], args["h0"], outputs[1], saved
+                outputs[1], *saved)
+    return args["q"], args["k"], args["v"], args["g"], args["h0"], outputs[1], *saved
 
 
 def _backward(impl, call: BackwardCall):
     grad_o, grad_final = call.grads
-    q, k, v, g, h0, final, saved = call.saved
+    q, k, v, g, h0, final, *saved = call.saved
     grad_o = g.new_zeros(*g.shape, final.shape[-1]) if grad_o is None else grad_o.contiguous()
     grad_final = None if grad_final is None else grad_final.contiguous()
-    return impl.backward(grad_o, grad_final, q, k, v, g, h0, final, saved, call.attrs["scale"],
+    return impl.backward(grad_o, grad_final, q, k, v, g, h0, final, tuple(saved), call.attrs["scale"],
                          call.attrs["chunk_size"])
 
 
 def _backward_fake(call: BackwardCall):
-    q, _, _, g, h0, final, _ = call.saved
+    q, _, _, g, h0, final, *_ = call.saved
     K, V = final.shape[-2:]
     return [g.new_empty(*q.shape[:-1], K), g.new_empty(*q.shape[:-1], K), g.new_empty(*g.shape, V),
             g.new_empty(g.shape),
@@ -118,7 +124,7 @@ DECAYED_LINEAR_ATTENTION = define_op(
     _NAME,
     backends={name: f"neurostep.kernels.decayed_linear_attention.{name}" for name in ("reference", "cpu", "triton")},
     forward=_forward, forward_fake=_forward_fake, backward=_backward, backward_fake=_backward_fake,
-    save=_save, internal_outputs=(2,), cost=_cost,
+    save=_save, internal_outputs=tuple(range(_SAVED.start, _SAVED.stop)), cost=_cost,
 )
 
 
@@ -225,7 +231,7 @@ def decayed_linear_attention(
     cd = compute_dtype(q.dtype)
     g = log_decay.to(cd)
     g = g.expand(B, L, H) if g.dim() == 1 else g
-    o, final, _ = DECAYED_LINEAR_ATTENTION(
+    o, final, *_ = DECAYED_LINEAR_ATTENTION(
         q.to(cd).contiguous(), k.to(cd).contiguous(), v.to(cd).contiguous(), g.contiguous(),
         None if initial_state is None else initial_state.to(cd).contiguous(), float(scale), int(chunk_size),
         backend=name)

@@ -16,11 +16,16 @@ so the output is one intra-chunk product ``((Q K^T) * M) V`` with the decay mask
 mask is the product ``exp(b_i) * exp(-b_j)`` (``C`` exps per factor instead of ``C^2 / 2``), whose factors
 lie in ``[exp(-60), exp(60)]``: no overflow, no denormals, a few ulp from the single exp.
 
-The forward's ``saved`` tensor holds the chunked copies of q, k and v (autograd then holds them instead
+The forward's ``saved`` tensors are the chunked copies of q, k and v (autograd then holds them instead
 of q, k and v), the masked scores ``P = (Q K^T) * scale M`` of every chunk and the state entering every
 chunk, so the backward recomputes neither the states nor the scores (2 of the 10 products a recomputing
 backward runs), for ``C^2 + K V`` more saved elements per chunk and head (at
-the benchmark size 100 MB saved instead of 63 MB). With ``dO`` the output gradient, ``dS`` the gradient
+the benchmark size 100 MB saved instead of 63 MB). They are five tensors, not one flat buffer: glibc
+serves blocks of up to 32 MB from its heap once one of that size has been freed, while a larger block is
+a fresh ``mmap`` whose every page faults on its first write. At the benchmark size, three runs of each
+in turn (development machine, 2026-12-02, load 0.5 to 1.5): one 100 MB buffer took 16,000-31,000 page
+faults and 162-179 ms per forward+backward, the five tensors of 12.5-25 MB 1,200-12,000 faults and
+139-161 ms. With ``dO`` the output gradient, ``dS`` the gradient
 of the state leaving a chunk and the scale folded into ``M`` and ``exp(b)``::
 
     dP = (dO V^T) * M
@@ -328,23 +333,16 @@ def _chunk_count(length: int, chunk_size: int) -> tuple[int, int]:
     return chunk, -(-length // chunk)
 
 
-def saved_numel(q_shape: tuple[int, ...], v_shape: tuple[int, ...], chunk_size: int) -> int:
-    """Elements of the forward's ``saved`` tensor: the chunked copies of q, k and v (q and k copied per
-    head), and the masked scores and the entering state of every chunk."""
+def saved_shapes(q_shape: tuple[int, ...], v_shape: tuple[int, ...],
+                 chunk_size: int) -> tuple[tuple[int, ...], ...]:
+    """Shapes of the forward's ``saved`` tensors: the blocks of q and k (``(M, C, K)``, ``M = B H n``, q and
+    k copied per head) and v (``(M, C, V)``), the masked scores ``P (M, C, C)`` and the entering states
+    ``(M, K, V)``."""
     B, L, _, K = q_shape
     H, V = v_shape[-2:]
     chunk, n = _chunk_count(L, chunk_size)
-    return B * H * n * (chunk * (2 * K + V) + chunk * chunk + K * V)
-
-
-def _saved_parts(saved: torch.Tensor, B: int, H: int, n: int, chunk: int, K: int, V: int):
-    """Views into ``saved``: the blocks of q, k (``(M, C, K)``, ``M = B H n``) and v (``(M, C, V)``), the
-    masked scores ``P (M, C, C)`` and the entering states ``(M, K, V)``."""
     M = B * H * n
-    sizes = (M * chunk * K, M * chunk * K, M * chunk * V, M * chunk * chunk, M * K * V)
-    qc, kc, vc, p, states = saved.split(sizes)
-    return (qc.view(M, chunk, K), kc.view(M, chunk, K), vc.view(M, chunk, V), p.view(M, chunk, chunk),
-            states.view(M, K, V))
+    return (M, chunk, K), (M, chunk, K), (M, chunk, V), (M, chunk, chunk), (M, K, V)
 
 
 def _decays(g: torch.Tensor, n: int, chunk: int, scale: float):
@@ -417,14 +415,14 @@ def _masked_scores(qc: torch.Tensor, kc: torch.Tensor, p: torch.Tensor, b: torch
 
 
 def forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: torch.Tensor, h0: torch.Tensor | None,
-            scale: float, chunk_size: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+            scale: float, chunk_size: int) -> tuple[torch.Tensor, torch.Tensor, tuple[torch.Tensor, ...]]:
     """Same contract as :func:`neurostep.kernels.decayed_linear_attention.reference.forward`; ``saved`` holds
     the chunked copies of q, k and v, the masked scores and the entering state of every chunk."""
     B, L, G, K = q.shape
     H, V = v.shape[-2:]
     chunk, n = _chunk_count(L, chunk_size)
-    saved = q.new_empty(saved_numel(q.shape, v.shape, chunk_size))
-    qc, kc, vc, p, states = _saved_parts(saved, B, H, n, chunk, K, V)
+    saved = tuple(q.new_empty(shape) for shape in saved_shapes(q.shape, v.shape, chunk_size))
+    qc, kc, vc, p, states = saved
     b, eb, ebl, decay = _decays(g, n, chunk, scale)
     vd = torch.empty_like(vc)                                            # V * exp(b_C - b)
     _to_blocks(q, qc, H)
@@ -443,7 +441,7 @@ def forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: torch.Tensor, 
 
 def backward(grad_o: torch.Tensor, grad_final: torch.Tensor | None, q: torch.Tensor,
              k: torch.Tensor, v: torch.Tensor, g: torch.Tensor, h0: torch.Tensor | None,
-             final_state: torch.Tensor, saved: torch.Tensor, scale: float,
+             final_state: torch.Tensor, saved: tuple[torch.Tensor, ...], scale: float,
              chunk_size: int) -> tuple[torch.Tensor | None, ...]:
     """Same contract as :func:`neurostep.kernels.decayed_linear_attention.reference.backward`; q, k and v
     come without elements, for their shapes only (their chunked copies are in ``saved``, with the masked
@@ -453,7 +451,7 @@ def backward(grad_o: torch.Tensor, grad_final: torch.Tensor | None, q: torch.Ten
     K, V = final_state.shape[-2:]
     BH = B * H
     chunk, n = _chunk_count(L, chunk_size)
-    qc, kc, vc, p, states = _saved_parts(saved, B, H, n, chunk, K, V)
+    qc, kc, vc, p, states = saved
     b, eb, ebl, decay = _decays(g, n, chunk, scale)
     doc, dod = torch.empty_like(vc), torch.empty_like(vc)                 # dO and dO * scale exp(b)
     _to_blocks(grad_o, doc, H, dod, eb)

@@ -15,23 +15,27 @@ tensors of one dtype (float32, or float64 for float64 inputs)::
     forward(q, k, v, g, h0, scale, chunk_size) -> (o, final_state, saved)
     backward(grad_o, grad_final, q, k, v, g, h0, final_state, saved, scale, chunk_size)
         -> (dq, dk, dv, dg, dh0 or None)
-    saved_numel(q_shape, v_shape, chunk_size) -> int
+    saved_shapes(q_shape, v_shape, chunk_size) -> tuple of SAVED_TENSORS shapes
 
 with ``q, k (B, L, G, K)`` (``G`` groups, dividing ``H``: head ``h`` reads group ``h // (H / G)``;
 ``G = H`` gives each head its own), ``v (B, L, H, V)``, ``g (B, L, H)`` (the log-decays, ``<= 0``),
 ``h0`` and ``final_state (B, H, K, V)`` (``h0`` may be None), ``o (B, L, H, V)``; ``dq`` and ``dk``
 have q's shape (summed over the heads of a group); ``grad_final`` may be None (no gradient reaches the
-final state). ``saved`` is a flat tensor of ``saved_numel`` elements that the backend's forward hands
-to its own backward (empty here); a backend that keeps q, k and v in it (the cpu backend keeps its
-chunked copies) gets, in its backward, q, k and v as tensors with no elements, of shapes
-``(B, L, G, 0)`` and ``(B, L, H, 0)``, so that autograd holds them once. ``chunk_size`` is the length
-of the chunks a chunked backend works on; this backend steps token by token and ignores it.
+final state). ``saved`` is a tuple of :data:`SAVED_TENSORS` tensors, of the shapes ``saved_shapes``
+gives, that the backend's forward hands to its own backward (empty here); a backend that keeps q, k
+and v in it (the cpu backend keeps its chunked copies) gets, in its backward, q, k and v as tensors
+with no elements, of shapes ``(B, L, G, 0)`` and ``(B, L, H, 0)``, so that autograd holds them once.
+``chunk_size`` is the length of the chunks a chunked backend works on; this backend steps token by
+token and ignores it.
 """
 
 from __future__ import annotations
 
 import torch
 
+SAVED_TENSORS = 5
+"""How many tensors every backend's forward returns as ``saved`` (a backend that needs fewer returns
+empty ones): the op's schema has one output per saved tensor."""
 CHUNK_SIZE = 64
 """Not used by this backend (it steps token by token); the chunk size the cost formula counts when
 the reference runs (as on the meta device)."""
@@ -66,21 +70,22 @@ def _scan_groups(q, k, v, g, h0, scale):
     return scan(per_head(q, H), per_head(k, H), v, g, h0, scale)
 
 
-def saved_numel(q_shape: tuple[int, ...], v_shape: tuple[int, ...], chunk_size: int) -> int:
-    """This backend saves nothing of its own (its backward reads q, k and v)."""
-    return 0
+def saved_shapes(q_shape: tuple[int, ...], v_shape: tuple[int, ...],
+                 chunk_size: int) -> tuple[tuple[int, ...], ...]:
+    """This backend saves nothing of its own (its backward reads q, k and v): empty tensors."""
+    return ((0,),) * SAVED_TENSORS
 
 
 def forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: torch.Tensor, h0: torch.Tensor | None,
-            scale: float, chunk_size: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+            scale: float, chunk_size: int) -> tuple[torch.Tensor, torch.Tensor, tuple[torch.Tensor, ...]]:
     """Backend forward: see the module docstring for the contract."""
     o, state = _scan_groups(q, k, v, g, _initial(q, v, h0), scale)
-    return o, state.clone(), q.new_empty(0)
+    return o, state.clone(), tuple(q.new_empty(0) for _ in range(SAVED_TENSORS))
 
 
 def backward(grad_o: torch.Tensor, grad_final: torch.Tensor | None, q: torch.Tensor, k: torch.Tensor,
              v: torch.Tensor, g: torch.Tensor, h0: torch.Tensor | None, final_state: torch.Tensor,
-             saved: torch.Tensor, scale: float, chunk_size: int) -> tuple[torch.Tensor | None, ...]:
+             saved: tuple[torch.Tensor, ...], scale: float, chunk_size: int) -> tuple[torch.Tensor | None, ...]:
     """Backend backward by reverse-mode differentiation of :func:`scan` (it keeps every state: a
     reference, not a kernel). ``final_state`` and ``saved`` are accepted for the shared signature."""
     # torch.func.vjp, not torch.autograd: custom-op implementations run below the autograd

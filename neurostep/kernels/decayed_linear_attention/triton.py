@@ -31,7 +31,7 @@ import torch
 import triton
 import triton.language as tl
 
-from neurostep.kernels.decayed_linear_attention.reference import per_head
+from neurostep.kernels.decayed_linear_attention.reference import SAVED_TENSORS, per_head
 
 CHUNK_SIZE = 64
 
@@ -261,13 +261,14 @@ def _fwd_states(k, v, b, h0, chunk, n, Lp):
     return states, final
 
 
-def saved_numel(q_shape: tuple[int, ...], v_shape: tuple[int, ...], chunk_size: int) -> int:
-    """This backend saves nothing of its own: the backward reads q, k, v in place."""
-    return 0
+def saved_shapes(q_shape: tuple[int, ...], v_shape: tuple[int, ...],
+                 chunk_size: int) -> tuple[tuple[int, ...], ...]:
+    """This backend saves nothing of its own (the backward reads q, k, v in place): empty tensors."""
+    return ((0,),) * SAVED_TENSORS
 
 
 def forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: torch.Tensor, h0: torch.Tensor | None,
-            scale: float, chunk_size: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+            scale: float, chunk_size: int) -> tuple[torch.Tensor, torch.Tensor, tuple[torch.Tensor, ...]]:
     """Same contract as :func:`neurostep.kernels.decayed_linear_attention.reference.forward`
     (``chunk_size`` a power of two >= 16)."""
     B, L, H, V = v.shape
@@ -279,12 +280,12 @@ def forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: torch.Tensor, 
     BK, BV = _block(K, 64), _block(V, 64)
     _dla_fwd_out[(triton.cdiv(V, BV), n, B * H)](q, k, v, b, states, o, _scalar(scale, q), L, Lp, H, K, V,
                                                  C=chunk_size, BK=BK, BV=BV, PRECISION=_precision(q.dtype))
-    return o, final, q.new_empty(0)
+    return o, final, tuple(q.new_empty(0) for _ in range(SAVED_TENSORS))
 
 
 def backward(grad_o: torch.Tensor, grad_final: torch.Tensor | None, q: torch.Tensor, k: torch.Tensor,
              v: torch.Tensor, g: torch.Tensor, h0: torch.Tensor | None, final_state: torch.Tensor,
-             saved: torch.Tensor, scale: float, chunk_size: int) -> tuple[torch.Tensor | None, ...]:
+             saved: tuple[torch.Tensor, ...], scale: float, chunk_size: int) -> tuple[torch.Tensor | None, ...]:
     """Same contract as :func:`neurostep.kernels.decayed_linear_attention.reference.backward`."""
     B, L, H, V = v.shape
     G, K = q.shape[2:]
