@@ -24,11 +24,13 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from neurostep.experiment.backbone import build_backbone
 from neurostep.experiment.config import ExperimentConfig
 from neurostep.experiment.lock import RunLock
 from neurostep.experiment.results import ResultStore, atomic_write_text
 from neurostep.experiment.tasks import build_task, task_defaults
-from neurostep.experiment.train import DistContext, init_distributed, train_run
+from neurostep.experiment.train import DistContext, init_distributed, train_run, warm_up
+from neurostep.experiment.warmup import WarmUp, fused_ops, plan_warm_ups, take_ready
 
 
 @dataclass(frozen=True)
@@ -207,6 +209,16 @@ def _worker_run(cfg: ExperimentConfig, run: PlannedRun, shared: Any) -> dict[str
     return run_one(cfg, run, progress=False, shared=shared)
 
 
+def _worker_warm_up(cfg: ExperimentConfig, block: str, task_label: str) -> float:
+    """One forward+backward (and an inference pass) of ``block`` on a batch of ``task_label``, so that its
+    kernels compile here; returns its seconds."""
+    import_plugins(cfg.imports)
+    options = cfg.task_options[task_label]
+    task = build_task(options["task"], options)
+    model = build_backbone(block, task, cfg.backbone_for(task_label), cfg.block_options.get(block))
+    return warm_up(model, task.x_test[:2], task.y_test[:2])
+
+
 # ----------------------------------------------------------------------------- the driver
 def run_experiment(cfg: ExperimentConfig, *, progress: bool | None = None, report: bool = True,
                    log: Callable[[str], None] = print) -> Path:
@@ -281,11 +293,38 @@ def run_experiment(cfg: ExperimentConfig, *, progress: bool | None = None, repor
     return cfg.run_dir
 
 
+def _warm_up_plan(cfg: ExperimentConfig, queue: list[tuple[int, PlannedRun]]) -> tuple[list[WarmUp], dict]:
+    """The warm-ups of the runs in ``queue`` and the fused ops each (block, task) calls (empty where the
+    model cannot be traced on the meta device: such runs never wait)."""
+    calls: dict[tuple[str, str], frozenset[str]] = {}
+    tasks: dict[str, Any] = {}
+    for _, run in queue:
+        key = (run.block, run.task)
+        if key in calls:
+            continue
+        try:
+            if run.task not in tasks:
+                options = cfg.task_options[run.task]
+                tasks[run.task] = build_task(options["task"], options)
+            task = tasks[run.task]
+            model = build_backbone(run.block, task, cfg.backbone_for(run.task), cfg.block_options.get(run.block))
+            calls[key] = fused_ops(model, task.x_test[:2])
+        except Exception:  # noqa: BLE001 - a block that cannot run on meta tensors is simply not warmed up
+            calls[key] = frozenset()
+    return plan_warm_ups(calls), calls
+
+
 def _run_parallel(cfg: ExperimentConfig, todo: list[tuple[int, PlannedRun]], total: int, store: ResultStore,
                   workers: int, shared: Any, progress: bool, log: Callable[[str], None]) -> None:
-    """``workers`` spawned processes in :func:`parallel_order`; the parent appends each record as it arrives."""
+    """``workers`` spawned processes: first the warm-ups (:mod:`neurostep.experiment.warmup`), then the runs
+    in :func:`parallel_order`; a job waits while a fused op it calls is warming up on another worker. The
+    parent appends each record as it arrives."""
     threads = cfg.train["threads"] or 1
     queue = parallel_order(cfg, todo)
+    warm_ups, calls = _warm_up_plan(cfg, queue)
+    jobs: list[tuple[frozenset[str], Any]] = [(w.needs, w) for w in warm_ups]
+    jobs += [(calls[(run.block, run.task)], (i, run)) for i, run in queue]
+    warming: set[str] = set()
     bar = None
     if progress:
         from tqdm import tqdm
@@ -294,14 +333,24 @@ def _run_parallel(cfg: ExperimentConfig, todo: list[tuple[int, PlannedRun]], tot
     context = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(workers, mp_context=context, initializer=_worker_init,
                              initargs=(threads, os.getpid())) as pool:
-        pending: dict[Future, tuple[int, PlannedRun]] = {}
+        pending: dict[Future, Any] = {}
         try:
-            for i, run in queue:
-                pending[pool.submit(_worker_run, cfg, run, shared)] = (i, run)
-            while pending:
+            while jobs or pending:
+                # fill the idle workers with the first jobs that call no op now warming up
+                for job in take_ready(jobs, warming, workers - len(pending)):
+                    if isinstance(job, WarmUp):
+                        pending[pool.submit(_worker_warm_up, cfg, job.block, job.task)] = job
+                    else:
+                        pending[pool.submit(_worker_run, cfg, job[1], shared)] = job
                 finished, _ = wait(pending, return_when=FIRST_COMPLETED)
                 for fut in finished:
-                    i, run = pending.pop(fut)
+                    job = pending.pop(fut)
+                    if isinstance(job, WarmUp):
+                        warming -= job.ops
+                        log(f"kernels {', '.join(sorted(job.ops))} ready ({job.block} / {job.task}, "
+                            f"{fut.result():.1f} s)")
+                        continue
+                    i, run = job
                     record = fut.result()
                     store.append(record)
                     log(f"[{i}/{total}] {run.block} / {run.task} / seed {run.seed}: {_summary(record)}")
