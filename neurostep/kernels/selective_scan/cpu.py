@@ -108,12 +108,33 @@ def _scatter(dst, src, slot, bi, d0, lt, group_size, tmp):
                 dst[slot, bi, g, lt, n] += src[n, j]
 
 
-# The per-chunk helpers _gather_rows, _store_rows and _prepare_chunk are compiled as functions of their
-# own, not inlined into the kernels as numba IR: numba's parfor passes (whose copy propagation deep-copies
-# the IR of the whole prange body, several times) then see a smaller body. First backward call from a cold
-# cache, fp32: 33 s against 38-45 s inlined (development machine, 2-core AMD EPYC, 2026-12-03); run time
-# unchanged, outputs bit-identical (LLVM still inlines them). They need error_model="numpy", which a prange
-# body gets from parfor: under Python's error model every division checks for zero and the loops stay scalar.
+# The per-chunk helpers (_reduce_chunk, _scatter_once, _gather_rows, _store_rows, _prepare_chunk) are
+# compiled as functions of their own, not inlined into the kernels as numba IR: numba's parfor passes
+# (whose copy propagation deep-copies the IR of the whole prange body, several times) then see a smaller
+# body. First backward call from a cold cache, fp32: 21 s against 38-45 s with them inlined (development
+# machine, 2-core AMD EPYC, 2026-12-03); outputs bit-identical, run time within 1-2% (LLVM still inlines
+# them). They need error_model="numpy", which a prange body gets from parfor: under Python's error model
+# every division checks for zero and the loops stay scalar.
+@numba.njit(error_model="numpy")
+def _reduce_chunk(dst, src, acc, vary, slot, bi, d0, start, nk, group_size, tmp):
+    """A chunk's B or C gradient terms ``src (nk, N, W)``: with ``vary`` (B or C varies over time) step
+    ``k`` into ``dst[slot, bi, group, start + k]`` (:func:`_scatter`), else summed into ``acc (N, W)``,
+    scattered once per batch row (:func:`_scatter_once`)."""
+    for k in range(nk):
+        if vary:
+            _scatter(dst, src[k], slot, bi, d0, start + k, group_size, tmp)
+        else:
+            for n in range(src.shape[1]):
+                for j in range(src.shape[2]):
+                    acc[n, j] += src[k, n, j]
+
+
+@numba.njit(error_model="numpy")
+def _scatter_once(dst, src, slot, bi, d0, lt, group_size, tmp):
+    """:func:`_scatter` as a function of its own (see the note above :func:`_reduce_chunk`)."""
+    _scatter(dst, src, slot, bi, d0, lt, group_size, tmp)
+
+
 @numba.njit(error_model="numpy")
 def _gather_rows(dst, src, b, d0, start, nk, w):
     """dst[k, j] = src[b, d0 + j, start + k] for a chunk of ``nk`` steps and ``w`` lanes.
@@ -494,20 +515,12 @@ def _backward_kernel(gout, glast, u, delta, biasv, softplus, At, B, C, Dv, z, ha
                         dbias_acc[j] += ddts[k, j]
                 _store_rows(du_out, dus, b, d0, start, nk, w)
                 _store_rows(ddelta_out, ddts, b, d0, start, nk, w)
-                for k in range(nk):
-                    l = start + k
-                    if b_time:
-                        _scatter(dBbuf, tbs[k], slot, bi, d0, l, gs_b, tmp)
-                    else:
-                        acc_b += tbs[k]
-                    if c_time:
-                        _scatter(dCbuf, tcs[k], slot, ci, d0, l, gs_c, tmp)
-                    else:
-                        acc_c += tcs[k]
+                _reduce_chunk(dBbuf, tbs, acc_b, b_time, slot, bi, d0, start, nk, gs_b, tmp)
+                _reduce_chunk(dCbuf, tcs, acc_c, c_time, slot, ci, d0, start, nk, gs_c, tmp)
             if not b_time:
-                _scatter(dBbuf, acc_b, slot, bi, d0, 0, gs_b, tmp)
+                _scatter_once(dBbuf, acc_b, slot, bi, d0, 0, gs_b, tmp)
             if not c_time:
-                _scatter(dCbuf, acc_c, slot, ci, d0, 0, gs_c, tmp)
+                _scatter_once(dCbuf, acc_c, slot, ci, d0, 0, gs_c, tmp)
             for n in range(n_state):
                 for j in range(w):
                     dh0t[b, n, d0 + j] = dx[n, j]
