@@ -1,15 +1,16 @@
 """Compile every CPU kernel variant into numba's disk cache ahead of the first call.
 
 A kernel compiles on its first call in a process whose numba cache lacks it: from under 2 s (linear
-scan) to about 20 s (the selective scan's backward) on a 2-core machine, the whole set about 2 minutes
-of CPU (``benchmarks/results/compile_time.json``). ``make venv`` runs this module once after installing,
-so that on that machine every first call loads from the cache instead (0.4-0.7 s). It runs each op's
-forward and backward on tiny inputs in every variant the kernels compile separately: float32 and
-float64, and the layouts with a compilation of their own (the selective scan's B/C groups that do or do
-not align with its channel blocks; the LIF backward that recomputes the membrane and the one that reads
-a saved one). The cache lives next to the kernels' source files, or in ``NUMBA_CACHE_DIR`` when that is
-set; it is keyed on the machine's CPU, numba's version and the source files' timestamps, so after an
-upgrade or an edit the kernels compile again on first use, as without this step.
+scan) to about 20 s (the selective scan's backward) on a 2-core machine
+(``benchmarks/results/compile_time.json``). Running this module once on a machine makes every later
+first call load from the cache instead (0.05-0.7 s); all 16 variants take about 3 minutes of 2 cores,
+which is why ``make venv`` does not run it. It runs each op's forward and backward on tiny inputs in
+every variant the kernels compile separately: float32 and float64, and the layouts with a compilation
+of their own (the selective scan's B/C groups that do or do not align with its channel blocks; the LIF
+backward that recomputes the membrane and the one that reads a saved one). The cache lives next to the
+kernels' source files, or in ``NUMBA_CACHE_DIR`` when that is set; it is keyed on the machine's CPU,
+numba's version and the source files' timestamps, so after an upgrade or an edit the kernels compile
+again on first use, as without this step.
 
     python -m neurostep.kernels.precompile            # every variant, two processes at a time
     python -m neurostep.kernels.precompile --list     # the variants
@@ -29,8 +30,9 @@ from multiprocessing import get_context
 import torch
 
 
-def _leaf(*shape: int, dtype: torch.dtype, low: float | None = None) -> torch.Tensor:
-    t = torch.rand(*shape, dtype=dtype) * -1.0 + low if low is not None else torch.randn(*shape, dtype=dtype)
+def _leaf(*shape: int, dtype: torch.dtype, high: float | None = None) -> torch.Tensor:
+    """A leaf tensor: standard normal, or uniform in ``(high - 1, high]`` when ``high`` is given."""
+    t = torch.randn(*shape, dtype=dtype) if high is None else high - torch.rand(*shape, dtype=dtype)
     return t.requires_grad_()
 
 
@@ -39,7 +41,7 @@ def _selective_scan(dtype: torch.dtype, groups: int) -> torch.Tensor:
 
     batch, dim, length, n = 2, 48, 40, 4
     u, delta = _leaf(batch, dim, length, dtype=dtype), _leaf(batch, dim, length, dtype=dtype)
-    A = _leaf(dim, n, dtype=dtype, low=-0.5)
+    A = _leaf(dim, n, dtype=dtype, high=-0.5)
     B, C = _leaf(batch, groups, n, length, dtype=dtype), _leaf(batch, groups, n, length, dtype=dtype)
     D, z, bias = _leaf(dim, dtype=dtype), _leaf(batch, dim, length, dtype=dtype), _leaf(dim, dtype=dtype)
     return selective_scan(u, delta, A, B, C, D, z=z, delta_bias=bias, delta_softplus=True, backend="cpu")[0]
@@ -55,7 +57,7 @@ def _lif(dtype: torch.dtype, convention: str) -> torch.Tensor:
 def _linear_scan(dtype: torch.dtype) -> torch.Tensor:
     from neurostep.kernels.linear_scan import linear_scan
 
-    return linear_scan(_leaf(2, 16, 32, dtype=dtype, low=1.0), _leaf(2, 16, 32, dtype=dtype), backend="cpu")[0]
+    return linear_scan(_leaf(2, 16, 32, dtype=dtype, high=1.0), _leaf(2, 16, 32, dtype=dtype), backend="cpu")[0]
 
 
 def _causal_conv1d(dtype: torch.dtype) -> torch.Tensor:
@@ -68,7 +70,7 @@ def _causal_conv1d(dtype: torch.dtype) -> torch.Tensor:
 def _wkv(dtype: torch.dtype) -> torch.Tensor:
     from neurostep.kernels.wkv import wkv
 
-    w, u = _leaf(32, dtype=dtype, low=1.0), _leaf(32, dtype=dtype)
+    w, u = _leaf(32, dtype=dtype, high=1.0), _leaf(32, dtype=dtype)
     return wkv(w, u, _leaf(2, 16, 32, dtype=dtype), _leaf(2, 16, 32, dtype=dtype), backend="cpu")[0]
 
 
@@ -76,7 +78,7 @@ def _decayed_linear_attention(dtype: torch.dtype) -> torch.Tensor:
     from neurostep.kernels.decayed_linear_attention import decayed_linear_attention
 
     q, k, v = (_leaf(2, 80, 2, 8, dtype=dtype) for _ in range(3))
-    g = _leaf(2, 80, 2, dtype=dtype, low=0.0)
+    g = _leaf(2, 80, 2, dtype=dtype, high=0.0)
     return decayed_linear_attention(q, k, v, g, backend="cpu")[0]
 
 
