@@ -136,7 +136,16 @@ def _row(task: str, block: str, config: str, recs: list[dict[str, Any]], label: 
         "chance": _mean(recs, "chance"), "chance_loss": _mean(recs, "chance_loss"),
         "rates": _layer_rates(recs), "curves": [r.get("curve") or [] for r in recs],
         "train_energy_per_sample": _mean(recs, "train_energy_uj"),
+        "positions": _mean_positions(recs),
     }
+
+
+def _mean_positions(records: list[dict[str, Any]]) -> list[float] | None:
+    """Per answer position, the accuracy averaged over seeds; None unless every record has as many."""
+    per = [r.get("position_accuracy") for r in records]
+    if not per or any(not p or len(p) != len(per[0]) for p in per):
+        return None
+    return [float(np.mean(col)) for col in zip(*per, strict=True)]
 
 
 def _max(records: list[dict[str, Any]], key: str) -> float | None:
@@ -341,9 +350,25 @@ def _task_section(out_dir: Path, task: str, task_rows: list[dict[str, Any]]) -> 
             f"| {_fmt(row['macs'])} | {_fmt(row['acs'])} | {_fmt(row['energy'])} | {_fmt(row['train_energy'])} "
             f"| {spikes} | {_fmt(row['latency'], '.2f')} | {_fmt(row['train'], '.1f')} |")
     lines.append("")
+    lines += _position_table(ranked + untrained)
     lines += _curve_plot(out_dir, task, metric, task_rows)
     lines += _mixer_plots(out_dir, task, metric, higher, ranked)
     return lines
+
+
+def _position_table(rows: list[dict[str, Any]]) -> list[str]:
+    """Accuracy at each answer position (selective copying: each copied token, in order)."""
+    rows = [r for r in rows if r["positions"]]
+    if not rows:
+        return []
+    width = max(len(r["positions"]) for r in rows)
+    lines = ["Accuracy at each answer position (the copied tokens in order; mean over seeds):", "",
+             "| block | " + " | ".join(str(i) for i in range(1, width + 1)) + " |",
+             "|---|" + "---|" * width]
+    for r in rows:
+        cells = [f"{v:.2f}" for v in r["positions"]] + [""] * (width - len(r["positions"]))
+        lines.append(f"| {r['label']} | " + " | ".join(cells) + " |")
+    return lines + [""]
 
 
 def _curve_plot(out_dir: Path, task: str, metric: str, task_rows: list[dict[str, Any]]) -> list[str]:

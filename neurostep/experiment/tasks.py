@@ -64,6 +64,10 @@ class TaskData:
     grid_size: tuple[int, int] | None = None
     readout: str = "mean"              # "mean" | "all"
     metric: str = "accuracy"           # "accuracy" | "bpc"
+    # Positions that hold an answer in every sample (selective copying's copied tokens): their
+    # accuracy is also reported one position at a time, which shows what a block copies by
+    # position alone (the first and the last token) and what needs content.
+    answer_positions: tuple[int, ...] | None = None
 
     @property
     def seq_len(self) -> int:
@@ -149,7 +153,7 @@ def selective_copy_task(options: dict[str, Any]) -> TaskData:
     task = TaskData(
         name="selective_copy", **_held_out(sample, options), num_classes=vocab, input_kind="tokens",
         chance=1.0 / vocab, chance_loss=math.log(vocab), causal=options["causal"], vocab_size=vocab + 2,
-        grid_size=(1, length), readout="all",
+        grid_size=(1, length), readout="all", answer_positions=tuple(range(length - k, length)),
     )
     return _finite_or_stream(task, sample, options)
 

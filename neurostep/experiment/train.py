@@ -157,10 +157,11 @@ def train_batches(task: TaskData, batch: int, seed: int) -> Iterator[tuple[torch
 
 # ----------------------------------------------------------------------------- evaluation
 @torch.no_grad()
-def evaluate(model: nn.Module, task: TaskData, batch_size: int, split: str = "test") -> dict[str, float]:
+def evaluate(model: nn.Module, task: TaskData, batch_size: int, split: str = "test") -> dict[str, Any]:
     """Loss and metric on the ``"test"`` or ``"val"`` split.
 
-    Accuracy counts scored targets (not :data:`IGNORE`); ``bpc`` is the loss in bits.
+    Accuracy counts scored targets (not :data:`IGNORE`); ``bpc`` is the loss in bits. A task with
+    ``answer_positions`` also gets ``position_accuracy``, the accuracy at each of those positions.
     """
     if split not in ("test", "val"):
         raise ValueError(f"split must be 'test' or 'val', got {split!r}")
@@ -168,7 +169,9 @@ def evaluate(model: nn.Module, task: TaskData, batch_size: int, split: str = "te
     was_training = model.training
     model.eval()
     n = xs.shape[0]
+    positions = list(task.answer_positions or ())
     loss_sum, correct, count = 0.0, 0, 0
+    hits = torch.zeros(len(positions), dtype=torch.int64)
     for i in range(0, n, batch_size):
         j = min(i + batch_size, n)
         logits = model(xs[i:j])
@@ -178,9 +181,13 @@ def evaluate(model: nn.Module, task: TaskData, batch_size: int, split: str = "te
         loss_sum += float(F.cross_entropy(flat[scored], y[scored], reduction="sum"))
         correct += int((flat[scored].argmax(-1) == y[scored]).sum())
         count += int(scored.sum())
+        if positions:
+            hits += (logits[:, positions].argmax(-1) == ys[i:j, positions]).sum(0)
     model.train(was_training)
     loss = loss_sum / count
-    out = {"test_loss": loss, "accuracy": correct / count}
+    out: dict[str, Any] = {"test_loss": loss, "accuracy": correct / count}
+    if positions:
+        out["position_accuracy"] = (hits.double() / n).tolist()
     if task.metric == "bpc":
         out["bpc"] = loss / math.log(2.0)
     out["metric"] = out[task.metric]

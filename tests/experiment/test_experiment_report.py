@@ -145,3 +145,18 @@ def test_known_results_follow_the_experiments_block_order(tmp_path):
         orders.append([v.block for v in known_results(run_dir) if v.finding.reference is None])
     assert orders[0] == blocks
     assert orders[1] == blocks + ["crate_mssa"]           # a block the plan does not list comes last
+
+
+def test_selective_copy_section_shows_accuracy_per_copied_token(tmp_path):
+    store = ResultStore(tmp_path)
+    for seed, first in ((0, 0.9), (1, 0.7)):
+        store.append(_rec("s4d", seed, 0.5, task="selective_copy", position_accuracy=[first, 0.2, 0.6]))
+    store.append(_rec("mamba", 0, 0.9, task="selective_copy", position_accuracy=[1.0, 0.8, 0.9]))
+    store.append(_rec("mamba", 1, 0.9, task="selective_copy"))        # an older record without them
+    (tmp_path / "plan.json").write_text(json.dumps({
+        "experiment": "x", "source": "experiments/x.toml", "config_hashes": ["h"],
+        "tasks": {"selective_copy": {"task": "selective_copy", "blocks": ["mamba", "s4d"]}}, "skipped": []}))
+    text = write_report(tmp_path).read_text()
+    assert "| block | 1 | 2 | 3 |" in text
+    assert "| s4d | 0.80 | 0.20 | 0.60 |" in text
+    assert "| mamba |" not in text.split("Accuracy at each answer position")[1].split("\n\n")[1]

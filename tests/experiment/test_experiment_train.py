@@ -149,3 +149,32 @@ def test_sequence_task_loss_ignores_unscored_positions():
                      readout="all", causal=True)
     ev = evaluate(model, task, 8)
     assert 0.0 <= ev["accuracy"] <= 1.0 and ev["test_loss"] > 0
+
+
+class _Copier(torch.nn.Module):
+    """Predicts the answer at chosen answer positions and class 0 elsewhere: a hand-checked model."""
+
+    def __init__(self, task, right):
+        super().__init__()
+        self.task, self.right = task, right
+
+    def forward(self, x):
+        n, length = x.shape
+        k, vocab = len(self.task.answer_positions), self.task.num_classes
+        data = x[(x > 0) & (x <= vocab)].view(n, k) - 1          # the data tokens, in order
+        pred = torch.zeros(n, length, dtype=torch.int64)
+        for p in self.right:
+            pred[:, p] = data[:, p - (length - k)]
+        return torch.nn.functional.one_hot(pred, vocab).float()
+
+
+def test_selective_copy_reports_accuracy_per_copied_token():
+    task = build_task("selective_copy", {"seq_len": 12, "num_tokens": 3, "vocab": 4, "num_test": 64, "num_val": 8})
+    assert task.answer_positions == (9, 10, 11)
+    model = _Copier(task, right=(9, 11))        # the first and the last token right, the middle one by luck
+    ev = evaluate(model, task, 16)
+    middle = float((task.y_test[:, 10] == 0).double().mean())
+    assert ev["position_accuracy"] == pytest.approx([1.0, middle, 1.0])
+    assert ev["accuracy"] == pytest.approx((2.0 + middle) / 3)
+    digits = build_task("digits", {})
+    assert digits.answer_positions is None
