@@ -9,6 +9,7 @@ _LAZY = {
     "create_mixer": "neurostep.models",
     "list_mixers": "neurostep.models",
     "replace_attention": "neurostep.replace",
+    "retain_freed_memory": "neurostep.memory",
 }
 
 

@@ -9,8 +9,6 @@ experiment file, ``report.md`` and the plots. A second runner on the same direct
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import importlib
 import json
 import multiprocessing
@@ -31,6 +29,7 @@ from neurostep.experiment.results import ResultStore, atomic_write_text
 from neurostep.experiment.tasks import build_task, task_defaults
 from neurostep.experiment.train import DistContext, init_distributed, train_run, warm_up
 from neurostep.experiment.warmup import WarmUp, fused_ops, plan_warm_ups, take_ready
+from neurostep.memory import retain_freed_memory
 
 
 @dataclass(frozen=True)
@@ -145,29 +144,6 @@ def run_one(cfg: ExperimentConfig, run: PlannedRun, ctx: DistContext | None = No
     task = build_task(options["task"], options)
     cfg_task = replace(cfg, train=cfg.train_for(run.task), backbone=cfg.backbone_for(run.task))
     return train_run(cfg_task, run.block, run.task, run.seed, task, ctx, progress)
-
-
-# glibc's mallopt parameters (malloc.h): the size from which a block is its own mmap, and the free
-# memory at the top of the heap above which free() returns it to the system.
-_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
-_MMAP_THRESHOLD_MAX = 32 << 20  # glibc's upper limit on 64-bit systems
-
-
-def retain_freed_memory() -> bool:
-    """Make glibc's malloc keep freed blocks of up to 32 MB for reuse instead of unmapping them.
-
-    A training step allocates and frees the same few-megabyte activations over and over. By default
-    glibc serves such blocks with mmap, or trims them off the heap top when freed, so the next step
-    touches fresh pages and takes a page fault per 4 KB: measured 1,750 faults per step and 67 ms
-    against 22 faults and 49 ms for the LTI Mamba model of the selective-copying task. Returns False
-    (and changes nothing) where the C library is not glibc.
-    """
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        mallopt = libc.mallopt
-    except (OSError, AttributeError):
-        return False
-    return bool(mallopt(_M_MMAP_THRESHOLD, _MMAP_THRESHOLD_MAX)) and bool(mallopt(_M_TRIM_THRESHOLD, 1 << 30))
 
 
 def _exit_when_orphaned(parent_pid: int, poll_s: float = 1.0) -> None:

@@ -130,42 +130,6 @@ def test_two_workers_train_side_by_side(make_toml):
     assert (run_dir / "report.md").exists()
 
 
-_FAULTS_SCRIPT = """
-import resource, sys
-import torch
-from neurostep.experiment.runner import retain_freed_memory
-
-def step():
-    # a training step's activations: a few 4 MB blocks alive together, all freed at its end
-    [torch.empty(1 << 20).fill_(1.0) for _ in range(4)]
-
-def faults_per_step():
-    for _ in range(3):
-        step()
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-    for _ in range(20):
-        step()
-    return (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / 20
-
-default = faults_per_step()
-applied = retain_freed_memory()
-print(default, faults_per_step(), applied)
-"""
-
-
-@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's malloc")
-def test_workers_reuse_freed_memory_instead_of_faulting_fresh_pages():
-    # glibc's static defaults (its adaptive threshold depends on the process's history): 4 MB blocks are
-    # mmapped, so every step faults them in afresh
-    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "131072", "MALLOC_TRIM_THRESHOLD_": "131072"}
-    out = subprocess.run([sys.executable, "-c", _FAULTS_SCRIPT], capture_output=True, text=True, check=True, env=env)
-    default, retained, applied = out.stdout.split()
-    assert applied == "True"
-    # 16 MB is 4,096 pages
-    assert float(default) > 2000
-    assert float(retained) < 10
-
-
 def _exited(pid: int) -> bool:
     """The process is gone or a zombie (it has exited; an init that does not reap leaves zombies)."""
     try:

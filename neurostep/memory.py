@@ -1,0 +1,36 @@
+"""Process-wide memory settings that make CPU training steps faster.
+
+glibc's malloc serves blocks of a few megabytes with ``mmap``, or trims them off the top of the
+heap when they are freed, so the same activations of the next training step land on fresh pages and
+every 4 KB page faults on first touch. Keeping freed blocks for reuse removes those faults.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+
+# glibc's mallopt parameters (malloc.h): the size from which a block is its own mmap, and the free
+# memory at the top of the heap above which free() returns it to the system.
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
+_MMAP_THRESHOLD_MAX = 32 << 20  # glibc's upper limit on 64-bit systems
+_TRIM_THRESHOLD = 1 << 30
+
+
+def retain_freed_memory() -> bool:
+    """Make glibc's malloc keep freed blocks of up to 32 MB for reuse instead of unmapping them.
+
+    A training step allocates and frees the same few-megabyte activations over and over; with this
+    setting the next step reuses them instead of faulting in fresh pages. It changes the whole
+    process (glibc has one allocator) and keeps up to 1 GB of freed memory mapped; ``neurostep run``
+    calls it in every process that trains. Returns False, and changes nothing, where the C library
+    is not glibc.
+
+    Measured effects are on the design page (``docs/design.md``, Memory).
+    """
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        return False
+    return bool(mallopt(_M_MMAP_THRESHOLD, _MMAP_THRESHOLD_MAX)) and bool(mallopt(_M_TRIM_THRESHOLD, _TRIM_THRESHOLD))
