@@ -175,14 +175,15 @@ def evaluate(model: nn.Module, task: TaskData, batch_size: int, split: str = "te
     for i in range(0, n, batch_size):
         j = min(i + batch_size, n)
         logits = model(xs[i:j])
+        hit = logits.argmax(-1) == ys[i:j]           # (batch,) or (batch, L): one argmax serves both counts
         y = ys[i:j].reshape(-1)
         flat = logits.reshape(-1, logits.shape[-1])
         scored = y != IGNORE
         loss_sum += float(F.cross_entropy(flat[scored], y[scored], reduction="sum"))
-        correct += int((flat[scored].argmax(-1) == y[scored]).sum())
+        correct += int(hit.reshape(-1)[scored].sum())
         count += int(scored.sum())
         if positions:
-            hits += (logits[:, positions].argmax(-1) == ys[i:j, positions]).sum(0)
+            hits += hit[:, positions].sum(0)
     model.train(was_training)
     loss = loss_sum / count
     out: dict[str, Any] = {"test_loss": loss, "accuracy": correct / count}
