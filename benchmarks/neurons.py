@@ -17,13 +17,12 @@ round-robin (one call of each in turn) so that a change of machine load hits all
 
     .venv/bin/python benchmarks/neurons.py           # T = 32 and 256
     .venv/bin/python benchmarks/neurons.py --quick   # fewer repeats
-    .venv/bin/python benchmarks/neurons.py --malloc-tuned   # glibc keeps freed large blocks (all contenders)
+    .venv/bin/python benchmarks/neurons.py --malloc-tuned   # neurostep.retain_freed_memory() first (all contenders)
 """
 
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import sys
 import time
@@ -37,11 +36,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _results import load_average, ratio, summary_row, table, write_result  # noqa: E402
 
 from neurostep.kernels.lif import lif_scan  # noqa: E402
+from neurostep.memory import retain_freed_memory  # noqa: E402
 
 TAU, V_TH, ALPHA = 2.0, 1.0, 4.0
 ROOF = "roofline (copy of the same bytes)"
 ROOF_FRESH = "roofline, into fresh tensors"
-MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": "33554432", "MALLOC_TRIM_THRESHOLD_": "1073741824"}
 
 
 def _contenders(T: int, N: int, x: torch.Tensor, g: torch.Tensor) -> dict:
@@ -151,13 +150,12 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--quick", action="store_true", help="fewer repeats")
     parser.add_argument("--malloc-tuned", action="store_true",
-                        help="re-run under glibc settings that keep freed large blocks mapped (for all contenders "
-                             "alike): fresh (T, N) outputs then stop paying first-touch page faults")
+                        help="call neurostep.retain_freed_memory() first, so that glibc keeps freed large blocks "
+                             "for reuse (for all contenders alike): fresh (T, N) outputs then stop paying "
+                             "first-touch page faults")
     parser.add_argument("--out", default=str(Path(__file__).resolve().parent / "results" / "neurons.json"))
     args = parser.parse_args()
-    if args.malloc_tuned and not all(os.environ.get(k) == v for k, v in MALLOC_ENV.items()):
-        # glibc reads these once at start-up, so the process re-executes itself with them set
-        os.execve(sys.executable, [sys.executable, *sys.argv], {**os.environ, **MALLOC_ENV})
+    malloc_tuned = args.malloc_tuned and retain_freed_memory()
 
     import numba
 
@@ -166,7 +164,7 @@ def main() -> None:
     repeats, warmup = (5, 1) if args.quick else (15, 2)
 
     report = {"threads": args.threads,
-              "malloc_tuned": all(os.environ.get(k) == v for k, v in MALLOC_ENV.items()),
+              "malloc_tuned": malloc_tuned,
               "neurons": args.neurons, "runs": {}}
     load_before = load_average()
     tables, summary = [], []
