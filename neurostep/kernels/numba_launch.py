@@ -16,12 +16,10 @@ from __future__ import annotations
 
 import functools
 import logging
-import os
 import sys
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor, wait
 from typing import Any, TextIO, TypeVar
 
 import numba
@@ -121,80 +119,3 @@ class LaunchGuard:
 
 # One guard for the process: the workqueue pool it protects is one per process too.
 serialized = LaunchGuard()
-
-
-def spans(n_items: int, parts: int) -> list[tuple[int, int]]:
-    """``[0, n_items)`` cut into ``min(parts, n_items)`` contiguous ranges whose sizes differ by at most one
-    (numba's static ``prange`` schedule does the same)."""
-    parts = max(1, min(parts, n_items))
-    base, extra = divmod(n_items, parts)
-    out, lo = [], 0
-    for i in range(parts):
-        hi = lo + base + (1 if i < extra else 0)
-        out.append((lo, hi))
-        lo = hi
-    return out
-
-
-class KernelThreads:
-    """Runs a ``nogil`` numba kernel over ranges of work items on several threads.
-
-    The kernels that would take longest to compile are plain ``@numba.njit(nogil=True)`` functions with
-    the signature ``kernel(lo, hi, slot, *args)``: they process items ``lo <= i < hi`` and may use
-    ``slot`` (the range's index) to pick a per-thread output buffer. This class plays the part of
-    ``prange``: the calling thread runs the first range and a pool of waiting threads the others.
-    Why not ``prange``: numba compiles a ``prange`` loop by copying its body into a generated function
-    and compiling both, which for the selective scan took 2.5 times as long as the same loop without
-    ``parallel=True`` (13 s and 25 s against 5 s and 9 s for its forward and backward from a cold cache;
-    2-core AMD EPYC, 2026-12-04), for the same speed. Threads waiting on a queue also do not spin
-    between kernels, as OpenMP's do.
-
-    The number of ranges is ``numba.get_num_threads()`` in the calling thread (so ``numba.set_num_threads``
-    and ``NUMBA_NUM_THREADS`` apply as to every other kernel), capped by the number of items. The pool is
-    created on first use and again in a forked child, where the parent's threads do not exist.
-
-    Args:
-        workers: pool threads besides the caller (None: ``NUMBA_NUM_THREADS - 1``, enough for every range
-            :meth:`spans` gives). Ranges beyond ``workers + 1`` still run, waiting for a free thread.
-    """
-
-    def __init__(self, workers: int | None = None) -> None:
-        if workers is not None and workers < 1:
-            raise ValueError(f"workers must be at least 1, got {workers}")
-        self.workers = workers
-        self._pool: ThreadPoolExecutor | None = None
-        self._pid: int | None = None
-        self._lock = threading.Lock()
-
-    def _executor(self) -> ThreadPoolExecutor:
-        with self._lock:
-            if self._pool is None or self._pid != os.getpid():
-                workers = self.workers or max(numba.config.NUMBA_NUM_THREADS - 1, 1)
-                self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="neurostep-kernel")
-                self._pid = os.getpid()
-            return self._pool
-
-    @staticmethod
-    def spans(n_items: int) -> list[tuple[int, int]]:
-        """The ranges :meth:`run` will use for ``n_items`` items in this thread (their count sizes
-        per-slot buffers)."""
-        return spans(n_items, numba.get_num_threads())
-
-    def run(self, kernel: Callable[..., Any], ranges: list[tuple[int, int]], *args: Any) -> None:
-        """``kernel(lo, hi, slot, *args)`` for every ``(lo, hi)`` of ``ranges`` (``slot`` its index), all
-        at once; returns when every range is done and raises the first error any of them raised."""
-        if len(ranges) == 1:
-            kernel(ranges[0][0], ranges[0][1], 0, *args)
-            return
-        pool = self._executor()
-        futures = [pool.submit(kernel, lo, hi, slot, *args) for slot, (lo, hi) in enumerate(ranges[1:], start=1)]
-        try:
-            kernel(ranges[0][0], ranges[0][1], 0, *args)
-        finally:
-            wait(futures)   # never leave a range running on buffers the caller frees
-        for future in futures:
-            future.result()
-
-
-# One pool for the process, like the guard above.
-kernel_threads = KernelThreads()

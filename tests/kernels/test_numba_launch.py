@@ -15,7 +15,7 @@ import pytest
 from numba.core import event as numba_event
 
 from neurostep.kernels import numba_launch
-from neurostep.kernels.numba_launch import CompileNotice, KernelThreads, LaunchGuard, spans
+from neurostep.kernels.numba_launch import CompileNotice, LaunchGuard
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -147,70 +147,3 @@ def test_threads_launching_first_register_one_notice(monkeypatch):
     for t in threads:
         t.join()
     assert registered == [("numba:compile", guard._notice)]
-
-
-@pytest.mark.parametrize(("n_items", "parts"), [(10, 3), (3, 8), (1, 2), (16, 2), (0, 2)])
-def test_spans_cover_the_items_once_in_balanced_ranges(n_items, parts):
-    ranges = spans(n_items, parts)
-    assert len(ranges) == max(1, min(parts, n_items))
-    covered = [i for lo, hi in ranges for i in range(lo, hi)]
-    assert covered == list(range(n_items))
-    sizes = [hi - lo for lo, hi in ranges]
-    assert max(sizes) - min(sizes) <= 1
-
-
-def test_kernel_threads_run_every_range_with_its_slot_on_several_threads():
-    pool = KernelThreads(workers=2)
-    seen, start = [], threading.Barrier(3, timeout=10)   # every range waits for the others: proof they overlap
-
-    def kernel(lo, hi, slot, out):
-        start.wait()
-        seen.append((slot, lo, hi, threading.get_ident()))
-        out[lo:hi] = slot
-
-    out = np.full(9, -1)
-    pool.run(kernel, spans(9, 3), out)
-    assert sorted(s[:3] for s in seen) == [(0, 0, 3), (1, 3, 6), (2, 6, 9)]
-    assert out.tolist() == [0] * 3 + [1] * 3 + [2] * 3
-    assert len({s[3] for s in seen}) == 3
-    assert [s[3] for s in seen if s[0] == 0] == [threading.get_ident()]   # the caller runs range 0
-
-
-def test_kernel_threads_raise_a_range_error_after_every_range_ended():
-    pool = KernelThreads(workers=1)   # range 2 waits for range 1's thread: still run, still awaited
-    finished = []
-
-    def kernel(lo, hi, slot):
-        if slot == 1:
-            raise ValueError("range 1 failed")
-        time.sleep(0.2)
-        finished.append(slot)
-
-    with pytest.raises(ValueError, match="range 1 failed"):
-        pool.run(kernel, spans(3, 3))
-    assert sorted(finished) == [0, 2]
-
-
-def test_kernel_threads_work_in_a_forked_child():
-    # the parent's pool threads do not exist in a child made by fork: the child must make its own pool
-    # instead of queueing work that nothing runs (a hang, bounded here by the timeout)
-    script = """
-import os, sys
-import numpy as np
-from neurostep.kernels.numba_launch import KernelThreads, spans
-pool = KernelThreads()
-def kernel(lo, hi, slot, out):
-    out[lo:hi] = slot + 1
-out = np.zeros(4)
-pool.run(kernel, spans(4, 2), out)
-pid = os.fork()
-if pid == 0:
-    child = np.zeros(4)
-    pool.run(kernel, spans(4, 2), child)
-    os._exit(0 if child.tolist() == [1, 1, 2, 2] else 3)
-_, status = os.waitpid(pid, 0)
-sys.exit(os.waitstatus_to_exitcode(status))
-"""
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
-    done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120)
-    assert done.returncode == 0, done.stdout + done.stderr
