@@ -361,10 +361,11 @@ def test_state_convention_chunks(backend):
     assert torch.equal(out_fn, out) and torch.equal(last_fn, final)
 
 
-def test_blocks_in_one_group_compile_only_the_scalar_path():
+def test_blocks_in_one_group_compile_only_the_scalar_path(monkeypatch):
     """Layouts whose W-channel blocks each read one B and one C group (one group, or groups of a
-    multiple of W channels) reach the kernels with ``mixed=None``, a compilation of its own without
-    the per-lane path; the other layouts take the per-lane path. Both agree with the reference."""
+    multiple of W channels) reach the kernels through launchers that pass ``mixed=None``, a compilation
+    of its own without the per-lane path; the other layouts take the per-lane launchers. Both agree
+    with the reference."""
     from numba.core import types
 
     from neurostep.kernels.selective_scan import cpu
@@ -374,12 +375,21 @@ def test_blocks_in_one_group_compile_only_the_scalar_path():
     assert cpu.every_block_in_one_group(w + 3, 1, 1)           # padded channels read the last group
     assert not cpu.every_block_in_one_group(4 * w, 8, 1)       # groups of W / 2 channels
     assert not cpu.every_block_in_one_group(6, 1, 3)
+    requested = []
+    compiled = cpu._compiled
+
+    def spy(direction, one_group, dtype):
+        requested.append((direction, one_group))
+        return compiled(direction, one_group, dtype)
+
+    monkeypatch.setattr(cpu, "_compiled", spy)
     for groups in (1, 8):
         inputs = make_inputs(b=1, d=4 * w, L=5, n=2, bmode="group", cmode="group", groups=groups, dtype=torch.float32)
         for got, want in zip(run(inputs, "cpu"), run(inputs, "reference")):
             if want is not None:
                 torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
-    for kernel in (cpu._forward_kernel, cpu._backward_kernel):
-        mixed = {sig[13 if kernel is cpu._forward_kernel else 15] for sig in kernel.signatures
-                 if sig[0] == types.float32[:, :, ::1]}
-        assert types.none in mixed and any(isinstance(t, types.Array) for t in mixed), (kernel, mixed)
+    assert requested == [("forward", True), ("backward", True), ("forward", False), ("backward", False)]
+    for direction in ("forward", "backward"):
+        kernels = {g: compiled(direction, g, torch.float32)[0] for g in (True, False)}
+        mixed_type = {g: k.signatures[0][16 if direction == "forward" else 18] for g, k in kernels.items()}
+        assert mixed_type[True] == types.none and isinstance(mixed_type[False], types.Array), mixed_type

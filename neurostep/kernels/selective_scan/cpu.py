@@ -20,7 +20,16 @@ SiLU gate and their derivatives are applied per chunk inside the kernels (:func:
 
 B and C are read from their canonical ``(Bb, G, N, Lb)`` layout transposed to ``(Bb, G, Lb, N)``;
 channel ``d`` reads group ``d // (dim // G)``. Their gradients are reduced over the channels of a
-group into one buffer per thread (``numba.get_thread_id``), summed afterwards: no races.
+group into one buffer per range of blocks (``slot``), summed afterwards in slot order: no races.
+
+Threads: each kernel is a serial function over a range of work items (``lo <= item < hi``; blocks of
+one batch row in the forward, blocks over every batch row in the backward), compiled on its own and
+called through its address from a small ``prange`` launcher over the ranges
+(:func:`neurostep.kernels.numba_launch.range_launcher`). With the ``prange`` over the items in the
+kernel itself, numba compiled the body twice over and the first forward and backward took 13 s and
+25 s from a cold cache; as serial functions they take about 5 s and 8 s (2-core AMD EPYC,
+2026-12-04), and they run on the same OpenMP threads as before. Each range allocates its block
+buffers once.
 """
 
 from __future__ import annotations
@@ -33,7 +42,7 @@ import torch
 import torch.nn.functional as F
 
 from neurostep.kernels.numba_exp import vexp, vlog1p_unit
-from neurostep.kernels.numba_launch import serialized
+from neurostep.kernels.numba_launch import range_kernel, range_launcher, range_slots, serialized, span_of
 from neurostep.kernels.selective_scan.reference import SOFTPLUS_THRESHOLD
 
 CHUNK = 32
@@ -109,12 +118,11 @@ def _scatter(dst, src, slot, bi, d0, lt, group_size, tmp):
 
 
 # The per-chunk helpers (_reduce_chunk, _scatter_once, _gather_rows, _store_rows, _prepare_chunk) are
-# compiled as functions of their own, not inlined into the kernels as numba IR: numba's parfor passes
-# (whose copy propagation deep-copies the IR of the whole prange body, several times) then see a smaller
-# body. First backward call from a cold cache, fp32: 21 s against 38-45 s with them inlined (development
-# machine, 2-core AMD EPYC, 2026-12-03); outputs bit-identical, run time within 1-2% (LLVM still inlines
-# them). They need error_model="numpy", which a prange body gets from parfor: under Python's error model
-# every division checks for zero and the loops stay scalar.
+# compiled as functions of their own, not inlined into the kernels as numba IR: numba then types and
+# lowers a smaller kernel body (LLVM still inlines them). When the kernels were prange loops this halved
+# the backward's first call from a cold cache (21 s against 38-45 s, 2-core AMD EPYC, 2026-12-03). They,
+# like the kernels, use error_model="numpy": under Python's error model every division checks for zero
+# and the loops stay scalar.
 @numba.njit(error_model="numpy")
 def _reduce_chunk(dst, src, acc, vary, slot, bi, d0, start, nk, group_size, tmp):
     """A chunk's B or C gradient terms ``src (nk, N, W)``: with ``vary`` (B or C varies over time) step
@@ -211,36 +219,36 @@ def _prepare_chunk(dts, spd, gts, gzd, biasv, d0, nk, w, softplus, has_z, need_g
                 gts[k, j] = zz * _sigmoid(zz, one)
 
 
-@numba.njit(parallel=True, cache=True, fastmath=False)
-def _forward_kernel(u, delta, biasv, softplus, At, B, C, Dv, z, has_z, h0t, gs_b, gs_c, mixed, chunk, one,
-                    threshold, out, last, ckpt, w):
+def _forward_kernel(lo, hi, slot, u, delta, biasv, softplus, At, B, C, Dv, z, has_z, h0t, gs_b, gs_c, mixed, chunk,
+                    one, threshold, out, last, ckpt, w):
     # ``w`` is W passed at run time, as in the backward (see there). ``mixed`` is None when every block
     # reads one B group and one C group (:func:`every_block_in_one_group`), else an empty array: numba
     # prunes the branches on ``mixed is None`` while typing, so each call compiles only its path
-    # (first call from a cold cache, fp32, 2026-12-02: 19 s for the forward and 61 s for the backward,
-    # against 33 s and 114 s for both paths in one compilation).
+    # (first call from a cold cache, fp32, 2026-12-02, when the kernels were prange loops: 19 s for the
+    # forward and 61 s for the backward, against 33 s and 114 s for both paths in one compilation).
     batch, dpad, length = u.shape
     n_state = At.shape[0]
     n_blocks = dpad // W
     n_chunks = ckpt.shape[1]
     b_time, c_time = B.shape[2] > 1, C.shape[2] > 1
-    for item in numba.prange(batch * n_blocks):
+    # per-thread buffers, allocated once per range of items
+    ty = u.dtype
+    x = np.empty((n_state, W), dtype=ty)
+    bb = np.empty((n_state, W), dtype=ty)
+    cc = np.empty((n_state, W), dtype=ty)
+    a = np.empty((n_state, W), dtype=ty)
+    dtv = np.empty(W, dtype=ty)
+    dtu = np.empty(W, dtype=ty)
+    y = np.empty(W, dtype=ty)
+    dts = np.empty((chunk, W), dtype=ty)
+    uvs = np.empty((chunk, W), dtype=ty)
+    gts = np.empty((chunk, W), dtype=ty)
+    ys = np.empty((chunk, W), dtype=ty)
+    for item in range(lo, hi):
         b = item // n_blocks
         d0 = (item - b * n_blocks) * W
         bi = b if B.shape[0] > 1 else 0
         ci = b if C.shape[0] > 1 else 0
-        ty = u.dtype
-        x = np.empty((n_state, W), dtype=ty)
-        bb = np.empty((n_state, W), dtype=ty)
-        cc = np.empty((n_state, W), dtype=ty)
-        a = np.empty((n_state, W), dtype=ty)
-        dtv = np.empty(W, dtype=ty)
-        dtu = np.empty(W, dtype=ty)
-        y = np.empty(W, dtype=ty)
-        dts = np.empty((chunk, W), dtype=ty)
-        uvs = np.empty((chunk, W), dtype=ty)
-        gts = np.empty((chunk, W), dtype=ty)
-        ys = np.empty((chunk, W), dtype=ty)
         for n in range(n_state):
             for j in range(w):
                 x[n, j] = h0t[b, n, d0 + j]
@@ -307,9 +315,8 @@ def _forward_kernel(u, delta, biasv, softplus, At, B, C, Dv, z, has_z, h0t, gs_b
                 last[b, n, d0 + j] = x[n, j]
 
 
-@numba.njit(parallel=True, cache=True, fastmath=False)
-def _backward_kernel(gout, glast, u, delta, biasv, softplus, At, B, C, Dv, z, has_z, ckpt, gs_b, gs_c, mixed,
-                     chunk, one, threshold, du_out, ddelta_out, dAt, dBbuf, dCbuf, dDv, dbias, dz_out, dh0t, w):
+def _backward_kernel(lo, hi, slot, gout, glast, u, delta, biasv, softplus, At, B, C, Dv, z, has_z, ckpt, gs_b, gs_c,
+                     mixed, chunk, one, threshold, du_out, ddelta_out, dAt, dBbuf, dCbuf, dDv, dbias, dz_out, dh0t, w):
     # ``w`` is W passed at run time: with a compile-time trip count of 16, LLVM fully unrolls the
     # cheap lane loops and leaves them scalar (the SLP pass cannot prove the block arrays disjoint);
     # with a run-time count the loop vectorizer handles them (runtime alias checks, 8-wide AVX2).
@@ -317,43 +324,45 @@ def _backward_kernel(gout, glast, u, delta, biasv, softplus, At, B, C, Dv, z, ha
     # then the per-(step, n, lane) terms with the reductions over N as separate loops.
     batch, dpad, length = u.shape
     n_state = At.shape[0]
-    n_blocks = dpad // W
     n_chunks = ckpt.shape[1]
     b_time, c_time = B.shape[2] > 1, C.shape[2] > 1
-    for blk in numba.prange(n_blocks):
-        slot = numba.get_thread_id()
+    # per-thread buffers, allocated once per range of items
+    ty = u.dtype
+    xs = np.empty((chunk + 1, n_state, W), dtype=ty)
+    dec = np.empty((chunk, n_state, W), dtype=ty)
+    dxs = np.empty((chunk, n_state, W), dtype=ty)
+    bks = np.empty((chunk, n_state, W), dtype=ty)
+    cks = np.empty((chunk, n_state, W), dtype=ty)
+    b1 = np.empty((chunk, n_state), dtype=ty)  # B, C of a one-group block: one value per (step, n)
+    c1 = np.empty((chunk, n_state), dtype=ty)
+    dx = np.empty((n_state, W), dtype=ty)
+    a = np.empty((n_state, W), dtype=ty)
+    tbs = np.empty((chunk, n_state, W), dtype=ty)
+    tcs = np.empty((chunk, n_state, W), dtype=ty)
+    pa = np.empty((chunk, W), dtype=ty)  # sum_n pt * A
+    sb = np.empty((chunk, W), dtype=ty)  # sum_n dx * B
+    acc_b = np.empty((n_state, W), dtype=ty)
+    acc_c = np.empty((n_state, W), dtype=ty)
+    dA_acc = np.empty((n_state, W), dtype=ty)
+    dD_acc = np.empty(W, dtype=ty)
+    dts = np.empty((chunk, W), dtype=ty)
+    dtus = np.empty((chunk, W), dtype=ty)
+    uvs = np.empty((chunk, W), dtype=ty)
+    gs = np.empty((chunk, W), dtype=ty)
+    ys = np.empty((chunk, W), dtype=ty)
+    dus = np.empty((chunk, W), dtype=ty)
+    ddts = np.empty((chunk, W), dtype=ty)
+    gts = np.empty((chunk, W), dtype=ty)  # silu(z)
+    spd = np.empty((chunk, W), dtype=ty)  # d softplus / d delta
+    gzd = np.empty((chunk, W), dtype=ty)  # d silu / d z
+    dzs = np.empty((chunk, W), dtype=ty)
+    dbias_acc = np.empty(W, dtype=ty)
+    tmp = np.empty(W, dtype=ty)
+    for blk in range(lo, hi):
         d0 = blk * W
-        ty = u.dtype
-        xs = np.empty((chunk + 1, n_state, W), dtype=ty)
-        dec = np.empty((chunk, n_state, W), dtype=ty)
-        dxs = np.empty((chunk, n_state, W), dtype=ty)
-        bks = np.empty((chunk, n_state, W), dtype=ty)
-        cks = np.empty((chunk, n_state, W), dtype=ty)
-        b1 = np.empty((chunk, n_state), dtype=ty)  # B, C of a one-group block: one value per (step, n)
-        c1 = np.empty((chunk, n_state), dtype=ty)
-        dx = np.empty((n_state, W), dtype=ty)
-        a = np.empty((n_state, W), dtype=ty)
-        tbs = np.empty((chunk, n_state, W), dtype=ty)
-        tcs = np.empty((chunk, n_state, W), dtype=ty)
-        pa = np.empty((chunk, W), dtype=ty)  # sum_n pt * A
-        sb = np.empty((chunk, W), dtype=ty)  # sum_n dx * B
-        acc_b = np.empty((n_state, W), dtype=ty)
-        acc_c = np.empty((n_state, W), dtype=ty)
-        dA_acc = np.zeros((n_state, W), dtype=ty)
-        dD_acc = np.zeros(W, dtype=ty)
-        dts = np.empty((chunk, W), dtype=ty)
-        dtus = np.empty((chunk, W), dtype=ty)
-        uvs = np.empty((chunk, W), dtype=ty)
-        gs = np.empty((chunk, W), dtype=ty)
-        ys = np.empty((chunk, W), dtype=ty)
-        dus = np.empty((chunk, W), dtype=ty)
-        ddts = np.empty((chunk, W), dtype=ty)
-        gts = np.empty((chunk, W), dtype=ty)  # silu(z)
-        spd = np.empty((chunk, W), dtype=ty)  # d softplus / d delta
-        gzd = np.empty((chunk, W), dtype=ty)  # d silu / d z
-        dzs = np.empty((chunk, W), dtype=ty)
-        dbias_acc = np.zeros(W, dtype=ty)
-        tmp = np.empty(W, dtype=ty)
+        dA_acc[:] = 0
+        dD_acc[:] = 0
+        dbias_acc[:] = 0
         for n in range(n_state):
             for j in range(w):
                 a[n, j] = At[n, d0 + j]
@@ -532,6 +541,45 @@ def _backward_kernel(gout, glast, u, delta, biasv, softplus, At, B, C, Dv, z, ha
             dbias[d0 + j] = dbias_acc[j]
 
 
+def _forward_launch(kernel, n_slots, n_items, u, delta, biasv, softplus, At, B, C, Dv, z, has_z, h0t, gs_b, gs_c,
+                    mixed, chunk, one, threshold, out, last, ckpt, w):
+    for slot in numba.prange(n_slots):
+        s = np.int64(slot)
+        lo, hi = span_of(s, n_slots, n_items)
+        kernel(lo, hi, s, u, delta, biasv, softplus, At, B, C, Dv, z, has_z, h0t, gs_b, gs_c, mixed, chunk, one,
+               threshold, out, last, ckpt, w)
+
+
+def _backward_launch(kernel, n_slots, n_items, gout, glast, u, delta, biasv, softplus, At, B, C, Dv, z, has_z, ckpt,
+                     gs_b, gs_c, mixed, chunk, one, threshold, du_out, ddelta_out, dAt, dBbuf, dCbuf, dDv, dbias,
+                     dz_out, dh0t, w):
+    for slot in numba.prange(n_slots):
+        s = np.int64(slot)
+        lo, hi = span_of(s, n_slots, n_items)
+        kernel(lo, hi, s, gout, glast, u, delta, biasv, softplus, At, B, C, Dv, z, has_z, ckpt, gs_b, gs_c, mixed,
+               chunk, one, threshold, du_out, ddelta_out, dAt, dBbuf, dCbuf, dDv, dbias, dz_out, dh0t, w)
+
+
+# Argument kinds (:func:`neurostep.kernels.numba_launch.numba_type`) after ``lo, hi, slot``; "mixed" is
+# None for layouts whose blocks each read one B/C group and an empty int8 array for the others, so each
+# layout compiles only its path.
+_FORWARD_KINDS = ("f3", "f3", "f1", "b", "f2", "f4", "f4", "f1", "f3", "b", "f3", "i", "i", "mixed", "i", "f", "f",
+                  "f3", "f3", "f4", "i")
+_BACKWARD_KINDS = ("f3", "f3", "f3", "f3", "f1", "b", "f2", "f4", "f4", "f1", "f3", "b", "f4", "i", "i", "mixed", "i",
+                   "f", "f", "f3", "f3", "f2", "f5", "f5", "f1", "f1", "f3", "f3", "i")
+
+
+def _compiled(direction: str, one_group: bool, dtype: torch.dtype) -> tuple:
+    """The forward or backward kernel and its launcher for one B/C layout and dtype, with the kernel's
+    ``mixed`` argument (None, or an empty array)."""
+    kernel, launch, kinds = ((_forward_kernel, _forward_launch, _FORWARD_KINDS) if direction == "forward"
+                             else (_backward_kernel, _backward_launch, _BACKWARD_KINDS))
+    kinds = tuple(("none" if one_group else "i8") if k == "mixed" else k for k in kinds)
+    name = str(dtype).removeprefix("torch.")
+    mixed = None if one_group else np.empty(0, dtype=np.int8)
+    return range_kernel(kernel, kinds, name), range_launcher(launch, kinds, name), mixed
+
+
 def _np(t: torch.Tensor) -> np.ndarray:
     return t.detach().numpy()
 
@@ -564,11 +612,6 @@ def _prepare(u, delta, A, B, C, D, z, delta_bias):
     return dpad, _pad_channels(u, dpad), _pad_channels(delta, dpad), biasv.contiguous(), At, Bk, Ck, Dv, zp
 
 
-def _mixed(dim: int, B: torch.Tensor, C: torch.Tensor) -> np.ndarray | None:
-    """The kernels' ``mixed`` argument: None when every block reads one B and one C group."""
-    return None if every_block_in_one_group(dim, B.shape[1], C.shape[1]) else np.empty(0, dtype=np.int8)
-
-
 def _constants(dtype: torch.dtype) -> tuple:
     f = np.float32 if dtype == torch.float32 else np.float64
     return f(1.0), f(SOFTPLUS_THRESHOLD)
@@ -586,9 +629,11 @@ def forward(u, delta, A, B, C, D, z, delta_bias, h0, delta_softplus):
     last = u.new_empty(batch, n_state, dpad)
     ckpt = u.new_empty(saved_shape(batch, dim, length, n_state))
     one, threshold = _constants(u.dtype)
-    _forward_kernel(_np(up), _np(dp), _np(biasv), bool(delta_softplus), _np(At), _np(Bk), _np(Ck), _np(Dv), _np(zp),
-                    z is not None, _np(h0t), dim // B.shape[1], dim // C.shape[1], _mixed(dim, B, C), CHUNK, one,
-                    threshold, _np(out), _np(last), _np(ckpt), W)
+    n_items = batch * (dpad // W)
+    kernel, launch, mixed = _compiled("forward", every_block_in_one_group(dim, B.shape[1], C.shape[1]), u.dtype)
+    launch(kernel, range_slots(n_items), n_items, _np(up), _np(dp), _np(biasv), bool(delta_softplus), _np(At),
+           _np(Bk), _np(Ck), _np(Dv), _np(zp), z is not None, _np(h0t), dim // B.shape[1], dim // C.shape[1], mixed,
+           CHUNK, one, threshold, _np(out), _np(last), _np(ckpt), W)
     if dpad != dim:
         out = out[:, :dim].contiguous()
     return out, last[..., :dim].transpose(1, 2).contiguous(), ckpt
@@ -602,8 +647,9 @@ def backward(grad_out, grad_last, u, delta, A, B, C, D, z, delta_bias, h0, saved
     dpad, up, dp, biasv, At, Bk, Ck, Dv, zp = _prepare(u, delta, A, B, C, D, z, delta_bias)
     gp = _pad_channels(grad_out, dpad)
     glast = _state_lanes(grad_last, (batch, n_state, dpad), u)
-    # one gradient buffer per worker thread (indexed by numba.get_thread_id): no write races
-    n_slots = max(numba.get_num_threads(), 1)
+    # one B and C gradient buffer per range of blocks (a range runs on one thread): no write races
+    n_items = dpad // W
+    n_slots = range_slots(n_items)
     dBbuf = u.new_zeros((n_slots, *Bk.shape))
     dCbuf = u.new_zeros((n_slots, *Ck.shape))
     du, ddelta = torch.empty_like(up), torch.empty_like(up)
@@ -613,10 +659,11 @@ def backward(grad_out, grad_last, u, delta, A, B, C, D, z, delta_bias, h0, saved
     dz = torch.empty_like(up) if z is not None else u.new_empty(1, 1, 1)
     dh0t = u.new_empty(batch, n_state, dpad)
     one, threshold = _constants(u.dtype)
-    _backward_kernel(_np(gp), _np(glast), _np(up), _np(dp), _np(biasv), bool(delta_softplus), _np(At), _np(Bk),
-                     _np(Ck), _np(Dv), _np(zp), z is not None, _np(saved), dim // B.shape[1], dim // C.shape[1],
-                     _mixed(dim, B, C), CHUNK, one, threshold, _np(du), _np(ddelta), _np(dAt), _np(dBbuf),
-                     _np(dCbuf), _np(dDv), _np(dbias), _np(dz), _np(dh0t), W)
+    kernel, launch, mixed = _compiled("backward", every_block_in_one_group(dim, B.shape[1], C.shape[1]), u.dtype)
+    launch(kernel, n_slots, n_items, _np(gp), _np(glast), _np(up), _np(dp), _np(biasv), bool(delta_softplus), _np(At),
+           _np(Bk), _np(Ck), _np(Dv), _np(zp), z is not None, _np(saved), dim // B.shape[1], dim // C.shape[1], mixed,
+           CHUNK, one, threshold, _np(du), _np(ddelta), _np(dAt), _np(dBbuf), _np(dCbuf), _np(dDv), _np(dbias),
+           _np(dz), _np(dh0t), W)
     if dpad != dim:
         du, ddelta, dz = du[:, :dim], ddelta[:, :dim], (dz[:, :dim] if z is not None else dz)
     dB = dBbuf.sum(0).transpose(-1, -2).contiguous()
