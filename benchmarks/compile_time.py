@@ -92,6 +92,22 @@ CASES: dict[str, str] = {
         def run():
             return selective_scan(u, delta, A, Bm, Cm, Dv, delta_softplus=True, backend="cpu")[0]
     """,
+    "selective_scan mixed groups float32": """
+        from neurostep.kernels.selective_scan import selective_scan
+        # 6 B/C groups of 8 of the 48 channels: blocks of 16 channels straddle groups, a variant of its own
+        B_, D, L, N, G = 2, 48, 256, 16, 6
+        u = torch.randn(B_, D, L, requires_grad=True)
+        delta = torch.randn(B_, D, L, requires_grad=True)
+        A = (-torch.rand(D, N)).requires_grad_()
+        Bm = torch.randn(B_, G, N, L, requires_grad=True)
+        Cm = torch.randn(B_, G, N, L, requires_grad=True)
+        Dv = torch.randn(D, requires_grad=True)
+        z = torch.randn(B_, D, L, requires_grad=True)
+        db = torch.randn(D, requires_grad=True)
+        def run():
+            return selective_scan(u, delta, A, Bm, Cm, Dv, z=z, delta_bias=db, delta_softplus=True,
+                                  backend="cpu")[0]
+    """,
     "wkv float32": """
         from neurostep.kernels.wkv import wkv
         C, L = 256, 128

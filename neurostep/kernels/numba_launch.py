@@ -11,7 +11,7 @@ The first launch also registers a :class:`CompileNotice` with numba's event API,
 compiling on its first use (seconds to a minute on a fresh machine; numba's disk cache serves every
 later process) says so instead of leaving the user at a silent prompt.
 
-:func:`range_launcher` runs a serial kernel (:func:`range_kernel`) over ranges of work items on the
+:func:`launch_ranges` runs a serial kernel over ranges of work items on the
 same threading layer as ``prange``, for kernels whose ``prange`` body takes too long to compile.
 """
 
@@ -30,6 +30,7 @@ import numpy as np
 from numba.core import event as numba_event
 from numba.core import types
 from numba.core.typing.templates import Signature
+from numba.extending import typeof_impl
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -147,7 +148,7 @@ def range_slots(n_items: int) -> int:
 def numba_type(kind: str, dtype: str) -> types.Type:
     """The numba type of one kernel argument: ``"i"`` int64, ``"b"`` bool, ``"f"`` a ``dtype`` scalar,
     ``"fR"`` a C-contiguous ``dtype`` array of rank R, ``"i8"`` a C-contiguous int8 vector, ``"none"``
-    None (an argument whose absence the kernel tests at compile time)."""
+    None."""
     fixed = {"i": types.int64, "b": types.boolean, "i8": types.int8[::1], "none": types.none}
     if kind in fixed:
         return fixed[kind]
@@ -159,37 +160,92 @@ def numba_type(kind: str, dtype: str) -> types.Type:
     raise ValueError(f"unknown argument kind {kind!r} (one of i, b, f, fR, i8, none)")
 
 
-def range_kernel_signature(kinds: tuple[str, ...], dtype: str) -> Signature:
-    """``void(lo, hi, slot, *args)`` for arguments of these kinds (:func:`numba_type`)."""
-    return types.void(types.int64, types.int64, types.int64, *(numba_type(k, dtype) for k in kinds))
+def range_kernel_signature(kinds: tuple[str, ...], dtype: str, variant: str) -> Signature:
+    """``void(lo, hi, slot, variant, args)``: ``variant`` of kind ``"none"`` or ``"i8"``, ``args`` a tuple of
+    arguments of these kinds (:func:`numba_type`)."""
+    return types.void(types.int64, types.int64, types.int64, numba_type(variant, dtype),
+                      types.Tuple(tuple(numba_type(k, dtype) for k in kinds)))
+
+
+class CompiledRangeKernel(types.WrapperAddressProtocol):
+    """A range kernel compiled for one signature, passed to its launcher by address (numba's wrapper
+    address protocol): typed exactly as the launcher's function-type parameter, so a call skips the
+    conversion numba would otherwise look up, in Python, on every call with a dispatcher argument
+    (about 70 us against about 5 us)."""
+
+    def __init__(self, dispatcher: Any, signature: Signature) -> None:
+        self.dispatcher = dispatcher
+        self._signature = signature
+        self.numba_type = types.FunctionType(signature)
+        result = dispatcher.get_compile_result(signature)
+        self._address = result.library.get_pointer_to_function(result.fndesc.llvm_cfunc_wrapper_name)
+
+    def __wrapper_address__(self) -> int:
+        return self._address
+
+    def signature(self) -> Signature:
+        return self._signature
+
+
+@typeof_impl.register(CompiledRangeKernel)
+def _typeof_compiled_range_kernel(val: CompiledRangeKernel, c: Any) -> types.Type:
+    # the type made once, not on every call from the signature (numba's default for this protocol)
+    return val.numba_type
 
 
 @functools.cache
-def range_kernel(kernel: Callable[..., None], kinds: tuple[str, ...], dtype: str) -> Any:
-    """``kernel(lo, hi, slot, *args)`` compiled (or loaded from numba's disk cache) for one signature: a
-    serial function over the work items ``lo <= i < hi``, which may use ``slot`` (its range's index, below
-    :func:`range_slots`) to pick a per-range output buffer.
+def range_kernel(kernel: Callable[..., None], kinds: tuple[str, ...], dtype: str, variant: str) -> CompiledRangeKernel:
+    """``kernel`` compiled (or loaded from numba's disk cache) for one signature, kept for the process.
+    See :func:`launch_ranges`."""
+    signature = range_kernel_signature(kinds, dtype, variant)
+    dispatcher = numba.njit(signature, cache=True, nogil=True, error_model="numpy")(kernel)
+    return CompiledRangeKernel(dispatcher, signature)
 
-    Kept per process. Launch it with a :func:`range_launcher` compiled for the same kinds and dtype.
-    """
-    return numba.njit(range_kernel_signature(kinds, dtype), cache=True, nogil=True, error_model="numpy")(kernel)
+
+def _launch(kernel, n_slots, n_items, variant, args):
+    for slot in numba.prange(n_slots):
+        s = np.int64(slot)
+        lo, hi = span_of(s, n_slots, n_items)
+        kernel(lo, hi, s, variant, args)
 
 
 @functools.cache
-def range_launcher(launcher: Callable[..., None], kinds: tuple[str, ...], dtype: str) -> Any:
-    """``launcher(kernel, n_slots, n_items, *args)`` compiled with ``parallel=True``: a ``prange`` over the
-    slots whose body calls ``kernel(lo, hi, slot, *args)`` on the span (:func:`span_of`) of each.
-
-    Why not a ``prange`` over the items in the kernel itself: numba compiles a ``prange`` loop by
-    copying its body into a generated function and compiling both, and the body's library is linked
-    into the kernel's and optimized by LLVM again, which for the selective scan took about 2.5 times as
-    long as compiling the same loop as a serial function (13 s and 25 s for its forward and backward
-    from a cold cache, 2-core AMD EPYC, 2026-12-04). Here the kernel is an argument of function type,
-    called through its address, so the launcher compiles in well under a second, the kernel compiles
-    as a serial function, and both are cached on disk apart. The launcher runs on numba's threading
-    layer like any ``prange`` loop, on the same threads (a pool of Python threads instead ran a Mamba
-    training step 1.13-1.33x slower when torch's OpenMP threads spin between operations).
-    """
-    signature = range_kernel_signature(kinds, dtype)
+def range_launcher(kinds: tuple[str, ...], dtype: str, variant: str) -> Any:
+    """The parallel launcher of every kernel of this signature: a ``prange`` over the slots whose body calls
+    ``kernel(lo, hi, slot, variant, args)`` on the span (:func:`span_of`) of each. The kernel is an
+    argument of function type, called through its address: it is not compiled into the launcher."""
+    signature = range_kernel_signature(kinds, dtype, variant)
     launch_types = types.void(types.FunctionType(signature), types.int64, types.int64, *signature.args[3:])
-    return numba.njit(launch_types, parallel=True, cache=True)(launcher)
+    return numba.njit(launch_types, parallel=True, cache=True)(_launch)
+
+
+def launch_ranges(kernel: Callable[..., None], kinds: tuple[str, ...], dtype: str, n_slots: int, n_items: int,
+                  variant: np.ndarray | None, args: tuple) -> None:
+    """Run ``kernel(lo, hi, slot, variant, args)`` over ``n_items`` work items cut into ``n_slots`` ranges,
+    the ranges in parallel on numba's threading layer, as a ``prange`` loop's iterations are.
+
+    ``kernel`` is a plain Python function, compiled here on first use as a serial ``nogil`` numba function
+    (cached on disk): it processes the items ``lo <= i < hi`` of range ``slot`` (below ``n_slots``; a
+    per-range output buffer may be indexed by it) and unpacks ``args``, a tuple of arrays and scalars
+    written in place. ``variant`` is None or an int8 array: the kernel tests ``variant is None`` and numba
+    compiles only the branch taken, one compilation per case.
+
+    Why not a ``prange`` over the items inside the kernel: numba compiles a ``prange`` loop by copying its
+    body into a generated function, and LLVM optimizes that function's code again inside the kernel
+    around it. For the selective scan that took 2.5 times as long as compiling the same loop as a serial
+    function (13 s and 25 s for its forward and backward from a cold cache, 2-core AMD EPYC, 2026-12-04).
+    Here the launcher is one small ``prange`` loop shared by all kernels of a signature, calling the
+    kernel through its address, and it runs on the same threads as any ``prange`` loop (a pool of Python
+    threads instead made a Mamba training step up to 1.33x slower where torch's OpenMP threads spin).
+
+    Args:
+        kernel: the Python function ``(lo, hi, slot, variant, args)``.
+        kinds: one entry per element of ``args`` (:func:`numba_type`). Arrays must have exactly these
+            types: anything else raises TypeError.
+        dtype: ``"float32"`` or ``"float64"``, the type of the ``"f..."`` kinds.
+        n_slots: number of ranges (:func:`range_slots`); n_items: number of work items.
+        variant: None or an int8 array (selects the compiled variant); args: the kernel's arguments.
+    """
+    variant_kind = "none" if variant is None else "i8"
+    compiled = range_kernel(kernel, kinds, dtype, variant_kind)
+    range_launcher(kinds, dtype, variant_kind)(compiled, n_slots, n_items, variant, args)

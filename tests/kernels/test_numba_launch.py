@@ -1,6 +1,7 @@
 """CPU kernels called from several Python threads at once, under every numba threading layer."""
 
 import io
+import json
 import logging
 import os
 import subprocess
@@ -15,14 +16,7 @@ import pytest
 from numba.core import event as numba_event
 
 from neurostep.kernels import numba_launch
-from neurostep.kernels.numba_launch import (
-    CompileNotice,
-    LaunchGuard,
-    range_kernel,
-    range_launcher,
-    range_slots,
-    span_of,
-)
+from neurostep.kernels.numba_launch import CompileNotice, LaunchGuard, launch_ranges, range_slots, span_of
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -156,17 +150,14 @@ def test_threads_launching_first_register_one_notice(monkeypatch):
     assert registered == [("numba:compile", guard._notice)]
 
 
-def _doubling_kernel(lo, hi, slot, x, out, owner):
+def _doubling_kernel(lo, hi, slot, variant, args):
+    x, out, owner = args
     for i in range(lo, hi):
-        out[i] = 2.0 * x[i]
+        out[i] = 2.0 * x[i] if variant is None else -2.0 * x[i]
         owner[i] = slot
 
 
-def _doubling_launch(kernel, n_slots, n_items, x, out, owner):
-    for slot in numba.prange(n_slots):
-        s = np.int64(slot)
-        lo, hi = span_of(s, n_slots, n_items)
-        kernel(lo, hi, s, x, out, owner)
+KINDS = ("f1", "f1", "f1")
 
 
 @pytest.mark.parametrize("n_slots", [1, 2, 3, 5])
@@ -192,38 +183,55 @@ def test_range_slots_follow_numba_threads_and_the_number_of_items():
 
 
 @pytest.mark.parametrize("n_items", [0, 1, 7, 64])
-def test_range_launcher_runs_each_item_once_in_its_slot(n_items):
-    kinds = ("f1", "f1", "f1")
-    kernel = range_kernel(_doubling_kernel, kinds, "float64")
-    launch = range_launcher(_doubling_launch, kinds, "float64")
+@pytest.mark.parametrize("variant", [None, np.empty(0, dtype=np.int8)])
+def test_launch_ranges_runs_each_item_once_in_its_slot(n_items, variant):
     x = np.arange(n_items, dtype=np.float64)
     out, owner = np.full(n_items, np.nan), np.full(n_items, -1.0)
     n_slots = range_slots(n_items)
-    launch(kernel, n_slots, n_items, x, out, owner)
-    np.testing.assert_array_equal(out, 2 * x)
+    launch_ranges(_doubling_kernel, KINDS, "float64", n_slots, n_items, variant, (x, out, owner))
+    np.testing.assert_array_equal(out, (2 if variant is None else -2) * x)
     want = np.concatenate([np.full(hi - lo, s) for s in range(n_slots) for lo, hi in [span_of(s, n_slots, n_items)]])
     np.testing.assert_array_equal(owner, want)
 
 
-def test_range_kernel_is_called_through_its_address_not_compiled_into_the_launcher():
+LINK_PROBE = """
+import json
+import numpy as np
+from neurostep.kernels import numba_launch
+
+def doubling_kernel(lo, hi, slot, variant, args):
+    x, out = args
+    for i in range(lo, hi):
+        out[i] = 2.0 * x[i]
+
+kinds = ("f1", "f1")
+numba_launch.launch_ranges(doubling_kernel, kinds, "float64", 1, 4, None, (np.ones(4), np.empty(4)))
+launcher = numba_launch.range_launcher(kinds, "float64", "none")
+kernel = numba_launch.range_kernel(doubling_kernel, kinds, "float64", "none")
+print(json.dumps({"launcher": "".join(launcher.inspect_llvm().values()),
+                  "kernel": "".join(kernel.dispatcher.inspect_llvm().values())}))
+"""
+
+
+def test_a_range_kernel_is_called_through_its_address_not_compiled_into_the_launcher(tmp_path):
     """The launcher's code must not contain the kernel: linking it in would have LLVM optimize the kernel a
-    second time, which is the compile time these launchers exist to avoid."""
-    kinds = ("f1", "f1", "f1")
-    launch = range_launcher(_doubling_launch, kinds, "float64")
-    kernel = range_kernel(_doubling_kernel, kinds, "float64")
-    llvm = "".join(launch.inspect_llvm().values())
-    assert "_doubling_launch" in llvm and "_doubling_kernel" not in llvm
-    assert "_doubling_kernel" in "".join(kernel.inspect_llvm().values())
+    second time, the compile time these launchers exist to avoid. Compiled in a fresh process and cache
+    (numba cannot show the code of a function loaded from its cache)."""
+    script = tmp_path / "probe.py"
+    script.write_text(LINK_PROBE)
+    env = {**os.environ, "NUMBA_CACHE_DIR": str(tmp_path / "cache"), "OMP_WAIT_POLICY": "PASSIVE"}
+    done = subprocess.run([sys.executable, str(script)], env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    llvm = json.loads(done.stdout.strip().splitlines()[-1])
+    assert "_launch" in llvm["launcher"] and "doubling_kernel" not in llvm["launcher"]
+    assert "doubling_kernel" in llvm["kernel"]
 
 
-def test_range_launcher_refuses_arrays_of_another_type():
+def test_launch_ranges_refuses_arrays_of_another_type():
     """Explicit signatures: an array of another dtype is an error, never a silent copy whose writes are lost."""
-    kinds = ("f1", "f1", "f1")
-    kernel = range_kernel(_doubling_kernel, kinds, "float64")
-    launch = range_launcher(_doubling_launch, kinds, "float64")
     x = np.ones(4, dtype=np.float32)
     with pytest.raises(TypeError):
-        launch(kernel, 1, 4, x, np.empty(4), np.empty(4))
+        launch_ranges(_doubling_kernel, KINDS, "float64", 1, 4, None, (x, np.empty(4), np.empty(4)))
 
 
 def test_numba_type_names_every_kind_and_refuses_others():

@@ -368,6 +368,7 @@ def test_blocks_in_one_group_compile_only_the_scalar_path(monkeypatch):
     with the reference."""
     from numba.core import types
 
+    from neurostep.kernels import numba_launch
     from neurostep.kernels.selective_scan import cpu
 
     w = cpu.W
@@ -376,20 +377,21 @@ def test_blocks_in_one_group_compile_only_the_scalar_path(monkeypatch):
     assert not cpu.every_block_in_one_group(4 * w, 8, 1)       # groups of W / 2 channels
     assert not cpu.every_block_in_one_group(6, 1, 3)
     requested = []
-    compiled = cpu._compiled
+    launch = cpu.launch_ranges
 
-    def spy(direction, one_group, dtype):
-        requested.append((direction, one_group))
-        return compiled(direction, one_group, dtype)
+    def spy(kernel, kinds, dtype, n_slots, n_items, variant, args):
+        requested.append((kernel.__name__, variant is None))
+        return launch(kernel, kinds, dtype, n_slots, n_items, variant, args)
 
-    monkeypatch.setattr(cpu, "_compiled", spy)
+    monkeypatch.setattr(cpu, "launch_ranges", spy)
     for groups in (1, 8):
         inputs = make_inputs(b=1, d=4 * w, L=5, n=2, bmode="group", cmode="group", groups=groups, dtype=torch.float32)
         for got, want in zip(run(inputs, "cpu"), run(inputs, "reference")):
             if want is not None:
                 torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
-    assert requested == [("forward", True), ("backward", True), ("forward", False), ("backward", False)]
-    for direction in ("forward", "backward"):
-        kernels = {g: compiled(direction, g, torch.float32)[0] for g in (True, False)}
-        mixed_type = {g: k.signatures[0][16 if direction == "forward" else 18] for g, k in kernels.items()}
-        assert mixed_type[True] == types.none and isinstance(mixed_type[False], types.Array), mixed_type
+    assert requested == [("_forward_kernel", True), ("_backward_kernel", True),
+                         ("_forward_kernel", False), ("_backward_kernel", False)]
+    for kernel, kinds in ((cpu._forward_kernel, cpu._FORWARD_KINDS), (cpu._backward_kernel, cpu._BACKWARD_KINDS)):
+        for variant, want in (("none", types.none), ("i8", types.int8[::1])):
+            compiled = numba_launch.range_kernel(kernel, kinds, "float32", variant)
+            assert [sig[3] for sig in compiled.dispatcher.signatures] == [want]

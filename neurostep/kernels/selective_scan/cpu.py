@@ -25,7 +25,7 @@ group into one buffer per range of blocks (``slot``), summed afterwards in slot 
 Threads: each kernel is a serial function over a range of work items (``lo <= item < hi``; blocks of
 one batch row in the forward, blocks over every batch row in the backward), compiled on its own and
 called through its address from a small ``prange`` launcher over the ranges
-(:func:`neurostep.kernels.numba_launch.range_launcher`). With the ``prange`` over the items in the
+(:func:`neurostep.kernels.numba_launch.launch_ranges`). With the ``prange`` over the items in the
 kernel itself, numba compiled the body twice over and the first forward and backward took 13 s and
 25 s from a cold cache; as serial functions they take about 5 s and 8 s (2-core AMD EPYC,
 2026-12-04), and they run on the same OpenMP threads as before. Each range allocates its block
@@ -42,7 +42,7 @@ import torch
 import torch.nn.functional as F
 
 from neurostep.kernels.numba_exp import vexp, vlog1p_unit
-from neurostep.kernels.numba_launch import range_kernel, range_launcher, range_slots, serialized, span_of
+from neurostep.kernels.numba_launch import launch_ranges, range_slots, serialized
 from neurostep.kernels.selective_scan.reference import SOFTPLUS_THRESHOLD
 
 CHUNK = 32
@@ -219,8 +219,8 @@ def _prepare_chunk(dts, spd, gts, gzd, biasv, d0, nk, w, softplus, has_z, need_g
                 gts[k, j] = zz * _sigmoid(zz, one)
 
 
-def _forward_kernel(lo, hi, slot, u, delta, biasv, softplus, At, B, C, Dv, z, has_z, h0t, gs_b, gs_c, mixed, chunk,
-                    one, threshold, out, last, ckpt, w):
+def _forward_kernel(lo, hi, slot, mixed, args):
+    u, delta, biasv, softplus, At, B, C, Dv, z, has_z, h0t, gs_b, gs_c, chunk, one, threshold, out, last, ckpt, w = args
     # ``w`` is W passed at run time, as in the backward (see there). ``mixed`` is None when every block
     # reads one B group and one C group (:func:`every_block_in_one_group`), else an empty array: numba
     # prunes the branches on ``mixed is None`` while typing, so each call compiles only its path
@@ -315,8 +315,9 @@ def _forward_kernel(lo, hi, slot, u, delta, biasv, softplus, At, B, C, Dv, z, ha
                 last[b, n, d0 + j] = x[n, j]
 
 
-def _backward_kernel(lo, hi, slot, gout, glast, u, delta, biasv, softplus, At, B, C, Dv, z, has_z, ckpt, gs_b, gs_c,
-                     mixed, chunk, one, threshold, du_out, ddelta_out, dAt, dBbuf, dCbuf, dDv, dbias, dz_out, dh0t, w):
+def _backward_kernel(lo, hi, slot, mixed, args):
+    (gout, glast, u, delta, biasv, softplus, At, B, C, Dv, z, has_z, ckpt, gs_b, gs_c, chunk, one, threshold, du_out,
+     ddelta_out, dAt, dBbuf, dCbuf, dDv, dbias, dz_out, dh0t, w) = args
     # ``w`` is W passed at run time: with a compile-time trip count of 16, LLVM fully unrolls the
     # cheap lane loops and leaves them scalar (the SLP pass cannot prove the block arrays disjoint);
     # with a run-time count the loop vectorizer handles them (runtime alias checks, 8-wide AVX2).
@@ -541,43 +542,11 @@ def _backward_kernel(lo, hi, slot, gout, glast, u, delta, biasv, softplus, At, B
             dbias[d0 + j] = dbias_acc[j]
 
 
-def _forward_launch(kernel, n_slots, n_items, u, delta, biasv, softplus, At, B, C, Dv, z, has_z, h0t, gs_b, gs_c,
-                    mixed, chunk, one, threshold, out, last, ckpt, w):
-    for slot in numba.prange(n_slots):
-        s = np.int64(slot)
-        lo, hi = span_of(s, n_slots, n_items)
-        kernel(lo, hi, s, u, delta, biasv, softplus, At, B, C, Dv, z, has_z, h0t, gs_b, gs_c, mixed, chunk, one,
-               threshold, out, last, ckpt, w)
-
-
-def _backward_launch(kernel, n_slots, n_items, gout, glast, u, delta, biasv, softplus, At, B, C, Dv, z, has_z, ckpt,
-                     gs_b, gs_c, mixed, chunk, one, threshold, du_out, ddelta_out, dAt, dBbuf, dCbuf, dDv, dbias,
-                     dz_out, dh0t, w):
-    for slot in numba.prange(n_slots):
-        s = np.int64(slot)
-        lo, hi = span_of(s, n_slots, n_items)
-        kernel(lo, hi, s, gout, glast, u, delta, biasv, softplus, At, B, C, Dv, z, has_z, ckpt, gs_b, gs_c, mixed,
-               chunk, one, threshold, du_out, ddelta_out, dAt, dBbuf, dCbuf, dDv, dbias, dz_out, dh0t, w)
-
-
-# Argument kinds (:func:`neurostep.kernels.numba_launch.numba_type`) after ``lo, hi, slot``; "mixed" is
-# None for layouts whose blocks each read one B/C group and an empty int8 array for the others, so each
-# layout compiles only its path.
-_FORWARD_KINDS = ("f3", "f3", "f1", "b", "f2", "f4", "f4", "f1", "f3", "b", "f3", "i", "i", "mixed", "i", "f", "f",
-                  "f3", "f3", "f4", "i")
-_BACKWARD_KINDS = ("f3", "f3", "f3", "f3", "f1", "b", "f2", "f4", "f4", "f1", "f3", "b", "f4", "i", "i", "mixed", "i",
-                   "f", "f", "f3", "f3", "f2", "f5", "f5", "f1", "f1", "f3", "f3", "i")
-
-
-def _compiled(direction: str, one_group: bool, dtype: torch.dtype) -> tuple:
-    """The forward or backward kernel and its launcher for one B/C layout and dtype, with the kernel's
-    ``mixed`` argument (None, or an empty array)."""
-    kernel, launch, kinds = ((_forward_kernel, _forward_launch, _FORWARD_KINDS) if direction == "forward"
-                             else (_backward_kernel, _backward_launch, _BACKWARD_KINDS))
-    kinds = tuple(("none" if one_group else "i8") if k == "mixed" else k for k in kinds)
-    name = str(dtype).removeprefix("torch.")
-    mixed = None if one_group else np.empty(0, dtype=np.int8)
-    return range_kernel(kernel, kinds, name), range_launcher(launch, kinds, name), mixed
+# Kinds (:func:`neurostep.kernels.numba_launch.numba_type`) of the kernels' ``args``, in their order.
+_FORWARD_KINDS = ("f3", "f3", "f1", "b", "f2", "f4", "f4", "f1", "f3", "b", "f3", "i", "i", "i", "f", "f", "f3", "f3",
+                  "f4", "i")
+_BACKWARD_KINDS = ("f3", "f3", "f3", "f3", "f1", "b", "f2", "f4", "f4", "f1", "f3", "b", "f4", "i", "i", "i", "f", "f",
+                   "f3", "f3", "f2", "f5", "f5", "f1", "f1", "f3", "f3", "i")
 
 
 def _np(t: torch.Tensor) -> np.ndarray:
@@ -612,6 +581,16 @@ def _prepare(u, delta, A, B, C, D, z, delta_bias):
     return dpad, _pad_channels(u, dpad), _pad_channels(delta, dpad), biasv.contiguous(), At, Bk, Ck, Dv, zp
 
 
+def _mixed(dim: int, B: torch.Tensor, C: torch.Tensor) -> np.ndarray | None:
+    """The kernels' ``mixed`` argument: None when every block reads one B and one C group (the kernels then
+    compile only the path with B and C as scalars), else an empty array."""
+    return None if every_block_in_one_group(dim, B.shape[1], C.shape[1]) else np.empty(0, dtype=np.int8)
+
+
+def _dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
+
+
 def _constants(dtype: torch.dtype) -> tuple:
     f = np.float32 if dtype == torch.float32 else np.float64
     return f(1.0), f(SOFTPLUS_THRESHOLD)
@@ -630,10 +609,10 @@ def forward(u, delta, A, B, C, D, z, delta_bias, h0, delta_softplus):
     ckpt = u.new_empty(saved_shape(batch, dim, length, n_state))
     one, threshold = _constants(u.dtype)
     n_items = batch * (dpad // W)
-    kernel, launch, mixed = _compiled("forward", every_block_in_one_group(dim, B.shape[1], C.shape[1]), u.dtype)
-    launch(kernel, range_slots(n_items), n_items, _np(up), _np(dp), _np(biasv), bool(delta_softplus), _np(At),
-           _np(Bk), _np(Ck), _np(Dv), _np(zp), z is not None, _np(h0t), dim // B.shape[1], dim // C.shape[1], mixed,
-           CHUNK, one, threshold, _np(out), _np(last), _np(ckpt), W)
+    launch_ranges(_forward_kernel, _FORWARD_KINDS, _dtype_name(u.dtype), range_slots(n_items), n_items,
+                  _mixed(dim, B, C), (_np(up), _np(dp), _np(biasv), bool(delta_softplus), _np(At), _np(Bk), _np(Ck),
+                                      _np(Dv), _np(zp), z is not None, _np(h0t), dim // B.shape[1], dim // C.shape[1],
+                                      CHUNK, one, threshold, _np(out), _np(last), _np(ckpt), W))
     if dpad != dim:
         out = out[:, :dim].contiguous()
     return out, last[..., :dim].transpose(1, 2).contiguous(), ckpt
@@ -659,11 +638,11 @@ def backward(grad_out, grad_last, u, delta, A, B, C, D, z, delta_bias, h0, saved
     dz = torch.empty_like(up) if z is not None else u.new_empty(1, 1, 1)
     dh0t = u.new_empty(batch, n_state, dpad)
     one, threshold = _constants(u.dtype)
-    kernel, launch, mixed = _compiled("backward", every_block_in_one_group(dim, B.shape[1], C.shape[1]), u.dtype)
-    launch(kernel, n_slots, n_items, _np(gp), _np(glast), _np(up), _np(dp), _np(biasv), bool(delta_softplus), _np(At),
-           _np(Bk), _np(Ck), _np(Dv), _np(zp), z is not None, _np(saved), dim // B.shape[1], dim // C.shape[1], mixed,
-           CHUNK, one, threshold, _np(du), _np(ddelta), _np(dAt), _np(dBbuf), _np(dCbuf), _np(dDv), _np(dbias),
-           _np(dz), _np(dh0t), W)
+    launch_ranges(_backward_kernel, _BACKWARD_KINDS, _dtype_name(u.dtype), n_slots, n_items, _mixed(dim, B, C),
+                  (_np(gp), _np(glast), _np(up), _np(dp), _np(biasv), bool(delta_softplus), _np(At), _np(Bk), _np(Ck),
+                   _np(Dv), _np(zp), z is not None, _np(saved), dim // B.shape[1], dim // C.shape[1], CHUNK, one,
+                   threshold, _np(du), _np(ddelta), _np(dAt), _np(dBbuf), _np(dCbuf), _np(dDv), _np(dbias), _np(dz),
+                   _np(dh0t), W))
     if dpad != dim:
         du, ddelta, dz = du[:, :dim], ddelta[:, :dim], (dz[:, :dim] if z is not None else dz)
     dB = dBbuf.sum(0).transpose(-1, -2).contiguous()
