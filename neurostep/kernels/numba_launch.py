@@ -29,6 +29,7 @@ import numba
 import numpy as np
 from numba.core import event as numba_event
 from numba.core import types
+from numba.core.compiler import Compiler
 from numba.core.typing.templates import Signature
 from numba.extending import typeof_impl
 
@@ -187,6 +188,17 @@ class CompiledRangeKernel(types.WrapperAddressProtocol):
         return self._signature
 
 
+class NoAliasCompiler(Compiler):
+    """numba's default nopython pipeline, lowering the function with ``noalias`` on its array arguments: the
+    promise numba itself makes for a ``prange`` body when it finds no aliasing among the arrays, which lets
+    LLVM vectorize the lane loops without run-time overlap checks (a range kernel without it ran 5-10%
+    slower than the same loop as a ``prange`` body)."""
+
+    def define_pipelines(self):
+        self.state.flags.noalias = True
+        return super().define_pipelines()
+
+
 @typeof_impl.register(CompiledRangeKernel)
 def _typeof_compiled_range_kernel(val: CompiledRangeKernel, c: Any) -> types.Type:
     # the type made once, not on every call from the signature (numba's default for this protocol)
@@ -198,7 +210,8 @@ def range_kernel(kernel: Callable[..., None], kinds: tuple[str, ...], dtype: str
     """``kernel`` compiled (or loaded from numba's disk cache) for one signature, kept for the process.
     See :func:`launch_ranges`."""
     signature = range_kernel_signature(kinds, dtype, variant)
-    dispatcher = numba.njit(signature, cache=True, nogil=True, error_model="numpy")(kernel)
+    dispatcher = numba.njit(signature, cache=True, nogil=True, error_model="numpy",
+                            pipeline_class=NoAliasCompiler)(kernel)
     return CompiledRangeKernel(dispatcher, signature)
 
 
@@ -227,8 +240,10 @@ def launch_ranges(kernel: Callable[..., None], kinds: tuple[str, ...], dtype: st
     ``kernel`` is a plain Python function, compiled here on first use as a serial ``nogil`` numba function
     (cached on disk): it processes the items ``lo <= i < hi`` of range ``slot`` (below ``n_slots``; a
     per-range output buffer may be indexed by it) and unpacks ``args``, a tuple of arrays and scalars
-    written in place. ``variant`` is None or an int8 array: the kernel tests ``variant is None`` and numba
-    compiles only the branch taken, one compilation per case.
+    written in place. It is compiled with its arrays declared not to overlap (:class:`NoAliasCompiler`):
+    an array the kernel writes must share no memory with any other array in ``args``. ``variant`` is None
+    or an int8 array: the kernel tests ``variant is None`` and numba compiles only the branch taken, one
+    compilation per case.
 
     Why not a ``prange`` over the items inside the kernel: numba compiles a ``prange`` loop by copying its
     body into a generated function, and LLVM optimizes that function's code again inside the kernel
