@@ -8,8 +8,8 @@ decorates every CPU kernel entry point: under ``workqueue`` it lets one launch r
 under the other layers it adds one attribute read per call and nothing else.
 
 The first launch also registers a :class:`CompileNotice` with numba's event API, so that a kernel
-compiling on its first use (seconds to a minute on a fresh machine; numba's disk cache serves every
-later process) says so instead of leaving the user at a silent prompt.
+compiling on its first use (up to about 10 seconds each on a fresh machine; numba's disk cache serves
+every later process) says so instead of leaving the user at a silent prompt.
 
 :func:`launch_ranges` runs a serial kernel over ranges of work items on the
 same threading layer as ``prange``, for kernels whose ``prange`` body takes too long to compile.
@@ -41,7 +41,7 @@ class CompileNotice(numba_event.Listener):
     and one when it ends, with the seconds it took.
 
     A kernel compiles on its first call in a process whose numba cache lacks it (a fresh clone, a new
-    dtype or layout); a large one takes up to a minute, during which nothing else happens. The lines go
+    dtype or layout); a large one takes about 10 s, during which nothing else happens. The lines go
     to ``stream`` when it is a terminal and to the ``neurostep.kernels`` logger (INFO) otherwise, so
     logs and batch jobs stay quiet unless logging asks for them. Only the outermost compilation is
     reported: helpers compiled on the way belong to it.
