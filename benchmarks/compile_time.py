@@ -33,104 +33,18 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _results import load_average, summary_row, table, write_result  # noqa: E402
 
+from neurostep.kernels.precompile import variants  # noqa: E402
+
 ROOT = Path(__file__).resolve().parents[1]
 
-# Each case builds inputs and a ``run()`` that returns a tensor to differentiate (its sum is the loss).
-CASES: dict[str, str] = {
-    "lif float32": """
-        from neurostep.kernels.lif import lif_scan
-        x = torch.randn(8, 4096, requires_grad=True)
-        def run():
-            return lif_scan(x, tau_inv=0.5, v_threshold=1.0, backend="cpu")[0]
-    """,
-    "lif float64": """
-        from neurostep.kernels.lif import lif_scan
-        x = torch.randn(8, 4096, dtype=torch.float64, requires_grad=True)
-        def run():
-            return lif_scan(x, tau_inv=0.5, v_threshold=1.0, backend="cpu")[0]
-    """,
-    "linear_scan float32": """
-        from neurostep.kernels.linear_scan import linear_scan
-        a = torch.rand(2, 64, 256, requires_grad=True)
-        b = torch.randn(2, 64, 256, requires_grad=True)
-        def run():
-            return linear_scan(a, b, backend="cpu")[0]
-    """,
-    "causal_conv1d float32": """
-        from neurostep.kernels.causal_conv1d import causal_conv1d
-        x = torch.randn(2, 64, 256, requires_grad=True)
-        w = torch.randn(64, 4, requires_grad=True)
-        bias = torch.randn(64, requires_grad=True)
-        def run():
-            return causal_conv1d(x, w, bias, activation="silu", backend="cpu")[0]
-    """,
-    "selective_scan float32": """
-        from neurostep.kernels.selective_scan import selective_scan
-        B_, D, L, N = 2, 64, 256, 16
-        u = torch.randn(B_, D, L, requires_grad=True)
-        delta = torch.randn(B_, D, L, requires_grad=True)
-        A = (-torch.rand(D, N)).requires_grad_()
-        Bm = torch.randn(B_, N, L, requires_grad=True)
-        Cm = torch.randn(B_, N, L, requires_grad=True)
-        Dv = torch.randn(D, requires_grad=True)
-        z = torch.randn(B_, D, L, requires_grad=True)
-        db = torch.randn(D, requires_grad=True)
-        def run():
-            return selective_scan(u, delta, A, Bm, Cm, Dv, z=z, delta_bias=db, delta_softplus=True,
-                                  backend="cpu")[0]
-    """,
-    "selective_scan float64": """
-        from neurostep.kernels.selective_scan import selective_scan
-        B_, D, L, N = 2, 64, 256, 16
-        f = dict(dtype=torch.float64, requires_grad=True)
-        u = torch.randn(B_, D, L, **f)
-        delta = torch.randn(B_, D, L, **f)
-        A = (-torch.rand(D, N, dtype=torch.float64)).requires_grad_()
-        Bm = torch.randn(B_, N, L, **f)
-        Cm = torch.randn(B_, N, L, **f)
-        Dv = torch.randn(D, **f)
-        def run():
-            return selective_scan(u, delta, A, Bm, Cm, Dv, delta_softplus=True, backend="cpu")[0]
-    """,
-    "selective_scan mixed groups float32": """
-        from neurostep.kernels.selective_scan import selective_scan
-        # 6 B/C groups of 8 of the 48 channels: blocks of 16 channels straddle groups, a variant of its own
-        B_, D, L, N, G = 2, 48, 256, 16, 6
-        u = torch.randn(B_, D, L, requires_grad=True)
-        delta = torch.randn(B_, D, L, requires_grad=True)
-        A = (-torch.rand(D, N)).requires_grad_()
-        Bm = torch.randn(B_, G, N, L, requires_grad=True)
-        Cm = torch.randn(B_, G, N, L, requires_grad=True)
-        Dv = torch.randn(D, requires_grad=True)
-        z = torch.randn(B_, D, L, requires_grad=True)
-        db = torch.randn(D, requires_grad=True)
-        def run():
-            return selective_scan(u, delta, A, Bm, Cm, Dv, z=z, delta_bias=db, delta_softplus=True,
-                                  backend="cpu")[0]
-    """,
-    "wkv float32": """
-        from neurostep.kernels.wkv import wkv
-        C, L = 256, 128
-        w = torch.rand(C, requires_grad=True)
-        uu = torch.randn(C, requires_grad=True)
-        k = torch.randn(2, L, C, requires_grad=True)
-        v = torch.randn(2, L, C, requires_grad=True)
-        def run():
-            return wkv(w, uu, k, v, backend="cpu")[0]
-    """,
-    "decayed_linear_attention float32": """
-        from neurostep.kernels.decayed_linear_attention import decayed_linear_attention
-        q = torch.randn(2, 256, 4, 32, requires_grad=True)
-        k = torch.randn(2, 256, 4, 32, requires_grad=True)
-        v = torch.randn(2, 256, 4, 32, requires_grad=True)
-        g = (-torch.rand(2, 256, 4)).requires_grad_()
-        def run():
-            return decayed_linear_attention(q, k, v, g, backend="cpu")[0]
-    """,
-}
+# One case per kernel variant that compiles on its own: the variants `python -m neurostep.kernels.precompile`
+# compiles (each op in float32 and float64, and the layouts with a compilation of their own). The child
+# calls the variant's function; its inputs are small, as only the compile is timed.
+CASES: dict[str, str] = {name: f"from neurostep.kernels.precompile import variants\nrun = variants()[{name!r}]"
+                         for name in variants()}
 
 QUICK = ("lif", "linear_scan", "causal_conv1d")
-"""Kernels ``--quick`` measures: each compiles in seconds, where the selective scan takes minutes cold."""
+"""Kernels ``--quick`` measures (float32): the quickest to compile."""
 
 # The child process prints one JSON line: forward and backward first-call seconds (wall and CPU),
 # less a repeat call.
