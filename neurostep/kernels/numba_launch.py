@@ -232,7 +232,16 @@ def range_launcher(kinds: tuple[str, ...], dtype: str, variant: str) -> Any:
     return numba.njit(launch_types, parallel=True, cache=True)(_launch)
 
 
-def launch_ranges(kernel: Callable[..., None], kinds: tuple[str, ...], dtype: str, n_slots: int, n_items: int,
+def _float_dtype(kinds: tuple[str, ...], args: tuple) -> str:
+    """The dtype of the ``"f..."`` arguments, read from the first of them (float64 when there is none); the
+    others must match it, or the call is refused."""
+    for kind, arg in zip(kinds, args):
+        if kind[:1] == "f":
+            return np.asarray(arg).dtype.name
+    return "float64"
+
+
+def launch_ranges(kernel: Callable[..., None], kinds: tuple[str, ...], n_slots: int, n_items: int,
                   variant: np.ndarray | None, args: tuple) -> None:
     """Run ``kernel(lo, hi, slot, variant, args)`` over ``n_items`` work items cut into ``n_slots`` ranges,
     the ranges in parallel on numba's threading layer, as a ``prange`` loop's iterations are.
@@ -255,12 +264,13 @@ def launch_ranges(kernel: Callable[..., None], kinds: tuple[str, ...], dtype: st
 
     Args:
         kernel: the Python function ``(lo, hi, slot, variant, args)``.
-        kinds: one entry per element of ``args`` (:func:`numba_type`). Arrays must have exactly these
-            types: anything else raises TypeError.
-        dtype: ``"float32"`` or ``"float64"``, the type of the ``"f..."`` kinds.
+        kinds: one entry per element of ``args`` (:func:`numba_type`). The ``"f..."`` arguments share one
+            float dtype, that of the first of them; arrays must have exactly these types: anything else
+            raises TypeError.
         n_slots: number of ranges (:func:`range_slots`); n_items: number of work items.
         variant: None or an int8 array (selects the compiled variant); args: the kernel's arguments.
     """
     variant_kind = "none" if variant is None else "i8"
+    dtype = _float_dtype(kinds, args)
     compiled = range_kernel(kernel, kinds, dtype, variant_kind)
     range_launcher(kinds, dtype, variant_kind)(compiled, n_slots, n_items, variant, args)

@@ -188,7 +188,7 @@ def test_launch_ranges_runs_each_item_once_in_its_slot(n_items, variant):
     x = np.arange(n_items, dtype=np.float64)
     out, owner = np.full(n_items, np.nan), np.full(n_items, -1.0)
     n_slots = range_slots(n_items)
-    launch_ranges(_doubling_kernel, KINDS, "float64", n_slots, n_items, variant, (x, out, owner))
+    launch_ranges(_doubling_kernel, KINDS, n_slots, n_items, variant, (x, out, owner))
     np.testing.assert_array_equal(out, (2 if variant is None else -2) * x)
     want = np.concatenate([np.full(hi - lo, s) for s in range(n_slots) for lo, hi in [span_of(s, n_slots, n_items)]])
     np.testing.assert_array_equal(owner, want)
@@ -205,7 +205,7 @@ def doubling_kernel(lo, hi, slot, variant, args):
         out[i] = 2.0 * x[i]
 
 kinds = ("f1", "f1")
-numba_launch.launch_ranges(doubling_kernel, kinds, "float64", 1, 4, None, (np.ones(4), np.empty(4)))
+numba_launch.launch_ranges(doubling_kernel, kinds, 1, 4, None, (np.ones(4), np.empty(4)))
 launcher = numba_launch.range_launcher(kinds, "float64", "none")
 kernel = numba_launch.range_kernel(doubling_kernel, kinds, "float64", "none")
 print(json.dumps({"launcher": "".join(launcher.inspect_llvm().values()),
@@ -231,7 +231,7 @@ def test_launch_ranges_refuses_arrays_of_another_type():
     """Explicit signatures: an array of another dtype is an error, never a silent copy whose writes are lost."""
     x = np.ones(4, dtype=np.float32)
     with pytest.raises(TypeError):
-        launch_ranges(_doubling_kernel, KINDS, "float64", 1, 4, None, (x, np.empty(4), np.empty(4)))
+        launch_ranges(_doubling_kernel, KINDS, 1, 4, None, (x, np.empty(4), np.empty(4)))
 
 
 def test_numba_type_names_every_kind_and_refuses_others():

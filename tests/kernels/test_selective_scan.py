@@ -379,9 +379,9 @@ def test_blocks_in_one_group_compile_only_the_scalar_path(monkeypatch):
     requested = []
     launch = cpu.launch_ranges
 
-    def spy(kernel, kinds, dtype, n_slots, n_items, variant, args):
+    def spy(kernel, kinds, n_slots, n_items, variant, args):
         requested.append((kernel.__name__, variant is None))
-        return launch(kernel, kinds, dtype, n_slots, n_items, variant, args)
+        return launch(kernel, kinds, n_slots, n_items, variant, args)
 
     monkeypatch.setattr(cpu, "launch_ranges", spy)
     for groups in (1, 8):

@@ -591,10 +591,6 @@ def _mixed(dim: int, B: torch.Tensor, C: torch.Tensor) -> np.ndarray | None:
     return None if every_block_in_one_group(dim, B.shape[1], C.shape[1]) else np.empty(0, dtype=np.int8)
 
 
-def _dtype_name(dtype: torch.dtype) -> str:
-    return str(dtype).removeprefix("torch.")
-
-
 def _constants(dtype: torch.dtype) -> tuple:
     f = np.float32 if dtype == torch.float32 else np.float64
     return f(1.0), f(SOFTPLUS_THRESHOLD)
@@ -613,10 +609,10 @@ def forward(u, delta, A, B, C, D, z, delta_bias, h0, delta_softplus):
     ckpt = u.new_empty(saved_shape(batch, dim, length, n_state))
     one, threshold = _constants(u.dtype)
     n_items = batch * (dpad // W)
-    launch_ranges(_forward_kernel, _FORWARD_KINDS, _dtype_name(u.dtype), range_slots(n_items), n_items,
-                  _mixed(dim, B, C), (_np(up), _np(dp), _np(biasv), bool(delta_softplus), _np(At), _np(Bk), _np(Ck),
-                                      _np(Dv), _np(zp), z is not None, _np(h0t), dim // B.shape[1], dim // C.shape[1],
-                                      CHUNK, one, threshold, _np(out), _np(last), _np(ckpt), W))
+    launch_ranges(_forward_kernel, _FORWARD_KINDS, range_slots(n_items), n_items, _mixed(dim, B, C),
+                  (_np(up), _np(dp), _np(biasv), bool(delta_softplus), _np(At), _np(Bk), _np(Ck), _np(Dv), _np(zp),
+                   z is not None, _np(h0t), dim // B.shape[1], dim // C.shape[1], CHUNK, one, threshold, _np(out),
+                   _np(last), _np(ckpt), W))
     if dpad != dim:
         out = out[:, :dim].contiguous()
     return out, last[..., :dim].transpose(1, 2).contiguous(), ckpt
@@ -642,7 +638,7 @@ def backward(grad_out, grad_last, u, delta, A, B, C, D, z, delta_bias, h0, saved
     dz = torch.empty_like(up) if z is not None else u.new_empty(1, 1, 1)
     dh0t = u.new_empty(batch, n_state, dpad)
     one, threshold = _constants(u.dtype)
-    launch_ranges(_backward_kernel, _BACKWARD_KINDS, _dtype_name(u.dtype), n_slots, n_items, _mixed(dim, B, C),
+    launch_ranges(_backward_kernel, _BACKWARD_KINDS, n_slots, n_items, _mixed(dim, B, C),
                   (_np(gp), _np(glast), _np(up), _np(dp), _np(biasv), bool(delta_softplus), _np(At), _np(Bk), _np(Ck),
                    _np(Dv), _np(zp), z is not None, _np(saved), dim // B.shape[1], dim // C.shape[1], CHUNK, one,
                    threshold, _np(du), _np(ddelta), _np(dAt), _np(dBbuf), _np(dCbuf), _np(dDv), _np(dbias), _np(dz),
