@@ -26,7 +26,6 @@ import resource
 import subprocess
 import sys
 import tempfile
-import textwrap
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -37,21 +36,19 @@ from neurostep.kernels.precompile import variants  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 
-# One case per kernel variant that compiles on its own: the variants `python -m neurostep.kernels.precompile`
-# compiles (each op in float32 and float64, and the layouts with a compilation of their own). The child
-# calls the variant's function; its inputs are small, as only the compile is timed.
-CASES: dict[str, str] = {name: f"from neurostep.kernels.precompile import variants\nrun = variants()[{name!r}]"
-                         for name in variants()}
-
 QUICK = ("lif", "linear_scan", "causal_conv1d")
 """Kernels ``--quick`` measures (float32): the quickest to compile."""
 
-# The child process prints one JSON line: forward and backward first-call seconds (wall and CPU),
+# One case per kernel variant that compiles on its own: the variants of
+# ``neurostep.kernels.precompile.variants`` (each op in float32 and float64, and the layouts with a
+# compilation of their own). The child runs the variant's function, whose inputs are small: only the
+# compile is timed. It prints one JSON line: forward and backward first-call seconds (wall and CPU),
 # less a repeat call.
 CHILD = """
 import json, time, torch
+from neurostep.kernels.precompile import variants
 torch.manual_seed(0)
-{setup}
+run = variants()[{name!r}]
 def timed(fn):
     t0, c0 = time.perf_counter(), time.process_time(); fn()
     return time.perf_counter() - t0, time.process_time() - c0
@@ -70,10 +67,10 @@ print(json.dumps(out))
 """
 
 
-def run_case(setup: str, cache_dir: str) -> dict[str, float]:
-    """First-call forward and backward seconds (wall and CPU) of one case in a fresh process using
+def run_case(name: str, cache_dir: str) -> dict[str, float]:
+    """First-call forward and backward seconds (wall and CPU) of variant ``name`` in a fresh process using
     ``cache_dir``, plus the CPU seconds of the whole process (``process_cpu``)."""
-    code = CHILD.format(setup=textwrap.dedent(setup))
+    code = CHILD.format(name=name)
     env = {**os.environ, "NUMBA_CACHE_DIR": cache_dir, "OMP_WAIT_POLICY": "PASSIVE"}
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True,
@@ -107,14 +104,14 @@ def main() -> None:
     args = parser.parse_args()
     load_before = load_average()
     rows, cases = [], {}
-    for name, setup in CASES.items():
+    for name in variants():
         if not name.startswith(args.only):
             continue
         if args.quick and (not name.endswith("float32") or name.split()[0] not in QUICK):
             continue
         with tempfile.TemporaryDirectory(prefix="numba-cache-") as cache_dir:
-            cold = run_case(setup, cache_dir)
-            warm = run_case(setup, cache_dir)
+            cold = run_case(name, cache_dir)
+            warm = run_case(name, cache_dir)
         cases[name] = {"cold": cold, "warm": warm}
         row = [name, f"{cold['forward']:.1f} / {cold['forward_cpu']:.1f}",
                f"{cold['backward']:.1f} / {cold['backward_cpu']:.1f}", f"{cold['process_cpu']:.1f}",
