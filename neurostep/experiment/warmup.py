@@ -1,8 +1,8 @@
 """Compile each kernel once, on one worker, before the runs that need it.
 
-On a cold numba cache the first call of a fused op compiles its kernels: 2-14 s per op (forward and
-backward; the selective scan's are the longest). Parallel workers that start runs of blocks sharing an op
-would each compile it at the same time, and a worker compiling the selective scan holds up every
+On a cold numba cache the first call of a fused op compiles its kernels: about 3-16 s per op, forward
+and backward together (``benchmarks/results/compile_time.json``). Parallel workers that start runs of
+blocks sharing an op would each compile it at the same time, and a worker compiling the selective scan holds up every
 run queued behind it. So the runner first finds which fused ops each (block, task) calls, by
 tracing its model on the meta device (shapes only: nothing computes, nothing compiles), and gives
 each op to one *warm-up*: one forward+backward of the first model that calls it. While an op
