@@ -136,7 +136,8 @@ class FusedOp:
         torch.library.register_fake(f"{NAMESPACE}::{name}_backward", self._fake_backward, lib=library)
         self.forward_op = getattr(getattr(torch.ops, NAMESPACE), f"{name}_forward").default
         self.backward_op = getattr(getattr(torch.ops, NAMESPACE), f"{name}_backward").default
-        self._function = _autograd_function(self)
+        self._function = _autograd_function(self, direct=False)
+        self._direct_function = _autograd_function(self, direct=True)
         library.impl(f"{name}_forward", self._function.apply, "Autograd")
         if cost is not None:
             register_cost(f"{NAMESPACE}::{name}_forward")(cost)
@@ -151,11 +152,20 @@ class FusedOp:
     def __call__(self, *args: Any, backend: str = "auto") -> Any:
         """Run the op on already validated, laid-out arguments (schema order, ``backend`` excluded).
 
-        The backend is resolved here, once, from the first tensor's device; the call then goes through
-        the dispatcher, so counters, fake tensors and ``torch.compile`` see one ``neurostep`` op.
+        The backend is resolved here, once, from the first tensor's device. Whenever something may
+        watch or transform the call (a dispatch or function mode such as the op counter, fake tensors,
+        ``torch.compile``, ``torch.jit.trace``, functorch transforms, the profiler, tensor subclasses),
+        it goes through the dispatcher, so that it sees one ``neurostep`` op. Otherwise it runs the same
+        adapters directly (:func:`dispatch_is_unobserved`): the dispatcher's Python boxing of the
+        arguments costs a small op 20-30 us per call (``docs/design.md``).
         """
         name = self.choose_backend(backend, _first_tensor(args).device)
-        return self.forward_op(*args, name)
+        if not dispatch_is_unobserved(args):
+            return self.forward_op(*args, name)
+        if torch.is_grad_enabled() and any(isinstance(t, torch.Tensor) and t.requires_grad
+                                           for t in args[:self._n_tensors]):
+            return self._direct_function.apply(*args, name)
+        return self._run_forward(*args, name)
 
     # -- dispatcher kernels -----------------------------------------------------------------
 
@@ -188,8 +198,32 @@ class FusedOp:
         return [_like_or_empty(g, like) for g in self._backward_fake(call)]
 
 
-def _autograd_function(op: FusedOp) -> type[torch.autograd.Function]:
-    """The autograd formula of ``op``: its forward op below autograd, its backward op for gradients."""
+def dispatch_is_unobserved(args: Sequence[Any]) -> bool:
+    """Whether nothing would see a fused op's call through the dispatcher that does not see its adapters
+    run directly: no dispatch or function mode is active (the op counter, fake tensors, sequence
+    parallelism's routing), nothing traces or compiles, no functorch transform and no profiler is on,
+    and every tensor argument is a plain tensor or parameter (no subclass with its own dispatch) that holds
+    values (not on the meta device, where the op's fake runs instead)."""
+    if torch.compiler.is_compiling():  # first: torch.compile traces this function and must not see the rest
+        return False
+    if torch._C._len_torch_dispatch_stack() or torch._C._is_torch_function_mode_enabled():
+        return False
+    if torch._C._get_tracing_state() is not None:
+        return False
+    if torch._C._are_functorch_transforms_active() or torch.autograd._profiler_enabled():
+        return False
+    return all(type(a) in _PLAIN_TENSOR_TYPES and a.device.type != "meta" for a in args if isinstance(a, torch.Tensor))
+
+
+_PLAIN_TENSOR_TYPES = (torch.Tensor, torch.nn.Parameter)
+
+
+def _autograd_function(op: FusedOp, direct: bool) -> type[torch.autograd.Function]:
+    """The autograd formula of ``op``: its forward op below autograd, its backward op for gradients.
+
+    ``direct``: the formula of :meth:`FusedOp.__call__`'s direct path, which runs the forward adapter
+    itself, and the backward adapter itself unless something observes the dispatcher by the time the
+    backward runs (:func:`dispatch_is_unobserved`)."""
     n_tensors = op._n_tensors
     internal = op._internal
     arg_names = (*op.tensor_names, *op.attr_names, "backend")
@@ -197,8 +231,11 @@ def _autograd_function(op: FusedOp) -> type[torch.autograd.Function]:
     class Function(torch.autograd.Function):
         @staticmethod
         def forward(ctx: Any, *args: Any) -> Any:
-            with torch._C._AutoDispatchBelowAutograd():
-                output = op.forward_op(*args)
+            if direct:
+                output = op._run_forward(*args)
+            else:
+                with torch._C._AutoDispatchBelowAutograd():
+                    output = op.forward_op(*args)
             outputs = output if isinstance(output, tuple) else (output,)
             named = dict(zip(arg_names, args))
             named["needs_input_grad"] = ctx.needs_input_grad[:n_tensors]
@@ -218,11 +255,16 @@ def _autograd_function(op: FusedOp) -> type[torch.autograd.Function]:
             if not any(needs):
                 return (None,) * n_tensors + none
             flowing = [g for i, g in enumerate(grads) if i not in internal]
-            result = op.backward_op(flowing, list(ctx.saved_tensors), needs, *ctx.attrs)
+            saved = list(ctx.saved_tensors)
+            if direct and dispatch_is_unobserved([*flowing, *saved]):
+                result = op._run_backward(flowing, saved, needs, *ctx.attrs)
+            else:
+                result = op.backward_op(flowing, saved, needs, *ctx.attrs)
             return tuple(g if need else None for g, need in zip(result, needs)) + none
 
-    Function.__name__ = Function.__qualname__ = f"{op.name}_function"
-    return Function
+    # named at creation, so that the autograd graph names its nodes after the op ("lif_functionBackward")
+    name = f"{op.name}_{'direct_' if direct else ''}function"
+    return type(name, (Function,), {"__qualname__": name})
 
 
 def _is_tensor_annotation(annotation: Any) -> bool:
@@ -272,4 +314,4 @@ def define_op(
                    backend_options=backend_options)
 
 
-__all__ = ["BackwardCall", "FusedOp", "SaveRule", "define_op"]
+__all__ = ["BackwardCall", "FusedOp", "SaveRule", "define_op", "dispatch_is_unobserved"]

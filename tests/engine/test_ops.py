@@ -6,6 +6,7 @@ import importlib
 
 import pytest
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 import neurostep.kernels  # noqa: F401  (registers the fused ops)
 from neurostep.engine import KERNELS, BackendUnavailableError, BackwardCall, define_op
@@ -173,3 +174,56 @@ def test_lif_reads_no_tensor_value(backend, monkeypatch):
     torch.testing.assert_close(out[0], expected[0])
     for g, e in zip(grads, expected_grads):
         torch.testing.assert_close(g, e)
+
+
+class _Recorder(TorchDispatchMode):
+    """Records the name of every op dispatched while it is active."""
+
+    def __init__(self):
+        super().__init__()
+        self.seen: list[str] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.seen.append(str(func))
+        return func(*args, **(kwargs or {}))
+
+
+def test_an_unobserved_call_runs_the_adapters_directly_with_the_same_results():
+    x = torch.randn(5, 3, dtype=torch.float64, requires_grad=True)
+    h0 = torch.randn(3, dtype=torch.float64, requires_grad=True)
+    y, last = TOY(x, h0, 0.5, backend="reference")
+    assert type(y.grad_fn).__name__ == "test_scaled_cumsum_direct_functionBackward"
+    y_d, last_d = torch.ops.neurostep.test_scaled_cumsum_forward(x, h0, 0.5, "reference")
+    assert type(y_d.grad_fn).__name__ == "test_scaled_cumsum_functionBackward"
+    torch.testing.assert_close((y, last), (y_d, last_d), rtol=0, atol=0)
+    g = torch.randn_like(y)
+    direct = torch.autograd.grad((y * g).sum() + last.sum(), (x, h0))
+    dispatched = torch.autograd.grad((y_d * g).sum() + last_d.sum(), (x, h0))
+    torch.testing.assert_close(direct, dispatched, rtol=0, atol=0)
+    assert torch.autograd.gradcheck(lambda a, b: TOY(a, b, 0.5, backend="reference"), (x, h0))
+    with torch.no_grad():
+        y_ng, _ = TOY(x, h0, 0.5, backend="reference")
+    assert y_ng.grad_fn is None and torch.equal(y_ng, y.detach())
+
+
+def test_a_dispatch_mode_still_sees_one_op_each_way():
+    x = torch.randn(4, 2, requires_grad=True)
+    with _Recorder() as rec:
+        y, _ = TOY(x, None, 1.5, backend="reference")
+        y.sum().backward()
+    assert "neurostep.test_scaled_cumsum_forward.default" in rec.seen
+    assert "neurostep.test_scaled_cumsum_backward.default" in rec.seen
+    # a mode that starts between the forward and the backward still sees the backward op
+    x.grad = None
+    y, _ = TOY(x, None, 1.5, backend="reference")
+    with _Recorder() as rec:
+        y.sum().backward()
+    assert "neurostep.test_scaled_cumsum_backward.default" in rec.seen
+    torch.testing.assert_close(x.grad, torch.tensor([[6.0, 6.0], [4.5, 4.5], [3.0, 3.0], [1.5, 1.5]]))
+
+
+def test_the_profiler_sees_the_op_by_name():
+    x = torch.randn(4, 2)
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        TOY(x, None, 1.5, backend="reference")
+    assert any(e.name == "neurostep::test_scaled_cumsum_forward" for e in prof.events())

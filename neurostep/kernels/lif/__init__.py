@@ -50,17 +50,26 @@ def _params(tau_inv: torch.Tensor, v_threshold: torch.Tensor, cdtype: torch.dtyp
     (no value is read here: on a GPU that would wait for the device); their values were checked once
     by :func:`lif_scan`."""
     return LIFParams(
-        k=tau_inv.to(cdtype), vth=v_threshold.to(cdtype), vr=attrs["v_reset"], hard=attrs["hard_reset"],
+        k=_as(tau_inv, cdtype, ()), vth=_as(v_threshold, cdtype, ()), vr=attrs["v_reset"], hard=attrs["hard_reset"],
         decay_input=attrs["decay_input"], detach_reset=attrs["detach_reset"], sid=SURROGATES[attrs["surrogate"]].sid,
         alpha=attrs["alpha"], snn=attrs["convention"] == "snntorch", snn_reset=SNN_RESETS.index(attrs["snn_reset"]),
         adaptive=attrs["adaptive"], rho=attrs["adapt_rho"], beta=attrs["adapt_beta"],
     )
 
 
+def _as(t: torch.Tensor, dtype: torch.dtype, shape: tuple[int, ...]) -> torch.Tensor:
+    """``t`` in ``dtype`` and ``shape``: ``t`` itself when it already is (a torch call that changes
+    nothing still costs a microsecond or two, and a small op's call makes dozens)."""
+    if t.dtype != dtype:
+        t = t.to(dtype)
+    return t if t.shape == shape else t.reshape(shape)
+
+
 def _to_compute(t: torch.Tensor, T: int | None, cdtype: torch.dtype) -> torch.Tensor:
-    t = t.to(cdtype)
-    t = t.reshape(T, -1) if T is not None else t.reshape(-1)
-    return t.contiguous()
+    """``t`` as the backends take it: ``(T, N)`` (or ``(N,)`` when ``T`` is None), contiguous, in ``cdtype``."""
+    n = t.numel()
+    t = _as(t, cdtype, (T, n // T) if T is not None else (n,))
+    return t if t.is_contiguous() else t.contiguous()
 
 
 _ATTRS = ("v_reset", "hard_reset", "decay_input", "detach_reset", "surrogate", "alpha", "convention", "snn_reset",
@@ -88,10 +97,10 @@ def _forward(
         h = _empty(x, cdtype)
     out_dtype = x.dtype
     return (
-        spikes.to(out_dtype).reshape(x.shape),
-        v_last.to(out_dtype).reshape(lanes),
-        a_last.to(out_dtype).reshape(lanes) if a_last is not None else _empty(x),
-        v_seq.to(out_dtype).reshape(x.shape) if v_seq is not None else _empty(x),
+        _as(spikes, out_dtype, x.shape),
+        _as(v_last, out_dtype, lanes),
+        _as(a_last, out_dtype, lanes) if a_last is not None else _empty(x),
+        _as(v_seq, out_dtype, x.shape) if v_seq is not None else _empty(x),
         h,
         theta if theta is not None else _empty(x, cdtype),
     )
@@ -146,12 +155,13 @@ def _backward(impl, call: BackwardCall):
         xc, _to_compute(v0, None, cdtype), None if recompute else h, theta if adaptive else None,
         prep(g_spikes, True), prep(g_v_seq, True), prep(g_v_last, False), prep(g_a_last, False), p, need_k_grad,
     )
+    needs = call.needs_input_grad
     return (
-        gx.to(_grad_dtype(g_spikes, v0)).reshape((T, *lanes)),
-        gv0.to(v0.dtype).reshape(lanes),
-        ga0.to(v0.dtype).reshape(lanes) if ga0 is not None else None,
-        gk.to(tau_inv.dtype).reshape(()),
-        gvth.to(v_threshold.dtype).reshape(()),
+        _as(gx, _grad_dtype(g_spikes, v0), (T, *lanes)),
+        _as(gv0, v0.dtype, lanes),
+        _as(ga0, v0.dtype, lanes) if ga0 is not None else None,
+        _as(gk, tau_inv.dtype, ()) if needs[3] else None,
+        _as(gvth, v_threshold.dtype, ()) if needs[4] else None,
     )
 
 

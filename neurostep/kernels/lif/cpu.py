@@ -26,7 +26,7 @@ import torch
 from numba import prange
 
 from neurostep.kernels.lif.common import LIFParams
-from neurostep.kernels.lif.surrogates import sg_block, sg_constant
+from neurostep.kernels.lif.surrogates import sg_block, sg_constant, sg_value
 from neurostep.kernels.numba_launch import serialized
 
 # Lanes per block: each block-local array (membrane, surrogate, carries) is then 4 KB in fp32 and
@@ -261,27 +261,73 @@ def _backward_kernel(x, v0, h, theta, g_spikes, g_vseq, g_vlast, g_alast, gx, gv
         gvth_part[b] = s_th
 
 
+@numba.njit(inline="always")
+def _reverse_lane(row, gsr, cv, gvth_acc, dh, j, hj, sgj, k, omk, vth, vr, one, hard, decay,
+                  detach):  # pragma: no cover - compiled
+    """Lane ``j`` of :func:`_reverse_row`, given ``hj = h[t]`` and its surrogate ``sgj``."""
+    zero = one - one
+    s = one if hj - vth >= zero else zero
+    gh, gth = _spike_grads(hj, vth, s, gsr[j], sgj, cv[j], zero, vr, one, hard, detach)
+    gvth_acc[j] += gth
+    row[j] = gh * k if decay else gh
+    cv[j] = gh * omk
+    dh[j] = gh  # kept for the tau_inv gradient
+
+
 @numba.njit(cache=True, error_model="numpy", fastmath={"contract"})
-def _reverse_row(row, gsr, z, sg, cv, gvth_acc, n, k, omk, vth, vr, one, hard, decay,
+def _reverse_row(row, gsr, cv, gvth_acc, dh, n, sid, a, c, k, omk, vth, vr, one, hard, decay,
                  detach):  # pragma: no cover - compiled
     """One reverse step of :func:`_backward_recompute_kernel` over a block's lanes: ``row`` holds
-    h[t] in and gx[t] out, ``z = h[t] - vth``, ``sg`` the surrogate in and the gradient of h[t]
-    out; ``cv`` carries the membrane gradient to step t-1.
+    h[t] in and gx[t] out, ``cv`` carries the membrane gradient to step t-1, ``dh`` gets the
+    gradient of h[t].
 
-    A function of its own so that FMA contraction applies to the gradient arithmetic (10% of the
-    backward at T=32) and not to the recomputed h, which must round as the forward did.
+    One loop per surrogate (``sid`` a literal in each, see :func:`sg_value`), each computing the
+    surrogate, the spike's and the membrane's gradients in one pass: separate passes for the surrogate
+    and the rest cost 8% more, in stores and loads of block-local arrays. The surrogate is called in
+    the loop itself, not from another inlined helper, where ``vexp`` would not vectorize. A function of
+    its own so that FMA contraction applies to the gradient arithmetic (10% of the backward at T=32)
+    and not to the recomputed h, which must round as the forward did.
     """
-    zero = one - one
-    for j in range(n):
-        hj = row[j]
-        gst = gsr[j]
-        sgj = sg[j]
-        s = one if z[j] >= zero else zero
-        gh, gth = _spike_grads(hj, vth, s, gst, sgj, cv[j], zero, vr, one, hard, detach)
-        gvth_acc[j] += gth
-        row[j] = gh * k if decay else gh
-        cv[j] = gh * omk
-        sg[j] = gh  # kept for the tau_inv gradient
+    if sid == 0:
+        for j in range(n):
+            hj = row[j]
+            _reverse_lane(row, gsr, cv, gvth_acc, dh, j, hj, sg_value(0, a, c, hj - vth), k, omk, vth, vr, one, hard,
+                          decay, detach)
+    elif sid == 1:
+        for j in range(n):
+            hj = row[j]
+            _reverse_lane(row, gsr, cv, gvth_acc, dh, j, hj, sg_value(1, a, c, hj - vth), k, omk, vth, vr, one, hard,
+                          decay, detach)
+    elif sid == 2:
+        for j in range(n):
+            hj = row[j]
+            _reverse_lane(row, gsr, cv, gvth_acc, dh, j, hj, sg_value(2, a, c, hj - vth), k, omk, vth, vr, one, hard,
+                          decay, detach)
+    elif sid == 3:
+        for j in range(n):
+            hj = row[j]
+            _reverse_lane(row, gsr, cv, gvth_acc, dh, j, hj, sg_value(3, a, c, hj - vth), k, omk, vth, vr, one, hard,
+                          decay, detach)
+    elif sid == 4:
+        for j in range(n):
+            hj = row[j]
+            _reverse_lane(row, gsr, cv, gvth_acc, dh, j, hj, sg_value(4, a, c, hj - vth), k, omk, vth, vr, one, hard,
+                          decay, detach)
+    elif sid == 5:
+        for j in range(n):
+            hj = row[j]
+            _reverse_lane(row, gsr, cv, gvth_acc, dh, j, hj, sg_value(5, a, c, hj - vth), k, omk, vth, vr, one, hard,
+                          decay, detach)
+    elif sid == 6:
+        for j in range(n):
+            hj = row[j]
+            _reverse_lane(row, gsr, cv, gvth_acc, dh, j, hj, sg_value(6, a, c, hj - vth), k, omk, vth, vr, one, hard,
+                          decay, detach)
+    else:
+        for j in range(n):
+            hj = row[j]
+            _reverse_lane(row, gsr, cv, gvth_acc, dh, j, hj, sg_value(7, a, c, hj - vth), k, omk, vth, vr, one, hard,
+                          decay, detach)
 
 
 @numba.njit(parallel=True, cache=True, error_model="numpy")
@@ -308,8 +354,7 @@ def _backward_recompute_kernel(x, v0, g_spikes, g_vseq, g_vlast, gx, gv0, gk_par
             xr = x[t, lo:lo + n]
             _plain_step(xr, v, gx[t, lo:lo + n], n, k, vth, vr, vr_c, one, hard, decay, True)
         cv = g_vlast[lo:lo + n].copy()
-        z = np.empty(n, dtype=cv.dtype)
-        sg = np.empty(n, dtype=cv.dtype)
+        gh = np.empty(n, dtype=cv.dtype)  # the gradient of h[t]
         dk = np.empty(n, dtype=cv.dtype)  # d h[t] / d tau_inv (need_k only)
         gk_acc = np.zeros(n, dtype=cv.dtype)
         gvth_acc = np.zeros(n, dtype=cv.dtype)
@@ -333,13 +378,10 @@ def _backward_recompute_kernel(x, v0, g_spikes, g_vseq, g_vlast, gx, gv0, gk_par
                     vp0 = v0[lo:lo + n]
                     for j in range(n):
                         dk[j] = _dcharge_dk(vp0[j], xr[j], vr_c, decay)
-            for j in range(n):
-                z[j] = row[j] - vth
-            sg_block(sid, alpha, sg_c, z, sg, n)
-            _reverse_row(row, gsr, z, sg, cv, gvth_acc, n, k, omk, vth, vr, one, hard, decay, detach)
+            _reverse_row(row, gsr, cv, gvth_acc, gh, n, sid, alpha, sg_c, k, omk, vth, vr, one, hard, decay, detach)
             if need_k:
                 for j in range(n):
-                    gk_acc[j] += sg[j] * dk[j]
+                    gk_acc[j] += gh[j] * dk[j]
         s_k = 0.0
         s_th = 0.0
         gv0b = gv0[lo:lo + n]
