@@ -31,6 +31,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         if len(set(args.seeds)) != len(args.seeds):
             raise ValueError(f"--seeds must be distinct (a repeated seed is the same run), got {args.seeds}")
         cfg.seeds = args.seeds
+        cfg.task_seeds.clear()  # --seeds applies to every task, those with seeds of their own too
     if args.no_progress:
         cfg.train["progress"] = False
     if args.workers:
@@ -111,7 +112,7 @@ def build_parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="run an experiment TOML (finished runs are skipped)")
     run.add_argument("experiment", help="path to experiments/<name>.toml")
     run.add_argument("--out-dir", help="results root (default: [experiment] out_dir, 'runs')")
-    run.add_argument("--seeds", type=int, nargs="+", help="override the seeds")
+    run.add_argument("--seeds", type=int, nargs="+", help="override the seeds of every task")
     run.add_argument("--workers", type=int, help="runs trained at a time (default: [experiment] workers)")
     run.add_argument("--no-progress", action="store_true", help="no progress bars (they only show on a terminal)")
     run.add_argument("--no-report", action="store_true", help="do not write the report at the end")

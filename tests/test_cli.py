@@ -92,3 +92,15 @@ def test_every_cli_argument_has_help_text():
                for a in p._actions if not isinstance(a, (argparse._HelpAction, argparse._SubParsersAction))
                and not a.help]
     assert not missing, missing
+
+
+def test_seeds_option_overrides_every_task(tmp_path, monkeypatch):
+    import neurostep.experiment
+
+    toml = tmp_path / "s.toml"
+    toml.write_text('[experiment]\nblocks = ["mamba"]\ntasks = ["digits", "sc"]\n'
+                    '[tasks.sc]\ntask = "selective_copy"\nseeds = [0, 1, 2, 3, 4]\n')
+    seen = {}
+    monkeypatch.setattr(neurostep.experiment, "run_experiment", lambda cfg, report: seen.setdefault("cfg", cfg))
+    assert main(["run", str(toml), "--seeds", "7", "8"]) == 0
+    assert seen["cfg"].seeds_for("sc") == [7, 8] and seen["cfg"].seeds_for("digits") == [7, 8]

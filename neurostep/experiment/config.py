@@ -10,8 +10,9 @@ An experiment file has these tables (every key optional unless marked)::
     [measure]               energy, energy_profile, latency_reps, throughput_batch
     [tasks.<label>]         options of one task; ``task = "<base>"`` picks the builder when the
                             label is not itself a task name (``[tasks.digits_rate] task = "digits"``);
-                            ``blocks = [...]`` runs other blocks than [experiment] blocks on it, and
-                            ``train = {...}`` / ``backbone = {...}`` override those tables for it
+                            ``blocks = [...]`` runs other blocks than [experiment] blocks on it,
+                            ``seeds = [...]`` other seeds, and ``train = {...}`` / ``backbone = {...}``
+                            override those tables for it
     [blocks.<name>]         keyword options passed to ``create_mixer(name, ...)``
     [concept_shift]         options of the homeostatic-learner experiment (kind = "concept_shift")
 
@@ -107,7 +108,7 @@ SECTIONS: dict[str, dict[str, Any]] = {
 }
 TABLE_SECTIONS = ("tasks", "blocks")
 # Keys of a [tasks.<label>] table that are not options of the task builder.
-TASK_TABLE_KEYS = ("task", "blocks", "train", "backbone")
+TASK_TABLE_KEYS = ("task", "blocks", "seeds", "train", "backbone")
 # Keys left out of a run's hash: they change how a run is watched, not what it computes.
 UNHASHED_TRAIN_KEYS = ("progress", "threads")
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
@@ -133,6 +134,7 @@ class ExperimentConfig:
     concept_shift: dict[str, Any] = field(default_factory=dict)
     task_options: dict[str, dict[str, Any]] = field(default_factory=dict)
     task_blocks: dict[str, list[str]] = field(default_factory=dict)
+    task_seeds: dict[str, list[int]] = field(default_factory=dict)
     task_train: dict[str, dict[str, Any]] = field(default_factory=dict)
     task_backbone: dict[str, dict[str, Any]] = field(default_factory=dict)
     block_options: dict[str, dict[str, Any]] = field(default_factory=dict)
@@ -145,6 +147,10 @@ class ExperimentConfig:
     def blocks_for(self, task: str) -> list[str]:
         """Blocks run on ``task``: its own ``blocks`` list, else [experiment] blocks."""
         return self.task_blocks.get(task, self.blocks)
+
+    def seeds_for(self, task: str) -> list[int]:
+        """Seeds run on ``task``: its own ``seeds`` list, else [experiment] seeds."""
+        return self.task_seeds.get(task, self.seeds)
 
     def train_for(self, task: str) -> dict[str, Any]:
         """[train] with the task's ``train`` overrides applied."""
@@ -249,11 +255,7 @@ def parse_config(data: dict[str, Any], *, name: str | None = None, source: str |
                          "'-', '.'; no '/' or '..'): results go to <out_dir>/<name>")
     if exp["workers"] < 1:
         raise ValueError(f"[experiment] workers must be >= 1, got {exp['workers']}")
-    seeds = exp["seeds"]
-    if not seeds or not all(isinstance(s, int) and not isinstance(s, bool) for s in seeds):
-        raise ValueError(f"[experiment] seeds must be a non-empty list of ints, got {seeds!r}")
-    if len(set(seeds)) != len(seeds):
-        raise ValueError(f"[experiment] seeds must be distinct (a repeated seed is the same run), got {seeds!r}")
+    seeds = check_seeds("[experiment] seeds", exp["seeds"])
     for key in ("blocks", "tasks", "learners", "imports"):
         if not all(isinstance(v, str) for v in exp[key]):
             raise TypeError(f"[experiment] {key} must be a list of strings, got {exp[key]!r}")
@@ -305,6 +307,9 @@ def parse_config(data: dict[str, Any], *, name: str | None = None, source: str |
             if not isinstance(blocks, list) or not blocks or not all(isinstance(b, str) for b in blocks):
                 raise TypeError(f"[tasks.{label}] blocks must be a non-empty list of block names, got {blocks!r}")
             cfg.task_blocks[label] = list(blocks)
+        seeds = options.pop("seeds", None)
+        if seeds is not None:
+            cfg.task_seeds[label] = check_seeds(f"[tasks.{label}] seeds", seeds)
         for key, section, defaults, validate in (("train", cfg.train, TRAIN_DEFAULTS, _validate_train),
                                                  ("backbone", cfg.backbone, BACKBONE_DEFAULTS, _validate_backbone)):
             overrides = options.pop(key, None)
@@ -320,6 +325,17 @@ def parse_config(data: dict[str, Any], *, name: str | None = None, source: str |
             raise ValueError(f"[blocks.{block}] is not run by any task (blocks: {cfg.all_blocks()})")
     cfg.block_options = {block: dict(block_tables.get(block, {})) for block in cfg.all_blocks()}
     return cfg
+
+
+def check_seeds(where: str, seeds: Any) -> list[int]:
+    """``seeds`` as a list, after checking that it is a non-empty list of distinct ints (``where`` names it
+    in the error)."""
+    if not isinstance(seeds, list) or not seeds or not all(isinstance(s, int) and not isinstance(s, bool)
+                                                           for s in seeds):
+        raise ValueError(f"{where} must be a non-empty list of ints, got {seeds!r}")
+    if len(set(seeds)) != len(seeds):
+        raise ValueError(f"{where} must be distinct (a repeated seed is the same run), got {seeds!r}")
+    return list(seeds)
 
 
 def _validate_backbone(where: str, backbone: dict[str, Any]) -> None:

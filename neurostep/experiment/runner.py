@@ -81,7 +81,7 @@ def plan_runs(cfg: ExperimentConfig) -> tuple[list[PlannedRun], list[Skipped]]:
                 skipped.append(Skipped(block, task, "has no causal form and the task is causal "
                                                     "(set causal = false in the task's table to run it anyway)"))
                 continue
-            for seed in cfg.seeds:
+            for seed in cfg.seeds_for(task):
                 runs.append(PlannedRun(block, task, seed, cfg.config_hash(block, task)))
     return runs, skipped
 
@@ -102,7 +102,7 @@ def parallel_order(cfg: ExperimentConfig, todo: list[tuple[int, PlannedRun]]) ->
     kernels (minutes for the selective scan), where different blocks compile different kernels and
     later runs of a block load them from the cache.
     """
-    return sorted(todo, key=lambda item: (-_cost(cfg, item[1]), cfg.seeds.index(item[1].seed)))
+    return sorted(todo, key=lambda item: (-_cost(cfg, item[1]), cfg.seeds_for(item[1].task).index(item[1].seed)))
 
 
 def _write_plan(cfg: ExperimentConfig, runs: list[PlannedRun], skipped: list[Skipped],
@@ -116,7 +116,7 @@ def _write_plan(cfg: ExperimentConfig, runs: list[PlannedRun], skipped: list[Ski
         "description": cfg.description,
         "seeds": cfg.seeds,
         "tasks": {t: {"task": cfg.task_options.get(t, {}).get("task", t), "blocks": cfg.blocks_for(t)
-                      if cfg.kind == "mixers" else cfg.learners} for t in cfg.tasks},
+                      if cfg.kind == "mixers" else cfg.learners, "seeds": cfg.seeds_for(t)} for t in cfg.tasks},
         "config_hashes": sorted({r.config_hash for r in runs}),
         "skipped": [vars(s) for s in skipped],
         "workers": cfg.workers,

@@ -44,6 +44,25 @@ def test_per_task_blocks_and_overrides():
                       "tasks": {"sc": {"task": "selective_copy", "train": {"stepz": 1}}}}, name="t")
 
 
+def test_per_task_seeds():
+    cfg = parse_config({"experiment": {"blocks": ["mamba"], "tasks": ["digits", "sc"], "seeds": [0, 1]},
+                        "tasks": {"sc": {"task": "selective_copy", "seeds": [0, 1, 2, 3, 4]}}}, name="t")
+    assert cfg.seeds_for("sc") == [0, 1, 2, 3, 4] and cfg.seeds_for("digits") == [0, 1]
+    runs, _ = plan_runs(cfg)
+    assert sorted(r.seed for r in runs if r.task == "sc") == [0, 1, 2, 3, 4]
+    assert sorted(r.seed for r in runs if r.task == "digits") == [0, 1]
+    # a task's seeds do not enter its configuration hash: the shared seeds' results stay comparable
+    plain = parse_config({"experiment": {"blocks": ["mamba"], "tasks": ["sc"], "seeds": [0, 1]},
+                          "tasks": {"sc": {"task": "selective_copy"}}}, name="t")
+    assert plain.config_hash("mamba", "sc") == cfg.config_hash("mamba", "sc")
+    order = [run for _, run in parallel_order(cfg, list(enumerate(runs)))]
+    assert sorted(order, key=id) == sorted(runs, key=id)
+    for bad, match in (([1, 1], "distinct"), ([], "non-empty"), ([0.5], "ints"), ("0", "list")):
+        with pytest.raises(ValueError, match=match):
+            parse_config({"experiment": {"blocks": ["mamba"], "tasks": ["sc"]},
+                          "tasks": {"sc": {"task": "selective_copy", "seeds": bad}}}, name="t")
+
+
 def test_parallel_workers_start_different_blocks_and_long_runs_first():
     cfg = parse_config({"experiment": {"blocks": ["mamba", "mamba_lti", "softmax_attention"],
                                        "tasks": ["digits", "sc"], "seeds": [3, 1, 2]},
