@@ -11,7 +11,8 @@ An experiment file has these tables (every key optional unless marked)::
     [tasks.<label>]         options of one task; ``task = "<base>"`` picks the builder when the
                             label is not itself a task name (``[tasks.digits_rate] task = "digits"``);
                             ``blocks = [...]`` runs other blocks than [experiment] blocks on it,
-                            ``seeds = [...]`` other seeds, and ``train = {...}`` / ``backbone = {...}``
+                            ``seeds = [...]`` other seeds (or ``seeds = {<block> = [...]}``, other
+                            seeds for some of its blocks), and ``train = {...}`` / ``backbone = {...}``
                             override those tables for it
     [blocks.<name>]         keyword options passed to ``create_mixer(name, ...)``
     [concept_shift]         options of the homeostatic-learner experiment (kind = "concept_shift")
@@ -134,7 +135,7 @@ class ExperimentConfig:
     concept_shift: dict[str, Any] = field(default_factory=dict)
     task_options: dict[str, dict[str, Any]] = field(default_factory=dict)
     task_blocks: dict[str, list[str]] = field(default_factory=dict)
-    task_seeds: dict[str, list[int]] = field(default_factory=dict)
+    task_seeds: dict[str, dict[str | None, list[int]]] = field(default_factory=dict)
     task_train: dict[str, dict[str, Any]] = field(default_factory=dict)
     task_backbone: dict[str, dict[str, Any]] = field(default_factory=dict)
     block_options: dict[str, dict[str, Any]] = field(default_factory=dict)
@@ -148,9 +149,11 @@ class ExperimentConfig:
         """Blocks run on ``task``: its own ``blocks`` list, else [experiment] blocks."""
         return self.task_blocks.get(task, self.blocks)
 
-    def seeds_for(self, task: str) -> list[int]:
-        """Seeds run on ``task``: its own ``seeds`` list, else [experiment] seeds."""
-        return self.task_seeds.get(task, self.seeds)
+    def seeds_for(self, task: str, block: str | None = None) -> list[int]:
+        """Seeds run on ``task`` (by ``block``): the task's seeds for that block, else the task's seeds
+        for all its blocks, else [experiment] seeds."""
+        own = self.task_seeds.get(task, {})
+        return own.get(block, own.get(None, self.seeds))
 
     def train_for(self, task: str) -> dict[str, Any]:
         """[train] with the task's ``train`` overrides applied."""
@@ -308,8 +311,16 @@ def parse_config(data: dict[str, Any], *, name: str | None = None, source: str |
                 raise TypeError(f"[tasks.{label}] blocks must be a non-empty list of block names, got {blocks!r}")
             cfg.task_blocks[label] = list(blocks)
         seeds = options.pop("seeds", None)
-        if seeds is not None:
-            cfg.task_seeds[label] = check_seeds(f"[tasks.{label}] seeds", seeds)
+        if isinstance(seeds, dict):
+            task_blocks = cfg.blocks_for(label)
+            for block, block_seeds in seeds.items():
+                if block not in task_blocks:
+                    raise ValueError(f"[tasks.{label}] seeds names block {block!r}, which the task does not run "
+                                     f"(its blocks: {task_blocks})")
+            cfg.task_seeds[label] = {block: check_seeds(f"[tasks.{label}] seeds.{block}", block_seeds)
+                                     for block, block_seeds in seeds.items()}
+        elif seeds is not None:
+            cfg.task_seeds[label] = {None: check_seeds(f"[tasks.{label}] seeds", seeds)}
         for key, section, defaults, validate in (("train", cfg.train, TRAIN_DEFAULTS, _validate_train),
                                                  ("backbone", cfg.backbone, BACKBONE_DEFAULTS, _validate_backbone)):
             overrides = options.pop(key, None)

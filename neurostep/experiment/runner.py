@@ -81,7 +81,7 @@ def plan_runs(cfg: ExperimentConfig) -> tuple[list[PlannedRun], list[Skipped]]:
                 skipped.append(Skipped(block, task, "has no causal form and the task is causal "
                                                     "(set causal = false in the task's table to run it anyway)"))
                 continue
-            for seed in cfg.seeds_for(task):
+            for seed in cfg.seeds_for(task, block):
                 runs.append(PlannedRun(block, task, seed, cfg.config_hash(block, task)))
     return runs, skipped
 
@@ -102,7 +102,14 @@ def parallel_order(cfg: ExperimentConfig, todo: list[tuple[int, PlannedRun]]) ->
     kernels (minutes for the selective scan), where different blocks compile different kernels and
     later runs of a block load them from the cache.
     """
-    return sorted(todo, key=lambda item: (-_cost(cfg, item[1]), cfg.seeds_for(item[1].task).index(item[1].seed)))
+    return sorted(todo, key=lambda item: (-_cost(cfg, item[1]), cfg.seeds_for(item[1].task, item[1].block).index(item[1].seed)))
+
+
+def _task_plan(cfg: ExperimentConfig, task: str) -> dict[str, Any]:
+    """A task's entry in ``plan.json``: its base task, its blocks (or learners) and each one's seeds."""
+    items = cfg.blocks_for(task) if cfg.kind == "mixers" else cfg.learners
+    return {"task": cfg.task_options.get(task, {}).get("task", task), "blocks": items,
+            "seeds": {item: cfg.seeds_for(task, item) for item in items}}
 
 
 def _write_plan(cfg: ExperimentConfig, runs: list[PlannedRun], skipped: list[Skipped],
@@ -115,8 +122,7 @@ def _write_plan(cfg: ExperimentConfig, runs: list[PlannedRun], skipped: list[Ski
         "source": cfg.source,
         "description": cfg.description,
         "seeds": cfg.seeds,
-        "tasks": {t: {"task": cfg.task_options.get(t, {}).get("task", t), "blocks": cfg.blocks_for(t)
-                      if cfg.kind == "mixers" else cfg.learners, "seeds": cfg.seeds_for(t)} for t in cfg.tasks},
+        "tasks": {t: _task_plan(cfg, t) for t in cfg.tasks},
         "config_hashes": sorted({r.config_hash for r in runs}),
         "skipped": [vars(s) for s in skipped],
         "workers": cfg.workers,

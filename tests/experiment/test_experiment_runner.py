@@ -57,10 +57,24 @@ def test_per_task_seeds():
     assert plain.config_hash("mamba", "sc") == cfg.config_hash("mamba", "sc")
     order = [run for _, run in parallel_order(cfg, list(enumerate(runs)))]
     assert sorted(order, key=id) == sorted(runs, key=id)
-    for bad, match in (([1, 1], "distinct"), ([], "non-empty"), ([0.5], "ints"), ("0", "list")):
+    for bad, match in (([1, 1], "distinct"), ([], "non-empty"), ([0.5], "ints"), ("0", "list"),
+                       ({"mamba": [2, 2]}, "distinct"), ({"vim": [0]}, "does not run")):
         with pytest.raises(ValueError, match=match):
             parse_config({"experiment": {"blocks": ["mamba"], "tasks": ["sc"]},
                           "tasks": {"sc": {"task": "selective_copy", "seeds": bad}}}, name="t")
+
+
+def test_seeds_for_some_blocks_of_a_task():
+    cfg = parse_config({"experiment": {"blocks": ["mamba", "mamba_lti"], "tasks": ["digits", "sc"], "seeds": [0, 1]},
+                        "tasks": {"sc": {"task": "selective_copy", "seeds": {"mamba": [0, 1, 2, 3]}}}}, name="t")
+    assert cfg.seeds_for("sc", "mamba") == [0, 1, 2, 3] and cfg.seeds_for("sc", "mamba_lti") == [0, 1]
+    assert cfg.seeds_for("digits", "mamba") == [0, 1]
+    runs, _ = plan_runs(cfg)
+    assert sorted((r.task, r.block, r.seed) for r in runs) == sorted(
+        [("sc", "mamba", s) for s in range(4)] + [("sc", "mamba_lti", 0), ("sc", "mamba_lti", 1)]
+        + [("digits", b, s) for b in ("mamba", "mamba_lti") for s in (0, 1)])
+    order = [run for _, run in parallel_order(cfg, list(enumerate(runs)))]
+    assert sorted(order, key=id) == sorted(runs, key=id)
 
 
 def test_parallel_workers_start_different_blocks_and_long_runs_first():
