@@ -313,7 +313,7 @@ def parse_config(data: dict[str, Any], *, name: str | None = None, source: str |
         seeds = options.pop("seeds", None)
         if isinstance(seeds, dict):
             task_blocks = cfg.blocks_for(label)
-            for block, block_seeds in seeds.items():
+            for block in seeds:
                 if block not in task_blocks:
                     raise ValueError(f"[tasks.{label}] seeds names block {block!r}, which the task does not run "
                                      f"(its blocks: {task_blocks})")

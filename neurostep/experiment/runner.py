@@ -102,7 +102,10 @@ def parallel_order(cfg: ExperimentConfig, todo: list[tuple[int, PlannedRun]]) ->
     kernels (minutes for the selective scan), where different blocks compile different kernels and
     later runs of a block load them from the cache.
     """
-    return sorted(todo, key=lambda item: (-_cost(cfg, item[1]), cfg.seeds_for(item[1].task, item[1].block).index(item[1].seed)))
+    def turn(run: PlannedRun) -> int:
+        return cfg.seeds_for(run.task, run.block).index(run.seed)
+
+    return sorted(todo, key=lambda item: (-_cost(cfg, item[1]), turn(item[1])))
 
 
 def _task_plan(cfg: ExperimentConfig, task: str) -> dict[str, Any]:
