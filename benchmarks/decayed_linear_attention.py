@@ -27,6 +27,8 @@ torch's batched matrix product reaches on the same blocks.
 
     .venv/bin/python benchmarks/decayed_linear_attention.py            # full run
     .venv/bin/python benchmarks/decayed_linear_attention.py --quick    # a short run
+    .venv/bin/python benchmarks/decayed_linear_attention.py --malloc-tuned \
+        --out benchmarks/results/decayed_linear_attention_malloc_tuned.json   # neurostep.retain_freed_memory() first
 """
 
 from __future__ import annotations
@@ -51,6 +53,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _results import load_average, ratio, summary_row, table, write_result  # noqa: E402
 
 from neurostep.kernels.decayed_linear_attention import decayed_linear_attention  # noqa: E402
+from neurostep.memory import retain_freed_memory  # noqa: E402
 
 SCENARIOS = {
     "init": "Mamba-2's initialisation: dt log-uniform in [0.001, 0.1] (mean 0.021), A uniform in [-16, -1]",
@@ -144,11 +147,16 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--no-reference", action="store_true", help="skip the step-by-step reference")
     parser.add_argument("--quick", action="store_true", help="fewer rounds")
+    parser.add_argument("--malloc-tuned", action="store_true",
+                        help="call neurostep.retain_freed_memory() first, so that glibc keeps freed blocks of up to "
+                             "32 MB for reuse (for all contenders alike): fresh outputs and intermediates then stop "
+                             "paying first-touch page faults")
     parser.add_argument("--no-summary", action="store_true",
                         help="record no row for the README's summary table (the README is left as it is)")
     parser.add_argument("--out", default=str(Path(__file__).resolve().parent / "results" /
                                              "decayed_linear_attention.json"))
     args = parser.parse_args()
+    malloc_tuned = args.malloc_tuned and retain_freed_memory()
 
     torch.set_num_threads(args.threads)
     batch, heads, n, p, length = args.batch, args.heads, args.state, args.head_dim, args.length
@@ -160,6 +168,7 @@ def main() -> None:
         "benchmark": "decayed_linear_attention_fwd_bwd",
         "shape": {"batch": batch, "heads": heads, "k": n, "v": p, "length": length, "dtype": "float32"},
         "threads": args.threads,
+        "malloc_tuned": malloc_tuned,
         "rounds": rounds,
         "quick": args.quick,
         "scenarios": {},
@@ -216,7 +225,8 @@ def main() -> None:
                          f"{1e3 * r['median_cpu_s']:.1f}", ratio(r["cpu_ratio_to_neurostep"])])
         record["scenarios"][scenario] = {"description": description, "results": results}
         title = (f"decayed linear attention (Mamba-2 SSD) forward+backward, B={batch}, H={heads}, K={n}, V={p}, "
-                 f"L={length}, fp32, {args.threads} threads; {description}")
+                 f"L={length}, fp32, {args.threads} threads{', freed memory retained' if malloc_tuned else ''}; "
+                 f"{description}")
         tables.append(table(title, ["contender", "median ms", "vs neurostep", "CPU ms", "CPU vs neurostep"], rows))
         if scenario in ("init", "one group"):
             peers = ", ".join(f"{name.replace('mamba2_chunk_scan, ', '')} {ratio(r['ratio_to_neurostep'])}"
