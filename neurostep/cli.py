@@ -23,14 +23,13 @@ def _repo_root() -> Path:
 
 def _cmd_run(args: argparse.Namespace) -> int:
     from neurostep.experiment import load_config, run_experiment
+    from neurostep.experiment.config import check_seeds
 
     cfg = load_config(args.experiment)
     if args.out_dir:
         cfg.out_dir = args.out_dir
     if args.seeds:
-        if len(set(args.seeds)) != len(args.seeds):
-            raise ValueError(f"--seeds must be distinct (a repeated seed is the same run), got {args.seeds}")
-        cfg.seeds = args.seeds
+        cfg.seeds = check_seeds("--seeds", args.seeds)
         cfg.task_seeds.clear()  # --seeds applies to every task, those with seeds of their own too
     if args.no_progress:
         cfg.train["progress"] = False

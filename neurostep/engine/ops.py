@@ -198,6 +198,9 @@ class FusedOp:
         return [_like_or_empty(g, like) for g in self._backward_fake(call)]
 
 
+_PLAIN_TENSOR_TYPES = (torch.Tensor, torch.nn.Parameter)
+
+
 def dispatch_is_unobserved(args: Sequence[Any]) -> bool:
     """Whether nothing would see a fused op's call through the dispatcher that does not see its adapters
     run directly: no dispatch or function mode is active (the op counter, fake tensors, sequence
@@ -214,8 +217,6 @@ def dispatch_is_unobserved(args: Sequence[Any]) -> bool:
         return False
     return all(type(a) in _PLAIN_TENSOR_TYPES and a.device.type != "meta" for a in args if isinstance(a, torch.Tensor))
 
-
-_PLAIN_TENSOR_TYPES = (torch.Tensor, torch.nn.Parameter)
 
 
 def _autograd_function(op: FusedOp, direct: bool) -> type[torch.autograd.Function]:
