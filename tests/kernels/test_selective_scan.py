@@ -157,11 +157,22 @@ def test_backend_matches_reference(backend, bmode, cmode, extras):
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-@pytest.mark.parametrize("L", [1, 2, 65])
+@pytest.mark.parametrize("L", [1, 2, 65, 257])
 def test_backend_lengths_and_chunk_edges(backend, L):
-    # 65 = two full checkpoint chunks of the cpu backend plus one step
+    # 65 = two full checkpoint chunks of the cpu backend plus one step; 257 = one full span of gathered
+    # chunks (8 x 32 steps) plus one step
     inputs = make_inputs(b=1, d=17, L=L, n=3, bmode="step", cmode="const")
     assert_all_close(run(inputs, backend), run(inputs, "reference"), rtol=1e-9, atol=1e-9)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("bmode,groups", [("step", 3), ("group", 3), ("group", 1)])
+def test_backend_spans_with_gate_and_groups(backend, bmode, groups):
+    # three spans of the cpu backend (the last partial), two batch rows walked in turn by the backward,
+    # the gate, bias and softplus on; groups of 6 channels straddle its 16-channel blocks (per-lane B)
+    inputs = make_inputs(b=2, d=18, L=530, n=3, bmode=bmode, cmode="step", groups=groups)
+    assert_all_close(run(inputs, backend, softplus=True), run(inputs, "reference", softplus=True),
+                     rtol=1e-9, atol=1e-9)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

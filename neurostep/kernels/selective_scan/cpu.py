@@ -508,6 +508,22 @@ def _grad_terms_chunk_lanes(dxs, xs, dec, a, dts, uvs, gs, k0, nk, bks, dA_acc, 
                 tcs[i, n, j] = gs[k, j] * xs[i + 1, n, j]
 
 
+@_step_jit
+def _lane_sums_into(dst, slot, bi, g, l0, src, nk, tmp):
+    """``dst[slot, bi, g, l0 + i, n] += sum_j src[i, n, j]`` for the ``nk`` steps of a chunk whose block
+    reads one B (or C) group ``g``: :func:`_scatter`'s pairwise tree over the lanes, the same sums in the
+    same order, as a chunk function (no per-step array view or group lookup)."""
+    for i in range(nk):
+        for n in range(src.shape[1]):
+            for j in range(W // 2):
+                tmp[j] = src[i, n, j] + src[i, n, j + W // 2]
+            for j in range(W // 4):
+                tmp[j] = tmp[j] + tmp[j + W // 4]
+            for j in range(W // 8):
+                tmp[j] = tmp[j] + tmp[j + W // 8]
+            dst[slot, bi, g, l0 + i, n] += tmp[0] + tmp[1]
+
+
 def _recompute_chunk_of(mixed, has_z, xs, dec, a, dts, uvs, k0, nk, B, bi, gb, lb0, lb_step, C, ci, gc, lc0, lc_step,
                         dvl, ys, bks):
     """:func:`_recompute_chunk_y` (with ``has_z``) or :func:`_recompute_chunk`, or
@@ -699,8 +715,14 @@ def _backward_kernel(lo, hi, slot, mixed, args):
                     for k in range(nk):
                         for j in range(w):
                             dbias_acc[j] += ddts[k0 + k, j]
-                    _reduce_chunk(dBbuf, tbs, acc_b, b_time, slot, bi, d0, start, nk, gs_b, tmp)
-                    _reduce_chunk(dCbuf, tcs, acc_c, c_time, slot, ci, d0, start, nk, gs_c, tmp)
+                    if b_time and mixed is None:
+                        _lane_sums_into(dBbuf, slot, bi, gb, start, tbs, nk, tmp)
+                    else:
+                        _reduce_chunk(dBbuf, tbs, acc_b, b_time, slot, bi, d0, start, nk, gs_b, tmp)
+                    if c_time and mixed is None:
+                        _lane_sums_into(dCbuf, slot, ci, gc, start, tcs, nk, tmp)
+                    else:
+                        _reduce_chunk(dCbuf, tcs, acc_c, c_time, slot, ci, d0, start, nk, gs_c, tmp)
                 if has_z:
                     _store_rows(dz_out, dzs, b, d0, s_start, ns, w)
                 _store_rows(du_out, dus, b, d0, s_start, ns, w)
