@@ -8,11 +8,11 @@ accumulates vertically, so no horizontal reduction sits on the critical path (N 
 LaMamba). The lane values of a span of ``SPAN`` chunks (delta, u, z, grad) are gathered once,
 channel by channel, from the ``(batch, dim, L)`` tensors into block-local arrays, so the N loop
 touches only block-local memory; the loops over (step, n, lane) are functions of their own, one
-call per chunk (see the note above :func:`_forward_chunk`).
-When every block's channels share one B/C group (one group, or
-groups of a multiple of W channels), B[n] and C[n] enter the lane loops as scalars; the other layouts
-read them per lane. The two are separate compilations, chosen by the type of the ``mixed`` argument.
-Channels are padded to a multiple of W only when needed.
+call per chunk (see the note above :func:`_forward_chunk`). When every block's channels share one
+B/C group (one group, or groups of a multiple of W channels), B[n] and C[n] enter the lane loops as
+scalars; the other layouts read them per lane. The two are separate compilations, chosen by the type
+of the ``mixed`` argument (:func:`_forward_chunk_of`). Channels are padded to a multiple of W only
+when needed.
 
 Memory: the forward never stores per-step states. It saves only the state entering every chunk of
 ``CHUNK`` steps (``(batch, ceil(L / CHUNK), N, dim)``). The backward walks the chunks in reverse,
@@ -279,6 +279,7 @@ def _forward_chunk_lanes(x, a, dts, uvs, k0, nk, dvl, bks, cks, ys):
                 xn = vexp(dts[k, j] * a[n, j]) * x[n, j] + dts[k, j] * uvs[k, j] * bks[i, n, j]
                 x[n, j] = xn
                 ys[k, j] += xn * cks[i, n, j]
+
 
 # The kernels pick the chunk functions for B and C shared by a block's lanes (``mixed`` is None) or per
 # lane through the functions below, overloaded on the type of ``mixed``: numba then compiles only the pair
