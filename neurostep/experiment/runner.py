@@ -275,6 +275,7 @@ def run_experiment(cfg: ExperimentConfig, *, progress: bool | None = None, repor
     finally:
         if lock is not None:
             lock.release()
+        ctx.close()
     return cfg.run_dir
 
 

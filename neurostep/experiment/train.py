@@ -47,6 +47,7 @@ NOT_TRAINED_FRACTION = 0.05
 class DistContext:
     rank: int = 0
     world_size: int = 1
+    owns_group: bool = False  # this context joined the process group, so it leaves it (:meth:`close`)
 
     @property
     def is_main(self) -> bool:
@@ -60,6 +61,13 @@ class DistContext:
         if self.enabled:
             dist.barrier()
 
+    def close(self) -> None:
+        """Leave the process group this context joined. A gloo group left to the interpreter's exit can
+        abort the process there ("terminate called without an active exception", seen in a two-process
+        run under load), after every result was written."""
+        if self.owns_group and dist.is_initialized():
+            dist.destroy_process_group()
+
 
 def init_distributed() -> DistContext:
     """Join the process group that ``torchrun`` describes in the environment, if any.
@@ -69,10 +77,11 @@ def init_distributed() -> DistContext:
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
         return DistContext()
-    if not dist.is_initialized():
+    owns = not dist.is_initialized()
+    if owns:
         backend = "nccl" if torch.cuda.is_available() and dist.is_nccl_available() else "gloo"
         dist.init_process_group(backend=backend)
-    return DistContext(rank=dist.get_rank(), world_size=dist.get_world_size())
+    return DistContext(rank=dist.get_rank(), world_size=dist.get_world_size(), owns_group=owns)
 
 
 # ----------------------------------------------------------------------------- spike rates

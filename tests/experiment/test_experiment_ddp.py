@@ -37,3 +37,19 @@ def test_two_process_ddp_matches_one_process(tmp_path, make_toml):
     assert two["test_loss"] == pytest.approx(one["test_loss"], rel=1e-3)
     assert abs(two["accuracy"] - one["accuracy"]) <= 0.02
     assert two["config_hash"] == one["config_hash"]
+
+
+def test_dist_context_leaves_only_the_group_it_joined(tmp_path):
+    import torch.distributed as dist
+
+    from neurostep.experiment.train import DistContext
+
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    try:
+        DistContext(owns_group=False).close()
+        assert dist.is_initialized()    # joined by someone else (the caller): left alone
+        DistContext(owns_group=True).close()
+        assert not dist.is_initialized()
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
