@@ -218,7 +218,6 @@ def dispatch_is_unobserved(args: Sequence[Any]) -> bool:
     return all(type(a) in _PLAIN_TENSOR_TYPES and a.device.type != "meta" for a in args if isinstance(a, torch.Tensor))
 
 
-
 def _autograd_function(op: FusedOp, direct: bool) -> type[torch.autograd.Function]:
     """The autograd formula of ``op``: its forward op below autograd, its backward op for gradients.
 

@@ -375,8 +375,10 @@ def _forward_kernel(lo, hi, slot, mixed, args):
                             _fill(cks[i], C, ci, d0, l0 + i, gs_c)
                 # B[n] and C[n] the same for all lanes: scalars in the lane loop, which then reads only x and
                 # a from memory (measured 2x faster than broadcast arrays); else per lane
-                _forward_chunk_of(mixed, x, a, dts, uvs, k0, nk, dvl, B, bi, gb, l0 if b_time else 0, int(b_time), C,
-                                  ci, gc, l0 if c_time else 0, int(c_time), bks, cks, ys)
+                lb0, lb_step = (l0, 1) if b_time else (0, 0)
+                lc0, lc_step = (l0, 1) if c_time else (0, 0)
+                _forward_chunk_of(mixed, x, a, dts, uvs, k0, nk, dvl, B, bi, gb, lb0, lb_step, C, ci, gc, lc0, lc_step,
+                                  bks, cks, ys)
             if has_z:
                 for k in range(ns):
                     for j in range(w):
@@ -388,25 +390,11 @@ def _forward_kernel(lo, hi, slot, mixed, args):
 
 
 @_step_jit
-def _recompute_chunk(xs, dec, a, dts, uvs, k0, nk, B, bi, gb, lb0, lb_step):
-    """A chunk's decays ``dec[i] = exp(dt a)`` and states ``xs[i + 1]`` from its checkpoint ``xs[0]``; row
-    ``i`` of the chunk is row ``k0 + i`` of the span's ``dts``, ``uvs``; B one value per state, as in
-    :func:`_forward_chunk`."""
-    for i in range(nk):
-        k = k0 + i
-        lb = lb0 + i * lb_step
-        for n in range(xs.shape[1]):
-            bv = B[bi, gb, lb, n]
-            for j in range(W):
-                e = vexp(dts[k, j] * a[n, j])
-                dec[i, n, j] = e
-                xs[i + 1, n, j] = e * xs[i, n, j] + dts[k, j] * uvs[k, j] * bv
-
-
-@_step_jit
-def _recompute_chunk_y(xs, dec, a, dts, uvs, k0, nk, B, bi, gb, lb0, lb_step, C, ci, gc, lc0, lc_step, dvl, ys):
-    """:func:`_recompute_chunk` that also forms the output before the gate, ``ys[i] = D u + sum_n x C``
-    (the gate's gradient needs it), as the forward does."""
+def _recompute_chunk(xs, dec, a, dts, uvs, k0, nk, B, bi, gb, lb0, lb_step, C, ci, gc, lc0, lc_step, dvl, ys):
+    """A chunk's decays ``dec[i] = exp(dt a)`` and states ``xs[i + 1]`` from its checkpoint ``xs[0]``, and the
+    output before the gate ``ys[i] = D u + sum_n x C`` (the gate's gradient needs it), as the forward forms
+    it; row ``i`` of the chunk is row ``k0 + i`` of the span's ``dts``, ``uvs``; B and C one value per state,
+    as in :func:`_forward_chunk`."""
     for i in range(nk):
         k = k0 + i
         lb = lb0 + i * lb_step
@@ -425,15 +413,19 @@ def _recompute_chunk_y(xs, dec, a, dts, uvs, k0, nk, B, bi, gb, lb0, lb_step, C,
 
 
 @_step_jit
-def _recompute_chunk_lanes(xs, dec, a, dts, uvs, k0, nk, bks):
-    """:func:`_recompute_chunk` with B per lane (``bks (chunk, N, W)``)."""
+def _recompute_chunk_lanes(xs, dec, a, dts, uvs, k0, nk, bks, cks, dvl, ys):
+    """:func:`_recompute_chunk` with B and C per lane (``bks``, ``cks`` ``(chunk, N, W)``)."""
     for i in range(nk):
         k = k0 + i
+        for j in range(W):
+            ys[i, j] = dvl[j] * uvs[k, j]
         for n in range(xs.shape[1]):
             for j in range(W):
                 e = vexp(dts[k, j] * a[n, j])
                 dec[i, n, j] = e
-                xs[i + 1, n, j] = e * xs[i, n, j] + dts[k, j] * uvs[k, j] * bks[i, n, j]
+                xn = e * xs[i, n, j] + dts[k, j] * uvs[k, j] * bks[i, n, j]
+                xs[i + 1, n, j] = xn
+                ys[i, j] += xn * cks[i, n, j]
 
 
 @_step_jit
@@ -525,34 +517,28 @@ def _lane_sums_into(dst, slot, bi, g, l0, src, nk, tmp):
             dst[slot, bi, g, l0 + i, n] += tmp[0] + tmp[1]
 
 
-def _recompute_chunk_of(mixed, has_z, xs, dec, a, dts, uvs, k0, nk, B, bi, gb, lb0, lb_step, C, ci, gc, lc0, lc_step,
-                        dvl, ys, bks):
-    """:func:`_recompute_chunk_y` (with ``has_z``) or :func:`_recompute_chunk`, or
-    :func:`_recompute_chunk_lanes` when ``mixed`` is not None (see the note above :func:`_forward_chunk_of`)."""
-    if mixed is not None:
-        _recompute_chunk_lanes(xs, dec, a, dts, uvs, k0, nk, bks)
-    elif has_z:
-        _recompute_chunk_y(xs, dec, a, dts, uvs, k0, nk, B, bi, gb, lb0, lb_step, C, ci, gc, lc0, lc_step, dvl, ys)
+def _recompute_chunk_of(mixed, xs, dec, a, dts, uvs, k0, nk, B, bi, gb, lb0, lb_step, C, ci, gc, lc0, lc_step, bks,
+                        cks, dvl, ys):
+    """:func:`_recompute_chunk`, or :func:`_recompute_chunk_lanes` when ``mixed`` is not None (see the note
+    above :func:`_forward_chunk_of`)."""
+    if mixed is None:
+        _recompute_chunk(xs, dec, a, dts, uvs, k0, nk, B, bi, gb, lb0, lb_step, C, ci, gc, lc0, lc_step, dvl, ys)
     else:
-        _recompute_chunk(xs, dec, a, dts, uvs, k0, nk, B, bi, gb, lb0, lb_step)
+        _recompute_chunk_lanes(xs, dec, a, dts, uvs, k0, nk, bks, cks, dvl, ys)
 
 
 @overload(_recompute_chunk_of)
-def _recompute_chunk_of_typed(mixed, has_z, xs, dec, a, dts, uvs, k0, nk, B, bi, gb, lb0, lb_step, C, ci, gc, lc0,
-                              lc_step, dvl, ys, bks):
+def _recompute_chunk_of_typed(mixed, xs, dec, a, dts, uvs, k0, nk, B, bi, gb, lb0, lb_step, C, ci, gc, lc0, lc_step,
+                              bks, cks, dvl, ys):
     if isinstance(mixed, types.NoneType):
-        def one_group(mixed, has_z, xs, dec, a, dts, uvs, k0, nk, B, bi, gb, lb0, lb_step, C, ci, gc, lc0, lc_step,
-                      dvl, ys, bks):
-            if has_z:
-                _recompute_chunk_y(xs, dec, a, dts, uvs, k0, nk, B, bi, gb, lb0, lb_step, C, ci, gc, lc0, lc_step, dvl,
-                                   ys)
-            else:
-                _recompute_chunk(xs, dec, a, dts, uvs, k0, nk, B, bi, gb, lb0, lb_step)
+        def one_group(mixed, xs, dec, a, dts, uvs, k0, nk, B, bi, gb, lb0, lb_step, C, ci, gc, lc0, lc_step, bks, cks,
+                      dvl, ys):
+            _recompute_chunk(xs, dec, a, dts, uvs, k0, nk, B, bi, gb, lb0, lb_step, C, ci, gc, lc0, lc_step, dvl, ys)
         return one_group
 
-    def per_lane(mixed, has_z, xs, dec, a, dts, uvs, k0, nk, B, bi, gb, lb0, lb_step, C, ci, gc, lc0, lc_step, dvl, ys,
-                 bks):
-        _recompute_chunk_lanes(xs, dec, a, dts, uvs, k0, nk, bks)
+    def per_lane(mixed, xs, dec, a, dts, uvs, k0, nk, B, bi, gb, lb0, lb_step, C, ci, gc, lc0, lc_step, bks, cks, dvl,
+                 ys):
+        _recompute_chunk_lanes(xs, dec, a, dts, uvs, k0, nk, bks, cks, dvl, ys)
     return per_lane
 
 
@@ -683,18 +669,10 @@ def _backward_kernel(lo, hi, slot, mixed, args):
                                 _fill(bks[k], B, bi, d0, start + k, gs_b)
                             if c_time:
                                 _fill(cks[k], C, ci, d0, start + k, gs_c)
-                    _recompute_chunk_of(mixed, has_z, xs, dec, a, dts, uvs, k0, nk, B, bi, gb, lb0, lb_step, C, ci, gc,
-                                        lc0, lc_step, dvl, ys, bks)
+                    _recompute_chunk_of(mixed, xs, dec, a, dts, uvs, k0, nk, B, bi, gb, lb0, lb_step, C, ci, gc, lc0,
+                                        lc_step, bks, cks, dvl, ys)
                     # output gradient through the gate
                     if has_z:
-                        if mixed is not None:
-                            for k in range(nk):
-                                for j in range(w):
-                                    ys[k, j] = dvl[j] * uvs[k0 + k, j]
-                            for n in range(n_state):
-                                for k in range(nk):
-                                    for j in range(w):
-                                        ys[k, j] += xs[k + 1, n, j] * cks[k, n, j]
                         for k in range(nk):
                             for j in range(w):
                                 dzs[k0 + k, j] = gs[k0 + k, j] * ys[k, j] * gzd[k0 + k, j]
