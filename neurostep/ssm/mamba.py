@@ -364,7 +364,8 @@ class MambaLTI(Mamba):
     ``A`` and ``dt`` as in :class:`Mamba`. Same interface as :class:`Mamba`.
 
     ``mode="conv"`` (default) computes a whole sequence as S4 does, as one long convolution
-    through an FFT (:func:`~neurostep.ssm.s4d.lti_convolution`). ``mode="scan"`` runs the
+    (:func:`~neurostep.ssm.s4d.lti_convolution`: through an FFT, or as a Toeplitz product for short
+    sequences). ``mode="scan"`` runs the
     selective-scan kernels with constant coefficients; the two agree to float rounding (tested).
     """
 

@@ -1,4 +1,5 @@
-"""The FFT form of an LTI diagonal SSM against its recurrence, and the bare S4D layer built on it."""
+"""The convolution form of an LTI diagonal SSM (direct and FFT) against its recurrence, and the bare
+S4D layer built on it."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from neurostep.ssm import S4D
-from neurostep.ssm.s4d import lti_convolution
+from neurostep.ssm.s4d import DIRECT_MAX_LENGTH, causal_convolution, lti_convolution
 
 
 def _recurrence(u, dt, A, B, C, D, h):
@@ -20,10 +21,12 @@ def _recurrence(u, dt, A, B, C, D, h):
     return torch.stack(ys, -1), h
 
 
+# 11 and DIRECT_MAX_LENGTH tokens take the Toeplitz product, DIRECT_MAX_LENGTH + 1 the FFT
+@pytest.mark.parametrize("length", [11, DIRECT_MAX_LENGTH, DIRECT_MAX_LENGTH + 1])
 @pytest.mark.parametrize("with_state", [False, True])
-def test_lti_convolution_equals_the_recurrence_with_gradients(with_state):
+def test_lti_convolution_equals_the_recurrence_with_gradients(with_state, length):
     torch.manual_seed(0)
-    batch, channels, n, length = 2, 3, 4, 11
+    batch, channels, n = 2, 3, 4
     u = torch.randn(batch, channels, length, dtype=torch.float64, requires_grad=True)
     dt = torch.rand(channels, dtype=torch.float64).add(0.1).requires_grad_()
     A = -torch.rand(channels, n, dtype=torch.float64).add(0.2).requires_grad_()
@@ -40,6 +43,18 @@ def test_lti_convolution_equals_the_recurrence_with_gradients(with_state):
     grads_ref = torch.autograd.grad((y_ref * y_ref.detach()).sum() + last_ref.square().sum(), leaves)
     for g, g_ref in zip(grads, grads_ref):
         torch.testing.assert_close(g, g_ref)
+
+
+@pytest.mark.parametrize("length", [1, 5, DIRECT_MAX_LENGTH, DIRECT_MAX_LENGTH + 3])
+def test_causal_convolution_is_the_sum_over_past_tokens(length):
+    torch.manual_seed(1)
+    u = torch.randn(3, 2, length, dtype=torch.float64)
+    kernel = torch.randn(2, length, dtype=torch.float64)
+    expected = torch.zeros_like(u)
+    for t in range(length):
+        for s in range(t + 1):
+            expected[..., t] += kernel[:, t - s] * u[..., s]
+    torch.testing.assert_close(causal_convolution(u, kernel), expected)
 
 
 def test_s4d_is_the_ssm_then_gelu_then_a_linear_and_resumes_from_its_state():
