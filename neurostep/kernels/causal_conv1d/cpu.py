@@ -16,6 +16,7 @@ import torch
 
 from neurostep.kernels.numba_exp import vexp
 from neurostep.kernels.numba_launch import NoAliasCompiler, serialized
+from neurostep.kernels.numba_sum import vsum
 
 
 @numba.njit(inline="always")
@@ -112,30 +113,6 @@ def _grads_row(gz, xp, w, dxp, dw_t, db_t, length):  # pragma: no cover - compil
         db_t[t] += g[t]
 
 
-_LANES = 16  # the widest float32 vector
-
-
-@_row_jit
-def _sum_row(v, acc):  # pragma: no cover - compiled
-    """The sum of ``v``, added in ``_LANES`` interleaved partial sums (``acc``, scratch of that length) so
-    that the adds vectorize: one running sum is a serial chain that LLVM may not reorder, which made the
-    per-channel sums of the weight gradient most of the backward at batch 1."""
-    n = v.shape[0]
-    whole = n - n % _LANES
-    for j in range(_LANES):
-        acc[j] = 0
-    for i in range(0, whole, _LANES):
-        block = v[i:i + _LANES]
-        for j in range(_LANES):
-            acc[j] += block[j]
-    total = acc[0] - acc[0]
-    for j in range(_LANES):
-        total += acc[j]
-    for i in range(whole, n):
-        total += v[i]
-    return total
-
-
 # Channels are split into at most this many contiguous groups, one parallel work item each, so that
 # the row buffers are allocated (and the gradient buffers zeroed) once per group rather than once per
 # channel: at (1, 1536, 1024) the per-channel allocations were a tenth of the backward.
@@ -181,11 +158,10 @@ def _backward_kernel(gout, x, weight, bias, init, has_init, silu, dx, dweight, d
         gz = np.zeros(length + 2 * (width - 1), dtype=x.dtype)  # the ends stay 0
         g = gz[width - 1:width - 1 + length]
         # weight and bias gradients accumulate per time step and are summed once per channel at the
-        # end: a running scalar sum is a serial chain of float adds that LLVM may not reorder (so
-        # it stays scalar), measured 2x slower on the whole backward at (32, 64, 64)
+        # end, in vector lanes (vsum): a running scalar sum per row was 2x slower at (32, 64, 64), and the
+        # per-channel sums as serial adds were half of the backward at batch 1
         dw_t = np.empty((width, length), dtype=x.dtype)
         db_t = np.empty(length, dtype=x.dtype)
-        acc = np.empty(_LANES, dtype=x.dtype)
         for d in range(lo, hi):
             w = weight[d]
             dw_t[:] = 0
@@ -208,8 +184,8 @@ def _backward_kernel(gout, x, weight, bias, init, has_init, silu, dx, dweight, d
                     for k in range(width - 1):
                         dinit[bi, d, k] = dxp[k]
             for k in range(width):
-                dweight[d, k] = _sum_row(dw_t[k], acc)
-            dbias[d] = _sum_row(db_t, acc)
+                dweight[d, k] = vsum(dw_t[k], length)
+            dbias[d] = vsum(db_t, length)
 
 
 def _np(t: torch.Tensor) -> np.ndarray:

@@ -76,6 +76,7 @@ import torch
 
 from neurostep.kernels.numba_exp import vexp
 from neurostep.kernels.numba_launch import serialized
+from neurostep.kernels.numba_sum import vsum
 
 CHUNK_SIZE = 64
 """Tokens per chunk. ``benchmarks/decayed_linear_attention.py`` on the development machine (2-core Xeon,
@@ -196,16 +197,6 @@ def _dstate_pass(dbuf, decay, gfinal, has_gfinal, states, through, dh0):
                 s[e] = d * s[e] + c
 
 
-@numba.njit(fastmath={"reassoc"})
-def _sum_head(x, count):
-    """``x[:count].sum()``, reassociated so that it vectorises (its own function: the flag then reaches only
-    these adds, not the rounding trick inside ``vexp``)."""
-    acc = x.dtype.type(0)
-    for j in range(count):
-        acc += x[j]
-    return acc
-
-
 @numba.njit(parallel=True, cache=True)
 def _dg_scores(p, dp, b, scale, floor, r_q, r_k, through, term):
     """Per chunk ``m``: ``dp (M, C, C)`` in place from ``dO V^T`` to ``dP = (dO V^T) * scale M``, and the
@@ -230,7 +221,7 @@ def _dg_scores(p, dp, b, scale, floor, r_q, r_k, through, term):
             drow = dp[m, i]
             for j in range(i):
                 col[j] += prow[j] * drow[j]
-            acc[i] = _sum_head(col, i)
+            acc[i] = vsum(col, i)
             _mask_row(drow, i, bm, e, f, split, scale, floor)
         rq, rk = r_q[m], r_k[m]
         run = zero

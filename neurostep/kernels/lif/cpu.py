@@ -28,6 +28,7 @@ from numba import prange
 from neurostep.kernels.lif.common import LIFParams
 from neurostep.kernels.lif.surrogates import sg_block, sg_constant, sg_value
 from neurostep.kernels.numba_launch import serialized
+from neurostep.kernels.numba_sum import vsum64
 
 # Lanes per block: each block-local array (membrane, surrogate, carries) is then 4 KB in fp32 and
 # a step's working set stays in L1. Measured at T=32, 65,536 lanes, 2 threads: forward 0.57 ms
@@ -248,17 +249,13 @@ def _backward_kernel(x, v0, h, theta, g_spikes, g_vseq, g_vlast, g_alast, gx, gv
                     vp0 = v0[lo:lo + n]
                     for j in range(n):
                         gk_acc[j] += gh_s[j] * _dcharge_dk(vp0[j], xr[j], vr_c, decay)
-        s_k = 0.0
-        s_th = 0.0
         gv0b = gv0[lo:lo + n]
         ga0b = ga0[lo:lo + n]
         for j in range(n):
             gv0b[j] = cv[j]
             ga0b[j] = ca[j]
-            s_k += gk_acc[j]
-            s_th += gvth_acc[j]
-        gk_part[b] = s_k
-        gvth_part[b] = s_th
+        gk_part[b] = vsum64(gk_acc, n)
+        gvth_part[b] = vsum64(gvth_acc, n)
 
 
 @numba.njit(inline="always")
@@ -385,15 +382,13 @@ def _backward_recompute_kernel(x, v0, g_spikes, g_vseq, g_vlast, gx, gv0, gk_par
             if need_k:
                 for j in range(n):
                     gk_acc[j] += gh[j] * dk[j]
-        s_k = 0.0
-        s_th = 0.0
         gv0b = gv0[lo:lo + n]
         for j in range(n):
             gv0b[j] = cv[j]
-            s_k += gk_acc[j]
-            s_th += gvth_acc[j]
-        gk_part[b] = s_k
-        gvth_part[b] = s_th
+        # the block's tau_inv and threshold gradients, summed in vector lanes: as two serial float64
+        # chains they cost more than the rest of a block at T = 4
+        gk_part[b] = vsum64(gk_acc, n)
+        gvth_part[b] = vsum64(gvth_acc, n)
 
 
 _NP_DTYPE = {torch.float32: np.float32, torch.float64: np.float64}
