@@ -183,7 +183,10 @@ def test_backends_agree_exactly_on_spikes_large():
 
 
 
-@pytest.mark.parametrize("T,n,kw", [(5, 2500, dict(v_reset=0.0)), (300, 1100, dict(v_reset=None, decay_input=False))])
+# 2500 lanes: blocks of 1024 and a partial one; 20000: eight blocks of 2512 (an eighth of the lanes), the
+# last partial; T=300: blocks shrunk so that their rows fit in L2
+@pytest.mark.parametrize("T,n,kw", [(5, 2500, dict(v_reset=0.0)), (4, 20000, dict(v_reset=0.0)),
+                                    (300, 1100, dict(v_reset=None, decay_input=False))])
 def test_cpu_backward_recomputes_membrane_across_blocks(T, n, kw):
     """The numba LIF saves no membrane for its backward (autograd keeps only x and small tensors)
     and recomputes it per block of lanes; with several blocks, and with T long enough to shrink
