@@ -61,7 +61,9 @@ NAMES = ["y", "aa", "bb", "pp", "g_time_decay", "g_time_first", "g_k", "g_v", "g
 
 
 @pytest.mark.parametrize("backend", ["reference", "cpu"])
-@pytest.mark.parametrize("B,T,C", [(1, 1, 3), (2, 7, 33), (3, 16, 70)])
+# (3, 16, 70): two channel blocks per row, the last of 6 channels; (1, 5, 600): blocks wider than 64
+# (a quarter or half of the channels, by the thread count) and a partial last one
+@pytest.mark.parametrize("B,T,C", [(1, 1, 3), (2, 7, 33), (3, 16, 70), (1, 5, 600)])
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 def test_backend_matches_autograd_of_reference(backend, B, T, C, dtype):
     td, tf, k, v, state = _inputs(B, T, C, dtype=dtype, seed=B * 100 + T, k_scale=2.0)
