@@ -739,12 +739,20 @@ def _pad_channels(t: torch.Tensor, dpad: int) -> torch.Tensor:
     return F.pad(t, (0, 0, 0, dpad - t.shape[1]))
 
 
+def _pad_last(t: torch.Tensor, size: int) -> torch.Tensor:
+    """``t`` with its last dim zero-padded to ``size``, contiguous; no copy when it already is both (a
+    padding of zero width still copies, and a small op calls this a dozen times)."""
+    if t.shape[-1] == size:
+        return t.contiguous()
+    return F.pad(t, (0, size - t.shape[-1])).contiguous()
+
+
 def _state_lanes(t: torch.Tensor | None, shape: tuple[int, int, int], like: torch.Tensor) -> torch.Tensor:
     """``(batch, dim, N) -> (batch, N, dpad)``: states with the channel lanes innermost."""
     batch, n_state, dpad = shape
     if t is None:
         return like.new_zeros(shape)
-    return F.pad(t.transpose(1, 2), (0, dpad - t.shape[1])).contiguous()
+    return _pad_last(t.transpose(1, 2), dpad)
 
 
 def _prepare(u, delta, A, B, C, D, z, delta_bias):
@@ -752,12 +760,12 @@ def _prepare(u, delta, A, B, C, D, z, delta_bias):
     as ``(Bb, G, Lb, N)``. delta and z stay raw: the kernels apply the bias, softplus and SiLU."""
     dim = u.shape[1]
     dpad = -(-dim // W) * W
-    At = F.pad(A.t(), (0, dpad - dim)).contiguous()
-    Dv = F.pad(D if D is not None else u.new_zeros(dim), (0, dpad - dim)).contiguous()
-    biasv = F.pad(delta_bias.to(u.dtype) if delta_bias is not None else u.new_zeros(dim), (0, dpad - dim))
+    At = _pad_last(A.t(), dpad)
+    Dv = _pad_last(D if D is not None else u.new_zeros(dim), dpad)
+    biasv = _pad_last(delta_bias.to(u.dtype) if delta_bias is not None else u.new_zeros(dim), dpad)
     zp = _pad_channels(z, dpad) if z is not None else u.new_empty(1, 1, 1)
     Bk, Ck = B.transpose(-1, -2).contiguous(), C.transpose(-1, -2).contiguous()
-    return dpad, _pad_channels(u, dpad), _pad_channels(delta, dpad), biasv.contiguous(), At, Bk, Ck, Dv, zp
+    return dpad, _pad_channels(u, dpad), _pad_channels(delta, dpad), biasv, At, Bk, Ck, Dv, zp
 
 
 def _mixed(dim: int, B: torch.Tensor, C: torch.Tensor) -> np.ndarray | None:
