@@ -28,8 +28,9 @@ from neurostep.kernels.numba_launch import serialized
 # Channels per parallel work item: at most 256 and at least 64, and few enough that every thread gets
 # two items. Each step of an item reads a row segment of ``block`` channels from every (B, T, C) input; 64
 # channels (256 bytes) were short streams for the prefetchers: at B=1, C=768, L=1024 with 2 threads,
-# forward+backward took 10.4 ms with 64 channels against 7.6-9.5 ms with 192-256 (2-core AMD EPYC,
-# 2026-12-04). The channels are independent, so the block size changes no result.
+# forward+backward took 9.0 and 11.2-12.6 ms with 64-channel blocks against 7.1 and 8.8-10.7 ms with this
+# rule's 192 (2-core AMD EPYC, 2026-12-04, alternating in one process). The channels are independent, so
+# the block size changes no result.
 _MAX_BLOCK = 256
 _MIN_BLOCK = 64
 
@@ -39,6 +40,7 @@ def _channel_block(batch: int, channels: int) -> int:
     per_row = -(-2 * numba.get_num_threads() // batch)  # items per batch row for two items per thread
     block = -(-channels // per_row)
     return max(_MIN_BLOCK, min(_MAX_BLOCK, -(-block // 16) * 16))
+
 
 # exp(x) for x <= 0 in fp32: Cody-Waite reduction x = n ln2 + r, |r| <= ln2/2, a degree-7 Taylor
 # polynomial (truncation error 0.35^8/8! < 6e-9, below fp32 eps) and 2^n built in the exponent
