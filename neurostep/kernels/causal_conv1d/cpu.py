@@ -70,7 +70,7 @@ def _taps_row(xp, pre, w, bias_d, length):  # pragma: no cover - compiled
 
 @_row_jit
 def _silu_row(pre, out, one, length):  # pragma: no cover - compiled
-    """``out[t] = silu(pre[t])``; ``one`` is 1 in the data dtype (a literal 1 would make float32 math float64)."""
+    """``out[t] = silu(pre[t])``; ``one`` is 1 in the data dtype."""
     for t in range(length):
         p = pre[t]
         out[t] = p / (one + vexp(-p))
@@ -126,9 +126,10 @@ def _group_span(group, groups, dim):  # pragma: no cover - compiled
 
 
 @numba.njit(parallel=True, cache=True, error_model="numpy")
-def _forward_kernel(x, weight, bias, init, has_init, silu, out, one):  # pragma: no cover - compiled
+def _forward_kernel(x, weight, bias, init, has_init, silu, out):  # pragma: no cover - compiled
     batch, dim, length = x.shape
     width = weight.shape[1]
+    one = np.ones(1, dtype=x.dtype)[0]  # 1 in the data dtype: a literal 1 would make float32 math float64
     groups = min(dim, _MAX_GROUPS)
     for group in numba.prange(groups):
         lo, hi = _group_span(group, groups, dim)
@@ -146,10 +147,11 @@ def _forward_kernel(x, weight, bias, init, has_init, silu, out, one):  # pragma:
 
 
 @numba.njit(parallel=True, cache=True, error_model="numpy")
-def _backward_kernel(gout, x, weight, bias, init, has_init, silu, dx, dweight, dbias, dinit,
-                     one):  # pragma: no cover - compiled
+def _backward_kernel(gout, x, weight, bias, init, has_init, silu, dx, dweight, dbias,
+                     dinit):  # pragma: no cover - compiled
     batch, dim, length = x.shape
     width = weight.shape[1]
+    one = np.ones(1, dtype=x.dtype)[0]
     groups = min(dim, _MAX_GROUPS)
     for group in numba.prange(groups):
         lo, hi = _group_span(group, groups, dim)
@@ -193,10 +195,6 @@ def _np(t: torch.Tensor) -> np.ndarray:
     return t.detach().numpy()
 
 
-def _one(x: torch.Tensor) -> np.floating:
-    return np.float64(1.0) if x.dtype == torch.float64 else np.float32(1.0)
-
-
 @serialized
 def forward(x, weight, bias, initial_states, silu):
     """Same contract as :func:`neurostep.kernels.causal_conv1d.reference.forward`."""
@@ -204,8 +202,7 @@ def forward(x, weight, bias, initial_states, silu):
     out = torch.empty_like(x)
     bias_ = x.new_zeros(dim) if bias is None else bias
     init = x.new_zeros(1, 1, 1) if initial_states is None else initial_states
-    _forward_kernel(_np(x), _np(weight), _np(bias_), _np(init), initial_states is not None, bool(silu), _np(out),
-                    _one(x))
+    _forward_kernel(_np(x), _np(weight), _np(bias_), _np(init), initial_states is not None, bool(silu), _np(out))
     return out, x.new_empty(0)
 
 
@@ -221,5 +218,5 @@ def backward(grad_out, x, weight, bias, initial_states, saved, silu):
     dbias = x.new_empty(dim)
     dinit = x.new_empty(batch, dim, width - 1) if initial_states is not None else x.new_empty(1, 1, 1)
     _backward_kernel(_np(grad_out), _np(x), _np(weight), _np(bias_), _np(init), initial_states is not None,
-                     bool(silu), _np(dx), _np(dweight), _np(dbias), _np(dinit), _one(x))
+                     bool(silu), _np(dx), _np(dweight), _np(dbias), _np(dinit))
     return dx, dweight, (dbias if bias is not None else None), (dinit if initial_states is not None else None)
