@@ -46,8 +46,8 @@ _MIN_BLOCK = 1024
 def _block_size(n: int) -> int:
     """Lanes per block: a multiple of 16 (the widest float32 vector), at most :data:`_BLOCK`, and small
     enough for :data:`_MIN_BLOCKS` blocks, down to :data:`_MIN_BLOCK` lanes."""
-    lanes = min(_BLOCK, max(_MIN_BLOCK, -(-n // _MIN_BLOCKS)))
-    return min(((lanes + 15) // 16) * 16, ((n + 15) // 16) * 16)
+    lanes = min(_BLOCK, max(_MIN_BLOCK, -(-n // _MIN_BLOCKS)), n)
+    return -(-lanes // 16) * 16
 
 
 _ROWS_BYTES = 1 << 20  # the T rows of a block that the recomputing backward keeps in L2 between its sweeps
