@@ -9,7 +9,8 @@ the released Mamba-2 models' ``ngroups``; transformers repeats B and C per head,
 ``C B^T`` once per group):
 
 - neurostep: ``decayed_linear_attention(q=C, k=B, v=x * dt, log_decay=dt * A, scale=1.0)``, the cpu
-  backend (chunks of 64, its default; also timed with chunks of 32 and 128);
+  backend at its default chunk size (the one ``python -m neurostep tune`` recorded for this machine and
+  workload, else 64; the result file says which), and with the other two of 32, 64 and 128;
 - transformers: ``mamba2_chunk_scan`` of ``transformers.models.mamba2.modeling_mamba2``, the SSD part
   of ``Mamba2Mixer``'s forward, on its pure-torch path (what runs without mamba-ssm, i.e. on CPU),
   at ``Mamba2Config``'s default chunk size 256 and, for comparison, at 64;
@@ -52,7 +53,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _results import load_average, ratio, summary_row, table, write_result  # noqa: E402
 
+from neurostep.kernels.decayed_linear_attention import cpu as dla_cpu  # noqa: E402
 from neurostep.kernels.decayed_linear_attention import decayed_linear_attention  # noqa: E402
+from neurostep.kernels.decayed_linear_attention.tuning import tuned_chunk_size  # noqa: E402
 from neurostep.memory import retain_freed_memory  # noqa: E402
 
 SCENARIOS = {
@@ -161,8 +164,13 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     batch, heads, n, p, length = args.batch, args.heads, args.state, args.head_dim, args.length
     rounds = 3 if args.quick else 7
-    rate = measure_bmm_rate(batch * heads * -(-length // 64), 64, n, p)
-    macs = chunked_macs(batch, length, heads, n, p, 64)
+    # the chunk size the default call runs with: measured on this machine (neurostep tune), else the backend's
+    tuned = tuned_chunk_size(n, p, torch.float32)
+    chunk = tuned if tuned is not None else dla_cpu.CHUNK_SIZE
+    chunk_note = (f"chunk size {chunk}, " + ("recorded by neurostep tune on this machine" if tuned is not None
+                                             else "the backend's default (nothing tuned on this machine)"))
+    rate = measure_bmm_rate(batch * heads * -(-length // chunk), chunk, n, p)
+    macs = chunked_macs(batch, length, heads, n, p, chunk)
     load_before = load_average()
     record: dict = {
         "benchmark": "decayed_linear_attention_fwd_bwd",
@@ -171,6 +179,8 @@ def main() -> None:
         "malloc_tuned": malloc_tuned,
         "rounds": rounds,
         "quick": args.quick,
+        "chunk_size": chunk,
+        "chunk_size_tuned": tuned is not None,
         "scenarios": {},
     }
     tables, summary = [], []
@@ -182,9 +192,10 @@ def main() -> None:
             "transformers mamba2_chunk_scan, chunk 64": run_transformers(inputs, 64),
         }
         if scenario == "init":
-            # the chunk size of the cpu backend (64 by default): measured here, documented in its module
-            cases["neurostep cpu, chunk 32"] = run_neurostep(inputs, chunk_size=32)
-            cases["neurostep cpu, chunk 128"] = run_neurostep(inputs, chunk_size=128)
+            # the cpu backend's other chunk sizes, for comparison with its default
+            for other in (32, 64, 128):
+                if other != chunk:
+                    cases[f"neurostep cpu, chunk {other}"] = run_neurostep(inputs, chunk_size=other)
 
         # Same answer first: outputs and every gradient within 1e-4 of transformers' (relative to the largest).
         y_ref, g_ref = cases["transformers mamba2_chunk_scan, chunk 256"]()
@@ -226,7 +237,7 @@ def main() -> None:
         record["scenarios"][scenario] = {"description": description, "results": results}
         title = (f"decayed linear attention (Mamba-2 SSD) forward+backward, B={batch}, H={heads}, K={n}, V={p}, "
                  f"L={length}, fp32, {args.threads} threads{', freed memory retained' if malloc_tuned else ''}; "
-                 f"{description}")
+                 f"neurostep cpu at {chunk_note}; {description}")
         tables.append(table(title, ["contender", "median ms", "vs neurostep", "CPU ms", "CPU vs neurostep"], rows))
         if scenario in ("init", "one group"):
             peers = ", ".join(f"{name.replace('mamba2_chunk_scan, ', '')} {ratio(r['ratio_to_neurostep'])}"
@@ -237,11 +248,12 @@ def main() -> None:
                                        f"{1e3 * ours:.0f} ms", peers))
     load_after = load_average()
 
-    rate = max(rate, measure_bmm_rate(batch * heads * -(-length // 64), 64, n, p))
+    rate = max(rate, measure_bmm_rate(batch * heads * -(-length // chunk), chunk, n, p))
     bound = (macs["forward"] + macs["backward"]) / rate
     init = record["scenarios"]["init"]["results"]["neurostep cpu"]
     roofline = (f"roofline: {(macs['forward'] + macs['backward']) / 1e9:.2f} G multiply-adds of the chunked form "
-                f"(chunks of 64) at torch.bmm's best {rate / 1e9:.1f} G/s on the same blocks ({args.threads} threads) "
+                f"(chunks of {chunk}) at torch.bmm's best {rate / 1e9:.1f} G/s on the same blocks "
+                f"({args.threads} threads) "
                 f"= {1e3 * bound:.0f} ms, or {1e3 * bound * args.threads:.0f} ms of CPU time; neurostep (init) at "
                 f"{init['median_s'] / bound:.1f}x it in wall-clock time, "
                 f"{init['median_cpu_s'] / (bound * args.threads):.1f}x in CPU time")

@@ -5,6 +5,7 @@
     neurostep report runs/<name> [--out PATH]  write the report and plots from stored results
     neurostep bench [NAME ...] [--quick]       run the scripts in benchmarks/
     neurostep energy MODEL [...]               operation/energy report of a registered model
+    neurostep tune [--length L --heads H ...]  measure the chunk size of decayed linear attention on CPU
 """
 
 from __future__ import annotations
@@ -104,6 +105,40 @@ def _cmd_energy(argv: list[str]) -> int:
     return int(cli_main(argv) or 0)
 
 
+def _cmd_tune(args: argparse.Namespace) -> int:
+    import torch
+
+    from neurostep.kernels.decayed_linear_attention import tuning
+
+    if args.threads is not None:
+        if args.threads < 1:
+            raise ValueError(f"--threads must be >= 1, got {args.threads}")
+        torch.set_num_threads(args.threads)
+    dtype = {"float32": torch.float32, "float64": torch.float64}[args.dtype]
+    show = sys.stderr.isatty()
+
+    def on_round(done: int, total: int) -> None:
+        if show:
+            print(f"\r  round {done}/{total}", end="\n" if done == total else "", file=sys.stderr, flush=True)
+
+    best, medians = tuning.tune_chunk_size(batch=args.batch, length=args.length, heads=args.heads, k=args.state,
+                                           v=args.head_dim, dtype=dtype, candidates=tuple(args.candidates),
+                                           rounds=args.rounds, path=args.file, save=not args.dry_run,
+                                           on_round=on_round)
+    print(f"decayed linear attention, cpu backend, forward+backward, B={args.batch} L={args.length} "
+          f"H={args.heads} K={args.state} V={args.head_dim} {args.dtype}, {torch.get_num_threads()} threads "
+          f"(median of {args.rounds} rounds):")
+    for chunk, seconds in medians.items():
+        print(f"  chunk {chunk:>4}: {seconds * 1e3:8.1f} ms{'  <- fastest' if chunk == best else ''}")
+    if args.dry_run:
+        print("not recorded (--dry-run)")
+    else:
+        print(f"recorded for {tuning.machine_key()!r} in {args.file or tuning.tuning_file()}: "
+              f"decayed_linear_attention(chunk_size=None) now uses {best} for "
+              f"{tuning.workload_key(args.state, args.head_dim, dtype, torch.get_num_threads())}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="neurostep", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -125,6 +160,20 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("names", nargs="*", help="script names without .py (default: all)")
     bench.add_argument("--quick", action="store_true", help="pass --quick to each script")
     bench.add_argument("--dir", help="benchmarks directory (default: the repository's benchmarks/)")
+    tune = sub.add_parser("tune", help="measure the fastest chunk size of decayed linear attention (Mamba-2, "
+                                       "Lightning Attention) on this CPU and record it as the default")
+    tune.add_argument("--batch", type=int, default=1, help="batch rows (default 1)")
+    tune.add_argument("--length", type=int, default=2048, help="tokens (default 2048)")
+    tune.add_argument("--heads", type=int, default=24, help="heads (default 24)")
+    tune.add_argument("--state", type=int, default=128, help="K, Mamba-2's d_state (default 128)")
+    tune.add_argument("--head-dim", type=int, default=64, help="V, Mamba-2's head dim (default 64)")
+    tune.add_argument("--dtype", choices=("float32", "float64"), default="float32",
+                      help="compute dtype (default float32; half-precision inputs compute in float32)")
+    tune.add_argument("--threads", type=int, help="torch threads (default: torch's current count)")
+    tune.add_argument("--candidates", type=int, nargs="+", default=[32, 64, 128], help="chunk sizes to try")
+    tune.add_argument("--rounds", type=int, default=5, help="timed calls of each chunk size (default 5)")
+    tune.add_argument("--file", help="tuning file (default: $XDG_CACHE_HOME/neurostep/decayed_linear_attention.json)")
+    tune.add_argument("--dry-run", action="store_true", help="measure and print, record nothing")
     sub.add_parser("energy", add_help=False,
                    help="operation/energy report of a registered model (`neurostep energy --help` for options)")
     return parser
@@ -139,7 +188,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _cmd_energy(argv[1:])
     args = build_parser().parse_args(argv)
     try:
-        handler = {"run": _cmd_run, "list": _cmd_list, "report": _cmd_report, "bench": _cmd_bench}[args.command]
+        handler = {"run": _cmd_run, "list": _cmd_list, "report": _cmd_report, "bench": _cmd_bench,
+                   "tune": _cmd_tune}[args.command]
         return handler(args)
     except Exception as exc:
         from neurostep.experiment.lock import RunDirLocked  # imported on the error path only

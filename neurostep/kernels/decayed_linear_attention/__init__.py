@@ -37,6 +37,7 @@ from neurostep.engine import (
     has_values,
 )
 from neurostep.kernels.decayed_linear_attention.reference import SAVED_TENSORS
+from neurostep.kernels.decayed_linear_attention.tuning import tuned_chunk_size
 
 _NAME = "decayed_linear_attention"
 
@@ -171,9 +172,10 @@ def decayed_linear_attention(
             Mamba-2 uses 1.0.
         initial_state: ``(B, H, K, V)`` state before the first token, or None (zeros). Differentiable.
         output_final_state: also return the state after the last token (else None).
-        chunk_size: tokens per chunk of the chunked backends; None picks the backend's (``cpu``: 64,
-            ``triton``: 64). The ``triton`` backend needs a power of two >= 16. The result does not depend
-            on it beyond rounding.
+        chunk_size: tokens per chunk of the chunked backends; None picks the backend's: ``cpu`` the size
+            measured fastest on this machine for this dtype, ``K`` and ``V`` by ``python -m neurostep tune``
+            (:mod:`~neurostep.kernels.decayed_linear_attention.tuning`), else 64; ``triton`` 64. The
+            ``triton`` backend needs a power of two >= 16. The result does not depend on it beyond rounding.
         backend: ``"auto"`` (``cpu`` on CPU tensors, ``triton`` on CUDA), ``"reference"``, ``"cpu"`` or
             ``"triton"``.
 
@@ -218,8 +220,11 @@ def decayed_linear_attention(
     elif not math.isfinite(scale):
         raise ValueError(f"scale must be finite, got {scale}")
     name = DECAYED_LINEAR_ATTENTION.choose_backend(backend, device)
+    cd = compute_dtype(q.dtype)
     if chunk_size is None:
-        chunk_size = KERNELS.resolve(_NAME, name, device).CHUNK_SIZE
+        # the cpu backend's chunk size as measured on this machine (tuning.py), else the backend's default
+        tuned = tuned_chunk_size(K, V, cd) if name == "cpu" else None
+        chunk_size = tuned if tuned is not None else KERNELS.resolve(_NAME, name, device).CHUNK_SIZE
     elif isinstance(chunk_size, bool) or not isinstance(chunk_size, int):
         raise TypeError(f"chunk_size must be an int or None, got {type(chunk_size).__name__}")
     elif chunk_size < 1:
@@ -228,7 +233,6 @@ def decayed_linear_attention(
         raise ValueError(f"the triton backend needs chunk_size a power of two >= 16, got {chunk_size}")
     _check_log_decay(log_decay)
 
-    cd = compute_dtype(q.dtype)
     g = log_decay.to(cd)
     g = g.expand(B, L, H) if g.dim() == 1 else g
     o, final, *_ = DECAYED_LINEAR_ATTENTION(

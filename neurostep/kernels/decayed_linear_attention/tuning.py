@@ -1,0 +1,176 @@
+"""The cpu backend's chunk size, measured on the machine that runs it.
+
+The chunked form trades smaller matrix products (shorter chunks run their products at a lower rate)
+against fewer multiply-adds in the masked products and less memory (``C (K + V)`` per token, a
+``C x C`` score block per chunk). Which side wins depends on the machine: on a 2-core Xeon (AVX-512) at
+Mamba-2's sizes (B=1, H=24, K=128, V=64, L=2048, fp32, 2 threads) chunks of 64 were fastest and 32 took
+25% longer (2026-12-02); on a 2-core AMD EPYC 32 was the faster, 150 against 164 ms in one run with
+glibc's default allocator, and about level with 64 with freed memory retained (2026-12-04, load 0.7 and
+1.0). So the default is measured, not assumed:
+
+- :func:`tune_chunk_size` times the backend's forward+backward with each candidate chunk size on a
+  workload (round-robin, so that a change of load hits every candidate alike; the median of the rounds)
+  and records the fastest in a small JSON file under the user's cache directory
+  (``$XDG_CACHE_HOME/neurostep`` or ``~/.cache/neurostep``), keyed by the machine (CPU model and core
+  count) and by the workload's dtype, ``K``, ``V`` and thread count. ``python -m neurostep tune`` runs
+  it from the command line.
+- :func:`tuned_chunk_size` reads that choice back; ``decayed_linear_attention(chunk_size=None)`` on the
+  cpu backend uses it, and the backend's ``CHUNK_SIZE`` where nothing was measured for the machine and
+  workload. An explicit ``chunk_size=`` always wins. The result depends on the chunk size only through
+  rounding.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import math
+import os
+import platform
+import statistics
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import torch
+
+CANDIDATES = (32, 64, 128)
+"""Chunk sizes :func:`tune_chunk_size` tries by default."""
+FILE_NAME = "decayed_linear_attention.json"
+
+
+def tuning_file() -> Path:
+    """Where tuned chunk sizes live: ``$XDG_CACHE_HOME/neurostep/decayed_linear_attention.json``, with
+    ``~/.cache`` where ``XDG_CACHE_HOME`` is unset."""
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "neurostep" / FILE_NAME
+
+
+def machine_key() -> str:
+    """The CPU model and the logical core count: a choice measured on one machine is not applied on another."""
+    model = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    model = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    return f"{model} x{os.cpu_count()}"
+
+
+def workload_key(k: int, v: int, dtype: torch.dtype, threads: int) -> str:
+    """The key of a workload in the tuning file: dtype, ``K``, ``V`` and torch's thread count."""
+    return f"{str(dtype).removeprefix('torch.')} K={k} V={v} threads={threads}"
+
+
+@functools.lru_cache(maxsize=8)
+def _read(path: str, mtime_ns: int, size: int) -> dict:
+    """The parsed file; cached per path and modification, so a re-tune is seen at once and a call costs a stat."""
+    try:
+        with open(path) as f:
+            data = json.load(f)
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _load(path: Path) -> dict:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return {}
+    return _read(str(path), st.st_mtime_ns, st.st_size)
+
+
+def tuned_chunk_size(k: int, v: int, dtype: torch.dtype, threads: int | None = None,
+                     path: str | os.PathLike | None = None) -> int | None:
+    """The chunk size measured fastest on this machine for a workload of this dtype, ``K`` and ``V`` at
+    ``threads`` torch threads (default: the current count), or None if none was measured."""
+    threads = torch.get_num_threads() if threads is None else threads
+    entry = _load(Path(path) if path is not None else tuning_file()).get(machine_key(), {})
+    chunk = entry.get(workload_key(k, v, dtype, threads), {}).get("chunk_size") if isinstance(entry, dict) else None
+    return chunk if isinstance(chunk, int) and not isinstance(chunk, bool) and chunk >= 1 else None
+
+
+def _workload(batch: int, length: int, heads: int, k: int, v: int, dtype: torch.dtype, seed: int):
+    """Mamba-2's SSD at its initialisation: ``q = C``, ``k = B`` of one group per head, ``v = dt x``,
+    ``g = dt A`` with dt log-uniform in [0.001, 0.1] and A uniform in [-16, -1]."""
+    gen = torch.Generator().manual_seed(seed)
+    dt = torch.exp(torch.empty(batch, length, heads).uniform_(math.log(0.001), math.log(0.1), generator=gen))
+    A = -torch.empty(heads).uniform_(1, 16, generator=gen)
+    q = torch.randn(batch, length, heads, k, generator=gen, dtype=dtype)
+    kk = torch.randn(batch, length, heads, k, generator=gen, dtype=dtype)
+    vv = (torch.randn(batch, length, heads, v, generator=gen) * dt[..., None]).to(dtype)
+    grad = torch.randn(batch, length, heads, v, generator=gen, dtype=dtype)
+    return [t.requires_grad_() for t in (q, kk, vv)] + [dt * A], grad
+
+
+def measure_chunk_sizes(*, batch: int = 1, length: int = 2048, heads: int = 24, k: int = 128, v: int = 64,
+                        dtype: torch.dtype = torch.float32, candidates: Sequence[int] = CANDIDATES, rounds: int = 5,
+                        seed: int = 0, on_round: Callable[[int, int], None] | None = None) -> dict[int, float]:
+    """Median wall time in seconds of the cpu backend's forward+backward with each chunk size.
+
+    The workload is Mamba-2's SSD at its initialisation on ``q, k (batch, length, heads, k)`` and
+    ``v (batch, length, heads, v)``. Each round calls every candidate once, in turn, after one untimed
+    warm-up call each; ``on_round(done, rounds)`` is called after each round (a progress bar's hook).
+    """
+    from neurostep.kernels.decayed_linear_attention import decayed_linear_attention
+
+    for name, value in (("batch", batch), ("length", length), ("heads", heads), ("k", k), ("v", v),
+                        ("rounds", rounds)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name} must be a positive int, got {value!r}")
+    if not candidates or any(isinstance(c, bool) or not isinstance(c, int) or c < 1 for c in candidates):
+        raise ValueError(f"candidates must be positive ints, got {candidates!r}")
+    (q, kk, vv, g), grad = _workload(batch, length, heads, k, v, dtype, seed)
+
+    def call(chunk: int) -> float:
+        t0 = time.perf_counter()
+        o, _ = decayed_linear_attention(q, kk, vv, g, scale=1.0, chunk_size=chunk, backend="cpu")
+        torch.autograd.grad(o, (q, kk, vv), grad)
+        return time.perf_counter() - t0
+
+    times: dict[int, list[float]] = {c: [] for c in candidates}
+    for chunk in candidates:
+        call(chunk)
+    for r in range(rounds):
+        for chunk in candidates:
+            times[chunk].append(call(chunk))
+        if on_round is not None:
+            on_round(r + 1, rounds)
+    return {chunk: statistics.median(ts) for chunk, ts in times.items()}
+
+
+def tune_chunk_size(*, batch: int = 1, length: int = 2048, heads: int = 24, k: int = 128, v: int = 64,
+                    dtype: torch.dtype = torch.float32, candidates: Sequence[int] = CANDIDATES, rounds: int = 5,
+                    path: str | os.PathLike | None = None, save: bool = True,
+                    on_round: Callable[[int, int], None] | None = None) -> tuple[int, dict[int, float]]:
+    """Measure the candidates (:func:`measure_chunk_sizes`) and return ``(fastest, medians)``; with
+    ``save`` record the fastest in the tuning file (default :func:`tuning_file`) for this machine, dtype,
+    ``K``, ``V`` and the current thread count, with the medians, the workload and the date."""
+    medians = measure_chunk_sizes(batch=batch, length=length, heads=heads, k=k, v=v, dtype=dtype,
+                                  candidates=candidates, rounds=rounds, on_round=on_round)
+    best = min(medians, key=medians.get)
+    if save:
+        target = Path(path) if path is not None else tuning_file()
+        data = dict(_load(target))
+        machine = dict(data.get(machine_key(), {}))
+        machine[workload_key(k, v, dtype, torch.get_num_threads())] = {
+            "chunk_size": best,
+            "median_s": {str(c): t for c, t in medians.items()},
+            "workload": {"batch": batch, "length": length, "heads": heads, "rounds": rounds},
+            "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
+        }
+        data[machine_key()] = machine
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = target.with_name(target.name + f".{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(data, indent=1, sort_keys=True) + "\n")
+        os.replace(tmp, target)   # atomic: a reader never sees half a file
+    return best, medians
+
+
+__all__ = ["CANDIDATES", "machine_key", "measure_chunk_sizes", "tune_chunk_size", "tuned_chunk_size", "tuning_file",
+           "workload_key"]

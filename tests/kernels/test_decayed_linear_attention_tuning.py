@@ -1,0 +1,88 @@
+"""The cpu backend's chunk size measured per machine: the tuner, its file, and the op's default."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from neurostep.cli import main as cli_main
+from neurostep.kernels.decayed_linear_attention import cpu, tuning
+from neurostep.kernels.decayed_linear_attention import decayed_linear_attention as dla
+
+
+def chunk_used(q, k, v, log_decay, **kwargs) -> int:
+    """The chunk length the cpu backend ran with, read off the shape of its saved chunked copy of q."""
+    saved = []
+    leaves = [t.clone().requires_grad_() for t in (q, k, v)]
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
+        dla(*leaves, log_decay, backend="cpu", **kwargs)
+    K = q.shape[-1]
+    blocks = [t for t in saved if t.dim() == 3 and t.shape[-1] == K and t.shape[0] % (q.shape[0] * v.shape[2]) == 0]
+    return blocks[0].shape[1]
+
+
+def inputs(L=40, H=2, K=8, V=4, dtype=torch.float32):
+    g = torch.Generator().manual_seed(0)
+    return (torch.randn(1, L, H, K, generator=g, dtype=dtype), torch.randn(1, L, H, K, generator=g, dtype=dtype),
+            torch.randn(1, L, H, V, generator=g, dtype=dtype), -torch.rand(1, L, H, generator=g, dtype=dtype))
+
+
+def test_tuning_file_follows_xdg_cache_home(tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    assert tuning.tuning_file() == tmp_path / "neurostep" / "decayed_linear_attention.json"
+    assert tuning.tuned_chunk_size(8, 4, torch.float32) is None   # nothing measured yet
+
+
+def test_tune_records_the_fastest_and_the_op_uses_it(tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    q, k, v, g = inputs()
+    assert chunk_used(q, k, v, g) == min(cpu.CHUNK_SIZE, 40)          # no file: the backend's default
+    best, medians = tuning.tune_chunk_size(length=40, heads=2, k=8, v=4, candidates=(8, 16), rounds=1)
+    assert set(medians) == {8, 16} and best == min(medians, key=medians.get)
+    data = json.loads(tuning.tuning_file().read_text())
+    entry = data[tuning.machine_key()][tuning.workload_key(8, 4, torch.float32, torch.get_num_threads())]
+    assert entry["chunk_size"] == best and set(entry["median_s"]) == {"8", "16"}
+    assert tuning.tuned_chunk_size(8, 4, torch.float32) == best
+    assert chunk_used(q, k, v, g) == best
+    # an explicit chunk size wins; other dtypes, widths and thread counts keep the default
+    assert chunk_used(q, k, v, g, chunk_size=32) == 32
+    assert tuning.tuned_chunk_size(8, 4, torch.float64) is None
+    assert tuning.tuned_chunk_size(16, 4, torch.float32) is None
+    assert tuning.tuned_chunk_size(8, 4, torch.float32, threads=torch.get_num_threads() + 1) is None
+    assert chunk_used(*inputs(dtype=torch.float64)) == min(cpu.CHUNK_SIZE, 40)
+
+
+def test_a_recorded_choice_is_read_back_after_a_retune(tmp_path):
+    path = tmp_path / "t.json"
+    key = tuning.workload_key(8, 4, torch.float32, torch.get_num_threads())
+    for chunk in (8, 24):
+        path.write_text(json.dumps({tuning.machine_key(): {key: {"chunk_size": chunk}}}))
+        assert tuning.tuned_chunk_size(8, 4, torch.float32, path=path) == chunk
+    # another machine's choice, a malformed entry or an unreadable file is ignored
+    path.write_text(json.dumps({"some other CPU x64": {key: {"chunk_size": 8}}}))
+    assert tuning.tuned_chunk_size(8, 4, torch.float32, path=path) is None
+    path.write_text(json.dumps({tuning.machine_key(): {key: {"chunk_size": "big"}}}))
+    assert tuning.tuned_chunk_size(8, 4, torch.float32, path=path) is None
+    path.write_text("{not json")
+    assert tuning.tuned_chunk_size(8, 4, torch.float32, path=path) is None
+
+
+def test_bad_arguments_raise():
+    with pytest.raises(ValueError, match="length"):
+        tuning.measure_chunk_sizes(length=0)
+    with pytest.raises(ValueError, match="candidates"):
+        tuning.measure_chunk_sizes(length=8, heads=1, k=2, v=2, candidates=(16, 0))
+
+
+def test_cli_tune_prints_and_records(tmp_path, capsys):
+    path = tmp_path / "t.json"
+    assert cli_main(["tune", "--length", "32", "--heads", "1", "--state", "4", "--head-dim", "2",
+                     "--candidates", "8", "16", "--rounds", "1", "--file", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "chunk    8" in out and "chunk   16" in out and "<- fastest" in out and str(path) in out
+    assert tuning.tuned_chunk_size(4, 2, torch.float32, path=path) in (8, 16)
+    assert cli_main(["tune", "--length", "32", "--heads", "1", "--state", "4", "--head-dim", "2",
+                     "--rounds", "1", "--file", str(tmp_path / "dry.json"), "--dry-run"]) == 0
+    assert not (tmp_path / "dry.json").exists()
