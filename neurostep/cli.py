@@ -121,21 +121,24 @@ def _cmd_tune(args: argparse.Namespace) -> int:
         if show:
             print(f"\r  round {done}/{total}", end="\n" if done == total else "", file=sys.stderr, flush=True)
 
-    best, medians = tuning.tune_chunk_size(batch=args.batch, length=args.length, heads=args.heads, k=args.state,
-                                           v=args.head_dim, dtype=dtype, candidates=tuple(args.candidates),
-                                           rounds=args.rounds, path=args.file, save=not args.dry_run,
-                                           on_round=on_round)
-    print(f"decayed linear attention, cpu backend, forward+backward, B={args.batch} L={args.length} "
-          f"H={args.heads} K={args.state} V={args.head_dim} {args.dtype}, {torch.get_num_threads()} threads "
-          f"(median of {args.rounds} rounds):")
-    for chunk, seconds in medians.items():
-        print(f"  chunk {chunk:>4}: {seconds * 1e3:8.1f} ms{'  <- fastest' if chunk == best else ''}")
-    if args.dry_run:
-        print("not recorded (--dry-run)")
-    else:
-        print(f"recorded for {tuning.machine_key()!r} in {args.file or tuning.tuning_file()}: "
-              f"decayed_linear_attention(chunk_size=None) now uses {best} for "
-              f"{tuning.workload_key(args.state, args.head_dim, dtype, torch.get_num_threads())}")
+    modes = {"train": (True,), "inference": (False,), "both": (True, False)}[args.mode]
+    for backward in modes:
+        what = "forward+backward" if backward else "forward only (inference)"
+        best, medians = tuning.tune_chunk_size(batch=args.batch, length=args.length, heads=args.heads,
+                                               k=args.state, v=args.head_dim, dtype=dtype, backward=backward,
+                                               candidates=tuple(args.candidates), rounds=args.rounds,
+                                               path=args.file, save=not args.dry_run, on_round=on_round)
+        print(f"decayed linear attention, cpu backend, {what}, B={args.batch} L={args.length} H={args.heads} "
+              f"K={args.state} V={args.head_dim} {args.dtype}, {torch.get_num_threads()} threads "
+              f"(median of {args.rounds} rounds):")
+        for chunk, seconds in medians.items():
+            print(f"  chunk {chunk:>4}: {seconds * 1e3:8.1f} ms{'  <- fastest' if chunk == best else ''}")
+        if args.dry_run:
+            print("not recorded (--dry-run)")
+        else:
+            key = tuning.workload_key(args.state, args.head_dim, dtype, torch.get_num_threads(), backward)
+            print(f"recorded for {tuning.machine_key()!r} in {args.file or tuning.tuning_file()}: "
+                  f"decayed_linear_attention(chunk_size=None) now uses {best} for {key}")
     return 0
 
 
@@ -172,6 +175,9 @@ def build_parser() -> argparse.ArgumentParser:
     tune.add_argument("--threads", type=int, help="torch threads (default: torch's current count)")
     tune.add_argument("--candidates", type=int, nargs="+", default=[32, 64, 128], help="chunk sizes to try")
     tune.add_argument("--rounds", type=int, default=5, help="timed calls of each chunk size (default 5)")
+    tune.add_argument("--mode", choices=("both", "train", "inference"), default="both",
+                      help="tune calls followed by a backward (train), forward-only calls (inference) or both "
+                           "(default)")
     tune.add_argument("--file", help="tuning file (default: $XDG_CACHE_HOME/neurostep/decayed_linear_attention.json)")
     tune.add_argument("--dry-run", action="store_true", help="measure and print, record nothing")
     sub.add_parser("energy", add_help=False,

@@ -23,6 +23,22 @@ def chunk_used(q, k, v, log_decay, **kwargs) -> int:
     return blocks[0].shape[1]
 
 
+def chunk_of_forward_only_call(monkeypatch, q, k, v, log_decay) -> int:
+    """The chunk length a forward-only call (under ``torch.no_grad``) passes to the cpu backend's forward."""
+    seen = []
+    forward = cpu.forward
+
+    def spy(*args):
+        seen.append(args[-1])
+        return forward(*args)
+
+    monkeypatch.setattr(cpu, "forward", spy)
+    with torch.no_grad():
+        dla(q, k, v, log_decay, backend="cpu")
+    monkeypatch.setattr(cpu, "forward", forward)
+    return seen[0]
+
+
 def inputs(L=40, H=2, K=8, V=4, dtype=torch.float32):
     g = torch.Generator().manual_seed(0)
     return (torch.randn(1, L, H, K, generator=g, dtype=dtype), torch.randn(1, L, H, K, generator=g, dtype=dtype),
@@ -42,7 +58,7 @@ def test_tune_records_the_fastest_and_the_op_uses_it(tmp_path, monkeypatch):
     best, medians = tuning.tune_chunk_size(length=40, heads=2, k=8, v=4, candidates=(8, 16), rounds=1)
     assert set(medians) == {8, 16} and best == min(medians, key=medians.get)
     data = json.loads(tuning.tuning_file().read_text())
-    entry = data[tuning.machine_key()][tuning.workload_key(8, 4, torch.float32, torch.get_num_threads())]
+    entry = data[tuning.machine_key()][tuning.workload_key(8, 4, torch.float32, torch.get_num_threads(), True)]
     assert entry["chunk_size"] == best and set(entry["median_s"]) == {"8", "16"}
     assert tuning.tuned_chunk_size(8, 4, torch.float32) == best
     assert chunk_used(q, k, v, g) == best
@@ -54,9 +70,24 @@ def test_tune_records_the_fastest_and_the_op_uses_it(tmp_path, monkeypatch):
     assert chunk_used(*inputs(dtype=torch.float64)) == min(cpu.CHUNK_SIZE, 40)
 
 
+def test_training_and_inference_calls_are_tuned_apart(tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    q, k, v, g = inputs()
+    threads = torch.get_num_threads()
+    tuning.tuning_file().parent.mkdir(parents=True)
+    tuning.tuning_file().write_text(json.dumps({tuning.machine_key(): {
+        tuning.workload_key(8, 4, torch.float32, threads, True): {"chunk_size": 8},
+        tuning.workload_key(8, 4, torch.float32, threads, False): {"chunk_size": 16}}}))
+    assert chunk_used(q, k, v, g) == 8                                   # gradients wanted: training's choice
+    assert chunk_of_forward_only_call(monkeypatch, q, k, v, g) == 16     # no gradients: inference's
+    _, medians = tuning.tune_chunk_size(length=40, heads=2, k=8, v=4, candidates=(8, 24), rounds=1, backward=False)
+    assert tuning.tuned_chunk_size(8, 4, torch.float32, backward=False) == min(medians, key=medians.get)
+    assert tuning.tuned_chunk_size(8, 4, torch.float32, backward=True) == 8
+
+
 def test_a_recorded_choice_is_read_back_after_a_retune(tmp_path):
     path = tmp_path / "t.json"
-    key = tuning.workload_key(8, 4, torch.float32, torch.get_num_threads())
+    key = tuning.workload_key(8, 4, torch.float32, torch.get_num_threads(), True)
     for chunk in (8, 24):
         path.write_text(json.dumps({tuning.machine_key(): {key: {"chunk_size": chunk}}}))
         assert tuning.tuned_chunk_size(8, 4, torch.float32, path=path) == chunk
@@ -82,7 +113,9 @@ def test_cli_tune_prints_and_records(tmp_path, capsys):
                      "--candidates", "8", "16", "--rounds", "1", "--file", str(path)]) == 0
     out = capsys.readouterr().out
     assert "chunk    8" in out and "chunk   16" in out and "<- fastest" in out and str(path) in out
-    assert tuning.tuned_chunk_size(4, 2, torch.float32, path=path) in (8, 16)
+    assert "forward+backward" in out and "forward only" in out                 # both modes by default
+    for backward in (True, False):
+        assert tuning.tuned_chunk_size(4, 2, torch.float32, backward=backward, path=path) in (8, 16)
     assert cli_main(["tune", "--length", "32", "--heads", "1", "--state", "4", "--head-dim", "2",
                      "--rounds", "1", "--file", str(tmp_path / "dry.json"), "--dry-run"]) == 0
     assert not (tmp_path / "dry.json").exists()

@@ -222,8 +222,11 @@ def decayed_linear_attention(
     name = DECAYED_LINEAR_ATTENTION.choose_backend(backend, device)
     cd = compute_dtype(q.dtype)
     if chunk_size is None:
-        # the cpu backend's chunk size as measured on this machine (tuning.py), else the backend's default
-        tuned = tuned_chunk_size(K, V, cd) if name == "cpu" else None
+        # the cpu backend's chunk size as measured on this machine (tuning.py) for training or inference
+        # calls, else the backend's default
+        backward = torch.is_grad_enabled() and any(
+            t is not None and t.requires_grad for t in (q, k, v, log_decay, initial_state))
+        tuned = tuned_chunk_size(K, V, cd, backward=backward) if name == "cpu" else None
         chunk_size = tuned if tuned is not None else KERNELS.resolve(_NAME, name, device).CHUNK_SIZE
     elif isinstance(chunk_size, bool) or not isinstance(chunk_size, int):
         raise TypeError(f"chunk_size must be an int or None, got {type(chunk_size).__name__}")

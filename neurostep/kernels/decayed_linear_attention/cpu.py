@@ -80,13 +80,13 @@ from neurostep.kernels.numba_sum import vsum
 
 CHUNK_SIZE = 64
 """Tokens per chunk where nothing was measured on the machine (``tuning.py``: ``python -m neurostep tune``
-records the fastest size per machine and workload). ``benchmarks/decayed_linear_attention.py`` on the development machine (2-core Xeon,
-AVX-512, 2 torch threads, 2026-12-02 10:10 UTC, load average 1.4 to 1.6) measured forward+backward at
-B=1, H=24, K=128, V=64, L=2048, fp32 in 150 ms (279 ms of CPU time) with chunks of 64, 187 ms (332) with
-32 and 171 ms (323) with 128, medians of 7 (transformers' chunk scan at its default chunk of 256: 666 ms,
-1211 ms of CPU time, in the same run). A backward that recomputes the chunk states and scores, with
-the layout copies done by torch, measured 202 ms (372) at load 0.7 to 1.5 on the same machine. Smaller
-chunks do fewer multiply-adds in the masked products (``C (K + V)`` per token) but run them as smaller
+records the fastest size per machine and workload). ``benchmarks/decayed_linear_attention.py`` on the
+development machine (2-core Xeon, AVX-512, 2 torch threads, 2026-12-02 10:10 UTC, load average 1.4 to 1.6)
+measured forward+backward at B=1, H=24, K=128, V=64, L=2048, fp32 in 150 ms (279 ms of CPU time) with chunks
+of 64, 187 ms (332) with 32 and 171 ms (323) with 128, medians of 7 (transformers' chunk scan at its default
+chunk of 256: 666 ms, 1211 ms of CPU time, in the same run). A backward that recomputes the chunk states and
+scores, with the layout copies done by torch, measured 202 ms (372) at load 0.7 to 1.5 on the same machine.
+Smaller chunks do fewer multiply-adds in the masked products (``C (K + V)`` per token) but run them as smaller
 matrix products at a lower rate, and write more chunk states."""
 FLOOR = -60.0
 """Exponents are clamped here before the exp (see the module docstring)."""

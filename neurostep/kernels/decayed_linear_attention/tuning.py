@@ -4,16 +4,18 @@ The chunked form trades smaller matrix products (shorter chunks run their produc
 against fewer multiply-adds in the masked products and less memory (``C (K + V)`` per token, a
 ``C x C`` score block per chunk). Which side wins depends on the machine: on a 2-core Xeon (AVX-512) at
 Mamba-2's sizes (B=1, H=24, K=128, V=64, L=2048, fp32, 2 threads) chunks of 64 were fastest and 32 took
-25% longer (2026-12-02); on a 2-core AMD EPYC 32 was the faster, 150 against 164 ms in one run with
-glibc's default allocator, and about level with 64 with freed memory retained (2026-12-04, load 0.7 and
-1.0). So the default is measured, not assumed:
+25% longer (2026-12-02); on a 2-core AMD EPYC 32 and 64 are level within the host's noise and trade
+places from run to run (2026-12-04: 149 against 157 ms, then 193 against 179 ms half an hour later). So
+the default is measured, not assumed:
 
 - :func:`tune_chunk_size` times the backend's forward+backward with each candidate chunk size on a
   workload (round-robin, so that a change of load hits every candidate alike; the median of the rounds)
   and records the fastest in a small JSON file under the user's cache directory
   (``$XDG_CACHE_HOME/neurostep`` or ``~/.cache/neurostep``), keyed by the machine (CPU model and core
-  count) and by the workload's dtype, ``K``, ``V`` and thread count. ``python -m neurostep tune`` runs
-  it from the command line.
+  count) and by the workload's dtype, ``K``, ``V``, thread count and mode: training (forward and backward)
+  or inference (forward only). The two differ: on the AMD EPYC a Mamba-2-130m prefill's op (one group,
+  L=512, forward only) ran 10% faster with chunks of 64 than 32, the training workload above the other way
+  round. ``python -m neurostep tune`` runs it for both modes from the command line.
 - :func:`tuned_chunk_size` reads that choice back; ``decayed_linear_attention(chunk_size=None)`` on the
   cpu backend uses it, and the backend's ``CHUNK_SIZE`` where nothing was measured for the machine and
   workload. An explicit ``chunk_size=`` always wins. The result depends on the chunk size only through
@@ -60,9 +62,11 @@ def machine_key() -> str:
     return f"{model} x{os.cpu_count()}"
 
 
-def workload_key(k: int, v: int, dtype: torch.dtype, threads: int) -> str:
-    """The key of a workload in the tuning file: dtype, ``K``, ``V`` and torch's thread count."""
-    return f"{str(dtype).removeprefix('torch.')} K={k} V={v} threads={threads}"
+def workload_key(k: int, v: int, dtype: torch.dtype, threads: int, backward: bool = True) -> str:
+    """The key of a workload in the tuning file: dtype, ``K``, ``V``, torch's thread count and whether the
+    call is followed by a backward (training) or not (inference)."""
+    mode = "forward+backward" if backward else "forward"
+    return f"{str(dtype).removeprefix('torch.')} K={k} V={v} threads={threads} {mode}"
 
 
 @functools.lru_cache(maxsize=8)
@@ -84,13 +88,15 @@ def _load(path: Path) -> dict:
     return _read(str(path), st.st_mtime_ns, st.st_size)
 
 
-def tuned_chunk_size(k: int, v: int, dtype: torch.dtype, threads: int | None = None,
+def tuned_chunk_size(k: int, v: int, dtype: torch.dtype, threads: int | None = None, backward: bool = True,
                      path: str | os.PathLike | None = None) -> int | None:
     """The chunk size measured fastest on this machine for a workload of this dtype, ``K`` and ``V`` at
-    ``threads`` torch threads (default: the current count), or None if none was measured."""
+    ``threads`` torch threads (default: the current count), with a backward or forward only, or None if
+    none was measured."""
     threads = torch.get_num_threads() if threads is None else threads
     entry = _load(Path(path) if path is not None else tuning_file()).get(machine_key(), {})
-    chunk = entry.get(workload_key(k, v, dtype, threads), {}).get("chunk_size") if isinstance(entry, dict) else None
+    key = workload_key(k, v, dtype, threads, backward)
+    chunk = entry.get(key, {}).get("chunk_size") if isinstance(entry, dict) else None
     return chunk if isinstance(chunk, int) and not isinstance(chunk, bool) and chunk >= 1 else None
 
 
@@ -108,9 +114,11 @@ def _workload(batch: int, length: int, heads: int, k: int, v: int, dtype: torch.
 
 
 def measure_chunk_sizes(*, batch: int = 1, length: int = 2048, heads: int = 24, k: int = 128, v: int = 64,
-                        dtype: torch.dtype = torch.float32, candidates: Sequence[int] = CANDIDATES, rounds: int = 5,
-                        seed: int = 0, on_round: Callable[[int, int], None] | None = None) -> dict[int, float]:
-    """Median wall time in seconds of the cpu backend's forward+backward with each chunk size.
+                        dtype: torch.dtype = torch.float32, backward: bool = True,
+                        candidates: Sequence[int] = CANDIDATES, rounds: int = 5, seed: int = 0,
+                        on_round: Callable[[int, int], None] | None = None) -> dict[int, float]:
+    """Median wall time in seconds of the cpu backend's forward+backward (``backward``; else its forward
+    under ``torch.inference_mode``) with each chunk size.
 
     The workload is Mamba-2's SSD at its initialisation on ``q, k (batch, length, heads, k)`` and
     ``v (batch, length, heads, v)``. Each round calls every candidate once, in turn, after one untimed
@@ -128,8 +136,12 @@ def measure_chunk_sizes(*, batch: int = 1, length: int = 2048, heads: int = 24, 
 
     def call(chunk: int) -> float:
         t0 = time.perf_counter()
-        o, _ = decayed_linear_attention(q, kk, vv, g, scale=1.0, chunk_size=chunk, backend="cpu")
-        torch.autograd.grad(o, (q, kk, vv), grad)
+        if backward:
+            o, _ = decayed_linear_attention(q, kk, vv, g, scale=1.0, chunk_size=chunk, backend="cpu")
+            torch.autograd.grad(o, (q, kk, vv), grad)
+        else:
+            with torch.inference_mode():
+                decayed_linear_attention(q, kk, vv, g, scale=1.0, chunk_size=chunk, backend="cpu")
         return time.perf_counter() - t0
 
     times: dict[int, list[float]] = {c: [] for c in candidates}
@@ -144,20 +156,21 @@ def measure_chunk_sizes(*, batch: int = 1, length: int = 2048, heads: int = 24, 
 
 
 def tune_chunk_size(*, batch: int = 1, length: int = 2048, heads: int = 24, k: int = 128, v: int = 64,
-                    dtype: torch.dtype = torch.float32, candidates: Sequence[int] = CANDIDATES, rounds: int = 5,
+                    dtype: torch.dtype = torch.float32, backward: bool = True,
+                    candidates: Sequence[int] = CANDIDATES, rounds: int = 5,
                     path: str | os.PathLike | None = None, save: bool = True,
                     on_round: Callable[[int, int], None] | None = None) -> tuple[int, dict[int, float]]:
     """Measure the candidates (:func:`measure_chunk_sizes`) and return ``(fastest, medians)``; with
     ``save`` record the fastest in the tuning file (default :func:`tuning_file`) for this machine, dtype,
-    ``K``, ``V`` and the current thread count, with the medians, the workload and the date."""
+    ``K``, ``V``, the current thread count and the mode, with the medians, the workload and the date."""
     medians = measure_chunk_sizes(batch=batch, length=length, heads=heads, k=k, v=v, dtype=dtype,
-                                  candidates=candidates, rounds=rounds, on_round=on_round)
+                                  backward=backward, candidates=candidates, rounds=rounds, on_round=on_round)
     best = min(medians, key=medians.get)
     if save:
         target = Path(path) if path is not None else tuning_file()
         data = dict(_load(target))
         machine = dict(data.get(machine_key(), {}))
-        machine[workload_key(k, v, dtype, torch.get_num_threads())] = {
+        machine[workload_key(k, v, dtype, torch.get_num_threads(), backward)] = {
             "chunk_size": best,
             "median_s": {str(c): t for c, t in medians.items()},
             "workload": {"batch": batch, "length": length, "heads": heads, "rounds": rounds},
