@@ -173,7 +173,8 @@ def decayed_linear_attention(
         initial_state: ``(B, H, K, V)`` state before the first token, or None (zeros). Differentiable.
         output_final_state: also return the state after the last token (else None).
         chunk_size: tokens per chunk of the chunked backends; None picks the backend's: ``cpu`` the size
-            measured fastest on this machine for this dtype, ``K`` and ``V`` by ``python -m neurostep tune``
+            measured fastest on this machine for this dtype, ``K``, ``V``, thread count and mode (training
+            when an input requires a gradient, else inference) by ``python -m neurostep tune``
             (:mod:`~neurostep.kernels.decayed_linear_attention.tuning`), else 64; ``triton`` 64. The
             ``triton`` backend needs a power of two >= 16. The result does not depend on it beyond rounding.
         backend: ``"auto"`` (``cpu`` on CPU tensors, ``triton`` on CUDA), ``"reference"``, ``"cpu"`` or

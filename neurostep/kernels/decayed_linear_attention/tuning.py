@@ -14,8 +14,8 @@ the default is measured, not assumed:
   (``$XDG_CACHE_HOME/neurostep`` or ``~/.cache/neurostep``), keyed by the machine (CPU model and core
   count) and by the workload's dtype, ``K``, ``V``, thread count and mode: training (forward and backward)
   or inference (forward only). The two differ: on the AMD EPYC a Mamba-2-130m prefill's op (one group,
-  L=512, forward only) ran 10% faster with chunks of 64 than 32, the training workload above the other way
-  round. ``python -m neurostep tune`` runs it for both modes from the command line.
+  L=512, forward only) ran 10% faster with chunks of 64 than 32, where the training workload above found
+  the two level. ``python -m neurostep tune`` runs it for both modes from the command line.
 - :func:`tuned_chunk_size` reads that choice back; ``decayed_linear_attention(chunk_size=None)`` on the
   cpu backend uses it, and the backend's ``CHUNK_SIZE`` where nothing was measured for the machine and
   workload. An explicit ``chunk_size=`` always wins. The result depends on the chunk size only through
@@ -48,8 +48,10 @@ def tuning_file() -> Path:
     return Path(base) / "neurostep" / FILE_NAME
 
 
+@functools.lru_cache(maxsize=1)
 def machine_key() -> str:
-    """The CPU model and the logical core count: a choice measured on one machine is not applied on another."""
+    """The CPU model and the logical core count: a choice measured on one machine is not applied on another.
+    Read once per process (every op call with ``chunk_size=None`` asks)."""
     model = platform.processor() or platform.machine()
     try:
         with open("/proc/cpuinfo") as f:
