@@ -64,18 +64,6 @@ def column_major_(linear: nn.Module, name: str = "weight") -> None:
         setattr(linear, name, nn.Parameter(w.detach().t().contiguous().t(), requires_grad=w.requires_grad))
 
 
-def weight_times_channels(weight: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    """``weight (M, K) @ x (B, K, N)`` -> ``(B, M, N)`` contiguous, as one batched product over the batch rows.
-
-    The projections of the Mamba blocks work on the kernels' channels-first ``(B, channels, L)`` layout this
-    way. ``torch.matmul`` of a 2-D by a 3-D tensor folds the batch into the rows of one product through
-    transposed copies of its input and output (ten ``(B, L, Di)`` and ``(B, Di, L)`` copies per training step
-    of a two-layer model); ``bmm`` reads ``x`` through its strides, transposed or not, and writes the
-    result in place. The weight's gradient comes out per batch row and is summed over them.
-    """
-    return torch.bmm(weight.expand(x.shape[0], *weight.shape), x)
-
-
 def inner_width(d_model: int, expand: float, d_inner: int | None = None) -> int:
     """The inner width ``Di``: ``d_inner`` when given, else ``int(expand * d_model)`` as mamba-ssm and HF compute it.
 
@@ -176,13 +164,14 @@ class _SSMParams(nn.Module):
                            ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """Selection: ``delta (B, Di, L)``, ``B, C (B, N, L)`` and the delta bias from the conv output ``xc``."""
         _, x_proj, dt_proj, A_log, _ = self._direction(suffix)
-        x_dbl = weight_times_channels(x_proj.weight, xc)  # (B, R + 2N, L)
+        x_dbl = F.linear(xc.transpose(1, 2), x_proj.weight)  # (B, L, R + 2N)
         rank = dt_proj.weight.shape[1]
         n = A_log.shape[1]
-        dt, Bm, Cm = torch.split(x_dbl, [rank, n, n], dim=1)
-        # delta comes out (B, Di, L), the scan's layout; the bias is added inside the scan.
-        delta = weight_times_channels(dt_proj.weight, dt)
-        return delta, Bm, Cm, dt_proj.bias.to(compute_dtype(xc.dtype))
+        dt, Bm, Cm = torch.split(x_dbl, [rank, n, n], dim=-1)
+        # W @ dt^T yields (B, Di, L) contiguous, the scan's layout, without a transpose copy;
+        # the bias is added inside the scan.
+        delta = torch.matmul(dt_proj.weight, dt.transpose(1, 2))
+        return delta, Bm.transpose(1, 2), Cm.transpose(1, 2), dt_proj.bias.to(compute_dtype(xc.dtype))
 
     def _step_coefficients(self, xc: torch.Tensor, suffix: str
                            ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -286,7 +275,7 @@ class Mamba(_SSMParams, Recurrent):
             self._check_state(state, x.shape[0], x.device)
         xs, z = self._in_proj_channels_first(x)
         y, new_state = self._ssm_scan(xs, z, "", state)
-        return self._out_proj_channels_first(y, x.dtype), new_state
+        return self.out_proj(y.transpose(1, 2).to(x.dtype)), new_state
 
     def _in_proj_channels_first(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``in_proj`` of ``x (B, L, C)`` computed as ``W @ x^T``: ``x, z`` of ``(B, Di, L)`` each, the kernels'
@@ -296,19 +285,12 @@ class Mamba(_SSMParams, Recurrent):
         weight, bias = self.in_proj.weight, self.in_proj.bias
         d_inner = self.d_inner
         xt = x.transpose(1, 2)
-        xs = weight_times_channels(weight[:d_inner], xt)
-        z = weight_times_channels(weight[d_inner:], xt)
+        xs = torch.matmul(weight[:d_inner], xt)
+        z = torch.matmul(weight[d_inner:], xt)
         if bias is not None:
             xs = xs + bias[:d_inner, None]
             z = z + bias[d_inner:, None]
         return xs, z
-
-    def _out_proj_channels_first(self, y: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-        """``out_proj`` of the scan's ``y (B, Di, L)``: ``(B, L, d_model)`` contiguous, in ``dtype``. The product
-        runs in the channels-first layout, so the transposing copy is of the ``d_model``-wide output (and
-        its gradient), not of the ``Di``-wide input."""
-        out = weight_times_channels(self.out_proj.weight, y.to(dtype)).transpose(1, 2).contiguous()
-        return out if self.out_proj.bias is None else out + self.out_proj.bias
 
     def step(self, x_t: torch.Tensor, state: MambaState) -> tuple[torch.Tensor, MambaState]:
         """One token: ``x_t (B, d_model) -> y_t (B, d_model)``; returns a new state (no in-place update)."""

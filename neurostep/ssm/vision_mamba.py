@@ -70,7 +70,7 @@ class BidirectionalMamba(Mamba):
         y_f, st_f = self._ssm_scan(xs, z, "", None)
         y_b, st_b = self._ssm_scan(xs.flip(-1), z.flip(-1), "_b", None)
         y = (y_f + y_b.flip(-1)) / 2
-        return self._out_proj_channels_first(y, x.dtype), BidirectionalMambaState(st_f, st_b)
+        return self.out_proj(y.transpose(1, 2).to(x.dtype)), BidirectionalMambaState(st_f, st_b)
 
     def step(self, x_t: torch.Tensor, state: MambaState) -> tuple[torch.Tensor, MambaState]:
         raise NotImplementedError(
@@ -105,7 +105,7 @@ class BidirectionalMamba(Mamba):
             y = y.flip(-1)
         else:
             y, st = self._ssm_scan(xs, z, "", state)
-        return self._out_proj_channels_first(y, x.dtype), st
+        return self.out_proj(y.transpose(1, 2).to(x.dtype)), st
 
     def step_direction(self, x_t: torch.Tensor, state: MambaState, *, backward: bool = False
                        ) -> tuple[torch.Tensor, MambaState]:
