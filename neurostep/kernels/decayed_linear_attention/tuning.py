@@ -28,13 +28,14 @@ import functools
 import json
 import math
 import os
-import platform
 import statistics
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
+
+from neurostep.machine import cpu_model
 
 CANDIDATES = (32, 64, 128)
 """Chunk sizes :func:`tune_chunk_size` tries by default."""
@@ -52,16 +53,7 @@ def tuning_file() -> Path:
 def machine_key() -> str:
     """The CPU model and the logical core count: a choice measured on one machine is not applied on another.
     Read once per process (every op call with ``chunk_size=None`` asks)."""
-    model = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    model = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    return f"{model} x{os.cpu_count()}"
+    return f"{cpu_model()} x{os.cpu_count()}"
 
 
 def workload_key(k: int, v: int, dtype: torch.dtype, threads: int, backward: bool = True) -> str:
