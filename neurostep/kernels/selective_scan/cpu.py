@@ -732,19 +732,14 @@ def _np(t: torch.Tensor) -> np.ndarray:
     return t.detach().numpy()
 
 
-def _pad_channels(t: torch.Tensor, dpad: int) -> torch.Tensor:
-    """``(batch, dim, L) -> (batch, dpad, L)`` contiguous; copies only when dim is not a multiple of W."""
-    if t.shape[1] == dpad:
+def _pad_dim(t: torch.Tensor, dim: int, size: int) -> torch.Tensor:
+    """``t`` zero-padded at the end of ``dim`` to ``size`` (channels to a multiple of W), contiguous; no copy
+    when it already is both (a padding of zero width still copies, and a small op pads a dozen tensors per
+    call)."""
+    dim %= t.dim()
+    if t.shape[dim] == size:
         return t.contiguous()
-    return F.pad(t, (0, 0, 0, dpad - t.shape[1]))
-
-
-def _pad_last(t: torch.Tensor, size: int) -> torch.Tensor:
-    """``t`` with its last dim zero-padded to ``size``, contiguous; no copy when it already is both (a
-    padding of zero width still copies, and a small op calls this a dozen times)."""
-    if t.shape[-1] == size:
-        return t.contiguous()
-    return F.pad(t, (0, size - t.shape[-1])).contiguous()
+    return F.pad(t, (0, 0) * (t.dim() - 1 - dim) + (0, size - t.shape[dim])).contiguous()
 
 
 def _state_lanes(t: torch.Tensor | None, shape: tuple[int, int, int], like: torch.Tensor) -> torch.Tensor:
@@ -752,7 +747,7 @@ def _state_lanes(t: torch.Tensor | None, shape: tuple[int, int, int], like: torc
     batch, n_state, dpad = shape
     if t is None:
         return like.new_zeros(shape)
-    return _pad_last(t.transpose(1, 2), dpad)
+    return _pad_dim(t.transpose(1, 2), -1, dpad)
 
 
 def _prepare(u, delta, A, B, C, D, z, delta_bias):
@@ -760,12 +755,12 @@ def _prepare(u, delta, A, B, C, D, z, delta_bias):
     as ``(Bb, G, Lb, N)``. delta and z stay raw: the kernels apply the bias, softplus and SiLU."""
     dim = u.shape[1]
     dpad = -(-dim // W) * W
-    At = _pad_last(A.t(), dpad)
-    Dv = _pad_last(D if D is not None else u.new_zeros(dim), dpad)
-    biasv = _pad_last(delta_bias.to(u.dtype) if delta_bias is not None else u.new_zeros(dim), dpad)
-    zp = _pad_channels(z, dpad) if z is not None else u.new_empty(1, 1, 1)
+    At = _pad_dim(A.t(), -1, dpad)
+    Dv = _pad_dim(D if D is not None else u.new_zeros(dim), -1, dpad)
+    biasv = _pad_dim(delta_bias.to(u.dtype) if delta_bias is not None else u.new_zeros(dim), -1, dpad)
+    zp = _pad_dim(z, 1, dpad) if z is not None else u.new_empty(1, 1, 1)
     Bk, Ck = B.transpose(-1, -2).contiguous(), C.transpose(-1, -2).contiguous()
-    return dpad, _pad_channels(u, dpad), _pad_channels(delta, dpad), biasv, At, Bk, Ck, Dv, zp
+    return dpad, _pad_dim(u, 1, dpad), _pad_dim(delta, 1, dpad), biasv, At, Bk, Ck, Dv, zp
 
 
 def _mixed(dim: int, B: torch.Tensor, C: torch.Tensor) -> np.ndarray | None:
@@ -807,7 +802,7 @@ def backward(grad_out, grad_last, u, delta, A, B, C, D, z, delta_bias, h0, saved
     batch, dim, length = u.shape
     n_state = A.shape[1]
     dpad, up, dp, biasv, At, Bk, Ck, Dv, zp = _prepare(u, delta, A, B, C, D, z, delta_bias)
-    gp = _pad_channels(grad_out, dpad)
+    gp = _pad_dim(grad_out, 1, dpad)
     glast = _state_lanes(grad_last, (batch, n_state, dpad), u)
     # one B and C gradient buffer per range of blocks (a range runs on one thread): no write races
     n_items = dpad // W
