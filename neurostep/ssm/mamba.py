@@ -168,9 +168,8 @@ class _SSMParams(nn.Module):
         rank = dt_proj.weight.shape[1]
         n = A_log.shape[1]
         dt, Bm, Cm = torch.split(x_dbl, [rank, n, n], dim=-1)
-        # W @ dt^T gives (B, Di, L) contiguous, the scan's layout (torch.matmul computes it with the tokens
-        # as the product's rows and transposes the result: a copy, but each token's value then does not
-        # depend on the sequence length; see _in_proj_channels_first); the bias is added inside the scan.
+        # W @ dt^T gives (B, Di, L) contiguous, the scan's layout, through a transposing copy (see
+        # _in_proj_channels_first for why); the bias is added inside the scan.
         delta = torch.matmul(dt_proj.weight, dt.transpose(1, 2))
         return delta, Bm.transpose(1, 2), Cm.transpose(1, 2), dt_proj.bias.to(compute_dtype(xc.dtype))
 

@@ -34,8 +34,9 @@ def causal_convolution(u: torch.Tensor, kernel: torch.Tensor) -> torch.Tensor:
     """
     length = u.shape[-1]
     if length <= DIRECT_MAX_LENGTH:
-        # row t of T is the window of [k_{L-1}, ..., k_0, 0, ..., 0] that starts at L-1-t
-        toeplitz = F.pad(kernel.flip(-1), (0, length - 1)).unfold(-1, length, 1).flip(-2)   # (Di, L, L)
+        # with L-1 zeros in front of the kernel, window t of the padded kernel holds k[t - s] at L-1-s:
+        # reversed, it is row t of T
+        toeplitz = F.pad(kernel, (length - 1, 0)).unfold(-1, length, 1).flip(-1)   # (Di, L, L)
         return torch.matmul(u.transpose(0, 1), toeplitz.transpose(-1, -2)).transpose(0, 1)
     size = 2 * length
     return torch.fft.irfft(torch.fft.rfft(u, n=size) * torch.fft.rfft(kernel, n=size), n=size)[..., :length]
