@@ -250,8 +250,9 @@ def run_experiment(cfg: ExperimentConfig, *, progress: bool | None = None, repor
             else:
                 todo.append((i, run))
         workers = 1 if ctx.enabled or cfg.kind == "concept_shift" else min(cfg.workers, max(1, len(todo)))
+        warm_ups: list[dict[str, Any]] = []
         if workers > 1:
-            _run_parallel(cfg, todo, len(runs), store, workers, shared, want_progress, log)
+            warm_ups = _run_parallel(cfg, todo, len(runs), store, workers, shared, want_progress, log)
         else:
             retain_freed_memory()
             for i, run in todo:
@@ -264,7 +265,8 @@ def run_experiment(cfg: ExperimentConfig, *, progress: bool | None = None, repor
             # The wall time of the training session, beside the plan (compare it with a time budget).
             _write_plan(cfg, runs, skipped, {"started_at": started, "finished_at": time.strftime("%Y-%m-%d %H:%M:%S"),
                                              "wall_s": round(time.perf_counter() - wall0, 1),
-                                             "trained_runs": len(todo), "workers": workers})
+                                             "trained_runs": len(todo), "workers": workers,
+                                             "warm_ups": warm_ups})
         if report and ctx.is_main:
             from neurostep.experiment.report import write_report
 
@@ -301,10 +303,13 @@ def _warm_up_plan(cfg: ExperimentConfig, queue: list[tuple[int, PlannedRun]]) ->
 
 
 def _run_parallel(cfg: ExperimentConfig, todo: list[tuple[int, PlannedRun]], total: int, store: ResultStore,
-                  workers: int, shared: Any, progress: bool, log: Callable[[str], None]) -> None:
+                  workers: int, shared: Any, progress: bool, log: Callable[[str], None]) -> list[dict[str, Any]]:
     """``workers`` spawned processes: first the warm-ups (:mod:`neurostep.experiment.warmup`), then the runs
     in :func:`parallel_order`; a job waits while a fused op it calls is warming up on another worker. The
-    parent appends each record as it arrives."""
+    parent appends each record as it arrives. Returns the warm-ups as they finished: the ops, the block and
+    task whose model called them, and the seconds (the kernels' compile time on a cold cache), which no
+    run's record holds."""
+    done_warm_ups: list[dict[str, Any]] = []
     threads = cfg.train["threads"] or 1
     queue = parallel_order(cfg, todo)
     warm_ups, calls = _warm_up_plan(cfg, queue)
@@ -333,8 +338,11 @@ def _run_parallel(cfg: ExperimentConfig, todo: list[tuple[int, PlannedRun]], tot
                     job = pending.pop(fut)
                     if isinstance(job, WarmUp):
                         warming -= job.ops
+                        seconds = fut.result()
+                        done_warm_ups.append({"ops": sorted(job.ops), "block": job.block, "task": job.task,
+                                              "seconds": round(seconds, 2)})
                         log(f"kernels {', '.join(sorted(job.ops))} ready ({job.block} / {job.task}, "
-                            f"{fut.result():.1f} s)")
+                            f"{seconds:.1f} s)")
                         continue
                     i, run = job
                     record = fut.result()
@@ -349,6 +357,7 @@ def _run_parallel(cfg: ExperimentConfig, todo: list[tuple[int, PlannedRun]], tot
         finally:
             if bar is not None:
                 bar.close()
+    return done_warm_ups
 
 
 def _summary(record: dict[str, Any]) -> str:

@@ -96,7 +96,10 @@ def test_mixer_report_tables_plots_and_known_results(tmp_path):
     (tmp_path / "plan.json").write_text(json.dumps({
         "experiment": "x", "source": "experiments/x.toml", "config_hashes": ["h"],
         "tasks": {"digits": {"task": "digits", "blocks": []}},
-        "skipped": [{"block": "ninformer", "task": "mqar", "reason": "has no causal form"}]}))
+        "skipped": [{"block": "ninformer", "task": "mqar", "reason": "has no causal form"}],
+        "session": {"started_at": "2026-01-01 10:00:00", "finished_at": "2026-01-01 10:05:00", "wall_s": 300.0,
+                    "trained_runs": 10, "workers": 2,
+                    "warm_ups": [{"ops": ["lif"], "block": "spikformer_ssa", "task": "digits", "seconds": 8.31}]}}))
     text = write_report(tmp_path).read_text()
     assert "Experiment file `experiments/x.toml`" in text
     assert "| 1 | softmax_attention | 0.9600 ± 0.0248 | 3 |" in text
@@ -107,6 +110,9 @@ def test_mixer_report_tables_plots_and_known_results(tmp_path):
     assert "| softmax_attention | accuracy >= 0.9 | 0.960 ± 0.025 | 3 | reproduced |" in text
     assert "0.050 → 0.120" in text                       # spike rate at init and after training
     assert "## Kernel compile time" in text
+    assert "| lif | spikformer_ssa / digits | 8.3 |" in text and "8.3 s of worker time" in text
+    assert "| softmax_attention | 1.5 |" in text                   # each block's first pass in its runs
+    assert "trained 10 runs with 2 worker(s) in 5.0 min" in text
     for png in ("digits_accuracy_vs_energy.png", "digits_accuracy_vs_latency.png", "digits_spike_rates.png",
                 "digits_learning_curves.png"):
         assert (tmp_path / png).stat().st_size > 1000

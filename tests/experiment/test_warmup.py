@@ -3,6 +3,7 @@
 import torch
 
 from neurostep.experiment import load_config, run_experiment
+from neurostep.experiment.runner import read_plan
 from neurostep.experiment.backbone import build_backbone
 from neurostep.experiment.tasks import build_task
 from neurostep.experiment.warmup import WarmUp, fused_ops, plan_warm_ups, take_ready
@@ -60,3 +61,7 @@ def test_parallel_runs_warm_up_their_kernels_first(make_toml):
     warm = [i for i, line in enumerate(lines) if line.startswith("kernels wkv ready (rwkv_timemix / digits")]
     runs = [i for i, line in enumerate(lines) if "rwkv_timemix / digits / seed" in line]
     assert len(warm) == 1 and len(runs) == 2 and warm[0] < min(runs)
+    # the warm-up's time (the compile time on a cold cache) is kept with the session, for the report
+    (record,) = read_plan(cfg.run_dir)["session"]["warm_ups"]
+    assert record["ops"] == ["wkv"] and (record["block"], record["task"]) == ("rwkv_timemix", "digits")
+    assert record["seconds"] > 0
