@@ -33,6 +33,7 @@ from torch import nn
 from torch.overrides import TorchFunctionMode
 
 from neurostep.distributed import comm
+from neurostep.engine import differentiated
 from neurostep.kernels.causal_conv1d import CAUSAL_CONV1D, causal_conv1d
 from neurostep.kernels.decayed_linear_attention import DECAYED_LINEAR_ATTENTION, decayed_linear_attention
 from neurostep.kernels.lif import LIF, LIFState, lif_scan
@@ -377,7 +378,7 @@ class SequenceParallel:
 
         def run(initial):
             a0, b0, p0 = initial
-            save = torch.is_grad_enabled() and any(t.requires_grad for t in (time_decay, time_first, k, v, a0, b0, p0))
+            save = differentiated(time_decay, time_first, k, v, a0, b0, p0)
             out = WKV(time_decay, time_first, k, v, a0, b0, p0, save, backend=backend)
             return out, out[1:4]
 
@@ -394,8 +395,7 @@ class SequenceParallel:
         tag = self.next_tag()
         # Gradient links across the boundary exist when this call is differentiated; SPMD code makes the
         # same decision on every rank, which keeps sends and receives paired.
-        link = torch.is_grad_enabled() and any(
-            t is not None and t.requires_grad for t in (x, v0, a0, tau_inv, v_threshold))
+        link = differentiated(x, v0, a0, tau_inv, v_threshold)
         states = (v0,) if a0 is None else (v0, a0)
         if self.rank > 0:
             anchor = torch.zeros((), dtype=v0.dtype, requires_grad=link)

@@ -13,7 +13,7 @@ from neurostep.engine.checks import (
     has_values,
 )
 from neurostep.engine.costs import COSTS, OpCost, register_cost
-from neurostep.engine.ops import BackwardCall, FusedOp, define_op
+from neurostep.engine.ops import BackwardCall, FusedOp, define_op, differentiated
 from neurostep.engine.protocol import (
     Composite,
     Recurrent,
@@ -48,6 +48,7 @@ __all__ = [
     "compute_dtype",
     "define_op",
     "detect_anomalies",
+    "differentiated",
     "has_values",
     "iter_tensors",
     "register_cost",

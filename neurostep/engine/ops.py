@@ -63,6 +63,14 @@ def _like_or_empty(t: torch.Tensor | None, like: torch.Tensor) -> torch.Tensor:
     return like.new_empty(0) if t is None else t
 
 
+def differentiated(*args: Any) -> bool:
+    """Whether a call on ``args`` is recorded for autograd: grad mode is on and one of the tensors among
+    them requires a gradient (None and other non-tensors are skipped). Ops decide with it whether to save
+    what their backward reads; SPMD code decides with it whether gradient links cross ranks, the same way
+    on every rank."""
+    return torch.is_grad_enabled() and any(isinstance(t, torch.Tensor) and t.requires_grad for t in args)
+
+
 def _first_tensor(items: Sequence[Any]) -> torch.Tensor:
     for t in items:
         if isinstance(t, torch.Tensor):
@@ -162,8 +170,7 @@ class FusedOp:
         name = self.choose_backend(backend, _first_tensor(args).device)
         if not dispatch_is_unobserved(args):
             return self.forward_op(*args, name)
-        if torch.is_grad_enabled() and any(isinstance(t, torch.Tensor) and t.requires_grad
-                                           for t in args[:self._n_tensors]):
+        if differentiated(*args[:self._n_tensors]):
             return self._direct_function.apply(*args, name)
         return self._run_forward(*args, name)
 

@@ -9,7 +9,7 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 import neurostep.kernels  # noqa: F401  (registers the fused ops)
-from neurostep.engine import KERNELS, BackendUnavailableError, BackwardCall, define_op
+from neurostep.engine import KERNELS, BackendUnavailableError, BackwardCall, define_op, differentiated
 from neurostep.kernels.lif import LIF
 
 
@@ -227,3 +227,13 @@ def test_the_profiler_sees_the_op_by_name():
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
         TOY(x, None, 1.5, backend="reference")
     assert any(e.name == "neurostep::test_scaled_cumsum_forward" for e in prof.events())
+
+
+def test_differentiated_means_grad_mode_and_a_tensor_that_requires_grad():
+    leaf, plain = torch.ones(2, requires_grad=True), torch.ones(2)
+    assert differentiated(plain, None, 3.0, leaf)
+    assert not differentiated(plain, None, 3.0)
+    with torch.no_grad():
+        assert not differentiated(leaf)
+    with torch.inference_mode():
+        assert not differentiated(leaf)

@@ -34,6 +34,7 @@ from neurostep.engine import (
     check_tensor,
     compute_dtype,
     define_op,
+    differentiated,
     has_values,
 )
 from neurostep.kernels.decayed_linear_attention.reference import SAVED_TENSORS
@@ -225,8 +226,7 @@ def decayed_linear_attention(
     if chunk_size is None:
         # the cpu backend's chunk size as measured on this machine (tuning.py) for training or inference
         # calls, else the backend's default
-        backward = torch.is_grad_enabled() and any(
-            t is not None and t.requires_grad for t in (q, k, v, log_decay, initial_state))
+        backward = differentiated(q, k, v, log_decay, initial_state)
         tuned = tuned_chunk_size(K, V, cd, backward=backward) if name == "cpu" else None
         chunk_size = tuned if tuned is not None else KERNELS.resolve(_NAME, name, device).CHUNK_SIZE
     elif isinstance(chunk_size, bool) or not isinstance(chunk_size, int):

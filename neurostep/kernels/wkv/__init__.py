@@ -40,6 +40,7 @@ from neurostep.engine import (
     check_tensor,
     compute_dtype,
     define_op,
+    differentiated,
 )
 from neurostep.kernels.wkv import reference
 
@@ -207,7 +208,7 @@ def wkv(w: torch.Tensor, u: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
     cd = compute_dtype(k.dtype)
     state = init_state(B, C, device, cd) if initial_state is None else _check_state(initial_state, B, C, device, cd)
     name = WKV.choose_backend(backend, device)
-    save = torch.is_grad_enabled() and any(t.requires_grad for t in (w, u, k, v, *state))
+    save = differentiated(w, u, k, v, *state)
     y, aa, bb, pp, _ = WKV(w, u, k, v, state.aa, state.bb, state.pp, save, backend=name)
     return y, (WKVState(aa, bb, pp) if output_final_state else None)
 
