@@ -40,6 +40,7 @@ CostFormula = Callable[[tuple[Any, ...], dict[str, Any], Any], OpCost]
 class CostRegistry:
     def __init__(self) -> None:
         self._formulas: dict[str, CostFormula] = {}
+        self._aliases: dict[str, str] = {}
 
     def register(self, qualified_name: str) -> Callable[[CostFormula], CostFormula]:
         """Decorator: declare the cost formula of the custom op ``qualified_name``."""
@@ -52,6 +53,17 @@ class CostRegistry:
 
     def get(self, qualified_name: str) -> CostFormula | None:
         return self._formulas.get(qualified_name)
+
+    def register_alias(self, qualified_name: str, aten_name: str) -> None:
+        """Count the custom op ``qualified_name`` as the aten op ``aten_name`` (``"aten::linear"``) it
+        computes, with the same arguments first: the counter then applies that op's rule (ACs on binary
+        operands, spike statistics), exactly as for the aten op."""
+        if not aten_name.startswith("aten::"):
+            raise ValueError(f"a custom op is counted as an aten op ('aten::<name>'), got {aten_name!r}")
+        self._aliases[qualified_name] = aten_name
+
+    def alias_of(self, qualified_name: str) -> str | None:
+        return self._aliases.get(qualified_name)
 
     def names(self) -> list[str]:
         return sorted(self._formulas)

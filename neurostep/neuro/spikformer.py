@@ -25,6 +25,7 @@ from torch import nn
 
 from neurostep.engine import Composite, check_tensor, run_child
 from neurostep.layers import resolve_norm
+from neurostep.neuro.linear import SpikeLinear
 from neurostep.neuro.neurons import LIFState
 from neurostep.neuro.ssa import SpikingSelfAttention, SSAState, check_tokens_in_time, spikformer_lif
 
@@ -240,7 +241,7 @@ class SpikingMLP(Composite):
         self.fc1 = nn.Linear(dim, hidden_dim, bias=bias)
         self.norm1 = norm(hidden_dim)
         self.lif1 = spikformer_lif(1.0, backend)
-        self.fc2 = nn.Linear(hidden_dim, dim, bias=bias)
+        self.fc2 = SpikeLinear(hidden_dim, dim, bias=bias)   # its input is lif1's spikes
         self.norm2 = norm(dim)
         self.lif2 = spikformer_lif(1.0, backend)
 

@@ -26,6 +26,7 @@ from torch import nn
 
 from neurostep.engine import Composite, check_tensor, run_child
 from neurostep.layers import resolve_norm
+from neurostep.neuro.linear import SpikeLinear
 from neurostep.neuro.neurons import LIF
 from neurostep.neuro.surrogate import Sigmoid
 
@@ -139,7 +140,7 @@ class SpikingSelfAttention(Composite):
         self.qkv_norm = norm(3 * dim)
         self.qkv_lif = spikformer_lif(1.0, backend)
         self.attn_lif = spikformer_lif(0.5, backend)
-        self.proj = nn.Linear(dim, dim, bias=proj_bias)
+        self.proj = SpikeLinear(dim, dim, bias=proj_bias)   # its input is attn_lif's spikes
         self.proj_norm = norm(dim)
         self.proj_lif = spikformer_lif(1.0, backend)
 

@@ -108,7 +108,8 @@ def op_key(func: torch._ops.OpOverload) -> str:
 
 
 def rule_for(func: Any) -> Rule:
-    """Pick the rule of an op: a declared custom-op formula, else the table, else bytes only.
+    """Pick the rule of an op: a declared custom-op formula or the rule of the aten op a custom op is
+    declared to compute, else the table, else bytes only.
 
     Called once per op overload and counter (the counter caches the answer); an op with no rule
     is counted for bytes and named in ``OpCounter.unknown_ops``.
@@ -117,6 +118,9 @@ def rule_for(func: Any) -> Rule:
     formula = COSTS.get(qualified)
     if formula is not None:
         return declared(formula, qualified)
+    alias = COSTS.alias_of(qualified)           # a custom op that computes what an aten op computes
+    if alias is not None:
+        return RULES[alias.split("::", 1)[1]]
     if func.namespace not in ("aten", "prims"):
         return unknown(qualified)
     if func.is_view:

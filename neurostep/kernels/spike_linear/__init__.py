@@ -1,0 +1,93 @@
+"""Linear layer for spike inputs: ``y = x @ weight.T + bias``, computed from the nonzeros of ``x``.
+
+The function is ``torch.nn.functional.linear``; what differs is the work. A spiking layer's input
+holds few ones, and the ``cpu`` backend adds up the weight columns its nonzeros select instead of
+multiplying every zero (see ``cpu.py``): the forward and the weight gradient then cost ``nnz(x) * O``
+multiply-adds, while the input gradient stays a dense product. Denser or narrow inputs fall back to
+the dense product. The ``reference`` backend is torch's dense product, which is also what runs on a
+GPU (cuBLAS is the fast path there). Registered as ``neurostep::spike_linear_forward`` /
+``_backward``; the operation counter counts it as the linear layer it is (ACs on binary inputs).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from neurostep.engine import BackwardCall, check_tensor, define_op
+
+_NAME = "spike_linear"
+# Inputs and outputs per row, at least, for the cpu backend's event-driven kernels: for narrower layers
+# a GEMM call costs microseconds, and the kernels' passes and launches cost more than they save.
+MIN_WIDTH = 128
+
+
+def _forward(impl, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    return impl.forward(x, weight, bias)
+
+
+def _forward_fake(x, weight, bias, *, backend):
+    return x.new_empty((x.shape[0], weight.shape[0]))
+
+
+def _save(args, outputs):
+    return args["x"], args["weight"], args["bias"]
+
+
+def _backward(impl, call: BackwardCall):
+    (grad_y,) = call.grads
+    x, weight, bias = call.saved
+    if grad_y is None:
+        grad_y = x.new_zeros((x.shape[0], weight.shape[0]))
+    needs = tuple(call.needs_input_grad)
+    return impl.backward(grad_y.contiguous(), x, weight, bias is not None, needs)
+
+
+def _backward_fake(call: BackwardCall):
+    x, weight, bias = call.saved
+    return x.new_empty(x.shape), weight.new_empty(weight.shape), (None if bias is None else bias.new_empty(bias.shape))
+
+
+SPIKE_LINEAR = define_op(
+    _NAME,
+    backends={name: f"neurostep.kernels.spike_linear.{name}" for name in ("reference", "cpu")},
+    forward=_forward, forward_fake=_forward_fake, backward=_backward, backward_fake=_backward_fake,
+    save=_save, cost="aten::linear",
+)
+
+
+def spike_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, *,
+                 backend: str = "auto") -> torch.Tensor:
+    """``x @ weight.T + bias`` for mostly-zero (spike) inputs.
+
+    Args:
+        x: ``(..., K)`` input, typically spikes or spike counts (any values are allowed: the result is
+            the linear layer's for every input; zeros are what make it cheap).
+        weight: ``(O, K)``; bias: ``(O,)`` or None. Same dtype and device as ``x``.
+        backend: ``"auto"``: the ``cpu`` backend for float32/float64 CPU tensors of a layer at least
+            :data:`MIN_WIDTH` wide both ways, else ``F.linear`` itself; or ``"cpu"`` or ``"reference"``.
+    Returns:
+        ``y (..., O)``.
+    """
+    x = check_tensor("x", x, min_ndim=1)
+    weight = check_tensor("weight", weight, ndim=2, device=x.device)
+    if weight.dtype != x.dtype:
+        raise TypeError(f"weight dtype {weight.dtype} differs from x dtype {x.dtype}")
+    if weight.shape[1] != x.shape[-1]:
+        raise ValueError(f"x has {x.shape[-1]} features per row but weight expects {weight.shape[1]}")
+    if bias is not None:
+        bias = check_tensor("bias", bias, shape=(weight.shape[0],), device=x.device)
+        if bias.dtype != x.dtype:
+            raise TypeError(f"bias dtype {bias.dtype} differs from x dtype {x.dtype}")
+    name = SPIKE_LINEAR.choose_backend(backend, x.device)
+    if backend == "auto" and (name != "cpu" or x.dtype not in (torch.float32, torch.float64)
+                              or min(weight.shape) < MIN_WIDTH):
+        # no event-driven kernel for this call: the dense product, as a plain torch op
+        return F.linear(x, weight, bias)
+    rows = x.reshape(-1, x.shape[-1])
+    rows = rows if rows.is_contiguous() else rows.contiguous()
+    y = SPIKE_LINEAR(rows, weight, bias, backend=name)
+    return y.reshape(*x.shape[:-1], weight.shape[0])
+
+
+__all__ = ["MIN_WIDTH", "SPIKE_LINEAR", "spike_linear"]
