@@ -3,7 +3,7 @@
 A kernel compiles on its first call in a process whose numba cache lacks it: from about 1 s (linear
 scan) to about 9 s (the selective scan's backward, the decayed linear attention's float64 forward) on
 a 2-core machine (``benchmarks/results/compile_time.json``). Running this module once on a machine
-makes every later first call load from the cache instead (under 1 s); all 16 variants take about
+makes every later first call load from the cache instead (under 1 s); all 18 variants take about
 100 s of 2 cores, which is why ``make venv`` does not run it. It runs each op's forward and backward on tiny inputs in
 every variant the kernels compile separately: float32 and float64, and the layouts with a compilation
 of their own (the selective scan's B/C groups that do or do not align with its channel blocks; the LIF
@@ -82,6 +82,13 @@ def _decayed_linear_attention(dtype: torch.dtype) -> torch.Tensor:
     return decayed_linear_attention(q, k, v, g, backend="cpu")[0]
 
 
+def _spike_linear(dtype: torch.dtype) -> torch.Tensor:
+    from neurostep.kernels.spike_linear import MIN_WIDTH, spike_linear
+
+    spikes = (torch.rand(16, MIN_WIDTH) < 0.05).to(dtype).requires_grad_(True)   # sparse: the event-driven kernels
+    return spike_linear(spikes, _leaf(MIN_WIDTH, MIN_WIDTH, dtype=dtype), _leaf(MIN_WIDTH, dtype=dtype), backend="cpu")
+
+
 def variants() -> dict[str, Callable[[], torch.Tensor]]:
     """Each variant's name and a function whose output's sum, differentiated, runs its kernels; the
     longest compiles first, so that two processes finish together."""
@@ -98,6 +105,7 @@ def variants() -> dict[str, Callable[[], torch.Tensor]]:
         table[f"wkv {tag}"] = lambda d=dtype: _wkv(d)
         table[f"causal_conv1d {tag}"] = lambda d=dtype: _causal_conv1d(d)
         table[f"linear_scan {tag}"] = lambda d=dtype: _linear_scan(d)
+        table[f"spike_linear {tag}"] = lambda d=dtype: _spike_linear(d)
     return table
 
 

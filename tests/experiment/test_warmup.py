@@ -3,8 +3,8 @@
 import torch
 
 from neurostep.experiment import load_config, run_experiment
-from neurostep.experiment.runner import read_plan
 from neurostep.experiment.backbone import build_backbone
+from neurostep.experiment.runner import read_plan
 from neurostep.experiment.tasks import build_task
 from neurostep.experiment.warmup import WarmUp, fused_ops, plan_warm_ups, take_ready
 
