@@ -12,7 +12,7 @@ from neurostep.engine.checks import (
     compute_dtype,
     has_values,
 )
-from neurostep.engine.costs import COSTS, OpCost, register_cost
+from neurostep.engine.costs import COSTS, CountAs, OpCost, register_cost
 from neurostep.engine.ops import BackwardCall, FusedOp, define_op, differentiated
 from neurostep.engine.protocol import (
     Composite,
@@ -31,6 +31,7 @@ __all__ = [
     "BackwardCall",
     "COSTS",
     "Composite",
+    "CountAs",
     "FLOAT_DTYPES",
     "FusedOp",
     "KERNELS",

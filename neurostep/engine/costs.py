@@ -37,10 +37,30 @@ class OpCost:
 CostFormula = Callable[[tuple[Any, ...], dict[str, Any], Any], OpCost]
 
 
+@dataclass(frozen=True)
+class CountAs:
+    """Count a custom op as the aten op it computes: the counter applies that op's rule (ACs on binary
+    operands, spike statistics) to the arguments ``adapt`` makes from the custom op's (by default its
+    own arguments, which must then start as the aten op's do).
+
+    Example: ``CountAs("aten::linear")``; ``CountAs("aten::convolution", lambda a: (a[0], a[1], a[2], ...))``.
+    """
+
+    aten_name: str
+    adapt: Callable[[tuple[Any, ...]], tuple[Any, ...]] | None = None
+
+    def __post_init__(self) -> None:
+        if not self.aten_name.startswith("aten::"):
+            raise ValueError(f"a custom op is counted as an aten op ('aten::<name>'), got {self.aten_name!r}")
+
+    def arguments(self, args: tuple[Any, ...]) -> tuple[Any, ...]:
+        return tuple(args) if self.adapt is None else tuple(self.adapt(args))
+
+
 class CostRegistry:
     def __init__(self) -> None:
         self._formulas: dict[str, CostFormula] = {}
-        self._aliases: dict[str, str] = {}
+        self._aliases: dict[str, CountAs] = {}
 
     def register(self, qualified_name: str) -> Callable[[CostFormula], CostFormula]:
         """Decorator: declare the cost formula of the custom op ``qualified_name``."""
@@ -54,15 +74,11 @@ class CostRegistry:
     def get(self, qualified_name: str) -> CostFormula | None:
         return self._formulas.get(qualified_name)
 
-    def register_alias(self, qualified_name: str, aten_name: str) -> None:
-        """Count the custom op ``qualified_name`` as the aten op ``aten_name`` (``"aten::linear"``) it
-        computes, with the same arguments first: the counter then applies that op's rule (ACs on binary
-        operands, spike statistics), exactly as for the aten op."""
-        if not aten_name.startswith("aten::"):
-            raise ValueError(f"a custom op is counted as an aten op ('aten::<name>'), got {aten_name!r}")
-        self._aliases[qualified_name] = aten_name
+    def register_alias(self, qualified_name: str, count_as: CountAs) -> None:
+        """Count the custom op ``qualified_name`` as the aten op it computes (see :class:`CountAs`)."""
+        self._aliases[qualified_name] = count_as
 
-    def alias_of(self, qualified_name: str) -> str | None:
+    def alias_of(self, qualified_name: str) -> CountAs | None:
         return self._aliases.get(qualified_name)
 
     def names(self) -> list[str]:

@@ -34,7 +34,7 @@ import torch
 
 from neurostep.engine.backends import KERNELS
 from neurostep.engine.checks import check_backend_name
-from neurostep.engine.costs import COSTS, CostFormula, register_cost
+from neurostep.engine.costs import COSTS, CostFormula, CountAs, register_cost
 
 NAMESPACE = "neurostep"
 
@@ -97,7 +97,7 @@ class FusedOp:
         backward_fake: Callable[[BackwardCall], Sequence[torch.Tensor | None]],
         save: SaveRule,
         internal_outputs: tuple[int, ...] = (),
-        cost: CostFormula | str | None = None,
+        cost: CostFormula | CountAs | None = None,
         backend_options: Mapping[str, Mapping[str, Any]] | None = None,
     ) -> None:
         self.name = name
@@ -147,7 +147,7 @@ class FusedOp:
         self._function = _autograd_function(self, direct=False)
         self._direct_function = _autograd_function(self, direct=True)
         library.impl(f"{name}_forward", self._function.apply, "Autograd")
-        if isinstance(cost, str):
+        if isinstance(cost, CountAs):
             COSTS.register_alias(f"{NAMESPACE}::{name}_forward", cost)
         elif cost is not None:
             register_cost(f"{NAMESPACE}::{name}_forward")(cost)
@@ -298,7 +298,7 @@ def define_op(
     backward_fake: Callable[[BackwardCall], Sequence[torch.Tensor | None]],
     save: SaveRule,
     internal_outputs: tuple[int, ...] = (),
-    cost: CostFormula | str | None = None,
+    cost: CostFormula | CountAs | None = None,
     backend_options: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> FusedOp:
     """Declare a fused op once; see the module docstring for what is built.
@@ -314,8 +314,8 @@ def define_op(
         save: ``save(args, outputs)`` -> the tensors the backward reads (see :data:`SaveRule`).
         internal_outputs: indices of outputs that only carry saved values to the backward (not
             differentiable; the backward gets no gradient for them).
-        cost: the counter's cost formula for the forward op; or the name of the aten op it computes
-            (``"aten::linear"``), whose counter rule then counts it; or None.
+        cost: the counter's cost formula for the forward op; or :class:`~neurostep.engine.costs.CountAs`,
+            the aten op it computes, whose counter rule then counts it; or None.
         backend_options: per backend, extra arguments of :meth:`KernelRegistry.register`
             (``devices=``, ``missing=``).
     """

@@ -25,9 +25,9 @@ from torch import nn
 
 from neurostep.engine import Composite, check_tensor, run_child
 from neurostep.layers import resolve_norm
-from neurostep.neuro.linear import SpikeLinear
 from neurostep.neuro.neurons import LIFState
 from neurostep.neuro.ssa import SpikingSelfAttention, SSAState, check_tokens_in_time, spikformer_lif
+from neurostep.neuro.synapses import SpikeLinear
 
 POOL_POSITIONS = ("after_lif", "before_lif")
 STEMS = ("sps", "scs")

@@ -26,9 +26,9 @@ from torch import nn
 
 from neurostep.engine import Composite, check_tensor, run_child
 from neurostep.layers import resolve_norm
-from neurostep.neuro.linear import SpikeLinear
 from neurostep.neuro.neurons import LIF
 from neurostep.neuro.surrogate import Sigmoid
+from neurostep.neuro.synapses import SpikeLinear
 
 ATTENTION_ORDERS = ("q(kv)", "(qk)v")
 

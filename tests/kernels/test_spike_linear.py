@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from neurostep.energy import count
 from neurostep.kernels.spike_linear import MIN_WIDTH, SPIKE_LINEAR, spike_linear
 from neurostep.kernels.spike_linear import cpu as cpu_backend
-from neurostep.neuro.linear import SpikeLinear
+from neurostep.neuro.synapses import SpikeLinear
 
 
 def _spikes(rows: int, width: int, density: float, dtype=torch.float32, counts: bool = False) -> torch.Tensor:

@@ -17,7 +17,7 @@ import torch
 
 from neurostep.energy.record import CostRecord
 from neurostep.energy.rules import dense, elementwise, memory, reductions
-from neurostep.engine import COSTS, OpCost
+from neurostep.engine import COSTS, CountAs, OpCost
 
 if TYPE_CHECKING:
     from neurostep.energy.dispatch import OpCounter
@@ -120,13 +120,19 @@ def rule_for(func: Any) -> Rule:
         return declared(formula, qualified)
     alias = COSTS.alias_of(qualified)           # a custom op that computes what an aten op computes
     if alias is not None:
-        return RULES[alias.split("::", 1)[1]]
+        return counted_as(alias)
     if func.namespace not in ("aten", "prims"):
         return unknown(qualified)
     if func.is_view:
         return free
     rule = RULES.get(op_key(func))
     return rule if rule is not None else unknown(qualified)
+
+
+def counted_as(alias: CountAs) -> Rule:
+    """The rule of a custom op declared to compute an aten op: that op's rule on the adapted arguments."""
+    rule = RULES[alias.aten_name.split("::", 1)[1]]
+    return lambda c, args, kwargs, out: rule(c, alias.arguments(args), {}, out)
 
 
 def declared(formula: Callable[..., OpCost], qualified: str) -> Rule:

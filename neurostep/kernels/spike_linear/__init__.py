@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from neurostep.engine import BackwardCall, check_tensor, define_op
+from neurostep.engine import BackwardCall, CountAs, check_tensor, define_op
 
 _NAME = "spike_linear"
 # Inputs and outputs per row, at least, for the cpu backend's event-driven kernels: for narrower layers
@@ -52,7 +52,7 @@ SPIKE_LINEAR = define_op(
     _NAME,
     backends={name: f"neurostep.kernels.spike_linear.{name}" for name in ("reference", "cpu")},
     forward=_forward, forward_fake=_forward_fake, backward=_backward, backward_fake=_backward_fake,
-    save=_save, cost="aten::linear",
+    save=_save, cost=CountAs("aten::linear"),
 )
 
 
