@@ -3,8 +3,8 @@
 A kernel compiles on its first call in a process whose numba cache lacks it: from about 1 s (linear
 scan) to about 9 s (the selective scan's backward, the decayed linear attention's float64 forward) on
 a 2-core machine (``benchmarks/results/compile_time.json``). Running this module once on a machine
-makes every later first call load from the cache instead (under 1 s); all 18 variants take about
-100 s of 2 cores, which is why ``make venv`` does not run it. It runs each op's forward and backward on tiny inputs in
+makes every later first call load from the cache instead (under 1 s); all 20 variants take about
+110 s of 2 cores, which is why ``make venv`` does not run it. It runs each op's forward and backward on tiny inputs in
 every variant the kernels compile separately: float32 and float64, and the layouts with a compilation
 of their own (the selective scan's B/C groups that do or do not align with its channel blocks; the LIF
 backward that recomputes the membrane and the one that reads a saved one). The cache lives next to the
@@ -89,6 +89,13 @@ def _spike_linear(dtype: torch.dtype) -> torch.Tensor:
     return spike_linear(spikes, _leaf(MIN_WIDTH, MIN_WIDTH, dtype=dtype), _leaf(MIN_WIDTH, dtype=dtype), backend="cpu")
 
 
+def _spike_conv2d(dtype: torch.dtype) -> torch.Tensor:
+    from neurostep.kernels.spike_conv2d import spike_conv2d
+
+    spikes = (torch.rand(2, 4, 6, 6) < 0.05).to(dtype).requires_grad_(True)   # sparse: the event-driven kernels
+    return spike_conv2d(spikes, _leaf(8, 4, 3, 3, dtype=dtype), _leaf(8, dtype=dtype), backend="cpu")
+
+
 def variants() -> dict[str, Callable[[], torch.Tensor]]:
     """Each variant's name and a function whose output's sum, differentiated, runs its kernels; the
     longest compiles first, so that two processes finish together."""
@@ -106,6 +113,7 @@ def variants() -> dict[str, Callable[[], torch.Tensor]]:
         table[f"causal_conv1d {tag}"] = lambda d=dtype: _causal_conv1d(d)
         table[f"linear_scan {tag}"] = lambda d=dtype: _linear_scan(d)
         table[f"spike_linear {tag}"] = lambda d=dtype: _spike_linear(d)
+        table[f"spike_conv2d {tag}"] = lambda d=dtype: _spike_conv2d(d)
     return table
 
 

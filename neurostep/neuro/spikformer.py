@@ -27,7 +27,7 @@ from neurostep.engine import Composite, check_tensor, run_child
 from neurostep.layers import resolve_norm
 from neurostep.neuro.neurons import LIFState
 from neurostep.neuro.ssa import SpikingSelfAttention, SSAState, check_tokens_in_time, spikformer_lif
-from neurostep.neuro.synapses import SpikeLinear
+from neurostep.neuro.synapses import SpikeConv2d, SpikeLinear
 
 POOL_POSITIONS = ("after_lif", "before_lif")
 STEMS = ("sps", "scs")
@@ -104,17 +104,20 @@ class ConvBNLIF(Composite):
         pool: add ``MaxPool2d(3, stride=2, padding=1)``.
         pool_position: ``"after_lif"`` pools spikes (official Spikformer code: the output stays
             binary); ``"before_lif"`` pools the BN output (spikingjelly 2.0's port).
+        spike_input: the input is spikes (another stage's output): the convolution is a
+            :class:`~neurostep.neuro.synapses.SpikeConv2d`.
     """
 
     time_dim = 0
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int = 3, stride: int = 1,
-                 pool: bool = False, pool_position: str = "after_lif", backend: str = "auto") -> None:
+                 pool: bool = False, pool_position: str = "after_lif", backend: str = "auto",
+                 spike_input: bool = False) -> None:
         super().__init__()
         if pool_position not in POOL_POSITIONS:
             raise ValueError(f"pool_position must be one of {POOL_POSITIONS}, got {pool_position!r}")
-        self.conv = nn.Conv2d(in_channels, out_channels, kernel_size, stride=stride, padding=kernel_size // 2,
-                              bias=False)
+        conv = SpikeConv2d if spike_input else nn.Conv2d   # spikes in: computed from their nonzeros
+        self.conv = conv(in_channels, out_channels, kernel_size, stride=stride, padding=kernel_size // 2, bias=False)
         self.bn = nn.BatchNorm2d(out_channels)
         self.pool = nn.MaxPool2d(kernel_size=3, stride=2, padding=1) if pool else None
         self.pool_position = pool_position
@@ -187,13 +190,15 @@ class SpikingPatchStem(Composite):
         stages, c_in = [], in_channels
         for i, c_out in enumerate(widths):
             down = i >= 4 - n_down
+            spikes_in = i > 0   # every stage but the first reads the previous stage's spikes
             if stem == "sps":
-                stages.append(ConvBNLIF(c_in, c_out, 3, 1, pool=down, pool_position=pool_position, backend=backend))
+                stages.append(ConvBNLIF(c_in, c_out, 3, 1, pool=down, pool_position=pool_position, backend=backend,
+                                        spike_input=spikes_in))
             else:
-                stages.append(ConvBNLIF(c_in, c_out, 3, 2 if down else 1, backend=backend))
+                stages.append(ConvBNLIF(c_in, c_out, 3, 2 if down else 1, backend=backend, spike_input=spikes_in))
             c_in = c_out
         self.stages = nn.ModuleList(stages)
-        self.rpe = ConvBNLIF(embed_dim, embed_dim, 3, 1, backend=backend)
+        self.rpe = ConvBNLIF(embed_dim, embed_dim, 3, 1, backend=backend, spike_input=True)
         self.in_channels, self.embed_dim, self.patch_size, self.stem = in_channels, embed_dim, patch_size, stem
 
     def grid_size(self, height: int, width: int) -> tuple[int, int]:

@@ -1,10 +1,11 @@
-"""``SpikeLinear``: a linear layer whose input is spikes, computed from the spikes' nonzeros."""
+"""Synapses whose input is spikes, computed from the spikes' nonzeros: ``SpikeLinear``, ``SpikeConv2d``."""
 
 from __future__ import annotations
 
 import torch
 from torch import nn
 
+from neurostep.kernels.spike_conv2d import spike_conv2d
 from neurostep.kernels.spike_linear import spike_linear
 
 
@@ -29,6 +30,39 @@ class SpikeLinear(nn.Linear):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return spike_linear(x, self.weight, self.bias, backend=self.backend)
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, backend={self.backend!r}"
+
+
+class SpikeConv2d(nn.Conv2d):
+    """``nn.Conv2d`` for a spiking layer's input ``(N, C_in, H, W) -> (N, C_out, H', W')``.
+
+    The same parameters, state dict and function as ``nn.Conv2d``. A "same" convolution (stride 1, odd
+    square kernel, padding ``k // 2``, one group, no dilation) runs
+    :func:`~neurostep.kernels.spike_conv2d.spike_conv2d`, whose CPU kernel adds the weights each nonzero
+    input reaches into the output (the forward and the weight gradient then cost in proportion to the
+    spikes); any other configuration, device or dtype is ``nn.Conv2d``'s own forward.
+
+    Args:
+        in_channels, out_channels, kernel_size, stride, padding, bias: as ``nn.Conv2d``.
+        backend: ``"auto"``, ``"cpu"`` or ``"reference"`` (the op's backends).
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, stride: int = 1, padding: int = 0,
+                 bias: bool = True, backend: str = "auto") -> None:
+        super().__init__(in_channels, out_channels, kernel_size, stride=stride, padding=padding, bias=bias)
+        self.backend = backend
+
+    def _same(self) -> bool:
+        k = self.kernel_size[0]
+        return (self.kernel_size == (k, k) and k % 2 == 1 and self.stride == (1, 1) and self.padding == (k // 2, k // 2)
+                and self.dilation == (1, 1) and self.groups == 1 and self.padding_mode == "zeros")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() != 4 or not self._same():
+            return super().forward(x)
+        return spike_conv2d(x, self.weight, self.bias, backend=self.backend)
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, backend={self.backend!r}"

@@ -130,7 +130,8 @@ def test_tensors_must_come_before_scalars():
                   save=lambda a, o: ())
 
 
-@pytest.mark.parametrize("op", ["lif", "linear_scan", "causal_conv1d", "selective_scan", "wkv", "spike_linear"])
+@pytest.mark.parametrize("op", ["lif", "linear_scan", "causal_conv1d", "selective_scan", "wkv", "spike_linear",
+                                "spike_conv2d"])
 def test_every_fused_op_is_defined_by_the_engine(op):
     """Each op has the forward/backward pair with the one backward schema and an autograd kernel."""
     importlib.import_module(f"neurostep.kernels.{op}")

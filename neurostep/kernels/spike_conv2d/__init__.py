@@ -1,0 +1,96 @@
+"""2-D "same" convolution for spike inputs, computed from the nonzeros of ``x``.
+
+The function is ``torch.nn.functional.conv2d(x, weight, bias, padding=k // 2)`` (stride 1, odd square
+kernel, one group), the convolution of Spikformer's stem stages after the first. A spiking stage's
+input holds few ones; the ``cpu`` backend adds, for each nonzero, the weights it reaches into the
+output instead of multiplying every zero (see ``cpu.py``): the forward and the weight gradient then
+cost in proportion to the spikes, while the input gradient stays torch's dense convolution backward.
+Denser inputs fall back to the dense convolution. The ``reference`` backend is torch's dense
+convolution, which is also what runs on a GPU. Registered as ``neurostep::spike_conv2d_forward`` /
+``_backward``; the operation counter counts it as the convolution it is (ACs on binary inputs).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from neurostep.engine import BackwardCall, CountAs, check_tensor, define_op
+
+_NAME = "spike_conv2d"
+
+
+def _forward(impl, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    return impl.forward(x, weight, bias)
+
+
+def _forward_fake(x, weight, bias, *, backend):
+    return x.new_empty((x.shape[0], weight.shape[0], x.shape[2], x.shape[3]))
+
+
+def _save(args, outputs):
+    return args["x"], args["weight"], args["bias"]
+
+
+def _backward(impl, call: BackwardCall):
+    (grad_y,) = call.grads
+    x, weight, bias = call.saved
+    if grad_y is None:
+        grad_y = x.new_zeros((x.shape[0], weight.shape[0], x.shape[2], x.shape[3]))
+    return impl.backward(grad_y.contiguous(), x, weight, bias is not None, tuple(call.needs_input_grad))
+
+
+def _backward_fake(call: BackwardCall):
+    x, weight, bias = call.saved
+    return x.new_empty(x.shape), weight.new_empty(weight.shape), (None if bias is None else bias.new_empty(bias.shape))
+
+
+def _as_convolution(args: tuple) -> tuple:
+    """``aten::convolution``'s arguments for a call ``(x, weight, bias, backend)``."""
+    x, weight, bias = args[:3]
+    pad = weight.shape[-1] // 2
+    return x, weight, bias, [1, 1], [pad, pad], [1, 1], False, [0, 0], 1
+
+
+SPIKE_CONV2D = define_op(
+    _NAME,
+    backends={name: f"neurostep.kernels.spike_conv2d.{name}" for name in ("reference", "cpu")},
+    forward=_forward, forward_fake=_forward_fake, backward=_backward, backward_fake=_backward_fake,
+    save=_save, cost=CountAs("aten::convolution", _as_convolution),
+)
+
+
+def spike_conv2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, *,
+                 backend: str = "auto") -> torch.Tensor:
+    """``conv2d(x, weight, bias, padding=k // 2)`` for mostly-zero (spike) inputs.
+
+    Args:
+        x: ``(N, C_in, H, W)`` input, typically spikes (any values are allowed: the result is the
+            convolution's for every input; zeros are what make it cheap).
+        weight: ``(C_out, C_in, k, k)`` with odd ``k``; bias: ``(C_out,)`` or None. Same dtype and device
+            as ``x``.
+        backend: ``"auto"``: the ``cpu`` backend for float32/float64 CPU tensors, else ``F.conv2d``
+            itself; or ``"cpu"`` or ``"reference"``.
+    Returns:
+        ``y (N, C_out, H, W)``.
+    """
+    x = check_tensor("x", x, ndim=4)
+    weight = check_tensor("weight", weight, ndim=4, device=x.device)
+    k = weight.shape[-1]
+    if weight.shape[-2] != k or k % 2 == 0:
+        raise ValueError(f"weight must have an odd square kernel, got {tuple(weight.shape[-2:])}")
+    if weight.shape[1] != x.shape[1]:
+        raise ValueError(f"x has {x.shape[1]} channels but weight expects {weight.shape[1]}")
+    if weight.dtype != x.dtype:
+        raise TypeError(f"weight dtype {weight.dtype} differs from x dtype {x.dtype}")
+    if bias is not None:
+        bias = check_tensor("bias", bias, shape=(weight.shape[0],), device=x.device)
+        if bias.dtype != x.dtype:
+            raise TypeError(f"bias dtype {bias.dtype} differs from x dtype {x.dtype}")
+    name = SPIKE_CONV2D.choose_backend(backend, x.device)
+    if backend == "auto" and (name != "cpu" or x.dtype not in (torch.float32, torch.float64)):
+        return F.conv2d(x, weight, bias, padding=k // 2)   # no event-driven kernel for this call
+    return SPIKE_CONV2D(x if x.is_contiguous() else x.contiguous(), weight, bias, backend=name)
+
+
+__all__ = ["SPIKE_CONV2D", "spike_conv2d"]

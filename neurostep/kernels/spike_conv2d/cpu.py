@@ -1,0 +1,175 @@
+"""CPU backend of the spike convolution: event-driven accumulation where the input is sparse.
+
+Each nonzero input ``x[n, c, i, j] = v`` adds ``v * weight[:, c, dy, dx]`` to the output pixels
+``(i - dy + p, j - dx + p)`` it reaches, for all output channels at once: the output is built
+channels-last ``(N, H, W, C_out)`` so that those adds run over contiguous rows, with the weight as
+``(k, k, C_in, C_out)``, one image per task. The weight gradient is the same sum seen from the weight:
+``dW[:, c, dy, dx]`` adds ``v * g[n, :, i - dy + p, j - dx + p]`` over the nonzeros of input channel
+``c`` (one channel per task, a channels-last copy of the output gradient). Both cost
+``nnz(x) * k^2 * C_out`` multiply-adds instead of ``N H W C_in k^2 C_out``. The input gradient is dense
+(the spike gradient reaches every pixel) and stays torch's convolution backward.
+
+Inputs with more than :data:`MAX_DENSITY` nonzeros per element take torch's dense convolution.
+"""
+
+from __future__ import annotations
+
+import numba
+import numpy as np
+import torch
+from numba import prange
+
+from neurostep.kernels.numba_launch import serialized
+from neurostep.kernels.spike_conv2d import reference
+
+# Nonzeros per element above which the dense convolution wins (measured: see docs/spiking-transformers.md).
+MAX_DENSITY = 0.1
+
+
+@numba.njit(parallel=True, cache=True, error_model="numpy")
+def _count_pixels(x, counts):  # pragma: no cover - compiled
+    """counts[n, q]: the nonzero channels of pixel ``q`` of image ``n``; x ``(N, C, H*W)``."""
+    N, C, P = x.shape
+    for n in prange(N):
+        cn = counts[n]
+        for q in range(P):
+            cn[q] = 0
+        for c in range(C):
+            plane = x[n, c]
+            for q in range(P):
+                cn[q] += plane[q] != 0
+
+
+@numba.njit(parallel=True, cache=True, error_model="numpy")
+def _fill_pixels(x, ptr, idx, val):  # pragma: no cover - compiled
+    """Each pixel's nonzero channels and values, in channel order, at ``ptr[n * P + q]``."""
+    N, C, P = x.shape
+    for n in prange(N):
+        pos = ptr[n * P:(n + 1) * P].copy()
+        for c in range(C):
+            plane = x[n, c]
+            for q in range(P):
+                v = plane[q]
+                if v != 0:
+                    p = pos[q]
+                    idx[p] = c
+                    val[p] = v
+                    pos[q] = p + 1
+
+
+@numba.njit(inline="always")
+def _axpy(acc, row, v, width):  # pragma: no cover - compiled
+    for o in range(width):
+        acc[o] += v * row[o]
+
+
+@numba.njit(parallel=True, cache=True, error_model="numpy")
+def _forward_pixels(ptr, idx, val, wt, bias, has_bias, y, H, W, k, pad):  # pragma: no cover - compiled
+    """y ``(N*H*W, C_out)``: each output pixel gathers the nonzeros of its window; its row of ``C_out``
+    sums stays in L1 and the weight rows ``wt ((dy*k + dx)*C_in + c, C_out)`` in L2. Rows of 2-D arrays,
+    not views of 4-D ones: taking a view of a many-dimensional array in the innermost loops cost 3-4x."""
+    R, O = y.shape
+    C = wt.shape[0] // (k * k)
+    P = H * W
+    for n in prange(R // P):
+        for oi in range(H):
+            for oj in range(W):
+                acc = y[n * P + oi * W + oj]
+                for o in range(O):
+                    acc[o] = bias[o] if has_bias else 0
+                for dy in range(k):
+                    ii = oi + dy - pad
+                    if ii >= 0 and ii < H:
+                        for dx in range(k):
+                            jj = oj + dx - pad
+                            if jj >= 0 and jj < W:
+                                q = n * P + ii * W + jj
+                                t = (dy * k + dx) * C
+                                for p in range(ptr[q], ptr[q + 1]):
+                                    _axpy(acc, wt[t + idx[p]], val[p], O)
+
+
+@numba.njit(parallel=True, cache=True, error_model="numpy")
+def _weight_grad_pixels(ptr, idx, val, g, parts, H, W, k, pad):  # pragma: no cover - compiled
+    """parts ``(S, C_in*k*k, C_out)``, zeros in: slot ``s`` adds the images ``s, s + S, ...``; each
+    nonzero adds the gradient rows ``g (N*H*W, C_out)`` under the taps it reaches to its rows
+    ``(c*k + dy)*k + dx``."""
+    S = parts.shape[0]
+    R, O = g.shape
+    P = H * W
+    for s in prange(S):
+        part = parts[s]
+        for n in range(s, R // P, S):
+            for i in range(H):
+                for j in range(W):
+                    q = n * P + i * W + j
+                    for p in range(ptr[q], ptr[q + 1]):
+                        base = idx[p] * k * k
+                        v = val[p]
+                        for dy in range(k):
+                            oi = i - dy + pad
+                            if oi >= 0 and oi < H:
+                                for dx in range(k):
+                                    oj = j - dx + pad
+                                    if oj >= 0 and oj < W:
+                                        _axpy(part[base + dy * k + dx], g[n * P + oi * W + oj], v, O)
+
+
+def _pixel_lists(x: torch.Tensor) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+    """Each pixel's nonzero channels ``(ptr (N*H*W + 1), idx, val)``, or None above :data:`MAX_DENSITY`."""
+    N, C, H, W = x.shape
+    flat = x.reshape(N, C, H * W).numpy()
+    counts = np.empty((N, H * W), dtype=np.int64)
+    _count_pixels(flat, counts)
+    ptr = np.zeros(N * H * W + 1, dtype=np.int64)
+    np.cumsum(counts.reshape(-1), out=ptr[1:])
+    nnz = int(ptr[-1])
+    if x.numel() == 0 or nnz > MAX_DENSITY * x.numel():
+        return None
+    idx = np.empty(nnz, dtype=np.int32)
+    val = np.empty(nnz, dtype=flat.dtype)
+    _fill_pixels(flat, ptr, idx, val)
+    return ptr, idx, val
+
+
+def _check(x: torch.Tensor) -> None:
+    if x.dtype not in (torch.float32, torch.float64) or x.device.type != "cpu" or not x.is_contiguous():
+        raise TypeError(f"cpu backend expects contiguous float32/float64 CPU tensors, got {x.dtype} on {x.device}")
+
+
+@serialized
+def forward(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """See ``reference.forward``."""
+    _check(x)
+    lists = _pixel_lists(x)
+    if lists is None:
+        return reference.forward(x, weight, bias)
+    N, _, H, W = x.shape
+    O = weight.shape[0]
+    k = weight.shape[-1]
+    wt = weight.detach().permute(2, 3, 1, 0).reshape(k * k * weight.shape[1], O).contiguous()
+    y = x.new_empty((N * H * W, O))
+    has_bias = bias is not None
+    b = bias.detach() if has_bias else x.new_zeros(1)
+    _forward_pixels(*lists, wt.numpy(), b.numpy(), has_bias, y.numpy(), H, W, k, k // 2)
+    return y.reshape(N, H, W, O).permute(0, 3, 1, 2).contiguous()
+
+
+@serialized
+def backward(grad_y: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, has_bias: bool,
+             needs: tuple[bool, bool, bool]) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
+    """See ``reference.backward``."""
+    _check(x)
+    lists = _pixel_lists(x) if needs[1] else None
+    if lists is None:
+        return reference.backward(grad_y, x, weight, has_bias, needs)
+    dx = reference.backward(grad_y, x, weight, False, (True, False, False))[0] if needs[0] else None
+    db = grad_y.sum((0, 2, 3)) if (has_bias and needs[2]) else None
+    N, C, H, W = x.shape
+    O, k = weight.shape[0], weight.shape[-1]
+    g = grad_y.permute(0, 2, 3, 1).reshape(N * H * W, O).contiguous()      # channels-last rows
+    slots = max(1, min(numba.get_num_threads(), N))
+    parts = np.zeros((slots, C * k * k, O), dtype=g.numpy().dtype)
+    _weight_grad_pixels(*lists, g.numpy(), parts, H, W, k, k // 2)
+    dwt = torch.from_numpy(parts.sum(0) if slots > 1 else parts[0])         # (C_in*k*k, C_out)
+    return dx, dwt.reshape(C, k, k, O).permute(3, 0, 1, 2).contiguous(), db
