@@ -7,7 +7,10 @@ same run, interleaved round by round (so a change in machine load hits all three
 - **peer**: the peer library's own implementation holding the same weights;
 - **floor**: neurostep's model with its neurons and scans replaced by identity, so that what is
   left is its GEMMs, convolutions, norms and pooling: the time a perfect neuron or scan kernel
-  would leave. neurostep / floor says how much the neurons and scans still cost.
+  would leave. neurostep / floor says how much the neurons and scans still cost. With identity
+  neurons nothing is sparse, so Spikformer's spike-input layers (``SpikeLinear``, ``SpikeConv2d``)
+  take their dense product in the floor: there the floor is the dense layers' time, and neurostep's
+  step, whose layers sum only the spikes, can run below it (a ratio under 1).
 
 Rows (sizes chosen so one step takes about a second on a 2-core machine):
 
