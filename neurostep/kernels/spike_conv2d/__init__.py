@@ -15,34 +15,14 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from neurostep.engine import BackwardCall, CountAs, check_tensor, define_op
+from neurostep.engine import CountAs, check_tensor, define_op
+from neurostep.kernels import synapse_op
 
 _NAME = "spike_conv2d"
 
 
-def _forward(impl, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-    return impl.forward(x, weight, bias)
-
-
 def _forward_fake(x, weight, bias, *, backend):
     return x.new_empty((x.shape[0], weight.shape[0], x.shape[2], x.shape[3]))
-
-
-def _save(args, outputs):
-    return args["x"], args["weight"], args["bias"]
-
-
-def _backward(impl, call: BackwardCall):
-    (grad_y,) = call.grads
-    x, weight, bias = call.saved
-    if grad_y is None:
-        grad_y = x.new_zeros((x.shape[0], weight.shape[0], x.shape[2], x.shape[3]))
-    return impl.backward(grad_y.contiguous(), x, weight, bias is not None, tuple(call.needs_input_grad))
-
-
-def _backward_fake(call: BackwardCall):
-    x, weight, bias = call.saved
-    return x.new_empty(x.shape), weight.new_empty(weight.shape), (None if bias is None else bias.new_empty(bias.shape))
 
 
 def _as_convolution(args: tuple) -> tuple:
@@ -55,8 +35,9 @@ def _as_convolution(args: tuple) -> tuple:
 SPIKE_CONV2D = define_op(
     _NAME,
     backends={name: f"neurostep.kernels.spike_conv2d.{name}" for name in ("reference", "cpu")},
-    forward=_forward, forward_fake=_forward_fake, backward=_backward, backward_fake=_backward_fake,
-    save=_save, cost=CountAs("aten::convolution", _as_convolution),
+    forward=synapse_op.forward, forward_fake=_forward_fake,
+    backward=synapse_op.backward_adapter(_forward_fake), backward_fake=synapse_op.backward_fake,
+    save=synapse_op.save_inputs, cost=CountAs("aten::convolution", _as_convolution),
 )
 
 
@@ -81,15 +62,10 @@ def spike_conv2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | Non
         raise ValueError(f"weight must have an odd square kernel, got {tuple(weight.shape[-2:])}")
     if weight.shape[1] != x.shape[1]:
         raise ValueError(f"x has {x.shape[1]} channels but weight expects {weight.shape[1]}")
-    if weight.dtype != x.dtype:
-        raise TypeError(f"weight dtype {weight.dtype} differs from x dtype {x.dtype}")
-    if bias is not None:
-        bias = check_tensor("bias", bias, shape=(weight.shape[0],), device=x.device)
-        if bias.dtype != x.dtype:
-            raise TypeError(f"bias dtype {bias.dtype} differs from x dtype {x.dtype}")
-    name = SPIKE_CONV2D.choose_backend(backend, x.device)
-    if backend == "auto" and (name != "cpu" or x.dtype not in (torch.float32, torch.float64)):
-        return F.conv2d(x, weight, bias, padding=k // 2)   # no event-driven kernel for this call
+    bias = synapse_op.check_bias_and_dtypes(x, weight, bias)
+    name = synapse_op.event_driven_backend(SPIKE_CONV2D, backend, x)
+    if name is None:
+        return F.conv2d(x, weight, bias, padding=k // 2)
     return SPIKE_CONV2D(x if x.is_contiguous() else x.contiguous(), weight, bias, backend=name)
 
 

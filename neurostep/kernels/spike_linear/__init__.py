@@ -14,7 +14,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from neurostep.engine import BackwardCall, CountAs, check_tensor, define_op
+from neurostep.engine import CountAs, check_tensor, define_op
+from neurostep.kernels import synapse_op
 
 _NAME = "spike_linear"
 # Inputs and outputs per row, at least, for the cpu backend's event-driven kernels: for narrower layers
@@ -22,37 +23,16 @@ _NAME = "spike_linear"
 MIN_WIDTH = 128
 
 
-def _forward(impl, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-    return impl.forward(x, weight, bias)
-
-
 def _forward_fake(x, weight, bias, *, backend):
     return x.new_empty((x.shape[0], weight.shape[0]))
-
-
-def _save(args, outputs):
-    return args["x"], args["weight"], args["bias"]
-
-
-def _backward(impl, call: BackwardCall):
-    (grad_y,) = call.grads
-    x, weight, bias = call.saved
-    if grad_y is None:
-        grad_y = x.new_zeros((x.shape[0], weight.shape[0]))
-    needs = tuple(call.needs_input_grad)
-    return impl.backward(grad_y.contiguous(), x, weight, bias is not None, needs)
-
-
-def _backward_fake(call: BackwardCall):
-    x, weight, bias = call.saved
-    return x.new_empty(x.shape), weight.new_empty(weight.shape), (None if bias is None else bias.new_empty(bias.shape))
 
 
 SPIKE_LINEAR = define_op(
     _NAME,
     backends={name: f"neurostep.kernels.spike_linear.{name}" for name in ("reference", "cpu")},
-    forward=_forward, forward_fake=_forward_fake, backward=_backward, backward_fake=_backward_fake,
-    save=_save, cost=CountAs("aten::linear"),
+    forward=synapse_op.forward, forward_fake=_forward_fake,
+    backward=synapse_op.backward_adapter(_forward_fake), backward_fake=synapse_op.backward_fake,
+    save=synapse_op.save_inputs, cost=CountAs("aten::linear"),
 )
 
 
@@ -71,18 +51,11 @@ def spike_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | Non
     """
     x = check_tensor("x", x, min_ndim=1)
     weight = check_tensor("weight", weight, ndim=2, device=x.device)
-    if weight.dtype != x.dtype:
-        raise TypeError(f"weight dtype {weight.dtype} differs from x dtype {x.dtype}")
     if weight.shape[1] != x.shape[-1]:
         raise ValueError(f"x has {x.shape[-1]} features per row but weight expects {weight.shape[1]}")
-    if bias is not None:
-        bias = check_tensor("bias", bias, shape=(weight.shape[0],), device=x.device)
-        if bias.dtype != x.dtype:
-            raise TypeError(f"bias dtype {bias.dtype} differs from x dtype {x.dtype}")
-    name = SPIKE_LINEAR.choose_backend(backend, x.device)
-    if backend == "auto" and (name != "cpu" or x.dtype not in (torch.float32, torch.float64)
-                              or min(weight.shape) < MIN_WIDTH):
-        # no event-driven kernel for this call: the dense product, as a plain torch op
+    bias = synapse_op.check_bias_and_dtypes(x, weight, bias)
+    name = synapse_op.event_driven_backend(SPIKE_LINEAR, backend, x, min(weight.shape) >= MIN_WIDTH)
+    if name is None:
         return F.linear(x, weight, bias)
     rows = x.reshape(-1, x.shape[-1])
     rows = rows if rows.is_contiguous() else rows.contiguous()

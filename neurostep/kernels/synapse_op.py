@@ -1,0 +1,64 @@
+"""The op-contract adapters shared by the spike synapse ops (``spike_linear``, ``spike_conv2d``).
+
+Both are ops ``(x, weight, bias) -> y`` whose backends export ``forward(x, weight, bias)`` and
+``backward(grad_y, x, weight, has_bias, needs)``; they differ only in the output's shape, which the
+forward's fake implementation gives (``output_like``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+
+from neurostep.engine import BackwardCall, FusedOp, check_tensor
+
+
+def forward(impl, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """The forward adapter (its type hints give the op's schema)."""
+    return impl.forward(x, weight, bias)
+
+
+def save_inputs(args, outputs):
+    """The backward reads the three inputs."""
+    return args["x"], args["weight"], args["bias"]
+
+
+def backward_adapter(output_like: Callable[..., torch.Tensor]) -> Callable[..., Sequence[torch.Tensor | None]]:
+    """The backward adapter of an op whose fake forward is ``output_like(x, weight, bias, backend=...)``: a
+    missing output gradient becomes zeros of the output's shape."""
+
+    def backward(impl, call: BackwardCall):
+        (grad_y,) = call.grads
+        x, weight, bias = call.saved
+        if grad_y is None:
+            grad_y = torch.zeros_like(output_like(x, weight, bias, backend=""))
+        return impl.backward(grad_y.contiguous(), x, weight, bias is not None, tuple(call.needs_input_grad))
+
+    return backward
+
+
+def backward_fake(call: BackwardCall):
+    x, weight, bias = call.saved
+    return x.new_empty(x.shape), weight.new_empty(weight.shape), (None if bias is None else bias.new_empty(bias.shape))
+
+
+def check_bias_and_dtypes(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor | None:
+    """Refuse a weight or bias of another dtype than ``x`` and a bias that is not ``(C_out,)``; returns the bias."""
+    if weight.dtype != x.dtype:
+        raise TypeError(f"weight dtype {weight.dtype} differs from x dtype {x.dtype}")
+    if bias is not None:
+        bias = check_tensor("bias", bias, shape=(weight.shape[0],), device=x.device)
+        if bias.dtype != x.dtype:
+            raise TypeError(f"bias dtype {bias.dtype} differs from x dtype {x.dtype}")
+    return bias
+
+
+def event_driven_backend(op: FusedOp, backend: str, x: torch.Tensor, wide_enough: bool = True) -> str | None:
+    """The backend to run ``op`` on, or None where ``backend="auto"`` has no event-driven kernel for the
+    call (another device, a dtype other than float32/float64, a layer too narrow to gain): the caller
+    then runs torch's dense layer itself."""
+    name = op.choose_backend(backend, x.device)
+    if backend == "auto" and (name != "cpu" or x.dtype not in (torch.float32, torch.float64) or not wide_enough):
+        return None
+    return name
