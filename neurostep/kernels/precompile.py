@@ -1,7 +1,7 @@
 """Compile every CPU kernel variant into numba's disk cache ahead of the first call.
 
 A kernel compiles on its first call in a process whose numba cache lacks it: from about 1 s (linear
-scan) to about 9 s (the selective scan's backward, the decayed linear attention's float64 forward) on
+scan) to about 8-11 s (the selective scan's and the LIF's backward, with the machine's speed) on
 a 2-core machine (``benchmarks/results/compile_time.json``). Running this module once on a machine
 makes every later first call load from the cache instead (under 1 s); all 20 variants take about
 110 s of 2 cores, which is why ``make venv`` does not run it. It runs each op's forward and backward on tiny inputs in
