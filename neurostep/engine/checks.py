@@ -93,3 +93,10 @@ def check_backend_name(backend: str, choices: Sequence[str]) -> None:
 def compute_dtype(dtype: torch.dtype) -> torch.dtype:
     """State and accumulation dtype: fp16/bf16 inputs are computed in fp32."""
     return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
+
+
+def check_numba_input(x: torch.Tensor) -> None:
+    """What a numba backend takes: a contiguous float32 or float64 CPU tensor (its kernels read the
+    memory as a numpy array of that layout)."""
+    if x.dtype not in (torch.float32, torch.float64) or x.device.type != "cpu" or not x.is_contiguous():
+        raise TypeError(f"cpu backend expects contiguous float32/float64 CPU tensors, got {x.dtype} on {x.device}")

@@ -25,6 +25,7 @@ import numpy as np
 import torch
 from numba import prange
 
+from neurostep.engine import check_numba_input
 from neurostep.kernels.lif.common import LIFParams
 from neurostep.kernels.lif.surrogates import sg_block, sg_constant, sg_value
 from neurostep.kernels.numba_launch import serialized
@@ -419,15 +420,10 @@ def _surrogate_scalars(p: LIFParams, dtype: torch.dtype):
     return f(p.alpha), f(sg_constant(p.sid, p.alpha))
 
 
-def _check_dtype(x: torch.Tensor) -> None:
-    if x.dtype not in (torch.float32, torch.float64) or x.device.type != "cpu" or not x.is_contiguous():
-        raise TypeError(f"cpu backend expects contiguous float32/float64 CPU tensors, got {x.dtype} on {x.device}")
-
-
 @serialized
 def forward(x: torch.Tensor, v0: torch.Tensor, a0: torch.Tensor | None, p: LIFParams, need_vseq: bool):
     """Fused forward on contiguous ``x (T, N)``; see ``reference.forward`` for the contract."""
-    _check_dtype(x)
+    check_numba_input(x)
     T, N = x.shape
     adaptive = p.adaptive and not p.snn
     save_h = not recomputes_h("snntorch" if p.snn else "spikingjelly", adaptive)
@@ -456,7 +452,7 @@ def backward(x: torch.Tensor | None, v0: torch.Tensor, h: torch.Tensor, theta: t
     :func:`forward` did not save it (:func:`recomputes_h`); ``x`` is then required."""
     if h is None:
         return _backward_recompute(x, v0, g_spikes, g_vseq, g_vlast, p, need_k_grad)
-    _check_dtype(h)
+    check_numba_input(h)
     T, N = h.shape
     adaptive = theta is not None
     zrow = np.zeros((1, N), dtype=_NP_DTYPE[h.dtype])  # numpy, not torch: see forward()
@@ -489,7 +485,7 @@ def _backward_recompute(x: torch.Tensor, v0: torch.Tensor, g_spikes: torch.Tenso
                         g_vseq: torch.Tensor | None, g_vlast: torch.Tensor | None, p: LIFParams, need_k_grad: bool):
     if x is None:
         raise ValueError("the cpu LIF backward needs x when the forward saved no h")
-    _check_dtype(x)
+    check_numba_input(x)
     T, N = x.shape
     np_dtype = _NP_DTYPE[x.dtype]
     zrow = np.zeros((1, N), dtype=np_dtype)

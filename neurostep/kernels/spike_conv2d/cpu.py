@@ -9,7 +9,7 @@ channels-last ``(N, H, W, C_out)`` so that those adds run over contiguous rows, 
 ``nnz(x) * k^2 * C_out`` multiply-adds instead of ``N H W C_in k^2 C_out``. The input gradient is dense
 (the spike gradient reaches every pixel) and stays torch's convolution backward.
 
-Inputs with more than :data:`MAX_DENSITY` nonzeros per element take torch's dense convolution.
+Inputs with more than ``synapse_op.MAX_DENSITY`` nonzeros per element take torch's dense convolution.
 """
 
 from __future__ import annotations
@@ -19,11 +19,10 @@ import numpy as np
 import torch
 from numba import prange
 
+from neurostep.engine import check_numba_input
 from neurostep.kernels.numba_launch import serialized
 from neurostep.kernels.spike_conv2d import reference
-
-# Nonzeros per element above which the dense convolution wins (measured: see docs/spiking-transformers.md).
-MAX_DENSITY = 0.1
+from neurostep.kernels.synapse_op import MAX_DENSITY
 
 
 @numba.njit(parallel=True, cache=True, error_model="numpy")
@@ -116,7 +115,7 @@ def _weight_grad_pixels(ptr, idx, val, g, parts, H, W, k, pad):  # pragma: no co
 
 
 def _pixel_lists(x: torch.Tensor) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
-    """Each pixel's nonzero channels ``(ptr (N*H*W + 1), idx, val)``, or None above :data:`MAX_DENSITY`."""
+    """Each pixel's nonzero channels ``(ptr (N*H*W + 1), idx, val)``, or None above ``MAX_DENSITY``."""
     N, C, H, W = x.shape
     flat = x.reshape(N, C, H * W).numpy()
     counts = np.empty((N, H * W), dtype=np.int64)
@@ -132,15 +131,10 @@ def _pixel_lists(x: torch.Tensor) -> tuple[np.ndarray, np.ndarray, np.ndarray] |
     return ptr, idx, val
 
 
-def _check(x: torch.Tensor) -> None:
-    if x.dtype not in (torch.float32, torch.float64) or x.device.type != "cpu" or not x.is_contiguous():
-        raise TypeError(f"cpu backend expects contiguous float32/float64 CPU tensors, got {x.dtype} on {x.device}")
-
-
 @serialized
 def forward(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
     """See ``reference.forward``."""
-    _check(x)
+    check_numba_input(x)
     lists = _pixel_lists(x)
     if lists is None:
         return reference.forward(x, weight, bias)
@@ -159,7 +153,7 @@ def forward(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) ->
 def backward(grad_y: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, has_bias: bool,
              needs: tuple[bool, bool, bool]) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
     """See ``reference.backward``."""
-    _check(x)
+    check_numba_input(x)
     lists = _pixel_lists(x) if needs[1] else None
     if lists is None:
         return reference.backward(grad_y, x, weight, has_bias, needs)

@@ -9,7 +9,7 @@ gradient ``dW = g^T x`` is the same sum seen from the columns of ``x``: the row 
 column (a counting sort) and each ``dW^T`` row sums the gradient rows its column's nonzeros select. The
 input gradient ``g W`` is dense (the spike gradient flows everywhere) and stays a torch matrix product.
 
-Above :data:`MAX_DENSITY` nonzeros per element, or for narrow layers (fewer than ``MIN_WIDTH``
+Above ``synapse_op.MAX_DENSITY`` nonzeros per element, or for narrow layers (fewer than ``MIN_WIDTH``
 inputs or outputs), the dense product is faster and is used: the result is the same function, rounded
 as torch's GEMM rounds it. The sparse sums add each row's terms in the order of their input index.
 """
@@ -21,14 +21,11 @@ import numpy as np
 import torch
 from numba import prange
 
+from neurostep.engine import check_numba_input
 from neurostep.kernels.numba_launch import serialized
 from neurostep.kernels.spike_linear import MIN_WIDTH, reference
+from neurostep.kernels.synapse_op import MAX_DENSITY
 
-# Nonzeros per element above which the dense GEMM wins. Measured on the 2-core AMD EPYC (2026-12-04,
-# 2 threads, (2048, 1536) x (1536, 384) and (2048, 384) x (384, 384)): at 1-3% the sparse forward took
-# 1.3-5.6 ms against 4.4-16 ms dense and the weight gradient 0.9-3.1 ms against 4.3-17 ms; at 30% the
-# sparse forward and gradient took 1.0-2.3x as long as dense.
-MAX_DENSITY = 0.1
 # Output columns per block of the forward: W^T's block (K x 128 floats, 768 KB at K = 1536) stays in L2.
 _COLUMN_BLOCK = 128
 
@@ -113,11 +110,6 @@ def _weight_grad_columns(cptr, ridx, cval, g, dwt):  # pragma: no cover - compil
                 d[o] += v * gr[o]
 
 
-def _check(x: torch.Tensor) -> None:
-    if x.dtype not in (torch.float32, torch.float64) or x.device.type != "cpu" or not x.is_contiguous():
-        raise TypeError(f"cpu backend expects contiguous float32/float64 CPU tensors, got {x.dtype} on {x.device}")
-
-
 def _row_lists(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
     """Each row's nonzeros ``(indptr (R + 1), idx, val)``, or None where the dense product is faster."""
     R, K = x.shape
@@ -141,7 +133,7 @@ def _sparse_worth_it(x: torch.Tensor, weight: torch.Tensor) -> bool:
 @serialized
 def forward(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
     """See ``reference.forward``."""
-    _check(x)
+    check_numba_input(x)
     lists = _row_lists(x.numpy()) if _sparse_worth_it(x, weight) else None
     if lists is None:
         return reference.forward(x, weight, bias)
@@ -157,7 +149,7 @@ def forward(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) ->
 def backward(grad_y: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, has_bias: bool,
              needs: tuple[bool, bool, bool]) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
     """See ``reference.backward``."""
-    _check(x)
+    check_numba_input(x)
     lists = _row_lists(x.numpy()) if (needs[1] and _sparse_worth_it(x, weight)) else None
     if lists is None:
         return reference.backward(grad_y, x, weight, has_bias, needs)
