@@ -17,7 +17,8 @@ from typing import Any
 
 import numpy as np
 
-from neurostep.experiment.results import ResultStore, atomic_write_text
+from neurostep.experiment.results import ResultStore
+from neurostep.files import atomic_write_text
 
 
 def mean_ci(values: list[float], confidence: float = 0.95) -> tuple[float, float]:

@@ -17,6 +17,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+from neurostep.files import atomic_write_text
+
 KEY_FIELDS = ("block", "task", "seed", "config_hash")
 
 
@@ -36,16 +38,6 @@ def _jsonable(value: Any) -> Any:
     if isinstance(value, list | tuple):
         return [_jsonable(v) for v in value]
     return value
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` so that readers see the old or the new file, never a mix."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with tmp.open("w", encoding="utf-8", newline="") as fh:
-        fh.write(text)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
 
 
 class ResultStore:

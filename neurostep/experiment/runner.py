@@ -25,10 +25,11 @@ from typing import Any
 from neurostep.experiment.backbone import build_backbone
 from neurostep.experiment.config import ExperimentConfig
 from neurostep.experiment.lock import RunLock
-from neurostep.experiment.results import ResultStore, atomic_write_text
+from neurostep.experiment.results import ResultStore
 from neurostep.experiment.tasks import build_task, task_defaults
 from neurostep.experiment.train import DistContext, init_distributed, train_run, warm_up
 from neurostep.experiment.warmup import WarmUp, fused_ops, plan_warm_ups, take_ready
+from neurostep.files import atomic_write_text
 from neurostep.memory import retain_freed_memory
 
 

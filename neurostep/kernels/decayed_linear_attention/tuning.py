@@ -35,6 +35,7 @@ from pathlib import Path
 
 import torch
 
+from neurostep.files import atomic_write_text
 from neurostep.machine import cpu_model
 
 CANDIDATES = (32, 64, 128)
@@ -173,9 +174,7 @@ def tune_chunk_size(*, batch: int = 1, length: int = 2048, heads: int = 24, k: i
         }
         data[machine_key()] = machine
         target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = target.with_name(target.name + f".{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(data, indent=1, sort_keys=True) + "\n")
-        os.replace(tmp, target)   # atomic: a reader never sees half a file
+        atomic_write_text(target, json.dumps(data, indent=1, sort_keys=True) + "\n")
     return best, medians
 
 
