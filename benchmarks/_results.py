@@ -3,7 +3,8 @@
 A result file ``benchmarks/results/<script>.json`` holds the script's fields plus:
 
 - ``date``: when the measurements finished, ISO 8601 in UTC;
-- ``machine``: CPU model, logical cores, platform, and the Python, torch and numba versions;
+- ``machine``: CPU model, logical cores, platform, the GPU's name where torch sees one, and the Python,
+  torch and numba versions;
 - ``load``: the 1-, 5- and 15-minute load averages (``os.getloadavg``) before and after;
 - ``tables``: the tables the script prints, as ``{"title", "columns", "rows"}`` with cells as text;
 - ``summary``: the script's rows for the README's summary table, each
@@ -42,6 +43,8 @@ def machine_info() -> dict[str, Any]:
     info: dict[str, Any] = {"cpu": cpu_model(), "cores": os.cpu_count(), "platform": platform.platform(),
                             "python": platform.python_version(), "torch": torch.__version__,
                             "torch_threads": torch.get_num_threads()}
+    if torch.cuda.is_available():   # asked when the result is written, never at import
+        info["gpu"] = torch.cuda.get_device_name(0)
     try:
         import numba
 

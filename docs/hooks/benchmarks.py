@@ -77,7 +77,8 @@ def machine_short(data: dict[str, Any]) -> str:
     if not isinstance(machine, dict):
         return "machine not recorded"
     cores = machine.get("cores")
-    return short_cpu(str(machine.get("cpu", ""))) + (f", {cores} cores" if cores else "")
+    gpu = f"{machine['gpu']}, " if machine.get("gpu") else ""
+    return gpu + short_cpu(str(machine.get("cpu", ""))) + (f", {cores} cores" if cores else "")
 
 
 def _loads(values: Any) -> str:
