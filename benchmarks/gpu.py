@@ -16,7 +16,8 @@ programs, a precision mode) needs this script on a GPU.
    flash-linear-attention's ``chunk_simple_gla`` (the same decayed linear attention), transformers'
    Mamba-2 torch path, torch's ``conv1d`` for the causal convolution, and the step-by-step reference;
    LIF also against a copy roofline (two copies of the ``(T, N)`` tensor, the least a fused
-   forward+backward moves).
+   forward+backward moves), and its two kernels alone at each block size and warp count (all must
+   give the same bits). The decayed linear attention runs first; ``--only`` picks workloads by name.
 
     python benchmarks/gpu.py                    # on a CUDA machine; writes benchmarks/results/gpu.json
     python benchmarks/gpu.py --quick            # small sizes
@@ -261,100 +262,24 @@ def _grad_all(out_fn, leaves, gouts):
 
 def timings(device: str, quick: bool, bench, rep_ms: int, only: str | None = None,
             batches: tuple[int, ...] = (1, 8), on_record: Callable[[dict], object] = lambda row: None) -> None:
-    """Time every workload; ``on_record`` receives each workload's row as soon as it is measured."""
+    """Time every workload (the chunked decayed linear attention first); ``on_record`` receives each
+    workload's row as soon as it is measured. ``only``: the workloads whose name starts with it."""
     torch.manual_seed(0)
     dev = dict(device=device)
 
     def record(name, workload, cases, slow=(), note=""):
-        if only and not name.startswith(only):
-            return
         measured = _time_cases(cases, bench, rep_ms, set(slow))
         on_record({"name": name, "workload": workload, "cases": measured, "note": note})
         print(f"{name} ({workload}):", {k: v.get("ms", v.get("error")) for k, v in measured.items()}, flush=True)
 
-    # LIF, T=32
-    T, Nn = (8, 1 << 16) if quick else (32, 1 << 22)
-    x = torch.randn(T, Nn, **dev) * 1.5
-    gs = torch.randn(T, Nn, **dev)
+    for name, run in WORKLOADS.items():
+        if only is None or name.startswith(only):
+            run(record, dev, quick, batches)
 
-    def lif(backend):
-        xs = x.detach().requires_grad_()
-        return _grad_all(lambda: lif_scan(xs, tau_inv=0.5, v_threshold=1.0, v_reset=0.0, surrogate="sigmoid",
-                                          alpha=4.0, backend=backend)[0], [xs], [gs])
-    cases = {"neurostep triton": lif("triton"), "reference (torch loop)": lif("reference")}
-    try:
-        from spikingjelly.activation_based import neuron, surrogate
 
-        node = neuron.LIFNode(tau=2.0, v_threshold=1.0, v_reset=0.0, surrogate_function=surrogate.Sigmoid(4.0),
-                              step_mode="m")
-
-        def sj():
-            node.reset()
-            xs = x.detach().requires_grad_()
-            return torch.autograd.grad(node(xs), [xs], [gs])
-        cases["spikingjelly 2.0 LIFNode (m)"] = sj
-    except Exception as exc:
-        print(f"spikingjelly not measured: {exc}")
-    y1, y2 = torch.empty_like(x), torch.empty_like(x)
-    cases["roofline (two copies of (T, N))"] = lambda: (y1.copy_(x), y2.copy_(gs))
-    record("LIF forward+backward", f"T={T}, N={Nn}, fp32", cases, slow={"reference (torch loop)"})
-
-    # linear scan
-    B, L, lanes = (2, 128, 256) if quick else (8, 1024, 1536 * 16)
-    a = torch.rand(B, L, lanes, **dev) * 0.5 + 0.5
-    b = torch.randn(B, L, lanes, **dev)
-    gh = torch.randn(B, L, lanes, **dev)
-
-    def ls(backend):
-        la, lb = a.detach().requires_grad_(), b.detach().requires_grad_()
-        return _grad_all(lambda: linear_scan(la, lb, backend=backend)[0], [la, lb], [gh])
-    record("linear_scan forward+backward", f"B={B}, L={L}, lanes={lanes}, fp32",
-           {"neurostep triton": ls("triton"), "reference (torch loop)": ls("reference")},
-           slow={"reference (torch loop)"})
-
-    # causal conv1d (Mamba's: width 4, SiLU)
-    B, Dm, L = (2, 64, 128) if quick else (8, 1536, 1024)
-    xc = torch.randn(B, Dm, L, **dev)
-    wc = torch.randn(Dm, 4, **dev) * 0.5
-    bc = torch.randn(Dm, **dev)
-    gc = torch.randn(B, Dm, L, **dev)
-    for dtype in (torch.float32, torch.bfloat16):
-        leaves = [t.to(dtype).requires_grad_() for t in (xc, wc, bc)]
-        gcd = gc.to(dtype)
-        conv = _grad_all(lambda lv=leaves: causal_conv1d(*lv, "silu", backend="triton")[0], leaves, [gcd])
-        torch_conv = _grad_all(lambda lv=leaves: torch.nn.functional.silu(torch.nn.functional.conv1d(
-            lv[0], lv[1][:, None], lv[2], padding=3, groups=Dm)[..., :L]), leaves, [gcd])
-        record("causal_conv1d forward+backward", f"B={B}, D={Dm}, L={L}, W=4, SiLU, {str(dtype)[6:]}",
-               {"neurostep triton": conv, "torch conv1d + silu (transformers' path)": torch_conv})
-
-    # selective scan, one Mamba-130m layer
-    B, Dm, N, L = (2, 64, 16, 128) if quick else (8, 1536, 16, 1024)
-    ss_in = [torch.randn(B, Dm, L, **dev), torch.randn(B, Dm, L, **dev) * 0.5 - 1,
-             -torch.rand(Dm, N, **dev) * 15 - 1, torch.randn(B, N, L, **dev), torch.randn(B, N, L, **dev),
-             torch.randn(Dm, **dev), torch.randn(B, Dm, L, **dev)]
-    gy = torch.randn(B, Dm, L, **dev)
-    for dtype in (torch.float32, torch.bfloat16):
-        def ss(backend, dtype=dtype):
-            leaves = [t.to(dtype if i != 2 else torch.float32).requires_grad_() for i, t in enumerate(ss_in)]
-            return _grad_all(lambda: selective_scan(*leaves, delta_softplus=True, backend=backend)[0], leaves,
-                             [gy.to(dtype)])
-        record("selective_scan forward+backward", f"B={B}, D={Dm}, N={N}, L={L}, {str(dtype)[6:]}",
-               {"neurostep triton": ss("triton"), "reference (torch loop)": ss("reference")},
-               slow={"reference (torch loop)"})
-
-    # wkv, one RWKV-4 layer
-    B, L, C = (2, 128, 64) if quick else (8, 1024, 768)
-    wk = [torch.randn(C, **dev) * 0.5, torch.randn(C, **dev) * 0.5, torch.randn(B, L, C, **dev),
-          torch.randn(B, L, C, **dev)]
-    gw = torch.randn(B, L, C, **dev)
-
-    def wk_run(backend):
-        leaves = [t.detach().requires_grad_() for t in wk]
-        return _grad_all(lambda: wkv(*leaves, backend=backend)[0], leaves, [gw])
-    record("wkv forward+backward", f"B={B}, T={L}, C={C}, fp32",
-           {"neurostep triton": wk_run("triton"), "reference (torch loop)": wk_run("reference")},
-           slow={"reference (torch loop)"})
-
+def _time_dla(record, dev: dict, quick: bool, batches: tuple[int, ...] = (1,)) -> None:
+    """Decayed linear attention at the CPU benchmark's size (one Mamba-2 layer's SSD) and at batch 8."""
+    device = dev["device"]
     # decayed linear attention at the CPU benchmark's size (one Mamba-2 layer's SSD), and at batch 8
     H, K, V, L = (4, 64, 32, 256) if quick else (24, 128, 64, 2048)
     for B in ((1,) if quick else batches):
@@ -391,6 +316,165 @@ def timings(device: str, quick: bool, bench, rep_ms: int, only: str | None = Non
                 print(f"flash-linear-attention not measured: {exc}")
             record("decayed_linear_attention forward+backward", f"B={B}, H={H}, K={K}, V={V}, L={L}, {str(dtype)[6:]}",
                    cases, slow={"reference (token loop)", "transformers mamba2_chunk_scan (torch), chunk 256"})
+
+
+def _time_lif(record, dev: dict, quick: bool, batches: tuple[int, ...] = (1,)) -> None:
+    """LIF at T=32 against spikingjelly on CUDA and two copies of the tensor."""
+    # LIF, T=32
+    T, Nn = (8, 1 << 16) if quick else (32, 1 << 22)
+    x = torch.randn(T, Nn, **dev) * 1.5
+    gs = torch.randn(T, Nn, **dev)
+
+    def lif(backend):
+        xs = x.detach().requires_grad_()
+        return _grad_all(lambda: lif_scan(xs, tau_inv=0.5, v_threshold=1.0, v_reset=0.0, surrogate="sigmoid",
+                                          alpha=4.0, backend=backend)[0], [xs], [gs])
+    cases = {"neurostep triton": lif("triton"), "reference (torch loop)": lif("reference")}
+    try:
+        from spikingjelly.activation_based import neuron, surrogate
+
+        node = neuron.LIFNode(tau=2.0, v_threshold=1.0, v_reset=0.0, surrogate_function=surrogate.Sigmoid(4.0),
+                              step_mode="m")
+
+        def sj():
+            node.reset()
+            xs = x.detach().requires_grad_()
+            return torch.autograd.grad(node(xs), [xs], [gs])
+        cases["spikingjelly 2.0 LIFNode (m)"] = sj
+    except Exception as exc:
+        print(f"spikingjelly not measured: {exc}")
+    y1, y2 = torch.empty_like(x), torch.empty_like(x)
+    cases["roofline (two copies of (T, N))"] = lambda: (y1.copy_(x), y2.copy_(gs))
+    record("LIF forward+backward", f"T={T}, N={Nn}, fp32", cases, slow={"reference (torch loop)"})
+
+
+def _time_lif_blocks(record, dev: dict, quick: bool, batches: tuple[int, ...] = (1,)) -> None:
+    """The LIF Triton kernels alone at each block size and warp count (the op's own is BLOCK 256, 4 warps)."""
+    from neurostep.kernels.lif import triton as lif_triton
+
+    T, N = (8, 1 << 12) if quick else (32, 1 << 22)
+    x = torch.randn(T, N, **dev) * 1.5
+    gs = torch.randn(T, N, **dev)
+    v0 = torch.zeros(N, **dev)
+    s, h, out = torch.empty_like(x), torch.empty_like(x), torch.empty_like(x)
+    last, dummy = torch.empty(N, **dev), torch.empty(1, **dev)
+    par = torch.tensor([0.5, 0.5, 1.0, 0.0, 0.0, 0.0, 0.0, 4.0], **dev)
+    configs = [(256, 4), (1024, 4)] if quick else [(b, w) for b in (256, 512, 1024, 2048) for w in (4, 8)]
+    cases, baseline, differ = {}, None, []
+    for block, warps in configs:
+        grid = (_cdiv(N, block),)
+        part = torch.empty(grid[0], **dev)
+
+        def fwd(block=block, warps=warps, grid=grid):
+            lif_triton._lif_fwd_kernel[grid](x, v0, v0, s, h, dummy, dummy, last, dummy, par, T, N, HARD=True,
+                                             DECAY=True, SNN=False, SNN_RESET=0, ADAPTIVE=False, WRITE_VSEQ=False,
+                                             BLOCK=block, num_warps=warps, **lif_triton._launch_opts())
+
+        def bwd(block=block, warps=warps, grid=grid, part=part):
+            lif_triton._lif_bwd_kernel[grid](dummy, v0, h, dummy, gs, dummy, dummy, dummy, out, last, dummy, part,
+                                             part, par, T, N, (T - 1) * N, HARD=True, DECAY=True, DETACH=False,
+                                             SNN=False, SNN_RESET=0, ADAPTIVE=False, HAS_GS=True, HAS_GVSEQ=False,
+                                             HAS_GVLAST=False, HAS_GALAST=False, NEED_K=False, SID=0, BLOCK=block,
+                                             num_warps=warps, **lif_triton._launch_opts())
+        fwd()
+        bwd()
+        got = (s.clone(), h.clone(), out.clone())
+        if baseline is None:
+            baseline = got
+        elif not all(torch.equal(a, b) for a, b in zip(got, baseline)):
+            differ.append(f"BLOCK {block}, {warps} warps")
+        cases[f"neurostep forward kernel, BLOCK {block}, {warps} warps"] = fwd
+        cases[f"neurostep backward kernel, BLOCK {block}, {warps} warps"] = bwd
+    cases["roofline (one copy of (T, N))"] = lambda: out.copy_(x)
+    record("LIF Triton kernels", f"T={T}, N={N}, fp32, hard reset, sigmoid surrogate", cases,
+           note="forward moves three (T, N) tensors (x in, spikes and h out), backward three (h and the "
+                "spike gradient in, the input gradient out): 1.5 copies each. "
+                + (f"Results differ from the first configuration's: {', '.join(differ)}" if differ else
+                   "Every configuration gives the same spikes, h and gradient, bit for bit."))
+
+
+def _time_linear_scan(record, dev: dict, quick: bool, batches: tuple[int, ...] = (1,)) -> None:
+    """The linear scan at batch 8, Mamba-130m-sized lanes."""
+    # linear scan
+    B, L, lanes = (2, 128, 256) if quick else (8, 1024, 1536 * 16)
+    a = torch.rand(B, L, lanes, **dev) * 0.5 + 0.5
+    b = torch.randn(B, L, lanes, **dev)
+    gh = torch.randn(B, L, lanes, **dev)
+
+    def ls(backend):
+        la, lb = a.detach().requires_grad_(), b.detach().requires_grad_()
+        return _grad_all(lambda: linear_scan(la, lb, backend=backend)[0], [la, lb], [gh])
+    record("linear_scan forward+backward", f"B={B}, L={L}, lanes={lanes}, fp32",
+           {"neurostep triton": ls("triton"), "reference (torch loop)": ls("reference")},
+           slow={"reference (torch loop)"})
+
+
+def _time_causal_conv1d(record, dev: dict, quick: bool, batches: tuple[int, ...] = (1,)) -> None:
+    """Mamba's causal convolution (width 4, SiLU) against torch's conv1d."""
+    # causal conv1d (Mamba's: width 4, SiLU)
+    B, Dm, L = (2, 64, 128) if quick else (8, 1536, 1024)
+    xc = torch.randn(B, Dm, L, **dev)
+    wc = torch.randn(Dm, 4, **dev) * 0.5
+    bc = torch.randn(Dm, **dev)
+    gc = torch.randn(B, Dm, L, **dev)
+    for dtype in (torch.float32, torch.bfloat16):
+        leaves = [t.to(dtype).requires_grad_() for t in (xc, wc, bc)]
+        gcd = gc.to(dtype)
+        conv = _grad_all(lambda lv=leaves: causal_conv1d(*lv, "silu", backend="triton")[0], leaves, [gcd])
+        torch_conv = _grad_all(lambda lv=leaves: torch.nn.functional.silu(torch.nn.functional.conv1d(
+            lv[0], lv[1][:, None], lv[2], padding=3, groups=Dm)[..., :L]), leaves, [gcd])
+        record("causal_conv1d forward+backward", f"B={B}, D={Dm}, L={L}, W=4, SiLU, {str(dtype)[6:]}",
+               {"neurostep triton": conv, "torch conv1d + silu (transformers' path)": torch_conv})
+
+
+def _time_selective_scan(record, dev: dict, quick: bool, batches: tuple[int, ...] = (1,)) -> None:
+    """One Mamba-130m layer of the selective scan."""
+    # selective scan, one Mamba-130m layer
+    B, Dm, N, L = (2, 64, 16, 128) if quick else (8, 1536, 16, 1024)
+    ss_in = [torch.randn(B, Dm, L, **dev), torch.randn(B, Dm, L, **dev) * 0.5 - 1,
+             -torch.rand(Dm, N, **dev) * 15 - 1, torch.randn(B, N, L, **dev), torch.randn(B, N, L, **dev),
+             torch.randn(Dm, **dev), torch.randn(B, Dm, L, **dev)]
+    gy = torch.randn(B, Dm, L, **dev)
+    for dtype in (torch.float32, torch.bfloat16):
+        def ss(backend, dtype=dtype):
+            leaves = [t.to(dtype if i != 2 else torch.float32).requires_grad_() for i, t in enumerate(ss_in)]
+            return _grad_all(lambda: selective_scan(*leaves, delta_softplus=True, backend=backend)[0], leaves,
+                             [gy.to(dtype)])
+        record("selective_scan forward+backward", f"B={B}, D={Dm}, N={N}, L={L}, {str(dtype)[6:]}",
+               {"neurostep triton": ss("triton"), "reference (torch loop)": ss("reference")},
+               slow={"reference (torch loop)"})
+
+
+def _time_wkv(record, dev: dict, quick: bool, batches: tuple[int, ...] = (1,)) -> None:
+    """One RWKV-4 layer's WKV."""
+    # wkv, one RWKV-4 layer
+    B, L, C = (2, 128, 64) if quick else (8, 1024, 768)
+    wk = [torch.randn(C, **dev) * 0.5, torch.randn(C, **dev) * 0.5, torch.randn(B, L, C, **dev),
+          torch.randn(B, L, C, **dev)]
+    gw = torch.randn(B, L, C, **dev)
+
+    def wk_run(backend):
+        leaves = [t.detach().requires_grad_() for t in wk]
+        return _grad_all(lambda: wkv(*leaves, backend=backend)[0], leaves, [gw])
+    record("wkv forward+backward", f"B={B}, T={L}, C={C}, fp32",
+           {"neurostep triton": wk_run("triton"), "reference (torch loop)": wk_run("reference")},
+           slow={"reference (torch loop)"})
+
+
+WORKLOADS = {
+    "decayed_linear_attention": _time_dla,
+    "LIF forward+backward": _time_lif,
+    "LIF Triton kernels": _time_lif_blocks,
+    "linear_scan": _time_linear_scan,
+    "causal_conv1d": _time_causal_conv1d,
+    "selective_scan": _time_selective_scan,
+    "wkv": _time_wkv,
+}
+"""The timed workloads in the order they run; ``--only`` picks by prefix of these names."""
+
+
+def _cdiv(a: int, b: int) -> int:
+    return -(-a // b)
 
 
 def _transformers_ssd(scan, B, L, H, N, P, dtype, device, grad):
@@ -457,7 +541,8 @@ def summary_rows(timing_rows: list[dict], gpu: str) -> list[dict]:
         best = min(ours.values())
         peers = ", ".join(f"{k} {ratio(v['ms'] / best)}" for k, v in t["cases"].items()
                           if not k.startswith(("neurostep", "roofline")) and "ms" in v)
-        rows.append(summary_row(f"{t['name']} on {gpu}", t["workload"], f"{best:.2f} ms", peers or "none"))
+        if peers:
+            rows.append(summary_row(f"{t['name']} on {gpu}", t["workload"], f"{best:.2f} ms", peers))
     return rows
 
 

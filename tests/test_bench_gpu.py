@@ -57,15 +57,23 @@ def test_tables_and_readme_rows():
 
 
 @pytest.mark.slow
-def test_script_runs_under_the_interpreter(tmp_path):
+@pytest.mark.parametrize("only,cases", [
+    ("wkv", {"neurostep triton", "reference (torch loop)"}),
+    ("LIF Triton", {"neurostep forward kernel, BLOCK 256, 4 warps", "neurostep backward kernel, BLOCK 256, 4 warps",
+                    "neurostep forward kernel, BLOCK 1024, 4 warps", "neurostep backward kernel, BLOCK 1024, 4 warps",
+                    "roofline (one copy of (T, N))"}),
+])
+def test_script_runs_under_the_interpreter(tmp_path, only, cases):
     pytest.importorskip("triton")
     out = tmp_path / "gpu.json"
     env = {**os.environ, "TRITON_INTERPRET": "1"}
     subprocess.run([sys.executable, str(ROOT / "benchmarks" / "gpu.py"), "--device", "cpu", "--quick",
-                    "--skip-checks", "--only", "wkv", "--out", str(out)], check=True, env=env, cwd=ROOT,
+                    "--skip-checks", "--only", only, "--out", str(out)], check=True, env=env, cwd=ROOT,
                    capture_output=True, timeout=600)
     record = json.loads(out.read_text())
     assert record["complete"] is True
-    assert [t["name"] for t in record["timings"]] == ["wkv forward+backward"]
-    assert set(record["timings"][0]["cases"]) == {"neurostep triton", "reference (torch loop)"}
-    assert record["summary"][0]["benchmark"] == "wkv forward+backward on cpu"
+    assert len(record["timings"]) == 1 and record["timings"][0]["name"].startswith(only)
+    assert set(record["timings"][0]["cases"]) == cases
+    assert all("ms" in v for v in record["timings"][0]["cases"].values())
+    if only == "LIF Triton":   # every block size computes the same bits
+        assert "bit for bit" in record["timings"][0]["note"]
