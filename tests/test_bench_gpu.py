@@ -77,3 +77,12 @@ def test_script_runs_under_the_interpreter(tmp_path, only, cases):
     assert all("ms" in v for v in record["timings"][0]["cases"].values())
     if only == "LIF Triton":   # every block size computes the same bits
         assert "bit for bit" in record["timings"][0]["note"]
+
+
+def test_docs_name_the_gpu_of_a_gpu_result():
+    spec = importlib.util.spec_from_file_location("docs_benchmarks_hook_gpu", ROOT / "docs" / "hooks" / "benchmarks.py")
+    hook = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(hook)
+    assert hook.machine_short({"machine": {"gpu": "NVIDIA H200", "cpu": "AMD EPYC 9B14", "cores": 16}}) == \
+        "NVIDIA H200, AMD EPYC 9B14, 16 cores"
+    assert hook.machine_short({"machine": {"cpu": "AMD EPYC 9B14", "cores": 2}}) == "AMD EPYC 9B14, 2 cores"
