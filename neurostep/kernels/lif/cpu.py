@@ -123,7 +123,8 @@ def _forward_kernel(x, v0, a0, spikes, h_out, theta_out, vseq, v_last, a_last, k
         v = v0[lo:lo + n].copy()
         th = np.empty(n, dtype=v.dtype)
         th[:] = vth
-        a = a0[lo:lo + n].copy()
+        # the adaptation state exists only for adaptive neurons (a0 and a_last are 1-element otherwise)
+        a = a0[lo:lo + n].copy() if adaptive else np.empty(0, dtype=v.dtype)
         for t in range(T):
             # row segments as slices indexed from 0: an index like lo + j could be negative to numba's
             # eyes, and the wraparound check that it then emits stops vectorization (13x slower)
@@ -169,10 +170,12 @@ def _forward_kernel(x, v0, a0, spikes, h_out, theta_out, vseq, v_last, a_last, k
                 for j in range(n):
                     vs[j] = v[j]
         vl = v_last[lo:lo + n]
-        al = a_last[lo:lo + n]
         for j in range(n):
             vl[j] = v[j]
-            al[j] = a[j]
+        if adaptive:
+            al = a_last[lo:lo + n]
+            for j in range(n):
+                al[j] = a[j]
 
 
 @numba.njit(parallel=True, cache=True, error_model="numpy")
@@ -342,8 +345,8 @@ def _reverse_row(row, gsr, cv, gvth_acc, dh, n, sid, a, c, k, omk, vth, vr, one,
 
 @numba.njit(parallel=True, cache=True, error_model="numpy")
 def _backward_recompute_kernel(x, v0, g_spikes, g_vseq, g_vlast, gx, gv0, gk_part, gvth_part, k, omk, vth, vr,
-                               vr_c, one, hard, decay, detach, has_gs, has_gvseq, need_k, sid, alpha, sg_c,
-                               block):  # pragma: no cover - compiled
+                               vr_c, one, hard, decay, detach, has_gs, has_gvseq, has_gvlast, need_k, sid, alpha,
+                               sg_c, block):  # pragma: no cover - compiled
     """Backward of the non-adaptive spikingjelly neuron without a saved ``h``.
 
     Per block of lanes, a forward sweep recomputes ``h`` with the forward kernel's exact arithmetic
@@ -363,7 +366,7 @@ def _backward_recompute_kernel(x, v0, g_spikes, g_vseq, g_vlast, gx, gv0, gk_par
         for t in range(T):
             xr = x[t, lo:lo + n]
             _plain_step(xr, v, gx[t, lo:lo + n], n, k, vth, vr, vr_c, one, hard, decay, True)
-        cv = g_vlast[lo:lo + n].copy()
+        cv = g_vlast[lo:lo + n].copy() if has_gvlast else np.zeros(n, dtype=v.dtype)
         gh = np.empty(n, dtype=cv.dtype)  # the gradient of h[t]
         dk = np.empty(n, dtype=cv.dtype)  # d h[t] / d tau_inv (need_k only)
         gk_acc = np.zeros(n, dtype=cv.dtype)
@@ -432,10 +435,12 @@ def forward(x: torch.Tensor, v0: torch.Tensor, a0: torch.Tensor | None, p: LIFPa
     theta = torch.empty_like(x) if adaptive else x.new_empty((1, 1))
     vseq = torch.empty_like(x) if need_vseq else x.new_empty((1, 1))
     v_last = x.new_empty(N)
-    a_last = x.new_empty(N)  # written (as zeros) even when not adaptive: the kernel has no branch for it
-    # scratch zeros come from numpy: a torch fill of this size is a parallel region, which waits for
-    # torch's worker thread to be scheduled (milliseconds on a loaded machine)
-    a0_arr = _np(a0) if (adaptive and a0 is not None) else np.zeros(N, dtype=_NP_DTYPE[x.dtype])
+    # Without adaptation the kernel neither reads a0 nor writes a_last: one-element stand-ins, not two
+    # lane-sized arrays whose fresh pages cost a third of the forward at T=4 (Spikformer's shapes).
+    # Scratch zeros come from numpy: a torch fill of this size is a parallel region, which waits for
+    # torch's worker thread to be scheduled (milliseconds on a loaded machine).
+    a_last = x.new_empty(N if adaptive else 1)
+    a0_arr = _np(a0) if (adaptive and a0 is not None) else np.zeros(N if adaptive else 1, dtype=_NP_DTYPE[x.dtype])
     k, omk, vth, vr, vr_c, rho, beta, one = _scalars(p, x.dtype)
     _forward_kernel(_np(x), _np(v0), a0_arr, _np(spikes), _np(h), _np(theta), _np(vseq), _np(v_last),
                     _np(a_last), k, omk, vth, vr, vr_c, rho, beta, one, p.hard, p.decay_input, p.snn, p.snn_reset,
@@ -488,7 +493,9 @@ def _backward_recompute(x: torch.Tensor, v0: torch.Tensor, g_spikes: torch.Tenso
     check_numba_input(x)
     T, N = x.shape
     np_dtype = _NP_DTYPE[x.dtype]
-    zrow = np.zeros((1, N), dtype=np_dtype)
+    # absent gradients: a row of zeros only where the kernel reads one (the spikes'); one-element
+    # stand-ins for the others, which the kernel skips (lane-sized zeros would fault in fresh pages)
+    stub = np.zeros((1, 1), dtype=np_dtype)
     block = _recompute_block(N, T, x.element_size())
     nb = -(-N // block)
     gx = torch.empty_like(x)
@@ -498,11 +505,12 @@ def _backward_recompute(x: torch.Tensor, v0: torch.Tensor, g_spikes: torch.Tenso
     k, omk, vth, vr, vr_c, _, _, one = _scalars(p, x.dtype)
     alpha, sg_c = _surrogate_scalars(p, x.dtype)
     _backward_recompute_kernel(
-        _np(x), _np(v0), _np(g_spikes) if g_spikes is not None else zrow,
-        _np(g_vseq) if g_vseq is not None else zrow,
-        _np(g_vlast) if g_vlast is not None else np.zeros(N, dtype=np_dtype),
+        _np(x), _np(v0), _np(g_spikes) if g_spikes is not None else np.zeros((1, N), dtype=np_dtype),
+        _np(g_vseq) if g_vseq is not None else stub,
+        _np(g_vlast) if g_vlast is not None else stub[0],
         _np(gx), _np(gv0), gk_part, gvth_part, k, omk, vth, vr, vr_c, one, p.hard, p.decay_input, p.detach_reset,
-        g_spikes is not None, g_vseq is not None, bool(need_k_grad), p.sid, alpha, sg_c, block,
+        g_spikes is not None, g_vseq is not None, g_vlast is not None, bool(need_k_grad), p.sid, alpha, sg_c,
+        block,
     )
     gk = torch.tensor(gk_part.sum(), dtype=x.dtype)
     gvth = torch.tensor(gvth_part.sum(), dtype=x.dtype)
