@@ -307,15 +307,26 @@ def _time_dla(record, dev: dict, quick: bool, batches: tuple[int, ...] = (1,)) -
             if dtype == torch.float32 and B == 1:
                 cases["reference (token loop)"] = _grad_all(
                     lambda lv=leaves: decayed_linear_attention(*lv, scale=1.0, backend="reference")[0], leaves, [gd])
+            note = ""
             try:
                 from fla.ops.simple_gla import chunk_simple_gla
 
                 cases["flash-linear-attention chunk_simple_gla"] = _grad_all(
                     lambda lv=leaves: chunk_simple_gla(*lv[:3], g=lv[3], scale=1.0)[0], leaves, [gd])
+                # the same function first: flash-linear-attention's output and gradients against ours
+                ours = cases["neurostep triton, chunk 64"]()
+                theirs = cases["flash-linear-attention chunk_simple_gla"]()
+                with torch.no_grad():
+                    o_ours = decayed_linear_attention(*leaves, scale=1.0, chunk_size=64, backend="triton")[0]
+                    o_theirs = chunk_simple_gla(*leaves[:3], g=leaves[3], scale=1.0)[0]
+                diffs = [rel_err(o_theirs, o_ours)] + [rel_err(a, b) for a, b in zip(theirs, ours)]
+                note = ("flash-linear-attention against neurostep (relative error of the output and of the "
+                        f"q, k, v, log-decay gradients): {', '.join(f'{d:.1e}' for d in diffs)}")
             except Exception as exc:
                 print(f"flash-linear-attention not measured: {exc}")
             record("decayed_linear_attention forward+backward", f"B={B}, H={H}, K={K}, V={V}, L={L}, {str(dtype)[6:]}",
-                   cases, slow={"reference (token loop)", "transformers mamba2_chunk_scan (torch), chunk 256"})
+                   cases, slow={"reference (token loop)", "transformers mamba2_chunk_scan (torch), chunk 256"},
+                   note=note)
 
 
 def _time_lif(record, dev: dict, quick: bool, batches: tuple[int, ...] = (1,)) -> None:
