@@ -105,8 +105,13 @@ def _compare(name: str, dtype: torch.dtype, got, want, names: list[str]) -> dict
     outs_ref = out_ref if isinstance(out_ref, (tuple, list)) else (out_ref,)
     errors = {f"out{i}": rel_err(a, b) for i, (a, b) in enumerate(zip(outs, outs_ref)) if b is not None}
     errors.update({f"d{n}": rel_err(a, b) for n, a, b in zip(names, grads, grads_ref)})
-    tol = BF16_TOL if dtype == torch.bfloat16 else FP32_TOL
+    return _check_row(name, dtype, errors)
+
+
+def _check_row(name: str, dtype: torch.dtype, errors: dict[str, float]) -> dict:
+    """A check's row: its errors, the worst, and whether that is within the dtype's tolerance."""
     worst = max(errors.values())
+    tol = BF16_TOL if dtype == torch.bfloat16 else FP32_TOL
     return {"op": name, "dtype": str(dtype).removeprefix("torch."), "errors": errors, "worst": worst,
             "ok": worst <= tol}
 
@@ -231,10 +236,7 @@ def _lif_checks(randn, device: str, quick: bool) -> list[dict]:
             s, v, gr = results["triton"]
             errors = {"spikes differing": float((s != s_ref).float().mean()), "v": rel_err(v, v_ref)}
             errors.update({f"d{n}": rel_err(a, b) for n, a, b in zip(["x", "tau_inv", "v_threshold"], gr, g_ref)})
-            tol = BF16_TOL if dtype == torch.bfloat16 else FP32_TOL
-            worst = max(errors.values())
-            rows.append({"op": label, "dtype": str(dtype).removeprefix("torch."), "errors": errors, "worst": worst,
-                         "ok": worst <= tol})
+            rows.append(_check_row(label, dtype, errors))
     return rows
 
 
@@ -250,6 +252,7 @@ def _time_cases(cases: dict[str, Callable[[], object]], bench, rep_ms: int, slow
             print(f"    {name}: {out[name]['ms']:.3f} ms", flush=True)
         except Exception as exc:  # a peer that fails on this machine is reported, not fatal
             out[name] = {"error": f"{type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}"}
+            print(f"    {name}: {out[name]['error']}", flush=True)
     return out
 
 
@@ -268,9 +271,9 @@ def timings(device: str, quick: bool, bench, rep_ms: int, only: str | None = Non
     dev = dict(device=device)
 
     def record(name, workload, cases, slow=(), note=""):
-        measured = _time_cases(cases, bench, rep_ms, set(slow))
-        on_record({"name": name, "workload": workload, "cases": measured, "note": note})
-        print(f"{name} ({workload}):", {k: v.get("ms", v.get("error")) for k, v in measured.items()}, flush=True)
+        print(f"{name} ({workload}):", flush=True)
+        on_record({"name": name, "workload": workload, "cases": _time_cases(cases, bench, rep_ms, set(slow)),
+                   "note": note})
 
     for name, run in WORKLOADS.items():
         if only is None or name.startswith(only):
@@ -314,11 +317,11 @@ def _time_dla(record, dev: dict, quick: bool, batches: tuple[int, ...] = (1,)) -
                 cases["flash-linear-attention chunk_simple_gla"] = _grad_all(
                     lambda lv=leaves: chunk_simple_gla(*lv[:3], g=lv[3], scale=1.0)[0], leaves, [gd])
                 # the same function first: flash-linear-attention's output and gradients against ours
-                ours = cases["neurostep triton, chunk 64"]()
-                theirs = cases["flash-linear-attention chunk_simple_gla"]()
-                with torch.no_grad():
-                    o_ours = decayed_linear_attention(*leaves, scale=1.0, chunk_size=64, backend="triton")[0]
-                    o_theirs = chunk_simple_gla(*leaves[:3], g=leaves[3], scale=1.0)[0]
+                pick = lambda o, gd=gd: ([o], [gd])  # noqa: E731
+                o_ours, ours = fwd_bwd(lambda *lv: decayed_linear_attention(*lv, scale=1.0, chunk_size=64,
+                                                                            backend="triton")[0], leaves, pick)()
+                o_theirs, theirs = fwd_bwd(lambda *lv: chunk_simple_gla(*lv[:3], g=lv[3], scale=1.0)[0], leaves,
+                                           pick)()
                 diffs = [rel_err(o_theirs, o_ours)] + [rel_err(a, b) for a, b in zip(theirs, ours)]
                 note = ("flash-linear-attention against neurostep (relative error of the output and of the "
                         f"q, k, v, log-decay gradients): {', '.join(f'{d:.1e}' for d in diffs)}")
@@ -576,10 +579,10 @@ def main() -> None:
     check_rows: list[dict] = []
     timing_rows: list[dict] = []
 
-    def save() -> Path:
+    def save(complete: bool = False) -> Path:
         # written after every section and every timed workload: a run stopped at a time limit keeps what it measured
         return write_result(args.out, {"gpu": info, "checks": check_rows, "timings": timing_rows,
-                                       "complete": False}, load_before=load_before,
+                                       "complete": complete}, load_before=load_before,
                             tables=result_tables(check_rows, timing_rows),
                             summary=summary_rows(timing_rows, info.get("gpu", args.device)))
 
@@ -596,10 +599,7 @@ def main() -> None:
         batches = tuple(int(b) for b in args.batches.split(","))
         timings(args.device, args.quick, timer(args.device), args.rep_ms, args.only, batches,
                 on_record=lambda row: (timing_rows.append(row), save()))
-    path = save()
-    record = json.loads(path.read_text())
-    record["complete"] = True
-    path.write_text(json.dumps(record, indent=2) + "\n")
+    path = save(complete=True)
     for t in result_tables(check_rows, timing_rows)[1:]:
         print(t["title"])
         for row in t["rows"]:
