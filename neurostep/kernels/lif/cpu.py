@@ -436,7 +436,8 @@ def forward(x: torch.Tensor, v0: torch.Tensor, a0: torch.Tensor | None, p: LIFPa
     vseq = torch.empty_like(x) if need_vseq else x.new_empty((1, 1))
     v_last = x.new_empty(N)
     # Without adaptation the kernel neither reads a0 nor writes a_last: one-element stand-ins, not two
-    # lane-sized arrays whose fresh pages cost a third of the forward at T=4 (Spikformer's shapes).
+    # lane-sized arrays whose fresh pages every call pays for (at T=4, Spikformer's case, the lane-sized
+    # side arrays are a large share of the op's traffic).
     # Scratch zeros come from numpy: a torch fill of this size is a parallel region, which waits for
     # torch's worker thread to be scheduled (milliseconds on a loaded machine).
     a_last = x.new_empty(N if adaptive else 1)
