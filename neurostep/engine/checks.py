@@ -95,8 +95,11 @@ def compute_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
 
 
-def check_numba_input(x: torch.Tensor) -> None:
+def check_numba_input(x: torch.Tensor, memory_format: torch.memory_format | None = None) -> None:
     """What a numba backend takes: a contiguous float32 or float64 CPU tensor (its kernels read the
-    memory as a numpy array of that layout)."""
-    if x.dtype not in (torch.float32, torch.float64) or x.device.type != "cpu" or not x.is_contiguous():
-        raise TypeError(f"cpu backend expects contiguous float32/float64 CPU tensors, got {x.dtype} on {x.device}")
+    memory as a numpy array of that layout), or one contiguous in ``memory_format`` too (a backend that
+    reads channels-last images as they are)."""
+    laid_out = x.is_contiguous() or (memory_format is not None and x.is_contiguous(memory_format=memory_format))
+    if x.dtype not in (torch.float32, torch.float64) or x.device.type != "cpu" or not laid_out:
+        raise TypeError(f"cpu backend expects contiguous float32/float64 CPU tensors, got {x.dtype} on {x.device}"
+                        + ("" if laid_out else " with strides " + str(tuple(x.stride()))))

@@ -12,6 +12,7 @@ from collections.abc import Callable, Sequence
 import torch
 
 from neurostep.engine import BackwardCall, FusedOp, check_tensor
+from neurostep.engine.layout import in_layout
 
 MAX_DENSITY = 0.1
 """Nonzeros per input element above which the cpu backends take the dense product. Measured on the 2-core
@@ -32,23 +33,29 @@ def save_inputs(args, outputs):
     return args["x"], args["weight"], args["bias"]
 
 
-def backward_adapter(output_like: Callable[..., torch.Tensor]) -> Callable[..., Sequence[torch.Tensor | None]]:
+def backward_adapter(output_like: Callable[..., torch.Tensor],
+                     grad_format: torch.memory_format = torch.contiguous_format,
+                     ) -> Callable[..., Sequence[torch.Tensor | None]]:
     """The backward adapter of an op whose fake forward is ``output_like(x, weight, bias, backend=...)``: a
-    missing output gradient becomes zeros of the output's shape."""
+    missing output gradient becomes zeros of the output's shape. The backends get the output gradient in
+    ``grad_format`` (the layout of the op's output), and the input gradient comes back laid out as ``x``."""
 
     def backward(impl, call: BackwardCall):
         (grad_y,) = call.grads
         x, weight, bias = call.saved
         if grad_y is None:
             grad_y = torch.zeros_like(output_like(x, weight, bias, backend=""))
-        return impl.backward(grad_y.contiguous(), x, weight, bias is not None, tuple(call.needs_input_grad))
+        dx, dw, db = impl.backward(grad_y.contiguous(memory_format=grad_format), x, weight, bias is not None,
+                                   tuple(call.needs_input_grad))
+        return (None if dx is None else in_layout(dx, tuple(x.stride()))), dw, db
 
     return backward
 
 
 def backward_fake(call: BackwardCall):
     x, weight, bias = call.saved
-    return x.new_empty(x.shape), weight.new_empty(weight.shape), (None if bias is None else bias.new_empty(bias.shape))
+    return (x.new_empty_strided(x.shape, x.stride()), weight.new_empty(weight.shape),
+            None if bias is None else bias.new_empty(bias.shape))
 
 
 def check_bias_and_dtypes(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor | None:

@@ -139,6 +139,57 @@ def test_noncontiguous_input(backend):
     _assert_match(out, ref, grads, grads_r, tol=1e-6, out_dtype=torch.float32)
 
 
+def _channels_last_frames(x: torch.Tensor) -> torch.Tensor:
+    """``x (T, B, C, H, W)`` with every frame channels-last (time still outermost)."""
+    return torch.stack([frame.contiguous(memory_format=torch.channels_last) for frame in x])
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_channels_last_frames_keep_their_layout(backend):
+    g = torch.Generator().manual_seed(6)
+    x = torch.randn(3, 2, 5, 4, 6, generator=g) * 1.5
+    x_cl = _channels_last_frames(x)
+    assert not x_cl.is_contiguous()
+    v0 = torch.rand(2, 5, 4, 6, generator=g) * 0.5   # a contiguous state: laid out like x on the way in
+    grad = torch.randn(x.shape, generator=g)
+    runs = []
+    for inp in (x, x_cl):
+        xs, vs = inp.clone().requires_grad_(True), v0.clone().requires_grad_(True)
+        spikes, final = lif_scan(xs, LIFState(vs), tau_inv=0.5, v_threshold=1.0, output_final_state=True,
+                                 backend=backend)
+        (spikes * grad).sum().backward()
+        runs.append((spikes, final.v, xs.grad, vs.grad, xs))
+    (s, v, gx, gv0, _), (s_cl, v_cl, gx_cl, gv0_cl, xs_cl) = runs
+    # the same numbers, lane by lane
+    assert torch.equal(s, s_cl) and torch.equal(v, v_cl) and torch.equal(gx, gx_cl) and torch.equal(gv0, gv0_cl)
+    # and x's layout: no copy on the way in or out
+    assert s_cl.stride() == x_cl.stride() and gx_cl.stride() == x_cl.stride()
+    assert v_cl.stride() == x_cl.stride()[1:]
+    assert s.is_contiguous() and v.is_contiguous()
+    # the final state carries over in that layout
+    first, state = lif_scan(xs_cl[:2].detach(), tau_inv=0.5, v_threshold=1.0, output_final_state=True,
+                            backend=backend, initial_state=LIFState(v0))
+    rest, _ = lif_scan(xs_cl[2:].detach(), state, tau_inv=0.5, v_threshold=1.0, backend=backend)
+    assert torch.equal(torch.cat([first, rest]), s)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_opcheck_channels_last(backend):
+    x = _channels_last_frames(torch.randn(3, 2, 4, 3, 5)).requires_grad_(True)
+    v0 = torch.zeros_like(x[0]).requires_grad_(True)      # laid out like a frame, as lif_scan passes it
+    assert v0.stride() == x.stride()[1:]
+    args = (x, v0, None, torch.tensor(0.5), torch.tensor(1.0), 0.0, True, True, False, "sigmoid", 4.0,
+            "spikingjelly", "subtract", 0.0, 0.0, False, backend)
+    torch.library.opcheck(torch.ops.neurostep.lif_forward.default, args,
+                          test_utils=("test_schema", "test_faketensor", "test_autograd_registration"))
+    # the fake gives the real outputs' strides (a compiled graph relies on them)
+    real = torch.ops.neurostep.lif_forward.default(*args)
+    with torch._subclasses.FakeTensorMode() as mode:
+        fake = torch.ops.neurostep.lif_forward.default(
+            *[mode.from_tensor(a) if isinstance(a, torch.Tensor) else a for a in args])
+    assert [t.stride() for t in fake[:2]] == [t.stride() for t in real[:2]] == [x.stride(), v0.stride()]
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_half_inputs_compute_in_fp32(backend, dtype):

@@ -160,6 +160,26 @@ def test_conv_reference_backend_and_op_contract():
                                                     b.requires_grad_(True), "cpu"))
 
 
+@pytest.mark.parametrize("backend", ["cpu", "reference"])
+def test_conv_reads_and_returns_channels_last(backend, monkeypatch):
+    x = _spikes((3, 5, 7, 6), 0.06, torch.float64)
+    w, b = torch.randn(4, 5, 3, 3, dtype=torch.float64), torch.randn(4, dtype=torch.float64)
+    g = torch.randn(3, 4, 7, 6, dtype=torch.float64)
+    calls: list[str] = []
+    if backend == "cpu":
+        _record_sparse_kernels(monkeypatch, "conv", calls)
+    want = _grads(lambda x, w, b: F.conv2d(x, w, b, padding=1), x, w, b, g)
+    for inp in (x, x.contiguous(memory_format=torch.channels_last)):
+        got = _grads(lambda x, w, b: spike_conv2d(x, w, b, backend=backend), inp, w, b, g)
+        _assert_all_close(got, want, torch.float64)
+        y, dx = got[0], got[1]
+        assert y.is_contiguous(memory_format=torch.channels_last)     # the op's output layout
+        assert dx.stride() == inp.stride()                            # the input's gradient laid out as x
+    assert calls == list(SPARSE_KERNELS["conv"][1]) * 2 if backend == "cpu" else not calls
+    x_cl = x.contiguous(memory_format=torch.channels_last).requires_grad_(True)
+    torch.library.opcheck(SPIKE_CONV2D.forward_op, (x_cl, w.requires_grad_(True), b.requires_grad_(True), backend))
+
+
 def test_conv_bad_input_is_refused_clearly():
     w = torch.randn(4, 3, 3, 3)
     with pytest.raises(ValueError, match="weight expects 3"):

@@ -25,6 +25,7 @@ from neurostep.engine import (
     define_op,
     has_values,
 )
+from neurostep.engine.layout import contiguous_strides, dense_strides, in_layout
 from neurostep.kernels.lif.common import CONVENTIONS, SNN_RESETS, LIFParams
 from neurostep.kernels.lif.surrogates import SURROGATES, Surrogate, get_surrogate
 
@@ -65,11 +66,37 @@ def _as(t: torch.Tensor, dtype: torch.dtype, shape: tuple[int, ...]) -> torch.Te
     return t if t.shape == shape else t.reshape(shape)
 
 
-def _to_compute(t: torch.Tensor, T: int | None, cdtype: torch.dtype) -> torch.Tensor:
-    """``t`` as the backends take it: ``(T, N)`` (or ``(N,)`` when ``T`` is None), contiguous, in ``cdtype``."""
-    n = t.numel()
-    t = _as(t, cdtype, (T, n // T) if T is not None else (n,))
-    return t if t.is_contiguous() else t.contiguous()
+def _lane_order(v0: torch.Tensor) -> tuple[int, ...]:
+    """The order of the lanes in memory, as strides of the lane shape: the initial state's when it is
+    dense (:func:`lif_scan` lays it out like ``x``), else the contiguous order. Input, state, outputs and
+    gradients all follow it, so a channels-last input gives channels-last spikes without a copy."""
+    return dense_strides(v0) or contiguous_strides(v0.shape)
+
+
+def _to_compute(t: torch.Tensor, T: int | None, order: tuple[int, ...], cdtype: torch.dtype) -> torch.Tensor:
+    """``t`` (``(T, *lanes)``, or ``lanes`` when ``T`` is None) as the backends take it: ``(T, N)`` (or
+    ``(N,)``) in ``cdtype``, its lanes in the memory order ``order``; a view when ``t`` is laid out so
+    already, else one copy."""
+    n = math.prod(t.shape[1:] if T is not None else t.shape)
+    t = in_layout(t, (n, *order) if T is not None else order, cdtype)
+    return t.as_strided((T, n), (n, 1)) if T is not None else t.as_strided((n,), (1,))
+
+
+def _from_compute(t: torch.Tensor, shape: tuple[int, ...], order: tuple[int, ...], dtype: torch.dtype
+                  ) -> torch.Tensor:
+    """A backend's contiguous ``(T, N)`` (or ``(N,)``) result as a ``shape`` tensor in ``dtype`` whose lanes
+    lie in the memory order ``order`` (the inverse of :func:`_to_compute`)."""
+    t = t if t.dtype == dtype else t.to(dtype)
+    t = t if t.is_contiguous() else t.contiguous()
+    return t.as_strided(shape, (t.shape[1], *order) if len(shape) == len(order) + 1 else order)
+
+
+def _empty_like_lanes(like: torch.Tensor, shape: tuple[int, ...], order: tuple[int, ...],
+                      dtype: torch.dtype | None = None) -> torch.Tensor:
+    """An empty ``shape`` tensor (``(T, *lanes)`` or ``lanes``) with its lanes in the memory order ``order``:
+    what :func:`_from_compute` returns, for the fakes."""
+    strides = (math.prod(shape[1:]), *order) if len(shape) == len(order) + 1 else order
+    return like.new_empty_strided(shape, strides, dtype=dtype if dtype is not None else like.dtype)
 
 
 _ATTRS = ("v_reset", "hard_reset", "decay_input", "detach_reset", "surrogate", "alpha", "convention", "snn_reset",
@@ -89,18 +116,19 @@ def _forward(
     adaptive = a0 is not None
     T, lanes, cdtype = x.shape[0], x.shape[1:], compute_dtype(x.dtype)
     p = _params(tau_inv, v_threshold, cdtype, {**attrs, "adaptive": adaptive})
-    xc = _to_compute(x, T, cdtype)
-    v0c = _to_compute(v0, None, cdtype)
-    a0c = _to_compute(a0, None, cdtype) if adaptive else None
+    order = _lane_order(v0)
+    xc = _to_compute(x, T, order, cdtype)
+    v0c = _to_compute(v0, None, order, cdtype)
+    a0c = _to_compute(a0, None, order, cdtype) if adaptive else None
     spikes, v_last, a_last, v_seq, h, theta = impl.forward(xc, v0c, a0c, p, return_v_seq)
     if h is None:  # the backend recomputes h in its backward (from x, which autograd then keeps)
         h = _empty(x, cdtype)
     out_dtype = x.dtype
     return (
-        _as(spikes, out_dtype, x.shape),
-        _as(v_last, out_dtype, lanes),
-        _as(a_last, out_dtype, lanes) if a_last is not None else _empty(x),
-        _as(v_seq, out_dtype, x.shape) if v_seq is not None else _empty(x),
+        _from_compute(spikes, x.shape, order, out_dtype),
+        _from_compute(v_last, lanes, order, out_dtype),
+        _from_compute(a_last, lanes, order, out_dtype) if a_last is not None else _empty(x),
+        _from_compute(v_seq, x.shape, order, out_dtype) if v_seq is not None else _empty(x),
         h,
         theta if theta is not None else _empty(x, cdtype),
     )
@@ -112,11 +140,12 @@ def _forward_fake(x, v0, a0, tau_inv, v_threshold, v_reset, hard_reset, decay_in
     n = math.prod(lanes)
     adaptive = a0 is not None and convention != "snntorch"
     saves_h = not KERNELS.resolve("lif", backend, x.device).recomputes_h(convention, a0 is not None)
+    order = _lane_order(v0)
     return (
-        x.new_empty(x.shape),
-        x.new_empty(lanes),
-        x.new_empty(lanes) if a0 is not None else x.new_empty((0,)),
-        x.new_empty(x.shape) if return_v_seq else x.new_empty((0,)),
+        _empty_like_lanes(x, x.shape, order),
+        _empty_like_lanes(x, lanes, order),
+        _empty_like_lanes(x, lanes, order) if a0 is not None else x.new_empty((0,)),
+        _empty_like_lanes(x, x.shape, order) if return_v_seq else x.new_empty((0,)),
         x.new_empty((T, n) if saves_h else (0,), dtype=cdtype),
         x.new_empty((T, n), dtype=cdtype) if adaptive else x.new_empty((0,), dtype=cdtype),
     )
@@ -144,22 +173,23 @@ def _backward(impl, call: BackwardCall):
     T, cdtype = (x.shape[0] if recompute else h.shape[0]), h.dtype
     lanes = v0.shape
     p = _params(tau_inv, v_threshold, cdtype, {**call.attrs, "adaptive": adaptive})
-    xc = _to_compute(x, T, cdtype) if x is not None else None
+    order = _lane_order(v0)
+    xc = _to_compute(x, T, order, cdtype) if x is not None else None
 
     def prep(g, with_t):
         if g is None or g.numel() == 0:  # an output that was returned empty gets an empty gradient
             return None
-        return _to_compute(g, T if with_t else None, cdtype)
+        return _to_compute(g, T if with_t else None, order, cdtype)
 
     gx, gv0, ga0, gk, gvth = impl.backward(
-        xc, _to_compute(v0, None, cdtype), None if recompute else h, theta if adaptive else None,
+        xc, _to_compute(v0, None, order, cdtype), None if recompute else h, theta if adaptive else None,
         prep(g_spikes, True), prep(g_v_seq, True), prep(g_v_last, False), prep(g_a_last, False), p, need_k_grad,
     )
     needs = call.needs_input_grad
     return (
-        _as(gx, _grad_dtype(g_spikes, v0), (T, *lanes)),
-        _as(gv0, v0.dtype, lanes),
-        _as(ga0, v0.dtype, lanes) if ga0 is not None else None,
+        _from_compute(gx, (T, *lanes), order, _grad_dtype(g_spikes, v0)),
+        _from_compute(gv0, lanes, order, v0.dtype),
+        _from_compute(ga0, lanes, order, v0.dtype) if ga0 is not None else None,
         _as(gk, tau_inv.dtype, ()) if needs[3] else None,
         _as(gvth, v_threshold.dtype, ()) if needs[4] else None,
     )
@@ -169,10 +199,11 @@ def _backward_fake(call: BackwardCall):
     g_spikes = call.grads[0]
     x, v0, h, theta, tau_inv, v_threshold = call.saved
     T, lanes = (x.shape[0] if h.numel() == 0 else h.shape[0]), v0.shape
+    order = _lane_order(v0)
     return (
-        v0.new_empty((T, *lanes), dtype=_grad_dtype(g_spikes, v0)),
-        v0.new_empty(lanes),
-        v0.new_empty(lanes) if theta.numel() > 0 else None,
+        _empty_like_lanes(v0, (T, *lanes), order, _grad_dtype(g_spikes, v0)),
+        _empty_like_lanes(v0, lanes, order),
+        _empty_like_lanes(v0, lanes, order) if theta.numel() > 0 else None,
         tau_inv.new_empty(()),
         v_threshold.new_empty(()),
     )
@@ -252,6 +283,17 @@ def _scalar_param(label: str, name: str, value: float | torch.Tensor, x: torch.T
     return torch.tensor(value, dtype=compute_dtype(x.dtype), device=x.device)
 
 
+def _input_lane_order(x: torch.Tensor) -> tuple[int, ...]:
+    """The memory order of ``x (T, *lanes)``'s lanes (strides of ``lanes``) when ``x`` fills its memory
+    densely with time outermost (contiguous, channels-last frames, ...), else the contiguous order (the op
+    then copies ``x`` once)."""
+    strides = dense_strides(x)
+    n = math.prod(x.shape[1:])
+    if strides is None or (x.shape[0] > 1 and strides[0] != n):
+        return contiguous_strides(x.shape[1:])
+    return strides[1:]
+
+
 def lif_scan(
     x: torch.Tensor,
     initial_state: LIFState | None = None,
@@ -298,7 +340,9 @@ def lif_scan(
     Returns:
         ``(out, final_state)``: ``out`` is ``spikes (T, *lanes)`` (or ``(spikes, v_seq)``), ``final_state``
         a :class:`LIFState` in ``x``'s dtype or None. Gradients flow to x, the initial state, tau_inv and
-        v_threshold from every output.
+        v_threshold from every output. The lanes keep ``x``'s memory layout when ``x`` is dense with time
+        outermost (contiguous, or channels-last frames ``(T, B, C, H, W)``): the spikes, the final state and
+        the input's gradient are then laid out as ``x`` is, without a copy.
     """
     if convention not in CONVENTIONS:
         raise ValueError(f"convention must be one of {CONVENTIONS}, got {convention!r}")
@@ -328,17 +372,22 @@ def lif_scan(
     if convention == "snntorch" and adaptive:
         raise ValueError("threshold adaptation (adapt_beta / initial_state.a) is only defined for "
                          "convention='spikingjelly'")
+    # the state takes x's lane order, which the op then follows (channels-last in, channels-last out)
+    order = _input_lane_order(x)
     if v0 is None:
-        v0 = x.new_full(lanes, float(v_reset) if (hard and convention == "spikingjelly") else 0.0)
+        rest = float(v_reset) if (hard and convention == "spikingjelly") else 0.0
+        v0 = x.new_empty_strided(lanes, order).fill_(rest)
     else:
         check_tensor("initial_state.v", v0, device=x.device)
         check_same_shape("initial_state.v", v0, lanes, f"x.shape[1:] of x with shape {tuple(x.shape)}")
+        v0 = in_layout(v0, order)
     if adaptive:
         if a0 is None:
-            a0 = x.new_zeros(lanes)
+            a0 = x.new_empty_strided(lanes, order).zero_()
         else:
             check_tensor("initial_state.a", a0, device=x.device)
             check_same_shape("initial_state.a", a0, lanes, f"x.shape[1:] of x with shape {tuple(x.shape)}")
+            a0 = in_layout(a0, order)
     if convention == "spikingjelly" and decay_input:
         k_range = (0.0, 1.0, False, " for a LIF with decay_input=True (spikingjelly requires tau > 1; 0 means an IF "
                    "neuron)")

@@ -22,7 +22,8 @@ _NAME = "spike_conv2d"
 
 
 def _forward_fake(x, weight, bias, *, backend):
-    return x.new_empty((x.shape[0], weight.shape[0], x.shape[2], x.shape[3]))
+    return x.new_empty((x.shape[0], weight.shape[0], x.shape[2], x.shape[3])).contiguous(
+        memory_format=torch.channels_last)
 
 
 def _as_convolution(args: tuple) -> tuple:
@@ -36,7 +37,7 @@ SPIKE_CONV2D = define_op(
     _NAME,
     backends={name: f"neurostep.kernels.spike_conv2d.{name}" for name in ("reference", "cpu")},
     forward=synapse_op.forward, forward_fake=_forward_fake,
-    backward=synapse_op.backward_adapter(_forward_fake), backward_fake=synapse_op.backward_fake,
+    backward=synapse_op.backward_adapter(_forward_fake, torch.channels_last), backward_fake=synapse_op.backward_fake,
     save=synapse_op.save_inputs, cost=CountAs("aten::convolution", _as_convolution),
 )
 
@@ -53,7 +54,8 @@ def spike_conv2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | Non
         backend: ``"auto"``: the ``cpu`` backend for float32/float64 CPU tensors, else ``F.conv2d``
             itself; or ``"cpu"`` or ``"reference"``.
     Returns:
-        ``y (N, C_out, H, W)``.
+        ``y (N, C_out, H, W)``, channels-last where the event-driven op computes it (the layout it builds;
+        a channels-last ``x`` is read without a copy).
     """
     x = check_tensor("x", x, ndim=4)
     weight = check_tensor("weight", weight, ndim=4, device=x.device)
@@ -66,7 +68,9 @@ def spike_conv2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | Non
     name = synapse_op.event_driven_backend(SPIKE_CONV2D, backend, x)
     if name is None:
         return F.conv2d(x, weight, bias, padding=k // 2)
-    return SPIKE_CONV2D(x if x.is_contiguous() else x.contiguous(), weight, bias, backend=name)
+    if not (x.is_contiguous() or x.is_contiguous(memory_format=torch.channels_last)):
+        x = x.contiguous()
+    return SPIKE_CONV2D(x, weight, bias, backend=name)
 
 
 __all__ = ["SPIKE_CONV2D", "spike_conv2d"]

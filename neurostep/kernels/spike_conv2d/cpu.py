@@ -22,6 +22,7 @@ from numba import prange
 from neurostep.engine import check_numba_input
 from neurostep.kernels.numba_launch import serialized
 from neurostep.kernels.spike_conv2d import reference
+from neurostep.kernels.spike_linear.cpu import row_lists
 from neurostep.kernels.synapse_op import MAX_DENSITY
 
 
@@ -117,13 +118,19 @@ def _weight_grad_pixels(ptr, idx, val, g, parts, H, W, k, pad):  # pragma: no co
 def _pixel_lists(x: torch.Tensor) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
     """Each pixel's nonzero channels ``(ptr (N*H*W + 1), idx, val)``, or None above ``MAX_DENSITY``."""
     N, C, H, W = x.shape
+    if x.numel() == 0:
+        return None
+    if not x.is_contiguous():
+        # channels-last: each pixel's channels are one contiguous row, listed as the linear layer lists
+        # the rows of its input
+        return row_lists(x.permute(0, 2, 3, 1).reshape(N * H * W, C).numpy())
     flat = x.reshape(N, C, H * W).numpy()
     counts = np.empty((N, H * W), dtype=np.int64)
     _count_pixels(flat, counts)
     ptr = np.zeros(N * H * W + 1, dtype=np.int64)
     np.cumsum(counts.reshape(-1), out=ptr[1:])
     nnz = int(ptr[-1])
-    if x.numel() == 0 or nnz > MAX_DENSITY * x.numel():
+    if nnz > MAX_DENSITY * x.numel():
         return None
     idx = np.empty(nnz, dtype=np.int32)
     val = np.empty(nnz, dtype=flat.dtype)
@@ -134,10 +141,10 @@ def _pixel_lists(x: torch.Tensor) -> tuple[np.ndarray, np.ndarray, np.ndarray] |
 @serialized
 def forward(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
     """See ``reference.forward``."""
-    check_numba_input(x)
+    check_numba_input(x, torch.channels_last)
     lists = _pixel_lists(x)
     if lists is None:
-        return reference.forward(x, weight, bias)
+        return reference.forward(x, weight, bias)   # channels-last too
     N, _, H, W = x.shape
     O = weight.shape[0]
     k = weight.shape[-1]
@@ -146,14 +153,14 @@ def forward(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) ->
     has_bias = bias is not None
     b = bias.detach() if has_bias else x.new_zeros(1)
     _forward_pixels(*lists, wt.numpy(), b.numpy(), has_bias, y.numpy(), H, W, k, k // 2)
-    return y.reshape(N, H, W, O).permute(0, 3, 1, 2).contiguous()
+    return y.reshape(N, H, W, O).permute(0, 3, 1, 2)   # built channels-last, returned so (the op's layout)
 
 
 @serialized
 def backward(grad_y: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, has_bias: bool,
              needs: tuple[bool, bool, bool]) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
     """See ``reference.backward``."""
-    check_numba_input(x)
+    check_numba_input(x, torch.channels_last)
     lists = _pixel_lists(x) if needs[1] else None
     if lists is None:
         return reference.backward(grad_y, x, weight, has_bias, needs)

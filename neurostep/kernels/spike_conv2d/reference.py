@@ -3,7 +3,9 @@
 ``y = conv2d(x, weight, bias, stride=1, padding=kernel // 2)`` with ``x (N, C_in, H, W)``,
 ``weight (C_out, C_in, k, k)`` (odd ``k``), ``bias (C_out,)`` or None: a "same" convolution, as
 Spikformer's stem uses. Backends differ only in how they exploit zeros in ``x``. Every backend exports
-``forward`` and ``backward`` with these signatures, on contiguous tensors of one dtype.
+``forward`` and ``backward`` with these signatures, on tensors of one dtype; ``x`` is contiguous or
+channels-last, ``y`` and ``grad_y`` are channels-last (the layout the event-driven forward builds, and the
+one in which batch norm, max-pooling and the next convolution read it fastest).
 """
 
 from __future__ import annotations
@@ -13,8 +15,9 @@ import torch.nn.functional as F
 
 
 def forward(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-    """x ``(N, C_in, H, W)``, weight ``(C_out, C_in, k, k)``, bias ``(C_out,)`` or None -> ``(N, C_out, H, W)``."""
-    return F.conv2d(x, weight, bias, padding=weight.shape[-1] // 2)
+    """x ``(N, C_in, H, W)``, weight ``(C_out, C_in, k, k)``, bias ``(C_out,)`` or None -> ``(N, C_out, H, W)``,
+    channels-last."""
+    return F.conv2d(x, weight, bias, padding=weight.shape[-1] // 2).contiguous(memory_format=torch.channels_last)
 
 
 def backward(grad_y: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, has_bias: bool,

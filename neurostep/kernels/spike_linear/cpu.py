@@ -110,8 +110,9 @@ def _weight_grad_columns(cptr, ridx, cval, g, dwt):  # pragma: no cover - compil
                 d[o] += v * gr[o]
 
 
-def _row_lists(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
-    """Each row's nonzeros ``(indptr (R + 1), idx, val)``, or None where the dense product is faster."""
+def row_lists(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+    """Each row's nonzeros ``(indptr (R + 1), idx, val)`` of ``x (R, K)``, in column order, or None where the
+    dense product is faster (the spike convolution lists a channels-last input's pixels with it)."""
     R, K = x.shape
     counts = np.empty(R, dtype=np.int64)
     _count_rows(x, counts)
@@ -134,7 +135,7 @@ def _sparse_worth_it(x: torch.Tensor, weight: torch.Tensor) -> bool:
 def forward(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
     """See ``reference.forward``."""
     check_numba_input(x)
-    lists = _row_lists(x.numpy()) if _sparse_worth_it(x, weight) else None
+    lists = row_lists(x.numpy()) if _sparse_worth_it(x, weight) else None
     if lists is None:
         return reference.forward(x, weight, bias)
     y = x.new_empty((x.shape[0], weight.shape[0]))
@@ -150,7 +151,7 @@ def backward(grad_y: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, has_bi
              needs: tuple[bool, bool, bool]) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
     """See ``reference.backward``."""
     check_numba_input(x)
-    lists = _row_lists(x.numpy()) if (needs[1] and _sparse_worth_it(x, weight)) else None
+    lists = row_lists(x.numpy()) if (needs[1] and _sparse_worth_it(x, weight)) else None
     if lists is None:
         return reference.backward(grad_y, x, weight, has_bias, needs)
     dx, _, db = reference.backward(grad_y, x, weight, has_bias, (needs[0], False, needs[2]))
