@@ -123,6 +123,15 @@ class ConvBNLIF(Composite):
         self.pool_position = pool_position
         self.lif = spikformer_lif(1.0, backend)
 
+    def _convolve(self, frames: torch.Tensor) -> torch.Tensor:
+        """The convolution of ``frames (N, C, H, W)``. A dense convolution gets its frames channels-last,
+        so that every map of the stage is channels-last as the spike convolutions' outputs are: batch norm,
+        max-pooling and the neuron then keep that layout, and no convolution's backward mixes layouts (1.5x
+        slower at (32, 96, 32, 32) -> 192 channels, 2-core AMD EPYC, 2026-12-04)."""
+        if not isinstance(self.conv, SpikeConv2d):
+            frames = frames.contiguous(memory_format=torch.channels_last)
+        return self.conv(frames)
+
     def _pool(self, x: torch.Tensor) -> torch.Tensor:
         lead = x.shape[:-3]
         y = self.pool(x.reshape(-1, *x.shape[-3:]))
@@ -132,13 +141,13 @@ class ConvBNLIF(Composite):
         if not stepping and x.shape[0] > 1 and x.stride(0) == 0:
             # Every timestep is the same frame (direct encoding hands over an expanded view):
             # convolve and normalise it once, then repeat it for the LIF.
-            u = _batch_norm_of_repeats(self.bn, self.conv(x[0]), x.shape[0])
+            u = _batch_norm_of_repeats(self.bn, self._convolve(x[0]), x.shape[0])
             if self.pool is not None and self.pool_position == "before_lif":
                 u = self.pool(u)
             u = u.unsqueeze(0).expand(x.shape[0], *u.shape)
         else:
             lead = x.shape[:-3]
-            u = self.bn(self.conv(x.reshape(-1, *x.shape[-3:])))
+            u = self.bn(self._convolve(x.reshape(-1, *x.shape[-3:])))
             u = u.reshape(*lead, *u.shape[-3:])
             if self.pool is not None and self.pool_position == "before_lif":
                 u = self._pool(u)

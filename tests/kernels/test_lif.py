@@ -171,6 +171,11 @@ def test_channels_last_frames_keep_their_layout(backend):
                             backend=backend, initial_state=LIFState(v0))
     rest, _ = lif_scan(xs_cl[2:].detach(), state, tau_inv=0.5, v_threshold=1.0, backend=backend)
     assert torch.equal(torch.cat([first, rest]), s)
+    # a frame repeated over time (an expanded view) is read once, into its frame's layout
+    frame = x_cl[0]
+    repeated, _ = lif_scan(frame.expand(3, *frame.shape), tau_inv=0.5, v_threshold=1.0, backend=backend)
+    want, _ = lif_scan(x[0].expand(3, *frame.shape).contiguous(), tau_inv=0.5, v_threshold=1.0, backend=backend)
+    assert repeated.stride() == x_cl.stride() and torch.equal(repeated, want)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

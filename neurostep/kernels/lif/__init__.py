@@ -284,14 +284,11 @@ def _scalar_param(label: str, name: str, value: float | torch.Tensor, x: torch.T
 
 
 def _input_lane_order(x: torch.Tensor) -> tuple[int, ...]:
-    """The memory order of ``x (T, *lanes)``'s lanes (strides of ``lanes``) when ``x`` fills its memory
-    densely with time outermost (contiguous, channels-last frames, ...), else the contiguous order (the op
-    then copies ``x`` once)."""
-    strides = dense_strides(x)
-    n = math.prod(x.shape[1:])
-    if strides is None or (x.shape[0] > 1 and strides[0] != n):
-        return contiguous_strides(x.shape[1:])
-    return strides[1:]
+    """The memory order of ``x (T, *lanes)``'s lanes (strides of ``lanes``) when one step's lanes fill their
+    memory densely (contiguous, channels-last frames, ...), else the contiguous order. The op reads ``x``
+    without a copy when its steps also follow each other densely; otherwise (a frame repeated over time as
+    an expanded view, a slice) it copies ``x`` once, into this order."""
+    return dense_strides(x[0]) or contiguous_strides(x.shape[1:])
 
 
 def lif_scan(
