@@ -66,37 +66,50 @@ def _as(t: torch.Tensor, dtype: torch.dtype, shape: tuple[int, ...]) -> torch.Te
     return t if t.shape == shape else t.reshape(shape)
 
 
-def _lane_order(v0: torch.Tensor) -> tuple[int, ...]:
-    """The order of the lanes in memory, as strides of the lane shape: the initial state's when it is
-    dense (:func:`lif_scan` lays it out like ``x``), else the contiguous order. Input, state, outputs and
-    gradients all follow it, so a channels-last input gives channels-last spikes without a copy."""
-    return dense_strides(v0) or contiguous_strides(v0.shape)
+LaneOrder = tuple[int, ...] | None
+"""The order of the lanes in memory, as strides of the lane shape; None for the contiguous order (the
+common case, kept on the cheapest path: a small op's call is mostly such bookkeeping)."""
 
 
-def _to_compute(t: torch.Tensor, T: int | None, order: tuple[int, ...], cdtype: torch.dtype) -> torch.Tensor:
+def _lane_order(v0: torch.Tensor) -> LaneOrder:
+    """The lane order of a call: the initial state's when it is dense (:func:`lif_scan` lays it out like
+    ``x``), else the contiguous order. Input, state, outputs and gradients all follow it, so a
+    channels-last input gives channels-last spikes without a copy."""
+    return None if v0.is_contiguous() else dense_strides(v0)
+
+
+def _to_compute(t: torch.Tensor, T: int | None, order: LaneOrder, cdtype: torch.dtype) -> torch.Tensor:
     """``t`` (``(T, *lanes)``, or ``lanes`` when ``T`` is None) as the backends take it: ``(T, N)`` (or
     ``(N,)``) in ``cdtype``, its lanes in the memory order ``order``; a view when ``t`` is laid out so
     already, else one copy."""
-    n = math.prod(t.shape[1:] if T is not None else t.shape)
+    n = t.numel() // T if T is not None else t.numel()
+    shape = (T, n) if T is not None else (n,)
+    if order is None:
+        t = _as(t, cdtype, shape)
+        return t if t.is_contiguous() else t.contiguous()
     t = in_layout(t, (n, *order) if T is not None else order, cdtype)
-    return t.as_strided((T, n), (n, 1)) if T is not None else t.as_strided((n,), (1,))
+    return t.as_strided(shape, (n, 1) if T is not None else (1,))
 
 
-def _from_compute(t: torch.Tensor, shape: tuple[int, ...], order: tuple[int, ...], dtype: torch.dtype
-                  ) -> torch.Tensor:
+def _from_compute(t: torch.Tensor, shape: tuple[int, ...], order: LaneOrder, dtype: torch.dtype) -> torch.Tensor:
     """A backend's contiguous ``(T, N)`` (or ``(N,)``) result as a ``shape`` tensor in ``dtype`` whose lanes
     lie in the memory order ``order`` (the inverse of :func:`_to_compute`)."""
+    if order is None:
+        return _as(t, dtype, shape)
     t = t if t.dtype == dtype else t.to(dtype)
     t = t if t.is_contiguous() else t.contiguous()
     return t.as_strided(shape, (t.shape[1], *order) if len(shape) == len(order) + 1 else order)
 
 
-def _empty_like_lanes(like: torch.Tensor, shape: tuple[int, ...], order: tuple[int, ...],
+def _empty_like_lanes(like: torch.Tensor, shape: tuple[int, ...], order: LaneOrder,
                       dtype: torch.dtype | None = None) -> torch.Tensor:
     """An empty ``shape`` tensor (``(T, *lanes)`` or ``lanes``) with its lanes in the memory order ``order``:
     what :func:`_from_compute` returns, for the fakes."""
+    dtype = dtype if dtype is not None else like.dtype
+    if order is None:
+        return like.new_empty(shape, dtype=dtype)
     strides = (math.prod(shape[1:]), *order) if len(shape) == len(order) + 1 else order
-    return like.new_empty_strided(shape, strides, dtype=dtype if dtype is not None else like.dtype)
+    return like.new_empty_strided(shape, strides, dtype=dtype)
 
 
 _ATTRS = ("v_reset", "hard_reset", "decay_input", "detach_reset", "surrogate", "alpha", "convention", "snn_reset",
@@ -283,12 +296,22 @@ def _scalar_param(label: str, name: str, value: float | torch.Tensor, x: torch.T
     return torch.tensor(value, dtype=compute_dtype(x.dtype), device=x.device)
 
 
-def _input_lane_order(x: torch.Tensor) -> tuple[int, ...]:
-    """The memory order of ``x (T, *lanes)``'s lanes (strides of ``lanes``) when one step's lanes fill their
-    memory densely (contiguous, channels-last frames, ...), else the contiguous order. The op reads ``x``
-    without a copy when its steps also follow each other densely; otherwise (a frame repeated over time as
-    an expanded view, a slice) it copies ``x`` once, into this order."""
-    return dense_strides(x[0]) or contiguous_strides(x.shape[1:])
+def _input_lane_order(x: torch.Tensor) -> LaneOrder:
+    """The memory order of ``x (T, *lanes)``'s lanes when one step's lanes fill their memory densely
+    (contiguous, channels-last frames, ...), else the contiguous order. The op reads ``x`` without a copy
+    when its steps also follow each other densely; otherwise (a frame repeated over time as an expanded
+    view, a slice) it copies ``x`` once, into this order."""
+    if x.is_contiguous():
+        return None
+    order = dense_strides(x[0])
+    return None if order is None or order == contiguous_strides(x.shape[1:]) else order
+
+
+def _state_in(v: torch.Tensor, order: LaneOrder) -> torch.Tensor:
+    """A state tensor laid out in the lane order ``order`` (a copy only where it is not)."""
+    if order is None:
+        return v if v.is_contiguous() else v.contiguous()
+    return in_layout(v, order)
 
 
 def lif_scan(
@@ -373,18 +396,18 @@ def lif_scan(
     order = _input_lane_order(x)
     if v0 is None:
         rest = float(v_reset) if (hard and convention == "spikingjelly") else 0.0
-        v0 = x.new_empty_strided(lanes, order).fill_(rest)
+        v0 = _empty_like_lanes(x, lanes, order).fill_(rest)
     else:
         check_tensor("initial_state.v", v0, device=x.device)
         check_same_shape("initial_state.v", v0, lanes, f"x.shape[1:] of x with shape {tuple(x.shape)}")
-        v0 = in_layout(v0, order)
+        v0 = _state_in(v0, order)
     if adaptive:
         if a0 is None:
-            a0 = x.new_empty_strided(lanes, order).zero_()
+            a0 = _empty_like_lanes(x, lanes, order).zero_()
         else:
             check_tensor("initial_state.a", a0, device=x.device)
             check_same_shape("initial_state.a", a0, lanes, f"x.shape[1:] of x with shape {tuple(x.shape)}")
-            a0 = in_layout(a0, order)
+            a0 = _state_in(a0, order)
     if convention == "spikingjelly" and decay_input:
         k_range = (0.0, 1.0, False, " for a LIF with decay_input=True (spikingjelly requires tau > 1; 0 means an IF "
                    "neuron)")
