@@ -360,9 +360,9 @@ def lif_scan(
     Returns:
         ``(out, final_state)``: ``out`` is ``spikes (T, *lanes)`` (or ``(spikes, v_seq)``), ``final_state``
         a :class:`LIFState` in ``x``'s dtype or None. Gradients flow to x, the initial state, tau_inv and
-        v_threshold from every output. The lanes keep ``x``'s memory layout when ``x`` is dense with time
-        outermost (contiguous, or channels-last frames ``(T, B, C, H, W)``): the spikes, the final state and
-        the input's gradient are then laid out as ``x`` is, without a copy.
+        v_threshold from every output. The lanes keep the memory layout of one step of ``x`` (contiguous, or
+        channels-last frames ``(T, B, C, H, W)``): the spikes, the final state and the input's gradient are
+        laid out alike, and ``x`` is read without a copy when its steps follow each other densely.
     """
     if convention not in CONVENTIONS:
         raise ValueError(f"convention must be one of {CONVENTIONS}, got {convention!r}")

@@ -22,8 +22,8 @@ _NAME = "spike_conv2d"
 
 
 def _forward_fake(x, weight, bias, *, backend):
-    return x.new_empty((x.shape[0], weight.shape[0], x.shape[2], x.shape[3])).contiguous(
-        memory_format=torch.channels_last)
+    return torch.empty((x.shape[0], weight.shape[0], x.shape[2], x.shape[3]), dtype=x.dtype, device=x.device,
+                       memory_format=torch.channels_last)
 
 
 def _as_convolution(args: tuple) -> tuple:
