@@ -42,7 +42,10 @@ class SpikeConv2d(nn.Conv2d):
     square kernel, padding ``k // 2``, one group, no dilation) runs
     :func:`~neurostep.kernels.spike_conv2d.spike_conv2d`, whose CPU kernel adds the weights each nonzero
     input reaches into the output (the forward and the weight gradient then cost in proportion to the
-    spikes); any other configuration, device or dtype is ``nn.Conv2d``'s own forward.
+    spikes); any other configuration, device or dtype is ``nn.Conv2d``'s own forward. The event-driven
+    path returns its output channels-last (the layout it builds, and the one batch norm, pooling and the
+    next convolution read fastest), as ``nn.Conv2d`` does for a channels-last input: reshape it rather
+    than ``view`` it.
 
     Args:
         in_channels, out_channels, kernel_size, stride, padding, bias: as ``nn.Conv2d``.
