@@ -257,10 +257,8 @@ def _time_cases(cases: dict[str, Callable[[], object]], bench, rep_ms: int, slow
 
 
 def _grad_all(out_fn, leaves, gouts):
-    def fn():
-        outs = out_fn()
-        return torch.autograd.grad(outs, leaves, gouts, allow_unused=True)
-    return fn
+    """:func:`fwd_bwd` of a closure ``out_fn()`` over ``leaves``, with fixed output gradients ``gouts``."""
+    return fwd_bwd(lambda *_: out_fn(), leaves, lambda out: (out, gouts))
 
 
 def timings(device: str, quick: bool, bench, rep_ms: int, only: str | None = None,
@@ -364,6 +362,8 @@ def _time_lif(record, dev: dict, quick: bool, batches: tuple[int, ...] = (1,)) -
 
 def _time_lif_blocks(record, dev: dict, quick: bool, batches: tuple[int, ...] = (1,)) -> None:
     """The LIF Triton kernels alone at each block size and warp count (the op's own is BLOCK 256, 4 warps)."""
+    import triton
+
     from neurostep.kernels.lif import triton as lif_triton
 
     T, N = (8, 1 << 12) if quick else (32, 1 << 22)
@@ -376,7 +376,7 @@ def _time_lif_blocks(record, dev: dict, quick: bool, batches: tuple[int, ...] = 
     configs = [(256, 4), (1024, 4)] if quick else [(b, w) for b in (256, 512, 1024, 2048) for w in (4, 8)]
     cases, baseline, differ = {}, None, []
     for block, warps in configs:
-        grid = (_cdiv(N, block),)
+        grid = (triton.cdiv(N, block),)
         part = torch.empty(grid[0], **dev)
 
         def fwd(block=block, warps=warps, grid=grid):
@@ -485,10 +485,6 @@ WORKLOADS = {
     "wkv": _time_wkv,
 }
 """The timed workloads in the order they run; ``--only`` picks by prefix of these names."""
-
-
-def _cdiv(a: int, b: int) -> int:
-    return -(-a // b)
 
 
 def _transformers_ssd(scan, B, L, H, N, P, dtype, device, grad):
