@@ -13,15 +13,6 @@ from __future__ import annotations
 import torch
 
 
-def contiguous_strides(shape: tuple[int, ...] | torch.Size) -> tuple[int, ...]:
-    """The strides of a contiguous tensor of ``shape``."""
-    strides, step = [], 1
-    for size in reversed(tuple(shape)):
-        strides.append(step)
-        step *= max(size, 1)
-    return tuple(reversed(strides))
-
-
 def dense_strides(t: torch.Tensor) -> tuple[int, ...] | None:
     """``t``'s strides when its elements fill one block of memory without gaps or overlap, in any order of
     its dims (contiguous, channels-last, a transpose), else None (an expanded or sliced view)."""
@@ -48,4 +39,4 @@ def in_layout(t: torch.Tensor, strides: tuple[int, ...], dtype: torch.dtype | No
     return torch.empty_strided(t.shape, strides, dtype=dtype, device=t.device).copy_(t)
 
 
-__all__ = ["contiguous_strides", "dense_strides", "in_layout", "same_layout"]
+__all__ = ["dense_strides", "in_layout", "same_layout"]

@@ -25,7 +25,7 @@ from neurostep.engine import (
     define_op,
     has_values,
 )
-from neurostep.engine.layout import contiguous_strides, dense_strides, in_layout
+from neurostep.engine.layout import dense_strides, in_layout
 from neurostep.kernels.lif.common import CONVENTIONS, SNN_RESETS, LIFParams
 from neurostep.kernels.lif.surrogates import SURROGATES, Surrogate, get_surrogate
 
@@ -78,6 +78,12 @@ def _lane_order(v0: torch.Tensor) -> LaneOrder:
     return None if v0.is_contiguous() else dense_strides(v0)
 
 
+def _strides(shape: tuple[int, ...], order: tuple[int, ...]) -> tuple[int, ...]:
+    """The strides of a ``shape`` tensor, ``lanes`` or ``(T, *lanes)``, whose lanes lie in the order ``order``
+    (and whose steps follow each other)."""
+    return order if len(shape) == len(order) else (math.prod(shape[1:]), *order)
+
+
 def _to_compute(t: torch.Tensor, T: int | None, order: LaneOrder, cdtype: torch.dtype) -> torch.Tensor:
     """``t`` (``(T, *lanes)``, or ``lanes`` when ``T`` is None) as the backends take it: ``(T, N)`` (or
     ``(N,)``) in ``cdtype``, its lanes in the memory order ``order``; a view when ``t`` is laid out so
@@ -87,8 +93,7 @@ def _to_compute(t: torch.Tensor, T: int | None, order: LaneOrder, cdtype: torch.
     if order is None:
         t = _as(t, cdtype, shape)
         return t if t.is_contiguous() else t.contiguous()
-    t = in_layout(t, (n, *order) if T is not None else order, cdtype)
-    return t.as_strided(shape, (n, 1) if T is not None else (1,))
+    return in_layout(t, _strides(t.shape, order), cdtype).as_strided(shape, _strides(shape, (1,)))
 
 
 def _from_compute(t: torch.Tensor, shape: tuple[int, ...], order: LaneOrder, dtype: torch.dtype) -> torch.Tensor:
@@ -98,7 +103,7 @@ def _from_compute(t: torch.Tensor, shape: tuple[int, ...], order: LaneOrder, dty
         return _as(t, dtype, shape)
     t = t if t.dtype == dtype else t.to(dtype)
     t = t if t.is_contiguous() else t.contiguous()
-    return t.as_strided(shape, (t.shape[1], *order) if len(shape) == len(order) + 1 else order)
+    return t.as_strided(shape, _strides(shape, order))
 
 
 def _empty_like_lanes(like: torch.Tensor, shape: tuple[int, ...], order: LaneOrder,
@@ -108,8 +113,7 @@ def _empty_like_lanes(like: torch.Tensor, shape: tuple[int, ...], order: LaneOrd
     dtype = dtype if dtype is not None else like.dtype
     if order is None:
         return like.new_empty(shape, dtype=dtype)
-    strides = (math.prod(shape[1:]), *order) if len(shape) == len(order) + 1 else order
-    return like.new_empty_strided(shape, strides, dtype=dtype)
+    return like.new_empty_strided(shape, _strides(shape, order), dtype=dtype)
 
 
 _ATTRS = ("v_reset", "hard_reset", "decay_input", "detach_reset", "surrogate", "alpha", "convention", "snn_reset",
@@ -303,8 +307,8 @@ def _input_lane_order(x: torch.Tensor) -> LaneOrder:
     view, a slice) it copies ``x`` once, into this order."""
     if x.is_contiguous():
         return None
-    order = dense_strides(x[0])
-    return None if order is None or order == contiguous_strides(x.shape[1:]) else order
+    step = x[0]
+    return None if step.is_contiguous() else dense_strides(step)
 
 
 def _state_in(v: torch.Tensor, order: LaneOrder) -> torch.Tensor:
