@@ -116,7 +116,7 @@ def test_stem_stage_outputs_are_spikes():
 def test_stem_activations_stay_channels_last(pool_position):
     # the image goes channels-last into the first convolution and the spike convolutions return channels-last
     # maps; batch norm, max-pooling and the neurons keep that layout, so that no stage copies its activations
-    # between layouts (pooling NCHW maps was 14x slower)
+    # between layouts (pooling contiguous maps is about 10x slower)
     torch.manual_seed(0)
     stem = SpikingPatchStem(3, 32, patch_size=4, pool_position=pool_position, backend="cpu")
     calibrate(stem)
