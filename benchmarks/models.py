@@ -28,6 +28,15 @@ Rows (sizes chosen so one step takes about a second on a 2-core machine):
 A profile of two neurostep steps splits its time into parts (GEMM, convolution, norm, neuron,
 scan, pooling, other); it is printed and stored with the timings.
 
+Every contender runs under the OpenMP wait policy of the process: torch's default (threads spin a
+while after each parallel region) unless ``OMP_WAIT_POLICY`` is set, and the policy is stored with the
+results. The script does not choose passive waiting for everyone, as the ``neurostep`` command does:
+the peers are pure torch, and their many small ops pay a thread wake-up each under it. On the 2-core
+AMD EPYC (2026-12-04, 22:26-22:49 UTC, runs each way) passive waiting made spikingjelly's Spikformer
+step 1.38 s instead of 1.23-1.27 s, transformers' RWKV-4 step 1.69 s instead of 1.18 s (spikes off), its
+Mamba step 36.4 s instead of 21.3 s and the mambapy Vim step 1.81 s instead of 0.98 s; neurostep's steps
+moved by -7% (Mamba) to +14% (SpikeGPT with spikes on), and by +133% for Vim (648 ms against 278 ms).
+
     .venv/bin/python benchmarks/models.py                   # every row
     .venv/bin/python benchmarks/models.py --only spikformer # rows whose name starts with this
     .venv/bin/python benchmarks/models.py --quick           # fewer rounds
@@ -47,12 +56,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-# Passive OpenMP waiting must be chosen before torch or numba start their pools (see wkv.py).
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-
-import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
-from torch import nn  # noqa: E402
+import torch
+import torch.nn.functional as F
+from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -446,12 +452,15 @@ def main() -> None:
                   flush=True)
     columns = ["model", "workload", "neurostep ms", "peer", "peer ms", "peer / neurostep", "floor ms",
                "neurostep / floor"]
-    tables = [table(f"One training step, median of {rounds} interleaved rounds", columns, rows_out),
+    policy = os.environ.get("OMP_WAIT_POLICY") or "unset (torch's default: active)"
+    tables = [table(f"One training step, median of {rounds} interleaved rounds; OpenMP wait policy {policy}",
+                    columns, rows_out),
               table("Where neurostep's step spends its time (profiler, self CPU time)",
                     ["model"] + [name for name, _ in PARTS] + ["other"], part_rows)]
     if args.only or args.rounds:
         return  # partial runs are for looking, not for the stored result
-    write_result(args.out, {"rounds": rounds, "rows": results}, load_before=load_before, tables=tables,
+    write_result(args.out, {"rounds": rounds, "omp_wait_policy": policy, "rows": results}, load_before=load_before,
+                 tables=tables,
                  summary=summary)
     print(f"wrote {args.out}")
 

@@ -18,12 +18,11 @@ import sys
 import time
 from pathlib import Path
 
-# GNU OpenMP threads busy-wait after each parallel region by default; numba's kernels and
-# torch's ops each have such a pool, and on a 2-core machine the spinning pool of one starves
-# the other (measured: a tiny SpikeGPT training step went from 35 ms to 700 ms). Passive waiting
-# must be chosen before either runtime starts, hence before importing torch.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-
+# Every implementation runs under the process's OpenMP wait policy (torch's default, active, unless
+# OMP_WAIT_POLICY is set), which is stored with the results. Passive waiting, which the neurostep command
+# sets, would slow the torch peers' per-step loops: on the 2-core AMD EPYC (2026-12-04 23:0x UTC, --quick)
+# the torch time loop took 881 ms under it against 551 ms, transformers' 1004 ms against 663 ms, and
+# neurostep's kernel 5.95 ms against 6.71 ms.
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -139,16 +138,19 @@ def main() -> None:
                 f"{SCALAR_EXP_RATE / 1e9:.1f} G/s would take {1e3 * roof_exp:.2f} ms (the kernel's exp is vectorized)")
     print(roofline)
 
+    policy = os.environ.get("OMP_WAIT_POLICY") or "unset (torch's default: active)"
     record = {
         "benchmark": "wkv_forward_backward",
         "shape": {"batch": B, "channels": C, "length": T, "dtype": "float32"},
         "quick": args.quick,
         "threads": torch.get_num_threads(),
+        "omp_wait_policy": policy,
         "results": results,
         "roofline": {"memory_s": roof_mem, "exp_s": roof_exp, "bytes": bytes_moved, "exps": exps,
                      "neurostep_over_memory_roofline": ours / roof_mem},
     }
-    title = f"WKV forward+backward, B={B} C={C} L={T} fp32, {torch.get_num_threads()} torch threads; {roofline}"
+    title = (f"WKV forward+backward, B={B} C={C} L={T} fp32, {torch.get_num_threads()} torch threads, OpenMP wait "
+             f"policy {policy}; {roofline}")
     columns = ["implementation", "median ms", "vs neurostep", "CPU ms", "CPU vs neurostep"]
     peers = ", ".join(f"{name.replace(' rwkv_linear_attention_cpu', '')} {ratio(r['ratio_to_neurostep'])}"
                       for name, r in results.items() if not name.startswith("neurostep"))
