@@ -42,8 +42,11 @@ import sys
 import time
 from pathlib import Path
 
-# torch's OpenMP threads busy-wait after each parallel region by default; on a small, shared machine
-# the spinning starves other work (see benchmarks/wkv.py). Passive waiting is set before importing torch.
+# torch's and numba's OpenMP threads busy-wait after each parallel region by default and starve each
+# other on a small machine (docs/design.md, Threads); passive waiting is set before importing torch. It
+# does not favour neurostep here: with active waiting transformers' chunk scan was not faster (3.5-4.2x
+# neurostep's time either way) and neurostep's op was slower (141 ms against 108; 2-core AMD EPYC,
+# 2026-12-04 22:59 UTC).
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import torch
