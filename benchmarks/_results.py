@@ -36,6 +36,12 @@ def load_average() -> list[float] | None:
         return None
 
 
+def omp_wait_policy() -> str:
+    """The process's OpenMP wait policy as the results record it: ``OMP_WAIT_POLICY`` where set, else torch's
+    default (active waiting). It is fixed when torch starts, and it changes how fast pure-torch peers run."""
+    return os.environ.get("OMP_WAIT_POLICY") or "unset (torch's default: active)"
+
+
 def machine_info() -> dict[str, Any]:
     """CPU model, logical cores, platform and library versions of this process."""
     import torch

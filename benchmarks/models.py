@@ -46,7 +46,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import os
 import statistics
 import sys
 import time
@@ -63,7 +62,7 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _results import load_average, ratio, summary_row, table, write_result  # noqa: E402
+from _results import load_average, omp_wait_policy, ratio, summary_row, table, write_result  # noqa: E402
 
 from neurostep.engine import Recurrent  # noqa: E402
 from neurostep.neuro.neurons import SpikingNeuron  # noqa: E402
@@ -452,16 +451,15 @@ def main() -> None:
                   flush=True)
     columns = ["model", "workload", "neurostep ms", "peer", "peer ms", "peer / neurostep", "floor ms",
                "neurostep / floor"]
-    policy = os.environ.get("OMP_WAIT_POLICY") or "unset (torch's default: active)"
+    policy = omp_wait_policy()
     tables = [table(f"One training step, median of {rounds} interleaved rounds; OpenMP wait policy {policy}",
                     columns, rows_out),
               table("Where neurostep's step spends its time (profiler, self CPU time)",
                     ["model"] + [name for name, _ in PARTS] + ["other"], part_rows)]
     if args.only or args.rounds:
         return  # partial runs are for looking, not for the stored result
-    write_result(args.out, {"rounds": rounds, "omp_wait_policy": policy, "rows": results}, load_before=load_before,
-                 tables=tables,
-                 summary=summary)
+    write_result(args.out, {"rounds": rounds, "omp_wait_policy": policy, "rows": results},
+                 load_before=load_before, tables=tables, summary=summary)
     print(f"wrote {args.out}")
 
 

@@ -12,7 +12,6 @@ memory traffic at the copy bandwidth and exponentials at numba's scalar exp rate
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import sys
 import time
@@ -28,7 +27,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _results import load_average, ratio, summary_row, table, write_result  # noqa: E402
+from _results import load_average, omp_wait_policy, ratio, summary_row, table, write_result  # noqa: E402
 
 from neurostep.kernels.wkv import init_state, reference, wkv  # noqa: E402
 
@@ -138,7 +137,7 @@ def main() -> None:
                 f"{SCALAR_EXP_RATE / 1e9:.1f} G/s would take {1e3 * roof_exp:.2f} ms (the kernel's exp is vectorized)")
     print(roofline)
 
-    policy = os.environ.get("OMP_WAIT_POLICY") or "unset (torch's default: active)"
+    policy = omp_wait_policy()
     record = {
         "benchmark": "wkv_forward_backward",
         "shape": {"batch": B, "channels": C, "length": T, "dtype": "float32"},
