@@ -32,10 +32,11 @@ Every contender runs under the OpenMP wait policy of the process: torch's defaul
 while after each parallel region) unless ``OMP_WAIT_POLICY`` is set, and the policy is stored with the
 results. The script does not choose passive waiting for everyone, as the ``neurostep`` command does:
 the peers are pure torch, and their many small ops pay a thread wake-up each under it. On the 2-core
-AMD EPYC (2026-12-04, 22:26-22:49 UTC, runs each way) passive waiting made spikingjelly's Spikformer
-step 1.38 s instead of 1.23-1.27 s, transformers' RWKV-4 step 1.69 s instead of 1.18 s (spikes off), its
-Mamba step 36.4 s instead of 21.3 s and the mambapy Vim step 1.81 s instead of 0.98 s; neurostep's steps
-moved by -7% (Mamba) to +14% (SpikeGPT with spikes on), and by +133% for Vim (648 ms against 278 ms).
+AMD EPYC (2026-12-04, 22:26-22:49 UTC, load 1.3-2.0 at the starts, runs each way) passive waiting made
+spikingjelly's Spikformer step 1.38 s instead of 1.23-1.27 s, transformers' RWKV-4 step 1.69 s instead
+of 1.18 s (spikes off), its Mamba step 36.4 s instead of 21.3 s and the mambapy Vim step 1.81 s instead of
+0.98 s; neurostep's steps moved by -7% (Mamba) to +14% (SpikeGPT with spikes on), and by +133% for Vim
+(648 ms against 278 ms).
 
     .venv/bin/python benchmarks/models.py                   # every row
     .venv/bin/python benchmarks/models.py --only spikformer # rows whose name starts with this

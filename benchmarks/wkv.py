@@ -19,8 +19,8 @@ from pathlib import Path
 
 # Every implementation runs under the process's OpenMP wait policy (torch's default, active, unless
 # OMP_WAIT_POLICY is set), which is stored with the results. Passive waiting, which the neurostep command
-# sets, would slow the torch peers' per-step loops: on the 2-core AMD EPYC (2026-12-04, about 23:00 UTC, --quick)
-# the torch time loop took 881 ms under it against 551 ms, transformers' 1004 ms against 663 ms, and
+# sets, would slow the torch peers' per-step loops: on the 2-core AMD EPYC (2026-12-04, about 23:00 UTC,
+# load 1.5, --quick) the torch time loop took 881 ms under it against 551 ms, transformers' 1004 ms against 663 ms, and
 # neurostep's kernel 5.95 ms against 6.71 ms.
 import torch
 
