@@ -27,7 +27,6 @@ from neurostep.kernels.spike_linear import MIN_WIDTH, reference
 from neurostep.kernels.synapse_op import MAX_DENSITY
 
 
-
 @numba.njit(parallel=True, cache=True, error_model="numpy")
 def _count_rows(x, counts):  # pragma: no cover - compiled
     R, K = x.shape
