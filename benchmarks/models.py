@@ -25,6 +25,10 @@ Rows (sizes chosen so one step takes about a second on a 2-core machine):
 - Vim-Ti (192 dims, depth 24, bidirectional), 112x112 images (49 patches and a class token),
   batch 4, against the same model whose selective scans run on mambapy's parallel scan.
 
+The ratio to the peer is that of the two medians; the table and the summary also give the smallest and
+largest of the per-round ratios (the two steps of one round ran back to back), because on a shared
+machine one run's ratio can differ from the next by several percent.
+
 A profile of two neurostep steps splits its time into parts (GEMM, convolution, norm, neuron,
 scan, pooling, other); it is printed and stored with the timings.
 
@@ -376,6 +380,20 @@ def interleaved(steps: dict[str, Step], rounds: int, warmup: int) -> dict[str, l
     return times
 
 
+def round_ratios(slower: list[float], faster: list[float]) -> list[float]:
+    """``slower[r] / faster[r]`` for every round ``r`` of :func:`interleaved`: two contenders timed within one
+    round saw the same machine, so each round gives one paired ratio. Their spread shows how far a single
+    round (or a single run) can stray from the ratio of the medians."""
+    if len(slower) != len(faster) or not slower:
+        raise ValueError(f"need the same non-zero number of rounds, got {len(slower)} and {len(faster)}")
+    return [a / b for a, b in zip(slower, faster)]
+
+
+def ratio_range(ratios: list[float]) -> str:
+    """The smallest and largest of ``ratios`` as text: ``1.41-1.58x``."""
+    return f"{ratio(min(ratios)).removesuffix('x')}-{ratio(max(ratios))}"
+
+
 PARTS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("neuron", ("neurostep::lif",)),
     ("scan", ("neurostep::selective_scan", "neurostep::wkv", "neurostep::linear_scan",
@@ -438,20 +456,22 @@ def main() -> None:
             results[row.name] = {"workload": row.workload, "peer": row.peer_name, "seconds": times,
                                  "median": med, "parts_seconds": parts, "notes": row.notes}
             speedup, over_floor = med["peer"] / med["neurostep"], med["neurostep"] / med["floor"]
+            per_round = round_ratios(times["peer"], times["neurostep"])
+            results[row.name]["round_ratios"] = per_round
             rows_out.append([row.name, row.workload, f"{med['neurostep'] * 1e3:.0f}", row.peer_name,
-                             f"{med['peer'] * 1e3:.0f}", ratio(speedup), f"{med['floor'] * 1e3:.0f}",
-                             ratio(over_floor)])
+                             f"{med['peer'] * 1e3:.0f}", ratio(speedup), ratio_range(per_round),
+                             f"{med['floor'] * 1e3:.0f}", ratio(over_floor)])
             part_rows.append([row.name] + [f"{100 * parts.get(p, 0.0) / total:.0f}%"
                                            for p in [name for name, _ in PARTS] + ["other"]])
             summary.append(summary_row(f"{row.name} training step", row.workload,
                                        f"{med['neurostep'] * 1e3:.0f} ms ({ratio(over_floor)} its GEMM/conv floor)",
-                                       f"{row.peer_name} {ratio(speedup)}"))
+                                       f"{row.peer_name} {ratio(speedup)} (rounds {ratio_range(per_round)})"))
             print("  ".join(rows_out[-1]), flush=True)
             print("    parts: " + "  ".join(f"{p} {v * 1e3:.0f} ms" for p, v in sorted(parts.items(),
                                                                                     key=lambda kv: -kv[1])),
                   flush=True)
-    columns = ["model", "workload", "neurostep ms", "peer", "peer ms", "peer / neurostep", "floor ms",
-               "neurostep / floor"]
+    columns = ["model", "workload", "neurostep ms", "peer", "peer ms", "peer / neurostep", "per round",
+               "floor ms", "neurostep / floor"]
     policy = omp_wait_policy()
     tables = [table(f"One training step, median of {rounds} interleaved rounds; OpenMP wait policy {policy}",
                     columns, rows_out),

@@ -71,3 +71,14 @@ def test_rwkv_weights_load_into_spikegpt_with_spikes_off():
     idx = torch.randint(0, 20, (2, 9))
     with torch.no_grad():
         torch.testing.assert_close(ours(idx), hf(idx, use_cache=False).logits, rtol=1e-4, atol=1e-4)
+
+
+def test_round_ratios_pair_the_rounds_and_their_range_is_reported():
+    ratios = bench.round_ratios([2.0, 3.0, 1.5], [1.0, 2.0, 1.0])
+    assert ratios == [2.0, 1.5, 1.5]
+    assert bench.ratio_range(ratios) == "1.50-2.00x"
+    assert bench.ratio_range([1.4123, 15.2]) == "1.41-15.2x"
+    with pytest.raises(ValueError, match="same non-zero number of rounds"):
+        bench.round_ratios([1.0, 2.0], [1.0])
+    with pytest.raises(ValueError, match="same non-zero number of rounds"):
+        bench.round_ratios([], [])
