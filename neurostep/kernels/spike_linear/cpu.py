@@ -58,7 +58,7 @@ def _forward_rows(indptr, idx, val, wt, bias, has_bias, y):  # pragma: no cover 
 
     Whole output rows, not column blocks: the row (``O`` floats) stays in L1 while the selected ``W^T``
     rows stream through. Blocks of 128 columns, meant to keep their ``K x 128`` slice of ``W^T`` in L2,
-    were 1.5-1.8x slower at every size measured (2-core AMD EPYC with 512 KB of L2 per core,
+    were 1.4-1.8x slower at every size measured (2-core AMD EPYC with 512 KB of L2 per core,
     2026-12-05, caches flushed between calls, 2-3% ones): 3.6 against 2.4 ms at (2048, 1536) -> 384,
     15.4 against 9.1 ms at (2048, 1536) -> 1536, 61 against 33 ms at (8192, 768) -> 3072."""
     R, O = y.shape
