@@ -453,11 +453,11 @@ def main() -> None:
             med = {k: statistics.median(v) for k, v in times.items()}
             parts = breakdown(row.ours)
             total = sum(parts.values())
-            results[row.name] = {"workload": row.workload, "peer": row.peer_name, "seconds": times,
-                                 "median": med, "parts_seconds": parts, "notes": row.notes}
-            speedup, over_floor = med["peer"] / med["neurostep"], med["neurostep"] / med["floor"]
             per_round = round_ratios(times["peer"], times["neurostep"])
-            results[row.name]["round_ratios"] = per_round
+            results[row.name] = {"workload": row.workload, "peer": row.peer_name, "seconds": times,
+                                 "median": med, "round_ratios": per_round, "parts_seconds": parts,
+                                 "notes": row.notes}
+            speedup, over_floor = med["peer"] / med["neurostep"], med["neurostep"] / med["floor"]
             rows_out.append([row.name, row.workload, f"{med['neurostep'] * 1e3:.0f}", row.peer_name,
                              f"{med['peer'] * 1e3:.0f}", ratio(speedup), ratio_range(per_round),
                              f"{med['floor'] * 1e3:.0f}", ratio(over_floor)])
