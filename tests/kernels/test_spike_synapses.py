@@ -3,6 +3,7 @@ their spike input (event-driven on CPU), against torch's dense layers."""
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -74,6 +75,19 @@ def test_linear_event_driven_path_matches_the_dense_layer(dtype, bias, counts, m
     ours = _grads(lambda x, w, b: spike_linear(x, w, b), x, w, b, g)
     assert calls == list(SPARSE_KERNELS["linear"][1])      # the sparse kernels ran, once each
     _assert_all_close(ours, _grads(F.linear, x, w, b, g), dtype)
+
+
+@pytest.mark.parametrize("dtype, width", [(torch.float32, 160), (torch.float32, 161), (torch.float64, 161)])
+def test_row_lists_list_every_nonzero_in_column_order(dtype, width):
+    # negative values, NaN, a tiny value and -0.0 (a zero), at a row's ends too, are listed as numpy lists them
+    x = _spikes((40, width), 0.03, dtype).numpy()
+    x[0, 0], x[0, 1], x[1, width - 1], x[2, 5], x[3, 7], x[4, 8] = 2.5, -1.0, 3.0, float("nan"), -0.0, 1e-30
+    indptr, idx, val = linear_cpu.row_lists(x)
+    rows, cols = (x != 0).nonzero()
+    assert indptr.tolist() == [0, *(x != 0).sum(1).cumsum().tolist()]
+    assert idx.tolist() == cols.tolist()
+    expected = x[rows, cols]
+    assert ((val == expected) | (np.isnan(val) & np.isnan(expected))).all()
 
 
 def test_linear_dense_inputs_and_narrow_layers_take_the_dense_product(monkeypatch):
