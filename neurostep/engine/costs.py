@@ -43,11 +43,15 @@ class CountAs:
     operands, spike statistics) to the arguments ``adapt`` makes from the custom op's (by default its
     own arguments, which must then start as the aten op's do).
 
+    ``output``: for a custom op with several outputs, the index of the one the aten op returns (the others
+    carry values to its backward).
+
     Example: ``CountAs("aten::linear")``; ``CountAs("aten::convolution", lambda a: (a[0], a[1], a[2], ...))``.
     """
 
     aten_name: str
     adapt: Callable[[tuple[Any, ...]], tuple[Any, ...]] | None = None
+    output: int | None = None
 
     def __post_init__(self) -> None:
         if not self.aten_name.startswith("aten::"):
@@ -55,6 +59,10 @@ class CountAs:
 
     def arguments(self, args: tuple[Any, ...]) -> tuple[Any, ...]:
         return tuple(args) if self.adapt is None else tuple(self.adapt(args))
+
+    def result(self, out: Any) -> Any:
+        """The aten op's output among the custom op's outputs ``out``."""
+        return out if self.output is None else out[self.output]
 
 
 class CostRegistry:

@@ -82,12 +82,36 @@ def test_row_lists_list_every_nonzero_in_column_order(dtype, width):
     # negative values, NaN, a tiny value and -0.0 (a zero), at a row's ends too, are listed as numpy lists them
     x = _spikes((40, width), 0.03, dtype).numpy()
     x[0, 0], x[0, 1], x[1, width - 1], x[2, 5], x[3, 7], x[4, 8] = 2.5, -1.0, 3.0, float("nan"), -0.0, 1e-30
-    indptr, idx, val = linear_cpu.row_lists(x)
     rows, cols = (x != 0).nonzero()
+    indptr, idx, val = np.empty(41, np.int64), np.empty(len(cols) + 3, np.int32), np.empty(len(cols) + 3, x.dtype)
+    assert linear_cpu.row_lists(x, indptr, idx, val)
     assert indptr.tolist() == [0, *(x != 0).sum(1).cumsum().tolist()]
-    assert idx.tolist() == cols.tolist()
+    assert idx[:len(cols)].tolist() == cols.tolist()
     expected = x[rows, cols]
-    assert ((val == expected) | (np.isnan(val) & np.isnan(expected))).all()
+    assert ((val[:len(cols)] == expected) | (np.isnan(val[:len(cols)]) & np.isnan(expected))).all()
+    # lists that do not fit are refused: the caller then takes the dense product
+    assert not linear_cpu.row_lists(x, indptr, idx[:len(cols) - 1], val[:len(cols) - 1])
+
+
+@pytest.mark.parametrize("op", ["linear", "conv"])
+def test_the_backward_reuses_the_forwards_event_lists(op, monkeypatch):
+    # the forward lists the nonzeros of x once; the weight gradient sums over those lists, not over new ones
+    module = linear_cpu if op == "linear" else conv_cpu
+    calls: list[int] = []
+    row_lists = module.row_lists
+    monkeypatch.setattr(module, "row_lists", lambda *a: calls.append(1) or row_lists(*a))
+    if op == "linear":
+        x, w = _spikes((64, 160), 0.03).reshape(4, 16, 160), torch.randn(MIN_WIDTH, 160)
+        fn, dense = spike_linear, F.linear
+    else:   # channels-last: its pixels are listed as rows
+        x = _spikes((2, 8, 6, 6), 0.05).contiguous(memory_format=torch.channels_last)
+        w = torch.randn(4, 8, 3, 3)
+        fn, dense = spike_conv2d, (lambda x, w, b: F.conv2d(x, w, b, padding=1))
+    b = torch.randn(w.shape[0])
+    g = torch.randn_like(dense(x, w, b))
+    ours = _grads(fn, x, w, b, g)
+    assert calls == [1]
+    _assert_all_close(ours, _grads(dense, x, w, b, g), torch.float32)
 
 
 def test_linear_dense_inputs_and_narrow_layers_take_the_dense_product(monkeypatch):

@@ -132,7 +132,7 @@ def rule_for(func: Any) -> Rule:
 def counted_as(alias: CountAs) -> Rule:
     """The rule of a custom op declared to compute an aten op: that op's rule on the adapted arguments."""
     rule = RULES[alias.aten_name.split("::", 1)[1]]
-    return lambda c, args, kwargs, out: rule(c, alias.arguments(args), {}, out)
+    return lambda c, args, kwargs, out: rule(c, alias.arguments(args), {}, alias.result(out))
 
 
 def declared(formula: Callable[..., OpCost], qualified: str) -> Rule:

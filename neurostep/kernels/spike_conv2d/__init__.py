@@ -21,9 +21,14 @@ from neurostep.kernels import synapse_op
 _NAME = "spike_conv2d"
 
 
-def _forward_fake(x, weight, bias, *, backend):
+def _output_like(x, weight):
     return torch.empty((x.shape[0], weight.shape[0], x.shape[2], x.shape[3]), dtype=x.dtype, device=x.device,
                        memory_format=torch.channels_last)
+
+
+def _forward_fake(x, weight, bias, *, backend):
+    pixels = x.shape[0] * x.shape[2] * x.shape[3]
+    return _output_like(x, weight), *synapse_op.empty_event_lists(x, pixels, synapse_op.lists_events(__name__, backend))
 
 
 def _as_convolution(args: tuple) -> tuple:
@@ -37,8 +42,9 @@ SPIKE_CONV2D = define_op(
     _NAME,
     backends={name: f"neurostep.kernels.spike_conv2d.{name}" for name in ("reference", "cpu")},
     forward=synapse_op.forward, forward_fake=_forward_fake,
-    backward=synapse_op.backward_adapter(_forward_fake, torch.channels_last), backward_fake=synapse_op.backward_fake,
-    save=synapse_op.save_inputs, cost=CountAs("aten::convolution", _as_convolution),
+    backward=synapse_op.backward_adapter(_output_like, torch.channels_last), backward_fake=synapse_op.backward_fake,
+    save=synapse_op.save_inputs, internal_outputs=synapse_op.INTERNAL_OUTPUTS,
+    cost=CountAs("aten::convolution", _as_convolution, output=0),
 )
 
 
@@ -70,7 +76,7 @@ def spike_conv2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | Non
         return F.conv2d(x, weight, bias, padding=k // 2)
     if not (x.is_contiguous() or x.is_contiguous(memory_format=torch.channels_last)):
         x = x.contiguous()
-    return SPIKE_CONV2D(x, weight, bias, backend=name)
+    return SPIKE_CONV2D(x, weight, bias, backend=name)[0]
 
 
 __all__ = ["SPIKE_CONV2D", "spike_conv2d"]

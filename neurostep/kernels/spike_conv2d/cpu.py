@@ -10,6 +10,8 @@ channels-last ``(N, H, W, C_out)`` so that those adds run over contiguous rows, 
 (the spike gradient reaches every pixel) and stays torch's convolution backward.
 
 Inputs with more than ``synapse_op.MAX_DENSITY`` nonzeros per element take torch's dense convolution.
+The forward returns the pixel lists it built, and the backward's weight gradient reuses them
+(``synapse_op``).
 """
 
 from __future__ import annotations
@@ -20,10 +22,13 @@ import torch
 from numba import prange
 
 from neurostep.engine import check_numba_input
+from neurostep.kernels import synapse_op
 from neurostep.kernels.numba_launch import serialized
 from neurostep.kernels.spike_conv2d import reference
-from neurostep.kernels.spike_linear.cpu import accumulate_rows, row_lists
-from neurostep.kernels.synapse_op import MAX_DENSITY
+from neurostep.kernels.spike_linear.cpu import accumulate_rows, listed, row_lists
+
+LISTS_EVENTS = True
+"""The forward returns its event lists (``synapse_op``)."""
 
 
 @numba.njit(parallel=True, cache=True, error_model="numpy")
@@ -131,62 +136,64 @@ def _weight_grad_pixels(ptr, idx, val, g, parts, H, W, k, pad):  # pragma: no co
                                         _axpy(part[base + dy * k + dx], g[n * P + oi * W + oj], v, O)
 
 
-def _pixel_lists(x: torch.Tensor) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
-    """Each pixel's nonzero channels ``(ptr (N*H*W + 1), idx, val)``, or None above ``MAX_DENSITY``."""
+def _pixel_lists(x: torch.Tensor, ptr: np.ndarray, idx: np.ndarray, val: np.ndarray) -> bool:
+    """Each pixel's nonzero channels and their values into ``ptr (N*H*W + 1)`` and the first ``nnz`` elements
+    of ``idx`` and ``val``; False where they do not fit (above ``synapse_op.MAX_DENSITY``)."""
     N, C, H, W = x.shape
     if x.numel() == 0:
-        return None
+        return False
     if not x.is_contiguous():
         # channels-last: each pixel's channels are one contiguous row, listed as the linear layer lists
         # the rows of its input
-        return row_lists(x.permute(0, 2, 3, 1).reshape(N * H * W, C).numpy())
+        return row_lists(x.permute(0, 2, 3, 1).reshape(N * H * W, C).numpy(), ptr, idx, val)
     flat = x.reshape(N, C, H * W).numpy()
     counts = np.empty((N, H * W), dtype=np.int64)
     _count_pixels(flat, counts)
-    ptr = np.zeros(N * H * W + 1, dtype=np.int64)
+    ptr[0] = 0
     np.cumsum(counts.reshape(-1), out=ptr[1:])
-    nnz = int(ptr[-1])
-    if nnz > MAX_DENSITY * x.numel():
-        return None
-    idx = np.empty(nnz, dtype=np.int32)
-    val = np.empty(nnz, dtype=flat.dtype)
+    if ptr[-1] > idx.shape[0]:
+        return False
     _fill_pixels(flat, ptr, idx, val)
-    return ptr, idx, val
+    return True
 
 
 @serialized
-def forward(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-    """See ``reference.forward``."""
+def forward(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
+            ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """See ``reference.forward``; the event lists hold the pixels' nonzero channels, for the backward."""
     check_numba_input(x, torch.channels_last)
-    lists = _pixel_lists(x)
-    if lists is None:
-        return reference.forward(x, weight, bias)   # channels-last too
     N, _, H, W = x.shape
+    lists = synapse_op.empty_event_lists(x, N * H * W, True)
+    ptr, idx, val = (t.numpy() for t in lists)
+    has_lists = _pixel_lists(x, ptr, idx, val)
+    synapse_op.settle_event_lists(lists, has_lists)
+    if not has_lists:
+        return reference.convolve(x, weight, bias), *lists   # channels-last too
     O = weight.shape[0]
     k = weight.shape[-1]
     wt = weight.detach().permute(2, 3, 1, 0).reshape(k * k * weight.shape[1], O).contiguous()
     y = x.new_empty((N * H * W, O))
     has_bias = bias is not None
     b = bias.detach() if has_bias else x.new_zeros(1)
-    _forward_pixels(*lists, wt.numpy(), b.numpy(), has_bias, y.numpy(), H, W, k, k // 2)
-    return y.reshape(N, H, W, O).permute(0, 3, 1, 2)   # built channels-last, returned so (the op's layout)
+    _forward_pixels(ptr, idx, val, wt.numpy(), b.numpy(), has_bias, y.numpy(), H, W, k, k // 2)
+    return y.reshape(N, H, W, O).permute(0, 3, 1, 2), *lists   # built channels-last, returned so (the op's layout)
 
 
 @serialized
 def backward(grad_y: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, has_bias: bool,
-             needs: tuple[bool, bool, bool]) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
-    """See ``reference.backward``."""
+             needs: tuple[bool, bool, bool], lists: tuple[torch.Tensor, ...]
+             ) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
+    """See ``reference.backward``; the weight gradient sums over the forward's event lists."""
     check_numba_input(x, torch.channels_last)
-    lists = _pixel_lists(x) if needs[1] else None
-    if lists is None:
-        return reference.backward(grad_y, x, weight, has_bias, needs)
-    dx = reference.backward(grad_y, x, weight, False, (True, False, False))[0] if needs[0] else None
+    if not (needs[1] and listed(lists[0])):
+        return reference.backward(grad_y, x, weight, has_bias, needs, lists)
+    dx = reference.backward(grad_y, x, weight, False, (True, False, False), lists)[0] if needs[0] else None
     db = grad_y.sum((0, 2, 3)) if (has_bias and needs[2]) else None
     N, C, H, W = x.shape
     O, k = weight.shape[0], weight.shape[-1]
     g = grad_y.permute(0, 2, 3, 1).reshape(N * H * W, O).contiguous()      # channels-last rows
     slots = max(1, min(numba.get_num_threads(), N))
     parts = np.zeros((slots, C * k * k, O), dtype=g.numpy().dtype)
-    _weight_grad_pixels(*lists, g.numpy(), parts, H, W, k, k // 2)
+    _weight_grad_pixels(*(t.numpy() for t in lists), g.numpy(), parts, H, W, k, k // 2)
     dwt = torch.from_numpy(parts.sum(0) if slots > 1 else parts[0])         # (C_in*k*k, C_out)
     return dx, dwt.reshape(C, k, k, O).permute(3, 0, 1, 2).contiguous(), db

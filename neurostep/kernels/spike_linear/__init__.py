@@ -23,16 +23,22 @@ _NAME = "spike_linear"
 MIN_WIDTH = 128
 
 
-def _forward_fake(x, weight, bias, *, backend):
+def _output_like(x, weight):
     return x.new_empty((x.shape[0], weight.shape[0]))
+
+
+def _forward_fake(x, weight, bias, *, backend):
+    return _output_like(x, weight), *synapse_op.empty_event_lists(x, x.shape[0],
+                                                                  synapse_op.lists_events(__name__, backend))
 
 
 SPIKE_LINEAR = define_op(
     _NAME,
     backends={name: f"neurostep.kernels.spike_linear.{name}" for name in ("reference", "cpu")},
     forward=synapse_op.forward, forward_fake=_forward_fake,
-    backward=synapse_op.backward_adapter(_forward_fake), backward_fake=synapse_op.backward_fake,
-    save=synapse_op.save_inputs, cost=CountAs("aten::linear"),
+    backward=synapse_op.backward_adapter(_output_like), backward_fake=synapse_op.backward_fake,
+    save=synapse_op.save_inputs, internal_outputs=synapse_op.INTERNAL_OUTPUTS,
+    cost=CountAs("aten::linear", output=0),
 )
 
 
@@ -59,7 +65,7 @@ def spike_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | Non
         return F.linear(x, weight, bias)
     rows = x.reshape(-1, x.shape[-1])
     rows = rows if rows.is_contiguous() else rows.contiguous()
-    y = SPIKE_LINEAR(rows, weight, bias, backend=name)
+    y = SPIKE_LINEAR(rows, weight, bias, backend=name)[0]
     return y.reshape(*x.shape[:-1], weight.shape[0])
 
 

@@ -3,11 +3,11 @@
 A spiking layer's input is mostly zeros (Spikformer's MLP and projection inputs: 0.2-3% ones at
 initialisation), so ``y = x W^T`` is cheaper as a sum, per row, of the weight columns that its nonzeros
 select: ``nnz(x) * O`` multiply-adds instead of ``R * K * O``. The forward lists each row's nonzeros
-(two passes over ``x``: count, then fill, so the lists are packed without a guess of their size) and
-accumulates, for each output row, the ``W^T`` rows they select. The weight
-gradient ``dW = g^T x`` is the same sum seen from the columns of ``x``: the row lists are regrouped by
-column (a counting sort) and each ``dW^T`` row sums the gradient rows its column's nonzeros select. The
-input gradient ``g W`` is dense (the spike gradient flows everywhere) and stays a torch matrix product.
+(two passes over ``x``: count, then fill) and accumulates, for each output row, the ``W^T`` rows they
+select; it returns the lists, which the backward reuses (``synapse_op``). The weight gradient
+``dW = g^T x`` is the same sum seen from the columns of ``x``: the row lists are regrouped by column (a
+counting sort) and each ``dW^T`` row sums the gradient rows its column's nonzeros select. The input
+gradient ``g W`` is dense (the spike gradient flows everywhere) and stays a torch matrix product.
 
 Above ``synapse_op.MAX_DENSITY`` nonzeros per element, or for narrow layers (fewer than ``MIN_WIDTH``
 inputs or outputs), the dense product is faster and is used: the result is the same function, rounded
@@ -19,12 +19,16 @@ from __future__ import annotations
 import numba
 import numpy as np
 import torch
+import torch.nn.functional as F
 from numba import prange
 
 from neurostep.engine import check_numba_input
+from neurostep.kernels import synapse_op
 from neurostep.kernels.numba_launch import serialized
 from neurostep.kernels.spike_linear import MIN_WIDTH, reference
-from neurostep.kernels.synapse_op import MAX_DENSITY
+
+LISTS_EVENTS = True
+"""The forward returns its event lists (``synapse_op``)."""
 
 
 @numba.njit(parallel=True, cache=True, error_model="numpy")
@@ -130,56 +134,65 @@ def _weight_grad_columns(cptr, ridx, cval, g, dwt):  # pragma: no cover - compil
         accumulate_rows(d, ridx, cval, g, cptr[k], cptr[k + 1])
 
 
-def row_lists(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
-    """Each row's nonzeros ``(indptr (R + 1), idx, val)`` of ``x (R, K)``, in column order, or None where the
-    dense product is faster (the spike convolution lists a channels-last input's pixels with it)."""
-    R, K = x.shape
+def row_lists(x: np.ndarray, indptr: np.ndarray, idx: np.ndarray, val: np.ndarray) -> bool:
+    """Each row's nonzeros of ``x (R, K)``, in column order, into ``indptr (R + 1)`` and the first ``nnz``
+    elements of ``idx`` and ``val``; False, with ``idx`` and ``val`` untouched, where they do not fit (above
+    ``synapse_op.MAX_DENSITY``, where the dense product is faster). The spike convolution lists a
+    channels-last input's pixels with it."""
+    R = x.shape[0]
     counts = np.empty(R, dtype=np.int64)
     _count_rows(x, counts)
-    indptr = np.zeros(R + 1, dtype=np.int64)
+    indptr[0] = 0
     np.cumsum(counts, out=indptr[1:])
-    nnz = int(indptr[-1])
-    if nnz > MAX_DENSITY * R * K:
-        return None
-    idx = np.empty(nnz, dtype=np.int32)
-    val = np.empty(nnz, dtype=x.dtype)
+    if indptr[R] > idx.shape[0]:
+        return False
     _fill_rows(x, indptr, idx, val)
-    return indptr, idx, val
+    return True
 
 
 def _sparse_worth_it(x: torch.Tensor, weight: torch.Tensor) -> bool:
     return x.shape[0] > 0 and min(weight.shape) >= MIN_WIDTH
 
 
+def listed(indptr: torch.Tensor) -> bool:
+    """Whether the event lists whose ``indptr`` a forward returned hold lists (``synapse_op``)."""
+    return indptr.shape[0] > 0 and int(indptr[0]) == 0
+
+
 @serialized
-def forward(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-    """See ``reference.forward``."""
+def forward(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
+            ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """See ``reference.forward``; the event lists hold the rows' nonzeros, for the backward."""
     check_numba_input(x)
-    lists = row_lists(x.numpy()) if _sparse_worth_it(x, weight) else None
-    if lists is None:
-        return reference.forward(x, weight, bias)
+    lists = synapse_op.empty_event_lists(x, x.shape[0], True)
+    indptr, idx, val = (t.numpy() for t in lists)
+    has_lists = _sparse_worth_it(x, weight) and row_lists(x.numpy(), indptr, idx, val)
+    synapse_op.settle_event_lists(lists, has_lists)
+    if not has_lists:
+        return F.linear(x, weight, bias), *lists
     y = x.new_empty((x.shape[0], weight.shape[0]))
     wt = weight.detach().t().contiguous()
     has_bias = bias is not None
     b = bias.detach().numpy() if has_bias else np.zeros(1, dtype=wt.numpy().dtype)
-    _forward_rows(*lists, wt.numpy(), b, has_bias, y.numpy())
-    return y
+    _forward_rows(indptr, idx, val, wt.numpy(), b, has_bias, y.numpy())
+    return y, *lists
 
 
 @serialized
 def backward(grad_y: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, has_bias: bool,
-             needs: tuple[bool, bool, bool]) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
-    """See ``reference.backward``."""
+             needs: tuple[bool, bool, bool], lists: tuple[torch.Tensor, ...]
+             ) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
+    """See ``reference.backward``; the weight gradient sums over the forward's event lists."""
     check_numba_input(x)
-    lists = row_lists(x.numpy()) if (needs[1] and _sparse_worth_it(x, weight)) else None
-    if lists is None:
-        return reference.backward(grad_y, x, weight, has_bias, needs)
-    dx, _, db = reference.backward(grad_y, x, weight, has_bias, (needs[0], False, needs[2]))
-    indptr, idx, val = lists
+    if not (needs[1] and listed(lists[0])):
+        return reference.backward(grad_y, x, weight, has_bias, needs, lists)
+    dx, _, db = reference.backward(grad_y, x, weight, has_bias, (needs[0], False, needs[2]), lists)
+    indptr, idx, val = (t.numpy() for t in lists)
     K = x.shape[1]
+    nnz = int(indptr[-1])
     cptr = np.empty(K + 1, dtype=np.int64)
-    ridx = np.empty(idx.shape[0], dtype=np.int32)
-    cval = np.empty(idx.shape[0], dtype=val.dtype)
+    ridx = np.empty(nnz, dtype=np.int32)
+    cval = np.empty(nnz, dtype=val.dtype)
     _rows_to_columns(indptr, idx, val, cptr, ridx, cval)
     dwt = x.new_empty((K, weight.shape[0]))
     _weight_grad_columns(cptr, ridx, cval, grad_y.numpy(), dwt.numpy())
