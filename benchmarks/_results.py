@@ -25,7 +25,7 @@ import platform
 from pathlib import Path
 from typing import Any
 
-from neurostep.machine import cpu_model
+from neurostep.machine import cpu_model, cpu_signature
 
 
 def load_average() -> list[float] | None:
@@ -43,10 +43,12 @@ def omp_wait_policy() -> str:
 
 
 def machine_info() -> dict[str, Any]:
-    """CPU model, logical cores, platform and library versions of this process."""
+    """CPU model (and family, model number and instruction set where known), logical cores, platform and library
+    versions of this process."""
     import torch
 
-    info: dict[str, Any] = {"cpu": cpu_model(), "cores": os.cpu_count(), "platform": platform.platform(),
+    info: dict[str, Any] = {"cpu": cpu_model(), "cpu_id": cpu_signature() or None, "cores": os.cpu_count(),
+                            "platform": platform.platform(),
                             "python": platform.python_version(), "torch": torch.__version__,
                             "torch_threads": torch.get_num_threads()}
     if torch.cuda.is_available():   # asked when the result is written, never at import

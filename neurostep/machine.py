@@ -26,4 +26,26 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine() or "unknown"
 
 
-__all__ = ["cpu_model"]
+def cpu_signature(cpuinfo: str = "/proc/cpuinfo") -> str:
+    """What tells apart CPUs that share a model name: on x86 Linux the family and model numbers and whether the
+    cores have AVX-512 (``"family 25 model 1, AVX2"``); else ``""``. Two AMD EPYC machines of one cloud both
+    call themselves "AMD EPYC": a Zen 3 (model 1, AVX2) and a Zen 4 (model 17, AVX-512) run the same kernels
+    at different speeds and round the same training differently (oneDNN and MKL pick per instruction set)."""
+    fields: dict[str, str] = {}
+    try:
+        with open(cpuinfo, encoding="utf-8") as fh:
+            for line in fh:
+                if not line.strip():
+                    break                      # the first processor's block is enough
+                key, _, value = line.partition(":")
+                fields[key.strip().lower()] = value.strip()
+    except OSError:
+        return ""
+    if "cpu family" not in fields or "model" not in fields:
+        return ""
+    flags = fields.get("flags", "").split()
+    isa = "AVX-512" if "avx512f" in flags else "AVX2" if "avx2" in flags else "no AVX2"
+    return f"family {fields['cpu family']} model {fields['model']}, {isa}"
+
+
+__all__ = ["cpu_model", "cpu_signature"]

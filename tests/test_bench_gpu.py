@@ -86,3 +86,5 @@ def test_docs_name_the_gpu_of_a_gpu_result():
     assert hook.machine_short({"machine": {"gpu": "NVIDIA H200", "cpu": "AMD EPYC 9B14", "cores": 16}}) == \
         "NVIDIA H200, AMD EPYC 9B14, 16 cores"
     assert hook.machine_short({"machine": {"cpu": "AMD EPYC 9B14", "cores": 2}}) == "AMD EPYC 9B14, 2 cores"
+    assert hook.machine_short({"machine": {"cpu": "AMD EPYC", "cpu_id": "family 25 model 1, AVX2", "cores": 2}}) == \
+        "AMD EPYC (family 25 model 1, AVX2), 2 cores"

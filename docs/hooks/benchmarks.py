@@ -72,13 +72,15 @@ def run_date(data: dict[str, Any]) -> str:
 
 
 def machine_short(data: dict[str, Any]) -> str:
-    """``"Intel Xeon, 2 cores"`` from the result's ``machine`` record."""
+    """``"Intel Xeon, 2 cores"`` from the result's ``machine`` record, with the CPU's family, model and
+    instruction set where the record has them (``"AMD EPYC (family 25 model 1, AVX2), 2 cores"``)."""
     machine = data.get("machine")
     if not isinstance(machine, dict):
         return "machine not recorded"
     cores = machine.get("cores")
     gpu = f"{machine['gpu']}, " if machine.get("gpu") else ""
-    return gpu + short_cpu(str(machine.get("cpu", ""))) + (f", {cores} cores" if cores else "")
+    cpu_id = f" ({machine['cpu_id']})" if machine.get("cpu_id") else ""
+    return gpu + short_cpu(str(machine.get("cpu", ""))) + cpu_id + (f", {cores} cores" if cores else "")
 
 
 def _loads(values: Any) -> str:

@@ -62,6 +62,11 @@ def settle_event_lists(lists: tuple[torch.Tensor, torch.Tensor, torch.Tensor], l
     val[used:].zero_()
 
 
+def has_event_lists(indptr: torch.Tensor) -> bool:
+    """Whether the event lists whose ``indptr`` a forward returned hold lists (not all -1, not zero-size)."""
+    return indptr.shape[0] > 0 and int(indptr[0]) == 0
+
+
 def lists_events(package: str, backend: str) -> bool:
     """Whether ``backend`` of the op in ``package`` returns event lists; imported by name, as the fakes run on
     meta tensors, where no backend is "available"."""

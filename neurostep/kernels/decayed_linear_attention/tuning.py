@@ -11,11 +11,12 @@ the default is measured, not assumed:
 - :func:`tune_chunk_size` times the backend's forward+backward with each candidate chunk size on a
   workload (round-robin, so that a change of load hits every candidate alike; the median of the rounds)
   and records the fastest in a small JSON file under the user's cache directory
-  (``$XDG_CACHE_HOME/neurostep`` or ``~/.cache/neurostep``), keyed by the machine (CPU model and core
-  count) and by the workload's dtype, ``K``, ``V``, thread count and mode: training (forward and backward)
-  or inference (forward only). The two differ: on the AMD EPYC a Mamba-2-130m prefill's op (one group,
-  L=512, forward only) ran 10% faster with chunks of 64 than 32, where the training workload above found
-  the two level. ``python -m neurostep tune`` runs it for both modes from the command line.
+  (``$XDG_CACHE_HOME/neurostep`` or ``~/.cache/neurostep``), keyed by the machine (CPU model, with its
+  family, model number and instruction set where known, and core count) and by the workload's dtype,
+  ``K``, ``V``, thread count and mode: training (forward and backward) or inference (forward only). The
+  two differ: on the AMD EPYC a Mamba-2-130m prefill's op (one group, L=512, forward only) ran 10% faster
+  with chunks of 64 than 32, where the training workload above found the two level. ``python -m neurostep
+  tune`` runs it for both modes from the command line.
 - :func:`tuned_chunk_size` reads that choice back; ``decayed_linear_attention(chunk_size=None)`` on the
   cpu backend uses it, and the backend's ``CHUNK_SIZE`` where nothing was measured for the machine and
   workload. An explicit ``chunk_size=`` always wins. The result depends on the chunk size only through
@@ -36,7 +37,7 @@ from pathlib import Path
 import torch
 
 from neurostep.files import atomic_write_text
-from neurostep.machine import cpu_model
+from neurostep.machine import cpu_model, cpu_signature
 
 CANDIDATES = (32, 64, 128)
 """Chunk sizes :func:`tune_chunk_size` tries by default."""
@@ -52,9 +53,11 @@ def tuning_file() -> Path:
 
 @functools.lru_cache(maxsize=1)
 def machine_key() -> str:
-    """The CPU model and the logical core count: a choice measured on one machine is not applied on another.
-    Read once per process (every op call with ``chunk_size=None`` asks)."""
-    return f"{cpu_model()} x{os.cpu_count()}"
+    """The CPU model (with its family, model number and instruction set where known) and the logical core
+    count: a choice measured on one machine is not applied on another. Read once per process (every op call
+    with ``chunk_size=None`` asks)."""
+    signature = cpu_signature()
+    return f"{cpu_model()}{f' ({signature})' if signature else ''} x{os.cpu_count()}"
 
 
 def workload_key(k: int, v: int, dtype: torch.dtype, threads: int, backward: bool = True) -> str:

@@ -25,7 +25,7 @@ from neurostep.engine import check_numba_input
 from neurostep.kernels import synapse_op
 from neurostep.kernels.numba_launch import serialized
 from neurostep.kernels.spike_conv2d import reference
-from neurostep.kernels.spike_linear.cpu import accumulate_rows, listed, row_lists
+from neurostep.kernels.spike_linear.cpu import accumulate_rows, row_lists
 
 LISTS_EVENTS = True
 """The forward returns its event lists (``synapse_op``)."""
@@ -185,7 +185,7 @@ def backward(grad_y: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, has_bi
              ) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
     """See ``reference.backward``; the weight gradient sums over the forward's event lists."""
     check_numba_input(x, torch.channels_last)
-    if not (needs[1] and listed(lists[0])):
+    if not (needs[1] and synapse_op.has_event_lists(lists[0])):
         return reference.backward(grad_y, x, weight, has_bias, needs, lists)
     dx = reference.backward(grad_y, x, weight, False, (True, False, False), lists)[0] if needs[0] else None
     db = grad_y.sum((0, 2, 3)) if (has_bias and needs[2]) else None

@@ -154,11 +154,6 @@ def _sparse_worth_it(x: torch.Tensor, weight: torch.Tensor) -> bool:
     return x.shape[0] > 0 and min(weight.shape) >= MIN_WIDTH
 
 
-def listed(indptr: torch.Tensor) -> bool:
-    """Whether the event lists whose ``indptr`` a forward returned hold lists (``synapse_op``)."""
-    return indptr.shape[0] > 0 and int(indptr[0]) == 0
-
-
 @serialized
 def forward(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
             ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -184,7 +179,7 @@ def backward(grad_y: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, has_bi
              ) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
     """See ``reference.backward``; the weight gradient sums over the forward's event lists."""
     check_numba_input(x)
-    if not (needs[1] and listed(lists[0])):
+    if not (needs[1] and synapse_op.has_event_lists(lists[0])):
         return reference.backward(grad_y, x, weight, has_bias, needs, lists)
     dx, _, db = reference.backward(grad_y, x, weight, has_bias, (needs[0], False, needs[2]), lists)
     indptr, idx, val = (t.numpy() for t in lists)
