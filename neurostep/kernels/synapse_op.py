@@ -73,6 +73,17 @@ def lists_events(package: str, backend: str) -> bool:
     return importlib.import_module(f"{package}.{backend}").LISTS_EVENTS
 
 
+def forward_fake(package: str, output_like: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+                 rows: Callable[[torch.Tensor], int]) -> Callable[..., tuple[torch.Tensor, ...]]:
+    """The fake forward of the op in ``package``: its output shaped as ``output_like(x, weight)`` and the
+    event lists of ``x`` cut into ``rows(x)`` rows, sized as the backend lists them (:data:`LISTS_EVENTS`)."""
+
+    def fake(x, weight, bias, *, backend):
+        return output_like(x, weight), *empty_event_lists(x, rows(x), lists_events(package, backend))
+
+    return fake
+
+
 def forward(impl, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
             ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """The forward adapter (its type hints give the op's schema): ``(y, indptr, idx, val)``."""

@@ -26,9 +26,8 @@ def _output_like(x, weight):
                        memory_format=torch.channels_last)
 
 
-def _forward_fake(x, weight, bias, *, backend):
-    pixels = x.shape[0] * x.shape[2] * x.shape[3]
-    return _output_like(x, weight), *synapse_op.empty_event_lists(x, pixels, synapse_op.lists_events(__name__, backend))
+def _pixels(x):
+    return x.shape[0] * x.shape[2] * x.shape[3]
 
 
 def _as_convolution(args: tuple) -> tuple:
@@ -41,7 +40,7 @@ def _as_convolution(args: tuple) -> tuple:
 SPIKE_CONV2D = define_op(
     _NAME,
     backends={name: f"neurostep.kernels.spike_conv2d.{name}" for name in ("reference", "cpu")},
-    forward=synapse_op.forward, forward_fake=_forward_fake,
+    forward=synapse_op.forward, forward_fake=synapse_op.forward_fake(__name__, _output_like, _pixels),
     backward=synapse_op.backward_adapter(_output_like, torch.channels_last), backward_fake=synapse_op.backward_fake,
     save=synapse_op.save_inputs, internal_outputs=synapse_op.INTERNAL_OUTPUTS,
     cost=CountAs("aten::convolution", _as_convolution, output=0),

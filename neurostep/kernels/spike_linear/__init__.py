@@ -27,15 +27,10 @@ def _output_like(x, weight):
     return x.new_empty((x.shape[0], weight.shape[0]))
 
 
-def _forward_fake(x, weight, bias, *, backend):
-    return _output_like(x, weight), *synapse_op.empty_event_lists(x, x.shape[0],
-                                                                  synapse_op.lists_events(__name__, backend))
-
-
 SPIKE_LINEAR = define_op(
     _NAME,
     backends={name: f"neurostep.kernels.spike_linear.{name}" for name in ("reference", "cpu")},
-    forward=synapse_op.forward, forward_fake=_forward_fake,
+    forward=synapse_op.forward, forward_fake=synapse_op.forward_fake(__name__, _output_like, lambda x: x.shape[0]),
     backward=synapse_op.backward_adapter(_output_like), backward_fake=synapse_op.backward_fake,
     save=synapse_op.save_inputs, internal_outputs=synapse_op.INTERNAL_OUTPUTS,
     cost=CountAs("aten::linear", output=0),
