@@ -6,15 +6,27 @@ import platform
 import subprocess
 
 
+def _first_processor(cpuinfo: str) -> dict[str, str]:
+    """The fields of the first processor's block of ``cpuinfo`` (``/proc/cpuinfo``'s format), lower-case keys;
+    {} where the file cannot be read."""
+    fields: dict[str, str] = {}
+    try:
+        with open(cpuinfo, encoding="utf-8") as fh:
+            for line in fh:
+                if not line.strip():
+                    break                      # the first processor's block is enough
+                key, _, value = line.partition(":")
+                fields[key.strip().lower()] = value.strip()
+    except OSError:
+        return {}
+    return fields
+
+
 def cpu_model() -> str:
     """The CPU's model name (``/proc/cpuinfo`` on Linux, ``sysctl`` on macOS), else what ``platform`` knows."""
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as fh:
-            for line in fh:
-                if line.lower().startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
+    name = _first_processor("/proc/cpuinfo").get("model name")
+    if name:
+        return name
     if platform.system() == "Darwin":
         try:
             out = subprocess.run(["sysctl", "-n", "machdep.cpu.brand_string"], capture_output=True, text=True,
@@ -31,16 +43,7 @@ def cpu_signature(cpuinfo: str = "/proc/cpuinfo") -> str:
     cores have AVX-512 (``"family 25 model 1, AVX2"``); else ``""``. Two AMD EPYC machines of one cloud both
     call themselves "AMD EPYC": a Zen 3 (model 1, AVX2) and a Zen 4 (model 17, AVX-512) run the same kernels
     at different speeds and round the same training differently (oneDNN and MKL pick per instruction set)."""
-    fields: dict[str, str] = {}
-    try:
-        with open(cpuinfo, encoding="utf-8") as fh:
-            for line in fh:
-                if not line.strip():
-                    break                      # the first processor's block is enough
-                key, _, value = line.partition(":")
-                fields[key.strip().lower()] = value.strip()
-    except OSError:
-        return ""
+    fields = _first_processor(cpuinfo)
     if "cpu family" not in fields or "model" not in fields:
         return ""
     flags = fields.get("flags", "").split()
