@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 
+import numpy as np
 import torch
 
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
@@ -67,7 +68,15 @@ def has_values(x: torch.Tensor) -> bool:
 
 def check_finite(name: str, x: torch.Tensor) -> None:
     """Raise ``ValueError`` if a parameter tensor holds NaN or inf (inputs may hold NaN: it propagates)."""
-    if has_values(x) and not bool(torch.isfinite(x).all()):
+    if not has_values(x):
+        return
+    if x.device.type == "cpu" and x.dtype in (torch.float32, torch.float64):
+        # numpy reads the CPU tensor's memory in one call; the torch check is three dispatched ops and
+        # cost 14 us against 4 us on a small parameter, several times per fused op call
+        finite = bool(np.isfinite(x.detach().numpy()).all())
+    else:
+        finite = bool(torch.isfinite(x).all())
+    if not finite:
         raise ValueError(f"{name} must be finite, got {x.detach().flatten()[:8].tolist()}")
 
 

@@ -224,7 +224,10 @@ def dispatch_is_unobserved(args: Sequence[Any]) -> bool:
         return False
     if torch._C._are_functorch_transforms_active() or torch.autograd._profiler_enabled():
         return False
-    return all(type(a) in _PLAIN_TENSOR_TYPES and a.device.type != "meta" for a in args if isinstance(a, torch.Tensor))
+    for a in args:   # a loop, not all() over a generator: this runs twice per call of a small op
+        if isinstance(a, torch.Tensor) and (type(a) not in _PLAIN_TENSOR_TYPES or a.is_meta):
+            return False
+    return True
 
 
 def _autograd_function(op: FusedOp, direct: bool) -> type[torch.autograd.Function]:

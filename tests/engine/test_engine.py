@@ -84,6 +84,22 @@ def test_checks_name_argument_and_shapes():
     assert compute_dtype(torch.float64) == torch.float64
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16, torch.float16])
+def test_check_finite_finds_nan_and_inf_in_any_layout(dtype):
+    # float32/float64 CPU tensors are read through numpy, half precision through torch: both must see
+    # a bad value anywhere, in a strided view and in a parameter that requires grad
+    check_finite("w", torch.nn.Parameter(torch.randn(4, 6).to(dtype)))
+    for bad in (float("nan"), float("inf"), -float("inf")):
+        w = torch.randn(4, 6, dtype=torch.float64).to(dtype)
+        w[3, 5] = bad
+        with pytest.raises(ValueError, match="w must be finite"):
+            check_finite("w", torch.nn.Parameter(w))
+        with pytest.raises(ValueError, match="w must be finite"):
+            check_finite("w", w.t())
+        check_finite("w", w[:3])   # the slice without the bad value
+    check_finite("w", torch.full((3,), float("nan"), device="meta"))   # no values: skipped
+
+
 def test_cost_registry_and_opcost_sum():
     reg = CostRegistry()
 

