@@ -22,6 +22,9 @@ Rows (sizes chosen so one step takes about a second on a 2-core machine):
   checked equal before timing) and with spikes on (SpikeGPT's LIFs after each mixer).
 - Mamba-130M (768 dims, 24 layers), 1 x 256 tokens, against transformers' ``MambaForCausalLM``
   (its CPU path); ours is loaded by ``MambaLM.from_hf`` and checked equal before timing.
+- Mamba-2-130M's shape (768 dims, 24 layers, 24 heads of 64, state 128, one B/C group as in the
+  released checkpoints), 1 x 256 tokens, against transformers' ``Mamba2ForCausalLM`` (its torch path, at
+  its default chunk size 256); ours is loaded by ``Mamba2LM.from_hf`` and checked equal before timing.
 - Vim-Ti (192 dims, depth 24, bidirectional), 112x112 images (49 patches and a class token),
   batch 4, against the same model whose selective scans run on mambapy's parallel scan.
 
@@ -130,6 +133,16 @@ def scan_free_class(cls: type) -> type:
         return xc * F.silu(z), init_h
 
     return type(f"ScanFree{cls.__name__}", (cls,), {"_ssm_core": _ssm_core})
+
+
+def ssd_free_class(cls: type) -> type:
+    """A subclass of :class:`~neurostep.ssm.mamba2.Mamba2` whose SSD is identity (``o = x * dt``, state 0)."""
+
+    def _ssd_core(self, xs, dt, Bm, Cm, ssm_state):
+        batch, _, heads, headdim = xs.shape
+        return xs * dt[..., None], xs.new_zeros(batch, heads, Bm.shape[-1], headdim)
+
+    return type(f"SSDFree{cls.__name__}", (cls,), {"_ssd_core": _ssd_core})
 
 
 def mambapy_scan_class(cls: type) -> type:
@@ -338,6 +351,37 @@ def mamba_row(batch: int, length: int) -> Row:
                notes=["floor: selective scan replaced by identity (y = x * silu(z))"])
 
 
+def mamba2_row(batch: int, length: int) -> Row:
+    import transformers
+
+    from neurostep.ssm.mamba2 import Mamba2, Mamba2LM
+
+    transformers.logging.set_verbosity_error()
+    torch.manual_seed(0)
+    # Mamba-2-130m's shape (benchmarks/mamba2.py): one B and C group, as in the released checkpoints
+    cfg = transformers.Mamba2Config(num_heads=24, head_dim=64, hidden_size=768, state_size=128, n_groups=1,
+                                    num_hidden_layers=24, vocab_size=50288, tie_word_embeddings=True,
+                                    chunk_size=256, pad_token_id=0, eos_token_id=0, use_cache=False)
+    hf = transformers.Mamba2ForCausalLM(cfg)
+    ours = Mamba2LM.from_hf(hf, backend="cpu")
+    idx = torch.randint(1, cfg.vocab_size, (batch, length))
+    with torch.no_grad():
+        torch.testing.assert_close(ours(idx[:, :32]), hf(idx[:, :32]).logits, rtol=1e-3, atol=1e-2)
+    floor = copy.deepcopy(ours)
+    swap_class(floor, Mamba2, ssd_free_class)
+
+    def our_loss(model: nn.Module) -> torch.Tensor:
+        return F.cross_entropy(model(idx[:, :-1]).flatten(0, 1), idx[:, 1:].flatten())
+
+    def hf_loss(model: nn.Module) -> torch.Tensor:
+        return F.cross_entropy(model(idx[:, :-1]).logits.flatten(0, 1), idx[:, 1:].flatten())
+
+    return Row("mamba2", f"Mamba-2-130M (one B/C group), {batch}x{length} tokens, one training step",
+               "transformers Mamba-2", train_step(ours, our_loss), train_step(hf, hf_loss),
+               train_step(floor, our_loss), notes=["floor: SSD replaced by identity (o = x * dt)",
+                                                   "transformers at its default chunk size 256, torch path"])
+
+
 def vim_row(batch: int, img: int) -> Row:
     from neurostep.models import create_model
     from neurostep.ssm.vision_mamba import BidirectionalMamba
@@ -441,6 +485,7 @@ def main() -> None:
         "spikformer": lambda: [spikformer_row(8)],
         "spikegpt": lambda: spikegpt_rows(2, 128),
         "mamba": lambda: [mamba_row(1, 256)],
+        "mamba2": lambda: [mamba2_row(1, 256)],
         "vim": lambda: [vim_row(4, 112)],
     }
     results: dict[str, Any] = {}

@@ -289,12 +289,18 @@ class Mamba2(Recurrent):
         Bm = xbc[..., di:di + g * n].reshape(batch, length, g, n)
         Cm = xbc[..., di + g * n:].reshape(batch, length, g, n)
         dt = self._dt(dt, cdtype)                                                   # (B, L, H)
-        A = -torch.exp(self.A_log.to(cdtype))
-        o, last = _ssd()(Cm, Bm, xs * dt[..., None], dt * A, scale=1.0,
-                         initial_state=None if state is None else state.ssm_state, output_final_state=True,
-                         chunk_size=self.chunk_size, backend=self.backend)
+        o, last = self._ssd_core(xs, dt, Bm, Cm, None if state is None else state.ssm_state)
         y = torch.addcmul(o, xs, self.D.to(cdtype)[:, None]).reshape(batch, length, di)
         return self._gate_out(y, z, x.dtype), Mamba2State(new_conv, last)
+
+    def _ssd_core(self, xs: torch.Tensor, dt: torch.Tensor, Bm: torch.Tensor, Cm: torch.Tensor,
+                  ssm_state: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """The SSD over a chunk: ``xs (B, L, H, P)``, ``dt (B, L, H)`` (after softplus), ``Bm, Cm (B, L, G, N)``
+        and the state before it ``(B, H, N, P)`` or None; returns ``o (B, L, H, P)`` (without the ``D`` skip)
+        and the state after it. One method, so that a benchmark can measure the layer without it."""
+        A = -torch.exp(self.A_log.to(dt.dtype))
+        return _ssd()(Cm, Bm, xs * dt[..., None], dt * A, scale=1.0, initial_state=ssm_state,
+                      output_final_state=True, chunk_size=self.chunk_size, backend=self.backend)
 
     def step(self, x_t: torch.Tensor, state: Mamba2State) -> tuple[torch.Tensor, Mamba2State]:
         """One token: ``x_t (B, d_model) -> y_t (B, d_model)``; returns a new state (no in-place update)."""

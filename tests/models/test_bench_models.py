@@ -54,6 +54,26 @@ def test_scan_free_and_mambapy_mamba_variants():
         assert not torch.allclose(scan_free(tokens), mixer(tokens), rtol=0.0, atol=1e-6)
 
 
+def test_ssd_free_mamba2_keeps_everything_but_the_ssd():
+    from neurostep.ssm.mamba2 import Mamba2
+
+    torch.manual_seed(0)
+    layer = Mamba2(32, d_state=8, headdim=8, ngroups=1, backend="reference")
+    floor = bench.copy.deepcopy(layer)
+    holder = torch.nn.Sequential(floor)
+    assert bench.swap_class(holder, Mamba2, bench.ssd_free_class) == 1
+    x = torch.randn(2, 12, 32)
+    y, state = floor.scan(x)
+    assert y.shape == x.shape and state.ssm_state.shape == layer.scan(x)[1].ssm_state.shape
+    # the identity SSD's output: o = x * dt before the D skip, the gate and out_proj
+    h = layer.nheads
+    xs, dt, Bm, Cm = torch.randn(2, 12, h, 8), torch.rand(2, 12, h), torch.randn(2, 12, 1, 8), torch.randn(2, 12, 1, 8)
+    o, last = floor._ssd_core(xs, dt, Bm, Cm, None)
+    torch.testing.assert_close(o, xs * dt[..., None])
+    assert not torch.allclose(layer._ssd_core(xs, dt, Bm, Cm, None)[0], o)
+    assert torch.count_nonzero(last) == 0
+
+
 def test_rwkv_weights_load_into_spikegpt_with_spikes_off():
     transformers = pytest.importorskip("transformers")
     from neurostep.neuro.spikegpt import SpikeGPT
