@@ -48,6 +48,8 @@ of 1.18 s (spikes off), its Mamba step 36.4 s instead of 21.3 s and the mambapy 
     .venv/bin/python benchmarks/models.py                   # every row
     .venv/bin/python benchmarks/models.py --only spikformer # rows whose name starts with this
     .venv/bin/python benchmarks/models.py --quick           # fewer rounds
+    .venv/bin/python benchmarks/models.py --malloc-tuned --out benchmarks/results/models_malloc_tuned.json
+        # neurostep.retain_freed_memory(large_blocks=True) first, for every contender
 """
 
 from __future__ import annotations
@@ -73,6 +75,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _results import load_average, omp_wait_policy, ratio, summary_row, table, write_result  # noqa: E402
 
 from neurostep.engine import Recurrent  # noqa: E402
+from neurostep.memory import retain_freed_memory  # noqa: E402
 from neurostep.neuro.neurons import SpikingNeuron  # noqa: E402
 
 Step = Callable[[], None]
@@ -477,9 +480,13 @@ def main() -> None:
     parser.add_argument("--only", default="", help="run the rows whose name starts with this")
     parser.add_argument("--quick", action="store_true", help="3 rounds instead of 7")
     parser.add_argument("--rounds", type=int, default=None)
+    parser.add_argument("--malloc-tuned", action="store_true",
+                        help="call neurostep.retain_freed_memory(large_blocks=True) first, so that glibc reuses "
+                             "freed blocks of any size (for all contenders alike)")
     parser.add_argument("--out", default=str(Path(__file__).resolve().parent / "results" / "models.json"))
     args = parser.parse_args()
     rounds = args.rounds or (3 if args.quick else 7)
+    malloc_tuned = args.malloc_tuned and retain_freed_memory(large_blocks=True)
     load_before = load_average()
     builders: dict[str, Callable[[], list[Row]]] = {
         "spikformer": lambda: [spikformer_row(8)],
@@ -518,13 +525,15 @@ def main() -> None:
     columns = ["model", "workload", "neurostep ms", "peer", "peer ms", "peer / neurostep", "per round",
                "floor ms", "neurostep / floor"]
     policy = omp_wait_policy()
-    tables = [table(f"One training step, median of {rounds} interleaved rounds; OpenMP wait policy {policy}",
+    memory = "; freed blocks of any size reused (retain_freed_memory(large_blocks=True))" if malloc_tuned else ""
+    tables = [table(f"One training step, median of {rounds} interleaved rounds; OpenMP wait policy {policy}{memory}",
                     columns, rows_out),
               table("Where neurostep's step spends its time (profiler, self CPU time)",
                     ["model"] + [name for name, _ in PARTS] + ["other"], part_rows)]
     if args.only or args.rounds:
         return  # partial runs are for looking, not for the stored result
-    write_result(args.out, {"rounds": rounds, "omp_wait_policy": policy, "rows": results},
+    write_result(args.out, {"rounds": rounds, "omp_wait_policy": policy, "malloc_tuned": malloc_tuned,
+                            "rows": results},
                  load_before=load_before, tables=tables, summary=summary)
     print(f"wrote {args.out}")
 
