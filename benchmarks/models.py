@@ -324,6 +324,27 @@ def spikegpt_rows(batch: int, length: int) -> list[Row]:
     return rows
 
 
+def lm_row(name: str, workload: str, peer_name: str, hf: nn.Module, ours: nn.Module, idx: torch.Tensor,
+           layer_cls: type, make_floor: Callable[[type], type], notes: list[str]) -> Row:
+    """A language model's row: ``ours`` holds the weights of the Hugging Face model ``hf`` (their logits are
+    checked on a prefix of ``idx``), the floor is ``ours`` with every ``layer_cls`` given ``make_floor``'s
+    subclass, and the loss is next-token cross-entropy on ``idx (B, L)``."""
+    with torch.no_grad():
+        # 24 layers in two summation orders: logits of spread ~1 agree to a few 1e-3
+        torch.testing.assert_close(ours(idx[:, :32]), hf(idx[:, :32]).logits, rtol=1e-3, atol=1e-2)
+    floor = copy.deepcopy(ours)
+    swap_class(floor, layer_cls, make_floor)
+
+    def our_loss(model: nn.Module) -> torch.Tensor:
+        return F.cross_entropy(model(idx[:, :-1]).flatten(0, 1), idx[:, 1:].flatten())
+
+    def hf_loss(model: nn.Module) -> torch.Tensor:
+        return F.cross_entropy(model(idx[:, :-1]).logits.flatten(0, 1), idx[:, 1:].flatten())
+
+    return Row(name, workload, peer_name, train_step(ours, our_loss), train_step(hf, hf_loss),
+               train_step(floor, our_loss), notes=notes)
+
+
 def mamba_row(batch: int, length: int) -> Row:
     import transformers
 
@@ -336,22 +357,9 @@ def mamba_row(batch: int, length: int) -> Row:
     hf = transformers.MambaForCausalLM(cfg)
     ours = MambaLM.from_hf(hf, backend="cpu")
     idx = torch.randint(0, cfg.vocab_size, (batch, length))
-    with torch.no_grad():
-        # 24 layers in two summation orders: logits of spread ~1 agree to a few 1e-3
-        torch.testing.assert_close(ours(idx[:, :32]), hf(idx[:, :32]).logits, rtol=1e-3, atol=1e-2)
-    floor = copy.deepcopy(ours)
-    swap_class(floor, Mamba, scan_free_class)
-
-    def our_loss(model: nn.Module) -> torch.Tensor:
-        return F.cross_entropy(model(idx[:, :-1]).flatten(0, 1), idx[:, 1:].flatten())
-
-    def hf_loss(model: nn.Module) -> torch.Tensor:
-        return F.cross_entropy(model(idx[:, :-1]).logits.flatten(0, 1), idx[:, 1:].flatten())
-
-    ours_step = train_step(ours, our_loss)
-    return Row("mamba", f"Mamba-130M, {batch}x{length} tokens, one training step", "transformers Mamba",
-               ours_step, train_step(hf, hf_loss), train_step(floor, our_loss),
-               notes=["floor: selective scan replaced by identity (y = x * silu(z))"])
+    return lm_row("mamba", f"Mamba-130M, {batch}x{length} tokens, one training step", "transformers Mamba", hf,
+                  ours, idx, Mamba, scan_free_class,
+                  notes=["floor: selective scan replaced by identity (y = x * silu(z))"])
 
 
 def mamba2_row(batch: int, length: int) -> Row:
@@ -368,21 +376,10 @@ def mamba2_row(batch: int, length: int) -> Row:
     hf = transformers.Mamba2ForCausalLM(cfg)
     ours = Mamba2LM.from_hf(hf, backend="cpu")
     idx = torch.randint(1, cfg.vocab_size, (batch, length))
-    with torch.no_grad():
-        torch.testing.assert_close(ours(idx[:, :32]), hf(idx[:, :32]).logits, rtol=1e-3, atol=1e-2)
-    floor = copy.deepcopy(ours)
-    swap_class(floor, Mamba2, ssd_free_class)
-
-    def our_loss(model: nn.Module) -> torch.Tensor:
-        return F.cross_entropy(model(idx[:, :-1]).flatten(0, 1), idx[:, 1:].flatten())
-
-    def hf_loss(model: nn.Module) -> torch.Tensor:
-        return F.cross_entropy(model(idx[:, :-1]).logits.flatten(0, 1), idx[:, 1:].flatten())
-
-    return Row("mamba2", f"Mamba-2-130M (one B/C group), {batch}x{length} tokens, one training step",
-               "transformers Mamba-2", train_step(ours, our_loss), train_step(hf, hf_loss),
-               train_step(floor, our_loss), notes=["floor: SSD replaced by identity (o = x * dt)",
-                                                   "transformers at its default chunk size 256, torch path"])
+    return lm_row("mamba2", f"Mamba-2-130M (one B/C group), {batch}x{length} tokens, one training step",
+                  "transformers Mamba-2", hf, ours, idx, Mamba2, ssd_free_class,
+                  notes=["floor: SSD replaced by identity (o = x * dt)",
+                         "transformers at its default chunk size 256, torch path"])
 
 
 def vim_row(batch: int, img: int) -> Row:
