@@ -98,6 +98,8 @@ def test_check_finite_finds_nan_and_inf_in_any_layout(dtype):
             check_finite("w", w.t())
         check_finite("w", w[:3])   # the slice without the bad value
     check_finite("w", torch.full((3,), float("nan"), device="meta"))   # no values: skipped
+    with pytest.raises(ValueError, match="w must be finite"):   # a negated view, which numpy cannot read as is
+        check_finite("w", torch._neg_view(torch.tensor([1.0, float("nan")], dtype=dtype)))
 
 
 def test_cost_registry_and_opcost_sum():
