@@ -452,9 +452,13 @@ def forward(x: torch.Tensor, v0: torch.Tensor, a0: torch.Tensor | None, p: LIFPa
     vseq = torch.empty_like(x) if need_vseq else None
     v_last = x.new_empty(N)
     a_last = x.new_empty(N) if adaptive else None
-    # Scratch zeros come from numpy: a torch fill of this size is a parallel region, which waits for
-    # torch's worker thread to be scheduled (milliseconds on a loaded machine).
-    a0_arr = _np(a0) if (adaptive and a0 is not None) else np.zeros(N if adaptive else 1, dtype=np_dtype)
+    # Without adaptation the kernel reads no a0 either. Scratch zeros come from numpy: a torch fill of this
+    # size is a parallel region, which waits for torch's worker thread to be scheduled (milliseconds on a
+    # loaded machine).
+    if not adaptive:
+        a0_arr = stub[0]
+    else:
+        a0_arr = _np(a0) if a0 is not None else np.zeros(N, dtype=np_dtype)
     k, omk, vth, vr, vr_c, rho, beta, one = _scalars(p, x.dtype)
     _forward_kernel(_np(x), _np(v0), a0_arr, _np(spikes), _np_or(h, stub), _np_or(theta, stub), _np_or(vseq, stub),
                     _np(v_last), _np_or(a_last, stub[0]), k, omk, vth, vr, vr_c, rho, beta, one, p.hard,
