@@ -8,7 +8,7 @@ users want exact results, e.g. ``gradcheck``). The polynomials' multiply-adds ar
 one FMA instruction where the CPU has one) whatever the caller's fastmath flags, so the functions round
 the same in every kernel and run about a third faster than as separate multiplies and adds.
 
-float32 algorithm (relative error below 2e-7 on the whole range):
+float32 algorithm (relative error below 2e-7 on the whole range), emitted as LLVM IR by one intrinsic:
 ``exp(x) = 2^n * exp(r)`` with ``n = rint(x / ln 2)`` and ``r = x - n ln 2`` (two-constant split
 of ln 2 so that ``n ln 2`` is exact), ``|r| <= ln2 / 2``; ``exp(r) = 1 + r + r^2 q(r)`` with ``q`` a
 degree-4 polynomial fitted here for minimal relative error (3e-9 in exact arithmetic); ``2^n``
@@ -46,34 +46,50 @@ _Q1 = _F32(0.16666520688957462)
 _Q0 = _F32(0.4999999345164764)
 
 
+_F32_IR = ir.FloatType()
+
+
+def _c(value: np.float32) -> ir.Constant:
+    """A float32 constant in LLVM IR."""
+    return ir.Constant(_F32_IR, float(value))
+
+
+def _fmuladd(builder: ir.IRBuilder, a, b, c):
+    """``a * b + c``, one fused multiply-add where the target has one (``llvm.fmuladd``, which LLVM's loop
+    vectorizer widens like a plain multiply and add)."""
+    fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(_F32_IR, [_F32_IR] * 3), "llvm.fmuladd.f32")
+    return builder.call(fn, [a, b, c])
+
+
+# Each function is one intrinsic that emits its LLVM IR directly: written as numba code, every kernel that
+# inlines it types and lowers its two dozen operations again, which made the selective scan's first float32
+# backward call from a cold cache 1-1.5 s slower.
 @intrinsic
-def _int32_bits_as_float32(typingctx, bits):
-    """Reinterpret an int32 bit pattern as a float32 (free: a register bit cast)."""
-    if bits != types.int32:
+def _vexp32(typingctx, x):
+    """float32 ``exp(x)`` by the algorithm of the module docstring."""
+    if x != types.float32:
         return None
-    sig = types.float32(types.int32)
 
     def codegen(context, builder, signature, args):
-        return builder.bitcast(args[0], ir.FloatType())
+        (x,) = args
+        # clamped by selects; NaN fails both comparisons and passes through
+        lo, hi = _c(_LO), _c(_HI)
+        xc = builder.select(builder.fcmp_ordered("<", x, lo), lo, x)
+        xc = builder.select(builder.fcmp_ordered(">", xc, hi), hi, xc)
+        # rint by the magic-number trick: exact under round-to-nearest, no int conversion needed
+        n = builder.fsub(_fmuladd(builder, xc, _c(_LOG2E), _c(_MAGIC)), _c(_MAGIC))
+        neg_n = builder.fneg(n)
+        # n * _LN2_HI is exact, so the first step is exact with or without fusing
+        r = _fmuladd(builder, neg_n, _c(_LN2_LO), _fmuladd(builder, neg_n, _c(_LN2_HI), xc))
+        q = _c(_Q4)
+        for coefficient in (_Q3, _Q2, _Q1, _Q0):
+            q = _fmuladd(builder, q, r, _c(coefficient))
+        p = builder.fadd(_fmuladd(builder, builder.fmul(r, r), q, r), _c(_ONE))
+        # 2^n from its bit pattern (n + 127) * 2^23
+        bits = builder.fptosi(builder.fmul(builder.fadd(n, _c(_EXP_BIAS)), _c(_BIAS_SHIFT)), ir.IntType(32))
+        return builder.fmul(p, builder.bitcast(bits, _F32_IR))
 
-    return sig, codegen
-
-
-@intrinsic
-def _fma32(typingctx, a, b, c):
-    """``a * b + c`` for float32, as one fused multiply-add where the target has one (``llvm.fmuladd``,
-    which LLVM's loop vectorizer widens like a plain multiply and add)."""
-    if not (a == b == c == types.float32):
-        return None
-    sig = types.float32(types.float32, types.float32, types.float32)
-
-    def codegen(context, builder, signature, args):
-        f32 = ir.FloatType()
-        fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(f32, [f32, f32, f32]),
-                                            "llvm.fmuladd.f32")
-        return builder.call(fn, args)
-
-    return sig, codegen
+    return types.float32(types.float32), codegen
 
 
 def vexp(x):
@@ -86,17 +102,7 @@ def _vexp_overload(x):
     if x == types.float32:
 
         def impl(x):
-            # min/max rather than branches or conditional expressions, whose phi nodes numba's SSA
-            # pass mishandles when this is inlined into other inlined functions; NaN passes through
-            xc = min(max(x, _LO), _HI)
-            # rint by the magic-number trick: exact under round-to-nearest, no int conversion needed
-            n = _fma32(xc, _LOG2E, _MAGIC) - _MAGIC
-            # n * _LN2_HI is exact, so the first step is exact with or without fusing
-            r = _fma32(-n, _LN2_LO, _fma32(-n, _LN2_HI, xc))
-            q = _fma32(_fma32(_fma32(_fma32(_Q4, r, _Q3), r, _Q2), r, _Q1), r, _Q0)
-            p = _fma32(r * r, q, r) + _ONE
-            scale = _int32_bits_as_float32(np.int32((n + _EXP_BIAS) * _BIAS_SHIFT))
-            return p * scale
+            return _vexp32(x)
 
         return impl
     if isinstance(x, types.Float):
@@ -116,6 +122,24 @@ _T13 = _F32(1.0 / 13.0)
 _TWO = _F32(2.0)
 
 
+@intrinsic
+def _vlog1p32(typingctx, u):
+    """float32 ``log1p(u)`` for ``0 <= u <= 1`` as ``2 atanh(u / (2 + u))`` (see above)."""
+    if u != types.float32:
+        return None
+
+    def codegen(context, builder, signature, args):
+        (u,) = args
+        t = builder.fdiv(u, builder.fadd(_c(_TWO), u))
+        t2 = builder.fmul(t, t)
+        p = _c(_T13)
+        for coefficient in (_T11, _T9, _T7, _T5, _T3, _ONE):
+            p = _fmuladd(builder, p, t2, _c(coefficient))
+        return builder.fmul(builder.fmul(_c(_TWO), t), p)
+
+    return types.float32(types.float32), codegen
+
+
 def vlog1p_unit(u):
     """``log1p(u)`` for ``0 <= u <= 1``; inside numba-compiled code a vectorizable float32 version."""
     return math.log1p(u)
@@ -126,11 +150,7 @@ def _vlog1p_unit_overload(u):
     if u == types.float32:
 
         def impl(u):
-            t = u / (_TWO + u)
-            t2 = t * t
-            p = _fma32(_fma32(_fma32(_fma32(_fma32(_fma32(_T13, t2, _T11), t2, _T9), t2, _T7), t2, _T5), t2, _T3),
-                       t2, _ONE)
-            return _TWO * t * p
+            return _vlog1p32(u)
 
         return impl
     if isinstance(u, types.Float):
