@@ -39,8 +39,8 @@ def _source_stats(root: str) -> tuple[tuple[str, int, int], ...]:
 def kernel_sources_stamp(root: Path | str = KERNELS_DIR) -> str:
     """A digest of the contents of every ``.py`` file under ``root``, with their relative paths.
 
-    numba asks for it once per kernel it loads from or saves to the cache; the files are read again
-    only when one's time or size (or the set of files) changed since the last call."""
+    The files are read again only when one's time or size (or the set of files) changed since the last
+    call."""
     return _digest(str(root), _source_stats(str(root)))
 
 
@@ -62,11 +62,19 @@ def is_kernel_source(py_file: str) -> bool:
         return False
 
 
+@functools.cache
+def _process_stamp() -> str:
+    """:func:`kernel_sources_stamp` of the kernels, once per process: numba asks each cached function for its
+    stamp when the function is decorated, about twenty times while the kernel modules import, and reads it
+    once per function as well (an edit after that is seen by the next process)."""
+    return kernel_sources_stamp()
+
+
 class _KernelSourcesStamp:
     """Locator mixin: claims kernel functions only, and stamps them with :func:`kernel_sources_stamp`."""
 
     def get_source_stamp(self) -> str:
-        return kernel_sources_stamp()
+        return _process_stamp()
 
     @classmethod
     def from_function(cls, py_func, py_file):
