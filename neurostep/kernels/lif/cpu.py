@@ -413,7 +413,7 @@ def _np(t: torch.Tensor) -> np.ndarray:
 
 def _np_or(t: torch.Tensor | None, stand_in: np.ndarray) -> np.ndarray:
     """``t``'s array, or the stand-in for an array the kernel does not touch."""
-    return stand_in if t is None else t.detach().numpy()
+    return stand_in if t is None else _np(t)
 
 
 def _scalar_tensor(value: float, dtype: torch.dtype) -> torch.Tensor:
