@@ -25,6 +25,7 @@ from neurostep.engine import (
     define_op,
     has_values,
 )
+from neurostep.engine.fill import filled
 from neurostep.engine.layout import dense_strides, in_layout
 from neurostep.kernels.lif.common import CONVENTIONS, SNN_RESETS, LIFParams
 from neurostep.kernels.lif.surrogates import SURROGATES, Surrogate, get_surrogate
@@ -404,14 +405,14 @@ def lif_scan(
     order = _input_lane_order(x)
     if v0 is None:
         rest = float(v_reset) if (hard and convention == "spikingjelly") else 0.0
-        v0 = x.new_full(lanes, rest) if order is None else _empty_like_lanes(x, lanes, order).fill_(rest)
+        v0 = filled(x, lanes, rest, None if order is None else _strides(lanes, order))
     else:
         check_tensor("initial_state.v", v0, device=x.device)
         check_same_shape("initial_state.v", v0, lanes, f"x.shape[1:] of x with shape {tuple(x.shape)}")
         v0 = _state_in(v0, order)
     if adaptive:
         if a0 is None:
-            a0 = _empty_like_lanes(x, lanes, order).zero_()
+            a0 = filled(x, lanes, 0.0, None if order is None else _strides(lanes, order))
         else:
             check_tensor("initial_state.a", a0, device=x.device)
             check_same_shape("initial_state.a", a0, lanes, f"x.shape[1:] of x with shape {tuple(x.shape)}")
