@@ -1,4 +1,4 @@
-"""A vectorizable ``exp`` (and ``log1p`` on [0, 1]) for numba kernels.
+"""A vectorizable ``exp`` (and ``log1p`` on [0, 1], ``2^-w`` for ``w >= 0``) for numba kernels.
 
 numba's ``math.exp`` lowers to a scalar libm call here (SVML is not operational), which caps an
 exp-bound kernel such as the selective scan at about 0.15 G exp/s per core. :func:`vexp` is a
@@ -107,6 +107,55 @@ def _vexp_overload(x):
         return impl
     if isinstance(x, types.Float):
         return lambda x: math.exp(x)
+    return None
+
+
+# 2^-w for 0 <= w <= 126 (float32): n = rint(w), g = n - w in [-1/2, 1/2] (exact), 2^g = 1 + g p(g) with p
+# a degree-4 polynomial fitted here for minimal relative error (9e-8 in exact arithmetic; the constant term
+# is exactly 1, so 2^0 = 1), 2^-n in the exponent bits. Unlike exp's argument reduction it needs no split
+# constant and no clamps, so its chain of dependent operations is four shorter: the LIF's reverse step with
+# the sigmoid surrogate, a latency-bound loop, took 1.17-1.21 ns per lane on data in L1 with it against
+# 1.43-1.49 ns with exp(-a|z|) (2-core AMD EPYC, 2026-12-05, load 0.8).
+_P2 = tuple(_F32(c) for c in (0.693146977597295, 0.24022242084121279, 0.05550733745936501, 0.009671512697169534,
+                             0.0013264726389876184))
+
+
+@intrinsic
+def _vexp2_neg32(typingctx, w):
+    """float32 ``2^-w`` for ``0 <= w <= 126`` (see above); NaN propagates."""
+    if w != types.float32:
+        return None
+
+    def codegen(context, builder, signature, args):
+        (w,) = args
+        n = builder.fsub(builder.fadd(w, _c(_MAGIC)), _c(_MAGIC))
+        g = builder.fsub(n, w)
+        p = _c(_P2[4])
+        for coefficient in (_P2[3], _P2[2], _P2[1], _P2[0], _ONE):
+            p = _fmuladd(builder, p, g, _c(coefficient))
+        # 2^-n from its bit pattern (127 - n) * 2^23
+        bits = builder.fptosi(builder.fmul(builder.fsub(_c(_EXP_BIAS), n), _c(_BIAS_SHIFT)), ir.IntType(32))
+        return builder.fmul(p, builder.bitcast(bits, _F32_IR))
+
+    return types.float32(types.float32), codegen
+
+
+def vexp2_neg(w):
+    """``2^-w`` for ``0 <= w <= 126``; inside numba-compiled code a vectorizable float32 version (relative
+    error below 2e-7; outside that range the float32 result is undefined, so callers flush large ``w``)."""
+    return 2.0 ** -w
+
+
+@overload(vexp2_neg, inline="always")
+def _vexp2_neg_overload(w):
+    if w == types.float32:
+
+        def impl(w):
+            return _vexp2_neg32(w)
+
+        return impl
+    if isinstance(w, types.Float):
+        return lambda w: 2.0 ** -w
     return None
 
 

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from neurostep.kernels.numba_exp import vexp, vlog1p_unit
+from neurostep.kernels.numba_exp import vexp, vexp2_neg, vlog1p_unit
 from neurostep.kernels.selective_scan.cpu import _sigmoid, _softplus
 from neurostep.kernels.selective_scan.reference import SOFTPLUS_THRESHOLD
 
@@ -39,7 +39,13 @@ def _sigmoid_all(x, out):
         out[i] = _sigmoid(x[i], np.float32(1.0))
 
 
-_KERNELS = (_exp, _log1p, _softplus_all, _sigmoid_all)
+@numba.njit
+def _exp2_neg(x, out):
+    for i in range(x.size):
+        out[i] = vexp2_neg(x[i])
+
+
+_KERNELS = (_exp, _log1p, _softplus_all, _sigmoid_all, _exp2_neg)
 
 
 def _run(kind: int, x: np.ndarray) -> np.ndarray:
@@ -58,6 +64,17 @@ def test_vexp_float32_accuracy_and_range():
     # clamped outside the normal range: tiny but normal below, huge but finite above; NaN passes
     lo, hi, nan = _run(0, np.array([-200.0, 200.0, np.nan], dtype=np.float32))
     assert 0.0 < lo < 1e-37 and np.isfinite(hi) and hi > 1e38 and np.isnan(nan)
+
+
+def test_vexp2_neg_float32_accuracy_on_its_range():
+    w = np.concatenate([np.linspace(0.0, 126.0, 200_001), [0.5, 1.5, 125.5]]).astype(np.float32)
+    got = _run(4, w)
+    assert _rel_err(got, np.exp2(-w.astype(np.float64))) < 2e-7
+    assert got[0] == 1.0
+    assert np.isnan(_run(4, np.array([np.nan], dtype=np.float32))[0])
+    # float64 takes the exact power
+    w64 = np.array([0.0, 3.25, 100.0])
+    np.testing.assert_array_equal(_run(4, w64), 2.0 ** -w64)
 
 
 def test_vlog1p_unit_float32_accuracy_including_tiny_arguments():
