@@ -162,7 +162,8 @@ _W_FLUSH = np.float32(69.0 * _LOG2E)  # exp(-69) as a power of 2: the flush of _
 
 def _sigmoid_tail(a, c, z):
     """``exp(-a |z|)`` flushed as :func:`_exp_flushed` does, given ``c = a log2(e)``."""
-    return math.exp(-a * abs(z))
+    w = -a * abs(z)
+    return 0.0 if w < _EXP_LO else math.exp(w)
 
 
 @overload(_sigmoid_tail, inline="always")
