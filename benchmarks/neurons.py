@@ -15,6 +15,9 @@ round-robin (one call of each in turn) so that a change of machine load hits all
   preallocated ``dst`` (the target's reference), and the same copy into two freshly allocated
   tensors (what any op returning new tensors pays: first-touch page faults).
 
+The op's ratio to the roofline is given twice: as the ratio of the two medians, and round by round (the median and
+quartiles of each round's ratio), which a drift of the machine's speed between rounds moves less.
+
     .venv/bin/python benchmarks/neurons.py           # T = 32 and 256
     .venv/bin/python benchmarks/neurons.py --quick   # fewer repeats
     .venv/bin/python benchmarks/neurons.py --malloc-tuned   # neurostep.retain_freed_memory() first (all contenders)
@@ -143,6 +146,14 @@ def run(T: int, N: int, repeats: int, warmup: int) -> dict:
                    "times_s": ts} for name, ts in times.items()}
 
 
+def _paired_ratios(ours: list[float], roof: list[float]) -> dict[str, float]:
+    """Median and quartiles of ``ours[i] / roof[i]``: each round's two calls ran back to back, so the ratio of
+    a round is little moved by a drift of the machine's speed (the host's memory bandwidth moves the copy by a
+    third between runs) that moves the ratio of the two medians."""
+    q1, median, q3 = statistics.quantiles([a / b for a, b in zip(ours, roof)], n=4)
+    return {"median": median, "q1": q1, "q3": q3}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--neurons", type=int, default=65536)
@@ -186,17 +197,22 @@ def main() -> None:
             rows.append([name, f"{r['median_s'] * 1e3:.2f}", f"{r['ratio_to_neurostep']:.1f}x",
                          f"{r['min_s'] * 1e3:.2f}", f"{r['cpu_median_s'] * 1e3:.2f}",
                          f"{r['cpu_ratio_to_neurostep']:.1f}x"])
+        paired = _paired_ratios(res["neurostep cpu (numba)"]["times_s"], res[ROOF]["times_s"])
         print(f"neurostep / roofline: {ours / roof:.2f}x by median wall time (target <= 2x at T=32); "
               f"/ roofline into fresh tensors: {ours / roof_fresh:.2f}x")
+        print(f"the same ratio round by round: median {paired['median']:.2f}x, quartiles "
+              f"{paired['q1']:.2f}-{paired['q3']:.2f}x")
         tables.append(table(f"T={T}, {args.neurons:,} neurons, fp32, forward+backward, {args.threads} threads; "
-                            f"neurostep / roofline {ours / roof:.2f}x ({ours / roof_fresh:.2f}x into fresh tensors)",
-                            columns, rows))
+                            f"neurostep / roofline {ours / roof:.2f}x ({ours / roof_fresh:.2f}x into fresh tensors; "
+                            f"round by round {paired['median']:.2f}x, "
+                            f"quartiles {paired['q1']:.2f}-{paired['q3']:.2f}x)", columns, rows))
         peers = [f"{name.split(' (')[0].replace(' LIFNode', '').replace(' Leaky', '')} {ratio(r['ratio_to_neurostep'])}"
                  for name, r in res.items() if name not in ("neurostep cpu (numba)", ROOF, ROOF_FRESH)]
         summary.append(summary_row("LIF neuron, forward+backward", f"T={T}, {args.neurons:,} neurons, fp32",
                                    f"{ours * 1e3:.2f} ms", ", ".join(peers) or "no peer installed"))
         res["neurostep_over_roofline"] = ours / roof
         res["neurostep_over_roofline_fresh"] = ours / roof_fresh
+        res["neurostep_over_roofline_paired"] = paired
         report["runs"][str(T)] = res
     print(f"\nload average before: {load_before}\nload average after:  {load_average()}")
     out = write_result(args.out, report, load_before=load_before, tables=tables, summary=summary[:1])
