@@ -59,3 +59,9 @@ def test_observed_calls_fill_through_torch():
 def test_meta_device():
     t = filled(torch.empty(1, device="meta"), (5, 6), 0.0)
     assert t.device.type == "meta" and t.shape == (5, 6)
+
+
+def test_inference_mode():
+    with torch.inference_mode():
+        t = filled(torch.zeros(1), (70000,), 1.5)
+    assert t.is_inference() and torch.equal(t, torch.full((70000,), 1.5))
