@@ -61,6 +61,19 @@ def _fmuladd(builder: ir.IRBuilder, a, b, c):
     return builder.call(fn, [a, b, c])
 
 
+def _float32_fast_path(pyfunc, fast32) -> None:
+    """Give ``pyfunc`` its numba version: the intrinsic ``fast32`` for float32, ``pyfunc``'s own exact Python
+    body (libm, compiled by numba) for other floats."""
+
+    @overload(pyfunc, inline="always")
+    def _overload(x):
+        if x == types.float32:
+            return lambda x: fast32(x)
+        if isinstance(x, types.Float):
+            return pyfunc
+        return None
+
+
 # Each function is one intrinsic that emits its LLVM IR directly: written as numba code, every kernel that
 # inlines it types and lowers its two dozen operations again, which made the selective scan's first float32
 # backward call from a cold cache 1-1.5 s slower (2-core AMD EPYC, 2026-12-05).
@@ -97,17 +110,7 @@ def vexp(x):
     return math.exp(x)
 
 
-@overload(vexp, inline="always")
-def _vexp_overload(x):
-    if x == types.float32:
-
-        def impl(x):
-            return _vexp32(x)
-
-        return impl
-    if isinstance(x, types.Float):
-        return lambda x: math.exp(x)
-    return None
+_float32_fast_path(vexp, _vexp32)
 
 
 # 2^-w for 0 <= w <= 126 (float32): n = rint(w), g = n - w in [-1/2, 1/2] (exact), 2^g = 1 + g p(g) with p
@@ -140,23 +143,13 @@ def _vexp2_neg32(typingctx, w):
     return types.float32(types.float32), codegen
 
 
-def vexp2_neg(w):
-    """``2^-w`` for ``0 <= w <= 126``; inside numba-compiled code a vectorizable float32 version (relative
-    error below 2e-7; outside that range the float32 result is undefined, so callers flush large ``w``)."""
-    return 2.0 ** -w
+def vexp2_neg(x):
+    """``2^-x`` for ``0 <= x <= 126``; inside numba-compiled code a vectorizable float32 version (relative
+    error below 2e-7; outside that range the float32 result is undefined, so callers flush large ``x``)."""
+    return 2.0 ** -x
 
 
-@overload(vexp2_neg, inline="always")
-def _vexp2_neg_overload(w):
-    if w == types.float32:
-
-        def impl(w):
-            return _vexp2_neg32(w)
-
-        return impl
-    if isinstance(w, types.Float):
-        return lambda w: 2.0 ** -w
-    return None
+_float32_fast_path(vexp2_neg, _vexp2_neg32)
 
 
 # log1p(u) for u in [0, 1] as 2 atanh(t), t = u / (2 + u) in [0, 1/3]: the odd series in t has
@@ -189,19 +182,9 @@ def _vlog1p32(typingctx, u):
     return types.float32(types.float32), codegen
 
 
-def vlog1p_unit(u):
-    """``log1p(u)`` for ``0 <= u <= 1``; inside numba-compiled code a vectorizable float32 version."""
-    return math.log1p(u)
+def vlog1p_unit(x):
+    """``log1p(x)`` for ``0 <= x <= 1``; inside numba-compiled code a vectorizable float32 version."""
+    return math.log1p(x)
 
 
-@overload(vlog1p_unit, inline="always")
-def _vlog1p_unit_overload(u):
-    if u == types.float32:
-
-        def impl(u):
-            return _vlog1p32(u)
-
-        return impl
-    if isinstance(u, types.Float):
-        return lambda u: math.log1p(u)
-    return None
+_float32_fast_path(vlog1p_unit, _vlog1p32)
