@@ -403,16 +403,17 @@ def lif_scan(
                          "convention='spikingjelly'")
     # the state takes x's lane order, which the op then follows (channels-last in, channels-last out)
     order = _input_lane_order(x)
+    state_strides = None if order is None else _strides(lanes, order)   # of a default state
     if v0 is None:
         rest = float(v_reset) if (hard and convention == "spikingjelly") else 0.0
-        v0 = filled(x, lanes, rest, None if order is None else _strides(lanes, order))
+        v0 = filled(x, lanes, rest, state_strides)
     else:
         check_tensor("initial_state.v", v0, device=x.device)
         check_same_shape("initial_state.v", v0, lanes, f"x.shape[1:] of x with shape {tuple(x.shape)}")
         v0 = _state_in(v0, order)
     if adaptive:
         if a0 is None:
-            a0 = filled(x, lanes, 0.0, None if order is None else _strides(lanes, order))
+            a0 = filled(x, lanes, 0.0, state_strides)
         else:
             check_tensor("initial_state.a", a0, device=x.device)
             check_same_shape("initial_state.a", a0, lanes, f"x.shape[1:] of x with shape {tuple(x.shape)}")

@@ -157,7 +157,7 @@ def _exp_flushed(w):  # pragma: no cover - compiled
 
 
 _LOG2E = math.log2(math.e)
-_W_FLUSH = np.float32(69.0 * _LOG2E)  # exp(-69) as a power of 2: the flush of _exp_flushed
+_W_FLUSH = np.float32(-float(_EXP_LO) * _LOG2E)  # _exp_flushed's flush as a power of 2
 
 
 def _sigmoid_tail(a, c, z):
