@@ -61,6 +61,12 @@ def _fmuladd(builder: ir.IRBuilder, a, b, c):
     return builder.call(fn, [a, b, c])
 
 
+def _rint(builder: ir.IRBuilder, x):
+    """``x`` rounded to the nearest integer in the current rounding mode (``llvm.rint``: one ``vroundps``)."""
+    fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(_F32_IR, [_F32_IR]), "llvm.rint.f32")
+    return builder.call(fn, [x])
+
+
 def _float32_fast_path(pyfunc, fast32) -> None:
     """Give ``pyfunc`` its numba version: the intrinsic ``fast32`` for float32, ``pyfunc``'s own exact Python
     body (libm, compiled by numba) for other floats."""
@@ -118,8 +124,8 @@ _float32_fast_path(vexp, _vexp32)
 # is exactly 1, so 2^0 = 1), 2^-n in the exponent bits. Unlike exp's argument reduction it needs no split
 # constant and no clamps, so its chain of dependent operations is four shorter: the LIF's reverse step with
 # the sigmoid surrogate, a latency-bound loop, took 1.17-1.21 ns per lane on data in L1 with it against
-# 1.43-1.49 ns with exp(-a|z|) (2-core AMD EPYC, 2026-12-05, load 0.8). rint is ``llvm.rint`` (one
-# vroundps) rather than the magic-number add and subtract, which round alike but add a step to the chain.
+# 1.43-1.49 ns with exp(-a|z|) (2-core AMD EPYC, 2026-12-05, load 0.8). It rounds with :func:`_rint` rather
+# than the magic-number add and subtract, which round alike but add a step to the chain.
 _P2 = tuple(_F32(c) for c in (0.693146977597295, 0.24022242084121279, 0.05550733745936501, 0.009671512697169534,
                              0.0013264726389876184))
 
@@ -132,8 +138,7 @@ def _vexp2_neg32(typingctx, w):
 
     def codegen(context, builder, signature, args):
         (w,) = args
-        n = builder.call(cgutils.get_or_insert_function(builder.module, ir.FunctionType(_F32_IR, [_F32_IR]),
-                                                        "llvm.rint.f32"), [w])
+        n = _rint(builder, w)
         g = builder.fsub(n, w)
         p = _c(_P2[4])
         for coefficient in (_P2[3], _P2[2], _P2[1], _P2[0], _ONE):

@@ -162,8 +162,7 @@ _W_FLUSH = np.float32(-float(_EXP_LO) * _LOG2E)  # _exp_flushed's flush as a pow
 
 def _sigmoid_tail(a, c, z):
     """``exp(-a |z|)`` flushed as :func:`_exp_flushed` does, given ``c = a log2(e)``."""
-    w = -a * abs(z)
-    return 0.0 if w < _EXP_LO else math.exp(w)
+    return _exp_flushed(-a * abs(z))
 
 
 @overload(_sigmoid_tail, inline="always")
@@ -179,7 +178,7 @@ def _sigmoid_tail_overload(a, c, z):
 
         return impl
     if isinstance(z, types.Float):
-        return lambda a, c, z: _exp_flushed(-a * abs(z))
+        return _sigmoid_tail
     return None
 
 
