@@ -168,10 +168,9 @@ def main() -> None:
     args = parser.parse_args()
     malloc_tuned = args.malloc_tuned and retain_freed_memory()
 
-    import numba
+    from neurostep.kernels.numba_launch import set_threads
 
-    torch.set_num_threads(args.threads)
-    numba.set_num_threads(min(args.threads, numba.config.NUMBA_NUM_THREADS))
+    set_threads(args.threads)   # both pools, numba's started first (its start resets torch's count)
     repeats, warmup = (5, 1) if args.quick else (15, 2)
 
     report = {"threads": args.threads,

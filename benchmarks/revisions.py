@@ -88,8 +88,10 @@ def worker(threads: int) -> None:
     import numba
     import torch
 
-    torch.set_num_threads(threads)
+    # numba's pool first: starting, it sets the OpenMP thread count that torch's count is (the tree under
+    # test may predate neurostep.kernels.numba_launch.set_threads, which does the same)
     numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
+    torch.set_num_threads(threads)
     medians = {}
     for name, (fn, repeats) in _cases().items():
         for _ in range(3):  # compile or load kernels, warm caches and allocator

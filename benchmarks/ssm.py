@@ -165,10 +165,9 @@ def main() -> None:
     parser.add_argument("--out", default=str(Path(__file__).resolve().parent / "results" / "ssm.json"))
     args = parser.parse_args()
 
-    import numba
+    from neurostep.kernels.numba_launch import set_threads
 
-    torch.set_num_threads(args.threads)
-    numba.set_num_threads(min(args.threads, numba.config.NUMBA_NUM_THREADS))
+    set_threads(args.threads)   # both pools, numba's started first (its start resets torch's count)
     batch, dim, length, n = args.batch, args.dim, args.length, args.state
     repeats = 3 if args.quick else 10
     peer_repeats = 1 if args.quick else 3

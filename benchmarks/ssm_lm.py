@@ -183,10 +183,9 @@ def main() -> None:
     if args.new_tokens < 2:
         parser.error("--new-tokens must be >= 2")
     if args.threads is not None:
-        import numba
+        from neurostep.kernels.numba_launch import set_threads
 
-        torch.set_num_threads(args.threads)
-        numba.set_num_threads(args.threads)
+        set_threads(args.threads)   # both pools, numba's started first (its start resets torch's count)
 
     load_before = load_average()
     res = bench_mamba(args)

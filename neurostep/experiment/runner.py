@@ -175,19 +175,12 @@ def _exit_when_orphaned(parent_pid: int, poll_s: float = 1.0) -> None:
 def _worker_init(threads: int, parent_pid: int | None = None) -> None:
     """Each worker process computes on ``threads`` cores (torch and numba alike), keeps freed
     memory for reuse (:func:`retain_freed_memory`) and exits if the runner dies."""
-    import torch
+    from neurostep.kernels.numba_launch import set_threads  # imports numba: only where kernels run
 
     if parent_pid is not None:
         _exit_when_orphaned(parent_pid)
     retain_freed_memory()
-
-    torch.set_num_threads(threads)
-    try:
-        import numba
-
-        numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
-    except ImportError:  # pragma: no cover - numba is a dependency
-        pass
+    set_threads(threads)
 
 
 def _worker_run(cfg: ExperimentConfig, run: PlannedRun, shared: Any) -> dict[str, Any]:

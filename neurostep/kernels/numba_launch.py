@@ -9,7 +9,8 @@ under the other layers it adds one attribute read per call and nothing else.
 
 The first launch also registers a :class:`CompileNotice` with numba's event API, so that a kernel
 compiling on its first use (up to about 10 seconds each on a fresh machine; numba's disk cache serves
-every later process) says so instead of leaving the user at a silent prompt.
+every later process) says so instead of leaving the user at a silent prompt, and starts numba's thread
+pool without changing torch's thread count (:func:`start_threads`).
 
 :func:`launch_ranges` runs a serial kernel over ranges of work items on the same threading layer as
 ``prange``, for kernels whose ``prange`` body takes too long to compile.
@@ -27,6 +28,7 @@ from typing import Any, TextIO, TypeVar
 
 import numba
 import numpy as np
+import torch
 from numba.core import event as numba_event
 from numba.core import types
 from numba.core.compiler import Compiler
@@ -86,9 +88,37 @@ class CompileNotice(numba_event.Listener):
             self._emit(f"neurostep: compiled {name} in {time.perf_counter() - start:.1f} s")
 
 
+def start_threads() -> None:
+    """Start numba's thread pool, if it has not started, and keep torch's intra-op thread count.
+
+    numba starts its pool at its first parallel launch or thread query (``numba.get_num_threads``,
+    ``numba.set_num_threads``). Its OpenMP layer then sets the OpenMP thread count of the calling
+    thread to ``NUMBA_NUM_THREADS``, and torch reads its own count from that same setting: a process
+    that had asked torch for one thread got two after its first neurostep kernel. The main job's first
+    run in each process then reduced its BatchNorm statistics over two threads' partial sums and
+    rounded differently from every later run (a Spikformer run on digits stopped at 700 steps with
+    accuracy 0.9526 as a process's first run, at 600 steps with 0.9499 after another run). The count
+    torch had before is set back; numba's kernels keep numba's own count.
+    """
+    before = torch.get_num_threads()
+    numba.get_num_threads()
+    if torch.get_num_threads() != before:
+        torch.set_num_threads(before)
+
+
+def set_threads(count: int) -> None:
+    """Run torch's ops on ``count`` threads and numba's kernels on as many (at most ``NUMBA_NUM_THREADS``).
+
+    numba's pool is started first (:func:`start_threads`): started after ``torch.set_num_threads``, it would
+    set torch's count back to ``NUMBA_NUM_THREADS``."""
+    start_threads()
+    numba.set_num_threads(min(count, numba.config.NUMBA_NUM_THREADS))
+    torch.set_num_threads(count)
+
+
 class LaunchGuard:
-    """Serializes kernel launches when numba's threading layer is ``workqueue``; registers a
-    :class:`CompileNotice` at the first launch."""
+    """Serializes kernel launches when numba's threading layer is ``workqueue``; at the first launch,
+    starts numba's thread pool (:func:`start_threads`) and registers a :class:`CompileNotice`."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
@@ -96,11 +126,12 @@ class LaunchGuard:
         self._notice: CompileNotice | None = None
         self._notice_lock = threading.Lock()
 
-    def watch_compiles(self) -> None:
-        """Register the compile notice with numba (once, even when several threads launch first; at the
-        first launch, not at import)."""
+    def first_launch(self) -> None:
+        """Start numba's threads keeping torch's count, and register the compile notice with numba (once,
+        even when several threads launch first; at the first launch, not at import)."""
         with self._notice_lock:
             if self._notice is None:
+                start_threads()
                 self._notice = CompileNotice()
                 numba_event.register("numba:compile", self._notice)
 
@@ -116,7 +147,7 @@ class LaunchGuard:
         @functools.wraps(fn)
         def launch(*args: Any, **kwargs: Any) -> Any:
             if self._notice is None:
-                self.watch_compiles()
+                self.first_launch()
             if not self.needs_lock():
                 return fn(*args, **kwargs)
             with self._lock:

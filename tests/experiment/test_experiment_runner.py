@@ -1,9 +1,11 @@
 """The driver: causal planning, one runner per directory, safe names, parallel workers."""
 
+import json
 import os
 import signal
 import subprocess
 import sys
+import textwrap
 import time
 from pathlib import Path
 
@@ -201,3 +203,57 @@ def test_a_pool_worker_exits_when_the_runner_is_killed():
         proc.kill()
         if worker is not None and not _exited(worker):
             os.kill(worker, signal.SIGKILL)
+
+
+_REPEAT_SCRIPT = """
+import json, sys
+import torch
+from neurostep.experiment import load_config, plan_runs
+from neurostep.experiment.runner import run_one
+
+torch.set_num_threads(2)   # the process's count; the experiment's runs ask for 1
+cfg = load_config(sys.argv[1])
+run = plan_runs(cfg)[0][0]
+first, second = run_one(cfg, run, progress=False), run_one(cfg, run, progress=False)
+keys = ("train_loss", "test_loss", "accuracy", "steps", "curve")
+print(json.dumps([[first[k] for k in keys], [second[k] for k in keys]]))
+"""
+
+
+def test_a_run_gives_the_same_record_as_a_process_first_run_and_after_another(tmp_path):
+    # A spiking block (numba kernels and BatchNorm) run twice in one process: the first run starts numba's
+    # thread pool, whose start used to set torch's thread count back to numba's, so that the first run
+    # reduced its BatchNorm statistics over two threads and rounded differently from the second
+    toml = tmp_path / "repeat.toml"
+    toml.write_text(textwrap.dedent(f"""
+        [experiment]
+        name = "repeat"
+        seeds = [0]
+        blocks = ["spikformer_ssa"]
+        tasks = ["digits"]
+        out_dir = "{(tmp_path / 'runs').as_posix()}"
+
+        [backbone]
+        dim = 16
+        depth = 1
+        num_heads = 2
+        mlp_ratio = 1.0
+
+        [train]
+        steps = 6
+        batch_size = 32
+        eval_every = 3
+        progress = false
+        threads = 1
+
+        [measure]
+        energy = false
+        latency_reps = 1
+        throughput_batch = 8
+        """))
+    env = dict(os.environ, PYTHONPATH=str(ROOT), NUMBA_NUM_THREADS="2")
+    done = subprocess.run([sys.executable, "-c", _REPEAT_SCRIPT, str(toml)], env=env, capture_output=True, text=True,
+                          timeout=600)
+    assert done.returncode == 0, done.stdout + done.stderr
+    first, second = json.loads(done.stdout.strip().splitlines()[-1])
+    assert first == second

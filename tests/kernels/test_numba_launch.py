@@ -242,3 +242,30 @@ def test_numba_type_names_every_kind_and_refuses_others():
     assert numba_launch.numba_type("none", "float32") == types.none
     with pytest.raises(ValueError, match="unknown argument kind"):
         numba_launch.numba_type("q", "float32")
+
+
+THREADS_SCRIPT = """
+import torch
+from neurostep.kernels.lif import lif_scan
+from neurostep.kernels.numba_launch import set_threads
+import numba
+
+torch.set_num_threads(1)
+assert torch.get_num_threads() == 1   # torch has set up its threads (any op of torch's would do it)
+lif_scan(torch.randn(4, 64), tau_inv=0.5, v_threshold=1.0, backend="cpu")   # the process's first launch
+after_launch = torch.get_num_threads(), numba.get_num_threads()
+set_threads(1)
+print(*after_launch, torch.get_num_threads(), numba.get_num_threads())
+"""
+
+
+def test_the_first_kernel_keeps_torchs_thread_count():
+    # numba's OpenMP pool sets the OpenMP thread count of the thread that starts it, which is where torch
+    # reads its own count: a process that asked torch for one thread must keep one after the first kernel
+    env = dict(os.environ, PYTHONPATH=str(ROOT), NUMBA_NUM_THREADS="2")
+    done = subprocess.run([sys.executable, "-c", THREADS_SCRIPT], env=env, capture_output=True, text=True,
+                          timeout=600)
+    assert done.returncode == 0, done.stdout + done.stderr
+    torch_after, numba_after, torch_set, numba_set = map(int, done.stdout.split())
+    assert (torch_after, numba_after) == (1, 2)   # numba's kernels keep numba's own count
+    assert (torch_set, numba_set) == (1, 1)
