@@ -94,9 +94,9 @@ def start_threads() -> None:
     numba starts its pool at its first parallel launch or thread query (``numba.get_num_threads``,
     ``numba.set_num_threads``). Its OpenMP layer then sets the OpenMP thread count of the calling
     thread to ``NUMBA_NUM_THREADS``, and torch reads its own count from that same setting: a process
-    that had asked torch for one thread got two after its first neurostep kernel. The main job's first
-    run in each process then reduced its BatchNorm statistics over two threads' partial sums and
-    rounded differently from every later run (a Spikformer run on digits stopped at 700 steps with
+    that had asked torch for one thread got two after its first neurostep kernel. Training runs in one
+    process then rounded the first run differently from the later ones, whose BatchNorm statistics were
+    not summed over two threads' partial sums (a Spikformer run on digits stopped at 700 steps with
     accuracy 0.9526 as a process's first run, at 600 steps with 0.9499 after another run). The count
     torch had before is set back; numba's kernels keep numba's own count.
     """
@@ -110,7 +110,7 @@ def set_threads(count: int) -> None:
     """Run torch's ops on ``count`` threads and numba's kernels on as many (at most ``NUMBA_NUM_THREADS``).
 
     numba's pool is started first (:func:`start_threads`): started after ``torch.set_num_threads``, it would
-    set torch's count back to ``NUMBA_NUM_THREADS``."""
+    set torch's count to ``NUMBA_NUM_THREADS``."""
     start_threads()
     numba.set_num_threads(min(count, numba.config.NUMBA_NUM_THREADS))
     torch.set_num_threads(count)
