@@ -26,6 +26,7 @@ steps = {steps}
 batch_size = 32
 eval_every = 2
 progress = false
+threads = {threads}
 
 [measure]
 energy = {energy}
@@ -35,10 +36,10 @@ throughput_batch = 8
 
 
 def tiny_toml(tmp: Path, *, name: str = "tiny", seeds: str = "[0]", blocks: str = '["softmax_attention"]',
-              steps: int = 4, energy: bool = False, extra: str = "") -> Path:
+              steps: int = 4, energy: bool = False, threads: int = 0, extra: str = "") -> Path:
     path = tmp / f"{name}.toml"
     text = TINY.format(name=name, seeds=seeds, blocks=blocks, out=(tmp / "runs").as_posix(), steps=steps,
-                       energy=str(energy).lower())
+                       energy=str(energy).lower(), threads=threads)
     path.write_text(text + textwrap.dedent(extra))
     return path
 

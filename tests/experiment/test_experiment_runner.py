@@ -5,7 +5,6 @@ import os
 import signal
 import subprocess
 import sys
-import textwrap
 import time
 from pathlib import Path
 
@@ -220,37 +219,11 @@ print(json.dumps([[first[k] for k in keys], [second[k] for k in keys]]))
 """
 
 
-def test_a_run_gives_the_same_record_as_a_process_first_run_and_after_another(tmp_path):
+def test_a_run_gives_the_same_record_as_a_process_first_run_and_after_another(make_toml):
     # A spiking block (numba kernels and BatchNorm) run twice in one process: the first run starts numba's
-    # thread pool, whose start used to set torch's thread count back to numba's, so that the first run
+    # thread pool, whose start used to set torch's thread count to numba's, so that the first run
     # reduced its BatchNorm statistics over two threads and rounded differently from the second
-    toml = tmp_path / "repeat.toml"
-    toml.write_text(textwrap.dedent(f"""
-        [experiment]
-        name = "repeat"
-        seeds = [0]
-        blocks = ["spikformer_ssa"]
-        tasks = ["digits"]
-        out_dir = "{(tmp_path / 'runs').as_posix()}"
-
-        [backbone]
-        dim = 16
-        depth = 1
-        num_heads = 2
-        mlp_ratio = 1.0
-
-        [train]
-        steps = 6
-        batch_size = 32
-        eval_every = 3
-        progress = false
-        threads = 1
-
-        [measure]
-        energy = false
-        latency_reps = 1
-        throughput_batch = 8
-        """))
+    toml = make_toml(name="repeat", blocks='["spikformer_ssa"]', steps=6, threads=1)
     env = dict(os.environ, PYTHONPATH=str(ROOT), NUMBA_NUM_THREADS="2")
     done = subprocess.run([sys.executable, "-c", _REPEAT_SCRIPT, str(toml)], env=env, capture_output=True, text=True,
                           timeout=600)
