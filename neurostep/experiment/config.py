@@ -75,7 +75,7 @@ TRAIN_DEFAULTS: dict[str, Any] = {
     "patience": 0,         # stop after this many evaluations without improvement; 0: never
     "min_delta": 0.002,    # smallest change of the metric that counts as an improvement
     "progress": True,      # progress bars, only when stderr is a terminal
-    "threads": 0,          # torch intra-op threads per run; 0 keeps torch's default
+    "threads": 0,          # torch and numba threads per run; 0 keeps the process's counts
 }
 
 MEASURE_DEFAULTS: dict[str, Any] = {

@@ -423,13 +423,23 @@ def train_run(cfg: ExperimentConfig, block: str, task_label: str, seed: int, tas
               ctx: DistContext | None = None, progress: bool | None = None) -> dict[str, Any]:
     """Train and evaluate ``block`` on ``task`` with ``seed``; returns the result record (rank 0)."""
     ctx = ctx or DistContext()
-    threads = torch.get_num_threads()
-    if cfg.train["threads"] > 0:
-        torch.set_num_threads(cfg.train["threads"])
+    if cfg.train["threads"] <= 0:
+        return _train_run(cfg, block, task_label, seed, task, ctx, progress)
+    # numba's kernels too, as in the runner's worker processes: some kernels sum partial results per
+    # thread (the selective scan's B and C gradients), so a run in this process would otherwise round
+    # differently from the same run in a worker
+    import numba
+
+    from neurostep.kernels.numba_launch import set_threads, start_threads
+
+    start_threads()   # before numba's count is read: reading it would start the pool, changing torch's
+    before = torch.get_num_threads(), numba.get_num_threads()
+    set_threads(cfg.train["threads"])
     try:
         return _train_run(cfg, block, task_label, seed, task, ctx, progress)
     finally:
-        torch.set_num_threads(threads)
+        numba.set_num_threads(before[1])
+        torch.set_num_threads(before[0])
 
 
 def _train_run(cfg: ExperimentConfig, block: str, task_label: str, seed: int, task: TaskData,

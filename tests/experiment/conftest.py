@@ -16,7 +16,7 @@ tasks = ["digits"]
 out_dir = "{out}"
 
 [backbone]
-dim = 16
+dim = {dim}
 depth = 1
 num_heads = 2
 mlp_ratio = 1.0
@@ -36,10 +36,10 @@ throughput_batch = 8
 
 
 def tiny_toml(tmp: Path, *, name: str = "tiny", seeds: str = "[0]", blocks: str = '["softmax_attention"]',
-              steps: int = 4, energy: bool = False, threads: int = 0, extra: str = "") -> Path:
+              steps: int = 4, energy: bool = False, threads: int = 0, dim: int = 16, extra: str = "") -> Path:
     path = tmp / f"{name}.toml"
     text = TINY.format(name=name, seeds=seeds, blocks=blocks, out=(tmp / "runs").as_posix(), steps=steps,
-                       energy=str(energy).lower(), threads=threads)
+                       energy=str(energy).lower(), threads=threads, dim=dim)
     path.write_text(text + textwrap.dedent(extra))
     return path
 

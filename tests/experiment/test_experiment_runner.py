@@ -230,3 +230,18 @@ def test_a_run_gives_the_same_record_as_a_process_first_run_and_after_another(ma
     assert done.returncode == 0, done.stdout + done.stderr
     first, second = json.loads(done.stdout.strip().splitlines()[-1])
     assert first == second
+
+
+def test_one_worker_and_two_give_the_same_records(make_toml):
+    # [train] threads applies to numba's kernels as to torch's ops in the runner's own process too: the
+    # selective scan sums its B and C gradients over one partial sum per thread (4 blocks of channels at
+    # width 32), so runs in the parent process rounded differently from the same runs in worker processes
+    records = {}
+    for workers in (1, 2):
+        cfg = load_config(make_toml(name=f"w{workers}", seeds="[0, 1]", blocks='["mamba"]', steps=4, threads=1,
+                                    dim=32))
+        cfg.workers = workers
+        run_dir = run_experiment(cfg, log=lambda s: None, report=False)
+        records[workers] = {r["seed"]: (r["train_loss"], r["test_loss"], r["curve"])
+                            for r in ResultStore(run_dir).load()}
+    assert records[1] == records[2]
