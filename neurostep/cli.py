@@ -109,11 +109,12 @@ def _cmd_tune(args: argparse.Namespace) -> int:
     import torch
 
     from neurostep.kernels.decayed_linear_attention import tuning
+    from neurostep.kernels.numba_launch import set_threads
 
     if args.threads is not None:
         if args.threads < 1:
             raise ValueError(f"--threads must be >= 1, got {args.threads}")
-        torch.set_num_threads(args.threads)
+        set_threads(args.threads)   # the op's numba kernels run on as many threads as its products
     dtype = {"float32": torch.float32, "float64": torch.float64}[args.dtype]
     show = sys.stderr.isatty()
 
@@ -172,7 +173,7 @@ def build_parser() -> argparse.ArgumentParser:
     tune.add_argument("--head-dim", type=int, default=64, help="V, Mamba-2's head dim (default 64)")
     tune.add_argument("--dtype", choices=("float32", "float64"), default="float32",
                       help="compute dtype (default float32; half-precision inputs compute in float32)")
-    tune.add_argument("--threads", type=int, help="torch threads (default: torch's current count)")
+    tune.add_argument("--threads", type=int, help="torch and numba threads (default: the current counts)")
     tune.add_argument("--candidates", type=int, nargs="+", default=[32, 64, 128], help="chunk sizes to try")
     tune.add_argument("--rounds", type=int, default=5, help="timed calls of each chunk size (default 5)")
     tune.add_argument("--mode", choices=("both", "train", "inference"), default="both",
