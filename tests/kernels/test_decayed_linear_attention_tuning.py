@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -119,3 +123,22 @@ def test_cli_tune_prints_and_records(tmp_path, capsys):
     assert cli_main(["tune", "--length", "32", "--heads", "1", "--state", "4", "--head-dim", "2",
                      "--rounds", "1", "--file", str(tmp_path / "dry.json"), "--dry-run"]) == 0
     assert not (tmp_path / "dry.json").exists()
+
+
+_TUNE_THREADS_SCRIPT = """
+import sys
+import numba, torch
+from neurostep.cli import main
+main(["tune", "--length", "32", "--heads", "1", "--state", "4", "--head-dim", "2", "--candidates", "8",
+      "--rounds", "1", "--threads", "1", "--file", sys.argv[1]])
+print(torch.get_num_threads(), numba.get_num_threads())
+"""
+
+
+def test_cli_tune_threads_sets_torch_and_numba(tmp_path):
+    # the op's products run on torch's threads and its masks and state passes on numba's: both take --threads
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[2]), NUMBA_NUM_THREADS="2")
+    done = subprocess.run([sys.executable, "-c", _TUNE_THREADS_SCRIPT, str(tmp_path / "t.json")], env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert done.stdout.split()[-2:] == ["1", "1"]
