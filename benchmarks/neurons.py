@@ -170,7 +170,7 @@ def main() -> None:
 
     from neurostep.kernels.numba_launch import set_threads
 
-    set_threads(args.threads)   # both pools, numba's started first (its start resets torch's count)
+    set_threads(args.threads)
     repeats, warmup = (5, 1) if args.quick else (15, 2)
 
     report = {"threads": args.threads,

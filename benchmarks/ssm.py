@@ -167,7 +167,7 @@ def main() -> None:
 
     from neurostep.kernels.numba_launch import set_threads
 
-    set_threads(args.threads)   # both pools, numba's started first (its start resets torch's count)
+    set_threads(args.threads)
     batch, dim, length, n = args.batch, args.dim, args.length, args.state
     repeats = 3 if args.quick else 10
     peer_repeats = 1 if args.quick else 3

@@ -185,7 +185,7 @@ def main() -> None:
     if args.threads is not None:
         from neurostep.kernels.numba_launch import set_threads
 
-        set_threads(args.threads)   # both pools, numba's started first (its start resets torch's count)
+        set_threads(args.threads)
 
     load_before = load_average()
     res = bench_mamba(args)

@@ -428,18 +428,10 @@ def train_run(cfg: ExperimentConfig, block: str, task_label: str, seed: int, tas
     # numba's kernels too, as in the runner's worker processes: some kernels sum partial results per
     # thread (the selective scan's B and C gradients), so a run in this process would otherwise round
     # differently from the same run in a worker
-    import numba
+    from neurostep.kernels.numba_launch import use_threads
 
-    from neurostep.kernels.numba_launch import set_threads, start_threads
-
-    start_threads()   # before numba's count is read: reading it would start the pool, changing torch's
-    before = torch.get_num_threads(), numba.get_num_threads()
-    set_threads(cfg.train["threads"])
-    try:
+    with use_threads(cfg.train["threads"]):
         return _train_run(cfg, block, task_label, seed, task, ctx, progress)
-    finally:
-        numba.set_num_threads(before[1])
-        torch.set_num_threads(before[0])
 
 
 def _train_run(cfg: ExperimentConfig, block: str, task_label: str, seed: int, task: TaskData,

@@ -18,12 +18,13 @@ pool without changing torch's thread count (:func:`start_threads`).
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, TextIO, TypeVar
 
 import numba
@@ -93,12 +94,13 @@ def start_threads() -> None:
 
     numba starts its pool at its first parallel launch or thread query (``numba.get_num_threads``,
     ``numba.set_num_threads``). Its OpenMP layer then sets the OpenMP thread count of the calling
-    thread to ``NUMBA_NUM_THREADS``, and torch reads its own count from that same setting: a process
-    that had asked torch for one thread got two after its first neurostep kernel. Training runs in one
-    process then rounded the first run differently from the later ones, whose BatchNorm statistics were
-    not summed over two threads' partial sums (a Spikformer run on digits stopped at 700 steps with
-    accuracy 0.9526 as a process's first run, at 600 steps with 0.9499 after another run). The count
-    torch had before is set back; numba's kernels keep numba's own count.
+    thread to ``NUMBA_NUM_THREADS``, and torch reads its own count from that same setting: left alone,
+    a process that asked torch for one thread would get two after its first neurostep kernel, and of
+    several training runs in one process the first would sum its BatchNorm statistics over two threads'
+    partial sums and round differently from the others (measured without this function: a Spikformer
+    run on digits stopped at 700 steps with accuracy 0.9526 as a process's first run, at 600 steps with
+    0.9499 after another run). So the count torch had before is set back; numba's kernels keep numba's
+    own count.
     """
     before = torch.get_num_threads()
     numba.get_num_threads()
@@ -114,6 +116,19 @@ def set_threads(count: int) -> None:
     start_threads()
     numba.set_num_threads(min(count, numba.config.NUMBA_NUM_THREADS))
     torch.set_num_threads(count)
+
+
+@contextlib.contextmanager
+def use_threads(count: int) -> Iterator[None]:
+    """:func:`set_threads` for the duration of a ``with`` block, then both counts as they were."""
+    start_threads()   # before numba's count is read: reading it starts the pool, which changes torch's
+    before = torch.get_num_threads(), numba.get_num_threads()
+    set_threads(count)
+    try:
+        yield
+    finally:
+        numba.set_num_threads(before[1])
+        torch.set_num_threads(before[0])
 
 
 class LaunchGuard:
