@@ -7,20 +7,36 @@ compiled into its range kernels), so after an edit to a helper alone, for exampl
 editable install that ``make venv`` makes, every kernel that inlines it would go on loading its old code.
 The locators here claim the functions defined in files under ``neurostep/kernels`` and stamp them with a
 digest of all ``.py`` files there: any change to a kernel source compiles every kernel again on its
-first call, as after an upgrade. Cache directories are numba's own (``NUMBA_CACHE_DIR`` when set, else
-``__pycache__`` next to the source, else the user-wide one).
+first call, as after an upgrade.
+
+Each version of the sources gets a directory of its own, inside numba's (``NUMBA_CACHE_DIR`` when set, else
+``__pycache__`` next to the source, else the user-wide one): numba keeps one stamp per function and drops a
+function's cached code whenever it meets another, so with one directory for all versions, going back to
+sources compiled before (``git checkout`` of a branch and back, an edit undone) would compile every kernel
+again. The :data:`KEEP_VERSIONS` most recently used versions are
+kept; older ones are removed once no process can still be using them.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import os
+import shutil
+import time
 from pathlib import Path
 
 from numba.core import caching
 
 KERNELS_DIR = Path(__file__).resolve().parent
+VERSION_PREFIX = "neurostep-"
+"""Name prefix of a cache directory of one version of the kernel sources (followed by its stamp)."""
+KEEP_VERSIONS = 3
+"""Versions of the kernel sources whose cache directories are kept (per numba cache directory)."""
+# A version's directory is removed only when unused for this long, so that a process that still runs older
+# sources (a long experiment while the sources are edited) keeps its cache.
+_STALE_S = 3600.0
 
 
 def _source_stats(root: str) -> tuple[tuple[str, int, int], ...]:
@@ -70,11 +86,57 @@ def _process_stamp() -> str:
     return kernel_sources_stamp()
 
 
+def version_dir(parent: str, stamp: str) -> str:
+    """The cache directory of the kernel sources with ``stamp`` inside numba's cache directory ``parent``."""
+    return os.path.join(parent, VERSION_PREFIX + stamp[:16])
+
+
+def prune_versions(parent: str, current: str, keep: int = KEEP_VERSIONS, stale_s: float = _STALE_S) -> list[str]:
+    """Remove the version directories in ``parent`` beyond the ``keep`` most recently used (``current``
+    counted as the most recent) that have not been used for ``stale_s`` seconds, and the cache files that
+    numba wrote into ``parent`` itself before versions had directories; returns the removed paths."""
+    now = time.time()
+    removed = []
+    try:
+        entries = list(os.scandir(parent))
+    except OSError:
+        return removed
+    versions = [e for e in entries if e.is_dir() and e.name.startswith(VERSION_PREFIX) and e.path != current]
+    versions.sort(key=lambda e: e.stat().st_mtime, reverse=True)
+    old = versions[keep - 1:] + [e for e in entries if e.is_file() and e.name.endswith((".nbi", ".nbc"))]
+    for entry in old:
+        if now - entry.stat().st_mtime < stale_s:
+            continue
+        if entry.is_dir():
+            shutil.rmtree(entry.path, ignore_errors=True)
+        else:
+            with contextlib.suppress(OSError):
+                os.remove(entry.path)
+        removed.append(entry.path)
+    return removed
+
+
+@functools.cache
+def _use_version_dir(path: str) -> None:
+    """Mark ``path`` as used now and prune its siblings, once per directory and process."""
+    with contextlib.suppress(OSError):
+        os.utime(path)
+    prune_versions(os.path.dirname(path), path)
+
+
 class _KernelSourcesStamp:
-    """Locator mixin: claims kernel functions only, and stamps them with :func:`kernel_sources_stamp`."""
+    """Locator mixin: claims kernel functions only, stamps them with :func:`kernel_sources_stamp` and caches
+    them in the directory of that version of the sources (:func:`version_dir`)."""
 
     def get_source_stamp(self) -> str:
         return _process_stamp()
+
+    def get_cache_path(self) -> str:
+        return version_dir(super().get_cache_path(), _process_stamp())
+
+    def ensure_cache_path(self) -> None:
+        super().ensure_cache_path()
+        _use_version_dir(self.get_cache_path())
 
     @classmethod
     def from_function(cls, py_func, py_file):

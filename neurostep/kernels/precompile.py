@@ -8,9 +8,10 @@ makes every later first call load from the cache instead (under 1 s); all 20 var
 every variant the kernels compile separately: float32 and float64, and the layouts with a compilation
 of their own (the selective scan's B/C groups that do or do not align with its channel blocks; the LIF
 backward that recomputes the membrane and the one that reads a saved one). The cache lives next to the
-kernels' source files, or in ``NUMBA_CACHE_DIR`` when that is set; it is keyed on the machine's CPU,
-numba's version and the contents of every kernel source file (:mod:`~neurostep.kernels.numba_cache`), so
-after an upgrade or an edit the kernels compile again on first use, as without this step.
+kernels' source files, or in ``NUMBA_CACHE_DIR`` when that is set, in a directory per version of the
+kernel sources; it is keyed on the machine's CPU, numba's version and the contents of every kernel source
+file (:mod:`~neurostep.kernels.numba_cache`), so after an upgrade or an edit the kernels compile again on
+first use, as without this step.
 
     python -m neurostep.kernels.precompile            # every variant, two processes at a time
     python -m neurostep.kernels.precompile --list     # the variants

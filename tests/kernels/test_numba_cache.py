@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 import os
 import sys
+import time
 
 import numba
 import pytest
@@ -61,3 +62,62 @@ def test_installing_twice_adds_nothing():
     classes = numba.core.caching.CacheImpl._locator_classes
     assert all(classes.count(cls) == 1 for cls in numba_cache.LOCATORS)
     assert classes[:len(numba_cache.LOCATORS)] == list(numba_cache.LOCATORS)
+
+
+def test_kernels_cache_in_the_directory_of_their_source_version():
+    from neurostep.kernels.lif import cpu
+
+    locator = cpu._forward_kernel._cache._impl.locator
+    path = locator.get_cache_path()
+    assert path == numba_cache.version_dir(os.path.dirname(path), kernel_sources_stamp())
+    assert os.path.isdir(path) and os.path.basename(path).startswith(numba_cache.VERSION_PREFIX)
+
+
+def _load_kernel_module(path, name):
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_going_back_to_earlier_sources_loads_their_cached_code(tmp_path, monkeypatch):
+    # a kernel file under a stand-in kernels directory, compiled under sources "a", then "b", then "a" again
+    source = tmp_path / "kernel.py"
+    source.write_text("import numba\n\n@numba.njit(cache=True)\ndef plus_one(x):\n    return x + 1\n")
+    monkeypatch.setattr(numba_cache, "KERNELS_DIR", tmp_path)
+    stats = []
+    for i, stamp in enumerate(("a" * 64, "b" * 64, "a" * 64)):
+        monkeypatch.setattr(numba_cache, "_process_stamp", lambda stamp=stamp: stamp)
+        module = _load_kernel_module(source, f"stand_in_kernel_{i}")
+        assert isinstance(module.plus_one._cache._impl.locator, numba_cache.LOCATORS)
+        assert module.plus_one(1) == 2
+        stats.append((module.plus_one.stats.cache_hits, module.plus_one.stats.cache_misses))
+    # the first two versions compile; back at "a", its code is still there (one directory holding one
+    # stamp per function would have dropped it when "b" was saved)
+    assert [sum(hits.values()) for hits, _ in stats] == [0, 0, 1]
+    versions = sorted(p.name for p in (tmp_path / "__pycache__").iterdir() if p.is_dir())
+    assert versions == [numba_cache.VERSION_PREFIX + "a" * 16, numba_cache.VERSION_PREFIX + "b" * 16]
+
+
+def test_old_versions_are_pruned_once_unused(tmp_path):
+    now = time.time()
+    parent = tmp_path / "__pycache__"
+    parent.mkdir()
+    ages = {"v0": 10, "v1": 7200, "v2": 8000, "v3": 9000, "v4": 100}  # seconds since last use
+    for name, age in ages.items():
+        d = parent / f"{numba_cache.VERSION_PREFIX}{name}"
+        d.mkdir()
+        (d / "f.nbi").write_text("")
+        os.utime(d, (now - age, now - age))
+    flat_old, flat_new, pyc = parent / "old.nbi", parent / "new.nbc", parent / "m.cpython-311.pyc"
+    for f, age in ((flat_old, 7200), (flat_new, 10), (pyc, 7200)):
+        f.write_text("")
+        os.utime(f, (now - age, now - age))
+    current = str(parent / f"{numba_cache.VERSION_PREFIX}v0")
+    removed = numba_cache.prune_versions(str(parent), current, keep=3)
+    left = sorted(p.name for p in parent.iterdir())
+    # kept: the current version, the two most recently used others (v4, v1), and anything used within the
+    # hour; removed: the older versions (v2, v3) and numba's files from before versions had directories
+    prefix = numba_cache.VERSION_PREFIX
+    assert left == sorted([f"{prefix}v0", f"{prefix}v1", f"{prefix}v4", "new.nbc", "m.cpython-311.pyc"])
+    assert sorted(os.path.basename(p) for p in removed) == sorted([f"{prefix}v2", f"{prefix}v3", "old.nbi"])
