@@ -13,8 +13,9 @@ Each version of the sources gets a directory of its own, inside numba's (``NUMBA
 ``__pycache__`` next to the source, else the user-wide one): numba keeps one stamp per function and drops a
 function's cached code whenever it meets another, so with one directory for all versions, going back to
 sources compiled before (``git checkout`` of a branch and back, an edit undone) would compile every kernel
-again. The :data:`KEEP_VERSIONS` most recently used versions are
-kept; older ones are removed once no process can still be using them.
+again. The :data:`KEEP_VERSIONS` most recently used versions are kept, and older ones are removed once unused
+for an hour (a process still running one of them writes its directory again before saving: numba calls
+``ensure_cache_path`` first).
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ VERSION_PREFIX = "neurostep-"
 KEEP_VERSIONS = 3
 """Versions of the kernel sources whose cache directories are kept (per numba cache directory)."""
 # A version's directory is removed only when unused for this long, so that a process that still runs older
-# sources (a long experiment while the sources are edited) keeps its cache.
+# sources (a long experiment while the sources are edited) keeps loading its cache.
 _STALE_S = 3600.0
 
 
@@ -96,16 +97,19 @@ def prune_versions(parent: str, current: str, keep: int = KEEP_VERSIONS, stale_s
     counted as the most recent) that have not been used for ``stale_s`` seconds, and the cache files that
     numba wrote into ``parent`` itself before versions had directories; returns the removed paths."""
     now = time.time()
-    removed = []
     try:
         entries = list(os.scandir(parent))
     except OSError:
-        return removed
-    versions = [e for e in entries if e.is_dir() and e.name.startswith(VERSION_PREFIX) and e.path != current]
-    versions.sort(key=lambda e: e.stat().st_mtime, reverse=True)
-    old = versions[keep - 1:] + [e for e in entries if e.is_file() and e.name.endswith((".nbi", ".nbc"))]
-    for entry in old:
-        if now - entry.stat().st_mtime < stale_s:
+        return []
+    # another process may be pruning the same directory: an entry that vanished is left out
+    mtimes = {e.path: t for e in entries if (t := _mtime(e)) is not None}
+    versions = [e for e in entries if e.path in mtimes and e.path != current and e.is_dir()
+                and e.name.startswith(VERSION_PREFIX)]
+    versions.sort(key=lambda e: mtimes[e.path], reverse=True)
+    flat = [e for e in entries if e.path in mtimes and e.is_file() and e.name.endswith((".nbi", ".nbc"))]
+    removed = []
+    for entry in versions[keep - 1:] + flat:
+        if now - mtimes[entry.path] < stale_s:
             continue
         if entry.is_dir():
             shutil.rmtree(entry.path, ignore_errors=True)
@@ -114,6 +118,13 @@ def prune_versions(parent: str, current: str, keep: int = KEEP_VERSIONS, stale_s
                 os.remove(entry.path)
         removed.append(entry.path)
     return removed
+
+
+def _mtime(entry: os.DirEntry) -> float | None:
+    try:
+        return entry.stat().st_mtime
+    except OSError:
+        return None
 
 
 @functools.cache

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import shutil
 import sys
 import time
 
@@ -121,3 +122,16 @@ def test_old_versions_are_pruned_once_unused(tmp_path):
     prefix = numba_cache.VERSION_PREFIX
     assert left == sorted([f"{prefix}v0", f"{prefix}v1", f"{prefix}v4", "new.nbc", "m.cpython-311.pyc"])
     assert sorted(os.path.basename(p) for p in removed) == sorted([f"{prefix}v2", f"{prefix}v3", "old.nbi"])
+
+
+def test_a_process_whose_version_was_pruned_still_saves_new_variants(tmp_path, monkeypatch):
+    source = tmp_path / "kernel.py"
+    source.write_text("import numba\n\n@numba.njit(cache=True)\ndef plus_one(x):\n    return x + 1\n")
+    monkeypatch.setattr(numba_cache, "KERNELS_DIR", tmp_path)
+    monkeypatch.setattr(numba_cache, "_process_stamp", lambda: "c" * 64)
+    module = _load_kernel_module(source, "stand_in_kernel_pruned")
+    assert module.plus_one(1) == 2
+    version = tmp_path / "__pycache__" / (numba_cache.VERSION_PREFIX + "c" * 16)
+    shutil.rmtree(version)  # pruned by another process while this one runs
+    assert module.plus_one(1.5) == 2.5  # a new variant compiles and is saved: its directory is made again
+    assert any(p.suffix == ".nbc" for p in version.iterdir())
