@@ -15,6 +15,7 @@ evaluates, measures and writes results; the others wait at a barrier.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import importlib
 import math
@@ -422,15 +423,14 @@ def initial_spike_rate(model: nn.Module, x: torch.Tensor) -> float | None:
 def train_run(cfg: ExperimentConfig, block: str, task_label: str, seed: int, task: TaskData,
               ctx: DistContext | None = None, progress: bool | None = None) -> dict[str, Any]:
     """Train and evaluate ``block`` on ``task`` with ``seed``; returns the result record (rank 0)."""
+    from neurostep.kernels.numba_launch import use_threads
+
     ctx = ctx or DistContext()
-    if cfg.train["threads"] <= 0:
-        return _train_run(cfg, block, task_label, seed, task, ctx, progress)
+    threads = cfg.train["threads"]
     # numba's kernels too, as in the runner's worker processes: some kernels sum partial results per
     # thread (the selective scan's B and C gradients), so a run in this process would otherwise round
     # differently from the same run in a worker
-    from neurostep.kernels.numba_launch import use_threads
-
-    with use_threads(cfg.train["threads"]):
+    with use_threads(threads) if threads > 0 else contextlib.nullcontext():
         return _train_run(cfg, block, task_label, seed, task, ctx, progress)
 
 
