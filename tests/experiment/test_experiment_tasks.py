@@ -172,3 +172,31 @@ def test_concept_shift_segments_never_end_an_epoch_with_a_swap():
     assert len(seg) == 8 and seg[0] == 0 and max(seg) < 134 - 134 // 8 + 1
     with pytest.raises(ValueError):
         concept_shift_segments(10, 11)
+
+
+def test_digits_are_read_as_scikit_learn_loads_them(monkeypatch):
+    """The digits come from scikit-learn's file without importing scikit-learn, equal to what its
+    ``load_digits`` gives; where the file is not found, ``load_digits`` itself is called."""
+    from sklearn.datasets import load_digits
+
+    from neurostep.experiment import tasks
+
+    assert tasks._digits_csv() is not None
+    bunch = load_digits()
+    expected = ((bunch.images / 16.0).astype(np.float32), bunch.target.astype(np.int64))
+    images, labels = tasks.load_digits_arrays()
+    assert images.dtype == np.float32 and labels.dtype == np.int64
+    assert np.array_equal(images, expected[0]) and np.array_equal(labels, expected[1])
+    monkeypatch.setattr(tasks, "_digits_csv", lambda: None)
+    images, labels = tasks.load_digits_arrays()
+    assert np.array_equal(images, expected[0]) and np.array_equal(labels, expected[1])
+
+
+def test_building_the_digits_task_does_not_import_scikit_learn():
+    import subprocess
+    import sys
+
+    code = ("import sys; from neurostep.experiment.tasks import build_task; build_task('digits', {'patch': 2}); "
+            "print(any(m == 'sklearn' or m.startswith('sklearn.') for m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
