@@ -1,6 +1,7 @@
 """The driver: causal planning, one runner per directory, safe names, parallel workers."""
 
 import json
+import multiprocessing
 import os
 import signal
 import subprocess
@@ -10,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from neurostep.experiment import RunDirLocked, RunLock, load_config, parse_config, plan_runs, run_experiment
+from neurostep.experiment import RunDirLocked, RunLock, load_config, parse_config, plan_runs, run_experiment, runner
 from neurostep.experiment.results import ResultStore
 from neurostep.experiment.runner import parallel_order, read_plan
 
@@ -149,11 +150,21 @@ def test_changed_config_reruns_as_a_separate_configuration(make_toml):
     assert "[config" in text and "current]" in text and "other]" in text
 
 
-def test_two_workers_train_side_by_side(make_toml):
+def test_two_workers_train_side_by_side(make_toml, monkeypatch):
     cfg = load_config(make_toml(name="par", seeds="[0, 1]", blocks='["softmax_attention", "crate_mssa"]'))
     cfg.workers = 2
+    # the workers start (and import) while the runner traces the models for its warm-up plan
+    live_while_planning = []
+    plan = runner._warm_up_plan
+
+    def watched_plan(*args):
+        live_while_planning.append(len(multiprocessing.active_children()))
+        return plan(*args)
+
+    monkeypatch.setattr(runner, "_warm_up_plan", watched_plan)
     start = time.perf_counter()
     run_dir = run_experiment(cfg, log=lambda s: None)
+    assert live_while_planning == [2]
     records = ResultStore(run_dir).load()
     assert len(records) == 4 and time.perf_counter() - start < 240
     session = read_plan(run_dir)["session"]
@@ -162,6 +173,15 @@ def test_two_workers_train_side_by_side(make_toml):
     assert {(r["block"], r["seed"]) for r in records} == {(b, s) for b in ("softmax_attention", "crate_mssa")
                                                           for s in (0, 1)}
     assert (run_dir / "report.md").exists()
+
+
+def test_a_worker_imports_what_the_first_optimizer_step_would():
+    """torch.optim imports torch._dynamo at the first step; the worker's initializer does it, so that the
+    import overlaps the runner's planning and no run's training time holds it."""
+    code = ("import sys; from neurostep.experiment.runner import _worker_init; _worker_init(1); "
+            "print('torch._dynamo' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "True"
 
 
 def _exited(pid: int) -> bool:
