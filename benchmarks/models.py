@@ -132,7 +132,7 @@ def neurons_to_identity(model: nn.Module) -> int:
 def scan_free_class(cls: type) -> type:
     """A subclass of a Mamba variant whose selective scan is identity (``y = xc * silu(z)``)."""
 
-    def _ssm_core(self, xc, z, suffix, init_h):
+    def _ssm_core(self, xc, z, suffix, init_h, output_final_state=True):
         return xc * F.silu(z), init_h
 
     return type(f"ScanFree{cls.__name__}", (cls,), {"_ssm_core": _ssm_core})
@@ -152,7 +152,7 @@ def mambapy_scan_class(cls: type) -> type:
     """A subclass of a Mamba variant whose selective scan runs on mambapy's parallel scan."""
     from mambapy.mamba import MambaBlock
 
-    def _ssm_core(self, xc, z, suffix, init_h):
+    def _ssm_core(self, xc, z, suffix, init_h, output_final_state=True):
         _, x_proj, dt_proj, A_log, D = self._direction(suffix)
         delta, Bm, Cm, delta_bias = self._scan_coefficients(xc, suffix)
         # mambapy's layout is (B, L, channels); its scan starts from zeros and returns no state

@@ -125,12 +125,13 @@ class _SSMParams(nn.Module):
         return (getattr(self, f"conv1d{suffix}"), getattr(self, f"x_proj{suffix}"),
                 getattr(self, f"dt_proj{suffix}"), getattr(self, f"A{suffix}_log"), getattr(self, f"D{suffix}"))
 
-    def _ssm_scan(self, x: torch.Tensor, z: torch.Tensor, suffix: str, state: MambaState | None
-                  ) -> tuple[torch.Tensor, MambaState]:
+    def _ssm_scan(self, x: torch.Tensor, z: torch.Tensor, suffix: str, state: MambaState | None,
+                  output_final_state: bool = True) -> tuple[torch.Tensor, MambaState | None]:
         """Conv + selective scan of one direction over a chunk.
 
         x, z: ``(B, Di, L)`` (x before the conv). Returns ``y (B, Di, L)`` (gated by silu(z))
-        and the state after the chunk.
+        and the state after the chunk, or None without ``output_final_state`` (the drop-in
+        ``forward``, whose final state nothing reads).
         """
         conv, _, _, A_log, D = self._direction(suffix)
         batch, d_inner, length = x.shape
@@ -141,24 +142,27 @@ class _SSMParams(nn.Module):
             init_h = None
         else:
             history, init_h = state.conv_state, state.ssm_state
-        # The next chunk's conv needs the last d_conv inputs seen so far.
-        new_conv = torch.cat([history.to(cdtype), x[..., -width:].to(cdtype)], dim=-1)[..., -width:]
         xc, _ = causal_conv1d(x, conv.weight[:, 0, :], conv.bias, "silu",
                               initial_state=None if state is None else history[..., 1:].to(x.dtype),
                               backend=self.backend)
-        y, last = self._ssm_core(xc, z, suffix, init_h)
+        y, last = self._ssm_core(xc, z, suffix, init_h, output_final_state)
+        if not output_final_state:
+            return y, None
+        # The next chunk's conv needs the last d_conv inputs seen so far.
+        new_conv = torch.cat([history.to(cdtype), x[..., -width:].to(cdtype)], dim=-1)[..., -width:]
         return y, MambaState(new_conv, last)
 
-    def _ssm_core(self, xc: torch.Tensor, z: torch.Tensor, suffix: str, init_h: torch.Tensor | None
-                  ) -> tuple[torch.Tensor, torch.Tensor]:
-        """The state space model on the conv output ``xc (B, Di, L)``: ``y`` gated by silu(z), and the last state."""
+    def _ssm_core(self, xc: torch.Tensor, z: torch.Tensor, suffix: str, init_h: torch.Tensor | None,
+                  output_final_state: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The state space model on the conv output ``xc (B, Di, L)``: ``y`` gated by silu(z), and the last
+        state (None without ``output_final_state``)."""
         _, _, _, A_log, D = self._direction(suffix)
         delta, Bm, Cm, delta_bias = self._scan_coefficients(xc, suffix)
         # Parameters enter in the compute dtype: fp32 for half-precision models, fp64 for fp64 ones.
         cdtype = compute_dtype(xc.dtype)
         A = -torch.exp(A_log.to(cdtype))
         return selective_scan(xc, delta, A, Bm, Cm, D.to(cdtype), z, delta_bias=delta_bias, delta_softplus=True,
-                              initial_state=init_h, output_final_state=True, backend=self.backend)
+                              initial_state=init_h, output_final_state=output_final_state, backend=self.backend)
 
     def _scan_coefficients(self, xc: torch.Tensor, suffix: str
                            ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -270,11 +274,15 @@ class Mamba(_SSMParams, Recurrent):
         Returns ``y (B, L, d_model)`` and the state after the last token, so scanning two
         halves with the carried state equals scanning the whole.
         """
+        return self._scan(x, state, True)
+
+    def _scan(self, x: torch.Tensor, state: MambaState | None, output_final_state: bool
+              ) -> tuple[torch.Tensor, MambaState | None]:
         x = self._check_input(x, 3)
         if state is not None:
             self._check_state(state, x.shape[0], x.device)
         xs, z = self._in_proj_channels_first(x)
-        y, new_state = self._ssm_scan(xs, z, "", state)
+        y, new_state = self._ssm_scan(xs, z, "", state, output_final_state)
         return self.out_proj(y.transpose(1, 2).to(x.dtype)), new_state
 
     def _in_proj_channels_first(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -309,8 +317,9 @@ class Mamba(_SSMParams, Recurrent):
         return self.out_proj(y.to(x_t.dtype)), new_state
 
     def forward(self, x: torch.Tensor, grid_size: tuple[int, int] | None = None) -> torch.Tensor:
-        """Drop-in mixer: ``(B, N, C) -> (B, N, C)``, causal over the N tokens (grid_size unused)."""
-        return self.scan(x)[0]
+        """Drop-in mixer: ``(B, N, C) -> (B, N, C)``, causal over the N tokens (grid_size unused). :meth:`scan`
+        without the final state, which is then not computed."""
+        return self._scan(x, None, False)[0]
 
     def decode_step_(self, x_t: torch.Tensor, state: MambaState, A: torch.Tensor,
                      weights: MambaLayerDecodeWeights | None = None) -> torch.Tensor:
@@ -403,14 +412,15 @@ class MambaLTI(Mamba):
         """``delta`` is 0 before the bias (``softplus(dt_bias)`` for every token); ``B, C`` are ``(Di, N)``."""
         return torch.zeros_like(xc), self.B, self.C, self.dt_bias.to(compute_dtype(xc.dtype))
 
-    def _ssm_core(self, xc: torch.Tensor, z: torch.Tensor, suffix: str, init_h: torch.Tensor | None
-                  ) -> tuple[torch.Tensor, torch.Tensor]:
+    def _ssm_core(self, xc: torch.Tensor, z: torch.Tensor, suffix: str, init_h: torch.Tensor | None,
+                  output_final_state: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
         if self.mode == "scan":
-            return super()._ssm_core(xc, z, suffix, init_h)
+            return super()._ssm_core(xc, z, suffix, init_h, output_final_state)
         cdtype = compute_dtype(xc.dtype)
         y, last = lti_convolution(xc.to(cdtype), F.softplus(self.dt_bias.to(cdtype)),
                                   -torch.exp(self.A_log.to(cdtype)), self.B.to(cdtype), self.C.to(cdtype),
-                                  self.D.to(cdtype), None if init_h is None else init_h.to(cdtype))
+                                  self.D.to(cdtype), None if init_h is None else init_h.to(cdtype),
+                                  output_final_state=output_final_state)
         if z is not None:
             y = y * F.silu(z.to(cdtype))
         return y.to(xc.dtype), last

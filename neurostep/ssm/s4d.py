@@ -43,12 +43,14 @@ def causal_convolution(u: torch.Tensor, kernel: torch.Tensor) -> torch.Tensor:
 
 
 def lti_convolution(u: torch.Tensor, dt: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor,
-                    D: torch.Tensor, init_h: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                    D: torch.Tensor, init_h: torch.Tensor | None = None, *, output_final_state: bool = True
+                    ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Run ``h_l = exp(dt A) h_{l-1} + dt B u_l``, ``y_l = <h_l, C> + D u_l`` over a whole sequence.
 
     u: ``(batch, Di, L)``; dt: ``(Di,)`` positive step sizes; A: ``(Di, N)`` (negative for a
     stable model); B, C: ``(Di, N)``; D: ``(Di,)``; init_h: ``(batch, Di, N)`` or None (zeros).
-    Returns ``y (batch, Di, L)`` and the state after the last token ``(batch, Di, N)``.
+    Returns ``y (batch, Di, L)`` and the state after the last token ``(batch, Di, N)``, or None without
+    ``output_final_state`` (it costs a product over the whole sequence that a drop-in mixer would drop).
 
     The kernel ``K[d, t] = sum_n C[d, n] exp(t dt_d A[d, n]) dt_d B[d, n]`` is convolved with
     ``u`` by :func:`causal_convolution` (through an FFT, ``O(L log L)`` per channel, or directly for
@@ -61,10 +63,13 @@ def lti_convolution(u: torch.Tensor, dt: torch.Tensor, A: torch.Tensor, B: torch
     dtB = dt[:, None] * B
     kernel = torch.einsum("dn,dnt->dt", C * dtB, decay)                     # (Di, L)
     y = causal_convolution(u, kernel) + D[:, None] * u
-    # h_L = sum_s exp((L-1-s) dt A) dt B u_s (+ exp(L dt A) h_0), and h_0 reaches y_l as exp((l+1) dt A) h_0
+    if init_h is not None:   # h_0 reaches y_l as exp((l+1) dt A) h_0
+        y = y + torch.einsum("dn,dnt,bdn->bdt", C, decay * torch.exp(dA)[..., None], init_h)
+    if not output_final_state:
+        return y, None
+    # h_L = sum_s exp((L-1-s) dt A) dt B u_s (+ exp(L dt A) h_0)
     last = torch.einsum("dnt,bdt->bdn", decay.flip(-1) * dtB[..., None], u)
     if init_h is not None:
-        y = y + torch.einsum("dn,dnt,bdn->bdt", C, decay * torch.exp(dA)[..., None], init_h)
         last = last + torch.exp(dA * length) * init_h
     return y, last
 
@@ -120,6 +125,10 @@ class S4D(nn.Module):
         Returns ``y (B, L, d_model)`` and the state after the last token, so scanning two halves
         with the carried state equals scanning the whole.
         """
+        return self._scan(x, state, True)
+
+    def _scan(self, x: torch.Tensor, state: torch.Tensor | None, output_final_state: bool
+              ) -> tuple[torch.Tensor, torch.Tensor | None]:
         x = check_tensor("x", x, ndim=3)
         if x.shape[-1] != self.d_model:
             raise ValueError(f"x must have shape (B, L, d_model) with d_model={self.d_model}, got {tuple(x.shape)}")
@@ -130,12 +139,13 @@ class S4D(nn.Module):
         u = x.transpose(1, 2).to(cdtype)
         y, last = lti_convolution(u, F.softplus(self.dt_bias.to(cdtype)), -torch.exp(self.A_log.to(cdtype)),
                                   self.B.to(cdtype), self.C.to(cdtype), self.D.to(cdtype),
-                                  None if state is None else state.to(cdtype))
+                                  None if state is None else state.to(cdtype), output_final_state=output_final_state)
         return self.out_proj(F.gelu(y).transpose(1, 2).to(x.dtype)), last
 
     def forward(self, x: torch.Tensor, grid_size: tuple[int, int] | None = None) -> torch.Tensor:
-        """Drop-in mixer: ``(B, N, C) -> (B, N, C)``, causal over the N tokens (grid_size unused)."""
-        return self.scan(x)[0]
+        """Drop-in mixer: ``(B, N, C) -> (B, N, C)``, causal over the N tokens (grid_size unused). :meth:`scan`
+        without the final state, which is then not computed."""
+        return self._scan(x, None, False)[0]
 
     def extra_repr(self) -> str:
         return f"d_model={self.d_model}, d_state={self.d_state}, gate=False"

@@ -65,12 +65,17 @@ class BidirectionalMamba(Mamba):
         if state is not None:
             raise ValueError("BidirectionalMamba.scan cannot resume from a state: its backward direction reads the "
                              "whole sequence from the end; pass state=None, or use scan_direction per direction")
+        return self._scan(x, None, True)
+
+    def _scan(self, x: torch.Tensor, state: None, output_final_state: bool
+              ) -> tuple[torch.Tensor, BidirectionalMambaState | None]:
         x = self._check_input(x, 3)
         xs, z = self._in_proj_channels_first(x)
-        y_f, st_f = self._ssm_scan(xs, z, "", None)
-        y_b, st_b = self._ssm_scan(xs.flip(-1), z.flip(-1), "_b", None)
+        y_f, st_f = self._ssm_scan(xs, z, "", None, output_final_state)
+        y_b, st_b = self._ssm_scan(xs.flip(-1), z.flip(-1), "_b", None, output_final_state)
         y = (y_f + y_b.flip(-1)) / 2
-        return self.out_proj(y.transpose(1, 2).to(x.dtype)), BidirectionalMambaState(st_f, st_b)
+        return (self.out_proj(y.transpose(1, 2).to(x.dtype)),
+                BidirectionalMambaState(st_f, st_b) if output_final_state else None)
 
     def step(self, x_t: torch.Tensor, state: MambaState) -> tuple[torch.Tensor, MambaState]:
         raise NotImplementedError(
@@ -80,8 +85,9 @@ class BidirectionalMamba(Mamba):
         )
 
     def forward(self, x: torch.Tensor, grid_size: tuple[int, int] | None = None) -> torch.Tensor:
-        """Drop-in mixer: ``(B, N, C) -> (B, N, C)`` (grid_size unused)."""
-        return self.scan(x)[0]
+        """Drop-in mixer: ``(B, N, C) -> (B, N, C)`` (grid_size unused); :meth:`scan` without the final states,
+        which are then not computed."""
+        return self._scan(x, None, False)[0]
 
     def decode_step_(self, x_t: torch.Tensor, state: MambaState, A: torch.Tensor) -> torch.Tensor:
         # Mamba's causal decode path would silently run only the forward direction.

@@ -292,3 +292,29 @@ def test_lti_mamba_conv_mode_equals_scan_mode_with_gradients():
         torch.testing.assert_close(grad, outs[1][1][name], rtol=1e-8, atol=1e-10, msg=name)
     with pytest.raises(ValueError, match="mode must be one of"):
         MambaLTI(8, mode="fft")
+
+
+@pytest.mark.parametrize("block", ["mamba", "mamba_lti", "vim"])
+def test_the_drop_in_forward_computes_no_final_state(block, monkeypatch):
+    """``forward`` equals ``scan``'s output, and asks the scan (or the LTI convolution) for no final
+    state, which nothing would read."""
+    import neurostep.ssm.mamba as mamba_module
+    from neurostep.ssm import BidirectionalMamba, MambaLTI
+
+    asked = []
+    for name in ("selective_scan", "lti_convolution"):
+        original = getattr(mamba_module, name)
+
+        def watched(*args, _original=original, **kwargs):
+            asked.append(kwargs.get("output_final_state", True))
+            return _original(*args, **kwargs)
+
+        monkeypatch.setattr(mamba_module, name, watched)
+    torch.manual_seed(0)
+    cls = {"mamba": Mamba, "mamba_lti": lambda d, **kw: MambaLTI(d, mode="conv", **kw), "vim": BidirectionalMamba}
+    layer, x = cls[block](16, d_state=4), torch.randn(2, 9, 16)
+    y, state = layer.scan(x)
+    directions = 2 if block == "vim" else 1
+    assert state is not None and asked == [True] * directions
+    asked.clear()
+    assert torch.equal(layer(x), y) and asked == [False] * directions

@@ -92,3 +92,27 @@ def test_s4d_rejects_bad_input_with_clear_messages():
         S4D(8, d_state=0)
     with pytest.raises(ValueError, match="dt_min <= dt_max"):
         S4D(8, dt_min=0.1, dt_max=0.01)
+
+
+def test_the_drop_in_forward_computes_no_final_state(monkeypatch):
+    """``forward`` is ``scan`` without the final state, and asks the convolution for none (it costs a
+    product over the sequence that the mixer would drop)."""
+    import neurostep.ssm.s4d as s4d
+
+    asked = []
+
+    def watched(*args, **kwargs):
+        asked.append(kwargs.get("output_final_state", True))
+        return lti_convolution(*args, **kwargs)
+
+    monkeypatch.setattr(s4d, "lti_convolution", watched)
+    torch.manual_seed(0)
+    layer, x = S4D(8, d_state=4), torch.randn(2, 7, 8)
+    y, last = layer.scan(x)
+    assert torch.equal(layer(x), y) and last.shape == (2, 8, 4)
+    assert asked == [True, False]
+    u = torch.randn(2, 3, 5)
+    dt, A, B, C, D = torch.rand(3) + 0.1, -torch.rand(3, 4) - 0.2, torch.randn(3, 4), torch.randn(3, 4), torch.randn(3)
+    h0 = torch.randn(2, 3, 4)
+    y_only, none = lti_convolution(u, dt, A, B, C, D, h0, output_final_state=False)
+    assert none is None and torch.equal(y_only, lti_convolution(u, dt, A, B, C, D, h0)[0])
