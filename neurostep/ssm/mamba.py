@@ -267,17 +267,15 @@ class Mamba(_SSMParams, Recurrent):
         return x
 
     # -- recurrence -------------------------------------------------------------------
-    def scan(self, x: torch.Tensor, state: MambaState | None = None) -> tuple[torch.Tensor, MambaState]:
+    def scan(self, x: torch.Tensor, state: MambaState | None = None, *, output_final_state: bool = True
+             ) -> tuple[torch.Tensor, MambaState | None]:
         """Whole sequence through the fused kernels.
 
         x: ``(B, L, d_model)``; state: a ``MambaState`` to resume from (None = zeros).
         Returns ``y (B, L, d_model)`` and the state after the last token, so scanning two
-        halves with the carried state equals scanning the whole.
+        halves with the carried state equals scanning the whole; without ``output_final_state``
+        the state is None and is not computed (the drop-in ``forward``).
         """
-        return self._scan(x, state, True)
-
-    def _scan(self, x: torch.Tensor, state: MambaState | None, output_final_state: bool
-              ) -> tuple[torch.Tensor, MambaState | None]:
         x = self._check_input(x, 3)
         if state is not None:
             self._check_state(state, x.shape[0], x.device)
@@ -319,7 +317,7 @@ class Mamba(_SSMParams, Recurrent):
     def forward(self, x: torch.Tensor, grid_size: tuple[int, int] | None = None) -> torch.Tensor:
         """Drop-in mixer: ``(B, N, C) -> (B, N, C)``, causal over the N tokens (grid_size unused). :meth:`scan`
         without the final state, which is then not computed."""
-        return self._scan(x, None, False)[0]
+        return self.scan(x, output_final_state=False)[0]
 
     def decode_step_(self, x_t: torch.Tensor, state: MambaState, A: torch.Tensor,
                      weights: MambaLayerDecodeWeights | None = None) -> torch.Tensor:

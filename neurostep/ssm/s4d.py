@@ -119,16 +119,14 @@ class S4D(nn.Module):
         return torch.zeros(batch, self.d_model, self.d_state, device=device,
                            dtype=compute_dtype(dtype or self.A_log.dtype))
 
-    def scan(self, x: torch.Tensor, state: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def scan(self, x: torch.Tensor, state: torch.Tensor | None = None, *, output_final_state: bool = True
+             ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """x: ``(B, L, d_model)``; state: ``(B, d_model, d_state)`` to resume from (None = zeros).
 
         Returns ``y (B, L, d_model)`` and the state after the last token, so scanning two halves
-        with the carried state equals scanning the whole.
+        with the carried state equals scanning the whole; without ``output_final_state`` the state
+        is None and is not computed (the drop-in ``forward``).
         """
-        return self._scan(x, state, True)
-
-    def _scan(self, x: torch.Tensor, state: torch.Tensor | None, output_final_state: bool
-              ) -> tuple[torch.Tensor, torch.Tensor | None]:
         x = check_tensor("x", x, ndim=3)
         if x.shape[-1] != self.d_model:
             raise ValueError(f"x must have shape (B, L, d_model) with d_model={self.d_model}, got {tuple(x.shape)}")
@@ -145,7 +143,7 @@ class S4D(nn.Module):
     def forward(self, x: torch.Tensor, grid_size: tuple[int, int] | None = None) -> torch.Tensor:
         """Drop-in mixer: ``(B, N, C) -> (B, N, C)``, causal over the N tokens (grid_size unused). :meth:`scan`
         without the final state, which is then not computed."""
-        return self._scan(x, None, False)[0]
+        return self.scan(x, output_final_state=False)[0]
 
     def extra_repr(self) -> str:
         return f"d_model={self.d_model}, d_state={self.d_state}, gate=False"

@@ -54,21 +54,18 @@ class BidirectionalMamba(Mamba):
         self._make_direction("_b", self.d_inner, d_state, d_conv, self.dt_rank, conv_bias, dt_min, dt_max,
                              dt_init_floor)
 
-    def scan(self, x: torch.Tensor, state: BidirectionalMambaState | None = None
-             ) -> tuple[torch.Tensor, BidirectionalMambaState]:
+    def scan(self, x: torch.Tensor, state: BidirectionalMambaState | None = None, *, output_final_state: bool = True
+             ) -> tuple[torch.Tensor, BidirectionalMambaState | None]:
         """``x (B, L, C) -> y (B, L, C)`` and the final states of the forward and backward directions.
 
         The backward direction's final state is its state after reading token 0. A bidirectional
         scan cannot resume from a state (the backward direction reads the sequence from its
-        end), so ``state`` must be None.
+        end), so ``state`` must be None. Without ``output_final_state`` the states are None and are
+        not computed (the drop-in ``forward``).
         """
         if state is not None:
             raise ValueError("BidirectionalMamba.scan cannot resume from a state: its backward direction reads the "
                              "whole sequence from the end; pass state=None, or use scan_direction per direction")
-        return self._scan(x, None, True)
-
-    def _scan(self, x: torch.Tensor, state: None, output_final_state: bool
-              ) -> tuple[torch.Tensor, BidirectionalMambaState | None]:
         x = self._check_input(x, 3)
         xs, z = self._in_proj_channels_first(x)
         y_f, st_f = self._ssm_scan(xs, z, "", None, output_final_state)
@@ -87,7 +84,7 @@ class BidirectionalMamba(Mamba):
     def forward(self, x: torch.Tensor, grid_size: tuple[int, int] | None = None) -> torch.Tensor:
         """Drop-in mixer: ``(B, N, C) -> (B, N, C)`` (grid_size unused); :meth:`scan` without the final states,
         which are then not computed."""
-        return self._scan(x, None, False)[0]
+        return self.scan(x, output_final_state=False)[0]
 
     def decode_step_(self, x_t: torch.Tensor, state: MambaState, A: torch.Tensor) -> torch.Tensor:
         # Mamba's causal decode path would silently run only the forward direction.
