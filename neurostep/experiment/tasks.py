@@ -266,11 +266,9 @@ def _digits_csv() -> Path | None:
     """The digits table that scikit-learn ships (1797 rows of 64 pixels and the label), found without
     importing scikit-learn; None where it is not installed or keeps the file elsewhere."""
     spec = importlib.util.find_spec("sklearn")
-    for root in (spec.submodule_search_locations or []) if spec is not None else []:
-        path = Path(root) / "datasets" / "data" / "digits.csv.gz"
-        if path.is_file():
-            return path
-    return None
+    roots = spec.submodule_search_locations if spec is not None else None
+    paths = (Path(root) / "datasets" / "data" / "digits.csv.gz" for root in roots or ())
+    return next((path for path in paths if path.is_file()), None)
 
 
 def load_digits_arrays() -> tuple[np.ndarray, np.ndarray]:
