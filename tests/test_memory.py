@@ -5,6 +5,9 @@ import subprocess
 import sys
 
 import pytest
+import torch
+
+from neurostep.memory import empty, empty_like
 
 _FAULTS_SCRIPT = """
 import resource, sys
@@ -85,3 +88,83 @@ def test_large_blocks_are_retained_only_when_asked():
     # the heap has settled (on the development machine one step in about fifty still faulted)
     assert min(faults["default"]) > 8000 and min(faults["up_to_32mb"]) > 8000
     assert sum(c < 100 for c in faults["retained"]) >= 8
+
+
+def _thp_enabled() -> bool:
+    try:
+        with open("/sys/kernel/mm/transparent_hugepage/enabled") as f:
+            return "[never]" not in f.read()
+    except OSError:
+        return False
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.int64, torch.bool, torch.bfloat16])
+@pytest.mark.parametrize("shape", [(3, 5), (256, 4096), (2, 0, 7)])
+def test_empty_gives_a_writable_contiguous_tensor_of_the_shape_and_dtype(shape, dtype):
+    t = empty(shape, dtype)
+    assert t.shape == shape and t.dtype == dtype and t.device.type == "cpu" and t.is_contiguous()
+    t.fill_(1)
+    assert int(t.sum()) == t.numel()
+    like = empty_like(torch.zeros(shape, dtype=dtype).transpose(0, -1))
+    assert like.shape == shape[::-1]
+    assert like.is_contiguous()
+
+
+def test_only_large_blocks_of_numpy_dtypes_come_from_numpy():
+    # numpy's allocation is what marks a block for huge pages (its storage is numpy's: not resizable);
+    # small ones and bfloat16 stay with torch
+    assert not empty((1 << 20,), torch.float32).untyped_storage().resizable()
+    assert empty((16,), torch.float32).untyped_storage().resizable()
+    big_bf16 = empty((1 << 22,), torch.bfloat16)
+    assert big_bf16.dtype == torch.bfloat16 and big_bf16.untyped_storage().resizable()
+
+
+_HUGE_SCRIPT = """
+import resource, sys
+import torch
+from neurostep.memory import empty
+
+def faults(make):
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    make((16 << 20,), torch.float32).fill_(1.0)  # 64 MB, above glibc's mmap ceiling: fresh pages every time
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
+
+def torch_empty(shape, dtype):
+    return torch.empty(shape, dtype=dtype)
+
+print(min(faults(empty) for _ in range(3)), min(faults(torch_empty) for _ in range(3)))
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux") or not _thp_enabled(), reason="transparent huge pages")
+def test_a_large_empty_tensor_faults_in_2mb_pages():
+    out = subprocess.run([sys.executable, "-c", _HUGE_SCRIPT], capture_output=True, text=True, check=True)
+    ours, torchs = map(int, out.stdout.split())
+    # 64 MB is 16,384 pages of 4 KB and 32 of 2 MB (plus the unaligned ends in 4 KB pages)
+    assert torchs > 8000
+    assert ours < 2000
+
+
+_LIF_SCRIPT = """
+import resource
+import torch
+from neurostep.kernels.lif import lif_scan
+
+x = torch.randn(256, 65536)
+g = torch.ones(256, 65536)
+def call():
+    xs = x.clone().requires_grad_(True)  # 64 MB: each output is a fresh mmap of its own
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    s, _ = lif_scan(xs, tau_inv=0.5, v_threshold=1.0, v_reset=0.0, backend="cpu")
+    s.backward(g)
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
+call()
+print(min(call() for _ in range(3)))
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux") or not _thp_enabled(), reason="transparent huge pages")
+def test_the_cpu_lif_kernels_outputs_fault_in_2mb_pages():
+    # the spikes and the input gradient, 64 MB each, without huge pages 16,384 faults apiece
+    out = subprocess.run([sys.executable, "-c", _LIF_SCRIPT], capture_output=True, text=True, check=True)
+    assert int(out.stdout) < 6000

@@ -17,6 +17,7 @@ import torch
 from neurostep.kernels.numba_exp import vexp
 from neurostep.kernels.numba_launch import NoAliasCompiler, serialized
 from neurostep.kernels.numba_sum import vsum
+from neurostep.memory import empty_like
 
 
 @numba.njit(inline="always")
@@ -199,7 +200,7 @@ def _np(t: torch.Tensor) -> np.ndarray:
 def forward(x, weight, bias, initial_states, silu):
     """Same contract as :func:`neurostep.kernels.causal_conv1d.reference.forward`."""
     dim = x.shape[1]
-    out = torch.empty_like(x)
+    out = empty_like(x)
     bias_ = x.new_zeros(dim) if bias is None else bias
     init = x.new_zeros(1, 1, 1) if initial_states is None else initial_states
     _forward_kernel(_np(x), _np(weight), _np(bias_), _np(init), initial_states is not None, bool(silu), _np(out))
@@ -213,8 +214,8 @@ def backward(grad_out, x, weight, bias, initial_states, saved, silu):
     width = weight.shape[1]
     bias_ = x.new_zeros(dim) if bias is None else bias
     init = x.new_zeros(1, 1, 1) if initial_states is None else initial_states
-    dx = torch.empty_like(x)
-    dweight = torch.empty_like(weight)
+    dx = empty_like(x)
+    dweight = empty_like(weight)
     dbias = x.new_empty(dim)
     dinit = x.new_empty(batch, dim, width - 1) if initial_states is not None else x.new_empty(1, 1, 1)
     _backward_kernel(_np(grad_out), _np(x), _np(weight), _np(bias_), _np(init), initial_states is not None,

@@ -77,6 +77,7 @@ import torch
 from neurostep.kernels.numba_exp import vexp
 from neurostep.kernels.numba_launch import serialized
 from neurostep.kernels.numba_sum import vsum
+from neurostep.memory import empty, empty_like
 
 CHUNK_SIZE = 64
 """Tokens per chunk where nothing was measured on the machine (``tuning.py``: ``python -m neurostep tune``
@@ -376,6 +377,11 @@ def _scalar(value: float, like: torch.Tensor):
     return np.float64(value) if like.dtype == torch.float64 else np.float32(value)
 
 
+def _bmm(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """``torch.bmm(a, b)`` into a new :func:`~neurostep.memory.empty` tensor (2 MB pages where it is large)."""
+    return torch.bmm(a, b, out=empty((a.shape[0], a.shape[1], b.shape[2]), a.dtype))
+
+
 @serialized
 def _launch(kernel, *args) -> None:
     kernel(*args)
@@ -427,10 +433,10 @@ def forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: torch.Tensor, 
     B, L, G, K = q.shape
     H, V = v.shape[-2:]
     chunk, n = _chunk_count(L, chunk_size)
-    saved = tuple(q.new_empty(shape) for shape in saved_shapes(q.shape, v.shape, chunk_size))
+    saved = tuple(empty(shape, q.dtype) for shape in saved_shapes(q.shape, v.shape, chunk_size))
     qc, kc, vc, p, states = saved
     b, eb, ebl, decay = _decays(g, n, chunk, scale)
-    vd = torch.empty_like(vc)                                            # V * exp(b_C - b)
+    vd = empty_like(vc)                                                  # V * exp(b_C - b)
     _to_blocks(q, qc, H)
     _to_blocks(k, kc, H)
     _to_blocks(v, vc, H, vd, ebl)
@@ -441,7 +447,7 @@ def forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: torch.Tensor, 
             _np(h0.view(B * H, K * V) if h0 is not None else final.view(B * H, K * V)), h0 is not None,
             _np(final.view(B * H, K * V)))
     # o = scale exp(b) (Q S) + P V, combined while written into o's layout (vd's buffer reused)
-    o = _from_blocks(torch.bmm(qc, states, out=vd), v.new_empty(B, L, H, V), H, eb, torch.bmm(p, vc))
+    o = _from_blocks(torch.bmm(qc, states, out=vd), empty((B, L, H, V), v.dtype), H, eb, _bmm(p, vc))
     return o, final, saved
 
 
@@ -459,23 +465,23 @@ def backward(grad_o: torch.Tensor, grad_final: torch.Tensor | None, q: torch.Ten
     chunk, n = _chunk_count(L, chunk_size)
     qc, kc, vc, p, states = saved
     b, eb, ebl, decay = _decays(g, n, chunk, scale)
-    doc, dod = torch.empty_like(vc), torch.empty_like(vc)                 # dO and dO * scale exp(b)
+    doc, dod = empty_like(vc), empty_like(vc)                             # dO and dO * scale exp(b)
     _to_blocks(grad_o, doc, H, dod, eb)
     # gradients of the states leaving each chunk: each chunk's own contribution, then the recurrence
-    dstates = torch.bmm(qc.transpose(1, 2), dod)
+    dstates = _bmm(qc.transpose(1, 2), dod)
     through = g.new_empty(BH, n)
     dh0 = g.new_empty(B, H, K, V)
     _launch(_dstate_pass, _np(dstates.view(BH, n, K * V)), _np(decay),
             _np(grad_final.view(BH, K * V) if grad_final is not None else dh0.view(BH, K * V)),
             grad_final is not None, _np(states.view(BH, n, K * V)), _np(through), _np(dh0.view(BH, K * V)))
-    dqc = torch.bmm(dod, states.transpose(1, 2))                         # the inter-chunk part first
+    dqc = _bmm(dod, states.transpose(1, 2))                              # the inter-chunk part first
     # dV = exp(b_C - b) (K dS) + P^T dO, combined while written into dv's layout (dod's buffer reused)
-    dv = _from_blocks(torch.bmm(kc, dstates, out=dod), g.new_empty(B, L, H, V), H, ebl,
-                      torch.bmm(p.transpose(1, 2), doc))
+    dv = _from_blocks(torch.bmm(kc, dstates, out=dod), empty((B, L, H, V), g.dtype), H, ebl,
+                      _bmm(p.transpose(1, 2), doc))
     del dod
-    dp = torch.bmm(doc, vc.transpose(1, 2))
+    dp = _bmm(doc, vc.transpose(1, 2))
     del doc
-    dkc = torch.bmm(vc, dstates.transpose(1, 2))                         # the chunk-state part first
+    dkc = _bmm(vc, dstates.transpose(1, 2))                              # the chunk-state part first
     del dstates
     r_q, r_k = g.new_empty(BH * n, chunk), g.new_empty(BH * n, chunk)
     _launch(_row_dots, _np(qc), _np(dqc), _np(kc), _np(dkc), _np(ebl), _np(r_q), _np(r_k))
@@ -484,12 +490,12 @@ def backward(grad_o: torch.Tensor, grad_final: torch.Tensor | None, q: torch.Ten
     _launch(_dg_scores, _np(p), _np(dp), _np(b), _scalar(scale, g), _scalar(FLOOR, g), _np(r_q), _np(r_k),
             _np(through.view(-1)), _np(term))
     if G == H:
-        dq = _from_blocks(dqc.baddbmm_(dp, kc), g.new_empty(B, L, G, K), H)
-        dk = _from_blocks(dkc.baddbmm_(dp.transpose(1, 2), qc), g.new_empty(B, L, G, K), H)
+        dq = _from_blocks(dqc.baddbmm_(dp, kc), empty((B, L, G, K), g.dtype), H)
+        dk = _from_blocks(dkc.baddbmm_(dp.transpose(1, 2), qc), empty((B, L, G, K), g.dtype), H)
     else:   # q and k are shared by the heads of a group: dP summed over them, then one product per group
         dpg = dp.view(B * G, H // G, n, chunk, chunk).sum(1).view(-1, chunk, chunk)
-        dq = _from_blocks(dqc, g.new_empty(B, L, G, K), H, c=torch.bmm(dpg, _group_blocks(kc, B, H, G)))
-        dk = _from_blocks(dkc, g.new_empty(B, L, G, K), H,
+        dq = _from_blocks(dqc, empty((B, L, G, K), g.dtype), H, c=torch.bmm(dpg, _group_blocks(kc, B, H, G)))
+        dk = _from_blocks(dkc, empty((B, L, G, K), g.dtype), H,
                           c=torch.bmm(dpg.transpose(1, 2), _group_blocks(qc, B, H, G)))
     dg = term.view(B, H, n * chunk)[:, :, :L].transpose(1, 2).contiguous()
     return dq, dk, dv, dg, (dh0 if h0 is not None else None)

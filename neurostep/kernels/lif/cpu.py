@@ -30,6 +30,7 @@ from neurostep.kernels.lif.common import LIFParams
 from neurostep.kernels.lif.surrogates import sg_block, sg_constant, sg_value
 from neurostep.kernels.numba_launch import serialized
 from neurostep.kernels.numba_sum import vsum64
+from neurostep.memory import empty_like
 
 # Lanes per block, at most: every step then reads and writes row segments of 32 KB, long enough for
 # the hardware prefetchers, while the block's state stays in L2. Measured on the 2-core AMD EPYC
@@ -447,14 +448,14 @@ def forward(x: torch.Tensor, v0: torch.Tensor, a0: torch.Tensor | None, p: LIFPa
     adaptive = p.adaptive and not p.snn
     save_h = not recomputes_h("snntorch" if p.snn else "spikingjelly", adaptive)
     np_dtype = _NP_DTYPE[x.dtype]
-    spikes = torch.empty_like(x)
+    spikes = empty_like(x)
     # Outputs the call does not return are one-element numpy stand-ins that the kernel skips: not
     # lane-sized arrays whose fresh pages every call pays for (at T=4, Spikformer's case, the lane-sized
     # side arrays are a large share of the op's traffic), nor torch tensors (a microsecond or more each).
     stub = np.empty((1, 1), dtype=np_dtype)
-    h = torch.empty_like(x) if save_h else None
-    theta = torch.empty_like(x) if adaptive else None
-    vseq = torch.empty_like(x) if need_vseq else None
+    h = empty_like(x) if save_h else None
+    theta = empty_like(x) if adaptive else None
+    vseq = empty_like(x) if need_vseq else None
     v_last = x.new_empty(N)
     a_last = x.new_empty(N) if adaptive else None
     # Without adaptation the kernel reads no a0 either. Scratch zeros come from numpy: a torch fill of this
@@ -486,7 +487,7 @@ def backward(x: torch.Tensor | None, v0: torch.Tensor, h: torch.Tensor, theta: t
     zvec = np.zeros(N, dtype=_NP_DTYPE[h.dtype])
     block = _block_size(N)
     nb = -(-N // block)
-    gx = torch.empty_like(h)
+    gx = empty_like(h)
     gv0 = h.new_empty(N)
     ga0 = h.new_empty(N)
     gk_part = np.zeros(nb, dtype=np.float64)
@@ -520,7 +521,7 @@ def _backward_recompute(x: torch.Tensor, v0: torch.Tensor, g_spikes: torch.Tenso
     stub = np.zeros((1, 1), dtype=np_dtype)
     block = _recompute_block(N, T, x.element_size())
     nb = -(-N // block)
-    gx = torch.empty_like(x)
+    gx = empty_like(x)
     gv0 = x.new_empty(N)
     gk_part = np.zeros(nb, dtype=np.float64)
     gvth_part = np.zeros(nb, dtype=np.float64)

@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 from neurostep.kernels.numba_launch import serialized
+from neurostep.memory import empty_like
 
 BLOCK = 256
 
@@ -56,7 +57,7 @@ def _backward_kernel(gh, a, h, h0, da, db, dh0):
 @serialized
 def forward(a: torch.Tensor, b: torch.Tensor, h0: torch.Tensor | None) -> torch.Tensor:
     """Same contract as :func:`neurostep.kernels.linear_scan.reference.forward`."""
-    h = torch.empty_like(b)
+    h = empty_like(b)
     h0_ = b.new_zeros(b.shape[0], b.shape[2]) if h0 is None else h0
     _forward_kernel(a.detach().numpy(), b.detach().numpy(), h0_.detach().numpy(), h.numpy())
     return h
@@ -65,7 +66,7 @@ def forward(a: torch.Tensor, b: torch.Tensor, h0: torch.Tensor | None) -> torch.
 @serialized
 def backward(grad_h: torch.Tensor, a: torch.Tensor, h: torch.Tensor, h0: torch.Tensor | None):
     """Same contract as :func:`neurostep.kernels.linear_scan.reference.backward`."""
-    da, db = torch.empty_like(a), torch.empty_like(a)
+    da, db = empty_like(a), empty_like(a)
     dh0 = a.new_empty(a.shape[0], a.shape[2])
     h0_ = a.new_zeros(a.shape[0], a.shape[2]) if h0 is None else h0
     _backward_kernel(grad_h.detach().numpy(), a.detach().numpy(), h.detach().numpy(), h0_.detach().numpy(),

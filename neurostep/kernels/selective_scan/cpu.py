@@ -48,6 +48,7 @@ from numba.extending import overload
 from neurostep.kernels.numba_exp import vexp, vlog1p_unit
 from neurostep.kernels.numba_launch import NoAliasCompiler, launch_ranges, range_slots, serialized
 from neurostep.kernels.selective_scan.reference import SOFTPLUS_THRESHOLD
+from neurostep.memory import empty, empty_like
 
 CHUNK = 32
 W = 16  # channels per block: two AVX2 or one AVX-512 float32 register
@@ -782,9 +783,9 @@ def forward(u, delta, A, B, C, D, z, delta_bias, h0, delta_softplus):
     n_state = A.shape[1]
     dpad, up, dp, biasv, At, Bk, Ck, Dv, zp = _prepare(u, delta, A, B, C, D, z, delta_bias)
     h0t = _state_lanes(h0, (batch, n_state, dpad), u)
-    out = torch.empty_like(up)
+    out = empty_like(up)
     last = u.new_empty(batch, n_state, dpad)
-    ckpt = u.new_empty(saved_shape(batch, dim, length, n_state))
+    ckpt = empty(saved_shape(batch, dim, length, n_state), u.dtype)
     one, threshold = _constants(u.dtype)
     n_items = batch * (dpad // W)
     launch_ranges(_forward_kernel, _FORWARD_KINDS, range_slots(n_items), n_items, _mixed(dim, B, C),
@@ -809,11 +810,11 @@ def backward(grad_out, grad_last, u, delta, A, B, C, D, z, delta_bias, h0, saved
     n_slots = range_slots(n_items)
     dBbuf = u.new_zeros((n_slots, *Bk.shape))
     dCbuf = u.new_zeros((n_slots, *Ck.shape))
-    du, ddelta = torch.empty_like(up), torch.empty_like(up)
-    dAt = torch.empty_like(At)
-    dDv = torch.empty_like(Dv)
-    dbias = torch.empty_like(Dv)
-    dz = torch.empty_like(up) if z is not None else u.new_empty(1, 1, 1)
+    du, ddelta = empty_like(up), empty_like(up)
+    dAt = empty_like(At)
+    dDv = empty_like(Dv)
+    dbias = empty_like(Dv)
+    dz = empty_like(up) if z is not None else u.new_empty(1, 1, 1)
     dh0t = u.new_empty(batch, n_state, dpad)
     one, threshold = _constants(u.dtype)
     launch_ranges(_backward_kernel, _BACKWARD_KINDS, n_slots, n_items, _mixed(dim, B, C),

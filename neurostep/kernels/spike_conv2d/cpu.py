@@ -26,6 +26,7 @@ from neurostep.kernels import synapse_op
 from neurostep.kernels.numba_launch import serialized
 from neurostep.kernels.spike_conv2d import reference
 from neurostep.kernels.spike_linear.cpu import accumulate_rows, row_lists
+from neurostep.memory import empty
 
 LISTS_EVENTS = True
 """The forward returns its event lists (``synapse_op``)."""
@@ -172,7 +173,7 @@ def forward(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
     O = weight.shape[0]
     k = weight.shape[-1]
     wt = weight.detach().permute(2, 3, 1, 0).reshape(k * k * weight.shape[1], O).contiguous()
-    y = x.new_empty((N * H * W, O))
+    y = empty((N * H * W, O), x.dtype)
     has_bias = bias is not None
     b = bias.detach() if has_bias else x.new_zeros(1)
     _forward_pixels(ptr, idx, val, wt.numpy(), b.numpy(), has_bias, y.numpy(), H, W, k, k // 2)

@@ -26,6 +26,7 @@ from neurostep.engine import check_numba_input
 from neurostep.kernels import synapse_op
 from neurostep.kernels.numba_launch import serialized
 from neurostep.kernels.spike_linear import MIN_WIDTH, reference
+from neurostep.memory import empty
 
 LISTS_EVENTS = True
 """The forward returns its event lists (``synapse_op``)."""
@@ -165,7 +166,7 @@ def forward(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
     synapse_op.settle_event_lists(lists, has_lists)
     if not has_lists:
         return F.linear(x, weight, bias), *lists
-    y = x.new_empty((x.shape[0], weight.shape[0]))
+    y = empty((x.shape[0], weight.shape[0]), x.dtype)
     wt = weight.detach().t().contiguous()
     has_bias = bias is not None
     b = bias.detach().numpy() if has_bias else np.zeros(1, dtype=wt.numpy().dtype)

@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from neurostep.kernels.numba_launch import serialized
+from neurostep.memory import empty, empty_like
 
 # Channels per parallel work item: at most 256 and at least 64, and few enough that every thread gets
 # two items. Each step of an item reads a row segment of ``block`` channels from every (B, T, C) input; 64
@@ -250,9 +251,9 @@ def forward(w: torch.Tensor, u: torch.Tensor, k: torch.Tensor, v: torch.Tensor, 
             pp: torch.Tensor, save_history: bool) -> tuple[torch.Tensor, ...]:
     """Backend forward (contiguous CPU tensors of one float dtype): ``(y, aa_T, bb_T, pp_T, hist)``."""
     B, T, C = k.shape
-    y = torch.empty_like(k)
-    aa_T, bb_T, pp_T = torch.empty_like(aa), torch.empty_like(bb), torch.empty_like(pp)
-    hist = k.new_empty((3, B, T, C) if save_history else (3, 0, 0, 0))
+    y = empty_like(k)
+    aa_T, bb_T, pp_T = empty_like(aa), empty_like(bb), empty_like(pp)
+    hist = empty((3, B, T, C) if save_history else (3, 0, 0, 0), k.dtype)
     _forward_kernel(_np(w), _np(u), _np(k), _np(v), _np(aa), _np(bb), _np(pp), _np(y), _np(aa_T), _np(bb_T),
                     _np(pp_T), _np(hist), bool(save_history), k.dtype != torch.float32, _EXP_CONSTS,
                     _channel_block(B, C))
@@ -267,8 +268,8 @@ def backward(w: torch.Tensor, u: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
     B, T, C = k.shape
     gw = k.new_empty((B, C))
     gu = k.new_empty((B, C))
-    gk = torch.empty_like(k)
-    gv = torch.empty_like(v)
+    gk = empty_like(k)
+    gv = empty_like(v)
     g_aa0, g_bb0, g_pp0 = k.new_empty((B, C)), k.new_empty((B, C)), k.new_empty((B, C))
     _backward_kernel(_np(w), _np(u), _np(k), _np(v), _np(y), _np(hist), _np(aa_T), _np(bb_T), _np(gy), _np(g_aa),
                      _np(g_bb), _np(g_pp), _np(gw), _np(gu), _np(gk), _np(gv), _np(g_aa0), _np(g_bb0), _np(g_pp0),
