@@ -24,7 +24,8 @@ from neurostep.neuro.spikegpt import SpikingTimeMix
 from neurostep.neuro.ssa import SpikingSelfAttentionMixer
 from neurostep.registry import register_mixer
 from neurostep.ssm.lamamba import LaMamba
-from neurostep.ssm.mamba import Mamba, MambaLTI
+from neurostep.ssm.mamba import Mamba, MambaLTI, inner_width
+from neurostep.ssm.mamba2 import Mamba2
 from neurostep.ssm.s4d import S4D
 from neurostep.ssm.vision_mamba import BidirectionalMamba
 
@@ -112,6 +113,21 @@ def s4d(dim: int, *, num_heads: int | None = None, seq_len: int | None = None,
         grid_size: Grid = None, **options: Any) -> S4D:
     """:class:`~neurostep.ssm.S4D` (heads, length and grid unused)."""
     return S4D(dim, **options)
+
+
+@register_mixer("mamba2", family="mamba", causal="always",
+                note="Mamba-2 (SSD): a scalar decay per head, on the chunked decayed linear-attention op")
+def mamba2(dim: int, *, num_heads: int | None = None, seq_len: int | None = None,
+           grid_size: Grid = None, **options: Any) -> Mamba2:
+    """:class:`~neurostep.ssm.Mamba2` (length and grid unused). ``headdim`` defaults to Mamba-2's 64 where the
+    inner width (``expand * dim``, or ``d_inner``) is a multiple of 64, else to the inner width divided by
+    ``num_heads`` (the attention heads the block replaces) where it divides, else to the whole inner width
+    (one head)."""
+    if "headdim" not in options:
+        inner = inner_width(dim, options.get("expand", 2), options.get("d_inner"))
+        heads = num_heads if num_heads and inner % num_heads == 0 else 1
+        options["headdim"] = 64 if inner % 64 == 0 else inner // heads
+    return Mamba2(dim, **options)
 
 
 @register_mixer("lightning_attention", family="lightning", causal="always",

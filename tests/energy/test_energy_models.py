@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from neurostep.energy import count
-from neurostep.models import create_model, model_entry
+from neurostep.models import create_mixer, create_model, list_mixers, model_entry
 
 
 def _small(name: str) -> tuple[torch.nn.Module, tuple]:
@@ -41,3 +41,20 @@ def test_spikformer_first_layer_and_spike_driven_stage():
     assert stage1.acs > 0 and stage1.macs == 0          # its input is the first stage's spikes
     # SOPs (rate x dense MACs) and exact ACs differ only by the zero padding at the borders
     assert stage1.acs <= stage1.sops <= 1.2 * stage1.acs
+
+
+# the mixers whose recurrence or neurons run in fused ops, which declare their state updates (the LTI ones,
+# mamba_lti and s4d, run the convolution form in training and count it as multiply-adds)
+_FUSED_STATE = {"mamba", "mamba2", "vim", "lamamba", "lightning_attention", "spikformer_ssa", "spikegpt_timemix",
+                "rwkv_timemix"}
+
+
+@pytest.mark.parametrize("name", list_mixers())
+def test_every_op_of_a_registered_mixer_has_a_rule(name):
+    torch.manual_seed(0)
+    mixer = create_mixer(name, 16, num_heads=2, seq_len=16, grid_size=(4, 4)).eval()
+    r = count(mixer, torch.randn(2, 16, 16), grid_size=(4, 4))
+    assert r.unknown_ops == {}, f"ops without a cost rule in {name}: {r.unknown_ops}"
+    assert r.total.macs > 0
+    if name in _FUSED_STATE:
+        assert r.total.state_updates > 0, f"{name}: its fused ops declared no state updates"

@@ -69,3 +69,15 @@ def test_shipped_experiments_parse():
     for path in sorted(root.glob("*.toml")):
         cfg = load_config(path)
         assert cfg.name == path.stem
+
+
+def test_the_full_grid_lists_every_registered_mixer_and_task():
+    from pathlib import Path
+
+    from neurostep.experiment.tasks import TASKS
+    from neurostep.models import list_mixers
+
+    cfg = load_config(Path(__file__).resolve().parents[2] / "experiments" / "full.toml")
+    assert set(cfg.blocks) == set(list_mixers())
+    # every task (some also at other sizes, for the scaling sweeps)
+    assert set(TASKS) <= set(cfg.tasks)
