@@ -418,23 +418,24 @@ class SequenceParallel:
                     comm.send(self, s, self.rank + 1, tag, "forward")
         return tuple(out)
 
-    def _conv_op(self, x, weight, bias, initial_states, silu, backend):
+    def _conv_op(self, x, weight, bias, initial_states, silu, channels_last, backend):
         self._no_state_after_first("causal_conv1d", initial_states)
         width = weight.shape[-1]
         if self.size == 1 or width == 1:
-            return CAUSAL_CONV1D(x, weight, bias, initial_states, silu, backend=backend)
+            return CAUSAL_CONV1D(x, weight, bias, initial_states, silu, channels_last, backend=backend)
         n = width - 1
-        prefix = x.new_zeros((*x.shape[:-1], n)) if initial_states is None else initial_states
-        tail = torch.cat([prefix if self.rank == 0 else x.new_zeros(prefix.shape), x], dim=-1)[..., -n:]
-        combine = functools.partial(halo_combine, valid=min(n, x.shape[-1]))
+        xt = x.transpose(1, 2) if channels_last else x  # (B, D, L): the history's layout
+        prefix = xt.new_zeros((*xt.shape[:-1], n)) if initial_states is None else initial_states
+        tail = torch.cat([prefix if self.rank == 0 else xt.new_zeros(prefix.shape), xt], dim=-1)[..., -n:]
+        combine = functools.partial(halo_combine, valid=min(n, xt.shape[-1]))
         if self.rank == 0:
-            out = list(CAUSAL_CONV1D(x, weight, bias, initial_states, silu, backend=backend))
+            out = list(CAUSAL_CONV1D(x, weight, bias, initial_states, silu, channels_last, backend=backend))
             out[0] = comm.prefix_carry(self, combine, 1, (tail,), out[0])
             return tuple(out)
         (history,) = comm.prefix_carry(self, combine, 1, (tail,), None)
         if self._keep_history:  # causal_conv1d() builds the final state from it
             self._history = history
-        return CAUSAL_CONV1D(x, weight, bias, history, silu, backend=backend)
+        return CAUSAL_CONV1D(x, weight, bias, history, silu, channels_last, backend=backend)
 
 
 def chunk_length(total: int, size: int) -> int:

@@ -3,8 +3,8 @@
 A kernel compiles on its first call in a process whose numba cache lacks it: from about 1 s (linear
 scan) to about 8-11 s (the selective scan's and the LIF's backward, with the machine's speed) on
 a 2-core machine (``benchmarks/results/compile_time.json``). Running this module once on a machine
-makes every later first call load from the cache instead (under 1 s); all 20 variants take about
-110 s of 2 cores, which is why ``make venv`` does not run it. It runs each op's forward and backward on tiny inputs in
+makes every later first call load from the cache instead (under 1 s); all 22 variants take about
+115 s of 2 cores, which is why ``make venv`` does not run it. It runs each op's forward and backward on tiny inputs in
 every variant the kernels compile separately: float32 and float64, and the layouts with a compilation
 of their own (the selective scan's B/C groups that do or do not align with its channel blocks; the LIF
 backward that recomputes the membrane and the one that reads a saved one). The cache lives next to the
@@ -61,10 +61,12 @@ def _linear_scan(dtype: torch.dtype) -> torch.Tensor:
     return linear_scan(_leaf(2, 16, 32, dtype=dtype, high=1.0), _leaf(2, 16, 32, dtype=dtype), backend="cpu")[0]
 
 
-def _causal_conv1d(dtype: torch.dtype) -> torch.Tensor:
+def _causal_conv1d(dtype: torch.dtype, channels_last: bool) -> torch.Tensor:
     from neurostep.kernels.causal_conv1d import causal_conv1d
 
-    x, w, b = _leaf(2, 16, 32, dtype=dtype), _leaf(16, 4, dtype=dtype), _leaf(16, dtype=dtype)
+    # channels last: the transpose of a token-major (B, L, D) block, as Mamba-2 passes it
+    x = _leaf(2, 32, 16, dtype=dtype).transpose(1, 2) if channels_last else _leaf(2, 16, 32, dtype=dtype)
+    w, b = _leaf(16, 4, dtype=dtype), _leaf(16, dtype=dtype)
     return causal_conv1d(x, w, b, activation="silu", backend="cpu")[0]
 
 
@@ -111,7 +113,8 @@ def variants() -> dict[str, Callable[[], torch.Tensor]]:
         table[f"lif {tag}"] = lambda d=dtype: _lif(d, "spikingjelly")
         table[f"lif snntorch {tag}"] = lambda d=dtype: _lif(d, "snntorch")
         table[f"wkv {tag}"] = lambda d=dtype: _wkv(d)
-        table[f"causal_conv1d {tag}"] = lambda d=dtype: _causal_conv1d(d)
+        table[f"causal_conv1d {tag}"] = lambda d=dtype: _causal_conv1d(d, False)
+        table[f"causal_conv1d channels-last {tag}"] = lambda d=dtype: _causal_conv1d(d, True)
         table[f"linear_scan {tag}"] = lambda d=dtype: _linear_scan(d)
         table[f"spike_linear {tag}"] = lambda d=dtype: _spike_linear(d)
         table[f"spike_conv2d {tag}"] = lambda d=dtype: _spike_conv2d(d)

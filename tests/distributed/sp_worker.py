@@ -250,6 +250,19 @@ def op_checks(c: Checker) -> None:
         c.op(f"causal_conv1d_w{width}", cv_run(causal_conv1d), cv_run(sp.causal_conv1d), cv, dict(x=2, __out__=2),
              ("h0",))
 
+    # causal conv on channels-last input (the transpose of a token-major (B, L, D) block, as Mamba-2 passes it)
+    cvl = dict(x=rnd(Bsz, L, 3), w=rnd(3, 4), b=rnd(3), h0=rnd(Bsz, 3, 3))
+
+    def cvl_run(op: Callable) -> Callable:
+        def run(t):
+            out, fin = op(t["x"].transpose(1, 2), t["w"], t["b"], "silu", initial_state=t.get("h0"),
+                          output_final_state=True)
+            return out, (fin,)
+        return run
+
+    c.op("causal_conv1d_w4_channels_last", cvl_run(causal_conv1d), cvl_run(sp.causal_conv1d), cvl,
+         dict(x=1, __out__=2), ("h0",))
+
     # ring self-attention against softmax attention on the whole sequence
     att = dict(q=rnd(Bsz, 2, L, 4), k=rnd(Bsz, 2, L, 4), v=rnd(Bsz, 2, L, 3))
     for causal in (True, False):

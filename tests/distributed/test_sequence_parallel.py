@@ -27,7 +27,8 @@ WORLDS = (2, 4)
 TOL = {"float32": 1e-5, "float64": 1e-10}
 OPS = ("selective_scan", "selective_scan_grouped", "linear_scan", "decayed_linear_attention",
        "decayed_linear_attention_per_head", "decayed_linear_attention_grouped", "wkv", "wkv_fresh", "lif_scan",
-       "lif_scan_adaptive_soft", "causal_conv1d_w4", "causal_conv1d_w7", "ring_attention_causal1",
+       "lif_scan_adaptive_soft", "causal_conv1d_w4", "causal_conv1d_w7", "causal_conv1d_w4_channels_last",
+       "ring_attention_causal1",
        "ring_attention_causal0")
 MODELS = ("mamba_lm", "spikegpt", "lif_network")
 ERRORS = ("error_split_length", "error_state_after_rank0", "error_wkv_state_after_rank0", "error_not_in_group")

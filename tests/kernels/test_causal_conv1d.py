@@ -115,15 +115,17 @@ def test_update_steps_equal_scan():
 
 def test_cost_formula():
     x, w, bias, _ = make(init=False)
-    cost = COSTS.get("neurostep::causal_conv1d_forward")((x, w, bias, None, True, "reference"), {}, None)
+    cost = COSTS.get("neurostep::causal_conv1d_forward")((x, w, bias, None, True, False, "reference"), {}, None)
     assert cost.macs == x.numel() * 4 and cost.exps == x.numel()
 
 
 @pytest.mark.parametrize("backend", ["reference", *BACKENDS])
-def test_opcheck(backend):
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_opcheck(backend, channels_last):
     x, w, bias, init = make(b=1, d=2, L=5, w=3, dtype=torch.float32)
+    x = x.transpose(1, 2).contiguous() if channels_last else x
     torch.library.opcheck(torch.ops.neurostep.causal_conv1d_forward.default,
-                          (x.requires_grad_(), w, bias, init, True, backend))
+                          (x.requires_grad_(), w, bias, init, True, channels_last, backend))
 
 
 def test_bad_input():
@@ -158,3 +160,44 @@ def test_state_convention_chunks():
     assert torch.equal(end, final) and torch.equal(final, x[..., -3:])
     out_fn, final_fn = causal_conv1d_fn(x, w, bias, init, "silu", return_final_states=True)
     assert torch.equal(out_fn, out) and torch.equal(final_fn, final)
+
+
+def channels_last(x: torch.Tensor) -> torch.Tensor:
+    """The same ``(B, D, L)`` values with the channels contiguous: the transpose of a ``(B, L, D)`` block."""
+    return x.transpose(1, 2).contiguous().transpose(1, 2)
+
+
+@pytest.mark.parametrize("backend", ["reference", *BACKENDS])
+@pytest.mark.parametrize("width", [1, 3, 4, 5])
+@pytest.mark.parametrize("activation", [None, "silu"])
+@pytest.mark.parametrize("init", [False, True])
+def test_channels_last_input_matches_channels_first(backend, width, activation, init):
+    # 70 steps are three runs of the channels-last kernels' 32; 33 batch rows of them are more runs than slots
+    for b, length in ((2, 70), (33, 40), (1, 2)):
+        x, w, bias, h = make(b=b, d=9, L=length, w=width, init=init)
+        want = run(x, w, bias, h, activation, backend)
+        got = run(channels_last(x), w, bias, h, activation, backend)
+        assert got[0].stride(1) == 1                       # out comes in the layout of x
+        for a, e in zip(got, want):
+            torch.testing.assert_close(a, e, rtol=1e-12, atol=1e-12)
+        if backend == "cpu":                                # the same taps in the same order: out and dx
+            assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
+
+
+def test_channels_last_is_detected_from_the_strides():
+    from neurostep.kernels.causal_conv1d import channels_last_layout
+
+    x, _, _, _ = make(b=2, d=5, L=7)
+    assert not channels_last_layout(x)
+    assert channels_last_layout(channels_last(x))
+    assert channels_last_layout(torch.randn(2, 7, 12)[..., 2:7].transpose(1, 2))   # a slice of wider rows
+    assert not channels_last_layout(x[..., ::2])                                    # neither: made contiguous
+    assert not channels_last_layout(channels_last(x)[:, :1])                        # one channel
+
+
+@pytest.mark.parametrize("backend", ["reference", *BACKENDS])
+def test_gradcheck_channels_last(backend):
+    x, w, bias, init = make(b=2, d=3, L=35, w=4)
+    fn = lambda *t: causal_conv1d_fn(*t, activation="silu", backend=backend)  # noqa: E731
+    assert torch.autograd.gradcheck(fn, [channels_last(x).requires_grad_(), *(t.requires_grad_() for t in (w, bias,
+                                                                                                          init))])

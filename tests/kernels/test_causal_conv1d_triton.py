@@ -10,7 +10,7 @@ import torch
 
 pytest.importorskip("triton")
 
-from test_causal_conv1d import make, run
+from test_causal_conv1d import channels_last, make, run
 
 from neurostep.kernels.causal_conv1d import causal_conv1d_fn
 
@@ -31,3 +31,12 @@ def test_triton_gradcheck_float64():
     x, w, bias, init = make(b=1, d=2, L=4, w=3)
     fn = lambda *t: causal_conv1d_fn(*t, activation="silu", backend="triton")  # noqa: E731
     assert torch.autograd.gradcheck(fn, [t.requires_grad_() for t in (x, w, bias, init)])
+
+
+def test_triton_channels_last_matches_reference():
+    x, w, bias, h = make(b=2, d=18, L=35, w=4, init=True, dtype=torch.float32)
+    want = run(*(t.double() if t is not None else None for t in (x, w, bias, h)), "silu", "reference")
+    got = run(channels_last(x), w, bias, h, "silu", "triton")
+    assert got[0].stride(1) == 1
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a.double(), b, rtol=1e-4, atol=1e-4)

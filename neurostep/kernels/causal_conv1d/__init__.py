@@ -16,12 +16,13 @@ _ACTIVATIONS = (None, "silu", "swish")
 
 
 def _forward(impl, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
-             initial_states: torch.Tensor | None, silu: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """Returns ``(out, saved)``: ``saved`` is what the backend's backward reads (empty if nothing)."""
-    return impl.forward(x, weight, bias, initial_states, silu)
+             initial_states: torch.Tensor | None, silu: bool, channels_last: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """Returns ``(out, saved)``: ``saved`` is what the backend's backward reads (empty if nothing). With
+    ``channels_last``, ``x`` and ``out`` are ``(B, L, D)``."""
+    return impl.forward(x, weight, bias, initial_states, silu, channels_last)
 
 
-def _forward_fake(x, weight, bias, initial_states, silu, *, backend):
+def _forward_fake(x, weight, bias, initial_states, silu, channels_last, *, backend):
     return x.new_empty(x.shape), x.new_empty(0)
 
 
@@ -33,7 +34,8 @@ def _backward(impl, call: BackwardCall):
     (grad_out,) = call.grads
     x, weight, bias, initial_states, saved = call.saved
     grad_out = torch.zeros_like(x) if grad_out is None else grad_out.contiguous()
-    return impl.backward(grad_out, x, weight, bias, initial_states, saved, call.attrs["silu"])
+    return impl.backward(grad_out, x, weight, bias, initial_states, saved, call.attrs["silu"],
+                         call.attrs["channels_last"])
 
 
 def _backward_fake(call: BackwardCall):
@@ -69,6 +71,12 @@ def _check_activation(activation: str | None) -> bool:
     return activation is not None
 
 
+def channels_last_layout(x: torch.Tensor) -> bool:
+    """Whether ``x (B, D, L)`` has its channels, not its time steps, contiguous (the op then runs its
+    channels-last kernels on ``x.transpose(1, 2)``)."""
+    return not x.is_contiguous() and x.stride(1) == 1 and x.shape[1] > 1
+
+
 def causal_conv1d(
     x: torch.Tensor,
     weight: torch.Tensor,
@@ -81,8 +89,13 @@ def causal_conv1d(
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Depthwise causal convolution ``(B, D, L) -> (B, D, L)`` with neurostep's state convention.
 
+    ``x`` may be channels-first (time contiguous, torch's conv1d layout) or channels-last (its channels
+    contiguous: ``x.stride(1) == 1``, such as the transpose of a token-major ``(B, L, D)`` block, as
+    causal-conv1d accepts): the kernels read either layout without a transposing copy, and ``out`` comes in
+    the layout of ``x``.
+
     Args:
-        x: ``(B, D, L)`` (time last, torch's conv1d layout). weight: ``(D, W)``, ``W >= 1``. bias: ``(D,)`` or None.
+        x: ``(B, D, L)``. weight: ``(D, W)``, ``W >= 1``. bias: ``(D,)`` or None.
         activation: None or ``"silu"``.
         initial_state: ``(B, D, W-1)``, the last ``W-1`` inputs of the previous chunk, or None (zeros).
         output_final_state: also return the last ``W-1`` inputs ``(B, D, W-1)`` (to carry into the next
@@ -112,8 +125,10 @@ def causal_conv1d(
     def prep(t: torch.Tensor | None) -> torch.Tensor | None:
         return None if t is None else t.to(cdtype).contiguous()
 
-    out, _ = CAUSAL_CONV1D(prep(x), prep(weight), prep(bias), prep(initial_state), silu, backend=name)
-    out = out.to(x.dtype)
+    channels_last = channels_last_layout(x)
+    xk = prep(x.transpose(1, 2)) if channels_last else prep(x)
+    out, _ = CAUSAL_CONV1D(xk, prep(weight), prep(bias), prep(initial_state), silu, channels_last, backend=name)
+    out = (out.transpose(1, 2) if channels_last else out).to(x.dtype)
     if not output_final_state:
         return out, None
     history = x if initial_state is None else torch.cat([initial_state.to(x.dtype), x], dim=-1)

@@ -192,32 +192,231 @@ def _backward_kernel(gout, x, weight, bias, init, has_init, silu, dx, dweight, d
             dbias[d] = vsum(db_t, length)
 
 
+# -- channels-last layout: x (B, L, D), channels contiguous -------------------------------------------------
+#
+# A step's output needs only inputs, so the work items are runs of ``_CL_STEPS`` steps of one batch row, and
+# every loop runs over a whole row of D channels, contiguous: it vectorizes, and the calls are few. (Spans of
+# 64 channels as items made a call per 64 channels and step: 2-3x slower at batch 1 and 1,792 channels.)
+# The rows a step's taps read are picked before its loops: the history's for padded steps before the first
+# input, else the input's. The taps and the SiLU are added in the same order as in the channels-first
+# kernels above, so both layouts give the same outputs and input gradients to the bit; the weight and bias
+# gradients are summed in another order (per run of steps, then over the runs in order).
+
+_CL_STEPS = 32
+_CL_MAX_SLOTS = 64  # the backward's runs are grouped into at most this many slots, one partial sum each
+
+
+@_row_jit
+def _cl_taps4(r0, r1, r2, r3, w0, w1, w2, w3, bias, pre, n):  # pragma: no cover - compiled
+    """Width 4: ``pre = (((bias + w0 r0) + w1 r1) + w2 r2) + w3 r3`` over a row of channels."""
+    for c in range(n):
+        pre[c] = (((bias[c] + w0[c] * r0[c]) + w1[c] * r1[c]) + w2[c] * r2[c]) + w3[c] * r3[c]
+
+
+@_row_jit
+def _cl_tap(r, w, base, pre, n):  # pragma: no cover - compiled
+    """One tap of any width: ``pre = base + w r`` (``base`` is the bias for the first tap, else ``pre``)."""
+    for c in range(n):
+        pre[c] = base[c] + w[c] * r[c]
+
+
+@_row_jit
+def _cl_accumulate(g, r, dw, n):  # pragma: no cover - compiled
+    """``dw += g r``: one tap's share of the weight gradient."""
+    for c in range(n):
+        dw[c] += g[c] * r[c]
+
+
+@_row_jit
+def _cl_add(g, db, n):  # pragma: no cover - compiled
+    for c in range(n):
+        db[c] += g[c]
+
+
+@_row_jit
+def _cl_dx4(g0, g1, g2, g3, w0, w1, w2, w3, out, n):  # pragma: no cover - compiled
+    """Width 4: ``out = ((w0 g0 + w1 g1) + w2 g2) + w3 g3``, the gradient of one padded input step."""
+    for c in range(n):
+        out[c] = ((w0[c] * g0[c] + w1[c] * g1[c]) + w2[c] * g2[c]) + w3[c] * g3[c]
+
+
+@_row_jit
+def _cl_dx_tap(g, w, out, first, n):  # pragma: no cover - compiled
+    """One tap of any width: ``out = w g`` for the first tap, else ``out += w g``."""
+    if first:
+        for c in range(n):
+            out[c] = w[c] * g[c]
+    else:
+        for c in range(n):
+            out[c] = out[c] + w[c] * g[c]
+
+
+@numba.njit(inline="always")
+def _cl_history(init, has_init, bi, hist):  # pragma: no cover - compiled
+    """``hist[k, d] = init[bi, d, k]``: the history of batch row ``bi`` (zeros without one)."""
+    for k in range(hist.shape[0]):
+        row = hist[k]
+        for d in range(row.shape[0]):
+            row[d] = init[bi, d, k] if has_init else 0
+
+
+# Rows are taken as ``a[i, j]``, never ``a[i, j, :]``: numba types the latter as of unknown layout, and the
+# row loops compiled for it do not vectorize.
+@numba.njit(inline="always")
+def _cl_row(x, hist, bi, tau):  # pragma: no cover - compiled
+    """Padded step ``tau`` of batch row ``bi``: the history for ``tau < W - 1``, else an input step."""
+    width_m1 = hist.shape[0]
+    return hist[tau] if tau < width_m1 else x[bi, tau - width_m1]
+
+
+@numba.njit(inline="always")
+def _cl_step(x, hist, weight_t, bias, bi, t, pre):  # pragma: no cover - compiled
+    """The pre-activation of output step ``t``, taps in order ``k = 0, 1, ...``."""
+    n = x.shape[2]
+    width = weight_t.shape[0]
+    if width == 4:
+        _cl_taps4(_cl_row(x, hist, bi, t), _cl_row(x, hist, bi, t + 1), _cl_row(x, hist, bi, t + 2),
+                  _cl_row(x, hist, bi, t + 3), weight_t[0], weight_t[1], weight_t[2], weight_t[3], bias, pre, n)
+    else:
+        _cl_tap(_cl_row(x, hist, bi, t), weight_t[0], bias, pre, n)
+        for k in range(1, width):
+            _cl_tap(_cl_row(x, hist, bi, t + k), weight_t[k], pre, pre, n)
+
+
+@numba.njit(parallel=True, cache=True, error_model="numpy")
+def _forward_cl_kernel(x, weight_t, bias, init, has_init, silu, out):  # pragma: no cover - compiled
+    batch, length, dim = x.shape
+    width_m1 = weight_t.shape[0] - 1
+    one = np.ones(1, dtype=x.dtype)[0]
+    runs = (length + _CL_STEPS - 1) // _CL_STEPS
+    for item in numba.prange(batch * runs):
+        bi = item // runs
+        t0 = (item % runs) * _CL_STEPS
+        hist = np.empty((width_m1, dim), dtype=x.dtype)
+        if t0 < width_m1:
+            _cl_history(init, has_init, bi, hist)
+        pre = np.empty(dim, dtype=x.dtype)
+        for t in range(t0, min(t0 + _CL_STEPS, length)):
+            orow = out[bi, t]
+            _cl_step(x, hist, weight_t, bias, bi, t, pre if silu else orow)
+            if silu:
+                _silu_row(pre, orow, one, dim)
+
+
+@numba.njit(parallel=True, cache=True, error_model="numpy")
+def _backward_cl_kernel(gout, x, weight_t, bias, init, has_init, silu, dx, dw_parts, db_parts,
+                        dinit):  # pragma: no cover - compiled
+    """Per run of steps ``[t0, t1)`` of one batch row: the gradient of the pre-activation ``g`` for steps
+    ``t0 - (W - 1) .. t1 - 1`` (the ``W - 1`` before the run recomputed) into ``gz``, whose rows outside
+    ``[0, L)`` stay zero; the weight and bias gradients of the run's own steps into its slot's partial sums;
+    then ``dxpad[j] = sum_k w[k] g[j - k]`` for ``j`` in ``[t0, t1)`` (the last run up to ``L + W - 2``), whose
+    first ``W - 1`` steps are the history's gradient."""
+    batch, length, dim = x.shape
+    width = weight_t.shape[0]
+    width_m1 = width - 1
+    one = np.ones(1, dtype=x.dtype)[0]
+    runs = (length + _CL_STEPS - 1) // _CL_STEPS
+    items = batch * runs
+    slots = dw_parts.shape[0]
+    for slot in numba.prange(slots):
+        hist = np.empty((width_m1, dim), dtype=x.dtype)
+        pre = np.empty(dim, dtype=x.dtype)
+        acc = np.empty(dim, dtype=x.dtype)
+        gz = np.empty((_CL_STEPS + 2 * width_m1, dim), dtype=x.dtype)  # row i is step t0 - (W - 1) + i
+        dw = dw_parts[slot]
+        db = db_parts[slot]
+        # fills as loops: in a prange body every array expression becomes a parallel loop of its own to compile
+        for k in range(width):
+            dwk = dw[k]
+            for d in range(dim):
+                dwk[d] = 0
+        for d in range(dim):
+            db[d] = 0
+        for item in range(slot * items // slots, (slot + 1) * items // slots):
+            bi = item // runs
+            t0 = (item % runs) * _CL_STEPS
+            t1 = min(t0 + _CL_STEPS, length)
+            base = t0 - width_m1
+            if base < width_m1:
+                _cl_history(init, has_init, bi, hist)
+            for i in range(t1 - t0 + 2 * width_m1):
+                t = base + i
+                g = gz[i]
+                if t < 0 or t >= t1:
+                    for d in range(dim):
+                        g[d] = 0
+                    continue
+                grow = gout[bi, t]
+                if silu:
+                    _cl_step(x, hist, weight_t, bias, bi, t, pre)
+                    _silu_grad_row(pre, grow, g, one, dim)
+                else:
+                    for d in range(dim):
+                        g[d] = grow[d]
+                if t >= t0:
+                    _cl_add(g, db, dim)
+                    for k in range(width):
+                        _cl_accumulate(g, _cl_row(x, hist, bi, t + k), dw[k], dim)
+            j1 = t1 if t1 < length else length + width_m1
+            for j in range(t0, j1):
+                target = acc if j < width_m1 else dx[bi, j - width_m1]
+                i = j - base
+                if width == 4:
+                    _cl_dx4(gz[i], gz[i - 1], gz[i - 2], gz[i - 3], weight_t[0], weight_t[1], weight_t[2],
+                            weight_t[3], target, dim)
+                else:
+                    for k in range(width):
+                        _cl_dx_tap(gz[i - k], weight_t[k], target, k == 0, dim)
+                if j < width_m1 and has_init:
+                    for d in range(dim):
+                        dinit[bi, d, j] = acc[d]
+
+
+def _cl_slots(batch: int, length: int) -> int:
+    return min(batch * -(-length // _CL_STEPS), _CL_MAX_SLOTS)
+
+
 def _np(t: torch.Tensor) -> np.ndarray:
     return t.detach().numpy()
 
 
 @serialized
-def forward(x, weight, bias, initial_states, silu):
+def forward(x, weight, bias, initial_states, silu, channels_last):
     """Same contract as :func:`neurostep.kernels.causal_conv1d.reference.forward`."""
-    dim = x.shape[1]
+    dim = x.shape[2] if channels_last else x.shape[1]
     out = empty_like(x)
     bias_ = x.new_zeros(dim) if bias is None else bias
     init = x.new_zeros(1, 1, 1) if initial_states is None else initial_states
-    _forward_kernel(_np(x), _np(weight), _np(bias_), _np(init), initial_states is not None, bool(silu), _np(out))
+    if channels_last:
+        _forward_cl_kernel(_np(x), _np(weight.t().contiguous()), _np(bias_), _np(init), initial_states is not None,
+                           bool(silu), _np(out))
+    else:
+        _forward_kernel(_np(x), _np(weight), _np(bias_), _np(init), initial_states is not None, bool(silu),
+                        _np(out))
     return out, x.new_empty(0)
 
 
 @serialized
-def backward(grad_out, x, weight, bias, initial_states, saved, silu):
+def backward(grad_out, x, weight, bias, initial_states, saved, silu, channels_last):
     """Same contract as :func:`neurostep.kernels.causal_conv1d.reference.backward`."""
-    batch, dim, length = x.shape
+    batch, dim = x.shape[0], (x.shape[2] if channels_last else x.shape[1])
     width = weight.shape[1]
     bias_ = x.new_zeros(dim) if bias is None else bias
     init = x.new_zeros(1, 1, 1) if initial_states is None else initial_states
     dx = empty_like(x)
-    dweight = empty_like(weight)
     dbias = x.new_empty(dim)
     dinit = x.new_empty(batch, dim, width - 1) if initial_states is not None else x.new_empty(1, 1, 1)
-    _backward_kernel(_np(grad_out), _np(x), _np(weight), _np(bias_), _np(init), initial_states is not None,
-                     bool(silu), _np(dx), _np(dweight), _np(dbias), _np(dinit))
+    if channels_last:
+        # per slot partial sums of the weight and bias gradients, added in slot order
+        slots = _cl_slots(batch, x.shape[1])
+        dw_parts = np.empty((slots, width, dim), dtype=_np(x).dtype)
+        db_parts = np.empty((slots, dim), dtype=_np(x).dtype)
+        _backward_cl_kernel(_np(grad_out), _np(x), _np(weight.t().contiguous()), _np(bias_), _np(init),
+                            initial_states is not None, bool(silu), _np(dx), dw_parts, db_parts, _np(dinit))
+        dweight = torch.from_numpy(dw_parts.sum(0).T.copy())
+        dbias = torch.from_numpy(db_parts.sum(0))
+    else:
+        dweight = empty_like(weight)
+        _backward_kernel(_np(grad_out), _np(x), _np(weight), _np(bias_), _np(init), initial_states is not None,
+                         bool(silu), _np(dx), _np(dweight), _np(dbias), _np(dinit))
     return dx, dweight, (dbias if bias is not None else None), (dinit if initial_states is not None else None)

@@ -7,7 +7,9 @@ With ``W = weight.shape[1]`` taps and the input left-padded by ``W - 1`` steps (
     out = silu(pre) if activation == "silu" else pre
 
 This equals ``conv1d(x, weight[:, None], bias, padding=W-1, groups=D)[..., :L]``. Every backend
-exports ``forward`` and ``backward`` with these signatures, on contiguous tensors of one dtype.
+exports ``forward`` and ``backward`` with these signatures, on contiguous tensors of one dtype. With
+``channels_last``, ``x``, ``out``, their gradients and ``grad_out`` are ``(B, L, D)`` (time before channels:
+a Mamba-2 layer's token-major layout); ``weight`` and the history keep their shapes.
 """
 
 from __future__ import annotations
@@ -36,11 +38,16 @@ def forward(
     bias: torch.Tensor | None,
     initial_states: torch.Tensor | None,
     silu: bool,
+    channels_last: bool,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """x ``(B, D, L)``, weight ``(D, W)``, bias ``(D,)``, initial_states ``(B, D, W-1)``.
+    """x ``(B, D, L)`` (``(B, L, D)`` with ``channels_last``), weight ``(D, W)``, bias ``(D,)``,
+    initial_states ``(B, D, W-1)``.
 
-    Returns ``out (B, D, L)`` and the saved tensor (empty: the backward recomputes).
+    Returns ``out`` in ``x``'s layout and the saved tensor (empty: the backward recomputes).
     """
+    if channels_last:
+        out, saved = forward(x.transpose(1, 2), weight, bias, initial_states, silu, False)
+        return out.transpose(1, 2).contiguous(), saved
     length = x.shape[-1]
     pre = _pre_activation(padded_input(x, weight.shape[1], initial_states), weight, bias, length)
     return (F.silu(pre) if silu else pre), x.new_empty(0)
@@ -54,8 +61,14 @@ def backward(
     initial_states: torch.Tensor | None,
     saved: torch.Tensor,
     silu: bool,
+    channels_last: bool,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
-    """Gradients ``(dx, dweight, dbias, dinitial_states)``, None where the input is None."""
+    """Gradients ``(dx, dweight, dbias, dinitial_states)``, None where the input is None; ``dx`` in ``x``'s
+    layout."""
+    if channels_last:
+        dx, dweight, dbias, dinit = backward(grad_out.transpose(1, 2), x.transpose(1, 2), weight, bias,
+                                             initial_states, saved, silu, False)
+        return dx.transpose(1, 2).contiguous(), dweight, dbias, dinit
     width = weight.shape[1]
     length = x.shape[-1]
     xpad = padded_input(x, width, initial_states)

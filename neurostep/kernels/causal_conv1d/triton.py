@@ -95,8 +95,12 @@ def _grid(batch, dim, length):
     return (batch, triton.cdiv(dim, BLOCK_D), triton.cdiv(length, BLOCK_T))
 
 
-def forward(x, weight, bias, initial_states, silu):
-    """Same contract as :func:`neurostep.kernels.causal_conv1d.reference.forward`."""
+def forward(x, weight, bias, initial_states, silu, channels_last):
+    """Same contract as :func:`neurostep.kernels.causal_conv1d.reference.forward`. The kernels index the
+    channels-first layout: channels-last tensors are transposed to it and back."""
+    if channels_last:
+        out, saved = forward(x.transpose(1, 2).contiguous(), weight, bias, initial_states, silu, False)
+        return out.transpose(1, 2).contiguous(), saved
     batch, dim, length = x.shape
     width = weight.shape[1]
     out = torch.empty_like(x)
@@ -108,8 +112,13 @@ def forward(x, weight, bias, initial_states, silu):
     return out, x.new_empty(0)
 
 
-def backward(grad_out, x, weight, bias, initial_states, saved, silu):
-    """Same contract as :func:`neurostep.kernels.causal_conv1d.reference.backward`."""
+def backward(grad_out, x, weight, bias, initial_states, saved, silu, channels_last):
+    """Same contract as :func:`neurostep.kernels.causal_conv1d.reference.backward` (channels-last tensors
+    transposed, as in :func:`forward`)."""
+    if channels_last:
+        dx, dw, dbias, dinit = backward(grad_out.transpose(1, 2).contiguous(), x.transpose(1, 2).contiguous(),
+                                        weight, bias, initial_states, saved, silu, False)
+        return dx.transpose(1, 2).contiguous(), dw, dbias, dinit
     batch, dim, length = x.shape
     width = weight.shape[1]
     bias_ = bias if bias is not None else x.new_zeros(dim)
