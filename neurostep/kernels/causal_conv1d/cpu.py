@@ -214,10 +214,17 @@ def _cl_taps4(r0, r1, r2, r3, w0, w1, w2, w3, bias, pre, n):  # pragma: no cover
 
 
 @_row_jit
-def _cl_tap(r, w, base, pre, n):  # pragma: no cover - compiled
-    """One tap of any width: ``pre = base + w r`` (``base`` is the bias for the first tap, else ``pre``)."""
+def _cl_tap_first(r, w, bias, pre, n):  # pragma: no cover - compiled
+    """The first tap of any width: ``pre = bias + w r``."""
     for c in range(n):
-        pre[c] = base[c] + w[c] * r[c]
+        pre[c] = bias[c] + w[c] * r[c]
+
+
+@_row_jit
+def _cl_tap_add(r, w, pre, n):  # pragma: no cover - compiled
+    """A later tap: ``pre = pre + w r`` (one array read and written: the row functions' arrays must not overlap)."""
+    for c in range(n):
+        pre[c] = pre[c] + w[c] * r[c]
 
 
 @_row_jit
@@ -278,9 +285,9 @@ def _cl_step(x, hist, weight_t, bias, bi, t, pre):  # pragma: no cover - compile
         _cl_taps4(_cl_row(x, hist, bi, t), _cl_row(x, hist, bi, t + 1), _cl_row(x, hist, bi, t + 2),
                   _cl_row(x, hist, bi, t + 3), weight_t[0], weight_t[1], weight_t[2], weight_t[3], bias, pre, n)
     else:
-        _cl_tap(_cl_row(x, hist, bi, t), weight_t[0], bias, pre, n)
+        _cl_tap_first(_cl_row(x, hist, bi, t), weight_t[0], bias, pre, n)
         for k in range(1, width):
-            _cl_tap(_cl_row(x, hist, bi, t + k), weight_t[k], pre, pre, n)
+            _cl_tap_add(_cl_row(x, hist, bi, t + k), weight_t[k], pre, n)
 
 
 @numba.njit(parallel=True, cache=True, error_model="numpy")
