@@ -411,19 +411,20 @@ def backward(grad_out, x, weight, bias, initial_states, saved, silu, channels_la
     bias_ = x.new_zeros(dim) if bias is None else bias
     init = x.new_zeros(1, 1, 1) if initial_states is None else initial_states
     dx = empty_like(x)
-    dbias = x.new_empty(dim)
     dinit = x.new_empty(batch, dim, width - 1) if initial_states is not None else x.new_empty(1, 1, 1)
     if channels_last:
         # per slot partial sums of the weight and bias gradients, added in slot order
         slots = _cl_slots(batch, x.shape[1])
-        dw_parts = np.empty((slots, width, dim), dtype=_np(x).dtype)
-        db_parts = np.empty((slots, dim), dtype=_np(x).dtype)
+        np_dtype = _np(x).dtype
+        dw_parts = np.empty((slots, width, dim), dtype=np_dtype)
+        db_parts = np.empty((slots, dim), dtype=np_dtype)
         _backward_cl_kernel(_np(grad_out), _np(x), _np(weight.t().contiguous()), _np(bias_), _np(init),
                             initial_states is not None, bool(silu), _np(dx), dw_parts, db_parts, _np(dinit))
         dweight = torch.from_numpy(dw_parts.sum(0).T.copy())
         dbias = torch.from_numpy(db_parts.sum(0))
     else:
         dweight = empty_like(weight)
+        dbias = x.new_empty(dim)
         _backward_kernel(_np(grad_out), _np(x), _np(weight), _np(bias_), _np(init), initial_states is not None,
                          bool(silu), _np(dx), _np(dweight), _np(dbias), _np(dinit))
     return dx, dweight, (dbias if bias is not None else None), (dinit if initial_states is not None else None)
