@@ -7,7 +7,8 @@ makes every later first call load from the cache instead (under 1 s); all 22 var
 115 s of 2 cores, which is why ``make venv`` does not run it. It runs each op's forward and backward on tiny inputs in
 every variant the kernels compile separately: float32 and float64, and the layouts with a compilation
 of their own (the selective scan's B/C groups that do or do not align with its channel blocks; the LIF
-backward that recomputes the membrane and the one that reads a saved one). The cache lives next to the
+backward that recomputes the membrane and the one that reads a saved one), and for the LIF the loop of
+every surrogate gradient, which its backward compiles per surrogate on first use. The cache lives next to the
 kernels' source files, or in ``NUMBA_CACHE_DIR`` when that is set, in a directory per version of the
 kernel sources; it is keyed on the machine's CPU, numba's version and the contents of every kernel source
 file (:mod:`~neurostep.kernels.numba_cache`), so after an upgrade or an edit the kernels compile again on
@@ -121,11 +122,26 @@ def variants() -> dict[str, Callable[[], torch.Tensor]]:
     return table
 
 
+def _lif_surrogates(name: str) -> None:
+    """For a LIF variant, the surrogate functions its backward takes as an argument, of every surrogate (the
+    variant itself runs the default one): compiled one per surrogate, on first use, like a variant."""
+    from neurostep.kernels.lif.cpu import reverse_row_function
+    from neurostep.kernels.lif.surrogates import SURROGATES, sg_block_function
+
+    dtype = name.rsplit(" ", 1)[1]
+    function = sg_block_function if "snntorch" in name else reverse_row_function
+    for surrogate in SURROGATES.values():
+        function(surrogate.sid, dtype)
+
+
 def compile_variant(name: str) -> float:
-    """Run variant ``name`` forward and backward (compiling or loading its kernels); returns its seconds."""
+    """Run variant ``name`` forward and backward (compiling or loading its kernels), and compile what its
+    kernels take per option (the LIF's surrogates); returns its seconds."""
     torch.manual_seed(0)
     start = time.perf_counter()
     variants()[name]().sum().backward()
+    if name.startswith("lif"):
+        _lif_surrogates(name)
     return time.perf_counter() - start
 
 

@@ -11,8 +11,12 @@ from collections import Counter
 
 import torch
 
+from neurostep.kernels.decayed_linear_attention import cpu as dla_cpu
+from neurostep.kernels.decayed_linear_attention import decayed_linear_attention
 from neurostep.kernels.lif import cpu as lif_cpu
 from neurostep.kernels.lif import lif_scan
+from neurostep.kernels.lif.cpu import reverse_row_function
+from neurostep.kernels.lif.surrogates import SURROGATES, sg_block_function
 from neurostep.kernels.linear_scan import cpu as linear_scan_cpu
 from neurostep.kernels.linear_scan import linear_scan
 
@@ -47,3 +51,37 @@ def test_linear_scan_one_variant_per_dtype_across_layouts_and_h0():
     for kernel in (linear_scan_cpu._forward_kernel, linear_scan_cpu._backward_kernel):
         counts = _variants_per_dtype(kernel)
         assert set(counts.values()) == {1}, (kernel.__name__, kernel.signatures)
+
+
+def test_lif_backward_kernels_compile_once_for_every_surrogate():
+    # the surrogate reaches the kernels as a function argument of one type, each surrogate's loop compiled on
+    # its own: a new surrogate compiles that loop, not the kernel again
+    x = torch.randn(6, 32)
+    for surrogate in ("sigmoid", "atan", "erf"):
+        for convention in ("spikingjelly", "snntorch"):
+            xs = x.clone().requires_grad_(True)
+            s, _ = lif_scan(xs, tau_inv=0.5, v_threshold=1.0, surrogate=surrogate, convention=convention,
+                            backend="cpu")
+            s.sum().backward()
+    for kernel in (lif_cpu._backward_kernel, lif_cpu._backward_recompute_kernel):
+        counts = _variants_per_dtype(kernel)
+        assert set(counts.values()) == {1}, (kernel.__name__, kernel.signatures)
+    for surrogate in ("sigmoid", "atan", "erf"):
+        sid = SURROGATES[surrogate].sid
+        assert len(reverse_row_function(sid, "float32").dispatcher.signatures) == 1
+        assert len(sg_block_function(sid, "float32").dispatcher.signatures) == 1
+
+
+def test_decayed_linear_attention_one_variant_per_dtype_with_and_without_options():
+    # optional factors and blocks reach the gathers and scatters as contiguous stand-ins, not strided views
+    for dtype in (torch.float32, torch.float64):
+        for groups, h0 in ((2, None), (1, torch.zeros(1, 2, 4, 3))):
+            q, k = torch.randn(1, 10, groups, 4), torch.randn(1, 10, groups, 4)
+            v, g = torch.randn(1, 10, 2, 3), -torch.rand(1, 10, 2)
+            leaves = [t.to(dtype).requires_grad_(True) for t in (q, k, v, g)]
+            o, final = decayed_linear_attention(*leaves, initial_state=None if h0 is None else h0.to(dtype),
+                                                output_final_state=True, chunk_size=4, backend="cpu")
+            (o.sum() + final.sum()).backward()
+    for name in ("_gather", "_scatter", "_mask_scores", "_state_pass", "_dstate_pass", "_row_dots", "_dg_scores"):
+        counts = _variants_per_dtype(getattr(dla_cpu, name))
+        assert set(counts.values()) == {1}, (name, getattr(dla_cpu, name).signatures)

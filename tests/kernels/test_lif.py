@@ -12,7 +12,7 @@ import torch
 from neurostep.engine import COSTS, KERNELS, BackendUnavailableError
 from neurostep.kernels.lif import SURROGATES, LIFState, lif_scan
 from neurostep.kernels.lif.reference import lif_loop, spike
-from neurostep.kernels.lif.surrogates import sg_block, sg_constant
+from neurostep.kernels.lif.surrogates import sg_block_function, sg_constant
 
 BACKENDS = ["reference", "cpu"]
 
@@ -358,7 +358,8 @@ def test_numba_surrogate_matches_torch(name, dtype):
     n = z.size
     out = np.empty_like(z)
     alpha = sur.default_alpha
-    sg_block(sur.sid, dtype(alpha), dtype(sg_constant(sur.sid, alpha)), z, out, n)
+    sg_block_function(sur.sid, np.dtype(dtype).name).dispatcher(dtype(alpha), dtype(sg_constant(sur.sid, alpha)), z,
+                                                                out, n)
     want = sur.derivative(torch.from_numpy(z.astype(np.float64)), alpha).numpy()
     # relative accuracy where the derivative matters; far tails (< 1e-7 of the peak) only need to be tiny
     rtol = 2e-6 if dtype == np.float32 else 1e-13
@@ -376,7 +377,7 @@ def test_numba_exp_surrogates_flush_far_tails(name):
     far = np.float32(70.0 / 0.5 if name != "erf" else np.sqrt(70.0) / 0.5)  # exponent below -69
     z = np.array([far, -far, 1e30, -np.inf, np.nan, 0.5], dtype=np.float32)
     out = np.empty_like(z)
-    sg_block(sur.sid, alpha, c, z, out, z.size)
+    sg_block_function(sur.sid, "float32").dispatcher(alpha, c, z, out, z.size)
     assert (out[:4] == 0).all() and np.isnan(out[4])
     want = sur.derivative(torch.tensor([0.5], dtype=torch.float64), 0.5).item()
     assert out[5] == pytest.approx(want, rel=1e-6)

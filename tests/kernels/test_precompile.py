@@ -57,6 +57,25 @@ def test_precompiled_kernels_load_from_the_cache(tmp_path):
     assert warm["hits"] == 2 and warm["misses"] == 0        # forward and backward loaded
 
 
+SURROGATE_PROBE = """
+import json
+from neurostep.kernels.lif.cpu import reverse_row_function
+from neurostep.kernels.lif.surrogates import SURROGATES
+stats = [reverse_row_function(s.sid, "float32").dispatcher.stats for s in SURROGATES.values()]
+print(json.dumps({"hits": sum(sum(s.cache_hits.values()) for s in stats),
+                  "misses": sum(sum(s.cache_misses.values()) for s in stats)}))
+"""
+
+
+def test_precompiling_the_lif_compiles_every_surrogate(tmp_path):
+    done = _run(["-m", "neurostep.kernels.precompile", "--only", "lif float32", "--jobs", "1"], tmp_path)
+    assert done.returncode == 0, done.stderr
+    probe = _run(["-c", SURROGATE_PROBE], tmp_path)
+    assert probe.returncode == 0, probe.stderr
+    counts = json.loads(probe.stdout.strip().splitlines()[-1])
+    assert counts == {"hits": 8, "misses": 0}
+
+
 def test_bad_arguments():
     with pytest.raises(SystemExit):
         precompile.main(["--only", "no such kernel"])

@@ -20,15 +20,18 @@ or float64 tensors.
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
+
 import numba
 import numpy as np
 import torch
-from numba import prange
+from numba import prange, types
 
 from neurostep.engine import check_numba_input
 from neurostep.kernels.lif.common import LIFParams
-from neurostep.kernels.lif.surrogates import sg_block, sg_constant, sg_value
-from neurostep.kernels.numba_launch import serialized
+from neurostep.kernels.lif.surrogates import sg_block_function, sg_constant, sg_value
+from neurostep.kernels.numba_launch import CompiledFunction, compiled_function, numba_type, serialized
 from neurostep.kernels.numba_sum import vsum64
 from neurostep.memory import empty_like
 
@@ -182,7 +185,7 @@ def _forward_kernel(x, v0, a0, spikes, h_out, theta_out, vseq, v_last, a_last, k
 @numba.njit(parallel=True, cache=True, error_model="numpy")
 def _backward_kernel(x, v0, h, theta, g_spikes, g_vseq, g_vlast, g_alast, gx, gv0, ga0, gk_part, gvth_part,
                      k, omk, vth, vr, vr_c, rho, beta, one, hard, decay, detach, snn, snn_reset, adaptive,
-                     has_gs, has_gvseq, need_k, sid, alpha, sg_c, block):  # pragma: no cover - compiled
+                     has_gs, has_gvseq, need_k, sg_block, alpha, sg_c, block):  # pragma: no cover - compiled
     """Reverse-time sweep over a saved h (the snntorch convention and the adaptive threshold; see
     recomputes_h); g_spikes / g_vseq are (1, N) zero rows when absent (has_* False)."""
     T, N = h.shape
@@ -211,7 +214,7 @@ def _backward_kernel(x, v0, h, theta, g_spikes, g_vseq, g_vlast, g_alast, gx, gv
                     th[j] = tr[j]
             for j in range(n):
                 z[j] = hr[j] - th[j]
-            sg_block(sid, alpha, sg_c, z, sg, n)
+            sg_block(alpha, sg_c, z, sg, n)
             # Loads and stores are unconditional and flags only pick between computed values
             # (selects): a load or store under an `if` cannot be if-converted, and the branch would
             # stop LLVM from vectorizing the loop.
@@ -275,7 +278,8 @@ def _backward_kernel(x, v0, h, theta, g_spikes, g_vseq, g_vlast, g_alast, gx, gv
 @numba.njit(inline="always")
 def _reverse_lane(row, gsr, cv, gvth_acc, dh, j, hj, sgj, k, omk, vth, vr, one, hard, decay,
                   detach):  # pragma: no cover - compiled
-    """Lane ``j`` of :func:`_reverse_row`, given ``hj = h[t]`` and its surrogate ``sgj``."""
+    """Lane ``j`` of a reverse row function (:func:`_reverse_row_source`), given ``hj = h[t]`` and its
+    surrogate ``sgj``."""
     zero = one - one
     s = one if hj - vth >= zero else zero
     gh, gth = _spike_grads(hj, vth, s, gsr[j], sgj, cv[j], zero, vr, one, hard, detach)
@@ -285,74 +289,67 @@ def _reverse_lane(row, gsr, cv, gvth_acc, dh, j, hj, sgj, k, omk, vth, vr, one, 
     dh[j] = gh  # kept for the tau_inv gradient
 
 
-@numba.njit(cache=True, error_model="numpy", fastmath={"contract"})
-def _reverse_row(row, gsr, cv, gvth_acc, dh, n, sid, a, c, k, omk, vth, vr, one, hard, decay,
-                 detach):  # pragma: no cover - compiled
-    """One reverse step of :func:`_backward_recompute_kernel` over a block's lanes: ``row`` holds
-    h[t] in and gx[t] out, ``cv`` carries the membrane gradient to step t-1, ``dh`` gets the
-    gradient of h[t].
+# Surrogates whose derivative is a long chain of dependent operations (an exponential: sigmoid, piecewise
+# exp, erf): their reverse row computes it in a first pass (see _reverse_row_source).
+_TWO_PASS_SURROGATES = (0, 3, 6)
 
-    One loop per surrogate (``sid`` a literal in each, see :func:`sg_value`), each computing the
-    surrogate, the spike's and the membrane's gradients in one pass, except those with an exponential
-    (sigmoid, piecewise exp, erf): their surrogate is a long chain of dependent operations that keeps few
-    lanes in flight when the gradients wait on it in the same loop, so a first pass parks it in ``dh`` and
-    a second computes the gradients from there. Sigmoid: 1.03-1.08 against 1.19-1.20 ns per lane on data
-    in L1, 1.37-1.39 against 1.51-1.54 ms for the whole backward at T=32 and 65,536 neurons; piecewise exp
-    1.10-1.12 against 1.29-1.32 ns; erf 1.15-1.29 against 1.36-1.39 ns. For atan and the piecewise
-    quadratic the second pass costs more than it saves (0.74-0.79 against 0.67-0.68 ns, 0.66-0.72 against
-    0.61-0.66 ns; 2-core AMD EPYC, 2026-12-05, load 0.7-0.8). The surrogate is called in
-    the loop itself, not from another inlined helper, where ``vexp`` would not vectorize; and the eight
-    loops are written out rather than one loop in a helper compiled per literal ``sid``, which doubled the
-    backward's first call from a cold cache (13.6 s against 6.3 s, 2-core AMD EPYC, 2026-12-04). A function of
-    its own so that FMA contraction applies to the gradient arithmetic (10% of the backward at T=32)
-    and not to the recomputed h, which must round as the forward did.
+
+def _reverse_row_source(sid: int) -> Callable[..., None]:
+    """The reverse row function of surrogate ``sid`` (a closure: numba reads ``sid`` as a constant, prunes the
+    other surrogates' branches before typing and folds the switch of :func:`sg_value`).
+
+    ``reverse_row(row, gsr, cv, gvth_acc, dh, n, a, c, k, omk, vth, vr, one, hard, decay, detach)`` is one
+    reverse step of :func:`_backward_recompute_kernel` over a block's lanes: ``row`` holds h[t] in and gx[t]
+    out, ``cv`` carries the membrane gradient to step t-1, ``dh`` gets the gradient of h[t].
+
+    One pass computes the surrogate, the spike's and the membrane's gradients, except for the surrogates
+    with an exponential (:data:`_TWO_PASS_SURROGATES`): their surrogate is a long chain of dependent
+    operations that keeps few lanes in flight when the gradients wait on it in the same loop, so a first
+    pass parks it in ``dh`` and a second computes the gradients from there. Sigmoid: 1.03-1.08 against
+    1.19-1.20 ns per lane on data in L1, 1.37-1.39 against 1.51-1.54 ms for the whole backward at T=32 and
+    65,536 neurons; piecewise exp 1.10-1.12 against 1.29-1.32 ns; erf 1.15-1.29 against 1.36-1.39 ns. For
+    atan and the piecewise quadratic the second pass costs more than it saves (0.74-0.79 against
+    0.67-0.68 ns, 0.66-0.72 against 0.61-0.66 ns; 2-core AMD EPYC, 2026-12-05, load 0.7-0.8). A function
+    of its own so that FMA contraction applies to the gradient arithmetic (10% of the backward at T=32)
+    and not to the recomputed h, which must round as the forward did; and one per surrogate, passed to the
+    kernel by address (:func:`reverse_row_function`), so that a first call compiles the surrogate it uses,
+    not all eight (the LIF backward's first call from a cold cache: 8.3 s with every surrogate's loop in one
+    function called by the kernel).
     """
-    if sid == 0:
-        for j in range(n):
-            dh[j] = sg_value(0, a, c, row[j] - vth)
-        for j in range(n):
-            _reverse_lane(row, gsr, cv, gvth_acc, dh, j, row[j], dh[j], k, omk, vth, vr, one, hard, decay, detach)
-    elif sid == 1:
-        for j in range(n):
-            hj = row[j]
-            _reverse_lane(row, gsr, cv, gvth_acc, dh, j, hj, sg_value(1, a, c, hj - vth), k, omk, vth, vr, one, hard,
-                          decay, detach)
-    elif sid == 2:
-        for j in range(n):
-            hj = row[j]
-            _reverse_lane(row, gsr, cv, gvth_acc, dh, j, hj, sg_value(2, a, c, hj - vth), k, omk, vth, vr, one, hard,
-                          decay, detach)
-    elif sid == 3:
-        for j in range(n):
-            dh[j] = sg_value(3, a, c, row[j] - vth)
-        for j in range(n):
-            _reverse_lane(row, gsr, cv, gvth_acc, dh, j, row[j], dh[j], k, omk, vth, vr, one, hard, decay, detach)
-    elif sid == 4:
-        for j in range(n):
-            hj = row[j]
-            _reverse_lane(row, gsr, cv, gvth_acc, dh, j, hj, sg_value(4, a, c, hj - vth), k, omk, vth, vr, one, hard,
-                          decay, detach)
-    elif sid == 5:
-        for j in range(n):
-            hj = row[j]
-            _reverse_lane(row, gsr, cv, gvth_acc, dh, j, hj, sg_value(5, a, c, hj - vth), k, omk, vth, vr, one, hard,
-                          decay, detach)
-    elif sid == 6:
-        for j in range(n):
-            dh[j] = sg_value(6, a, c, row[j] - vth)
-        for j in range(n):
-            _reverse_lane(row, gsr, cv, gvth_acc, dh, j, row[j], dh[j], k, omk, vth, vr, one, hard, decay, detach)
-    else:
-        for j in range(n):
-            hj = row[j]
-            _reverse_lane(row, gsr, cv, gvth_acc, dh, j, hj, sg_value(7, a, c, hj - vth), k, omk, vth, vr, one, hard,
-                          decay, detach)
+    two_pass = sid in _TWO_PASS_SURROGATES
+
+    def reverse_row(row, gsr, cv, gvth_acc, dh, n, a, c, k, omk, vth, vr, one, hard, decay,
+                    detach):  # pragma: no cover - compiled
+        if two_pass:
+            for j in range(n):
+                dh[j] = sg_value(sid, a, c, row[j] - vth)
+            for j in range(n):
+                _reverse_lane(row, gsr, cv, gvth_acc, dh, j, row[j], dh[j], k, omk, vth, vr, one, hard, decay,
+                              detach)
+        else:
+            for j in range(n):
+                hj = row[j]
+                _reverse_lane(row, gsr, cv, gvth_acc, dh, j, hj, sg_value(sid, a, c, hj - vth), k, omk, vth, vr,
+                              one, hard, decay, detach)
+
+    return reverse_row
+
+
+_REVERSE_ROW_KINDS = ("f1", "f1", "f1", "f1", "f1", "i", "f", "f", "f", "f", "f", "f", "f", "b", "b", "b")
+
+
+@functools.cache
+def reverse_row_function(sid: int, dtype: str) -> CompiledFunction:
+    """Surrogate ``sid``'s reverse row function (:func:`_reverse_row_source`) compiled for ``dtype``
+    ("float32" or "float64"), or loaded from numba's disk cache; kept for the process."""
+    signature = types.void(*(numba_type(kind, dtype) for kind in _REVERSE_ROW_KINDS))
+    return compiled_function(_reverse_row_source(sid), signature, error_model="numpy", fastmath={"contract"})
 
 
 @numba.njit(parallel=True, cache=True, error_model="numpy")
 def _backward_recompute_kernel(x, v0, g_spikes, g_vseq, g_vlast, gx, gv0, gk_part, gvth_part, k, omk, vth, vr,
-                               vr_c, one, hard, decay, detach, has_gs, has_gvseq, has_gvlast, need_k, sid, alpha,
-                               sg_c, block):  # pragma: no cover - compiled
+                               vr_c, one, hard, decay, detach, has_gs, has_gvseq, has_gvlast, need_k, reverse_row,
+                               alpha, sg_c, block):  # pragma: no cover - compiled
     """Backward of the non-adaptive spikingjelly neuron without a saved ``h``.
 
     Per block of lanes, a forward sweep recomputes ``h`` with the forward kernel's exact arithmetic
@@ -397,7 +394,7 @@ def _backward_recompute_kernel(x, v0, g_spikes, g_vseq, g_vlast, gx, gv0, gk_par
                     vp0 = v0[lo:lo + n]
                     for j in range(n):
                         dk[j] = _dcharge_dk(vp0[j], xr[j], vr_c, decay)
-            _reverse_row(row, gsr, cv, gvth_acc, gh, n, sid, alpha, sg_c, k, omk, vth, vr, one, hard, decay, detach)
+            reverse_row(row, gsr, cv, gvth_acc, gh, n, alpha, sg_c, k, omk, vth, vr, one, hard, decay, detach)
             if need_k:
                 for j in range(n):
                     gk_acc[j] += gh[j] * dk[j]
@@ -415,6 +412,10 @@ _NP_DTYPE = {torch.float32: np.float32, torch.float64: np.float64}
 
 def _np(t: torch.Tensor) -> np.ndarray:
     return t.detach().numpy()
+
+
+def _dtype_name(dtype: torch.dtype) -> str:
+    return np.dtype(_NP_DTYPE[dtype]).name
 
 
 def _np_or(t: torch.Tensor | None, stand_in: np.ndarray) -> np.ndarray:
@@ -435,7 +436,7 @@ def _scalars(p: LIFParams, dtype: torch.dtype):
 
 
 def _surrogate_scalars(p: LIFParams, dtype: torch.dtype):
-    """alpha and ``sg_constant`` in the data dtype, as :func:`sg_block` takes them."""
+    """alpha and ``sg_constant`` in the data dtype, as the surrogate functions take them."""
     f = _NP_DTYPE[dtype]
     return f(p.alpha), f(sg_constant(p.sid, p.alpha))
 
@@ -502,7 +503,8 @@ def backward(x: torch.Tensor | None, v0: torch.Tensor, h: torch.Tensor, theta: t
         _np(g_vlast) if g_vlast is not None else zvec, _np(g_alast) if (adaptive and g_alast is not None) else zvec,
         _np(gx), _np(gv0), _np(ga0), gk_part, gvth_part, k, omk, vth, vr, vr_c, rho, beta, one,
         p.hard, p.decay_input, p.detach_reset, p.snn, p.snn_reset, adaptive,
-        g_spikes is not None, g_vseq is not None, need_k, p.sid, alpha, sg_c, block,
+        g_spikes is not None, g_vseq is not None, need_k, sg_block_function(p.sid, _dtype_name(h.dtype)), alpha,
+        sg_c, block,
     )
     gk = _scalar_tensor(gk_part.sum(), h.dtype)
     gvth = _scalar_tensor(gvth_part.sum(), h.dtype)
@@ -532,8 +534,8 @@ def _backward_recompute(x: torch.Tensor, v0: torch.Tensor, g_spikes: torch.Tenso
         _np(g_vseq) if g_vseq is not None else stub,
         _np(g_vlast) if g_vlast is not None else stub[0],
         _np(gx), _np(gv0), gk_part, gvth_part, k, omk, vth, vr, vr_c, one, p.hard, p.decay_input, p.detach_reset,
-        g_spikes is not None, g_vseq is not None, g_vlast is not None, bool(need_k_grad), p.sid, alpha, sg_c,
-        block,
+        g_spikes is not None, g_vseq is not None, g_vlast is not None, bool(need_k_grad),
+        reverse_row_function(p.sid, _dtype_name(x.dtype)), alpha, sg_c, block,
     )
     gk = _scalar_tensor(gk_part.sum(), x.dtype)
     gvth = _scalar_tensor(gvth_part.sum(), x.dtype)

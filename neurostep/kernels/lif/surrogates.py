@@ -5,7 +5,7 @@ The forward of a spike is a step function; its backward uses the derivative of a
 default ``alpha`` (spikingjelly 2.0's defaults; snntorch's ``fast_sigmoid`` slope 25), the
 torch derivative used by the reference backend, the torch primitive whose derivative it is
 (so tests can check the pair by finite differences), and the same derivative for numba
-(:func:`sg_block`). The triton version lives in ``surrogates_triton.py`` because importing
+(:func:`sg_block_function`). The triton version lives in ``surrogates_triton.py`` because importing
 triton here would freeze triton's interpreter setting for every importer of this module.
 
 All functions take ``x = H - theta`` (membrane minus threshold) and ``alpha`` and work
@@ -14,6 +14,7 @@ elementwise on any shape.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -25,6 +26,7 @@ from numba import types
 from numba.extending import overload
 
 from neurostep.kernels.numba_exp import vexp, vexp2_neg
+from neurostep.kernels.numba_launch import CompiledFunction, compiled_function, numba_type
 
 _PI = math.pi
 _SQRT_PI = math.sqrt(math.pi)
@@ -187,7 +189,7 @@ def sg_value(sid, a, c, z):  # pragma: no cover - compiled
     """``surrogate'(z)`` of one lane for surrogate id ``sid``, alpha ``a`` and ``c = sg_constant(sid, a)``.
 
     Scalars of one float dtype (constants are exact float32 numbers, so float32 stays float32).
-    Call it with a literal ``sid`` inside a loop (as :func:`sg_block` does): the switch then folds
+    Call it with a constant ``sid`` inside a loop (as :func:`sg_block_function`'s loop does): the switch then folds
     away and the loop vectorizes; a run-time ``sid`` inside a lane loop is not unswitched by LLVM.
     """
     if sid == 0:  # sigmoid: a*s*(1-s) = a*u/(1+u)^2 with u = exp(-a|z|) <= 1 (no overflow), c = a log2(e)
@@ -228,36 +230,26 @@ def sg_constant(sid: int, alpha: float) -> float:
     return alpha * alpha
 
 
-# FMA contraction (only) is allowed: it shortens the exp polynomial and is more accurate, and
-# nothing compares a surrogate bit-exactly.
-@numba.njit(cache=True, error_model="numpy", fastmath={"contract"})
-def sg_block(sid, a, c, z, out, n):  # pragma: no cover - compiled
-    """out[:n] = surrogate'(z[:n]) for surrogate id ``sid``, alpha ``a`` and ``c = sg_constant(sid, a)``.
+def _sg_block_source(sid: int) -> Callable[..., None]:
+    """``sg_block(a, c, z, out, n)``: ``out[:n] = surrogate'(z[:n])`` for surrogate ``sid`` (a closure: numba
+    reads ``sid`` as a constant and folds the switch of :func:`sg_value`, so the loop vectorizes)."""
 
-    z, out: distinct 1-d float arrays (same dtype) of length >= n; a, c: scalars of the data dtype.
-    One loop per surrogate, each with a literal id (see :func:`sg_value`).
-    """
-    if sid == 0:
+    def sg_block(a, c, z, out, n):  # pragma: no cover - compiled
         for j in range(n):
-            out[j] = sg_value(0, a, c, z[j])
-    elif sid == 1:
-        for j in range(n):
-            out[j] = sg_value(1, a, c, z[j])
-    elif sid == 2:
-        for j in range(n):
-            out[j] = sg_value(2, a, c, z[j])
-    elif sid == 3:
-        for j in range(n):
-            out[j] = sg_value(3, a, c, z[j])
-    elif sid == 4:
-        for j in range(n):
-            out[j] = sg_value(4, a, c, z[j])
-    elif sid == 5:
-        for j in range(n):
-            out[j] = sg_value(5, a, c, z[j])
-    elif sid == 6:
-        for j in range(n):
-            out[j] = sg_value(6, a, c, z[j])
-    else:
-        for j in range(n):
-            out[j] = sg_value(7, a, c, z[j])
+            out[j] = sg_value(sid, a, c, z[j])
+
+    return sg_block
+
+
+@functools.cache
+def sg_block_function(sid: int, dtype: str) -> CompiledFunction:
+    """``sg_block(a, c, z, out, n)`` of surrogate ``sid`` for ``dtype`` ("float32" or "float64"): ``out[:n] =
+    surrogate'(z[:n])`` with alpha ``a`` and ``c = sg_constant(sid, a)`` (scalars of the data dtype), ``z`` and
+    ``out`` distinct contiguous vectors of length >= n. Compiled (or loaded from numba's disk cache) on first
+    use and kept for the process; kernels take it as an argument of first-class function type, so a kernel
+    compiles once for every surrogate and a first call compiles only the surrogate it uses. ``.dispatcher``
+    calls it from Python. FMA contraction (only) is allowed: it shortens the exp polynomial and is more
+    accurate, and nothing compares a surrogate bit-exactly."""
+    f, v = numba_type("f", dtype), numba_type("f1", dtype)
+    signature = types.void(f, f, v, v, types.int64)
+    return compiled_function(_sg_block_source(sid), signature, error_model="numpy", fastmath={"contract"})
