@@ -86,8 +86,12 @@ def _forward_kernel(w, u, k, v, aa0, bb0, pp0, y, aa_out, bb_out, pp_out, hist, 
                     cst, block):  # pragma: no cover - numba
     B, T, C = k.shape
     nblk = (C + block - 1) // block
-    # Typed constants: a float64 literal would silently promote fp32 lanes to fp64.
-    one = np.ones(1, dtype=k.dtype)[0]
+    # Typed constants: a float64 literal would silently promote fp32 lanes to fp64. Made as a scalar, and
+    # buffers filled with loops, not as array expressions (np.ones, np.zeros): each of those is a parallel
+    # loop of its own nested in the prange body, which only costs compile time (first calls from a cold cache,
+    # float32: forward 6.1 s against 6.7-6.9 s, backward 5.0-5.5 s against 6.0-6.7 s; 2-core AMD EPYC,
+    # 2026-12-05, two runs each).
+    one = k.dtype.type(1)
     for item in numba.prange(B * nblk):
         # Unsigned indices: numba then skips its negative-index wraparound branch, which
         # otherwise blocks vectorization of the channel loops (measured 5-9x slower).
@@ -163,7 +167,7 @@ def _backward_kernel(w, u, k, v, y, hist, aa_T, bb_T, gy, g_aa, g_bb, g_pp,
                      gw, gu, gk, gv, g_aa0, g_bb0, g_pp0, accurate, cst, block):  # pragma: no cover - numba
     B, T, C = k.shape
     nblk = (C + block - 1) // block
-    one = np.ones(1, dtype=k.dtype)[0]
+    one = k.dtype.type(1)
     half = one / (one + one)
     zero = one - one
     for item in numba.prange(B * nblk):
@@ -173,8 +177,8 @@ def _backward_kernel(w, u, k, v, y, hist, aa_T, bb_T, gy, g_aa, g_bb, g_pp,
         ga = np.empty(n, dtype=k.dtype)    # dL/daa_t (after step t)
         gb = np.empty(n, dtype=k.dtype)    # dL/dbb_t
         dl = np.empty(n, dtype=k.dtype)    # dL/dpp_t not explained by aa, bb
-        sw = np.zeros(n, dtype=k.dtype)
-        su = np.zeros(n, dtype=k.dtype)
+        sw = np.empty(n, dtype=k.dtype)
+        su = np.empty(n, dtype=k.dtype)
         d1s = np.empty(n, dtype=k.dtype)
         d2s = np.empty(n, dtype=k.dtype)
         x1s = np.empty(n, dtype=k.dtype)
@@ -188,6 +192,8 @@ def _backward_kernel(w, u, k, v, y, hist, aa_T, bb_T, gy, g_aa, g_bb, g_pp,
             ga[j] = g_aa[b, c]
             gb[j] = g_bb[b, c]
             dl[j] = g_pp[b, c] - (g_aa[b, c] * aa_T[b, c] + g_bb[b, c] * bb_T[b, c])
+            sw[j] = zero
+            su[j] = zero
         for i in range(T):
             t = np.uint64(T - 1 - i)
             for j in range(n):
