@@ -85,3 +85,36 @@ def test_decayed_linear_attention_one_variant_per_dtype_with_and_without_options
     for name in ("_gather", "_scatter", "_mask_scores", "_state_pass", "_dstate_pass", "_row_dots", "_dg_scores"):
         counts = _variants_per_dtype(getattr(dla_cpu, name))
         assert set(counts.values()) == {1}, (name, getattr(dla_cpu, name).signatures)
+
+
+def _kernel_dispatchers():
+    """Every numba function defined at the top level of a module of ``neurostep.kernels``."""
+    import importlib
+    import pkgutil
+
+    import numba
+
+    import neurostep.kernels as kernels
+
+    for info in pkgutil.walk_packages(kernels.__path__, "neurostep.kernels."):
+        if info.name.endswith(("triton", "mamba_ssm_backend", "surrogates_triton")):
+            continue
+        module = importlib.import_module(info.name)
+        for name, value in vars(module).items():
+            if isinstance(value, numba.core.registry.CPUDispatcher) and value.py_func.__module__ == info.name:
+                yield f"{info.name}.{name}", value
+
+
+def test_every_kernel_and_helper_compiles_once_per_dtype_across_variants():
+    # every float32 variant forward and backward in one process (from the disk cache when warm); a helper called
+    # with a literal constant (True from one kernel, False from another) or a strided view where others pass
+    # contiguous arrays would hold a second float32 signature, one more compile on first use
+    from neurostep.kernels.precompile import variants
+
+    for name, run in variants().items():
+        if name.endswith("float32"):
+            torch.manual_seed(0)
+            run().sum().backward()
+    for name, dispatcher in _kernel_dispatchers():
+        float32 = [sig for sig in dispatcher.signatures if "float64" not in str(sig)]
+        assert len(float32) <= 1, (name, float32)

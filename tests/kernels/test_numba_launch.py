@@ -227,6 +227,22 @@ def test_a_range_kernel_is_called_through_its_address_not_compiled_into_the_laun
     assert "doubling_kernel" in llvm["kernel"]
 
 
+def _flagged(x, flag):
+    return x + 1.0 if flag else x
+
+
+def test_run_time_constants_compile_a_helper_once_for_every_value():
+    helper = numba.njit(_flagged)
+    on = numba.njit(lambda x: helper(x, numba_launch.run_time(True)))
+    off = numba.njit(lambda x: helper(x, numba_launch.run_time(False)))
+    assert (on(1.0), off(1.0)) == (2.0, 1.0)
+    assert len(helper.signatures) == 1 and "Literal" not in str(helper.signatures[0])
+    literal = numba.njit(_flagged)   # the same calls with plain constants: one compile per value
+    numba.njit(lambda x: literal(x, True))(1.0)
+    numba.njit(lambda x: literal(x, False))(1.0)
+    assert len(literal.signatures) == 2
+
+
 def test_launch_ranges_refuses_arrays_of_another_type():
     """Explicit signatures: an array of another dtype is an error, never a silent copy whose writes are lost."""
     x = np.ones(4, dtype=np.float32)

@@ -46,7 +46,7 @@ from numba import types
 from numba.extending import overload
 
 from neurostep.kernels.numba_exp import vexp, vlog1p_unit
-from neurostep.kernels.numba_launch import NoAliasCompiler, launch_ranges, range_slots, serialized
+from neurostep.kernels.numba_launch import NoAliasCompiler, launch_ranges, range_slots, run_time, serialized
 from neurostep.kernels.selective_scan.reference import SOFTPLUS_THRESHOLD
 from neurostep.memory import empty, empty_like
 
@@ -347,9 +347,9 @@ def _forward_kernel(lo, hi, slot, mixed, args):
         if mixed is not None:
             for k in range(chunk):
                 if not b_time:
-                    _fill(bks[k], B, bi, d0, 0, gs_b)
+                    _fill(bks[k], B, bi, d0, run_time(0), gs_b)
                 if not c_time:
-                    _fill(cks[k], C, ci, d0, 0, gs_c)
+                    _fill(cks[k], C, ci, d0, run_time(0), gs_c)
         for s0 in range(0, n_chunks, SPAN):
             # the lane values of a span of chunks are gathered once, channel by channel, into
             # block-local arrays (softplus and the SiLU gate computed there), so the N loop below
@@ -360,7 +360,8 @@ def _forward_kernel(lo, hi, slot, mixed, args):
             _gather_rows(uvs, u, b, d0, start, ns, w)
             if has_z:
                 _gather_rows(gts, z, b, d0, start, ns, w)
-            _prepare_chunk(dts, dts, gts, gts, biasv, d0, ns, w, softplus, has_z, False, one, threshold)
+            _prepare_chunk(dts, dts, gts, gts, biasv, d0, ns, w, softplus, has_z, run_time(False), one,
+                           threshold)
             for k0 in range(0, ns, chunk):
                 nk = min(chunk, ns - k0)
                 for n in range(n_state):   # the state entering each chunk is its checkpoint
@@ -636,12 +637,12 @@ def _backward_kernel(lo, hi, slot, mixed, args):
             if not b_time:
                 if mixed is not None:
                     for k in range(chunk):
-                        _fill(bks[k], B, bi, d0, 0, gs_b)
+                        _fill(bks[k], B, bi, d0, run_time(0), gs_b)
                 acc_b[:, :] = 0
             if not c_time:
                 if mixed is not None:
                     for k in range(chunk):
-                        _fill(cks[k], C, ci, d0, 0, gs_c)
+                        _fill(cks[k], C, ci, d0, run_time(0), gs_c)
                 acc_c[:, :] = 0
             for s0 in range((n_chunks - 1) // SPAN * SPAN, -1, -SPAN):
                 s_start = s0 * chunk
@@ -651,7 +652,8 @@ def _backward_kernel(lo, hi, slot, mixed, args):
                 _gather_rows(gs, gout, b, d0, s_start, ns, w)
                 if has_z:
                     _gather_rows(gts, z, b, d0, s_start, ns, w)
-                _prepare_chunk(dts, spd, gts, gzd, biasv, d0, ns, w, softplus, has_z, True, one, threshold)
+                _prepare_chunk(dts, spd, gts, gzd, biasv, d0, ns, w, softplus, has_z, run_time(True), one,
+                               threshold)
                 for c in range(min(s0 + SPAN, n_chunks) - 1, s0 - 1, -1):
                     start = c * chunk
                     nk = min(length, start + chunk) - start
