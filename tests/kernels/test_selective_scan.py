@@ -405,7 +405,7 @@ def test_blocks_in_one_group_compile_only_the_scalar_path(monkeypatch):
                 torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
     assert requested == [("_forward_kernel", True), ("_backward_kernel", True),
                          ("_forward_kernel", False), ("_backward_kernel", False)]
-    for kernel, kinds in ((cpu._forward_kernel, cpu._FORWARD_KINDS), (cpu._backward_kernel, cpu._BACKWARD_KINDS)):
+    for kernel, kinds in ((cpu._forward_kernel, cpu._KINDS), (cpu._backward_kernel, cpu._KINDS)):
         for variant, want in (("none", types.none), ("i8", types.int8[::1])):
             compiled = numba_launch.range_kernel(kernel, kinds, "float32", variant)
             assert [sig[3] for sig in compiled.dispatcher.signatures] == [want]

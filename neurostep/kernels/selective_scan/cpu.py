@@ -311,7 +311,8 @@ def _forward_chunk_of_typed(mixed, x, a, dts, uvs, k0, nk, dvl, B, bi, gb, lb0, 
 
 
 def _forward_kernel(lo, hi, slot, mixed, args):
-    u, delta, biasv, softplus, At, B, C, Dv, z, has_z, h0t, gs_b, gs_c, chunk, one, threshold, out, last, ckpt, w = args
+    (u, delta, biasv, softplus, At, B, C, Dv, z, has_z, ckpt, gs_b, gs_c, chunk, one, threshold, w, h0t, out, last,
+     _, _, _, _, _, _, _, _, _, _, _) = args   # _: the backward's fields (see _ARGS)
     # ``w`` is W passed at run time, as in the backward (see there). ``mixed`` is None when every block
     # reads one B group and one C group (:func:`every_block_in_one_group`), else an empty array: numba
     # prunes the branches on ``mixed is None`` while typing, so each call compiles only its path
@@ -575,8 +576,8 @@ def _adjoint_and_terms_of_typed(mixed, dx, dxs, xs, dec, a, dts, uvs, gs, k0, nk
 
 
 def _backward_kernel(lo, hi, slot, mixed, args):
-    (gout, glast, u, delta, biasv, softplus, At, B, C, Dv, z, has_z, ckpt, gs_b, gs_c, chunk, one, threshold, du_out,
-     ddelta_out, dAt, dBbuf, dCbuf, dDv, dbias, dz_out, dh0t, w) = args
+    (u, delta, biasv, softplus, At, B, C, Dv, z, has_z, ckpt, gs_b, gs_c, chunk, one, threshold, w, _, _, _,
+     gout, glast, du_out, ddelta_out, dAt, dBbuf, dCbuf, dDv, dbias, dz_out, dh0t) = args   # _: the forward's (_ARGS)
     # ``w`` is W passed at run time: with a compile-time trip count of 16, LLVM fully unrolls the
     # cheap lane loops left here and leaves them scalar (the SLP pass cannot prove the block arrays
     # disjoint); with a run-time count the loop vectorizer handles them. The per-step loops over
@@ -724,11 +725,39 @@ def _backward_kernel(lo, hi, slot, mixed, args):
             dbias[d0 + j] = dbias_acc[j]
 
 
-# Kinds (:func:`neurostep.kernels.numba_launch.numba_type`) of the kernels' ``args``, in their order.
-_FORWARD_KINDS = ("f3", "f3", "f1", "b", "f2", "f4", "f4", "f1", "f3", "b", "f3", "i", "i", "i", "f", "f", "f3", "f3",
-                  "f4", "i")
-_BACKWARD_KINDS = ("f3", "f3", "f3", "f3", "f1", "b", "f2", "f4", "f4", "f1", "f3", "b", "f4", "i", "i", "i", "f", "f",
-                   "f3", "f3", "f2", "f5", "f5", "f1", "f1", "f3", "f3", "i")
+# The kernels' ``args``: names and kinds (:func:`neurostep.kernels.numba_launch.numba_type`), in order. One layout
+# for both kernels, so that they share one compiled launcher (a launcher compiles per argument layout: about
+# 1 s of the backward's first call from a cold cache, 2-core AMD EPYC, 2026-12-05); each kernel reads the
+# fields it needs and gets 1-element stand-ins for the others' (:func:`_kernel_args`).
+_ARGS = (("u", "f3"), ("delta", "f3"), ("biasv", "f1"), ("softplus", "b"), ("At", "f2"), ("B", "f4"), ("C", "f4"),
+         ("Dv", "f1"), ("z", "f3"), ("has_z", "b"), ("ckpt", "f4"), ("gs_b", "i"), ("gs_c", "i"), ("chunk", "i"),
+         ("one", "f"), ("threshold", "f"), ("w", "i"),
+         # the forward's
+         ("h0t", "f3"), ("out", "f3"), ("last", "f3"),
+         # the backward's
+         ("gout", "f3"), ("glast", "f3"), ("du_out", "f3"), ("ddelta_out", "f3"), ("dAt", "f2"), ("dBbuf", "f5"),
+         ("dCbuf", "f5"), ("dDv", "f1"), ("dbias", "f1"), ("dz_out", "f3"), ("dh0t", "f3"))
+_KINDS = tuple(kind for _, kind in _ARGS)
+_ARG_NAMES = frozenset(name for name, _ in _ARGS)
+
+
+def _kernel_args(dtype: np.dtype, **fields) -> tuple:
+    """The kernels' ``args`` in the order of :data:`_ARGS`, the fields not given as stand-ins of their kind."""
+    if not fields.keys() <= _ARG_NAMES:
+        raise TypeError(f"unknown kernel arguments {sorted(fields.keys() - _ARG_NAMES)}")
+    return tuple(fields[name] if name in fields else _stand_in(kind, dtype) for name, kind in _ARGS)
+
+
+@functools.cache
+def _stand_in(kind: str, dtype: np.dtype):
+    """A value of ``kind`` for a field the kernel does not read (one per kind and dtype, shared: never written)."""
+    if kind == "b":
+        return False
+    if kind == "i":
+        return 0
+    if kind == "f":
+        return dtype.type(0)
+    return np.empty((1,) * int(kind[1:]), dtype=dtype)
 
 
 def _np(t: torch.Tensor) -> np.ndarray:
@@ -790,10 +819,11 @@ def forward(u, delta, A, B, C, D, z, delta_bias, h0, delta_softplus):
     ckpt = empty(saved_shape(batch, dim, length, n_state), u.dtype)
     one, threshold = _constants(u.dtype)
     n_items = batch * (dpad // W)
-    launch_ranges(_forward_kernel, _FORWARD_KINDS, range_slots(n_items), n_items, _mixed(dim, B, C),
-                  (_np(up), _np(dp), _np(biasv), bool(delta_softplus), _np(At), _np(Bk), _np(Ck), _np(Dv), _np(zp),
-                   z is not None, _np(h0t), dim // B.shape[1], dim // C.shape[1], CHUNK, one, threshold, _np(out),
-                   _np(last), _np(ckpt), W))
+    args = _kernel_args(one.dtype, u=_np(up), delta=_np(dp), biasv=_np(biasv), softplus=bool(delta_softplus),
+                        At=_np(At), B=_np(Bk), C=_np(Ck), Dv=_np(Dv), z=_np(zp), has_z=z is not None, ckpt=_np(ckpt),
+                        gs_b=dim // B.shape[1], gs_c=dim // C.shape[1], chunk=CHUNK, one=one, threshold=threshold, w=W,
+                        h0t=_np(h0t), out=_np(out), last=_np(last))
+    launch_ranges(_forward_kernel, _KINDS, range_slots(n_items), n_items, _mixed(dim, B, C), args)
     if dpad != dim:
         out = out[:, :dim].contiguous()
     return out, last[..., :dim].transpose(1, 2).contiguous(), ckpt
@@ -819,11 +849,13 @@ def backward(grad_out, grad_last, u, delta, A, B, C, D, z, delta_bias, h0, saved
     dz = empty_like(up) if z is not None else u.new_empty(1, 1, 1)
     dh0t = u.new_empty(batch, n_state, dpad)
     one, threshold = _constants(u.dtype)
-    launch_ranges(_backward_kernel, _BACKWARD_KINDS, n_slots, n_items, _mixed(dim, B, C),
-                  (_np(gp), _np(glast), _np(up), _np(dp), _np(biasv), bool(delta_softplus), _np(At), _np(Bk), _np(Ck),
-                   _np(Dv), _np(zp), z is not None, _np(saved), dim // B.shape[1], dim // C.shape[1], CHUNK, one,
-                   threshold, _np(du), _np(ddelta), _np(dAt), _np(dBbuf), _np(dCbuf), _np(dDv), _np(dbias), _np(dz),
-                   _np(dh0t), W))
+    args = _kernel_args(one.dtype, u=_np(up), delta=_np(dp), biasv=_np(biasv), softplus=bool(delta_softplus),
+                        At=_np(At), B=_np(Bk), C=_np(Ck), Dv=_np(Dv), z=_np(zp), has_z=z is not None, ckpt=_np(saved),
+                        gs_b=dim // B.shape[1], gs_c=dim // C.shape[1], chunk=CHUNK, one=one, threshold=threshold, w=W,
+                        gout=_np(gp), glast=_np(glast), du_out=_np(du), ddelta_out=_np(ddelta), dAt=_np(dAt),
+                        dBbuf=_np(dBbuf), dCbuf=_np(dCbuf), dDv=_np(dDv), dbias=_np(dbias), dz_out=_np(dz),
+                        dh0t=_np(dh0t))
+    launch_ranges(_backward_kernel, _KINDS, n_slots, n_items, _mixed(dim, B, C), args)
     if dpad != dim:
         du, ddelta, dz = du[:, :dim], ddelta[:, :dim], (dz[:, :dim] if z is not None else dz)
     dB = dBbuf.sum(0).transpose(-1, -2).contiguous()
