@@ -8,7 +8,7 @@ decorates every CPU kernel entry point: under ``workqueue`` it lets one launch r
 under the other layers it adds one attribute read per call and nothing else.
 
 The first launch also registers a :class:`CompileNotice` with numba's event API, so that a kernel
-compiling on its first use (up to about 10 seconds each on a fresh machine; numba's disk cache serves
+compiling on its first use (up to about 8 seconds each on a fresh machine; numba's disk cache serves
 every later process) says so instead of leaving the user at a silent prompt, and starts numba's thread
 pool without changing torch's thread count (:func:`start_threads`).
 
@@ -44,7 +44,7 @@ class CompileNotice(numba_event.Listener):
     and one when it ends, with the seconds it took.
 
     A kernel compiles on its first call in a process whose numba cache lacks it (a fresh clone, a new
-    dtype or layout); a large one takes about 10 s, during which nothing else happens. The lines go
+    dtype or layout); a large one takes up to about 8 s, during which nothing else happens. The lines go
     to ``stream`` when it is a terminal and to the ``neurostep.kernels`` logger (INFO) otherwise, so
     logs and batch jobs stay quiet unless logging asks for them. Only the outermost compilation is
     reported: helpers compiled on the way belong to it.

@@ -1,10 +1,10 @@
 """Compile every CPU kernel variant into numba's disk cache ahead of the first call.
 
 A kernel compiles on its first call in a process whose numba cache lacks it: from about 1 s (linear
-scan) to about 8-11 s (the selective scan's and the LIF's backward, with the machine's speed) on
-a 2-core machine (``benchmarks/results/compile_time.json``). Running this module once on a machine
+scan) to about 7-8.5 s (the decayed linear attention's forward, the selective scan's backward, with the
+machine's speed) on a 2-core machine (``benchmarks/results/compile_time.json``). Running this module once on a machine
 makes every later first call load from the cache instead (under 1 s); all 22 variants take about
-115 s of 2 cores, which is why ``make venv`` does not run it. It runs each op's forward and backward on tiny inputs in
+110 s of 2 cores, which is why ``make venv`` does not run it. It runs each op's forward and backward on tiny inputs in
 every variant the kernels compile separately: float32 and float64, and the layouts with a compilation
 of their own (the selective scan's B/C groups that do or do not align with its channel blocks; the LIF
 backward that recomputes the membrane and the one that reads a saved one), and for the LIF the loop of

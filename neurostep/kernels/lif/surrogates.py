@@ -140,7 +140,7 @@ def get_surrogate(name: str) -> Surrogate:
 
 
 # ---------------------------------------------------------------------------------------------
-# numba: the derivative per lane (sg_value) and over a contiguous block of lanes (sg_block).
+# numba: the derivative per lane (sg_value) and over a contiguous block of lanes (sg_block_function).
 #
 # numba's math.exp is a scalar libm call (no SVML here), so the exp-based surrogates use
 # kernels.numba_exp.vexp, which vectorizes in float32 (and is math.exp in float64).
@@ -218,7 +218,7 @@ def sg_value(sid, a, c, z):  # pragma: no cover - compiled
 
 
 def sg_constant(sid: int, alpha: float) -> float:
-    """The per-surrogate constant that :func:`sg_block` takes (computed on the host in the data dtype)."""
+    """The per-surrogate constant that :func:`sg_block_function` takes (computed on the host in the data dtype)."""
     if sid == 0:
         return alpha * _LOG2E
     if sid == 1:
