@@ -3,15 +3,19 @@
 glibc's malloc serves blocks of a few megabytes with ``mmap``, or trims them off the top of the
 heap when they are freed, so the same activations of the next training step land on fresh pages and
 every 4 KB page faults on first touch. :func:`retain_freed_memory` (process-wide) keeps freed blocks
-for reuse; :func:`empty`, which the CPU kernels allocate their large outputs with, puts a block that
-is fresh anyway on memory that faults in 2 MB pages.
+for reuse; :func:`empty`, which the CPU kernels allocate their large outputs with, reuses the blocks of
+earlier outputs (:func:`output_pool`) and puts a fresh block on memory that faults in 2 MB pages.
 """
 
 from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import functools
 import math
+import os
+import threading
+import weakref
 
 import numpy as np
 import torch
@@ -55,26 +59,143 @@ def retain_freed_memory(*, large_blocks: bool = False) -> bool:
 # NumPy asks the kernel for transparent huge pages (madvise MADV_HUGEPAGE) on every block it allocates from
 # this size up, on Linux; torch's CPU allocator does not unless THP_MEM_ALLOC_ENABLE is set before torch starts.
 _HUGE_PAGE_MIN_BYTES = 1 << 22
+_HUGE_PAGE = 1 << 21
+_DEFAULT_POOL_LIMIT = 256 << 20
 _NUMPY_DTYPES = {torch.float32: np.float32, torch.float64: np.float64, torch.float16: np.float16,
                  torch.int64: np.int64, torch.int32: np.int32, torch.int8: np.int8, torch.uint8: np.uint8,
                  torch.bool: np.bool_}
+
+
+class BlockPool:
+    """Large blocks freed by kernel outputs, kept for the next output of the same size (thread-safe, capped).
+
+    An op called in a loop returns outputs of the same sizes every call. Where glibc has unmapped or
+    trimmed the previous call's blocks (which depends on everything else the process allocated in
+    between), a fresh block costs a page fault per page and the kernel's zeroing of it, which can take
+    longer than the op itself (measurements on the design page, ``docs/design.md``, Memory). The pool
+    hands such a block straight back.
+
+    Blocks are whole multiples of 2 MB that start on a 2 MB boundary, so that every page of them can be
+    a huge page. A block returns to the pool when the last reference to its tensor (and to every view of
+    it) is gone, and is kept while the pool holds at most ``limit_bytes``; beyond that it goes back to
+    the C library. ``limit_bytes = 0`` keeps none.
+    """
+
+    def __init__(self, limit_bytes: int = _DEFAULT_POOL_LIMIT) -> None:
+        self._free: dict[int, list[np.ndarray]] = {}
+        self._cached = 0
+        self._hits = 0
+        self._misses = 0
+        # a block comes back in whichever thread drops its tensor, possibly inside a garbage collection
+        # that started while this thread held the lock: a re-entrant lock
+        self._lock = threading.RLock()
+        self.limit_bytes = limit_bytes
+
+    @property
+    def limit_bytes(self) -> int:
+        """The most bytes the pool keeps while nothing uses them."""
+        return self._limit
+
+    @limit_bytes.setter
+    def limit_bytes(self, value: int) -> None:
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise ValueError(f"limit_bytes must be a non-negative int, got {value!r}")
+        self._limit = value
+        self._trim()
+
+    @property
+    def cached_bytes(self) -> int:
+        """Bytes of the blocks waiting in the pool."""
+        return self._cached
+
+    def stats(self) -> dict[str, int]:
+        """``hits`` (blocks reused), ``misses`` (blocks allocated), ``cached_bytes``, ``limit_bytes``."""
+        with self._lock:
+            return {"hits": self._hits, "misses": self._misses, "cached_bytes": self._cached,
+                    "limit_bytes": self._limit}
+
+    def clear(self) -> None:
+        """Give every waiting block back to the C library."""
+        with self._lock:
+            self._free, self._cached = {}, 0
+
+    def empty(self, shape: tuple[int, ...], np_dtype: type) -> np.ndarray:
+        """An uninitialised C-contiguous array on a pooled block (a reused one where the pool has one of
+        the size)."""
+        itemsize = np.dtype(np_dtype).itemsize
+        nbytes = -(-math.prod(shape) * itemsize // _HUGE_PAGE) * _HUGE_PAGE
+        block = self._take(nbytes)
+        if block is None:
+            raw = np.empty(nbytes + _HUGE_PAGE, dtype=np.uint8)  # NumPy advises huge pages for the whole of it
+            start = -raw.ctypes.data % _HUGE_PAGE
+            block = raw[start:start + nbytes]
+        array = block[:math.prod(shape) * itemsize].view(np_dtype).reshape(shape)
+        # ``array`` is seen only by the tensor made from it (torch.from_numpy keeps it alive for as long as
+        # the tensor's storage lives), so the block is free when ``array`` is collected
+        weakref.finalize(array, self._give_back, block).atexit = False
+        return array
+
+    def _take(self, nbytes: int) -> np.ndarray | None:
+        with self._lock:
+            blocks = self._free.get(nbytes)
+            if blocks:
+                self._hits += 1
+                self._cached -= nbytes
+                return blocks.pop()
+            self._misses += 1
+            return None
+
+    def _give_back(self, block: np.ndarray) -> None:
+        nbytes = block.nbytes
+        with self._lock:
+            if self._cached + nbytes > self._limit:
+                return
+            self._free.setdefault(nbytes, []).append(block)
+            self._cached += nbytes
+
+    def _trim(self) -> None:
+        with self._lock:
+            for nbytes in sorted(self._free, reverse=True):
+                blocks = self._free[nbytes]
+                while blocks and self._cached > self._limit:
+                    blocks.pop()
+                    self._cached -= nbytes
+
+    def _forget_after_fork(self) -> None:
+        # a forked child gets a copy of the blocks (copy-on-write) and maybe a lock that another thread held
+        self._lock = threading.RLock()
+        self._free, self._cached = {}, 0
+
+
+@functools.cache
+def output_pool() -> BlockPool:
+    """The process's pool of large kernel-output blocks (made on first use): see :class:`BlockPool`.
+
+    ``output_pool().limit_bytes`` sets how much it keeps (256 MB by default; 0 turns reuse off),
+    ``output_pool().clear()`` frees what it holds, ``output_pool().stats()`` counts its reuse.
+    """
+    pool = BlockPool()
+    if hasattr(os, "register_at_fork"):
+        os.register_at_fork(after_in_child=pool._forget_after_fork)
+    return pool
 
 
 def empty(shape: tuple[int, ...] | torch.Size, dtype: torch.dtype) -> torch.Tensor:
     """An uninitialised contiguous CPU tensor for a kernel's output, on memory that may use 2 MB pages.
 
     A freshly allocated output of a few megabytes or more lands on new pages, and the first write to each
-    4 KB page faults (and the kernel zeroes it). Blocks of 4 MB and more are allocated through NumPy, which
-    marks them for transparent huge pages where the system allows it (Linux with THP in ``madvise`` or
-    ``always`` mode), so that one fault maps 2 MB. Smaller blocks, dtypes NumPy lacks (bfloat16) and other
-    systems get ``torch.empty``. The tensor is an ordinary CPU tensor, except that its storage cannot be
-    resized in place.
+    4 KB page faults (and the kernel zeroes it). Blocks of 4 MB and more come from :func:`output_pool`:
+    a block that an earlier output of the same size (rounded up to 2 MB) freed, or a new one allocated
+    through NumPy, which marks it for transparent huge pages where the system allows it (Linux with THP in
+    ``madvise`` or ``always`` mode), so that one fault maps 2 MB. Smaller blocks, dtypes NumPy lacks
+    (bfloat16) and other systems get ``torch.empty``. The tensor is an ordinary CPU tensor, except that its
+    storage cannot be resized in place.
     """
     np_dtype = _NUMPY_DTYPES.get(dtype)
     numel = math.prod(shape)
     if np_dtype is None or numel * dtype.itemsize < _HUGE_PAGE_MIN_BYTES:
         return torch.empty(shape, dtype=dtype)
-    return torch.from_numpy(np.empty(tuple(shape), dtype=np_dtype))
+    return torch.from_numpy(output_pool().empty(tuple(shape), np_dtype))
 
 
 def empty_like(t: torch.Tensor) -> torch.Tensor:

@@ -1,13 +1,16 @@
-"""neurostep.retain_freed_memory: glibc keeps freed blocks for reuse, so repeated steps stop faulting."""
+"""neurostep.memory: glibc keeps freed blocks for reuse (retain_freed_memory), kernel outputs come from a pool of
+2 MB-aligned blocks (BlockPool), so repeated steps stop faulting."""
 
 import os
 import subprocess
 import sys
+import threading
 
+import numpy as np
 import pytest
 import torch
 
-from neurostep.memory import empty, empty_like
+from neurostep.memory import BlockPool, empty, empty_like, output_pool
 
 _FAULTS_SCRIPT = """
 import resource, sys
@@ -168,3 +171,107 @@ def test_the_cpu_lif_kernels_outputs_fault_in_2mb_pages():
     # the spikes and the input gradient, 64 MB each, without huge pages 16,384 faults apiece
     out = subprocess.run([sys.executable, "-c", _LIF_SCRIPT], capture_output=True, text=True, check=True)
     assert int(out.stdout) < 6000
+
+
+_MB = 1 << 20
+
+
+def test_a_freed_block_is_reused_by_the_next_array_of_its_rounded_size():
+    pool = BlockPool()
+    a = pool.empty((_MB,), np.float32)  # 4 MB
+    address = a.ctypes.data
+    assert address % (2 * _MB) == 0  # every page of it can be a huge page
+    del a
+    assert pool.cached_bytes == 4 * _MB
+    # another dtype and shape of the same size (rounded up to whole 2 MB) gets the same memory
+    b = pool.empty((3, 170_000), np.float64)
+    assert b.ctypes.data == address and b.shape == (3, 170_000) and b.dtype == np.float64
+    assert pool.cached_bytes == 0
+    c = pool.empty((_MB,), np.float32)  # none waiting: a new block
+    assert c.ctypes.data != address
+    assert pool.stats()["hits"] == 1 and pool.stats()["misses"] == 2
+
+
+def test_a_block_stays_out_of_the_pool_while_a_view_of_its_tensor_lives():
+    pool = BlockPool()
+    t = torch.from_numpy(pool.empty((2 * _MB,), np.float32))
+    view, as_numpy = t[1:], t.numpy()
+    del t
+    assert pool.cached_bytes == 0
+    fresh = pool.empty((2 * _MB,), np.float32)
+    assert fresh.ctypes.data != view.data_ptr() - 4
+    fresh[:] = 1.0
+    view.fill_(2.0)
+    assert (fresh == 1.0).all() and float(as_numpy[1]) == 2.0
+    del view
+    assert pool.cached_bytes == 0  # the numpy array still holds it
+    del as_numpy
+    assert pool.cached_bytes == 8 * _MB
+
+
+def test_the_pool_keeps_at_most_its_limit():
+    pool = BlockPool(limit_bytes=10 * _MB)
+    blocks = [pool.empty((_MB,), np.float32) for _ in range(4)]  # 4 x 4 MB
+    del blocks
+    assert pool.cached_bytes == 8 * _MB
+    pool.limit_bytes = 5 * _MB  # lowering the limit frees what is above it
+    assert pool.cached_bytes == 4 * _MB
+    pool.limit_bytes = 0
+    assert pool.cached_bytes == 0
+    pool.empty((_MB,), np.float32)  # dropped at once: not kept
+    assert pool.cached_bytes == 0
+    pool.limit_bytes = 64 * _MB
+    a = pool.empty((_MB,), np.float32)
+    del a
+    pool.clear()
+    assert pool.cached_bytes == 0
+    for bad in (-1, 1.5, True):
+        with pytest.raises(ValueError, match="limit_bytes"):
+            pool.limit_bytes = bad
+
+
+def test_threads_never_get_the_same_block_at_once():
+    pool = BlockPool(limit_bytes=24 * _MB)
+    errors = []
+
+    def work(value):
+        for _ in range(200):
+            a = pool.empty((_MB // 2 * (1 + value % 2),), np.float32)
+            a[:] = value
+            if not (a == value).all():
+                errors.append(value)
+
+    threads = [threading.Thread(target=work, args=(v,)) for v in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    assert 0 < pool.cached_bytes <= 24 * _MB
+    stats = pool.stats()
+    assert stats["hits"] + stats["misses"] == 800 and stats["hits"] > 700
+
+
+def test_the_cpu_kernels_outputs_come_back_from_the_pool():
+    from neurostep.kernels.lif import lif_scan
+
+    pool = output_pool()
+    limit = pool.limit_bytes
+    x, g = torch.randn(32, 65536), torch.ones(32, 65536)  # 8 MB: spikes and input gradient from the pool
+
+    def step():
+        s, _ = lif_scan(x.detach().requires_grad_(True), tau_inv=0.5, v_threshold=1.0, v_reset=0.0, backend="cpu")
+        s.backward(g)
+
+    try:
+        step()
+        before = pool.stats()
+        step()
+        step()
+        after = pool.stats()
+        assert after["hits"] - before["hits"] >= 4 and after["misses"] == before["misses"]
+        pool.limit_bytes = 0
+        step()
+        assert pool.stats()["hits"] == after["hits"]
+    finally:
+        pool.limit_bytes = limit
