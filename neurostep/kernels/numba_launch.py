@@ -206,6 +206,35 @@ def numba_type(kind: str, dtype: str) -> types.Type:
     raise ValueError(f"unknown argument kind {kind!r} (one of i, b, f, fR, i8, none)")
 
 
+def stand_in(kind: str, dtype: str | np.dtype) -> Any:
+    """A value of ``kind`` (:func:`numba_type`) for a kernel argument that this call of the kernel does not read.
+
+    A kernel that takes an optional array compiles once when every call passes an array of the same type:
+    ``None``, or a strided view such as ``out[:, :, 0]``, would be typed differently and compile a second
+    variant (the decayed linear attention's first forward spent 2.5 s compiling its gathers with such a view
+    as the stand-in, against 1.5 s; 2-core AMD EPYC, 2026-12-05). The value is one per kind and dtype for the
+    process, shared by every caller: kernels must never write it. Arrays have one element per dimension.
+    """
+    return _stand_in(kind, np.dtype(dtype).name)
+
+
+@functools.cache
+def _stand_in(kind: str, dtype: str) -> Any:
+    if kind == "b":
+        return False
+    if kind == "i":
+        return 0
+    if kind == "none":
+        return None
+    if kind == "i8":
+        return np.empty(1, dtype=np.int8)
+    if kind == "f":
+        return np.dtype(dtype).type(0)
+    if kind[:1] == "f" and kind[1:].isdigit():
+        return np.empty((1,) * int(kind[1:]), dtype=dtype)
+    raise ValueError(f"unknown argument kind {kind!r} (one of i, b, f, fR, i8, none)")
+
+
 def range_kernel_signature(kinds: tuple[str, ...], dtype: str, variant: str) -> Signature:
     """``void(lo, hi, slot, variant, args)``: ``variant`` of kind ``"none"`` or ``"i8"``, ``args`` a tuple of
     arguments of these kinds (:func:`numba_type`)."""

@@ -285,3 +285,19 @@ def test_the_first_kernel_keeps_torchs_thread_count():
     torch_after, numba_after, torch_set, numba_set = map(int, done.stdout.split())
     assert (torch_after, numba_after) == (1, 2)   # numba's kernels keep numba's own count
     assert (torch_set, numba_set) == (1, 1)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("kind", ["i", "b", "f", "f1", "f2", "f5", "i8", "none"])
+def test_a_stand_in_has_the_type_of_its_kind_and_is_shared(kind, dtype):
+    value = numba_launch.stand_in(kind, dtype)
+    # the type a real argument of the kind has: a call with the stand-in reuses that call's compiled variant
+    assert numba.typeof(value) == numba_launch.numba_type(kind, dtype)
+    assert numba_launch.stand_in(kind, np.dtype(dtype)) is value
+    if isinstance(value, np.ndarray):
+        assert value.size == 1
+
+
+def test_a_stand_in_of_an_unknown_kind_is_refused():
+    with pytest.raises(ValueError, match="unknown argument kind"):
+        numba_launch.stand_in("q", "float32")

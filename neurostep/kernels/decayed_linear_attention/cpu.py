@@ -75,7 +75,7 @@ import numpy as np
 import torch
 
 from neurostep.kernels.numba_exp import vexp
-from neurostep.kernels.numba_launch import serialized
+from neurostep.kernels.numba_launch import serialized, stand_in
 from neurostep.kernels.numba_sum import vsum
 from neurostep.memory import empty, empty_like
 
@@ -387,22 +387,14 @@ def _launch(kernel, *args) -> None:
     kernel(*args)
 
 
-def _unused_factor(like: torch.Tensor) -> np.ndarray:
-    """A stand-in for an absent ``factor`` of :func:`_gather` or :func:`_scatter`, which they do not read: a
-    contiguous 2-D array like the factors they are given, so that both cases share one compiled variant (a
-    view such as ``out[:, :, 0]`` is a strided array type, compiled again: the first forward's gathers took
-    2.5 s of compiling against 1.5 s, the first backward's scatters 1.8 s against none, 2-core AMD EPYC,
-    2026-12-05)."""
-    return np.empty((1, 1), dtype=_np(like).dtype)
-
-
 def _to_blocks(x: torch.Tensor, out: torch.Tensor, heads: int, scaled: torch.Tensor | None = None,
                factor: torch.Tensor | None = None) -> torch.Tensor:
     """:func:`_gather` of ``x`` into ``out`` for ``heads`` heads (and ``scaled = out * factor`` if given);
     returns ``out``."""
     has = scaled is not None
-    _launch(_gather, _np(x), _np(out), heads, _np(scaled if has else out), _np(factor) if has else _unused_factor(out),
-            has)
+    # an absent factor: a stand-in of the factors' type, so that both cases share one compiled variant
+    _launch(_gather, _np(x), _np(out), heads, _np(scaled if has else out),
+            _np(factor) if has else stand_in("f2", _np(out).dtype), has)
     return out
 
 
@@ -410,8 +402,8 @@ def _from_blocks(a: torch.Tensor, out: torch.Tensor, heads: int, factor: torch.T
                  c: torch.Tensor | None = None) -> torch.Tensor:
     """:func:`_scatter`: ``out`` = the sum over each group's heads of ``a * factor``, plus ``c`` (each term if
     given), in ``out``'s layout; returns ``out``."""
-    _launch(_scatter, _np(a), heads, _np(factor) if factor is not None else _unused_factor(a), factor is not None,
-            _np(c if c is not None else a), c is not None, _np(out))
+    _launch(_scatter, _np(a), heads, _np(factor) if factor is not None else stand_in("f2", _np(a).dtype),
+            factor is not None, _np(c if c is not None else a), c is not None, _np(out))
     return out
 
 

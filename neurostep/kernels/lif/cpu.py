@@ -31,7 +31,7 @@ from numba import prange, types
 from neurostep.engine import check_numba_input
 from neurostep.kernels.lif.common import LIFParams
 from neurostep.kernels.lif.surrogates import sg_block_function, sg_constant, sg_value
-from neurostep.kernels.numba_launch import CompiledFunction, compiled_function, numba_type, serialized
+from neurostep.kernels.numba_launch import CompiledFunction, compiled_function, numba_type, serialized, stand_in
 from neurostep.kernels.numba_sum import vsum64
 from neurostep.memory import empty_like
 
@@ -453,7 +453,7 @@ def forward(x: torch.Tensor, v0: torch.Tensor, a0: torch.Tensor | None, p: LIFPa
     # Outputs the call does not return are one-element numpy stand-ins that the kernel skips: not
     # lane-sized arrays whose fresh pages every call pays for (at T=4, Spikformer's case, the lane-sized
     # side arrays are a large share of the op's traffic), nor torch tensors (a microsecond or more each).
-    stub = np.empty((1, 1), dtype=np_dtype)
+    stub, stub1 = stand_in("f2", np_dtype), stand_in("f1", np_dtype)
     h = empty_like(x) if save_h else None
     theta = empty_like(x) if adaptive else None
     vseq = empty_like(x) if need_vseq else None
@@ -463,12 +463,12 @@ def forward(x: torch.Tensor, v0: torch.Tensor, a0: torch.Tensor | None, p: LIFPa
     # size is a parallel region, which waits for torch's worker thread to be scheduled (milliseconds on a
     # loaded machine).
     if not adaptive:
-        a0_arr = stub[0]
+        a0_arr = stub1
     else:
         a0_arr = _np(a0) if a0 is not None else np.zeros(N, dtype=np_dtype)
     k, omk, vth, vr, vr_c, rho, beta, one = _scalars(p, x.dtype)
     _forward_kernel(_np(x), _np(v0), a0_arr, _np(spikes), _np_or(h, stub), _np_or(theta, stub), _np_or(vseq, stub),
-                    _np(v_last), _np_or(a_last, stub[0]), k, omk, vth, vr, vr_c, rho, beta, one, p.hard,
+                    _np(v_last), _np_or(a_last, stub1), k, omk, vth, vr, vr_c, rho, beta, one, p.hard,
                     p.decay_input, p.snn, p.snn_reset, adaptive, need_vseq, _block_size(N))
     return spikes, v_last, a_last, vseq, h, theta
 
@@ -520,7 +520,6 @@ def _backward_recompute(x: torch.Tensor, v0: torch.Tensor, g_spikes: torch.Tenso
     np_dtype = _NP_DTYPE[x.dtype]
     # absent gradients: a row of zeros only where the kernel reads one (the spikes'); one-element
     # stand-ins for the others, which the kernel skips (lane-sized zeros would fault in fresh pages)
-    stub = np.zeros((1, 1), dtype=np_dtype)
     block = _recompute_block(N, T, x.element_size())
     nb = -(-N // block)
     gx = empty_like(x)
@@ -531,8 +530,8 @@ def _backward_recompute(x: torch.Tensor, v0: torch.Tensor, g_spikes: torch.Tenso
     alpha, sg_c = _surrogate_scalars(p, x.dtype)
     _backward_recompute_kernel(
         _np(x), _np(v0), _np(g_spikes) if g_spikes is not None else np.zeros((1, N), dtype=np_dtype),
-        _np(g_vseq) if g_vseq is not None else stub,
-        _np(g_vlast) if g_vlast is not None else stub[0],
+        _np(g_vseq) if g_vseq is not None else stand_in("f2", np_dtype),
+        _np(g_vlast) if g_vlast is not None else stand_in("f1", np_dtype),
         _np(gx), _np(gv0), gk_part, gvth_part, k, omk, vth, vr, vr_c, one, p.hard, p.decay_input, p.detach_reset,
         g_spikes is not None, g_vseq is not None, g_vlast is not None, bool(need_k_grad),
         reverse_row_function(p.sid, _dtype_name(x.dtype)), alpha, sg_c, block,

@@ -46,7 +46,7 @@ from numba import types
 from numba.extending import overload
 
 from neurostep.kernels.numba_exp import vexp, vlog1p_unit
-from neurostep.kernels.numba_launch import NoAliasCompiler, launch_ranges, range_slots, run_time, serialized
+from neurostep.kernels.numba_launch import NoAliasCompiler, launch_ranges, range_slots, run_time, serialized, stand_in
 from neurostep.kernels.selective_scan.reference import SOFTPLUS_THRESHOLD
 from neurostep.memory import empty, empty_like
 
@@ -745,19 +745,7 @@ def _kernel_args(dtype: np.dtype, **fields) -> tuple:
     """The kernels' ``args`` in the order of :data:`_ARGS`, the fields not given as stand-ins of their kind."""
     if not fields.keys() <= _ARG_NAMES:
         raise TypeError(f"unknown kernel arguments {sorted(fields.keys() - _ARG_NAMES)}")
-    return tuple(fields[name] if name in fields else _stand_in(kind, dtype) for name, kind in _ARGS)
-
-
-@functools.cache
-def _stand_in(kind: str, dtype: np.dtype):
-    """A value of ``kind`` for a field the kernel does not read (one per kind and dtype, shared: never written)."""
-    if kind == "b":
-        return False
-    if kind == "i":
-        return 0
-    if kind == "f":
-        return dtype.type(0)
-    return np.empty((1,) * int(kind[1:]), dtype=dtype)
+    return tuple(fields[name] if name in fields else stand_in(kind, dtype) for name, kind in _ARGS)
 
 
 def _np(t: torch.Tensor) -> np.ndarray:
