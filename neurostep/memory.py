@@ -67,6 +67,17 @@ _NUMPY_DTYPES = {torch.float32: np.float32, torch.float64: np.float64, torch.flo
                  torch.bool: np.bool_}
 
 
+class _Lease:
+    """One use of a pooled block, as NumPy's array interface: the base object of every array on it."""
+
+    __slots__ = ("__array_interface__", "__weakref__", "block")
+
+    def __init__(self, block: np.ndarray, shape: tuple[int, ...], dtype: np.dtype) -> None:
+        self.block = block
+        self.__array_interface__ = {"data": (block.ctypes.data, False), "shape": shape, "typestr": dtype.str,
+                                    "version": 3}
+
+
 class BlockPool:
     """Large blocks freed by kernel outputs, kept for the next output of the same size (thread-safe, capped).
 
@@ -135,11 +146,12 @@ class BlockPool:
             raw = np.empty(nbytes + _HUGE_PAGE, dtype=np.uint8)  # NumPy advises huge pages for the whole of it
             start = -raw.ctypes.data % _HUGE_PAGE
             block = raw[start:start + nbytes]
-        array = block[:math.prod(shape) * itemsize].view(np_dtype).reshape(shape)
-        # ``array`` is seen only by the tensor made from it (torch.from_numpy keeps it alive for as long as
-        # the tensor's storage lives), so the block is free when ``array`` is collected
-        weakref.finalize(array, self._give_back, block).atexit = False
-        return array
+        lease = _Lease(block, tuple(shape), np.dtype(np_dtype))
+        # every array on the block, views included, keeps the lease alive (NumPy's base of a view is the
+        # lease, not the array it was taken from; a tensor from torch.from_numpy keeps its array), so the
+        # block is free when the lease dies
+        weakref.finalize(lease, self._give_back, block).atexit = False
+        return np.asarray(lease)
 
     def _take(self, nbytes: int) -> np.ndarray | None:
         with self._lock:

@@ -208,6 +208,13 @@ def test_a_block_stays_out_of_the_pool_while_a_view_of_its_tensor_lives():
     assert pool.cached_bytes == 0  # the numpy array still holds it
     del as_numpy
     assert pool.cached_bytes == 8 * _MB
+    # the same for views NumPy takes of the pool's array itself
+    array = pool.empty((2 * _MB,), np.float32)
+    numpy_view = array.reshape(2, _MB)[1]
+    del array
+    assert pool.cached_bytes == 0
+    del numpy_view
+    assert pool.cached_bytes == 8 * _MB
 
 
 def test_the_pool_keeps_at_most_its_limit():
