@@ -168,8 +168,13 @@ class BlockPool:
         with self._lock:
             if nbytes > self._limit:
                 return
+            ids = self._by_size.get(nbytes)
+            if ids is None:
+                # the one allocation of a Python container here, before this block is listed anywhere: a
+                # garbage collection it may start can return other blocks (the lock is re-entrant)
+                ids = self._by_size[nbytes] = []
+            ids.append(id(block))
             self._waiting[id(block)] = block
-            self._by_size.setdefault(nbytes, []).append(id(block))
             self._cached += nbytes
             self._evict_oldest()
 
