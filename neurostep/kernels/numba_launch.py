@@ -220,19 +220,13 @@ def stand_in(kind: str, dtype: str | np.dtype) -> Any:
 
 @functools.cache
 def _stand_in(kind: str, dtype: str) -> Any:
-    if kind == "b":
-        return False
-    if kind == "i":
-        return 0
-    if kind == "none":
+    # a value numba types as numba_type(kind, dtype): the kind is read in one place only
+    numba_t = numba_type(kind, dtype)
+    if isinstance(numba_t, types.Array):
+        return np.empty((1,) * numba_t.ndim, dtype=numba.np.numpy_support.as_dtype(numba_t.dtype))
+    if numba_t == types.none:
         return None
-    if kind == "i8":
-        return np.empty(1, dtype=np.int8)
-    if kind == "f":
-        return np.dtype(dtype).type(0)
-    if kind[:1] == "f" and kind[1:].isdigit():
-        return np.empty((1,) * int(kind[1:]), dtype=dtype)
-    raise ValueError(f"unknown argument kind {kind!r} (one of i, b, f, fR, i8, none)")
+    return numba.np.numpy_support.as_dtype(numba_t).type(0)
 
 
 def range_kernel_signature(kinds: tuple[str, ...], dtype: str, variant: str) -> Signature:
