@@ -95,10 +95,10 @@ class BlockPool:
     """
 
     def __init__(self, limit_bytes: int = _DEFAULT_POOL_LIMIT) -> None:
-        # the waiting blocks by id, oldest first (what goes when the pool is over its limit), and their ids by
-        # size, the latest last (what is reused first: the most likely to be still in the caches)
+        # the waiting blocks by id, oldest first: the oldest leave when the pool is over its limit, the latest
+        # of a size is reused first (the most likely to be still in the caches). At most limit / 4 MB of them
+        # (64 by default), so finding one of a size by a scan costs less than the lock.
         self._waiting: collections.OrderedDict[int, np.ndarray] = collections.OrderedDict()
-        self._by_size: dict[int, list[int]] = {}
         self._cached = 0
         self._hits = 0
         self._misses = 0
@@ -134,13 +134,12 @@ class BlockPool:
     def clear(self) -> None:
         """Give every waiting block back to the C library."""
         with self._lock:
-            self._waiting, self._by_size, self._cached = collections.OrderedDict(), {}, 0
+            self._waiting, self._cached = collections.OrderedDict(), 0
 
     def empty(self, shape: tuple[int, ...], np_dtype: type) -> np.ndarray:
         """An uninitialised C-contiguous array on a pooled block (a reused one where the pool has one of
         the size)."""
-        itemsize = np.dtype(np_dtype).itemsize
-        nbytes = -(-math.prod(shape) * itemsize // _HUGE_PAGE) * _HUGE_PAGE
+        nbytes = -(-math.prod(shape) * np.dtype(np_dtype).itemsize // _HUGE_PAGE) * _HUGE_PAGE
         block = self._take(nbytes)
         if block is None:
             raw = np.empty(nbytes + _HUGE_PAGE, dtype=np.uint8)  # NumPy advises huge pages for the whole of it
@@ -155,11 +154,11 @@ class BlockPool:
 
     def _take(self, nbytes: int) -> np.ndarray | None:
         with self._lock:
-            ids = self._by_size.get(nbytes)
-            if ids:
-                self._hits += 1
-                self._cached -= nbytes
-                return self._waiting.pop(ids.pop())
+            for key in reversed(self._waiting):
+                if self._waiting[key].nbytes == nbytes:
+                    self._hits += 1
+                    self._cached -= nbytes
+                    return self._waiting.pop(key)
             self._misses += 1
             return None
 
@@ -168,12 +167,6 @@ class BlockPool:
         with self._lock:
             if nbytes > self._limit:
                 return
-            ids = self._by_size.get(nbytes)
-            if ids is None:
-                # the one allocation of a Python container here, before this block is listed anywhere: a
-                # garbage collection it may start can return other blocks (the lock is re-entrant)
-                ids = self._by_size[nbytes] = []
-            ids.append(id(block))
             self._waiting[id(block)] = block
             self._cached += nbytes
             self._evict_oldest()
@@ -181,14 +174,12 @@ class BlockPool:
     def _evict_oldest(self) -> None:
         # sizes a workload stopped using leave the pool first (with the lock held)
         while self._cached > self._limit:
-            old_id, old = self._waiting.popitem(last=False)
-            self._by_size[old.nbytes].remove(old_id)
-            self._cached -= old.nbytes
+            self._cached -= self._waiting.popitem(last=False)[1].nbytes
 
     def _forget_after_fork(self) -> None:
         # a forked child gets a copy of the blocks (copy-on-write) and maybe a lock that another thread held
         self._lock = threading.RLock()
-        self._waiting, self._by_size, self._cached = collections.OrderedDict(), {}, 0
+        self.clear()
 
 
 @functools.cache
