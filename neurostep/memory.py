@@ -97,7 +97,7 @@ class BlockPool:
     def __init__(self, limit_bytes: int = _DEFAULT_POOL_LIMIT) -> None:
         # the waiting blocks by id, oldest first: the oldest leave when the pool is over its limit, the latest
         # of a size is reused first (the most likely to be still in the caches). At most limit / 4 MB of them
-        # (64 by default), so finding one of a size by a scan costs less than the lock.
+        # (64 by default), so a scan finds one of a size cheaply.
         self._waiting: collections.OrderedDict[int, np.ndarray] = collections.OrderedDict()
         self._cached = 0
         self._hits = 0
