@@ -1,18 +1,18 @@
 """Compile every CPU kernel variant into numba's disk cache ahead of the first call.
 
-A kernel compiles on its first call in a process whose numba cache lacks it: from about 1 s (linear
-scan) to about 7-8.5 s (the decayed linear attention's forward, the selective scan's backward, with the
-machine's speed) on a 2-core machine (``benchmarks/results/compile_time.json``). Running this module once on a machine
-makes every later first call load from the cache instead (under 1 s); all 22 variants take about
-110 s of 2 cores, which is why ``make venv`` does not run it. It runs each op's forward and backward on tiny inputs in
-every variant the kernels compile separately: float32 and float64, and the layouts with a compilation
-of their own (the selective scan's B/C groups that do or do not align with its channel blocks; the LIF
-backward that recomputes the membrane and the one that reads a saved one), and for the LIF the loop of
-every surrogate gradient, which its backward compiles per surrogate on first use. The cache lives next to the
-kernels' source files, or in ``NUMBA_CACHE_DIR`` when that is set, in a directory per version of the
-kernel sources; it is keyed on the machine's CPU, numba's version and the contents of every kernel source
-file (:mod:`~neurostep.kernels.numba_cache`), so after an upgrade or an edit the kernels compile again on
-first use, as without this step.
+A kernel compiles on its first call in a process whose numba cache lacks it: from about 2 s (linear scan) to
+about 7 s (the decayed linear attention's forward) on a 2-core machine in the stored run
+(``benchmarks/results/compile_time.json``; up to 8.5 s in another run, with the machine's speed). Running this
+module once on a machine makes every later first call load from the cache instead (under 1 s); all 22 variants
+took 106 s of 2 cores (the README names the run), which is why ``make venv`` does not run it. It runs each
+op's forward and backward on tiny inputs in every variant the kernels compile separately: float32 and float64,
+and the layouts with a compilation of their own (the selective scan's B/C groups that do or do not align with
+its channel blocks; the LIF backward that recomputes the membrane and the one that reads a saved one), and for
+the LIF the loop of every surrogate gradient, which its backward compiles per surrogate on first use. The
+cache lives next to the kernels' source files, or in ``NUMBA_CACHE_DIR`` when that is set, in a directory per
+version of the kernel sources; it is keyed on the machine's CPU, numba's version and the contents of every
+kernel source file (:mod:`~neurostep.kernels.numba_cache`), so after an upgrade or an edit the kernels compile
+again on first use, as without this step.
 
     python -m neurostep.kernels.precompile            # every variant, two processes at a time
     python -m neurostep.kernels.precompile --list     # the variants
