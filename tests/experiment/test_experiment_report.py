@@ -75,6 +75,9 @@ def test_findings_judged_on_current_rows():
     assert ssa.mean == pytest.approx(-0.03) and ssa.reproduced
     assert ssa.half == pytest.approx(math.hypot(0.01, 0.01))
     assert ("mqar", "softmax_attention", None) not in verdicts          # not run: not judged
+    recall = judge(FINDINGS, {"mqar": {"mamba": (0.27, 0.01, 3), "mamba2": (0.96, 0.05, 3)}})
+    assert [(v.block, v.finding.reference, v.reproduced) for v in recall] == [("mamba2", "mamba", True)]
+    assert not judge(FINDINGS, {"mqar": {"mamba": (0.80, 0.01, 3), "mamba2": (0.96, 0.05, 3)}})[0].reproduced
     assert Finding("c", "s", "p", "t", "b", "<=", 0.4).condition() == "accuracy <= 0.4"
 
 
