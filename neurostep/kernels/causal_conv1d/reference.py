@@ -14,6 +14,9 @@ a Mamba-2 layer's token-major layout); ``weight`` and the history keep their sha
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 
@@ -23,6 +26,22 @@ def padded_input(x: torch.Tensor, width: int, initial_states: torch.Tensor | Non
     if initial_states is None:
         return F.pad(x, (width - 1, 0))
     return torch.cat([initial_states, x], dim=-1)
+
+
+def forward_via_channels_first(forward_first: Callable[..., tuple[torch.Tensor, torch.Tensor]], x: torch.Tensor,
+                               *args: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    """A channels-last ``(B, L, D)`` forward on a backend's channels-first one: ``x`` transposed to
+    ``(B, D, L)``, ``out`` transposed back; ``args`` are the forward's after ``x``, ``channels_last`` excluded."""
+    out, saved = forward_first(x.transpose(1, 2).contiguous(), *args, False)
+    return out.transpose(1, 2).contiguous(), saved
+
+
+def backward_via_channels_first(backward_first: Callable[..., tuple], grad_out: torch.Tensor, x: torch.Tensor,
+                                *args: Any) -> tuple:
+    """The channels-last backward on a channels-first one, as :func:`forward_via_channels_first`: ``grad_out``
+    and ``x`` transposed in, ``dx`` transposed back; the other gradients keep their shapes."""
+    dx, *rest = backward_first(grad_out.transpose(1, 2).contiguous(), x.transpose(1, 2).contiguous(), *args, False)
+    return (dx.transpose(1, 2).contiguous(), *rest)
 
 
 def _pre_activation(xpad: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, length: int) -> torch.Tensor:
@@ -46,8 +65,7 @@ def forward(
     Returns ``out`` in ``x``'s layout and the saved tensor (empty: the backward recomputes).
     """
     if channels_last:
-        out, saved = forward(x.transpose(1, 2), weight, bias, initial_states, silu, False)
-        return out.transpose(1, 2).contiguous(), saved
+        return forward_via_channels_first(forward, x, weight, bias, initial_states, silu)
     length = x.shape[-1]
     pre = _pre_activation(padded_input(x, weight.shape[1], initial_states), weight, bias, length)
     return (F.silu(pre) if silu else pre), x.new_empty(0)
@@ -66,9 +84,7 @@ def backward(
     """Gradients ``(dx, dweight, dbias, dinitial_states)``, None where the input is None; ``dx`` in ``x``'s
     layout."""
     if channels_last:
-        dx, dweight, dbias, dinit = backward(grad_out.transpose(1, 2), x.transpose(1, 2), weight, bias,
-                                             initial_states, saved, silu, False)
-        return dx.transpose(1, 2).contiguous(), dweight, dbias, dinit
+        return backward_via_channels_first(backward, grad_out, x, weight, bias, initial_states, saved, silu)
     width = weight.shape[1]
     length = x.shape[-1]
     xpad = padded_input(x, width, initial_states)

@@ -15,6 +15,8 @@ import torch
 import triton
 import triton.language as tl
 
+from neurostep.kernels.causal_conv1d.reference import backward_via_channels_first, forward_via_channels_first
+
 BLOCK_D = 16
 BLOCK_T = 32
 
@@ -99,8 +101,7 @@ def forward(x, weight, bias, initial_states, silu, channels_last):
     """Same contract as :func:`neurostep.kernels.causal_conv1d.reference.forward`. The kernels index the
     channels-first layout: channels-last tensors are transposed to it and back."""
     if channels_last:
-        out, saved = forward(x.transpose(1, 2).contiguous(), weight, bias, initial_states, silu, False)
-        return out.transpose(1, 2).contiguous(), saved
+        return forward_via_channels_first(forward, x, weight, bias, initial_states, silu)
     batch, dim, length = x.shape
     width = weight.shape[1]
     out = torch.empty_like(x)
@@ -116,9 +117,7 @@ def backward(grad_out, x, weight, bias, initial_states, saved, silu, channels_la
     """Same contract as :func:`neurostep.kernels.causal_conv1d.reference.backward` (channels-last tensors
     transposed, as in :func:`forward`)."""
     if channels_last:
-        dx, dw, dbias, dinit = backward(grad_out.transpose(1, 2).contiguous(), x.transpose(1, 2).contiguous(),
-                                        weight, bias, initial_states, saved, silu, False)
-        return dx.transpose(1, 2).contiguous(), dw, dbias, dinit
+        return backward_via_channels_first(backward, grad_out, x, weight, bias, initial_states, saved, silu)
     batch, dim, length = x.shape
     width = weight.shape[1]
     bias_ = bias if bias is not None else x.new_zeros(dim)
