@@ -69,7 +69,7 @@ FINDINGS: tuple[Finding, ...] = (
     # The paper credits the larger state that the SSD layer makes affordable; here Mamba-2 keeps its default
     # 128 states per head and the Mamba-1 block has 8 per channel.
     Finding("Mamba-2, with its larger state, recalls far better than Mamba-1 on MQAR", MAMBA2,
-            "Mamba-2 well above Mamba-1 at every width", "mqar", "mamba2", ">=", 0.2, reference="mamba"),
+            "Mamba-2 well above Mamba-1", "mqar", "mamba2", ">=", 0.2, reference="mamba"),
     Finding("Selection solves induction heads", "Mamba (Gu & Dao 2023), Table 2", "100% (Mamba at length 256)",
             "induction_heads", "mamba", ">=", 0.9),
     Finding("Every block learns an easy image task", "SNN and token-mixer papers (Spikformer, MetaMixer, ...)",
