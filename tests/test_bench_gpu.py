@@ -1,7 +1,6 @@
 """benchmarks/gpu.py: its checks fail on a wrong kernel, its tables and README rows, and the script end to end
 on CPU under Triton's interpreter (one workload)."""
 
-import importlib.util
 import json
 import math
 import os
@@ -11,11 +10,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from repo_scripts import load_script
 
 ROOT = Path(__file__).resolve().parents[1]
-_spec = importlib.util.spec_from_file_location("bench_gpu", ROOT / "benchmarks" / "gpu.py")
-bench = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(bench)
+bench = load_script("benchmarks/gpu.py", "bench_gpu")
 
 
 def test_relative_error():
@@ -80,9 +78,7 @@ def test_script_runs_under_the_interpreter(tmp_path, only, cases):
 
 
 def test_docs_name_the_gpu_of_a_gpu_result():
-    spec = importlib.util.spec_from_file_location("docs_benchmarks_hook_gpu", ROOT / "docs" / "hooks" / "benchmarks.py")
-    hook = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(hook)
+    hook = load_script("docs/hooks/benchmarks.py", "docs_benchmarks_hook_gpu")
     assert hook.machine_short({"machine": {"gpu": "NVIDIA H200", "cpu": "AMD EPYC 9B14", "cores": 16}}) == \
         "NVIDIA H200, AMD EPYC 9B14, 16 cores"
     assert hook.machine_short({"machine": {"cpu": "AMD EPYC 9B14", "cores": 2}}) == "AMD EPYC 9B14, 2 cores"

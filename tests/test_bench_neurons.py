@@ -1,16 +1,9 @@
 """benchmarks/neurons.py: the round-by-round ratio to the roofline."""
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import pytest
+from repo_scripts import load_script
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "benchmarks"))   # the script imports its sibling _results
-_spec = importlib.util.spec_from_file_location("bench_neurons", ROOT / "benchmarks" / "neurons.py")
-bench = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(bench)
+bench = load_script("benchmarks/neurons.py", "bench_neurons")
 
 
 def test_paired_ratios_follow_each_round_not_the_drift():

@@ -14,7 +14,6 @@ two cores once numba's on-disk cache is warm (a cold cache adds the kernels' fir
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import re
@@ -26,6 +25,7 @@ from pathlib import Path
 from types import ModuleType
 
 import pytest
+from repo_scripts import load_script
 
 ROOT = Path(__file__).resolve().parents[1]
 DOC_FILES = [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]
@@ -153,10 +153,7 @@ def test_mkdocs_build_strict(tmp_path: Path) -> None:
 
 # ----------------------------------------------------------------------------- README and benchmark results
 def _hook() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("docs_benchmarks_hook", ROOT / "docs" / "hooks" / "benchmarks.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("docs/hooks/benchmarks.py", "docs_benchmarks_hook")
 
 
 def test_readme_is_short_and_points_inside_the_repository() -> None:

@@ -1,14 +1,9 @@
 """The counting helpers of benchmarks/mixers.py (corrected conv-backward and CPU SDPA formulas, memory)."""
 
-import importlib.util
-from pathlib import Path
-
 import torch
+from repo_scripts import load_script
 
-_PATH = Path(__file__).resolve().parents[2] / "benchmarks" / "mixers.py"
-_spec = importlib.util.spec_from_file_location("bench_mixers", _PATH)
-bench = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(bench)
+bench = load_script("benchmarks/mixers.py", "bench_mixers")
 
 
 def test_depthwise_conv_backward_counts_two_forwards():

@@ -1,18 +1,11 @@
 """The prefill floor of benchmarks/mamba2.py: the model's own projections, each once per layer, and the head."""
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import torch
+from repo_scripts import load_script
 
 from neurostep.models import create_model
 
-_PATH = Path(__file__).resolve().parents[2] / "benchmarks" / "mamba2.py"
-_spec = importlib.util.spec_from_file_location("bench_mamba2", _PATH)
-bench = importlib.util.module_from_spec(_spec)
-sys.modules[_spec.name] = bench
-_spec.loader.exec_module(bench)
+bench = load_script("benchmarks/mamba2.py", "bench_mamba2")
 
 
 def test_projection_floor_runs_each_projection_once_on_the_prompt_length():

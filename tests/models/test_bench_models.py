@@ -1,20 +1,13 @@
 """The model-building helpers of benchmarks/models.py: identity floors, the RWKV weight copy, the mambapy peer."""
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import pytest
 import torch
+from repo_scripts import load_script
 
 from neurostep.models import create_model, model_entry
 from neurostep.neuro.neurons import SpikingNeuron
 
-_PATH = Path(__file__).resolve().parents[2] / "benchmarks" / "models.py"
-_spec = importlib.util.spec_from_file_location("bench_models", _PATH)
-bench = importlib.util.module_from_spec(_spec)
-sys.modules[_spec.name] = bench   # dataclasses look their module up there
-_spec.loader.exec_module(bench)
+bench = load_script("benchmarks/models.py", "bench_models")
 
 
 def test_neurons_to_identity_leaves_no_neuron_and_passes_values_through():
