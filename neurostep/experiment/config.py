@@ -72,6 +72,7 @@ TRAIN_DEFAULTS: dict[str, Any] = {
     "eval_every": 100,     # steps between evaluations on the validation set (the learning curve)
     "eval_batch_size": 256,
     "target": 0.0,         # stop once the validation metric reaches this (accuracy >=, bpc <=); 0: never
+    "target_evals": 1,     # ... in this many evaluations in a row (one lucky score on a small set does not stop)
     "patience": 0,         # stop after this many evaluations without improvement; 0: never
     "min_delta": 0.002,    # smallest change of the metric that counts as an improvement
     "progress": True,      # progress bars, only when stderr is a terminal
@@ -358,7 +359,7 @@ def _validate_backbone(where: str, backbone: dict[str, Any]) -> None:
 
 
 def _validate_train(where: str, train: dict[str, Any]) -> None:
-    for key in ("steps", "batch_size", "eval_batch_size", "eval_every"):
+    for key in ("steps", "batch_size", "eval_batch_size", "eval_every", "target_evals"):
         if train[key] < 1:
             raise ValueError(f"[{where}] {key} must be >= 1, got {train[key]}")
     for key in ("patience", "target", "min_delta", "lr", "weight_decay", "grad_clip"):

@@ -2,7 +2,8 @@
 
 A run trains one block on one task for at most ``[train] steps`` optimizer steps, evaluates
 every ``eval_every`` steps (the learning curve), and stops early when the evaluation metric
-reaches ``target`` or has not improved for ``patience`` evaluations. Before the clock starts,
+reaches ``target`` in ``target_evals`` evaluations in a row or has not improved for ``patience``
+evaluations. Before the clock starts,
 one forward and backward pass on a copy of the model compiles or loads the kernels; its
 time is reported as ``compile_time_s``, never as training time.
 
@@ -290,6 +291,7 @@ def train_model(model: nn.Module, task: TaskData, train: dict[str, Any], seed: i
         bar = tqdm(total=total, desc=desc, leave=False, dynamic_ncols=True, file=sys.stderr)
     curve: list[dict[str, float]] = []
     best, since_best, stopped = (-math.inf if higher else math.inf), 0, "budget"
+    at_target = 0   # evaluations in a row that reached the target
     interval_losses: list[float] = []
     eval_time = 0.0
     model.train()
@@ -326,7 +328,8 @@ def train_model(model: nn.Module, task: TaskData, train: dict[str, Any], seed: i
                 best, since_best = ev["metric"], 0
             else:
                 since_best += 1
-            if _reached(ev["metric"], train["target"], higher):
+            at_target = at_target + 1 if _reached(ev["metric"], train["target"], higher) else 0
+            if at_target >= train["target_evals"]:
                 stop = "target"
             elif train["patience"] and since_best >= train["patience"]:
                 stop = "plateau"

@@ -34,6 +34,8 @@ def test_bad_values():
         parse_config({"experiment": {"blocks": ["a"], "tasks": ["mnist"]}}, name="t")
     with pytest.raises(TypeError, match=r"\[train\] steps must be int"):
         parse_config({**base, "train": {"steps": "3"}}, name="t")
+    with pytest.raises(ValueError, match=r"\[train\] target_evals must be >= 1, got 0"):
+        parse_config({**base, "train": {"target_evals": 0}}, name="t")
     with pytest.raises(ValueError, match=r"\[train\] warmup must be a fraction"):
         parse_config({**base, "train": {"warmup": 1.5}}, name="t")
     with pytest.raises(ValueError, match="kind must be one of"):

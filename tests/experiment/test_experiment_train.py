@@ -178,3 +178,18 @@ def test_selective_copy_reports_accuracy_per_copied_token():
     assert ev["accuracy"] == pytest.approx((2.0 + middle) / 3)
     digits = build_task("digits", {})
     assert digits.answer_positions is None
+
+
+@pytest.mark.parametrize("target_evals,stop_step", [(1, 10), (2, 50), (3, 60)])
+def test_target_stop_needs_evaluations_in_a_row(monkeypatch, target_evals, stop_step):
+    from neurostep.experiment import train as train_module
+
+    # scripted validation scores: one lucky 0.9, a drop, then the target held
+    scores = iter([0.9, 0.5, 0.6, 0.9, 0.95, 0.9, 0.9, 0.9])
+    monkeypatch.setattr(train_module, "evaluate",
+                        lambda *args, **kwargs: {"metric": next(scores), "test_loss": 1.0})
+    task = build_task("digits", {"patch": 8})
+    model = Backbone("softmax_attention", num_classes=10, seq_len=1, dim=8, depth=1, num_heads=2, in_features=64)
+    stats = train_model(model, task, {**TRAIN, "steps": 80, "target": 0.8, "target_evals": target_evals}, seed=0)
+    assert stats["stopped"] == "target" and stats["steps"] == stop_step
+
