@@ -3,9 +3,8 @@
 A run trains one block on one task for at most ``[train] steps`` optimizer steps, evaluates
 every ``eval_every`` steps (the learning curve), and stops early when the evaluation metric
 reaches ``target`` in ``target_evals`` evaluations in a row or has not improved for ``patience``
-evaluations. Before the clock starts,
-one forward and backward pass on a copy of the model compiles or loads the kernels; its
-time is reported as ``compile_time_s``, never as training time.
+evaluations. Before the clock starts, one forward and backward pass on a copy of the model
+compiles or loads the kernels; its time is reported as ``compile_time_s``, never as training time.
 
 Distributed: when started under ``torchrun`` (``WORLD_SIZE > 1``) every rank builds the same
 model from the same seed and draws the same global batch; each rank takes an equal slice of

@@ -192,4 +192,3 @@ def test_target_stop_needs_evaluations_in_a_row(monkeypatch, target_evals, stop_
     model = Backbone("softmax_attention", num_classes=10, seq_len=1, dim=8, depth=1, num_heads=2, in_features=64)
     stats = train_model(model, task, {**TRAIN, "steps": 80, "target": 0.8, "target_evals": target_evals}, seed=0)
     assert stats["stopped"] == "target" and stats["steps"] == stop_step
-
