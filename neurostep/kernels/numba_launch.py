@@ -215,6 +215,13 @@ def stand_in(kind: str, dtype: str | np.dtype) -> Any:
     as the stand-in, against 1.5 s; 2-core AMD EPYC, 2026-12-05). The value is one per kind and dtype for the
     process, shared by every caller: kernels must never write it. Arrays have one element per dimension.
     """
+    return _stand_in_for(kind, dtype)
+
+
+@functools.cache
+def _stand_in_for(kind: str, dtype: str | np.dtype | type) -> Any:
+    # keyed on the dtype as the caller spells it: ``np.dtype(...).name`` costs about 3 us, and an op such
+    # as the selective scan asks for thirty stand-ins per call (a tenth of a small call's time)
     return _stand_in(kind, np.dtype(dtype).name)
 
 
@@ -362,8 +369,13 @@ def _float_dtype(kinds: tuple[str, ...], args: tuple) -> str:
     others must match it, or the call is refused."""
     for kind, arg in zip(kinds, args):
         if kind[:1] == "f":
-            return np.asarray(arg).dtype.name
+            return _dtype_name(np.asarray(arg).dtype)
     return "float64"
+
+
+@functools.cache
+def _dtype_name(dtype: np.dtype) -> str:
+    return dtype.name
 
 
 def launch_ranges(kernel: Callable[..., None], kinds: tuple[str, ...], n_slots: int, n_items: int,

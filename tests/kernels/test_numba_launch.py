@@ -293,7 +293,9 @@ def test_a_stand_in_has_the_type_of_its_kind_and_is_shared(kind, dtype):
     value = numba_launch.stand_in(kind, dtype)
     # the type a real argument of the kind has: a call with the stand-in reuses that call's compiled variant
     assert numba.typeof(value) == numba_launch.numba_type(kind, dtype)
+    # the same object whichever way the dtype is spelled (a name, a dtype, a scalar type)
     assert numba_launch.stand_in(kind, np.dtype(dtype)) is value
+    assert numba_launch.stand_in(kind, np.dtype(dtype).type) is value
     if isinstance(value, np.ndarray):
         assert value.size == 1
 

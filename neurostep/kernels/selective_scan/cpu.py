@@ -47,11 +47,12 @@ from numba.extending import overload
 
 from neurostep.kernels.numba_exp import vexp, vlog1p_unit
 from neurostep.kernels.numba_launch import NoAliasCompiler, launch_ranges, range_slots, run_time, serialized, stand_in
+from neurostep.kernels.numba_sum import TREE_LANES, tree_sum16
 from neurostep.kernels.selective_scan.reference import SOFTPLUS_THRESHOLD
 from neurostep.memory import empty, empty_like
 
 CHUNK = 32
-W = 16  # channels per block: two AVX2 or one AVX-512 float32 register
+W = TREE_LANES  # channels per block (16): two AVX2 or one AVX-512 float32 register
 SPAN = 8
 """Chunks whose lane values the kernels gather (and store) at once: 256 steps, 1 KB of each channel's
 row read in one go. With one chunk at a time, the 128 bytes read from each of the block's rows, 4 KB or
@@ -108,22 +109,17 @@ def _fill(buf, M, bi, d0, lt, group_size):
 
 
 @numba.njit(inline="always")
-def _scatter(dst, src, slot, bi, d0, lt, group_size, tmp):
+def _scatter(dst, src, slot, bi, d0, lt, group_size):
     """dst[slot, bi, group(d0 + j), lt, n] += src[n, j], summed over the block's channels.
 
-    A block inside one group (the common case) sums its W lanes by a fixed pairwise tree: W-wide
-    vector adds instead of a serial chain, and a deterministic order."""
+    A block inside one group (the common case) sums its W lanes by a fixed pairwise tree
+    (:func:`~neurostep.kernels.numba_sum.tree_sum16`): vector adds instead of a serial chain, and a
+    deterministic order."""
     groups = dst.shape[2]
     g0 = _group(d0, group_size, groups)
     if g0 == _group(d0 + W - 1, group_size, groups):
         for n in range(src.shape[0]):
-            for j in range(W // 2):
-                tmp[j] = src[n, j] + src[n, j + W // 2]
-            for j in range(W // 4):
-                tmp[j] = tmp[j] + tmp[j + W // 4]
-            for j in range(W // 8):
-                tmp[j] = tmp[j] + tmp[j + W // 8]
-            dst[slot, bi, g0, lt, n] += tmp[0] + tmp[1]
+            dst[slot, bi, g0, lt, n] += tree_sum16(src[n])
     else:
         for j in range(W):
             g = _group(d0 + j, group_size, groups)
@@ -138,13 +134,13 @@ def _scatter(dst, src, slot, bi, d0, lt, group_size, tmp):
 # like the kernels, use error_model="numpy": under Python's error model every division checks for zero
 # and the loops stay scalar.
 @numba.njit(error_model="numpy")
-def _reduce_chunk(dst, src, acc, vary, slot, bi, d0, start, nk, group_size, tmp):
+def _reduce_chunk(dst, src, acc, vary, slot, bi, d0, start, nk, group_size):
     """A chunk's B or C gradient terms ``src (nk, N, W)``: with ``vary`` (B or C varies over time) step
     ``k`` into ``dst[slot, bi, group, start + k]`` (:func:`_scatter`), else summed into ``acc (N, W)``,
     scattered once per batch row (:func:`_scatter_once`)."""
     for k in range(nk):
         if vary:
-            _scatter(dst, src[k], slot, bi, d0, start + k, group_size, tmp)
+            _scatter(dst, src[k], slot, bi, d0, start + k, group_size)
         else:
             for n in range(src.shape[1]):
                 for j in range(src.shape[2]):
@@ -152,9 +148,9 @@ def _reduce_chunk(dst, src, acc, vary, slot, bi, d0, start, nk, group_size, tmp)
 
 
 @numba.njit(error_model="numpy")
-def _scatter_once(dst, src, slot, bi, d0, lt, group_size, tmp):
+def _scatter_once(dst, src, slot, bi, d0, lt, group_size):
     """:func:`_scatter` as a function of its own (see the note above :func:`_reduce_chunk`)."""
-    _scatter(dst, src, slot, bi, d0, lt, group_size, tmp)
+    _scatter(dst, src, slot, bi, d0, lt, group_size)
 
 
 @numba.njit(error_model="numpy")
@@ -505,19 +501,15 @@ def _grad_terms_chunk_lanes(dxs, xs, dec, a, dts, uvs, gs, k0, nk, bks, dA_acc, 
 
 
 @_step_jit
-def _lane_sums_into(dst, slot, bi, g, l0, src, nk, tmp):
+def _lane_sums_into(dst, slot, bi, g, l0, src, nk):
     """``dst[slot, bi, g, l0 + i, n] += sum_j src[i, n, j]`` for the ``nk`` steps of a chunk whose block
     reads one B (or C) group ``g``: :func:`_scatter`'s pairwise tree over the lanes, the same sums in the
-    same order, as a chunk function (no per-step array view or group lookup)."""
+    same order, as a chunk function (no per-step array view or group lookup). The tree as scalar loops
+    was about a seventh of the backward (Mamba's main-job shape, N = 8, sampled with ``perf``); as vector
+    adds (:func:`~neurostep.kernels.numba_sum.tree_sum16`) a chunk's sums take 2.6 times less."""
     for i in range(nk):
         for n in range(src.shape[1]):
-            for j in range(W // 2):
-                tmp[j] = src[i, n, j] + src[i, n, j + W // 2]
-            for j in range(W // 4):
-                tmp[j] = tmp[j] + tmp[j + W // 4]
-            for j in range(W // 8):
-                tmp[j] = tmp[j] + tmp[j + W // 8]
-            dst[slot, bi, g, l0 + i, n] += tmp[0] + tmp[1]
+            dst[slot, bi, g, l0 + i, n] += tree_sum16(src[i, n])
 
 
 def _recompute_chunk_of(mixed, xs, dec, a, dts, uvs, k0, nk, B, bi, gb, lb0, lb_step, C, ci, gc, lc0, lc_step, bks,
@@ -617,7 +609,6 @@ def _backward_kernel(lo, hi, slot, mixed, args):
     gzd = np.empty((span, W), dtype=ty)  # d silu / d z
     dzs = np.empty((span, W), dtype=ty)
     dbias_acc = np.empty(W, dtype=ty)
-    tmp = np.empty(W, dtype=ty)
     for blk in range(lo, hi):
         d0 = blk * W
         dA_acc[:] = 0
@@ -699,21 +690,21 @@ def _backward_kernel(lo, hi, slot, mixed, args):
                         for j in range(w):
                             dbias_acc[j] += ddts[k0 + k, j]
                     if b_time and mixed is None:
-                        _lane_sums_into(dBbuf, slot, bi, gb, start, tbs, nk, tmp)
+                        _lane_sums_into(dBbuf, slot, bi, gb, start, tbs, nk)
                     else:
-                        _reduce_chunk(dBbuf, tbs, acc_b, b_time, slot, bi, d0, start, nk, gs_b, tmp)
+                        _reduce_chunk(dBbuf, tbs, acc_b, b_time, slot, bi, d0, start, nk, gs_b)
                     if c_time and mixed is None:
-                        _lane_sums_into(dCbuf, slot, ci, gc, start, tcs, nk, tmp)
+                        _lane_sums_into(dCbuf, slot, ci, gc, start, tcs, nk)
                     else:
-                        _reduce_chunk(dCbuf, tcs, acc_c, c_time, slot, ci, d0, start, nk, gs_c, tmp)
+                        _reduce_chunk(dCbuf, tcs, acc_c, c_time, slot, ci, d0, start, nk, gs_c)
                 if has_z:
                     _store_rows(dz_out, dzs, b, d0, s_start, ns, w)
                 _store_rows(du_out, dus, b, d0, s_start, ns, w)
                 _store_rows(ddelta_out, ddts, b, d0, s_start, ns, w)
             if not b_time:
-                _scatter_once(dBbuf, acc_b, slot, bi, d0, 0, gs_b, tmp)
+                _scatter_once(dBbuf, acc_b, slot, bi, d0, 0, gs_b)
             if not c_time:
-                _scatter_once(dCbuf, acc_c, slot, ci, d0, 0, gs_c, tmp)
+                _scatter_once(dCbuf, acc_c, slot, ci, d0, 0, gs_c)
             for n in range(n_state):
                 for j in range(w):
                     dh0t[b, n, d0 + j] = dx[n, j]
