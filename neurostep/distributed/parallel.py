@@ -341,13 +341,15 @@ class SequenceParallel:
         return run(initial if n_state > 1 else initial[0])[0]
 
     # -- the fused ops' sequence-parallel forms (raw arguments as the custom ops receive them) --
-    def _selective_scan_op(self, u, delta, A, B, C, D, z, delta_bias, h0, delta_softplus, backend):
+    def _selective_scan_op(self, u, delta, A, B, C, D, z, delta_bias, h0, delta_softplus, channels_last, backend):
         self._no_state_after_first("selective_scan", h0)
         # The chunk's total decay per (batch, d, n): exp(sum_t dt_t A), the product of its step decays.
-        log_decay = effective_delta(delta, delta_bias, delta_softplus).sum(-1)[..., None] * A
+        steps = delta.transpose(1, 2) if channels_last else delta   # (batch, dim, L)
+        log_decay = effective_delta(steps, delta_bias, delta_softplus).sum(-1)[..., None] * A
 
         def run(initial):
-            out = SELECTIVE_SCAN(u, delta, A, B, C, D, z, delta_bias, initial, delta_softplus, backend=backend)
+            out = SELECTIVE_SCAN(u, delta, A, B, C, D, z, delta_bias, initial, delta_softplus, channels_last,
+                                 backend=backend)
             return out, (out[1],)
 
         return self._two_pass(run, None, h0, lambda f: (f[0], torch.exp(log_decay)), affine_combine, 1, 0)

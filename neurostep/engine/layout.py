@@ -39,4 +39,11 @@ def in_layout(t: torch.Tensor, strides: tuple[int, ...], dtype: torch.dtype | No
     return torch.empty_strided(t.shape, strides, dtype=dtype, device=t.device).copy_(t)
 
 
-__all__ = ["dense_strides", "in_layout", "same_layout"]
+def channels_last_layout(x: torch.Tensor) -> bool:
+    """Whether ``x (B, D, L)`` has its channels, not its time steps, contiguous: the transpose of a token-major
+    ``(B, L, D)`` block, which the causal convolution and the selective scan read as such (their kernels then
+    run on ``x.transpose(1, 2)`` without a transposing copy)."""
+    return not x.is_contiguous() and x.stride(1) == 1 and x.shape[1] > 1
+
+
+__all__ = ["channels_last_layout", "dense_strides", "in_layout", "same_layout"]

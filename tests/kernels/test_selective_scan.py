@@ -304,11 +304,54 @@ def test_mamba_ssm_backend_refuses_cpu():
 
 
 @pytest.mark.parametrize("backend", ["reference", *BACKENDS])
-def test_custom_op_opcheck(backend):
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_custom_op_opcheck(backend, channels_last):
     inputs = make_inputs(b=1, d=3, L=4, n=2, dtype=torch.float32)
-    args = (inputs["u"].requires_grad_(), inputs["delta"], inputs["A"], inputs["B"][:, None], inputs["C"][:, None],
-            inputs["D"], inputs["z"], inputs["delta_bias"], inputs["initial_state"], True, backend)
+
+    def lanes(t):   # the op's layout: (batch, L, dim) when channels-last
+        return t.transpose(1, 2).contiguous() if channels_last else t
+
+    args = (lanes(inputs["u"]).requires_grad_(), lanes(inputs["delta"]), inputs["A"], inputs["B"][:, None],
+            inputs["C"][:, None], inputs["D"], lanes(inputs["z"]), inputs["delta_bias"], inputs["initial_state"], True,
+            channels_last, backend)
     torch.library.opcheck(torch.ops.neurostep.selective_scan_forward.default, args)
+
+
+def channels_last(t: torch.Tensor | None) -> torch.Tensor | None:
+    """The same ``(batch, dim, L)`` values with the channels contiguous: the transpose of a ``(batch, L, dim)``
+    block."""
+    return None if t is None else t.transpose(1, 2).contiguous().transpose(1, 2)
+
+
+@pytest.mark.parametrize("backend", ["reference", *BACKENDS])
+@pytest.mark.parametrize("d,L,bmode", [(6, 9, "step"), (40, 70, "group"), (16, 33, "const")])
+def test_channels_last_inputs_give_the_channels_first_results(backend, d, L, bmode):
+    """Channels-last u, delta and z (a token-major block's transpose) are read in place and give the same
+    numbers as contiguous ones, the output and the input gradients in the channels-last layout; 40 channels
+    are padded to a multiple of the kernels' lane block, 70 steps cross a checkpoint."""
+    inputs = make_inputs(b=2, d=d, L=L, n=3, bmode=bmode, cmode="step", groups=2, dtype=torch.float32)
+    last = dict(inputs, **{name: channels_last(inputs[name]) for name in ("u", "delta", "z")})
+    got, want = run(last, backend), run(inputs, backend)
+    for a, b in zip(got, want):
+        assert torch.equal(a, b)
+    out, du = got[0], got[2]
+    assert out.transpose(1, 2).is_contiguous() and not out.is_contiguous()
+    assert du.transpose(1, 2).is_contiguous()
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_inputs_in_mixed_layouts_follow_u(backend):
+    """delta and z in the other layout than u are copied into u's; the output comes in u's layout."""
+    inputs = make_inputs(b=2, d=18, L=11, n=2, dtype=torch.float64)
+    want = run(inputs, "reference")
+    mixed = dict(inputs, u=channels_last(inputs["u"]), z=channels_last(inputs["z"]))   # delta stays channels-first
+    got = run(mixed, backend)
+    assert got[0].transpose(1, 2).is_contiguous()
+    assert_all_close(got, want, rtol=1e-9, atol=1e-9)
+    flipped = dict(inputs, delta=channels_last(inputs["delta"]))                      # u channels-first
+    got = run(flipped, backend)
+    assert got[0].is_contiguous()
+    assert_all_close(got, want, rtol=1e-9, atol=1e-9)
 
 
 def test_cost_formula_is_declared():

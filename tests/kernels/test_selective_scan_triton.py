@@ -10,7 +10,7 @@ import torch
 
 pytest.importorskip("triton")
 
-from test_selective_scan import assert_all_close, make_inputs, run
+from test_selective_scan import assert_all_close, channels_last, make_inputs, run
 
 from neurostep.kernels.selective_scan import selective_scan_fn
 
@@ -25,6 +25,14 @@ def test_triton_matches_reference(bmode, cmode, extras):
                          dtype=torch.float32)
     want = run({k: (v.double() if v is not None else None) for k, v in inputs.items()}, "reference", softplus=extras)
     assert_all_close(run(inputs, "triton", softplus=extras), want, rtol=2e-4, atol=2e-4)
+
+
+def test_triton_reads_channels_last_inputs():
+    inputs = make_inputs(b=1, d=18, L=5, n=2, dtype=torch.float32)
+    last = dict(inputs, **{name: channels_last(inputs[name]) for name in ("u", "delta", "z")})
+    got = run(last, "triton")
+    assert got[0].transpose(1, 2).is_contiguous()
+    assert_all_close(got, run(inputs, "reference"), rtol=1e-5, atol=1e-5)
 
 
 def test_triton_length_one_and_half_inputs():

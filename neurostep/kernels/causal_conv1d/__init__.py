@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from neurostep.engine import BackwardCall, OpCost, check_finite, check_nonempty, check_tensor, define_op
+from neurostep.engine.layout import channels_last_layout
 
 _ACTIVATIONS = (None, "silu", "swish")
 
@@ -69,12 +70,6 @@ def _check_activation(activation: str | None) -> bool:
     if activation not in _ACTIVATIONS:
         raise ValueError(f"activation must be None or 'silu', got {activation!r}")
     return activation is not None
-
-
-def channels_last_layout(x: torch.Tensor) -> bool:
-    """Whether ``x (B, D, L)`` has its channels, not its time steps, contiguous (the op then runs its
-    channels-last kernels on ``x.transpose(1, 2)``)."""
-    return not x.is_contiguous() and x.stride(1) == 1 and x.shape[1] > 1
 
 
 def causal_conv1d(

@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from neurostep.engine import KERNELS, BackwardCall, OpCost, check_finite, check_nonempty, check_tensor, define_op
+from neurostep.engine.layout import channels_last_layout
 
 _INPUTS = ("u", "delta", "A", "B", "C", "D", "z", "delta_bias", "initial_state")
 
@@ -28,15 +29,16 @@ def _mamba_ssm_missing(device: torch.device) -> str | None:
 def _forward(
     impl, u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor,
     D: torch.Tensor | None, z: torch.Tensor | None, delta_bias: torch.Tensor | None,
-    initial_state: torch.Tensor | None, delta_softplus: bool,
+    initial_state: torch.Tensor | None, delta_softplus: bool, channels_last: bool,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Returns ``(out, last_state, saved)``; ``saved`` is what the backend's backward reads."""
-    return impl.forward(u, delta, A, B, C, D, z, delta_bias, initial_state, delta_softplus)
+    """Returns ``(out, last_state, saved)``; ``saved`` is what the backend's backward reads. With
+    ``channels_last``, ``u``, ``delta``, ``z`` and ``out`` are ``(batch, L, dim)``."""
+    return impl.forward(u, delta, A, B, C, D, z, delta_bias, initial_state, delta_softplus, channels_last)
 
 
-def _forward_fake(u, delta, A, B, C, D, z, delta_bias, initial_state, delta_softplus, *, backend):
+def _forward_fake(u, delta, A, B, C, D, z, delta_bias, initial_state, delta_softplus, channels_last, *, backend):
     impl = KERNELS.resolve("selective_scan", backend, u.device)
-    batch, dim, length = u.shape
+    batch, dim, length = (u.shape[0], u.shape[2], u.shape[1]) if channels_last else u.shape
     n = A.shape[1]
     return u.new_empty(u.shape), u.new_empty(batch, dim, n), u.new_empty(impl.saved_shape(batch, dim, length, n))
 
@@ -50,7 +52,8 @@ def _backward(impl, call: BackwardCall):
     *inputs, saved = call.saved
     grad_out = torch.zeros_like(inputs[0]) if grad_out is None else grad_out.contiguous()
     grad_last = None if grad_last is None else grad_last.contiguous()
-    return impl.backward(grad_out, grad_last, *inputs, saved, call.attrs["delta_softplus"])
+    return impl.backward(grad_out, grad_last, *inputs, saved, call.attrs["delta_softplus"],
+                         call.attrs["channels_last"])
 
 
 def _backward_fake(call: BackwardCall):
@@ -122,8 +125,13 @@ def selective_scan(
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Selective scan (Mamba's S6) with mamba-ssm's semantics and neurostep's state convention.
 
+    ``u`` may be channels-first (time contiguous: mamba-ssm's layout) or channels-last (its channels
+    contiguous, ``u.stride(1) == 1``: the transpose of a token-major ``(batch, L, dim)`` block, such as the
+    output of a linear layer). The kernels read either without a transposing copy; ``delta`` and ``z`` are
+    read in ``u``'s layout (copied into it if they come in the other), and ``out`` comes in ``u``'s layout.
+
     Args:
-        u, delta: ``(batch, dim, L)`` (time last: the layout of the causal convolution that feeds it).
+        u, delta: ``(batch, dim, L)``.
         A: ``(dim, N)`` real, finite.
         B, C: ``(dim, N)`` constant, ``(batch, N, L)`` per step, or ``(batch, G, N, L)`` grouped
             (``dim % G == 0``; lane ``d`` uses group ``d // (dim // G)``).
@@ -177,8 +185,15 @@ def selective_scan(
     def prep(t: torch.Tensor | None) -> torch.Tensor | None:
         return None if t is None else t.to(cdtype).contiguous()
 
-    out, last, _ = SELECTIVE_SCAN(prep(u), prep(delta), prep(A), prep(Bc), prep(Cc), prep(D), prep(z),
-                                  prep(delta_bias), prep(initial_state), delta_softplus, backend=name)
+    channels_last = channels_last_layout(u)
+
+    def lanes(t: torch.Tensor | None) -> torch.Tensor | None:
+        """A ``(batch, dim, L)`` input in the kernels' layout: ``(batch, L, dim)`` when channels-last."""
+        return prep(t.transpose(1, 2)) if channels_last and t is not None else prep(t)
+
+    out, last, _ = SELECTIVE_SCAN(lanes(u), lanes(delta), prep(A), prep(Bc), prep(Cc), prep(D), lanes(z),
+                                  prep(delta_bias), prep(initial_state), delta_softplus, channels_last, backend=name)
+    out = out.transpose(1, 2) if channels_last else out
     return out.to(u.dtype), (last if output_final_state else None)
 
 

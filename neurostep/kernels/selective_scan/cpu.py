@@ -154,13 +154,20 @@ def _scatter_once(dst, src, slot, bi, d0, lt, group_size):
 
 
 @numba.njit(error_model="numpy")
-def _gather_rows(dst, src, b, d0, start, nk, w):
-    """dst[k, j] = src[b, d0 + j, start + k] for a chunk of ``nk`` steps and ``w`` lanes.
+def _gather_rows(dst, src, b, d0, start, nk, w, channels_last):
+    """dst[k, j] = src[b, d0 + j, start + k] for a chunk of ``nk`` steps and ``w`` lanes; with
+    ``channels_last`` (``src (batch, L, dim)``) dst[k, j] = src[b, start + k, d0 + j], a row copy per step.
 
-    Channel by channel, so each channel's ``nk`` contiguous values are read in one go: with
-    L = 1024 the rows of a ``(batch, dim, L)`` fp32 tensor are exactly 4 KB apart, all W of them
+    Channels-first, channel by channel, so each channel's ``nk`` contiguous values are read in one go:
+    with L = 1024 the rows of a ``(batch, dim, L)`` fp32 tensor are exactly 4 KB apart, all W of them
     map to the same L1 sets, and a step-by-step gather across them evicts its own lines (4K
     aliasing; measured 10 ms of a 70 ms backward)."""
+    if channels_last:
+        for k in range(nk):
+            row = src[b, start + k, d0:d0 + w]
+            for j in range(w):
+                dst[k, j] = row[j]
+        return
     for j in range(w):
         # a slice indexed from 0: an index like start + k could be negative to numba's eyes, and
         # the wraparound select it then emits keeps the loop scalar
@@ -170,8 +177,15 @@ def _gather_rows(dst, src, b, d0, start, nk, w):
 
 
 @numba.njit(error_model="numpy")
-def _store_rows(dst, src, b, d0, start, nk, w):
-    """dst[b, d0 + j, start + k] = src[k, j], channel by channel (see :func:`_gather_rows`)."""
+def _store_rows(dst, src, b, d0, start, nk, w, channels_last):
+    """dst[b, d0 + j, start + k] = src[k, j] (channels-last: dst[b, start + k, d0 + j]); see
+    :func:`_gather_rows`."""
+    if channels_last:
+        for k in range(nk):
+            row = dst[b, start + k, d0:d0 + w]
+            for j in range(w):
+                row[j] = src[k, j]
+        return
     for j in range(w):
         row = dst[b, d0 + j, start:start + nk]
         for k in range(nk):
@@ -307,14 +321,14 @@ def _forward_chunk_of_typed(mixed, x, a, dts, uvs, k0, nk, dvl, B, bi, gb, lb0, 
 
 
 def _forward_kernel(lo, hi, slot, mixed, args):
-    (u, delta, biasv, softplus, At, B, C, Dv, z, has_z, ckpt, gs_b, gs_c, chunk, one, threshold, w, h0t, out, last,
-     _, _, _, _, _, _, _, _, _, _, _) = args   # _: the backward's fields (see _ARGS)
+    (u, delta, biasv, softplus, At, B, C, Dv, z, has_z, ckpt, gs_b, gs_c, chunk, one, threshold, w, cl, h0t, out,
+     last, _, _, _, _, _, _, _, _, _, _, _) = args   # _: the backward's fields (see _ARGS)
     # ``w`` is W passed at run time, as in the backward (see there). ``mixed`` is None when every block
     # reads one B group and one C group (:func:`every_block_in_one_group`), else an empty array: numba
     # prunes the branches on ``mixed is None`` while typing, so each call compiles only its path
     # (first call from a cold cache, fp32, 2026-12-02, when the kernels were prange loops: 19 s for the
     # forward and 61 s for the backward, against 33 s and 114 s for both paths in one compilation).
-    batch, dpad, length = u.shape
+    dpad, length = (u.shape[2], u.shape[1]) if cl else (u.shape[1], u.shape[2])
     n_state = At.shape[0]
     n_blocks = dpad // W
     n_chunks = ckpt.shape[1]
@@ -353,10 +367,10 @@ def _forward_kernel(lo, hi, slot, mixed, args):
             # touches only block-local memory
             start = s0 * chunk
             ns = min(SPAN * chunk, length - start)
-            _gather_rows(dts, delta, b, d0, start, ns, w)
-            _gather_rows(uvs, u, b, d0, start, ns, w)
+            _gather_rows(dts, delta, b, d0, start, ns, w, cl)
+            _gather_rows(uvs, u, b, d0, start, ns, w, cl)
             if has_z:
-                _gather_rows(gts, z, b, d0, start, ns, w)
+                _gather_rows(gts, z, b, d0, start, ns, w, cl)
             _prepare_chunk(dts, dts, gts, gts, biasv, d0, ns, w, softplus, has_z, run_time(False), one,
                            threshold)
             for k0 in range(0, ns, chunk):
@@ -382,7 +396,7 @@ def _forward_kernel(lo, hi, slot, mixed, args):
                 for k in range(ns):
                     for j in range(w):
                         ys[k, j] *= gts[k, j]
-            _store_rows(out, ys, b, d0, start, ns, w)
+            _store_rows(out, ys, b, d0, start, ns, w, cl)
         for n in range(n_state):
             for j in range(w):
                 last[b, n, d0 + j] = x[n, j]
@@ -568,7 +582,7 @@ def _adjoint_and_terms_of_typed(mixed, dx, dxs, xs, dec, a, dts, uvs, gs, k0, nk
 
 
 def _backward_kernel(lo, hi, slot, mixed, args):
-    (u, delta, biasv, softplus, At, B, C, Dv, z, has_z, ckpt, gs_b, gs_c, chunk, one, threshold, w, _, _, _,
+    (u, delta, biasv, softplus, At, B, C, Dv, z, has_z, ckpt, gs_b, gs_c, chunk, one, threshold, w, cl, _, _, _,
      gout, glast, du_out, ddelta_out, dAt, dBbuf, dCbuf, dDv, dbias, dz_out, dh0t) = args   # _: the forward's (_ARGS)
     # ``w`` is W passed at run time: with a compile-time trip count of 16, LLVM fully unrolls the
     # cheap lane loops left here and leaves them scalar (the SLP pass cannot prove the block arrays
@@ -576,7 +590,8 @@ def _backward_kernel(lo, hi, slot, mixed, args):
     # (n, lane) are the chunk functions above. Per span of chunks (walked in reverse): gather and
     # prepare the lane values; per chunk (in reverse): recompute the states from the checkpoint, the
     # gate's gradient, the dx recurrence alone, then the terms that need dx; store the span's rows.
-    batch, dpad, length = u.shape
+    batch = u.shape[0]
+    length = u.shape[1] if cl else u.shape[2]
     n_state = At.shape[0]
     n_chunks = ckpt.shape[1]
     b_time, c_time = B.shape[2] > 1, C.shape[2] > 1
@@ -639,11 +654,11 @@ def _backward_kernel(lo, hi, slot, mixed, args):
             for s0 in range((n_chunks - 1) // SPAN * SPAN, -1, -SPAN):
                 s_start = s0 * chunk
                 ns = min(span, length - s_start)
-                _gather_rows(dts, delta, b, d0, s_start, ns, w)
-                _gather_rows(uvs, u, b, d0, s_start, ns, w)
-                _gather_rows(gs, gout, b, d0, s_start, ns, w)
+                _gather_rows(dts, delta, b, d0, s_start, ns, w, cl)
+                _gather_rows(uvs, u, b, d0, s_start, ns, w, cl)
+                _gather_rows(gs, gout, b, d0, s_start, ns, w, cl)
                 if has_z:
-                    _gather_rows(gts, z, b, d0, s_start, ns, w)
+                    _gather_rows(gts, z, b, d0, s_start, ns, w, cl)
                 _prepare_chunk(dts, spd, gts, gzd, biasv, d0, ns, w, softplus, has_z, run_time(True), one,
                                threshold)
                 for c in range(min(s0 + SPAN, n_chunks) - 1, s0 - 1, -1):
@@ -698,9 +713,9 @@ def _backward_kernel(lo, hi, slot, mixed, args):
                     else:
                         _reduce_chunk(dCbuf, tcs, acc_c, c_time, slot, ci, d0, start, nk, gs_c)
                 if has_z:
-                    _store_rows(dz_out, dzs, b, d0, s_start, ns, w)
-                _store_rows(du_out, dus, b, d0, s_start, ns, w)
-                _store_rows(ddelta_out, ddts, b, d0, s_start, ns, w)
+                    _store_rows(dz_out, dzs, b, d0, s_start, ns, w, cl)
+                _store_rows(du_out, dus, b, d0, s_start, ns, w, cl)
+                _store_rows(ddelta_out, ddts, b, d0, s_start, ns, w, cl)
             if not b_time:
                 _scatter_once(dBbuf, acc_b, slot, bi, d0, 0, gs_b)
             if not c_time:
@@ -722,7 +737,7 @@ def _backward_kernel(lo, hi, slot, mixed, args):
 # fields it needs and gets 1-element stand-ins for the others' (:func:`_kernel_args`).
 _ARGS = (("u", "f3"), ("delta", "f3"), ("biasv", "f1"), ("softplus", "b"), ("At", "f2"), ("B", "f4"), ("C", "f4"),
          ("Dv", "f1"), ("z", "f3"), ("has_z", "b"), ("ckpt", "f4"), ("gs_b", "i"), ("gs_c", "i"), ("chunk", "i"),
-         ("one", "f"), ("threshold", "f"), ("w", "i"),
+         ("one", "f"), ("threshold", "f"), ("w", "i"), ("channels_last", "b"),
          # the forward's
          ("h0t", "f3"), ("out", "f3"), ("last", "f3"),
          # the backward's
@@ -761,17 +776,26 @@ def _state_lanes(t: torch.Tensor | None, shape: tuple[int, int, int], like: torc
     return _pad_dim(t.transpose(1, 2), -1, dpad)
 
 
-def _prepare(u, delta, A, B, C, D, z, delta_bias):
-    """Kernel inputs: channels padded to a multiple of W (zeros), A and D in lane layout, B and C
-    as ``(Bb, G, Lb, N)``. delta and z stay raw: the kernels apply the bias, softplus and SiLU."""
-    dim = u.shape[1]
+def _sizes(u: torch.Tensor, channels_last: bool) -> tuple[int, int, int, int]:
+    """``(batch, dim, L)`` of ``u`` in either layout, and the dim of ``u`` that holds the channels."""
+    if channels_last:
+        return u.shape[0], u.shape[2], u.shape[1], 2
+    return u.shape[0], u.shape[1], u.shape[2], 1
+
+
+def _prepare(u, delta, A, B, C, D, z, delta_bias, channel_dim):
+    """Kernel inputs: channels (dim ``channel_dim`` of u, delta and z) padded to a multiple of W (zeros), A
+    and D in lane layout, B and C as ``(Bb, G, Lb, N)``. delta and z stay raw: the kernels apply the bias,
+    softplus and SiLU."""
+    dim = u.shape[channel_dim]
     dpad = -(-dim // W) * W
     At = _pad_dim(A.t(), -1, dpad)
     Dv = _pad_dim(D if D is not None else u.new_zeros(dim), -1, dpad)
     biasv = _pad_dim(delta_bias.to(u.dtype) if delta_bias is not None else u.new_zeros(dim), -1, dpad)
-    zp = _pad_dim(z, 1, dpad) if z is not None else u.new_empty(1, 1, 1)
+    zp = _pad_dim(z, channel_dim, dpad) if z is not None else u.new_empty(1, 1, 1)
     Bk, Ck = B.transpose(-1, -2).contiguous(), C.transpose(-1, -2).contiguous()
-    return dpad, _pad_dim(u, 1, dpad), _pad_dim(delta, 1, dpad), biasv, At, Bk, Ck, Dv, zp
+    return (dpad, _pad_dim(u, channel_dim, dpad), _pad_dim(delta, channel_dim, dpad), biasv, At, Bk, Ck, Dv,
+            zp)
 
 
 def _mixed(dim: int, B: torch.Tensor, C: torch.Tensor) -> np.ndarray | None:
@@ -786,12 +810,13 @@ def _constants(dtype: torch.dtype) -> tuple:
 
 
 @serialized
-def forward(u, delta, A, B, C, D, z, delta_bias, h0, delta_softplus):
+def forward(u, delta, A, B, C, D, z, delta_bias, h0, delta_softplus, channels_last=False):
     """Same contract as :func:`neurostep.kernels.selective_scan.reference.forward`; the saved
-    tensor holds the chunk checkpoints."""
-    batch, dim, length = u.shape
+    tensor holds the chunk checkpoints. Channels-last lanes are read and written in place (each step's
+    lanes a row), channels-first ones transposed block by block inside the kernel."""
+    batch, dim, length, channel_dim = _sizes(u, channels_last)
     n_state = A.shape[1]
-    dpad, up, dp, biasv, At, Bk, Ck, Dv, zp = _prepare(u, delta, A, B, C, D, z, delta_bias)
+    dpad, up, dp, biasv, At, Bk, Ck, Dv, zp = _prepare(u, delta, A, B, C, D, z, delta_bias, channel_dim)
     h0t = _state_lanes(h0, (batch, n_state, dpad), u)
     out = empty_like(up)
     last = u.new_empty(batch, n_state, dpad)
@@ -801,20 +826,21 @@ def forward(u, delta, A, B, C, D, z, delta_bias, h0, delta_softplus):
     args = _kernel_args(one.dtype, u=_np(up), delta=_np(dp), biasv=_np(biasv), softplus=bool(delta_softplus),
                         At=_np(At), B=_np(Bk), C=_np(Ck), Dv=_np(Dv), z=_np(zp), has_z=z is not None, ckpt=_np(ckpt),
                         gs_b=dim // B.shape[1], gs_c=dim // C.shape[1], chunk=CHUNK, one=one, threshold=threshold, w=W,
-                        h0t=_np(h0t), out=_np(out), last=_np(last))
+                        channels_last=bool(channels_last), h0t=_np(h0t), out=_np(out), last=_np(last))
     launch_ranges(_forward_kernel, _KINDS, range_slots(n_items), n_items, _mixed(dim, B, C), args)
     if dpad != dim:
-        out = out[:, :dim].contiguous()
+        out = out.narrow(channel_dim, 0, dim).contiguous()
     return out, last[..., :dim].transpose(1, 2).contiguous(), ckpt
 
 
 @serialized
-def backward(grad_out, grad_last, u, delta, A, B, C, D, z, delta_bias, h0, saved, delta_softplus):
+def backward(grad_out, grad_last, u, delta, A, B, C, D, z, delta_bias, h0, saved, delta_softplus,
+             channels_last=False):
     """Same contract as :func:`neurostep.kernels.selective_scan.reference.backward`."""
-    batch, dim, length = u.shape
+    batch, dim, length, channel_dim = _sizes(u, channels_last)
     n_state = A.shape[1]
-    dpad, up, dp, biasv, At, Bk, Ck, Dv, zp = _prepare(u, delta, A, B, C, D, z, delta_bias)
-    gp = _pad_dim(grad_out, 1, dpad)
+    dpad, up, dp, biasv, At, Bk, Ck, Dv, zp = _prepare(u, delta, A, B, C, D, z, delta_bias, channel_dim)
+    gp = _pad_dim(grad_out, channel_dim, dpad)
     glast = _state_lanes(grad_last, (batch, n_state, dpad), u)
     # one B and C gradient buffer per range of blocks (a range runs on one thread): no write races
     n_items = dpad // W
@@ -831,12 +857,14 @@ def backward(grad_out, grad_last, u, delta, A, B, C, D, z, delta_bias, h0, saved
     args = _kernel_args(one.dtype, u=_np(up), delta=_np(dp), biasv=_np(biasv), softplus=bool(delta_softplus),
                         At=_np(At), B=_np(Bk), C=_np(Ck), Dv=_np(Dv), z=_np(zp), has_z=z is not None, ckpt=_np(saved),
                         gs_b=dim // B.shape[1], gs_c=dim // C.shape[1], chunk=CHUNK, one=one, threshold=threshold, w=W,
-                        gout=_np(gp), glast=_np(glast), du_out=_np(du), ddelta_out=_np(ddelta), dAt=_np(dAt),
+                        channels_last=bool(channels_last), gout=_np(gp), glast=_np(glast), du_out=_np(du),
+                        ddelta_out=_np(ddelta), dAt=_np(dAt),
                         dBbuf=_np(dBbuf), dCbuf=_np(dCbuf), dDv=_np(dDv), dbias=_np(dbias), dz_out=_np(dz),
                         dh0t=_np(dh0t))
     launch_ranges(_backward_kernel, _KINDS, n_slots, n_items, _mixed(dim, B, C), args)
     if dpad != dim:
-        du, ddelta, dz = du[:, :dim], ddelta[:, :dim], (dz[:, :dim] if z is not None else dz)
+        du, ddelta = du.narrow(channel_dim, 0, dim), ddelta.narrow(channel_dim, 0, dim)
+        dz = dz.narrow(channel_dim, 0, dim) if z is not None else dz
     dB = dBbuf.sum(0).transpose(-1, -2).contiguous()
     dC = dCbuf.sum(0).transpose(-1, -2).contiguous()
     return (du.contiguous(), ddelta.contiguous(), dAt[:, :dim].t().contiguous(), dB, dC,

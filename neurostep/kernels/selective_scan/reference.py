@@ -7,8 +7,11 @@ Per lane ``(b, d)`` and state index ``n``, with ``dt = softplus(delta + delta_bi
     out_l = (y_l + D[d] * u_l) * silu(z_l)
 
 Every backend module exports ``forward`` and ``backward`` with the signatures below and works on
-contiguous tensors of one compute dtype (float32 or float64). ``B`` and ``C`` arrive in the canonical
-4-D layout ``(Bb, G, N, Lb)`` built by the public op:
+contiguous tensors of one compute dtype (float32 or float64). With ``channels_last``, ``u``, ``delta``, ``z``,
+``out``, ``grad_out`` and their gradients are ``(batch, L, dim)`` instead of ``(batch, dim, L)`` (the memory
+order of a channels-last input, which the public op passes without a transposing copy); everything else
+keeps its shape. ``B`` and ``C`` arrive in the canonical 4-D layout ``(Bb, G, N, Lb)`` built by the public
+op:
 
 - constant ``(dim, N)``           -> ``(1, dim, N, 1)``  (one group per lane, no batch, no time)
 - per step ``(batch, N, L)``      -> ``(batch, 1, N, L)``
@@ -67,6 +70,11 @@ def _states(u, dt, A, Bf, h0):
     return states
 
 
+def channels_first(t: torch.Tensor | None) -> torch.Tensor | None:
+    """A ``(batch, L, dim)`` tensor as a contiguous ``(batch, dim, L)`` one (None stays None); also back."""
+    return None if t is None else t.transpose(1, 2).contiguous()
+
+
 def forward(
     u: torch.Tensor,
     delta: torch.Tensor,
@@ -78,13 +86,18 @@ def forward(
     delta_bias: torch.Tensor | None,
     h0: torch.Tensor | None,
     delta_softplus: bool,
+    channels_last: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Run the scan.
 
-    Args: u, delta, z ``(batch, dim, L)``; A ``(dim, N)``; B, C canonical ``(Bb, G, N, Lb)``;
-    D, delta_bias ``(dim,)``; h0 ``(batch, dim, N)``; optional ones may be None.
-    Returns ``out (batch, dim, L)``, ``last_state (batch, dim, N)`` and the saved tensor (empty).
+    Args: u, delta, z ``(batch, dim, L)`` (``(batch, L, dim)`` with ``channels_last``); A ``(dim, N)``; B, C
+    canonical ``(Bb, G, N, Lb)``; D, delta_bias ``(dim,)``; h0 ``(batch, dim, N)``; optional ones may be None.
+    Returns ``out`` in ``u``'s layout, ``last_state (batch, dim, N)`` and the saved tensor (empty).
     """
+    if channels_last:
+        out, last, saved = forward(channels_first(u), channels_first(delta), A, B, C, D, channels_first(z),
+                                   delta_bias, h0, delta_softplus)
+        return channels_first(out), last, saved
     dim, length = u.shape[1], u.shape[2]
     dt = effective_delta(delta, delta_bias, delta_softplus)
     Bf, Cf = expand_groups(B, dim), expand_groups(C, dim)
@@ -112,12 +125,18 @@ def backward(
     h0: torch.Tensor | None,
     saved: torch.Tensor,
     delta_softplus: bool,
+    channels_last: bool = False,
 ) -> tuple[torch.Tensor | None, ...]:
     """Gradients ``(du, ddelta, dA, dB, dC, dD, dz, ddelta_bias, dh0)`` (None where the input is None).
 
-    ``grad_out (batch, dim, L)`` and ``grad_last (batch, dim, N)`` (or None) are the incoming gradients.
-    dB and dC come back in the canonical shapes of B and C.
+    ``grad_out`` (in ``u``'s layout) and ``grad_last (batch, dim, N)`` (or None) are the incoming gradients.
+    du, ddelta and dz come back in ``u``'s layout, dB and dC in the canonical shapes of B and C.
     """
+    if channels_last:
+        du, ddt, *rest = backward(channels_first(grad_out), grad_last, channels_first(u), channels_first(delta), A,
+                                  B, C, D, channels_first(z), delta_bias, h0, saved, delta_softplus)
+        dA, dB, dC, dD, dz, d_bias, dh0 = rest
+        return channels_first(du), channels_first(ddt), dA, dB, dC, dD, channels_first(dz), d_bias, dh0
     batch, dim, length = u.shape
     pre = delta if delta_bias is None else delta + delta_bias[:, None]
     dt = effective_delta(delta, delta_bias, delta_softplus)
