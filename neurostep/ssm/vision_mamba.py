@@ -67,7 +67,7 @@ class BidirectionalMamba(Mamba):
             raise ValueError("BidirectionalMamba.scan cannot resume from a state: its backward direction reads the "
                              "whole sequence from the end; pass state=None, or use scan_direction per direction")
         x = self._check_input(x, 3)
-        xs, z = self._in_proj_channels_first(x)
+        xs, z = self._in_proj_channels_last(x)
         y_f, st_f = self._ssm_scan(xs, z, "", None, output_final_state)
         y_b, st_b = self._ssm_scan(xs.flip(-1), z.flip(-1), "_b", None, output_final_state)
         y = (y_f + y_b.flip(-1)) / 2
@@ -102,7 +102,7 @@ class BidirectionalMamba(Mamba):
         x = self._check_input(x, 3)
         if state is not None:
             self._check_state(state, x.shape[0], x.device)
-        xs, z = self._in_proj_channels_first(x)
+        xs, z = self._in_proj_channels_last(x)
         if backward:
             y, st = self._ssm_scan(xs.flip(-1), z.flip(-1), "_b", state)
             y = y.flip(-1)
