@@ -430,12 +430,6 @@ class MambaLTI(Mamba):
     def _direction(self, suffix: str) -> tuple[nn.Conv1d, None, None, nn.Parameter, nn.Parameter]:
         return self.conv1d, None, None, self.A_log, self.D
 
-    @property
-    def _reads_channels_last(self) -> bool:
-        # the long convolution is a batched product over the channels, which wants them outermost: with
-        # channels-last blocks a main-job training step of this block was 8% slower (2-core Intel Xeon,
-        # 2026-12-06), with the scan kernels 14% faster for Mamba
-        return self.mode == "scan"
 
     def _scan_coefficients(self, xc: torch.Tensor, suffix: str
                            ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -447,7 +441,9 @@ class MambaLTI(Mamba):
         if self.mode == "scan":
             return super()._ssm_core(xc, z, suffix, init_h, output_final_state)
         cdtype = compute_dtype(xc.dtype)
-        y, last = lti_convolution(xc.to(cdtype), F.softplus(self.dt_bias.to(cdtype)),
+        # the short conv runs channels-last (its faster kernels); the long convolution is a product batched
+        # over the channels, which wants them outermost: one copy to the channels-first layout
+        y, last = lti_convolution(xc.to(cdtype).contiguous(), F.softplus(self.dt_bias.to(cdtype)),
                                   -torch.exp(self.A_log.to(cdtype)), self.B.to(cdtype), self.C.to(cdtype),
                                   self.D.to(cdtype), None if init_h is None else init_h.to(cdtype),
                                   output_final_state=output_final_state)
