@@ -179,8 +179,7 @@ class _SSMParams(nn.Module):
         if channels_last_layout(xc):
             delta = F.linear(dt, dt_proj.weight).transpose(1, 2)
         else:
-            # W @ dt^T gives (B, Di, L) contiguous, the channels-first layout, through a transposing copy (see
-            # _in_proj_channels_first for why)
+            # W @ dt^T: (B, Di, L) contiguous, the channels-first layout of the caller's blocks
             delta = torch.matmul(dt_proj.weight, dt.transpose(1, 2))
         return delta, Bm.transpose(1, 2), Cm.transpose(1, 2), dt_proj.bias.to(compute_dtype(xc.dtype))
 
@@ -286,50 +285,29 @@ class Mamba(_SSMParams, Recurrent):
         x = self._check_input(x, 3)
         if state is not None:
             self._check_state(state, x.shape[0], x.device)
-        xs, z = self._in_proj_channels_last(x) if self._reads_channels_last else self._in_proj_channels_first(x)
+        xs, z = self._in_proj_channels_last(x)
         y, new_state = self._ssm_scan(xs, z, "", state, output_final_state)
         return self.out_proj(y.transpose(1, 2).to(x.dtype)), new_state
-
-    @property
-    def _reads_channels_last(self) -> bool:
-        """Whether :meth:`scan` hands the conv and the scan channels-last blocks (:meth:`_in_proj_channels_last`)
-        rather than channels-first ones: what the fused kernels read without copies."""
-        return True
 
     def _in_proj_channels_last(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``in_proj`` of ``x (B, L, C)`` as two token-major products: ``x, z`` of ``(B, Di, L)`` each, the
         transposes of ``(B, L, Di)`` blocks (channels-last), which the conv, the projections of the selection
         and the scan read as they are and whose output ``out_proj`` reads as it is: no transposing copy in
-        the forward or the backward (the channels-first layout took 18 per training step of a two-layer
-        model). Each token's values are the products :meth:`_in_proj_channels_first` computes."""
+        the forward or the backward.
+
+        Channels-first blocks, the layout of mamba-ssm's kernels, took 18 transposing copies per training step
+        of the main experiment's two-layer model; with them the steps of the ``mamba`` mixer were 1.14-1.19x
+        slower (``docs/ssm.md``). The two halves are two products, so that each comes out contiguous. The
+        tokens are the products' rows, as they were in the channels-first products (``W @ x^T`` run by
+        ``torch.matmul`` as ``x W^T`` and then copied), so each token's values are the same to the bit and do
+        not depend on how many tokens a call holds: one ``bmm`` per batch row from the weight side, with the
+        tokens as columns, made sequence-parallel ``MambaLM`` (``tests/distributed``) drift from one process
+        25 times more in float32, past its tolerance."""
         weight, bias = self.in_proj.weight, self.in_proj.bias
         d_inner = self.d_inner
         xs = F.linear(x, weight[:d_inner], None if bias is None else bias[:d_inner])
         z = F.linear(x, weight[d_inner:], None if bias is None else bias[d_inner:])
         return xs.transpose(1, 2), z.transpose(1, 2)
-
-    def _in_proj_channels_first(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``in_proj`` of ``x (B, L, C)`` computed as ``W @ x^T``: ``x, z`` of ``(B, Di, L)`` each, the kernels'
-        layout. The two halves are two products, so each comes out contiguous: chunks of one
-        ``(B, 2 Di, L)`` product would each be copied before the kernels (measured 0.5 of 3 ms for the
-        projection's forward and backward at ``(32, 64, 32)``, ``Di = 64``).
-
-        ``torch.matmul`` runs each as one product with the tokens of all batch rows as its rows and copies
-        the result into the channels-first layout. One ``bmm`` per batch row from the weight side writes
-        that layout directly, with no copy, and made a main-job Mamba training step about 6% faster
-        (2-core AMD EPYC, 2026-12-04). But there the tokens are the product's columns, and a token's value
-        then depends at the last bit on how many tokens the call holds: sequence-parallel ``MambaLM``
-        (``tests/distributed``) drifted from one process by 25 times more in float32, past its
-        tolerance. So the copy stays."""
-        weight, bias = self.in_proj.weight, self.in_proj.bias
-        d_inner = self.d_inner
-        xt = x.transpose(1, 2)
-        xs = torch.matmul(weight[:d_inner], xt)
-        z = torch.matmul(weight[d_inner:], xt)
-        if bias is not None:
-            xs = xs + bias[:d_inner, None]
-            z = z + bias[d_inner:, None]
-        return xs, z
 
     def step(self, x_t: torch.Tensor, state: MambaState) -> tuple[torch.Tensor, MambaState]:
         """One token: ``x_t (B, d_model) -> y_t (B, d_model)``; returns a new state (no in-place update)."""
