@@ -5,14 +5,15 @@ batch row. Inside a block the ``W`` channels are the vector lanes: for every tim
 state index ``n`` the update ``x[n, j] = exp(dt[j] A[n, j]) x[n, j] + dt[j] u[j] B[n, j]`` runs over
 ``j`` in vector registers with the vectorizable ``vexp``, and the output ``y[j] = sum_n x[n, j] C[n, j]``
 accumulates vertically, so no horizontal reduction sits on the critical path (N may be 1, as in
-LaMamba). The lane values of a span of ``SPAN`` chunks (delta, u, z, grad) are gathered once,
-channel by channel, from the ``(batch, dim, L)`` tensors into block-local arrays, so the N loop
-touches only block-local memory; the loops over (step, n, lane) are functions of their own, one
-call per chunk (see the note above :func:`_forward_chunk`). When every block's channels share one
-B/C group (one group, or groups of a multiple of W channels), B[n] and C[n] enter the lane loops as
-scalars; the other layouts read them per lane. The two are separate compilations, chosen by the type
-of the ``mixed`` argument (:func:`_forward_chunk_of`). Channels are padded to a multiple of W only
-when needed.
+LaMamba). The lane values of a span of ``SPAN`` chunks (delta, u, z, grad) are gathered once into
+block-local arrays, channel by channel from channels-first ``(batch, dim, L)`` tensors or step by step
+from channels-last ``(batch, L, dim)`` ones (the ``channels_last`` argument; the arithmetic after the
+gather is the same, so are the results), so the N loop touches only block-local memory; the loops
+over (step, n, lane) are functions of their own, one call per chunk (see the note above
+:func:`_forward_chunk`). When every block's channels share one B/C group (one group, or groups of a
+multiple of W channels), B[n] and C[n] enter the lane loops as scalars; the other layouts read them
+per lane. The two are separate compilations, chosen by the type of the ``mixed`` argument
+(:func:`_forward_chunk_of`). Channels are padded to a multiple of W only when needed.
 
 Memory: the forward never stores per-step states. It saves only the state entering every chunk of
 ``CHUNK`` steps (``(batch, ceil(L / CHUNK), N, dim)``). The backward walks the chunks in reverse,
