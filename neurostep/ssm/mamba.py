@@ -26,7 +26,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from neurostep.engine import Recurrent, check_nonempty, check_tensor, check_token_range, compute_dtype
-from neurostep.engine.layout import channels_last_layout
 from neurostep.kernels.causal_conv1d import causal_conv1d, causal_conv1d_update
 from neurostep.kernels.selective_scan import selective_scan, selective_state_update
 from neurostep.layers import RMSNorm, inverse_softplus, log_uniform_steps, s4d_real_log_A
@@ -168,19 +167,16 @@ class _SSMParams(nn.Module):
 
     def _scan_coefficients(self, xc: torch.Tensor, suffix: str
                            ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Selection: ``delta (B, Di, L)`` in ``xc``'s layout, ``B, C (B, N, L)`` and the delta bias from the conv
+        """Selection: ``delta (B, Di, L)`` (channels-last), ``B, C (B, N, L)`` and the delta bias from the conv
         output ``xc``."""
         _, x_proj, dt_proj, A_log, _ = self._direction(suffix)
         x_dbl = F.linear(xc.transpose(1, 2), x_proj.weight)  # (B, L, R + 2N)
         rank = dt_proj.weight.shape[1]
         n = A_log.shape[1]
         dt, Bm, Cm = torch.split(x_dbl, [rank, n, n], dim=-1)
-        # the bias is added inside the scan
-        if channels_last_layout(xc):
-            delta = F.linear(dt, dt_proj.weight).transpose(1, 2)
-        else:
-            # W @ dt^T: (B, Di, L) contiguous, the channels-first layout of the caller's blocks
-            delta = torch.matmul(dt_proj.weight, dt.transpose(1, 2))
+        # token-major, as x_dbl: for the channels-last blocks of scan() a transpose of it is the scan's layout (a
+        # channels-first xc gets it copied by the scan); the bias is added inside the scan
+        delta = F.linear(dt, dt_proj.weight).transpose(1, 2)
         return delta, Bm.transpose(1, 2), Cm.transpose(1, 2), dt_proj.bias.to(compute_dtype(xc.dtype))
 
     def _step_coefficients(self, xc: torch.Tensor, suffix: str

@@ -75,6 +75,24 @@ def channels_first(t: torch.Tensor | None) -> torch.Tensor | None:
     return None if t is None else t.transpose(1, 2).contiguous()
 
 
+def forward_via_channels_first(forward_first, u, delta, A, B, C, D, z, delta_bias, h0, delta_softplus):
+    """A channels-last forward on a backend's channels-first one: ``u``, ``delta`` and ``z`` transposed in,
+    ``out`` transposed back."""
+    out, last, saved = forward_first(channels_first(u), channels_first(delta), A, B, C, D, channels_first(z),
+                                     delta_bias, h0, delta_softplus)
+    return channels_first(out), last, saved
+
+
+def backward_via_channels_first(backward_first, grad_out, grad_last, u, delta, A, B, C, D, z, delta_bias, h0, saved,
+                                delta_softplus):
+    """The channels-last backward on a channels-first one, as :func:`forward_via_channels_first`: du, ddelta
+    and dz transposed back, the other gradients as they come."""
+    du, ddt, dA, dB, dC, dD, dz, d_bias, dh0 = backward_first(
+        channels_first(grad_out), grad_last, channels_first(u), channels_first(delta), A, B, C, D, channels_first(z),
+        delta_bias, h0, saved, delta_softplus)
+    return channels_first(du), channels_first(ddt), dA, dB, dC, dD, channels_first(dz), d_bias, dh0
+
+
 def forward(
     u: torch.Tensor,
     delta: torch.Tensor,
@@ -95,9 +113,7 @@ def forward(
     Returns ``out`` in ``u``'s layout, ``last_state (batch, dim, N)`` and the saved tensor (empty).
     """
     if channels_last:
-        out, last, saved = forward(channels_first(u), channels_first(delta), A, B, C, D, channels_first(z),
-                                   delta_bias, h0, delta_softplus)
-        return channels_first(out), last, saved
+        return forward_via_channels_first(forward, u, delta, A, B, C, D, z, delta_bias, h0, delta_softplus)
     dim, length = u.shape[1], u.shape[2]
     dt = effective_delta(delta, delta_bias, delta_softplus)
     Bf, Cf = expand_groups(B, dim), expand_groups(C, dim)
@@ -133,10 +149,8 @@ def backward(
     du, ddelta and dz come back in ``u``'s layout, dB and dC in the canonical shapes of B and C.
     """
     if channels_last:
-        du, ddt, *rest = backward(channels_first(grad_out), grad_last, channels_first(u), channels_first(delta), A,
-                                  B, C, D, channels_first(z), delta_bias, h0, saved, delta_softplus)
-        dA, dB, dC, dD, dz, d_bias, dh0 = rest
-        return channels_first(du), channels_first(ddt), dA, dB, dC, dD, channels_first(dz), d_bias, dh0
+        return backward_via_channels_first(backward, grad_out, grad_last, u, delta, A, B, C, D, z, delta_bias, h0,
+                                           saved, delta_softplus)
     batch, dim, length = u.shape
     pre = delta if delta_bias is None else delta + delta_bias[:, None]
     dt = effective_delta(delta, delta_bias, delta_softplus)

@@ -17,7 +17,12 @@ import torch.nn.functional as F
 import triton
 import triton.language as tl
 
-from neurostep.kernels.selective_scan.reference import SOFTPLUS_THRESHOLD, channels_first, effective_delta
+from neurostep.kernels.selective_scan.reference import (
+    SOFTPLUS_THRESHOLD,
+    backward_via_channels_first,
+    effective_delta,
+    forward_via_channels_first,
+)
 
 CHUNK = 32
 BLOCK_D = 16
@@ -143,9 +148,7 @@ def forward(u, delta, A, B, C, D, z, delta_bias, h0, delta_softplus, channels_la
     """Same contract as :func:`neurostep.kernels.selective_scan.reference.forward` (saved: checkpoints). The
     kernels read time-contiguous lanes: a channels-last call runs on transposed copies."""
     if channels_last:
-        out, last, ckpt = forward(channels_first(u), channels_first(delta), A, B, C, D, channels_first(z),
-                                  delta_bias, h0, delta_softplus)
-        return channels_first(out), last, ckpt
+        return forward_via_channels_first(forward, u, delta, A, B, C, D, z, delta_bias, h0, delta_softplus)
     batch, dim, length = u.shape
     n_state = A.shape[1]
     dt = effective_delta(delta, delta_bias, delta_softplus).contiguous()
@@ -164,10 +167,8 @@ def backward(grad_out, grad_last, u, delta, A, B, C, D, z, delta_bias, h0, saved
              channels_last=False):
     """Same contract as :func:`neurostep.kernels.selective_scan.reference.backward`."""
     if channels_last:
-        du, ddt, dA, dB, dC, dD, dz, d_bias, dh0 = backward(
-            channels_first(grad_out), grad_last, channels_first(u), channels_first(delta), A, B, C, D,
-            channels_first(z), delta_bias, h0, saved, delta_softplus)
-        return channels_first(du), channels_first(ddt), dA, dB, dC, dD, channels_first(dz), d_bias, dh0
+        return backward_via_channels_first(backward, grad_out, grad_last, u, delta, A, B, C, D, z, delta_bias, h0,
+                                           saved, delta_softplus)
     batch, dim, length = u.shape
     n_state = A.shape[1]
     dt = effective_delta(delta, delta_bias, delta_softplus).contiguous()
