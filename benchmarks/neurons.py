@@ -18,6 +18,14 @@ round-robin (one call of each in turn) so that a change of machine load hits all
 The op's ratio to the roofline is given twice: as the ratio of the two medians, and round by round (the median and
 quartiles of each round's ratio), which a drift of the machine's speed between rounds moves less.
 
+Every contender runs under the process's OpenMP wait policy, stored with the results: torch's default (active:
+threads spin a while after each parallel region) unless ``OMP_WAIT_POLICY`` is set. It moves the roofline ratio,
+because neurostep's kernels run on numba's OpenMP pool while the peers and the copy run on torch's, and a pool
+that spins takes a core from the other: on the 2-core Intel Xeon of family 6 model 207 (2026-12-06,
+11:39-11:42 UTC, load 1.0, ``--steps 32 --quick``, two runs each way alternating) the ratio was 2.44x and 2.54x
+under ``OMP_WAIT_POLICY=PASSIVE`` (what the ``neurostep`` command sets) and 2.98x and 3.31x under the default, the
+copy taking 2.0-2.2 ms either way.
+
     .venv/bin/python benchmarks/neurons.py           # T = 32 and 256
     .venv/bin/python benchmarks/neurons.py --quick   # fewer repeats
     .venv/bin/python benchmarks/neurons.py --malloc-tuned   # neurostep.retain_freed_memory() first (all contenders)
@@ -36,7 +44,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _results import load_average, ratio, summary_row, table, write_result  # noqa: E402
+from _results import load_average, omp_wait_policy, ratio, summary_row, table, write_result  # noqa: E402
 
 from neurostep.kernels.lif import lif_scan  # noqa: E402
 from neurostep.memory import retain_freed_memory  # noqa: E402
@@ -173,8 +181,10 @@ def main() -> None:
     set_threads(args.threads)
     repeats, warmup = (5, 1) if args.quick else (15, 2)
 
+    policy = omp_wait_policy()
     report = {"threads": args.threads,
               "malloc_tuned": malloc_tuned,
+              "omp_wait_policy": policy,
               "neurons": args.neurons, "runs": {}}
     load_before = load_average()
     tables, summary = [], []
@@ -201,7 +211,8 @@ def main() -> None:
               f"/ roofline into fresh tensors: {ours / roof_fresh:.2f}x")
         print(f"the same ratio round by round: median {paired['median']:.2f}x, quartiles "
               f"{paired['q1']:.2f}-{paired['q3']:.2f}x")
-        tables.append(table(f"T={T}, {args.neurons:,} neurons, fp32, forward+backward, {args.threads} threads; "
+        tables.append(table(f"T={T}, {args.neurons:,} neurons, fp32, forward+backward, {args.threads} threads, "
+                            f"OpenMP wait policy {policy}; "
                             f"neurostep / roofline {ours / roof:.2f}x ({ours / roof_fresh:.2f}x into fresh tensors; "
                             f"round by round {paired['median']:.2f}x, "
                             f"quartiles {paired['q1']:.2f}-{paired['q3']:.2f}x)", columns, rows))
