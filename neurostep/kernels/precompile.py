@@ -1,7 +1,7 @@
 """Compile every CPU kernel variant into numba's disk cache ahead of the first call.
 
-A kernel compiles on its first call in a process whose numba cache lacks it: from about 2 s (linear scan) to
-about 7 s (the decayed linear attention's forward) on a 2-core machine in the stored run
+A kernel compiles on its first call in a process whose numba cache lacks it: from about 1.5 s (linear scan) to
+about 7 s (the selective scan's float64 backward) on a 2-core machine in the stored run
 (``benchmarks/results/compile_time.json``; up to 8.5 s in another run, with the machine's speed). Running this
 module once on a machine makes every later first call load from the cache instead (under 1 s); all 22 variants
 took 106 s of 2 cores (the README names the run), which is why ``make venv`` does not run it. It runs each
