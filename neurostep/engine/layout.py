@@ -46,4 +46,10 @@ def channels_last_layout(x: torch.Tensor) -> bool:
     return not x.is_contiguous() and x.stride(1) == 1 and x.shape[1] > 1
 
 
-__all__ = ["channels_last_layout", "dense_strides", "in_layout", "same_layout"]
+def swapped_time_and_channels(t: torch.Tensor | None) -> torch.Tensor | None:
+    """A ``(B, L, D)`` tensor as a contiguous ``(B, D, L)`` one, or back (None stays None): how a backend
+    whose kernels read channels-first blocks runs a channels-last call (transposed copies in and out)."""
+    return None if t is None else t.transpose(1, 2).contiguous()
+
+
+__all__ = ["channels_last_layout", "dense_strides", "in_layout", "same_layout", "swapped_time_and_channels"]

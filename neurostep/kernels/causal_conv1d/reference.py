@@ -20,6 +20,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from neurostep.engine.layout import swapped_time_and_channels
+
 
 def padded_input(x: torch.Tensor, width: int, initial_states: torch.Tensor | None) -> torch.Tensor:
     """``(B, D, L) -> (B, D, W - 1 + L)``: the input with its causal history in front."""
@@ -32,16 +34,16 @@ def forward_via_channels_first(forward_first: Callable[..., tuple[torch.Tensor, 
                                *args: Any) -> tuple[torch.Tensor, torch.Tensor]:
     """A channels-last ``(B, L, D)`` forward on a backend's channels-first one: ``x`` transposed to
     ``(B, D, L)``, ``out`` transposed back; ``args`` are the forward's after ``x``, ``channels_last`` excluded."""
-    out, saved = forward_first(x.transpose(1, 2).contiguous(), *args, False)
-    return out.transpose(1, 2).contiguous(), saved
+    out, saved = forward_first(swapped_time_and_channels(x), *args, False)
+    return swapped_time_and_channels(out), saved
 
 
 def backward_via_channels_first(backward_first: Callable[..., tuple], grad_out: torch.Tensor, x: torch.Tensor,
                                 *args: Any) -> tuple:
     """The channels-last backward on a channels-first one, as :func:`forward_via_channels_first`: ``grad_out``
     and ``x`` transposed in, ``dx`` transposed back; the other gradients keep their shapes."""
-    dx, *rest = backward_first(grad_out.transpose(1, 2).contiguous(), x.transpose(1, 2).contiguous(), *args, False)
-    return (dx.transpose(1, 2).contiguous(), *rest)
+    dx, *rest = backward_first(swapped_time_and_channels(grad_out), swapped_time_and_channels(x), *args, False)
+    return (swapped_time_and_channels(dx), *rest)
 
 
 def _pre_activation(xpad: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, length: int) -> torch.Tensor:

@@ -26,6 +26,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from neurostep.engine.layout import swapped_time_and_channels
+
 # torch's and mamba-ssm's softplus switch to the identity above this input.
 SOFTPLUS_THRESHOLD = 20.0
 
@@ -70,27 +72,23 @@ def _states(u, dt, A, Bf, h0):
     return states
 
 
-def channels_first(t: torch.Tensor | None) -> torch.Tensor | None:
-    """A ``(batch, L, dim)`` tensor as a contiguous ``(batch, dim, L)`` one (None stays None); also back."""
-    return None if t is None else t.transpose(1, 2).contiguous()
-
-
 def forward_via_channels_first(forward_first, u, delta, A, B, C, D, z, delta_bias, h0, delta_softplus):
     """A channels-last forward on a backend's channels-first one: ``u``, ``delta`` and ``z`` transposed in,
     ``out`` transposed back."""
-    out, last, saved = forward_first(channels_first(u), channels_first(delta), A, B, C, D, channels_first(z),
-                                     delta_bias, h0, delta_softplus)
-    return channels_first(out), last, saved
+    u, delta, z = (swapped_time_and_channels(t) for t in (u, delta, z))
+    out, last, saved = forward_first(u, delta, A, B, C, D, z, delta_bias, h0, delta_softplus)
+    return swapped_time_and_channels(out), last, saved
 
 
 def backward_via_channels_first(backward_first, grad_out, grad_last, u, delta, A, B, C, D, z, delta_bias, h0, saved,
                                 delta_softplus):
     """The channels-last backward on a channels-first one, as :func:`forward_via_channels_first`: du, ddelta
     and dz transposed back, the other gradients as they come."""
-    du, ddt, dA, dB, dC, dD, dz, d_bias, dh0 = backward_first(
-        channels_first(grad_out), grad_last, channels_first(u), channels_first(delta), A, B, C, D, channels_first(z),
-        delta_bias, h0, saved, delta_softplus)
-    return channels_first(du), channels_first(ddt), dA, dB, dC, dD, channels_first(dz), d_bias, dh0
+    grad_out, u, delta, z = (swapped_time_and_channels(t) for t in (grad_out, u, delta, z))
+    du, ddt, dA, dB, dC, dD, dz, d_bias, dh0 = backward_first(grad_out, grad_last, u, delta, A, B, C, D, z,
+                                                              delta_bias, h0, saved, delta_softplus)
+    du, ddt, dz = (swapped_time_and_channels(t) for t in (du, ddt, dz))
+    return du, ddt, dA, dB, dC, dD, dz, d_bias, dh0
 
 
 def forward(
