@@ -193,9 +193,10 @@ def range_slots(n_items: int) -> int:
 
 def numba_type(kind: str, dtype: str) -> types.Type:
     """The numba type of one kernel argument: ``"i"`` int64, ``"b"`` bool, ``"f"`` a ``dtype`` scalar,
-    ``"fR"`` a C-contiguous ``dtype`` array of rank R, ``"i8"`` a C-contiguous int8 vector, ``"none"``
-    None."""
-    fixed = {"i": types.int64, "b": types.boolean, "i8": types.int8[::1], "none": types.none}
+    ``"fR"`` a C-contiguous ``dtype`` array of rank R, ``"i8"`` a C-contiguous int8 vector, ``"d1"`` a
+    C-contiguous float64 vector whatever ``dtype`` is (sums kept in double precision), ``"none"`` None."""
+    fixed = {"i": types.int64, "b": types.boolean, "i8": types.int8[::1], "d1": types.float64[::1],
+             "none": types.none}
     if kind in fixed:
         return fixed[kind]
     scalar = numba.from_dtype(np.dtype(dtype))
@@ -203,7 +204,7 @@ def numba_type(kind: str, dtype: str) -> types.Type:
         return scalar
     if kind[:1] == "f" and kind[1:].isdigit():
         return types.Array(scalar, int(kind[1:]), "C")
-    raise ValueError(f"unknown argument kind {kind!r} (one of i, b, f, fR, i8, none)")
+    raise ValueError(f"unknown argument kind {kind!r} (one of i, b, f, fR, i8, d1, none)")
 
 
 def stand_in(kind: str, dtype: str | np.dtype) -> Any:

@@ -123,13 +123,14 @@ def variants() -> dict[str, Callable[[], torch.Tensor]]:
 
 
 def _lif_surrogates(name: str) -> None:
-    """For a LIF variant, the surrogate functions its backward takes as an argument, of every surrogate (the
-    variant itself runs the default one): compiled one per surrogate, on first use, like a variant."""
-    from neurostep.kernels.lif.cpu import reverse_row_function
+    """For a LIF variant, what its backward compiles per surrogate, for every surrogate (the variant itself runs
+    the default one): the snntorch convention's surrogate functions, the spikingjelly LIF's recomputing backward
+    (with its default flags), each compiled on first use like a variant."""
+    from neurostep.kernels.lif.cpu import recompute_backward_function
     from neurostep.kernels.lif.surrogates import SURROGATES, sg_block_function
 
     dtype = name.rsplit(" ", 1)[1]
-    function = sg_block_function if "snntorch" in name else reverse_row_function
+    function = sg_block_function if "snntorch" in name else recompute_backward_function
     for surrogate in SURROGATES.values():
         function(surrogate.sid, dtype)
 

@@ -15,7 +15,7 @@ from neurostep.kernels.decayed_linear_attention import cpu as dla_cpu
 from neurostep.kernels.decayed_linear_attention import decayed_linear_attention
 from neurostep.kernels.lif import cpu as lif_cpu
 from neurostep.kernels.lif import lif_scan
-from neurostep.kernels.lif.cpu import reverse_row_function
+from neurostep.kernels.lif.cpu import recompute_backward_function
 from neurostep.kernels.lif.surrogates import SURROGATES, sg_block_function
 from neurostep.kernels.linear_scan import cpu as linear_scan_cpu
 from neurostep.kernels.linear_scan import linear_scan
@@ -33,9 +33,10 @@ def test_lif_one_variant_per_dtype_across_layouts():
             xs = x.to(dtype).requires_grad_(True)
             s, _ = lif_scan(xs, tau_inv=0.5, v_threshold=1.0, backend="cpu")
             s.sum().backward()
-    for kernel in (lif_cpu._forward_kernel, lif_cpu._backward_recompute_kernel):
-        counts = _variants_per_dtype(kernel)
-        assert set(counts.values()) == {1}, (kernel.__name__, kernel.signatures)
+    counts = _variants_per_dtype(lif_cpu._forward_kernel)
+    assert set(counts.values()) == {1}, lif_cpu._forward_kernel.signatures
+    for dtype in ("float32", "float64"):   # the backward: a range kernel, compiled for one signature per dtype
+        assert len(recompute_backward_function(SURROGATES["sigmoid"].sid, dtype).dispatcher.signatures) == 1
 
 
 def test_linear_scan_one_variant_per_dtype_across_layouts_and_h0():
@@ -54,21 +55,22 @@ def test_linear_scan_one_variant_per_dtype_across_layouts_and_h0():
 
 
 def test_lif_backward_kernels_compile_once_for_every_surrogate():
-    # the surrogate reaches the kernels as a function argument of one type, each surrogate's loop compiled on
-    # its own: a new surrogate compiles that loop, not the kernel again
+    # the snntorch convention's surrogate reaches its kernel as a function argument of one type, each surrogate's
+    # loop compiled on its own; the spikingjelly LIF's recomputing backward is one kernel per surrogate (and
+    # flags), compiled once for every layout
     x = torch.randn(6, 32)
     for surrogate in ("sigmoid", "atan", "erf"):
         for convention in ("spikingjelly", "snntorch"):
-            xs = x.clone().requires_grad_(True)
-            s, _ = lif_scan(xs, tau_inv=0.5, v_threshold=1.0, surrogate=surrogate, convention=convention,
-                            backend="cpu")
-            s.sum().backward()
-    for kernel in (lif_cpu._backward_kernel, lif_cpu._backward_recompute_kernel):
-        counts = _variants_per_dtype(kernel)
-        assert set(counts.values()) == {1}, (kernel.__name__, kernel.signatures)
+            for xs in (x.clone(), x.t().contiguous().t()):
+                xs.requires_grad_(True)
+                s, _ = lif_scan(xs, tau_inv=0.5, v_threshold=1.0, surrogate=surrogate, convention=convention,
+                                backend="cpu")
+                s.sum().backward()
+    counts = _variants_per_dtype(lif_cpu._backward_kernel)
+    assert set(counts.values()) == {1}, lif_cpu._backward_kernel.signatures
     for surrogate in ("sigmoid", "atan", "erf"):
         sid = SURROGATES[surrogate].sid
-        assert len(reverse_row_function(sid, "float32").dispatcher.signatures) == 1
+        assert len(recompute_backward_function(sid, "float32").dispatcher.signatures) == 1
         assert len(sg_block_function(sid, "float32").dispatcher.signatures) == 1
 
 

@@ -13,6 +13,7 @@ from neurostep.engine import COSTS, KERNELS, BackendUnavailableError
 from neurostep.kernels.lif import SURROGATES, LIFState, lif_scan
 from neurostep.kernels.lif.reference import lif_loop, spike
 from neurostep.kernels.lif.surrogates import sg_block_function, sg_constant
+from neurostep.kernels.numba_launch import use_threads
 
 BACKENDS = ["reference", "cpu"]
 
@@ -240,10 +241,15 @@ def test_backends_agree_exactly_on_spikes_large():
 
 
 # 2500 lanes: blocks of 1024 and a partial one; 20000: eight blocks of 2512 (an eighth of the lanes), the
-# last partial; T=300: blocks shrunk so that their rows fit in L2
+# last partial; T=300: blocks shrunk so that their rows fit in L2. With one thread every block but the last is
+# followed by one whose membrane the backward recomputes during its reverse sweep (the last full block by a
+# partial one); with two, each thread's range of blocks ends without one. Sigmoid computes its surrogate in a
+# pass of its own, atan in the same pass as the gradients; the threshold is learnt with atan.
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("surrogate", ["sigmoid", "atan"])
 @pytest.mark.parametrize("T,n,kw", [(5, 2500, dict(v_reset=0.0)), (4, 20000, dict(v_reset=0.0)),
                                     (300, 1100, dict(v_reset=None, decay_input=False))])
-def test_cpu_backward_recomputes_membrane_across_blocks(T, n, kw):
+def test_cpu_backward_recomputes_membrane_across_blocks(T, n, kw, surrogate, threads):
     """The numba LIF saves no membrane for its backward (autograd keeps only x and small tensors)
     and recomputes it per block of lanes; with several blocks, and with T long enough to shrink
     the block, its gradients equal the reference backend's."""
@@ -258,13 +264,16 @@ def test_cpu_backward_recomputes_membrane_across_blocks(T, n, kw):
     for backend in ("reference", "cpu"):
         xs = x.clone().requires_grad_()
         tau = torch.tensor(0.3, requires_grad=True)
-        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-            out = _scan(xs, v0, tau_inv=tau, v_threshold=1.0, backend=backend, **kw)
+        vth = torch.tensor(1.0, requires_grad=True) if surrogate == "atan" else 1.0
+        leaves = [xs, tau] + ([vth] if surrogate == "atan" else [])
+        with use_threads(threads):
+            with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+                out = _scan(xs, v0, tau_inv=tau, v_threshold=vth, surrogate=surrogate, backend=backend, **kw)
+            w = torch.randn(out.spikes.shape, generator=torch.Generator().manual_seed(3))
+            grads[backend] = torch.autograd.grad((out.spikes * w).sum() + out.v_last.sum(), leaves)
         if backend == "cpu":
             assert sum(saved) <= x.numel() + 4 * n + 16, saved
         saved.clear()
-        w = torch.randn(out.spikes.shape, generator=torch.Generator().manual_seed(3))
-        grads[backend] = torch.autograd.grad((out.spikes * w).sum() + out.v_last.sum(), [xs, tau])
     for got, want in zip(grads["cpu"], grads["reference"]):
         torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5 * max(1.0, want.abs().max().item()))
     assert grads["reference"][0].abs().sum() > 0

@@ -59,9 +59,9 @@ def test_precompiled_kernels_load_from_the_cache(tmp_path):
 
 SURROGATE_PROBE = """
 import json
-from neurostep.kernels.lif.cpu import reverse_row_function
+from neurostep.kernels.lif.cpu import recompute_backward_function
 from neurostep.kernels.lif.surrogates import SURROGATES
-stats = [reverse_row_function(s.sid, "float32").dispatcher.stats for s in SURROGATES.values()]
+stats = [recompute_backward_function(s.sid, "float32").dispatcher.stats for s in SURROGATES.values()]
 print(json.dumps({"hits": sum(sum(s.cache_hits.values()) for s in stats),
                   "misses": sum(sum(s.cache_misses.values()) for s in stats)}))
 """

@@ -202,6 +202,7 @@ def _backward(impl, call: BackwardCall):
     gx, gv0, ga0, gk, gvth = impl.backward(
         xc, _to_compute(v0, None, order, cdtype), None if recompute else h, theta if adaptive else None,
         prep(g_spikes, True), prep(g_v_seq, True), prep(g_v_last, False), prep(g_a_last, False), p, need_k_grad,
+        need_threshold_grad=call.needs_input_grad[4],
     )
     needs = call.needs_input_grad
     return (

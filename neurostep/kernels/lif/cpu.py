@@ -26,12 +26,19 @@ from collections.abc import Callable
 import numba
 import numpy as np
 import torch
-from numba import prange, types
+from numba import prange
 
 from neurostep.engine import check_numba_input
 from neurostep.kernels.lif.common import LIFParams
 from neurostep.kernels.lif.surrogates import sg_block_function, sg_constant, sg_value
-from neurostep.kernels.numba_launch import CompiledFunction, compiled_function, numba_type, serialized, stand_in
+from neurostep.kernels.numba_launch import (
+    CompiledFunction,
+    launch_ranges,
+    range_kernel,
+    range_slots,
+    serialized,
+    stand_in,
+)
 from neurostep.kernels.numba_sum import vsum64
 from neurostep.memory import empty_like
 
@@ -102,17 +109,22 @@ def _spike_grads(hj, thj, s, gst, sgj, gv, extra, vr, one, hard, detach):  # pra
 
 
 @numba.njit(inline="always")
+def _fire(vj, xj, k, vth, vr, vr_c, one, hard, decay):  # pragma: no cover - compiled
+    """One lane of one step of the non-adaptive spikingjelly neuron: ``(h, spike, membrane after the reset)``
+    from the membrane ``vj`` and the input ``xj``. The forward and the recomputing backward both call it, so
+    they round identically."""
+    hj = _charge(vj, xj, k, vr_c, decay)
+    s = one if hj - vth >= one - one else one - one
+    return hj, s, _reset(hj, s, vth, vr, one, hard)
+
+
+@numba.njit(inline="always")
 def _plain_step(xr, v, out, n, k, vth, vr, vr_c, one, hard, decay, store_h):  # pragma: no cover - compiled
-    """One step of the non-adaptive spikingjelly neuron over a block's lanes: charge from ``xr``,
-    fire, reset ``v`` in place; ``out`` gets the spikes, or ``h`` when ``store_h``. The forward and
-    the recomputing backward both call it, so they round identically."""
-    zero = one - one
+    """One step of the non-adaptive spikingjelly neuron over a block's lanes (:func:`_fire`): charge from
+    ``xr``, fire, reset ``v`` in place; ``out`` gets the spikes, or ``h`` when ``store_h``."""
     for j in range(n):
-        vj = v[j]
-        hj = _charge(vj, xr[j], k, vr_c, decay)
-        s = one if hj - vth >= zero else zero
+        hj, s, v[j] = _fire(v[j], xr[j], k, vth, vr, vr_c, one, hard, decay)
         out[j] = hj if store_h else s
-        v[j] = _reset(hj, s, vth, vr, one, hard)
 
 
 @numba.njit(parallel=True, cache=True, error_model="numpy")
@@ -276,135 +288,181 @@ def _backward_kernel(x, v0, h, theta, g_spikes, g_vseq, g_vlast, g_alast, gx, gv
 
 
 @numba.njit(inline="always")
-def _reverse_lane(row, gsr, cv, gvth_acc, dh, j, hj, sgj, k, omk, vth, vr, one, hard, decay,
-                  detach):  # pragma: no cover - compiled
-    """Lane ``j`` of a reverse row function (:func:`_reverse_row_source`), given ``hj = h[t]`` and its
-    surrogate ``sgj``."""
+def _reverse_lane(row, gsr, cv, gvth_acc, dh, j, hj, sgj, k, omk, vth, vr, one, hard, decay, detach,
+                  keep_dh, need_vth):  # pragma: no cover - compiled
+    """Lane ``j`` of one reverse step of the recomputing backward, given ``hj = h[t]`` (read from ``row``, which
+    gets ``gx[t]``) and its surrogate ``sgj``: ``cv`` carries the membrane gradient to step t-1, ``dh`` gets the
+    gradient of h[t] where ``keep_dh`` (for the tau_inv gradient), ``gvth_acc`` sums the threshold's where
+    ``need_vth``."""
     zero = one - one
     s = one if hj - vth >= zero else zero
     gh, gth = _spike_grads(hj, vth, s, gsr[j], sgj, cv[j], zero, vr, one, hard, detach)
-    gvth_acc[j] += gth
+    if need_vth:
+        gvth_acc[j] += gth
     row[j] = gh * k if decay else gh
     cv[j] = gh * omk
-    dh[j] = gh  # kept for the tau_inv gradient
+    if keep_dh:
+        dh[j] = gh
+
+
+@numba.njit(inline="always")
+def _recompute_lane(xr, v, out, j, k, vth, vr, vr_c, one, hard, decay):  # pragma: no cover - compiled
+    """Lane ``j`` of one recomputed forward step (:func:`_fire`): ``out[j]`` gets h, ``v[j]`` the membrane."""
+    hj, _, v[j] = _fire(v[j], xr[j], k, vth, vr, vr_c, one, hard, decay)
+    out[j] = hj
 
 
 # Surrogates whose derivative is a long chain of dependent operations (an exponential: sigmoid, piecewise
-# exp, erf): their reverse row computes it in a first pass (see _reverse_row_source).
+# exp, erf): their reverse step computes it in a first pass (see _recompute_backward_source).
 _TWO_PASS_SURROGATES = (0, 3, 6)
 
+# The recomputing backward's arguments (kinds as in neurostep.kernels.numba_launch.numba_type), in order.
+_RECOMPUTE_KINDS = ("f2", "f1", "f2", "f2", "f1", "f2", "f1", "d1", "d1", "f", "f", "f", "f", "f", "f", "b", "b", "b",
+                    "f", "f", "i")
 
-def _reverse_row_source(sid: int) -> Callable[..., None]:
-    """The reverse row function of surrogate ``sid`` (a closure: numba reads ``sid`` as a constant, prunes the
-    other surrogates' branches before typing and folds the switch of :func:`sg_value`).
 
-    ``reverse_row(row, gsr, cv, gvth_acc, dh, n, a, c, k, omk, vth, vr, one, hard, decay, detach)`` is one
-    reverse step of :func:`_backward_recompute_kernel` over a block's lanes: ``row`` holds h[t] in and gx[t]
-    out, ``cv`` carries the membrane gradient to step t-1, ``dh`` gets the gradient of h[t].
+def _recompute_backward_source(sid: int, hard: bool, decay: bool, detach: bool, need_k: bool,
+                               need_vth: bool) -> Callable[..., None]:
+    """The backward of the non-adaptive spikingjelly neuron without a saved ``h``, for surrogate ``sid`` and the
+    neuron's flags, which the closure fixes at compile time: numba reads them as constants, folds the switch
+    of :func:`sg_value` and the flags' selects, and the loops vectorize without a test of a flag per lane; the
+    gradients of tau_inv (``need_k``) and of the threshold (``need_vth``) are computed only when asked for (one
+    compiled variant per combination a process uses; measurements in ``docs/ssm.md``, "LIF backward").
 
-    One pass computes the surrogate, the spike's and the membrane's gradients, except for the surrogates
-    with an exponential (:data:`_TWO_PASS_SURROGATES`): their surrogate is a long chain of dependent
-    operations that keeps few lanes in flight when the gradients wait on it in the same loop, so a first
-    pass parks it in ``dh`` and a second computes the gradients from there. Sigmoid: 1.03-1.08 against
-    1.19-1.20 ns per lane on data in L1, 1.37-1.39 against 1.51-1.54 ms for the whole backward at T=32 and
-    65,536 neurons; piecewise exp 1.10-1.12 against 1.29-1.32 ns; erf 1.15-1.29 against 1.36-1.39 ns. For
-    atan and the piecewise quadratic the second pass costs more than it saves (0.74-0.79 against
-    0.67-0.68 ns, 0.66-0.72 against 0.61-0.66 ns; 2-core AMD EPYC, 2026-12-05, load 0.7-0.8). A function
-    of its own so that FMA contraction applies to the gradient arithmetic (10% of the backward at T=32)
-    and not to the recomputed h, which must round as the forward did; and one per surrogate, passed to the
-    kernel by address (:func:`reverse_row_function`), so that a first call compiles the surrogate it uses,
-    not all eight (the LIF backward's first call from a cold cache: 8.3 s with every surrogate's loop in one
-    function called by the kernel).
+    ``kernel(lo, hi, slot, variant, args)`` is a range kernel (:func:`~neurostep.kernels.numba_launch.launch_ranges`;
+    ``args`` of the kinds :data:`_RECOMPUTE_KINDS`: ``x, v0, g_spikes, g_vseq, g_vlast, gx, gv0, gk_part,
+    gvth_part, k, omk, vth, vr, vr_c, one, has_gs, has_gvseq, has_gvlast, alpha, sg_c, block``) over the blocks of
+    ``block`` lanes, ``lo <= b < hi`` in order. A block's ``h`` is recomputed from x with the
+    forward's arithmetic (:func:`_fire`) and parked in the block's rows of ``gx``; the reverse sweep then reads
+    ``h[t]`` from its row and overwrites it with ``gx[t]``. The ``T x block`` rows stay in L2 between the two.
+    The next block's ``h`` is recomputed inside this block's reverse sweep, its step ``T - 1 - t`` in the same
+    loop as this block's surrogate at step ``t``, so that its stream of x from memory overlaps arithmetic that
+    a sweep of its own would wait on; the rows of the two blocks in L2 stay at ``T + 1`` (this block's rows
+    ``0..t`` still to read, the next block's ``T - 1 - t..T - 1`` written). Measurements: ``docs/ssm.md``,
+    "LIF backward".
+
+    Surrogates with an exponential (:data:`_TWO_PASS_SURROGATES`) get their derivative in a first pass, parked
+    in ``gh``, and the gradients in a second: their surrogate is a long chain of dependent operations that keeps
+    few lanes in flight when the gradients wait on it in the same loop (sigmoid: 1.03-1.08 against 1.19-1.20 ns
+    per lane on data in L1; 2-core AMD EPYC, 2026-12-05). The others compute everything in one pass.
     """
     two_pass = sid in _TWO_PASS_SURROGATES
 
-    def reverse_row(row, gsr, cv, gvth_acc, dh, n, a, c, k, omk, vth, vr, one, hard, decay,
-                    detach):  # pragma: no cover - compiled
-        if two_pass:
+    def kernel(lo, hi, slot, variant, args):  # pragma: no cover - compiled
+        (x, v0, g_spikes, g_vseq, g_vlast, gx, gv0, gk_part, gvth_part, k, omk, vth, vr, vr_c, one, has_gs, has_gvseq,
+         has_gvlast, alpha, sg_c, block) = args
+        T, N = x.shape
+        zero = one - one
+        ty = x.dtype
+        v = np.empty(block, dtype=ty)         # the membrane of the block being recomputed
+        cv = np.empty(block, dtype=ty)        # the membrane gradient carried to step t-1
+        gh = np.empty(block, dtype=ty)        # the surrogate (two passes), then the gradient of h[t] (need_k)
+        dk = np.empty(block, dtype=ty)        # d h[t] / d tau_inv (need_k)
+        gk_acc = np.empty(block, dtype=ty)
+        gvth_acc = np.empty(block, dtype=ty)
+        x_idle = np.zeros(block, dtype=ty)    # the recomputation's scratch where no next block is
+        h_idle = np.empty(block, dtype=ty)
+        v_idle = np.zeros(block, dtype=ty)
+        if lo < hi:  # the first block's h, recomputed on its own
+            start = lo * block
+            n = min(block, N - start)
             for j in range(n):
-                dh[j] = sg_value(sid, a, c, row[j] - vth)
+                v[j] = v0[start + j]
+            for t in range(T):
+                _plain_step(x[t, start:start + n], v, gx[t, start:start + n], n, k, vth, vr, vr_c, one, hard,
+                            decay, True)
+        for b in range(lo, hi):
+            start = b * block
+            n = min(block, N - start)
+            nxt = start + n
+            n2 = min(block, N - nxt) if b + 1 < hi else 0   # lanes of the next block, recomputed alongside
+            if has_gvlast:
+                for j in range(n):
+                    cv[j] = g_vlast[start + j]
+            else:
+                for j in range(n):
+                    cv[j] = zero
             for j in range(n):
-                _reverse_lane(row, gsr, cv, gvth_acc, dh, j, row[j], dh[j], k, omk, vth, vr, one, hard, decay,
-                              detach)
-        else:
+                gk_acc[j] = zero
+                gvth_acc[j] = zero
+            for j in range(n2):
+                v[j] = v0[nxt + j]
+            for t in range(T - 1, -1, -1):
+                row = gx[t, start:start + n]
+                gsr = g_spikes[t if has_gs else 0, start:start + n]
+                if has_gvseq:
+                    gvr = g_vseq[t, start:start + n]
+                    for j in range(n):
+                        cv[j] += gvr[j]
+                if need_k:
+                    # V[t-1] from h[t-1], which still sits in the row above (rows are overwritten top-down)
+                    xr = x[t, start:start + n]
+                    if t > 0:
+                        hp = gx[t - 1, start:start + n]
+                        for j in range(n):
+                            hpj = hp[j]
+                            sp = one if hpj - vth >= zero else zero
+                            dk[j] = _dcharge_dk(_reset(hpj, sp, vth, vr, one, hard), xr[j], vr_c, decay)
+                    else:
+                        for j in range(n):
+                            dk[j] = _dcharge_dk(v0[start + j], xr[j], vr_c, decay)
+                # the next block's step T-1-t goes through the loop below when it has as many lanes as this
+                # one (every block but a range's last, and the array's last); otherwise the loop recomputes zeros
+                # into scratch rows, and a partial next block gets a loop of its own. One call of the surrogate
+                # per kernel: numba inlines it into each loop that calls it, and inlining the sigmoid's twice
+                # trips an internal check of numba's (NumbaIRAssumptionWarning).
+                if n2 == n:
+                    xn, hn, vn = x[T - 1 - t, nxt:nxt + n], gx[T - 1 - t, nxt:nxt + n], v
+                else:
+                    xn, hn, vn = x_idle, h_idle, v_idle
+                if two_pass:
+                    for j in range(n):
+                        gh[j] = sg_value(sid, alpha, sg_c, row[j] - vth)
+                        _recompute_lane(xn, vn, hn, j, k, vth, vr, vr_c, one, hard, decay)
+                    for j in range(n):
+                        _reverse_lane(row, gsr, cv, gvth_acc, gh, j, row[j], gh[j], k, omk, vth, vr, one, hard,
+                                      decay, detach, need_k, need_vth)
+                else:
+                    for j in range(n):
+                        hj = row[j]
+                        _reverse_lane(row, gsr, cv, gvth_acc, gh, j, hj, sg_value(sid, alpha, sg_c, hj - vth), k,
+                                      omk, vth, vr, one, hard, decay, detach, need_k, need_vth)
+                        _recompute_lane(xn, vn, hn, j, k, vth, vr, vr_c, one, hard, decay)
+                if 0 < n2 < n:
+                    xq, hq = x[T - 1 - t, nxt:nxt + n2], gx[T - 1 - t, nxt:nxt + n2]
+                    for j in range(n2):
+                        _recompute_lane(xq, v, hq, j, k, vth, vr, vr_c, one, hard, decay)
+                if need_k:
+                    for j in range(n):
+                        gk_acc[j] += gh[j] * dk[j]
             for j in range(n):
-                hj = row[j]
-                _reverse_lane(row, gsr, cv, gvth_acc, dh, j, hj, sg_value(sid, a, c, hj - vth), k, omk, vth, vr,
-                              one, hard, decay, detach)
+                gv0[start + j] = cv[j]
+            # the block's tau_inv and threshold gradients, summed in vector lanes: as two serial float64
+            # chains they cost more than the rest of a block at T = 4
+            gk_part[b] = vsum64(gk_acc, n)
+            gvth_part[b] = vsum64(gvth_acc, n)
 
-    return reverse_row
-
-
-_REVERSE_ROW_KINDS = ("f1", "f1", "f1", "f1", "f1", "i", "f", "f", "f", "f", "f", "f", "f", "b", "b", "b")
+    return kernel
 
 
 @functools.cache
-def reverse_row_function(sid: int, dtype: str) -> CompiledFunction:
-    """Surrogate ``sid``'s reverse row function (:func:`_reverse_row_source`) compiled for ``dtype``
-    ("float32" or "float64"), or loaded from numba's disk cache; kept for the process."""
-    signature = types.void(*(numba_type(kind, dtype) for kind in _REVERSE_ROW_KINDS))
-    return compiled_function(_reverse_row_source(sid), signature, error_model="numpy", fastmath={"contract"})
+def recompute_backward_kernel(sid: int, hard: bool, decay: bool, detach: bool, need_k: bool,
+                              need_vth: bool) -> Callable[..., None]:
+    """The range kernel of the recomputing backward for surrogate ``sid`` and these flags
+    (:func:`_recompute_backward_source`), one function object per combination for the process; numba compiles
+    it per dtype on first use (:func:`~neurostep.kernels.numba_launch.launch_ranges`), or loads it from its disk
+    cache: a first call compiles the surrogate and flags it uses, not every combination."""
+    return _recompute_backward_source(sid, bool(hard), bool(decay), bool(detach), bool(need_k), bool(need_vth))
 
 
-@numba.njit(parallel=True, cache=True, error_model="numpy")
-def _backward_recompute_kernel(x, v0, g_spikes, g_vseq, g_vlast, gx, gv0, gk_part, gvth_part, k, omk, vth, vr,
-                               vr_c, one, hard, decay, detach, has_gs, has_gvseq, has_gvlast, need_k, reverse_row,
-                               alpha, sg_c, block):  # pragma: no cover - compiled
-    """Backward of the non-adaptive spikingjelly neuron without a saved ``h``.
-
-    Per block of lanes, a forward sweep recomputes ``h`` with the forward kernel's exact arithmetic
-    and parks it in the block's rows of ``gx``; the reverse sweep then reads ``h[t]`` from that
-    row and overwrites it with ``gx[t]``. The ``T x block`` rows stay in L2 between the sweeps, so
-    the op moves x, the spike gradient and gx once each, and the forward allocates no saved state.
-    Every row is read and written through one slice object, so LLVM sees in-place updates rather
-    than two pointers it would have to check for overlap (which would keep the loops scalar).
-    """
-    T, N = x.shape
-    zero = one - one
-    nb = (N + block - 1) // block
-    for b in prange(nb):
-        lo = b * block
-        n = min(block, N - lo)
-        v = v0[lo:lo + n].copy()
-        for t in range(T):
-            xr = x[t, lo:lo + n]
-            _plain_step(xr, v, gx[t, lo:lo + n], n, k, vth, vr, vr_c, one, hard, decay, True)
-        cv = g_vlast[lo:lo + n].copy() if has_gvlast else np.zeros(n, dtype=v.dtype)
-        gh = np.empty(n, dtype=cv.dtype)  # the gradient of h[t]
-        dk = np.empty(n, dtype=cv.dtype)  # d h[t] / d tau_inv (need_k only)
-        gk_acc = np.zeros(n, dtype=cv.dtype)
-        gvth_acc = np.zeros(n, dtype=cv.dtype)
-        for t in range(T - 1, -1, -1):
-            row = gx[t, lo:lo + n]
-            gsr = g_spikes[t if has_gs else 0, lo:lo + n]
-            if has_gvseq:
-                gvr = g_vseq[t, lo:lo + n]
-                for j in range(n):
-                    cv[j] += gvr[j]
-            if need_k:
-                # V[t-1] from h[t-1], which still sits in the row above (rows are overwritten top-down)
-                xr = x[t, lo:lo + n]
-                if t > 0:
-                    hp = gx[t - 1, lo:lo + n]
-                    for j in range(n):
-                        hpj = hp[j]
-                        sp = one if hpj - vth >= zero else zero
-                        dk[j] = _dcharge_dk(_reset(hpj, sp, vth, vr, one, hard), xr[j], vr_c, decay)
-                else:
-                    vp0 = v0[lo:lo + n]
-                    for j in range(n):
-                        dk[j] = _dcharge_dk(vp0[j], xr[j], vr_c, decay)
-            reverse_row(row, gsr, cv, gvth_acc, gh, n, alpha, sg_c, k, omk, vth, vr, one, hard, decay, detach)
-            if need_k:
-                for j in range(n):
-                    gk_acc[j] += gh[j] * dk[j]
-        gv0b = gv0[lo:lo + n]
-        for j in range(n):
-            gv0b[j] = cv[j]
-        # the block's tau_inv and threshold gradients, summed in vector lanes: as two serial float64
-        # chains they cost more than the rest of a block at T = 4
-        gk_part[b] = vsum64(gk_acc, n)
-        gvth_part[b] = vsum64(gvth_acc, n)
+def recompute_backward_function(sid: int, dtype: str, hard: bool = True, decay: bool = True, detach: bool = False,
+                                need_k: bool = False, need_vth: bool = False) -> CompiledFunction:
+    """:func:`recompute_backward_kernel` compiled for ``dtype`` ("float32" or "float64") or loaded from numba's
+    disk cache, without running it; the defaults are spikingjelly's LIF (hard reset, decay_input, no detached
+    reset, a fixed time constant and threshold), the variant ``neurostep.kernels.precompile`` compiles for every
+    surrogate."""
+    kernel = recompute_backward_kernel(sid, hard, decay, detach, need_k, need_vth)
+    return range_kernel(kernel, _RECOMPUTE_KINDS, dtype, "none")
 
 
 _NP_DTYPE = {torch.float32: np.float32, torch.float64: np.float64}
@@ -476,11 +534,11 @@ def forward(x: torch.Tensor, v0: torch.Tensor, a0: torch.Tensor | None, p: LIFPa
 @serialized
 def backward(x: torch.Tensor | None, v0: torch.Tensor, h: torch.Tensor, theta: torch.Tensor | None,
              g_spikes: torch.Tensor | None, g_vseq: torch.Tensor | None, g_vlast: torch.Tensor | None,
-             g_alast: torch.Tensor | None, p: LIFParams, need_k_grad: bool):
+             g_alast: torch.Tensor | None, p: LIFParams, need_k_grad: bool, need_threshold_grad: bool = True):
     """Fused backward; see ``reference.backward`` for the contract. ``h`` is None when
     :func:`forward` did not save it (:func:`recomputes_h`); ``x`` is then required."""
     if h is None:
-        return _backward_recompute(x, v0, g_spikes, g_vseq, g_vlast, p, need_k_grad)
+        return _backward_recompute(x, v0, g_spikes, g_vseq, g_vlast, p, need_k_grad, need_threshold_grad)
     check_numba_input(h)
     T, N = h.shape
     adaptive = theta is not None
@@ -512,7 +570,8 @@ def backward(x: torch.Tensor | None, v0: torch.Tensor, h: torch.Tensor, theta: t
 
 
 def _backward_recompute(x: torch.Tensor, v0: torch.Tensor, g_spikes: torch.Tensor | None,
-                        g_vseq: torch.Tensor | None, g_vlast: torch.Tensor | None, p: LIFParams, need_k_grad: bool):
+                        g_vseq: torch.Tensor | None, g_vlast: torch.Tensor | None, p: LIFParams, need_k_grad: bool,
+                        need_threshold_grad: bool):
     if x is None:
         raise ValueError("the cpu LIF backward needs x when the forward saved no h")
     check_numba_input(x)
@@ -528,14 +587,13 @@ def _backward_recompute(x: torch.Tensor, v0: torch.Tensor, g_spikes: torch.Tenso
     gvth_part = np.zeros(nb, dtype=np.float64)
     k, omk, vth, vr, vr_c, _, _, one = _scalars(p, x.dtype)
     alpha, sg_c = _surrogate_scalars(p, x.dtype)
-    _backward_recompute_kernel(
-        _np(x), _np(v0), _np(g_spikes) if g_spikes is not None else np.zeros((1, N), dtype=np_dtype),
-        _np(g_vseq) if g_vseq is not None else stand_in("f2", np_dtype),
-        _np(g_vlast) if g_vlast is not None else stand_in("f1", np_dtype),
-        _np(gx), _np(gv0), gk_part, gvth_part, k, omk, vth, vr, vr_c, one, p.hard, p.decay_input, p.detach_reset,
-        g_spikes is not None, g_vseq is not None, g_vlast is not None, bool(need_k_grad),
-        reverse_row_function(p.sid, _dtype_name(x.dtype)), alpha, sg_c, block,
-    )
+    kernel = recompute_backward_kernel(p.sid, p.hard, p.decay_input, p.detach_reset, need_k_grad, need_threshold_grad)
+    args = (_np(x), _np(v0), _np(g_spikes) if g_spikes is not None else np.zeros((1, N), dtype=np_dtype),
+            _np(g_vseq) if g_vseq is not None else stand_in("f2", np_dtype),
+            _np(g_vlast) if g_vlast is not None else stand_in("f1", np_dtype),
+            _np(gx), _np(gv0), gk_part, gvth_part, k, omk, vth, vr, vr_c, one, g_spikes is not None, g_vseq is not None,
+            g_vlast is not None, alpha, sg_c, block)
+    launch_ranges(kernel, _RECOMPUTE_KINDS, range_slots(nb), nb, None, args)
     gk = _scalar_tensor(gk_part.sum(), x.dtype)
     gvth = _scalar_tensor(gvth_part.sum(), x.dtype)
     return gx, gv0, None, gk, gvth

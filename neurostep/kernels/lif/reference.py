@@ -170,12 +170,14 @@ def forward(x: torch.Tensor, v0: torch.Tensor, a0: torch.Tensor | None, p: LIFPa
 
 def backward(x: torch.Tensor | None, v0: torch.Tensor, h: torch.Tensor, theta: torch.Tensor | None,
              g_spikes: torch.Tensor | None, g_vseq: torch.Tensor | None, g_vlast: torch.Tensor | None,
-             g_alast: torch.Tensor | None, p: LIFParams, need_k_grad: bool):
+             g_alast: torch.Tensor | None, p: LIFParams, need_k_grad: bool, need_threshold_grad: bool = True):
     """Hand-derived backward of :func:`forward` (all tensors contiguous, x's compute dtype).
 
     x: ``(T, N)`` (read only for the tau_inv gradient with ``decay_input``; may be None
     otherwise); v0 ``(N,)``; h, theta: saved by :func:`forward`; g_*: output gradients or None
     (= zero). Returns ``(gx (T,N), gv0 (N,), ga0 (N,) | None, g_tau_inv (), g_v_threshold ())``.
+    ``need_k_grad`` / ``need_threshold_grad`` False: the caller discards ``g_tau_inv`` / ``g_v_threshold``, and a
+    backend may skip computing it (the cpu backend's recomputing kernel does; this one computes both).
     """
     T, N = h.shape
     sur = _BY_ID[p.sid]

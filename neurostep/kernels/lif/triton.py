@@ -261,8 +261,9 @@ def forward(x: torch.Tensor, v0: torch.Tensor, a0: torch.Tensor | None, p: LIFPa
 
 def backward(x: torch.Tensor | None, v0: torch.Tensor, h: torch.Tensor, theta: torch.Tensor | None,
              g_spikes: torch.Tensor | None, g_vseq: torch.Tensor | None, g_vlast: torch.Tensor | None,
-             g_alast: torch.Tensor | None, p: LIFParams, need_k_grad: bool):
-    """Fused backward; see ``reference.backward`` for the contract."""
+             g_alast: torch.Tensor | None, p: LIFParams, need_k_grad: bool, need_threshold_grad: bool = True):
+    """Fused backward; see ``reference.backward`` for the contract (it computes the threshold's gradient
+    whatever ``need_threshold_grad`` says)."""
     _check(h)
     T, N = h.shape
     adaptive = theta is not None
