@@ -366,8 +366,9 @@ def _recompute_backward_source(sid: int, hard: bool, decay: bool, detach: bool, 
         if lo < hi:  # the first block's h, recomputed on its own
             start = lo * block
             n = min(block, N - start)
+            v0b = v0[start:start + n]
             for j in range(n):
-                v[j] = v0[start + j]
+                v[j] = v0b[j]
             for t in range(T):
                 _plain_step(x[t, start:start + n], v, gx[t, start:start + n], n, k, vth, vr, vr_c, one, hard,
                             decay, True)
@@ -376,9 +377,13 @@ def _recompute_backward_source(sid: int, hard: bool, decay: bool, detach: bool, 
             n = min(block, N - start)
             nxt = start + n
             n2 = min(block, N - nxt) if b + 1 < hi else 0   # lanes of the next block, recomputed alongside
+            # the block's rows of the lane vectors as views from 0 (an index like start + j could be negative to
+            # numba's eyes, and its wraparound check stops vectorization)
+            v0b, gv0b, v0n = v0[start:start + n], gv0[start:start + n], v0[nxt:nxt + n2]
             if has_gvlast:
+                gvl = g_vlast[start:start + n]
                 for j in range(n):
-                    cv[j] = g_vlast[start + j]
+                    cv[j] = gvl[j]
             else:
                 for j in range(n):
                     cv[j] = zero
@@ -386,7 +391,7 @@ def _recompute_backward_source(sid: int, hard: bool, decay: bool, detach: bool, 
                 gk_acc[j] = zero
                 gvth_acc[j] = zero
             for j in range(n2):
-                v[j] = v0[nxt + j]
+                v[j] = v0n[j]
             for t in range(T - 1, -1, -1):
                 row = gx[t, start:start + n]
                 gsr = g_spikes[t if has_gs else 0, start:start + n]
@@ -405,7 +410,7 @@ def _recompute_backward_source(sid: int, hard: bool, decay: bool, detach: bool, 
                             dk[j] = _dcharge_dk(_reset(hpj, sp, vth, vr, one, hard), xr[j], vr_c, decay)
                     else:
                         for j in range(n):
-                            dk[j] = _dcharge_dk(v0[start + j], xr[j], vr_c, decay)
+                            dk[j] = _dcharge_dk(v0b[j], xr[j], vr_c, decay)
                 # the next block's step T-1-t goes through the loop below when it has as many lanes as this
                 # one (every block but a range's last, and the array's last); otherwise the loop recomputes zeros
                 # into scratch rows, and a partial next block gets a loop of its own. One call of the surrogate
@@ -436,7 +441,7 @@ def _recompute_backward_source(sid: int, hard: bool, decay: bool, detach: bool, 
                     for j in range(n):
                         gk_acc[j] += gh[j] * dk[j]
             for j in range(n):
-                gv0[start + j] = cv[j]
+                gv0b[j] = cv[j]
             # the block's tau_inv and threshold gradients, summed in vector lanes: as two serial float64
             # chains they cost more than the rest of a block at T = 4
             gk_part[b] = vsum64(gk_acc, n)
