@@ -8,7 +8,7 @@ contender computes the same function of the same leaves ``x (B, L, H, P)``, ``dt
 the released Mamba-2 models' ``ngroups``; transformers repeats B and C per head, neurostep forms
 ``C B^T`` once per group):
 
-- neurostep: ``decayed_linear_attention(q=C, k=B, v=x * dt, log_decay=dt * A, scale=1.0)``, the cpu
+- neurostep: ``decayed_linear_attention(q=C, k=B, v=x, log_decay=dt * A, v_scale=dt, scale=1.0)``, the cpu
   backend at its default chunk size (the one ``python -m neurostep tune`` recorded for this machine and
   workload, else 64; the result file says which), and with the other two of 32, 64 and 128;
 - transformers: ``mamba2_chunk_scan`` of ``transformers.models.mamba2.modeling_mamba2``, the SSD part
@@ -96,7 +96,7 @@ def run_neurostep(inputs, backend="cpu", chunk_size=None):
 
     def fn():
         x, dt, A, B, C = leaves
-        y, _ = decayed_linear_attention(C, B, x * dt[..., None], dt * A, scale=1.0, chunk_size=chunk_size,
+        y, _ = decayed_linear_attention(C, B, x, dt * A, v_scale=dt, scale=1.0, chunk_size=chunk_size,
                                         backend=backend)
         return y, torch.autograd.grad(y, leaves, inputs["grad"])
     return fn

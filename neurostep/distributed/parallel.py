@@ -363,11 +363,11 @@ class SequenceParallel:
 
         return self._two_pass(run, None, h0, lambda f: (f[0], a.prod(dim=1)), affine_combine, 1, 0)
 
-    def _dla_op(self, q, k, v, g, h0, scale, chunk_size, backend):
+    def _dla_op(self, q, k, v, g, h0, v_scale, scale, chunk_size, backend):
         self._no_state_after_first("decayed_linear_attention", h0)
 
         def run(initial):
-            out = DECAYED_LINEAR_ATTENTION(q, k, v, g, initial, scale, chunk_size, backend=backend)
+            out = DECAYED_LINEAR_ATTENTION(q, k, v, g, initial, v_scale, scale, chunk_size, backend=backend)
             return out, (out[1],)
 
         decay = torch.exp(g.sum(dim=1))[..., None, None]  # (B, H, 1, 1)

@@ -13,8 +13,9 @@ channels), ``G`` groups of ``B`` and ``C`` and state size ``N``::
 
 Head ``h`` reads group ``h // (H / G)`` of ``B`` and ``C``. The scan is the shared op
 :func:`~neurostep.kernels.decayed_linear_attention.decayed_linear_attention` with ``q = C``, ``k = B``
-(left in their ``G`` groups, which the op shares between heads), ``v = dt * x``, ``log_decay = dt * A``
-and ``scale = 1``; the one-token step is the same recurrence written out.
+(left in their ``G`` groups, which the op shares between heads), ``v = x`` with ``v_scale = dt`` (the op
+forms ``dt * x`` in its copy of ``x``), ``log_decay = dt * A`` and ``scale = 1``; the one-token step is the
+same recurrence written out.
 
 ``Mamba2LM`` stacks such layers as mamba-ssm's ``MambaLMHeadModel`` does (pre-norm RMSNorm
 residual blocks, fp32 residual stream, final RMSNorm) and builds itself from a Hugging Face
@@ -289,8 +290,8 @@ class Mamba2(Recurrent):
         and the state before it ``(B, H, N, P)`` or None; returns ``o (B, L, H, P)`` (without the ``D`` skip)
         and the state after it. One method, so that a benchmark can measure the layer without it."""
         A = -torch.exp(self.A_log.to(dt.dtype))
-        return _ssd()(Cm, Bm, xs * dt[..., None], dt * A, scale=1.0, initial_state=ssm_state,
-                      output_final_state=True, chunk_size=self.chunk_size, backend=self.backend)
+        return _ssd()(Cm, Bm, xs, dt * A, v_scale=dt, scale=1.0, initial_state=ssm_state, output_final_state=True,
+                      chunk_size=self.chunk_size, backend=self.backend)
 
     def step(self, x_t: torch.Tensor, state: Mamba2State) -> tuple[torch.Tensor, Mamba2State]:
         """One token: ``x_t (B, d_model) -> y_t (B, d_model)``; returns a new state (no in-place update)."""

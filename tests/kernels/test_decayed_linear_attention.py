@@ -116,6 +116,44 @@ def test_groups_of_q_and_k_match_their_copies_per_head(backend, H, G, L, chunk_s
 
 
 @pytest.mark.parametrize("backend", ["reference", *BACKENDS])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("groups,scale_grad", [(3, True), (1, True), (3, False)])
+def test_v_scale_equals_scaling_v_first(backend, dtype, groups, scale_grad):
+    """``v_scale`` gives the values and gradients of passing ``v * v_scale`` (Mamba-2's ``dt * x``), with and
+    without a gradient for the scale (the cpu backend then keeps no unscaled v), with groups of q and k."""
+    B, L, H, K, V = 2, 37, 3, 5, 24
+    q, k, v, ld, h0 = make(B, L, H, K, V, dtype=dtype)
+    q, k = grouped(q, k, groups)
+    w = torch.rand(B, L, H, generator=torch.Generator().manual_seed(3), dtype=torch.float64).add(0.05).to(dtype)
+    leaves = [t.clone().requires_grad_() for t in (q, k, v, ld, h0)]
+    w_leaf = w.clone().requires_grad_(scale_grad)
+    o, final = dla(*leaves[:4], v_scale=w_leaf, initial_state=leaves[4], output_final_state=True, chunk_size=16,
+                   backend=backend)
+    go, gf = torch.randn_like(o), torch.randn_like(final)
+    grads = torch.autograd.grad((o, final), leaves + ([w_leaf] if scale_grad else []), (go, gf))
+    ref_leaves = [t.clone().requires_grad_() for t in (q, k, v, ld, h0)]
+    ref_w = w.clone().requires_grad_()
+    o_ref, final_ref = dla(*ref_leaves[:2], ref_leaves[2] * ref_w[..., None], ref_leaves[3],
+                           initial_state=ref_leaves[4], output_final_state=True, chunk_size=16, backend=backend)
+    ref_grads = torch.autograd.grad((o_ref, final_ref), ref_leaves + ([ref_w] if scale_grad else []), (go, gf))
+    tol = {"rtol": 1e-4, "atol": 1e-4} if dtype == torch.float32 else {"rtol": 1e-10, "atol": 1e-10}
+    torch.testing.assert_close(o, o_ref, **tol)
+    torch.testing.assert_close(final, final_ref, **tol)
+    for got, want in zip(grads, ref_grads, strict=True):
+        torch.testing.assert_close(got, want, **tol)
+
+
+@pytest.mark.parametrize("backend", ["reference", *BACKENDS])
+def test_gradcheck_with_v_scale(backend):
+    q, k, v, ld, h0 = make(1, 9, 2, 3, 4)
+    w = torch.rand(1, 9, 2, dtype=torch.float64) + 0.1
+    leaves = [t.clone().requires_grad_() for t in (q, k, v, ld, h0, w)]
+    assert torch.autograd.gradcheck(
+        lambda q, k, v, g, h, s: dla(q, k, v, g, v_scale=s, initial_state=h, output_final_state=True, chunk_size=4,
+                                     backend=backend), leaves)
+
+
+@pytest.mark.parametrize("backend", ["reference", *BACKENDS])
 @pytest.mark.parametrize("const", [False, True])
 def test_two_calls_with_the_state_carried_equal_one_run(backend, const):
     q, k, v, ld, h0 = make(B=2, L=13, const=const, seed=4)
@@ -218,27 +256,36 @@ def test_nan_in_a_value_propagates(backend):
 def test_cost_formula_and_opcheck():
     B, L, H, K, V = 2, 10, 3, 5, 4
     q, k, v, ld, h0 = make(B, L, H, K, V, dtype=torch.float32)
-    args = (q, k, v, ld, h0, 0.5, 4, "cpu")
+    args = (q, k, v, ld, h0, None, 0.5, 4, "cpu")
     cost = COSTS.get("neurostep::decayed_linear_attention_forward")(args, {}, None)
     n = 3   # chunks of 4 tokens: 4 + 4 + 2 (padded)
     assert cost.macs == B * H * n * (4 * 4 * (K + V) + 2 * 4 * K * V)
     assert cost.exps == B * H * n * (16 + 8 + 1)
     assert cost.state_updates == B * H * n * K * V
     assert cost.bytes_written == 4 * (v.numel() + h0.numel())
+    # a v_scale adds one multiply per value and its own bytes read
+    w = torch.rand(B, L, H)
+    scaled = COSTS.get("neurostep::decayed_linear_attention_forward")((*args[:5], w, *args[6:]), {}, None)
+    assert scaled.muls == cost.muls + v.numel()
+    assert scaled.bytes_read == cost.bytes_read + 4 * w.numel()
+    assert scaled.macs == cost.macs
     for backend in ("reference", *BACKENDS):
-        leaves = [t.clone().requires_grad_() for t in (q, k, v, ld, h0)]
+        leaves = [t.clone().requires_grad_() for t in (q, k, v, ld, h0, w)]
         torch.library.opcheck(torch.ops.neurostep.decayed_linear_attention_forward.default,
-                              (*leaves, 0.5, 4, backend))
+                              (*leaves[:5], None, 0.5, 4, backend))
         torch.library.opcheck(torch.ops.neurostep.decayed_linear_attention_forward.default,
-                              (*leaves[:4], None, 1.0, 3, backend))
+                              (*leaves[:4], None, None, 1.0, 3, backend))
+        torch.library.opcheck(torch.ops.neurostep.decayed_linear_attention_forward.default,
+                              (*leaves, 1.0, 4, backend))
     # one group of q and k for the 3 heads: Q K^T counted once per chunk, not per head
     qg, kg = grouped(q, k, 1)
-    cost = COSTS.get("neurostep::decayed_linear_attention_forward")((qg, kg, v, ld, h0, 0.5, 4, "cpu"), {}, None)
+    cost = COSTS.get("neurostep::decayed_linear_attention_forward")((qg, kg, v, ld, h0, None, 0.5, 4, "cpu"), {},
+                                                                    None)
     assert cost.macs == B * n * 4 * 4 * K + B * H * n * (4 * 4 * V + 2 * 4 * K * V)
     for backend in ("reference", *BACKENDS):
         leaves = [t.clone().requires_grad_() for t in (qg, kg, v, ld, h0)]
         torch.library.opcheck(torch.ops.neurostep.decayed_linear_attention_forward.default,
-                              (*leaves, 0.5, 4, backend))
+                              (*leaves, None, 0.5, 4, backend))
 
 
 def test_counted_on_the_meta_device():
@@ -287,6 +334,8 @@ def test_bad_input_raises_clear_errors():
         (ValueError, r"0 tokens", dict(q=q[:, :0], k=k[:, :0], v=v[:, :0], log_decay=ld[:, :0])),
         (ValueError, r"initial_state must have shape \(2, 3, 4, 2\)", dict(initial_state=h0[:1])),
         (ValueError, r"initial_state is on meta", dict(initial_state=h0.to("meta"))),
+        (ValueError, r"v_scale must have shape \(2, 5, 3\)", dict(v_scale=ld[:, :, :1].abs())),
+        (TypeError, r"v_scale must have dtype in", dict(v_scale=ld.int())),
         (TypeError, r"scale must be a float or None", dict(scale=torch.tensor(1.0))),
         (ValueError, r"scale must be finite", dict(scale=float("inf"))),
         (TypeError, r"chunk_size must be an int or None", dict(chunk_size=4.0)),

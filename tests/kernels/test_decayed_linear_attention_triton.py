@@ -81,8 +81,24 @@ def test_triton_gradcheck_float64():
 
 def test_triton_opcheck():
     q, k, v, ld, h0 = make(B=1, L=5, H=2, K=3, V=2, dtype=torch.float32)
-    leaves = [t.clone().requires_grad_() for t in (q, k, v, ld, h0)]
-    torch.library.opcheck(torch.ops.neurostep.decayed_linear_attention_forward.default, (*leaves, 0.5, 16, "triton"))
+    w = torch.rand(1, 5, 2) + 0.1
+    leaves = [t.clone().requires_grad_() for t in (q, k, v, ld, h0, w)]
+    op = torch.ops.neurostep.decayed_linear_attention_forward.default
+    torch.library.opcheck(op, (*leaves[:5], None, 0.5, 16, "triton"))
+    torch.library.opcheck(op, (*leaves, 0.5, 16, "triton"))
+
+
+def test_triton_v_scale_matches_the_reference():
+    q, k, v, ld, h0 = make(B=2, L=21, H=2, K=5, V=3, seed=9)
+    w = torch.rand(2, 21, 2, dtype=torch.float64) + 0.1
+    results = []
+    for backend in ("reference", "triton"):
+        leaves = [t.clone().requires_grad_() for t in (q, k, v, ld, h0, w)]
+        o, final = dla(*leaves[:4], v_scale=leaves[5], initial_state=leaves[4], output_final_state=True,
+                       chunk_size=16, backend=backend)
+        results.append([o, final, *torch.autograd.grad((o.sum(), (final * final).sum()), leaves)])
+    for got, want in zip(results[1], results[0], strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-10)
 
 
 def test_triton_chunk_size_and_interpreter_checks(monkeypatch):

@@ -47,15 +47,16 @@ _SAVED = slice(2, 2 + SAVED_TENSORS)   # the outputs after o and the final state
 
 
 def _forward(impl, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: torch.Tensor, h0: torch.Tensor | None,
-             scale: float, chunk_size: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor,
-                                                     torch.Tensor, torch.Tensor, torch.Tensor]:
+             v_scale: torch.Tensor | None, scale: float,
+             chunk_size: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor,
+                                       torch.Tensor, torch.Tensor]:
     """Returns ``(o, final_state, *saved)``; ``saved`` (:data:`SAVED_TENSORS` tensors, possibly empty) is what
     the backend's forward keeps for its own backward."""
-    o, final, saved = impl.forward(q, k, v, g, h0, scale, chunk_size)
+    o, final, saved = impl.forward(q, k, v, g, h0, scale, chunk_size, v_scale)
     return (o, final, *saved)
 
 
-def _forward_fake(q, k, v, g, h0, scale, chunk_size, *, backend):
+def _forward_fake(q, k, v, g, h0, v_scale, scale, chunk_size, *, backend):
     B, K, H = q.shape[0], q.shape[-1], v.shape[2]
     # the backend module is imported by name: the fake runs on meta tensors, where no backend is "available"
     module = importlib.import_module(f"{__name__}.{backend}")
@@ -70,27 +71,31 @@ def _shape_only(t: torch.Tensor) -> torch.Tensor:
 
 def _save(args, outputs):
     saved = outputs[_SAVED]
+    v_scale = args["v_scale"]
     if saved[0].numel():   # the backend keeps its own copies of q, k and v: autograd holds them once
-        return (_shape_only(args["q"]), _shape_only(args["k"]), _shape_only(args["v"]), args["g"], args["h0"],
-                outputs[1], *saved)
-    return args["q"], args["k"], args["v"], args["g"], args["h0"], outputs[1], *saved
+        # the gradient of v_scale reads the unscaled v, which the copies do not hold
+        v = args["v"] if v_scale is not None and args["needs_input_grad"][5] else _shape_only(args["v"])
+        return (_shape_only(args["q"]), _shape_only(args["k"]), v, args["g"], args["h0"], v_scale, outputs[1],
+                *saved)
+    return args["q"], args["k"], args["v"], args["g"], args["h0"], v_scale, outputs[1], *saved
 
 
 def _backward(impl, call: BackwardCall):
     grad_o, grad_final = call.grads
-    q, k, v, g, h0, final, *saved = call.saved
+    q, k, v, g, h0, v_scale, final, *saved = call.saved
     grad_o = g.new_zeros(*g.shape, final.shape[-1]) if grad_o is None else grad_o.contiguous()
     grad_final = None if grad_final is None else grad_final.contiguous()
     return impl.backward(grad_o, grad_final, q, k, v, g, h0, final, tuple(saved), call.attrs["scale"],
-                         call.attrs["chunk_size"])
+                         call.attrs["chunk_size"], v_scale)
 
 
 def _backward_fake(call: BackwardCall):
-    q, _, _, g, h0, final, *_ = call.saved
+    q, _, _, g, h0, v_scale, final, *_ = call.saved
     K, V = final.shape[-2:]
     return [g.new_empty(*q.shape[:-1], K), g.new_empty(*q.shape[:-1], K), g.new_empty(*g.shape, V),
             g.new_empty(g.shape),
-            None if h0 is None else h0.new_empty(h0.shape)]
+            None if h0 is None else h0.new_empty(h0.shape),
+            None if v_scale is None else v_scale.new_empty(v_scale.shape)]
 
 
 def _cost(args, kwargs, out) -> OpCost:
@@ -101,8 +106,9 @@ def _cost(args, kwargs, out) -> OpCost:
     decayed ``q`` and ``k`` ``2 C K``, the scale ``C V`` and the state's decay ``K V``; adds: the cumulative
     sum ``C``, the two output terms ``C V`` and the state ``K V``; ``K V`` state elements written per
     chunk. With ``G < H`` groups of q and k, ``Q K^T`` (``C^2 K``) is counted once per group and chunk.
-    Bytes: q, k, v, g and the initial state read, o and the final state written."""
-    q, k, v, g, h0, _, chunk_size = args[:7]
+    A ``v_scale`` adds ``V`` multiplies per token and head. Bytes: q, k, v, g, ``v_scale`` and the initial
+    state read, o and the final state written."""
+    q, k, v, g, h0, v_scale, _, chunk_size = args[:8]
     B, L, G, K = q.shape
     H, V = v.shape[-2:]
     C = max(1, min(int(chunk_size), L))
@@ -113,11 +119,12 @@ def _cost(args, kwargs, out) -> OpCost:
     return OpCost(
         macs=float(B * G * n * C * C * K + per_chunk * (C * C * V + 2 * C * K * V)),
         exps=float(per_chunk * (C * C + 2 * C + 1)),
-        muls=float(per_chunk * (C * C + 2 * C * K + C * V + K * V)),
+        muls=float(per_chunk * (C * C + 2 * C * K + C * V + K * V)) + (float(v.numel()) if v_scale is not None
+                                                                         else 0.0),
         adds=float(per_chunk * (C + C * V + K * V)),
         state_updates=float(per_chunk * K * V),
-        bytes_read=float((q.numel() + k.numel() + v.numel() + g.numel()) * size) + (state_bytes if h0 is not None
-                                                                                    else 0.0),
+        bytes_read=float((q.numel() + k.numel() + v.numel() + g.numel()) * size)
+        + (state_bytes if h0 is not None else 0.0) + (float(v_scale.numel() * size) if v_scale is not None else 0.0),
         bytes_written=float(v.numel() * size) + state_bytes,
     )
 
@@ -151,6 +158,7 @@ def decayed_linear_attention(
     v: torch.Tensor,
     log_decay: torch.Tensor,
     *,
+    v_scale: torch.Tensor | None = None,
     scale: float | None = None,
     initial_state: torch.Tensor | None = None,
     output_final_state: bool = False,
@@ -169,6 +177,11 @@ def decayed_linear_attention(
         v: ``(B, L, H, V)``.
         log_decay: ``g``, finite and ``<= 0``: ``(B, L, H)`` one value per step and head (Mamba-2's
             ``dt * A``), or ``(H,)`` one constant per head (Lightning Attention-2, RetNet). Any float dtype.
+        v_scale: ``(B, L, H)`` or None: the recurrence reads ``v_scale_t * v_t`` instead of ``v_t`` (Mamba-2's
+            ``dt * x``: pass ``v = x``, ``v_scale = dt``). The same as scaling ``v`` first, but the ``cpu``
+            backend applies it while it copies ``v`` into chunks, and its backward forms both gradients in the
+            pass that writes ``v``'s, so no ``(B, L, H, V)`` product is written and read back. Any float
+            dtype; differentiable.
         scale: the output's factor; None means ``K ** -0.5`` (flash-linear-attention's ``simple_gla``);
             Mamba-2 uses 1.0.
         initial_state: ``(B, H, K, V)`` state before the first token, or None (zeros). Differentiable.
@@ -183,8 +196,8 @@ def decayed_linear_attention(
 
     Returns:
         ``(o, final_state)``: ``o (B, L, H, V)`` in ``q``'s dtype; ``final_state (B, H, K, V)`` in the compute
-        dtype (float32, or float64 for float64 inputs), or None. Gradients flow to q, k, v, log_decay
-        and the initial state, from ``o`` and from the final state.
+        dtype (float32, or float64 for float64 inputs), or None. Gradients flow to q, k, v, log_decay,
+        v_scale and the initial state, from ``o`` and from the final state.
     """
     q = check_tensor("q", q, ndim=4)
     B, L, G, K = q.shape
@@ -213,6 +226,8 @@ def decayed_linear_attention(
         raise ValueError(f"q and v need K, V and H >= 1, got q {tuple(q.shape)} and v {tuple(v.shape)}")
     if initial_state is not None:
         check_tensor("initial_state", initial_state, shape=(B, H, K, V), device=device)
+    if v_scale is not None:
+        check_tensor("v_scale", v_scale, shape=(B, L, H), device=device)
     if not isinstance(output_final_state, bool):
         raise TypeError(f"output_final_state must be a bool, got {type(output_final_state).__name__}")
     if scale is None:
@@ -241,8 +256,8 @@ def decayed_linear_attention(
     g = g.expand(B, L, H) if g.dim() == 1 else g
     o, final, *_ = DECAYED_LINEAR_ATTENTION(
         q.to(cd).contiguous(), k.to(cd).contiguous(), v.to(cd).contiguous(), g.contiguous(),
-        None if initial_state is None else initial_state.to(cd).contiguous(), float(scale), int(chunk_size),
-        backend=name)
+        None if initial_state is None else initial_state.to(cd).contiguous(),
+        None if v_scale is None else v_scale.to(cd).contiguous(), float(scale), int(chunk_size), backend=name)
     return o.to(q.dtype), (final if output_final_state else None)
 
 

@@ -271,11 +271,11 @@ def _block_coords(m, n, H):
 
 
 @numba.njit(parallel=True, cache=True)
-def _gather(x, out, heads, scaled, factor, has_scaled):
+def _gather(x, out, heads, scaled, factor, has_scaled, pre, has_pre):
     """``x (B, L, G, D)`` -> head-major blocks ``out (B * H * n, C, D)`` for ``H = heads`` (block ``(b, h, j)``
     holds tokens ``j C .. j C + C - 1`` of group ``h // (H / G)``: with ``H = G`` each head its own),
-    zero-padded to ``n C`` tokens; with ``has_scaled`` also ``scaled = out * factor`` (``factor
-    (B * H * n, C)``, one value per token)."""
+    zero-padded to ``n C`` tokens, each token's row times ``pre[b, t, g]`` with ``has_pre`` (``pre (B, L, G)``);
+    with ``has_scaled`` also ``scaled = out * factor`` (``factor (B * H * n, C)``, one value per token)."""
     B, L, G, D = x.shape
     M, C, _ = out.shape
     n = M // (B * heads)
@@ -289,12 +289,17 @@ def _gather(x, out, heads, scaled, factor, has_scaled):
             srow = scaled[m, c] if has_scaled else orow
             if t < L:
                 xrow = x[bi, t, h // rep]
-                for d in range(D):
-                    orow[d] = xrow[d]
+                if has_pre:
+                    w = pre[bi, t, h // rep]
+                    for d in range(D):
+                        orow[d] = xrow[d] * w
+                else:
+                    for d in range(D):
+                        orow[d] = xrow[d]
                 if has_scaled:
                     f = factor[m, c]
                     for d in range(D):
-                        srow[d] = xrow[d] * f
+                        srow[d] = orow[d] * f
             else:
                 for d in range(D):
                     orow[d] = zero
@@ -330,6 +335,31 @@ def _scatter(a, heads, factor, has_factor, c, has_c, out):
                 else:
                     for d in range(D):
                         orow[d] = arow[d] * f
+
+
+@numba.njit(parallel=True, cache=True, fastmath={"reassoc"})
+def _scatter_scaled(a, factor, c, x, w, out, dw):
+    """:func:`_scatter` of the gradient of the scaled values ``u = w * x`` (one head per group) and the chain
+    rule through the scale: with ``du = a * factor + c`` of block ``(b, h, j)`` (``a, c (B H n, C, D)``,
+    ``factor`` one value per token), ``out[b, t, h] = w[b, t, h] * du`` (``x``'s gradient) and ``dw[b, t, h] =
+    du . x[b, t, h]`` (``w``'s; a reassociated sum: it vectorises), for ``x, out (B, L, H, D)`` and ``w, dw
+    (B, L, H)``; padding dropped."""
+    B, L, H, D = out.shape
+    M, C, _ = a.shape
+    n = M // (B * H)
+    for m in numba.prange(M):
+        bi, h, j = _block_coords(m, n, H)
+        for t in range(min(C, L - j * C)):
+            tok = j * C + t
+            orow, xrow, arow, crow = out[bi, tok, h], x[bi, tok, h], a[m, t], c[m, t]
+            f = factor[m, t]
+            s = w[bi, tok, h]
+            acc = a.dtype.type(0)
+            for d in range(D):
+                du = arow[d] * f + crow[d]
+                orow[d] = du * s
+                acc += du * xrow[d]
+            dw[bi, tok, h] = acc
 
 
 # -- layout helpers -----------------------------------------------------------------------------------
@@ -388,13 +418,15 @@ def _launch(kernel, *args) -> None:
 
 
 def _to_blocks(x: torch.Tensor, out: torch.Tensor, heads: int, scaled: torch.Tensor | None = None,
-               factor: torch.Tensor | None = None) -> torch.Tensor:
-    """:func:`_gather` of ``x`` into ``out`` for ``heads`` heads (and ``scaled = out * factor`` if given);
-    returns ``out``."""
+               factor: torch.Tensor | None = None, pre: torch.Tensor | None = None) -> torch.Tensor:
+    """:func:`_gather` of ``x`` (times ``pre`` per token if given) into ``out`` for ``heads`` heads (and
+    ``scaled = out * factor`` if given); returns ``out``."""
     has = scaled is not None
+    dtype = _np(out).dtype
     # an absent factor: a stand-in of the factors' type, so that both cases share one compiled variant
     _launch(_gather, _np(x), _np(out), heads, _np(scaled if has else out),
-            _np(factor) if has else stand_in("f2", _np(out).dtype), has)
+            _np(factor) if has else stand_in("f2", dtype), has,
+            _np(pre) if pre is not None else stand_in("f3", dtype), pre is not None)
     return out
 
 
@@ -428,9 +460,11 @@ def _masked_scores(qc: torch.Tensor, kc: torch.Tensor, p: torch.Tensor, b: torch
 
 
 def forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: torch.Tensor, h0: torch.Tensor | None,
-            scale: float, chunk_size: int) -> tuple[torch.Tensor, torch.Tensor, tuple[torch.Tensor, ...]]:
+            scale: float, chunk_size: int, v_scale: torch.Tensor | None = None
+            ) -> tuple[torch.Tensor, torch.Tensor, tuple[torch.Tensor, ...]]:
     """Same contract as :func:`neurostep.kernels.decayed_linear_attention.reference.forward`; ``saved`` holds
-    the chunked copies of q, k and v, the masked scores and the entering state of every chunk."""
+    the chunked copies of q, k and v (``v_scale * v`` where ``v_scale`` is given, scaled in the copy), the
+    masked scores and the entering state of every chunk."""
     B, L, G, K = q.shape
     H, V = v.shape[-2:]
     chunk, n = _chunk_count(L, chunk_size)
@@ -440,7 +474,7 @@ def forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: torch.Tensor, 
     vd = empty_like(vc)                                                  # V * exp(b_C - b)
     _to_blocks(q, qc, H)
     _to_blocks(k, kc, H)
-    _to_blocks(v, vc, H, vd, ebl)
+    _to_blocks(v, vc, H, vd, ebl, v_scale)
     _masked_scores(qc, kc, p, b, B, H, G, n, scale)                      # P = (Q K^T) * scale M
     torch.bmm(kc.transpose(1, 2), vd, out=states)                        # each chunk's own contribution
     final = q.new_empty(B, H, K, V)
@@ -455,10 +489,11 @@ def forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: torch.Tensor, 
 def backward(grad_o: torch.Tensor, grad_final: torch.Tensor | None, q: torch.Tensor,
              k: torch.Tensor, v: torch.Tensor, g: torch.Tensor, h0: torch.Tensor | None,
              final_state: torch.Tensor, saved: tuple[torch.Tensor, ...], scale: float,
-             chunk_size: int) -> tuple[torch.Tensor | None, ...]:
-    """Same contract as :func:`neurostep.kernels.decayed_linear_attention.reference.backward`; q, k and v
-    come without elements, for their shapes only (their chunked copies are in ``saved``, with the masked
-    scores and the entering states)."""
+             chunk_size: int, v_scale: torch.Tensor | None = None) -> tuple[torch.Tensor | None, ...]:
+    """Same contract as :func:`neurostep.kernels.decayed_linear_attention.reference.backward`; q and k come
+    without elements, for their shapes only (their chunked copies are in ``saved``, with the masked scores
+    and the entering states), and v too unless ``v_scale``'s gradient is wanted: its gradient and v's are then
+    formed from the scaled values' gradient in the pass that writes it into v's layout."""
     B, L, H = g.shape
     G = q.shape[2]
     K, V = final_state.shape[-2:]
@@ -477,8 +512,19 @@ def backward(grad_o: torch.Tensor, grad_final: torch.Tensor | None, q: torch.Ten
             grad_final is not None, _np(states.view(BH, n, K * V)), _np(through), _np(dh0.view(BH, K * V)))
     dqc = _bmm(dod, states.transpose(1, 2))                              # the inter-chunk part first
     # dV = exp(b_C - b) (K dS) + P^T dO, combined while written into dv's layout (dod's buffer reused)
-    dv = _from_blocks(torch.bmm(kc, dstates, out=dod), empty((B, L, H, V), g.dtype), H, ebl,
-                      _bmm(p.transpose(1, 2), doc))
+    dv_scale = None
+    if v_scale is None:
+        dv = _from_blocks(torch.bmm(kc, dstates, out=dod), empty((B, L, H, V), g.dtype), H, ebl,
+                          _bmm(p.transpose(1, 2), doc))
+    else:
+        dv, dv_scale = empty((B, L, H, V), g.dtype), g.new_empty(B, L, H)
+        if v.shape[-1]:   # v_scale's gradient wanted: v came whole
+            _launch(_scatter_scaled, _np(torch.bmm(kc, dstates, out=dod)), _np(ebl), _np(_bmm(p.transpose(1, 2), doc)),
+                    _np(v), _np(v_scale), _np(dv), _np(dv_scale))
+        else:
+            _from_blocks(torch.bmm(kc, dstates, out=dod), dv, H, ebl, _bmm(p.transpose(1, 2), doc))
+            dv.mul_(v_scale[..., None])
+            dv_scale = None
     del dod
     dp = _bmm(doc, vc.transpose(1, 2))
     del doc
@@ -499,4 +545,4 @@ def backward(grad_o: torch.Tensor, grad_final: torch.Tensor | None, q: torch.Ten
         dk = _from_blocks(dkc, empty((B, L, G, K), g.dtype), H,
                           c=torch.bmm(dpg.transpose(1, 2), _group_blocks(qc, B, H, G)))
     dg = term.view(B, H, n * chunk)[:, :, :L].transpose(1, 2).contiguous()
-    return dq, dk, dv, dg, (dh0 if h0 is not None else None)
+    return dq, dk, dv, dg, (dh0 if h0 is not None else None), dv_scale

@@ -31,7 +31,7 @@ import torch
 import triton
 import triton.language as tl
 
-from neurostep.kernels.decayed_linear_attention.reference import SAVED_TENSORS, per_head
+from neurostep.kernels.decayed_linear_attention.reference import SAVED_TENSORS, per_head, scaled_v
 
 CHUNK_SIZE = 64
 
@@ -268,9 +268,12 @@ def saved_shapes(q_shape: tuple[int, ...], v_shape: tuple[int, ...],
 
 
 def forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: torch.Tensor, h0: torch.Tensor | None,
-            scale: float, chunk_size: int) -> tuple[torch.Tensor, torch.Tensor, tuple[torch.Tensor, ...]]:
+            scale: float, chunk_size: int, v_scale: torch.Tensor | None = None
+            ) -> tuple[torch.Tensor, torch.Tensor, tuple[torch.Tensor, ...]]:
     """Same contract as :func:`neurostep.kernels.decayed_linear_attention.reference.forward`
-    (``chunk_size`` a power of two >= 16)."""
+    (``chunk_size`` a power of two >= 16). ``v_scale`` is applied to ``v`` before the kernels (one
+    elementwise product on the device)."""
+    v = scaled_v(v, v_scale)
     B, L, H, V = v.shape
     K = q.shape[-1]
     q, k = per_head(q, H).contiguous(), per_head(k, H).contiguous()   # the kernels read one q and k per head
@@ -285,8 +288,10 @@ def forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: torch.Tensor, 
 
 def backward(grad_o: torch.Tensor, grad_final: torch.Tensor | None, q: torch.Tensor, k: torch.Tensor,
              v: torch.Tensor, g: torch.Tensor, h0: torch.Tensor | None, final_state: torch.Tensor,
-             saved: tuple[torch.Tensor, ...], scale: float, chunk_size: int) -> tuple[torch.Tensor | None, ...]:
+             saved: tuple[torch.Tensor, ...], scale: float, chunk_size: int,
+             v_scale: torch.Tensor | None = None) -> tuple[torch.Tensor | None, ...]:
     """Same contract as :func:`neurostep.kernels.decayed_linear_attention.reference.backward`."""
+    raw_v, v = v, scaled_v(v, v_scale)
     B, L, H, V = v.shape
     G, K = q.shape[2:]
     q, k = per_head(q, H).contiguous(), per_head(k, H).contiguous()
@@ -318,4 +323,8 @@ def backward(grad_o: torch.Tensor, grad_final: torch.Tensor | None, q: torch.Ten
     dg = dg.reshape(B, H, L).permute(0, 2, 1).contiguous()
     if G != H:   # each group's gradient is the sum over its heads
         dq, dk = (x.view(B, L, G, H // G, K).sum(3) for x in (dq, dk))
-    return dq, dk, dv, dg, (dh0 if h0 is not None else None)
+    dv_scale = None
+    if v_scale is not None:   # the chain rule through v_scale * v
+        dv_scale = (dv * raw_v).sum(-1)
+        dv = dv * v_scale[..., None]
+    return dq, dk, dv, dg, (dh0 if h0 is not None else None), dv_scale

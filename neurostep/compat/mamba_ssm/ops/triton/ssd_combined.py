@@ -101,7 +101,7 @@ def _scan_chunked(x, dt, A, B, C, D, z, dt_bias, initial_states, dt_softplus, dt
         return None
     xc = x.to(cd)
     init = None if initial_states is None else initial_states.to(cd).transpose(-1, -2)   # (b, H, N, P)
-    out, final = decayed_linear_attention(C.to(cd), B.to(cd), xc * dt[..., None], log_decay, scale=1.0,
+    out, final = decayed_linear_attention(C.to(cd), B.to(cd), xc, log_decay, v_scale=dt, scale=1.0,
                                           initial_state=init, output_final_state=True)
     if D is not None:
         out = out + xc * (D.to(cd) if D.dim() == 2 else D.to(cd)[:, None])
