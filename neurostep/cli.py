@@ -5,7 +5,7 @@
     neurostep report runs/<name> [--out PATH]  write the report and plots from stored results
     neurostep bench [NAME ...] [--quick]       run the scripts in benchmarks/
     neurostep energy MODEL [...]               operation/energy report of a registered model
-    neurostep tune [--length L --heads H ...]  measure the chunk size of decayed linear attention on CPU
+    neurostep tune [--backend B ...]            measure the chunk size of decayed linear attention
 """
 
 from __future__ import annotations
@@ -123,23 +123,28 @@ def _cmd_tune(args: argparse.Namespace) -> int:
             print(f"\r  round {done}/{total}", end="\n" if done == total else "", file=sys.stderr, flush=True)
 
     modes = {"train": (True,), "inference": (False,), "both": (True, False)}[args.mode]
+    device = tuning.default_device(args.backend)
+    where = f"{torch.get_num_threads()} threads" if args.backend == "cpu" else f"on {device}"
     for backward in modes:
         what = "forward+backward" if backward else "forward only (inference)"
         best, medians = tuning.tune_chunk_size(batch=args.batch, length=args.length, heads=args.heads,
                                                k=args.state, v=args.head_dim, dtype=dtype, backward=backward,
-                                               candidates=tuple(args.candidates), rounds=args.rounds,
-                                               path=args.file, save=not args.dry_run, on_round=on_round)
-        print(f"decayed linear attention, cpu backend, {what}, B={args.batch} L={args.length} H={args.heads} "
-              f"K={args.state} V={args.head_dim} {args.dtype}, {torch.get_num_threads()} threads "
+                                               candidates=None if args.candidates is None else tuple(args.candidates),
+                                               rounds=args.rounds, path=args.file, save=not args.dry_run,
+                                               on_round=on_round, backend=args.backend, device=device)
+        print(f"decayed linear attention, {args.backend} backend, {what}, B={args.batch} L={args.length} "
+              f"H={args.heads} K={args.state} V={args.head_dim} {args.dtype}, {where} "
               f"(median of {args.rounds} rounds):")
         for chunk, seconds in medians.items():
             print(f"  chunk {chunk:>4}: {seconds * 1e3:8.1f} ms{'  <- fastest' if chunk == best else ''}")
         if args.dry_run:
             print("not recorded (--dry-run)")
         else:
-            key = tuning.workload_key(args.state, args.head_dim, dtype, torch.get_num_threads(), backward)
-            print(f"recorded for {tuning.machine_key()!r} in {args.file or tuning.tuning_file()}: "
-                  f"decayed_linear_attention(chunk_size=None) now uses {best} for {key}")
+            threads = torch.get_num_threads() if args.backend == "cpu" else None
+            key = tuning.workload_key(args.state, args.head_dim, dtype, threads, backward)
+            print(f"recorded for {tuning.machine_key(args.backend, device)!r} in "
+                  f"{args.file or tuning.tuning_file()}: decayed_linear_attention(chunk_size=None) now uses "
+                  f"{best} for {key}")
     return 0
 
 
@@ -165,7 +170,10 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--quick", action="store_true", help="pass --quick to each script")
     bench.add_argument("--dir", help="benchmarks directory (default: the repository's benchmarks/)")
     tune = sub.add_parser("tune", help="measure the fastest chunk size of decayed linear attention (Mamba-2, "
-                                       "Lightning Attention) on this CPU and record it as the default")
+                                       "Lightning Attention) on this CPU or GPU and record it as the default")
+    tune.add_argument("--backend", choices=("cpu", "triton"), default="cpu",
+                      help="backend to tune (default cpu; triton runs on the current CUDA device, or on the CPU "
+                           "under TRITON_INTERPRET=1)")
     tune.add_argument("--batch", type=int, default=1, help="batch rows (default 1)")
     tune.add_argument("--length", type=int, default=2048, help="tokens (default 2048)")
     tune.add_argument("--heads", type=int, default=24, help="heads (default 24)")
@@ -174,7 +182,8 @@ def build_parser() -> argparse.ArgumentParser:
     tune.add_argument("--dtype", choices=("float32", "float64"), default="float32",
                       help="compute dtype (default float32; half-precision inputs compute in float32)")
     tune.add_argument("--threads", type=int, help="torch and numba threads (default: the current counts)")
-    tune.add_argument("--candidates", type=int, nargs="+", default=[32, 64, 128], help="chunk sizes to try")
+    tune.add_argument("--candidates", type=int, nargs="+",
+                      help="chunk sizes to try (default 32 64 128 on cpu, 16 32 64 128 on triton)")
     tune.add_argument("--rounds", type=int, default=5, help="timed calls of each chunk size (default 5)")
     tune.add_argument("--mode", choices=("both", "train", "inference"), default="both",
                       help="tune calls followed by a backward (train), forward-only calls (inference) or both "

@@ -1,4 +1,5 @@
-"""The cpu backend's chunk size measured per machine: the tuner, its file, and the op's default."""
+"""The chunked backends' chunk size measured per machine: the tuner, its file, and the op's default (the triton
+backend under Triton's interpreter, which tests/conftest.py turns on)."""
 
 from __future__ import annotations
 
@@ -110,6 +111,48 @@ def test_bad_arguments_raise():
         tuning.measure_chunk_sizes(length=0)
     with pytest.raises(ValueError, match="candidates"):
         tuning.measure_chunk_sizes(length=8, heads=1, k=2, v=2, candidates=(16, 0))
+    with pytest.raises(ValueError, match="powers of two >= 16"):
+        tuning.measure_chunk_sizes(length=8, heads=1, k=2, v=2, candidates=(16, 24), backend="triton")
+    with pytest.raises(ValueError, match="backend must be one of"):
+        tuning.measure_chunk_sizes(length=8, heads=1, k=2, v=2, backend="cuda")
+
+
+def _triton_chunk_of_call(monkeypatch, q, k, v, log_decay) -> int:
+    """The chunk length a triton call with ``chunk_size=None`` passes to the backend's forward."""
+    from neurostep.kernels.decayed_linear_attention import triton as triton_backend
+
+    seen = []
+    forward = triton_backend.forward
+
+    def spy(q, k, v, g, h0, scale, chunk_size, *rest):
+        seen.append(chunk_size)
+        return forward(q, k, v, g, h0, scale, chunk_size, *rest)
+
+    monkeypatch.setattr(triton_backend, "forward", spy)
+    dla(q, k, v, log_decay, backend="triton")
+    monkeypatch.setattr(triton_backend, "forward", forward)
+    return seen[0]
+
+
+def test_triton_backend_is_tuned_apart_from_the_cpu_one(tmp_path, monkeypatch):
+    pytest.importorskip("triton")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    q, k, v, g = inputs()
+    assert _triton_chunk_of_call(monkeypatch, q, k, v, g) == 64                  # nothing measured: the default
+    best, medians = tuning.tune_chunk_size(length=40, heads=2, k=8, v=4, candidates=(16, 32), rounds=1,
+                                           backend="triton")
+    assert set(medians) == {16, 32} and best == min(medians, key=medians.get)
+    data = json.loads(tuning.tuning_file().read_text())
+    where = tuning.machine_key("triton", "cpu")
+    assert where.startswith("triton interpreter on ") and where != tuning.machine_key()
+    # a GPU's choice does not depend on the host's thread count: no thread count in its key
+    assert data[where][tuning.workload_key(8, 4, torch.float32, None, True)]["chunk_size"] == best
+    assert tuning.machine_key() not in data                                       # the cpu choice untouched
+    assert tuning.tuned_chunk_size(8, 4, torch.float32, backend="triton") == best
+    assert tuning.tuned_chunk_size(8, 4, torch.float32, backend="triton", threads=99) == best
+    assert tuning.tuned_chunk_size(8, 4, torch.float32) is None
+    assert _triton_chunk_of_call(monkeypatch, *(t.requires_grad_() for t in (q, k, v)), g) == best
+    assert chunk_used(q, k, v, g) == min(cpu.CHUNK_SIZE, 40)                       # cpu: still its default
 
 
 def test_cli_tune_prints_and_records(tmp_path, capsys):
@@ -124,6 +167,18 @@ def test_cli_tune_prints_and_records(tmp_path, capsys):
     assert cli_main(["tune", "--length", "32", "--heads", "1", "--state", "4", "--head-dim", "2",
                      "--rounds", "1", "--file", str(tmp_path / "dry.json"), "--dry-run"]) == 0
     assert not (tmp_path / "dry.json").exists()
+
+
+def test_cli_tune_the_triton_backend(tmp_path, capsys):
+    pytest.importorskip("triton")
+    path = tmp_path / "t.json"
+    assert cli_main(["tune", "--backend", "triton", "--length", "32", "--heads", "1", "--state", "4",
+                     "--head-dim", "2", "--candidates", "16", "32", "--rounds", "1", "--mode", "train",
+                     "--file", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "triton backend" in out and "chunk   16" in out and "chunk   32" in out and "triton interpreter" in out
+    assert tuning.tuned_chunk_size(4, 2, torch.float32, path=path, backend="triton") in (16, 32)
+    assert tuning.tuned_chunk_size(4, 2, torch.float32, path=path) is None
 
 
 _TUNE_THREADS_SCRIPT = """

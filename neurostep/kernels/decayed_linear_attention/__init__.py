@@ -186,11 +186,11 @@ def decayed_linear_attention(
             Mamba-2 uses 1.0.
         initial_state: ``(B, H, K, V)`` state before the first token, or None (zeros). Differentiable.
         output_final_state: also return the state after the last token (else None).
-        chunk_size: tokens per chunk of the chunked backends; None picks the backend's: ``cpu`` the size
-            measured fastest on this machine for this dtype, ``K``, ``V``, thread count and mode (training
-            when an input requires a gradient, else inference) by ``python -m neurostep tune``
-            (:mod:`~neurostep.kernels.decayed_linear_attention.tuning`), else 64; ``triton`` 64. The
-            ``triton`` backend needs a power of two >= 16. The result does not depend on it beyond rounding.
+        chunk_size: tokens per chunk of the chunked backends; None picks the size measured fastest on this
+            machine (for ``triton``, this GPU) for this dtype, ``K``, ``V``, thread count (``cpu``) and mode
+            (training when an input requires a gradient, else inference) by ``python -m neurostep tune``
+            (:mod:`~neurostep.kernels.decayed_linear_attention.tuning`), else 64. The ``triton`` backend needs
+            a power of two >= 16. The result does not depend on it beyond rounding.
         backend: ``"auto"`` (``cpu`` on CPU tensors, ``triton`` on CUDA), ``"reference"``, ``"cpu"`` or
             ``"triton"``.
 
@@ -239,10 +239,11 @@ def decayed_linear_attention(
     name = DECAYED_LINEAR_ATTENTION.choose_backend(backend, device)
     cd = compute_dtype(q.dtype)
     if chunk_size is None:
-        # the cpu backend's chunk size as measured on this machine (tuning.py) for training or inference
-        # calls, else the backend's default
-        backward = differentiated(q, k, v, log_decay, initial_state)
-        tuned = tuned_chunk_size(K, V, cd, backward=backward) if name == "cpu" else None
+        # the chunk size measured on this machine (tuning.py) for training or inference calls, else the
+        # backend's default
+        backward = differentiated(q, k, v, log_decay, initial_state, v_scale)
+        tuned = (tuned_chunk_size(K, V, cd, backward=backward, backend=name, device=device)
+                 if name in ("cpu", "triton") else None)
         chunk_size = tuned if tuned is not None else KERNELS.resolve(_NAME, name, device).CHUNK_SIZE
     elif isinstance(chunk_size, bool) or not isinstance(chunk_size, int):
         raise TypeError(f"chunk_size must be an int or None, got {type(chunk_size).__name__}")

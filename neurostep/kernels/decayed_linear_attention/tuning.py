@@ -1,4 +1,4 @@
-"""The cpu backend's chunk size, measured on the machine that runs it.
+"""The chunked backends' chunk size, measured on the machine that runs them.
 
 The chunked form trades smaller matrix products (shorter chunks run their products at a lower rate)
 against fewer multiply-adds in the masked products and less memory (``C (K + V)`` per token, a
@@ -17,10 +17,13 @@ the default is measured, not assumed:
   two differ: on the AMD EPYC a Mamba-2-130m prefill's op (one group, L=512, forward only) ran 10% faster
   with chunks of 64 than 32, where the training workload above found the two level. ``python -m neurostep
   tune`` runs it for both modes from the command line.
-- :func:`tuned_chunk_size` reads that choice back; ``decayed_linear_attention(chunk_size=None)`` on the
-  cpu backend uses it, and the backend's ``CHUNK_SIZE`` where nothing was measured for the machine and
-  workload. An explicit ``chunk_size=`` always wins. The result depends on the chunk size only through
-  rounding.
+- :func:`tuned_chunk_size` reads that choice back; ``decayed_linear_attention(chunk_size=None)`` uses it,
+  and the backend's ``CHUNK_SIZE`` where nothing was measured for the machine and workload. An explicit
+  ``chunk_size=`` always wins. The result depends on the chunk size only through rounding.
+- The ``triton`` backend is tuned the same way (``backend="triton"``: powers of two from 16, on the GPU
+  the call runs on, or on the CPU under Triton's interpreter), keyed by the GPU's name and compute
+  capability instead of the CPU and by the workload without a thread count. Its block products, its number
+  of programs per chunk and its chunk states trade against each other differently on each GPU.
 """
 
 from __future__ import annotations
@@ -40,7 +43,10 @@ from neurostep.files import atomic_write_text
 from neurostep.machine import cpu_model, cpu_signature
 
 CANDIDATES = (32, 64, 128)
-"""Chunk sizes :func:`tune_chunk_size` tries by default."""
+"""Chunk sizes :func:`tune_chunk_size` tries by default on the cpu backend."""
+TRITON_CANDIDATES = (16, 32, 64, 128)
+"""Chunk sizes tried by default on the triton backend (it takes powers of two from 16)."""
+BACKENDS = ("cpu", "triton")
 FILE_NAME = "decayed_linear_attention.json"
 
 
@@ -52,19 +58,37 @@ def tuning_file() -> Path:
 
 
 @functools.lru_cache(maxsize=1)
-def machine_key() -> str:
-    """The CPU model (with its family, model number and instruction set where known) and the logical core
-    count: a choice measured on one machine is not applied on another. Read once per process (every op call
-    with ``chunk_size=None`` asks)."""
+def _cpu_key() -> str:
     signature = cpu_signature()
     return f"{cpu_model()}{f' ({signature})' if signature else ''} x{os.cpu_count()}"
 
 
-def workload_key(k: int, v: int, dtype: torch.dtype, threads: int, backward: bool = True) -> str:
-    """The key of a workload in the tuning file: dtype, ``K``, ``V``, torch's thread count and whether the
-    call is followed by a backward (training) or not (inference)."""
+@functools.lru_cache(maxsize=16)
+def _triton_key(device: str) -> str:
+    dev = torch.device(device)
+    if dev.type == "cuda":
+        major, minor = torch.cuda.get_device_capability(dev)
+        return f"triton on {torch.cuda.get_device_name(dev)} (compute capability {major}.{minor})"
+    return f"triton interpreter on {_cpu_key()}"
+
+
+def machine_key(backend: str = "cpu", device: str | torch.device = "cpu") -> str:
+    """Where a choice was measured, so that it is not applied elsewhere: for the cpu backend the CPU model
+    (with its family, model number and instruction set where known) and the logical core count; for the
+    triton backend the GPU's name and compute capability (``device`` a CUDA device), or the CPU under
+    Triton's interpreter. Read once per process and device (every op call with ``chunk_size=None`` asks)."""
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    return _cpu_key() if backend == "cpu" else _triton_key(str(device))
+
+
+def workload_key(k: int, v: int, dtype: torch.dtype, threads: int | None, backward: bool = True) -> str:
+    """The key of a workload in the tuning file: dtype, ``K``, ``V``, torch's thread count (None for a GPU
+    backend, whose speed does not depend on it) and whether the call is followed by a backward (training)
+    or not (inference)."""
     mode = "forward+backward" if backward else "forward"
-    return f"{str(dtype).removeprefix('torch.')} K={k} V={v} threads={threads} {mode}"
+    count = "" if threads is None else f" threads={threads}"
+    return f"{str(dtype).removeprefix('torch.')} K={k} V={v}{count} {mode}"
 
 
 @functools.lru_cache(maxsize=8)
@@ -87,59 +111,92 @@ def _load(path: Path) -> dict:
 
 
 def tuned_chunk_size(k: int, v: int, dtype: torch.dtype, threads: int | None = None, backward: bool = True,
-                     path: str | os.PathLike | None = None) -> int | None:
-    """The chunk size measured fastest on this machine for a workload of this dtype, ``K`` and ``V`` at
-    ``threads`` torch threads (default: the current count), with a backward or forward only, or None if
-    none was measured."""
-    threads = torch.get_num_threads() if threads is None else threads
-    entry = _load(Path(path) if path is not None else tuning_file()).get(machine_key(), {})
+                     path: str | os.PathLike | None = None, *, backend: str = "cpu",
+                     device: str | torch.device = "cpu") -> int | None:
+    """The chunk size measured fastest on this machine (``backend`` ``"cpu"``; ``"triton"`` on ``device``) for a
+    workload of this dtype, ``K`` and ``V`` at ``threads`` torch threads (default: the current count; not
+    part of a triton workload), with a backward or forward only, or None if none was measured."""
+    if backend == "cpu":
+        threads = torch.get_num_threads() if threads is None else threads
+    else:
+        threads = None
+    entry = _load(Path(path) if path is not None else tuning_file()).get(machine_key(backend, device), {})
     key = workload_key(k, v, dtype, threads, backward)
     chunk = entry.get(key, {}).get("chunk_size") if isinstance(entry, dict) else None
     return chunk if isinstance(chunk, int) and not isinstance(chunk, bool) and chunk >= 1 else None
 
 
-def _workload(batch: int, length: int, heads: int, k: int, v: int, dtype: torch.dtype, seed: int):
-    """Mamba-2's SSD at its initialisation: ``q = C``, ``k = B`` of one group per head, ``v = dt x``,
-    ``g = dt A`` with dt log-uniform in [0.001, 0.1] and A uniform in [-16, -1]."""
+def _workload(batch: int, length: int, heads: int, k: int, v: int, dtype: torch.dtype, seed: int,
+              device: torch.device):
+    """Mamba-2's SSD at its initialisation, as Mamba-2 calls the op: ``q = C``, ``k = B`` of one group per head,
+    ``v = x`` with ``v_scale = dt``, ``g = dt A``, dt log-uniform in [0.001, 0.1] and A uniform in [-16, -1]."""
     gen = torch.Generator().manual_seed(seed)
     dt = torch.exp(torch.empty(batch, length, heads).uniform_(math.log(0.001), math.log(0.1), generator=gen))
     A = -torch.empty(heads).uniform_(1, 16, generator=gen)
     q = torch.randn(batch, length, heads, k, generator=gen, dtype=dtype)
     kk = torch.randn(batch, length, heads, k, generator=gen, dtype=dtype)
-    vv = (torch.randn(batch, length, heads, v, generator=gen) * dt[..., None]).to(dtype)
+    x = torch.randn(batch, length, heads, v, generator=gen, dtype=dtype)
     grad = torch.randn(batch, length, heads, v, generator=gen, dtype=dtype)
-    return [t.requires_grad_() for t in (q, kk, vv)] + [dt * A], grad
+    g = (dt * A).to(device)
+    leaves = [t.to(device).clone().requires_grad_() for t in (q, kk, x, dt.to(dtype))]
+    return leaves, g, grad.to(device)
+
+
+def default_device(backend: str) -> torch.device:
+    """The cpu backend's device, or for triton the current CUDA device (the CPU where there is none: Triton's
+    interpreter, when ``TRITON_INTERPRET=1``)."""
+    if backend == "triton" and torch.cuda.is_available():
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
+def _check_candidates(candidates: Sequence[int], backend: str) -> None:
+    if not candidates or any(isinstance(c, bool) or not isinstance(c, int) or c < 1 for c in candidates):
+        raise ValueError(f"candidates must be positive ints, got {candidates!r}")
+    if backend == "triton" and any(c < 16 or c & (c - 1) for c in candidates):
+        raise ValueError(f"the triton backend takes chunk sizes that are powers of two >= 16, got {candidates!r}")
 
 
 def measure_chunk_sizes(*, batch: int = 1, length: int = 2048, heads: int = 24, k: int = 128, v: int = 64,
                         dtype: torch.dtype = torch.float32, backward: bool = True,
-                        candidates: Sequence[int] = CANDIDATES, rounds: int = 5, seed: int = 0,
-                        on_round: Callable[[int, int], None] | None = None) -> dict[int, float]:
-    """Median wall time in seconds of the cpu backend's forward+backward (``backward``; else its forward
-    under ``torch.inference_mode``) with each chunk size.
+                        candidates: Sequence[int] | None = None, rounds: int = 5, seed: int = 0,
+                        on_round: Callable[[int, int], None] | None = None, backend: str = "cpu",
+                        device: str | torch.device | None = None) -> dict[int, float]:
+    """Median wall time in seconds of the backend's forward+backward (``backward``; else its forward under
+    ``torch.inference_mode``) with each chunk size (default :data:`CANDIDATES`, for triton
+    :data:`TRITON_CANDIDATES`).
 
     The workload is Mamba-2's SSD at its initialisation on ``q, k (batch, length, heads, k)`` and
-    ``v (batch, length, heads, v)``. Each round calls every candidate once, in turn, after one untimed
-    warm-up call each; ``on_round(done, rounds)`` is called after each round (a progress bar's hook).
+    ``v (batch, length, heads, v)``, on ``device`` (default: the CPU, or for triton the current CUDA device).
+    Each round calls every candidate once, in turn, after one untimed warm-up call each (a GPU is
+    synchronised around every timed call); ``on_round(done, rounds)`` is called after each round (a
+    progress bar's hook).
     """
     from neurostep.kernels.decayed_linear_attention import decayed_linear_attention
 
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
     for name, value in (("batch", batch), ("length", length), ("heads", heads), ("k", k), ("v", v),
                         ("rounds", rounds)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"{name} must be a positive int, got {value!r}")
-    if not candidates or any(isinstance(c, bool) or not isinstance(c, int) or c < 1 for c in candidates):
-        raise ValueError(f"candidates must be positive ints, got {candidates!r}")
-    (q, kk, vv, g), grad = _workload(batch, length, heads, k, v, dtype, seed)
+    candidates = tuple(candidates) if candidates is not None else (CANDIDATES if backend == "cpu"
+                                                                   else TRITON_CANDIDATES)
+    _check_candidates(candidates, backend)
+    device = torch.device(device) if device is not None else default_device(backend)
+    (q, kk, x, dt), g, grad = _workload(batch, length, heads, k, v, dtype, seed, device)
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
 
     def call(chunk: int) -> float:
+        sync()
         t0 = time.perf_counter()
         if backward:
-            o, _ = decayed_linear_attention(q, kk, vv, g, scale=1.0, chunk_size=chunk, backend="cpu")
-            torch.autograd.grad(o, (q, kk, vv), grad)
+            o, _ = decayed_linear_attention(q, kk, x, g, v_scale=dt, scale=1.0, chunk_size=chunk, backend=backend)
+            torch.autograd.grad(o, (q, kk, x, dt), grad)
         else:
             with torch.inference_mode():
-                decayed_linear_attention(q, kk, vv, g, scale=1.0, chunk_size=chunk, backend="cpu")
+                decayed_linear_attention(q, kk, x, g, v_scale=dt, scale=1.0, chunk_size=chunk, backend=backend)
+        sync()
         return time.perf_counter() - t0
 
     times: dict[int, list[float]] = {c: [] for c in candidates}
@@ -155,31 +212,37 @@ def measure_chunk_sizes(*, batch: int = 1, length: int = 2048, heads: int = 24, 
 
 def tune_chunk_size(*, batch: int = 1, length: int = 2048, heads: int = 24, k: int = 128, v: int = 64,
                     dtype: torch.dtype = torch.float32, backward: bool = True,
-                    candidates: Sequence[int] = CANDIDATES, rounds: int = 5,
+                    candidates: Sequence[int] | None = None, rounds: int = 5,
                     path: str | os.PathLike | None = None, save: bool = True,
-                    on_round: Callable[[int, int], None] | None = None) -> tuple[int, dict[int, float]]:
+                    on_round: Callable[[int, int], None] | None = None, backend: str = "cpu",
+                    device: str | torch.device | None = None) -> tuple[int, dict[int, float]]:
     """Measure the candidates (:func:`measure_chunk_sizes`) and return ``(fastest, medians)``; with
-    ``save`` record the fastest in the tuning file (default :func:`tuning_file`) for this machine, dtype,
-    ``K``, ``V``, the current thread count and the mode, with the medians, the workload and the date."""
+    ``save`` record the fastest in the tuning file (default :func:`tuning_file`) for this machine (the GPU for
+    triton), dtype, ``K``, ``V``, the current thread count (cpu only) and the mode, with the medians, the
+    workload and the date."""
+    device = torch.device(device) if device is not None else default_device(backend)
     medians = measure_chunk_sizes(batch=batch, length=length, heads=heads, k=k, v=v, dtype=dtype,
-                                  backward=backward, candidates=candidates, rounds=rounds, on_round=on_round)
+                                  backward=backward, candidates=candidates, rounds=rounds, on_round=on_round,
+                                  backend=backend, device=device)
     best = min(medians, key=medians.get)
     if save:
         target = Path(path) if path is not None else tuning_file()
         data = dict(_load(target))
-        machine = dict(data.get(machine_key(), {}))
-        machine[workload_key(k, v, dtype, torch.get_num_threads(), backward)] = {
+        where = machine_key(backend, device)
+        machine = dict(data.get(where, {}))
+        threads = torch.get_num_threads() if backend == "cpu" else None
+        machine[workload_key(k, v, dtype, threads, backward)] = {
             "chunk_size": best,
             "median_s": {str(c): t for c, t in medians.items()},
             "workload": {"batch": batch, "length": length, "heads": heads, "rounds": rounds},
             "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
         }
-        data[machine_key()] = machine
+        data[where] = machine
         target.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_text(target, json.dumps(data, indent=1, sort_keys=True) + "\n")
     return best, medians
 
 
-__all__ = ["CANDIDATES", "machine_key", "measure_chunk_sizes", "tune_chunk_size", "tuned_chunk_size", "tuning_file",
-           "workload_key"]
+__all__ = ["BACKENDS", "CANDIDATES", "TRITON_CANDIDATES", "default_device", "machine_key", "measure_chunk_sizes",
+           "tune_chunk_size", "tuned_chunk_size", "tuning_file", "workload_key"]
