@@ -512,19 +512,17 @@ def backward(grad_o: torch.Tensor, grad_final: torch.Tensor | None, q: torch.Ten
             grad_final is not None, _np(states.view(BH, n, K * V)), _np(through), _np(dh0.view(BH, K * V)))
     dqc = _bmm(dod, states.transpose(1, 2))                              # the inter-chunk part first
     # dV = exp(b_C - b) (K dS) + P^T dO, combined while written into dv's layout (dod's buffer reused)
-    dv_scale = None
-    if v_scale is None:
-        dv = _from_blocks(torch.bmm(kc, dstates, out=dod), empty((B, L, H, V), g.dtype), H, ebl,
-                          _bmm(p.transpose(1, 2), doc))
+    du_own, du_scores = torch.bmm(kc, dstates, out=dod), _bmm(p.transpose(1, 2), doc)
+    dv, dv_scale = empty((B, L, H, V), g.dtype), None
+    if v_scale is not None and v.shape[-1]:   # v_scale's gradient wanted (v came whole): both in one pass
+        dv_scale = g.new_empty(B, L, H)
+        _launch(_scatter_scaled, _np(du_own), _np(ebl), _np(du_scores), _np(v), _np(v_scale), _np(dv),
+                _np(dv_scale))
     else:
-        dv, dv_scale = empty((B, L, H, V), g.dtype), g.new_empty(B, L, H)
-        if v.shape[-1]:   # v_scale's gradient wanted: v came whole
-            _launch(_scatter_scaled, _np(torch.bmm(kc, dstates, out=dod)), _np(ebl), _np(_bmm(p.transpose(1, 2), doc)),
-                    _np(v), _np(v_scale), _np(dv), _np(dv_scale))
-        else:
-            _from_blocks(torch.bmm(kc, dstates, out=dod), dv, H, ebl, _bmm(p.transpose(1, 2), doc))
+        _from_blocks(du_own, dv, H, ebl, du_scores)
+        if v_scale is not None:
             dv.mul_(v_scale[..., None])
-            dv_scale = None
+    del du_own, du_scores
     del dod
     dp = _bmm(doc, vc.transpose(1, 2))
     del doc

@@ -599,6 +599,8 @@ def _backward_recompute(x: torch.Tensor, v0: torch.Tensor, g_spikes: torch.Tenso
             _np(gx), _np(gv0), gk_part, gvth_part, k, omk, vth, vr, vr_c, one, g_spikes is not None, g_vseq is not None,
             g_vlast is not None, alpha, sg_c, block)
     launch_ranges(kernel, _RECOMPUTE_KINDS, range_slots(nb), nb, None, args)
-    gk = _scalar_tensor(gk_part.sum(), x.dtype)
-    gvth = _scalar_tensor(gvth_part.sum(), x.dtype)
+    # a gradient nobody asked for is not formed: after a kernel that streamed megabytes, the two sums and
+    # scalar tensors took 30-40 us of a call's Python (cold caches), about as long as all its other setup
+    gk = _scalar_tensor(gk_part.sum(), x.dtype) if need_k_grad else None
+    gvth = _scalar_tensor(gvth_part.sum(), x.dtype) if need_threshold_grad else None
     return gx, gv0, None, gk, gvth

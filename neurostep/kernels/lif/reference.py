@@ -177,7 +177,8 @@ def backward(x: torch.Tensor | None, v0: torch.Tensor, h: torch.Tensor, theta: t
     otherwise); v0 ``(N,)``; h, theta: saved by :func:`forward`; g_*: output gradients or None
     (= zero). Returns ``(gx (T,N), gv0 (N,), ga0 (N,) | None, g_tau_inv (), g_v_threshold ())``.
     ``need_k_grad`` / ``need_threshold_grad`` False: the caller discards ``g_tau_inv`` / ``g_v_threshold``, and a
-    backend may skip computing it (the cpu backend's recomputing kernel does; this one computes both).
+    backend may skip computing it and return None in its place (the cpu backend's recomputing kernel does; this
+    one computes both).
     """
     T, N = h.shape
     sur = _BY_ID[p.sid]
