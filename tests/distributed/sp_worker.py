@@ -197,6 +197,18 @@ def op_checks(c: Checker) -> None:
     dlah = {**dla, "g": -torch.rand(H, generator=g).to(dt)}
     c.op("decayed_linear_attention_per_head", dla_run(decayed_linear_attention, 2),
          dla_run(sp.decayed_linear_attention, 2), dlah, dict(q=1, k=1, v=1, __out__=1), ("h0",))
+    # values scaled per step and head inside the op (Mamba-2's v = x, v_scale = dt)
+    dlaw = {**dla, "w": torch.rand(Bsz, L, H, generator=g).to(dt) + 0.1}
+
+    def dlaw_run(op: Callable) -> Callable:
+        def run(t):
+            o, fin = op(t["q"], t["k"], t["v"], t["g"], v_scale=t["w"], initial_state=t.get("h0"),
+                        output_final_state=True)
+            return o, (fin,)
+        return run
+
+    c.op("decayed_linear_attention_v_scale", dlaw_run(decayed_linear_attention),
+         dlaw_run(sp.decayed_linear_attention), dlaw, dict(q=1, k=1, v=1, g=1, w=1, __out__=1), ("h0",))
     # one group of q and k shared by both heads (Mamba-2's ngroups = 1)
     dlag = {**dla, "q": rnd(Bsz, L, 1, K), "k": rnd(Bsz, L, 1, K)}
     c.op("decayed_linear_attention_grouped", dla_run(decayed_linear_attention), dla_run(sp.decayed_linear_attention),

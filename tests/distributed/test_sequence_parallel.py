@@ -26,7 +26,8 @@ WORKER = Path(__file__).with_name("sp_worker.py")
 WORLDS = (2, 4)
 TOL = {"float32": 1e-5, "float64": 1e-10}
 OPS = ("selective_scan", "selective_scan_grouped", "linear_scan", "decayed_linear_attention",
-       "decayed_linear_attention_per_head", "decayed_linear_attention_grouped", "wkv", "wkv_fresh", "lif_scan",
+       "decayed_linear_attention_per_head", "decayed_linear_attention_grouped", "decayed_linear_attention_v_scale",
+       "wkv", "wkv_fresh", "lif_scan",
        "lif_scan_adaptive_soft", "causal_conv1d_w4", "causal_conv1d_w7", "causal_conv1d_w4_channels_last",
        "ring_attention_causal1",
        "ring_attention_causal0")
