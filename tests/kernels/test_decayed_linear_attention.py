@@ -375,10 +375,11 @@ def test_matches_transformers_mamba2_chunk_scan():
 @pytest.mark.slow
 def test_torch_compile_fullgraph_forward_and_backward():
     q, k, v, ld, h0 = make(B=1, L=6, H=2, K=3, V=2, dtype=torch.float32, seed=10)
-    leaves = [t.clone().requires_grad_(True) for t in (q, k, v, ld, h0)]
+    w = torch.rand(1, 6, 2) + 0.1
+    leaves = [t.clone().requires_grad_(True) for t in (q, k, v, ld, h0, w)]
 
-    def f(q, k, v, ld, h0):
-        o, s = dla(q, k, v, ld, initial_state=h0, output_final_state=True, chunk_size=4, backend="cpu")
+    def f(q, k, v, ld, h0, w):
+        o, s = dla(q, k, v, ld, v_scale=w, initial_state=h0, output_final_state=True, chunk_size=4, backend="cpu")
         return (o * 2).sum() + s.sum()
 
     compiled = torch.compile(f, backend="aot_eager", fullgraph=True)
