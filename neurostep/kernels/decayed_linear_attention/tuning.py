@@ -22,8 +22,8 @@ the default is measured, not assumed:
   ``chunk_size=`` always wins. The result depends on the chunk size only through rounding.
 - The ``triton`` backend is tuned the same way (``backend="triton"``: powers of two from 16, on the GPU
   the call runs on, or on the CPU under Triton's interpreter), keyed by the GPU's name and compute
-  capability instead of the CPU and by the workload without a thread count. Its block products, its number
-  of programs per chunk and its chunk states trade against each other differently on each GPU.
+  capability instead of the CPU and by the workload without a thread count: the same trade-off (longer
+  chunks, larger block products, fewer chunk states) depends on the GPU as it does on the CPU.
 """
 
 from __future__ import annotations
