@@ -140,8 +140,8 @@ def _cmd_tune(args: argparse.Namespace) -> int:
         if args.dry_run:
             print("not recorded (--dry-run)")
         else:
-            threads = torch.get_num_threads() if args.backend == "cpu" else None
-            key = tuning.workload_key(args.state, args.head_dim, dtype, threads, backward)
+            key = tuning.workload_key(args.state, args.head_dim, dtype, tuning.workload_threads(args.backend),
+                                      backward)
             print(f"recorded for {tuning.machine_key(args.backend, device)!r} in "
                   f"{args.file or tuning.tuning_file()}: decayed_linear_attention(chunk_size=None) now uses "
                   f"{best} for {key}")

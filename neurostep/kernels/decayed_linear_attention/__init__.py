@@ -38,6 +38,7 @@ from neurostep.engine import (
     has_values,
 )
 from neurostep.kernels.decayed_linear_attention.reference import SAVED_TENSORS
+from neurostep.kernels.decayed_linear_attention.tuning import BACKENDS as TUNED_BACKENDS
 from neurostep.kernels.decayed_linear_attention.tuning import tuned_chunk_size
 
 _NAME = "decayed_linear_attention"
@@ -243,7 +244,7 @@ def decayed_linear_attention(
         # backend's default
         backward = differentiated(q, k, v, log_decay, initial_state, v_scale)
         tuned = (tuned_chunk_size(K, V, cd, backward=backward, backend=name, device=device)
-                 if name in ("cpu", "triton") else None)
+                 if name in TUNED_BACKENDS else None)
         chunk_size = tuned if tuned is not None else KERNELS.resolve(_NAME, name, device).CHUNK_SIZE
     elif isinstance(chunk_size, bool) or not isinstance(chunk_size, int):
         raise TypeError(f"chunk_size must be an int or None, got {type(chunk_size).__name__}")

@@ -422,11 +422,11 @@ def _to_blocks(x: torch.Tensor, out: torch.Tensor, heads: int, scaled: torch.Ten
     """:func:`_gather` of ``x`` (times ``pre`` per token if given) into ``out`` for ``heads`` heads (and
     ``scaled = out * factor`` if given); returns ``out``."""
     has = scaled is not None
-    dtype = _np(out).dtype
+    out_np = _np(out)
     # an absent factor: a stand-in of the factors' type, so that both cases share one compiled variant
-    _launch(_gather, _np(x), _np(out), heads, _np(scaled if has else out),
-            _np(factor) if has else stand_in("f2", dtype), has,
-            _np(pre) if pre is not None else stand_in("f3", dtype), pre is not None)
+    _launch(_gather, _np(x), out_np, heads, _np(scaled) if has else out_np,
+            _np(factor) if has else stand_in("f2", out_np.dtype), has,
+            _np(pre) if pre is not None else stand_in("f3", out_np.dtype), pre is not None)
     return out
 
 

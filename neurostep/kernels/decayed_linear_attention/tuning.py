@@ -82,6 +82,14 @@ def machine_key(backend: str = "cpu", device: str | torch.device = "cpu") -> str
     return _cpu_key() if backend == "cpu" else _triton_key(str(device))
 
 
+def workload_threads(backend: str, threads: int | None = None) -> int | None:
+    """The thread count in a workload's key: ``threads`` (default: torch's current count) for the cpu backend,
+    None for triton, whose speed on a GPU does not depend on it."""
+    if backend != "cpu":
+        return None
+    return torch.get_num_threads() if threads is None else threads
+
+
 def workload_key(k: int, v: int, dtype: torch.dtype, threads: int | None, backward: bool = True) -> str:
     """The key of a workload in the tuning file: dtype, ``K``, ``V``, torch's thread count (None for a GPU
     backend, whose speed does not depend on it) and whether the call is followed by a backward (training)
@@ -116,12 +124,8 @@ def tuned_chunk_size(k: int, v: int, dtype: torch.dtype, threads: int | None = N
     """The chunk size measured fastest on this machine (``backend`` ``"cpu"``; ``"triton"`` on ``device``) for a
     workload of this dtype, ``K`` and ``V`` at ``threads`` torch threads (default: the current count; not
     part of a triton workload), with a backward or forward only, or None if none was measured."""
-    if backend == "cpu":
-        threads = torch.get_num_threads() if threads is None else threads
-    else:
-        threads = None
     entry = _load(Path(path) if path is not None else tuning_file()).get(machine_key(backend, device), {})
-    key = workload_key(k, v, dtype, threads, backward)
+    key = workload_key(k, v, dtype, workload_threads(backend, threads), backward)
     chunk = entry.get(key, {}).get("chunk_size") if isinstance(entry, dict) else None
     return chunk if isinstance(chunk, int) and not isinstance(chunk, bool) and chunk >= 1 else None
 
@@ -230,8 +234,7 @@ def tune_chunk_size(*, batch: int = 1, length: int = 2048, heads: int = 24, k: i
         data = dict(_load(target))
         where = machine_key(backend, device)
         machine = dict(data.get(where, {}))
-        threads = torch.get_num_threads() if backend == "cpu" else None
-        machine[workload_key(k, v, dtype, threads, backward)] = {
+        machine[workload_key(k, v, dtype, workload_threads(backend), backward)] = {
             "chunk_size": best,
             "median_s": {str(c): t for c, t in medians.items()},
             "workload": {"batch": batch, "length": length, "heads": heads, "rounds": rounds},
@@ -245,4 +248,4 @@ def tune_chunk_size(*, batch: int = 1, length: int = 2048, heads: int = 24, k: i
 
 
 __all__ = ["BACKENDS", "CANDIDATES", "TRITON_CANDIDATES", "default_device", "machine_key", "measure_chunk_sizes",
-           "tune_chunk_size", "tuned_chunk_size", "tuning_file", "workload_key"]
+           "tune_chunk_size", "tuned_chunk_size", "tuning_file", "workload_key", "workload_threads"]

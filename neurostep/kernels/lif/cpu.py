@@ -387,9 +387,12 @@ def _recompute_backward_source(sid: int, hard: bool, decay: bool, detach: bool, 
             else:
                 for j in range(n):
                     cv[j] = zero
-            for j in range(n):
-                gk_acc[j] = zero
-                gvth_acc[j] = zero
+            if need_k:
+                for j in range(n):
+                    gk_acc[j] = zero
+            if need_vth:
+                for j in range(n):
+                    gvth_acc[j] = zero
             for j in range(n2):
                 v[j] = v0n[j]
             for t in range(T - 1, -1, -1):
@@ -442,10 +445,12 @@ def _recompute_backward_source(sid: int, hard: bool, decay: bool, detach: bool, 
                         gk_acc[j] += gh[j] * dk[j]
             for j in range(n):
                 gv0b[j] = cv[j]
-            # the block's tau_inv and threshold gradients, summed in vector lanes: as two serial float64
-            # chains they cost more than the rest of a block at T = 4
-            gk_part[b] = vsum64(gk_acc, n)
-            gvth_part[b] = vsum64(gvth_acc, n)
+            # the block's tau_inv and threshold gradients (where wanted), summed in vector lanes: as two serial
+            # float64 chains they cost more than the rest of a block at T = 4
+            if need_k:
+                gk_part[b] = vsum64(gk_acc, n)
+            if need_vth:
+                gvth_part[b] = vsum64(gvth_acc, n)
 
     return kernel
 
