@@ -9,14 +9,13 @@ earlier outputs (:func:`output_pool`) and puts a fresh block on memory that faul
 
 from __future__ import annotations
 
-import collections
 import ctypes
 import ctypes.util
 import functools
 import math
 import os
+import sys
 import threading
-import weakref
 
 import numpy as np
 import torch
@@ -67,19 +66,8 @@ _NUMPY_DTYPES = {torch.float32: np.float32, torch.float64: np.float64, torch.flo
                  torch.bool: np.bool_}
 
 
-class _Lease:
-    """One use of a pooled block, as NumPy's array interface: the base object of every array on it."""
-
-    __slots__ = ("__array_interface__", "__weakref__", "block")
-
-    def __init__(self, block: np.ndarray, shape: tuple[int, ...], dtype: np.dtype) -> None:
-        self.block = block
-        self.__array_interface__ = {"data": (block.ctypes.data, False), "shape": shape, "typestr": dtype.str,
-                                    "version": 3}
-
-
 class BlockPool:
-    """Large blocks freed by kernel outputs, kept for the next output of the same size (thread-safe, capped).
+    """Large blocks of kernel outputs, kept for the next output of the same size (thread-safe, capped).
 
     An op called in a loop returns outputs of the same sizes every call. Where glibc has unmapped or
     trimmed the previous call's blocks (which depends on everything else the process allocated in
@@ -88,23 +76,25 @@ class BlockPool:
     hands such a block straight back.
 
     Blocks are whole multiples of 2 MB that start on a 2 MB boundary, so that every page of them can be
-    a huge page. A block returns to the pool when the last reference to its tensor (and to every view of
-    it) is gone. The pool keeps at most ``limit_bytes``: beyond that, the blocks that have waited longest
-    go back to the C library, so sizes a workload no longer uses make room for the ones it does.
-    ``limit_bytes = 0`` keeps none.
+    a huge page. The pool keeps every block it handed out, with the array it handed out on it, and counts
+    references to know which are free: a block is free again once no array, tensor or view on it is left
+    (NumPy's views of an array refer to the block's owner, a tensor to the array it was made from, so
+    the two counts see them all): two reference counts per block looked at, and no finalizer per output,
+    which with cold caches cost several times as much (``docs/design.md``, Memory). The free blocks beyond
+    ``limit_bytes`` (those handed out longest ago first, and any larger than the limit) go back to the C
+    library when the pool next looks: when it allocates a new block, and when ``cached_bytes``, ``stats`` or
+    the limit is read or set. ``limit_bytes = 0`` keeps none.
     """
 
     def __init__(self, limit_bytes: int = _DEFAULT_POOL_LIMIT) -> None:
-        # the waiting blocks by id, oldest first: the oldest leave when the pool is over its limit, the latest
-        # of a size is reused first (the most likely to be still in the caches). At most limit / 4 MB of them
-        # (64 by default), so a scan finds one of a size cheaply.
-        self._waiting: collections.OrderedDict[int, np.ndarray] = collections.OrderedDict()
-        self._cached = 0
+        # [owner, array, stamp] per block, in the order they were last handed out (oldest first): the owner is
+        # the NumPy array that allocated the memory, the array what the last caller got. At most
+        # limit / 4 MB of them wait (64 by default), so the scan is short.
+        self._blocks: list[list] = []
+        self._free_counts: tuple[int, int] | None = None
         self._hits = 0
         self._misses = 0
-        # a block comes back in whichever thread drops its tensor, possibly inside a garbage collection
-        # that started while this thread held the lock: a re-entrant lock
-        self._lock = threading.RLock()
+        self._lock = threading.Lock()
         self.limit_bytes = limit_bytes
 
     @property
@@ -118,68 +108,87 @@ class BlockPool:
             raise ValueError(f"limit_bytes must be a non-negative int, got {value!r}")
         with self._lock:
             self._limit = value
-            self._evict_oldest()
+            self._trim()
 
     @property
     def cached_bytes(self) -> int:
-        """Bytes of the blocks waiting in the pool."""
-        return self._cached
+        """Bytes of the free blocks the pool keeps."""
+        with self._lock:
+            return self._trim()
 
     def stats(self) -> dict[str, int]:
         """``hits`` (blocks reused), ``misses`` (blocks allocated), ``cached_bytes``, ``limit_bytes``."""
         with self._lock:
-            return {"hits": self._hits, "misses": self._misses, "cached_bytes": self._cached,
+            return {"hits": self._hits, "misses": self._misses, "cached_bytes": self._trim(),
                     "limit_bytes": self._limit}
 
     def clear(self) -> None:
-        """Give every waiting block back to the C library."""
+        """Give every free block back to the C library (blocks in use return to the pool when freed)."""
         with self._lock:
-            self._waiting, self._cached = collections.OrderedDict(), 0
+            self._blocks = [entry for entry in self._blocks if not self._is_free(entry)]
 
     def empty(self, shape: tuple[int, ...], np_dtype: type) -> np.ndarray:
-        """An uninitialised C-contiguous array on a pooled block (a reused one where the pool has one of
-        the size)."""
-        nbytes = -(-math.prod(shape) * np.dtype(np_dtype).itemsize // _HUGE_PAGE) * _HUGE_PAGE
-        block = self._take(nbytes)
-        if block is None:
-            raw = np.empty(nbytes + _HUGE_PAGE, dtype=np.uint8)  # NumPy advises huge pages for the whole of it
-            start = -raw.ctypes.data % _HUGE_PAGE
-            block = raw[start:start + nbytes]
-        lease = _Lease(block, tuple(shape), np.dtype(np_dtype))
-        # every array on the block, views included, keeps the lease alive (NumPy's base of a view is the
-        # lease, not the array it was taken from; a tensor from torch.from_numpy keeps its array), so the
-        # block is free when the lease dies
-        weakref.finalize(lease, self._give_back, block).atexit = False
-        return np.asarray(lease)
-
-    def _take(self, nbytes: int) -> np.ndarray | None:
+        """An uninitialised C-contiguous array on a pooled block (a free one of the size where the pool has
+        one: the one handed out last, the likeliest to be in the caches)."""
+        count = math.prod(shape)
+        dtype = np.dtype(np_dtype)
+        nbytes = -(-count * dtype.itemsize // _HUGE_PAGE) * _HUGE_PAGE
         with self._lock:
-            for key in reversed(self._waiting):
-                if self._waiting[key].nbytes == nbytes:
+            for i in range(len(self._blocks) - 1, -1, -1):
+                entry = self._blocks[i]
+                if entry[0].nbytes == nbytes + _HUGE_PAGE and self._is_free(entry):
                     self._hits += 1
-                    self._cached -= nbytes
-                    return self._waiting.pop(key)
+                    array = entry[1]
+                    if array.shape != shape or array.dtype != dtype:
+                        array = entry[1] = _on(entry[0], nbytes, dtype, count, shape)
+                    del self._blocks[i]
+                    self._blocks.append(entry)
+                    return array
             self._misses += 1
-            return None
+            self._trim()
+            owner = np.empty(nbytes + _HUGE_PAGE, dtype=np.uint8)  # NumPy advises huge pages for the whole of it
+            self._blocks.append([owner, _on(owner, nbytes, dtype, count, shape)])
+            del owner
+            if self._free_counts is None:
+                # the counts of a block nobody uses, taken as the scan takes them (the interpreter's own
+                # references, such as the call's argument, differ between Python versions)
+                entry = self._blocks[-1]
+                self._free_counts = (sys.getrefcount(entry[0]), sys.getrefcount(entry[1]))
+                del entry
+            return self._blocks[-1][1]
 
-    def _give_back(self, block: np.ndarray) -> None:
-        nbytes = block.nbytes
-        with self._lock:
-            if nbytes > self._limit:
-                return
-            self._waiting[id(block)] = block
-            self._cached += nbytes
-            self._evict_oldest()
+    def _is_free(self, entry: list) -> bool:
+        # the owner is referred to by the entry and by the handed-out array (both counted in _free_counts);
+        # any other array on the memory refers to it or to the handed-out array
+        return (sys.getrefcount(entry[0]), sys.getrefcount(entry[1])) == self._free_counts
 
-    def _evict_oldest(self) -> None:
-        # sizes a workload stopped using leave the pool first (with the lock held)
-        while self._cached > self._limit:
-            self._cached -= self._waiting.popitem(last=False)[1].nbytes
+    def _trim(self) -> int:
+        """Drop the free blocks over the limit (with the lock held); returns the bytes of those kept."""
+        if self._free_counts is None:
+            return 0
+        free = [entry for entry in self._blocks if self._is_free(entry)]
+        cached = 0
+        drop = []
+        for entry in reversed(free):   # the latest handed out are kept first
+            size = entry[0].nbytes - _HUGE_PAGE
+            if cached + size <= self._limit:
+                cached += size
+            else:
+                drop.append(id(entry))
+        if drop:
+            self._blocks = [entry for entry in self._blocks if id(entry) not in drop]
+        return cached
 
     def _forget_after_fork(self) -> None:
         # a forked child gets a copy of the blocks (copy-on-write) and maybe a lock that another thread held
-        self._lock = threading.RLock()
-        self.clear()
+        self._lock = threading.Lock()
+        self._blocks = []
+
+
+def _on(owner: np.ndarray, nbytes: int, dtype: np.dtype, count: int, shape: tuple[int, ...]) -> np.ndarray:
+    """An array of ``shape`` and ``dtype`` on the 2 MB aligned ``nbytes`` of ``owner``."""
+    start = -owner.ctypes.data % _HUGE_PAGE
+    return owner[start:start + nbytes].view(dtype)[:count].reshape(shape)
 
 
 @functools.cache

@@ -80,6 +80,11 @@ class KernelRegistry:
     def __init__(self) -> None:
         self._ops: dict[str, dict[str, BackendSpec]] = {}
         self._loaded: dict[tuple[str, str], ModuleType] = {}
+        # (op, backend asked for, device, TRITON_INTERPRET) -> the backend that runs, and its module: an op
+        # resolves its backend up to four times per forward and backward, and the checks behind a choice cost
+        # more than a lookup
+        self._chosen: dict[tuple[str, str, torch.device, str | None], str] = {}
+        self._resolved: dict[tuple[str, str, torch.device, str | None], ModuleType] = {}
 
     def register(
         self,
@@ -90,6 +95,8 @@ class KernelRegistry:
         missing: Callable[[torch.device], str | None] | None = None,
     ) -> None:
         """Register ``module`` (a dotted import path) as backend ``backend`` of ``op``."""
+        self._chosen.clear()
+        self._resolved.clear()
         if backend in _DEFAULT_SPECS:
             default_devices, default_missing = _DEFAULT_SPECS[backend]
         else:
@@ -122,7 +129,18 @@ class KernelRegistry:
         return spec.missing(device)
 
     def choose(self, op: str, backend: str, device: torch.device) -> str:
-        """Name of the backend that will run: ``backend`` itself, or the auto choice."""
+        """Name of the backend that will run: ``backend`` itself, or the auto choice.
+
+        A choice is made once per op, backend, device and value of ``TRITON_INTERPRET`` (on which the
+        triton backend's availability on the CPU depends) and then looked up; registering a backend forgets
+        the choices made so far. A request that cannot be met raises every time."""
+        key = (op, backend, device, os.environ.get("TRITON_INTERPRET"))
+        name = self._chosen.get(key)
+        if name is None:
+            name = self._chosen[key] = self._choose(op, backend, device)
+        return name
+
+    def _choose(self, op: str, backend: str, device: torch.device) -> str:
         if backend == "auto":
             order = AUTO_ORDER.get(device.type, ("reference",))
             reasons = []
@@ -142,12 +160,16 @@ class KernelRegistry:
         return backend
 
     def resolve(self, op: str, backend: str, device: torch.device) -> ModuleType:
-        """Import and return the implementation module chosen for ``op`` on ``device``."""
-        name = self.choose(op, backend, device)
-        key = (op, name)
-        if key not in self._loaded:
-            self._loaded[key] = importlib.import_module(self._ops[op][name].module)
-        return self._loaded[key]
+        """Import and return the implementation module chosen for ``op`` on ``device`` (:meth:`choose`)."""
+        key = (op, backend, device, os.environ.get("TRITON_INTERPRET"))
+        impl = self._resolved.get(key)
+        if impl is None:
+            name = self.choose(op, backend, device)
+            loaded = (op, name)
+            if loaded not in self._loaded:
+                self._loaded[loaded] = importlib.import_module(self._ops[op][name].module)
+            impl = self._resolved[key] = self._loaded[loaded]
+        return impl
 
 
 KERNELS = KernelRegistry()

@@ -17,14 +17,18 @@ out. From that description the engine builds, for an op named ``name``:
   it is called from (the public function, ``torch.ops.neurostep``, a compiled graph);
 - the backend choice (:data:`neurostep.engine.KERNELS`) and the cost formula the counter reads.
 
-Adapters receive the chosen backend module as ``impl``. Custom ops cannot return None, so an empty
-tensor stands for "no such tensor" in their results; the engine turns gradients of inputs that need
-none back into None.
+Adapters receive the chosen backend module as ``impl``. A forward adapter returns None for an output
+the call does not produce, and a backward adapter None for a gradient it does not form. Custom ops
+cannot return None, so where the call goes through the dispatcher the engine puts an empty tensor
+there (of the first tensor argument's dtype and device, which the op's fakes must match) and turns the
+gradients of inputs that need none back into None; on the direct path (:meth:`FusedOp.__call__`) the
+None stays, and no empty tensor is made.
 """
 
 from __future__ import annotations
 
 import inspect
+import typing
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import ModuleType
@@ -61,6 +65,13 @@ class BackwardCall:
 
 def _like_or_empty(t: torch.Tensor | None, like: torch.Tensor) -> torch.Tensor:
     return like.new_empty(0) if t is None else t
+
+
+def _tensors_or_empty(output: Any, like: torch.Tensor) -> Any:
+    """A forward adapter's ``output`` as the custom op returns it: an empty tensor for each None."""
+    if isinstance(output, tuple):
+        return tuple(_like_or_empty(t, like) for t in output)
+    return _like_or_empty(output, like)
 
 
 def differentiated(*args: Any) -> bool:
@@ -121,7 +132,8 @@ class FusedOp:
         self._library = library  # the registrations live as long as the op does
         backend_param = inspect.Parameter("backend", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=str)
         forward_sig = inspect.signature(forward, eval_str=True)
-        forward_sig = forward_sig.replace(parameters=[*params, backend_param])
+        forward_sig = forward_sig.replace(parameters=[*params, backend_param],
+                                          return_annotation=_dispatched_return(forward_sig.return_annotation))
         forward_schema = _schema_of(forward_sig)
         attr_params = [p for p in params if p.name in self.attr_names]
         backward_sig = inspect.Signature(
@@ -138,8 +150,8 @@ class FusedOp:
         )
         library.define(f"{name}_forward{forward_schema}")
         library.define(f"{name}_backward{_schema_of(backward_sig)}")
-        library.impl(f"{name}_forward", self._run_forward, "CompositeExplicitAutograd")
-        library.impl(f"{name}_backward", self._run_backward, "CompositeExplicitAutograd")
+        library.impl(f"{name}_forward", self._dispatched_forward, "CompositeExplicitAutograd")
+        library.impl(f"{name}_backward", self._dispatched_backward, "CompositeExplicitAutograd")
         torch.library.register_fake(f"{NAMESPACE}::{name}_forward", self._fake_forward, lib=library)
         torch.library.register_fake(f"{NAMESPACE}::{name}_backward", self._fake_backward, lib=library)
         self.forward_op = getattr(getattr(torch.ops, NAMESPACE), f"{name}_forward").default
@@ -182,9 +194,13 @@ class FusedOp:
         return args[:-1], args[-1]
 
     def _run_forward(self, *args: Any) -> Any:
+        """The forward adapter's outputs, None where it produces none (the direct path)."""
         values, backend = self._split(args)
         impl = KERNELS.resolve(self.name, backend, _first_tensor(values).device)
         return self._forward(impl, *values)
+
+    def _dispatched_forward(self, *args: Any) -> Any:
+        return _tensors_or_empty(self._run_forward(*args), _first_tensor(args))
 
     def _fake_forward(self, *args: Any) -> Any:
         values, backend = self._split(args)
@@ -195,11 +211,15 @@ class FusedOp:
         values, backend = self._split(attrs)
         return BackwardCall(list(grads), list(saved), list(needs), dict(zip(self.attr_names, values))), backend
 
-    def _run_backward(self, *args: Any) -> list[torch.Tensor]:
+    def _run_backward(self, *args: Any) -> Sequence[torch.Tensor | None]:
+        """The backward adapter's gradients, None where it forms none (the direct path)."""
         call, backend = self._backward_call(args)
-        like = _first_tensor([*call.saved, *call.grads])
-        impl = KERNELS.resolve(self.name, backend, like.device)
-        return [_like_or_empty(g, like) for g in self._backward(impl, call)]
+        impl = KERNELS.resolve(self.name, backend, _first_tensor([*call.saved, *call.grads]).device)
+        return self._backward(impl, call)
+
+    def _dispatched_backward(self, *args: Any) -> list[torch.Tensor]:
+        like = _first_tensor([*args[1], *args[0]])   # saved, then grads
+        return [_like_or_empty(g, like) for g in self._run_backward(*args)]
 
     def _fake_backward(self, *args: Any) -> list[torch.Tensor]:
         call, _ = self._backward_call(args)
@@ -255,7 +275,7 @@ def _autograd_function(op: FusedOp, direct: bool) -> type[torch.autograd.Functio
             ctx.attrs = args[n_tensors:]
             ctx.n_outputs = len(outputs)
             if internal:
-                ctx.mark_non_differentiable(*(outputs[i] for i in internal))
+                ctx.mark_non_differentiable(*(outputs[i] for i in internal if outputs[i] is not None))
             # missing gradients stay None: the backends treat None as zero without reading a zero tensor
             ctx.set_materialize_grads(False)
             return output
@@ -277,6 +297,16 @@ def _autograd_function(op: FusedOp, direct: bool) -> type[torch.autograd.Functio
     # named at creation, so that the autograd graph names its nodes after the op ("lif_functionBackward")
     name = f"{op.name}_{'direct_' if direct else ''}function"
     return type(name, (Function,), {"__qualname__": name})
+
+
+def _dispatched_return(annotation: Any) -> Any:
+    """The custom op's return type for an adapter's: ``Tensor`` where the adapter may return None (the
+    dispatcher path returns an empty tensor there)."""
+    if annotation == torch.Tensor | None:
+        return torch.Tensor
+    if typing.get_origin(annotation) is tuple:
+        return tuple[tuple(_dispatched_return(a) for a in typing.get_args(annotation))]
+    return annotation
 
 
 def _is_tensor_annotation(annotation: Any) -> bool:

@@ -51,6 +51,26 @@ def test_unavailable_backend_raises_instead_of_falling_back(monkeypatch):
         reg.choose("nope", "auto", torch.device("cpu"))
 
 
+def test_a_choice_is_made_once_per_backend_device_and_interpreter_setting(monkeypatch):
+    checks = []
+    reg = KernelRegistry()
+    reg.register("toy", "cpu", "neurostep.engine.checks", missing=lambda device: checks.append(device))
+    cpu = torch.device("cpu")
+    assert reg.choose("toy", "auto", cpu) == "cpu" and reg.resolve("toy", "auto", cpu) is reg.resolve("toy", "cpu", cpu)
+    assert reg.choose("toy", "auto", cpu) == "cpu"
+    assert len(checks) == 2  # "auto" and "cpu", each checked once
+    monkeypatch.setenv("TRITON_INTERPRET", "0")  # the triton backend's availability on the CPU depends on it
+    reg.choose("toy", "auto", cpu)
+    assert len(checks) == 3
+    reg.register("toy", "reference", "neurostep.engine.checks")  # a new backend: choices are made again
+    reg.choose("toy", "auto", cpu)
+    assert len(checks) == 4
+    # a request that cannot be met is not remembered as a choice: it raises every time
+    for _ in range(2):
+        with pytest.raises(BackendUnavailableError):
+            reg.choose("toy", "cpu", torch.device("meta"))
+
+
 def test_auto_skips_unavailable_and_reports_all_reasons():
     reg = KernelRegistry()
     reg.register("toy", "cpu", "x", missing=lambda device: "pretend numba is missing")

@@ -207,6 +207,25 @@ def test_an_unobserved_call_runs_the_adapters_directly_with_the_same_results():
     assert y_ng.grad_fn is None and torch.equal(y_ng, y.detach())
 
 
+def test_an_absent_output_is_none_directly_and_an_empty_tensor_through_the_dispatcher():
+    """A forward adapter returns None for an output the call does not produce (here the lif op without v_seq,
+    adaptation or a saved h on the cpu backend): the direct path makes no tensor for it, the custom op (whose
+    schema has a Tensor there) an empty one of the input's dtype, as the fake does."""
+    schema = str(torch.ops.neurostep.lif_forward.default._schema)
+    assert schema.endswith("-> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)")
+    x = torch.randn(4, 3, requires_grad=True)
+    args = (x, None, None, torch.tensor(0.5), torch.tensor(1.0), 0.0, True, True, False, "sigmoid", 4.0,
+            "spikingjelly", "subtract", 0.0, 0.0, False)
+    direct = LIF(*args, backend="cpu")
+    assert [t is None for t in direct] == [False, False, True, True, True, True]
+    dispatched = torch.ops.neurostep.lif_forward(*args, "cpu")
+    assert all(t.numel() == 0 and t.dtype == x.dtype for t in dispatched[2:])
+    torch.testing.assert_close(direct[0], dispatched[0], rtol=0, atol=0)
+    g_direct = torch.autograd.grad(direct[0].sum() + direct[1].sum(), x)[0]
+    g_dispatched = torch.autograd.grad(dispatched[0].sum() + dispatched[1].sum(), x)[0]
+    torch.testing.assert_close(g_direct, g_dispatched, rtol=0, atol=0)
+
+
 def test_a_dispatch_mode_still_sees_one_op_each_way():
     x = torch.randn(4, 2, requires_grad=True)
     with _Recorder() as rec:

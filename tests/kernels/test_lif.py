@@ -554,3 +554,73 @@ def test_gradcheck_through_membrane(backend, kw):
 
     ins = [t.clone().requires_grad_() for t in (x, v0, tau, vth)]
     assert torch.autograd.gradcheck(f, ins, eps=1e-6, atol=1e-7, rtol=1e-6)
+
+
+def _op_args(x, v0, **over):
+    """The lif op's arguments (schema order, backend excluded): a hard-reset LIF at v_reset -0.2."""
+    attrs = dict(v_reset=-0.2, hard_reset=True, decay_input=True, detach_reset=False, surrogate="sigmoid", alpha=4.0,
+                 convention="spikingjelly", snn_reset="subtract", adapt_rho=0.0, adapt_beta=0.0, return_v_seq=True)
+    attrs.update(over)
+    return (x, v0, None, torch.tensor(0.5, requires_grad=True), torch.tensor(1.0, requires_grad=True),
+            *attrs.values())
+
+
+@pytest.mark.parametrize("backend", [*BACKENDS, "triton"])
+@pytest.mark.parametrize("over", [{}, dict(hard_reset=False, v_reset=0.0), dict(convention="snntorch", v_reset=0.0)],
+                         ids=["hard", "soft", "snntorch"])
+def test_op_without_a_state_starts_at_rest(backend, over):
+    """v0 None: the membrane starts at rest (v_reset for spikingjelly's hard reset, else 0), with the values and
+    gradients of a state filled with it, and no gradient for a state that was not given."""
+    if backend == "triton":
+        pytest.importorskip("triton")
+    from neurostep.kernels.lif import LIF
+
+    torch.manual_seed(1)
+    x = torch.randn(7, 3, 5, dtype=torch.float64, requires_grad=True)
+    rest = -0.2 if not over else 0.0
+    v0 = torch.full((3, 5), rest, dtype=torch.float64, requires_grad=True)
+    with_state = LIF(*_op_args(x, v0, **over), backend=backend)
+    without = LIF(*_op_args(x, None, **over), backend=backend)
+    for a, b in zip(with_state[:2] + with_state[3:4], without[:2] + without[3:4]):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    g = [torch.randn_like(t) for t in (with_state[0], with_state[1], with_state[3])]
+    loss = sum((o * w).sum() for o, w in zip((without[0], without[1], without[3]), g))
+    gx_rest = torch.autograd.grad(loss, x)[0]
+    gx_state = torch.autograd.grad(sum((o * w).sum() for o, w in zip((with_state[0], with_state[1], with_state[3]), g)),
+                                   x)[0]
+    torch.testing.assert_close(gx_rest, gx_state)
+    # through the dispatcher (what a counter or torch.compile sees) the same, with a schema that allows None
+    dispatched = torch.ops.neurostep.lif_forward(*_op_args(x, None, **over), backend)
+    torch.testing.assert_close(dispatched[0], without[0], rtol=0, atol=0)
+    assert "Tensor? v0" in str(torch.ops.neurostep.lif_forward.default._schema)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_opcheck_without_a_state(backend):
+    x = torch.randn(3, 4, requires_grad=True)
+    torch.library.opcheck(torch.ops.neurostep.lif_forward.default, (*_op_args(x, None), backend),
+                          test_utils=("test_schema", "test_faketensor", "test_autograd_registration"))
+
+
+def test_cpu_scan_without_a_state_reads_no_state_tensor(monkeypatch):
+    """lif_scan with no initial state hands the cpu backend (which recomputes h from x) no state to fill, read or
+    differentiate; a backend that saves h gets the rest state as a tensor, as before."""
+    import neurostep.kernels.lif.cpu as cpu
+    import neurostep.kernels.lif.reference as reference
+
+    seen = {}
+    for label, module in (("cpu", cpu), ("reference", reference)):
+        for name in ("forward", "backward"):
+            original = getattr(module, name)
+
+            def spy(x, v0, *rest, _original=original, _key=(label, name), **kw):
+                seen[_key] = v0
+                return _original(x, v0, *rest, **kw)
+
+            monkeypatch.setattr(module, name, spy)
+    x = torch.randn(4, 6, requires_grad=True)
+    for backend in ("cpu", "reference"):
+        s, _ = lif_scan(x, tau_inv=0.5, v_threshold=0.5, backend=backend)
+        s.sum().backward()
+    assert seen[("cpu", "forward")] is None and seen[("cpu", "backward")] is None
+    assert torch.equal(seen[("reference", "forward")], torch.zeros(6))

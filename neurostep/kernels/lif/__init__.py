@@ -43,8 +43,10 @@ class LIFState:
     a: torch.Tensor | None = None
 
 
-def _empty(like: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
-    return like.new_empty((0,), dtype=dtype)
+def _absent(t: torch.Tensor | None) -> bool:
+    """Whether an output or saved tensor stands for "none": None on the engine's direct path, an empty tensor
+    where the call went through the dispatcher (:mod:`neurostep.engine.ops`)."""
+    return t is None or t.numel() == 0
 
 
 def _params(tau_inv: torch.Tensor, v_threshold: torch.Tensor, cdtype: torch.dtype, attrs: dict) -> LIFParams:
@@ -72,10 +74,13 @@ LaneOrder = tuple[int, ...] | None
 common case, kept on the cheapest path: a small op's call is mostly such bookkeeping)."""
 
 
-def _lane_order(v0: torch.Tensor) -> LaneOrder:
+def _lane_order(v0: torch.Tensor | None, x: torch.Tensor | None) -> LaneOrder:
     """The lane order of a call: the initial state's when it is dense (:func:`lif_scan` lays it out like
-    ``x``), else the contiguous order. Input, state, outputs and gradients all follow it, so a
-    channels-last input gives channels-last spikes without a copy."""
+    ``x``), else the contiguous order; without an initial state, ``x``'s (:func:`_input_lane_order`). Input,
+    state, outputs and gradients all follow it, so a channels-last input gives channels-last spikes without
+    a copy."""
+    if v0 is None:
+        return _input_lane_order(x)
     return None if v0.is_contiguous() else dense_strides(v0)
 
 
@@ -122,33 +127,35 @@ _ATTRS = ("v_reset", "hard_reset", "decay_input", "detach_reset", "surrogate", "
 
 
 def _forward(
-    impl, x: torch.Tensor, v0: torch.Tensor, a0: torch.Tensor | None, tau_inv: torch.Tensor, v_threshold: torch.Tensor,
-    v_reset: float, hard_reset: bool, decay_input: bool, detach_reset: bool, surrogate: str, alpha: float,
-    convention: str, snn_reset: str, adapt_rho: float, adapt_beta: float, return_v_seq: bool,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Returns ``(spikes, v_last, a_last|empty, v_seq|empty, h|empty, theta|empty)``; ``h``/``theta``
-    ``(T, N)`` in the compute dtype are saved for the backward. ``h`` is empty when the backend
-    recomputes it from ``x`` in the backward (``impl.recomputes_h``)."""
+    impl, x: torch.Tensor, v0: torch.Tensor | None, a0: torch.Tensor | None, tau_inv: torch.Tensor,
+    v_threshold: torch.Tensor, v_reset: float, hard_reset: bool, decay_input: bool, detach_reset: bool,
+    surrogate: str, alpha: float, convention: str, snn_reset: str, adapt_rho: float, adapt_beta: float,
+    return_v_seq: bool,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor | None, torch.Tensor | None,
+           torch.Tensor | None]:
+    """Returns ``(spikes, v_last, a_last, v_seq, h, theta)``, None for each the call does not produce;
+    ``h``/``theta`` ``(T, N)`` in the compute dtype are saved for the backward. ``h`` is None when the
+    backend recomputes it from ``x`` in the backward (``impl.recomputes_h``). ``v0`` None: the membrane
+    starts at rest (``v_reset`` for a hard reset, else 0), with no state tensor to read or differentiate."""
     attrs = dict(zip(_ATTRS, (v_reset, hard_reset, decay_input, detach_reset, surrogate, alpha, convention,
                               snn_reset, adapt_rho, adapt_beta, return_v_seq)))
     adaptive = a0 is not None
     T, lanes, cdtype = x.shape[0], x.shape[1:], compute_dtype(x.dtype)
     p = _params(tau_inv, v_threshold, cdtype, {**attrs, "adaptive": adaptive})
-    order = _lane_order(v0)
+    order = _lane_order(v0, x)
     xc = _to_compute(x, T, order, cdtype)
-    v0c = _to_compute(v0, None, order, cdtype)
+    v0c = _to_compute(v0, None, order, cdtype) if v0 is not None else None
     a0c = _to_compute(a0, None, order, cdtype) if adaptive else None
+    # h is None where the backend recomputes it in its backward (from x, which autograd then keeps)
     spikes, v_last, a_last, v_seq, h, theta = impl.forward(xc, v0c, a0c, p, return_v_seq)
-    if h is None:  # the backend recomputes h in its backward (from x, which autograd then keeps)
-        h = _empty(x, cdtype)
     out_dtype = x.dtype
     return (
         _from_compute(spikes, x.shape, order, out_dtype),
         _from_compute(v_last, lanes, order, out_dtype),
-        _from_compute(a_last, lanes, order, out_dtype) if a_last is not None else _empty(x),
-        _from_compute(v_seq, x.shape, order, out_dtype) if v_seq is not None else _empty(x),
+        _from_compute(a_last, lanes, order, out_dtype) if a_last is not None else None,
+        _from_compute(v_seq, x.shape, order, out_dtype) if v_seq is not None else None,
         h,
-        theta if theta is not None else _empty(x, cdtype),
+        theta,
     )
 
 
@@ -158,40 +165,43 @@ def _forward_fake(x, v0, a0, tau_inv, v_threshold, v_reset, hard_reset, decay_in
     n = math.prod(lanes)
     adaptive = a0 is not None and convention != "snntorch"
     saves_h = not KERNELS.resolve("lif", backend, x.device).recomputes_h(convention, a0 is not None)
-    order = _lane_order(v0)
+    order = _lane_order(v0, x)
+    # an output the call does not produce is an empty tensor of x's dtype, as the engine makes it
     return (
         _empty_like_lanes(x, x.shape, order),
         _empty_like_lanes(x, lanes, order),
         _empty_like_lanes(x, lanes, order) if a0 is not None else x.new_empty((0,)),
         _empty_like_lanes(x, x.shape, order) if return_v_seq else x.new_empty((0,)),
-        x.new_empty((T, n) if saves_h else (0,), dtype=cdtype),
-        x.new_empty((T, n), dtype=cdtype) if adaptive else x.new_empty((0,), dtype=cdtype),
+        x.new_empty((T, n), dtype=cdtype) if saves_h else x.new_empty((0,)),
+        x.new_empty((T, n), dtype=cdtype) if adaptive else x.new_empty((0,)),
     )
 
 
 def _save(args, outputs):
     h, theta = outputs[4], outputs[5]
     need_k_grad = args["needs_input_grad"][3]
-    # x is read by the backward to recompute h when the forward saved none, and for d/d tau_inv with
-    # decay_input (X - V + Vr); otherwise keep no reference to it.
-    keep_x = h.numel() == 0 or (need_k_grad and args["decay_input"] and args["convention"] == "spikingjelly")
+    # x is read by the backward to recompute h when the forward saved none, for d/d tau_inv with
+    # decay_input (X - V + Vr), and for the lanes' shape and order when there is no initial state (lif_scan
+    # leaves it out only where the backend recomputes h); otherwise keep no reference to it.
+    keep_x = (_absent(h) or args["v0"] is None
+              or (need_k_grad and args["decay_input"] and args["convention"] == "spikingjelly"))
     return (args["x"] if keep_x else None), args["v0"], h, theta, args["tau_inv"], args["v_threshold"]
 
 
-def _grad_dtype(g_spikes: torch.Tensor | None, v0: torch.Tensor) -> torch.dtype:
-    return g_spikes.dtype if g_spikes is not None else v0.dtype
+def _grad_dtype(g_spikes: torch.Tensor | None, state_dtype: torch.dtype) -> torch.dtype:
+    return g_spikes.dtype if g_spikes is not None else state_dtype
 
 
 def _backward(impl, call: BackwardCall):
     g_spikes, g_v_last, g_a_last, g_v_seq = call.grads
     x, v0, h, theta, tau_inv, v_threshold = call.saved
-    adaptive = theta.numel() > 0
+    adaptive = not _absent(theta)
     need_k_grad = call.needs_input_grad[3]
-    recompute = h.numel() == 0
-    T, cdtype = (x.shape[0] if recompute else h.shape[0]), h.dtype
-    lanes = v0.shape
+    recompute = _absent(h)
+    T, cdtype = (x.shape[0], compute_dtype(x.dtype)) if recompute else (h.shape[0], h.dtype)
+    lanes = v0.shape if v0 is not None else x.shape[1:]
     p = _params(tau_inv, v_threshold, cdtype, {**call.attrs, "adaptive": adaptive})
-    order = _lane_order(v0)
+    order = _lane_order(v0, x)
     xc = _to_compute(x, T, order, cdtype) if x is not None else None
 
     def prep(g, with_t):
@@ -200,15 +210,17 @@ def _backward(impl, call: BackwardCall):
         return _to_compute(g, T if with_t else None, order, cdtype)
 
     gx, gv0, ga0, gk, gvth = impl.backward(
-        xc, _to_compute(v0, None, order, cdtype), None if recompute else h, theta if adaptive else None,
+        xc, _to_compute(v0, None, order, cdtype) if v0 is not None else None, None if recompute else h,
+        theta if adaptive else None,
         prep(g_spikes, True), prep(g_v_seq, True), prep(g_v_last, False), prep(g_a_last, False), p, need_k_grad,
         need_threshold_grad=call.needs_input_grad[4],
     )
     needs = call.needs_input_grad
+    state_dtype = v0.dtype if v0 is not None else x.dtype
     return (
-        _from_compute(gx, (T, *lanes), order, _grad_dtype(g_spikes, v0)),
-        _from_compute(gv0, lanes, order, v0.dtype),
-        _from_compute(ga0, lanes, order, v0.dtype) if ga0 is not None else None,
+        _from_compute(gx, (T, *lanes), order, _grad_dtype(g_spikes, state_dtype)),
+        _from_compute(gv0, lanes, order, state_dtype) if gv0 is not None else None,
+        _from_compute(ga0, lanes, order, state_dtype) if ga0 is not None else None,
         _as(gk, tau_inv.dtype, ()) if needs[3] else None,
         _as(gvth, v_threshold.dtype, ()) if needs[4] else None,
     )
@@ -217,12 +229,14 @@ def _backward(impl, call: BackwardCall):
 def _backward_fake(call: BackwardCall):
     g_spikes = call.grads[0]
     x, v0, h, theta, tau_inv, v_threshold = call.saved
-    T, lanes = (x.shape[0] if h.numel() == 0 else h.shape[0]), v0.shape
-    order = _lane_order(v0)
+    T = x.shape[0] if _absent(h) else h.shape[0]
+    state = v0 if v0 is not None else x
+    lanes = v0.shape if v0 is not None else x.shape[1:]
+    order = _lane_order(v0, x)
     return (
-        _empty_like_lanes(v0, (T, *lanes), order, _grad_dtype(g_spikes, v0)),
-        _empty_like_lanes(v0, lanes, order),
-        _empty_like_lanes(v0, lanes, order) if theta.numel() > 0 else None,
+        _empty_like_lanes(state, (T, *lanes), order, _grad_dtype(g_spikes, state.dtype)),
+        _empty_like_lanes(state, lanes, order) if v0 is not None else None,
+        _empty_like_lanes(state, lanes, order) if not _absent(theta) else None,
         tau_inv.new_empty(()),
         v_threshold.new_empty(()),
     )
@@ -384,7 +398,7 @@ def lif_scan(
         raise ValueError(f"alpha must be a positive finite number, got {alpha!r}")
     check_tensor("x", x, min_ndim=1)
     check_nonempty("x", x, 0)
-    LIF.choose_backend(backend, x.device)
+    backend = LIF.choose_backend(backend, x.device)
     if initial_state is not None and not isinstance(initial_state, LIFState):
         raise TypeError(f"initial_state must be a LIFState (or None), got {type(initial_state).__name__}")
     v0 = initial_state.v if initial_state is not None else None
@@ -406,8 +420,11 @@ def lif_scan(
     order = _input_lane_order(x)
     state_strides = None if order is None else _strides(lanes, order)   # of a default state
     if v0 is None:
-        rest = float(v_reset) if (hard and convention == "spikingjelly") else 0.0
-        v0 = filled(x, lanes, rest, state_strides)
+        # where the backend recomputes h from x in its backward (and so keeps x), the op starts at rest without a
+        # state tensor; elsewhere it gets one, and the backward reads the lanes' layout from it, not from a kept x
+        if not KERNELS.resolve("lif", backend, x.device).recomputes_h(convention, adaptive):
+            rest = float(v_reset) if (hard and convention == "spikingjelly") else 0.0
+            v0 = filled(x, lanes, rest, state_strides)
     else:
         check_tensor("initial_state.v", v0, device=x.device)
         check_same_shape("initial_state.v", v0, lanes, f"x.shape[1:] of x with shape {tuple(x.shape)}")

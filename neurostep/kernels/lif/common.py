@@ -45,3 +45,9 @@ class LIFParams:
     @property
     def vr_charge(self) -> float:
         return self.vr if self.hard else 0.0
+
+    @property
+    def rest(self) -> float:
+        """The membrane at rest, where a scan without an initial state starts: ``vr`` for spikingjelly's hard
+        reset, else 0."""
+        return self.vr if (self.hard and not self.snn) else 0.0

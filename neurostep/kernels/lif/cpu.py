@@ -129,14 +129,22 @@ def _plain_step(xr, v, out, n, k, vth, vr, vr_c, one, hard, decay, store_h):  # 
 
 @numba.njit(parallel=True, cache=True, error_model="numpy")
 def _forward_kernel(x, v0, a0, spikes, h_out, theta_out, vseq, v_last, a_last, k, omk, vth, vr, vr_c, rho, beta, one,
-                    hard, decay, snn, snn_reset, adaptive, write_vseq, block):  # pragma: no cover - compiled
+                    hard, decay, snn, snn_reset, adaptive, write_vseq, has_v0, block):  # pragma: no cover - compiled
     T, N = x.shape
     zero = one - one  # constants in the data dtype: a float literal would promote float32 math to float64
+    rest = vr if (hard and not snn) else zero   # the membrane without an initial state (has_v0 False)
     nb = (N + block - 1) // block
     for b in prange(nb):
         lo = b * block
         n = min(block, N - lo)
-        v = v0[lo:lo + n].copy()
+        v = np.empty(n, dtype=x.dtype)
+        if has_v0:
+            v0b = v0[lo:lo + n]
+            for j in range(n):
+                v[j] = v0b[j]
+        else:
+            for j in range(n):
+                v[j] = rest
         th = np.empty(n, dtype=v.dtype)
         th[:] = vth
         # the adaptation state exists only for adaptive neurons (a0 and a_last are 1-element otherwise)
@@ -318,7 +326,7 @@ _TWO_PASS_SURROGATES = (0, 3, 6)
 
 # The recomputing backward's arguments (kinds as in neurostep.kernels.numba_launch.numba_type), in order.
 _RECOMPUTE_KINDS = ("f2", "f1", "f2", "f2", "f1", "f2", "f1", "d1", "d1", "f", "f", "f", "f", "f", "f", "b", "b", "b",
-                    "f", "f", "i")
+                    "f", "f", "i", "b")
 
 
 def _recompute_backward_source(sid: int, hard: bool, decay: bool, detach: bool, need_k: bool,
@@ -331,8 +339,9 @@ def _recompute_backward_source(sid: int, hard: bool, decay: bool, detach: bool, 
 
     ``kernel(lo, hi, slot, variant, args)`` is a range kernel (:func:`~neurostep.kernels.numba_launch.launch_ranges`;
     ``args`` of the kinds :data:`_RECOMPUTE_KINDS`: ``x, v0, g_spikes, g_vseq, g_vlast, gx, gv0, gk_part,
-    gvth_part, k, omk, vth, vr, vr_c, one, has_gs, has_gvseq, has_gvlast, alpha, sg_c, block``) over the blocks of
-    ``block`` lanes, ``lo <= b < hi`` in order. A block's ``h`` is recomputed from x with the
+    gvth_part, k, omk, vth, vr, vr_c, one, has_gs, has_gvseq, has_gvlast, alpha, sg_c, block, has_v0``) over the
+    blocks of ``block`` lanes, ``lo <= b < hi`` in order; without ``has_v0`` the membrane starts at rest (``vr``
+    for a hard reset, else 0) and no ``gv0`` is written. A block's ``h`` is recomputed from x with the
     forward's arithmetic (:func:`_fire`) and parked in the block's rows of ``gx``; the reverse sweep then reads
     ``h[t]`` from its row and overwrites it with ``gx[t]``. The ``T x block`` rows stay in L2 between the two.
     The next block's ``h`` is recomputed inside this block's reverse sweep, its step ``T - 1 - t`` in the same
@@ -350,9 +359,10 @@ def _recompute_backward_source(sid: int, hard: bool, decay: bool, detach: bool, 
 
     def kernel(lo, hi, slot, variant, args):  # pragma: no cover - compiled
         (x, v0, g_spikes, g_vseq, g_vlast, gx, gv0, gk_part, gvth_part, k, omk, vth, vr, vr_c, one, has_gs, has_gvseq,
-         has_gvlast, alpha, sg_c, block) = args
+         has_gvlast, alpha, sg_c, block, has_v0) = args
         T, N = x.shape
         zero = one - one
+        rest = vr if hard else zero
         ty = x.dtype
         v = np.empty(block, dtype=ty)         # the membrane of the block being recomputed
         cv = np.empty(block, dtype=ty)        # the membrane gradient carried to step t-1
@@ -368,7 +378,7 @@ def _recompute_backward_source(sid: int, hard: bool, decay: bool, detach: bool, 
             n = min(block, N - start)
             v0b = v0[start:start + n]
             for j in range(n):
-                v[j] = v0b[j]
+                v[j] = v0b[j] if has_v0 else rest
             for t in range(T):
                 _plain_step(x[t, start:start + n], v, gx[t, start:start + n], n, k, vth, vr, vr_c, one, hard,
                             decay, True)
@@ -394,7 +404,7 @@ def _recompute_backward_source(sid: int, hard: bool, decay: bool, detach: bool, 
                 for j in range(n):
                     gvth_acc[j] = zero
             for j in range(n2):
-                v[j] = v0n[j]
+                v[j] = v0n[j] if has_v0 else rest
             for t in range(T - 1, -1, -1):
                 row = gx[t, start:start + n]
                 gsr = g_spikes[t if has_gs else 0, start:start + n]
@@ -413,7 +423,7 @@ def _recompute_backward_source(sid: int, hard: bool, decay: bool, detach: bool, 
                             dk[j] = _dcharge_dk(_reset(hpj, sp, vth, vr, one, hard), xr[j], vr_c, decay)
                     else:
                         for j in range(n):
-                            dk[j] = _dcharge_dk(v0b[j], xr[j], vr_c, decay)
+                            dk[j] = _dcharge_dk(v0b[j] if has_v0 else rest, xr[j], vr_c, decay)
                 # the next block's step T-1-t goes through the loop below when it has as many lanes as this
                 # one (every block but a range's last, and the array's last); otherwise the loop recomputes zeros
                 # into scratch rows, and a partial next block gets a loop of its own. One call of the surrogate
@@ -443,8 +453,9 @@ def _recompute_backward_source(sid: int, hard: bool, decay: bool, detach: bool, 
                 if need_k:
                     for j in range(n):
                         gk_acc[j] += gh[j] * dk[j]
-            for j in range(n):
-                gv0b[j] = cv[j]
+            if has_v0:
+                for j in range(n):
+                    gv0b[j] = cv[j]
             # the block's tau_inv and threshold gradients (where wanted), summed in vector lanes: as two serial
             # float64 chains they cost more than the rest of a block at T = 4
             if need_k:
@@ -510,8 +521,9 @@ def _surrogate_scalars(p: LIFParams, dtype: torch.dtype):
 
 
 @serialized
-def forward(x: torch.Tensor, v0: torch.Tensor, a0: torch.Tensor | None, p: LIFParams, need_vseq: bool):
-    """Fused forward on contiguous ``x (T, N)``; see ``reference.forward`` for the contract."""
+def forward(x: torch.Tensor, v0: torch.Tensor | None, a0: torch.Tensor | None, p: LIFParams, need_vseq: bool):
+    """Fused forward on contiguous ``x (T, N)``; see ``reference.forward`` for the contract (``v0`` None: the
+    kernel starts at rest and reads no state)."""
     check_numba_input(x)
     T, N = x.shape
     adaptive = p.adaptive and not p.snn
@@ -535,14 +547,14 @@ def forward(x: torch.Tensor, v0: torch.Tensor, a0: torch.Tensor | None, p: LIFPa
     else:
         a0_arr = _np(a0) if a0 is not None else np.zeros(N, dtype=np_dtype)
     k, omk, vth, vr, vr_c, rho, beta, one = _scalars(p, x.dtype)
-    _forward_kernel(_np(x), _np(v0), a0_arr, _np(spikes), _np_or(h, stub), _np_or(theta, stub), _np_or(vseq, stub),
-                    _np(v_last), _np_or(a_last, stub1), k, omk, vth, vr, vr_c, rho, beta, one, p.hard,
-                    p.decay_input, p.snn, p.snn_reset, adaptive, need_vseq, _block_size(N))
+    _forward_kernel(_np(x), _np_or(v0, stub1), a0_arr, _np(spikes), _np_or(h, stub), _np_or(theta, stub),
+                    _np_or(vseq, stub), _np(v_last), _np_or(a_last, stub1), k, omk, vth, vr, vr_c, rho, beta, one,
+                    p.hard, p.decay_input, p.snn, p.snn_reset, adaptive, need_vseq, v0 is not None, _block_size(N))
     return spikes, v_last, a_last, vseq, h, theta
 
 
 @serialized
-def backward(x: torch.Tensor | None, v0: torch.Tensor, h: torch.Tensor, theta: torch.Tensor | None,
+def backward(x: torch.Tensor | None, v0: torch.Tensor | None, h: torch.Tensor, theta: torch.Tensor | None,
              g_spikes: torch.Tensor | None, g_vseq: torch.Tensor | None, g_vlast: torch.Tensor | None,
              g_alast: torch.Tensor | None, p: LIFParams, need_k_grad: bool, need_threshold_grad: bool = True):
     """Fused backward; see ``reference.backward`` for the contract. ``h`` is None when
@@ -553,6 +565,7 @@ def backward(x: torch.Tensor | None, v0: torch.Tensor, h: torch.Tensor, theta: t
     T, N = h.shape
     adaptive = theta is not None
     zrow = np.zeros((1, N), dtype=_NP_DTYPE[h.dtype])  # numpy, not torch: see forward()
+    v0_arr = _np(v0) if v0 is not None else np.full(N, p.rest, dtype=_NP_DTYPE[h.dtype])
     zvec = np.zeros(N, dtype=_NP_DTYPE[h.dtype])
     block = _block_size(N)
     nb = -(-N // block)
@@ -566,7 +579,7 @@ def backward(x: torch.Tensor | None, v0: torch.Tensor, h: torch.Tensor, theta: t
     k, omk, vth, vr, vr_c, rho, beta, one = _scalars(p, h.dtype)
     alpha, sg_c = _surrogate_scalars(p, h.dtype)
     _backward_kernel(
-        x_arr, _np(v0), _np(h), _np(theta) if adaptive else zrow,
+        x_arr, v0_arr, _np(h), _np(theta) if adaptive else zrow,
         _np(g_spikes) if g_spikes is not None else zrow, _np(g_vseq) if g_vseq is not None else zrow,
         _np(g_vlast) if g_vlast is not None else zvec, _np(g_alast) if (adaptive and g_alast is not None) else zvec,
         _np(gx), _np(gv0), _np(ga0), gk_part, gvth_part, k, omk, vth, vr, vr_c, rho, beta, one,
@@ -576,10 +589,10 @@ def backward(x: torch.Tensor | None, v0: torch.Tensor, h: torch.Tensor, theta: t
     )
     gk = _scalar_tensor(gk_part.sum(), h.dtype)
     gvth = _scalar_tensor(gvth_part.sum(), h.dtype)
-    return gx, gv0, (ga0 if adaptive else None), gk, gvth
+    return gx, (gv0 if v0 is not None else None), (ga0 if adaptive else None), gk, gvth
 
 
-def _backward_recompute(x: torch.Tensor, v0: torch.Tensor, g_spikes: torch.Tensor | None,
+def _backward_recompute(x: torch.Tensor, v0: torch.Tensor | None, g_spikes: torch.Tensor | None,
                         g_vseq: torch.Tensor | None, g_vlast: torch.Tensor | None, p: LIFParams, need_k_grad: bool,
                         need_threshold_grad: bool):
     if x is None:
@@ -592,17 +605,18 @@ def _backward_recompute(x: torch.Tensor, v0: torch.Tensor, g_spikes: torch.Tenso
     block = _recompute_block(N, T, x.element_size())
     nb = -(-N // block)
     gx = empty_like(x)
-    gv0 = x.new_empty(N)
+    gv0 = x.new_empty(N) if v0 is not None else None
     gk_part = np.zeros(nb, dtype=np.float64)
     gvth_part = np.zeros(nb, dtype=np.float64)
     k, omk, vth, vr, vr_c, _, _, one = _scalars(p, x.dtype)
     alpha, sg_c = _surrogate_scalars(p, x.dtype)
     kernel = recompute_backward_kernel(p.sid, p.hard, p.decay_input, p.detach_reset, need_k_grad, need_threshold_grad)
-    args = (_np(x), _np(v0), _np(g_spikes) if g_spikes is not None else np.zeros((1, N), dtype=np_dtype),
-            _np(g_vseq) if g_vseq is not None else stand_in("f2", np_dtype),
-            _np(g_vlast) if g_vlast is not None else stand_in("f1", np_dtype),
-            _np(gx), _np(gv0), gk_part, gvth_part, k, omk, vth, vr, vr_c, one, g_spikes is not None, g_vseq is not None,
-            g_vlast is not None, alpha, sg_c, block)
+    vector_stand_in = stand_in("f1", np_dtype)
+    args = (_np(x), _np_or(v0, vector_stand_in),
+            _np(g_spikes) if g_spikes is not None else np.zeros((1, N), dtype=np_dtype),
+            _np(g_vseq) if g_vseq is not None else stand_in("f2", np_dtype), _np_or(g_vlast, vector_stand_in),
+            _np(gx), _np_or(gv0, vector_stand_in), gk_part, gvth_part, k, omk, vth, vr, vr_c, one, g_spikes is not None,
+            g_vseq is not None, g_vlast is not None, alpha, sg_c, block, v0 is not None)
     launch_ranges(kernel, _RECOMPUTE_KINDS, range_slots(nb), nb, None, args)
     # a gradient nobody asked for is not formed: after a kernel that streamed megabytes, the two sums and
     # scalar tensors took 30-40 us of a call's Python (cold caches), about as long as all its other setup

@@ -128,8 +128,9 @@ def recomputes_h(convention: str, adaptive: bool) -> bool:
     return False
 
 
-def forward(x: torch.Tensor, v0: torch.Tensor, a0: torch.Tensor | None, p: LIFParams, need_vseq: bool):
-    """Forward scan on contiguous ``x (T, N)``; ``v0``, ``a0`` ``(N,)`` in x's dtype.
+def forward(x: torch.Tensor, v0: torch.Tensor | None, a0: torch.Tensor | None, p: LIFParams, need_vseq: bool):
+    """Forward scan on contiguous ``x (T, N)``; ``v0``, ``a0`` ``(N,)`` in x's dtype, ``v0`` None for a membrane
+    at rest (:attr:`LIFParams.rest`).
 
     Returns ``(spikes (T,N), v_last (N,), a_last (N,) | None, v_seq (T,N) | None, h (T,N),
     theta (T,N) | None)``; ``h`` (pre-reset membrane) and ``theta`` (adaptive threshold) are
@@ -140,7 +141,7 @@ def forward(x: torch.Tensor, v0: torch.Tensor, a0: torch.Tensor | None, p: LIFPa
     h_all = torch.empty_like(x)
     vseq = torch.empty_like(x) if need_vseq else None
     theta_all = torch.empty_like(x) if (p.adaptive and not p.snn) else None
-    v = v0.clone()
+    v = v0.clone() if v0 is not None else torch.full(x.shape[1:], p.rest, dtype=x.dtype, device=x.device)
     a = a0.clone() if theta_all is not None else None
     with torch.no_grad():
         for t in range(T):
@@ -168,20 +169,24 @@ def forward(x: torch.Tensor, v0: torch.Tensor, a0: torch.Tensor | None, p: LIFPa
     return spikes, v, a, vseq, h_all, theta_all
 
 
-def backward(x: torch.Tensor | None, v0: torch.Tensor, h: torch.Tensor, theta: torch.Tensor | None,
+def backward(x: torch.Tensor | None, v0: torch.Tensor | None, h: torch.Tensor, theta: torch.Tensor | None,
              g_spikes: torch.Tensor | None, g_vseq: torch.Tensor | None, g_vlast: torch.Tensor | None,
              g_alast: torch.Tensor | None, p: LIFParams, need_k_grad: bool, need_threshold_grad: bool = True):
     """Hand-derived backward of :func:`forward` (all tensors contiguous, x's compute dtype).
 
     x: ``(T, N)`` (read only for the tau_inv gradient with ``decay_input``; may be None
-    otherwise); v0 ``(N,)``; h, theta: saved by :func:`forward`; g_*: output gradients or None
-    (= zero). Returns ``(gx (T,N), gv0 (N,), ga0 (N,) | None, g_tau_inv (), g_v_threshold ())``.
+    otherwise); v0 ``(N,)``, or None for a membrane that started at rest; h, theta: saved by :func:`forward`;
+    g_*: output gradients or None (= zero). Returns ``(gx (T,N), gv0 (N,) | None, ga0 (N,) | None, g_tau_inv (),
+    g_v_threshold ())``, ``gv0`` None when ``v0`` is.
     ``need_k_grad`` / ``need_threshold_grad`` False: the caller discards ``g_tau_inv`` / ``g_v_threshold``, and a
     backend may skip computing it and return None in its place (the cpu backend's recomputing kernel does; this
     one computes both).
     """
     T, N = h.shape
     sur = _BY_ID[p.sid]
+    given_v0 = v0 is not None
+    if not given_v0:
+        v0 = torch.full((N,), p.rest, dtype=h.dtype, device=h.device)
     gx = torch.empty_like(h)
     zeros = torch.zeros(N, dtype=h.dtype, device=h.device)
     cv = g_vlast.clone() if g_vlast is not None else zeros.clone()
@@ -245,4 +250,4 @@ def backward(x: torch.Tensor | None, v0: torch.Tensor, h: torch.Tensor, theta: t
             else:
                 gk += gh * (p.vr_charge - vprev)
         cv = gh * p.one_minus_k
-    return gx, cv, ca, gk.sum(), gvth.sum()
+    return gx, (cv if given_v0 else None), ca, gk.sum(), gvth.sum()

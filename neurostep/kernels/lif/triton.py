@@ -237,10 +237,12 @@ def recomputes_h(convention: str, adaptive: bool) -> bool:
     return False
 
 
-def forward(x: torch.Tensor, v0: torch.Tensor, a0: torch.Tensor | None, p: LIFParams, need_vseq: bool):
+def forward(x: torch.Tensor, v0: torch.Tensor | None, a0: torch.Tensor | None, p: LIFParams, need_vseq: bool):
     """Fused forward on contiguous ``x (T, N)``; see ``reference.forward`` for the contract."""
     _check(x)
     T, N = x.shape
+    if v0 is None:  # at rest: one fill on the device
+        v0 = torch.full((N,), p.rest, dtype=x.dtype, device=x.device)
     adaptive = p.adaptive and not p.snn
     spikes = torch.empty_like(x)
     h = torch.empty_like(x)
@@ -259,13 +261,16 @@ def forward(x: torch.Tensor, v0: torch.Tensor, a0: torch.Tensor | None, p: LIFPa
         (theta if adaptive else None)
 
 
-def backward(x: torch.Tensor | None, v0: torch.Tensor, h: torch.Tensor, theta: torch.Tensor | None,
+def backward(x: torch.Tensor | None, v0: torch.Tensor | None, h: torch.Tensor, theta: torch.Tensor | None,
              g_spikes: torch.Tensor | None, g_vseq: torch.Tensor | None, g_vlast: torch.Tensor | None,
              g_alast: torch.Tensor | None, p: LIFParams, need_k_grad: bool, need_threshold_grad: bool = True):
     """Fused backward; see ``reference.backward`` for the contract (it computes the threshold's gradient
     whatever ``need_threshold_grad`` says)."""
     _check(h)
     T, N = h.shape
+    given_v0 = v0 is not None
+    if not given_v0:
+        v0 = torch.full((N,), p.rest, dtype=h.dtype, device=h.device)
     adaptive = theta is not None
     dummy = h.new_empty(1)
     nprog = triton.cdiv(N, _BLOCK)
@@ -288,4 +293,4 @@ def backward(x: torch.Tensor | None, v0: torch.Tensor, h: torch.Tensor, theta: t
         HAS_GVLAST=g_vlast is not None, HAS_GALAST=adaptive and g_alast is not None, NEED_K=need_k, SID=p.sid,
         BLOCK=_BLOCK, **_launch_opts(),
     )
-    return gx, gv0, (ga0 if adaptive else None), gk_part.sum(), gvth_part.sum()
+    return gx, (gv0 if given_v0 else None), (ga0 if adaptive else None), gk_part.sum(), gvth_part.sum()
