@@ -63,6 +63,12 @@ _DEFAULT_SPECS: dict[str, tuple[tuple[str, ...], Callable[[torch.device], str | 
     "triton": (("cuda", "cpu"), _triton_missing_for),
 }
 
+def _reads_environment(backend: str, device: torch.device) -> bool:
+    """Whether the availability of ``backend`` on ``device`` depends on the environment at the time of the call
+    (triton on the CPU: its interpreter), so that the registry does not remember the choice."""
+    return backend == "triton" and device.type == "cpu"
+
+
 # Preference order of backend="auto" per device type; the first available one is used.
 AUTO_ORDER: dict[str, tuple[str, ...]] = {
     "cpu": ("cpu", "reference"),
@@ -80,11 +86,10 @@ class KernelRegistry:
     def __init__(self) -> None:
         self._ops: dict[str, dict[str, BackendSpec]] = {}
         self._loaded: dict[tuple[str, str], ModuleType] = {}
-        # (op, backend asked for, device, TRITON_INTERPRET) -> the backend that runs, and its module: an op
-        # resolves its backend up to four times per forward and backward, and the checks behind a choice cost
-        # more than a lookup
-        self._chosen: dict[tuple[str, str, torch.device, str | None], str] = {}
-        self._resolved: dict[tuple[str, str, torch.device, str | None], ModuleType] = {}
+        # (op, backend asked for, device) -> the backend that runs, and its module: an op resolves its backend
+        # up to four times per forward and backward, and the checks behind a choice cost more than a lookup
+        self._chosen: dict[tuple[str, str, torch.device], str] = {}
+        self._resolved: dict[tuple[str, str, torch.device], ModuleType] = {}
 
     def register(
         self,
@@ -131,13 +136,15 @@ class KernelRegistry:
     def choose(self, op: str, backend: str, device: torch.device) -> str:
         """Name of the backend that will run: ``backend`` itself, or the auto choice.
 
-        A choice is made once per op, backend, device and value of ``TRITON_INTERPRET`` (on which the
-        triton backend's availability on the CPU depends) and then looked up; registering a backend forgets
-        the choices made so far. A request that cannot be met raises every time."""
-        key = (op, backend, device, os.environ.get("TRITON_INTERPRET"))
+        A choice is made once per op, backend and device and then looked up, except the triton backend's on
+        the CPU, whose availability depends on ``TRITON_INTERPRET`` at the time of the call; registering a
+        backend forgets the choices made so far. A request that cannot be met raises every time."""
+        key = (op, backend, device)
         name = self._chosen.get(key)
         if name is None:
-            name = self._chosen[key] = self._choose(op, backend, device)
+            name = self._choose(op, backend, device)
+            if not _reads_environment(name, device):
+                self._chosen[key] = name
         return name
 
     def _choose(self, op: str, backend: str, device: torch.device) -> str:
@@ -161,14 +168,16 @@ class KernelRegistry:
 
     def resolve(self, op: str, backend: str, device: torch.device) -> ModuleType:
         """Import and return the implementation module chosen for ``op`` on ``device`` (:meth:`choose`)."""
-        key = (op, backend, device, os.environ.get("TRITON_INTERPRET"))
+        key = (op, backend, device)
         impl = self._resolved.get(key)
         if impl is None:
             name = self.choose(op, backend, device)
             loaded = (op, name)
             if loaded not in self._loaded:
                 self._loaded[loaded] = importlib.import_module(self._ops[op][name].module)
-            impl = self._resolved[key] = self._loaded[loaded]
+            impl = self._loaded[loaded]
+            if not _reads_environment(name, device):
+                self._resolved[key] = impl
         return impl
 
 

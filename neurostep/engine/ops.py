@@ -171,6 +171,12 @@ class FusedOp:
         check_backend_name(backend, self.backends)
         return KERNELS.choose(self.name, backend, device)
 
+    def resolve_backend(self, backend: str, device: torch.device) -> ModuleType:
+        """Check ``backend`` and return the module of the one that runs on ``device`` (its kernels are imported
+        on first use): for a public op that asks its backend something (such as whether it saves a tensor)."""
+        check_backend_name(backend, self.backends)
+        return KERNELS.resolve(self.name, backend, device)
+
     def __call__(self, *args: Any, backend: str = "auto") -> Any:
         """Run the op on already validated, laid-out arguments (schema order, ``backend`` excluded).
 

@@ -51,7 +51,7 @@ def test_unavailable_backend_raises_instead_of_falling_back(monkeypatch):
         reg.choose("nope", "auto", torch.device("cpu"))
 
 
-def test_a_choice_is_made_once_per_backend_device_and_interpreter_setting(monkeypatch):
+def test_a_choice_is_made_once_per_backend_and_device(monkeypatch):
     checks = []
     reg = KernelRegistry()
     reg.register("toy", "cpu", "neurostep.engine.checks", missing=lambda device: checks.append(device))
@@ -59,12 +59,16 @@ def test_a_choice_is_made_once_per_backend_device_and_interpreter_setting(monkey
     assert reg.choose("toy", "auto", cpu) == "cpu" and reg.resolve("toy", "auto", cpu) is reg.resolve("toy", "cpu", cpu)
     assert reg.choose("toy", "auto", cpu) == "cpu"
     assert len(checks) == 2  # "auto" and "cpu", each checked once
-    monkeypatch.setenv("TRITON_INTERPRET", "0")  # the triton backend's availability on the CPU depends on it
-    reg.choose("toy", "auto", cpu)
-    assert len(checks) == 3
     reg.register("toy", "reference", "neurostep.engine.checks")  # a new backend: choices are made again
     reg.choose("toy", "auto", cpu)
-    assert len(checks) == 4
+    assert len(checks) == 3
+    # triton on the CPU depends on TRITON_INTERPRET at the time of the call: checked every time
+    reg.register("toy", "triton", "neurostep.engine.costs")
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    assert reg.choose("toy", "triton", cpu) == "triton"
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    with pytest.raises(BackendUnavailableError, match="TRITON_INTERPRET"):
+        reg.choose("toy", "triton", cpu)
     # a request that cannot be met is not remembered as a choice: it raises every time
     for _ in range(2):
         with pytest.raises(BackendUnavailableError):

@@ -398,7 +398,7 @@ def lif_scan(
         raise ValueError(f"alpha must be a positive finite number, got {alpha!r}")
     check_tensor("x", x, min_ndim=1)
     check_nonempty("x", x, 0)
-    backend = LIF.choose_backend(backend, x.device)
+    impl = LIF.resolve_backend(backend, x.device)
     if initial_state is not None and not isinstance(initial_state, LIFState):
         raise TypeError(f"initial_state must be a LIFState (or None), got {type(initial_state).__name__}")
     v0 = initial_state.v if initial_state is not None else None
@@ -422,7 +422,7 @@ def lif_scan(
     if v0 is None:
         # where the backend recomputes h from x in its backward (and so keeps x), the op starts at rest without a
         # state tensor; elsewhere it gets one, and the backward reads the lanes' layout from it, not from a kept x
-        if not KERNELS.resolve("lif", backend, x.device).recomputes_h(convention, adaptive):
+        if not impl.recomputes_h(convention, adaptive):
             rest = float(v_reset) if (hard and convention == "spikingjelly") else 0.0
             v0 = filled(x, lanes, rest, state_strides)
     else:
