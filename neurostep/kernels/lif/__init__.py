@@ -49,7 +49,8 @@ def _absent(t: torch.Tensor | None) -> bool:
     return t is None or t.numel() == 0
 
 
-def _params(tau_inv: torch.Tensor, v_threshold: torch.Tensor, cdtype: torch.dtype, attrs: dict) -> LIFParams:
+def _params(tau_inv: torch.Tensor, v_threshold: torch.Tensor, cdtype: torch.dtype, attrs: dict,
+            adaptive: bool) -> LIFParams:
     """The backends' parameters. ``tau_inv`` and ``v_threshold`` stay tensors on the input's device
     (no value is read here: on a GPU that would wait for the device); their values were checked once
     by :func:`lif_scan`."""
@@ -57,7 +58,7 @@ def _params(tau_inv: torch.Tensor, v_threshold: torch.Tensor, cdtype: torch.dtyp
         k=_as(tau_inv, cdtype, ()), vth=_as(v_threshold, cdtype, ()), vr=attrs["v_reset"], hard=attrs["hard_reset"],
         decay_input=attrs["decay_input"], detach_reset=attrs["detach_reset"], sid=SURROGATES[attrs["surrogate"]].sid,
         alpha=attrs["alpha"], snn=attrs["convention"] == "snntorch", snn_reset=SNN_RESETS.index(attrs["snn_reset"]),
-        adaptive=attrs["adaptive"], rho=attrs["adapt_rho"], beta=attrs["adapt_beta"],
+        adaptive=adaptive, rho=attrs["adapt_rho"], beta=attrs["adapt_beta"],
     )
 
 
@@ -141,7 +142,7 @@ def _forward(
                               snn_reset, adapt_rho, adapt_beta, return_v_seq)))
     adaptive = a0 is not None
     T, lanes, cdtype = x.shape[0], x.shape[1:], compute_dtype(x.dtype)
-    p = _params(tau_inv, v_threshold, cdtype, {**attrs, "adaptive": adaptive})
+    p = _params(tau_inv, v_threshold, cdtype, attrs, adaptive)
     order = _lane_order(v0, x)
     xc = _to_compute(x, T, order, cdtype)
     v0c = _to_compute(v0, None, order, cdtype) if v0 is not None else None
@@ -200,7 +201,7 @@ def _backward(impl, call: BackwardCall):
     recompute = _absent(h)
     T, cdtype = (x.shape[0], compute_dtype(x.dtype)) if recompute else (h.shape[0], h.dtype)
     lanes = v0.shape if v0 is not None else x.shape[1:]
-    p = _params(tau_inv, v_threshold, cdtype, {**call.attrs, "adaptive": adaptive})
+    p = _params(tau_inv, v_threshold, cdtype, call.attrs, adaptive)
     order = _lane_order(v0, x)
     xc = _to_compute(x, T, order, cdtype) if x is not None else None
 

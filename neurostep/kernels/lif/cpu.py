@@ -606,8 +606,9 @@ def _backward_recompute(x: torch.Tensor, v0: torch.Tensor | None, g_spikes: torc
     nb = -(-N // block)
     gx = empty_like(x)
     gv0 = x.new_empty(N) if v0 is not None else None
-    gk_part = np.zeros(nb, dtype=np.float64)
-    gvth_part = np.zeros(nb, dtype=np.float64)
+    # per-block sums of the tau_inv and threshold gradients, only where wanted (the kernel skips a stand-in)
+    gk_part = np.zeros(nb, dtype=np.float64) if need_k_grad else stand_in("d1", np.float64)
+    gvth_part = np.zeros(nb, dtype=np.float64) if need_threshold_grad else stand_in("d1", np.float64)
     k, omk, vth, vr, vr_c, _, _, one = _scalars(p, x.dtype)
     alpha, sg_c = _surrogate_scalars(p, x.dtype)
     kernel = recompute_backward_kernel(p.sid, p.hard, p.decay_input, p.detach_reset, need_k_grad, need_threshold_grad)
