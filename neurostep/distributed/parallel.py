@@ -36,7 +36,7 @@ from neurostep.distributed import comm
 from neurostep.engine import differentiated
 from neurostep.kernels.causal_conv1d import CAUSAL_CONV1D, causal_conv1d
 from neurostep.kernels.decayed_linear_attention import DECAYED_LINEAR_ATTENTION, decayed_linear_attention
-from neurostep.kernels.lif import LIF, LIFState, lif_scan
+from neurostep.kernels.lif import LIF, LIFState, lif_scan, resting_state
 from neurostep.kernels.linear_scan import LINEAR_SCAN, linear_scan
 from neurostep.kernels.selective_scan import SELECTIVE_SCAN, selective_scan
 from neurostep.kernels.selective_scan.reference import effective_delta
@@ -394,6 +394,8 @@ class SequenceParallel:
         if self.size == 1:
             return LIF(x, v0, a0, tau_inv, v_threshold, v_reset, hard_reset, decay_input, detach_reset, surrogate,
                        alpha, convention, snn_reset, adapt_rho, adapt_beta, return_v_seq, backend=backend)
+        if v0 is None:  # at rest (lif_scan passes no state where the backend recomputes h): the ranks pass a tensor
+            v0 = resting_state(x, rest)
         tag = self.next_tag()
         # Gradient links across the boundary exist when this call is differentiated; SPMD code makes the
         # same decision on every rank, which keeps sends and receives paired.

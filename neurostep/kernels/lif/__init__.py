@@ -30,7 +30,8 @@ from neurostep.engine.layout import dense_strides, in_layout
 from neurostep.kernels.lif.common import CONVENTIONS, SNN_RESETS, LIFParams
 from neurostep.kernels.lif.surrogates import SURROGATES, Surrogate, get_surrogate
 
-__all__ = ["CONVENTIONS", "SNN_RESETS", "SURROGATES", "LIFState", "Surrogate", "get_surrogate", "lif_scan"]
+__all__ = ["CONVENTIONS", "SNN_RESETS", "SURROGATES", "LIFState", "Surrogate", "get_surrogate", "lif_scan",
+           "resting_state"]
 
 
 @dataclass
@@ -332,6 +333,15 @@ def _input_lane_order(x: torch.Tensor) -> LaneOrder:
     return None if step.is_contiguous() else dense_strides(step)
 
 
+def resting_state(x: torch.Tensor, value: float) -> torch.Tensor:
+    """A ``(*lanes)`` state of ``x (T, *lanes)``, every element ``value``, in x's dtype and device and laid out
+    like one step of ``x`` (the layout the op follows): what the op starts from without an initial state, for
+    code that needs it as a tensor (the sequence-parallel form passes it between ranks)."""
+    lanes = tuple(x.shape[1:])
+    order = _input_lane_order(x)
+    return filled(x, lanes, value, None if order is None else _strides(lanes, order))
+
+
 def _state_in(v: torch.Tensor, order: LaneOrder) -> torch.Tensor:
     """A state tensor laid out in the lane order ``order`` (a copy only where it is not)."""
     if order is None:
@@ -424,8 +434,7 @@ def lif_scan(
         # where the backend recomputes h from x in its backward (and so keeps x), the op starts at rest without a
         # state tensor; elsewhere it gets one, and the backward reads the lanes' layout from it, not from a kept x
         if not impl.recomputes_h(convention, adaptive):
-            rest = float(v_reset) if (hard and convention == "spikingjelly") else 0.0
-            v0 = filled(x, lanes, rest, state_strides)
+            v0 = resting_state(x, float(v_reset) if (hard and convention == "spikingjelly") else 0.0)
     else:
         check_tensor("initial_state.v", v0, device=x.device)
         check_same_shape("initial_state.v", v0, lanes, f"x.shape[1:] of x with shape {tuple(x.shape)}")
