@@ -38,6 +38,9 @@ def test_auto_picks_cpu_backend_on_cpu_and_explicit_request_is_honoured():
 
 def test_unavailable_backend_raises_instead_of_falling_back(monkeypatch):
     reg = _registry()
+    # triton reads TRITON_INTERPRET when first imported: import it under the suite's setting first, or the
+    # availability check below would import it without the interpreter for the rest of the process
+    pytest.importorskip("triton")
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
     with pytest.raises(BackendUnavailableError, match="TRITON_INTERPRET"):
         reg.choose("toy", "triton", torch.device("cpu"))
