@@ -82,8 +82,8 @@ class BlockPool:
     the two counts see them all): two reference counts per block looked at, and no finalizer per output,
     which with cold caches cost several times as much (``docs/design.md``, Memory). The free blocks beyond
     ``limit_bytes`` (those handed out longest ago first, and any larger than the limit) go back to the C
-    library when the pool next looks: when it allocates a new block, and when ``cached_bytes``, ``stats`` or
-    the limit is read or set. ``limit_bytes = 0`` keeps none.
+    library when the pool next looks: at each allocation, and when ``cached_bytes``, ``stats`` or the limit
+    is read or set. ``limit_bytes = 0`` keeps none.
     """
 
     def __init__(self, limit_bytes: int = _DEFAULT_POOL_LIMIT) -> None:
@@ -143,6 +143,7 @@ class BlockPool:
                         array = entry[1] = _on(entry[0], nbytes, dtype, count, shape)
                     del self._blocks[i]
                     self._blocks.append(entry)
+                    self._trim()
                     return array
             self._misses += 1
             self._trim()

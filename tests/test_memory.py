@@ -5,6 +5,7 @@ import os
 import subprocess
 import sys
 import threading
+import weakref
 
 import numpy as np
 import pytest
@@ -301,3 +302,18 @@ def test_the_cpu_kernels_outputs_come_back_from_the_pool():
         assert pool.stats()["hits"] == after["hits"]
     finally:
         pool.limit_bytes = limit
+
+
+def test_a_freed_block_over_the_limit_goes_at_the_next_allocation_of_any_size():
+    """Freed blocks are found by counting references at the pool's next look: an allocation that reuses a block
+    (a hit) still lets a freed block over the limit go, so a one-off large output is not kept."""
+    pool = BlockPool(limit_bytes=8 * _MB)
+    small = pool.empty((_MB,), np.float32)   # 4 MB
+    del small
+    large = pool.empty((4 * _MB,), np.float32)   # 16 MB, over the limit
+    owner_probe = weakref.ref(pool._blocks[-1][0])
+    del large
+    again = pool.empty((_MB,), np.float32)   # a hit on the 4 MB block
+    assert pool.stats()["hits"] == 1 and owner_probe() is None   # the 16 MB block went back to the C library
+    del again
+    assert pool.cached_bytes == 4 * _MB

@@ -63,6 +63,7 @@ _DEFAULT_SPECS: dict[str, tuple[tuple[str, ...], Callable[[torch.device], str | 
     "triton": (("cuda", "cpu"), _triton_missing_for),
 }
 
+
 def _reads_environment(backend: str, device: torch.device) -> bool:
     """Whether the availability of ``backend`` on ``device`` depends on the environment at the time of the call
     (triton on the CPU: its interpreter), so that the registry does not remember the choice."""
