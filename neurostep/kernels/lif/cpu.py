@@ -119,6 +119,17 @@ def _fire(vj, xj, k, vth, vr, vr_c, one, hard, decay):  # pragma: no cover - com
 
 
 @numba.njit(inline="always")
+def _set_lanes(dst, src, n, given, value):  # pragma: no cover - compiled
+    """``dst[:n] = src[:n]`` where ``given`` (an optional input such as the initial membrane), else ``value``."""
+    if given:
+        for j in range(n):
+            dst[j] = src[j]
+    else:
+        for j in range(n):
+            dst[j] = value
+
+
+@numba.njit(inline="always")
 def _plain_step(xr, v, out, n, k, vth, vr, vr_c, one, hard, decay, store_h):  # pragma: no cover - compiled
     """One step of the non-adaptive spikingjelly neuron over a block's lanes (:func:`_fire`): charge from
     ``xr``, fire, reset ``v`` in place; ``out`` gets the spikes, or ``h`` when ``store_h``."""
@@ -138,13 +149,7 @@ def _forward_kernel(x, v0, a0, spikes, h_out, theta_out, vseq, v_last, a_last, k
         lo = b * block
         n = min(block, N - lo)
         v = np.empty(n, dtype=x.dtype)
-        if has_v0:
-            v0b = v0[lo:lo + n]
-            for j in range(n):
-                v[j] = v0b[j]
-        else:
-            for j in range(n):
-                v[j] = rest
+        _set_lanes(v, v0[lo:lo + n], n, has_v0, rest)
         th = np.empty(n, dtype=v.dtype)
         th[:] = vth
         # the adaptation state exists only for adaptive neurons (a0 and a_last are 1-element otherwise)
@@ -376,9 +381,7 @@ def _recompute_backward_source(sid: int, hard: bool, decay: bool, detach: bool, 
         if lo < hi:  # the first block's h, recomputed on its own
             start = lo * block
             n = min(block, N - start)
-            v0b = v0[start:start + n]
-            for j in range(n):
-                v[j] = v0b[j] if has_v0 else rest
+            _set_lanes(v, v0[start:start + n], n, has_v0, rest)
             for t in range(T):
                 _plain_step(x[t, start:start + n], v, gx[t, start:start + n], n, k, vth, vr, vr_c, one, hard,
                             decay, True)
@@ -390,21 +393,14 @@ def _recompute_backward_source(sid: int, hard: bool, decay: bool, detach: bool, 
             # the block's rows of the lane vectors as views from 0 (an index like start + j could be negative to
             # numba's eyes, and its wraparound check stops vectorization)
             v0b, gv0b, v0n = v0[start:start + n], gv0[start:start + n], v0[nxt:nxt + n2]
-            if has_gvlast:
-                gvl = g_vlast[start:start + n]
-                for j in range(n):
-                    cv[j] = gvl[j]
-            else:
-                for j in range(n):
-                    cv[j] = zero
+            _set_lanes(cv, g_vlast[start:start + n], n, has_gvlast, zero)
             if need_k:
                 for j in range(n):
                     gk_acc[j] = zero
             if need_vth:
                 for j in range(n):
                     gvth_acc[j] = zero
-            for j in range(n2):
-                v[j] = v0n[j] if has_v0 else rest
+            _set_lanes(v, v0n, n2, has_v0, rest)
             for t in range(T - 1, -1, -1):
                 row = gx[t, start:start + n]
                 gsr = g_spikes[t if has_gs else 0, start:start + n]
