@@ -49,25 +49,26 @@ def _triton_missing_for(device: torch.device) -> str | None:
 
 @dataclass(frozen=True)
 class BackendSpec:
-    """How to load one backend of one op and on which devices it may run."""
+    """How to load one backend of one op and on which devices it may run.
+
+    ``settled(device)``: whether ``missing(device)`` gives the same answer on every call, so that the registry
+    may remember a choice that consulted it (False where it reads the environment at the time of the call)."""
 
     module: str
     devices: tuple[str, ...]
     missing: Callable[[torch.device], str | None] = field(default=lambda device: None)
+    settled: Callable[[torch.device], bool] = field(default=lambda device: True)
 
 
-_DEFAULT_SPECS: dict[str, tuple[tuple[str, ...], Callable[[torch.device], str | None]]] = {
+# per backend: the devices it may run on, why it cannot run on one (None: it can), whether that answer is settled
+_DEFAULT_SPECS: dict[str, tuple[tuple[str, ...], Callable[[torch.device], str | None],
+                                Callable[[torch.device], bool]]] = {
     # reference is plain torch: it runs wherever torch runs.
-    "reference": (("cpu", "cuda", "mps", "xpu", "meta"), lambda device: None),
-    "cpu": (("cpu",), lambda device: _numba_missing()),
-    "triton": (("cuda", "cpu"), _triton_missing_for),
+    "reference": (("cpu", "cuda", "mps", "xpu", "meta"), lambda device: None, lambda device: True),
+    "cpu": (("cpu",), lambda device: _numba_missing(), lambda device: True),
+    # on the CPU, triton's interpreter depends on TRITON_INTERPRET at the time of the call
+    "triton": (("cuda", "cpu"), _triton_missing_for, lambda device: device.type != "cpu"),
 }
-
-
-def _reads_environment(backend: str, device: torch.device) -> bool:
-    """Whether the availability of ``backend`` on ``device`` depends on the environment at the time of the call
-    (triton on the CPU: its interpreter), so that the registry does not remember the choice."""
-    return backend == "triton" and device.type == "cpu"
 
 
 # Preference order of backend="auto" per device type; the first available one is used.
@@ -87,10 +88,9 @@ class KernelRegistry:
     def __init__(self) -> None:
         self._ops: dict[str, dict[str, BackendSpec]] = {}
         self._loaded: dict[tuple[str, str], ModuleType] = {}
-        # (op, backend asked for, device) -> the backend that runs, and its module: an op resolves its backend
-        # up to four times per forward and backward, and the checks behind a choice cost more than a lookup
+        # (op, backend asked for, device) -> the backend that runs: an op resolves its backend up to four times
+        # per forward and backward, and the checks behind a choice cost more than a lookup
         self._chosen: dict[tuple[str, str, torch.device], str] = {}
-        self._resolved: dict[tuple[str, str, torch.device], ModuleType] = {}
 
     def register(
         self,
@@ -102,15 +102,15 @@ class KernelRegistry:
     ) -> None:
         """Register ``module`` (a dotted import path) as backend ``backend`` of ``op``."""
         self._chosen.clear()
-        self._resolved.clear()
         if backend in _DEFAULT_SPECS:
-            default_devices, default_missing = _DEFAULT_SPECS[backend]
+            default_devices, default_missing, settled = _DEFAULT_SPECS[backend]
         else:
-            default_devices, default_missing = ("cuda",), (lambda device: None)
+            default_devices, default_missing, settled = ("cuda",), (lambda device: None), (lambda device: True)
         self._ops.setdefault(op, {})[backend] = BackendSpec(
             module=module,
             devices=devices if devices is not None else default_devices,
             missing=missing if missing is not None else default_missing,
+            settled=settled if missing is None else (lambda device: True),
         )
 
     def ops(self) -> list[str]:
@@ -137,14 +137,17 @@ class KernelRegistry:
     def choose(self, op: str, backend: str, device: torch.device) -> str:
         """Name of the backend that will run: ``backend`` itself, or the auto choice.
 
-        A choice is made once per op, backend and device and then looked up, except the triton backend's on
-        the CPU, whose availability depends on ``TRITON_INTERPRET`` at the time of the call; registering a
-        backend forgets the choices made so far. A request that cannot be met raises every time."""
+        A choice is made once per op, backend and device and then looked up, unless a backend it consulted is
+        not settled on the device (:class:`BackendSpec`: triton on the CPU, whose interpreter depends on
+        ``TRITON_INTERPRET`` at the time of the call); registering a backend forgets the choices made so far. A
+        request that cannot be met raises every time."""
         key = (op, backend, device)
         name = self._chosen.get(key)
         if name is None:
+            specs = self._op(op)
+            consulted = AUTO_ORDER.get(device.type, ("reference",)) if backend == "auto" else (backend,)
             name = self._choose(op, backend, device)
-            if not _reads_environment(name, device):
+            if all(specs[c].settled(device) for c in consulted[:consulted.index(name) + 1] if c in specs):
                 self._chosen[key] = name
         return name
 
@@ -169,16 +172,10 @@ class KernelRegistry:
 
     def resolve(self, op: str, backend: str, device: torch.device) -> ModuleType:
         """Import and return the implementation module chosen for ``op`` on ``device`` (:meth:`choose`)."""
-        key = (op, backend, device)
-        impl = self._resolved.get(key)
+        key = (op, self.choose(op, backend, device))
+        impl = self._loaded.get(key)
         if impl is None:
-            name = self.choose(op, backend, device)
-            loaded = (op, name)
-            if loaded not in self._loaded:
-                self._loaded[loaded] = importlib.import_module(self._ops[op][name].module)
-            impl = self._loaded[loaded]
-            if not _reads_environment(name, device):
-                self._resolved[key] = impl
+            impl = self._loaded[key] = importlib.import_module(self._ops[op][key[1]].module)
         return impl
 
 
