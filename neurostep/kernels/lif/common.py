@@ -53,3 +53,10 @@ class LIFParams(NamedTuple):
         """The membrane at rest, where a scan without an initial state starts: ``vr`` for spikingjelly's hard
         reset, else 0."""
         return self.vr if (self.hard and not self.snn) else 0.0
+
+    def initial_membrane(self, v0: torch.Tensor | None, like: torch.Tensor) -> torch.Tensor:
+        """``v0``, or where the scan got none the membrane at rest as an ``(N,)`` tensor for ``like (T, N)``: what the
+        torch-level backends (reference, triton) start from and differentiate against."""
+        if v0 is not None:
+            return v0
+        return torch.full((like.shape[1],), self.rest, dtype=like.dtype, device=like.device)

@@ -141,7 +141,7 @@ def forward(x: torch.Tensor, v0: torch.Tensor | None, a0: torch.Tensor | None, p
     h_all = torch.empty_like(x)
     vseq = torch.empty_like(x) if need_vseq else None
     theta_all = torch.empty_like(x) if (p.adaptive and not p.snn) else None
-    v = v0.clone() if v0 is not None else torch.full(x.shape[1:], p.rest, dtype=x.dtype, device=x.device)
+    v = p.initial_membrane(v0, x).clone()
     a = a0.clone() if theta_all is not None else None
     with torch.no_grad():
         for t in range(T):
@@ -185,8 +185,7 @@ def backward(x: torch.Tensor | None, v0: torch.Tensor | None, h: torch.Tensor, t
     T, N = h.shape
     sur = _BY_ID[p.sid]
     given_v0 = v0 is not None
-    if not given_v0:
-        v0 = torch.full((N,), p.rest, dtype=h.dtype, device=h.device)
+    v0 = p.initial_membrane(v0, h)
     gx = torch.empty_like(h)
     zeros = torch.zeros(N, dtype=h.dtype, device=h.device)
     cv = g_vlast.clone() if g_vlast is not None else zeros.clone()

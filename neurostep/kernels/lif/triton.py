@@ -241,8 +241,7 @@ def forward(x: torch.Tensor, v0: torch.Tensor | None, a0: torch.Tensor | None, p
     """Fused forward on contiguous ``x (T, N)``; see ``reference.forward`` for the contract."""
     _check(x)
     T, N = x.shape
-    if v0 is None:  # at rest: one fill on the device
-        v0 = torch.full((N,), p.rest, dtype=x.dtype, device=x.device)
+    v0 = p.initial_membrane(v0, x)   # at rest where none was given: one fill on the device
     adaptive = p.adaptive and not p.snn
     spikes = torch.empty_like(x)
     h = torch.empty_like(x)
@@ -269,8 +268,7 @@ def backward(x: torch.Tensor | None, v0: torch.Tensor | None, h: torch.Tensor, t
     _check(h)
     T, N = h.shape
     given_v0 = v0 is not None
-    if not given_v0:
-        v0 = torch.full((N,), p.rest, dtype=h.dtype, device=h.device)
+    v0 = p.initial_membrane(v0, h)
     adaptive = theta is not None
     dummy = h.new_empty(1)
     nprog = triton.cdiv(N, _BLOCK)
