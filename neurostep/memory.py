@@ -87,9 +87,9 @@ class BlockPool:
     """
 
     def __init__(self, limit_bytes: int = _DEFAULT_POOL_LIMIT) -> None:
-        # [owner, array, stamp] per block, in the order they were last handed out (oldest first): the owner is
-        # the NumPy array that allocated the memory, the array what the last caller got. At most
-        # limit / 4 MB of them wait (64 by default), so the scan is short.
+        # [owner, array] per block, in the order they were last handed out (oldest first): the owner is the
+        # NumPy array that allocated the memory, the array what the last caller got. At most limit / 4 MB of
+        # them wait (64 by default), so the scan is short.
         self._blocks: list[list] = []
         self._free_counts: tuple[int, int] | None = None
         self._hits = 0
@@ -165,19 +165,16 @@ class BlockPool:
 
     def _trim(self) -> int:
         """Drop the free blocks over the limit (with the lock held); returns the bytes of those kept."""
-        if self._free_counts is None:
-            return 0
-        free = [entry for entry in self._blocks if self._is_free(entry)]
-        cached = 0
-        drop = []
-        for entry in reversed(free):   # the latest handed out are kept first
-            size = entry[0].nbytes - _HUGE_PAGE
-            if cached + size <= self._limit:
+        kept, cached = [], 0
+        for entry in reversed(self._blocks):   # the latest handed out are kept first
+            if self._is_free(entry):
+                size = entry[0].nbytes - _HUGE_PAGE
+                if cached + size > self._limit:
+                    continue   # dropped: its memory goes back to the C library
                 cached += size
-            else:
-                drop.append(id(entry))
-        if drop:
-            self._blocks = [entry for entry in self._blocks if id(entry) not in drop]
+            kept.append(entry)
+        kept.reverse()
+        self._blocks = kept
         return cached
 
     def _forget_after_fork(self) -> None:
