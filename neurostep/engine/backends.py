@@ -144,23 +144,23 @@ class KernelRegistry:
         key = (op, backend, device)
         name = self._chosen.get(key)
         if name is None:
-            specs = self._op(op)
-            consulted = AUTO_ORDER.get(device.type, ("reference",)) if backend == "auto" else (backend,)
-            name = self._choose(op, backend, device)
-            if all(specs[c].settled(device) for c in consulted[:consulted.index(name) + 1] if c in specs):
+            name, settled = self._choose(op, backend, device)
+            if settled:
                 self._chosen[key] = name
         return name
 
-    def _choose(self, op: str, backend: str, device: torch.device) -> str:
+    def _choose(self, op: str, backend: str, device: torch.device) -> tuple[str, bool]:
+        """The backend that runs, and whether every backend consulted to choose it is settled on ``device``."""
+        specs = self._op(op)
         if backend == "auto":
-            order = AUTO_ORDER.get(device.type, ("reference",))
-            reasons = []
-            for name in order:
-                if name not in self._op(op):
+            reasons, settled = [], True
+            for name in AUTO_ORDER.get(device.type, ("reference",)):
+                if name not in specs:
                     continue
                 reason = self.why_unavailable(op, name, device)
+                settled = settled and specs[name].settled(device)
                 if reason is None:
-                    return name
+                    return name, settled
                 reasons.append(reason)
             raise BackendUnavailableError(
                 f"no backend of op {op!r} can run on {device}: " + "; ".join(reasons)
@@ -168,7 +168,7 @@ class KernelRegistry:
         reason = self.why_unavailable(op, backend, device)
         if reason is not None:
             raise BackendUnavailableError(reason)
-        return backend
+        return backend, specs[backend].settled(device)
 
     def resolve(self, op: str, backend: str, device: torch.device) -> ModuleType:
         """Import and return the implementation module chosen for ``op`` on ``device`` (:meth:`choose`)."""
