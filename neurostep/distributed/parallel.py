@@ -37,6 +37,7 @@ from neurostep.engine import differentiated
 from neurostep.kernels.causal_conv1d import CAUSAL_CONV1D, causal_conv1d
 from neurostep.kernels.decayed_linear_attention import DECAYED_LINEAR_ATTENTION, decayed_linear_attention
 from neurostep.kernels.lif import LIF, LIFState, lif_scan, resting_state
+from neurostep.kernels.lif.common import resting_potential
 from neurostep.kernels.linear_scan import LINEAR_SCAN, linear_scan
 from neurostep.kernels.selective_scan import SELECTIVE_SCAN, selective_scan
 from neurostep.kernels.selective_scan.reference import effective_delta
@@ -389,7 +390,7 @@ class SequenceParallel:
 
     def _lif_op(self, x, v0, a0, tau_inv, v_threshold, v_reset, hard_reset, decay_input, detach_reset, surrogate,
                 alpha, convention, snn_reset, adapt_rho, adapt_beta, return_v_seq, backend):
-        rest = 0.0 if convention == "snntorch" or not hard_reset else v_reset
+        rest = resting_potential(convention == "snntorch", hard_reset, v_reset)
         self._fresh_after_first("lif_scan", (v0, a0), (rest, 0.0))
         if self.size == 1:
             return LIF(x, v0, a0, tau_inv, v_threshold, v_reset, hard_reset, decay_input, detach_reset, surrogate,

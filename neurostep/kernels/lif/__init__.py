@@ -27,7 +27,7 @@ from neurostep.engine import (
 )
 from neurostep.engine.fill import filled
 from neurostep.engine.layout import dense_strides, in_layout
-from neurostep.kernels.lif.common import CONVENTIONS, SNN_RESETS, LIFParams
+from neurostep.kernels.lif.common import CONVENTIONS, SNN_RESETS, LIFParams, resting_potential
 from neurostep.kernels.lif.surrogates import SURROGATES, Surrogate, get_surrogate
 
 __all__ = ["CONVENTIONS", "SNN_RESETS", "SURROGATES", "LIFState", "Surrogate", "get_surrogate", "lif_scan",
@@ -434,7 +434,7 @@ def lif_scan(
         # where the backend recomputes h from x in its backward (and so keeps x), the op starts at rest without a
         # state tensor; elsewhere it gets one, and the backward reads the lanes' layout from it, not from a kept x
         if not impl.recomputes_h(convention, adaptive):
-            v0 = resting_state(x, float(v_reset) if (hard and convention == "spikingjelly") else 0.0)
+            v0 = resting_state(x, resting_potential(convention == "snntorch", hard, v_reset))
     else:
         check_tensor("initial_state.v", v0, device=x.device)
         check_same_shape("initial_state.v", v0, lanes, f"x.shape[1:] of x with shape {tuple(x.shape)}")

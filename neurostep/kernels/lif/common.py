@@ -10,6 +10,12 @@ CONVENTIONS = ("spikingjelly", "snntorch")
 SNN_RESETS = ("subtract", "zero", "none")
 
 
+def resting_potential(snn: bool, hard: bool, v_reset: float | None) -> float:
+    """The membrane at rest, where a scan without an initial state starts: ``v_reset`` for spikingjelly's hard
+    reset, else 0 (soft reset, and the snntorch convention)."""
+    return float(v_reset) if (hard and not snn) else 0.0
+
+
 class LIFParams(NamedTuple):
     """Everything a backend needs besides the data (values already validated by the public op).
 
@@ -50,9 +56,8 @@ class LIFParams(NamedTuple):
 
     @property
     def rest(self) -> float:
-        """The membrane at rest, where a scan without an initial state starts: ``vr`` for spikingjelly's hard
-        reset, else 0."""
-        return self.vr if (self.hard and not self.snn) else 0.0
+        """The membrane at rest (:func:`resting_potential`)."""
+        return resting_potential(self.snn, self.hard, self.vr)
 
     def initial_membrane(self, v0: torch.Tensor | None, like: torch.Tensor) -> torch.Tensor:
         """``v0``, or where the scan got none the membrane at rest as an ``(N,)`` tensor for ``like (T, N)``: what the
