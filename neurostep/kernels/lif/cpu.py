@@ -325,10 +325,6 @@ def _recompute_lane(xr, v, out, j, k, vth, vr, vr_c, one, hard, decay):  # pragm
     out[j] = hj
 
 
-# Surrogates whose derivative is a long chain of dependent operations (an exponential: sigmoid, piecewise
-# exp, erf): their reverse step computes it in a first pass (see _recompute_backward_source).
-_TWO_PASS_SURROGATES = (0, 3, 6)
-
 # The recomputing backward's arguments (kinds as in neurostep.kernels.numba_launch.numba_type), in order.
 _RECOMPUTE_KINDS = ("f2", "f1", "f2", "f2", "f1", "f2", "f1", "d1", "d1", "f", "f", "f", "f", "f", "f", "b", "b", "b",
                     "f", "f", "i", "b")
@@ -355,12 +351,10 @@ def _recompute_backward_source(sid: int, hard: bool, decay: bool, detach: bool, 
     ``0..t`` still to read, the next block's ``T - 1 - t..T - 1`` written). Measurements: ``docs/ssm.md``,
     "LIF backward".
 
-    Surrogates with an exponential (:data:`_TWO_PASS_SURROGATES`) get their derivative in a first pass, parked
-    in ``gh``, and the gradients in a second: their surrogate is a long chain of dependent operations that keeps
-    few lanes in flight when the gradients wait on it in the same loop (sigmoid: 1.03-1.08 against 1.19-1.20 ns
-    per lane on data in L1; 2-core AMD EPYC, 2026-12-05). The others compute everything in one pass.
+    Every surrogate's derivative is computed in the loop that forms the gradients, an exponential one too: its
+    arithmetic then overlaps the loop's streams of the spikes' gradient and of x, where a pass of its own
+    before the gradients' pass left them waiting (measurements in ``docs/ssm.md``, "LIF backward").
     """
-    two_pass = sid in _TWO_PASS_SURROGATES
 
     def kernel(lo, hi, slot, variant, args):  # pragma: no cover - compiled
         (x, v0, g_spikes, g_vseq, g_vlast, gx, gv0, gk_part, gvth_part, k, omk, vth, vr, vr_c, one, has_gs, has_gvseq,
@@ -371,7 +365,7 @@ def _recompute_backward_source(sid: int, hard: bool, decay: bool, detach: bool, 
         ty = x.dtype
         v = np.empty(block, dtype=ty)         # the membrane of the block being recomputed
         cv = np.empty(block, dtype=ty)        # the membrane gradient carried to step t-1
-        gh = np.empty(block, dtype=ty)        # the surrogate (two passes), then the gradient of h[t] (need_k)
+        gh = np.empty(block, dtype=ty)        # the gradient of h[t] (need_k)
         dk = np.empty(block, dtype=ty)        # d h[t] / d tau_inv (need_k)
         gk_acc = np.empty(block, dtype=ty)
         gvth_acc = np.empty(block, dtype=ty)
@@ -429,19 +423,11 @@ def _recompute_backward_source(sid: int, hard: bool, decay: bool, detach: bool, 
                     xn, hn, vn = x[T - 1 - t, nxt:nxt + n], gx[T - 1 - t, nxt:nxt + n], v
                 else:
                     xn, hn, vn = x_idle, h_idle, v_idle
-                if two_pass:
-                    for j in range(n):
-                        gh[j] = sg_value(sid, alpha, sg_c, row[j] - vth)
-                        _recompute_lane(xn, vn, hn, j, k, vth, vr, vr_c, one, hard, decay)
-                    for j in range(n):
-                        _reverse_lane(row, gsr, cv, gvth_acc, gh, j, row[j], gh[j], k, omk, vth, vr, one, hard,
-                                      decay, detach, need_k, need_vth)
-                else:
-                    for j in range(n):
-                        hj = row[j]
-                        _reverse_lane(row, gsr, cv, gvth_acc, gh, j, hj, sg_value(sid, alpha, sg_c, hj - vth), k,
-                                      omk, vth, vr, one, hard, decay, detach, need_k, need_vth)
-                        _recompute_lane(xn, vn, hn, j, k, vth, vr, vr_c, one, hard, decay)
+                for j in range(n):
+                    hj = row[j]
+                    _reverse_lane(row, gsr, cv, gvth_acc, gh, j, hj, sg_value(sid, alpha, sg_c, hj - vth), k, omk,
+                                  vth, vr, one, hard, decay, detach, need_k, need_vth)
+                    _recompute_lane(xn, vn, hn, j, k, vth, vr, vr_c, one, hard, decay)
                 if 0 < n2 < n:
                     xq, hq = x[T - 1 - t, nxt:nxt + n2], gx[T - 1 - t, nxt:nxt + n2]
                     for j in range(n2):
