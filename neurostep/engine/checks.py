@@ -109,6 +109,6 @@ def check_numba_input(x: torch.Tensor, memory_format: torch.memory_format | None
     memory as a numpy array of that layout), or one contiguous in ``memory_format`` too (a backend that
     reads channels-last images as they are)."""
     laid_out = x.is_contiguous() or (memory_format is not None and x.is_contiguous(memory_format=memory_format))
-    if x.dtype not in (torch.float32, torch.float64) or x.device.type != "cpu" or not laid_out:
+    if x.dtype not in (torch.float32, torch.float64) or not x.is_cpu or not laid_out:
         raise TypeError(f"cpu backend expects contiguous float32/float64 CPU tensors, got {x.dtype} on {x.device}"
                         + ("" if laid_out else " with strides " + str(tuple(x.stride()))))

@@ -79,7 +79,12 @@ def differentiated(*args: Any) -> bool:
     them requires a gradient (None and other non-tensors are skipped). Ops decide with it whether to save
     what their backward reads; SPMD code decides with it whether gradient links cross ranks, the same way
     on every rank."""
-    return torch.is_grad_enabled() and any(isinstance(t, torch.Tensor) and t.requires_grad for t in args)
+    if not torch.is_grad_enabled():
+        return False
+    for t in args:   # a loop, not any() over a generator: this runs on every call of a small op
+        if isinstance(t, torch.Tensor) and t.requires_grad:
+            return True
+    return False
 
 
 def _first_tensor(items: Sequence[Any]) -> torch.Tensor:
@@ -187,11 +192,14 @@ class FusedOp:
         adapters directly (:func:`dispatch_is_unobserved`): the dispatcher's Python boxing of the
         arguments costs a small op 20-30 us per call (``docs/design.md``).
         """
-        name = self.choose_backend(backend, _first_tensor(args).device)
-        if not dispatch_is_unobserved(args):
+        tensors = args[:self._n_tensors]   # the others are the schema's scalars
+        name = self.choose_backend(backend, _first_tensor(tensors).device)
+        if not dispatch_is_unobserved(tensors):
             return self.forward_op(*args, name)
-        if differentiated(*args[:self._n_tensors]):
-            return self._direct_function.apply(*args, name)
+        if differentiated(*tensors):
+            # the scalars as one argument: autograd's apply handles each argument and output on its own, which
+            # for an op with a dozen scalars was a tenth of its cost around the kernels (cold caches)
+            return self._direct_function.apply(*tensors, (*args[self._n_tensors:], name))
         return self._run_forward(*args, name)
 
     # -- dispatcher kernels -----------------------------------------------------------------
@@ -261,7 +269,8 @@ def _autograd_function(op: FusedOp, direct: bool) -> type[torch.autograd.Functio
 
     ``direct``: the formula of :meth:`FusedOp.__call__`'s direct path, which runs the forward adapter
     itself, and the backward adapter itself unless something observes the dispatcher by the time the
-    backward runs (:func:`dispatch_is_unobserved`)."""
+    backward runs (:func:`dispatch_is_unobserved`); it takes the tensors, then the scalars and the backend as
+    one tuple. Otherwise the arguments are the forward op's."""
     n_tensors = op._n_tensors
     internal = op._internal
     arg_names = (*op.tensor_names, *op.attr_names, "backend")
@@ -270,6 +279,7 @@ def _autograd_function(op: FusedOp, direct: bool) -> type[torch.autograd.Functio
         @staticmethod
         def forward(ctx: Any, *args: Any) -> Any:
             if direct:
+                args = (*args[:n_tensors], *args[n_tensors])
                 output = op._run_forward(*args)
             else:
                 with torch._C._AutoDispatchBelowAutograd():
@@ -279,7 +289,6 @@ def _autograd_function(op: FusedOp, direct: bool) -> type[torch.autograd.Functio
             named["needs_input_grad"] = ctx.needs_input_grad[:n_tensors]
             ctx.save_for_backward(*op._save(named, outputs))
             ctx.attrs = args[n_tensors:]
-            ctx.n_outputs = len(outputs)
             if internal:
                 ctx.mark_non_differentiable(*(outputs[i] for i in internal if outputs[i] is not None))
             # missing gradients stay None: the backends treat None as zero without reading a zero tensor
@@ -289,7 +298,7 @@ def _autograd_function(op: FusedOp, direct: bool) -> type[torch.autograd.Functio
         @staticmethod
         def backward(ctx: Any, *grads: Any) -> tuple[Any, ...]:
             needs = list(ctx.needs_input_grad[:n_tensors])
-            none = (None,) * len(ctx.attrs)
+            none = (None,) if direct else (None,) * len(ctx.attrs)
             if not any(needs):
                 return (None,) * n_tensors + none
             flowing = [g for i, g in enumerate(grads) if i not in internal]
