@@ -472,7 +472,16 @@ _NP_DTYPE = {torch.float32: np.float32, torch.float64: np.float64}
 
 
 def _np(t: torch.Tensor) -> np.ndarray:
-    return t.detach().numpy()
+    # detach only where numpy() would refuse: an op runs under autograd with grad mode off, and a detach is a
+    # dispatched torch op, which costs a call several microseconds with cold caches
+    return t.detach().numpy() if t.requires_grad and torch.is_grad_enabled() else t.numpy()
+
+
+def _vector(n: int, np_dtype: type) -> tuple[torch.Tensor, np.ndarray]:
+    """An uninitialised ``(n,)`` CPU tensor and its array: numpy's allocation and ``torch.from_numpy``, which every
+    call makes anyway for its pooled outputs, instead of one more torch factory call."""
+    array = np.empty(n, dtype=np_dtype)
+    return torch.from_numpy(array), array
 
 
 def _dtype_name(dtype: torch.dtype) -> str:
@@ -491,15 +500,28 @@ def _scalar_tensor(value: float, dtype: torch.dtype) -> torch.Tensor:
 
 
 def _scalars(p: LIFParams, dtype: torch.dtype):
-    f = np.float32 if dtype == torch.float32 else np.float64
-    k, vth = float(p.k), float(p.vth)  # CPU tensors: a memory read, no device transfer
-    return (f(k), f(1.0 - k), f(vth), f(p.vr), f(p.vr_charge), f(p.rho), f(p.beta), f(1.0))
+    """The kernels' scalars ``(k, 1 - k, vth, vr, vr_charge, rho, beta, 1)`` in the data dtype."""
+    # CPU tensors, read through numpy (a memory read, no device transfer; float() would dispatch a torch op)
+    return _constants(_np(p.k).item(), _np(p.vth).item(), p.vr, p.vr_charge, p.rho, p.beta, dtype == torch.float32)
+
+
+@functools.lru_cache(maxsize=64)
+def _constants(k: float, vth: float, vr: float, vr_c: float, rho: float, beta: float, single: bool) -> tuple:
+    # made once per set of values: a layer calls the op with the same constants every step, and eight numpy
+    # scalars cost more than the lookup (a learned time constant changes k every step, and misses)
+    f = np.float32 if single else np.float64
+    return (f(k), f(1.0 - k), f(vth), f(vr), f(vr_c), f(rho), f(beta), f(1.0))
+
+
+@functools.lru_cache(maxsize=64)
+def _surrogate_constants(sid: int, alpha: float, single: bool) -> tuple:
+    f = np.float32 if single else np.float64
+    return f(alpha), f(sg_constant(sid, alpha))
 
 
 def _surrogate_scalars(p: LIFParams, dtype: torch.dtype):
     """alpha and ``sg_constant`` in the data dtype, as the surrogate functions take them."""
-    f = _NP_DTYPE[dtype]
-    return f(p.alpha), f(sg_constant(p.sid, p.alpha))
+    return _surrogate_constants(p.sid, p.alpha, dtype == torch.float32)
 
 
 @serialized
@@ -519,7 +541,7 @@ def forward(x: torch.Tensor, v0: torch.Tensor | None, a0: torch.Tensor | None, p
     h = empty_like(x) if save_h else None
     theta = empty_like(x) if adaptive else None
     vseq = empty_like(x) if need_vseq else None
-    v_last = x.new_empty(N)
+    v_last, v_last_arr = _vector(N, np_dtype)
     a_last = x.new_empty(N) if adaptive else None
     # Without adaptation the kernel reads no a0 either. Scratch zeros come from numpy: a torch fill of this
     # size is a parallel region, which waits for torch's worker thread to be scheduled (milliseconds on a
@@ -530,7 +552,7 @@ def forward(x: torch.Tensor, v0: torch.Tensor | None, a0: torch.Tensor | None, p
         a0_arr = _np(a0) if a0 is not None else np.zeros(N, dtype=np_dtype)
     k, omk, vth, vr, vr_c, rho, beta, one = _scalars(p, x.dtype)
     _forward_kernel(_np(x), _np_or(v0, stub1), a0_arr, _np(spikes), _np_or(h, stub), _np_or(theta, stub),
-                    _np_or(vseq, stub), _np(v_last), _np_or(a_last, stub1), k, omk, vth, vr, vr_c, rho, beta, one,
+                    _np_or(vseq, stub), v_last_arr, _np_or(a_last, stub1), k, omk, vth, vr, vr_c, rho, beta, one,
                     p.hard, p.decay_input, p.snn, p.snn_reset, adaptive, need_vseq, v0 is not None, _block_size(N))
     return spikes, v_last, a_last, vseq, h, theta
 
@@ -587,18 +609,18 @@ def _backward_recompute(x: torch.Tensor, v0: torch.Tensor | None, g_spikes: torc
     block = _recompute_block(N, T, x.element_size())
     nb = -(-N // block)
     gx = empty_like(x)
-    gv0 = x.new_empty(N) if v0 is not None else None
+    vector_stand_in = stand_in("f1", np_dtype)
+    gv0, gv0_arr = _vector(N, np_dtype) if v0 is not None else (None, vector_stand_in)
     # per-block sums of the tau_inv and threshold gradients, only where wanted (the kernel skips a stand-in)
     gk_part = np.zeros(nb, dtype=np.float64) if need_k_grad else stand_in("d1", np.float64)
     gvth_part = np.zeros(nb, dtype=np.float64) if need_threshold_grad else stand_in("d1", np.float64)
     k, omk, vth, vr, vr_c, _, _, one = _scalars(p, x.dtype)
     alpha, sg_c = _surrogate_scalars(p, x.dtype)
     kernel = recompute_backward_kernel(p.sid, p.hard, p.decay_input, p.detach_reset, need_k_grad, need_threshold_grad)
-    vector_stand_in = stand_in("f1", np_dtype)
     args = (_np(x), _np_or(v0, vector_stand_in),
             _np(g_spikes) if g_spikes is not None else np.zeros((1, N), dtype=np_dtype),
             _np(g_vseq) if g_vseq is not None else stand_in("f2", np_dtype), _np_or(g_vlast, vector_stand_in),
-            _np(gx), _np_or(gv0, vector_stand_in), gk_part, gvth_part, k, omk, vth, vr, vr_c, one, g_spikes is not None,
+            _np(gx), gv0_arr, gk_part, gvth_part, k, omk, vth, vr, vr_c, one, g_spikes is not None,
             g_vseq is not None, g_vlast is not None, alpha, sg_c, block, v0 is not None)
     launch_ranges(kernel, _RECOMPUTE_KINDS, range_slots(nb), nb, None, args)
     # a gradient nobody asked for is not formed: after a kernel that streamed megabytes, the two sums and
