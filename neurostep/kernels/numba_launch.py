@@ -13,7 +13,8 @@ every later process) says so instead of leaving the user at a silent prompt, and
 pool without changing torch's thread count (:func:`start_threads`).
 
 :func:`launch_ranges` runs a serial kernel over ranges of work items on the same threading layer as
-``prange``, for kernels whose ``prange`` body takes too long to compile.
+``prange``, for kernels whose ``prange`` body takes too long to compile. :func:`as_array` and
+:func:`stand_in` make the kernels' array arguments.
 """
 
 from __future__ import annotations
@@ -205,6 +206,16 @@ def numba_type(kind: str, dtype: str) -> types.Type:
     if kind[:1] == "f" and kind[1:].isdigit():
         return types.Array(scalar, int(kind[1:]), "C")
     raise ValueError(f"unknown argument kind {kind!r} (one of i, b, f, fR, i8, d1, none)")
+
+
+def as_array(t: torch.Tensor) -> np.ndarray:
+    """A CPU tensor's memory as a NumPy array (no copy), for a kernel argument.
+
+    It detaches only where ``numpy()`` would refuse: grad mode on and a tensor that requires a gradient. A
+    fused op's backends run with grad mode off (inside its autograd function, or for tensors that need no
+    gradient), and a detach is a dispatched torch op: several microseconds per array with cold caches, for
+    ops that pass a dozen arrays per call."""
+    return t.detach().numpy() if t.requires_grad and torch.is_grad_enabled() else t.numpy()
 
 
 def stand_in(kind: str, dtype: str | np.dtype) -> Any:

@@ -16,6 +16,7 @@ import torch
 
 from neurostep.kernels.numba_exp import vexp
 from neurostep.kernels.numba_launch import NoAliasCompiler, serialized
+from neurostep.kernels.numba_launch import as_array as _np
 from neurostep.kernels.numba_sum import vsum
 from neurostep.memory import empty_like
 
@@ -381,10 +382,6 @@ def _backward_cl_kernel(gout, x, weight_t, bias, init, has_init, silu, dx, dw_pa
 
 def _cl_slots(batch: int, length: int) -> int:
     return min(batch * -(-length // _CL_STEPS), _CL_MAX_SLOTS)
-
-
-def _np(t: torch.Tensor) -> np.ndarray:
-    return t.detach().numpy()
 
 
 @serialized

@@ -75,6 +75,7 @@ import numpy as np
 import torch
 
 from neurostep.kernels.numba_exp import vexp
+from neurostep.kernels.numba_launch import as_array as _np
 from neurostep.kernels.numba_launch import serialized, stand_in
 from neurostep.kernels.numba_sum import vsum
 from neurostep.memory import empty, empty_like
@@ -397,10 +398,6 @@ def _decays(g: torch.Tensor, n: int, chunk: int, scale: float):
     ebl = (b_last - b).clamp_(min=FLOOR).exp_()
     decay = b_last.clamp(min=FLOOR).exp_().view(B * H, n)
     return b, eb, ebl, decay
-
-
-def _np(t: torch.Tensor) -> np.ndarray:
-    return t.detach().numpy()
 
 
 def _scalar(value: float, like: torch.Tensor):

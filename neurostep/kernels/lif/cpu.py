@@ -39,6 +39,7 @@ from neurostep.kernels.numba_launch import (
     serialized,
     stand_in,
 )
+from neurostep.kernels.numba_launch import as_array as _np
 from neurostep.kernels.numba_sum import vsum64
 from neurostep.memory import empty_like
 
@@ -469,12 +470,6 @@ def recompute_backward_function(sid: int, dtype: str, hard: bool = True, decay: 
 
 
 _NP_DTYPE = {torch.float32: np.float32, torch.float64: np.float64}
-
-
-def _np(t: torch.Tensor) -> np.ndarray:
-    # detach only where numpy() would refuse: an op runs under autograd with grad mode off, and a detach is a
-    # dispatched torch op, which costs a call several microseconds with cold caches
-    return t.detach().numpy() if t.requires_grad and torch.is_grad_enabled() else t.numpy()
 
 
 def _vector(n: int, np_dtype: type) -> tuple[torch.Tensor, np.ndarray]:

@@ -12,7 +12,7 @@ import numba
 import numpy as np
 import torch
 
-from neurostep.kernels.numba_launch import serialized
+from neurostep.kernels.numba_launch import as_array, serialized
 from neurostep.memory import empty_like
 
 BLOCK = 256
@@ -59,7 +59,7 @@ def forward(a: torch.Tensor, b: torch.Tensor, h0: torch.Tensor | None) -> torch.
     """Same contract as :func:`neurostep.kernels.linear_scan.reference.forward`."""
     h = empty_like(b)
     h0_ = b.new_zeros(b.shape[0], b.shape[2]) if h0 is None else h0
-    _forward_kernel(a.detach().numpy(), b.detach().numpy(), h0_.detach().numpy(), h.numpy())
+    _forward_kernel(as_array(a), as_array(b), as_array(h0_), h.numpy())
     return h
 
 
@@ -69,6 +69,5 @@ def backward(grad_h: torch.Tensor, a: torch.Tensor, h: torch.Tensor, h0: torch.T
     da, db = empty_like(a), empty_like(a)
     dh0 = a.new_empty(a.shape[0], a.shape[2])
     h0_ = a.new_zeros(a.shape[0], a.shape[2]) if h0 is None else h0
-    _backward_kernel(grad_h.detach().numpy(), a.detach().numpy(), h.detach().numpy(), h0_.detach().numpy(),
-                     da.numpy(), db.numpy(), dh0.numpy())
+    _backward_kernel(as_array(grad_h), as_array(a), as_array(h), as_array(h0_), da.numpy(), db.numpy(), dh0.numpy())
     return da, db, (dh0 if h0 is not None else None)

@@ -48,6 +48,7 @@ from numba.extending import overload
 
 from neurostep.kernels.numba_exp import vexp, vlog1p_unit
 from neurostep.kernels.numba_launch import NoAliasCompiler, launch_ranges, range_slots, run_time, serialized, stand_in
+from neurostep.kernels.numba_launch import as_array as _np
 from neurostep.kernels.numba_sum import TREE_LANES, tree_sum16
 from neurostep.kernels.selective_scan.reference import SOFTPLUS_THRESHOLD
 from neurostep.memory import empty, empty_like
@@ -753,10 +754,6 @@ def _kernel_args(dtype: np.dtype, **fields) -> tuple:
     if not fields.keys() <= _ARG_NAMES:
         raise TypeError(f"unknown kernel arguments {sorted(fields.keys() - _ARG_NAMES)}")
     return tuple(fields[name] if name in fields else stand_in(kind, dtype) for name, kind in _ARGS)
-
-
-def _np(t: torch.Tensor) -> np.ndarray:
-    return t.detach().numpy()
 
 
 def _pad_dim(t: torch.Tensor, dim: int, size: int) -> torch.Tensor:

@@ -23,6 +23,7 @@ import numba
 import numpy as np
 import torch
 
+from neurostep.kernels.numba_launch import as_array as _np
 from neurostep.kernels.numba_launch import serialized
 from neurostep.memory import empty, empty_like
 
@@ -246,10 +247,6 @@ def _backward_kernel(w, u, k, v, y, hist, aa_T, bb_T, gy, g_aa, g_bb, g_pp,
             g_aa0[b, c] = ga[j]
             g_bb0[b, c] = gb[j]
             g_pp0[b, c] = ga[j] * hist[0, b, 0, c] + gb[j] * hist[1, b, 0, c] + dl[j]
-
-
-def _np(x: torch.Tensor) -> np.ndarray:
-    return x.detach().numpy()
 
 
 @serialized
