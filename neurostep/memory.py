@@ -61,9 +61,9 @@ def retain_freed_memory(*, large_blocks: bool = False) -> bool:
 _HUGE_PAGE_MIN_BYTES = 1 << 22
 _HUGE_PAGE = 1 << 21
 _DEFAULT_POOL_LIMIT = 256 << 20
-_NUMPY_DTYPES = {dtype: np.dtype(np_dtype) for dtype, np_dtype in (
-    (torch.float32, np.float32), (torch.float64, np.float64), (torch.float16, np.float16), (torch.int64, np.int64),
-    (torch.int32, np.int32), (torch.int8, np.int8), (torch.uint8, np.uint8), (torch.bool, np.bool_))}
+_NUMPY_DTYPES = {torch.float32: np.float32, torch.float64: np.float64, torch.float16: np.float16,
+                 torch.int64: np.int64, torch.int32: np.int32, torch.int8: np.int8, torch.uint8: np.uint8,
+                 torch.bool: np.bool_}
 
 
 class BlockPool:
@@ -91,7 +91,6 @@ class BlockPool:
         # NumPy array that allocated the memory, the array what the last caller got. At most limit / 4 MB of
         # them wait (64 by default), so the scan is short.
         self._blocks: list[list] = []
-        self._bytes = 0   # of all the blocks, free or not: while it is within the limit, nothing needs trimming
         self._free_counts: tuple[int, int] | None = None
         self._hits = 0
         self._misses = 0
@@ -127,7 +126,6 @@ class BlockPool:
         """Give every free block back to the C library (blocks in use return to the pool when freed)."""
         with self._lock:
             self._blocks = [entry for entry in self._blocks if not self._is_free(entry)]
-            self._bytes = sum(entry[0].nbytes for entry in self._blocks)
 
     def empty(self, shape: tuple[int, ...], np_dtype: type) -> np.ndarray:
         """An uninitialised C-contiguous array on a pooled block (a free one of the size where the pool has
@@ -136,27 +134,21 @@ class BlockPool:
         dtype = np.dtype(np_dtype)
         nbytes = -(-count * dtype.itemsize // _HUGE_PAGE) * _HUGE_PAGE
         with self._lock:
-            blocks, free_counts, getrefcount = self._blocks, self._free_counts, sys.getrefcount
-            for i in range(len(blocks) - 1, -1, -1):
-                entry = blocks[i]
-                # _is_free written out: the pool is asked twice per call of a small op, with cold caches
-                if (entry[0].nbytes == nbytes + _HUGE_PAGE
-                        and (getrefcount(entry[0]), getrefcount(entry[1])) == free_counts):
+            for i in range(len(self._blocks) - 1, -1, -1):
+                entry = self._blocks[i]
+                if entry[0].nbytes == nbytes + _HUGE_PAGE and self._is_free(entry):
                     self._hits += 1
                     array = entry[1]
                     if array.shape != shape or array.dtype != dtype:
                         array = entry[1] = _on(entry[0], nbytes, dtype, count, shape)
-                    if i != len(blocks) - 1:
-                        del blocks[i]
-                        blocks.append(entry)
-                    if self._bytes > self._limit:
-                        self._trim()
+                    del self._blocks[i]
+                    self._blocks.append(entry)
+                    self._trim()
                     return array
             self._misses += 1
             self._trim()
             owner = np.empty(nbytes + _HUGE_PAGE, dtype=np.uint8)  # NumPy advises huge pages for the whole of it
             self._blocks.append([owner, _on(owner, nbytes, dtype, count, shape)])
-            self._bytes += owner.nbytes
             del owner
             if self._free_counts is None:
                 # the counts of a block nobody uses, taken as the scan takes them (the interpreter's own
@@ -183,14 +175,12 @@ class BlockPool:
             kept.append(entry)
         kept.reverse()
         self._blocks = kept
-        self._bytes = sum(entry[0].nbytes for entry in kept)
         return cached
 
     def _forget_after_fork(self) -> None:
         # a forked child gets a copy of the blocks (copy-on-write) and maybe a lock that another thread held
         self._lock = threading.Lock()
         self._blocks = []
-        self._bytes = 0
 
 
 def _on(owner: np.ndarray, nbytes: int, dtype: np.dtype, count: int, shape: tuple[int, ...]) -> np.ndarray:
