@@ -495,28 +495,20 @@ def _scalar_tensor(value: float, dtype: torch.dtype) -> torch.Tensor:
 
 
 def _scalars(p: LIFParams, dtype: torch.dtype):
-    """The kernels' scalars ``(k, 1 - k, vth, vr, vr_charge, rho, beta, 1)`` in the data dtype."""
+    """The kernels' scalars in the data dtype: ``(k, 1 - k, vth, vr, vr_charge, rho, beta, 1, alpha, sg_c)``, the
+    last two as the surrogate functions take them (``sg_c = sg_constant(sid, alpha)``)."""
     # CPU tensors, read through numpy (a memory read, no device transfer; float() would dispatch a torch op)
-    return _constants(_np(p.k).item(), _np(p.vth).item(), p.vr, p.vr_charge, p.rho, p.beta, dtype == torch.float32)
+    return _constants(_np(p.k).item(), _np(p.vth).item(), p.vr, p.vr_charge, p.rho, p.beta, p.sid, p.alpha,
+                      dtype == torch.float32)
 
 
 @functools.lru_cache(maxsize=64)
-def _constants(k: float, vth: float, vr: float, vr_c: float, rho: float, beta: float, single: bool) -> tuple:
-    # made once per set of values: a layer calls the op with the same constants every step, and eight numpy
+def _constants(k: float, vth: float, vr: float, vr_c: float, rho: float, beta: float, sid: int, alpha: float,
+               single: bool) -> tuple:
+    # made once per set of values: a layer calls the op with the same constants every step, and ten numpy
     # scalars cost more than the lookup (a learned time constant changes k every step, and misses)
     f = np.float32 if single else np.float64
-    return (f(k), f(1.0 - k), f(vth), f(vr), f(vr_c), f(rho), f(beta), f(1.0))
-
-
-@functools.lru_cache(maxsize=64)
-def _surrogate_constants(sid: int, alpha: float, single: bool) -> tuple:
-    f = np.float32 if single else np.float64
-    return f(alpha), f(sg_constant(sid, alpha))
-
-
-def _surrogate_scalars(p: LIFParams, dtype: torch.dtype):
-    """alpha and ``sg_constant`` in the data dtype, as the surrogate functions take them."""
-    return _surrogate_constants(p.sid, p.alpha, dtype == torch.float32)
+    return (f(k), f(1.0 - k), f(vth), f(vr), f(vr_c), f(rho), f(beta), f(1.0), f(alpha), f(sg_constant(sid, alpha)))
 
 
 @serialized
@@ -537,7 +529,7 @@ def forward(x: torch.Tensor, v0: torch.Tensor | None, a0: torch.Tensor | None, p
     theta = empty_like(x) if adaptive else None
     vseq = empty_like(x) if need_vseq else None
     v_last, v_last_arr = _vector(N, np_dtype)
-    a_last = x.new_empty(N) if adaptive else None
+    a_last, a_last_arr = _vector(N, np_dtype) if adaptive else (None, stub1)
     # Without adaptation the kernel reads no a0 either. Scratch zeros come from numpy: a torch fill of this
     # size is a parallel region, which waits for torch's worker thread to be scheduled (milliseconds on a
     # loaded machine).
@@ -545,9 +537,9 @@ def forward(x: torch.Tensor, v0: torch.Tensor | None, a0: torch.Tensor | None, p
         a0_arr = stub1
     else:
         a0_arr = _np(a0) if a0 is not None else np.zeros(N, dtype=np_dtype)
-    k, omk, vth, vr, vr_c, rho, beta, one = _scalars(p, x.dtype)
+    k, omk, vth, vr, vr_c, rho, beta, one, _, _ = _scalars(p, x.dtype)
     _forward_kernel(_np(x), _np_or(v0, stub1), a0_arr, _np(spikes), _np_or(h, stub), _np_or(theta, stub),
-                    _np_or(vseq, stub), v_last_arr, _np_or(a_last, stub1), k, omk, vth, vr, vr_c, rho, beta, one,
+                    _np_or(vseq, stub), v_last_arr, a_last_arr, k, omk, vth, vr, vr_c, rho, beta, one,
                     p.hard, p.decay_input, p.snn, p.snn_reset, adaptive, need_vseq, v0 is not None, _block_size(N))
     return spikes, v_last, a_last, vseq, h, theta
 
@@ -569,19 +561,18 @@ def backward(x: torch.Tensor | None, v0: torch.Tensor | None, h: torch.Tensor, t
     block = _block_size(N)
     nb = -(-N // block)
     gx = empty_like(h)
-    gv0 = h.new_empty(N)
-    ga0 = h.new_empty(N)
+    gv0, gv0_arr = _vector(N, _NP_DTYPE[h.dtype])
+    ga0, ga0_arr = _vector(N, _NP_DTYPE[h.dtype])
     gk_part = np.zeros(nb, dtype=np.float64)
     gvth_part = np.zeros(nb, dtype=np.float64)
     need_k = bool(need_k_grad) and not p.snn
     x_arr = _np(x) if (need_k and p.decay_input and x is not None) else zrow
-    k, omk, vth, vr, vr_c, rho, beta, one = _scalars(p, h.dtype)
-    alpha, sg_c = _surrogate_scalars(p, h.dtype)
+    k, omk, vth, vr, vr_c, rho, beta, one, alpha, sg_c = _scalars(p, h.dtype)
     _backward_kernel(
         x_arr, v0_arr, _np(h), _np(theta) if adaptive else zrow,
         _np(g_spikes) if g_spikes is not None else zrow, _np(g_vseq) if g_vseq is not None else zrow,
         _np(g_vlast) if g_vlast is not None else zvec, _np(g_alast) if (adaptive and g_alast is not None) else zvec,
-        _np(gx), _np(gv0), _np(ga0), gk_part, gvth_part, k, omk, vth, vr, vr_c, rho, beta, one,
+        _np(gx), gv0_arr, ga0_arr, gk_part, gvth_part, k, omk, vth, vr, vr_c, rho, beta, one,
         p.hard, p.decay_input, p.detach_reset, p.snn, p.snn_reset, adaptive,
         g_spikes is not None, g_vseq is not None, need_k, sg_block_function(p.sid, _dtype_name(h.dtype)), alpha,
         sg_c, block,
@@ -609,8 +600,7 @@ def _backward_recompute(x: torch.Tensor, v0: torch.Tensor | None, g_spikes: torc
     # per-block sums of the tau_inv and threshold gradients, only where wanted (the kernel skips a stand-in)
     gk_part = np.zeros(nb, dtype=np.float64) if need_k_grad else stand_in("d1", np.float64)
     gvth_part = np.zeros(nb, dtype=np.float64) if need_threshold_grad else stand_in("d1", np.float64)
-    k, omk, vth, vr, vr_c, _, _, one = _scalars(p, x.dtype)
-    alpha, sg_c = _surrogate_scalars(p, x.dtype)
+    k, omk, vth, vr, vr_c, _, _, one, alpha, sg_c = _scalars(p, x.dtype)
     kernel = recompute_backward_kernel(p.sid, p.hard, p.decay_input, p.detach_reset, need_k_grad, need_threshold_grad)
     args = (_np(x), _np_or(v0, vector_stand_in),
             _np(g_spikes) if g_spikes is not None else np.zeros((1, N), dtype=np_dtype),
