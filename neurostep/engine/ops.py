@@ -193,14 +193,18 @@ class FusedOp:
         arguments costs a small op 20-30 us per call (``docs/design.md``).
         """
         tensors = args[:self._n_tensors]   # the others are the schema's scalars
-        name = self.choose_backend(backend, _first_tensor(tensors).device)
+        device = _first_tensor(tensors).device
+        name = self.choose_backend(backend, device)
         if not dispatch_is_unobserved(tensors):
             return self.forward_op(*args, name)
+        # the module is resolved once per call (the choice above is remembered, so this is a lookup) and the
+        # backward reuses it: the direct path's adapters get it without looking it up again
+        impl = KERNELS.resolve(self.name, name, device)
         if differentiated(*tensors):
             # the scalars as one argument: autograd's apply handles each argument and output on its own, which
             # for an op with a dozen scalars was a tenth of its cost around the kernels (cold caches)
-            return self._direct_function.apply(*tensors, (*args[self._n_tensors:], name))
-        return self._run_forward(*args, name)
+            return self._direct_function.apply(*tensors, (args[self._n_tensors:], name, impl))
+        return self._forward(impl, *args)
 
     # -- dispatcher kernels -----------------------------------------------------------------
 
@@ -208,7 +212,7 @@ class FusedOp:
         return args[:-1], args[-1]
 
     def _run_forward(self, *args: Any) -> Any:
-        """The forward adapter's outputs, None where it produces none (the direct path)."""
+        """The forward adapter's outputs on the forward op's arguments, None where it produces none."""
         values, backend = self._split(args)
         impl = KERNELS.resolve(self.name, backend, _first_tensor(values).device)
         return self._forward(impl, *values)
@@ -226,7 +230,7 @@ class FusedOp:
         return BackwardCall(list(grads), list(saved), list(needs), dict(zip(self.attr_names, values))), backend
 
     def _run_backward(self, *args: Any) -> Sequence[torch.Tensor | None]:
-        """The backward adapter's gradients, None where it forms none (the direct path)."""
+        """The backward adapter's gradients on the backward op's arguments, None where it forms none."""
         call, backend = self._backward_call(args)
         impl = KERNELS.resolve(self.name, backend, _first_tensor([*call.saved, *call.grads]).device)
         return self._backward(impl, call)
@@ -269,8 +273,8 @@ def _autograd_function(op: FusedOp, direct: bool) -> type[torch.autograd.Functio
 
     ``direct``: the formula of :meth:`FusedOp.__call__`'s direct path, which runs the forward adapter
     itself, and the backward adapter itself unless something observes the dispatcher by the time the
-    backward runs (:func:`dispatch_is_unobserved`); it takes the tensors, then the scalars and the backend as
-    one tuple. Otherwise the arguments are the forward op's."""
+    backward runs (:func:`dispatch_is_unobserved`); it takes the tensors, then one tuple ``(scalars, backend
+    name, backend module)``. Otherwise the arguments are the forward op's."""
     n_tensors = op._n_tensors
     internal = op._internal
     arg_names = (*op.tensor_names, *op.attr_names, "backend")
@@ -279,8 +283,9 @@ def _autograd_function(op: FusedOp, direct: bool) -> type[torch.autograd.Functio
         @staticmethod
         def forward(ctx: Any, *args: Any) -> Any:
             if direct:
-                args = (*args[:n_tensors], *args[n_tensors])
-                output = op._run_forward(*args)
+                scalars, backend, ctx.impl = args[n_tensors]
+                args = (*args[:n_tensors], *scalars, backend)
+                output = op._forward(ctx.impl, *args[:-1])
             else:
                 with torch._C._AutoDispatchBelowAutograd():
                     output = op.forward_op(*args)
@@ -304,7 +309,8 @@ def _autograd_function(op: FusedOp, direct: bool) -> type[torch.autograd.Functio
             flowing = [g for i, g in enumerate(grads) if i not in internal]
             saved = list(ctx.saved_tensors)
             if direct and dispatch_is_unobserved([*flowing, *saved]):
-                result = op._run_backward(flowing, saved, needs, *ctx.attrs)
+                attrs = dict(zip(op.attr_names, ctx.attrs))   # ctx.attrs ends with the backend's name
+                result = op._backward(ctx.impl, BackwardCall(flowing, saved, needs, attrs))
             else:
                 result = op.backward_op(flowing, saved, needs, *ctx.attrs)
             return tuple(g if need else None for g, need in zip(result, needs)) + none
