@@ -134,19 +134,13 @@ class BlockPool:
         dtype = np.dtype(np_dtype)
         nbytes = -(-count * dtype.itemsize // _HUGE_PAGE) * _HUGE_PAGE
         with self._lock:
-            for i in range(len(self._blocks) - 1, -1, -1):
-                entry = self._blocks[i]
-                if entry[0].nbytes == nbytes + _HUGE_PAGE and self._is_free(entry):
-                    self._hits += 1
-                    array = entry[1]
-                    if array.shape != shape or array.dtype != dtype:
-                        array = entry[1] = _on(entry[0], nbytes, dtype, count, shape)
-                    del self._blocks[i]
-                    self._blocks.append(entry)
-                    self._trim()
-                    return array
+            entry = self._scan(take=nbytes + _HUGE_PAGE)[1]
+            if entry is not None:
+                self._hits += 1
+                if entry[1].shape != shape or entry[1].dtype != dtype:
+                    entry[1] = _on(entry[0], nbytes, dtype, count, shape)
+                return entry[1]
             self._misses += 1
-            self._trim()
             owner = np.empty(nbytes + _HUGE_PAGE, dtype=np.uint8)  # NumPy advises huge pages for the whole of it
             self._blocks.append([owner, _on(owner, nbytes, dtype, count, shape)])
             del owner
@@ -165,17 +159,29 @@ class BlockPool:
 
     def _trim(self) -> int:
         """Drop the free blocks over the limit (with the lock held); returns the bytes of those kept."""
-        kept, cached = [], 0
-        for entry in reversed(self._blocks):   # the latest handed out are kept first
+        return self._scan()[0]
+
+    def _scan(self, take: int = 0) -> tuple[int, list | None]:
+        """One pass over the blocks, the latest handed out first (with the lock held): take out the first free
+        block of ``take`` bytes (its owner's size) where ``take`` is given, and drop the other free blocks over
+        the limit. Returns the bytes of the free blocks kept and the taken block's entry (None where there was
+        none), which moves to the end, as the latest handed out."""
+        kept, cached, taken = [], 0, None
+        for entry in reversed(self._blocks):
             if self._is_free(entry):
-                size = entry[0].nbytes - _HUGE_PAGE
-                if cached + size > self._limit:
+                size = entry[0].nbytes
+                if taken is None and size == take:
+                    taken = entry
+                    continue
+                if cached + size - _HUGE_PAGE > self._limit:
                     continue   # dropped: its memory goes back to the C library
-                cached += size
+                cached += size - _HUGE_PAGE
             kept.append(entry)
         kept.reverse()
+        if taken is not None:
+            kept.append(taken)
         self._blocks = kept
-        return cached
+        return cached, taken
 
     def _forget_after_fork(self) -> None:
         # a forked child gets a copy of the blocks (copy-on-write) and maybe a lock that another thread held
@@ -223,3 +229,17 @@ def empty(shape: tuple[int, ...] | torch.Size, dtype: torch.dtype) -> torch.Tens
 def empty_like(t: torch.Tensor) -> torch.Tensor:
     """:func:`empty` of ``t``'s shape and dtype (always contiguous, on the CPU)."""
     return empty(t.shape, t.dtype)
+
+
+def empty_with_array(shape: tuple[int, ...] | torch.Size, dtype: torch.dtype) -> tuple[torch.Tensor, np.ndarray]:
+    """:func:`empty` and its memory as a NumPy array, for a kernel that writes the tensor it returns: the array
+    the pool made the tensor from, instead of a ``numpy()`` of the tensor (a torch call that, with cold caches,
+    costs a small op as much as the pool's lookup). ``dtype`` must be one NumPy has (not bfloat16)."""
+    np_dtype = _NUMPY_DTYPES.get(dtype)
+    if np_dtype is None:
+        raise TypeError(f"empty_with_array needs a dtype NumPy has, got {dtype}")
+    if math.prod(shape) * dtype.itemsize < _HUGE_PAGE_MIN_BYTES:
+        t = torch.empty(shape, dtype=dtype)
+        return t, t.numpy()
+    array = output_pool().empty(tuple(shape), np_dtype)
+    return torch.from_numpy(array), array

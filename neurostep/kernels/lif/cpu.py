@@ -41,7 +41,7 @@ from neurostep.kernels.numba_launch import (
 )
 from neurostep.kernels.numba_launch import as_array as _np
 from neurostep.kernels.numba_sum import vsum64
-from neurostep.memory import empty_like
+from neurostep.memory import empty_with_array
 
 # Lanes per block, at most: every step then reads and writes row segments of 32 KB, long enough for
 # the hardware prefetchers, while the block's state stays in L2. Measured on the 2-core AMD EPYC
@@ -520,14 +520,14 @@ def forward(x: torch.Tensor, v0: torch.Tensor | None, a0: torch.Tensor | None, p
     adaptive = p.adaptive and not p.snn
     save_h = not recomputes_h("snntorch" if p.snn else "spikingjelly", adaptive)
     np_dtype = _NP_DTYPE[x.dtype]
-    spikes = empty_like(x)
+    spikes, spikes_arr = empty_with_array(x.shape, x.dtype)
     # Outputs the call does not return are one-element numpy stand-ins that the kernel skips: not
     # lane-sized arrays whose fresh pages every call pays for (at T=4, Spikformer's case, the lane-sized
     # side arrays are a large share of the op's traffic), nor torch tensors (a microsecond or more each).
     stub, stub1 = stand_in("f2", np_dtype), stand_in("f1", np_dtype)
-    h = empty_like(x) if save_h else None
-    theta = empty_like(x) if adaptive else None
-    vseq = empty_like(x) if need_vseq else None
+    h, h_arr = empty_with_array(x.shape, x.dtype) if save_h else (None, stub)
+    theta, theta_arr = empty_with_array(x.shape, x.dtype) if adaptive else (None, stub)
+    vseq, vseq_arr = empty_with_array(x.shape, x.dtype) if need_vseq else (None, stub)
     v_last, v_last_arr = _vector(N, np_dtype)
     a_last, a_last_arr = _vector(N, np_dtype) if adaptive else (None, stub1)
     # Without adaptation the kernel reads no a0 either. Scratch zeros come from numpy: a torch fill of this
@@ -538,9 +538,9 @@ def forward(x: torch.Tensor, v0: torch.Tensor | None, a0: torch.Tensor | None, p
     else:
         a0_arr = _np(a0) if a0 is not None else np.zeros(N, dtype=np_dtype)
     k, omk, vth, vr, vr_c, rho, beta, one, _, _ = _scalars(p, x.dtype)
-    _forward_kernel(_np(x), _np_or(v0, stub1), a0_arr, _np(spikes), _np_or(h, stub), _np_or(theta, stub),
-                    _np_or(vseq, stub), v_last_arr, a_last_arr, k, omk, vth, vr, vr_c, rho, beta, one,
-                    p.hard, p.decay_input, p.snn, p.snn_reset, adaptive, need_vseq, v0 is not None, _block_size(N))
+    _forward_kernel(_np(x), _np_or(v0, stub1), a0_arr, spikes_arr, h_arr, theta_arr, vseq_arr, v_last_arr,
+                    a_last_arr, k, omk, vth, vr, vr_c, rho, beta, one, p.hard, p.decay_input, p.snn, p.snn_reset,
+                    adaptive, need_vseq, v0 is not None, _block_size(N))
     return spikes, v_last, a_last, vseq, h, theta
 
 
@@ -560,7 +560,7 @@ def backward(x: torch.Tensor | None, v0: torch.Tensor | None, h: torch.Tensor, t
     zvec = np.zeros(N, dtype=_NP_DTYPE[h.dtype])
     block = _block_size(N)
     nb = -(-N // block)
-    gx = empty_like(h)
+    gx, gx_arr = empty_with_array(h.shape, h.dtype)
     gv0, gv0_arr = _vector(N, _NP_DTYPE[h.dtype])
     ga0, ga0_arr = _vector(N, _NP_DTYPE[h.dtype])
     gk_part = np.zeros(nb, dtype=np.float64)
@@ -572,7 +572,7 @@ def backward(x: torch.Tensor | None, v0: torch.Tensor | None, h: torch.Tensor, t
         x_arr, v0_arr, _np(h), _np(theta) if adaptive else zrow,
         _np(g_spikes) if g_spikes is not None else zrow, _np(g_vseq) if g_vseq is not None else zrow,
         _np(g_vlast) if g_vlast is not None else zvec, _np(g_alast) if (adaptive and g_alast is not None) else zvec,
-        _np(gx), gv0_arr, ga0_arr, gk_part, gvth_part, k, omk, vth, vr, vr_c, rho, beta, one,
+        gx_arr, gv0_arr, ga0_arr, gk_part, gvth_part, k, omk, vth, vr, vr_c, rho, beta, one,
         p.hard, p.decay_input, p.detach_reset, p.snn, p.snn_reset, adaptive,
         g_spikes is not None, g_vseq is not None, need_k, sg_block_function(p.sid, _dtype_name(h.dtype)), alpha,
         sg_c, block,
@@ -594,7 +594,7 @@ def _backward_recompute(x: torch.Tensor, v0: torch.Tensor | None, g_spikes: torc
     # stand-ins for the others, which the kernel skips (lane-sized zeros would fault in fresh pages)
     block = _recompute_block(N, T, x.element_size())
     nb = -(-N // block)
-    gx = empty_like(x)
+    gx, gx_arr = empty_with_array(x.shape, x.dtype)
     vector_stand_in = stand_in("f1", np_dtype)
     gv0, gv0_arr = _vector(N, np_dtype) if v0 is not None else (None, vector_stand_in)
     # per-block sums of the tau_inv and threshold gradients, only where wanted (the kernel skips a stand-in)
@@ -605,7 +605,7 @@ def _backward_recompute(x: torch.Tensor, v0: torch.Tensor | None, g_spikes: torc
     args = (_np(x), _np_or(v0, vector_stand_in),
             _np(g_spikes) if g_spikes is not None else np.zeros((1, N), dtype=np_dtype),
             _np(g_vseq) if g_vseq is not None else stand_in("f2", np_dtype), _np_or(g_vlast, vector_stand_in),
-            _np(gx), gv0_arr, gk_part, gvth_part, k, omk, vth, vr, vr_c, one, g_spikes is not None,
+            gx_arr, gv0_arr, gk_part, gvth_part, k, omk, vth, vr, vr_c, one, g_spikes is not None,
             g_vseq is not None, g_vlast is not None, alpha, sg_c, block, v0 is not None)
     launch_ranges(kernel, _RECOMPUTE_KINDS, range_slots(nb), nb, None, args)
     # a gradient nobody asked for is not formed: after a kernel that streamed megabytes, the two sums and
