@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from neurostep.memory import BlockPool, empty, empty_like, output_pool
+from neurostep.memory import BlockPool, empty, empty_like, empty_with_array, output_pool
 
 _FAULTS_SCRIPT = """
 import resource, sys
@@ -122,6 +122,18 @@ def test_only_large_blocks_of_numpy_dtypes_come_from_numpy():
     assert empty((16,), torch.float32).untyped_storage().resizable()
     big_bf16 = empty((1 << 22,), torch.bfloat16)
     assert big_bf16.dtype == torch.bfloat16 and big_bf16.untyped_storage().resizable()
+
+
+@pytest.mark.parametrize("shape", [(3, 5), (32, 65536)])   # torch's block, then a pooled one
+def test_empty_with_array_gives_the_tensor_and_the_array_on_its_memory(shape):
+    t, array = empty_with_array(shape, torch.float32)
+    assert t.shape == shape and t.dtype == torch.float32 and t.is_contiguous()
+    assert array.shape == shape and array.dtype == np.float32
+    assert array.ctypes.data == t.data_ptr()
+    array[...] = 3.0   # the kernel writes the array; the caller returns the tensor
+    assert bool((t == 3.0).all())
+    with pytest.raises(TypeError, match="NumPy"):
+        empty_with_array((4,), torch.bfloat16)
 
 
 _HUGE_SCRIPT = """

@@ -207,6 +207,19 @@ def test_an_unobserved_call_runs_the_adapters_directly_with_the_same_results():
     assert y_ng.grad_fn is None and torch.equal(y_ng, y.detach())
 
 
+def test_the_direct_path_resolves_the_backend_module_once_per_call(monkeypatch):
+    resolved = []
+    resolve = KERNELS.resolve
+    monkeypatch.setattr(KERNELS, "resolve", lambda *a: resolved.append(a) or resolve(*a))
+    x = torch.randn(5, 3, dtype=torch.float64, requires_grad=True)
+    y, last = TOY(x, None, 0.5, backend="reference")
+    (y.sum() + last.sum()).backward()
+    assert len(resolved) == 1 and x.grad is not None   # the backward reused the forward's module
+    with torch.no_grad():
+        TOY(x, None, 0.5, backend="reference")
+    assert len(resolved) == 2
+
+
 def test_an_absent_output_is_none_directly_and_an_empty_tensor_through_the_dispatcher():
     """A forward adapter returns None for an output the call does not produce (here the lif op without v_seq,
     adaptation or a saved h on the cpu backend): the direct path makes no tensor for it, the custom op (whose
