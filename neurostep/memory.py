@@ -219,11 +219,16 @@ def empty(shape: tuple[int, ...] | torch.Size, dtype: torch.dtype) -> torch.Tens
     (bfloat16) and other systems get ``torch.empty``. The tensor is an ordinary CPU tensor, except that its
     storage cannot be resized in place.
     """
+    array = _pooled(shape, dtype)
+    return torch.empty(shape, dtype=dtype) if array is None else torch.from_numpy(array)
+
+
+def _pooled(shape: tuple[int, ...] | torch.Size, dtype: torch.dtype) -> np.ndarray | None:
+    """An array from :func:`output_pool` for a block of 4 MB and more of a dtype NumPy has, else None."""
     np_dtype = _NUMPY_DTYPES.get(dtype)
-    numel = math.prod(shape)
-    if np_dtype is None or numel * dtype.itemsize < _HUGE_PAGE_MIN_BYTES:
-        return torch.empty(shape, dtype=dtype)
-    return torch.from_numpy(output_pool().empty(tuple(shape), np_dtype))
+    if np_dtype is None or math.prod(shape) * dtype.itemsize < _HUGE_PAGE_MIN_BYTES:
+        return None
+    return output_pool().empty(tuple(shape), np_dtype)
 
 
 def empty_like(t: torch.Tensor) -> torch.Tensor:
@@ -232,14 +237,14 @@ def empty_like(t: torch.Tensor) -> torch.Tensor:
 
 
 def empty_with_array(shape: tuple[int, ...] | torch.Size, dtype: torch.dtype) -> tuple[torch.Tensor, np.ndarray]:
-    """:func:`empty` and its memory as a NumPy array, for a kernel that writes the tensor it returns: the array
-    the pool made the tensor from, instead of a ``numpy()`` of the tensor (a torch call that, with cold caches,
-    costs a small op as much as the pool's lookup). ``dtype`` must be one NumPy has (not bfloat16)."""
-    np_dtype = _NUMPY_DTYPES.get(dtype)
-    if np_dtype is None:
+    """An uninitialised contiguous CPU tensor and its memory as a NumPy array, for a kernel that writes the tensor
+    it returns: a block of 4 MB and more comes from :func:`output_pool`, as for :func:`empty`, a smaller one from
+    NumPy's allocator. Either way the array is the one the tensor was made from (``torch.from_numpy``), not a
+    ``numpy()`` of the tensor, and no torch factory call is made: with cold caches each costs a small op about as
+    much as the pool's lookup. ``dtype`` must be one NumPy has (not bfloat16)."""
+    if dtype not in _NUMPY_DTYPES:
         raise TypeError(f"empty_with_array needs a dtype NumPy has, got {dtype}")
-    if math.prod(shape) * dtype.itemsize < _HUGE_PAGE_MIN_BYTES:
-        t = torch.empty(shape, dtype=dtype)
-        return t, t.numpy()
-    array = output_pool().empty(tuple(shape), np_dtype)
+    array = _pooled(shape, dtype)
+    if array is None:
+        array = np.empty(tuple(shape), dtype=_NUMPY_DTYPES[dtype])
     return torch.from_numpy(array), array

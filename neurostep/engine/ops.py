@@ -284,8 +284,9 @@ def _autograd_function(op: FusedOp, direct: bool) -> type[torch.autograd.Functio
         def forward(ctx: Any, *args: Any) -> Any:
             if direct:
                 scalars, backend, ctx.impl = args[n_tensors]
-                args = (*args[:n_tensors], *scalars, backend)
-                output = op._forward(ctx.impl, *args[:-1])
+                values = (*args[:n_tensors], *scalars)
+                output = op._forward(ctx.impl, *values)
+                args = (*values, backend)
             else:
                 with torch._C._AutoDispatchBelowAutograd():
                     output = op.forward_op(*args)

@@ -472,13 +472,6 @@ def recompute_backward_function(sid: int, dtype: str, hard: bool = True, decay: 
 _NP_DTYPE = {torch.float32: np.float32, torch.float64: np.float64}
 
 
-def _vector(n: int, np_dtype: type) -> tuple[torch.Tensor, np.ndarray]:
-    """An uninitialised ``(n,)`` CPU tensor and its array: numpy's allocation and ``torch.from_numpy``, which every
-    call makes anyway for its pooled outputs, instead of one more torch factory call."""
-    array = np.empty(n, dtype=np_dtype)
-    return torch.from_numpy(array), array
-
-
 def _dtype_name(dtype: torch.dtype) -> str:
     return np.dtype(_NP_DTYPE[dtype]).name
 
@@ -528,8 +521,8 @@ def forward(x: torch.Tensor, v0: torch.Tensor | None, a0: torch.Tensor | None, p
     h, h_arr = empty_with_array(x.shape, x.dtype) if save_h else (None, stub)
     theta, theta_arr = empty_with_array(x.shape, x.dtype) if adaptive else (None, stub)
     vseq, vseq_arr = empty_with_array(x.shape, x.dtype) if need_vseq else (None, stub)
-    v_last, v_last_arr = _vector(N, np_dtype)
-    a_last, a_last_arr = _vector(N, np_dtype) if adaptive else (None, stub1)
+    v_last, v_last_arr = empty_with_array((N,), x.dtype)
+    a_last, a_last_arr = empty_with_array((N,), x.dtype) if adaptive else (None, stub1)
     # Without adaptation the kernel reads no a0 either. Scratch zeros come from numpy: a torch fill of this
     # size is a parallel region, which waits for torch's worker thread to be scheduled (milliseconds on a
     # loaded machine).
@@ -561,8 +554,8 @@ def backward(x: torch.Tensor | None, v0: torch.Tensor | None, h: torch.Tensor, t
     block = _block_size(N)
     nb = -(-N // block)
     gx, gx_arr = empty_with_array(h.shape, h.dtype)
-    gv0, gv0_arr = _vector(N, _NP_DTYPE[h.dtype])
-    ga0, ga0_arr = _vector(N, _NP_DTYPE[h.dtype])
+    gv0, gv0_arr = empty_with_array((N,), h.dtype)
+    ga0, ga0_arr = empty_with_array((N,), h.dtype)
     gk_part = np.zeros(nb, dtype=np.float64)
     gvth_part = np.zeros(nb, dtype=np.float64)
     need_k = bool(need_k_grad) and not p.snn
@@ -596,7 +589,7 @@ def _backward_recompute(x: torch.Tensor, v0: torch.Tensor | None, g_spikes: torc
     nb = -(-N // block)
     gx, gx_arr = empty_with_array(x.shape, x.dtype)
     vector_stand_in = stand_in("f1", np_dtype)
-    gv0, gv0_arr = _vector(N, np_dtype) if v0 is not None else (None, vector_stand_in)
+    gv0, gv0_arr = empty_with_array((N,), x.dtype) if v0 is not None else (None, vector_stand_in)
     # per-block sums of the tau_inv and threshold gradients, only where wanted (the kernel skips a stand-in)
     gk_part = np.zeros(nb, dtype=np.float64) if need_k_grad else stand_in("d1", np.float64)
     gvth_part = np.zeros(nb, dtype=np.float64) if need_threshold_grad else stand_in("d1", np.float64)
