@@ -167,7 +167,10 @@ def _sigmoid_tail(a, c, z):
     return _exp_flushed(-a * abs(z))
 
 
-@overload(_sigmoid_tail, inline="always")
+# Not inline="always": numba's IR inliner, given this overload twice in one function (the LIF backward's loop over
+# two steps calls the surrogate twice), emits a variable out of scope (NumbaIRAssumptionWarning). As a plain call it
+# is compiled once and LLVM inlines it into each loop, which then vectorizes as before (same time, same results).
+@overload(_sigmoid_tail)
 def _sigmoid_tail_overload(a, c, z):
     # float32: 2^-(c |z|), whose reduction is shorter than exp's (numba_exp.vexp2_neg). Rounding the product
     # c |z| costs the surrogate relative error: up to 7e-7 where it is above 1e-3 of its peak, 2e-6 down to
