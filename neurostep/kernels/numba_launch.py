@@ -275,6 +275,11 @@ class CompiledFunction(types.WrapperAddressProtocol):
     def __wrapper_address__(self) -> int:
         return self._address
 
+    @property
+    def address(self) -> int:
+        """The address of the compiled function's C wrapper, which :func:`range_launcher`'s launchers take."""
+        return self._address
+
     def signature(self) -> Signature:
         return self._signature
 
@@ -354,7 +359,30 @@ def _kernel_args_at(typingctx, address, kernel):
     return tuple_type(address, kernel), codegen
 
 
-def _launch(kernel, n_slots, n_items, variant, args):
+@intrinsic
+def _range_kernel_at(typingctx, address, variant, args):
+    """The range kernel whose C wrapper is at ``address`` (an ``intp``, :attr:`CompiledFunction.address`), as a
+    first-class function of the signature that ``variant`` and ``args`` have (:func:`range_kernel_signature`).
+
+    A launcher taking the kernel as a function argument would have numba unbox it on every call: two calls
+    back into Python (numba's ``_get_wrapper_address`` and ``_get_jit_address``), each unpickling the signature,
+    which with cold caches cost a launch about as much as all its other arguments."""
+    function_type = types.FunctionType(types.void(types.int64, types.int64, types.int64, variant, args))
+
+    def codegen(context, builder, signature, llargs):
+        function = cgutils.create_struct_proxy(function_type)(context, builder)
+        pointer = context.get_value_type(types.voidptr)
+        function.c_addr = builder.inttoptr(llargs[0], pointer)
+        # no Python object and no numba-convention entry: calls go to the C wrapper, as for an unboxed one
+        function.py_addr = cgutils.get_null_value(pointer)
+        function.jit_addr = cgutils.get_null_value(pointer)
+        return function._getvalue()
+
+    return function_type(address, variant, args), codegen
+
+
+def _launch(kernel_address, n_slots, n_items, variant, args):
+    kernel = _range_kernel_at(kernel_address, variant, args)
     # The loop body gets the arguments' address, not the tuple: numba turns a ``prange`` body into a
     # function that takes every variable the body reads as a parameter of its own, and compiling that
     # function took 1.9 s with the selective scan backward's 28 arrays and scalars against 1.0 s this way
@@ -369,10 +397,11 @@ def _launch(kernel, n_slots, n_items, variant, args):
 @functools.cache
 def range_launcher(kinds: tuple[str, ...], dtype: str, variant: str) -> Any:
     """The parallel launcher of every kernel of this signature: a ``prange`` over the slots whose body calls
-    ``kernel(lo, hi, slot, variant, args)`` on the span (:func:`span_of`) of each. The kernel is an
-    argument of function type, called through its address: it is not compiled into the launcher."""
+    ``kernel(lo, hi, slot, variant, args)`` on the span (:func:`span_of`) of each. The launcher takes the
+    kernel's address (:attr:`CompiledFunction.address`) and calls it there: the kernel is not compiled into
+    the launcher."""
     signature = range_kernel_signature(kinds, dtype, variant)
-    launch_types = types.void(types.FunctionType(signature), types.int64, types.int64, *signature.args[3:])
+    launch_types = types.void(types.intp, types.int64, types.int64, *signature.args[3:])
     return numba.njit(launch_types, parallel=True, cache=True)(_launch)
 
 
@@ -422,4 +451,4 @@ def launch_ranges(kernel: Callable[..., None], kinds: tuple[str, ...], n_slots: 
     variant_kind = "none" if variant is None else "i8"
     dtype = _float_dtype(kinds, args)
     compiled = range_kernel(kernel, kinds, dtype, variant_kind)
-    range_launcher(kinds, dtype, variant_kind)(compiled, n_slots, n_items, variant, args)
+    range_launcher(kinds, dtype, variant_kind)(compiled.address, n_slots, n_items, variant, args)
