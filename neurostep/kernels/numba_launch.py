@@ -359,24 +359,32 @@ def _kernel_args_at(typingctx, address, kernel):
     return tuple_type(address, kernel), codegen
 
 
+def function_at(context: Any, builder: Any, function_type: types.FunctionType, address: Any) -> Any:
+    """For an intrinsic's code generation: the first-class function value of ``function_type`` whose C wrapper is
+    at ``address`` (an LLVM ``intp``, such as :attr:`CompiledFunction.address` passed in as an integer).
+
+    A numba function that takes the function itself as an argument unboxes it on every call through two calls
+    back into Python (numba's ``_get_wrapper_address`` and ``_get_jit_address``), each unpickling the
+    signature: with cold caches about 90 us per call, more than all its other arguments. Given the address
+    instead, the value is made here, with no Python object and no numba-convention entry, so calls go to the
+    C wrapper, as they do for a function unboxed from a :class:`CompiledFunction`."""
+    function = cgutils.create_struct_proxy(function_type)(context, builder)
+    pointer = context.get_value_type(types.voidptr)
+    function.c_addr = builder.inttoptr(address, pointer)
+    function.py_addr = cgutils.get_null_value(pointer)
+    function.jit_addr = cgutils.get_null_value(pointer)
+    return function._getvalue()
+
+
 @intrinsic
 def _range_kernel_at(typingctx, address, variant, args):
     """The range kernel whose C wrapper is at ``address`` (an ``intp``, :attr:`CompiledFunction.address`), as a
-    first-class function of the signature that ``variant`` and ``args`` have (:func:`range_kernel_signature`).
-
-    A launcher taking the kernel as a function argument would have numba unbox it on every call: two calls
-    back into Python (numba's ``_get_wrapper_address`` and ``_get_jit_address``), each unpickling the signature,
-    which with cold caches cost a launch about as much as all its other arguments."""
+    first-class function of the signature that ``variant`` and ``args`` have (:func:`range_kernel_signature`),
+    made without calling back into Python (:func:`function_at`)."""
     function_type = types.FunctionType(types.void(types.int64, types.int64, types.int64, variant, args))
 
     def codegen(context, builder, signature, llargs):
-        function = cgutils.create_struct_proxy(function_type)(context, builder)
-        pointer = context.get_value_type(types.voidptr)
-        function.c_addr = builder.inttoptr(llargs[0], pointer)
-        # no Python object and no numba-convention entry: calls go to the C wrapper, as for an unboxed one
-        function.py_addr = cgutils.get_null_value(pointer)
-        function.jit_addr = cgutils.get_null_value(pointer)
-        return function._getvalue()
+        return function_at(context, builder, function_type, llargs[0])
 
     return function_type(address, variant, args), codegen
 

@@ -240,16 +240,35 @@ def test_backends_agree_exactly_on_spikes_large():
 
 
 
+
+@pytest.mark.parametrize("convention", ["spikingjelly", "snntorch"])
+def test_cpu_backward_passes_its_functions_by_address(convention, monkeypatch):
+    """The cpu backward hands its kernels the surrogate's row function (snntorch convention) or the range kernel
+    (recomputing backward) as an address: a function argument would be unboxed on every call through two calls
+    back into Python, which cost a small layer's backward about 90 us with cold caches."""
+    from numba.experimental import function_type
+
+    calls = []
+    for name in ("_get_wrapper_address", "_get_jit_address"):
+        original = getattr(function_type, name)
+        monkeypatch.setattr(function_type, name, lambda *a, _f=original, _n=name: calls.append(_n) or _f(*a))
+    x = (torch.randn(5, 40) * 1.5).requires_grad_(True)
+    spikes, _ = lif_scan(x, tau_inv=0.5, v_threshold=1.0, convention=convention, backend="cpu")
+    spikes.sum().backward()
+    assert x.grad.abs().sum() > 0 and calls == []
+
 # 2500 lanes: blocks of 1024 and a partial one; 20000: eight blocks of 2512 (an eighth of the lanes), the
 # last partial; T=300: blocks shrunk so that their rows fit in L2. With one thread every block but the last is
 # followed by one whose membrane the backward recomputes during its reverse sweep (the last full block by a
-# partial one); with two, each thread's range of blocks ends without one. Sigmoid computes its surrogate in a
-# pass of its own, atan in the same pass as the gradients; the threshold is learnt with atan.
+# partial one); with two, each thread's range of blocks ends without one. With a fixed tau_inv the reverse sweep
+# takes two steps per pass (T=5: two pairs, then step 0 alone; T=4 and T=300: pairs only), with a learnt one a
+# step per pass; the threshold is learnt with atan.
+@pytest.mark.parametrize("learn_tau", [True, False])
 @pytest.mark.parametrize("threads", [1, 2])
 @pytest.mark.parametrize("surrogate", ["sigmoid", "atan"])
 @pytest.mark.parametrize("T,n,kw", [(5, 2500, dict(v_reset=0.0)), (4, 20000, dict(v_reset=0.0)),
                                     (300, 1100, dict(v_reset=None, decay_input=False))])
-def test_cpu_backward_recomputes_membrane_across_blocks(T, n, kw, surrogate, threads):
+def test_cpu_backward_recomputes_membrane_across_blocks(T, n, kw, surrogate, threads, learn_tau):
     """The numba LIF saves no membrane for its backward (autograd keeps only x and small tensors)
     and recomputes it per block of lanes; with several blocks, and with T long enough to shrink
     the block, its gradients equal the reference backend's."""
@@ -263,9 +282,9 @@ def test_cpu_backward_recomputes_membrane_across_blocks(T, n, kw, surrogate, thr
     grads = {}
     for backend in ("reference", "cpu"):
         xs = x.clone().requires_grad_()
-        tau = torch.tensor(0.3, requires_grad=True)
+        tau = torch.tensor(0.3, requires_grad=True) if learn_tau else 0.3
         vth = torch.tensor(1.0, requires_grad=True) if surrogate == "atan" else 1.0
-        leaves = [xs, tau] + ([vth] if surrogate == "atan" else [])
+        leaves = [xs] + ([tau] if learn_tau else []) + ([vth] if surrogate == "atan" else [])
         with use_threads(threads):
             with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
                 out = _scan(xs, v0, tau_inv=tau, v_threshold=vth, surrogate=surrogate, backend=backend, **kw)

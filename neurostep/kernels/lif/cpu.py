@@ -30,7 +30,7 @@ from numba import prange
 
 from neurostep.engine import check_numba_input
 from neurostep.kernels.lif.common import LIFParams
-from neurostep.kernels.lif.surrogates import sg_block_function, sg_constant, sg_value
+from neurostep.kernels.lif.surrogates import sg_block_at, sg_block_function, sg_constant, sg_value
 from neurostep.kernels.numba_launch import (
     CompiledFunction,
     launch_ranges,
@@ -242,10 +242,12 @@ def _forward_kernel(x, v0, a0, spikes, h_out, theta_out, vseq, v_last, a_last, k
 @numba.njit(parallel=True, cache=True, error_model="numpy")
 def _backward_kernel(x, v0, h, theta, g_spikes, g_vseq, g_vlast, g_alast, gx, gv0, ga0, gk_part, gvth_part,
                      k, omk, vth, vr, vr_c, rho, beta, one, hard, decay, detach, snn, snn_reset, adaptive,
-                     has_gs, has_gvseq, need_k, sg_block, alpha, sg_c, block):  # pragma: no cover - compiled
+                     has_gs, has_gvseq, need_k, sg_address, alpha, sg_c, block):  # pragma: no cover - compiled
     """Reverse-time sweep over a saved h (the snntorch convention and the adaptive threshold; see
-    recomputes_h); g_spikes / g_vseq are (1, N) zero rows when absent (has_* False)."""
+    recomputes_h); g_spikes / g_vseq are (1, N) zero rows when absent (has_* False); ``sg_address`` is the
+    address of the surrogate's row function (``sg_block_function(...).address``)."""
     T, N = h.shape
+    sg_block = sg_block_at(sg_address, alpha)
     zero = one - one  # constants in the data dtype: a float literal would promote float32 math to float64
     nb = (N + block - 1) // block
     for b in prange(nb):
@@ -632,8 +634,8 @@ def backward(x: torch.Tensor | None, v0: torch.Tensor | None, h: torch.Tensor, t
         _np(g_vlast) if g_vlast is not None else zvec, _np(g_alast) if (adaptive and g_alast is not None) else zvec,
         gx_arr, gv0_arr, ga0_arr, gk_part, gvth_part, k, omk, vth, vr, vr_c, rho, beta, one,
         p.hard, p.decay_input, p.detach_reset, p.snn, p.snn_reset, adaptive,
-        g_spikes is not None, g_vseq is not None, need_k, sg_block_function(p.sid, _dtype_name(h.dtype)), alpha,
-        sg_c, block,
+        g_spikes is not None, g_vseq is not None, need_k, sg_block_function(p.sid, _dtype_name(h.dtype)).address,
+        alpha, sg_c, block,
     )
     gk = _scalar_tensor(gk_part.sum(), h.dtype)
     gvth = _scalar_tensor(gvth_part.sum(), h.dtype)

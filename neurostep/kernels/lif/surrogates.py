@@ -23,10 +23,10 @@ import numba
 import numpy as np
 import torch
 from numba import types
-from numba.extending import overload
+from numba.extending import intrinsic, overload
 
 from neurostep.kernels.numba_exp import vexp, vexp2_neg
-from neurostep.kernels.numba_launch import CompiledFunction, compiled_function, numba_type
+from neurostep.kernels.numba_launch import CompiledFunction, compiled_function, function_at, numba_type
 
 _PI = math.pi
 _SQRT_PI = math.sqrt(math.pi)
@@ -244,13 +244,29 @@ def _sg_block_source(sid: int) -> Callable[..., None]:
     return sg_block
 
 
+@intrinsic
+def sg_block_at(typingctx, address, a):
+    """Inside a kernel: the ``sg_block`` function whose C wrapper is at ``address`` (``sg_block_function(sid,
+    dtype).address``, passed in as an integer), for scalars of ``a``'s type. Taking the address, not the function,
+    spares every call of the kernel numba's unboxing of a function argument (:func:`~neurostep.kernels.
+    numba_launch.function_at`)."""
+    vector = types.Array(a, 1, "C")
+    function_type = types.FunctionType(types.void(a, a, vector, vector, types.int64))
+
+    def codegen(context, builder, signature, args):
+        return function_at(context, builder, function_type, args[0])
+
+    return function_type(address, a), codegen
+
+
 @functools.cache
 def sg_block_function(sid: int, dtype: str) -> CompiledFunction:
     """``sg_block(a, c, z, out, n)`` of surrogate ``sid`` for ``dtype`` ("float32" or "float64"): ``out[:n] =
     surrogate'(z[:n])`` with alpha ``a`` and ``c = sg_constant(sid, a)`` (scalars of the data dtype), ``z`` and
     ``out`` distinct contiguous vectors of length >= n. Compiled (or loaded from numba's disk cache) on first
-    use and kept for the process; kernels take it as an argument of first-class function type, so a kernel
-    compiles once for every surrogate and a first call compiles only the surrogate it uses. ``.dispatcher``
+    use and kept for the process; kernels take its address and call it as a first-class function
+    (:func:`sg_block_at`), so a kernel compiles once for every surrogate and a first call compiles only the
+    surrogate it uses. ``.dispatcher``
     calls it from Python. FMA contraction (only) is allowed: it shortens the exp polynomial and is more
     accurate, and nothing compares a surrogate bit-exactly."""
     f, v = numba_type("f", dtype), numba_type("f1", dtype)
