@@ -260,9 +260,8 @@ def test_cpu_backward_passes_its_functions_by_address(convention, monkeypatch):
 # 2500 lanes: blocks of 1024 and a partial one; 20000: eight blocks of 2512 (an eighth of the lanes), the
 # last partial; T=300: blocks shrunk so that their rows fit in L2. With one thread every block but the last is
 # followed by one whose membrane the backward recomputes during its reverse sweep (the last full block by a
-# partial one); with two, each thread's range of blocks ends without one. With a fixed tau_inv the reverse sweep
-# takes two steps per pass (T=5: two pairs, then step 0 alone; T=4 and T=300: pairs only), with a learnt one a
-# step per pass; the threshold is learnt with atan.
+# partial one); with two, each thread's range of blocks ends without one. tau_inv fixed and learnt (each a kernel
+# variant of its own); the threshold is learnt with atan.
 @pytest.mark.parametrize("learn_tau", [True, False])
 @pytest.mark.parametrize("threads", [1, 2])
 @pytest.mark.parametrize("surrogate", ["sigmoid", "atan"])

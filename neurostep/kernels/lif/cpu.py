@@ -140,28 +140,25 @@ def _plain_step(xr, v, out, n, k, vth, vr, vr_c, one, hard, decay, store_h):  # 
 
 
 @numba.njit(inline="always")
-def _plain_steps(x, v, out, lo, n, k, vth, vr, vr_c, one, hard, decay, store_h):  # pragma: no cover - compiled
-    """All ``T`` steps of :func:`_plain_step` over the lanes ``lo:lo + n``, four steps per pass over the lanes:
-    the membrane stays in a register for the four instead of a trip through the ``v`` row per step, and eight
-    row streams (four of x, four of the output) are in flight instead of two. Same arithmetic, same results
-    to the bit; measurements in ``docs/ssm.md``, "LIF forward"."""
+def _plain_steps(x, v, spikes, lo, n, k, vth, vr, vr_c, one, hard, decay):  # pragma: no cover - compiled
+    """All ``T`` steps of :func:`_plain_step` (spikes out) over the lanes ``lo:lo + n``, four steps per pass over
+    the lanes: the membrane stays in a register for the four instead of a trip through the ``v`` row per step,
+    and eight row streams (four of x, four of spikes) are in flight instead of two. Same arithmetic, same
+    spikes to the bit; measurements in ``docs/ssm.md``, "LIF forward"."""
     T = x.shape[0]
     t = 0
     while t + 4 <= T:
         x0, x1, x2, x3 = x[t, lo:lo + n], x[t + 1, lo:lo + n], x[t + 2, lo:lo + n], x[t + 3, lo:lo + n]
-        o0, o1, o2, o3 = out[t, lo:lo + n], out[t + 1, lo:lo + n], out[t + 2, lo:lo + n], out[t + 3, lo:lo + n]
+        s0, s1, s2, s3 = (spikes[t, lo:lo + n], spikes[t + 1, lo:lo + n], spikes[t + 2, lo:lo + n],
+                          spikes[t + 3, lo:lo + n])
         for j in range(n):
-            h0, s0, vj = _fire(v[j], x0[j], k, vth, vr, vr_c, one, hard, decay)
-            o0[j] = h0 if store_h else s0
-            h1, s1, vj = _fire(vj, x1[j], k, vth, vr, vr_c, one, hard, decay)
-            o1[j] = h1 if store_h else s1
-            h2, s2, vj = _fire(vj, x2[j], k, vth, vr, vr_c, one, hard, decay)
-            o2[j] = h2 if store_h else s2
-            h3, s3, v[j] = _fire(vj, x3[j], k, vth, vr, vr_c, one, hard, decay)
-            o3[j] = h3 if store_h else s3
+            _, s0[j], vj = _fire(v[j], x0[j], k, vth, vr, vr_c, one, hard, decay)
+            _, s1[j], vj = _fire(vj, x1[j], k, vth, vr, vr_c, one, hard, decay)
+            _, s2[j], vj = _fire(vj, x2[j], k, vth, vr, vr_c, one, hard, decay)
+            _, s3[j], v[j] = _fire(vj, x3[j], k, vth, vr, vr_c, one, hard, decay)
         t += 4
     while t < T:
-        _plain_step(x[t, lo:lo + n], v, out[t, lo:lo + n], n, k, vth, vr, vr_c, one, hard, decay, store_h)
+        _plain_step(x[t, lo:lo + n], v, spikes[t, lo:lo + n], n, k, vth, vr, vr_c, one, hard, decay, False)
         t += 1
 
 
@@ -181,12 +178,7 @@ def _forward_kernel(x, v0, a0, spikes, h_out, theta_out, vseq, v_last, a_last, k
         th[:] = vth
         # the adaptation state exists only for adaptive neurons (a0 and a_last are 1-element otherwise)
         a = a0[lo:lo + n].copy() if adaptive else np.empty(0, dtype=v.dtype)
-        # IF/LIF/PLIF without the membrane trace: x in, spikes out, four steps per pass (the backward
-        # recomputes h, see recomputes_h)
-        plain = not snn and not adaptive and not write_vseq
-        if plain:
-            _plain_steps(x, v, spikes, lo, n, k, vth, vr, vr_c, one, hard, decay, False)
-        for t in range(0 if plain else T):
+        for t in range(T):
             # row segments as slices indexed from 0: an index like lo + j could be negative to numba's
             # eyes, and the wraparound check that it then emits stops vectorization (13x slower)
             xr = x[t, lo:lo + n]
@@ -206,7 +198,7 @@ def _forward_kernel(x, v0, a0, spikes, h_out, theta_out, vseq, v_last, a_last, k
                     sr[j] = one if hj - vth > zero else zero
                     v[j] = hj
             elif not adaptive:
-                # IF/LIF/PLIF with the membrane trace (written below), one step per pass
+                # IF/LIF/PLIF: x in, spikes out (the backward recomputes h, see recomputes_h)
                 _plain_step(xr, v, sr, n, k, vth, vr, vr_c, one, hard, decay, False)
             else:
                 hr = h_out[t, lo:lo + n]
@@ -237,6 +229,26 @@ def _forward_kernel(x, v0, a0, spikes, h_out, theta_out, vseq, v_last, a_last, k
             al = a_last[lo:lo + n]
             for j in range(n):
                 al[j] = a[j]
+
+
+@numba.njit(parallel=True, cache=True, error_model="numpy")
+def _plain_forward_kernel(x, v0, spikes, v_last, k, vth, vr, vr_c, one, hard, decay, has_v0,
+                          block):  # pragma: no cover - compiled
+    """The forward of the IF, LIF and PLIF neurons without a membrane trace (x in, spikes out), four steps per pass
+    (:func:`_plain_steps`): a kernel of its own, so that the common neuron compiles only this on its first call
+    (the general :func:`_forward_kernel` compiles every convention and option) and passes it fewer arguments."""
+    T, N = x.shape
+    rest = vr if hard else one - one   # the membrane without an initial state (has_v0 False)
+    nb = (N + block - 1) // block
+    for b in prange(nb):
+        lo = b * block
+        n = min(block, N - lo)
+        v = np.empty(n, dtype=x.dtype)
+        _set_lanes(v, v0[lo:lo + n], n, has_v0, rest)
+        _plain_steps(x, v, spikes, lo, n, k, vth, vr, vr_c, one, hard, decay)
+        vl = v_last[lo:lo + n]
+        for j in range(n):
+            vl[j] = v[j]
 
 
 @numba.njit(parallel=True, cache=True, error_model="numpy")
@@ -405,13 +417,14 @@ def _recompute_backward_source(sid: int, hard: bool, decay: bool, detach: bool, 
         gvth_acc = np.empty(block, dtype=ty)
         x_idle = np.zeros(block, dtype=ty)    # the recomputation's scratch where no next block is
         h_idle = np.empty(block, dtype=ty)
-        h_idle2 = np.empty(block, dtype=ty)  # a second step's (the two may not overlap)
         v_idle = np.zeros(block, dtype=ty)
         if lo < hi:  # the first block's h, recomputed on its own
             start = lo * block
             n = min(block, N - start)
             _set_lanes(v, v0[start:start + n], n, has_v0, rest)
-            _plain_steps(x, v, gx, start, n, k, vth, vr, vr_c, one, hard, decay, True)
+            for t in range(T):
+                _plain_step(x[t, start:start + n], v, gx[t, start:start + n], n, k, vth, vr, vr_c, one, hard,
+                            decay, True)
         for b in range(lo, hi):
             start = b * block
             n = min(block, N - start)
@@ -428,43 +441,7 @@ def _recompute_backward_source(sid: int, hard: bool, decay: bool, detach: bool, 
                 for j in range(n):
                     gvth_acc[j] = zero
             _set_lanes(v, v0n, n2, has_v0, rest)
-            t = T - 1
-            while t >= 0:
-                if t >= 1 and not need_k and not has_gvseq:
-                    # steps t and t-1 in one pass over the lanes (and the next block's steps T-1-t and T-t): the
-                    # membrane gradient and the next block's membrane stay in registers between the two, and twice
-                    # as many row streams are in flight. Without a tau_inv gradient or a v_seq gradient; the
-                    # arithmetic, and so every result bit, is the single step's below.
-                    row, row1 = gx[t, start:start + n], gx[t - 1, start:start + n]
-                    gsr, gsr1 = g_spikes[t if has_gs else 0, start:start + n], g_spikes[t - 1 if has_gs else 0,
-                                                                                        start:start + n]
-                    if n2 == n:
-                        xn, hn = x[T - 1 - t, nxt:nxt + n], gx[T - 1 - t, nxt:nxt + n]
-                        xn1, hn1, vn = x[T - t, nxt:nxt + n], gx[T - t, nxt:nxt + n], v
-                    else:
-                        xn, hn, xn1, hn1, vn = x_idle, h_idle, x_idle, h_idle2, v_idle
-                    for j in range(n):
-                        hj, hj1 = row[j], row1[j]
-                        gh0, gth0 = _spike_grads(hj, vth, one if hj - vth >= zero else zero, gsr[j],
-                                                 sg_value(sid, alpha, sg_c, hj - vth), cv[j], zero, vr, one, hard,
-                                                 detach)
-                        row[j] = gh0 * k if decay else gh0
-                        gh1, gth1 = _spike_grads(hj1, vth, one if hj1 - vth >= zero else zero, gsr1[j],
-                                                 sg_value(sid, alpha, sg_c, hj1 - vth), gh0 * omk, zero, vr, one,
-                                                 hard, detach)
-                        row1[j] = gh1 * k if decay else gh1
-                        cv[j] = gh1 * omk
-                        if need_vth:
-                            gvth_acc[j] = (gvth_acc[j] + gth0) + gth1
-                        hn[j], _, vj = _fire(vn[j], xn[j], k, vth, vr, vr_c, one, hard, decay)
-                        hn1[j], _, vn[j] = _fire(vj, xn1[j], k, vth, vr, vr_c, one, hard, decay)
-                    if 0 < n2 < n:
-                        for q in range(T - 1 - t, T + 1 - t):
-                            xq, hq = x[q, nxt:nxt + n2], gx[q, nxt:nxt + n2]
-                            for j in range(n2):
-                                _recompute_lane(xq, v, hq, j, k, vth, vr, vr_c, one, hard, decay)
-                    t -= 2
-                    continue
+            for t in range(T - 1, -1, -1):
                 row = gx[t, start:start + n]
                 gsr = g_spikes[t if has_gs else 0, start:start + n]
                 if has_gvseq:
@@ -485,7 +462,9 @@ def _recompute_backward_source(sid: int, hard: bool, decay: bool, detach: bool, 
                             dk[j] = _dcharge_dk(v0b[j] if has_v0 else rest, xr[j], vr_c, decay)
                 # the next block's step T-1-t goes through the loop below when it has as many lanes as this
                 # one (every block but a range's last, and the array's last); otherwise the loop recomputes zeros
-                # into scratch rows, and a partial next block gets a loop of its own.
+                # into scratch rows, and a partial next block gets a loop of its own. One call of the surrogate
+                # per kernel: numba inlines it into each loop that calls it, and inlining the sigmoid's twice
+                # trips an internal check of numba's (NumbaIRAssumptionWarning).
                 if n2 == n:
                     xn, hn, vn = x[T - 1 - t, nxt:nxt + n], gx[T - 1 - t, nxt:nxt + n], v
                 else:
@@ -502,7 +481,6 @@ def _recompute_backward_source(sid: int, hard: bool, decay: bool, detach: bool, 
                 if need_k:
                     for j in range(n):
                         gk_acc[j] += gh[j] * dk[j]
-                t -= 1
             if has_v0:
                 for j in range(n):
                     gv0b[j] = cv[j]
@@ -581,6 +559,12 @@ def forward(x: torch.Tensor, v0: torch.Tensor | None, a0: torch.Tensor | None, p
     save_h = not recomputes_h("snntorch" if p.snn else "spikingjelly", adaptive)
     np_dtype = _NP_DTYPE[x.dtype]
     spikes, spikes_arr = empty_with_array(x.shape, x.dtype)
+    if not save_h and not need_vseq:   # IF/LIF/PLIF, spikes out: the kernel of that case alone
+        v_last, v_last_arr = empty_with_array((N,), x.dtype)
+        k, _, vth, vr, vr_c, _, _, one, _, _ = _scalars(p, x.dtype)
+        _plain_forward_kernel(_np(x), _np_or(v0, stand_in("f1", np_dtype)), spikes_arr, v_last_arr, k, vth, vr, vr_c,
+                              one, p.hard, p.decay_input, v0 is not None, _block_size(N))
+        return spikes, v_last, None, None, None, None
     # Outputs the call does not return are one-element numpy stand-ins that the kernel skips: not
     # lane-sized arrays whose fresh pages every call pays for (at T=4, Spikformer's case, the lane-sized
     # side arrays are a large share of the op's traffic), nor torch tensors (a microsecond or more each).

@@ -167,10 +167,7 @@ def _sigmoid_tail(a, c, z):
     return _exp_flushed(-a * abs(z))
 
 
-# Not inline="always": numba's IR inliner, given this overload twice in one function (the LIF backward's loop over
-# two steps calls the surrogate twice), emits a variable out of scope (NumbaIRAssumptionWarning). As a plain call it
-# is compiled once and LLVM inlines it into each loop, which then vectorizes as before (same time, same results).
-@overload(_sigmoid_tail)
+@overload(_sigmoid_tail, inline="always")
 def _sigmoid_tail_overload(a, c, z):
     # float32: 2^-(c |z|), whose reduction is shorter than exp's (numba_exp.vexp2_neg). Rounding the product
     # c |z| costs the surrogate relative error: up to 7e-7 where it is above 1e-3 of its peak, 2e-6 down to
@@ -266,9 +263,8 @@ def sg_block_function(sid: int, dtype: str) -> CompiledFunction:
     ``out`` distinct contiguous vectors of length >= n. Compiled (or loaded from numba's disk cache) on first
     use and kept for the process; kernels take its address and call it as a first-class function
     (:func:`sg_block_at`), so a kernel compiles once for every surrogate and a first call compiles only the
-    surrogate it uses. ``.dispatcher``
-    calls it from Python. FMA contraction (only) is allowed: it shortens the exp polynomial and is more
-    accurate, and nothing compares a surrogate bit-exactly."""
+    surrogate it uses. ``.dispatcher`` calls it from Python. FMA contraction (only) is allowed: it shortens the
+    exp polynomial and is more accurate, and nothing compares a surrogate bit-exactly."""
     f, v = numba_type("f", dtype), numba_type("f1", dtype)
     signature = types.void(f, f, v, v, types.int64)
     return compiled_function(_sg_block_source(sid), signature, error_model="numpy", fastmath={"contract"})
