@@ -131,6 +131,17 @@ def _set_lanes(dst, src, n, given, value):  # pragma: no cover - compiled
 
 
 @numba.njit(inline="always")
+def _block_membrane(x, v0, b, block, has_v0, rest):  # pragma: no cover - compiled
+    """Block ``b`` of a forward kernel over ``x (T, N)``: its first lane ``lo``, its lane count ``n`` and its
+    membrane before step 0 (``v0``'s lanes where ``has_v0``, else ``rest``), a fresh vector of ``x``'s dtype."""
+    lo = b * block
+    n = min(block, x.shape[1] - lo)
+    v = np.empty(n, dtype=x.dtype)
+    _set_lanes(v, v0[lo:lo + n], n, has_v0, rest)
+    return lo, n, v
+
+
+@numba.njit(inline="always")
 def _plain_step(xr, v, out, n, k, vth, vr, vr_c, one, hard, decay, store_h):  # pragma: no cover - compiled
     """One step of the non-adaptive spikingjelly neuron over a block's lanes (:func:`_fire`): charge from
     ``xr``, fire, reset ``v`` in place; ``out`` gets the spikes, or ``h`` when ``store_h``."""
@@ -170,10 +181,7 @@ def _forward_kernel(x, v0, a0, spikes, h_out, theta_out, vseq, v_last, a_last, k
     rest = vr if (hard and not snn) else zero   # the membrane without an initial state (has_v0 False)
     nb = (N + block - 1) // block
     for b in prange(nb):
-        lo = b * block
-        n = min(block, N - lo)
-        v = np.empty(n, dtype=x.dtype)
-        _set_lanes(v, v0[lo:lo + n], n, has_v0, rest)
+        lo, n, v = _block_membrane(x, v0, b, block, has_v0, rest)
         th = np.empty(n, dtype=v.dtype)
         th[:] = vth
         # the adaptation state exists only for adaptive neurons (a0 and a_last are 1-element otherwise)
@@ -241,10 +249,7 @@ def _plain_forward_kernel(x, v0, spikes, v_last, k, vth, vr, vr_c, one, hard, de
     rest = vr if hard else one - one   # the membrane without an initial state (has_v0 False)
     nb = (N + block - 1) // block
     for b in prange(nb):
-        lo = b * block
-        n = min(block, N - lo)
-        v = np.empty(n, dtype=x.dtype)
-        _set_lanes(v, v0[lo:lo + n], n, has_v0, rest)
+        lo, n, v = _block_membrane(x, v0, b, block, has_v0, rest)
         _plain_steps(x, v, spikes, lo, n, k, vth, vr, vr_c, one, hard, decay)
         vl = v_last[lo:lo + n]
         for j in range(n):
