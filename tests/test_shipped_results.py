@@ -37,8 +37,13 @@ def test_docs_and_readme_quote_the_shipped_known_results():
     for line in known_results_table(verdicts, compact=True):
         assert line in readme, f"README.md lacks: {line}"
     timing = json.loads((SHIPPED / "timing.json").read_text())
+    fresh = timing["fresh_clone"]   # make run on a fresh clone: install, then the job with numba's cache empty
+    assert abs(fresh["install_s"] + fresh["job_s"] - fresh["real_s"]) < 1.0
     for text in (docs, readme):
         assert _duration(timing["real_s"]) in text and timing["date"] in text
+        for seconds in (fresh["real_s"], fresh["install_s"], fresh["job_s"]):
+            assert _duration(seconds) in text
+        assert fresh["date"] in text and fresh["commit"] in text
 
 
 def test_homeostasis_page_quotes_the_shipped_concept_shift_run():
