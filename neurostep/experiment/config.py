@@ -12,8 +12,9 @@ An experiment file has these tables (every key optional unless marked)::
                             label is not itself a task name (``[tasks.digits_rate] task = "digits"``);
                             ``blocks = [...]`` runs other blocks than [experiment] blocks on it,
                             ``seeds = [...]`` other seeds (or ``seeds = {<block> = [...]}``, other
-                            seeds for some of its blocks), and ``train = {...}`` / ``backbone = {...}``
-                            override those tables for it
+                            seeds for some of its blocks), ``train = {...}`` / ``backbone = {...}``
+                            override those tables for it, and ``block_options = {<block> = {...}}``
+                            overrides [blocks.<block>] for it (a state-size or width sweep of one block)
     [blocks.<name>]         keyword options passed to ``create_mixer(name, ...)``
     [concept_shift]         options of the homeostatic-learner experiment (kind = "concept_shift")
 
@@ -110,7 +111,7 @@ SECTIONS: dict[str, dict[str, Any]] = {
 }
 TABLE_SECTIONS = ("tasks", "blocks")
 # Keys of a [tasks.<label>] table that are not options of the task builder.
-TASK_TABLE_KEYS = ("task", "blocks", "seeds", "train", "backbone")
+TASK_TABLE_KEYS = ("task", "blocks", "seeds", "train", "backbone", "block_options")
 # Keys left out of a run's hash: they change how a run is watched, not what it computes.
 UNHASHED_TRAIN_KEYS = ("progress", "threads")
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
@@ -140,6 +141,7 @@ class ExperimentConfig:
     task_train: dict[str, dict[str, Any]] = field(default_factory=dict)
     task_backbone: dict[str, dict[str, Any]] = field(default_factory=dict)
     block_options: dict[str, dict[str, Any]] = field(default_factory=dict)
+    task_block_options: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)
     source: str | None = None
 
     @property
@@ -164,6 +166,12 @@ class ExperimentConfig:
         """[backbone] with the task's ``backbone`` overrides applied."""
         return self.task_backbone.get(task, self.backbone)
 
+    def block_options_for(self, block: str, task: str) -> dict[str, Any]:
+        """[blocks.<block>] with the task's ``block_options.<block>`` overrides applied."""
+        options = self.block_options.get(block, {})
+        overrides = self.task_block_options.get(task, {}).get(block)
+        return options if overrides is None else {**options, **overrides}
+
     def all_blocks(self) -> list[str]:
         """Every block some task runs, in first-use order."""
         return list(dict.fromkeys(b for t in self.tasks for b in self.blocks_for(t)))
@@ -184,7 +192,7 @@ class ExperimentConfig:
         return {
             "kind": self.kind,
             "block": block,
-            "block_options": self.block_options.get(block, {}),
+            "block_options": self.block_options_for(block, task),
             "task": task,
             "task_options": self.task_options.get(task, {}),
             "backbone": self.backbone_for(task),
@@ -322,6 +330,17 @@ def parse_config(data: dict[str, Any], *, name: str | None = None, source: str |
                                      for block, block_seeds in seeds.items()}
         elif seeds is not None:
             cfg.task_seeds[label] = {None: check_seeds(f"[tasks.{label}] seeds", seeds)}
+        block_options = options.pop("block_options", None)
+        if block_options is not None:
+            if not isinstance(block_options, dict) or not all(isinstance(v, dict) for v in block_options.values()):
+                raise TypeError(f"[tasks.{label}] block_options must map block names to tables of options, "
+                                f"like {{ mamba = {{ d_state = 16 }} }}; got {block_options!r}")
+            task_blocks = cfg.blocks_for(label)
+            for block in block_options:
+                if block not in task_blocks:
+                    raise ValueError(f"[tasks.{label}] block_options names block {block!r}, which the task does "
+                                     f"not run (its blocks: {task_blocks})")
+            cfg.task_block_options[label] = {block: dict(opts) for block, opts in block_options.items()}
         for key, section, defaults, validate in (("train", cfg.train, TRAIN_DEFAULTS, _validate_train),
                                                  ("backbone", cfg.backbone, BACKBONE_DEFAULTS, _validate_backbone)):
             overrides = options.pop(key, None)

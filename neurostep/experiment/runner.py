@@ -202,7 +202,7 @@ def _worker_warm_up(cfg: ExperimentConfig, block: str, task_label: str) -> float
     import_plugins(cfg.imports)
     options = cfg.task_options[task_label]
     task = build_task(options["task"], options)
-    model = build_backbone(block, task, cfg.backbone_for(task_label), cfg.block_options.get(block))
+    model = build_backbone(block, task, cfg.backbone_for(task_label), cfg.block_options_for(block, task_label))
     return warm_up(model, task.x_test[:2], task.y_test[:2])
 
 
@@ -297,7 +297,8 @@ def _warm_up_plan(cfg: ExperimentConfig, queue: list[tuple[int, PlannedRun]]) ->
                 options = cfg.task_options[run.task]
                 tasks[run.task] = build_task(options["task"], options)
             task = tasks[run.task]
-            model = build_backbone(run.block, task, cfg.backbone_for(run.task), cfg.block_options.get(run.block))
+            model = build_backbone(run.block, task, cfg.backbone_for(run.task),
+                                   cfg.block_options_for(run.block, run.task))
             calls[key] = fused_ops(model, task.x_test[:2])
         except Exception:  # noqa: BLE001 - a block that cannot run on meta tensors is simply not warmed up
             calls[key] = frozenset()

@@ -441,7 +441,7 @@ def _train_run(cfg: ExperimentConfig, block: str, task_label: str, seed: int, ta
     progress = cfg.train["progress"] if progress is None else progress
     cpu0 = time.process_time()
     torch.manual_seed(seed)
-    model = build_backbone(block, task, cfg.backbone, cfg.block_options.get(block))
+    model = build_backbone(block, task, cfg.backbone, cfg.block_options_for(block, task_label))
     rate0 = initial_spike_rate(model, task.x_test[:32])
     desc = f"{block} / {task_label} / seed {seed}"
     stats = train_model(model, task, cfg.train, seed, ctx, desc=desc, progress=progress)

@@ -46,6 +46,33 @@ def test_per_task_blocks_and_overrides():
                       "tasks": {"sc": {"task": "selective_copy", "train": {"stepz": 1}}}}, name="t")
 
 
+def test_per_task_block_options_override_the_blocks_table_for_that_task_only(make_toml):
+    extra = """
+    [tasks.digits_plain]
+    task = "digits"
+    block_options = { softmax_attention = { qkv_bias = false } }
+
+    [blocks.softmax_attention]
+    head_dim = 4
+    """
+    path = make_toml(extra=extra)
+    path.write_text(path.read_text().replace('tasks = ["digits"]', 'tasks = ["digits", "digits_plain"]'))
+    cfg = load_config(path)
+    assert cfg.block_options_for("softmax_attention", "digits") == {"head_dim": 4}
+    assert cfg.block_options_for("softmax_attention", "digits_plain") == {"head_dim": 4, "qkv_bias": False}
+    assert cfg.config_hash("softmax_attention", "digits") != cfg.config_hash("softmax_attention", "digits_plain")
+    run_dir = run_experiment(cfg, log=lambda s: None, report=False)
+    records = {r["task"]: r for r in ResultStore(run_dir).load()}
+    assert records["digits_plain"]["config"]["block_options"] == {"head_dim": 4, "qkv_bias": False}
+    # the runs built what their configurations say: without the q, k and v biases (2 heads of 4 channels)
+    assert records["digits"]["params"] - records["digits_plain"]["params"] == 3 * 2 * 4
+    for bad, error, match in (({"mamba": {"d_state": 4}}, ValueError, "does not run"),
+                              ({"softmax_attention": 4}, TypeError, "tables of options")):
+        with pytest.raises(error, match=match):
+            parse_config({"experiment": {"blocks": ["softmax_attention"], "tasks": ["digits"]},
+                          "tasks": {"digits": {"block_options": bad}}}, name="t")
+
+
 def test_per_task_seeds():
     cfg = parse_config({"experiment": {"blocks": ["mamba"], "tasks": ["digits", "sc"], "seeds": [0, 1]},
                         "tasks": {"sc": {"task": "selective_copy", "seeds": [0, 1, 2, 3, 4]}}}, name="t")
