@@ -340,6 +340,13 @@ def _compile_table(rows: dict[str, list[dict[str, Any]]], warm_ups: list[dict[st
     return lines
 
 
+def _seeds_cell(row: dict[str, Any]) -> str:
+    """The number of seeds, and how many of them did not train: a row's mean and interval include those
+    seeds, and a reader of a wide interval should see why."""
+    untrained = row["untrained_seeds"]
+    return f"{row['seeds']} ({untrained} not trained)" if untrained else str(row["seeds"])
+
+
 def _task_section(out_dir: Path, task: str, task_rows: list[dict[str, Any]]) -> list[str]:
     metric = task_rows[0]["metric_name"]
     higher = metric != "bpc"
@@ -358,7 +365,7 @@ def _task_section(out_dir: Path, task: str, task_rows: list[dict[str, Any]]) -> 
         rank = str(i) if row["trained"] else "not trained"
         spikes = "-" if row["spike"] is None else f"{_fmt(row['spike0'], '.3f')} → {row['spike']:.3f}"
         lines.append(
-            f"| {rank} | {row['label']} | {_pm(row['metric'], row['ci'])} | {row['seeds']} "
+            f"| {rank} | {row['label']} | {_pm(row['metric'], row['ci'])} | {_seeds_cell(row)} "
             f"| {_fmt(row['steps'], '.0f')} ({'/'.join(row['stopped'])}) | {_fmt(row['params'], ',.0f')} "
             f"| {_fmt(row['macs'])} | {_fmt(row['acs'])} | {_fmt(row['energy'])} | {_fmt(row['train_energy'])} "
             f"| {spikes} | {_fmt(row['latency'], '.2f')} | {_fmt(row['train'], '.1f')} |")
@@ -387,8 +394,13 @@ def _position_table(rows: list[dict[str, Any]]) -> list[str]:
 def _curve_plot(out_dir: Path, task: str, metric: str, task_rows: list[dict[str, Any]]) -> list[str]:
     if not any(any(c) for row in task_rows for c in row["curves"]):
         return []
+    # accuracy against training energy only where the runs measured energy ([measure] energy = true)
+    with_energy = any(curve and all(p.get("train_energy_uj") is not None for p in curve)
+                      for row in task_rows for curve in row["curves"])
     plt = _plt()
-    fig, axes = plt.subplots(1, 2, figsize=(11.0, 4.0))
+    fig, axes = plt.subplots(1, 2 if with_energy else 1, figsize=(11.0 if with_energy else 6.0, 4.0),
+                             squeeze=False)
+    axes = axes[0]
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     for k, row in enumerate(task_rows):
         color = colors[k % len(colors)]
@@ -400,11 +412,12 @@ def _curve_plot(out_dir: Path, task: str, metric: str, task_rows: list[dict[str,
             label = row["label"] if j == 0 else None
             axes[0].plot(steps, values, color=color, lw=1.0, alpha=0.8, label=label)
             energy = [p.get("train_energy_uj") for p in curve]
-            if all(e is not None for e in energy):
+            if with_energy and all(e is not None for e in energy):
                 axes[1].plot([e * 1e-3 for e in energy], values, color=color, lw=1.0, alpha=0.8)
     axes[0].set_xlabel("training step")
-    axes[1].set_xlabel("training energy (mJ, estimated)")
-    axes[1].set_xscale("log")
+    if with_energy:
+        axes[1].set_xlabel("training energy (mJ, estimated)")
+        axes[1].set_xscale("log")
     for ax in axes:
         ax.set_ylabel(f"validation {metric}")
     axes[0].legend(fontsize=7)

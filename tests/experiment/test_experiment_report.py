@@ -96,6 +96,8 @@ def test_mixer_report_tables_plots_and_known_results(tmp_path):
                               curve=curve, steps=20, stopped="budget", compile_time_s=1.5,
                               train_energy_uj=3 * energy))
     store.append(_rec("mamba_lti", 0, 0.1, trained=False))
+    for seed, acc in ((0, 0.9), (1, 0.92), (2, 0.03)):   # one seed of three stayed at chance
+        store.append(_rec("mamba", seed, acc, trained=seed != 2))
     (tmp_path / "plan.json").write_text(json.dumps({
         "experiment": "x", "source": "experiments/x.toml", "config_hashes": ["h"],
         "tasks": {"digits": {"task": "digits", "blocks": []}},
@@ -106,7 +108,8 @@ def test_mixer_report_tables_plots_and_known_results(tmp_path):
     text = write_report(tmp_path).read_text()
     assert "Experiment file `experiments/x.toml`" in text
     assert "| 1 | softmax_attention | 0.9600 ± 0.0248 | 3 |" in text
-    assert "| not trained | mamba_lti |" in text
+    assert "| not trained | mamba_lti | 0.1000 | 1 (1 not trained) |" in text
+    assert "| mamba | 0.6167 ± 1.2624 | 3 (1 not trained) |" in text   # ranked: two of its three seeds trained
     assert "- **ninformer** on mqar: has no causal form." in text
     assert "## Known results" in text and "| Every block learns an easy image task |" in text
     assert "| vim | accuracy >= 0.9 | 0.710 ± 0.025 | 3 | **not reproduced** |" in text
@@ -169,3 +172,23 @@ def test_selective_copy_section_shows_accuracy_per_copied_token(tmp_path):
     assert "| block | 1 | 2 | 3 |" in text
     assert "| s4d | 0.80 | 0.20 | 0.60 |" in text
     assert "| mamba |" not in text.split("Accuracy at each answer position")[1].split("\n\n")[1]
+
+
+def test_learning_curves_plot_training_energy_only_where_it_was_measured(tmp_path):
+    from matplotlib.image import imread
+
+    def curve(energy):
+        return [{"step": s, "samples": 32 * s, "train_loss": 1.0 / s, "val_metric": 0.1 * s,
+                 **({"train_energy_uj": 10.0 * s} if energy else {})} for s in (1, 2, 3)]
+
+    widths = {}
+    for energy in (True, False):
+        run_dir = tmp_path / str(energy)
+        store = ResultStore(run_dir)
+        for seed in (0, 1):
+            store.append(_rec("mamba", seed, 0.3, curve=curve(energy)))
+        write_report(run_dir)
+        height, width = imread(run_dir / "digits_learning_curves.png").shape[:2]
+        widths[energy] = width / height
+    # against steps and against training energy; against steps alone (no empty energy panel)
+    assert widths[True] == pytest.approx(11.0 / 4.0, rel=0.05) and widths[False] == pytest.approx(6.0 / 4.0, rel=0.05)
