@@ -68,3 +68,37 @@ def test_homeostasis_page_quotes_the_shipped_concept_shift_run():
         row = (f"| {rate} | {pm(list(h.values()))} | {pm(list(rnd.values()))} | {pm(list(const.values()))} "
                f"| {pm([h[s] - rnd[s] for s in seeds], '+')} | {pm([h[s] - const[s] for s in seeds], '+')} |")
         assert row in page, row
+
+
+def selective_copy_shapes_rows(run_dir: Path) -> list[str]:
+    """The experiments page's table of the selective-copying shapes run: one row per task and block, in the
+    experiment file's order (accuracy as mean ± 95% interval over seeds, then its range and the steps run)."""
+    from neurostep.experiment.report import mean_ci
+
+    order = tomllib.loads((run_dir / "experiment.toml").read_text())["experiment"]["tasks"]
+    records = [json.loads(line) for line in (run_dir / "results.jsonl").read_text().splitlines() if line]
+    rows = []
+    for task in order:
+        for block in ("mamba", "mamba_lti"):
+            recs = [r for r in records if r["task"] == task and r["block"] == block]
+            options, config = recs[0]["config"]["task_options"], recs[0]["config"]
+            accuracy = [r["accuracy"] for r in recs]
+            mean, half = mean_ci(accuracy)
+            steps = sorted(r["steps"] for r in recs)
+            rows.append(f"| {options['num_tokens']} among {options['seq_len']} | {config['backbone']['dim']} "
+                        f"| {config['block_options']['d_state']} | {block} | {len(recs)} | {mean:.3f} ± {half:.3f} "
+                        f"| {min(accuracy):.3f}-{max(accuracy):.3f} | {steps[0]:,}-{steps[-1]:,} |")
+    return rows
+
+
+def test_experiments_page_quotes_the_selective_copy_shapes_run():
+    run_dir = ROOT / "docs" / "results" / "selective_copy_shapes"
+    shipped = tomllib.loads((run_dir / "experiment.toml").read_text())
+    assert tomllib.loads((ROOT / "experiments" / "selective_copy_shapes.toml").read_text()) == shipped
+    records = [json.loads(line) for line in (run_dir / "results.jsonl").read_text().splitlines() if line]
+    planned = {(t, b, s) for t in shipped["experiment"]["tasks"] for b in shipped["experiment"]["blocks"]
+               for s in shipped["experiment"]["seeds"]}
+    assert {(r["task"], r["block"], r["seed"]) for r in records} == planned and len(records) == len(planned)
+    page = (ROOT / "docs" / "experiments.md").read_text()
+    for row in selective_copy_shapes_rows(run_dir):
+        assert row in page, f"docs/experiments.md lacks: {row}"
