@@ -81,23 +81,29 @@ def selective_copy_shapes_rows(run_dir: Path) -> list[str]:
     for task in order:
         for block in ("mamba", "mamba_lti"):
             recs = [r for r in records if r["task"] == task and r["block"] == block]
+            if not recs:
+                continue
             options, config = recs[0]["config"]["task_options"], recs[0]["config"]
             accuracy = [r["accuracy"] for r in recs]
             mean, half = mean_ci(accuracy)
             steps = sorted(r["steps"] for r in recs)
+            positions = "yes" if config["backbone"]["positions"] else "no"
             rows.append(f"| {options['num_tokens']} among {options['seq_len']} | {config['backbone']['dim']} "
-                        f"| {config['block_options']['d_state']} | {block} | {len(recs)} | {mean:.3f} ± {half:.3f} "
-                        f"| {min(accuracy):.3f}-{max(accuracy):.3f} | {steps[0]:,}-{steps[-1]:,} |")
+                        f"| {config['block_options']['d_state']} | {positions} | {block} | {len(recs)} "
+                        f"| {mean:.3f} ± {half:.3f} | {min(accuracy):.3f}-{max(accuracy):.3f} "
+                        f"| {steps[0]:,}-{steps[-1]:,} |")
     return rows
 
 
 def test_experiments_page_quotes_the_selective_copy_shapes_run():
     run_dir = ROOT / "docs" / "results" / "selective_copy_shapes"
+    from neurostep.experiment import load_config, plan_runs
+
     shipped = tomllib.loads((run_dir / "experiment.toml").read_text())
     assert tomllib.loads((ROOT / "experiments" / "selective_copy_shapes.toml").read_text()) == shipped
     records = [json.loads(line) for line in (run_dir / "results.jsonl").read_text().splitlines() if line]
-    planned = {(t, b, s) for t in shipped["experiment"]["tasks"] for b in shipped["experiment"]["blocks"]
-               for s in shipped["experiment"]["seeds"]}
+    runs, _ = plan_runs(load_config(run_dir / "experiment.toml"))
+    planned = {(run.task, run.block, run.seed) for run in runs}
     assert {(r["task"], r["block"], r["seed"]) for r in records} == planned and len(records) == len(planned)
     page = (ROOT / "docs" / "experiments.md").read_text()
     for row in selective_copy_shapes_rows(run_dir):
