@@ -22,12 +22,11 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from neurostep.experiment.backbone import build_backbone
 from neurostep.experiment.config import ExperimentConfig
 from neurostep.experiment.lock import RunLock
 from neurostep.experiment.results import ResultStore
 from neurostep.experiment.tasks import build_task, task_defaults
-from neurostep.experiment.train import DistContext, init_distributed, train_run, warm_up
+from neurostep.experiment.train import DistContext, build_run_model, init_distributed, train_run, warm_up
 from neurostep.experiment.warmup import WarmUp, fused_ops, plan_warm_ups, take_ready
 from neurostep.files import atomic_write_text
 from neurostep.memory import retain_freed_memory
@@ -202,7 +201,7 @@ def _worker_warm_up(cfg: ExperimentConfig, block: str, task_label: str) -> float
     import_plugins(cfg.imports)
     options = cfg.task_options[task_label]
     task = build_task(options["task"], options)
-    model = build_backbone(block, task, cfg.backbone_for(task_label), cfg.block_options_for(block, task_label))
+    model = build_run_model(cfg, block, task_label, task)
     return warm_up(model, task.x_test[:2], task.y_test[:2])
 
 
@@ -297,8 +296,7 @@ def _warm_up_plan(cfg: ExperimentConfig, queue: list[tuple[int, PlannedRun]]) ->
                 options = cfg.task_options[run.task]
                 tasks[run.task] = build_task(options["task"], options)
             task = tasks[run.task]
-            model = build_backbone(run.block, task, cfg.backbone_for(run.task),
-                                   cfg.block_options_for(run.block, run.task))
+            model = build_run_model(cfg, run.block, run.task, task)
             calls[key] = fused_ops(model, task.x_test[:2])
         except Exception:  # noqa: BLE001 - a block that cannot run on meta tensors is simply not warmed up
             calls[key] = frozenset()

@@ -422,6 +422,12 @@ def initial_spike_rate(model: nn.Module, x: torch.Tensor) -> float | None:
     return mon.overall()
 
 
+def build_run_model(cfg: ExperimentConfig, block: str, task_label: str, task: TaskData) -> nn.Module:
+    """The model that the runs of ``block`` on ``task_label`` train: the task's backbone and the block's options
+    for that task (:meth:`ExperimentConfig.backbone_for`, :meth:`ExperimentConfig.block_options_for`)."""
+    return build_backbone(block, task, cfg.backbone_for(task_label), cfg.block_options_for(block, task_label))
+
+
 def train_run(cfg: ExperimentConfig, block: str, task_label: str, seed: int, task: TaskData,
               ctx: DistContext | None = None, progress: bool | None = None) -> dict[str, Any]:
     """Train and evaluate ``block`` on ``task`` with ``seed``; returns the result record (rank 0)."""
@@ -441,7 +447,7 @@ def _train_run(cfg: ExperimentConfig, block: str, task_label: str, seed: int, ta
     progress = cfg.train["progress"] if progress is None else progress
     cpu0 = time.process_time()
     torch.manual_seed(seed)
-    model = build_backbone(block, task, cfg.backbone, cfg.block_options_for(block, task_label))
+    model = build_run_model(cfg, block, task_label, task)
     rate0 = initial_spike_rate(model, task.x_test[:32])
     desc = f"{block} / {task_label} / seed {seed}"
     stats = train_model(model, task, cfg.train, seed, ctx, desc=desc, progress=progress)

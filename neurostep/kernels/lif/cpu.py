@@ -206,7 +206,8 @@ def _forward_kernel(x, v0, a0, spikes, h_out, theta_out, vseq, v_last, a_last, k
                     sr[j] = one if hj - vth > zero else zero
                     v[j] = hj
             elif not adaptive:
-                # IF/LIF/PLIF: x in, spikes out (the backward recomputes h, see recomputes_h)
+                # IF/LIF/PLIF with the membrane trace, written below (without it _plain_forward_kernel runs;
+                # the backward recomputes h, see recomputes_h)
                 _plain_step(xr, v, sr, n, k, vth, vr, vr_c, one, hard, decay, False)
             else:
                 hr = h_out[t, lo:lo + n]
