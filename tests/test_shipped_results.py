@@ -72,7 +72,8 @@ def test_homeostasis_page_quotes_the_shipped_concept_shift_run():
 
 def selective_copy_shapes_rows(run_dir: Path) -> list[str]:
     """The experiments page's table of the selective-copying shapes run: one row per task and block, in the
-    experiment file's order (accuracy as mean ± 95% interval over seeds, then its range and the steps run)."""
+    experiment file's order (the step budget, accuracy as mean ± 95% interval over seeds, its range, the steps
+    run, and how many runs reached 0.9 validation accuracy and at which steps)."""
     from neurostep.experiment.report import mean_ci
 
     order = tomllib.loads((run_dir / "experiment.toml").read_text())["experiment"]["tasks"]
@@ -88,10 +89,15 @@ def selective_copy_shapes_rows(run_dir: Path) -> list[str]:
             mean, half = mean_ci(accuracy)
             steps = sorted(r["steps"] for r in recs)
             positions = "yes" if config["backbone"]["positions"] else "no"
+            # the first evaluation at which each run's validation accuracy reached 0.9
+            at_90 = sorted(next(p["step"] for p in r["curve"] if p["val_metric"] >= 0.9)
+                           for r in recs if any(p["val_metric"] >= 0.9 for p in r["curve"]))
+            reached = f"{len(at_90)} of {len(recs)}" + (f", at {at_90[0]:,}-{at_90[-1]:,}" if at_90 else "")
             rows.append(f"| {options['num_tokens']} among {options['seq_len']} | {config['backbone']['dim']} "
-                        f"| {config['block_options']['d_state']} | {positions} | {block} | {len(recs)} "
+                        f"| {config['block_options']['d_state']} | {positions} | {block} "
+                        f"| {config['train']['steps']:,} | {len(recs)} "
                         f"| {mean:.3f} ± {half:.3f} | {min(accuracy):.3f}-{max(accuracy):.3f} "
-                        f"| {steps[0]:,}-{steps[-1]:,} |")
+                        f"| {steps[0]:,}-{steps[-1]:,} | {reached} |")
     return rows
 
 
@@ -108,3 +114,22 @@ def test_experiments_page_quotes_the_selective_copy_shapes_run():
     page = (ROOT / "docs" / "experiments.md").read_text()
     for row in selective_copy_shapes_rows(run_dir):
         assert row in page, f"docs/experiments.md lacks: {row}"
+
+
+def test_readme_quotes_the_selective_copy_shapes_run():
+    """The README's sentence on how the LTI control's accuracy grows with the budget quotes the shipped run."""
+    records = [json.loads(line) for line in
+               (ROOT / "docs" / "results" / "selective_copy_shapes" / "results.jsonl").read_text().splitlines() if line]
+
+    def accuracy_range(task: str, block: str) -> str:
+        accuracy = [r["accuracy"] for r in records if r["task"] == task and r["block"] == block]
+        assert accuracy, (task, block)
+        return f"{min(accuracy):.2f}-{max(accuracy):.2f}"
+
+    readme = (ROOT / "README.md").read_text()
+    expected = (f"{accuracy_range('tokens8_len48', 'mamba_lti')} after 5,000 steps at this shape and\n"
+                f"{accuracy_range('tokens8_len48_20k', 'mamba_lti')} after up to 20,000; with the paper's 16 tokens "
+                f"at its width {accuracy_range('tokens16_len64_wide', 'mamba_lti')} after 5,000 steps and\n"
+                f"{accuracy_range('tokens16_len64_wide_20k', 'mamba_lti')} after 20,000, where Mamba copies "
+                f"{accuracy_range('tokens16_len64_wide', 'mamba')} within 5,000.")
+    assert expected in readme, expected

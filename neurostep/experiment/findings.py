@@ -51,9 +51,11 @@ MAMBA2 = "Mamba-2 (Dao & Gu 2024), sec. 9.1, Fig. 8"
 FINDINGS: tuple[Finding, ...] = (
     Finding("Selection (S6) solves selective copying", MAMBA, "99.8% (Mamba, S6)", "selective_copy", "mamba",
             ">=", 0.9),
-    Finding("The same block with an LTI state space model cannot select by content: it stays far below S6",
-            MAMBA, "56.4% (Mamba block with S4) vs 99.8% (S6)", "selective_copy", "mamba_lti", "<=", -0.2,
-            reference="mamba"),
+    # At short lengths the LTI control gets there too, given several times Mamba's steps
+    # (docs/experiments.md, "The LTI control by task shape and width"): the gap is judged at one budget.
+    Finding("The same block with an LTI state space model cannot select by content: it stays far below S6 "
+            "in the same budget", MAMBA, "56.4% (Mamba block with S4) vs 99.8% (S6)", "selective_copy", "mamba_lti",
+            "<=", -0.2, reference="mamba"),
     Finding("An LTI state space layer on its own (no gate) cannot select by content", MAMBA,
             "18.3% (S4, no gate) vs 97.0% (S6, no gate)", "selective_copy", "s4d", "<=", 0.4),
     Finding("Causal softmax attention is content-aware and copies selectively", "Mamba (Gu & Dao 2023), sec. 3.1",
