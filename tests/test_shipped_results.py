@@ -114,6 +114,14 @@ def test_experiments_page_quotes_the_selective_copy_shapes_run():
     page = (ROOT / "docs" / "experiments.md").read_text()
     for row in selective_copy_shapes_rows(run_dir):
         assert row in page, f"docs/experiments.md lacks: {row}"
+    # Mamba with the LTI control's 20,000-step schedule: steps to 0.9, final accuracy, steps to the target
+    mamba = [r for r in records if r["task"] == "tokens8_len48_20k" and r["block"] == "mamba"]
+    at_90 = sorted(next(p["step"] for p in r["curve"] if p["val_metric"] >= 0.9) for r in mamba)
+    accuracy, steps = sorted(r["accuracy"] for r in mamba), sorted(r["steps"] for r in mamba)
+    sentence = " ".join(page.split())   # the sentence wraps over lines
+    assert (f"Mamba reaches 0.9 after {at_90[0]:,}-{at_90[-1]:,} steps and ends at "
+            f"{accuracy[0]:.2f}-{accuracy[-1]:.2f} (the schedule's learning rate stays high for longer, so it takes "
+            f"{steps[0]:,}-{steps[-1]:,} steps to the 0.97 target)") in sentence
 
 
 def test_readme_quotes_the_selective_copy_shapes_run():
