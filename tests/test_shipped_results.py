@@ -70,14 +70,23 @@ def test_homeostasis_page_quotes_the_shipped_concept_shift_run():
         assert row in page, row
 
 
+SHAPES = ROOT / "docs" / "results" / "selective_copy_shapes"
+
+
+def first_step_at(record: dict, level: float) -> int | None:
+    """The first evaluation step at which a run's validation metric reached ``level`` (None: never)."""
+    return next((p["step"] for p in record["curve"] if p["val_metric"] >= level), None)
+
+
 def selective_copy_shapes_rows(run_dir: Path) -> list[str]:
     """The experiments page's table of the selective-copying shapes run: one row per task and block, in the
     experiment file's order (the step budget, accuracy as mean ± 95% interval over seeds, its range, the steps
     run, and how many runs reached 0.9 validation accuracy and at which steps)."""
     from neurostep.experiment.report import mean_ci
+    from neurostep.experiment.results import ResultStore
 
     order = tomllib.loads((run_dir / "experiment.toml").read_text())["experiment"]["tasks"]
-    records = [json.loads(line) for line in (run_dir / "results.jsonl").read_text().splitlines() if line]
+    records = ResultStore(run_dir).load()
     rows = []
     for task in order:
         for block in ("mamba", "mamba_lti"):
@@ -89,9 +98,7 @@ def selective_copy_shapes_rows(run_dir: Path) -> list[str]:
             mean, half = mean_ci(accuracy)
             steps = sorted(r["steps"] for r in recs)
             positions = "yes" if config["backbone"]["positions"] else "no"
-            # the first evaluation at which each run's validation accuracy reached 0.9
-            at_90 = sorted(next(p["step"] for p in r["curve"] if p["val_metric"] >= 0.9)
-                           for r in recs if any(p["val_metric"] >= 0.9 for p in r["curve"]))
+            at_90 = sorted(step for step in (first_step_at(r, 0.9) for r in recs) if step is not None)
             reached = f"{len(at_90)} of {len(recs)}" + (f", at {at_90[0]:,}-{at_90[-1]:,}" if at_90 else "")
             rows.append(f"| {options['num_tokens']} among {options['seq_len']} | {config['backbone']['dim']} "
                         f"| {config['block_options']['d_state']} | {positions} | {block} "
@@ -102,12 +109,13 @@ def selective_copy_shapes_rows(run_dir: Path) -> list[str]:
 
 
 def test_experiments_page_quotes_the_selective_copy_shapes_run():
-    run_dir = ROOT / "docs" / "results" / "selective_copy_shapes"
+    run_dir = SHAPES
     from neurostep.experiment import load_config, plan_runs
+    from neurostep.experiment.results import ResultStore
 
     shipped = tomllib.loads((run_dir / "experiment.toml").read_text())
     assert tomllib.loads((ROOT / "experiments" / "selective_copy_shapes.toml").read_text()) == shipped
-    records = [json.loads(line) for line in (run_dir / "results.jsonl").read_text().splitlines() if line]
+    records = ResultStore(run_dir).load()
     runs, _ = plan_runs(load_config(run_dir / "experiment.toml"))
     planned = {(run.task, run.block, run.seed) for run in runs}
     assert {(r["task"], r["block"], r["seed"]) for r in records} == planned and len(records) == len(planned)
@@ -116,7 +124,7 @@ def test_experiments_page_quotes_the_selective_copy_shapes_run():
         assert row in page, f"docs/experiments.md lacks: {row}"
     # Mamba with the LTI control's 20,000-step schedule: steps to 0.9, final accuracy, steps to the target
     mamba = [r for r in records if r["task"] == "tokens8_len48_20k" and r["block"] == "mamba"]
-    at_90 = sorted(next(p["step"] for p in r["curve"] if p["val_metric"] >= 0.9) for r in mamba)
+    at_90 = sorted(first_step_at(r, 0.9) for r in mamba)
     accuracy, steps = sorted(r["accuracy"] for r in mamba), sorted(r["steps"] for r in mamba)
     sentence = " ".join(page.split())   # the sentence wraps over lines
     assert (f"Mamba reaches 0.9 after {at_90[0]:,}-{at_90[-1]:,} steps and ends at "
@@ -126,8 +134,9 @@ def test_experiments_page_quotes_the_selective_copy_shapes_run():
 
 def test_readme_quotes_the_selective_copy_shapes_run():
     """The README's sentence on how the LTI control's accuracy grows with the budget quotes the shipped run."""
-    records = [json.loads(line) for line in
-               (ROOT / "docs" / "results" / "selective_copy_shapes" / "results.jsonl").read_text().splitlines() if line]
+    from neurostep.experiment.results import ResultStore
+
+    records = ResultStore(SHAPES).load()
 
     def accuracy_range(task: str, block: str) -> str:
         accuracy = [r["accuracy"] for r in records if r["task"] == task and r["block"] == block]
