@@ -78,10 +78,11 @@ def first_step_at(record: dict, level: float) -> int | None:
     return next((p["step"] for p in record["curve"] if p["val_metric"] >= level), None)
 
 
-def selective_copy_shapes_rows(run_dir: Path) -> list[str]:
-    """The experiments page's table of the selective-copying shapes run: one row per task and block, in the
-    experiment file's order (the step budget, accuracy as mean ± 95% interval over seeds, its range, the steps
-    run, and how many runs reached 0.9 validation accuracy and at which steps)."""
+def selective_copy_rows(run_dir: Path) -> list[str]:
+    """The experiments page's table of a selective-copying run of Mamba and its LTI control (the shapes run, the
+    lengths run): one row per task and block, in the experiment file's order (the step budget, accuracy as
+    mean ± 95% interval over seeds, its range, the steps run, and how many runs reached 0.9 validation accuracy
+    and at which steps)."""
     from neurostep.experiment.report import mean_ci
     from neurostep.experiment.results import ResultStore
 
@@ -108,19 +109,26 @@ def selective_copy_shapes_rows(run_dir: Path) -> list[str]:
     return rows
 
 
-def test_experiments_page_quotes_the_selective_copy_shapes_run():
-    run_dir = SHAPES
+def _complete_shipped_run(run_dir: Path, source: str) -> list[dict]:
+    """The records of a shipped run, after checking that they are every planned run once and that the experiment
+    file in ``experiments/`` still asks for what the run ran."""
     from neurostep.experiment import load_config, plan_runs
     from neurostep.experiment.results import ResultStore
 
     shipped = tomllib.loads((run_dir / "experiment.toml").read_text())
-    assert tomllib.loads((ROOT / "experiments" / "selective_copy_shapes.toml").read_text()) == shipped
+    assert tomllib.loads((ROOT / "experiments" / source).read_text()) == shipped
     records = ResultStore(run_dir).load()
     runs, _ = plan_runs(load_config(run_dir / "experiment.toml"))
     planned = {(run.task, run.block, run.seed) for run in runs}
     assert {(r["task"], r["block"], r["seed"]) for r in records} == planned and len(records) == len(planned)
+    return records
+
+
+def test_experiments_page_quotes_the_selective_copy_shapes_run():
+    run_dir = SHAPES
+    records = _complete_shipped_run(run_dir, "selective_copy_shapes.toml")
     page = (ROOT / "docs" / "experiments.md").read_text()
-    for row in selective_copy_shapes_rows(run_dir):
+    for row in selective_copy_rows(run_dir):
         assert row in page, f"docs/experiments.md lacks: {row}"
     # Mamba with the LTI control's 20,000-step schedule: steps to 0.9, final accuracy, steps to the target
     mamba = [r for r in records if r["task"] == "tokens8_len48_20k" and r["block"] == "mamba"]
@@ -150,3 +158,50 @@ def test_readme_quotes_the_selective_copy_shapes_run():
                 f"{accuracy_range('tokens16_len64_wide_20k', 'mamba_lti')} after 20,000, where Mamba copies "
                 f"{accuracy_range('tokens16_len64_wide', 'mamba')} within 5,000.")
     assert expected in readme, expected
+    lengths = [r["accuracy"] for r in ResultStore(LENGTHS).load() if r["task"] in ("len256", "len512")]
+    assert len(lengths) == 12
+    assert f"among 256 and 512 positions neither block gets past {max(lengths):.2f} in 5,000 steps" in readme
+
+
+LENGTHS = ROOT / "docs" / "results" / "selective_copy_lengths"
+
+
+def _span(values: list[int]) -> str:
+    """``a-b`` for a range of step counts, one number where they are all equal."""
+    low, high = min(values), max(values)
+    return f"{low:,}" if low == high else f"{low:,}-{high:,}"
+
+
+def test_experiments_page_quotes_the_selective_copy_lengths_run():
+    """The lengths run is complete, its table and the sentences on where each run leaves the chance loss are
+    recomputed from it, and its report holds the scaling plot of accuracy against length."""
+    records = _complete_shipped_run(LENGTHS, "selective_copy_lengths.toml")
+    page = (ROOT / "docs" / "experiments.md").read_text()
+    for row in selective_copy_rows(LENGTHS):
+        assert row in page, f"docs/experiments.md lacks: {row}"
+
+    def runs(task: str, block: str | None = None) -> list[dict]:
+        found = [r for r in records if r["task"] == task and block in (None, r["block"])]
+        assert found, (task, block)
+        return found
+
+    def left_chance(record: dict) -> int | None:
+        return next((p["step"] for p in record["curve"] if p["train_loss"] < 0.95 * record["chance_loss"]), None)
+
+    trained_256 = [r for r in runs("len256") if r["trained"]]
+    untrained_256 = [(r["block"], r["seed"]) for r in runs("len256") if not r["trained"]]
+    accuracy = sorted(r["accuracy"] for r in trained_256)
+    sentence = " ".join(page.split())   # the sentences wrap over lines
+    assert (f"Among 256 neither copies: {len(trained_256)} of the 6 runs end at {accuracy[0]:.2f}-{accuracy[-1]:.2f}, "
+            f"and one Mamba run stays at the chance loss for all 5,000 steps") in sentence
+    assert len(untrained_256) == 1 and untrained_256[0][0] == "mamba"
+    assert not any(r["trained"] for r in runs("len512")) and len(runs("len512")) == 6
+    assert all(left_chance(r) is None for r in runs("len512"))
+    steps = {(task, block): _span([s for s in map(left_chance, runs(task, block)) if s is not None])
+             for task in ("len48", "len256") for block in ("mamba", "mamba_lti")}
+    assert (f"Mamba's training loss leaves it after {steps['len48', 'mamba']} steps among 48 positions and "
+            f"{steps['len256', 'mamba']} among 256, the LTI control's after {steps['len48', 'mamba_lti']} and "
+            f"{steps['len256', 'mamba_lti']}; among 512 no run leaves it") in sentence
+    report = (LENGTHS / "report.md").read_text()
+    assert "## Scaling: selective_copy against seq_len" in report
+    assert (LENGTHS / "selective_copy_scaling_seq_len.png").exists()
