@@ -175,6 +175,8 @@ def _span(values: list[int]) -> str:
 def test_experiments_page_quotes_the_selective_copy_lengths_run():
     """The lengths run is complete, its table and the sentences on where each run leaves the chance loss are
     recomputed from it, and its report holds the scaling plot of accuracy against length."""
+    from neurostep.experiment.results import ResultStore
+
     records = _complete_shipped_run(LENGTHS, "selective_copy_lengths.toml")
     page = (ROOT / "docs" / "experiments.md").read_text()
     for row in selective_copy_rows(LENGTHS):
@@ -202,6 +204,14 @@ def test_experiments_page_quotes_the_selective_copy_lengths_run():
     assert (f"Mamba's training loss leaves it after {steps['len48', 'mamba']} steps among 48 positions and "
             f"{steps['len256', 'mamba']} among 256, the LTI control's after {steps['len48', 'mamba_lti']} and "
             f"{steps['len256', 'mamba_lti']}; among 512 no run leaves it") in sentence
+    # the same configurations in the shapes run, made on another CPU model
+    shapes = ResultStore(SHAPES).load()
+    same = {block: sorted(r["accuracy"] for r in shapes if r["task"] == "tokens8_len48" and r["block"] == block)
+            for block in ("mamba", "mamba_lti")}
+    assert all(r["config"] == dict(s["config"], task="len48") for r in runs("len48") for s in shapes
+               if s["task"] == "tokens8_len48" and s["block"] == r["block"])
+    assert (f"the same configurations gave Mamba {same['mamba'][0]:.3f}-{same['mamba'][-1]:.3f} and the LTI control "
+            f"{same['mamba_lti'][0]:.3f}-{same['mamba_lti'][-1]:.3f} there") in sentence
     report = (LENGTHS / "report.md").read_text()
     assert "## Scaling: selective_copy against seq_len" in report
     assert (LENGTHS / "selective_copy_scaling_seq_len.png").exists()
