@@ -254,7 +254,7 @@ def _mixer_report(run_dir: Path, out_dir: Path, records: list[dict[str, Any]]) -
     lines += _compile_table(rows, session.get("warm_ups") or [])
     for task, task_rows in rows.items():
         lines += _task_section(out_dir, task, task_rows)
-    lines += _scaling_section(out_dir, rows, task_bases, records)
+    lines += _scaling_section(out_dir, rows, task_bases, records, current)
     return lines
 
 
@@ -427,16 +427,29 @@ def _curve_plot(out_dir: Path, task: str, metric: str, task_rows: list[dict[str,
 
 
 def _scaling_section(out_dir: Path, rows: dict[str, list[dict[str, Any]]], task_bases: dict[str, str],
-                     records: list[dict[str, Any]]) -> list[str]:
-    """One plot per base task run at several values of one option (a sweep): metric against it."""
+                     records: list[dict[str, Any]], current: set[str] | None = None) -> list[str]:
+    """One plot per base task run at several values of one option (a sweep): metric against it.
+
+    Only tasks trained alike form a sweep: a task that also overrides the training or the backbone
+    (a longer schedule at one of the lengths) is a point of another comparison.
+    Settings are read from the records of the current configurations (``current``: their hashes),
+    or of any configuration for a task that has no current one.
+    """
     options_of: dict[str, dict[str, Any]] = {}
-    for r in records:
-        options_of.setdefault(r["task"], (r.get("config") or {}).get("task_options", {}))
+    settings_of: dict[str, dict[str, Any]] = {}
+    chosen = [r for r in records if current is None or r.get("config_hash") in current]
+    with_current = {r["task"] for r in chosen}
+    chosen += [r for r in records if r["task"] not in with_current]
+    for r in chosen:
+        config = r.get("config") or {}
+        options_of.setdefault(r["task"], config.get("task_options", {}))
+        settings_of.setdefault(r["task"], {"train": config.get("train"), "backbone": config.get("backbone")})
     lines: list[str] = []
-    by_base: dict[str, list[str]] = defaultdict(list)
+    by_base: dict[tuple[str, str], list[str]] = defaultdict(list)
     for label in rows:
-        by_base[task_bases.get(label, label)].append(label)
-    for base, labels in by_base.items():
+        settings = json.dumps(settings_of.get(label, {}), sort_keys=True, default=str)
+        by_base[(task_bases.get(label, label), settings)].append(label)
+    for (base, _), labels in by_base.items():
         if len(labels) < 2:
             continue
         varying = [k for k in options_of[labels[0]] if k not in ("data_seed",)
@@ -456,9 +469,12 @@ def _scaling_section(out_dir: Path, rows: dict[str, list[dict[str, Any]]], task_
                         yerr=[0 if not math.isfinite(p[2]) else p[2] for p in pts], fmt="o-", capsize=3, label=block)
         ax.set_xlabel(key)
         ax.set_ylabel("accuracy")
+        ax.set_ylim(0.0, 1.05)   # the whole scale, so that a small wobble does not read as a break
         ax.set_title(f"{base}: accuracy against {key}")
         ax.legend(fontsize=7)
-        file = _save(fig, out_dir, f"{_safe(base)}_scaling_{_safe(key)}.png")
+        name = f"{_safe(base)}_scaling_{_safe(key)}"
+        taken = sum(1 for line in lines if line.startswith(f"![{base} accuracy against {key}]"))
+        file = _save(fig, out_dir, f"{name}.png" if not taken else f"{name}_{taken + 1}.png")
         lines += [f"## Scaling: {base} against {key}", "",
                   f"Tasks {', '.join(sorted(labels))}; where a block's accuracy falls, it breaks.", "",
                   f"![{base} accuracy against {key}]({file})", ""]

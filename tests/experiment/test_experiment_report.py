@@ -137,6 +137,25 @@ def test_scaling_plot_for_a_sweep(tmp_path):
     assert (tmp_path / "mqar_scaling_num_pairs.png").stat().st_size > 1000
 
 
+def test_a_sweep_holds_only_tasks_trained_alike(tmp_path):
+    """A task with a longer schedule at one of the lengths is not a point on the others' curve; two
+    schedules that each sweep the length give two plots."""
+    store = ResultStore(tmp_path)
+    runs = (("len48", 48, 5000), ("len256", 256, 5000), ("len256_long", 256, 20000),
+            ("len48_long", 48, 20000), ("len96_long", 96, 20000))
+    for label, length, steps in runs:
+        for seed in (0, 1):
+            store.append(_rec("mamba", seed, 0.5, task=label,
+                              config={"task_options": {"task": "selective_copy", "seq_len": length},
+                                      "train": {"steps": steps}, "backbone": {"dim": 32}}))
+    text = write_report(tmp_path).read_text()
+    assert "Tasks len256, len48; where" in text
+    assert "Tasks len256_long, len48_long, len96_long; where" in text
+    assert text.count("## Scaling: selective_copy against seq_len") == 2
+    assert (tmp_path / "selective_copy_scaling_seq_len.png").stat().st_size > 1000
+    assert (tmp_path / "selective_copy_scaling_seq_len_2.png").stat().st_size > 1000
+
+
 def test_report_without_results(tmp_path):
     with pytest.raises(FileNotFoundError, match="no results"):
         write_report(tmp_path)
