@@ -167,7 +167,11 @@ def test_readme_quotes_the_selective_copy_shapes_run():
     assert expected in readme, expected
     lengths = [r["accuracy"] for r in ResultStore(LENGTHS).load() if r["task"] in ("len256", "len512")]
     assert len(lengths) == 12
-    assert f"among 256 and 512 positions neither block gets past {max(lengths):.2f} in 5,000 steps" in readme
+    copied = {block: sum(first_step_at(r, 0.9) is not None for r in ResultStore(LENGTHS).load()
+                         if r["task"] == "len256_20k" and r["block"] == block) for block in ("mamba", "mamba_lti")}
+    assert (f"among 256 and 512 positions neither block gets past {max(lengths):.2f} in 5,000 steps, and among 256 "
+            f"in 20,000 Mamba copies in {copied['mamba']} of 3 runs, the LTI control in {copied['mamba_lti']} of 3"
+            ) in " ".join(readme.split())
 
 
 def _span(values: list[int]) -> str:
@@ -211,6 +215,25 @@ def test_experiments_page_quotes_the_selective_copy_lengths_run():
     assert (f"Mamba's training loss leaves it after {steps['len48', 'mamba']} steps among 48 positions and "
             f"{steps['len256', 'mamba']} among 256, the LTI control's after {steps['len48', 'mamba_lti']} and "
             f"{steps['len256', 'mamba_lti']}; among 512 no run leaves it") in sentence
+    # the 20,000-step runs among 256 positions, seed by seed
+    long = {(r["block"], r["seed"]): r for r in runs("len256_20k")}
+    assert len(long) == 6
+
+    def reached(block: str, seed: int) -> str:
+        return f"{first_step_at(long[block, seed], 0.9):,}"
+
+    copies = {block: [seed for seed in range(3) if first_step_at(long[block, seed], 0.9) is not None]
+              for block in ("mamba", "mamba_lti")}
+    assert copies == {"mamba": [0, 1], "mamba_lti": [1]}
+    assert not long["mamba", 2]["trained"] and left_chance(long["mamba", 2]) is None
+    plateau = [p["val_metric"] for p in long["mamba", 0]["curve"] if 4000 <= p["step"] <= 13000]
+    assert 0.15 <= min(plateau) and max(plateau) <= 0.2 and f"{long['mamba_lti', 0]['accuracy']:.2f}" == "0.17"
+    assert (f"Mamba copies in 2 of 3 runs: seed 1 reaches 0.9 after {reached('mamba', 1)} steps, and seed 0 after "
+            f"{reached('mamba', 0)}, at the end of a flat stretch near 0.18 from step 4,000 on") in sentence
+    assert (f"seed 1 climbs steadily to 0.9 after {reached('mamba_lti', 1)} steps, and seeds 0 and 2 end at "
+            f"{long['mamba_lti', 0]['accuracy']:.2f} and {long['mamba_lti', 2]['accuracy']:.2f} after all 20,000, with "
+            f"training losses of {long['mamba_lti', 0]['train_loss']:.2f} and {long['mamba_lti', 2]['train_loss']:.2f} "
+            f"(chance: {long['mamba_lti', 0]['chance_loss']:.2f})") in sentence
     # the same configurations in the shapes run, made on another CPU model
     shapes = ResultStore(SHAPES).load()
     same = {block: sorted(r["accuracy"] for r in shapes if r["task"] == "tokens8_len48" and r["block"] == block)
