@@ -165,9 +165,10 @@ def test_readme_quotes_the_selective_copy_shapes_run():
                 f"{accuracy_range('tokens16_len64_wide_20k', 'mamba_lti')} after 20,000, where Mamba copies "
                 f"{accuracy_range('tokens16_len64_wide', 'mamba')} within 5,000.")
     assert expected in readme, expected
-    lengths = [r["accuracy"] for r in ResultStore(LENGTHS).load() if r["task"] in ("len256", "len512")]
+    length_records = ResultStore(LENGTHS).load()
+    lengths = [r["accuracy"] for r in length_records if r["task"] in ("len256", "len512")]
     assert len(lengths) == 12
-    copied = {block: sum(first_step_at(r, 0.9) is not None for r in ResultStore(LENGTHS).load()
+    copied = {block: sum(first_step_at(r, 0.9) is not None for r in length_records
                          if r["task"] == "len256_20k" and r["block"] == block) for block in ("mamba", "mamba_lti")}
     assert (f"among 256 and 512 positions neither block gets past {max(lengths):.2f} in 5,000 steps, and among 256 "
             f"in 20,000 Mamba copies in {copied['mamba']} of 3 runs, the LTI control in {copied['mamba_lti']} of 3"

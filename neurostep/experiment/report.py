@@ -445,6 +445,7 @@ def _scaling_section(out_dir: Path, rows: dict[str, list[dict[str, Any]]], task_
         options_of.setdefault(r["task"], config.get("task_options", {}))
         settings_of.setdefault(r["task"], {"train": config.get("train"), "backbone": config.get("backbone")})
     lines: list[str] = []
+    plots_of: dict[str, int] = defaultdict(int)   # plots per (base, option): a second sweep gets its own file
     by_base: dict[tuple[str, str], list[str]] = defaultdict(list)
     for label in rows:
         settings = json.dumps(settings_of.get(label, {}), sort_keys=True, default=str)
@@ -473,8 +474,8 @@ def _scaling_section(out_dir: Path, rows: dict[str, list[dict[str, Any]]], task_
         ax.set_title(f"{base}: accuracy against {key}")
         ax.legend(fontsize=7)
         name = f"{_safe(base)}_scaling_{_safe(key)}"
-        taken = sum(1 for line in lines if line.startswith(f"![{base} accuracy against {key}]"))
-        file = _save(fig, out_dir, f"{name}.png" if not taken else f"{name}_{taken + 1}.png")
+        plots_of[name] += 1
+        file = _save(fig, out_dir, f"{name}.png" if plots_of[name] == 1 else f"{name}_{plots_of[name]}.png")
         lines += [f"## Scaling: {base} against {key}", "",
                   f"Tasks {', '.join(sorted(labels))}; where a block's accuracy falls, it breaks.", "",
                   f"![{base} accuracy against {key}]({file})", ""]
