@@ -468,6 +468,9 @@ def _scaling_section(out_dir: Path, rows: dict[str, list[dict[str, Any]]], task_
                 continue
             ax.errorbar([p[0] for p in pts], [p[1] for p in pts],
                         yerr=[0 if not math.isfinite(p[2]) else p[2] for p in pts], fmt="o-", capsize=3, label=block)
+        swept = sorted({options_of[lab][key] for lab in labels})
+        if all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in swept):
+            ax.set_xticks(swept)   # the swept values themselves: a count of pairs has no tick at 2.25
         ax.set_xlabel(key)
         ax.set_ylabel("accuracy")
         ax.set_ylim(0.0, 1.05)   # the whole scale, so that a small wobble does not read as a break

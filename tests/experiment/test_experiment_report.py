@@ -156,6 +156,27 @@ def test_a_sweep_holds_only_tasks_trained_alike(tmp_path):
     assert (tmp_path / "selective_copy_scaling_seq_len_2.png").stat().st_size > 1000
 
 
+def test_a_sweep_is_plotted_at_the_swept_values(tmp_path, monkeypatch):
+    """The scaling plot's x ticks are the values swept (2 and 4 pairs), not matplotlib's 2.25, 2.5, ..."""
+    from neurostep.experiment import report
+
+    ticks = {}
+    save = report._save
+
+    def capture(fig, out_dir, file):
+        ticks[file] = [float(t) for t in fig.axes[0].get_xticks()]
+        return save(fig, out_dir, file)
+
+    monkeypatch.setattr(report, "_save", capture)
+    store = ResultStore(tmp_path)
+    for label, pairs in (("mqar", 4), ("mqar_pairs2", 2)):
+        for seed in (0, 1):
+            store.append(_rec("rwkv_timemix", seed, 0.5, task=label,
+                              config={"task_options": {"task": "mqar", "num_pairs": pairs}}))
+    write_report(tmp_path)
+    assert ticks["mqar_scaling_num_pairs.png"] == [2.0, 4.0]
+
+
 def test_report_without_results(tmp_path):
     with pytest.raises(FileNotFoundError, match="no results"):
         write_report(tmp_path)
