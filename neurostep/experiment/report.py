@@ -458,19 +458,22 @@ def _scaling_section(out_dir: Path, rows: dict[str, list[dict[str, Any]]], task_
         if len(varying) != 1:
             continue
         key = varying[0]
+        numeric = all(isinstance(options_of[lab][key], (int, float)) and not isinstance(options_of[lab][key], bool)
+                      for lab in labels)
+        # the sweep's x: the option's number, else its JSON text on a categorical axis (a list is no coordinate)
+        x_of = {lab: options_of[lab][key] if numeric else json.dumps(options_of[lab][key]) for lab in labels}
         plt = _plt()
         fig, ax = plt.subplots(figsize=(6.0, 4.0))
         blocks = sorted({row["block"] for lab in labels for row in rows[lab] if row["current"]})
         for block in blocks:
-            pts = sorted((options_of[lab][key], row["metric"], row["ci"]) for lab in labels for row in rows[lab]
+            pts = sorted((x_of[lab], row["metric"], row["ci"]) for lab in labels for row in rows[lab]
                          if row["block"] == block and row["current"] and math.isfinite(row["metric"]))
             if len(pts) < 2:
                 continue
             ax.errorbar([p[0] for p in pts], [p[1] for p in pts],
                         yerr=[0 if not math.isfinite(p[2]) else p[2] for p in pts], fmt="o-", capsize=3, label=block)
-        swept = sorted({options_of[lab][key] for lab in labels})
-        if all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in swept):
-            ax.set_xticks(swept)   # the swept values themselves: a count of pairs has no tick at 2.25
+        if numeric:
+            ax.set_xticks(sorted(set(x_of.values())))   # the swept values: 2 and 4 pairs, no tick at 2.25
         ax.set_xlabel(key)
         ax.set_ylabel("accuracy")
         ax.set_ylim(0.0, 1.05)   # the whole scale, so that a small wobble does not read as a break

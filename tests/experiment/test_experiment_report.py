@@ -177,6 +177,15 @@ def test_a_sweep_is_plotted_at_the_swept_values(tmp_path, monkeypatch):
     assert ticks["mqar_scaling_num_pairs.png"] == [2.0, 4.0]
 
 
+def test_a_sweep_over_a_list_valued_option_keeps_matplotlibs_ticks(tmp_path):
+    """Values that are lists (or strings) are not ticks; the plot is drawn all the same."""
+    store = ResultStore(tmp_path)
+    for label, grid in (("digits", [2, 2]), ("digits_fine", [4, 4])):
+        for seed in (0, 1):
+            store.append(_rec("vim", seed, 0.9, task=label, config={"task_options": {"task": "digits", "grid": grid}}))
+    assert "## Scaling: digits against grid" in write_report(tmp_path).read_text()
+
+
 def test_report_without_results(tmp_path):
     with pytest.raises(FileNotFoundError, match="no results"):
         write_report(tmp_path)
