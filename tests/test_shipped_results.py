@@ -85,6 +85,12 @@ def first_step_at(record: dict, level: float) -> int | None:
     return next((p["step"] for p in record["curve"] if p["val_metric"] >= level), None)
 
 
+def seeds_reaching(records: list[dict], task: str, block: str, level: float = 0.9) -> list[int]:
+    """The seeds of ``block`` on ``task`` whose validation metric reached ``level`` at some evaluation."""
+    return sorted(r["seed"] for r in records
+                  if r["task"] == task and r["block"] == block and first_step_at(r, level) is not None)
+
+
 def selective_copy_rows(run_dir: Path) -> list[str]:
     """The experiments page's table of a selective-copying run of Mamba and its LTI control (the shapes run, the
     lengths run): one row per task and block, in the experiment file's order (the step budget, accuracy as
@@ -168,8 +174,7 @@ def test_readme_quotes_the_selective_copy_shapes_run():
     length_records = ResultStore(LENGTHS).load()
     lengths = [r["accuracy"] for r in length_records if r["task"] in ("len256", "len512")]
     assert len(lengths) == 12
-    copied = {block: sum(first_step_at(r, 0.9) is not None for r in length_records
-                         if r["task"] == "len256_20k" and r["block"] == block) for block in ("mamba", "mamba_lti")}
+    copied = {block: len(seeds_reaching(length_records, "len256_20k", block)) for block in ("mamba", "mamba_lti")}
     assert (f"among 256 and 512 positions neither block gets past {max(lengths):.2f} in 5,000 steps, and among 256 "
             f"in 20,000 Mamba copies in {copied['mamba']} of 3 runs, the LTI control in {copied['mamba_lti']} of 3"
             ) in " ".join(readme.split())
@@ -223,8 +228,7 @@ def test_experiments_page_quotes_the_selective_copy_lengths_run():
     def reached(block: str, seed: int) -> str:
         return f"{first_step_at(long[block, seed], 0.9):,}"
 
-    copies = {block: [seed for seed in range(3) if first_step_at(long[block, seed], 0.9) is not None]
-              for block in ("mamba", "mamba_lti")}
+    copies = {block: seeds_reaching(records, "len256_20k", block) for block in ("mamba", "mamba_lti")}
     assert copies == {"mamba": [0, 1], "mamba_lti": [1]}
     assert not long["mamba", 2]["trained"] and left_chance(long["mamba", 2]) is None
     plateau = [p["val_metric"] for p in long["mamba", 0]["curve"] if 4000 <= p["step"] <= 13000]

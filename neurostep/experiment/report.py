@@ -458,10 +458,10 @@ def _scaling_section(out_dir: Path, rows: dict[str, list[dict[str, Any]]], task_
         if len(varying) != 1:
             continue
         key = varying[0]
-        numeric = all(isinstance(options_of[lab][key], (int, float)) and not isinstance(options_of[lab][key], bool)
-                      for lab in labels)
-        # the sweep's x: the option's number, else its JSON text on a categorical axis (a list is no coordinate)
-        x_of = {lab: options_of[lab][key] if numeric else json.dumps(options_of[lab][key]) for lab in labels}
+        x_of = {lab: options_of[lab][key] for lab in labels}
+        numeric = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in x_of.values())
+        if not numeric:   # its JSON text on a categorical axis: a list is no coordinate
+            x_of = {lab: json.dumps(v) for lab, v in x_of.items()}
         plt = _plt()
         fig, ax = plt.subplots(figsize=(6.0, 4.0))
         blocks = sorted({row["block"] for lab in labels for row in rows[lab] if row["current"]})
