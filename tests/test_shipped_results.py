@@ -183,8 +183,10 @@ def test_readme_quotes_the_selective_copy_shapes_run():
     lengths = [r["accuracy"] for r in length_records if r["task"] in ("len256", "len512")]
     assert len(lengths) == 12
     copied = {block: len(seeds_reaching(length_records, "len256_20k", block)) for block in ("mamba", "mamba_lti")}
+    slower = {block: len(seeds_reaching(length_records, "len256_20k_lr3e3", block)) for block in ("mamba", "mamba_lti")}
     assert (f"among 256 and 512 positions neither block gets past {max(lengths):.2f} in 5,000 steps, and among 256 "
-            f"in 20,000 Mamba copies in {copied['mamba']} of 3 runs, the LTI control in {copied['mamba_lti']} of 3"
+            f"in 20,000 Mamba copies in {copied['mamba']} of 3 runs, the LTI control in {copied['mamba_lti']} of 3 "
+            f"(with a smaller learning rate {slower['mamba']} and {slower['mamba_lti']} of 3;"
             ) in " ".join(readme.split())
 
 
@@ -247,6 +249,24 @@ def test_experiments_page_quotes_the_selective_copy_lengths_run():
             f"{long['mamba_lti', 0]['accuracy']:.2f} and {long['mamba_lti', 2]['accuracy']:.2f} after all 20,000, with "
             f"training losses of {long['mamba_lti', 0]['train_loss']:.2f} and {long['mamba_lti', 2]['train_loss']:.2f} "
             f"(chance: {long['mamba_lti', 0]['chance_loss']:.2f})") in sentence
+    # the same runs with a peak learning rate of 3e-3
+    low = {(r["block"], r["seed"]): r for r in runs("len256_20k_lr3e3")}
+    assert len(low) == 6 and {r["config"]["train"]["lr"] for r in low.values()} == {3e-3}
+    assert all(dict(r["config"], train=dict(r["config"]["train"], lr=5e-3), task="len256_20k") == long[key]["config"]
+               for key, r in low.items())   # nothing else differs
+    assert {block: seeds_reaching(records, "len256_20k_lr3e3", block) for block in ("mamba", "mamba_lti")} == {
+        "mamba": [0], "mamba_lti": [1, 2]}
+    assert not low["mamba", 2]["trained"] and left_chance(low["mamba", 2]) is None
+
+    def reached_low(block: str, seed: int) -> str:
+        return f"{first_step_at(low[block, seed], 0.9):,}"
+
+    assert (f"the LTI control copies in 2 of 3 runs: seeds 1 and 2 reach 0.9 after {reached_low('mamba_lti', 1)} and "
+            f"{reached_low('mamba_lti', 2)} steps, and seed 0 ends at {low['mamba_lti', 0]['accuracy']:.2f} after all "
+            f"20,000, its training loss ({low['mamba_lti', 0]['train_loss']:.2f}) falling steadily") in sentence
+    assert (f"Mamba copies in 1 of 3: seed 0 reaches 0.9 after {reached_low('mamba', 0)} steps, seed 1 leaves the "
+            f"chance loss only at step {left_chance(low['mamba', 1]):,} and ends at {low['mamba', 1]['accuracy']:.2f}, "
+            "and seed 2 stays at the chance loss for all 20,000 steps again") in sentence
     # the same configurations in the shapes run, made on another CPU model
     shapes = ResultStore(SHAPES).load()
     same = {block: sorted(r["accuracy"] for r in shapes if r["task"] == "tokens8_len48" and r["block"] == block)
