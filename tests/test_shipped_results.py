@@ -182,8 +182,8 @@ def test_readme_quotes_the_selective_copy_shapes_run():
     length_records = ResultStore(LENGTHS).load()
     lengths = [r["accuracy"] for r in length_records if r["task"] in ("len256", "len512")]
     assert len(lengths) == 12
-    copied = {block: len(seeds_reaching(length_records, "len256_20k", block)) for block in ("mamba", "mamba_lti")}
-    slower = {block: len(seeds_reaching(length_records, "len256_20k_lr3e3", block)) for block in ("mamba", "mamba_lti")}
+    copied, slower = ({block: len(seeds_reaching(length_records, task, block)) for block in ("mamba", "mamba_lti")}
+                      for task in ("len256_20k", "len256_20k_lr3e3"))
     assert (f"among 256 and 512 positions neither block gets past {max(lengths):.2f} in 5,000 steps, and among 256 "
             f"in 20,000 Mamba copies in {copied['mamba']} of 3 runs, the LTI control in {copied['mamba_lti']} of 3 "
             f"(with a smaller learning rate {slower['mamba']} and {slower['mamba_lti']} of 3;"
@@ -235,17 +235,17 @@ def test_experiments_page_quotes_the_selective_copy_lengths_run():
     long = {(r["block"], r["seed"]): r for r in runs("len256_20k")}
     assert len(long) == 6
 
-    def reached(block: str, seed: int) -> str:
-        return f"{first_step_at(long[block, seed], 0.9):,}"
+    def reached(record: dict) -> str:
+        return f"{first_step_at(record, 0.9):,}"
 
     copies = {block: seeds_reaching(records, "len256_20k", block) for block in ("mamba", "mamba_lti")}
     assert copies == {"mamba": [0, 1], "mamba_lti": [1]}
     assert not long["mamba", 2]["trained"] and left_chance(long["mamba", 2]) is None
     plateau = [p["val_metric"] for p in long["mamba", 0]["curve"] if 4000 <= p["step"] <= 13000]
     assert 0.15 <= min(plateau) and max(plateau) <= 0.2 and f"{long['mamba_lti', 0]['accuracy']:.2f}" == "0.17"
-    assert (f"Mamba copies in 2 of 3 runs: seed 1 reaches 0.9 after {reached('mamba', 1)} steps, and seed 0 after "
-            f"{reached('mamba', 0)}, at the end of a flat stretch near 0.18 from step 4,000 on") in sentence
-    assert (f"seed 1 climbs steadily to 0.9 after {reached('mamba_lti', 1)} steps, and seeds 0 and 2 end at "
+    assert (f"Mamba copies in 2 of 3 runs: seed 1 reaches 0.9 after {reached(long['mamba', 1])} steps, and seed 0 "
+            f"after {reached(long['mamba', 0])}, at the end of a flat stretch near 0.18 from step 4,000 on") in sentence
+    assert (f"seed 1 climbs steadily to 0.9 after {reached(long['mamba_lti', 1])} steps, and seeds 0 and 2 end at "
             f"{long['mamba_lti', 0]['accuracy']:.2f} and {long['mamba_lti', 2]['accuracy']:.2f} after all 20,000, with "
             f"training losses of {long['mamba_lti', 0]['train_loss']:.2f} and {long['mamba_lti', 2]['train_loss']:.2f} "
             f"(chance: {long['mamba_lti', 0]['chance_loss']:.2f})") in sentence
@@ -258,13 +258,10 @@ def test_experiments_page_quotes_the_selective_copy_lengths_run():
         "mamba": [0], "mamba_lti": [1, 2]}
     assert not low["mamba", 2]["trained"] and left_chance(low["mamba", 2]) is None
 
-    def reached_low(block: str, seed: int) -> str:
-        return f"{first_step_at(low[block, seed], 0.9):,}"
-
-    assert (f"the LTI control copies in 2 of 3 runs: seeds 1 and 2 reach 0.9 after {reached_low('mamba_lti', 1)} and "
-            f"{reached_low('mamba_lti', 2)} steps, and seed 0 ends at {low['mamba_lti', 0]['accuracy']:.2f} after all "
+    assert (f"the LTI control copies in 2 of 3 runs: seeds 1 and 2 reach 0.9 after {reached(low['mamba_lti', 1])} and "
+            f"{reached(low['mamba_lti', 2])} steps, and seed 0 ends at {low['mamba_lti', 0]['accuracy']:.2f} after all "
             f"20,000, its training loss ({low['mamba_lti', 0]['train_loss']:.2f}) falling steadily") in sentence
-    assert (f"Mamba copies in 1 of 3: seed 0 reaches 0.9 after {reached_low('mamba', 0)} steps, seed 1 leaves the "
+    assert (f"Mamba copies in 1 of 3: seed 0 reaches 0.9 after {reached(low['mamba', 0])} steps, seed 1 leaves the "
             f"chance loss only at step {left_chance(low['mamba', 1]):,} and ends at {low['mamba', 1]['accuracy']:.2f}, "
             "and seed 2 stays at the chance loss for all 20,000 steps again") in sentence
     # the same configurations in the shapes run, made on another CPU model
