@@ -47,6 +47,10 @@ class Backbone(nn.Module):
     none); everything else in the backbone acts per position, so the whole model is then causal.
     ``positions=False`` leaves out the learned position embedding (recurrent mixers know the
     order of their inputs without it).
+
+    The token embedding keeps torch's N(0, 1) and the positions start from N(0, 0.02). mamba-ssm's
+    N(0, 0.02) for tokens would put them on the positions' scale, and in this backbone that holds
+    Mamba at the chance loss on selective copying for the main job's budget (``docs/experiments.md``).
     """
 
     def __init__(self, mixer: str, *, num_classes: int, seq_len: int, dim: int = 32, depth: int = 2,

@@ -22,6 +22,15 @@ def test_backbone_shapes(readout, shape):
     assert model.embed.weight.grad is not None
 
 
+def test_backbone_initialises_embeddings_as_the_docs_say():
+    # docs/experiments.md: tokens from torch's N(0, 1), positions from N(0, 0.02); the scale of the
+    # token embedding decides whether Mamba learns selective copying in the main job's budget
+    torch.manual_seed(0)
+    model = Backbone("softmax_attention", num_classes=4, seq_len=256, dim=64, depth=1, num_heads=2, vocab_size=256)
+    assert model.embed.weight.std().item() == pytest.approx(1.0, abs=0.02)
+    assert model.pos.std().item() == pytest.approx(0.02, abs=0.001)
+
+
 def test_backbone_errors():
     with pytest.raises(ValueError, match="unknown block 'transformerxl'; registered mixers: .*softmax_attention"):
         Backbone("transformerxl", num_classes=2, seq_len=4, in_features=3)
