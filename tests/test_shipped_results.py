@@ -3,7 +3,7 @@
 import json
 from pathlib import Path
 
-from neurostep.experiment.config import tomllib
+from neurostep.experiment.config import config_hash, load_config, tomllib
 from neurostep.experiment.report import known_results, known_results_table
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -26,6 +26,26 @@ def test_the_shipped_run_is_complete():
     now, shipped = ((ROOT / plan["source"]).read_text(), (SHIPPED / "experiment.toml").read_text())
     assert tomllib.loads(now) == tomllib.loads(shipped)
     assert (SHIPPED / "report.md").exists()
+
+
+def test_shipped_records_are_what_the_code_runs_now():
+    # Every shipped record's configuration hash is the one today's code gives its run's experiment file, so a
+    # changed default (a backbone init, a task option) cannot leave the shipped results describing other
+    # runs than `neurostep run` would make. The package version is taken from each record: a release alone
+    # does not make them stale.
+    runs = sorted(d for d in (ROOT / "docs" / "results").iterdir() if (d / "results.jsonl").exists())
+    assert {d.name for d in runs} >= {"attention_alternatives", "concept_shift", "selective_copy_lengths",
+                                      "selective_copy_shapes"}
+    for run in runs:
+        cfg = load_config(run / "experiment.toml")
+        for line in (run / "results.jsonl").read_text().splitlines():
+            record = json.loads(line)
+            resolved = cfg.run_config(record["block"], record["task"])
+            version = record.get("config", {}).get("neurostep", resolved["neurostep"])
+            assert config_hash({**resolved, "neurostep": version}) == record["config_hash"], (
+                f"{run.name}: {record['block']} on {record['task']} (seed {record['seed']}) was run with another "
+                f"configuration than the code now gives it; rerun it or restore the default (a record without its "
+                f"configuration, as the concept-shift run's, also changes hash with the package version)")
 
 
 def test_docs_and_readme_quote_the_shipped_known_results():
