@@ -73,15 +73,15 @@ class DistContext:
 def init_distributed() -> DistContext:
     """Join the process group that ``torchrun`` describes in the environment, if any.
 
-    gloo on CPU, NCCL when CUDA is available to this process. Single-process runs do nothing.
+    Always gloo: the runner trains on the CPU, and an NCCL group (which the environment would suggest
+    wherever CUDA is available) cannot reduce CPU gradients. Single-process runs do nothing.
     """
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
         return DistContext()
     owns = not dist.is_initialized()
     if owns:
-        backend = "nccl" if torch.cuda.is_available() and dist.is_nccl_available() else "gloo"
-        dist.init_process_group(backend=backend)
+        dist.init_process_group(backend="gloo")
     return DistContext(rank=dist.get_rank(), world_size=dist.get_world_size(), owns_group=owns)
 
 

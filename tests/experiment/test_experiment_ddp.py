@@ -53,3 +53,28 @@ def test_dist_context_leaves_only_the_group_it_joined(tmp_path):
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()
+
+
+def test_torchrun_joins_a_gloo_group_where_cuda_is_available(tmp_path, monkeypatch):
+    # the runner trains on the CPU: an NCCL group, which a machine with CUDA would otherwise suggest, cannot
+    # reduce its gradients
+    import torch
+    import torch.distributed as dist
+
+    from neurostep.experiment.train import init_distributed
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(dist, "is_nccl_available", lambda: True)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    backends, join = [], dist.init_process_group
+
+    def record(backend=None, **kwargs):
+        backends.append(backend)
+        join("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+
+    monkeypatch.setattr(dist, "init_process_group", record)
+    ctx = init_distributed()
+    try:
+        assert backends == ["gloo"] and ctx.owns_group
+    finally:
+        ctx.close()
