@@ -50,7 +50,7 @@ class Backbone(nn.Module):
 
     The token embedding keeps torch's N(0, 1) and the positions start from N(0, 0.02). mamba-ssm's
     N(0, 0.02) for tokens would put them on the positions' scale, and in this backbone that holds
-    Mamba at the chance loss on selective copying for the main job's budget (``docs/experiments.md``).
+    Mamba at or near the chance loss on selective copying for the main job's budget (``docs/experiments.md``).
     """
 
     def __init__(self, mixer: str, *, num_classes: int, seq_len: int, dim: int = 32, depth: int = 2,
