@@ -6,7 +6,7 @@ An experiment file has these tables (every key optional unless marked)::
                             workers, description
     [backbone]              dim, depth, num_heads, mlp_ratio, norm, positions (kind = "mixers")
     [train]                 steps, batch_size, lr, weight_decay, grad_clip, warmup, eval_every,
-                            eval_batch_size, target, patience, min_delta, progress, threads
+                            eval_batch_size, target, patience, min_delta, progress, threads, device
     [measure]               energy, energy_profile, latency_reps, throughput_batch
     [tasks.<label>]         options of one task; ``task = "<base>"`` picks the builder when the
                             label is not itself a task name (``[tasks.digits_rate] task = "digits"``);
@@ -78,6 +78,7 @@ TRAIN_DEFAULTS: dict[str, Any] = {
     "min_delta": 0.002,    # smallest change of the metric that counts as an improvement
     "progress": True,      # progress bars, only when stderr is a terminal
     "threads": 0,          # torch and numba threads per run; 0 keeps the process's counts
+    "device": "cpu",       # where a run trains: "cpu", "cuda" (under torchrun: cuda:<LOCAL_RANK>) or "cuda:<n>"
 }
 
 MEASURE_DEFAULTS: dict[str, Any] = {
@@ -112,8 +113,11 @@ SECTIONS: dict[str, dict[str, Any]] = {
 TABLE_SECTIONS = ("tasks", "blocks")
 # Keys of a [tasks.<label>] table that are not options of the task builder.
 TASK_TABLE_KEYS = ("task", "blocks", "seeds", "train", "backbone", "block_options")
-# Keys left out of a run's hash: they change how a run is watched, not what it computes.
-UNHASHED_TRAIN_KEYS = ("progress", "threads")
+# Keys left out of a run's hash: they change how a run is watched or where it computes, not what it
+# computes (the rounding differs between devices, as it does between two CPU models; each record names its
+# device and machine).
+UNHASHED_TRAIN_KEYS = ("progress", "threads", "device")
+DEVICE_PATTERN = re.compile(r"cpu|cuda(:[0-9]+)?")
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 
 
@@ -386,6 +390,9 @@ def _validate_train(where: str, train: dict[str, Any]) -> None:
             raise ValueError(f"[{where}] {key} must be >= 0, got {train[key]}")
     if not 0.0 <= train["warmup"] < 1.0:
         raise ValueError(f"[{where}] warmup must be a fraction in [0, 1), got {train['warmup']}")
+    # the string only: whether this machine has the device is checked when a run starts, not when a file is read
+    if not DEVICE_PATTERN.fullmatch(train["device"]):
+        raise ValueError(f"[{where}] device must be \"cpu\", \"cuda\" or \"cuda:<n>\", got {train['device']!r}")
 
 
 def _validate_concept_shift(cfg: ExperimentConfig) -> None:

@@ -26,7 +26,14 @@ from neurostep.experiment.config import ExperimentConfig
 from neurostep.experiment.lock import RunLock
 from neurostep.experiment.results import ResultStore
 from neurostep.experiment.tasks import build_task, task_defaults
-from neurostep.experiment.train import DistContext, build_run_model, init_distributed, train_run, warm_up
+from neurostep.experiment.train import (
+    DistContext,
+    build_run_model,
+    init_distributed,
+    run_device,
+    train_run,
+    warm_up,
+)
 from neurostep.experiment.warmup import WarmUp, fused_ops, plan_warm_ups, take_ready
 from neurostep.files import atomic_write_text
 from neurostep.memory import retain_freed_memory
@@ -196,12 +203,12 @@ def _worker_run(cfg: ExperimentConfig, run: PlannedRun, shared: Any) -> dict[str
 
 
 def _worker_warm_up(cfg: ExperimentConfig, block: str, task_label: str) -> float:
-    """One forward+backward (and an inference pass) of ``block`` on a batch of ``task_label``, so that its
-    kernels compile here; returns its seconds."""
+    """One forward+backward (and an inference pass) of ``block`` on a batch of ``task_label``, on the task's
+    ``[train] device``, so that its kernels compile here; returns its seconds."""
     import_plugins(cfg.imports)
     options = cfg.task_options[task_label]
     task = build_task(options["task"], options)
-    model = build_run_model(cfg, block, task_label, task)
+    model = build_run_model(cfg, block, task_label, task).to(run_device(cfg.train_for(task_label)["device"]))
     return warm_up(model, task.x_test[:2], task.y_test[:2])
 
 
@@ -223,8 +230,9 @@ def run_experiment(cfg: ExperimentConfig, *, progress: bool | None = None, repor
         shared = prepare_concept_shift(cfg)
     else:
         check_blocks(cfg.all_blocks())
-        for label in cfg.tasks:   # fail on bad task options before anything trains
+        for label in cfg.tasks:   # fail on bad task options, or a device this machine lacks, before anything trains
             task_defaults(cfg.task_options[label]["task"])
+            run_device(cfg.train_for(label)["device"], ctx)
         shared = None
     runs, skipped = plan_runs(cfg)
     want_progress = (cfg.train.get("progress", True) if progress is None else progress) and sys.stderr.isatty()

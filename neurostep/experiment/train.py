@@ -6,6 +6,10 @@ reaches ``target`` in ``target_evals`` evaluations in a row or has not improved 
 evaluations. Before the clock starts, one forward and backward pass on a copy of the model
 compiles or loads the kernels; its time is reported as ``compile_time_s``, never as training time.
 
+Device: ``[train] device`` (``"cpu"`` by default, or ``"cuda"``). The model is built on the CPU from the
+seed and then moved, so a run starts from the same weights on every device; batches are drawn on the CPU
+and moved, and evaluation and measurement run where the model is.
+
 Distributed: when started under ``torchrun`` (``WORLD_SIZE > 1``) every rank builds the same
 model from the same seed and draws the same global batch; each rank takes an equal slice of
 every global batch and DDP averages the gradients, so an optimizer step equals the
@@ -48,6 +52,7 @@ NOT_TRAINED_FRACTION = 0.05
 class DistContext:
     rank: int = 0
     world_size: int = 1
+    local_rank: int = 0       # the rank among this machine's processes: which GPU a bare "cuda" means
     owns_group: bool = False  # this context joined the process group, so it leaves it (:meth:`close`)
 
     @property
@@ -73,8 +78,9 @@ class DistContext:
 def init_distributed() -> DistContext:
     """Join the process group that ``torchrun`` describes in the environment, if any.
 
-    Always gloo: the runner trains on the CPU, and an NCCL group (which the environment would suggest
-    wherever CUDA is available) cannot reduce CPU gradients. Single-process runs do nothing.
+    Always gloo, whichever ``[train] device`` the runs use: gloo reduces CPU gradients and CUDA ones (NCCL,
+    which the environment would suggest wherever CUDA is available, only CUDA ones), and an experiment's tasks
+    may train on different devices. Single-process runs do nothing.
     """
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
@@ -82,7 +88,35 @@ def init_distributed() -> DistContext:
     owns = not dist.is_initialized()
     if owns:
         dist.init_process_group(backend="gloo")
-    return DistContext(rank=dist.get_rank(), world_size=dist.get_world_size(), owns_group=owns)
+    return DistContext(rank=dist.get_rank(), world_size=dist.get_world_size(),
+                       local_rank=int(os.environ.get("LOCAL_RANK", "0")), owns_group=owns)
+
+
+def run_device(name: str, ctx: DistContext | None = None) -> torch.device:
+    """The device that ``[train] device = name`` means for this process, after checking that it exists.
+
+    A bare ``"cuda"`` is the process's own GPU: ``cuda:<LOCAL_RANK>`` under ``torchrun``, else ``cuda:0``.
+    Raises ``RuntimeError`` naming the fix where torch sees no CUDA device or fewer than the index asks for.
+    """
+    ctx = ctx or DistContext()
+    device = torch.device(name)
+    if device.type != "cuda":
+        return device
+    if not torch.cuda.is_available():
+        raise RuntimeError(f"[train] device = {name!r}, but torch {torch.__version__} sees no CUDA device "
+                           f"(built for CUDA {torch.version.cuda}); set device = \"cpu\" or run on a machine "
+                           "with a GPU and a CUDA build of torch")
+    index = ctx.local_rank if device.index is None else device.index
+    count = torch.cuda.device_count()
+    if index >= count:
+        raise RuntimeError(f"[train] device = {name!r} asks for cuda:{index} in process {ctx.rank}, but torch sees "
+                           f"{count} CUDA device(s)")
+    return torch.device("cuda", index)
+
+
+def model_device(model: nn.Module) -> torch.device:
+    """The device of ``model``'s parameters (the CPU for a model without any): where its inputs must go."""
+    return next((p.device for p in model.parameters()), torch.device("cpu"))
 
 
 # ----------------------------------------------------------------------------- spike rates
@@ -176,6 +210,7 @@ def evaluate(model: nn.Module, task: TaskData, batch_size: int, split: str = "te
     if split not in ("test", "val"):
         raise ValueError(f"split must be 'test' or 'val', got {split!r}")
     xs, ys = (task.x_test, task.y_test) if split == "test" else (task.x_val, task.y_val)
+    device = model_device(model)
     was_training = model.training
     model.eval()
     n = xs.shape[0]
@@ -184,12 +219,12 @@ def evaluate(model: nn.Module, task: TaskData, batch_size: int, split: str = "te
     hits = torch.zeros(len(positions), dtype=torch.int64)
     for i in range(0, n, batch_size):
         j = min(i + batch_size, n)
-        logits = model(xs[i:j])
-        hit = logits.argmax(-1) == ys[i:j]           # (batch,) or (batch, L): one argmax serves both counts
+        logits = model(xs[i:j].to(device))
+        hit = (logits.argmax(-1) == ys[i:j].to(device)).cpu()   # (batch,) or (batch, L): one argmax, both counts
         y = ys[i:j].reshape(-1)
         flat = logits.reshape(-1, logits.shape[-1])
         scored = y != IGNORE
-        loss_sum += float(F.cross_entropy(flat[scored], y[scored], reduction="sum"))
+        loss_sum += float(F.cross_entropy(flat[scored.to(device)], y[scored].to(device), reduction="sum"))
         correct += int(hit.reshape(-1)[scored].sum())
         count += int(scored.sum())
         if positions:
@@ -245,18 +280,27 @@ def warm_up(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
 
     The first call of each kernel compiles it (or loads it from numba's cache); timing it
     here keeps compilation out of the training time. The copy leaves the model, its
-    BatchNorm statistics and the random streams untouched.
+    BatchNorm statistics and the random streams (the CPU's, and the GPU's where the model is on one)
+    untouched. ``x`` and ``y`` go to the model's device.
     """
-    rng_state = torch.get_rng_state()
-    start = time.perf_counter()
-    twin = copy.deepcopy(model)
-    twin.train()
-    loss_fn(twin(x), y).backward()
-    twin.eval()
-    with torch.no_grad():
-        twin(x[:1])
-    torch.set_rng_state(rng_state)
-    return time.perf_counter() - start
+    device = model_device(model)
+    x, y = x.to(device), y.to(device)
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        start = time.perf_counter()
+        twin = copy.deepcopy(model)
+        twin.train()
+        loss_fn(twin(x), y).backward()
+        twin.eval()
+        with torch.no_grad():
+            twin(x[:1])
+        _synchronize(device)
+        return time.perf_counter() - start
+
+
+def _synchronize(device: torch.device) -> None:
+    """Wait for the work queued on ``device`` (a GPU runs asynchronously), so that a clock read after it is true."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 def train_model(model: nn.Module, task: TaskData, train: dict[str, Any], seed: int,
@@ -264,8 +308,9 @@ def train_model(model: nn.Module, task: TaskData, train: dict[str, Any], seed: i
     """AdamW with warm-up and cosine decay for up to ``train["steps"]`` steps, evaluating every
     ``eval_every`` steps; returns the statistics and the learning curve.
 
-    ``train`` holds [train] keys; missing ones take their defaults. The global batch
-    ``train["batch_size"]`` must be divisible by the world size.
+    ``train`` holds [train] keys; missing ones take their defaults (``device`` is not read here: the
+    model trains where it is, :func:`model_device`). The global batch ``train["batch_size"]`` must be
+    divisible by the world size.
     """
     from neurostep.experiment.config import TRAIN_DEFAULTS
 
@@ -275,6 +320,7 @@ def train_model(model: nn.Module, task: TaskData, train: dict[str, Any], seed: i
     if batch % world:
         raise ValueError(f"[train] batch_size ({batch}) must be divisible by the number of processes ({world})")
     higher = task.metric != "bpc"
+    device = model_device(model)
     batches = train_batches(task, batch, seed)
     x0, y0 = next(batches)
     compile_s = warm_up(model, x0[ctx.rank::world], y0[ctx.rank::world])
@@ -300,7 +346,7 @@ def train_model(model: nn.Module, task: TaskData, train: dict[str, Any], seed: i
     while step < total:
         if step > 0:
             x, y = next(batches)
-        loss = loss_fn(net(x[ctx.rank::world]), y[ctx.rank::world])
+        loss = loss_fn(net(x[ctx.rank::world].to(device)), y[ctx.rank::world].to(device))
         if not torch.isfinite(loss):
             raise FloatingPointError(f"{desc}: training loss became {loss.item()} at step {step}")
         opt.zero_grad(set_to_none=True)
@@ -339,6 +385,7 @@ def train_model(model: nn.Module, task: TaskData, train: dict[str, Any], seed: i
             break
     if bar is not None:
         bar.close()
+    _synchronize(device)
     train_time = time.perf_counter() - start - eval_time
     final_loss = curve[-1]["train_loss"] if curve else float("nan")
     return {"steps": step, "stopped": stopped, "train_loss": final_loss, "train_time_s": train_time,
@@ -355,12 +402,14 @@ def _agree(stop: str | None, ctx: DistContext) -> str | None:
 
 
 # ----------------------------------------------------------------------------- measurements
-def _timed(fn: Callable[[], Any], reps: int) -> float:
+def _timed(fn: Callable[[], Any], reps: int, device: torch.device) -> float:
     fn()  # warm-up: first calls compile kernels and fill caches
     times = []
     for _ in range(max(1, reps)):
+        _synchronize(device)
         t0 = time.perf_counter()
         fn()
+        _synchronize(device)
         times.append(time.perf_counter() - t0)
     return statistics.median(times)
 
@@ -394,22 +443,23 @@ def measure_energy(model: nn.Module, x: torch.Tensor, profile: str) -> dict[str,
 def measure(model: nn.Module, task: TaskData, measure_cfg: dict[str, Any], eval_batch: int) -> dict[str, Any]:
     """Parameters, spike rates (test set), energy, latency (batch 1) and throughput of a trained model."""
     model.eval()
+    device = model_device(model)
     out: dict[str, Any] = {"params": count_params(model)}
     with SpikeMonitor(model) as mon, torch.no_grad():
         for i in range(0, task.x_test.shape[0], eval_batch):
-            model(task.x_test[i:i + eval_batch])
+            model(task.x_test[i:i + eval_batch].to(device))
     out["spike_rate"] = mon.overall()
     out["spike_rates"] = mon.rates()
     if measure_cfg["energy"]:
-        out.update(measure_energy(model, task.x_test[:16], measure_cfg["energy_profile"]))
+        out.update(measure_energy(model, task.x_test[:16].to(device), measure_cfg["energy_profile"]))
     else:
         out.update({"macs": None, "acs": None, "energy_uj": None, "train_energy_uj": None})
     reps = measure_cfg["latency_reps"]
-    one = task.x_test[:1]
-    many = task.x_test[:measure_cfg["throughput_batch"]]
+    one = task.x_test[:1].to(device)
+    many = task.x_test[:measure_cfg["throughput_batch"]].to(device)
     with torch.no_grad():
-        out["latency_ms"] = 1e3 * _timed(lambda: model(one), reps)
-        out["throughput_sps"] = many.shape[0] / _timed(lambda: model(many), reps)
+        out["latency_ms"] = 1e3 * _timed(lambda: model(one), reps, device)
+        out["throughput_sps"] = many.shape[0] / _timed(lambda: model(many), reps, device)
     return out
 
 
@@ -418,7 +468,7 @@ def initial_spike_rate(model: nn.Module, x: torch.Tensor) -> float | None:
     copy so that BatchNorm statistics stay untouched); None when it has no neurons."""
     twin = copy.deepcopy(model).train()
     with SpikeMonitor(twin) as mon, torch.no_grad():
-        twin(x)
+        twin(x.to(model_device(model)))
     return mon.overall()
 
 
@@ -446,8 +496,9 @@ def _train_run(cfg: ExperimentConfig, block: str, task_label: str, seed: int, ta
                ctx: DistContext, progress: bool | None) -> dict[str, Any]:
     progress = cfg.train["progress"] if progress is None else progress
     cpu0 = time.process_time()
+    device = run_device(cfg.train["device"], ctx)
     torch.manual_seed(seed)
-    model = build_run_model(cfg, block, task_label, task)
+    model = build_run_model(cfg, block, task_label, task).to(device)
     rate0 = initial_spike_rate(model, task.x_test[:32])
     desc = f"{block} / {task_label} / seed {seed}"
     stats = train_model(model, task, cfg.train, seed, ctx, desc=desc, progress=progress)
@@ -467,6 +518,7 @@ def _train_run(cfg: ExperimentConfig, block: str, task_label: str, seed: int, ta
                 point["train_energy_uj"] = point["samples"] * record["train_energy_uj"]
         record.update({
             "seq_len": task.seq_len, "world_size": ctx.world_size, "threads": torch.get_num_threads(),
+            "device": str(device), "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
             "torch": torch.__version__, "machine": platform.machine(), "finished_at": time.time(),
             "cpu_time_s": time.process_time() - cpu0,
         })

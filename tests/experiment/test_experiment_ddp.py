@@ -56,8 +56,8 @@ def test_dist_context_leaves_only_the_group_it_joined(tmp_path):
 
 
 def test_torchrun_joins_a_gloo_group_where_cuda_is_available(tmp_path, monkeypatch):
-    # the runner trains on the CPU: an NCCL group, which a machine with CUDA would otherwise suggest, cannot
-    # reduce its gradients
+    # runs train on the CPU by default: an NCCL group, which a machine with CUDA would otherwise suggest,
+    # cannot reduce their gradients (gloo reduces CPU and CUDA ones); LOCAL_RANK picks a bare "cuda" device
     import torch
     import torch.distributed as dist
 
@@ -66,6 +66,7 @@ def test_torchrun_joins_a_gloo_group_where_cuda_is_available(tmp_path, monkeypat
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(dist, "is_nccl_available", lambda: True)
     monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("LOCAL_RANK", "1")
     backends, join = [], dist.init_process_group
 
     def record(backend=None, **kwargs):
@@ -75,6 +76,6 @@ def test_torchrun_joins_a_gloo_group_where_cuda_is_available(tmp_path, monkeypat
     monkeypatch.setattr(dist, "init_process_group", record)
     ctx = init_distributed()
     try:
-        assert backends == ["gloo"] and ctx.owns_group
+        assert backends == ["gloo"] and ctx.owns_group and ctx.local_rank == 1
     finally:
         ctx.close()

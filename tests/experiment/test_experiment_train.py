@@ -76,8 +76,9 @@ def test_run_records_everything_and_skips_done_runs(make_toml, capsys):
     r = recs[0]
     for key in ("metric", "accuracy", "test_loss", "params", "macs", "acs", "energy_uj", "train_energy_uj",
                 "latency_ms", "throughput_sps", "train_time_s", "compile_time_s", "spike_rate", "spike_rates",
-                "config_hash", "config", "curve", "stopped", "trained", "chance", "chance_loss"):
+                "config_hash", "config", "curve", "stopped", "trained", "chance", "chance_loss", "device", "gpu"):
         assert key in r, key
+    assert r["device"] == "cpu" and r["gpu"] is None
     assert 0.0 <= r["metric"] <= 1.0 and r["params"] > 0 and r["macs"] > 0 and r["energy_uj"] > 0
     assert r["train_energy_uj"] > r["energy_uj"] and r["steps"] == 4 and r["stopped"] == "budget"
     assert [p["step"] for p in r["curve"]] == [2, 4]
@@ -201,3 +202,69 @@ def test_target_stop_needs_evaluations_in_a_row(monkeypatch, target_evals, stop_
     model = Backbone("softmax_attention", num_classes=10, seq_len=1, dim=8, depth=1, num_heads=2, in_features=64)
     stats = train_model(model, task, {**TRAIN, "steps": 80, "target": 0.8, "target_evals": target_evals}, seed=0)
     assert stats["stopped"] == "target" and stats["steps"] == stop_step
+
+
+# ----------------------------------------------------------------------------- [train] device
+def test_device_is_checked_when_the_file_is_read_and_left_out_of_the_hash():
+    from neurostep.experiment import parse_config
+
+    def config(device, task_device=None):
+        tasks = {"digits": {"train": {"device": task_device}}} if task_device else {}
+        return parse_config({"experiment": {"name": "d", "blocks": ["mamba"], "tasks": ["digits"]},
+                             "train": {"device": device}, "tasks": tasks})
+
+    for bad in ("gpu", "cuda:", "cuda:x", "CUDA", "mps"):
+        with pytest.raises(ValueError, match=r'\[train\] device must be "cpu", "cuda" or "cuda:<n>"'):
+            config(bad)
+    with pytest.raises(ValueError, match=r"\[tasks.digits.train\] device must be"):
+        config("cpu", task_device="tpu")
+    # reading a file probes no device: "cuda:3" parses on a machine without one
+    cpu, gpu = config("cpu"), config("cuda:3")
+    assert gpu.train_for("digits")["device"] == "cuda:3"
+    # where a run computes changes its rounding, not what it computes: its records group with the CPU's
+    assert cpu.config_hash("mamba", "digits") == gpu.config_hash("mamba", "digits")
+
+
+def test_run_device_is_the_process_own_gpu(monkeypatch):
+    from neurostep.experiment.train import DistContext, run_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    second = DistContext(rank=3, world_size=4, local_rank=1)     # the second process on the second machine
+    assert run_device("cuda") == torch.device("cuda", 0)
+    assert run_device("cuda", second) == torch.device("cuda", 1)
+    assert run_device("cuda:0", second) == torch.device("cuda", 0)   # an explicit index wins
+    assert run_device("cpu", second) == torch.device("cpu")
+    with pytest.raises(RuntimeError, match=r"asks for cuda:2 in process 0, but torch sees 2 CUDA device"):
+        run_device("cuda:2")
+    with pytest.raises(RuntimeError, match=r"asks for cuda:2 in process 3"):
+        run_device("cuda", DistContext(rank=3, world_size=4, local_rank=2))
+
+
+def test_runner_refuses_a_device_this_machine_lacks_before_anything_trains(make_toml, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    path = make_toml()
+    path.write_text(path.read_text().replace("[train]", '[train]\ndevice = "cuda"'))
+    cfg = load_config(path)
+    with pytest.raises(RuntimeError, match=r'device = .cuda., but torch .* sees no CUDA device.*set device = "cpu"'):
+        run_experiment(cfg)
+    assert not cfg.run_dir.exists()     # refused before the lock, the plan or a model
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_a_run_trains_evaluates_and_measures_on_the_gpu(make_toml):
+    # the same model evaluated on the CPU and on the GPU; then a whole run on the GPU
+    task = build_task("selective_copy", {"seq_len": 16, "num_tokens": 4, "vocab": 8, "num_test": 64, "num_val": 32})
+    torch.manual_seed(0)
+    model = Backbone("mamba", num_classes=8, seq_len=16, dim=16, depth=1, num_heads=2, vocab_size=8,
+                     readout="all", causal=True)
+    on_cpu = evaluate(model, task, 32)
+    on_gpu = evaluate(model.cuda(), task, 32)
+    assert on_gpu["accuracy"] == pytest.approx(on_cpu["accuracy"], abs=2 / 64)
+    assert on_gpu["test_loss"] == pytest.approx(on_cpu["test_loss"], rel=1e-4)
+    assert on_gpu["position_accuracy"] == pytest.approx(on_cpu["position_accuracy"], abs=2 / 64)
+    path = make_toml(blocks='["mamba"]', energy=True)
+    path.write_text(path.read_text().replace("[train]", '[train]\ndevice = "cuda"'))
+    record = ResultStore(run_experiment(load_config(path))).load()[0]
+    assert record["device"] == "cuda:0" and record["gpu"] and record["steps"] == 4
+    assert 0.0 <= record["metric"] <= 1.0 and record["macs"] > 0 and record["latency_ms"] > 0
