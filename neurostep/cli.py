@@ -24,7 +24,7 @@ def _repo_root() -> Path:
 
 def _cmd_run(args: argparse.Namespace) -> int:
     from neurostep.experiment import load_config, run_experiment
-    from neurostep.experiment.config import check_seeds
+    from neurostep.experiment.config import check_device, check_seeds
 
     cfg = load_config(args.experiment)
     if args.out_dir:
@@ -32,6 +32,10 @@ def _cmd_run(args: argparse.Namespace) -> int:
     if args.seeds:
         cfg.seeds = check_seeds("--seeds", args.seeds)
         cfg.task_seeds.clear()  # --seeds applies to every task, those with seeds of their own too
+    if args.device:
+        device = check_device("--device", args.device)
+        for train in (cfg.train, *cfg.task_train.values()):   # every task, those with [train] overrides too
+            train["device"] = device
     if args.no_progress:
         cfg.train["progress"] = False
     if args.workers:
@@ -157,6 +161,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--out-dir", help="results root (default: [experiment] out_dir, 'runs')")
     run.add_argument("--seeds", type=int, nargs="+", help="override the seeds of every task")
     run.add_argument("--workers", type=int, help="runs trained at a time (default: [experiment] workers)")
+    run.add_argument("--device", help='where every run trains: "cpu", "cuda" or "cuda:<n>" '
+                                      "(default: [train] device, the CPU)")
     run.add_argument("--no-progress", action="store_true", help="no progress bars (they only show on a terminal)")
     run.add_argument("--no-report", action="store_true", help="do not write the report at the end")
     lst = sub.add_parser("list", help="list registered mixers, models, tasks and experiment files")

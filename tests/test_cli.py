@@ -104,3 +104,19 @@ def test_seeds_option_overrides_every_task(tmp_path, monkeypatch):
     monkeypatch.setattr(neurostep.experiment, "run_experiment", lambda cfg, report: seen.setdefault("cfg", cfg))
     assert main(["run", str(toml), "--seeds", "7", "8"]) == 0
     assert seen["cfg"].seeds_for("sc") == [7, 8] and seen["cfg"].seeds_for("digits") == [7, 8]
+
+
+def test_device_option_overrides_every_task(tmp_path, monkeypatch, capsys):
+    import neurostep.experiment
+
+    toml = tmp_path / "d.toml"
+    toml.write_text('[experiment]\nblocks = ["mamba"]\ntasks = ["digits", "sc"]\n'
+                    '[tasks.sc]\ntask = "selective_copy"\ntrain = { steps = 5, device = "cuda" }\n')
+    seen = {}
+    monkeypatch.setattr(neurostep.experiment, "run_experiment", lambda cfg, report: seen.setdefault("cfg", cfg))
+    assert main(["run", str(toml), "--device", "cpu"]) == 0
+    cfg = seen["cfg"]
+    assert cfg.train_for("sc")["device"] == "cpu" and cfg.train_for("digits")["device"] == "cpu"
+    assert cfg.train_for("sc")["steps"] == 5                 # the task's other overrides stay
+    assert main(["run", str(toml), "--device", "gpu"]) == 2
+    assert '--device must be "cpu", "cuda" or "cuda:<n>", got \'gpu\'' in capsys.readouterr().err

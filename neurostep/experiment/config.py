@@ -373,6 +373,17 @@ def check_seeds(where: str, seeds: Any) -> list[int]:
     return list(seeds)
 
 
+def check_device(where: str, device: Any) -> str:
+    """``device`` after checking that it names a device a run can train on (``where`` names it in the error).
+
+    Only the string: whether this machine has the device is checked when a run starts
+    (:func:`neurostep.experiment.train.run_device`), not when a file is read.
+    """
+    if not isinstance(device, str) or not DEVICE_PATTERN.fullmatch(device):
+        raise ValueError(f'{where} must be "cpu", "cuda" or "cuda:<n>", got {device!r}')
+    return device
+
+
 def _validate_backbone(where: str, backbone: dict[str, Any]) -> None:
     for key in ("dim", "depth", "num_heads"):
         if backbone[key] < 1:
@@ -390,9 +401,7 @@ def _validate_train(where: str, train: dict[str, Any]) -> None:
             raise ValueError(f"[{where}] {key} must be >= 0, got {train[key]}")
     if not 0.0 <= train["warmup"] < 1.0:
         raise ValueError(f"[{where}] warmup must be a fraction in [0, 1), got {train['warmup']}")
-    # the string only: whether this machine has the device is checked when a run starts, not when a file is read
-    if not DEVICE_PATTERN.fullmatch(train["device"]):
-        raise ValueError(f"[{where}] device must be \"cpu\", \"cuda\" or \"cuda:<n>\", got {train['device']!r}")
+    check_device(f"[{where}] device", train["device"])
 
 
 def _validate_concept_shift(cfg: ExperimentConfig) -> None:

@@ -3,7 +3,8 @@ import torch
 from torch import nn
 
 from neurostep.experiment import build_task, load_config, run_experiment
-from neurostep.experiment.backbone import Backbone
+from neurostep.experiment.backbone import Backbone, build_backbone
+from neurostep.experiment.config import BACKBONE_DEFAULTS
 from neurostep.experiment.results import ResultStore
 from neurostep.experiment.train import SpikeMonitor, evaluate, train_model
 
@@ -256,8 +257,7 @@ def test_a_run_trains_evaluates_and_measures_on_the_gpu(make_toml):
     # the same model evaluated on the CPU and on the GPU; then a whole run on the GPU
     task = build_task("selective_copy", {"seq_len": 16, "num_tokens": 4, "vocab": 8, "num_test": 64, "num_val": 32})
     torch.manual_seed(0)
-    model = Backbone("mamba", num_classes=8, seq_len=16, dim=16, depth=1, num_heads=2, vocab_size=8,
-                     readout="all", causal=True)
+    model = build_backbone("mamba", task, {**BACKBONE_DEFAULTS, "dim": 16, "depth": 1}, {})
     on_cpu = evaluate(model, task, 32)
     on_gpu = evaluate(model.cuda(), task, 32)
     assert on_gpu["accuracy"] == pytest.approx(on_cpu["accuracy"], abs=2 / 64)
