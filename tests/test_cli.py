@@ -120,3 +120,7 @@ def test_device_option_overrides_every_task(tmp_path, monkeypatch, capsys):
     assert cfg.train_for("sc")["steps"] == 5                 # the task's other overrides stay
     assert main(["run", str(toml), "--device", "gpu"]) == 2
     assert '--device must be "cpu", "cuda" or "cuda:<n>", got \'gpu\'' in capsys.readouterr().err
+    shift = tmp_path / "shift.toml"
+    shift.write_text('[experiment]\nkind = "concept_shift"\n')
+    assert main(["run", str(shift), "--device", "cuda"]) == 2
+    assert "--device applies to kind = 'mixers' experiments" in capsys.readouterr().err
