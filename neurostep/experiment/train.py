@@ -219,16 +219,16 @@ def evaluate(model: nn.Module, task: TaskData, batch_size: int, split: str = "te
     hits = torch.zeros(len(positions), dtype=torch.int64)
     for i in range(0, n, batch_size):
         j = min(i + batch_size, n)
-        logits = model(xs[i:j].to(device))
-        hit = (logits.argmax(-1) == ys[i:j].to(device)).cpu()   # (batch,) or (batch, L): one argmax, both counts
-        y = ys[i:j].reshape(-1)
+        logits, target = model(xs[i:j].to(device)), ys[i:j].to(device)
+        hit = logits.argmax(-1) == target           # (batch,) or (batch, L): one argmax serves both counts
+        y = target.reshape(-1)
         flat = logits.reshape(-1, logits.shape[-1])
         scored = y != IGNORE
-        loss_sum += float(F.cross_entropy(flat[scored.to(device)], y[scored].to(device), reduction="sum"))
+        loss_sum += float(F.cross_entropy(flat[scored], y[scored], reduction="sum"))
         correct += int(hit.reshape(-1)[scored].sum())
         count += int(scored.sum())
         if positions:
-            hits += hit[:, positions].sum(0)
+            hits += hit[:, positions].sum(0).cpu()
     model.train(was_training)
     loss = loss_sum / count
     out: dict[str, Any] = {"test_loss": loss, "accuracy": correct / count}
