@@ -246,6 +246,7 @@ def _mixer_report(run_dir: Path, out_dir: Path, records: list[dict[str, Any]]) -
         lines += [f"The last `neurostep run` trained {session['trained_runs']} runs with {session['workers']} "
                   f"worker(s) in {session['wall_s'] / 60:.1f} min ({session['started_at']} to "
                   f"{session['finished_at']}).", ""]
+    lines += _devices_note(records)
     lines += _known_results(known_results(run_dir, records))
     if plan.get("skipped"):
         lines += ["## Skipped", ""]
@@ -256,6 +257,22 @@ def _mixer_report(run_dir: Path, out_dir: Path, records: list[dict[str, Any]]) -
         lines += _task_section(out_dir, task, task_rows)
     lines += _scaling_section(out_dir, rows, task_bases, records, current)
     return lines
+
+
+def _devices_note(records: list[dict[str, Any]]) -> list[str]:
+    """Where the records trained, when any trained elsewhere than on the CPU (records older than the
+    ``device`` key trained on the CPU). The device is not part of a run's configuration hash, so a row can pool
+    seeds from several devices, and the reader should know."""
+    counts: dict[str, int] = {}
+    for r in records:
+        device = r.get("device") or "cpu"
+        where = f"{device} ({r['gpu']})" if r.get("gpu") else device
+        counts[where] = counts.get(where, 0) + 1
+    if set(counts) == {"cpu"}:
+        return []
+    parts = ", ".join(f"{n} on {where}" for where, n in sorted(counts.items(), key=lambda kv: -kv[1]))
+    return [f"Records by device: {parts}. A row pools the distinct seeds of one configuration wherever they "
+            "trained; devices round the same training differently, as CPU models do.", ""]
 
 
 def known_results_table(verdicts: list[Any], compact: bool = False) -> list[str]:

@@ -126,6 +126,17 @@ def test_mixer_report_tables_plots_and_known_results(tmp_path):
     assert other.exists() and (tmp_path / "elsewhere" / "digits_learning_curves.png").exists()
 
 
+def test_report_names_the_devices_only_where_a_record_left_the_cpu(tmp_path):
+    store = ResultStore(tmp_path)
+    store.append(_rec("softmax_attention", 0, 0.9))                        # a record older than "device"
+    store.append(_rec("softmax_attention", 1, 0.9, device="cpu", gpu=None))
+    assert "Records by device" not in write_report(tmp_path).read_text()
+    for seed in (2, 3):
+        store.append(_rec("softmax_attention", seed, 0.9, device="cuda:0", gpu="NVIDIA H100 80GB HBM3"))
+    text = write_report(tmp_path).read_text()
+    assert "Records by device: 2 on cpu, 2 on cuda:0 (NVIDIA H100 80GB HBM3)." in text
+
+
 def test_scaling_plot_for_a_sweep(tmp_path):
     store = ResultStore(tmp_path)
     for label, pairs in (("mqar_p4", 4), ("mqar_p8", 8)):
