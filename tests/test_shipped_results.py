@@ -73,10 +73,10 @@ def _assert_fresh_clone_quoted(entry: dict, texts: tuple[str, ...]) -> None:
     """A fresh-clone timing entry adds up (install + job = all) and each text quotes its durations and commit."""
     assert abs(entry["install_s"] + entry["job_s"] - entry["real_s"]) < 1.0
     for text in texts:
-        for key in ("real_s", "install_s", "job_s", "warm_job_s", "warm_job_2_s"):
+        for key in ("real_s", "install_s", "job_s", "warm_job_s", "warm_job_2_s", "warm_job_3_s"):
             if key in entry:
                 assert _duration(entry[key]) in text, f"{_duration(entry[key])} ({key}) not quoted"
-        assert entry["commit"] in text
+        assert entry["commit"] in text and entry.get("warm_3_commit", entry["commit"]) in text
 
 
 def test_homeostasis_page_quotes_the_shipped_concept_shift_run():
