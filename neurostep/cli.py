@@ -37,8 +37,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         if cfg.kind != "mixers":   # a file that reads no [train] table would otherwise ignore it in silence
             raise ValueError(f"--device applies to kind = 'mixers' experiments; {args.experiment} is kind = "
                              f"{cfg.kind!r}, whose learners train on the CPU")
-        for train in (cfg.train, *cfg.task_train.values()):   # every task, those with [train] overrides too
-            train["device"] = device
+        cfg.set_train("device", device)
     if args.no_progress:
         cfg.train["progress"] = False
     if args.workers:

@@ -176,6 +176,11 @@ class ExperimentConfig:
         overrides = self.task_block_options.get(task, {}).get(block)
         return options if overrides is None else {**options, **overrides}
 
+    def set_train(self, key: str, value: Any) -> None:
+        """Set [train] ``key`` for every task, those whose ``train = {...}`` overrides hold their own copy too."""
+        for train in (self.train, *self.task_train.values()):
+            train[key] = value
+
     def all_blocks(self) -> list[str]:
         """Every block some task runs, in first-use order."""
         return list(dict.fromkeys(b for t in self.tasks for b in self.blocks_for(t)))

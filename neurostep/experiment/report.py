@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections import defaultdict
+from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Any
 
@@ -263,14 +263,10 @@ def _devices_note(records: list[dict[str, Any]]) -> list[str]:
     """Where the records trained, when any trained elsewhere than on the CPU (records older than the
     ``device`` key trained on the CPU). The device is not part of a run's configuration hash, so a row can pool
     seeds from several devices, and the reader should know."""
-    counts: dict[str, int] = {}
-    for r in records:
-        device = r.get("device") or "cpu"
-        where = f"{device} ({r['gpu']})" if r.get("gpu") else device
-        counts[where] = counts.get(where, 0) + 1
+    counts = Counter(f"{r['device']} ({r['gpu']})" if r.get("gpu") else r.get("device") or "cpu" for r in records)
     if set(counts) == {"cpu"}:
         return []
-    parts = ", ".join(f"{n} on {where}" for where, n in sorted(counts.items(), key=lambda kv: -kv[1]))
+    parts = ", ".join(f"{n} on {where}" for where, n in counts.most_common())
     return [f"Records by device: {parts}. A row pools the distinct seeds of one configuration wherever they "
             "trained; devices round the same training differently, as CPU models do.", ""]
 

@@ -359,7 +359,7 @@ def train_model(model: nn.Module, task: TaskData, train: dict[str, Any], seed: i
         opt.step()
         sched.step()
         step += 1
-        interval_losses.append(float(loss.detach()))
+        interval_losses.append(float(loss.detach()))   # waits for a GPU's queued step: the clock stays true
         if bar is not None:
             bar.update(1)
             bar.set_postfix(loss=f"{interval_losses[-1]:.3f}")
@@ -388,7 +388,6 @@ def train_model(model: nn.Module, task: TaskData, train: dict[str, Any], seed: i
             break
     if bar is not None:
         bar.close()
-    _synchronize(device)
     train_time = time.perf_counter() - start - eval_time
     final_loss = curve[-1]["train_loss"] if curve else float("nan")
     return {"steps": step, "stopped": stopped, "train_loss": final_loss, "train_time_s": train_time,
@@ -407,9 +406,9 @@ def _agree(stop: str | None, ctx: DistContext) -> str | None:
 # ----------------------------------------------------------------------------- measurements
 def _timed(fn: Callable[[], Any], reps: int, device: torch.device) -> float:
     fn()  # warm-up: first calls compile kernels and fill caches
+    _synchronize(device)
     times = []
     for _ in range(max(1, reps)):
-        _synchronize(device)
         t0 = time.perf_counter()
         fn()
         _synchronize(device)
