@@ -12,7 +12,8 @@ SHIPPED = ROOT / "docs" / "results" / "attention_alternatives"
 
 
 def _duration(seconds: float) -> str:
-    return f"{int(seconds // 60)} min {int(round(seconds % 60))} s"
+    minutes, rest = divmod(round(seconds), 60)   # 599.7 s is "10 min 0 s", not "9 min 60 s"
+    return f"{minutes} min {rest} s"
 
 
 def test_the_shipped_run_is_complete():
