@@ -61,7 +61,7 @@ def test_docs_and_readme_quote_the_shipped_known_results():
     for text in (docs, readme):
         assert _duration(timing["real_s"]) in text and timing["date"] in text
     # make run on a fresh clone (install, then the job with numba's cache empty, on some machines then again
-    # with the cache warm): on the shipped run's Intel model (on two days), a slower AVX2 model, the Zen 4 and the Zen 2 model
+    # with the cache warm): on the shipped run's Intel model (two days), a slower AVX2 model, the Zen 4 and the Zen 2
     for key in ("fresh_clone", "fresh_clone_intel_slow_day", "fresh_clone_slower_machine", "fresh_clone_zen4",
                 "fresh_clone_zen2"):
         _assert_fresh_clone_quoted(timing[key], (docs, readme))
